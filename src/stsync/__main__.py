@@ -1,0 +1,3 @@
+from stsync.cli.app import main
+
+main()

@@ -1,0 +1,128 @@
+"""The Typer application: global options, command registration, error → exit code.
+
+Command modules live in ``stsync/cli/<command>.py`` and expose ``register(app)``. They
+import typer and this package at module level only; services, clients and the sandbox are
+imported inside the command function so that ``stsync --version`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from typing import Optional
+
+import typer
+
+from stsync import __version__
+from stsync.cli.context import AppContext
+from stsync.errors import StsyncError
+
+# Order is the order of `stsync --help`.
+COMMAND_MODULES = (
+    "demo",
+    "connect",
+    "map",
+    "validate",
+    "push_lead",
+    "sync_customers",
+    "qualify",
+    "diagnose",
+    "history",
+    "serve",
+    "sandbox",
+)
+
+app = typer.Typer(
+    name="stsync",
+    help="Connect a Referral Factory referral campaign to ServiceTitan.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"stsync {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    config: Optional[str] = typer.Option(
+        None, "--config", envvar="STSYNC_CONFIG", help="Config file of the connection (TOML).", show_envvar=True
+    ),
+    json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout; human output stays on stderr."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail (-vv for HTTP traffic)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors, warnings and the closing summary."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    ctx.obj = AppContext(config_option=config, json_mode=json_, verbosity=verbose, quiet=quiet)
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(f"stsync.cli.{name}") is None:  # DEV-ONLY guard while commands land
+            continue
+        module = importlib.import_module(f"stsync.cli.{name}")
+        module.register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the app and turns every failure into its exit code."""
+    code = run(argv)
+    sys.exit(code)
+
+
+def run(argv: list[str] | None = None) -> int:
+    from stsync.cli.terminal import Terminal
+
+    try:
+        # Standalone mode lets Typer render usage errors (exit 2) and --help itself.
+        app(args=argv, prog_name="stsync", standalone_mode=True)
+        return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        Terminal().error("interrupted; everything done so far is recorded, run the command again to resume")
+        return 130
+    except StsyncError as exc:
+        ctx = AppContext.current()
+        terminal = ctx.terminal if ctx else Terminal()
+        logging.getLogger("stsync").info("exit %s: %s", exc.exit_code, exc)
+        if ctx is not None and ctx.json_mode and not ctx.json_emitted:
+            terminal.data({"ok": False, "exit_code": exc.exit_code, "error": _error_object(exc)})
+        terminal.error(str(exc), exc.hint)
+        return exc.exit_code
+    except Exception as exc:  # a bug: short message here, the trace in the log file
+        ctx = AppContext.current()
+        log_file = ctx.log_bug(exc) if ctx else None
+        where = f" (details in {log_file})" if log_file else ""
+        Terminal().error(f"unexpected error: {type(exc).__name__}{where}", "this is a bug in stsync; please report it with the log file")
+        return 1
+    finally:
+        AppContext.reset()
+
+
+def _error_object(exc: StsyncError) -> dict:
+    obj: dict = {"type": type(exc).__name__, "message": str(exc)}
+    if exc.hint:
+        obj["hint"] = exc.hint
+    to_dict = getattr(exc, "to_dict", None)
+    if callable(to_dict):
+        obj["remote"] = to_dict()
+    missing = getattr(exc, "missing", None)
+    if missing:
+        obj["missing"] = missing
+    key_path = getattr(exc, "key_path", None)
+    if key_path:
+        obj["key_path"] = key_path
+    return obj

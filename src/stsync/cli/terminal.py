@@ -1,0 +1,114 @@
+"""The one place that writes for humans (hatch's ``cli/terminal.py``).
+
+Human output (messages, tables, progress bars) goes to **stderr**; stdout carries only
+machine data: the ``--json`` object, or a body asked for with ``--dry-run``. ``NO_COLOR``
+is honoured by Rich itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+class Terminal:
+    def __init__(self, *, verbosity: int = 0, quiet: bool = False, json_mode: bool = False) -> None:
+        self.verbosity = verbosity
+        self.quiet = quiet
+        self.json_mode = json_mode
+        # Created per invocation so tests capturing sys.stderr see the output.
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=False)
+
+    # -- messages ---------------------------------------------------------------------
+    def error(self, message: str, hint: str | None = None) -> None:
+        self.err.print(f"[bold red]Error:[/] {escape(message)}")
+        if hint:
+            self.err.print(f"[dim]→ {escape(hint)}[/]")
+
+    def warning(self, message: str) -> None:
+        self.err.print(f"[yellow]Warning:[/] {escape(message)}")
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(escape(message))
+
+    def success(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(f"[green]✓[/] {escape(message)}")
+
+    def debug(self, message: str) -> None:
+        if self.verbosity > 0:
+            self.err.print(f"[dim]{escape(message)}[/]")
+
+    def print(self, renderable: Any) -> None:
+        """A table, panel or markup string for humans (suppressed by ``-q``)."""
+        if not self.quiet:
+            self.err.print(renderable)
+
+    def summary(self, renderable: Any) -> None:
+        """A closing summary: shown even with ``-q`` (cron keeps the summary)."""
+        self.err.print(renderable)
+
+    # -- data -------------------------------------------------------------------------
+    def data(self, obj: Any) -> None:
+        """Machine output on stdout: one JSON object."""
+        sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    # -- helpers ----------------------------------------------------------------------
+    @staticmethod
+    def table(*columns: str, title: str | None = None) -> Table:
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for column in columns:
+            table.add_column(column)
+        return table
+
+    @property
+    def interactive(self) -> bool:
+        return self.err.is_terminal and not self.quiet and not self.json_mode
+
+    @contextmanager
+    def progress(self, description: str, total: int | None = None) -> Iterator["ProgressHandle"]:
+        """A progress bar on a TTY (stderr); silent otherwise (cron)."""
+        if not self.interactive:
+            yield ProgressHandle(None, None)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(description, total=total)
+            yield ProgressHandle(progress, task)
+
+
+class ProgressHandle:
+    """What services receive as a progress callback: ``advance(n)`` / ``total(n)``."""
+
+    def __init__(self, progress: Any, task: Any) -> None:
+        self._progress = progress
+        self._task = task
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def set_total(self, total: int | None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
+    def describe(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=text)

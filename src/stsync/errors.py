@@ -1,0 +1,158 @@
+"""Every failure stsync reports, and the exit code it carries (SPEC §5).
+
+    StsyncError                      1  unexpected; the trace goes to the log file
+    ├── UsageError                   2  bad command line or input shape
+    ├── ConfigError                  3  config or mapping invalid
+    │   ├── SetupRequired            3  required booking fields unmapped (the seed's banner)
+    │   └── SecretStoreUnavailable   3  no usable secret store (headless cron)
+    ├── AuthError                    4  credentials, app key, tenant, booking provider, RF key
+    ├── PartialFailure               5  some records failed; the rest is done and recorded
+    ├── TemporaryError               6  remote unavailable or rate-limited past the budget
+    │   ├── RateLimited              6
+    │   └── AnswerLost               6  a write whose answer never came (look it up first)
+    ├── LockHeld                     7  another run of this connection holds the lock
+    └── ApiError                     1  a remote API said no (status, title, per-field errors)
+        ├── ServiceTitanApiError
+        └── ReferralFactoryApiError
+            └── DuplicateEmail          the campaign already has this e-mail (adopt the user)
+
+Messages never contain secrets: callers pass ids and names, never keys or tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StsyncError(Exception):
+    """Base class. ``hint`` is the one line telling the user what to do next."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(StsyncError):
+    exit_code = 2
+
+
+class ConfigError(StsyncError):
+    """Config or mapping invalid. ``key_path`` names the offending key, e.g. ``leads.fields.name``."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, key_path: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key_path = key_path
+
+
+class SetupRequired(ConfigError):
+    """The seed's "Setup Required": required booking targets without a mapping."""
+
+    def __init__(self, section: str, missing: list[str]) -> None:
+        self.section = section
+        self.missing = list(missing)
+        names = ", ".join(missing)
+        super().__init__(
+            f"Setup Required: [{section}] has no mapping for required field(s): {names}",
+            key_path=f"{section}.fields",
+            hint=f"map each one, e.g. `stsync map set {missing[0]} --from <field> --for {section}`" if missing else None,
+        )
+
+
+class SecretStoreUnavailable(ConfigError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"No usable secret store: {detail}",
+            hint=(
+                "either set the secrets as environment variables (STSYNC_ST_CLIENT_SECRET, "
+                "STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY), or unlock/install an OS keyring "
+                "(e.g. a Secret Service such as gnome-keyring), or opt in to the file store "
+                "with `stsync connect --secrets-store file`"
+            ),
+        )
+
+
+class AuthError(StsyncError):
+    exit_code = 4
+
+
+class PartialFailure(StsyncError):
+    exit_code = 5
+
+
+class TemporaryError(StsyncError):
+    exit_code = 6
+
+
+class RateLimited(TemporaryError):
+    pass
+
+
+class AnswerLost(TemporaryError):
+    """A write was sent but no answer came back (timeout, connection reset, 5xx).
+
+    The remote side may have committed it: the caller must look the record up before
+    writing again.
+    """
+
+
+class LockHeld(StsyncError):
+    exit_code = 7
+
+
+class ApiError(StsyncError):
+    """A remote API rejected a request. Carries the remote's words verbatim."""
+
+    service = "remote"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        title: str | None = None,
+        errors: dict[str, list[str]] | None = None,
+        trace_id: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.title = title
+        self.errors = errors or {}
+        self.trace_id = trace_id
+        self.method = method
+        self.path = path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The exact remote error, as the ledger stores it and ``diagnose`` shows it."""
+        return {
+            "service": self.service,
+            "status": self.status,
+            "title": self.title,
+            "errors": self.errors,
+            "trace_id": self.trace_id,
+            "method": self.method,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class ServiceTitanApiError(ApiError):
+    service = "servicetitan"
+
+
+class ReferralFactoryApiError(ApiError):
+    service = "referral_factory"
+
+
+class DuplicateEmail(ReferralFactoryApiError):
+    """422: the e-mail already exists in the campaign. Search for the user and adopt it."""

@@ -1,0 +1,89 @@
+"""Where a connection's files live (SPEC §2).
+
+A *connection* is named after its config file: the default config is ``default``;
+``--config acme.toml`` is ``acme``. Its state (ledger, locks, cached token, rate-limit
+budget, logs, optional secrets file) lives in ``<state dir>/<connection>/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP = "stsync"
+DEFAULT_CONNECTION = "default"
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``--config`` wins, then ``STSYNC_CONFIG``, then the platform default."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("STSYNC_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    return default_config_path()
+
+
+def connection_name(config_path: Path) -> str:
+    if config_path.expanduser().resolve() == default_config_path().resolve():
+        return DEFAULT_CONNECTION
+    stem = config_path.stem
+    return stem if stem and stem != "config" else DEFAULT_CONNECTION
+
+
+def state_root() -> Path:
+    env = os.environ.get("STSYNC_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_state_dir(APP))
+
+
+@dataclass(frozen=True)
+class ConnectionPaths:
+    """Every file of one connection. Directories are created on first use, 0700."""
+
+    name: str
+    config: Path
+    state: Path
+
+    @classmethod
+    def for_config(cls, config_path: Path) -> "ConnectionPaths":
+        name = connection_name(config_path)
+        return cls(name=name, config=config_path, state=state_root() / name)
+
+    def ensure_state(self) -> Path:
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self.state
+
+    @property
+    def ledger(self) -> Path:
+        return self.state / "ledger.sqlite3"
+
+    @property
+    def token_cache(self) -> Path:
+        return self.state / "servicetitan-token.json"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.state / "secrets.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state / "stsync.log"
+
+    @property
+    def locks(self) -> Path:
+        return self.state / "locks"
+
+    def lock_file(self, job: str) -> Path:
+        return self.locks / f"{job}.lock"
+
+    def rate_file(self, service: str) -> Path:
+        return self.locks / f"rate-{service}.json"
