@@ -7,6 +7,7 @@
     │   └── SecretStoreUnavailable   3  no usable secret store (headless cron)
     ├── AuthError                    4  credentials, app key, tenant, booking provider, RF key
     ├── PartialFailure               5  some records failed; the rest is done and recorded
+    ├── InvalidRecord                5  one record cannot be sent (a lead without e-mail, ...)
     ├── TemporaryError               6  remote unavailable or rate-limited past the budget
     │   ├── RateLimited              6
     │   └── AnswerLost               6  a write whose answer never came (look it up first)
@@ -85,6 +86,22 @@ class AuthError(StsyncError):
 
 class PartialFailure(StsyncError):
     exit_code = 5
+
+
+class InvalidRecord(StsyncError):
+    """One record's data cannot make a valid request (a lead with no e-mail, a bad value).
+
+    Raised before anything is sent. In a batch the record is recorded as failed and the
+    run goes on (exit 5); alone it fails the command with exit 5 too: the input was read,
+    this record is what failed.
+    """
+
+    exit_code = 5
+
+    def __init__(self, message: str, *, record: str | None = None, field: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.record = record
+        self.field = field
 
 
 class TemporaryError(StsyncError):
