@@ -38,8 +38,13 @@ def redact(text: str) -> str:
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if record.exc_info:
+            # A traceback can quote a secret (a local repr, a URL): render and redact it here,
+            # before the formatter would print it verbatim.
+            message = message + "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, None
         redacted = redact(message)
-        if redacted != message or record.args:
+        if redacted != message or record.args or "\n" in message:
             record.msg, record.args = redacted, None
         return True
 
@@ -80,4 +85,7 @@ def detach_handlers() -> None:
 
 
 def get_logger(name: str) -> logging.Logger:
+    """A child of the ``stsync`` logger; ``get_logger(__name__)`` gives ``stsync.services.push``."""
+    if name == _LOGGER or name.startswith(_LOGGER + "."):
+        return logging.getLogger(name)
     return logging.getLogger(f"{_LOGGER}.{name}")

@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> int:
     from stsync.cli.terminal import Terminal
 
+    depth = AppContext.depth()
     try:
         # Standalone mode lets Typer render usage errors (exit 2) and --help itself.
-        app(args=argv, prog_name="stsync", standalone_mode=True)
+        app(args=hoist_global_options(sys.argv[1:] if argv is None else list(argv)), prog_name="stsync", standalone_mode=True)
         return 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -109,7 +110,46 @@ def run(argv: list[str] | None = None) -> int:
         Terminal().error(f"unexpected error: {type(exc).__name__}{where}", "this is a bug in stsync; please report it with the log file")
         return 1
     finally:
-        AppContext.reset()
+        AppContext.reset(depth)
+
+
+_GLOBAL_FLAGS = {"--json", "-q", "--quiet", "-v", "-vv", "-vvv", "--verbose"}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Accept global options after the command too: `stsync push-lead --new --json`.
+
+    Scripts write options where they read best; Typer only knows them before the command.
+    Flags are moved in front unchanged; `--config PATH` / `--config=PATH` with its value.
+    Nothing after a bare `--` is touched.
+    """
+    if not argv or argv[0].startswith("-"):
+        head_end = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+        # options already in front (and --config's value) stay where they are
+        if head_end < len(argv) and head_end > 0 and argv[head_end - 1] == "--config":
+            head_end = next((i for i, a in enumerate(argv[head_end + 1:], head_end + 1) if not a.startswith("-")), len(argv))
+    else:
+        head_end = 0
+    head, rest = argv[:head_end], argv[head_end:]
+    moved: list[str] = []
+    kept: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            kept.extend(rest[i:])
+            break
+        if arg in _GLOBAL_FLAGS:
+            moved.append(arg)
+        elif arg == "--config" and i + 1 < len(rest):
+            moved.extend(rest[i : i + 2])
+            i += 1
+        elif arg.startswith("--config="):
+            moved.append(arg)
+        else:
+            kept.append(arg)
+        i += 1
+    return [*head, *moved, *kept]
 
 
 def _error_object(exc: StsyncError) -> dict:

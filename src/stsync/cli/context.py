@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 class AppContext:
-    _current: ClassVar["AppContext | None"] = None
+    # A stack, not a single slot: `stsync demo` runs real commands inside its own command.
+    _stack: ClassVar[list["AppContext"]] = []
 
     def __init__(self, *, config_option: str | None, json_mode: bool, verbosity: int, quiet: bool) -> None:
         self.config_option = config_option
@@ -34,23 +35,29 @@ class AppContext:
         self.json_emitted = False
         self.terminal = Terminal(verbosity=verbosity, quiet=quiet, json_mode=json_mode)
         self._connection: Connection | None = None
-        AppContext._current = self
+        AppContext._stack.append(self)
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
     def current(cls) -> "AppContext | None":
-        return cls._current
+        return cls._stack[-1] if cls._stack else None
 
     @classmethod
-    def reset(cls) -> None:
-        current = cls._current
-        if current is not None and current._connection is not None:
-            current._connection.close()
-            current._connection = None
-        from stsync.logs import detach_handlers
+    def depth(cls) -> int:
+        return len(cls._stack)
 
-        detach_handlers()
-        cls._current = None
+    @classmethod
+    def reset(cls, depth: int = 0) -> None:
+        """Close the contexts opened above ``depth`` (the invocation's own), newest first."""
+        while len(cls._stack) > depth:
+            current = cls._stack.pop()
+            if current._connection is not None:
+                current._connection.close()
+                current._connection = None
+        if depth == 0:
+            from stsync.logs import detach_handlers
+
+            detach_handlers()
 
     @staticmethod
     def from_typer(ctx: typer.Context) -> "AppContext":

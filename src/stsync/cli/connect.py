@@ -1,0 +1,126 @@
+"""`stsync connect` and `stsync disconnect`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from stsync.cli.context import AppContext
+
+
+def register(app: typer.Typer) -> None:
+    app.command("connect", help="Connect (or reconnect) ServiceTitan and Referral Factory; verifies live, stores secrets.")(connect_command)
+    app.command("disconnect", help="Remove this connection's secrets and cached token (config and ledger are kept).")(
+        disconnect_command
+    )
+
+
+def connect_command(
+    ctx: typer.Context,
+    environment: Optional[str] = typer.Option(None, "--environment", help="production or integration."),
+    tenant_id: Optional[int] = typer.Option(None, "--tenant-id", help="ServiceTitan Tenant ID."),
+    client_id: Optional[str] = typer.Option(None, "--client-id", help="ServiceTitan Client ID."),
+    client_secret: Optional[str] = typer.Option(
+        None, "--client-secret", help="ServiceTitan Client Secret (prefer the prompt or STSYNC_ST_CLIENT_SECRET)."
+    ),
+    app_key: Optional[str] = typer.Option(None, "--app-key", help="ServiceTitan App Key (or STSYNC_ST_APP_KEY)."),
+    booking_provider: Optional[int] = typer.Option(
+        None, "--booking-provider", help="The \"Allowed 'booking_provider' value\" shown by ServiceTitan."
+    ),
+    rf_api_key: Optional[str] = typer.Option(None, "--rf-api-key", help="Referral Factory API key (or STSYNC_RF_API_KEY)."),
+    campaign_id: Optional[int] = typer.Option(None, "--campaign-id", help="Referral Factory campaign ID."),
+    secrets_store: str = typer.Option(
+        "keyring", "--secrets-store", help="keyring (the OS keyring) or file (a 0600 file in the state dir)."
+    ),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Store without checking the credentials live."),
+) -> None:
+    from stsync.errors import UsageError
+    from stsync.services.connect import (
+        FLAG_FOR,
+        IDENTITY_FIELDS,
+        SECRET_FIELDS,
+        ConnectValues,
+        connect,
+        plan_connect,
+    )
+
+    app_ctx = AppContext.from_typer(ctx)
+    term = app_ctx.terminal
+    if secrets_store not in ("keyring", "file"):
+        raise UsageError(f"--secrets-store must be keyring or file, not {secrets_store!r}")
+    given = ConnectValues(
+        environment=environment,
+        tenant_id=tenant_id,
+        client_id=client_id,
+        booking_provider=booking_provider,
+        campaign_id=campaign_id,
+        st_client_secret=client_secret,
+        st_app_key=app_key,
+        rf_api_key=rf_api_key,
+    )
+    plan = plan_connect(app_ctx.paths, given)
+    values = plan.values
+    if plan.missing:
+        if not (sys.stdin.isatty() and term.err.is_terminal):
+            raise UsageError(
+                "missing (not a terminal, so nothing can be asked): "
+                + ", ".join(f"{FLAG_FOR[m]} ({IDENTITY_FIELDS.get(m) or SECRET_FIELDS[m]})" for m in plan.missing),
+                hint="pass them as options; secrets may also come from STSYNC_ST_CLIENT_SECRET, STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY",
+            )
+        for name in plan.missing:
+            label = IDENTITY_FIELDS.get(name) or SECRET_FIELDS[name]
+            is_secret = name in SECRET_FIELDS
+            kind = int if name in ("tenant_id", "booking_provider", "campaign_id") else str
+            answer = typer.prompt(label, hide_input=is_secret, type=kind, err=True)
+            setattr(values, name, answer)
+    if secrets_store == "file":
+        term.warning(
+            f"secrets will be stored in a plain file readable only by you: {app_ctx.paths.secrets_file} "
+            "(use the OS keyring where one is available)"
+        )
+    verify = not no_verify
+    if verify:
+        term.info("Verifying ServiceTitan and Referral Factory…")
+    result = connect(app_ctx.paths, values, secrets_store=secrets_store, verify=verify)  # type: ignore[arg-type]
+
+    if verify:
+        term.success("ServiceTitan token issued (Client ID, Client Secret, App Key, Tenant ID)")
+        term.success(f"Booking Provider Value {result.booking_provider} accepted")
+        term.success(f"Referral Factory key valid; campaign {result.campaign_id} \"{result.verification.campaign_name}\" is launched")
+    else:
+        term.warning("not verified (--no-verify): run `stsync validate --online` to check the connection")
+    where = "the OS keyring" if secrets_store == "keyring" else str(app_ctx.paths.secrets_file)
+    if result.stored_secrets:
+        term.success(f"secrets stored in {where}: {', '.join(result.stored_secrets)}")
+    term.success(
+        f"{'created' if result.created_config else 'updated'} {result.config_path}"
+        + (" with the default mapping" if result.created_config else " (mapping kept)")
+    )
+    term.info("Next: `stsync map show` to review the mapping, then `stsync validate --online`.")
+    app_ctx.emit({"ok": True, **result.to_dict()})
+
+
+def disconnect_command(
+    ctx: typer.Context,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    from stsync.errors import UsageError
+    from stsync.services.connect import disconnect
+
+    app_ctx = AppContext.from_typer(ctx)
+    term = app_ctx.terminal
+    if not yes:
+        if not (sys.stdin.isatty() and term.err.is_terminal):
+            raise UsageError("disconnect removes this connection's secrets; pass --yes to confirm")
+        if not typer.confirm(f"Remove the secrets of connection '{app_ctx.paths.name}'?", err=True):
+            raise typer.Exit(1)
+    result = disconnect(app_ctx.paths)
+    term.success(
+        f"disconnected '{result.connection}': removed {', '.join(result.removed_secrets) or 'no stored secrets'}"
+        + ("; cached token dropped" if result.removed_token else "")
+    )
+    if result.kept:
+        term.info("kept: " + ", ".join(result.kept) + " (run `stsync connect` to reconnect)")
+    app_ctx.emit({"ok": True, **result.to_dict()})

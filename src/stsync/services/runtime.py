@@ -1,0 +1,176 @@
+"""The open connection: config + secrets + the two API clients + the ledger, built lazily.
+
+Every use case takes a ``Connection``. Building it costs nothing; each piece is created on
+first use, so ``stsync validate`` never opens a socket and ``stsync history`` never needs a
+secret.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from stsync.errors import ConfigError
+from stsync.storage.paths import ConnectionPaths
+
+if TYPE_CHECKING:
+    from stsync.referralfactory.client import ReferralFactoryClient
+    from stsync.servicetitan.client import ServiceTitanClient
+    from stsync.storage.config import Config, Endpoints
+    from stsync.storage.ledger import Ledger
+    from stsync.storage.secrets import SecretStore
+
+_IDENTITY_KEYS = {
+    "tenant_id": "servicetitan.tenant_id",
+    "client_id": "servicetitan.client_id",
+    "booking_provider": "servicetitan.booking_provider",
+    "campaign_id": "referral_factory.campaign_id",
+}
+
+
+class Connection:
+    def __init__(self, paths: ConnectionPaths, config: "Config") -> None:
+        self.paths = paths
+        self.config = config
+        self._closers: list = []
+
+    @classmethod
+    def open(cls, paths: ConnectionPaths, config: "Config") -> "Connection":
+        return cls(paths, config)
+
+    # -- identity ---------------------------------------------------------------------
+    def require(self, *names: str) -> None:
+        """Fail with the key path when an identity value the command needs is missing."""
+        values = {
+            "tenant_id": self.config.servicetitan.tenant_id,
+            "client_id": self.config.servicetitan.client_id,
+            "booking_provider": self.config.servicetitan.booking_provider,
+            "campaign_id": self.config.referral_factory.campaign_id,
+        }
+        for name in names:
+            if values[name] in (None, ""):
+                key = _IDENTITY_KEYS[name]
+                raise ConfigError(
+                    f"{key} is not set in {self.paths.config}",
+                    key_path=key,
+                    hint="run `stsync connect` to set up this connection",
+                )
+
+    @property
+    def booking_provider(self) -> int:
+        self.require("booking_provider")
+        return int(self.config.servicetitan.booking_provider)  # type: ignore[arg-type]
+
+    @property
+    def campaign_id(self) -> int:
+        self.require("campaign_id")
+        return int(self.config.referral_factory.campaign_id)  # type: ignore[arg-type]
+
+    # -- pieces -----------------------------------------------------------------------
+    @cached_property
+    def endpoints(self) -> "Endpoints":
+        from stsync.storage.config import resolve_endpoints
+
+        return resolve_endpoints(self.config)
+
+    @cached_property
+    def secrets(self) -> "SecretStore":
+        from stsync.storage.secrets import SecretStore
+
+        return SecretStore(self.paths)
+
+    @cached_property
+    def ledger(self) -> "Ledger":
+        from stsync.storage.ledger import Ledger
+
+        self.paths.ensure_state()
+        ledger = Ledger.open(self.paths.ledger)
+        self._closers.append(ledger.close)
+        return ledger
+
+    @cached_property
+    def servicetitan(self) -> "ServiceTitanClient":
+        self.require("tenant_id", "client_id")
+        client = build_servicetitan_client(
+            self.paths,
+            self.config,
+            self.endpoints,
+            client_secret=self.secrets.require("st_client_secret"),
+            app_key=self.secrets.require("st_app_key"),
+        )
+        self._closers.append(client.close)
+        return client
+
+    @cached_property
+    def referral_factory(self) -> "ReferralFactoryClient":
+        client = build_referral_factory_client(
+            self.paths, self.config, self.endpoints, api_key=self.secrets.require("rf_api_key")
+        )
+        self._closers.append(client.close)
+        return client
+
+    def run_lock(self, job: str, *, command: str | None = None) -> AbstractContextManager:
+        """One run of ``job`` per connection at a time (exit 7 when held)."""
+        from stsync.storage.locks import RunLock
+
+        self.paths.ensure_state()
+        return RunLock(self.paths, job, command=command or job)
+
+    def close(self) -> None:
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception:  # closing must never mask the command's own outcome
+                pass
+
+
+def build_servicetitan_client(
+    paths: ConnectionPaths,
+    config: "Config",
+    endpoints: "Endpoints",
+    *,
+    client_secret: str,
+    app_key: str,
+    transport=None,
+) -> "ServiceTitanClient":
+    from stsync.http import RetryPolicy
+    from stsync.ratelimit import RateLimiter
+    from stsync.servicetitan.client import ServiceTitanClient
+
+    paths.ensure_state()
+    paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+    limits = config.limits
+    return ServiceTitanClient(
+        auth_url=endpoints.st_auth_url,
+        api_url=endpoints.st_api_url,
+        tenant_id=int(config.servicetitan.tenant_id),  # type: ignore[arg-type]
+        client_id=str(config.servicetitan.client_id),
+        client_secret=client_secret,
+        app_key=app_key,
+        token_cache=paths.token_cache,
+        limiter=RateLimiter(limits.servicetitan_per_second, 1.0, state_file=paths.rate_file("servicetitan")),
+        retry=RetryPolicy(budget_seconds=limits.retry_budget_seconds),
+        page_size=config.servicetitan.page_size,
+        transport=transport,
+    )
+
+
+def build_referral_factory_client(
+    paths: ConnectionPaths, config: "Config", endpoints: "Endpoints", *, api_key: str, transport=None
+) -> "ReferralFactoryClient":
+    from stsync.http import RetryPolicy
+    from stsync.ratelimit import RateLimiter
+    from stsync.referralfactory.client import ReferralFactoryClient
+
+    paths.ensure_state()
+    paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+    limits = config.limits
+    return ReferralFactoryClient(
+        api_url=endpoints.rf_api_url,
+        api_key=api_key,
+        limiter=RateLimiter(limits.referral_factory_per_minute, 60.0, state_file=paths.rate_file("referral_factory")),
+        retry=RetryPolicy(budget_seconds=limits.retry_budget_seconds),
+        transport=transport,
+    )
