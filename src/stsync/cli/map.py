@@ -1,0 +1,266 @@
+"""`stsync map`: see and edit the field mapping (the setup guide's Steps 4–7)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List, Optional
+
+import typer
+
+from stsync.cli.context import AppContext
+
+if TYPE_CHECKING:
+    from stsync.cli.terminal import Terminal
+
+REWRITE_NOTE = (
+    "Edits rewrite the config file in stsync's layout with its own comments: comments you added by hand are not kept."
+)
+
+map_app = typer.Typer(
+    name="map",
+    help="See and edit the field mapping: leads and referrers → ServiceTitan bookings, customers → referrers. "
+    + REWRITE_NOTE,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(map_app, name="map")
+
+
+FOR_HELP = "leads, referrers or customers."
+
+
+@map_app.command("show", help="The mapping as the setup guide's table, with a Setup Required banner for what is missing.")
+def show_command(
+    ctx: typer.Context,
+    for_: Optional[str] = typer.Option(None, "--for", help="Only this section: " + FOR_HELP),
+) -> None:
+    from stsync.errors import UsageError
+    from stsync.services.leads import did_you_mean
+    from stsync.services.mapping import mapping_overview
+    from stsync.services.mapping_edit import FOR_CHOICES, load_or_default
+
+    app_ctx = AppContext.from_typer(ctx)
+    term = app_ctx.terminal
+    sections: tuple[str, ...] = FOR_CHOICES
+    if for_ is not None:
+        chosen = for_.strip().casefold()
+        if chosen not in FOR_CHOICES:
+            raise UsageError(f"--for takes leads, referrers or customers, not {for_!r}{did_you_mean(for_, FOR_CHOICES)}")
+        sections = (chosen,)
+    config, default, _ = load_or_default(app_ctx.config_path)
+    overview = mapping_overview(config, sections=sections)
+    if default:
+        term.warning(f"no config at {app_ctx.config_path} yet: this is the default mapping (`stsync connect` writes it)")
+    for name in sections:
+        if name == "customers":
+            _render_customers(term, overview["customers"])
+        else:
+            _render_booking_section(term, name, overview[name])
+    app_ctx.emit({"ok": True, "config_path": str(app_ctx.config_path), "default": default, **overview})
+
+
+def _render_booking_section(term: "Terminal", name: str, data: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.panel import Panel
+
+    who = "lead joins campaign" if name == "leads" else "referrer joins campaign"
+    style = "green" if data["action"] == "create_booking" else "yellow"
+    term.print(f"[bold]{name.capitalize()}[/] — When {who}: [{style}]{escape(data['action_label'])}[/]")
+    if data["action"] != "create_booking":
+        whom = "referred leads" if name == "leads" else "referrers"
+        term.print(f"[yellow]Nothing to action — {whom} will not be sent to ServiceTitan[/]")
+    if data["action"] != "create_booking" and not any(row["mapped"] for row in data["fields"]):
+        term.print("[dim]No field mapping (none is needed while nothing is sent).[/]\n")
+        return
+    title = f"{name.capitalize()} → ServiceTitan booking (* required)"
+    table = term.table("Data Type", "From Referral Factory", "To ServiceTitan", title=title)
+    for row in data["fields"]:
+        target = escape(row["target_label"]) + (" *" if row["required"] else "")
+        target += f" [dim]({escape(row['target'])})[/]"
+        if row["mapped"]:
+            table.add_row(escape(row["data_type"] or ""), escape(row["from"] or ""), target)
+        else:
+            table.add_row("[red]—[/]", "[red]not mapped[/]", f"[red]{target}[/]")
+    term.print(table)
+    if data["setup_required"]:
+        missing = ", ".join(f"{_label(t)} ({t})" for t in data["missing"])
+        first = data["missing"][0]
+        term.print(
+            Panel(
+                f"[bold]Required ServiceTitan fields not mapped:[/] {escape(missing)}\n"
+                "No booking can be created until each one is mapped, e.g.\n"
+                f"  stsync map set {first} --from <field> --for {name}   (or --value, --select, --template)",
+                title="[bold]Setup Required[/]",
+                title_align="left",
+                border_style="red",
+                style="red",
+                expand=False,
+            )
+        )
+    qualification = data.get("qualification")
+    if qualification is not None:
+        unqualify = qualification["unqualify_on"]
+        extra = f"; taken back on {', '.join(unqualify)}" if unqualify else ""
+        term.print(f"Qualification rule: [bold]{escape(qualification['label'])}[/]{escape(extra)}")
+    term.print("")
+
+
+def _label(target: str) -> str:
+    from stsync.services.mapping import BOOKING_TARGET_LABELS
+
+    return BOOKING_TARGET_LABELS.get(target, target)
+
+
+def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    mode = "Ongoing Sync" if data["mode"] == "ongoing" else "One-Time Sync"
+    inactive = "included" if data["include_inactive"] else "skipped"
+    term.print(f"[bold]Customers[/] — ServiceTitan customers → campaign referrers: {mode}; inactive customers {inactive}")
+    table = term.table("Data Type", "From ServiceTitan", "To Referral Factory", title="Map Fields (* required)")
+    for row in data["fields"]:
+        target = escape(row["target_label"]) + (" *" if row["required"] else "")
+        if row["mapped"]:
+            table.add_row(escape(row["data_type"] or ""), escape(row["from"] or ""), target)
+        else:
+            table.add_row("[red]—[/]", "[red]not mapped[/]", f"[red]{target}[/]")
+    term.print(table)
+    if data["missing"]:
+        term.print(f"[red]Setup Required: customers cannot become referrers without {', '.join(data['missing'])}[/]")
+    returns = term.table("From Referral Factory", "To ServiceTitan (customer custom field)", title="Map Return Fields")
+    for row in data["return_fields"]:
+        returns.add_row(escape(row["value_label"]), escape(row["custom_field"]))
+    if data["return_fields"]:
+        term.print(returns)
+    else:
+        term.print("Map Return Fields: none (nothing is written back to ServiceTitan)")
+    term.print("")
+
+
+@map_app.command("set", help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. " + REWRITE_NOTE, short_help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. ")
+def set_command(
+    ctx: typer.Context,
+    target: str = typer.Argument(..., help="The field to fill: a ServiceTitan booking field (leads, referrers) or a Referral Factory user field (customers)."),
+    from_: Optional[str] = typer.Option(None, "--from", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."),
+    value: Optional[str] = typer.Option(None, "--value", help="Fixed Value (Manual Input): the same text for every record."),
+    select: Optional[str] = typer.Option(None, "--select", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."),
+    template: Optional[str] = typer.Option(None, "--template", help='Several fields joined: "{first_name} {meta.Last Name}".'),
+    for_: str = typer.Option("leads", "--for", help=FOR_HELP),
+) -> None:
+    from stsync.errors import UsageError
+    from stsync.services.mapping_edit import set_field
+
+    given = [(kind, text) for kind, text in (("from", from_), ("value", value), ("select", select), ("template", template)) if text is not None]
+    if len(given) != 1:
+        raise UsageError(
+            "give exactly one of --from, --value, --select, --template"
+            + (f" (got {', '.join('--' + k for k, _ in given)})" if given else ""),
+            hint=f"e.g. stsync map set {target} --from first_name",
+        )
+    kind, text = given[0]
+    app_ctx = AppContext.from_typer(ctx)
+    _report(app_ctx, set_field(app_ctx.config_path, target, kind=kind, value=text, for_=for_))
+
+
+@map_app.command("unset", help="Remove a target's mapping. " + REWRITE_NOTE, short_help="Remove a target's mapping. ")
+def unset_command(
+    ctx: typer.Context,
+    target: str = typer.Argument(..., help="The mapped field to clear."),
+    for_: str = typer.Option("leads", "--for", help=FOR_HELP),
+) -> None:
+    from stsync.services.mapping_edit import unset_field
+
+    app_ctx = AppContext.from_typer(ctx)
+    _report(app_ctx, unset_field(app_ctx.config_path, target, for_=for_))
+
+
+@map_app.command("action", help="What happens when a lead (or referrer) joins: create-booking or nothing. " + REWRITE_NOTE, short_help="What happens when a lead (or referrer) joins: create-booking or nothing. ")
+def action_command(
+    ctx: typer.Context,
+    section: str = typer.Argument(..., help="leads or referrers."),
+    action: str = typer.Argument(..., help="create-booking (Create New Booking In Service Titan) or nothing (Nothing to action)."),
+) -> None:
+    from stsync.services.mapping_edit import set_action
+
+    app_ctx = AppContext.from_typer(ctx)
+    _report(app_ctx, set_action(app_ctx.config_path, section.strip().casefold(), action))
+
+
+@map_app.command("qualify", help="When a referral qualifies: none, job-created, or job-status --status S. " + REWRITE_NOTE, short_help="When a referral qualifies: none, job-created, or job-status --status S. ")
+def qualify_command(
+    ctx: typer.Context,
+    rule: str = typer.Argument(..., help="none | job-created | job-status."),
+    status: Optional[str] = typer.Option(None, "--status", help="With job-status: Scheduled, Dispatched, InProgress, Hold, Completed or Canceled."),
+    unqualify_on: Optional[List[str]] = typer.Option(
+        None, "--unqualify-on", help="Take a qualification back on job-canceled or booking-dismissed (repeatable; none clears)."
+    ),
+) -> None:
+    from stsync.services.mapping_edit import set_qualification
+
+    app_ctx = AppContext.from_typer(ctx)
+    _report(app_ctx, set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=unqualify_on))
+
+
+@map_app.command("return-field", help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. " + REWRITE_NOTE, short_help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. ")
+def return_field_command(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The ServiceTitan customer custom field's name (a Text field)."),
+    field: Optional[str] = typer.Argument(None, help="referral_link or referral_code."),
+    remove: bool = typer.Option(False, "--remove", help="Stop writing this custom field."),
+) -> None:
+    from stsync.errors import UsageError
+    from stsync.services.mapping_edit import remove_return_field, set_return_field
+
+    app_ctx = AppContext.from_typer(ctx)
+    if remove:
+        if field is not None:
+            raise UsageError("--remove takes only the custom field's name", hint=f'stsync map return-field "{name}" --remove')
+        _report(app_ctx, remove_return_field(app_ctx.config_path, name))
+        return
+    if field is None:
+        raise UsageError("give the value to write: referral_link or referral_code", hint=f'stsync map return-field "{name}" referral_link')
+    _report(app_ctx, set_return_field(app_ctx.config_path, name, field))
+
+
+@map_app.command("reset", help="Put leads, referrers and customers back to the default mapping (the connection is kept). " + REWRITE_NOTE, short_help="Put leads, referrers and customers back to the default mapping (the connection is kept). ")
+def reset_command(
+    ctx: typer.Context,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    import sys
+
+    from stsync.errors import UsageError
+    from stsync.services.mapping_edit import reset_mapping
+
+    app_ctx = AppContext.from_typer(ctx)
+    term = app_ctx.terminal
+    if not yes:
+        if not (sys.stdin.isatty() and term.err.is_terminal):
+            raise UsageError("map reset replaces the whole mapping; pass --yes to confirm")
+        if not typer.confirm(f"Replace the mapping in {app_ctx.config_path} with the default?", err=True):
+            raise typer.Exit(1)
+    _report(app_ctx, reset_mapping(app_ctx.config_path))
+
+
+def _report(app_ctx: AppContext, result: Any) -> None:
+    term = app_ctx.terminal
+    if result.changed:
+        term.success(result.change)
+    else:
+        term.info(f"unchanged: {result.change}")
+    if result.created_config:
+        term.info(f"created {result.config_path} with the default mapping; run `stsync connect` to set up the connection")
+    if result.dropped_comments:
+        term.warning(
+            f"{result.dropped_comments} comment line(s) you added to {result.config_path} were not kept "
+            "(stsync rewrites the file with its own comments)"
+        )
+    for warning in result.warnings:
+        term.warning(warning)
+    if result.setup_required:
+        term.warning(
+            f"Setup Required: [{result.section}] has no mapping for required field(s): {', '.join(result.setup_required)}"
+        )
+    app_ctx.emit({"ok": True, **result.to_dict()})

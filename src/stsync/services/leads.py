@@ -1,0 +1,428 @@
+"""A referred lead (or a referrer) as the mapping engine reads it, from any of its sources.
+
+A lead comes from Referral Factory's API (a ``User``), from a file or a webhook (JSON whose
+keys the sender may have renamed: api/referral-factory.md §9.1), or from command-line flags.
+All three end up as the same ``Lead``, whose ``value(name)`` answers the SPEC §3 lead
+field names (``first_name``, ``referral_code``, ``meta.<label>``, ...) that a mapping's
+``from`` and ``template`` refer to.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from stsync.errors import ConfigError, InvalidRecord, UsageError
+
+if TYPE_CHECKING:
+    from stsync.referralfactory.models import Campaign, User
+
+PERSON_INVITED = "person_invited"
+PERSON_REFERRING = "person_referring"
+
+# SPEC §3 "Referral Factory lead fields", in the order `map show` lists them.
+LEAD_FIELDS: tuple[str, ...] = (
+    "first_name",
+    "email",
+    "referral_code",
+    "referral_link",
+    "campaign_id",
+    "campaign_name",
+    "source",
+    "signed_up_at",
+    "referrer_first_name",
+    "referrer_email",
+    "referrer_code",
+)
+META_PREFIX = "meta."
+
+# How the setup guide's table names each field ("Dynamic Value: Campaign Name").
+LEAD_FIELD_LABELS: dict[str, str] = {
+    "first_name": "First Name",
+    "email": "Email",
+    "referral_code": "Referral Code",
+    "referral_link": "Referral Link",
+    "campaign_id": "Campaign ID",
+    "campaign_name": "Campaign Name",
+    "source": "Source",
+    "signed_up_at": "Signed Up At",
+    "referrer_first_name": "Referrer First Name",
+    "referrer_email": "Referrer Email Address",
+    "referrer_code": "Referrer Code",
+}
+
+# The label `push-lead --phone` files the phone under: Referral Factory users have no phone
+# field, campaign forms collect it as a form field (api/referral-factory.md §6.2).
+PHONE_META_LABEL = "Phone"
+
+
+@dataclass(frozen=True)
+class Lead:
+    first_name: str | None = None
+    email: str | None = None
+    referral_code: str | None = None
+    referral_link: str | None = None
+    campaign_id: int | None = None
+    campaign_name: str | None = None
+    source: str | None = None
+    signed_up_at: str | None = None
+    referrer_first_name: str | None = None
+    referrer_email: str | None = None
+    referrer_code: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+    rf_user_id: int | None = None
+    type: str | None = None
+
+    def describe(self) -> str:
+        """How messages name this lead: ``jane@example.com (ueONFmUp)``."""
+        who = self.email or (f"Referral Factory user {self.rf_user_id}" if self.rf_user_id is not None else None)
+        who = who or self.first_name or "a lead without e-mail"
+        return f"{who} ({self.referral_code})" if self.referral_code else who
+
+    def value(self, source_name: str) -> str | None:
+        """The text of a SPEC §3 lead field (``meta.<label>`` included); None when absent or blank.
+
+        Meta labels are matched exactly first, then case- and space-insensitively, because
+        campaign forms and hand-typed mappings rarely agree on capitals.
+        """
+        if source_name.startswith(META_PREFIX):
+            return _text(_meta_lookup(self.meta, source_name[len(META_PREFIX) :]))
+        if source_name not in LEAD_FIELDS:
+            raise ConfigError(
+                f"unknown Referral Factory lead field {source_name!r}{did_you_mean(source_name, LEAD_FIELDS)}",
+                hint="lead fields are " + ", ".join(LEAD_FIELDS) + ", and meta.<label> for campaign form fields",
+            )
+        return _text(getattr(self, source_name))
+
+    def with_meta(self, **labels: str) -> "Lead":
+        return replace(self, meta={**self.meta, **labels})
+
+
+def is_lead_source(name: str) -> bool:
+    """A valid ``from`` for a booking mapping (SPEC §3)."""
+    return name in LEAD_FIELDS or (name.startswith(META_PREFIX) and bool(name[len(META_PREFIX) :].strip()))
+
+
+def did_you_mean(given: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` when a choice is close to ``given``; empty otherwise."""
+    pool = list(choices)
+    matches = difflib.get_close_matches(given, pool, n=1, cutoff=0.6)
+    if not matches:
+        folded = {choice.casefold(): choice for choice in pool}
+        matches = difflib.get_close_matches(given.casefold(), list(folded), n=1, cutoff=0.6)
+        matches = [folded[m] for m in matches]
+    return f" (did you mean {matches[0]!r}?)" if matches else ""
+
+
+# -- from the Referral Factory API -------------------------------------------------------------
+
+
+def lead_from_user(user: "User", *, campaign: "Campaign | None" = None, referrer: "User | None" = None) -> Lead:
+    """A lead (or referrer) read from Referral Factory, with its campaign and referrer if known."""
+    meta = {item.field: item.value for item in user.meta if item.value is not None}
+    return Lead(
+        first_name=user.first_name,
+        email=user.email,
+        referral_code=user.code,
+        referral_link=user.url,
+        campaign_id=user.campaign_id if user.campaign_id is not None else (campaign.id if campaign else None),
+        campaign_name=campaign.name if campaign is not None else None,
+        source=user.source,
+        signed_up_at=user.signed_up_at,
+        referrer_first_name=referrer.first_name if referrer is not None else None,
+        referrer_email=referrer.email if referrer is not None else None,
+        referrer_code=referrer.code if referrer is not None else None,
+        meta=meta,
+        rf_user_id=user.id,
+        type=user.type,
+    )
+
+
+# -- from JSON (a file, stdin, a webhook) ------------------------------------------------------
+
+# Normalised key (lowercase, letters and digits only) → Lead attribute. Covers Referral
+# Factory's own snake_case, camelCase from other tools, and the labels people rename keys to.
+_KEY_ALIASES: dict[str, str] = {
+    "firstname": "first_name",
+    "name": "first_name",
+    "fname": "first_name",
+    "email": "email",
+    "emailaddress": "email",
+    "mail": "email",
+    "referralcode": "referral_code",
+    "code": "referral_code",
+    "refcode": "referral_code",
+    "referrallink": "referral_link",
+    "referralurl": "referral_link",
+    "url": "referral_link",
+    "link": "referral_link",
+    "campaignid": "campaign_id",
+    "campaignname": "campaign_name",
+    "source": "source",
+    "signedupat": "signed_up_at",
+    "signedup": "signed_up_at",
+    "createdat": "signed_up_at",
+    "referrerfirstname": "referrer_first_name",
+    "referrername": "referrer_first_name",
+    "referreremail": "referrer_email",
+    "referreremailaddress": "referrer_email",
+    "referrercode": "referrer_code",
+    "referrerreferralcode": "referrer_code",
+    "id": "rf_user_id",
+    "userid": "rf_user_id",
+    "type": "type",
+    "usertype": "type",
+}
+# Keys whose value is the referrer as an object ("the details of the person who referred them").
+_REFERRER_KEYS = ("referrer", "referredby", "referringuser", "referrerdetails")
+# Envelopes a payload may wrap the user in.
+_WRAPPER_KEYS = ("data", "user", "lead", "referral", "payload")
+_EMAIL_SPELLINGS = "email, email_address, emailAddress"
+
+
+def _norm(key: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", key.casefold())
+
+
+def leads_from_json(obj: Any) -> list[Lead]:
+    """Leads from a Referral Factory user object, a webhook payload, or a list of either.
+
+    Raises ``UsageError`` when the shape is not a lead at all and ``InvalidRecord`` when a
+    lead lacks its e-mail (the one key every use needs), naming the record and the keys
+    looked for.
+    """
+    if isinstance(obj, list):
+        if not obj:
+            raise UsageError("the input is an empty list: no lead to read")
+        return [lead_from_json_object(item, position=index + 1) for index, item in enumerate(obj)]
+    if isinstance(obj, dict):
+        inner = _unwrap(obj)
+        if isinstance(inner, list):
+            return leads_from_json(inner)
+        return [lead_from_json_object(obj)]
+    raise UsageError(
+        f"expected a lead as a JSON object (or a list of them), got {type(obj).__name__}",
+        hint="pass a Referral Factory user object, a webhook payload, or a list of either",
+    )
+
+
+def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
+    """One lead from one JSON object (see ``leads_from_json``)."""
+    where = f"record #{position}" if position is not None else "the input"
+    if not isinstance(obj, dict):
+        raise UsageError(f"{where} is {type(obj).__name__}, not a JSON object describing a lead")
+    body = _unwrap(obj)
+    if not isinstance(body, dict):
+        raise UsageError(f"{where} wraps {type(body).__name__}, not a JSON object describing a lead")
+    if body is not obj:
+        # An envelope ({"event": ..., "data": {...}, "referrer": {...}}) may carry the
+        # campaign or the referrer beside the user: keep them unless the user has its own.
+        inner_keys = {_norm(k) for k in body if isinstance(k, str)}
+        extras = {
+            k: v for k, v in obj.items()
+            if isinstance(k, str) and _norm(k) in ("campaign", "campaignid", "campaignname", *_REFERRER_KEYS)
+            and _norm(k) not in inner_keys
+        }
+        body = {**body, **extras}
+    values: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    meta: dict[str, str] = {}
+    campaign_name = campaign_id = None
+    referrer: dict[str, Any] | None = None
+    for key, raw in body.items():
+        if not isinstance(key, str):
+            continue
+        norm = _norm(key)
+        if norm == "meta" or norm == "fields" or norm == "customfields":
+            meta.update(_meta_from_json(raw, where))
+            continue
+        if norm == "campaign":
+            if isinstance(raw, dict):
+                campaign_name = raw.get("name") if isinstance(raw.get("name"), str) else None
+                campaign_id = raw.get("id")
+            elif isinstance(raw, str):
+                campaign_name = raw
+            continue
+        if norm in _REFERRER_KEYS and isinstance(raw, dict):
+            referrer = raw
+            continue
+        target = _KEY_ALIASES.get(norm)
+        if target is None or isinstance(raw, (dict, list)):
+            continue  # unknown keys are the sender's business
+        # The field's own spelling beats a looser alias ("first_name" over "name"); among
+        # equals the first one wins.
+        rank = 0 if norm == _norm(target) else 1
+        if target in values and ranks[target] <= rank:
+            continue
+        values[target], ranks[target] = raw, rank
+    if referrer is not None:
+        for key, raw in referrer.items():
+            target = _KEY_ALIASES.get(_norm(key)) if isinstance(key, str) else None
+            mapped = {"first_name": "referrer_first_name", "email": "referrer_email", "referral_code": "referrer_code"}.get(
+                target or ""
+            )
+            if mapped and mapped not in values and isinstance(raw, (str, int)):
+                values[mapped] = raw
+    if campaign_name is not None and "campaign_name" not in values:
+        values["campaign_name"] = campaign_name
+    if campaign_id is not None and "campaign_id" not in values:
+        values["campaign_id"] = campaign_id
+
+    email = _text(values.get("email"))
+    if email is None:
+        code = _text(values.get("referral_code"))
+        who = f" (referral code {code})" if code else ""
+        raise InvalidRecord(
+            f"{where}{who} has no e-mail: looked for the keys {_EMAIL_SPELLINGS}",
+            record=code,
+            field="email",
+            hint="every lead needs an e-mail; if the webhook renames it, use one of those key names",
+        )
+    return Lead(
+        first_name=_text(values.get("first_name")),
+        email=email,
+        referral_code=_text(values.get("referral_code")),
+        referral_link=_text(values.get("referral_link")),
+        campaign_id=_int_or_none(values.get("campaign_id"), where, "campaign_id"),
+        campaign_name=_text(values.get("campaign_name")),
+        source=_text(values.get("source")),
+        signed_up_at=_text(values.get("signed_up_at")),
+        referrer_first_name=_text(values.get("referrer_first_name")),
+        referrer_email=_text(values.get("referrer_email")),
+        referrer_code=_text(values.get("referrer_code")),
+        meta=meta,
+        rf_user_id=_int_or_none(values.get("rf_user_id"), where, "id"),
+        type=_text(values.get("type")),
+    )
+
+
+def _unwrap(obj: dict) -> Any:
+    """The user inside ``{"data": {...}}``-style envelopes (API answers, webhook events)."""
+    current: Any = obj
+    for _ in range(3):
+        if not isinstance(current, dict):
+            return current
+        if any(_norm(k) in _KEY_ALIASES and _norm(k) not in ("type", "id") for k in current if isinstance(k, str)):
+            return current
+        inner = next((current[k] for k in current if isinstance(k, str) and _norm(k) in _WRAPPER_KEYS), None)
+        if not isinstance(inner, (dict, list)):
+            return current
+        current = inner
+    return current
+
+
+def _meta_from_json(raw: Any, where: str) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    if isinstance(raw, dict):
+        items = raw.items()
+    elif isinstance(raw, list):
+        items = []
+        for item in raw:
+            if isinstance(item, dict):
+                label = item.get("field", item.get("label", item.get("name")))
+                if label is not None:
+                    items.append((label, item.get("value")))
+    else:
+        raise UsageError(f"{where}: meta must be a list of {{field, value}} or an object, not {type(raw).__name__}")
+    for label, value in items:
+        text = _text(value)
+        if text is not None:
+            meta[str(label)] = text
+    return meta
+
+
+# -- from command-line flags -------------------------------------------------------------------
+
+
+def lead_from_flags(
+    email: str,
+    first_name: str,
+    referral_code: str | None = None,
+    campaign_name: str | None = None,
+    phone: str | None = None,
+    fields: Mapping[str, str] | None = None,
+) -> Lead:
+    """A lead typed on the command line (``push-lead --email --first-name ... --field K=V``).
+
+    ``fields`` keys are SPEC §3 lead field names or ``meta.<label>``; ``--phone`` is filed
+    as ``meta.Phone`` (map it with ``stsync map set phone --from meta.Phone``).
+    """
+    values: dict[str, Any] = {
+        "email": _text(email),
+        "first_name": _text(first_name),
+        "referral_code": _text(referral_code),
+        "campaign_name": _text(campaign_name),
+    }
+    meta: dict[str, str] = {}
+    if _text(phone) is not None:
+        meta[PHONE_META_LABEL] = str(phone).strip()
+    for key, raw in (fields or {}).items():
+        name = key.strip()
+        if name.startswith(META_PREFIX) and name[len(META_PREFIX) :].strip():
+            meta[name[len(META_PREFIX) :].strip()] = raw
+        elif name in LEAD_FIELDS:
+            values[name] = _text(raw)
+        else:
+            raise UsageError(
+                f"--field {key}=…: {key!r} is not a lead field{did_you_mean(name, LEAD_FIELDS)}",
+                hint="use one of " + ", ".join(LEAD_FIELDS) + ", or meta.<label> for a campaign form field",
+            )
+    if values["email"] is None:
+        raise UsageError("--email is empty")
+    if "@" not in values["email"]:
+        raise UsageError(f"--email {values['email']!r} is not an e-mail address")
+    return Lead(
+        **{k: v for k, v in values.items() if k != "campaign_id"},
+        campaign_id=_int_or_none(values.get("campaign_id"), "--field", "campaign_id", usage=True),
+        meta=meta,
+        type=PERSON_INVITED,
+    )
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _meta_lookup(meta: Mapping[str, str], label: str) -> str | None:
+    if label in meta:
+        return meta[label]
+    wanted = _norm_label(label)
+    for key, value in meta.items():
+        if _norm_label(key) == wanted:
+            return value
+    return None
+
+
+def _norm_label(label: str) -> str:
+    return " ".join(label.split()).casefold()
+
+
+def _text(value: Any) -> str | None:
+    """Text of a scalar, stripped; None for None and blanks."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = str(value)
+    text = text.strip()
+    return text or None
+
+
+def _int_or_none(value: Any, where: str, key: str, *, usage: bool = False) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        value = None
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        message = f"{where}: {key} must be a whole number, not {value!r}"
+        if usage:
+            raise UsageError(message) from None
+        raise InvalidRecord(message, field=key) from None
+
+
+LEAD_ATTRIBUTES = tuple(f.name for f in fields(Lead))

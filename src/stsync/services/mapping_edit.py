@@ -1,0 +1,373 @@
+"""Editing the mapping in the config file: ``stsync map set|unset|action|qualify|return-field|reset``.
+
+Every edit is read → change → check → write: the config is loaded (or, before ``stsync
+connect`` has written one, started from the seed's default), the change is validated the way
+the mapping engine will use it (an unknown target or source field names the closest one; a
+select value must be one of the target's options; a template's every field must exist), and
+the file is rewritten by ``storage.config.save_config`` (tomli-w, SPEC order, stsync's own
+comments). Comments a person added by hand cannot survive that rewrite: the result counts
+them so the command can say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from stsync.errors import ConfigError, UsageError
+from stsync.services import mapping
+from stsync.services.leads import did_you_mean
+from stsync.servicetitan.vocabulary import JOB_STATUSES
+
+if TYPE_CHECKING:
+    from stsync.storage.config import Config
+
+FOR_CHOICES = ("leads", "referrers", "customers")
+VALUE_KINDS = ("from", "value", "select", "template")
+ACTION_WORDS = {"create-booking": "create_booking", "create_booking": "create_booking", "nothing": "nothing"}
+RULE_WORDS = {
+    "none": "none",
+    "job-created": "job_created",
+    "job_created": "job_created",
+    "job-status": "job_status",
+    "job_status": "job_status",
+}
+UNQUALIFY_WORDS = {
+    "job-canceled": "job_canceled",
+    "job_canceled": "job_canceled",
+    "booking-dismissed": "booking_dismissed",
+    "booking_dismissed": "booking_dismissed",
+}
+
+
+@dataclass
+class EditResult:
+    config_path: str
+    section: str  # leads | referrers | customers | qualification | return_fields | mapping
+    change: str  # one line: what the file now says
+    changed: bool
+    created_config: bool = False  # no config yet: started from the seed's default mapping
+    dropped_comments: int = 0  # hand-written comment lines the rewrite could not keep
+    warnings: list[str] = field(default_factory=list)
+    setup_required: list[str] = field(default_factory=list)  # the section's missing required targets
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# == the edits ==================================================================================
+
+
+def set_field(config_path: Path, target: str, *, kind: str, value: Any, for_: str = "leads") -> EditResult:
+    """``map set TARGET --from|--value|--select|--template X [--for ...]``."""
+    from stsync.storage.config import field_spec
+
+    section = _check_for(for_)
+    if kind not in VALUE_KINDS:
+        raise UsageError(f"unknown value kind {kind!r}{did_you_mean(kind, VALUE_KINDS)}")
+    target = target.strip()
+    if section == "customers":
+        mapping.check_referrer_target(target)
+    else:
+        mapping.check_booking_target(target, section=section)
+    value = _normalise_value(section, target, kind, value)
+    spec = field_spec(kind, value)
+    if section == "customers":
+        mapping.check_referrer_spec(target, spec)
+    else:
+        mapping.check_booking_spec(target, spec, section=section)
+    shown = f"{section}: {target} = {{ {kind} = {_shown(value)} }}"
+
+    def change(config: "Config") -> bool:
+        fields = _fields_of(config, section)
+        before = fields.get(target)
+        fields[target] = spec
+        return before != spec
+
+    return _edit(config_path, section, shown, change)
+
+
+def unset_field(config_path: Path, target: str, *, for_: str = "leads") -> EditResult:
+    """``map unset TARGET [--for ...]``: the target no longer gets a value."""
+    section = _check_for(for_)
+    target = target.strip()
+
+    def change(config: "Config") -> bool:
+        fields = _fields_of(config, section)
+        if target in fields:
+            del fields[target]
+            return True
+        if section == "customers":
+            mapping.check_referrer_target(target)
+        else:
+            mapping.check_booking_target(target, section=section)
+        return False
+
+    result = _edit(config_path, section, f"{section}: {target} unmapped", change)
+    if not result.changed:
+        result.change = f"{section}: {target} was not mapped"
+    elif section != "customers" and target in mapping.REQUIRED_BOOKING_TARGETS:
+        result.warnings.append(f"{target} is required: bookings cannot be created until it is mapped again")
+    elif section == "customers" and target in mapping.REQUIRED_REFERRER_TARGETS:
+        result.warnings.append(f"{target} is required: customers cannot become referrers until it is mapped again")
+    return result
+
+
+def set_action(config_path: Path, section: str, action: str) -> EditResult:
+    """``map action leads|referrers create-booking|nothing`` (setup guide Steps 4 and 7)."""
+    if section not in ("leads", "referrers"):
+        raise UsageError(f"map action takes leads or referrers, not {section!r}{did_you_mean(section, ('leads', 'referrers'))}")
+    chosen = ACTION_WORDS.get(action.strip().casefold())
+    if chosen is None:
+        raise UsageError(f"unknown action {action!r}{did_you_mean(action, ('create-booking', 'nothing'))}", hint="use create-booking or nothing")
+    notes: list[str] = []
+
+    def change(config: "Config") -> bool:
+        settings = getattr(config, section)
+        before = settings.action
+        settings.action = chosen
+        if section == "referrers" and chosen == "create_booking" and not settings.fields:
+            # The Referrers tab maps the same booking fields; start from what leads use.
+            settings.fields = dict(config.leads.fields)
+            notes.append("the referrers had no field mapping: started from the leads' (see `stsync map show --for referrers`)")
+        return before != chosen
+
+    label = "Create New Booking In Service Titan" if chosen == "create_booking" else "Nothing to action"
+    result = _edit(config_path, section, f"{section}: action = {chosen} ({label})", change)
+    result.warnings.extend(notes)
+    if chosen == "nothing" and section == "leads":
+        result.warnings.append('"Nothing to action": referred leads will not be sent to ServiceTitan')
+    return result
+
+
+def set_qualification(
+    config_path: Path, rule: str, *, status: str | None = None, unqualify_on: list[str] | None = None
+) -> EditResult:
+    """``map qualify none|job-created|job-status [--status S] [--unqualify-on EVENT ...]`` (Step 6)."""
+    chosen = RULE_WORDS.get(rule.strip().casefold())
+    if chosen is None:
+        raise UsageError(
+            f"unknown qualification rule {rule!r}{did_you_mean(rule, ('none', 'job-created', 'job-status'))}",
+            hint="use none, job-created or job-status --status <status>",
+        )
+    job_status: str | None = None
+    if status is not None:
+        if chosen != "job_status":
+            raise UsageError("--status only goes with job-status", hint="stsync map qualify job-status --status Completed")
+        job_status = next((s for s in JOB_STATUSES if s.casefold() == status.strip().casefold()), None)
+        if job_status is None:
+            raise UsageError(
+                f"{status!r} is not a ServiceTitan job status{did_you_mean(status, JOB_STATUSES)}: "
+                "job-status needs one of " + ", ".join(JOB_STATUSES),
+                hint="e.g. stsync map qualify job-status --status Completed",
+            )
+    elif chosen == "job_status":
+        raise UsageError(
+            "job-status needs --status: one of " + ", ".join(JOB_STATUSES),
+            hint="e.g. stsync map qualify job-status --status Completed",
+        )
+    events: list[str] | None = None
+    if unqualify_on is not None:
+        events = []
+        for word in unqualify_on:
+            if word.strip().casefold() == "none":
+                continue
+            event = UNQUALIFY_WORDS.get(word.strip().casefold())
+            if event is None:
+                raise UsageError(
+                    f"unknown --unqualify-on event {word!r}{did_you_mean(word, ('job-canceled', 'booking-dismissed'))}",
+                    hint="use job-canceled, booking-dismissed, or none",
+                )
+            if event not in events:
+                events.append(event)
+
+    def change(config: "Config") -> bool:
+        qualification = config.leads.qualification
+        before = (qualification.rule, qualification.job_status, list(qualification.unqualify_on))
+        qualification.rule = chosen
+        qualification.job_status = job_status
+        if events is not None:
+            qualification.unqualify_on = events
+        return before != (qualification.rule, qualification.job_status, list(qualification.unqualify_on))
+
+    shown = {"none": "none (Do not qualify my referrals)", "job_created": "job_created (Booking becomes a job)"}.get(
+        chosen, f"job_status = {job_status} (Booking becomes a job and reached status {job_status})"
+    )
+    result = _edit(config_path, "qualification", f"leads.qualification: rule = {shown}", change)
+    config = load_or_default(Path(config_path))[0]
+    if chosen != "none" and config.leads.action != "create_booking":
+        result.warnings.append(
+            'leads action is "Nothing to action": no booking is created, so no referral can qualify '
+            "(stsync map action leads create-booking)"
+        )
+    return result
+
+
+def set_return_field(config_path: Path, name: str, value: str) -> EditResult:
+    """``map return-field NAME referral_link|referral_code``: a customer custom field to write back."""
+    name = name.strip()
+    value = value.strip().replace("-", "_")
+    mapping.check_return_field(name, value)
+
+    def change(config: "Config") -> bool:
+        fields = config.customer_sync.return_fields
+        before = fields.get(name)
+        fields[name] = value
+        return before != value
+
+    result = _edit(config_path, "return_fields", f'customer_sync.return_fields: "{name}" = {value}', change)
+    result.warnings.append(
+        f"the ServiceTitan customer custom field {name!r} must exist and be of type Text: "
+        "`stsync validate --online` checks it"
+    )
+    return result
+
+
+def remove_return_field(config_path: Path, name: str) -> EditResult:
+    """``map return-field NAME --remove``."""
+    name = name.strip()
+
+    def change(config: "Config") -> bool:
+        fields = config.customer_sync.return_fields
+        if name not in fields:
+            raise ConfigError(
+                f"no return field named {name!r}{did_you_mean(name, fields)}",
+                key_path="customer_sync.return_fields",
+                hint="see them with `stsync map show --for customers`",
+            )
+        del fields[name]
+        return True
+
+    return _edit(config_path, "return_fields", f'customer_sync.return_fields: "{name}" removed', change)
+
+
+def reset_mapping(config_path: Path) -> EditResult:
+    """``map reset``: [leads], [referrers] and [customer_sync] back to the seed's defaults;
+    the connection itself (tenant, booking provider, campaign), limits and webhook keys are kept."""
+    from stsync.storage.config import default_config
+
+    def change(config: "Config") -> bool:
+        defaults = default_config()
+        before = (config.leads, config.referrers, config.customer_sync)
+        config.leads = defaults.leads
+        config.referrers = defaults.referrers
+        config.customer_sync = defaults.customer_sync
+        return before != (config.leads, config.referrers, config.customer_sync)
+
+    return _edit(config_path, "mapping", "leads, referrers and customer_sync reset to the default mapping", change)
+
+
+# == plumbing ===================================================================================
+
+
+def _check_for(for_: str) -> str:
+    chosen = (for_ or "leads").strip().casefold()
+    if chosen not in FOR_CHOICES:
+        raise UsageError(f"--for takes leads, referrers or customers, not {for_!r}{did_you_mean(for_, FOR_CHOICES)}")
+    return chosen
+
+
+def _fields_of(config: "Config", section: str) -> dict[str, Any]:
+    if section == "customers":
+        return config.customer_sync.fields
+    return getattr(config, section).fields
+
+
+def _normalise_value(section: str, target: str, kind: str, value: Any) -> Any:
+    """What the file should hold: options in their canonical spelling, IDs as numbers."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if section == "customers":
+        return text
+    if kind == "select":
+        options = mapping.select_options(target)
+        return next((o for o in options if o.casefold() == text.casefold()), text)
+    if kind == "value" and mapping.target_kind(target) == "integer" and text.isdigit():
+        return int(text)
+    return text
+
+
+def _shown(value: Any) -> str:
+    from stsync.storage.config import _toml_value  # the exact TOML spelling the file gets
+
+    return _toml_value(value)
+
+
+def load_or_default(path: Path) -> tuple["Config", bool, str | None]:
+    """(config, created, the file's text) — a missing file starts from the seed's default."""
+    from stsync.storage.config import default_config, parse_config_text
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return default_config(), True, None
+    except (OSError, UnicodeDecodeError):
+        from stsync.storage.config import load_config
+
+        return load_config(path), False, None  # load_config words the failure
+    return parse_config_text(text, path=path), False, text
+
+
+def _edit(config_path: Path, section: str, shown: str, change: Callable[["Config"], bool]) -> EditResult:
+    from stsync.storage.config import render_config, save_config
+
+    path = Path(config_path)
+    config, created, text = load_or_default(path)
+    original_render = render_config(config)
+    edited = config.model_copy(deep=True)
+    changed = change(edited)
+    dropped = 0
+    if changed or created:
+        new_render = render_config(edited)
+        if text is not None:
+            kept = set(comment_lines(original_render)) | set(comment_lines(new_render))
+            dropped = sum(1 for comment in comment_lines(text) if comment not in kept)
+        save_config(edited, path)
+    result = EditResult(
+        config_path=str(path), section=section, change=shown, changed=changed, created_config=created, dropped_comments=dropped
+    )
+    if section in ("leads", "referrers"):
+        settings = getattr(edited, section)
+        missing = mapping.missing_required(settings)
+        if settings.action == mapping.CREATE_BOOKING and missing:
+            result.setup_required = missing
+    return result
+
+
+def comment_lines(text: str) -> list[str]:
+    """The text of every TOML comment in ``text`` (a ``#`` outside any string), stripped."""
+    comments: list[str] = []
+    in_string: str | None = None  # the delimiter of the open string: ", ', \"\"\" or '''
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if in_string is not None:
+            if in_string in ('"', '"""') and ch == "\\":
+                i += 2
+                continue
+            if text.startswith(in_string, i):
+                i += len(in_string)
+                in_string = None
+                continue
+            if ch == "\n" and len(in_string) == 1:
+                in_string = None  # an unterminated one-line string: the loader reports it
+            i += 1
+            continue
+        if ch == "#":
+            end = text.find("\n", i)
+            end = n if end == -1 else end
+            comment = text[i + 1 : end].strip()
+            if comment:
+                comments.append(comment)
+            i = end
+            continue
+        for delimiter in ('"""', "'''", '"', "'"):
+            if text.startswith(delimiter, i):
+                in_string = delimiter
+                i += len(delimiter)
+                break
+        else:
+            i += 1
+    return comments

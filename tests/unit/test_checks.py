@@ -1,0 +1,278 @@
+"""`stsync validate` and the checks it (and diagnose) runs: offline on the config, online
+against strict HTTP mocks (an unexpected request or an unused response fails the test)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from pytest_httpx import HTTPXMock
+
+from stsync.cli.app import run
+from stsync.services import checks
+from stsync.services.validate import validate
+from stsync.storage.config import Config, default_config, save_config
+from stsync.storage.paths import ConnectionPaths
+
+AUTH = "https://auth.servicetitan.io"
+API = "https://api.servicetitan.io"
+RF = "https://referral-factory.com/api/v2"
+TENANT, BP, CAMPAIGN = 1234567, 42, 7
+SECRETS = {"STSYNC_ST_CLIENT_SECRET": "cs2.KNOWN-secret", "STSYNC_ST_APP_KEY": "ak1.KNOWN-key", "STSYNC_RF_API_KEY": "rf-KNOWN-key"}
+TOKEN_URL = f"{AUTH}/connect/token"
+FIELD_TYPES_URL = f"{API}/crm/v2/tenant/{TENANT}/customers/custom-fields?page=1&pageSize=200"
+BOOKINGS_URL = f"{API}/crm/v2/tenant/{TENANT}/booking-provider/{BP}/bookings?page=1&pageSize=1"
+CAMPAIGNS_URL = f"{RF}/campaigns?page=1&per_page=250"
+CAMPAIGN_URL = f"{RF}/campaigns/{CAMPAIGN}"
+TEXT_TYPES = [{"id": 101, "name": "Referral Link", "dataType": "Text"}, {"id": 102, "name": "Referral Code", "dataType": "Text"}]
+
+
+@pytest.fixture
+def connected(monkeypatch) -> Path:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    path = Path(os.environ["STSYNC_CONFIG"])
+    save_config(default_config(tenant_id=TENANT, client_id="cid.test", booking_provider=BP, campaign_id=CAMPAIGN), path)
+    return path
+
+
+def edit(path: Path, **sections) -> None:
+    data = default_config(tenant_id=TENANT, client_id="cid.test", booking_provider=BP, campaign_id=CAMPAIGN).model_dump(by_alias=True, exclude_none=True)
+    for key, value in sections.items():
+        data[key] = {**data[key], **value}
+    save_config(Config.model_validate(data), path)
+
+
+def report_for(path: Path, *, online: bool = False):
+    return validate(path, ConnectionPaths.for_config(path), online=online)
+
+
+def by_name(report) -> dict[str, checks.Check]:
+    return {check.name: check for check in report.checks}
+
+
+# == offline ======================================================================================
+
+
+def test_a_connected_default_config_passes_offline(connected: Path):
+    report = report_for(connected)
+    assert report.exit_code == 0
+    assert [c.status for c in report.checks] == ["pass"] * len(report.checks)
+    assert {c.name for c in report.checks} >= {"Config file", "Connection settings", "Secrets", "Leads: field mapping", "Qualification rule"}
+
+
+def test_secret_values_never_appear_only_their_names(connected: Path, capsys):
+    assert run(["--json", "validate"]) == 0
+    out = capsys.readouterr()
+    for value in SECRETS.values():
+        assert value not in out.out and value not in out.err
+    secrets = next(c for c in json.loads(out.out)["checks"] if c["name"] == "Secrets")
+    assert "st_client_secret (env)" in secrets["message"]
+
+
+def test_missing_secrets_are_named_and_fail_with_3(connected: Path, monkeypatch):
+    monkeypatch.delenv("STSYNC_ST_APP_KEY")
+    report = report_for(connected)
+    secrets = by_name(report)["Secrets"]
+    assert secrets.status == "fail" and "st_app_key" in secrets.message and "STSYNC_ST_APP_KEY" in secrets.message
+    assert "stsync connect" in secrets.fix and report.exit_code == 3
+
+
+def test_toml_syntax_error_gives_line_and_column(connected: Path):
+    connected.write_text('[leads]\naction = "create_booking"\nfields = { name = \n')
+    report = report_for(connected)
+    first = report.checks[0]
+    assert first.name == "Config file" and first.status == "fail" and ":3:" in first.message
+    assert by_name(report)["Secrets"].status == "pass"  # still checked: it does not need the config
+    assert report.exit_code == 3
+
+
+def test_schema_error_names_the_key_path(connected: Path):
+    connected.write_text(connected.read_text().replace('action = "create_booking"', 'action = "create"'))
+    first = report_for(connected).checks[0]
+    assert first.status == "fail" and "leads.action" in first.message
+
+
+def test_nothing_to_action_warns_with_the_troubleshooting_wording(connected: Path):
+    edit(connected, leads={"action": "nothing"})
+    report = report_for(connected)
+    action = by_name(report)["Leads: when lead joins campaign"]
+    assert action.status == "warn"
+    assert '"Nothing to action" is selected' in action.message and "no bookings will be created in ServiceTitan" in action.message
+    assert action.fix == "stsync map action leads create-booking"
+    assert report.exit_code == 0
+    strict = checks.check_leads_action(Config.model_validate({"leads": {"action": "nothing"}}), nothing_is="fail")
+    assert strict.status == "fail" and strict.exit_code == 3
+
+
+def test_required_field_not_mapped_is_setup_required_with_exactly_those_fields(connected: Path):
+    fields = {k: v for k, v in default_config().model_dump(by_alias=True)["leads"]["fields"].items() if k not in ("summary", "is_first_time_client")}
+    edit(connected, leads={"fields": fields})
+    report = report_for(connected)
+    mapping_check = by_name(report)["Leads: field mapping"]
+    assert mapping_check.status == "fail"
+    assert "Setup Required: Summary (summary), Is First Time Client (is_first_time_client) not mapped" in mapping_check.message
+    assert "Required fields not mapped" in mapping_check.message
+    assert report.exit_code == 3
+
+
+def test_referrers_creating_bookings_need_their_required_fields(connected: Path):
+    edit(connected, referrers={"action": "create_booking"})
+    check = by_name(report_for(connected))["Referrers: field mapping"]
+    assert check.status == "fail" and "Source (source)" in check.message and "--for referrers" in check.fix
+
+
+def test_unknown_source_field_in_a_mapping_fails_with_suggestion(connected: Path):
+    fields = {**default_config().model_dump(by_alias=True)["leads"]["fields"], "name": {"from": "frist_name"}}
+    edit(connected, leads={"fields": fields})
+    check = by_name(report_for(connected))["Leads: field mapping"]
+    assert check.status == "fail" and "leads.fields.name" in check.message and "did you mean 'first_name'" in check.message
+
+
+def test_partial_address_warns(connected: Path):
+    fields = {**default_config().model_dump(by_alias=True)["leads"]["fields"], "address.street": {"from": "meta.Street"}}
+    edit(connected, leads={"fields": fields})
+    check = by_name(report_for(connected))["Leads: field mapping"]
+    assert check.status == "warn" and "address.city" in check.message
+
+
+def test_qualification_rule_consistency():
+    base = {"leads": {"action": "nothing", "qualification": {"rule": "job_created"}}}
+    assert checks.check_qualification_rule(Config.model_validate(base)).status == "warn"
+    good = Config.model_validate({"leads": {"qualification": {"rule": "job_status", "job_status": "Completed"}}})
+    check = checks.check_qualification_rule(good)
+    assert check.status == "pass" and "Completed" in check.message
+    ignored = Config.model_validate({"leads": {"qualification": {"rule": "job_created", "job_status": "Hold"}}})
+    assert checks.check_qualification_rule(ignored).status == "warn"
+    contradictory = Config.model_validate(
+        {"leads": {"qualification": {"rule": "job_status", "job_status": "Canceled", "unqualify_on": ["job_canceled"]}}}
+    )
+    assert checks.check_qualification_rule(contradictory).status == "warn"
+
+
+def test_customer_mapping_and_return_fields():
+    bad = Config.model_validate({"customer_sync": {"fields": {"first_name": {"from": "customer.frist_name"}, "email": {"from": "contact.email"}}}})
+    check = checks.check_customer_mapping(bad)
+    assert check.status == "fail" and "did you mean 'customer.first_name'" in check.message
+    no_email = Config.model_validate({"customer_sync": {"fields": {"first_name": {"from": "customer.first_name"}}}})
+    assert checks.check_customer_mapping(no_email).status == "fail"
+    twice = Config.model_validate({"customer_sync": {"return_fields": {"Referral Link": "referral_link", "referral link": "referral_code"}}})
+    assert checks.check_return_fields(twice).status == "fail"
+    assert checks.check_return_fields(default_config()).status == "pass"
+
+
+def test_missing_connection_settings_skip_online_checks(tmp_path: Path, monkeypatch):
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    path = Path(os.environ["STSYNC_CONFIG"])
+    save_config(default_config(), path)
+    report = report_for(path, online=True)  # strict mocks: any request would fail the test
+    assert by_name(report)["Connection settings"].status == "fail"
+    assert report.online_skipped and report.exit_code == 3
+
+
+# == online =======================================================================================
+
+
+def st_ok(httpx_mock: HTTPXMock, *, types=TEXT_TYPES, bookings_status: int = 200) -> None:
+    httpx_mock.add_response(method="POST", url=TOKEN_URL, json={"access_token": "tok-1", "expires_in": 900})
+    httpx_mock.add_response(method="GET", url=FIELD_TYPES_URL, json={"page": 1, "pageSize": 200, "hasMore": False, "data": types})
+    if bookings_status == 200:
+        httpx_mock.add_response(method="GET", url=BOOKINGS_URL, json={"page": 1, "pageSize": 1, "hasMore": False, "data": []})
+    else:
+        httpx_mock.add_response(method="GET", url=BOOKINGS_URL, status_code=bookings_status, json={"title": "Not Found", "status": bookings_status})
+
+
+def rf_ok(httpx_mock: HTTPXMock, *, status: str = "launched") -> None:
+    campaign = {"id": CAMPAIGN, "name": "Spring Referrals", "status": status}
+    httpx_mock.add_response(method="GET", url=CAMPAIGNS_URL, json={"data": [campaign]})
+    httpx_mock.add_response(method="GET", url=CAMPAIGN_URL, json={"data": campaign})
+
+
+def test_online_all_good(connected: Path, httpx_mock: HTTPXMock, capsys):
+    st_ok(httpx_mock)
+    rf_ok(httpx_mock)
+    assert run(["--json", "validate", "--online"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = [c["name"] for c in out["checks"] if c["status"] == "pass"]
+    for expected in ("ServiceTitan token", "ServiceTitan app key and tenant access", "Booking Provider Value",
+                     "Return fields in ServiceTitan", "Referral Factory API key", "Referral Factory campaign"):
+        assert expected in names
+    assert out["ok"] is True and out["counts"]["fail"] == 0
+
+
+def test_wrong_booking_provider_uses_the_troubleshooting_wording_and_exits_4(connected: Path, httpx_mock: HTTPXMock, capsys):
+    st_ok(httpx_mock, bookings_status=404)
+    rf_ok(httpx_mock)
+    assert run(["--json", "validate", "--online"]) == 4
+    out = capsys.readouterr()
+    check = next(c for c in json.loads(out.out)["checks"] if c["name"] == "Booking Provider Value")
+    assert check["status"] == "fail" and check["exit_code"] == 4
+    assert check["message"].startswith(
+        "Booking Provider Value is incorrect — if the wrong Booking Provider Value was entered during the "
+        "Finalize step, bookings may fail"
+    )
+    assert "API Application Access" in check["fix"]
+    assert "Booking Provider Value" in out.err and "FAIL" in out.err and "(exit 4)" in out.err
+
+
+def test_paused_campaign_fails(connected: Path, httpx_mock: HTTPXMock):
+    st_ok(httpx_mock)
+    rf_ok(httpx_mock, status="paused")
+    report = report_for(connected, online=True)
+    campaign = by_name(report)["Referral Factory campaign"]
+    assert campaign.status == "fail" and "is paused, not launched" in campaign.message
+    assert report.exit_code == 3
+
+
+def test_return_field_missing_in_servicetitan_or_not_text(connected: Path, httpx_mock: HTTPXMock):
+    st_ok(httpx_mock, types=[{"id": 101, "name": "Referral Link", "dataType": "Dropdown"}, {"id": 103, "name": "Referral Codes", "dataType": "Text"}])
+    rf_ok(httpx_mock)
+    report = report_for(connected, online=True)
+    check = by_name(report)["Return fields in ServiceTitan"]
+    assert check.status == "fail"
+    assert "no customer custom field named 'Referral Code' (did you mean 'Referral Codes'?)" in check.message
+    assert "'Referral Link' is a Dropdown custom field, not Text" in check.message
+    assert report.exit_code == 3
+
+
+def test_bad_client_secret_fails_the_token_names_the_environment_and_skips_dependent_checks(connected: Path, httpx_mock: HTTPXMock):
+    httpx_mock.add_response(method="POST", url=TOKEN_URL, status_code=400, json={"error": "invalid_client"})
+    rf_ok(httpx_mock)
+    report = report_for(connected, online=True)
+    names = by_name(report)
+    token = names["ServiceTitan token"]
+    assert token.status == "fail" and "Client ID / Client Secret" in token.message and "production environment" in token.message
+    assert "Booking Provider Value" not in names and names["Referral Factory campaign"].passed
+    assert report.exit_code == 4
+
+
+def test_wrong_app_key_is_told_apart(connected: Path, httpx_mock: HTTPXMock):
+    httpx_mock.add_response(method="POST", url=TOKEN_URL, json={"access_token": "tok-1", "expires_in": 900}, is_reusable=True)
+    httpx_mock.add_response(method="GET", url=FIELD_TYPES_URL, status_code=401, json={"title": "Invalid ST-App-Key", "status": 401}, is_reusable=True)
+    rf_ok(httpx_mock)
+    report = report_for(connected, online=True)
+    access = by_name(report)["ServiceTitan app key and tenant access"]
+    assert by_name(report)["ServiceTitan token"].passed
+    assert access.status == "fail" and "ST-App-Key" in access.message and access.exit_code == 4
+    assert report.exit_code == 4
+
+
+def test_revoked_referral_factory_key(connected: Path, httpx_mock: HTTPXMock):
+    st_ok(httpx_mock)
+    httpx_mock.add_response(method="GET", url=CAMPAIGNS_URL, status_code=401, json={"message": "Unauthenticated."})
+    report = report_for(connected, online=True)
+    key = by_name(report)["Referral Factory API key"]
+    assert key.status == "fail" and "one active API key" in (key.fix or "") + key.message
+    assert "Referral Factory campaign" not in by_name(report)
+    assert report.exit_code == 4
+
+
+def test_unknown_campaign(connected: Path, httpx_mock: HTTPXMock):
+    st_ok(httpx_mock)
+    httpx_mock.add_response(method="GET", url=CAMPAIGNS_URL, json={"data": []})
+    httpx_mock.add_response(method="GET", url=CAMPAIGN_URL, status_code=404, json={"message": "Not found"})
+    check = by_name(report_for(connected, online=True))["Referral Factory campaign"]
+    assert check.status == "fail" and "was not found for this API key" in check.message
