@@ -1,0 +1,196 @@
+"""`stsync demo`: the whole job on an in-process sandbox, with no credentials.
+
+It runs the very commands an admin, support and cron would run — printed as `$ stsync …`
+before each — against a simulator of both APIs over local sockets, in a temporary config
+and state directory (removed afterwards unless ``--keep``). Nothing touches the OS keyring.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import typer
+
+from stsync.cli.context import AppContext
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo", help="Run the whole job on a local sandbox (no credentials needed).")(demo_command)
+
+
+@dataclass
+class Step:
+    title: str
+    argv: list[str]
+    code: int | None = None
+    seconds: float = 0.0
+
+
+def demo_command(
+    ctx: typer.Context,
+    keep: bool = typer.Option(False, "--keep", help="Keep the demo's config and state directory afterwards."),
+    customers: int = typer.Option(60, "--customers", help="ServiceTitan customers in the sandbox."),
+    leads: int = typer.Option(6, "--leads", help="Referred leads waiting in the campaign."),
+) -> None:
+    from rich.panel import Panel
+    from rich.rule import Rule
+
+    from stsync.cli.app import run
+    from stsync.sandbox import Sandbox
+
+    app_ctx = AppContext.from_typer(ctx)
+    term = app_ctx.terminal
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="stsync-demo-"))
+    term.print(
+        Panel.fit(
+            "A simulated ServiceTitan tenant and Referral Factory campaign are starting on this machine.\n"
+            "Each step below is a real stsync command; nothing leaves localhost.",
+            title="stsync demo",
+        )
+    )
+    steps: list[Step] = []
+    summary: dict = {}
+    try:
+        with Sandbox(customers=customers, leads=leads, seed=7) as sandbox, _demo_environment(workdir, sandbox) as cfg:
+            creds = sandbox.credentials
+            baseline = _summary(sandbox)
+            plan = [
+                Step(
+                    "Connect: verify credentials, store them, write the default mapping",
+                    [
+                        "connect", "--environment", "integration",
+                        "--tenant-id", str(creds.tenant_id), "--client-id", creds.client_id,
+                        "--client-secret", creds.client_secret, "--app-key", creds.app_key,
+                        "--booking-provider", str(creds.booking_provider),
+                        "--rf-api-key", creds.rf_api_key, "--campaign-id", str(creds.campaign_id),
+                        "--secrets-store", "file",
+                    ],
+                ),
+                Step("Review the mapping (the setup guide's Step 5 table)", ["map", "show"]),
+                Step("Qualify referrals when their job is Completed (Step 6)", ["map", "qualify", "job-status", "--status", "Completed"]),
+                Step("Validate the setup, live", ["validate", "--online"]),
+                Step("Push the campaign's new referred leads as bookings", ["push-lead", "--new"]),
+                Step("Push them again: nothing is booked twice", ["push-lead", "--new"]),
+                Step("Sync ServiceTitan customers as referrers, with return fields", ["sync-customers", "--once"]),
+                Step("Qualify: nothing yet, no booking has become a job", ["qualify"]),
+            ]
+            for step in plan:
+                if not _run_step(term, run, step, steps, cfg):
+                    break
+            else:
+                booking = next(iter(sorted(sandbox.bookings(), key=lambda b: b["id"])), None)
+                if booking is not None:
+                    term.print(Rule(style="dim"))
+                    term.print(
+                        f"[bold]ServiceTitan side:[/] a CSR converts booking {booking['id']} "
+                        f"({booking['name']}) into a job, and the technician completes it."
+                    )
+                    job = sandbox.convert_booking_to_job(booking["id"])
+                    sandbox.set_job_status(job["id"], "Completed")
+                    later = [
+                        Step("Qualify: the referral whose job completed is qualified", ["qualify"]),
+                        Step("Troubleshooting checklist", ["diagnose"]),
+                        Step("The ledger: every push, newest first", ["history", "--limit", "5"]),
+                    ]
+                    for step in later:
+                        if not _run_step(term, run, step, steps, cfg):
+                            break
+                # What the demo did, not what the seeded campaign already held.
+                summary = {key: value - baseline[key] for key, value in _summary(sandbox).items()}
+    finally:
+        if keep:
+            term.info(f"kept the demo's files in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    failed = [s for s in steps if s.code not in (0, None)]
+    table = term.table("Step", "Command", "Result", "Time", title="Demo summary")
+    for step in steps:
+        ok = step.code == 0
+        table.add_row(step.title, "stsync " + _shown(step.argv), "[green]✓[/]" if ok else f"[red]exit {step.code}[/]", f"{step.seconds:.1f}s")
+    term.summary(table)
+    if not failed:
+        term.summary(
+            f"[green]All {len(steps)} steps passed[/] in {time.monotonic() - started:.1f}s: "
+            f"{summary['bookings']} bookings created, {summary['referrers']} customers joined as referrers, "
+            f"{summary['return_fields']} return fields written, {summary['qualified']} referral(s) qualified."
+        )
+        term.summary("Next: `stsync connect` with your own credentials (see README), or `stsync sandbox` to explore.")
+    app_ctx.emit({"ok": not failed, "steps": [{"title": s.title, "argv": s.argv, "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps], "summary": summary if not failed else None})
+    if failed:
+        raise typer.Exit(failed[0].code or 1)
+
+
+def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:
+    from rich.rule import Rule
+
+    term.print(Rule(f"[bold]{len(done) + 1}. {step.title}[/]", align="left"))
+    term.print(f"[cyan]$ stsync {_shown(step.argv)}[/]")
+    started = time.monotonic()
+    step.code = run(["--config", str(cfg), *step.argv])
+    step.seconds = time.monotonic() - started
+    done.append(step)
+    if step.code != 0:
+        term.error(f"step {len(done)} exited {step.code}")
+        return False
+    return True
+
+
+def _shown(argv: list[str]) -> str:
+    """The command as printed: secrets are the sandbox's, but they still are not shown."""
+    hidden = {"--client-secret", "--app-key", "--rf-api-key"}
+    out: list[str] = []
+    redact_next = False
+    for arg in argv:
+        out.append("***" if redact_next else arg)
+        redact_next = arg in hidden
+    return " ".join(out)
+
+
+@contextmanager
+def _demo_environment(workdir: Path, sandbox) -> Iterator[Path]:
+    """Point stsync at the sandbox and at a throwaway state dir, then restore the environment."""
+    env = {
+        "STSYNC_STATE_DIR": str(workdir / "state"),
+        "STSYNC_ST_AUTH_URL": sandbox.st_auth_url,
+        "STSYNC_ST_API_URL": sandbox.st_api_url,
+        "STSYNC_RF_API_URL": sandbox.rf_api_url,
+    }
+    # Secrets given to `connect` must be the ones stored, not ones inherited from the shell.
+    drop = ("STSYNC_ST_CLIENT_SECRET", "STSYNC_ST_APP_KEY", "STSYNC_RF_API_KEY", "STSYNC_CONFIG")
+    saved = {k: os.environ.get(k) for k in (*env, *drop)}
+    os.environ.update(env)
+    for key in drop:
+        os.environ.pop(key, None)
+    try:
+        yield workdir / "demo.toml"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _summary(sandbox) -> dict:
+    state = sandbox.snapshot()
+    customers = state["servicetitan"]["customers"]
+    return_fields = sum(
+        1 for c in customers for f in c.get("customFields", []) if f.get("name") in ("Referral Link", "Referral Code") and f.get("value")
+    )
+    rf_users = state["referral_factory"]["users"]
+    return {
+        "bookings": len(state["servicetitan"]["bookings"]),
+        "referrers": sum(1 for u in rf_users if u.get("type") == "person_referring" and u.get("source") == "Api"),
+        "return_fields": return_fields,
+        "qualified": sum(1 for u in rf_users if u.get("qualified_at")),
+    }
+

@@ -1,0 +1,61 @@
+"""README command #1: `stsync demo` runs every step green, on a fresh environment, and leaves
+nothing behind (no config, no state, no keyring entry)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EXPECTED_STEPS = [
+    "connect", "map show", "map qualify", "validate --online", "push-lead --new", "push-lead --new",
+    "sync-customers --once", "qualify", "qualify", "diagnose", "history",
+]
+
+
+def test_demo_runs_every_step_green_and_leaves_nothing_behind(tmp_path):
+    before = {p for p in Path(tmp_path).rglob("*")}
+    done = subprocess.run(
+        [sys.executable, "-m", "stsync", "--json", "demo", "--customers", "30", "--leads", "4"],
+        capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] is True
+    commands = [" ".join(step["argv"]) for step in report["steps"]]
+    assert len(commands) == len(EXPECTED_STEPS)
+    for command, expected in zip(commands, EXPECTED_STEPS):
+        assert command.startswith(expected), (command, expected)
+    assert all(step["exit_code"] == 0 for step in report["steps"])
+    summary = report["summary"]
+    assert summary["bookings"] == 4  # every waiting lead booked once, the second push booked none
+    assert summary["qualified"] == 1  # the one booking the demo turns into a completed job
+    assert summary["referrers"] > 0 and summary["return_fields"] == 2 * summary["referrers"]
+    # The user's own config, state and keyring are untouched.
+    assert not Path(os.environ["STSYNC_CONFIG"]).exists()
+    assert not Path(os.environ["STSYNC_STATE_DIR"]).exists()
+    keyring_file = Path(os.environ["STSYNC_TEST_KEYRING"])
+    assert not keyring_file.exists() or json.loads(keyring_file.read_text() or "{}") == {}
+    leftovers = {p for p in Path(tmp_path).rglob("*")} - before
+    assert leftovers == set()
+
+
+def test_demo_keep_leaves_its_directory_for_inspection(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "stsync", "demo", "--keep", "--customers", "10", "--leads", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    kept = [line for line in done.stderr.splitlines() if "kept the demo's files in" in line]
+    assert kept
+    where = Path(kept[0].split("kept the demo's files in", 1)[1].strip())
+    try:
+        assert (where / "demo.toml").is_file()
+        assert any(where.joinpath("state").rglob("*.sqlite3")) or any(where.joinpath("state").rglob("ledger*"))
+    finally:
+        import shutil
+
+        shutil.rmtree(where, ignore_errors=True)
