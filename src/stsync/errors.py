@@ -72,10 +72,11 @@ class SecretStoreUnavailable(ConfigError):
         super().__init__(
             f"No usable secret store: {detail}",
             hint=(
-                "either set the secrets as environment variables (STSYNC_ST_CLIENT_SECRET, "
-                "STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY), or unlock/install an OS keyring "
-                "(e.g. a Secret Service such as gnome-keyring), or opt in to the file store "
-                "with `stsync connect --secrets-store file`"
+                "1. set the secrets as environment variables (STSYNC_ST_CLIENT_SECRET, "
+                "STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY); 2. unlock or install an OS keyring "
+                "(a Secret Service such as gnome-keyring, or choose a backend with "
+                "PYTHON_KEYRING_BACKEND); 3. opt in to the file store with "
+                "`stsync connect --secrets-store file`"
             ),
         )
 

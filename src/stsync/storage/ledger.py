@@ -1,0 +1,849 @@
+"""The ledger: one SQLite database per connection, the memory behind every guarantee.
+
+Push, sync, qualify, serve, diagnose and history all read and write it, often at the same time
+(cron overlaps runs; ``serve`` and ``push --workers`` use threads), so:
+
+- WAL journal (readers never block the writer), ``busy_timeout`` 30 s (writers queue instead
+  of failing), ``synchronous=FULL`` (an intent recorded before a remote write survives a power
+  cut, not only a crash: that record is what prevents a duplicate booking).
+- One sqlite3 connection per thread; every write is one ``BEGIN IMMEDIATE`` transaction, so two
+  processes never interleave inside an upsert.
+- Schema changes are appended to ``MIGRATIONS`` (``PRAGMA user_version`` says how many ran).
+  Never edit a migration that shipped: add one.
+
+Records come back as frozen dataclasses with JSON columns decoded. Timestamps are UTC ISO-8601
+strings from ``utc_now()``. Methods that take ``conn=`` join the caller's open transaction
+(``with ledger.transaction() as conn: ...``) so a page of work commits as one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from stsync.errors import ConfigError, StsyncError
+
+BUSY_TIMEOUT_MS = 30_000
+
+RUN_OUTCOMES = ("running", "ok", "partial", "failed", "interrupted")
+PUSH_KINDS = ("lead", "referrer")
+PUSH_STATES = ("pending", "booked", "failed")
+ATTEMPT_OUTCOMES = ("intent", "created", "already_booked", "failed", "lost", "skipped")
+QUALIFICATION_ACTIONS = ("qualify", "unqualify")
+QUALIFICATION_STATES = ("intent", "done", "failed")
+QUALIFICATION_VALUES = ("qualified", "unqualified", "not_qualified")
+REFERRER_STATES = ("pending", "created", "adopted", "updated", "skipped", "failed")
+REFERRER_FIELDS = ("rf_user_id", "email", "code", "url", "fingerprint", "state", "skip_reason", "error")
+
+# Each entry runs once, in order, inside one transaction; user_version = entries applied.
+MIGRATIONS: list[str] = [
+    # 1: the schema of docs/ARCHITECTURE.md
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        job TEXT NOT NULL,
+        command TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        outcome TEXT NOT NULL DEFAULT 'running',
+        counts TEXT NOT NULL DEFAULT '{}',
+        error TEXT
+    );
+    CREATE INDEX runs_job ON runs(job, id);
+
+    CREATE TABLE pushes (
+        external_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        email TEXT,
+        name TEXT,
+        rf_user_id INTEGER,
+        referral_code TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        booking_id INTEGER,
+        booking_status TEXT,
+        job_id INTEGER,
+        job_status TEXT,
+        final INTEGER NOT NULL DEFAULT 0,
+        qualification TEXT,
+        qualified_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX pushes_email ON pushes(lower(email));
+    CREATE INDEX pushes_open ON pushes(state, final);
+
+    CREATE TABLE push_attempts (
+        id INTEGER PRIMARY KEY,
+        external_id TEXT NOT NULL,
+        run_id INTEGER,
+        email TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        outcome TEXT NOT NULL DEFAULT 'intent',
+        booking_id INTEGER,
+        error TEXT
+    );
+    CREATE INDEX push_attempts_external_id ON push_attempts(external_id, id);
+    CREATE INDEX push_attempts_email ON push_attempts(lower(email), id);
+    CREATE INDEX push_attempts_outcome ON push_attempts(outcome, id);
+
+    CREATE TABLE qualifications (
+        id INTEGER PRIMARY KEY,
+        external_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'intent',
+        rule TEXT,
+        reason TEXT,
+        at TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX qualifications_external_id ON qualifications(external_id, id);
+
+    CREATE TABLE sync_positions (
+        feed TEXT PRIMARY KEY,
+        token TEXT,
+        updated_at TEXT NOT NULL
+    );
+
+    CREATE TABLE referrers (
+        customer_id INTEGER PRIMARY KEY,
+        rf_user_id INTEGER,
+        email TEXT,
+        code TEXT,
+        url TEXT,
+        fingerprint TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        skip_reason TEXT,
+        error TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX referrers_email ON referrers(lower(email));
+
+    CREATE TABLE contacts (
+        contact_id INTEGER PRIMARY KEY,
+        customer_id INTEGER NOT NULL,
+        type TEXT,
+        value TEXT,
+        active INTEGER NOT NULL DEFAULT 1,
+        modified_on TEXT
+    );
+    CREATE INDEX contacts_customer ON contacts(customer_id);
+
+    CREATE TABLE return_fields (
+        customer_id INTEGER NOT NULL,
+        field_name TEXT NOT NULL,
+        value TEXT,
+        written_at TEXT NOT NULL,
+        PRIMARY KEY (customer_id, field_name)
+    );
+
+    CREATE TABLE webhook_deliveries (
+        key TEXT PRIMARY KEY,
+        event TEXT,
+        external_id TEXT,
+        received_at TEXT NOT NULL,
+        outcome TEXT,
+        error TEXT
+    );
+
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT
+    );
+    """,
+]
+
+
+def utc_now() -> str:
+    """Now, UTC, ISO-8601 with milliseconds: ``2024-05-01T12:00:00.123Z`` (sorts as text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:  # a hand-edited row must not break `history`
+        return {"message": text}
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists and is not a zombie (same machine)."""
+    if not pid or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    try:  # a killed child not yet reaped still answers kill(0); Linux tells us it is dead
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+# --------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    job: str
+    command: str
+    pid: int
+    started_at: str
+    finished_at: str | None
+    outcome: str  # running|ok|partial|failed|interrupted (a dead `running` reads as interrupted)
+    counts: dict
+    error: str | None
+
+
+@dataclass(frozen=True)
+class PushRecord:
+    external_id: str
+    kind: str
+    email: str | None
+    name: str | None
+    rf_user_id: int | None
+    referral_code: str | None
+    state: str  # pending|booked|failed
+    booking_id: int | None
+    booking_status: str | None
+    job_id: int | None
+    job_status: str | None
+    final: bool
+    qualification: str | None  # qualified|unqualified|not_qualified
+    qualified_at: str | None
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    id: int
+    external_id: str
+    run_id: int | None
+    email: str | None
+    started_at: str
+    finished_at: str | None
+    outcome: str  # intent|created|already_booked|failed|lost|skipped
+    booking_id: int | None
+    error: dict | None  # ApiError.to_dict() or {"message": ...}
+
+
+@dataclass(frozen=True)
+class QualificationRecord:
+    id: int
+    external_id: str
+    action: str  # qualify|unqualify
+    state: str  # intent|done|failed
+    rule: str | None
+    reason: str | None
+    at: str
+    error: dict | None
+
+
+@dataclass(frozen=True)
+class ReferrerRecord:
+    customer_id: int
+    rf_user_id: int | None
+    email: str | None
+    code: str | None
+    url: str | None
+    fingerprint: str | None
+    state: str  # pending|created|adopted|updated|skipped|failed
+    skip_reason: str | None
+    error: dict | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    contact_id: int
+    customer_id: int
+    type: str | None
+    value: str | None
+    active: bool = True
+    modified_on: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    key: str
+    event: str | None
+    external_id: str | None
+    received_at: str
+    outcome: str | None
+    error: dict | None
+
+
+def _record(cls: type, row: sqlite3.Row, *, json_columns: tuple[str, ...] = (), bool_columns: tuple[str, ...] = ()):
+    values = {}
+    for field in fields(cls):
+        value = row[field.name]
+        if field.name in json_columns:
+            value = _loads(value)
+        elif field.name in bool_columns:
+            value = bool(value)
+        values[field.name] = value
+    return cls(**values)
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+# --------------------------------------------------------------------------------------
+# The ledger
+# --------------------------------------------------------------------------------------
+class Ledger:
+    """Thread- and process-safe access to one ledger file. Build it with ``Ledger.open(path)``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._guard = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "Ledger":
+        ledger = cls(Path(path))
+        ledger.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:  # customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow)
+            os.close(os.open(ledger.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError:
+            pass  # sqlite3 says precisely what is wrong below
+        try:
+            conn = ledger._conn()
+            ledger._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            ledger.close()
+            raise ConfigError(
+                f"the ledger {ledger.path} cannot be opened: {exc}",
+                hint="if the file is damaged, move it aside (stsync starts a new one; `diagnose` then has no history)",
+            ) from None
+        return ledger
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed = True
+            connections, self._connections = [conn for _, conn in self._connections], []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StsyncError("the ledger is closed")
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves (sqlite3's implicit
+        # deferred BEGIN would let two writers deadlock on the upgrade to a write lock).
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        self._local.conn = conn
+        with self._guard:
+            # Threads come and go (serve's request threads): close what finished threads left.
+            finished = [old for owner, old in self._connections if not owner.is_alive()]
+            self._connections = [(owner, old) for owner, old in self._connections if owner.is_alive()]
+            self._connections.append((threading.current_thread(), conn))
+        for old in finished:
+            try:
+                old.close()
+            except sqlite3.Error:
+                pass
+        return conn
+
+    @property
+    def open_connections(self) -> int:
+        with self._guard:
+            return len(self._connections)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        with self.transaction() as tx:
+            version = tx.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise ConfigError(
+                    f"the ledger {self.path} was written by a newer stsync (schema {version}, this one knows {len(MIGRATIONS)})",
+                    hint="upgrade stsync",
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(script):
+                    tx.execute(statement)
+                tx.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … COMMIT (or ROLLBACK on any exception), yielding the connection.
+
+        Nested use on one thread joins the outer transaction.
+        """
+        conn = self._conn()
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.transaction() as own:
+                yield own
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return self._conn().execute(sql, tuple(params)).fetchall()
+
+    # -- runs ---------------------------------------------------------------------------
+    def start_run(self, job: str, command: str) -> int:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (job, command, pid, started_at, outcome, counts) VALUES (?, ?, ?, ?, 'running', '{}')",
+                (job, command, os.getpid(), utc_now()),
+            )
+            return int(cursor.lastrowid)
+
+    def finish_run(self, run_id: int, outcome: str, counts: Mapping[str, Any], error: str | None = None) -> None:
+        _check(outcome, RUN_OUTCOMES[1:], "run outcome")
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET finished_at = ?, outcome = ?, counts = ?, error = ? WHERE id = ?",
+                (utc_now(), outcome, _dumps(dict(counts)), error, run_id),
+            )
+            if cursor.rowcount == 0:
+                raise ValueError(f"no run {run_id} in the ledger")
+
+    def _run(self, row: sqlite3.Row) -> RunRecord:
+        record = _record(RunRecord, row, json_columns=("counts",))
+        if record.outcome == "running" and not pid_alive(record.pid):
+            # Killed (kill -9, power cut): it never finished. Reported, not rewritten: the
+            # reader may be wrong about a pid on another machine sharing the state dir.
+            record = RunRecord(**{**record.__dict__, "outcome": "interrupted"})
+        return record
+
+    def last_run(self, job: str) -> RunRecord | None:
+        rows = self._query("SELECT * FROM runs WHERE job = ? ORDER BY id DESC LIMIT 1", (job,))
+        return self._run(rows[0]) if rows else None
+
+    def recent_runs(self, limit: int = 20, job: str | None = None) -> list[RunRecord]:
+        if job is None:
+            rows = self._query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query("SELECT * FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?", (job, limit))
+        return [self._run(row) for row in rows]
+
+    # -- pushes -------------------------------------------------------------------------
+    def record_push_intent(
+        self,
+        external_id: str,
+        *,
+        kind: str,
+        email: str | None,
+        name: str | None,
+        rf_user_id: int | None = None,
+        referral_code: str | None = None,
+        run_id: int | None = None,
+    ) -> int:
+        """Before the POST: the push row (kept or ``pending``) and an attempt ``intent``. → attempt id."""
+        _check(kind, PUSH_KINDS, "push kind")
+        now = utc_now()
+        with self.transaction() as conn:
+            conn.execute(
+                """
+                INSERT INTO pushes (external_id, kind, email, name, rf_user_id, referral_code, state, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+                ON CONFLICT (external_id) DO UPDATE SET
+                    email = COALESCE(excluded.email, pushes.email),
+                    name = COALESCE(excluded.name, pushes.name),
+                    rf_user_id = COALESCE(excluded.rf_user_id, pushes.rf_user_id),
+                    referral_code = COALESCE(excluded.referral_code, pushes.referral_code),
+                    updated_at = excluded.updated_at
+                """,
+                (external_id, kind, email, name, rf_user_id, referral_code, now, now),
+            )
+            cursor = conn.execute(
+                "INSERT INTO push_attempts (external_id, run_id, email, started_at, outcome) VALUES (?, ?, ?, ?, 'intent')",
+                (external_id, run_id, email, now),
+            )
+            return int(cursor.lastrowid)
+
+    def record_push_result(
+        self, attempt_id: int, *, outcome: str, booking_id: int | None = None, error: Mapping[str, Any] | None = None
+    ) -> None:
+        """After the POST (or the reconciling look-up): finish the attempt, move the push's state."""
+        _check(outcome, ATTEMPT_OUTCOMES[1:], "attempt outcome")
+        if outcome in ("created", "already_booked") and booking_id is None:
+            raise ValueError(f"outcome {outcome!r} needs the booking_id")
+        now = utc_now()
+        with self.transaction() as conn:
+            row = conn.execute("SELECT external_id FROM push_attempts WHERE id = ?", (attempt_id,)).fetchone()
+            if row is None:
+                raise ValueError(f"no push attempt {attempt_id} in the ledger")
+            conn.execute(
+                "UPDATE push_attempts SET finished_at = ?, outcome = ?, booking_id = ?, error = ? WHERE id = ?",
+                (now, outcome, booking_id, _dumps(dict(error) if error is not None else None), attempt_id),
+            )
+            external_id = row["external_id"]
+            if outcome in ("created", "already_booked"):
+                conn.execute(
+                    "UPDATE pushes SET state = 'booked', booking_id = ?, updated_at = ? WHERE external_id = ?",
+                    (booking_id, now, external_id),
+                )
+            elif outcome == "failed":
+                # A booking that exists stays booked: a later failed retry does not undo it.
+                conn.execute(
+                    "UPDATE pushes SET state = CASE WHEN state = 'booked' THEN state ELSE 'failed' END, updated_at = ? "
+                    "WHERE external_id = ?",
+                    (now, external_id),
+                )
+
+    def get_push(self, external_id: str) -> PushRecord | None:
+        rows = self._query("SELECT * FROM pushes WHERE external_id = ?", (external_id,))
+        return _record(PushRecord, rows[0], bool_columns=("final",)) if rows else None
+
+    def pushes_by_email(self, email: str) -> list[PushRecord]:
+        rows = self._query("SELECT * FROM pushes WHERE lower(email) = lower(?) ORDER BY created_at, external_id", (email,))
+        return [_record(PushRecord, row, bool_columns=("final",)) for row in rows]
+
+    def push_counts(self) -> dict[str, int]:
+        """Pushes per state (pending/booked/failed), for summaries and ``diagnose``."""
+        rows = self._query("SELECT state, count(*) AS n FROM pushes GROUP BY state")
+        return {row["state"]: row["n"] for row in rows}
+
+    def _attempt(self, row: sqlite3.Row) -> AttemptRecord:
+        return _record(AttemptRecord, row, json_columns=("error",))
+
+    def push_attempts(
+        self, *, external_id: str | None = None, email: str | None = None, failed_only: bool = False, limit: int = 50
+    ) -> list[AttemptRecord]:
+        """Attempts, newest first. ``failed_only``: outcome ``failed`` or ``lost`` (no answer came)."""
+        where, params = [], []
+        if external_id is not None:
+            where.append("external_id = ?")
+            params.append(external_id)
+        if email is not None:
+            where.append("lower(email) = lower(?)")
+            params.append(email)
+        if failed_only:
+            where.append("outcome IN ('failed', 'lost')")
+        sql = "SELECT * FROM push_attempts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
+        return [self._attempt(row) for row in self._query(sql, [*params, limit])]
+
+    def recent_failures(self, limit: int = 10) -> list[AttemptRecord]:
+        return self.push_attempts(failed_only=True, limit=limit)
+
+    def unfinished_intents(self, *, external_id: str | None = None) -> list[AttemptRecord]:
+        """Attempts still ``intent`` (a crash between the POST and its record), oldest first.
+
+        Reconcile each by externalId before pushing that record again.
+        """
+        if external_id is None:
+            rows = self._query("SELECT * FROM push_attempts WHERE outcome = 'intent' ORDER BY id")
+        else:
+            rows = self._query("SELECT * FROM push_attempts WHERE outcome = 'intent' AND external_id = ? ORDER BY id", (external_id,))
+        return [self._attempt(row) for row in rows]
+
+    # -- qualification tracking ---------------------------------------------------------
+    def open_bookings(self) -> list[PushRecord]:
+        """Booked and not final: what ``qualify`` still has to follow."""
+        rows = self._query("SELECT * FROM pushes WHERE state = 'booked' AND final = 0 ORDER BY created_at, external_id")
+        return [_record(PushRecord, row, bool_columns=("final",)) for row in rows]
+
+    def update_tracking(
+        self,
+        external_id: str,
+        *,
+        booking_status: str | None = None,
+        job_id: int | None = None,
+        job_status: str | None = None,
+        final: bool | None = None,
+        qualification: str | None = None,
+    ) -> bool:
+        """Set the given tracking values (``None`` = leave as is). False when there is no such push."""
+        changes: dict[str, Any] = {}
+        if booking_status is not None:
+            changes["booking_status"] = booking_status
+        if job_id is not None:
+            changes["job_id"] = job_id
+        if job_status is not None:
+            changes["job_status"] = job_status
+        if final is not None:
+            changes["final"] = 1 if final else 0
+        if qualification is not None:
+            _check(qualification, QUALIFICATION_VALUES, "qualification")
+            changes["qualification"] = qualification
+        with self.transaction() as conn:
+            if not changes:
+                return conn.execute("SELECT 1 FROM pushes WHERE external_id = ?", (external_id,)).fetchone() is not None
+            assignments = ", ".join(f"{column} = ?" for column in changes)
+            cursor = conn.execute(
+                f"UPDATE pushes SET {assignments}, updated_at = ? WHERE external_id = ?",
+                (*changes.values(), utc_now(), external_id),
+            )
+            return cursor.rowcount > 0
+
+    def record_qualification_intent(self, external_id: str, action: str, *, rule: str | None, reason: str | None) -> int:
+        _check(action, QUALIFICATION_ACTIONS, "qualification action")
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO qualifications (external_id, action, state, rule, reason, at) VALUES (?, ?, 'intent', ?, ?, ?)",
+                (external_id, action, rule, reason, utc_now()),
+            )
+            return int(cursor.lastrowid)
+
+    def record_qualification_result(self, qualification_id: int, *, state: str, error: Mapping[str, Any] | None = None) -> None:
+        """``done`` → the push reads qualified/unqualified from now on; ``failed`` keeps the error."""
+        _check(state, QUALIFICATION_STATES[1:], "qualification state")
+        now = utc_now()
+        with self.transaction() as conn:
+            row = conn.execute("SELECT external_id, action FROM qualifications WHERE id = ?", (qualification_id,)).fetchone()
+            if row is None:
+                raise ValueError(f"no qualification {qualification_id} in the ledger")
+            conn.execute(
+                "UPDATE qualifications SET state = ?, at = ?, error = ? WHERE id = ?",
+                (state, now, _dumps(dict(error) if error is not None else None), qualification_id),
+            )
+            if state == "done":
+                value = "qualified" if row["action"] == "qualify" else "unqualified"
+                conn.execute(
+                    "UPDATE pushes SET qualification = ?, qualified_at = ?, updated_at = ? WHERE external_id = ?",
+                    (value, now, now, row["external_id"]),
+                )
+
+    def qualifications_for(self, external_id: str) -> list[QualificationRecord]:
+        rows = self._query("SELECT * FROM qualifications WHERE external_id = ? ORDER BY id", (external_id,))
+        return [_record(QualificationRecord, row, json_columns=("error",)) for row in rows]
+
+    # -- sync positions -----------------------------------------------------------------
+    def get_position(self, feed: str) -> str | None:
+        rows = self._query("SELECT token FROM sync_positions WHERE feed = ?", (feed,))
+        return rows[0]["token"] if rows else None
+
+    def set_position(self, feed: str, token: str | None, *, conn: sqlite3.Connection | None = None) -> None:
+        with self._write(conn) as tx:
+            tx.execute(
+                "INSERT INTO sync_positions (feed, token, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (feed) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
+                (feed, token, utc_now()),
+            )
+
+    # -- referrers ----------------------------------------------------------------------
+    def _referrer(self, row: sqlite3.Row) -> ReferrerRecord:
+        return _record(ReferrerRecord, row, json_columns=("error",))
+
+    def get_referrer(self, customer_id: int) -> ReferrerRecord | None:
+        rows = self._query("SELECT * FROM referrers WHERE customer_id = ?", (customer_id,))
+        return self._referrer(rows[0]) if rows else None
+
+    def referrer_by_email(self, email: str) -> ReferrerRecord | None:
+        """The customer enrolled with this e-mail (one that has a Referral Factory user first)."""
+        rows = self._query(
+            "SELECT * FROM referrers WHERE lower(email) = lower(?) ORDER BY rf_user_id IS NULL, customer_id LIMIT 1", (email,)
+        )
+        return self._referrer(rows[0]) if rows else None
+
+    def upsert_referrer(self, customer_id: int, *, conn: sqlite3.Connection | None = None, **values: Any) -> None:
+        """Insert or update the given columns only (``error`` is a dict; ``None`` clears a column)."""
+        unknown = set(values) - set(REFERRER_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown referrer field(s): {', '.join(sorted(unknown))}")
+        if "state" in values:
+            _check(values["state"], REFERRER_STATES, "referrer state")
+        if "error" in values:
+            values["error"] = _dumps(values["error"])
+        values["updated_at"] = utc_now()
+        columns = ["customer_id", *values]
+        placeholders = ", ".join("?" for _ in columns)
+        updates = ", ".join(f"{column} = excluded.{column}" for column in values)
+        with self._write(conn) as tx:
+            tx.execute(
+                f"INSERT INTO referrers ({', '.join(columns)}) VALUES ({placeholders}) "
+                f"ON CONFLICT (customer_id) DO UPDATE SET {updates}",
+                (customer_id, *values.values()),
+            )
+
+    def referrers_to_retry(self, limit: int | None = None) -> list[ReferrerRecord]:
+        """Customers whose last attempt was cut short (``pending``), ``failed``, or left an error
+        (e.g. a return field not written), by customer id."""
+        sql = "SELECT * FROM referrers WHERE state IN ('pending', 'failed') OR error IS NOT NULL ORDER BY customer_id"
+        rows = self._query(sql + " LIMIT ?", (limit,)) if limit is not None else self._query(sql)
+        return [self._referrer(row) for row in rows]
+
+    def referrer_counts(self) -> dict[str, int]:
+        rows = self._query("SELECT state, count(*) AS n FROM referrers GROUP BY state")
+        return {row["state"]: row["n"] for row in rows}
+
+    def referrers_to_retry(self) -> list[ReferrerRecord]:
+        """Customers whose last sync attempt failed or was cut short: ``pending`` (an intent
+        without its result), ``failed``, or a referrer whose update or return-field write
+        failed (``error`` set). By customer id."""
+        rows = self._query(
+            "SELECT * FROM referrers WHERE state IN ('pending', 'failed') OR error IS NOT NULL ORDER BY customer_id"
+        )
+        return [self._referrer(row) for row in rows]
+
+    # -- contacts -----------------------------------------------------------------------
+    def upsert_contacts(self, rows: Iterable[ContactRow | Mapping[str, Any]], *, conn: sqlite3.Connection | None = None) -> int:
+        """Store contact rows from the export feed (the latest seen wins). → rows written."""
+        values = []
+        for row in rows:
+            if isinstance(row, Mapping):
+                contact_id = row.get("contact_id", row.get("id"))
+                row = ContactRow(
+                    contact_id=contact_id,  # type: ignore[arg-type]
+                    customer_id=row["customer_id"],
+                    type=row.get("type"),
+                    value=row.get("value"),
+                    active=bool(row.get("active", True)),
+                    modified_on=row.get("modified_on"),
+                )
+            values.append((row.contact_id, row.customer_id, row.type, row.value, 1 if row.active else 0, row.modified_on))
+        if not values:
+            return 0
+        with self._write(conn) as tx:
+            tx.executemany(
+                "INSERT INTO contacts (contact_id, customer_id, type, value, active, modified_on) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (contact_id) DO UPDATE SET customer_id = excluded.customer_id, type = excluded.type, "
+                "value = excluded.value, active = excluded.active, modified_on = excluded.modified_on",
+                values,
+            )
+        return len(values)
+
+    def contacts_for(self, customer_ids: Iterable[int]) -> dict[int, list[ContactRow]]:
+        """Every asked id → its contacts (``[]`` when none), by contact id."""
+        ids = list(dict.fromkeys(int(i) for i in customer_ids))
+        found: dict[int, list[ContactRow]] = {customer_id: [] for customer_id in ids}
+        for start in range(0, len(ids), 500):  # stay under SQLite's host-parameter limit
+            chunk = ids[start : start + 500]
+            rows = self._query(
+                f"SELECT * FROM contacts WHERE customer_id IN ({', '.join('?' for _ in chunk)}) ORDER BY contact_id", chunk
+            )
+            for row in rows:
+                found[row["customer_id"]].append(_record(ContactRow, row, bool_columns=("active",)))
+        return found
+
+    # -- return fields ------------------------------------------------------------------
+    def get_return_fields(self, customer_id: int) -> dict[str, str | None]:
+        rows = self._query("SELECT field_name, value FROM return_fields WHERE customer_id = ? ORDER BY field_name", (customer_id,))
+        return {row["field_name"]: row["value"] for row in rows}
+
+    def set_return_field(self, customer_id: int, field_name: str, value: str | None, *, conn: sqlite3.Connection | None = None) -> None:
+        with self._write(conn) as tx:
+            tx.execute(
+                "INSERT INTO return_fields (customer_id, field_name, value, written_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (customer_id, field_name) DO UPDATE SET value = excluded.value, written_at = excluded.written_at",
+                (customer_id, field_name, value, utc_now()),
+            )
+
+    # -- webhook deliveries -------------------------------------------------------------
+    def record_delivery(self, key: str, *, event: str | None, external_id: str | None) -> bool:
+        """Remember a delivery. False = this key was seen before (a redelivery: do not act twice)."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO webhook_deliveries (key, event, external_id, received_at) VALUES (?, ?, ?, ?)",
+                (key, event, external_id, utc_now()),
+            )
+            return cursor.rowcount == 1
+
+    def finish_delivery(self, key: str, outcome: str, error: Mapping[str, Any] | str | None = None) -> None:
+        if isinstance(error, str):
+            error = {"message": error}
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE webhook_deliveries SET outcome = ?, error = ? WHERE key = ?",
+                (outcome, _dumps(dict(error) if error is not None else None), key),
+            )
+
+    def get_delivery(self, key: str) -> DeliveryRecord | None:
+        rows = self._query("SELECT * FROM webhook_deliveries WHERE key = ?", (key,))
+        return _record(DeliveryRecord, rows[0], json_columns=("error",)) if rows else None
+
+    # -- key/value ----------------------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM kv WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def put(self, key: str, value: str | None) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)
+            )
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (``executescript`` would COMMIT our transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+__all__ = [
+    "AttemptRecord",
+    "ContactRow",
+    "DeliveryRecord",
+    "Ledger",
+    "MIGRATIONS",
+    "PushRecord",
+    "QualificationRecord",
+    "ReferrerRecord",
+    "RunRecord",
+    "pid_alive",
+    "utc_now",
+]

@@ -1,0 +1,325 @@
+"""The connection's three secrets: environment → OS keyring → opt-in file store (SPEC §2).
+
+- Environment variables (``STSYNC_ST_CLIENT_SECRET``, ``STSYNC_ST_APP_KEY``,
+  ``STSYNC_RF_API_KEY``) always win: cron and containers set them.
+- The OS keyring (service ``stsync``, username ``<connection>/<name>``) is the default store.
+- The file store (``<state>/secrets.json``, 0600, created 0600 atomically) is opt-in
+  (``stsync connect --secrets-store file``) and comes with a warning.
+
+When the keyring cannot be used (no Secret Service on a headless box, a locked collection, the
+``fail``/``null`` backends) and a secret is in neither the environment nor the file, the error
+names the three remedies. stsync never falls back to plain text on its own.
+
+Every secret read or stored is registered with ``stsync.logs`` so that no log line can show
+it; nothing here puts a value in a message, an exception or ``describe()``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Literal
+
+from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
+from stsync.logs import get_logger, redact, register_secret
+from stsync.storage.paths import ConnectionPaths
+
+log = get_logger(__name__)
+
+SERVICE = "stsync"
+SECRET_NAMES = ("st_client_secret", "st_app_key", "rf_api_key")
+ENV_VARS = {
+    "st_client_secret": "STSYNC_ST_CLIENT_SECRET",
+    "st_app_key": "STSYNC_ST_APP_KEY",
+    "rf_api_key": "STSYNC_RF_API_KEY",
+}
+LABELS = {
+    "st_client_secret": "ServiceTitan client secret",
+    "st_app_key": "ServiceTitan app key",
+    "rf_api_key": "Referral Factory API key",
+}
+FILE_STORE_WARNING = (
+    "secrets are stored in plain text in {path} (readable only by your user, mode 0600); "
+    "prefer the OS keyring or environment variables where you can"
+)
+
+Source = Literal["env", "keyring", "file"]
+
+
+def _check_name(name: str) -> None:
+    if name not in ENV_VARS:
+        raise ValueError(f"unknown secret {name!r} (known: {', '.join(SECRET_NAMES)})")
+
+
+class SecretStore:
+    def __init__(self, paths: ConnectionPaths) -> None:
+        self.paths = paths
+        self._keyring_problem: str | None = None
+
+    # -- the keyring --------------------------------------------------------------------
+    def _username(self, name: str) -> str:
+        return f"{self.paths.name}/{name}"
+
+    def _backend(self):
+        """The keyring backend, or None with ``_keyring_problem`` saying why it is unusable."""
+        try:
+            import keyring
+            from keyring.backends import chainer, fail, null
+
+            backend = keyring.get_keyring()
+        except Exception as exc:  # a broken keyring config must not become a traceback
+            self._keyring_problem = f"the OS keyring could not be loaded ({type(exc).__name__}: {redact(str(exc))})"
+            return None
+        if isinstance(backend, (fail.Keyring, null.Keyring)) or (
+            isinstance(backend, chainer.ChainerBackend) and not backend.backends
+        ):
+            self._keyring_problem = f"no OS keyring is available (keyring backend {self._describe_backend(backend)})"
+            return None
+        return backend
+
+    @staticmethod
+    def _describe_backend(backend) -> str:
+        cls = type(backend)
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        if cls.__name__ == "ChainerBackend":
+            inner = ", ".join(f"{type(b).__module__}.{type(b).__qualname__}" for b in getattr(backend, "backends", []))
+            name += f"({inner})"
+        return name
+
+    def backend_name(self) -> str:
+        """The keyring backend's class, e.g. ``keyring.backends.SecretService.Keyring``."""
+        try:
+            import keyring
+
+            return self._describe_backend(keyring.get_keyring())
+        except Exception as exc:
+            return f"unavailable ({type(exc).__name__})"
+
+    def _keyring_failed(self, exc: Exception, doing: str) -> None:
+        self._keyring_problem = (
+            f"the OS keyring ({self.backend_name()}) failed while {doing}: {type(exc).__name__}: {redact(str(exc))}"
+        )
+        # Reads fail on every run of a headless box that uses env or the file: not worth a warning.
+        log.log(logging.DEBUG if doing == "reading" else logging.WARNING, "%s", self._keyring_problem)
+
+    def _keyring_get(self, name: str) -> str | None:
+        backend = self._backend()
+        if backend is None:
+            return None
+        try:
+            return backend.get_password(SERVICE, self._username(name))
+        except Exception as exc:  # KeyringLocked, InitError, NoKeyringError, D-Bus errors, ...
+            self._keyring_failed(exc, "reading")
+            return None
+
+    def keyring_usable(self) -> bool:
+        """Whether the keyring answers (a read of one of our entries succeeds)."""
+        self._keyring_problem = None
+        self._keyring_get(SECRET_NAMES[0])
+        return self._keyring_problem is None
+
+    # -- the file store -----------------------------------------------------------------
+    @property
+    def file_path(self) -> Path:
+        return self.paths.secrets_file
+
+    def _file_read(self) -> dict[str, str]:
+        path = self.file_path
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read the secrets file {path}: {exc.strerror or exc}") from None
+        if info.st_mode & 0o077:
+            log.warning("the secrets file %s is readable by others (mode %o): run chmod 600 on it", path, info.st_mode & 0o777)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ConfigError(
+                f"the secrets file {path} is damaged",
+                hint="run `stsync connect --secrets-store file` to write it again",
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"the secrets file {path} is damaged", hint="run `stsync connect --secrets-store file` again")
+        return {k: v for k, v in data.items() if k in ENV_VARS and isinstance(v, str) and v}
+
+    def _file_write(self, data: dict[str, str]) -> None:
+        path = self.file_path
+        if not data:
+            path.unlink(missing_ok=True)
+            return
+        self.paths.ensure_state()
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # Created 0600 from the first byte (O_EXCL after removing a leftover): never readable by others.
+        temp.unlink(missing_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=2, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def _file_update(self, change) -> None:
+        from filelock import FileLock
+
+        self.paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with FileLock(self.paths.locks / "secrets.lock", timeout=30):
+            data = self._file_read()
+            change(data)
+            self._file_write(data)
+
+    # -- public API ---------------------------------------------------------------------
+    def get(self, name: str) -> str | None:
+        """The secret from env → keyring → file; None when nowhere.
+
+        Raises SecretStoreUnavailable when the keyring is unusable and neither env nor the file
+        has it (the user must choose a remedy; stsync does not guess).
+        """
+        _check_name(name)
+        value = os.environ.get(ENV_VARS[name])
+        if value:
+            register_secret(value)
+            return value
+        self._keyring_problem = None
+        value = self._keyring_get(name)
+        if value:
+            register_secret(value)
+            return value
+        value = self._file_read().get(name)
+        if value:
+            register_secret(value)
+            return value
+        if self._keyring_problem:
+            raise SecretStoreUnavailable(f"{LABELS[name]} ({name}) could not be read: {self._keyring_problem}")
+        return None
+
+    def require(self, name: str) -> str:
+        value = self.get(name)
+        if not value:
+            raise ConfigError(
+                f"the {LABELS[name]} is not set for connection '{self.paths.name}'",
+                hint=f"set {ENV_VARS[name]}, or run `stsync connect` to store it",
+            )
+        return value
+
+    def source(self, name: str) -> Source | None:
+        """Where ``get`` would find the secret; never raises for an unusable keyring."""
+        _check_name(name)
+        if os.environ.get(ENV_VARS[name]):
+            return "env"
+        if self._keyring_get(name):
+            return "keyring"
+        try:
+            if self._file_read().get(name):
+                return "file"
+        except ConfigError:
+            return None
+        return None
+
+    def set(self, name: str, value: str, store: Literal["keyring", "file"] = "keyring") -> str | None:
+        """Store the secret. → a warning for the user (file store), or None.
+
+        The other store's copy is removed so that an old value can never shadow (keyring over
+        file) or outlive (file under a later-locked keyring) the new one.
+        """
+        _check_name(name)
+        if not value:
+            raise UsageError(f"the {LABELS[name]} is empty")
+        if store not in ("keyring", "file"):
+            raise UsageError(f"unknown secrets store {store!r}: use keyring or file")
+        register_secret(value)
+        if store == "keyring":
+            backend = self._backend()
+            if backend is None:
+                raise SecretStoreUnavailable(f"cannot store the {LABELS[name]}: {self._keyring_problem}")
+            try:
+                backend.set_password(SERVICE, self._username(name), value)
+            except Exception as exc:
+                self._keyring_failed(exc, "storing")
+                raise SecretStoreUnavailable(f"cannot store the {LABELS[name]}: {self._keyring_problem}") from None
+            self._file_update(lambda data: data.pop(name, None))
+            log.info("stored %s in the OS keyring (%s)", name, self.backend_name())
+            return None
+        self._file_update(lambda data: data.__setitem__(name, value))
+        warning = FILE_STORE_WARNING.format(path=self.file_path)
+        try:
+            self._keyring_delete(name)
+        except SecretStoreUnavailable:
+            # The usual reason to choose the file: the keyring is locked. An old copy in it
+            # would win again once it is unlocked, so say so.
+            warning += f"; an older copy may remain in the OS keyring ({self._keyring_problem})"
+        log.warning("stored %s in the file store: %s", name, warning)
+        return warning
+
+    def _keyring_delete(self, name: str) -> bool:
+        """Remove one keyring entry. True if it was there. Raises on a keyring that failed."""
+        from keyring.errors import PasswordDeleteError
+
+        backend = self._backend()
+        if backend is None:
+            return False  # no keyring at all: nothing can be stored in one
+        try:
+            if backend.get_password(SERVICE, self._username(name)) is None:
+                return False
+            backend.delete_password(SERVICE, self._username(name))
+            return True
+        except PasswordDeleteError:
+            return False
+        except Exception as exc:
+            self._keyring_failed(exc, "removing secrets")
+            raise SecretStoreUnavailable(f"cannot remove the {LABELS[name]} from the OS keyring: {self._keyring_problem}") from None
+
+    def delete_all(self) -> list[str]:
+        """Remove this connection's secrets from the keyring and the file. → names removed.
+
+        Environment variables are the user's to unset. The file is cleaned first, so a keyring
+        that refuses (locked) still leaves no plain-text copy behind.
+        """
+        removed: list[str] = []
+        in_file = self._file_read()
+        if in_file:
+            self._file_update(lambda data: data.clear())
+            removed.extend(name for name in SECRET_NAMES if name in in_file)
+        for name in SECRET_NAMES:
+            try:
+                deleted = self._keyring_delete(name)
+            except SecretStoreUnavailable as exc:
+                done = f" (removed from the file store: {', '.join(removed)})" if removed else ""
+                exc.message = f"{exc.message}{done}"
+                exc.args = (exc.message,)
+                exc.hint = "unlock the OS keyring, then run `stsync disconnect` again to remove its copy"
+                raise
+            if deleted and name not in removed:
+                removed.append(name)
+        return [name for name in SECRET_NAMES if name in removed]
+
+    def describe(self) -> dict:
+        """Where each secret comes from and which stores work — never a value (for diagnose)."""
+        usable = self.keyring_usable()
+        problem = self._keyring_problem
+        try:
+            mode = oct(self.file_path.stat().st_mode & 0o777)
+        except OSError:
+            mode = None
+        return {
+            "backend": self.backend_name(),
+            "keyring_usable": usable,
+            "keyring_problem": problem,
+            "file": str(self.file_path),
+            "file_exists": mode is not None,
+            "file_mode": mode,
+            "secrets": {
+                name: {"source": self.source(name), "env_var": ENV_VARS[name], "label": LABELS[name]} for name in SECRET_NAMES
+            },
+        }
+
+
+__all__ = ["ENV_VARS", "FILE_STORE_WARNING", "LABELS", "SECRET_NAMES", "SecretStore"]

@@ -1,0 +1,569 @@
+"""storage/config.py: the TOML schema, its error messages, saving, defaults and endpoints."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+import tomli_w
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stsync.errors import ConfigError
+from stsync.servicetitan.vocabulary import JOB_STATUSES
+from stsync.storage.config import (
+    ACTIONS,
+    ENVIRONMENTS,
+    QUALIFICATION_RULES,
+    RETURN_FIELD_VALUES,
+    SYNC_MODES,
+    UNQUALIFY_EVENTS,
+    Config,
+    ConfigSchemaError,
+    ConfigSyntaxError,
+    FixedValue,
+    FromField,
+    SelectValue,
+    TemplateValue,
+    default_config,
+    field_spec,
+    format_key_path,
+    load_config,
+    parse_config,
+    parse_config_text,
+    render_config,
+    resolve_endpoints,
+    save_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "config.toml"
+EXAMPLE_IDENTITY = dict(tenant_id=1234567, client_id="cid.xxxxx", booking_provider=42, campaign_id=7)
+
+
+# -- the default mapping -------------------------------------------------------------------
+def test_default_config_is_the_seed_mapping():
+    config = default_config(**EXAMPLE_IDENTITY)
+    leads = config.leads
+    assert leads.action == "create_booking"
+    assert list(leads.fields) == ["source", "name", "email", "summary", "is_first_time_client", "external_id"]
+    assert leads.fields["source"] == FromField(from_="campaign_name")
+    assert leads.fields["name"] == FromField(from_="first_name")
+    assert leads.fields["email"] == FromField(from_="email")
+    assert leads.fields["summary"] == FixedValue(value="Referral")
+    assert leads.fields["is_first_time_client"] == SelectValue(select="yes")
+    assert leads.fields["external_id"] == FromField(from_="referral_code")
+    assert leads.qualification.rule == "none" and leads.qualification.job_status is None
+    assert config.referrers.action == "nothing" and config.referrers.fields == {}
+    assert config.customer_sync.mode == "one_time" and config.customer_sync.include_inactive is False
+    assert config.customer_sync.return_fields == {"Referral Link": "referral_link", "Referral Code": "referral_code"}
+    assert (config.limits.servicetitan_per_second, config.limits.referral_factory_per_minute) == (60, 600)
+    assert (config.limits.retry_budget_seconds, config.limits.workers) == (120, 8)
+    assert config.servicetitan.page_size == 200
+    assert config.webhook.aliases == {}
+
+
+def test_spec_example_equals_default_config(shared_dir):
+    spec = (shared_dir / "SPEC.md").read_text()
+    block = re.search(r"## 3\. Config file.*?```toml\n(.*?)```", spec, re.S).group(1)
+    assert parse_config_text(block) == default_config(**EXAMPLE_IDENTITY)
+
+
+def test_example_file_loads_as_the_default_mapping():
+    assert load_config(EXAMPLE) == default_config(**EXAMPLE_IDENTITY)
+
+
+def test_example_file_is_what_save_config_writes():
+    # The example is never edited by hand: it cannot drift from what stsync writes.
+    assert EXAMPLE.read_text(encoding="utf-8") == render_config(default_config(**EXAMPLE_IDENTITY))
+
+
+def test_default_config_without_identity_round_trips(tmp_path):
+    path = tmp_path / "new" / "config.toml"
+    save_config(default_config(), path)
+    loaded = load_config(path)
+    assert loaded == default_config()
+    assert loaded.servicetitan.tenant_id is None and loaded.referral_factory.campaign_id is None
+
+
+def test_connect_style_update_is_saved(tmp_path):
+    config = default_config()
+    config = config.model_copy(
+        update={
+            "servicetitan": config.servicetitan.model_copy(
+                update={"environment": "integration", "tenant_id": 99, "client_id": "cid.1", "booking_provider": 5}
+            ),
+            "referral_factory": config.referral_factory.model_copy(update={"campaign_id": 3}),
+        }
+    )
+    save_config(config, tmp_path / "c.toml")
+    loaded = load_config(tmp_path / "c.toml")
+    assert (loaded.servicetitan.environment, loaded.servicetitan.tenant_id, loaded.servicetitan.client_id) == (
+        "integration",
+        99,
+        "cid.1",
+    )
+    assert loaded.referral_factory.campaign_id == 3
+    assert loaded.leads == default_config().leads
+
+
+def test_missing_sections_take_defaults_and_empty_identity_is_allowed():
+    config = parse_config_text("")
+    assert config == Config()
+    assert config.leads.fields == {} and config.servicetitan.tenant_id is None
+    assert parse_config_text('[servicetitan]\nclient_id = ""').servicetitan.client_id == ""
+
+
+def test_quoted_ids_are_read_as_numbers():
+    assert parse_config_text('[servicetitan]\ntenant_id = "1234567"').servicetitan.tenant_id == 1234567
+
+
+def test_job_status_rule_defaults_to_completed():
+    config = parse_config_text('[leads.qualification]\nrule = "job_status"')
+    assert config.leads.qualification.job_status == "Completed"
+
+
+def test_dotted_targets_are_flat_and_keep_their_order():
+    config = parse_config_text(
+        '[leads.fields]\nname = { from = "first_name" }\naddress.street = { value = "1 Main" }\n'
+        '"meta.Last Name" = { template = "{first_name} {meta.Last Name}" }\nsummary = { value = 3 }'
+    )
+    assert list(config.leads.fields) == ["name", "address.street", "meta.Last Name", "summary"]
+    assert config.leads.fields["address.street"] == FixedValue(value="1 Main")
+    assert config.leads.fields["meta.Last Name"] == TemplateValue(template="{first_name} {meta.Last Name}")
+    assert config.leads.fields["summary"].value == 3
+
+
+def test_spec_kinds_and_texts():
+    assert [cls.kind for cls in (FromField, FixedValue, SelectValue, TemplateValue)] == ["from", "value", "select", "template"]
+    assert FixedValue(value=True).text == "true" and FromField(from_="email").text == "email"
+    assert field_spec("from", "email") == FromField(from_="email")
+    assert field_spec("value", 12) == FixedValue(value=12)
+    with pytest.raises(ConfigError, match="did you mean 'template'"):
+        field_spec("templte", "{a}")
+    with pytest.raises(ConfigError, match="not well formed"):
+        field_spec("template", "{first_name")
+    with pytest.raises(ConfigError, match="must not be empty"):
+        field_spec("from", "")
+
+
+# -- error messages ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "key_path", "message"),
+    [
+        ('[leads.fields]\nname = { frm = "x" }', "leads.fields.name", "unknown value kind 'frm' (did you mean 'from'?)"),
+        ('[leads.fields]\nname = "first_name"', "leads.fields.name", 'e.g. { from = "first_name" }'),
+        ('[leads.fields]\nname = { from = 3 }', "leads.fields.name.from", "must be text"),
+        ('[leads.fields]\nname = { from = "a", value = "b" }', "leads.fields.name", "exactly one of"),
+        ("[leads.fields]\nname = {}", "leads.fields.name", "is empty"),
+        ('[leads.fields]\nname = { template = "{a" }', "leads.fields.name.template", "not well formed"),
+        ('[leads.fields]\nname = { template = "no fields" }', "leads.fields.name.template", "names no field"),
+        ("[leads.fields]\nname = { value = 1.5 }", "leads.fields.name.value", "text, an integer or true/false"),
+        ('[leads.fields]\na.b = { value = "x" }\n"a.b" = { value = "y" }', "leads.fields", "given twice"),
+        ('[leads.fields]\naddress.street = "x"', 'leads.fields."address.street"', 'e.g. { from = "x" }'),
+        ("[servicetitan]\ntenant_idd = 3", "servicetitan.tenant_idd", "unknown key 'tenant_idd' (did you mean 'tenant_id'?)"),
+        ('[servicetitan]\ntenant_id = "abc"', "servicetitan.tenant_id", "must be an integer"),
+        ("[servicetitan]\ntenant_id = true", "servicetitan.tenant_id", "must be an integer"),
+        ("[servicetitan]\ntenant_id = 0", "servicetitan.tenant_id", "greater than or equal to 1"),
+        ('[servicetitan]\nenvironment = "prod"', "servicetitan.environment", "unknown value 'prod'"),
+        ('[servicetitan]\napi_url = "ftp://x"', "servicetitan.api_url", "http(s) URL"),
+        ("[servicetitan]\npage_size = 5001", "servicetitan.page_size", "less than or equal to 5000"),
+        ('[referral_factory]\ncampaign = 7', "referral_factory.campaign", "did you mean 'campaign_id'"),
+        ("[lead]\n", "lead", "unknown key 'lead' (did you mean 'leads'?)"),
+        ("leads = 3", "leads", "must be a table"),
+        ('[leads]\naction = "create"', "leads.action", "did you mean 'create_booking'"),
+        (
+            '[leads.qualification]\nrule = "job_status"\njob_status = "completed"',
+            "leads.qualification.job_status",
+            "did you mean 'Completed'",
+        ),
+        ('[leads.qualification]\nunqualify_on = ["job_cancelled"]', "leads.qualification.unqualify_on[0]", "job_canceled"),
+        (
+            '[customer_sync.return_fields]\n"Referral Link" = "referal_link"',
+            'customer_sync.return_fields."Referral Link"',
+            "did you mean 'referral_link'",
+        ),
+        ('[customer_sync]\ninclude_inactive = "yes"', "customer_sync.include_inactive", "true or false"),
+        ('[customer_sync]\nmode = "ongoin"', "customer_sync.mode", "did you mean 'ongoing'"),
+        ("[limits]\nworkers = 0", "limits.workers", "greater than or equal to 1"),
+        ('[webhook]\naliases = { referral_code = "code" }', "webhook.aliases.referral_code", "must be a list"),
+    ],
+)
+def test_schema_errors_name_the_key_path(text, key_path, message):
+    with pytest.raises(ConfigSchemaError) as caught:
+        parse_config_text(text, path=Path("conf.toml"))
+    error = caught.value
+    assert error.key_path == key_path
+    assert error.exit_code == 3
+    assert str(error).startswith(f"{key_path}: ")
+    assert message in str(error)
+    assert error.hint == "fix it in conf.toml"
+
+
+def test_every_problem_is_listed():
+    with pytest.raises(ConfigSchemaError) as caught:
+        parse_config_text('[servicetitan]\nenvironment = "x"\n[limits]\nworkers = "many"')
+    keys = [key for key, _ in caught.value.problems]
+    assert keys == ["servicetitan.environment", "limits.workers"]
+    assert "also limits.workers: must be an integer" in str(caught.value)
+
+
+def test_syntax_error_has_file_line_and_column(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[servicetitan]\ntenant_id = 1\nclient_id = cid\n')
+    with pytest.raises(ConfigSyntaxError) as caught:
+        load_config(path)
+    error = caught.value
+    assert (error.line, error.column) == (3, 13)
+    assert str(error).startswith(f"{path}:3:13: TOML syntax error: Invalid value")
+    assert error.exit_code == 3 and error.key_path is None
+
+
+def test_syntax_error_at_end_of_file_still_has_a_line(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[limits]\nworkers = [\n")
+    with pytest.raises(ConfigSyntaxError) as caught:
+        load_config(path)
+    assert caught.value.line == 3 and caught.value.column == 1
+    assert "at the end of the file" in str(caught.value)
+
+
+def test_duplicate_section_is_a_syntax_error():
+    with pytest.raises(ConfigSyntaxError, match=r"<config>:3:\d+: .*twice"):
+        parse_config_text("[limits]\nworkers = 1\n[limits]\n")
+
+
+def test_missing_file_points_at_connect(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "nope.toml")
+    assert "no config file" in str(caught.value) and "stsync connect" in caught.value.hint
+
+
+def test_directory_and_binary_files_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"a = '\xff\xfe'")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(binary)
+
+
+# -- saving --------------------------------------------------------------------------------
+def test_save_writes_spec_order_and_inline_specs(tmp_path):
+    config = default_config(**EXAMPLE_IDENTITY)
+    config.referrers.fields["name"] = TemplateValue(template="{first_name} {meta.Last Name}")
+    config.webhook.aliases["referral_code"] = ["code", "referralCode"]
+    config.leads.qualification.unqualify_on = ["job_canceled"]
+    path = tmp_path / "config.toml"
+    save_config(config, path)
+    text = path.read_text()
+    headers = re.findall(r"^\[([a-z_.]+)\]", text, re.M)
+    assert headers == [
+        "servicetitan",
+        "referral_factory",
+        "leads",
+        "leads.fields",
+        "leads.qualification",
+        "referrers",
+        "referrers.fields",
+        "customer_sync",
+        "customer_sync.fields",
+        "customer_sync.return_fields",
+        "limits",
+        "webhook.aliases",
+    ]
+    assert re.search(r'^summary = \{ value = "Referral" \} +# Fixed Value \(Manual Input\)$', text, re.M)
+    assert '"Referral Link" = "referral_link"' in text
+    assert 'unqualify_on = ["job_canceled"]' in text
+    assert 'referral_code = ["code", "referralCode"]' in text
+    assert load_config(path) == config
+
+
+def test_save_is_atomic_and_keeps_the_file_mode(tmp_path):
+    path = tmp_path / "conf" / "config.toml"
+    save_config(default_config(), path)
+    path.chmod(0o640)
+    save_config(default_config(tenant_id=5), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in path.parent.iterdir()] == ["config.toml"]  # no temp file left
+    assert load_config(path).servicetitan.tenant_id == 5
+
+
+def test_save_refuses_text_that_is_not_utf8(tmp_path):
+    config = default_config()
+    config.leads.fields["summary"] = FixedValue(value="bad \udcff byte")  # argv with surrogateescape
+    with pytest.raises(ConfigError, match="not valid text"):
+        save_config(config, tmp_path / "config.toml")
+    assert not (tmp_path / "config.toml").exists()
+
+
+def test_save_refuses_a_config_it_could_not_load(tmp_path):
+    path = tmp_path / "config.toml"
+    save_config(default_config(tenant_id=5), path)
+    before = path.read_text()
+    broken = default_config()
+    broken = broken.model_copy(update={"limits": broken.limits.model_copy(update={"workers": 0})})
+    with pytest.raises(ConfigSchemaError) as caught:
+        save_config(broken, path)
+    assert caught.value.key_path == "limits.workers"
+    assert path.read_text() == before
+
+
+# -- endpoints -----------------------------------------------------------------------------
+def test_endpoints_follow_the_environment():
+    production = resolve_endpoints(default_config())
+    assert (production.st_auth_url, production.st_api_url, production.rf_api_url) == (
+        "https://auth.servicetitan.io",
+        "https://api.servicetitan.io",
+        "https://referral-factory.com/api/v2",
+    )
+    integration = resolve_endpoints(default_config(environment="integration"))
+    assert (integration.st_auth_url, integration.st_api_url) == (
+        "https://auth-integration.servicetitan.io",
+        "https://api-integration.servicetitan.io",
+    )
+
+
+def test_config_overrides_and_env_wins(monkeypatch):
+    config = parse_config_text(
+        '[servicetitan]\nauth_url = "http://127.0.0.1:9/auth/"\napi_url = "http://127.0.0.1:9/st"\n'
+        '[referral_factory]\napi_url = "http://127.0.0.1:9/rf/api/v2/"'
+    )
+    endpoints = resolve_endpoints(config)
+    assert (endpoints.st_auth_url, endpoints.st_api_url, endpoints.rf_api_url) == (
+        "http://127.0.0.1:9/auth",
+        "http://127.0.0.1:9/st",
+        "http://127.0.0.1:9/rf/api/v2",
+    )
+    monkeypatch.setenv("STSYNC_ST_AUTH_URL", "http://localhost:1/")
+    monkeypatch.setenv("STSYNC_ST_API_URL", "http://localhost:2")
+    monkeypatch.setenv("STSYNC_RF_API_URL", "http://localhost:3/api/v2/")
+    endpoints = resolve_endpoints(config)
+    assert (endpoints.st_auth_url, endpoints.st_api_url, endpoints.rf_api_url) == (
+        "http://localhost:1",
+        "http://localhost:2",
+        "http://localhost:3/api/v2",
+    )
+
+
+def test_key_paths_quote_what_toml_would():
+    assert format_key_path(("leads", "fields", "name")) == "leads.fields.name"
+    assert format_key_path(("leads", "fields", "address.street")) == 'leads.fields."address.street"'
+    assert format_key_path(("leads", "qualification", "unqualify_on", 2)) == "leads.qualification.unqualify_on[2]"
+
+
+# -- property: round trip and invalid mutations --------------------------------------------
+toml_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+names = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
+ids = st.integers(min_value=1, max_value=2**63 - 1)
+field_names = st.from_regex(r"[a-z_]{1,8}(\.[A-Za-z ]{1,8})?", fullmatch=True)
+plain = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="{}"), max_size=6)
+templates = st.builds(lambda before, name, after: f"{before}{{{name}}}{after}", plain, field_names, plain)
+spec_tables = st.one_of(
+    st.builds(lambda v: {"from": v}, names),
+    st.builds(lambda v: {"value": v}, st.one_of(toml_text, st.booleans(), st.integers(-(2**63), 2**63 - 1))),
+    st.builds(lambda v: {"select": v}, names),
+    st.builds(lambda v: {"template": v}, templates),
+)
+field_tables = st.dictionaries(names, spec_tables, max_size=5)
+urls = st.sampled_from([None, "http://127.0.0.1:8080", "https://example.com/api/v2", "http://[::1]:9/x"])
+
+
+def _optional(**entries):
+    """Drop keys whose value is None (TOML has no null)."""
+    return {key: value for key, value in entries.items() if value is not None}
+
+
+config_documents = st.builds(
+    lambda st_, rf, leads, qualification, referrers, sync, limits, aliases: {
+        "servicetitan": st_,
+        "referral_factory": rf,
+        "leads": {**leads, "qualification": qualification},
+        "referrers": referrers,
+        "customer_sync": sync,
+        "limits": limits,
+        "webhook": {"aliases": aliases},
+    },
+    st.builds(
+        lambda env, tenant, client, bp, auth, api, page: _optional(
+            environment=env, tenant_id=tenant, client_id=client, booking_provider=bp, auth_url=auth, api_url=api, page_size=page
+        ),
+        st.sampled_from(ENVIRONMENTS),
+        st.none() | ids,
+        st.none() | toml_text,
+        st.none() | ids,
+        urls,
+        urls,
+        st.integers(1, 5000),
+    ),
+    st.builds(lambda campaign, api: _optional(campaign_id=campaign, api_url=api), st.none() | ids, urls),
+    st.builds(lambda action, fields: {"action": action, "fields": fields}, st.sampled_from(ACTIONS), field_tables),
+    st.builds(
+        lambda rule, status, events: _optional(rule=rule, job_status=status, unqualify_on=events),
+        st.sampled_from(QUALIFICATION_RULES),
+        st.none() | st.sampled_from(JOB_STATUSES),
+        st.lists(st.sampled_from(UNQUALIFY_EVENTS), max_size=2, unique=True),
+    ),
+    st.builds(lambda action, fields: {"action": action, "fields": fields}, st.sampled_from(ACTIONS), field_tables),
+    st.builds(
+        lambda mode, inactive, fields, returns: {"mode": mode, "include_inactive": inactive, "fields": fields, "return_fields": returns},
+        st.sampled_from(SYNC_MODES),
+        st.booleans(),
+        field_tables,
+        st.dictionaries(names, st.sampled_from(RETURN_FIELD_VALUES), max_size=3),
+    ),
+    st.fixed_dictionaries(
+        {
+            "servicetitan_per_second": st.integers(1, 1000),
+            "referral_factory_per_minute": st.integers(1, 10_000),
+            "retry_budget_seconds": st.integers(0, 3600),
+            "workers": st.integers(1, 64),
+        }
+    ),
+    st.dictionaries(names, st.lists(names, max_size=3), max_size=3),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(document=config_documents)
+def test_valid_configs_survive_save_and_load_unchanged(tmp_path, document):
+    config = parse_config(document)
+    path = tmp_path / "roundtrip.toml"
+    save_config(config, path)
+    loaded = load_config(path)
+    assert loaded == config
+    assert list(loaded.leads.fields) == list(config.leads.fields)  # order is part of the mapping
+    assert render_config(loaded) == path.read_text(encoding="utf-8")
+
+
+# Each mutation: (how to break a valid document, the key path the error must name).
+_TYPED_SCALARS = [
+    (("servicetitan", "tenant_id"), "int"),
+    (("servicetitan", "booking_provider"), "int"),
+    (("servicetitan", "page_size"), "int"),
+    (("referral_factory", "campaign_id"), "int"),
+    (("limits", "workers"), "int"),
+    (("limits", "retry_budget_seconds"), "int"),
+    (("servicetitan", "client_id"), "str"),
+    (("customer_sync", "include_inactive"), "bool"),
+]
+_ENUMS = [
+    (("servicetitan", "environment"), ENVIRONMENTS),
+    (("leads", "action"), ACTIONS),
+    (("referrers", "action"), ACTIONS),
+    (("leads", "qualification", "rule"), QUALIFICATION_RULES),
+    (("leads", "qualification", "job_status"), JOB_STATUSES),
+    (("customer_sync", "mode"), SYNC_MODES),
+]
+_SECTIONS = [
+    ("servicetitan",),
+    ("referral_factory",),
+    ("leads",),
+    ("leads", "qualification"),
+    ("referrers",),
+    ("customer_sync",),
+    ("limits",),
+    ("webhook",),
+    (),
+]
+_WRONG_FOR = {
+    "int": st.one_of(st.booleans(), st.floats(allow_nan=False, allow_infinity=False), st.from_regex(r"[a-z][a-z0-9 ]{0,5}", fullmatch=True), st.lists(st.integers(), max_size=2)),
+    "str": st.one_of(st.integers(), st.booleans(), st.lists(st.text(max_size=3), max_size=2)),
+    "bool": st.one_of(st.integers(), st.text(max_size=5), st.floats(allow_nan=False, allow_infinity=False)),
+}
+
+
+def _set(document: dict, where: tuple[str, ...], value) -> None:
+    table = document
+    for part in where[:-1]:
+        table = table.setdefault(part, {})
+    table[where[-1]] = value
+
+
+@st.composite
+def broken_documents(draw):
+    document = draw(config_documents)
+    mutation = draw(st.sampled_from(["wrong_type", "bad_enum", "unknown_key", "bad_kind", "bad_return_value"]))
+    if mutation == "wrong_type":
+        where, kind = draw(st.sampled_from(_TYPED_SCALARS))
+        _set(document, where, draw(_WRONG_FOR[kind]))
+        return document, format_key_path(where)
+    if mutation == "bad_enum":
+        where, allowed = draw(st.sampled_from(_ENUMS))
+        _set(document, where, draw(names.filter(lambda v: v not in allowed)))
+        return document, format_key_path(where)
+    if mutation == "unknown_key":
+        section = draw(st.sampled_from(_SECTIONS))
+        table = document
+        for part in section:
+            table = table[part]
+        key = draw(names.filter(lambda k: k not in table))
+        table[key] = draw(st.one_of(st.integers(), toml_text))
+        return document, format_key_path((*section, key))
+    if mutation == "bad_kind":
+        section = draw(st.sampled_from([("leads", "fields"), ("referrers", "fields"), ("customer_sync", "fields")]))
+        target = draw(names)
+        kind = draw(names.filter(lambda k: k not in ("from", "value", "select", "template")))
+        table = document[section[0]][section[1]]
+        table[target] = {kind: draw(names)}
+        return document, format_key_path((*section, target))
+    target = draw(names)
+    document["customer_sync"]["return_fields"][target] = draw(names.filter(lambda v: v not in RETURN_FIELD_VALUES))
+    return document, format_key_path(("customer_sync", "return_fields", target))
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=broken_documents())
+def test_invalid_configs_always_give_a_key_path_never_a_traceback(case):
+    document, key_path = case
+    text = tomli_w.dumps(document)  # through the real file path: TOML text → load
+    with pytest.raises(ConfigSchemaError) as caught:
+        parse_config_text(text, path=Path("c.toml"))
+    error = caught.value
+    assert error.key_path == key_path
+    assert str(error).startswith(f"{key_path}: ")
+    assert len(str(error).split("\n")[0]) > len(key_path) + 2  # a message, not only the place
+
+
+def test_a_file_written_by_hand_with_user_comments_loses_them_with_notice(tmp_path):
+    # save_config regenerates the comments: the header says so, so nobody is surprised.
+    path = tmp_path / "config.toml"
+    save_config(default_config(), path)
+    assert "notes you add are not kept" in path.read_text()
+    assert os.access(path, os.R_OK)
+
+
+toml_scalars = st.one_of(toml_text, st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False))
+toml_values = st.recursive(
+    toml_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(names, inner, max_size=3)),
+    max_leaves=8,
+)
+section_names = st.sampled_from(["servicetitan", "referral_factory", "leads", "referrers", "customer_sync", "limits", "webhook"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    document=st.dictionaries(
+        st.one_of(section_names, names),
+        st.one_of(
+            toml_values,
+            st.dictionaries(
+                st.sampled_from(["fields", "qualification", "action", "environment", "tenant_id", "aliases", "mode", "workers"]) | names,
+                toml_values,
+                max_size=4,
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_any_toml_document_gives_a_config_or_a_config_error(document):
+    try:
+        config = parse_config_text(tomli_w.dumps(document))
+    except ConfigSchemaError as error:
+        assert error.problems and all(message for _, message in error.problems)
+    else:
+        assert isinstance(config, Config)
