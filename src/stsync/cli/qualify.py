@@ -1,0 +1,112 @@
+"""`stsync qualify [--dry-run]`: pushed bookings → jobs → referrals qualified in Referral Factory."""
+
+from __future__ import annotations
+
+import typer
+
+from stsync.cli.context import AppContext
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "qualify",
+        help="Apply the qualification rule to pushed bookings (booking → job → status) and qualify "
+        "the referrals in Referral Factory. Idempotent: a referral is never qualified twice.",
+    )(qualify_command)
+
+
+# How each outcome reads in the table, and in the summary line.
+_OUTCOME_LABELS = {
+    "qualified": "[green]qualified[/]",
+    "unqualified": "[yellow]unqualified[/]",
+    "already": "already done",
+    "closed": "closed (not qualified)",
+    "finished": "finished",
+    "waiting": "waiting",
+    "missing": "[yellow]missing[/]",
+    "failed": "[red]failed[/]",
+    "would_qualify": "would qualify",
+    "would_unqualify": "would unqualify",
+    "would_close": "would close",
+}
+
+
+def qualify_command(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Read ServiceTitan and show what would be qualified; write nothing."
+    ),
+) -> None:
+    from rich.markup import escape
+
+    from stsync.errors import PartialFailure
+    from stsync.services.qualify import qualify
+
+    app_ctx = AppContext.from_typer(ctx)
+    term = app_ctx.terminal
+    conn = app_ctx.connection()
+
+    if conn.config.leads.qualification.rule == "none":
+        report = qualify(conn, dry_run=dry_run)  # reads and sends nothing: no lock needed
+        term.summary(
+            'Qualification rule is "none" ("Do not qualify my referrals"): nothing to do; nothing was read or sent.'
+        )
+        term.info("To qualify referrals: `stsync map qualify job-created` or `stsync map qualify job-status --status Completed`.")
+        app_ctx.emit({"ok": True, **report.to_dict()})
+        return
+
+    def run():
+        with term.progress("Checking open bookings") as progress:
+            return qualify(conn, dry_run=dry_run, progress=progress)
+
+    if dry_run:
+        report = run()  # writes nothing, so it needs no lock
+    else:
+        with conn.run_lock("qualify", command="qualify"):
+            report = run()
+
+    counts = report.counts()
+    if report.decisions:
+        shown = [d for d in report.decisions if d.outcome != "waiting" or term.verbosity > 0]
+        if shown:
+            table = term.table("Referral", "Booking", "Job", "Job status", "Outcome", "Why", title="Qualification" + (" (dry run)" if dry_run else ""))
+            for decision in shown:
+                why = decision.reason
+                if decision.error:
+                    why += f" — {decision.error.get('title') or decision.error.get('message')}"
+                table.add_row(
+                    escape(decision.email or decision.external_id),
+                    str(decision.booking_id or ""),
+                    str(decision.job_id or ""),
+                    escape(decision.job_status or decision.booking_status or ""),
+                    _OUTCOME_LABELS.get(decision.outcome, decision.outcome),
+                    escape(why),
+                )
+            term.print(table)
+    target = f' (job status "{report.job_status}")' if report.job_status else ""
+    if dry_run:
+        summary = (
+            f"Dry run, rule {report.rule}{target}: {counts['open_bookings']} open booking(s); would qualify "
+            f"{counts['qualified']}, unqualify {counts['unqualified']}, close {counts['closed']}; nothing was sent."
+        )
+    elif not report.open_bookings:
+        summary = f"Rule {report.rule}{target}: no open bookings to check."
+    else:
+        summary = (
+            f"Rule {report.rule}{target}: {counts['open_bookings']} open booking(s) checked — "
+            f"qualified {counts['qualified']}, unqualified {counts['unqualified']}, already done {counts['already']}, "
+            f"closed {counts['closed'] + counts['finished']}, waiting {counts['waiting']}, failed {counts['failed']}; "
+            f"{counts['still_open']} still open."
+        )
+    term.summary(escape(summary))
+    if counts["missing"]:
+        term.warning(
+            f"{counts['missing']} booking(s) or job(s) were not returned by ServiceTitan; they stay open "
+            "(see `stsync diagnose --email <e-mail>`)"
+        )
+    app_ctx.emit({"ok": report.failed == 0, **report.to_dict()})
+    if report.failed:
+        raise PartialFailure(
+            f"{report.failed} referral(s) could not be (un)qualified in Referral Factory; the rest is done and recorded",
+            hint="`stsync diagnose --email <e-mail>` shows the exact error; the next `stsync qualify` retries those still open",
+        )
