@@ -1,0 +1,225 @@
+"""`stsync push-lead`: leads (or referrers) become ServiceTitan bookings, exactly once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Optional
+
+import typer
+
+from stsync.cli.context import AppContext
+
+if TYPE_CHECKING:
+    from stsync.cli.terminal import Terminal
+    from stsync.services.push import PushReport, PushResult
+
+INPUTS = "--email/--first-name, --file, --code, --rf-user-id or --new"
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "push-lead",
+        help=(
+            "Send referred leads to ServiceTitan as bookings (never twice for one externalId). "
+            f"One input: {INPUTS}."
+        ),
+    )(push_lead_command)
+
+
+def push_lead_command(
+    ctx: typer.Context,
+    email: Optional[str] = typer.Option(None, "--email", help="The lead's e-mail (with --first-name)."),
+    first_name: Optional[str] = typer.Option(None, "--first-name", help="The lead's first name."),
+    referral_code: Optional[str] = typer.Option(None, "--referral-code", help="The lead's referral code (the booking's External Id by default)."),
+    campaign_name: Optional[str] = typer.Option(None, "--campaign-name", help="The campaign name (the booking's Source by default; fetched when omitted)."),
+    phone: Optional[str] = typer.Option(None, "--phone", help="The lead's phone, filed as meta.Phone."),
+    field: Optional[List[str]] = typer.Option(None, "--field", help="Another lead field, K=V (e.g. meta.Last Name=Doe); repeatable."),
+    file: Optional[str] = typer.Option(None, "--file", help="A Referral Factory user object, a webhook payload, or a JSON list of them; - for stdin."),
+    code: Optional[str] = typer.Option(None, "--code", help="Fetch the lead with this referral code from Referral Factory."),
+    rf_user_id: Optional[int] = typer.Option(None, "--rf-user-id", help="Fetch the lead with this Referral Factory user id."),
+    new: bool = typer.Option(False, "--new", help="Every referred lead of the campaign without a booking yet."),
+    referrer: bool = typer.Option(False, "--referrer", help="Use the referrers' action and fields instead of the leads'."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the exact JSON body that would be POSTed (an object, or a list for --new and list files); send and record nothing."
+    ),
+) -> None:
+    from stsync.errors import UsageError
+
+    app_ctx = AppContext.from_typer(ctx)
+    term = app_ctx.terminal
+    kind = "referrer" if referrer else "lead"
+
+    flags = {"--email": email, "--first-name": first_name, "--referral-code": referral_code,
+             "--campaign-name": campaign_name, "--phone": phone, "--field": field or None}
+    given = [name for name, value in (
+        ("--email/--first-name", any(v is not None for v in flags.values())),
+        ("--file", file is not None),
+        ("--code", code is not None),
+        ("--rf-user-id", rf_user_id is not None),
+        ("--new", new),
+    ) if value]
+    if not given:
+        raise UsageError(f"nothing to push: give one input ({INPUTS})", hint="see `stsync push-lead --help`")
+    if len(given) > 1:
+        raise UsageError(f"give one input, not {' and '.join(given)}", hint=f"the inputs are {INPUTS}")
+
+    # Read local input first: a malformed file is a usage error before anything is opened.
+    leads: list = []
+    rejected: list = []
+    batch = new
+    if given[0] == "--email/--first-name":
+        from stsync.services.leads import lead_from_flags
+
+        if not (email or "").strip():
+            raise UsageError(
+                "--email is required: every lead needs an e-mail (the booking's contact, and how "
+                "`history` and `diagnose --email` find it)",
+                hint="e.g. stsync push-lead --email jane@example.com --first-name Jane --referral-code ueONFmUp",
+            )
+
+        leads = [lead_from_flags(email, first_name, referral_code=referral_code, campaign_name=campaign_name,
+                                 phone=phone, fields=_parse_fields(field or []))]
+    elif file is not None:
+        from stsync.services.push import leads_from_input
+
+        obj = _read_json(file)
+        leads, rejected = leads_from_input(obj)
+        batch = isinstance(obj, list) or len(leads) + len(rejected) > 1
+
+    from stsync.services import push as service
+
+    conn = app_ctx.connection()
+    nothing = service.nothing_to_action(conn, kind)
+    if nothing is not None:
+        message, hint = nothing
+        term.warning(message)
+        term.info(f"→ {hint}")
+        app_ctx.emit({"ok": True, "kind": kind, "dry_run": dry_run, "notice": message, "results": [],
+                      "counts": service.PushReport(kind=kind).counts})
+        return
+    service.check_mapping(conn, kind)
+
+    if new:
+        with term.progress("Pushing new leads" if kind == "lead" else "Pushing referrers") as bar:
+            report = service.push_new(conn, kind=kind, progress=bar, dry_run=dry_run)  # type: ignore[arg-type]
+    else:
+        if code is not None or rf_user_id is not None:
+            leads = [service.fetch_lead(conn, code=code, rf_user_id=rf_user_id)]
+        else:
+            leads = service.complete_leads(conn, leads, kind=kind)  # type: ignore[arg-type]
+        if batch:
+            with term.progress("Pushing leads", total=len(leads)) as bar:
+                report = service.push_leads(conn, leads, kind=kind, progress=bar, dry_run=dry_run, rejected=rejected)  # type: ignore[arg-type]
+        else:
+            report = service.push_leads(conn, leads, kind=kind, dry_run=dry_run)  # type: ignore[arg-type]
+
+    if new and not report.results and not dry_run:
+        who = "referred lead" if kind == "lead" else "referrer"
+        term.summary(f"No new {who}s to push: every {who} of campaign {conn.campaign_id} has a booking")
+    else:
+        _render(term, report, dry_run=dry_run, batch=batch, json_mode=app_ctx.json_mode)
+    app_ctx.emit({"ok": not report.failed, **report.to_dict()})
+    _raise_for_failures(report, batch=batch)
+
+
+def _parse_fields(pairs: list[str]) -> dict[str, str]:
+    from stsync.errors import UsageError
+
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--field {pair!r} is not K=V", hint="e.g. --field 'meta.Last Name=Doe'")
+        fields[key.strip()] = value
+    return fields
+
+
+def _read_json(file: str) -> Any:
+    import json
+
+    from stsync.errors import UsageError
+
+    if file == "-":
+        text = sys.stdin.read()
+        where = "standard input"
+    else:
+        path = Path(file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"--file {file}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--file {file}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+        where = str(path)
+    if not text.strip():
+        raise UsageError(f"{where} is empty: expected a lead as JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+            hint="pass a Referral Factory user object, a webhook payload, or a JSON list of them",
+        ) from None
+
+
+def _render(term: "Terminal", report: "PushReport", *, dry_run: bool, batch: bool, json_mode: bool) -> None:
+    from rich.markup import escape
+
+    if dry_run:
+        bodies = [r.body for r in report.results if r.body is not None]
+        if not json_mode:
+            # stdout carries exactly what would be POSTed, nothing else.
+            term.data(bodies if batch else (bodies[0] if bodies else None))
+        for result in report.results:
+            if result.failed and batch:  # a single lead's failure is the command's error
+                term.summary(f"[red]✗[/] {escape(result.lead.describe())}: {escape(result.message or 'failed')}")
+        term.summary(
+            f"Dry run: {len(bodies)} booking(s) would be sent to ServiceTitan; nothing was sent or recorded"
+            + (f"; {len(report.failed)} lead(s) cannot be sent" if report.failed else "")
+        )
+        return
+    for result in report.results:
+        if result.failed and not batch:
+            continue  # raised as the command's error, with its hint
+        _render_line(term, result, escape)
+    counts = report.counts
+    if batch or counts["total"] != 1:
+        term.summary(
+            f"{counts['total']} lead(s): {counts['created']} created, {counts['already_booked']} already booked, "
+            f"{counts['skipped']} skipped, {counts['failed']} failed"
+        )
+
+
+def _render_line(term: "Terminal", result: "PushResult", escape) -> None:
+    who = escape(result.lead.describe())
+    if result.outcome == "created":
+        term.print(f"[green]✓[/] {who}: created booking #{result.booking_id}")
+    elif result.outcome == "already_booked":
+        term.print(f"[cyan]•[/] {who}: already booked #{result.booking_id}")
+    elif result.outcome == "skipped":
+        term.print(f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})")
+    else:
+        # Failures stay visible with -q: cron mail must show them.
+        term.summary(f"[red]✗[/] {who}: failed: {escape(result.message or 'failed')}")
+
+
+def _raise_for_failures(report: "PushReport", *, batch: bool) -> None:
+    from stsync.errors import InvalidRecord, PartialFailure
+
+    failed = report.failed
+    if not failed:
+        return
+    if not batch and len(report.results) == 1:
+        result = failed[0]
+        if isinstance(result.exception, InvalidRecord):
+            raise result.exception
+        raise PartialFailure(
+            f"the booking for {result.lead.describe()} was not created: {result.message}",
+            hint="`stsync diagnose --email <e-mail>` explains it; fix the mapping (`stsync map show`) or the data, then run again",
+        )
+    total = len(report.results)
+    raise PartialFailure(
+        f"{len(failed)} of {total} lead(s) failed; the rest is done and recorded",
+        hint="`stsync history --failed` shows ServiceTitan's exact errors; fix the mapping or the data, then run again",
+    )
