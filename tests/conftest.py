@@ -16,6 +16,9 @@ from isolated_keyring import FileKeyring  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+# sandbox, make_sandbox, sandbox_env, cli, cli_subprocess, connected (tests/support is on sys.path)
+pytest_plugins = ["stsync_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -1,0 +1,125 @@
+"""Fault injection: what can go wrong between a client and the two APIs, on demand.
+
+``Faults`` is the configuration (a frozen value, replaced whole with ``Sandbox.set_faults``);
+``FaultInjector`` draws from one seeded random generator, so a run with the same seed and
+the same request order fails the same way.
+
+- ``error_rate``: the share of requests answered 503 **before** anything happens (the
+  gateway refused it: safe to retry).
+- ``commit_then_500_rate``: the share of writes (POST/PUT/PATCH/DELETE) that are
+  **applied, then** answered 500 — the answer is lost, the change is not. A careful client
+  looks the record up before writing again.
+- ``latency``: extra seconds added to every answer; ``spike_rate`` of the requests wait
+  ``spike_seconds`` more (Referral Factory is reported to spike over 25 s).
+- ``burst_429``: the next N ServiceTitan API requests get 429 with ``Retry-After:
+  retry_after`` (someone else spent the tenant's budget).
+- ``token_ttl``: tokens issued from now on stop working after this many seconds, although
+  ``expires_in`` still announces the normal lifetime (early expiry → a 401 mid-run).
+- ``path_contains``: limit ``error_rate``, ``commit_then_500_rate``, latency and spikes to
+  requests whose path contains this text (e.g. ``"/bookings"`` or ``"/users"``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import asdict, dataclass, fields
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True)
+class Faults:
+    error_rate: float = 0.0
+    commit_then_500_rate: float = 0.0
+    latency: float = 0.0
+    spike_rate: float = 0.0
+    spike_seconds: float = 2.0
+    burst_429: int = 0
+    retry_after: int = 1
+    token_ttl: float | None = None
+    path_contains: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("error_rate", "commit_then_500_rate", "spike_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"Faults.{name} must be between 0 and 1, not {value!r}")
+        for name in ("latency", "spike_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Faults.{name} must not be negative")
+        if self.burst_429 < 0 or self.retry_after < 0:
+            raise ValueError("Faults.burst_429 and Faults.retry_after must not be negative")
+        if self.token_ttl is not None and self.token_ttl < 0:
+            raise ValueError("Faults.token_ttl must not be negative")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Faults:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the injector decided for one request."""
+
+    delay: float = 0.0
+    fail_before: bool = False  # 503, nothing applied
+    fail_after: bool = False  # applied, then 500
+    throttle: bool = False  # 429 burst
+
+
+class FaultInjector:
+    """Thread-safe draws against the current ``Faults``."""
+
+    def __init__(self, faults: Faults | None = None, *, base_latency: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self.base_latency = base_latency
+        self._faults = Faults()
+        self._random = random.Random(0)
+        self._burst_left = 0
+        self.set(faults or Faults())
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    def set(self, faults: Faults) -> None:
+        with self._lock:
+            self._faults = faults
+            self._random = random.Random(faults.seed)
+            self._burst_left = faults.burst_429
+
+    def decide(self, *, method: str, path: str, servicetitan_api: bool) -> Decision:
+        with self._lock:
+            faults = self._faults
+            throttle = False
+            if servicetitan_api and self._burst_left > 0:
+                self._burst_left -= 1
+                throttle = True
+            targeted = faults.path_contains is None or faults.path_contains in path
+            if not targeted:
+                return Decision(delay=self.base_latency, throttle=throttle)
+            delay = self.base_latency + faults.latency
+            if faults.spike_rate and self._random.random() < faults.spike_rate:
+                delay += faults.spike_seconds
+            fail_before = bool(faults.error_rate) and self._random.random() < faults.error_rate
+            fail_after = (
+                not fail_before
+                and method in WRITE_METHODS
+                and bool(faults.commit_then_500_rate)
+                and self._random.random() < faults.commit_then_500_rate
+            )
+            return Decision(delay=delay, fail_before=fail_before, fail_after=fail_after, throttle=throttle)
+
+    def token_lifetime(self, normal: float) -> float:
+        """How long a token issued now really lives."""
+        ttl = self._faults.token_ttl
+        return normal if ttl is None else min(normal, ttl)

@@ -1,0 +1,1009 @@
+"""ServiceTitan v2 as the sandbox serves it: the token endpoint, CRM v2 and JPM v2.
+
+State lives here (customers, contacts, custom-field types, bookings, jobs, tags, tokens),
+indexed for O(1) lookups by id and externalId and, for the export feeds, by
+``(modifiedOn, id)``. Every public method takes the state lock; handlers run under it.
+
+Behaviour follows ``api/servicetitan.md`` and the v2 specs. Where the contract says
+"unconfirmed", the sandbox takes the strict reading (a careful client must survive it):
+
+- Auth: ``Authorization: Bearer <token>`` only (a bare token is refused); missing, unknown
+  or expired token → 401 with ``WWW-Authenticate``; missing or wrong ``ST-App-Key`` →
+  403 naming the app key; a tenant the token was not issued for → 403; an unknown booking
+  provider → 404. Token endpoint: bad credentials → 400 ``{"error": "invalid_client"}``.
+- Bodies are validated against the spec (see ``schemas.py``), plus the documented rule
+  "a name and either an address or a phone/email" for bookings, plus ``customerType``
+  limited to Residential/Commercial.
+- ``externalId`` is **not** unique: a second booking with the same externalId is created
+  (uniqueness is undocumented, so the client is the one who must prevent duplicates).
+- A booking created without ``start`` gets ``start = createdOn`` (the response requires it).
+- Customer PATCH: ``customFields`` **replaces** the whole list (fields left out lose their
+  values); ``active`` is refused with 400 ("you cannot deactivate or reactivate customer
+  records with an API"); every PATCH bumps ``modifiedOn``, so the customer reappears in
+  the export feed.
+- Query parameters and paging: see ``query.py`` (typed, case-insensitive, strict limits).
+- Export feeds: ``continueFrom`` is an opaque token for the last ``(modifiedOn, id)``
+  returned; ``from`` may also be a date (``modifiedOn`` ≥ date). Without
+  ``includeRecentChanges=true`` rows modified in the last ``export_lag_seconds`` are held
+  back. A row modified after it was exported comes again later in the feed.
+- ``GET /customers/contacts`` without ``customerIds``, ``modifiedBefore`` or
+  ``modifiedOnOrAfter`` → 400.
+- Booking PATCH of a converted or dismissed booking → 409 ("Some conflict occurred").
+- The dismiss endpoint exists only in the 2026 spec (unconfirmed): not served, so it is a
+  404 ("not supported"); the admin operation ``dismiss_booking`` plays the CSR instead.
+- Fault 503s carry no ``Retry-After`` (a client backs off by its own policy); 429s do.
+- No API turns a booking into a job: the sandbox's admin operations do (a CSR's work).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from stsync.sandbox.clock import Clock, iso_ms, now_ms, to_ms
+from stsync.sandbox.faults import Decision, FaultInjector
+from stsync.sandbox.feeds import ModifiedIndex, decode_position, encode_position
+from stsync.sandbox.limits import SlidingWindow, retry_after_header
+from stsync.sandbox.problems import VALIDATION_TITLE, fail, problem
+from stsync.sandbox.query import Query, date_filter, ordered, page_of
+from stsync.sandbox.schemas import parse_query_datetime, validator
+from stsync.sandbox.server import BadJson, HttpError, NoRoute, Request, Response, Router
+
+JOB_STATUSES = ("Scheduled", "Dispatched", "InProgress", "Hold", "Completed", "Canceled")
+CONTACT_TYPES = ("Phone", "MobilePhone", "Email", "Fax")
+PHONE_TYPES = ("Phone", "MobilePhone")
+CUSTOMER_TYPES = ("Residential", "Commercial")
+
+
+class AdminError(Exception):
+    """An admin operation that cannot be done (unknown id, wrong state)."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+@dataclass
+class _Token:
+    tenant_id: int
+    client_id: str
+    expires_at: float  # time.time()
+
+
+def public(record: dict) -> dict:
+    """The API shape of a stored record: private ``_keys`` dropped, nested values copied."""
+    return {k: _copy(v) for k, v in record.items() if not k.startswith("_")}
+
+
+class ServiceTitan:
+    def __init__(
+        self,
+        *,
+        tenant_id: int,
+        client_id: str,
+        client_secret: str,
+        app_key: str,
+        booking_provider: int,
+        token_ttl: float,
+        per_second: int,
+        faults: FaultInjector,
+        clock: Clock,
+        export_batch_size: int = 500,
+        export_lag_seconds: float = 900.0,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.tenant_id = tenant_id
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.app_key = app_key
+        self.booking_provider = booking_provider
+        self.token_ttl = token_ttl
+        self.faults = faults
+        self.clock = clock
+        self.export_batch_size = export_batch_size
+        self.export_lag_seconds = export_lag_seconds
+        self.rate = SlidingWindow(per_second, 1.0)
+        self.validator = validator()
+
+        self.tokens: dict[str, _Token] = {}
+        self.customers: dict[int, dict] = {}
+        self.customer_index = ModifiedIndex()
+        self.contacts: dict[int, dict] = {}
+        self.contacts_by_customer: dict[int, list[int]] = {}
+        self.contact_index = ModifiedIndex()
+        self.field_types: dict[int, dict] = {}
+        self.bookings: dict[int, dict] = {}
+        self.bookings_by_external_id: dict[tuple[int, str], list[int]] = {}
+        self.booking_index = ModifiedIndex()
+        self.jobs: dict[int, dict] = {}
+        self.jobs_by_booking: dict[int, list[int]] = {}
+        self.job_index = ModifiedIndex()
+        self.tags: dict[int, dict] = {}
+        self.job_types: dict[int, dict] = {}
+        self._next_ids = {
+            "customer": 10_001,
+            "contact": 50_001,
+            "booking": 5_550_001,
+            "booking_contact": 80_001,
+            "job": 7_100_001,
+        }
+
+        self.router = Router()
+        self._routes()
+
+    # ------------------------------------------------------------------ ids and time
+    def next_id(self, kind: str) -> int:
+        value = self._next_ids[kind]
+        self._next_ids[kind] = value + 1
+        return value
+
+    # ------------------------------------------------------------------ routing
+    def _routes(self) -> None:
+        crm = "/crm/v2/tenant/{tenant:int}"
+        jpm = "/jpm/v2/tenant/{tenant:int}"
+        bp = crm + "/booking-provider/{bp:int}/bookings"
+        add = self.router.add
+        add("GET", bp, self._list_provider_bookings)
+        add("POST", bp, self._create_booking)
+        add("GET", bp + "/{id:int}", self._get_provider_booking)
+        add("PATCH", bp + "/{id:int}", self._patch_booking)
+        add("GET", bp + "/{id:int}/contacts", self._list_provider_booking_contacts)
+        add("POST", bp + "/{id:int}/contacts", self._create_booking_contact)
+        add("GET", crm + "/bookings", self._list_tenant_bookings)
+        add("GET", crm + "/bookings/{id:int}", self._get_tenant_booking)
+        add("GET", crm + "/bookings/{id:int}/contacts", self._list_tenant_booking_contacts)
+        add("GET", crm + "/booking-provider-tags", self._list_tags)
+        add("GET", crm + "/booking-provider-tags/{id:int}", self._get_tag)
+        add("GET", crm + "/customers", self._list_customers)
+        add("GET", crm + "/customers/custom-fields", self._list_field_types)
+        add("GET", crm + "/customers/contacts", self._list_all_customer_contacts)
+        add("GET", crm + "/customers/{id:int}", self._get_customer)
+        add("PATCH", crm + "/customers/{id:int}", self._patch_customer)
+        add("GET", crm + "/customers/{id:int}/contacts", self._list_customer_contacts)
+        add("POST", crm + "/customers/{id:int}/contacts", self._create_customer_contact)
+        add("PATCH", crm + "/customers/{id:int}/contacts/{contact_id:int}", self._patch_customer_contact)
+        add("DELETE", crm + "/customers/{id:int}/contacts/{contact_id:int}", self._delete_customer_contact)
+        add("GET", crm + "/export/customers", self._export_customers)
+        add("GET", crm + "/export/customers/contacts", self._export_contacts)
+        add("GET", crm + "/export/bookings", self._export_bookings)
+        add("GET", jpm + "/jobs", self._list_jobs)
+        add("GET", jpm + "/jobs/{id:int}", self._get_job)
+        add("GET", jpm + "/job-types", self._list_job_types)
+        add("GET", jpm + "/export/jobs", self._export_jobs)
+
+    # ------------------------------------------------------------------ token endpoint
+    def handle_token(self, request: Request, decision: Decision) -> Response:
+        if decision.fail_before:
+            return Response(503, {"error": "temporarily_unavailable"})
+        if request.method != "POST":
+            return Response(405, {"error": "invalid_request", "error_description": "use POST"}, {"Allow": "POST"})
+        if request.content_type != "application/x-www-form-urlencoded":
+            return Response(400, {"error": "invalid_request", "error_description": "expected a form-encoded body"})
+        form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        grant = form.get("grant_type")
+        if grant is None:
+            return Response(400, {"error": "invalid_request", "error_description": "grant_type is missing"})
+        if grant != "client_credentials":
+            return Response(400, {"error": "unsupported_grant_type"})
+        with self.lock:
+            if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+                return Response(400, {"error": "invalid_client"})
+            token = self._issue_token()
+        return Response(
+            200,
+            {
+                "access_token": token,
+                "expires_in": int(self.token_ttl),
+                "token_type": "Bearer",
+                "scope": "tn.crm.bookings:rw tn.crm.customers:rw tn.jpm.jobs:r",
+            },
+            {"Cache-Control": "no-store"},
+        )
+
+    def _issue_token(self) -> str:
+        header = base64.urlsafe_b64encode(b'{"alg":"RS256","typ":"at+jwt"}').decode().rstrip("=")
+        lifetime = self.faults.token_lifetime(self.token_ttl)
+        claims = json.dumps(
+            {"client_id": self.client_id, "tenant": str(self.tenant_id), "exp": int(time.time() + self.token_ttl)}
+        )
+        payload = base64.urlsafe_b64encode(claims.encode()).decode().rstrip("=")
+        token = f"{header}.{payload}.{secrets.token_urlsafe(32)}"
+        self.tokens[token] = _Token(self.tenant_id, self.client_id, time.time() + lifetime)
+        return token
+
+    def expire_tokens(self) -> None:
+        with self.lock:
+            self.tokens.clear()
+
+    def rotate_client_secret(self) -> str:
+        with self.lock:
+            self.client_secret = "cs2." + secrets.token_hex(24)
+            return self.client_secret
+
+    # ------------------------------------------------------------------ API pipeline
+    def handle(self, request: Request, decision: Decision) -> Response:
+        """Auth → rate limit → faults → the endpoint (→ commit-then-500)."""
+        try:
+            tenant = self._authenticate(request)
+            if decision.throttle:  # a burst: someone else spent the budget
+                self._throttle(self.faults.faults.retry_after)
+            wait = self.rate.admit((self.app_key, tenant))
+            if wait is not None:
+                self._throttle(int(retry_after_header(wait)))
+            if decision.fail_before:
+                raise fail(503, "Service Unavailable")
+            try:
+                handler, params = self.router.match(request.method, request.path)
+            except NoRoute as missing:
+                if missing.method_not_allowed:
+                    raise fail(405, "Method Not Allowed", headers={"Allow": ", ".join(missing.allowed)}) from None
+                raise fail(404, "Not Found") from None
+            with self.lock:
+                # Every path parameter here is an int64 (the routes say so); the tenant is checked.
+                response = handler(request, **{k: int(v) for k, v in params.items() if k != "tenant"})
+        except HttpError as refused:
+            return refused.response
+        if decision.fail_after and 200 <= response.status < 300:
+            return problem(500, "An unexpected error occurred.")
+        return response
+
+    @staticmethod
+    def _throttle(seconds: int) -> None:
+        raise fail(
+            429, f"Rate limit is exceeded. Try again in {seconds} seconds.", headers={"Retry-After": str(seconds)}
+        )
+
+    def _authenticate(self, request: Request) -> int:
+        header = request.header("authorization") or ""
+        if not header.startswith("Bearer "):
+            raise fail(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
+        with self.lock:
+            token = self.tokens.get(header[len("Bearer ") :].strip())
+        if token is None:
+            raise fail(401, "Unauthorized", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if token.expires_at <= time.time():
+            raise fail(
+                401,
+                "Unauthorized",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token", error_description="The token expired"'},
+            )
+        if request.header("st-app-key") != self.app_key:
+            raise fail(403, "The ST-App-Key header is missing or is not a valid app key for this application.")
+        parts = request.path.split("/")
+        # /crm/v2/tenant/{tenant}/...
+        if len(parts) < 5 or parts[3] != "tenant":
+            raise fail(404, "Not Found")
+        try:
+            tenant = int(parts[4])
+        except ValueError:
+            raise fail(404, "Not Found") from None
+        if tenant != token.tenant_id:
+            raise fail(403, f"The application is not authorized to access tenant {tenant}.")
+        return tenant
+
+    def _body(self, request: Request, schema: str, parameter: str) -> dict:
+        if request.content_type not in ("application/json", "text/json") and not request.content_type.endswith("+json"):
+            raise fail(415, "Unsupported Media Type")
+        if not request.body.strip():
+            raise fail(
+                400,
+                VALIDATION_TITLE,
+                {"": ["A non-empty request body is required."], parameter: [f"The {parameter} field is required."]},
+            )
+        try:
+            body = request.json()
+        except BadJson:
+            raise fail(
+                400,
+                VALIDATION_TITLE,
+                {
+                    "$": ["The JSON value is not valid JSON. Path: $."],
+                    parameter: [f"The {parameter} field is required."],
+                },
+            ) from None
+        errors = self.validator.errors(schema, body, parameter=parameter)
+        if errors:
+            raise fail(400, VALIDATION_TITLE, errors)
+        return body
+
+    # ------------------------------------------------------------------ bookings
+    def _provider(self, bp: int) -> None:
+        tag = self.tags.get(bp)
+        if bp != self.booking_provider or tag is None or not tag["active"]:
+            raise fail(
+                404, "Booking provider not found.", {"booking_provider": [f"Booking provider {bp} was not found."]}
+            )
+
+    def _booking_out(self, booking: dict) -> dict:
+        return public(booking)
+
+    def _booking_filters(self, query: Query) -> list[Callable[[dict], bool]]:
+        return date_filter(query, "created", "_created") + date_filter(query, "modified", "_modified")
+
+    def _list_bookings(self, request: Request, bp: int | None) -> Response:
+        query = Query(request)
+        page, page_size, include_total = query.paging()
+        ids = query.ids()
+        external_id = query.raw("externalId")
+        tests = self._booking_filters(query)
+        order = query.sort({"Id": "id", "ModifiedOn": "_modified", "CreatedOn": "_created"})
+        query.check()
+        if ids is not None:
+            candidates = [self.bookings[i] for i in dict.fromkeys(ids) if i in self.bookings]
+        elif external_id is not None and bp is not None:
+            candidates = [self.bookings[i] for i in self.bookings_by_external_id.get((bp, external_id), ())]
+        else:
+            candidates = list(self.bookings.values())
+        rows = [
+            b
+            for b in candidates
+            if (bp is None or b["bookingProviderId"] == bp)
+            and (external_id is None or b["externalId"] == external_id)
+            and all(test(b) for test in tests)
+        ]
+        rows = ordered(rows, order)
+        return Response(200, page_of(rows, page, page_size, include_total, self._booking_out))
+
+    def _list_provider_bookings(self, request: Request, bp: int) -> Response:
+        self._provider(bp)
+        return self._list_bookings(request, bp)
+
+    def _list_tenant_bookings(self, request: Request) -> Response:
+        return self._list_bookings(request, None)
+
+    def _find_booking(self, booking_id: int, bp: int | None) -> dict:
+        booking = self.bookings.get(booking_id)
+        if booking is None or (bp is not None and booking["bookingProviderId"] != bp):
+            raise fail(404, "Booking not found.", {"id": [f"Booking {booking_id} was not found."]})
+        return booking
+
+    def _get_provider_booking(self, request: Request, bp: int, id: int) -> Response:
+        self._provider(bp)
+        return Response(200, self._booking_out(self._find_booking(id, bp)))
+
+    def _get_tenant_booking(self, request: Request, id: int) -> Response:
+        return Response(200, self._booking_out(self._find_booking(id, None)))
+
+    def _create_booking(self, request: Request, bp: int) -> Response:
+        self._provider(bp)
+        body = self._body(request, "Crm.V2.CreateBookingRequest", "crm.V2.CreateBookingRequest")
+        errors: dict[str, list[str]] = {}
+        customer_type = body.get("customerType")
+        if customer_type is not None and customer_type not in CUSTOMER_TYPES:
+            errors["CustomerType"] = [
+                f"'{customer_type}' is not a valid customer type. Valid values: Residential, Commercial."
+            ]
+        contacts = body.get("contacts") or []
+        reachable = any(c["type"] in (*PHONE_TYPES, "Email") and c["value"].strip() for c in contacts)
+        if not body.get("address") and not reachable:
+            errors["Contacts"] = ["A booking needs a name and either an address or a phone number or email contact."]
+        if errors:
+            raise fail(400, VALIDATION_TITLE, errors)
+        booking = self.create_booking_record(bp, body)
+        return Response(200, self._booking_out(booking))
+
+    def create_booking_record(self, bp: int, body: dict) -> dict:
+        ms = self.clock.tick()
+        booking_id = self.next_id("booking")
+        address = body.get("address")
+        booking = {
+            "id": booking_id,
+            "source": body["source"],
+            "createdOn": iso_ms(ms),
+            "name": body["name"],
+            "address": _booking_address(address) if address else None,
+            "customerType": body.get("customerType"),
+            "start": body.get("start") or iso_ms(ms),
+            "summary": body.get("summary"),
+            "campaignId": body.get("campaignId"),
+            "businessUnitId": body.get("businessUnitId"),
+            "isFirstTimeClient": body.get("isFirstTimeClient"),
+            "uploadedImages": list(body.get("uploadedImages") or []),
+            "isSendConfirmationEmail": body.get("isSendConfirmationEmail"),
+            "status": "New",
+            "dismissingReasonId": None,
+            "jobId": None,
+            "externalId": body["externalId"],
+            "priority": body.get("priority"),
+            "jobTypeId": body.get("jobTypeId"),
+            "bookingProviderId": bp,
+            "modifiedOn": iso_ms(ms),
+            "_created": ms,
+            "_modified": ms,
+            "_contacts": [],
+        }
+        for contact in body.get("contacts") or []:
+            booking["_contacts"].append(self._booking_contact(contact, ms))
+        self.bookings[booking_id] = booking
+        self.bookings_by_external_id.setdefault((bp, booking["externalId"]), []).append(booking_id)
+        self.booking_index.put(booking_id, ms)
+        return booking
+
+    def _booking_contact(self, contact: dict, ms: int) -> dict:
+        return {
+            "id": self.next_id("booking_contact"),
+            "type": contact["type"],
+            "value": contact["value"],
+            "memo": contact.get("memo") or "",
+            "modifiedOn": iso_ms(ms),
+        }
+
+    def touch_booking(self, booking: dict) -> None:
+        ms = self.clock.tick()
+        booking["_modified"] = ms
+        booking["modifiedOn"] = iso_ms(ms)
+        self.booking_index.put(booking["id"], ms)
+
+    def _patch_booking(self, request: Request, bp: int, id: int) -> Response:
+        self._provider(bp)
+        booking = self._find_booking(id, bp)
+        body = self._body(request, "Crm.V2.UpdateBookingRequest", "crm.V2.UpdateBookingRequest")
+        if booking["status"] in ("Converted", "Dismissed"):
+            raise fail(409, f"Booking {id} is {booking['status'].lower()} and can no longer be changed.")
+        for key, value in body.items():
+            if key == "externalId":
+                old = (bp, booking["externalId"])
+                self.bookings_by_external_id[old].remove(id)
+                self.bookings_by_external_id.setdefault((bp, value), []).append(id)
+            booking[key] = _booking_address(value) if key == "address" else value
+        self.touch_booking(booking)
+        return Response(200, self._booking_out(booking))
+
+    def _booking_contacts_page(self, request: Request, booking: dict) -> Response:
+        query = Query(request)
+        page, page_size, include_total = query.paging()
+        query.check()
+        return Response(200, page_of(booking["_contacts"], page, page_size, include_total, dict))
+
+    def _list_provider_booking_contacts(self, request: Request, bp: int, id: int) -> Response:
+        self._provider(bp)
+        return self._booking_contacts_page(request, self._find_booking(id, bp))
+
+    def _list_tenant_booking_contacts(self, request: Request, id: int) -> Response:
+        return self._booking_contacts_page(request, self._find_booking(id, None))
+
+    def _create_booking_contact(self, request: Request, bp: int, id: int) -> Response:
+        self._provider(bp)
+        booking = self._find_booking(id, bp)
+        body = self._body(request, "Crm.V2.ContactCreateRequest", "crm.V2.ContactCreateRequest")
+        if body["type"] not in CONTACT_TYPES:
+            raise fail(400, VALIDATION_TITLE, {"Type": [f"'{body['type']}' is not a valid contact type."]})
+        ms = self.clock.tick()
+        contact = self._booking_contact(body, ms)
+        booking["_contacts"].append(contact)
+        self.touch_booking(booking)
+        return Response(200, dict(contact))
+
+    # ------------------------------------------------------------------ tags
+    def _list_tags(self, request: Request) -> Response:
+        query = Query(request)
+        page, page_size, include_total = query.paging()
+        ids = query.ids()
+        name = query.raw("name")
+        tests = date_filter(query, "created", "_created") + date_filter(query, "modified", "_modified")
+        order = query.sort({"Id": "id", "ModifiedOn": "_modified", "CreatedOn": "_created"})
+        query.check()
+        rows = [
+            t
+            for t in self.tags.values()
+            if (ids is None or t["id"] in ids)
+            and (name is None or t["tagName"] == name)
+            and all(test(t) for test in tests)
+        ]
+        return Response(200, page_of(ordered(rows, order), page, page_size, include_total, public))
+
+    def _get_tag(self, request: Request, id: int) -> Response:
+        tag = self.tags.get(id)
+        if tag is None:
+            raise fail(404, "Booking provider tag not found.")
+        return Response(200, public(tag))
+
+    # ------------------------------------------------------------------ customers
+    def customer_out(self, customer: dict, *, application_guid: str | None = None) -> dict:
+        out = public(customer)
+        out["customFields"] = [
+            {"typeId": f["typeId"], "name": self.field_types[f["typeId"]]["name"], "value": f["value"]}
+            for f in customer["customFields"]
+            if f["typeId"] in self.field_types
+        ]
+        out["externalData"] = [dict(e) for e in customer["_externalData"].get(application_guid or "", [])]
+        return out
+
+    def _find_customer(self, customer_id: int) -> dict:
+        customer = self.customers.get(customer_id)
+        if customer is None:
+            raise fail(404, "Customer not found", {"id": [f"Customer {customer_id} was not found."]})
+        return customer
+
+    def _list_customers(self, request: Request) -> Response:
+        query = Query(request)
+        page, page_size, include_total = query.paging()
+        ids = query.ids()
+        active = query.choice("active", ("True", "Any", "False")) or "True"
+        name = query.raw("name")
+        phone = query.raw("phone")
+        guid = query.raw("externalDataApplicationGuid")
+        address_filters = {part: query.raw(part) for part in ("street", "unit", "city", "state", "zip", "country")}
+        query.boolean("excludeAccountingChangesFromModifiedDateRange")
+        tests = date_filter(query, "created", "_created") + date_filter(query, "modified", "_modified")
+        order = query.sort({"Id": "id", "ModifiedOn": "_modified", "CreatedOn": "_created"})
+        query.check()
+        candidates: Iterable[dict]
+        if ids is not None:
+            candidates = [self.customers[i] for i in dict.fromkeys(ids) if i in self.customers]
+        else:
+            candidates = self.customers.values()
+        wanted_name = name.casefold() if name else None
+        wanted_phone = _digits(phone) if phone else None
+        rows = []
+        for customer in candidates:
+            if active == "True" and not customer["active"]:
+                continue
+            if active == "False" and customer["active"]:
+                continue
+            if wanted_name and wanted_name not in customer["name"].casefold():
+                continue
+            if any(
+                v is not None and (customer["address"].get(k) or "").casefold() != v.casefold()
+                for k, v in address_filters.items()
+            ):
+                continue
+            if wanted_phone and not any(
+                self.contacts[c]["type"] in PHONE_TYPES and _digits(self.contacts[c]["value"]) == wanted_phone
+                for c in self.contacts_by_customer.get(customer["id"], ())
+                if self.contacts[c]["_active"]
+            ):
+                continue
+            if all(test(customer) for test in tests):
+                rows.append(customer)
+        rows = ordered(rows, order)
+        return Response(
+            200, page_of(rows, page, page_size, include_total, lambda c: self.customer_out(c, application_guid=guid))
+        )
+
+    def _get_customer(self, request: Request, id: int) -> Response:
+        return Response(200, self.customer_out(self._find_customer(id)))
+
+    def _patch_customer(self, request: Request, id: int) -> Response:
+        customer = self._find_customer(id)
+        body = self._body(request, "Crm.V2.Customers.UpdateCustomerRequest", "crm.V2.Customers.UpdateCustomerRequest")
+        errors: dict[str, list[str]] = {}
+        if "active" in body:
+            errors["Active"] = ["Customers cannot be deactivated or reactivated through the API."]
+        for i, field in enumerate(body.get("customFields") or []):
+            if field["typeId"] not in self.field_types:
+                errors[f"CustomFields[{i}].TypeId"] = [f"Custom field type {field['typeId']} was not found."]
+        if errors:
+            raise fail(400, VALIDATION_TITLE, errors)
+        for key in ("name", "type", "doNotMail", "doNotService"):
+            if key in body:
+                customer[key] = body[key]
+        if "tagTypeIds" in body:
+            customer["tagTypeIds"] = list(body["tagTypeIds"])
+        if "address" in body:
+            customer["address"] = dict(body["address"])
+        if "customFields" in body:
+            # Replace semantics: the list sent is the whole list (the cautious reading).
+            latest = {f["typeId"]: f["value"] for f in body["customFields"]}
+            customer["customFields"] = [{"typeId": t, "value": v} for t, v in latest.items()]
+        if "externalData" in body:
+            update = body["externalData"]
+            guid = update["applicationGuid"].lower()
+            entries = [{"key": e["key"], "value": e.get("value")} for e in update["externalData"]]
+            if (update.get("patchMode") or "Replace") == "Merge":
+                merged = {e["key"]: e for e in customer["_externalData"].get(guid, [])}
+                merged.update({e["key"]: e for e in entries})
+                entries = list(merged.values())
+            customer["_externalData"][guid] = entries
+        self.touch_customer(customer)
+        return Response(200, self.customer_out(customer))
+
+    def touch_customer(self, customer: dict) -> None:
+        ms = self.clock.tick()
+        customer["_modified"] = ms
+        customer["modifiedOn"] = iso_ms(ms)
+        self.customer_index.put(customer["id"], ms)
+
+    def add_customer_record(
+        self,
+        *,
+        name: str,
+        type: str,
+        address: dict,
+        active: bool = True,
+        merged_to_id: int | None = None,
+        custom_fields: list[dict] | None = None,
+        created_ms: int | None = None,
+        modified_ms: int | None = None,
+        do_not_mail: bool = False,
+    ) -> dict:
+        created = created_ms if created_ms is not None else self.clock.tick()
+        modified = modified_ms if modified_ms is not None else created
+        self.clock.observe(modified)
+        customer_id = self.next_id("customer")
+        customer = {
+            "id": customer_id,
+            "active": active,
+            "name": name,
+            "type": type,
+            "address": {
+                "street": address.get("street"),
+                "unit": address.get("unit"),
+                "city": address.get("city"),
+                "state": address.get("state"),
+                "zip": address.get("zip"),
+                "country": address.get("country"),
+                "latitude": address.get("latitude"),
+                "longitude": address.get("longitude"),
+            },
+            "customFields": [dict(f) for f in custom_fields or []],
+            "balance": 0.0,
+            "tagTypeIds": [],
+            "doNotMail": do_not_mail,
+            "doNotService": False,
+            "createdOn": iso_ms(created),
+            "createdById": 0,
+            "modifiedOn": iso_ms(modified),
+            "mergedToId": merged_to_id,
+            "externalData": [],
+            "_created": created,
+            "_modified": modified,
+            "_externalData": {},
+        }
+        self.customers[customer_id] = customer
+        self.customer_index.put(customer_id, modified)
+        return customer
+
+    # ------------------------------------------------------------------ contacts
+    def contact_out(self, contact: dict, *, with_customer: bool = False, with_active: bool = False) -> dict:
+        out = {
+            "id": contact["id"],
+            "type": contact["type"],
+            "value": contact["value"],
+            "memo": contact["memo"],
+            "modifiedOn": contact["modifiedOn"],
+            "phoneSettings": {
+                "phoneNumber": contact["value"] if contact["type"] in PHONE_TYPES else "",
+                "doNotText": contact["_doNotText"],
+            },
+            "createdOn": contact["createdOn"],
+        }
+        if with_customer:
+            out["customerId"] = contact["customerId"]
+        if with_active:
+            out["active"] = contact["_active"]
+        return out
+
+    def add_contact_record(
+        self, customer_id: int, type: str, value: str, *, memo: str | None = None, ms: int | None = None
+    ) -> dict:
+        stamp = ms if ms is not None else self.clock.tick()
+        self.clock.observe(stamp)
+        contact = {
+            "id": self.next_id("contact"),
+            "customerId": customer_id,
+            "type": type,
+            "value": value,
+            "memo": memo,
+            "createdOn": iso_ms(stamp),
+            "modifiedOn": iso_ms(stamp),
+            "_created": stamp,
+            "_modified": stamp,
+            "_active": True,
+            "_doNotText": False,
+        }
+        self.contacts[contact["id"]] = contact
+        self.contacts_by_customer.setdefault(customer_id, []).append(contact["id"])
+        self.contact_index.put(contact["id"], stamp)
+        return contact
+
+    def touch_contact(self, contact: dict) -> None:
+        ms = self.clock.tick()
+        contact["_modified"] = ms
+        contact["modifiedOn"] = iso_ms(ms)
+        self.contact_index.put(contact["id"], ms)
+
+    def active_contacts(self, customer_id: int) -> list[dict]:
+        return [self.contacts[c] for c in self.contacts_by_customer.get(customer_id, ()) if self.contacts[c]["_active"]]
+
+    def _list_customer_contacts(self, request: Request, id: int) -> Response:
+        self._find_customer(id)
+        query = Query(request)
+        page, page_size, include_total = query.paging()
+        query.check()
+        rows = self.active_contacts(id)
+        return Response(200, page_of(rows, page, page_size, include_total, self.contact_out))
+
+    def _list_all_customer_contacts(self, request: Request) -> Response:
+        query = Query(request)
+        page, page_size, include_total = query.paging()
+        customer_ids = query.ids("customerIds")
+        modified = date_filter(query, "modified", "_modified")
+        created = date_filter(query, "created", "_created")
+        if customer_ids is None and not modified and not query.errors:
+            query.refuse(
+                "customerIds", "One of the filters customerIds, modifiedBefore or modifiedOnOrAfter must be provided."
+            )
+        query.check()
+        if customer_ids is not None:
+            candidates = [c for cid in dict.fromkeys(customer_ids) for c in self.active_contacts(cid)]
+        else:
+            candidates = [c for c in self.contacts.values() if c["_active"]]
+        rows = [c for c in candidates if all(test(c) for test in modified + created)]
+        return Response(
+            200, page_of(rows, page, page_size, include_total, lambda c: self.contact_out(c, with_customer=True))
+        )
+
+    def _create_customer_contact(self, request: Request, id: int) -> Response:
+        customer = self._find_customer(id)
+        body = self._body(
+            request, "Crm.V2.Customers.CreateCustomerContactRequest", "crm.V2.Customers.CreateCustomerContactRequest"
+        )
+        contact = self.add_contact_record(customer["id"], body["type"], body["value"], memo=body.get("memo"))
+        return Response(200, self.contact_out(contact))
+
+    def _find_contact(self, customer_id: int, contact_id: int) -> dict:
+        self._find_customer(customer_id)
+        contact = self.contacts.get(contact_id)
+        if contact is None or contact["customerId"] != customer_id or not contact["_active"]:
+            raise fail(404, "Contact not found", {"contactId": [f"Contact {contact_id} was not found."]})
+        return contact
+
+    def _patch_customer_contact(self, request: Request, id: int, contact_id: int) -> Response:
+        contact = self._find_contact(id, contact_id)
+        body = self._body(
+            request, "Crm.V2.Customers.UpdateCustomerContactRequest", "crm.V2.Customers.UpdateCustomerContactRequest"
+        )
+        for key in ("type", "value", "memo"):
+            if key in body:
+                contact[key] = body[key]
+        self.touch_contact(contact)
+        return Response(200, self.contact_out(contact))
+
+    def _delete_customer_contact(self, request: Request, id: int, contact_id: int) -> Response:
+        contact = self._find_contact(id, contact_id)
+        contact["_active"] = False
+        self.touch_contact(contact)
+        return Response(200, None)
+
+    # ------------------------------------------------------------------ custom-field types
+    def field_type_out(self, field_type: dict) -> dict:
+        return public(field_type)
+
+    def add_field_type(
+        self, type_id: int, name: str, data_type: str = "Text", options: list[str] | None = None, *, ms: int
+    ) -> dict:
+        field_type = {
+            "id": type_id,
+            "name": name,
+            "dataType": data_type,
+            "dataTypeOptions": list(options or []),
+            "createdOn": iso_ms(ms),
+            "modifiedOn": iso_ms(ms),
+            "_created": ms,
+            "_modified": ms,
+        }
+        self.field_types[type_id] = field_type
+        return field_type
+
+    def _list_field_types(self, request: Request) -> Response:
+        query = Query(request)
+        page, page_size, include_total = query.paging()
+        tests = date_filter(query, "created", "_created") + date_filter(query, "modified", "_modified")
+        order = query.sort({"Id": "id", "ModifiedOn": "_modified", "CreatedOn": "_created"})
+        query.check()
+        rows = ordered([t for t in self.field_types.values() if all(test(t) for test in tests)], order)
+        return Response(200, page_of(rows, page, page_size, include_total, self.field_type_out))
+
+    # ------------------------------------------------------------------ jobs
+    def _find_job(self, job_id: int) -> dict:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise fail(404, "Job not found", {"id": [f"Job {job_id} was not found."]})
+        return job
+
+    def _get_job(self, request: Request, id: int) -> Response:
+        return Response(200, public(self._find_job(id)))
+
+    def _list_jobs(self, request: Request) -> Response:
+        query = Query(request)
+        page, page_size, include_total = query.paging()
+        ids = query.ids()
+        booking_id = query.integer("bookingId")
+        customer_id = query.integer("customerId")
+        status = query.choice("jobStatus", JOB_STATUSES)
+        number = query.raw("number")
+        tests = (
+            date_filter(query, "created", "_created")
+            + date_filter(query, "modified", "_modified")
+            + date_filter(query, "completed", "_completed")
+        )
+        order = query.sort({"Id": "id", "ModifiedOn": "_modified", "CreatedOn": "_created", "Priority": "priority"})
+        query.check()
+        if ids is not None:
+            candidates = [self.jobs[i] for i in dict.fromkeys(ids) if i in self.jobs]
+        elif booking_id is not None:
+            candidates = [self.jobs[i] for i in self.jobs_by_booking.get(booking_id, ())]
+        else:
+            candidates = list(self.jobs.values())
+        rows = [
+            j
+            for j in candidates
+            if (booking_id is None or j["bookingId"] == booking_id)
+            and (customer_id is None or j["customerId"] == customer_id)
+            and (status is None or j["jobStatus"] == status)
+            and (number is None or j["jobNumber"] == number)
+            and all(test(j) for test in tests)
+        ]
+        return Response(200, page_of(ordered(rows, order), page, page_size, include_total, public))
+
+    def _list_job_types(self, request: Request) -> Response:
+        query = Query(request)
+        page, page_size, include_total = query.paging()
+        query.check()
+        return Response(200, page_of(list(self.job_types.values()), page, page_size, include_total, public))
+
+    def convert_booking(self, booking_id: int, *, job_status: str, customer_id: int | None, address: dict) -> dict:
+        booking = self.bookings.get(booking_id)
+        if booking is None:
+            raise AdminError(f"booking {booking_id} does not exist", status=404)
+        if booking["jobId"] is not None:
+            raise AdminError(f"booking {booking_id} is already converted to job {booking['jobId']}", status=409)
+        if booking["status"] == "Dismissed":
+            raise AdminError(f"booking {booking_id} is dismissed", status=409)
+        if job_status not in JOB_STATUSES:
+            raise AdminError(f"unknown job status {job_status!r}; one of {', '.join(JOB_STATUSES)}")
+        if customer_id is None:
+            customer = self.add_customer_record(
+                name=booking["name"],
+                type=booking["customerType"] or "Residential",
+                address=booking["address"] or address,
+            )
+            for contact in booking["_contacts"]:
+                self.add_contact_record(customer["id"], contact["type"], contact["value"], memo=contact["memo"] or None)
+        else:
+            customer = self.customers.get(customer_id)
+            if customer is None:
+                raise AdminError(f"customer {customer_id} does not exist", status=404)
+        ms = self.clock.tick()
+        job_id = self.next_id("job")
+        job_type_id = booking["jobTypeId"] or next(iter(self.job_types), 0)
+        job = {
+            "id": job_id,
+            "jobNumber": str(job_id - 7_000_000),
+            "projectId": None,
+            "customerId": customer["id"],
+            "locationId": customer["id"] + 500_000,
+            "jobStatus": job_status,
+            "completedOn": iso_ms(ms) if job_status == "Completed" else None,
+            "businessUnitId": booking["businessUnitId"] or 1,
+            "jobTypeId": job_type_id,
+            "priority": booking["priority"] or "Normal",
+            "campaignId": booking["campaignId"] or 0,
+            "summary": booking["summary"],
+            "customFields": [],
+            "appointmentCount": 1,
+            "firstAppointmentId": job_id + 1_000_000,
+            "lastAppointmentId": job_id + 1_000_000,
+            "recallForId": None,
+            "warrantyId": None,
+            "jobGeneratedLeadSource": None,
+            "noCharge": False,
+            "notificationsEnabled": True,
+            "createdOn": iso_ms(ms),
+            "createdById": 0,
+            "modifiedOn": iso_ms(ms),
+            "tagTypeIds": [],
+            "leadCallId": None,
+            "bookingId": booking_id,
+            "soldById": None,
+            "externalData": [],
+            "customerPo": "",
+            "invoiceId": job_id + 2_000_000,
+            "membershipId": None,
+            "total": None,
+            "_created": ms,
+            "_modified": ms,
+            "_completed": ms if job_status == "Completed" else None,
+        }
+        self.jobs[job_id] = job
+        self.jobs_by_booking.setdefault(booking_id, []).append(job_id)
+        self.job_index.put(job_id, ms)
+        booking["jobId"] = job_id
+        booking["status"] = "Converted"
+        self.touch_booking(booking)
+        return job
+
+    def set_job_status(self, job_id: int, status: str) -> dict:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise AdminError(f"job {job_id} does not exist", status=404)
+        if status not in JOB_STATUSES:
+            raise AdminError(f"unknown job status {status!r}; one of {', '.join(JOB_STATUSES)}")
+        ms = self.clock.tick()
+        job["jobStatus"] = status
+        if status == "Completed" and job["completedOn"] is None:
+            job["completedOn"] = iso_ms(ms)
+            job["_completed"] = ms
+        job["_modified"] = ms
+        job["modifiedOn"] = iso_ms(ms)
+        self.job_index.put(job_id, ms)
+        return job
+
+    def dismiss_booking(self, booking_id: int, *, reason_id: int = 1) -> dict:
+        booking = self.bookings.get(booking_id)
+        if booking is None:
+            raise AdminError(f"booking {booking_id} does not exist", status=404)
+        if booking["jobId"] is not None:
+            raise AdminError(f"booking {booking_id} is converted to job {booking['jobId']}", status=409)
+        booking["status"] = "Dismissed"
+        booking["dismissingReasonId"] = reason_id
+        self.touch_booking(booking)
+        return booking
+
+    # ------------------------------------------------------------------ exports
+    def _export(self, request: Request, index: ModifiedIndex, render: Callable[[int], dict]) -> Response:
+        query = Query(request)
+        start = query.raw("from")
+        recent = query.boolean("includeRecentChanges")
+        query.check()
+        position: tuple[int, int] | None = None
+        if start is not None:
+            position = decode_position(start)
+            if position is None:
+                moment = parse_query_datetime(start)
+                if moment is None:
+                    raise fail(
+                        400,
+                        VALIDATION_TITLE,
+                        {"from": [f"The value '{start}' is not a valid continuation token or date."]},
+                    )
+                position = (to_ms(moment), -1)  # modifiedOn >= the date
+        until = None if recent else now_ms() - int(self.export_lag_seconds * 1000)
+        keys, more = index.after(position, limit=self.export_batch_size, until_ms=until)
+        last = keys[-1] if keys else position
+        token = encode_position(*last) if last is not None else encode_position(0, -1)
+        return Response(
+            200, {"hasMore": more, "continueFrom": token, "data": [render(record_id) for _, record_id in keys]}
+        )
+
+    def _export_customers(self, request: Request) -> Response:
+        return self._export(request, self.customer_index, lambda i: self.customer_out(self.customers[i]))
+
+    def _export_contacts(self, request: Request) -> Response:
+        return self._export(
+            request,
+            self.contact_index,
+            lambda i: self.contact_out(self.contacts[i], with_customer=True, with_active=True),
+        )
+
+    def _export_bookings(self, request: Request) -> Response:
+        return self._export(
+            request, self.booking_index, lambda i: {**self._booking_out(self.bookings[i]), "active": True}
+        )
+
+    def _export_jobs(self, request: Request) -> Response:
+        return self._export(request, self.job_index, lambda i: {**public(self.jobs[i]), "active": True})
+
+
+def _booking_address(address: dict) -> dict:
+    return {part: address.get(part) for part in ("street", "unit", "city", "state", "zip", "country")}
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
