@@ -208,6 +208,7 @@ def send_with_retries(
             continue
 
         status = response.status_code
+        log.debug("%s %s: HTTP %d (attempt %d)", service, what, status, attempts)  # -vv: the traffic, no query/headers/body
         if status == 429:
             if on_rate_limited is not None:
                 on_rate_limited(response)
@@ -249,3 +250,25 @@ def response_json(response: httpx.Response) -> object | None:
         return response.json()
     except ValueError:
         return None
+
+
+_ssl_context = None
+_ssl_lock = __import__("threading").Lock()
+
+
+def shared_ssl_context():
+    """One TLS context per process for every client.
+
+    Building one loads the CA bundle (about 50 ms); a command opens two clients and the
+    tests open thousands, so they share it. SSLContext is safe to share between threads.
+    """
+    global _ssl_context
+    with _ssl_lock:
+        if _ssl_context is None:
+            import ssl
+
+            import certifi
+
+            _ssl_context = ssl.create_default_context(cafile=certifi.where())
+        return _ssl_context
+

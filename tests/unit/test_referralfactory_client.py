@@ -434,3 +434,13 @@ def test_the_key_never_reaches_errors(httpx_mock: HTTPXMock, make_client):
     with pytest.raises(ReferralFactoryApiError) as caught:
         make_client().get_user(5)
     assert KEY not in json.dumps(caught.value.to_dict()) + (caught.value.hint or "")
+
+
+def test_a_blocked_ip_is_temporary_not_an_api_key_problem(httpx_mock: HTTPXMock, make_client):
+    httpx_mock.add_response(method="GET", url=f"{API}/campaigns/7", status_code=403,
+                            json={"message": "Your IP address has been blocked for abusing the API rate limit."})
+    with pytest.raises(TemporaryError) as caught:
+        make_client().get_campaign(7)
+    assert caught.value.exit_code == 6
+    assert "blocked this machine's IP" in str(caught.value)
+    assert "API key" not in str(caught.value)

@@ -27,8 +27,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from stsync import __version__
-from stsync.errors import AnswerLost, AuthError, DuplicateEmail, RateLimited, ReferralFactoryApiError
-from stsync.http import RetryPolicy, response_json, send_with_retries
+from stsync.errors import AnswerLost, AuthError, DuplicateEmail, RateLimited, ReferralFactoryApiError, TemporaryError
+from stsync.http import RetryPolicy, response_json, send_with_retries, shared_ssl_context
 from stsync.logs import get_logger, register_secret
 from stsync.ratelimit import RateLimiter
 from stsync.referralfactory.models import Campaign, User
@@ -64,6 +64,7 @@ class ReferralFactoryClient:
         self._retry = retry
         self._http = httpx.Client(
             transport=transport,
+            verify=shared_ssl_context() if transport is None else True,
             timeout=timeout,
             headers={
                 "Authorization": f"Bearer {api_key}",
@@ -368,6 +369,13 @@ def _error_for(response: httpx.Response, method: str, path: str) -> Exception:
         return AuthError(
             f"Referral Factory rejected the API key (HTTP 401 to {method} {path}): it was revoked or replaced",
             hint=_KEY_HINT,
+        )
+    if status == 403 and "blocked" in f"{error.title or ''} {error.message}".casefold():
+        # Not a permissions problem: the IP was blocked for abusing the per-minute limit.
+        return TemporaryError(
+            f"Referral Factory blocked this machine's IP address for exceeding its rate limit ({method} {path})",
+            hint="wait before running stsync again (the block is temporary) and make sure no other tool shares "
+            "this API key's budget; lower [limits] referral_factory_per_minute if it happens again",
         )
     if status == 403:
         return AuthError(

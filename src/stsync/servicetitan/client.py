@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from stsync import __version__
 from stsync.errors import AnswerLost, AuthError, ServiceTitanApiError
-from stsync.http import RetryPolicy, response_json, send_with_retries
+from stsync.http import RetryPolicy, response_json, send_with_retries, shared_ssl_context
 from stsync.logs import get_logger, register_secret
 from stsync.ratelimit import RateLimiter
 from stsync.servicetitan.auth import BearerTokenAuth, TokenProvider
@@ -83,6 +83,7 @@ class ServiceTitanClient:
         # One httpx client (thread-safe connection pool) for the API and the token endpoint.
         self._http = httpx.Client(
             transport=transport,
+            verify=shared_ssl_context() if transport is None else True,
             timeout=timeout,
             headers={"Accept": "application/json", "User-Agent": f"stsync/{__version__}"},
         )
