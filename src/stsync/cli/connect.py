@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import typer
@@ -63,7 +62,7 @@ def connect_command(
     plan = plan_connect(app_ctx.paths, given)
     values = plan.values
     if plan.missing:
-        if not (sys.stdin.isatty() and term.err.is_terminal):
+        if not term.can_ask:
             raise UsageError(
                 "missing (not a terminal, so nothing can be asked): "
                 + ", ".join(f"{FLAG_FOR[m]} ({IDENTITY_FIELDS.get(m) or SECRET_FIELDS[m]})" for m in plan.missing),
@@ -106,16 +105,15 @@ def disconnect_command(
     ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    from stsync.errors import UsageError
     from stsync.services.connect import disconnect
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    if not yes:
-        if not (sys.stdin.isatty() and term.err.is_terminal):
-            raise UsageError("disconnect removes this connection's secrets; pass --yes to confirm")
-        if not typer.confirm(f"Remove the secrets of connection '{app_ctx.paths.name}'?", err=True):
-            raise typer.Exit(1)
+    term.confirm_destructive(
+        f"Remove the secrets of connection '{app_ctx.paths.name}'?",
+        yes=yes,
+        refusal="disconnect removes this connection's secrets; pass --yes to confirm",
+    )
     result = disconnect(app_ctx.paths)
     term.success(
         f"disconnected '{result.connection}': removed {', '.join(result.removed_secrets) or 'no stored secrets'}"

@@ -229,18 +229,15 @@ def reset_command(
     ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    import sys
-
-    from stsync.errors import UsageError
     from stsync.services.mapping_edit import reset_mapping
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    if not yes:
-        if not (sys.stdin.isatty() and term.err.is_terminal):
-            raise UsageError("map reset replaces the whole mapping; pass --yes to confirm")
-        if not typer.confirm(f"Replace the mapping in {app_ctx.config_path} with the default?", err=True):
-            raise typer.Exit(1)
+    term.confirm_destructive(
+        f"Replace the mapping in {app_ctx.config_path} with the default?",
+        yes=yes,
+        refusal="map reset replaces the whole mapping; pass --yes to confirm",
+    )
     _report(app_ctx, reset_mapping(app_ctx.config_path))
 
 

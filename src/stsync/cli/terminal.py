@@ -73,6 +73,24 @@ class Terminal:
     def interactive(self) -> bool:
         return self.err.is_terminal and not self.quiet and not self.json_mode
 
+    @property
+    def can_ask(self) -> bool:
+        """A person is there to answer: stdin and stderr are both terminals."""
+        return sys.stdin.isatty() and self.err.is_terminal
+
+    def confirm_destructive(self, question: str, *, yes: bool, refusal: str) -> None:
+        """Go on only with --yes or a person's "y"; off a terminal, name the flag (exit 2)."""
+        if yes:
+            return
+        import typer
+
+        from stsync.errors import UsageError
+
+        if not self.can_ask:
+            raise UsageError(refusal)
+        if not typer.confirm(question, err=True):
+            raise typer.Exit(1)
+
     @contextmanager
     def progress(self, description: str, total: int | None = None) -> Iterator["ProgressHandle"]:
         """A progress bar on a TTY (stderr); silent otherwise (cron)."""

@@ -723,15 +723,6 @@ class Ledger:
         rows = self._query("SELECT state, count(*) AS n FROM referrers GROUP BY state")
         return {row["state"]: row["n"] for row in rows}
 
-    def referrers_to_retry(self) -> list[ReferrerRecord]:
-        """Customers whose last sync attempt failed or was cut short: ``pending`` (an intent
-        without its result), ``failed``, or a referrer whose update or return-field write
-        failed (``error`` set). By customer id."""
-        rows = self._query(
-            "SELECT * FROM referrers WHERE state IN ('pending', 'failed') OR error IS NOT NULL ORDER BY customer_id"
-        )
-        return [self._referrer(row) for row in rows]
-
     # -- contacts -----------------------------------------------------------------------
     def upsert_contacts(self, rows: Iterable[ContactRow | Mapping[str, Any]], *, conn: sqlite3.Connection | None = None) -> int:
         """Store contact rows from the export feed (the latest seen wins). → rows written."""
