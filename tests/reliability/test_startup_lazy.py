@@ -48,3 +48,38 @@ def test_help_lists_every_command_without_importing_heavy_modules():
     for command in ("connect", "disconnect", "map", "validate", "push-lead", "sync-customers", "qualify",
                     "diagnose", "history", "serve", "sandbox", "demo"):
         assert command in out.stdout, command
+
+
+
+_COMPLETION = """
+import os, sys
+os.environ.update(_STSYNC_COMPLETE="complete_bash", COMP_WORDS="stsync push-lead --", COMP_CWORD="2")
+from stsync.cli.app import app
+out, sys.stdout = sys.stdout, open(os.devnull, "w")
+try:
+    app(args=[], prog_name="stsync", standalone_mode=True)
+except SystemExit:
+    pass
+sys.stdout = out
+"""
+
+_COMMAND_HELP = """
+import os, sys
+from stsync.cli.app import run
+out, sys.stdout = sys.stdout, open(os.devnull, "w")
+for command in (["push-lead", "--help"], ["sync-customers", "--help"], ["map", "set", "--help"], ["diagnose", "--help"]):
+    run(command)
+sys.stdout = out
+"""
+
+
+def test_completion_and_command_help_import_nothing_heavy_of_ours():
+    """A TAB press (shell completion) and `stsync <command> --help` build the command's
+    options, never its work. Typer 0.29 itself imports pydantic to build option types, so
+    pydantic is the one heavy module allowed here."""
+    ours = [m for m in HEAVY if m != "pydantic"]
+    for probe in (_COMPLETION, _COMMAND_HELP):
+        loaded = _modules_after(probe)
+        assert [m for m in ours if m in loaded] == []
+        eager = sorted(m for m in loaded if m.startswith(("stsync.services", "stsync.servicetitan", "stsync.referralfactory")))
+        assert eager == []

@@ -1,0 +1,161 @@
+"""`stsync push-lead --new` for N referred leads against the sandbox: wall time ÷ floor.
+
+The floor is what the APIs' rate limits allow at best: the largest, over the two services,
+of (requests the job needs ÷ that service's rate). Needed: one booking POST per lead on
+ServiceTitan; on Referral Factory the campaign and the search pages listing the leads
+(250 per page). The run's own request counts are reported beside it, with the floor they
+imply, so the table tells both how far the run is from ideal and where the time went.
+
+The sandbox runs in this process with scaled-up limits and a fixed latency (default
+ServiceTitan 200 requests/s, Referral Factory 600/min, 20 ms per answer); stsync runs as a
+real process (`python -m stsync`), as cron would start it, in a throwaway HOME, config and
+state dir, with the file secret store and a null keyring (the machine's keyring is never
+touched). Startup is inside the measured wall time: it is what a user waits for.
+
+    python bench/bench_push.py              # 1,000 leads
+    python bench/bench_push.py --leads 200  # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+RF_SEARCH_PAGE = 250  # users per page of POST /users/search (api/referral-factory.md)
+
+
+def _environment(workdir: Path, sandbox) -> dict[str, str]:
+    """The child's environment: the sandbox's URLs, a private HOME/config/state, no keyring."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STSYNC_")}
+    env.update(
+        HOME=str(workdir),
+        XDG_CONFIG_HOME=str(workdir / "config"),
+        XDG_STATE_HOME=str(workdir / "state-home"),
+        XDG_DATA_HOME=str(workdir / "data"),
+        XDG_CACHE_HOME=str(workdir / "cache"),
+        STSYNC_CONFIG=str(workdir / "config.toml"),
+        STSYNC_STATE_DIR=str(workdir / "state"),
+        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
+        NO_COLOR="1",
+    )
+    env.update(sandbox.env())
+    return env
+
+
+def _stsync(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stsync", *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def floor_seconds(requests: dict[str, int], st_per_second: float, rf_per_minute: float) -> float:
+    """max over services of requests ÷ rate (the token endpoint has no per-request limit here)."""
+    return max(requests.get("servicetitan", 0) / st_per_second, requests.get("referral_factory", 0) / (rf_per_minute / 60))
+
+
+def measure(
+    leads: int = 1_000,
+    *,
+    st_per_second: int = 200,
+    rf_per_minute: int = 600,
+    latency: float = 0.02,
+    workers: int | None = None,
+    keep: bool = False,
+) -> dict:
+    """Push ``leads`` new leads once; returns the wall time, the floors and the request counts."""
+    from stsync.sandbox import Sandbox
+    from stsync.storage.config import load_config, save_config
+
+    workdir = Path(tempfile.mkdtemp(prefix="stsync-bench-push-"))
+    try:
+        with Sandbox(seed=3, leads=leads, customers=10, st_per_second=st_per_second, rf_per_minute=rf_per_minute, latency=latency) as sb:
+            env = _environment(workdir, sb)
+            connected = _stsync(env, *sb.connect_args(), "--secrets-store", "file", timeout=120)
+            if connected.returncode != 0:
+                raise RuntimeError(f"connect failed (exit {connected.returncode}):\n{connected.stderr}")
+            config_path = workdir / "config.toml"
+            config = load_config(config_path)
+            config.limits.servicetitan_per_second = st_per_second
+            config.limits.referral_factory_per_minute = rf_per_minute
+            if workers is not None:
+                config.limits.workers = workers
+            save_config(config, config_path)
+            sb.clear_request_log()
+
+            started = time.perf_counter()
+            pushed = _stsync(env, "--json", "push-lead", "--new")
+            wall = time.perf_counter() - started
+
+            if pushed.returncode != 0:
+                raise RuntimeError(f"push-lead --new failed (exit {pushed.returncode}):\n{pushed.stderr[-3000:]}")
+            report = json.loads(pushed.stdout)
+            bookings = sb.bookings()
+            per_external_id = Counter(b["externalId"] for b in bookings)
+            made = Counter(r.service for r in sb.request_log)
+            statuses = Counter(r.status for r in sb.request_log)
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    needed = {"servicetitan": leads, "referral_factory": 1 + math.ceil(leads / RF_SEARCH_PAGE)}
+    floor = floor_seconds(needed, st_per_second, rf_per_minute)
+    floor_of_made = floor_seconds(made, st_per_second, rf_per_minute)
+    return {
+        "leads": leads,
+        "created": report["counts"]["created"],
+        "exactly_once": len(bookings) == leads and max(per_external_id.values(), default=0) == 1,
+        "wall_s": wall,
+        "floor_s": floor,
+        "ratio": wall / floor,
+        "requests_needed": needed,
+        "requests_made": dict(made),
+        "floor_of_requests_made_s": floor_of_made,
+        "ratio_to_floor_of_requests_made": wall / floor_of_made if floor_of_made else None,
+        "http_429": statuses.get(429, 0),
+        "settings": {"st_per_second": st_per_second, "rf_per_minute": rf_per_minute, "latency_s": latency, "workers": workers or config.limits.workers},
+    }
+
+
+def describe(result: dict) -> str:
+    made = result["requests_made"]
+    return (
+        f"push-lead --new, {result['leads']:,} leads: {result['wall_s']:.2f} s ÷ floor {result['floor_s']:.2f} s "
+        f"= {result['ratio']:.2f}  (requests made: ServiceTitan {made.get('servicetitan', 0):,}, "
+        f"Referral Factory {made.get('referral_factory', 0):,}, token {made.get('auth', 0)}; "
+        f"their floor {result['floor_of_requests_made_s']:.2f} s → {result['ratio_to_floor_of_requests_made']:.2f}; "
+        f"429s {result['http_429']}; exactly once: {'yes' if result['exactly_once'] else 'NO'})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--leads", type=int, default=1_000)
+    parser.add_argument("--st-per-second", type=int, default=200)
+    parser.add_argument("--rf-per-minute", type=int, default=600)
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds the sandbox waits before each answer")
+    parser.add_argument("--workers", type=int, default=None, help="[limits] workers (default: the config's)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the throwaway config and state dir")
+    args = parser.parse_args()
+    result = measure(
+        args.leads,
+        st_per_second=args.st_per_second,
+        rf_per_minute=args.rf_per_minute,
+        latency=args.latency,
+        workers=args.workers,
+        keep=args.keep,
+    )
+    print(json.dumps(result, indent=2) if args.json else describe(result))
+
+
+if __name__ == "__main__":
+    main()

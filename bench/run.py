@@ -1,0 +1,147 @@
+"""Run every benchmark and print one table: what was measured, the target, pass or fail.
+
+    python bench/run.py            # full sizes (a few minutes)
+    python bench/run.py --quick    # smaller N, for a quick look (under a minute)
+    python bench/run.py --only push,startup --json
+
+Benchmarks (each file also runs alone; see bench/README.md):
+
+- ``bench_sync.py``: one-time sync wall ÷ floor at 1,000 and 10,000 customers; requests an
+  ongoing sync makes when nothing changed (10,000 customers); peak RSS syncing 50,000
+  customers ÷ 1,000.
+- ``bench_push.py``: ``push-lead --new`` for 1,000 leads, wall ÷ floor (reported, no target).
+- ``bench_startup.py``: ``stsync --version`` ÷ ``python -c "import httpx"``.
+
+Exit code: 0 when every target is met, 1 when one is missed (a row without a target only
+reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@dataclass
+class Row:
+    """One line of the table. ``limit`` is the target's bound (``measured ≤ limit``)."""
+
+    benchmark: str
+    measured: float | None
+    shown: str
+    limit: float | None = None
+    target: str = "report"
+    note: str = ""
+    details: dict = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        if self.measured is None:
+            return "ERROR"
+        if self.limit is None:
+            return "—"
+        return "pass" if self.measured <= self.limit else "FAIL"
+
+
+# --------------------------------------------------------------------------------------
+# The benchmarks, as rows
+# --------------------------------------------------------------------------------------
+def startup_rows(quick: bool) -> list[Row]:
+    import bench_startup
+
+    result = bench_startup.measure(runs=5 if quick else 15)
+    return [
+        Row(
+            "startup: stsync --version ÷ python -c 'import httpx'",
+            result["ratio"],
+            f"{result['ratio']:.2f}",
+            limit=result["target"],
+            target=f"≤ {result['target']}",
+            note=f"{result['stsync_version_s'] * 1000:.0f} ms ÷ {result['import_httpx_s'] * 1000:.0f} ms",
+            details=result,
+        )
+    ]
+
+
+def push_rows(quick: bool) -> list[Row]:
+    import bench_push
+
+    result = bench_push.measure(200 if quick else 1_000)
+    made = result["requests_made"]
+    settings = result["settings"]
+    return [
+        Row(
+            f"push-lead --new, {result['leads']:,} leads: wall ÷ floor",
+            result["ratio"] if result["exactly_once"] else None,
+            f"{result['ratio']:.2f}" + ("" if result["exactly_once"] else " (NOT exactly once)"),
+            note=(
+                f"{result['wall_s']:.1f} s ÷ {result['floor_s']:.1f} s; sent ServiceTitan {made.get('servicetitan', 0):,} "
+                f"(floor {result['floor_of_requests_made_s']:.1f} s), Referral Factory {made.get('referral_factory', 0)}; "
+                f"ST {settings['st_per_second']}/s, {settings['latency_s'] * 1000:.0f} ms latency"
+            ),
+            details=result,
+        )
+    ]
+
+
+def sync_rows(quick: bool) -> list[Row]:
+    import bench_sync
+
+    # bench_sync.rows() gives this table's rows as dicts with Row's fields.
+    return [Row(**row) for row in bench_sync.rows(quick)]
+
+
+BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {"sync": sync_rows, "push": push_rows, "startup": startup_rows}
+
+
+# --------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------
+def render(rows: list[Row]) -> str:
+    headers = ("benchmark", "measured", "target", "result", "how")
+    cells = [(r.benchmark, r.shown, r.target, r.verdict, r.note) for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
+    out += [line.format(*c) for c in cells]
+    return "\n".join(s.rstrip() for s in out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller N everywhere")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--json", action="store_true", help="print the rows (with every detail) as JSON instead")
+    args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)})")
+
+    rows: list[Row] = []
+    started = time.monotonic()
+    for name in chosen:
+        print(f"running {name}…", file=sys.stderr, flush=True)
+        try:
+            rows += BENCHMARKS[name](args.quick)
+        except Exception as exc:  # one broken benchmark must not hide the others' numbers
+            traceback.print_exc(file=sys.stderr)
+            rows.append(Row(name, None, "error", note=f"{type(exc).__name__}: {exc}"))
+    if args.json:
+        print(json.dumps([{**asdict(r), "verdict": r.verdict} for r in rows], indent=2, default=str))
+    else:
+        print(render(rows))
+        print(f"\n{'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return 1 if any(r.verdict in ("FAIL", "ERROR") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
