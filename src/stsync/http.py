@@ -190,7 +190,7 @@ def send_with_retries(
         except httpx.UnsupportedProtocol as exc:
             # A URL no retry can fix (e.g. "htp://"): say so now rather than after the budget.
             raise ConfigError(
-                f"{service} URL {request.url.scheme}://{request.url.host} is not usable: {exc}",
+                f"{service} URL {str(request.url.copy_with(query=None))!r} is not usable: {exc}",
                 hint="check the API URLs in the config (servicetitan.auth_url / api_url, "
                 "referral_factory.api_url) and the STSYNC_ST_AUTH_URL / STSYNC_ST_API_URL / "
                 "STSYNC_RF_API_URL environment variables",

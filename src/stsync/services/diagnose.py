@@ -57,8 +57,6 @@ log = get_logger(__name__)
 # Diagnose's own categories (checks.py has config, secrets, mapping, servicetitan, referral_factory).
 ACTIVITY = "activity"
 
-# A check stuck behind a remote that is down should say so quickly, not after the run budget.
-DIAGNOSE_RETRY_BUDGET_SECONDS = 15
 # Other runs of push/sync/qualify are refused (exit 7) while one holds its lock: after this
 # long a holder is probably stuck.
 LONG_RUN_SECONDS = 6 * 3600
@@ -508,11 +506,9 @@ ONLINE_CHECK_NAMES = (
 
 
 def _diagnose_connection(paths: "ConnectionPaths", config: "Config") -> "Connection":
-    from stsync.services.runtime import Connection
+    from stsync.services.runtime import CHECK_RETRY_BUDGET_SECONDS, Connection
 
-    budget = min(config.limits.retry_budget_seconds, DIAGNOSE_RETRY_BUDGET_SECONDS)
-    quick = config.model_copy(update={"limits": config.limits.model_copy(update={"retry_budget_seconds": budget})})
-    return Connection.open(paths, quick)
+    return Connection.open(paths, config, retry_budget_seconds=CHECK_RETRY_BUDGET_SECONDS)
 
 
 def _online(conn: "Connection", report: DiagnoseReport) -> list[Check]:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from stsync.storage.ledger import Ledger
     from stsync.storage.secrets import SecretStore
 
+# How long a check a person is waiting for (validate --online, diagnose) retries one request.
+CHECK_RETRY_BUDGET_SECONDS = 15
+
 _IDENTITY_KEYS = {
     "tenant_id": "servicetitan.tenant_id",
     "client_id": "servicetitan.client_id",
@@ -36,7 +39,12 @@ class Connection:
         self._closers: list = []
 
     @classmethod
-    def open(cls, paths: ConnectionPaths, config: "Config") -> "Connection":
+    def open(cls, paths: ConnectionPaths, config: "Config", *, retry_budget_seconds: float | None = None) -> "Connection":
+        """``retry_budget_seconds`` caps the per-request retry budget: checks a person waits
+        for (validate, diagnose) should say "unreachable" in seconds, not after cron's budget."""
+        if retry_budget_seconds is not None and retry_budget_seconds < config.limits.retry_budget_seconds:
+            limits = config.limits.model_copy(update={"retry_budget_seconds": retry_budget_seconds})
+            config = config.model_copy(update={"limits": limits})
         return cls(paths, config)
 
     # -- identity ---------------------------------------------------------------------

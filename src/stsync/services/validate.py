@@ -87,10 +87,12 @@ def validate(config_path: Path, paths: "ConnectionPaths", *, online: bool, conne
 
 
 def _online(paths: "ConnectionPaths", config, connection) -> list[Check]:
-    from stsync.services.runtime import Connection
+    from stsync.services.runtime import CHECK_RETRY_BUDGET_SECONDS, Connection
 
     own = connection is None
-    conn = connection if connection is not None else Connection.open(paths, config)
+    conn = connection if connection is not None else Connection.open(
+        paths, config, retry_budget_seconds=CHECK_RETRY_BUDGET_SECONDS
+    )
     try:
         return checks_module.online_checks(conn)
     finally:
