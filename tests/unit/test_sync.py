@@ -1,0 +1,545 @@
+"""sync-customers' service against strict HTTP mocks and the real ledger.
+
+The two APIs are one small stateful fake behind pytest-httpx: ServiceTitan's export feeds
+(ordered by modifiedOn, resumed with continueFrom tokens, a PATCH moving the customer to
+the tail), its custom fields (replace semantics), and Referral Factory's users (a duplicate
+e-mail in the campaign is a 422). Every request is recorded, so a test can say exactly what
+a run sent — and what it did not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import pytest
+from pytest_httpx import HTTPXMock
+
+from stsync.errors import ConfigError, LockHeld, UsageError
+from stsync.services.runtime import Connection, build_referral_factory_client, build_servicetitan_client
+from stsync.services.sync import PASS_KEY, sync_customers
+from stsync.storage.config import Endpoints, default_config
+from stsync.storage.paths import ConnectionPaths
+
+AUTH = "https://auth.example.test"
+API = "https://api.example.test"
+RF = "https://rf.example.test/api/v2"
+TENANT = 1234567
+CAMPAIGN = 7
+CRM = f"/crm/v2/tenant/{TENANT}"
+LINK, CODE, GATE, TECH = 101, 102, 57, 58
+NAMES = {LINK: "Referral Link", CODE: "Referral Code", GATE: "Gate Code", TECH: "Preferred Technician"}
+EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+class FakeApis:
+    """ServiceTitan customers/contacts/custom fields and Referral Factory users."""
+
+    def __init__(self, *, page_size: int = 3) -> None:
+        self.page_size = page_size
+        self.customers: dict[int, dict] = {}
+        self.contacts: dict[int, dict] = {}
+        self.users: list[dict] = []
+        self.requests: list[tuple[str, str]] = []
+        self.bodies: list[tuple[str, str, Any]] = []
+        self.script: dict[tuple[str, str], list[str]] = {}  # (method, path) → answers to play first
+        self.unexpected: list[str] = []
+        self._ticks = 0
+        self._lock = threading.RLock()
+
+    # -- seeding ---------------------------------------------------------------------------
+    def now(self) -> str:
+        self._ticks += 1
+        return (EPOCH + timedelta(seconds=self._ticks)).isoformat().replace("+00:00", "Z")
+
+    def add_customer(
+        self, id: int, name: str, *emails: str, active: bool = True, merged_to: int | None = None, gate: str | None = "1234"
+    ) -> dict:
+        custom = [{"typeId": GATE, "name": "Gate Code", "value": gate}] if gate is not None else []
+        customer = {
+            "id": id, "name": name, "type": "Residential", "active": active, "mergedToId": merged_to,
+            "customFields": custom, "modifiedOn": self.now(), "address": None,
+        }
+        self.customers[id] = customer
+        for email in emails:
+            self.add_contact(id, email)
+        return customer
+
+    def add_contact(self, customer_id: int, value: str, *, type: str = "Email") -> dict:
+        contact = {"id": 9000 + len(self.contacts), "customerId": customer_id, "type": type, "value": value,
+                   "active": True, "modifiedOn": self.now()}
+        self.contacts[contact["id"]] = contact
+        return contact
+
+    def rename(self, customer_id: int, name: str) -> None:
+        self.customers[customer_id].update(name=name, modifiedOn=self.now())
+
+    def add_user(self, email: str, first_name: str = "Existing", *, type: str = "person_referring") -> dict:
+        user = {"id": 500 + len(self.users), "campaign_id": CAMPAIGN, "referrer_id": None, "first_name": first_name,
+                "email": email, "code": f"code{len(self.users):03d}", "url": f"https://rf.test/r/code{len(self.users):03d}",
+                "type": type, "source": "Api", "meta": []}
+        self.users.append(user)
+        return user
+
+    # -- what happened ---------------------------------------------------------------------
+    def count(self, method: str, pattern: str) -> int:
+        return sum(1 for m, p in self.requests if m == method and re.search(pattern, p))
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [(m, p) for m, p in self.requests if m in ("POST", "PUT", "PATCH") and not p.endswith("/users/search")]
+
+    def custom(self, customer_id: int) -> dict[int, str | None]:
+        return {f["typeId"]: f["value"] for f in self.customers[customer_id]["customFields"]}
+
+    # -- the HTTP side ---------------------------------------------------------------------
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            method, path = request.method, unquote(request.url.path)
+            body = json.loads(request.content) if request.content else None
+            self.requests.append((method, path))
+            self.bodies.append((method, path, body))
+            scripted = self.script.get((method, path))
+            if scripted:
+                answer = scripted.pop(0)
+                if answer == "commit_then_500":
+                    self._route(method, path, request, body)
+                    return httpx.Response(500, json={"message": "Server Error"})
+                if answer == "422":
+                    return httpx.Response(422, json={"message": "Validation errors", "errors": {"first_name": ["The first name is invalid."]}})
+            return self._route(method, path, request, body)
+
+    def _route(self, method: str, path: str, request: httpx.Request, body: Any) -> httpx.Response:
+        params = request.url.params
+        if path == f"{CRM}/export/customers" and method == "GET":
+            return self._feed(list(self.customers.values()), params.get("from"))
+        if path == f"{CRM}/export/customers/contacts" and method == "GET":
+            return self._feed(list(self.contacts.values()), params.get("from"))
+        if path == f"{CRM}/customers/custom-fields":
+            types = [{"id": type_id, "name": name, "dataType": "Text"} for type_id, name in NAMES.items()]
+            return httpx.Response(200, json={"page": 1, "pageSize": 200, "hasMore": False, "data": types})
+        if path == f"{CRM}/customers" and method == "GET":
+            ids = [int(i) for i in params["ids"].split(",")]
+            rows = [self.customers[i] for i in ids if i in self.customers]
+            return httpx.Response(200, json={"page": 1, "pageSize": 200, "hasMore": False, "data": rows})
+        match = re.fullmatch(rf"{CRM}/customers/(\d+)", path)
+        if match:
+            customer = self.customers[int(match.group(1))]
+            if method == "PATCH":
+                # Replace semantics: what the PATCH leaves out is gone.
+                customer["customFields"] = [{"typeId": f["typeId"], "name": NAMES[f["typeId"]], "value": f["value"]}
+                                            for f in body["customFields"]]
+                customer["modifiedOn"] = self.now()
+            return httpx.Response(200, json=customer)
+        if path == "/api/v2/users" and method == "POST":
+            if any(u["email"].casefold() == body["email"].casefold() for u in self.users):
+                return httpx.Response(422, json={"message": "Validation errors", "errors": {"email": ["The email has already been taken."]}})
+            user = self.add_user(body["email"], body["first_name"])
+            user["meta"] = body.get("meta", [])
+            return httpx.Response(201, json={"data": user})
+        if path == "/api/v2/users/search" and method == "POST":
+            wanted = {c["field"]: c["value"] for c in body["filters"]["value"]}
+            rows = [u for u in self.users if str(u["campaign_id"]) == wanted["campaign_id"]
+                    and u["email"].casefold() == wanted["email"].casefold()]
+            return httpx.Response(200, json={"data": rows})
+        match = re.fullmatch(r"/api/v2/users/(\d+)", path)
+        if match:
+            user = next((u for u in self.users if u["id"] == int(match.group(1))), None)
+            if user is None:
+                return httpx.Response(404, json={"message": "Not found"})
+            if method == "PUT":
+                user.update({k: v for k, v in body.items() if k in ("first_name", "email", "meta")})
+            return httpx.Response(200, json={"data": user})
+        self.unexpected.append(f"{method} {path}")
+        return httpx.Response(404, json={"message": f"no route {method} {path}"})
+
+    def _feed(self, rows: list[dict], start: str | None) -> httpx.Response:
+        """Rows after the token (modifiedOn, id), in that order; the token is the last row's."""
+        ordered = sorted(rows, key=lambda r: (r["modifiedOn"], r["id"]))
+        if start:
+            stamp, _, last_id = start.partition("|")
+            ordered = [r for r in ordered if (r["modifiedOn"], r["id"]) > (stamp, int(last_id))]
+        batch = ordered[: self.page_size]
+        token = f"{batch[-1]['modifiedOn']}|{batch[-1]['id']}" if batch else start
+        return httpx.Response(200, json={"hasMore": len(ordered) > len(batch), "continueFrom": token, "data": batch})
+
+
+@pytest.fixture
+def apis(httpx_mock: HTTPXMock) -> FakeApis:
+    fake = FakeApis()
+    httpx_mock.add_response(method="POST", url=f"{AUTH}/connect/token", is_optional=True,
+                            json={"access_token": "tok", "expires_in": 900, "token_type": "Bearer"})
+    httpx_mock.add_callback(fake, url=re.compile(rf"^({re.escape(API)}|{re.escape(RF)})/.*"), is_reusable=True, is_optional=True)
+    yield fake
+    assert fake.unexpected == []
+
+
+@pytest.fixture
+def conn(tmp_path, apis):
+    config = default_config(tenant_id=TENANT, client_id="cid.unit", booking_provider=42, campaign_id=CAMPAIGN)
+    config.limits.workers = 4
+    config.limits.referral_factory_per_minute = 600_000  # no waiting in unit tests
+    config.limits.servicetitan_per_second = 10_000
+    paths = ConnectionPaths.for_config(tmp_path / "config.toml")
+    connection = Connection.open(paths, config)
+    endpoints = Endpoints(AUTH, API, RF)
+    st = build_servicetitan_client(paths, config, endpoints, client_secret="cs2.unit-secret", app_key="ak1.unit-key")
+    rf = build_referral_factory_client(paths, config, endpoints, api_key="rf-unit-key")
+    connection.__dict__.update(endpoints=endpoints, servicetitan=st, referral_factory=rf)
+    yield connection
+    connection.close()
+    st.close()
+    rf.close()
+
+
+def seed_mixed(apis: FakeApis) -> None:
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    apis.add_customer(2, "No Mail")
+    apis.add_customer(3, "Bad Mail", "not-an-email")
+    apis.add_customer(4, "Gone Away", "gone@example.com", active=False)
+    apis.add_customer(5, "Merged Twin", "twin@example.com", merged_to=1)
+    apis.add_customer(6, "Sam Known", "sam@example.com")  # already in the campaign
+    apis.add_customer(7, "John Smith", "shared@example.com")
+    apis.add_customer(8, "Mary Smith", "shared@example.com")  # same e-mail as customer 7
+    apis.add_user("sam@example.com", "Sam")
+
+
+def test_a_one_time_sync_creates_adopts_skips_and_writes_return_fields(conn, apis):
+    seed_mixed(apis)
+
+    report = sync_customers(conn, mode="once")
+
+    # The customers written come back at the feed's tail: read, but not counted twice.
+    assert (report.created, report.adopted, report.updated, report.unchanged, report.failed) == (2, 1, 0, 0, 0)
+    assert report.skipped_by_reason == {"no_email": 1, "invalid_email": 1, "inactive": 1, "merged": 1, "already_referrer": 1}
+    assert report.examined == 8 and report.complete
+    posts = [b for m, p, b in apis.bodies if m == "POST" and p == "/api/v2/users"]
+    assert posts[0] == {"campaign_id": CAMPAIGN, "first_name": "Jane", "email": "jane@example.com", "notify": False}
+    assert sorted(b["email"] for b in posts) == ["jane@example.com", "sam@example.com", "shared@example.com"]  # sam: 422
+    # One Referral Factory user per e-mail; customers 1, 6, 7 point at theirs.
+    assert sorted(u["email"] for u in apis.users) == ["jane@example.com", "sam@example.com", "shared@example.com"]
+    by_email = {u["email"]: u for u in apis.users}
+    for customer_id, email in ((1, "jane@example.com"), (6, "sam@example.com"), (7, "shared@example.com")):
+        user = by_email[email]
+        assert apis.custom(customer_id) == {GATE: "1234", LINK: user["url"], CODE: user["code"]}
+        assert conn.ledger.get_return_fields(customer_id) == {"Referral Code": user["code"], "Referral Link": user["url"]}
+        record = conn.ledger.get_referrer(customer_id)
+        assert (record.rf_user_id, record.code, record.url) == (user["id"], user["code"], user["url"])
+    assert conn.ledger.get_referrer(6).state == "adopted"
+    assert report.return_fields_written == 6
+    assert apis.custom(8) == {GATE: "1234"}  # skipped customers are not written
+    assert {conn.ledger.get_referrer(i).skip_reason for i in (2, 3, 4, 5, 8)} == {
+        "no_email", "invalid_email", "inactive", "merged", "already_referrer"}
+    assert conn.ledger.get_position("customers") is not None and conn.ledger.get_position("contacts") is not None
+    assert conn.ledger.get(PASS_KEY) == ""
+    run = conn.ledger.last_run("sync")
+    assert run.outcome == "ok" and run.counts["created"] == 2
+
+
+def test_a_second_run_sends_nothing_and_sees_its_own_writes_as_unchanged(conn, apis):
+    seed_mixed(apis)
+    sync_customers(conn, mode="once")
+    apis.requests.clear()
+
+    again = sync_customers(conn, mode="ongoing")
+
+    # The return-field writes moved those customers to the feed's tail; the first run read
+    # them there (unchanged), so this run finds nothing new at all.
+    assert apis.writes() == []
+    assert again.examined == 0 and again.complete
+    assert sorted(apis.requests) == sorted([
+        ("GET", f"{CRM}/customers/custom-fields"), ("GET", f"{CRM}/export/customers/contacts"),
+        ("GET", f"{CRM}/export/customers"),
+    ])
+
+    once_more = sync_customers(conn, mode="once")  # from the beginning: everything read, nothing written
+    assert apis.writes() == []
+    assert (once_more.unchanged, once_more.skipped, once_more.created) == (3, 5, 0)
+
+
+def test_an_ongoing_run_creates_new_customers_and_updates_renamed_ones_in_place(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    apis.add_customer(2, "Bob Stone", "bob@example.com")
+    sync_customers(conn, mode="ongoing")
+    jane_user = next(u for u in apis.users if u["email"] == "jane@example.com")
+    apis.requests.clear()
+    apis.bodies.clear()
+
+    apis.rename(1, "Janet Doe")
+    apis.add_customer(3, "Carl New", "carl@example.com")
+    bob_contact = next(c for c in apis.contacts.values() if c["customerId"] == 2)
+    bob_contact.update(value="bob.stone@example.com", modifiedOn=apis.now())  # a changed e-mail
+
+    report = sync_customers(conn, mode="ongoing")
+
+    assert (report.created, report.updated, report.adopted, report.failed) == (1, 2, 0, 0)
+    puts = {p: b for m, p, b in apis.bodies if m == "PUT"}
+    assert puts == {
+        f"/api/v2/users/{jane_user['id']}": {"first_name": "Janet", "email": "jane@example.com"},
+        f"/api/v2/users/{conn.ledger.get_referrer(2).rf_user_id}": {"first_name": "Bob", "email": "bob.stone@example.com"},
+    }
+    assert [b["email"] for m, p, b in apis.bodies if m == "POST" and p == "/api/v2/users"] == ["carl@example.com"]
+    assert len(apis.users) == 3  # never a second user for a changed customer
+    assert conn.ledger.get_referrer(2).email == "bob.stone@example.com"
+    assert conn.ledger.get_referrer(1).state == "updated"
+
+
+def test_a_customer_whose_email_arrives_later_is_enrolled_though_the_customer_did_not_change(conn, apis):
+    apis.add_customer(1, "Late Mail")
+    first = sync_customers(conn, mode="ongoing")
+    assert first.skipped_by_reason == {"no_email": 1}
+
+    apis.add_contact(1, "late@example.com")  # the contacts feed moves; the customer feed does not
+    second = sync_customers(conn, mode="ongoing")
+
+    assert second.created == 1
+    assert [u["email"] for u in apis.users] == ["late@example.com"]
+    assert apis.custom(1)[LINK] == apis.users[0]["url"]
+
+
+def test_after_a_crash_between_intent_and_record_the_user_is_found_not_created_again(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    user = apis.add_user("jane@example.com", "Jane")  # created by the killed run
+    conn.ledger.upsert_referrer(1, state="pending", email="jane@example.com")
+
+    report = sync_customers(conn, mode="once")
+
+    assert apis.count("POST", r"^/api/v2/users$") == 0
+    assert apis.count("POST", r"/users/search") == 1
+    assert report.adopted == 1 and len(apis.users) == 1
+    assert conn.ledger.get_referrer(1).rf_user_id == user["id"]
+    assert apis.custom(1)[CODE] == user["code"]
+
+
+def test_a_lost_create_answer_is_looked_up_and_recorded_as_created(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    apis.script[("POST", "/api/v2/users")] = ["commit_then_500"]
+
+    report = sync_customers(conn, mode="once")
+
+    assert report.created == 1 and report.failed == 0
+    assert len(apis.users) == 1 and apis.count("POST", r"^/api/v2/users$") == 1
+    assert conn.ledger.get_referrer(1).state == "created"
+
+
+def test_a_user_the_ledger_knows_from_a_push_is_adopted_by_id(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    user = apis.add_user("jane@example.com", "Jane", type="person_invited")
+    attempt = conn.ledger.record_push_intent("code-j", kind="lead", email="jane@example.com", name="Jane", rf_user_id=user["id"])
+    conn.ledger.record_push_result(attempt, outcome="created", booking_id=77)
+
+    report = sync_customers(conn, mode="once")
+
+    assert report.adopted == 1
+    assert apis.count("GET", rf"/api/v2/users/{user['id']}$") == 1
+    assert apis.count("POST", r"^/api/v2/users$") == 0
+
+
+def test_a_rejected_customer_is_counted_recorded_and_retried_by_the_next_run(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    apis.add_customer(2, "Bob Stone", "bob@example.com")
+    apis.script[("POST", "/api/v2/users")] = ["422"]  # the first create is refused
+
+    first = sync_customers(conn, mode="ongoing")
+
+    assert (first.created, first.failed) == (1, 1)
+    failed_id = first.failures[0]["customer_id"]
+    record = conn.ledger.get_referrer(failed_id)
+    assert record.state == "failed" and record.error["status"] == 422 and record.error["stage"] == "referrer"
+    assert "first name is invalid" in json.dumps(record.error)
+    assert conn.ledger.last_run("sync").outcome == "partial"
+
+    second = sync_customers(conn, mode="ongoing")  # the customer feed has nothing new: the retry does it
+
+    assert (second.created, second.adopted, second.failed) == (1, 0, 0)
+    assert conn.ledger.get_referrer(failed_id).state == "created" and conn.ledger.get_referrer(failed_id).error is None
+    assert len(apis.users) == 2
+
+
+def test_return_fields_servicetitan_does_not_keep_fail_the_customer_without_a_write_loop(conn, apis, monkeypatch):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    original = apis._route
+
+    def forgetful(method, path, request, body):
+        response = original(method, path, request, body)
+        if method == "PATCH":
+            apis.customers[1]["customFields"] = [{"typeId": GATE, "name": "Gate Code", "value": "1234"}]
+            return httpx.Response(200, json=apis.customers[1])
+        return response
+
+    monkeypatch.setattr(apis, "_route", forgetful)
+
+    report = sync_customers(conn, mode="ongoing")
+
+    assert (report.created, report.failed) == (0, 1)
+    assert apis.count("PATCH", r"/customers/1$") == 1  # the write moved it to the feed's tail: not written again
+    record = conn.ledger.get_referrer(1)
+    assert record.state == "created" and record.error["stage"] == "return_fields"
+    again = sync_customers(conn, mode="ongoing")
+    assert apis.count("PATCH", r"/customers/1$") == 2 and again.failed == 1  # once per run, in the retries
+
+
+def test_a_field_set_after_the_feed_was_read_survives_the_write(conn, apis, monkeypatch):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    original = apis._route
+    done = []
+
+    def dispatcher_sets_a_technician(method, path, request, body):
+        response = original(method, path, request, body)
+        if path.endswith("/export/customers") and not done:  # once, just after the feed was read
+            done.append(True)
+            apis.customers[1]["customFields"].append({"typeId": TECH, "name": NAMES[TECH], "value": "Sam"})
+        return response
+
+    monkeypatch.setattr(apis, "_route", dispatcher_sets_a_technician)
+
+    sync_customers(conn, mode="once")
+
+    assert apis.custom(1) == {GATE: "1234", TECH: "Sam", LINK: apis.users[0]["url"], CODE: apis.users[0]["code"]}
+
+
+def test_dry_run_sends_nothing_and_records_nothing(conn, apis):
+    seed_mixed(apis)
+
+    report = sync_customers(conn, mode="once", dry_run=True)
+
+    assert apis.writes() == [] and not any(p.startswith("/api/v2") for _, p in apis.requests)
+    assert (report.created, report.skipped, report.return_fields_written) == (3, 5, 6)
+    # Without asking Referral Factory, sam@ (already in the campaign) counts as a creation.
+    assert report.sample[0] == {
+        "action": "create", "customer_id": 1, "customer_name": "Jane Doe", "email": "jane@example.com",
+        "referrer": {"campaign_id": CAMPAIGN, "first_name": "Jane", "email": "jane@example.com", "notify": False},
+        "return_fields": {"Referral Link": "<referral_link of the new referrer>",
+                          "Referral Code": "<referral_code of the new referrer>"},
+    }
+    assert conn.ledger.referrer_counts() == {}
+    assert conn.ledger.get_position("customers") is None and conn.ledger.get_position("contacts") is None
+    assert conn.ledger.get(PASS_KEY) is None and conn.ledger.recent_runs(job="sync") == []
+
+
+def test_dry_run_after_a_sync_shows_updates_and_return_field_writes(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    apis.add_customer(2, "Bob Stone", "bob@example.com")
+    sync_customers(conn, mode="once")
+    apis.rename(1, "Janet Doe")
+    apis.customers[2]["customFields"] = []  # someone cleared Bob's fields
+    apis.customers[2]["modifiedOn"] = apis.now()
+    apis.requests.clear()
+
+    report = sync_customers(conn, mode="ongoing", dry_run=True)
+
+    assert apis.writes() == []
+    assert (report.updated, report.unchanged, report.return_fields_written) == (1, 1, 2)
+    actions = {item["customer_id"]: item for item in report.sample}
+    assert actions[1]["action"] == "update" and actions[1]["referrer"] == {"first_name": "Janet", "email": "jane@example.com"}
+    assert actions[2]["action"] == "write_return_fields" and set(actions[2]["return_fields"]) == {"Referral Link", "Referral Code"}
+
+
+def test_limit_stops_mid_page_and_the_next_run_carries_on(conn, apis):
+    for n in range(1, 8):
+        apis.add_customer(n, f"Person{n} Test", f"p{n}@example.com")
+
+    first = sync_customers(conn, mode="once", limit=4)  # pages of 3: one full page, then 1 of the next
+
+    assert (first.created, first.complete) == (4, False)
+    assert conn.ledger.get(PASS_KEY)  # the pass is unfinished
+    second = sync_customers(conn, mode="once")  # resumes the pass instead of starting over
+
+    assert (second.created, second.complete) == (3, True)
+    # Customers 1-4, moved to the feed's tail by the first run's return-field writes.
+    assert second.unchanged == 4
+    assert sorted(u["email"] for u in apis.users) == sorted(f"p{n}@example.com" for n in range(1, 8))
+    assert apis.count("POST", r"^/api/v2/users$") == 7
+
+
+def test_full_reconciles_everything_from_the_beginning(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    sync_customers(conn, mode="ongoing")
+    apis.customers[1]["customFields"] = [{"typeId": GATE, "name": "Gate Code", "value": "1234"}]  # cleared, not bumped
+    apis.requests.clear()
+
+    quiet = sync_customers(conn, mode="ongoing")
+    assert quiet.examined == 0 and apis.writes() == []
+
+    full = sync_customers(conn, mode="ongoing", full=True)
+    assert full.return_fields_written == 2 and apis.count("PATCH", r"/customers/1$") == 1
+    assert apis.custom(1)[GATE] == "1234"
+
+
+def test_an_unknown_return_field_fails_before_anything_is_created(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    conn.config.customer_sync.return_fields = {"Referal Link": "referral_link"}
+
+    with pytest.raises(ConfigError) as caught:
+        sync_customers(conn, mode="once")
+
+    assert "Referal Link" in caught.value.message and "Referral Link" in caught.value.message
+    assert apis.users == [] and apis.writes() == []
+    assert conn.ledger.last_run("sync").outcome == "failed"
+
+
+def test_one_sync_per_connection_at_a_time(conn, apis):
+    from stsync.storage.locks import RunLock
+
+    with RunLock(conn.paths, "sync", command="sync-customers --ongoing"):
+        with pytest.raises(LockHeld) as caught:
+            sync_customers(conn, mode="once")
+    assert caught.value.exit_code == 7
+    assert apis.requests == []
+
+
+def test_mode_comes_from_the_config_and_bad_arguments_are_usage_errors(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    conn.config.customer_sync.mode = "ongoing"
+    assert sync_customers(conn).mode == "ongoing"
+    with pytest.raises(UsageError):
+        sync_customers(conn, mode="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        sync_customers(conn, limit=0)
+
+
+def test_a_customer_changed_while_its_page_is_in_flight_still_gets_one_user(conn, apis, monkeypatch):
+    from stsync.storage.config import field_spec
+
+    # The e-mail comes from the customer row itself, so a change reaches the next page.
+    conn.config.customer_sync.fields["email"] = field_spec("from", "custom.Gate Code")
+    apis.page_size = 2
+    apis.add_customer(1, "Xena Slow", gate="x1@example.com")
+    apis.add_customer(2, "Yuri Fast", gate="y@example.com")
+    apis.add_customer(3, "Zoe Fast", gate="z@example.com")
+    original = apis._route
+    changed = []
+
+    def feed_then_change(method, path, request, body):
+        if method == "POST" and path == "/api/v2/users" and body["email"] == "x1@example.com":
+            time.sleep(0.4)  # the first create of customer 1 is slow: the next page is planned meanwhile
+        response = original(method, path, request, body)
+        if path.endswith("/export/customers") and not changed:
+            changed.append(True)  # just after page 1 was served, customer 1 changes its e-mail
+            apis.customers[1]["customFields"][0]["value"] = "x2@example.com"
+            apis.customers[1]["modifiedOn"] = apis.now()
+        return response
+
+    monkeypatch.setattr(apis, "_route", feed_then_change)
+
+    sync_customers(conn, mode="once")
+
+    assert sorted(u["email"] for u in apis.users) == ["x2@example.com", "y@example.com", "z@example.com"]
+    assert conn.ledger.get_referrer(1).email == "x2@example.com"
+
+
+def test_customers_sharing_an_email_in_one_page_get_one_user(conn, apis):
+    apis.page_size = 50
+    for n in range(1, 21):
+        apis.add_customer(n, f"Person{n} Test", f"family{n % 4}@example.com")
+
+    report = sync_customers(conn, mode="once")
+
+    assert report.created == 4 and report.skipped_by_reason == {"already_referrer": 16}
+    assert sorted(u["email"] for u in apis.users) == [f"family{n}@example.com" for n in range(4)]
+    assert apis.count("POST", r"^/api/v2/users$") == 4
