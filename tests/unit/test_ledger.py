@@ -426,3 +426,31 @@ def test_four_processes_write_consistently(tmp_path):
         assert ledger.push_counts() == {"booked": 10}
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize(
+    ("raised", "failed", "outcome", "error"),
+    [
+        (None, False, "ok", None),
+        (None, True, "partial", None),
+        (KeyboardInterrupt(), False, "interrupted", "interrupted by the user"),
+        (ConfigError("leads.fields.name is unmapped"), False, "failed", "leads.fields.name is unmapped"),
+        (RuntimeError("boom"), False, "failed", "RuntimeError: boom"),
+    ],
+)
+def test_recorded_run_records_how_the_block_ended_and_its_final_counts(ledger, raised, failed, outcome, error):
+    counts = {"created": 0}
+    with pytest.raises(type(raised)) if raised else _no_error():
+        with ledger.recorded_run("push", "push-lead --new", counts=lambda: counts, failed=lambda: failed) as run_id:
+            counts["created"] = 3  # read at the end: a stopped run still records what it did
+            if raised:
+                raise raised
+    run = ledger.last_run("push")
+    assert run.id == run_id and run.outcome == outcome and run.error == error
+    assert run.counts == {"created": 3}
+
+
+def _no_error():
+    import contextlib
+
+    return contextlib.nullcontext()

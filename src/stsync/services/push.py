@@ -488,27 +488,15 @@ def push_leads(
                 progress.advance()
         return report
 
-    ledger = conn.ledger
-    report.run_id = ledger.start_run("push", command)
     done: list[PushResult | None] = [None] * len(leads)
-    outcome, error = "failed", None
-    try:
-        _run_concurrently(conn, leads, kind, report.run_id, progress, done)
-        report.results = unreadable + [r for r in done if r is not None]
-        outcome = "partial" if report.failed else "ok"
-    except KeyboardInterrupt:
-        outcome, error = "interrupted", "interrupted by the user"
-        raise
-    except StsyncError as exc:
-        error = exc.message
-        raise
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        # A stopped run still records what it did before stopping.
-        report.results = unreadable + [r for r in done if r is not None]
-        ledger.finish_run(report.run_id, outcome, report.counts, error=error)
+    with conn.ledger.recorded_run(
+        "push", command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
+    ) as report.run_id:
+        try:
+            _run_concurrently(conn, leads, kind, report.run_id, progress, done)
+        finally:
+            # A stopped run still records what it did before stopping.
+            report.results = unreadable + [r for r in done if r is not None]
     return report
 
 

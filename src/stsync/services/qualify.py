@@ -51,11 +51,13 @@ writes nothing, to Referral Factory or to the ledger.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stsync.errors import ApiError, ServiceTitanApiError, StsyncError, TemporaryError
+from stsync.errors import ApiError, ServiceTitanApiError, TemporaryError
 from stsync.logs import get_logger
 
 if TYPE_CHECKING:
@@ -231,21 +233,16 @@ class _QualifyRun:
             return
         if self.progress is not None:
             self.progress.set_total(len(open_pushes))
-        run_id = None if self.dry_run else self.ledger.start_run("qualify", "qualify")
-        self.report.run_id = run_id
-        outcome, error = "failed", None
-        try:
+        recording = (
+            nullcontext()
+            if self.dry_run
+            else self.ledger.recorded_run(
+                "qualify", "qualify", counts=self.report.counts, failed=lambda: bool(self.report.failed)
+            )
+        )
+        with recording as run_id:
+            self.report.run_id = run_id
             self._qualify_all(open_pushes)
-            outcome = "partial" if self.report.failed else "ok"
-        except StsyncError as exc:
-            error = str(exc)
-            raise
-        except BaseException as exc:  # Ctrl-C included: the run is recorded as stopped
-            outcome, error = ("interrupted", "interrupted") if isinstance(exc, KeyboardInterrupt) else ("failed", type(exc).__name__)
-            raise
-        finally:
-            if run_id is not None:
-                self.ledger.finish_run(run_id, outcome, self.report.counts(), error=error)
 
     # -- reading ServiceTitan --------------------------------------------------------------
     def _qualify_all(self, pushes: list["PushRecord"]) -> None:

@@ -44,6 +44,8 @@ ServiceTitan or to the ledger (contacts are joined in a scratch ledger that is t
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import ctypes
 import functools
 import sys
@@ -339,10 +341,13 @@ class _CustomerSync:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> SyncReport:
         report = self.report
-        if not self.dry_run:
-            report.run_id = self.ledger.start_run(JOB, self.command)
-        outcome, error = "failed", None
-        try:
+        recording = (
+            nullcontext()
+            if self.dry_run
+            else self.ledger.recorded_run(JOB, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed))
+        )
+        with recording as run_id:
+            report.run_id = run_id
             customers_start, resuming = self._customers_start()
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sync") as pool:
                 self._pool = pool
@@ -358,19 +363,6 @@ class _CustomerSync:
                 finally:
                     self._stop.set()
                     first_pages.close()
-            outcome = "partial" if report.failed else "ok"
-        except KeyboardInterrupt:
-            outcome, error = "interrupted", "interrupted by the user"
-            raise
-        except StsyncError as exc:
-            error = exc.message
-            raise
-        except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            if report.run_id is not None:
-                self.ledger.finish_run(report.run_id, outcome, report.counts, error=error)
         return report
 
     def _resolve_return_field_types(self) -> None:

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from stsync.errors import ConfigError, StsyncError
 
@@ -457,6 +457,29 @@ class Ledger:
                 (job, command, os.getpid(), utc_now()),
             )
             return int(cursor.lastrowid)
+
+    @contextmanager
+    def recorded_run(self, job: str, command: str, *, counts: Callable[[], Mapping[str, Any]], failed: Callable[[], bool]):
+        """Record one run of ``job`` around the block: ``ok``/``partial`` when the block
+        ends (``failed()`` says whether some records failed), ``interrupted`` on Ctrl-C,
+        ``failed`` with the error otherwise. ``counts()`` is read at the very end, so a
+        stopped run still records what it did. Yields the run id."""
+        run_id = self.start_run(job, command)
+        outcome, error = "failed", None
+        try:
+            yield run_id
+            outcome = "partial" if failed() else "ok"
+        except KeyboardInterrupt:
+            outcome, error = "interrupted", "interrupted by the user"
+            raise
+        except StsyncError as exc:
+            error = exc.message
+            raise
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.finish_run(run_id, outcome, counts(), error=error)
 
     def finish_run(self, run_id: int, outcome: str, counts: Mapping[str, Any], error: str | None = None) -> None:
         _check(outcome, RUN_OUTCOMES[1:], "run outcome")
