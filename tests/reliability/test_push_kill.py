@@ -23,6 +23,7 @@ from stsync.storage.config import load_config, save_config
 
 LEADS = 100
 KILLS = 10
+MAX_KILLS = 30  # a loaded machine may need more tries to land one kill between a POST and its record
 
 
 @pytest.mark.slow  # ten seeded kills 0.2–1.5 s apart: about 10 s, by design
@@ -48,13 +49,20 @@ def test_push_new_killed_ten_times_then_completed_books_every_lead_exactly_once(
         rng = random.Random(20240917)
         command = [sys.executable, "-m", "stsync", "push-lead", "--new"]
         booked_after_kill: list[int] = []
-        for _ in range(KILLS):
+        kills_between_post_and_record = 0
+        ledger_path = isolated / "state" / "default" / "ledger.sqlite3"
+        for kill in range(MAX_KILLS):
+            if kill >= KILLS and (kills_between_post_and_record or len(sb.bookings()) == LEADS):
+                break
             process = subprocess.Popen(command, env=dict(os.environ), stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0.2, 1.5))
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
             booked_after_kill.append(len(sb.bookings()))
+            if ledger_path.exists():
+                with Ledger.open(ledger_path) as ledger:
+                    kills_between_post_and_record += bool(ledger.unfinished_intents())
 
         final = subprocess.run([sys.executable, "-m", "stsync", "--json", "push-lead", "--new"], env=dict(os.environ),
                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)

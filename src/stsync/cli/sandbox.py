@@ -71,9 +71,6 @@ def sandbox_command(
         ) from None
     try:
         creds = sb.credentials
-        app_ctx.emit(
-            {"url": sb.base_url, "env": sb.env(), "secret_env": sb.secret_env(), "credentials": creds.to_dict()}
-        )
         term.success(f"sandbox running at {sb.base_url} (ServiceTitan and Referral Factory); Ctrl-C stops it")
         term.info("Point stsync at it (in the shell where you run stsync):")
         for name, value in sb.env().items():
@@ -83,6 +80,10 @@ def sandbox_command(
         term.info(
             f"Admin operations: {sb.base_url}/_sandbox/… "
             "(e.g. POST /_sandbox/bookings/<id>/convert turns a booking into a job)"
+        )
+        # Last: a script that waits for this object knows everything above is printed too.
+        app_ctx.emit(
+            {"url": sb.base_url, "env": sb.env(), "secret_env": sb.secret_env(), "credentials": creds.to_dict()}
         )
         while True:
             time.sleep(0.5)
