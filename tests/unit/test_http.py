@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import ssl
 from email.utils import formatdate
 
 import httpx
@@ -12,23 +11,14 @@ from pytest_httpx import HTTPXMock
 
 from stsync.errors import AnswerLost, ConfigError, RateLimited, TemporaryError
 from stsync.http import RetryPolicy, retry_after_seconds, send_with_retries
+from fakes import FakeTime  # tests/support
+from stsync.http import shared_ssl_context
 
 URL = "https://api.example.test/crm/v2/tenant/7/customers"
 WALL = 1_700_000_000.0  # a pinned wall clock for HTTP-dates
-TLS = ssl.create_default_context()  # one SSL context: building one per client costs ~50 ms
+TLS = shared_ssl_context()  # the clients' own shared context: one CA-bundle load per run
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class CountingLimiter:
@@ -42,7 +32,7 @@ class CountingLimiter:
 
 @pytest.fixture
 def fake() -> FakeTime:
-    return FakeTime()
+    return FakeTime(100.0)
 
 
 def policy(fake: FakeTime, **overrides) -> RetryPolicy:

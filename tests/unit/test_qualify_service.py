@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from stsync.errors import AuthError, ReferralFactoryApiError, TemporaryError
-from stsync.referralfactory.models import User
 from stsync.services.qualify import (
     ALREADY,
     CLOSED,
@@ -32,6 +31,7 @@ from stsync.services.qualify import (
 from stsync.servicetitan.models import Booking, Job
 from stsync.storage.config import Qualification, default_config
 from stsync.storage.ledger import Ledger
+from fakes import FakeReferralFactoryUsers  # tests/support
 
 BP, CAMPAIGN = 42, 7
 
@@ -61,11 +61,10 @@ class FakeServiceTitan:
         return [i for batch in self.booking_reads for i in batch]
 
 
-class FakeReferralFactory:
+class FakeReferralFactory(FakeReferralFactoryUsers):
     def __init__(self) -> None:
-        self.users: dict[int, dict] = {}
+        super().__init__()
         self.writes: list[tuple[bool, int]] = []
-        self.lookups: list[tuple[str, object]] = []
         self.fail_write: Exception | None = None
 
     def add(self, user_id: int, code: str, email: str, *, qualified: bool = False, type: str = "person_invited") -> None:
@@ -73,20 +72,6 @@ class FakeReferralFactory:
             "id": user_id, "campaign_id": CAMPAIGN, "code": code, "email": email, "type": type,
             "qualified_at": "2025-01-01" if qualified else None,
         }
-
-    def get_user(self, identifier):
-        self.lookups.append(("id", identifier))
-        if identifier not in self.users:
-            raise ReferralFactoryApiError("not found", status=404, method="GET", path=f"/users/{identifier}")
-        return User.model_validate(self.users[identifier])
-
-    def find_user_by_code(self, campaign_id, code):
-        self.lookups.append(("code", code))
-        return next((User.model_validate(u) for u in self.users.values() if u["code"] == code), None)
-
-    def find_user_by_email(self, campaign_id, email):
-        self.lookups.append(("email", email))
-        return next((User.model_validate(u) for u in self.users.values() if u["email"] == email), None)
 
     def set_qualification(self, qualified, *, id=None, code=None, email=None, campaign_id=None):
         assert id is not None and code is None and email is None, "qualify by the saved id"

@@ -14,41 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stsync.ratelimit import MIN_RATE_FACTOR, RateLimiter
+from fakes import FakeTime, ThreadClocks  # tests/support
 
 
-class FakeTime:
-    """One shared virtual clock; sleeping advances it."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
-class ThreadClocks:
-    """A virtual clock per thread, advanced only by that thread's sleeps and work.
-
-    Whatever order the threads run in, a thread's clock right after ``acquire()`` is the
-    slot the limiter granted it: the send times the server would see.
-    """
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._local = threading.local()
-        self._start = start
-
-    def clock(self) -> float:
-        return getattr(self._local, "now", self._start)
-
-    def sleep(self, seconds: float) -> None:
-        self._local.now = self.clock() + seconds
-
-    advance = sleep
 
 
 def max_in_any_window(times: list[float], window: float) -> int:
@@ -64,7 +34,7 @@ def max_in_any_window(times: list[float], window: float) -> int:
 
 
 def test_requests_are_spaced_and_n_requests_take_close_to_the_floor():
-    fake = FakeTime()
+    fake = FakeTime(1000.0)
     limiter = RateLimiter(10, 1.0, clock=fake.clock, sleep=fake.sleep)
     sends = []
     for _ in range(100):
@@ -78,7 +48,7 @@ def test_requests_are_spaced_and_n_requests_take_close_to_the_floor():
 
 
 def test_an_idle_limiter_does_not_wait():
-    fake = FakeTime()
+    fake = FakeTime(1000.0)
     limiter = RateLimiter(5, 1.0, clock=fake.clock, sleep=fake.sleep)
     assert limiter.acquire() == 0
     fake.now += 10
@@ -93,7 +63,7 @@ def test_an_idle_limiter_does_not_wait():
     gaps=st.lists(st.floats(min_value=0, max_value=3, allow_nan=False), min_size=1, max_size=120),
 )
 def test_no_window_ever_holds_more_than_limit_whatever_the_arrivals(limit, window, gaps):
-    fake = FakeTime()
+    fake = FakeTime(1000.0)
     limiter = RateLimiter(limit, window, clock=fake.clock, sleep=fake.sleep)
     sends = []
     for gap in gaps:
@@ -128,7 +98,7 @@ def test_threads_share_one_budget(tmp_path: Path):
 
 def test_two_limiters_on_one_state_file_behave_like_one(tmp_path: Path):
     """Two processes of one connection = two instances sharing the file: one budget."""
-    fake = FakeTime()
+    fake = FakeTime(1000.0)
     state = tmp_path / "locks" / "rate-servicetitan.json"
     first = RateLimiter(10, 1.0, state_file=state, clock=fake.clock, sleep=fake.sleep)
     second = RateLimiter(10, 1.0, state_file=state, clock=fake.clock, sleep=fake.sleep)
@@ -231,7 +201,7 @@ def test_real_processes_share_the_budget_through_the_state_file(tmp_path: Path):
 
 
 def test_slow_down_halves_the_rate_and_the_next_run_inherits_it(tmp_path: Path):
-    fake = FakeTime()
+    fake = FakeTime(1000.0)
     state = tmp_path / "rate.json"
     limiter = RateLimiter(10, 1.0, state_file=state, clock=fake.clock, sleep=fake.sleep, quiet_period=60.0)
     limiter.acquire()
@@ -248,7 +218,7 @@ def test_slow_down_halves_the_rate_and_the_next_run_inherits_it(tmp_path: Path):
 
 
 def test_slow_down_decays_back_after_quiet_periods(tmp_path: Path):
-    fake = FakeTime()
+    fake = FakeTime(1000.0)
     limiter = RateLimiter(10, 1.0, state_file=tmp_path / "r.json", clock=fake.clock, sleep=fake.sleep, quiet_period=60.0)
     limiter.slow_down()
     limiter.slow_down()
@@ -264,7 +234,7 @@ def test_slow_down_decays_back_after_quiet_periods(tmp_path: Path):
 
 
 def test_slow_down_has_a_floor():
-    fake = FakeTime()
+    fake = FakeTime(1000.0)
     limiter = RateLimiter(10, 1.0, clock=fake.clock, sleep=fake.sleep)
     for _ in range(10):
         limiter.slow_down()
@@ -286,7 +256,7 @@ def test_a_slot_from_before_a_reboot_is_ignored(tmp_path: Path):
 
 
 def test_an_unreadable_state_file_starts_afresh(tmp_path: Path):
-    fake = FakeTime()
+    fake = FakeTime(1000.0)
     state = tmp_path / "rate.json"
     state.write_text("{not json")
     limiter = RateLimiter(10, 1.0, state_file=state, clock=fake.clock, sleep=fake.sleep)

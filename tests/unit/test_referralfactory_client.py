@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 import threading
 
 import httpx
@@ -15,6 +14,8 @@ from stsync.http import RetryPolicy
 from stsync.ratelimit import RateLimiter
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.referralfactory.models import Campaign, User
+from fakes import FakeTime, ThreadClocks  # tests/support
+from stsync.http import shared_ssl_context
 
 API = "https://rf.example.test/api/v2"
 KEY = "rf-SECRET-api-key"
@@ -35,34 +36,11 @@ def user(id: int, **fields) -> dict:
 def search_body(*conditions: tuple[str, str]) -> dict:
     return {"filters": {"operator": "AND", "value": [{"field": f, "value": v, "operator": "="} for f, v in conditions]}}
 
-# Building an SSL context costs ~50 ms per client; pytest-httpx answers before TLS anyway.
-TLS = ssl.create_default_context()
+TLS = shared_ssl_context()  # the clients' own shared context: one CA-bundle load per run
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
-class ThreadClocks:
-    """A virtual clock per thread (see test_ratelimit): after acquire(), it reads the granted slot."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def clock(self) -> float:
-        return getattr(self._local, "now", 0.0)
-
-    def sleep(self, seconds: float) -> None:
-        self._local.now = self.clock() + seconds
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import ssl
 import logging
 import os
 import stat
@@ -22,6 +21,8 @@ from stsync.http import RetryPolicy
 from stsync.ratelimit import RateLimiter
 from stsync.servicetitan.client import ServiceTitanClient
 from stsync.servicetitan.models import Booking, Customer, ExportPage, Job
+from fakes import FakeTime  # tests/support
+from stsync.http import shared_ssl_context
 
 AUTH = "https://auth.example.test"
 API = "https://api.example.test"
@@ -70,26 +71,14 @@ CUSTOMER = {
     "externalData": [],
 }
 
-# Building an SSL context costs ~50 ms per client; pytest-httpx answers before TLS anyway.
-TLS = ssl.create_default_context()
+TLS = shared_ssl_context()  # the clients' own shared context: one CA-bundle load per run
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 10.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
 def fake() -> FakeTime:
-    return FakeTime()
+    return FakeTime(10.0)
 
 
 @pytest.fixture

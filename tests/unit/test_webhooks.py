@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stsync.errors import InvalidRecord, ReferralFactoryApiError, UsageError
-from stsync.referralfactory.models import Campaign, User
+from stsync.errors import InvalidRecord, UsageError
+from stsync.referralfactory.models import Campaign
 from stsync.services import push as push_module
 from stsync.services import webhooks
 from stsync.services.leads import Lead
@@ -42,35 +42,19 @@ from stsync.services.webhooks import (
 )
 from stsync.storage.config import default_config
 from stsync.storage.ledger import Ledger
+from fakes import FakeReferralFactoryUsers  # tests/support
 
 CAMPAIGN = 7
 TOKEN = "s3cret-token-for-tests-0123456789"
 
 
-class FakeReferralFactory:
-    def __init__(self) -> None:
-        self.users: dict[int, dict] = {}
-        self.lookups: list[tuple[str, object]] = []
+class FakeReferralFactory(FakeReferralFactoryUsers):
 
     def add(self, user_id: int, code: str, email: str, **extra) -> dict:
         user = {"id": user_id, "campaign_id": CAMPAIGN, "code": code, "email": email, "first_name": "Jo",
                 "type": "person_invited", "qualified_at": None, **extra}
         self.users[user_id] = user
         return user
-
-    def get_user(self, identifier):
-        self.lookups.append(("id", identifier))
-        if identifier not in self.users:
-            raise ReferralFactoryApiError("not found", status=404, method="GET", path=f"/users/{identifier}")
-        return User.model_validate(self.users[identifier])
-
-    def find_user_by_code(self, campaign_id, code):
-        self.lookups.append(("code", code))
-        return next((User.model_validate(u) for u in self.users.values() if u["code"] == code), None)
-
-    def find_user_by_email(self, campaign_id, email):
-        self.lookups.append(("email", email))
-        return next((User.model_validate(u) for u in self.users.values() if u["email"] == email), None)
 
     def get_campaign(self, campaign_id):
         return Campaign(id=campaign_id, code="spring", name="Spring Referrals", status="launched")

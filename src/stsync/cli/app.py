@@ -120,36 +120,26 @@ def hoist_global_options(argv: list[str]) -> list[str]:
     """Accept global options after the command too: `stsync push-lead --new --json`.
 
     Scripts write options where they read best; Typer only knows them before the command.
-    Flags are moved in front unchanged; `--config PATH` / `--config=PATH` with its value.
-    Nothing after a bare `--` is touched.
+    Global flags (and `--config PATH` / `--config=PATH`) move to the front in their order;
+    nothing after a bare `--` is touched.
     """
-    if not argv or argv[0].startswith("-"):
-        head_end = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
-        # options already in front (and --config's value) stay where they are
-        if head_end < len(argv) and head_end > 0 and argv[head_end - 1] == "--config":
-            head_end = next((i for i, a in enumerate(argv[head_end + 1:], head_end + 1) if not a.startswith("-")), len(argv))
-    else:
-        head_end = 0
-    head, rest = argv[:head_end], argv[head_end:]
     moved: list[str] = []
     kept: list[str] = []
     i = 0
-    while i < len(rest):
-        arg = rest[i]
+    while i < len(argv):
+        arg = argv[i]
         if arg == "--":
-            kept.extend(rest[i:])
+            kept.extend(argv[i:])
             break
-        if arg in _GLOBAL_FLAGS:
+        if arg in _GLOBAL_FLAGS or arg.startswith("--config="):
             moved.append(arg)
-        elif arg == "--config" and i + 1 < len(rest):
-            moved.extend(rest[i : i + 2])
+        elif arg == "--config" and i + 1 < len(argv):
+            moved.extend(argv[i : i + 2])
             i += 1
-        elif arg.startswith("--config="):
-            moved.append(arg)
         else:
             kept.append(arg)
         i += 1
-    return [*head, *moved, *kept]
+    return [*moved, *kept]
 
 
 def _error_object(exc: StsyncError) -> dict:
