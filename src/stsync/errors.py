@@ -18,10 +18,18 @@
             └── DuplicateEmail          the campaign already has this e-mail (adopt the user)
 
 Messages never contain secrets: callers pass ids and names, never keys or tokens.
+
+Every error has one shape as data, ``to_dict()``: ``type``, ``message``, ``hint``, ``exit_code``
+and the fields its class adds (an ``ApiError``'s remote fields, a ``ConfigError``'s
+``key_path``, ``SetupRequired``'s ``section`` and ``missing``, an ``InvalidRecord``'s
+``record`` and ``field``). ``--json`` prints it and the ledger stores it; ``error_summary``
+turns a stored one back into a line for a person — rows written before ``to_dict()`` had
+``type`` (an ``ApiError`` stored only its remote fields) read the same.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -29,6 +37,8 @@ class StsyncError(Exception):
     """Base class. ``hint`` is the one line telling the user what to do next."""
 
     exit_code: int = 1
+    # The attributes a class adds to ``to_dict()``, after the common four.
+    shape_fields: tuple[str, ...] = ()
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -37,6 +47,13 @@ class StsyncError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as data: what ``--json`` prints and the ledger stores (no secret: messages hold none)."""
+        shape: dict[str, Any] = {"type": type(self).__name__, "message": self.message, "hint": self.hint, "exit_code": self.exit_code}
+        for name in self.shape_fields:
+            shape[name] = getattr(self, name)
+        return shape
 
 
 class UsageError(StsyncError):
@@ -47,6 +64,7 @@ class ConfigError(StsyncError):
     """Config or mapping invalid. ``key_path`` names the offending key, e.g. ``leads.fields.name``."""
 
     exit_code = 3
+    shape_fields = ("key_path",)
 
     def __init__(self, message: str, *, key_path: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -55,6 +73,8 @@ class ConfigError(StsyncError):
 
 class SetupRequired(ConfigError):
     """The seed's "Setup Required": required booking targets without a mapping."""
+
+    shape_fields = (*ConfigError.shape_fields, "section", "missing")
 
     def __init__(self, section: str, missing: list[str]) -> None:
         self.section = section
@@ -98,6 +118,7 @@ class InvalidRecord(StsyncError):
     """
 
     exit_code = 5
+    shape_fields = ("record", "field")
 
     def __init__(self, message: str, *, record: str | None = None, field: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -129,6 +150,7 @@ class ApiError(StsyncError):
     """A remote API rejected a request. Carries the remote's words verbatim."""
 
     service = "remote"
+    shape_fields = ("service", "status", "title", "errors", "trace_id", "method", "path")
 
     def __init__(
         self,
@@ -150,19 +172,6 @@ class ApiError(StsyncError):
         self.method = method
         self.path = path
 
-    def to_dict(self) -> dict[str, Any]:
-        """The exact remote error, as the ledger stores it and ``diagnose`` shows it."""
-        return {
-            "service": self.service,
-            "status": self.status,
-            "title": self.title,
-            "errors": self.errors,
-            "trace_id": self.trace_id,
-            "method": self.method,
-            "path": self.path,
-            "message": self.message,
-        }
-
 
 class ServiceTitanApiError(ApiError):
     service = "servicetitan"
@@ -174,3 +183,18 @@ class ReferralFactoryApiError(ApiError):
 
 class DuplicateEmail(ReferralFactoryApiError):
     """422: the e-mail already exists in the campaign. Search for the user and adopt it."""
+
+
+def error_summary(error: Mapping[str, Any] | None) -> str:
+    """A stored error (``to_dict()``, or an older row) for a person: a remote's status and
+    title, then each field's messages; otherwise the message."""
+    if not error:
+        return ""
+    if error.get("service") and error.get("status") is not None:
+        title = error.get("title") or error.get("message") or "no title"
+        text = f"HTTP {error['status']}: {title}"
+        fields = error.get("errors") or {}
+        if fields:
+            text += " — " + "; ".join(f"{name}: {' '.join(messages)}" for name, messages in fields.items())
+        return text
+    return str(error.get("message") or error)

@@ -100,7 +100,7 @@ def run(argv: list[str] | None = None) -> int:
         terminal = ctx.terminal if ctx else Terminal()
         logging.getLogger("stsync").info("exit %s: %s", exc.exit_code, exc)
         if ctx is not None and ctx.json_mode and not ctx.json_emitted:
-            terminal.data({"ok": False, "exit_code": exc.exit_code, "error": _error_object(exc)})
+            terminal.data({"ok": False, "exit_code": exc.exit_code, "error": exc.to_dict()})
         terminal.error(str(exc), exc.hint)
         return exc.exit_code
     except Exception as exc:  # a bug: short message here, the trace in the log file
@@ -141,18 +141,3 @@ def hoist_global_options(argv: list[str]) -> list[str]:
         i += 1
     return [*moved, *kept]
 
-
-def _error_object(exc: StsyncError) -> dict:
-    obj: dict = {"type": type(exc).__name__, "message": str(exc)}
-    if exc.hint:
-        obj["hint"] = exc.hint
-    to_dict = getattr(exc, "to_dict", None)
-    if callable(to_dict):
-        obj["remote"] = to_dict()
-    missing = getattr(exc, "missing", None)
-    if missing:
-        obj["missing"] = missing
-    key_path = getattr(exc, "key_path", None)
-    if key_path:
-        obj["key_path"] = key_path
-    return obj

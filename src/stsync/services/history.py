@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import UsageError
-from stsync.services.push import error_summary
+from stsync.errors import UsageError, error_summary
 
 if TYPE_CHECKING:
     from stsync.services.runtime import Connection

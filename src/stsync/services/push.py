@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from stsync.errors import (
     AnswerLost,
-    ApiError,
     AuthError,
     ConfigError,
     InvalidRecord,
@@ -42,6 +41,7 @@ from stsync.errors import (
     StsyncError,
     TemporaryError,
     UsageError,
+    error_summary,
 )
 from stsync.logs import get_logger
 
@@ -237,7 +237,7 @@ def push_lead(
                 # Booked before its data (or the mapping) changed: there is nothing to send.
                 return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
             _record_invalid(conn, lead, kind, external_id, exc, run_id)
-        return _failed(lead, kind, external_id, exc, {"type": "InvalidRecord", "message": exc.message, "field": exc.field})
+        return _failed(lead, kind, external_id, exc, exc.to_dict())
     if dry_run:
         return PushResult(
             lead=lead, kind=kind, outcome="skipped", external_id=external_id, body=body, dry_run=True,
@@ -277,13 +277,13 @@ def _push_locked(
         existing = find_booking(conn, external_id)
     except (ServiceTitanApiError, TemporaryError) as exc:
         attempt = ledger.record_push_intent(external_id, **identity)
-        ledger.record_push_result(attempt, outcome="failed", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome="failed", error=exc.to_dict())
         if isinstance(exc, TemporaryError):
             raise
-        return _failed(lead, kind, external_id, exc, _error_dict(exc))
+        return _failed(lead, kind, external_id, exc, exc.to_dict())
     except AuthError as exc:
         attempt = ledger.record_push_intent(external_id, **identity)
-        ledger.record_push_result(attempt, outcome="failed", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome="failed", error=exc.to_dict())
         raise
 
     for stale in stale_intents:
@@ -310,7 +310,7 @@ def _push_locked(
     try:
         booking = _create_once(conn, bp, external_id, body)
     except AnswerLost as exc:
-        ledger.record_push_result(attempt, outcome="lost", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome="lost", error=exc.to_dict())
         raise TemporaryError(
             f"ServiceTitan's answer to the booking for {lead.describe()} was lost {MAX_CREATE_ATTEMPTS} times "
             "and the booking was not found by its externalId",
@@ -319,13 +319,13 @@ def _push_locked(
     except TemporaryError as exc:
         # Whether the POST went through is unknown (e.g. the look-up after a lost answer
         # failed too): "lost" leaves the push's state as it is for the next run to settle.
-        ledger.record_push_result(attempt, outcome="lost", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome="lost", error=exc.to_dict())
         raise
     except ServiceTitanApiError as exc:
-        ledger.record_push_result(attempt, outcome="failed", error=_error_dict(exc))
-        return _failed(lead, kind, external_id, exc, _error_dict(exc))
+        ledger.record_push_result(attempt, outcome="failed", error=exc.to_dict())
+        return _failed(lead, kind, external_id, exc, exc.to_dict())
     except StsyncError as exc:
-        ledger.record_push_result(attempt, outcome="failed", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome="failed", error=exc.to_dict())
         raise
     ledger.record_push_result(attempt, outcome="created", booking_id=booking.id)
     _note_status(conn, external_id, booking)
@@ -417,9 +417,7 @@ def _record_invalid(conn: "Connection", lead: "Lead", kind: str, external_id: st
         external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
         referral_code=lead.referral_code, run_id=run_id,
     )
-    ledger.record_push_result(
-        attempt, outcome="failed", error={"type": "InvalidRecord", "message": exc.message, "field": exc.field}
-    )
+    ledger.record_push_result(attempt, outcome="failed", error=exc.to_dict())
 
 
 def _failed(lead: "Lead", kind: str, external_id: str | None, exc: StsyncError, error: dict) -> PushResult:
@@ -427,29 +425,6 @@ def _failed(lead: "Lead", kind: str, external_id: str | None, exc: StsyncError, 
         lead=lead, kind=kind, outcome="failed", external_id=external_id, error=error,
         message=error_summary(error), exception=exc,
     )
-
-
-def _error_dict(exc: StsyncError) -> dict[str, Any]:
-    if isinstance(exc, ApiError):
-        return exc.to_dict()
-    error: dict[str, Any] = {"type": type(exc).__name__, "message": exc.message}
-    if exc.hint:
-        error["hint"] = exc.hint
-    return error
-
-
-def error_summary(error: dict[str, Any] | None) -> str:
-    """ServiceTitan's exact words for a human: title, then each field's messages."""
-    if not error:
-        return ""
-    if error.get("service") and error.get("status") is not None:
-        title = error.get("title") or error.get("message") or "no title"
-        text = f"HTTP {error['status']}: {title}"
-        fields = error.get("errors") or {}
-        if fields:
-            text += " — " + "; ".join(f"{name}: {' '.join(messages)}" for name, messages in fields.items())
-        return text
-    return str(error.get("message") or error)
 
 
 # -- batches ----------------------------------------------------------------------------------
@@ -551,8 +526,7 @@ def _rejected_result(exc: InvalidRecord, kind: str) -> PushResult:
     from stsync.services.leads import Lead
 
     lead = Lead(referral_code=exc.record)
-    error = {"type": "InvalidRecord", "message": exc.message, "field": exc.field}
-    return _failed(lead, kind, None, exc, error)
+    return _failed(lead, kind, None, exc, exc.to_dict())
 
 
 # -- where leads come from --------------------------------------------------------------------

@@ -655,7 +655,7 @@ class _CustomerSync:
 
     def _failed(self, plan: _Plan, exc: StsyncError, stage: str) -> _Outcome:
         customer_id = int(plan.customer.id)
-        error = _error_dict(exc, stage)
+        error = {"stage": stage, **exc.to_dict()}
         email = getattr(plan.decision, "email", None)
         log.warning("customer %s (%s) failed: %s", customer_id, email, exc.message)
         if not self.dry_run:
@@ -1024,12 +1024,3 @@ def _changed_values(customer: Any, values: dict[str, str], types: Sequence[Any])
 
 def _sample(action: str, customer: Any, email: str | None, **parts: Any) -> dict[str, Any]:
     return {"action": action, "customer_id": int(customer.id), "customer_name": customer.name, "email": email, **parts}
-
-
-def _error_dict(exc: StsyncError, stage: str) -> dict[str, Any]:
-    to_dict = getattr(exc, "to_dict", None)
-    detail = to_dict() if callable(to_dict) else {"type": type(exc).__name__, "message": exc.message}
-    if exc.hint and "hint" not in detail:
-        detail["hint"] = exc.hint
-    return {"stage": stage, **detail}
-
