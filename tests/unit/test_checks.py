@@ -1,5 +1,6 @@
-"""`stsync validate` and the checks it (and diagnose) runs: offline on the config, online
-against strict HTTP mocks (an unexpected request or an unused response fails the test)."""
+"""The check engine (table, runner, exit-code rule), and `stsync validate`, which runs it: offline
+on the config, online against strict HTTP mocks (an unexpected request or an unused response
+fails the test)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from pathlib import Path
 import pytest
 from pytest_httpx import HTTPXMock
 
+from stsync.checks import offline, table
+from stsync.checks.context import CheckContext
+from stsync.checks.result import Check, NotRun, Verdict, fail, ok
+from stsync.checks.runner import CheckRun, CheckSpec, Input, exit_code_for
 from stsync.cli.app import run
-from stsync.services import checks
+from stsync.errors import AuthError, ConfigError
 from stsync.services.validate import validate
 from stsync.storage.config import Config, default_config, save_config
 from stsync.storage.paths import ConnectionPaths
@@ -22,6 +27,7 @@ RF = "https://referral-factory.com/api/v2"
 TENANT, BP, CAMPAIGN = 1234567, 42, 7
 SECRETS = {"STSYNC_ST_CLIENT_SECRET": "cs2.KNOWN-secret", "STSYNC_ST_APP_KEY": "ak1.KNOWN-key", "STSYNC_RF_API_KEY": "rf-KNOWN-key"}
 TOKEN_URL = f"{AUTH}/connect/token"
+OTHER_TOKEN_URL = "https://auth-integration.servicetitan.io/connect/token"
 FIELD_TYPES_URL = f"{API}/crm/v2/tenant/{TENANT}/customers/custom-fields?page=1&pageSize=200"
 BOOKINGS_URL = f"{API}/crm/v2/tenant/{TENANT}/booking-provider/{BP}/bookings?page=1&pageSize=1"
 CAMPAIGNS_URL = f"{RF}/campaigns?page=1&per_page=250"
@@ -49,7 +55,7 @@ def report_for(path: Path, *, online: bool = False):
     return validate(path, ConnectionPaths.for_config(path), online=online)
 
 
-def by_name(report) -> dict[str, checks.Check]:
+def by_name(report) -> dict[str, Check]:
     return {check.name: check for check in report.checks}
 
 
@@ -103,7 +109,7 @@ def test_nothing_to_action_warns_with_the_troubleshooting_wording(connected: Pat
     assert '"Nothing to action" is selected' in action.message and "no bookings will be created in ServiceTitan" in action.message
     assert action.fix == "stsync map action leads create-booking"
     assert report.exit_code == 0
-    strict = checks.check_leads_action(Config.model_validate({"leads": {"action": "nothing"}}), nothing_is="fail")
+    strict = offline.check_leads_action(Config.model_validate({"leads": {"action": "nothing"}}), nothing_is="fail")
     assert strict.status == "fail" and strict.exit_code == 3
 
 
@@ -140,27 +146,27 @@ def test_partial_address_warns(connected: Path):
 
 def test_qualification_rule_consistency():
     base = {"leads": {"action": "nothing", "qualification": {"rule": "job_created"}}}
-    assert checks.check_qualification_rule(Config.model_validate(base)).status == "warn"
+    assert offline.check_qualification_rule(Config.model_validate(base)).status == "warn"
     good = Config.model_validate({"leads": {"qualification": {"rule": "job_status", "job_status": "Completed"}}})
-    check = checks.check_qualification_rule(good)
+    check = offline.check_qualification_rule(good)
     assert check.status == "pass" and "Completed" in check.message
     ignored = Config.model_validate({"leads": {"qualification": {"rule": "job_created", "job_status": "Hold"}}})
-    assert checks.check_qualification_rule(ignored).status == "warn"
+    assert offline.check_qualification_rule(ignored).status == "warn"
     contradictory = Config.model_validate(
         {"leads": {"qualification": {"rule": "job_status", "job_status": "Canceled", "unqualify_on": ["job_canceled"]}}}
     )
-    assert checks.check_qualification_rule(contradictory).status == "warn"
+    assert offline.check_qualification_rule(contradictory).status == "warn"
 
 
 def test_customer_mapping_and_return_fields():
     bad = Config.model_validate({"customer_sync": {"fields": {"first_name": {"from": "customer.frist_name"}, "email": {"from": "contact.email"}}}})
-    check = checks.check_customer_mapping(bad)
+    check = offline.check_customer_mapping(bad)
     assert check.status == "fail" and "did you mean 'customer.first_name'" in check.message
     no_email = Config.model_validate({"customer_sync": {"fields": {"first_name": {"from": "customer.first_name"}}}})
-    assert checks.check_customer_mapping(no_email).status == "fail"
+    assert offline.check_customer_mapping(no_email).status == "fail"
     twice = Config.model_validate({"customer_sync": {"return_fields": {"Referral Link": "referral_link", "referral link": "referral_code"}}})
-    assert checks.check_return_fields(twice).status == "fail"
-    assert checks.check_return_fields(default_config()).status == "pass"
+    assert offline.check_return_fields(twice).status == "fail"
+    assert offline.check_return_fields(default_config()).status == "pass"
 
 
 def test_missing_connection_settings_skip_online_checks(tmp_path: Path, monkeypatch):
@@ -240,6 +246,8 @@ def test_return_field_missing_in_servicetitan_or_not_text(connected: Path, httpx
 
 def test_bad_client_secret_fails_the_token_names_the_environment_and_skips_dependent_checks(connected: Path, httpx_mock: HTTPXMock):
     httpx_mock.add_response(method="POST", url=TOKEN_URL, status_code=400, json={"error": "invalid_client"})
+    # The other environment is asked too: it does not know these credentials either.
+    httpx_mock.add_response(method="POST", url=OTHER_TOKEN_URL, status_code=400, json={"error": "invalid_client"})
     rf_ok(httpx_mock)
     report = report_for(connected, online=True)
     names = by_name(report)
@@ -276,3 +284,99 @@ def test_unknown_campaign(connected: Path, httpx_mock: HTTPXMock):
     httpx_mock.add_response(method="GET", url=CAMPAIGN_URL, status_code=404, json={"message": "Not found"})
     check = by_name(report_for(connected, online=True))["Referral Factory campaign"]
     assert check.status == "fail" and "was not found for this API key" in check.message
+
+
+# == the engine ===================================================================================
+
+
+def spec(name: str, verdict: Verdict | None, ran: list[str], **rest) -> CheckSpec:
+    def run_check(ctx):
+        ran.append(name)
+        return verdict
+
+    return CheckSpec(name, "config", run_check, **rest)
+
+
+def context(tmp_path: Path, **rest) -> CheckContext:
+    return CheckContext(paths=ConnectionPaths.for_config(tmp_path / "c.toml"), config_path=tmp_path / "c.toml", **rest)
+
+
+def test_a_failed_check_skips_its_dependants_naming_itself_and_theirs_inherit_the_reason(tmp_path: Path):
+    ran: list[str] = []
+    root = spec("Root", fail("broken", "fix it"), ran, blocks="the root is broken")
+    child = spec("Child", ok("fine"), ran, needs=(root,))
+    grandchild = spec("Grandchild", ok("fine"), ran, needs=(child,))
+    other = spec("Other", ok("fine"), ran)
+    result = CheckRun(context(tmp_path)).run((root, child, grandchild, other))
+    assert ran == ["Root", "Other"]
+    assert [c.name for c in result.checks] == ["Root", "Other"]
+    assert result.not_run == [NotRun("Child", "the root is broken", "Root"), NotRun("Grandchild", "the root is broken", "Root")]
+
+
+def test_a_missing_input_is_reported_by_the_first_reporting_check_that_ran(tmp_path: Path):
+    ran: list[str] = []
+    settings = spec("Settings", fail("not set", "connect"), ran)
+    secrets = spec("Secrets", ok("found"), ran)
+    unused = spec("Never in the run", ok("-"), ran)
+    tenant = Input("tenant", lambda ctx: False, (unused, settings))
+    key = Input("key", lambda ctx: False, (secrets,))
+    live = spec("Live", ok("fine"), ran, inputs=(tenant, key))
+    result = CheckRun(context(tmp_path)).run((settings, secrets, live))
+    assert ran == ["Settings", "Secrets"]
+    assert result.not_run == [NotRun("Live", "missing: tenant, key", "Settings")]
+
+
+def test_a_need_outside_the_run_is_no_condition_and_a_silent_check_adds_no_row(tmp_path: Path):
+    ran: list[str] = []
+    outside = spec("Outside", fail("broken", None), ran)
+    silent = spec("Silent", None, ran)
+    dependant = spec("Dependant", ok("fine"), ran, needs=(outside, silent))
+    result = CheckRun(context(tmp_path)).run((silent, dependant))
+    assert ran == ["Silent", "Dependant"] and [c.name for c in result.checks] == ["Dependant"]
+    assert result.passed(dependant) and not result.passed(outside) and not result.not_run
+
+
+def test_stop_at_first_failure_raises_the_checks_own_error_and_runs_nothing_after(tmp_path: Path):
+    ran: list[str] = []
+    refused = AuthError("refused", hint="reconnect")
+    first = spec("First", ok("fine"), ran)
+    second = spec("Second", Verdict("fail", "refused", "reconnect", 4, refused), ran)
+    third = spec("Third", ok("fine"), ran)
+    with pytest.raises(AuthError) as raised:
+        CheckRun(context(tmp_path)).run((first, second, third), stop_at_first_failure=True)
+    assert raised.value is refused and ran == ["First", "Second"]
+    # A failure without an error of its own becomes one of its class, in the check's words.
+    with pytest.raises(ConfigError, match="Third: not set") as raised:
+        CheckRun(context(tmp_path)).run((spec("Third", fail("not set", "connect"), []),), stop_at_first_failure=True)
+    assert raised.value.hint == "connect"
+
+
+def test_exit_code_rule_for_validate_and_for_diagnose():
+    auth = Check("ServiceTitan token", "fail", "refused", "stsync connect", "servicetitan", 4)
+    config = Check("Config file", "fail", "missing", "stsync connect", "config", 3)
+    temporary = Check("Referral Factory API key", "fail", "unreachable", "retry", "referral_factory", 6)
+    other = Check("Push failures", "fail", "1 failed", "retry", "activity", None)
+    blocked = [NotRun("Booking Provider Value", "token refused", "ServiceTitan token")]
+    assert exit_code_for([Check("x", "warn", "w")]) == 0
+    # validate: the most pressing class
+    assert exit_code_for([config, auth]) == 4 and exit_code_for([temporary, config]) == 3
+    assert exit_code_for([temporary]) == 6 and exit_code_for([other]) == 1
+    # diagnose: the class only when it is the whole story and it kept a check from running
+    diagnose_rule = {"class_only_if_blocking": True}
+    assert exit_code_for([Check("x", "warn", "w")], [], **diagnose_rule) == 0
+    assert exit_code_for([auth], blocked, **diagnose_rule) == 4
+    assert exit_code_for([auth], [], **diagnose_rule) == 1  # it stopped nothing: an ordinary FAIL
+    assert exit_code_for([auth, other], blocked, **diagnose_rule) == 1
+    assert exit_code_for([config], [NotRun("ServiceTitan token", "no config", "Config file")], **diagnose_rule) == 3
+    assert exit_code_for([config], [NotRun("ServiceTitan token", "--offline")], **diagnose_rule) == 1
+    assert exit_code_for([temporary], [NotRun("Referral Factory campaign", "unreachable", temporary.name)], **diagnose_rule) == 1
+
+
+def test_every_check_name_is_written_once_and_each_plan_runs_its_prerequisites_first():
+    specs = [value for value in vars(table).values() if isinstance(value, CheckSpec)]
+    names = [item.name for item in specs]
+    assert len(names) == len(set(names))
+    for plan in (table.VALIDATE_OFFLINE, table.DIAGNOSE_OFFLINE, (*table.DIAGNOSE_OFFLINE, *table.LIVE), table.CONNECT):
+        for position, item in enumerate(plan):
+            for need in item.needs:
+                assert need not in plan[position:], f"{item.name} runs before {need.name}"

@@ -14,6 +14,7 @@ from pytest_httpx import HTTPXMock
 from stsync.cli.app import run
 
 AUTH = "https://auth.servicetitan.io"
+AUTH_INTEGRATION = "https://auth-integration.servicetitan.io"
 API = "https://api.servicetitan.io"
 RF = "https://referral-factory.com/api/v2"
 TENANT, BP, CAMPAIGN = 1234567, 42, 7
@@ -93,10 +94,21 @@ def test_connect_verifies_stores_secrets_0600_and_writes_the_default_mapping(htt
 
 def test_bad_client_id_or_secret_exits_4_and_stores_nothing(httpx_mock: HTTPXMock, capsys):
     httpx_mock.add_response(method="POST", url=f"{AUTH}/connect/token", status_code=400, json={"error": "invalid_client"})
+    # The other environment is asked too (the check diagnose and validate run): it refuses them as well.
+    httpx_mock.add_response(method="POST", url=f"{AUTH_INTEGRATION}/connect/token", status_code=400, json={"error": "invalid_client"})
     assert run(argv()) == 4
     err = capsys.readouterr().err
-    assert "rejected the Client ID / Client Secret" in err
+    assert "rejected the Client ID / Client Secret" in err and "uses the production environment" in err
     assert "stsync connect" in err
+    assert_nothing_stored()
+
+
+def test_credentials_made_for_the_other_environment_are_told_apart(httpx_mock: HTTPXMock, capsys):
+    httpx_mock.add_response(method="POST", url=f"{AUTH}/connect/token", status_code=400, json={"error": "invalid_client"})
+    httpx_mock.add_response(method="POST", url=f"{AUTH_INTEGRATION}/connect/token", json={"access_token": "tok-other", "expires_in": 900})
+    assert run(argv()) == 4
+    err = capsys.readouterr().err
+    assert "they were made for integration" in err and "stsync connect --environment integration" in err
     assert_nothing_stored()
 
 

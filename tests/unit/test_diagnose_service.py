@@ -18,8 +18,9 @@ from pytest_httpx import HTTPXMock
 from stsync.cli.app import run
 from stsync.errors import ServiceTitanApiError
 from stsync.services.bundle import bundle_paths, write_bundle
-from stsync.services.checks import Check
-from stsync.services.diagnose import NotRun, check_run_locks, diagnose, exit_code_for
+from stsync.checks.activity import check_run_locks
+from stsync.checks.result import Check, NotRun
+from stsync.services.diagnose import diagnose
 from stsync.storage.config import Config, default_config, save_config
 from stsync.storage.ledger import Ledger
 from stsync.storage.locks import RunLock
@@ -348,8 +349,8 @@ def test_push_failures_show_the_email_and_servicetitans_exact_words(paths: Conne
     assert "jane@example.com (JANE01): HTTP 400: One or more validation errors occurred. — Name: The Name field is required." in check.message
     assert "bob@example.com" not in check.message
     assert "stsync push-lead --code JANE01" in check.fix and "diagnose --email jane@example.com" in check.fix
-    assert [f["email"] for f in report.recent_failures] == ["jane@example.com"]
-    assert report.recent_failures[0]["error"]["trace_id"] == "00-abc-01"
+    assert [f.email for f in report.recent_failures] == ["jane@example.com"]
+    assert report.recent_failures[0].error["trace_id"] == "00-abc-01"
 
 
 def test_last_runs_report_their_outcome(paths: ConnectionPaths):
@@ -390,7 +391,7 @@ def test_email_story_offline_shows_every_attempt_and_the_exact_error(paths: Conn
     story = report.story
     assert story.seen and story.referral_factory_note == "not looked up (--offline)"
     [push] = story.pushes
-    assert push["state"] == "failed" and push["attempts"][0]["error"]["errors"] == {"Name": ["The Name field is required."]}
+    assert push.state == "failed" and push.attempts[0].error["errors"] == {"Name": ["The Name field is required."]}
     text = "\n".join(story.summary)
     assert "One or more validation errors occurred. — Name: The Name field is required." in text
     assert any("stsync push-lead --code JANE01" in step for step in story.next_steps)
@@ -413,9 +414,9 @@ def test_email_story_online_tells_rf_user_referrer_booking_and_job(paths: Connec
         "id": 7100001, "jobNumber": "7100001", "customerId": 1, "jobStatus": "InProgress", "bookingId": 5551})
     report = diagnose(paths, paths.config, offline=False, email="jane@example.com")
     story = report.story
-    assert story.referral_factory["type"] == "person_invited" and story.referral_factory["qualified"] is False
-    assert story.referral_factory["referrer"]["email"] == "john@example.com"
-    assert story.pushes[0]["servicetitan"]["job"]["status"] == "InProgress"
+    assert story.referral_factory.type == "person_invited" and story.referral_factory.qualified is False
+    assert story.referral_factory.referrer.email == "john@example.com"
+    assert story.pushes[0].servicetitan.job.status == "InProgress"
     text = "\n".join(story.summary)
     assert "referred lead #501" in text and "referred by John <john@example.com>" in text and "not qualified (Pending)" in text
     assert "booking 5551 is Converted; job 7100001 is InProgress" in text
@@ -442,22 +443,6 @@ def test_a_lead_in_the_campaign_that_was_never_pushed(paths: ConnectionPaths, ht
     story = diagnose(paths, paths.config, offline=False, email="ann@example.com").story
     assert story.seen and "stsync never pushed this lead." in story.summary
     assert "push it now: `stsync push-lead --code ANN03`" in story.next_steps
-
-
-# == exit code rule ===============================================================================
-
-
-def test_exit_code_rule():
-    auth = Check("ServiceTitan token", "fail", "refused", "stsync connect", "servicetitan", 4)
-    config = Check("Config file", "fail", "missing", "stsync connect", "config", 3)
-    other = Check("Push failures", "fail", "1 failed", "retry", "activity", None)
-    blocked = [NotRun("Booking Provider Value", "token refused", "ServiceTitan token")]
-    assert exit_code_for([Check("x", "warn", "w")], []) == 0
-    assert exit_code_for([auth], blocked) == 4
-    assert exit_code_for([auth], []) == 1  # it stopped nothing: an ordinary FAIL
-    assert exit_code_for([auth, other], blocked) == 1
-    assert exit_code_for([config], [NotRun("ServiceTitan token", "no config", "Config file")]) == 3
-    assert exit_code_for([config], [NotRun("ServiceTitan token", "--offline")]) == 1
 
 
 # == the bundle and the CLI =====================================================================

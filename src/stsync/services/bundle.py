@@ -111,7 +111,7 @@ def bundle_content(report: "DiagnoseReport", paths: "ConnectionPaths") -> dict[s
         "secrets": secret_sources(report.secret_sources),
         "checks": [check.to_dict() for check in report.checks],
         "not_run": [item.to_dict() for item in report.not_run],
-        "recent_failures": report.recent_failures,
+        "recent_failures": [failure.to_dict() for failure in report.recent_failures],
         "story": report.story.to_dict() if report.story is not None else None,
         "log_file": str(paths.log_file),
         "log_tail": log_tail(paths, LOG_LINES),

@@ -1,7 +1,9 @@
 """`connect` and `disconnect`: the setup guide's Steps 1–3 as one verified operation.
 
-Connect verifies live before it stores anything (token, booking provider, Referral Factory
-key and campaign), then stores the secrets and writes the config. A new config starts with
+Connect verifies live before it stores anything — the check engine's connect plan: the
+token, the booking provider (which proves the app key and tenant too), the Referral Factory
+campaign (which proves the key) — and stops at the first failure, in the words ``validate
+--online`` and ``diagnose`` use for it. Then it stores the secrets and writes the config. A new config starts with
 the seed's default mapping; an existing mapping is kept. Running it again reconnects: the
 cached token is dropped so the new credentials are proven, not assumed.
 """
@@ -12,9 +14,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from stsync.errors import AuthError, ConfigError, ReferralFactoryApiError, UsageError
+from stsync.checks import table
+from stsync.checks.context import CheckContext, LiveAccess
+from stsync.checks.runner import CheckRun
+from stsync.errors import ConfigError, UsageError
 from stsync.logs import get_logger, register_secret
+from stsync.referralfactory.client import ReferralFactoryClient
+from stsync.services.runtime import build_referral_factory_client, build_servicetitan_client
+from stsync.servicetitan.client import ServiceTitanClient
+from stsync.storage.config import Config, default_config, load_config, resolve_endpoints, save_config
 from stsync.storage.paths import ConnectionPaths
+from stsync.storage.secrets import SecretStore
 
 log = get_logger(__name__)
 
@@ -100,9 +110,6 @@ class ConnectResult:
 
 def plan_connect(paths: ConnectionPaths, given: ConnectValues) -> ConnectPlan:
     """Merge what was given with what the connection already has; list what is still missing."""
-    from stsync.storage.config import load_config
-    from stsync.storage.secrets import SecretStore
-
     existing = None
     if paths.config.exists():
         existing = load_config(paths.config)
@@ -135,9 +142,6 @@ def connect(
     transport=None,
 ) -> ConnectResult:
     """Verify (unless told not to), store the secrets, write the config."""
-    from stsync.storage.config import Config, default_config, load_config, save_config
-    from stsync.storage.secrets import SecretStore
-
     missing = [name for name in [*IDENTITY_FIELDS, *SECRET_FIELDS] if getattr(values, name) in (None, "")]
     if missing:
         raise UsageError(
@@ -201,47 +205,42 @@ def connect(
     )
 
 
-def verify_connection(paths: ConnectionPaths, config, values: ConnectValues, *, transport=None) -> Verification:
-    """Live checks, in the order a human would debug them. Raises the first failure."""
-    from stsync.services.runtime import build_referral_factory_client, build_servicetitan_client
-    from stsync.storage.config import resolve_endpoints
-
+def verify_connection(paths: ConnectionPaths, config: Config, values: ConnectValues, *, transport=None) -> Verification:
+    """The check engine's connect plan (token → booking provider; campaign) with the values
+    given, before anything is stored. Raises the first failure, in the check's own words."""
     endpoints = resolve_endpoints(config)
-    result = Verification()
-    with build_servicetitan_client(
-        paths, config, endpoints, client_secret=values.st_client_secret, app_key=values.st_app_key, transport=transport  # type: ignore[arg-type]
-    ) as st:
-        st.verify_token()
-        result.token = True
-        st.check_booking_provider(int(values.booking_provider))  # type: ignore[arg-type]
-        result.booking_provider = True
-    with build_referral_factory_client(paths, config, endpoints, api_key=values.rf_api_key, transport=transport) as rf:  # type: ignore[arg-type]
-        campaign = check_campaign(rf, int(values.campaign_id))  # type: ignore[arg-type]
-        result.referral_factory_key = True
-        result.campaign_name = campaign.name
-        result.campaign_status = campaign.status
-    return result
+    opened: list = []
 
-
-def check_campaign(rf, campaign_id: int):
-    """The campaign exists for this key and is launched; otherwise say exactly which."""
-    try:
-        campaign = rf.get_campaign(campaign_id)
-    except ReferralFactoryApiError as exc:
-        if exc.status == 404:
-            raise ConfigError(
-                f"Referral Factory campaign {campaign_id} was not found for this API key",
-                key_path="referral_factory.campaign_id",
-                hint="the campaign ID is under Edit Campaign → Integration tab → API in Referral Factory",
-            ) from None
-        raise
-    if campaign.status != "launched":
-        raise ConfigError(
-            f"Referral Factory campaign {campaign_id} ({campaign.name}) is {campaign.status}, not launched",
-            key_path="referral_factory.campaign_id",
-            hint="launch the campaign in Referral Factory (or use --no-verify to connect anyway)",
+    def servicetitan() -> ServiceTitanClient:
+        client = build_servicetitan_client(
+            paths, config, endpoints, client_secret=values.st_client_secret, app_key=values.st_app_key, transport=transport  # type: ignore[arg-type]
         )
-    return campaign
+        opened.append(client)
+        return client
+
+    def referral_factory() -> ReferralFactoryClient:
+        client = build_referral_factory_client(paths, config, endpoints, api_key=values.rf_api_key, transport=transport)  # type: ignore[arg-type]
+        opened.append(client)
+        return client
+
+    live = LiveAccess(
+        endpoints, servicetitan=servicetitan, referral_factory=referral_factory, client_secret=lambda: values.st_client_secret
+    )
+    # The secrets are the values given, not the store's: the live checks need not look them up.
+    context = CheckContext(paths=paths, config_path=paths.config, config=config, live=live, secret_sources=dict.fromkeys(SECRET_FIELDS, "given"))
+    try:
+        CheckRun(context).run(table.CONNECT, stop_at_first_failure=True)
+    finally:
+        for client in opened:
+            client.close()
+    campaign = live.campaign
+    return Verification(
+        token=True,
+        booking_provider=True,
+        referral_factory_key=True,
+        campaign_name=campaign.name if campaign is not None else None,
+        campaign_status=campaign.status if campaign is not None else None,
+    )
 
 
 @dataclass
@@ -257,8 +256,6 @@ class DisconnectResult:
 
 def disconnect(paths: ConnectionPaths) -> DisconnectResult:
     """Remove this connection's secrets and cached token; keep config and ledger."""
-    from stsync.storage.secrets import SecretStore
-
     store = SecretStore(paths)
     removed = store.delete_all()
     had_token = paths.token_cache.exists()
@@ -269,7 +266,6 @@ def disconnect(paths: ConnectionPaths) -> DisconnectResult:
 
 
 __all__ = [
-    "AuthError",
     "ConnectPlan",
     "ConnectResult",
     "ConnectValues",

@@ -1,0 +1,180 @@
+"""Activity checks (diagnose): the ledger, who holds a run lock, how the last run of each job
+ended, and the pushes that failed and were never booked since — each with the lead's e-mail
+and the exact error as recorded.
+
+Diagnose never creates a ledger: none yet means nothing ran, and the checks say so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from stsync.checks.result import Verdict, fail, fail_with, ok, warn
+from stsync.errors import StsyncError, error_summary
+from stsync.storage.ledger import Ledger
+from stsync.storage.locks import holder
+
+if TYPE_CHECKING:
+    from stsync.storage.ledger import AttemptRecord, PushRecord
+    from stsync.storage.paths import ConnectionPaths
+
+# Other runs of push/sync/qualify are refused (exit 7) while one holds its lock: after this
+# long a holder is probably stuck.
+LONG_RUN_SECONDS = 6 * 3600
+LOCKED_JOBS = ("push", "sync", "qualify", "serve")
+JOB_COMMANDS = {"push": "push-lead", "sync": "sync-customers", "qualify": "qualify"}
+FAILURES_SHOWN = 10
+FAILURES_SCANNED = 200
+
+
+@dataclass(frozen=True)
+class PushFailure:
+    """A push that failed and was not booked since: who, which externalId, the error as recorded."""
+
+    email: str | None
+    external_id: str
+    kind: str | None
+    at: str | None
+    outcome: str
+    error_text: str
+    error: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, attempt: "AttemptRecord", push: "PushRecord | None") -> "PushFailure":
+        return cls(
+            email=attempt.email or (push.email if push else None),
+            external_id=attempt.external_id,
+            kind=push.kind if push else None,
+            at=attempt.finished_at or attempt.started_at,
+            outcome=attempt.outcome,
+            error_text=error_summary(attempt.error) or "no error recorded",
+            error=attempt.error,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None]:
+    """The ledger when one exists (nothing to report); a FAIL when it cannot be opened."""
+    if not paths.ledger.exists():
+        return None, None
+    try:
+        return None, Ledger.open(paths.ledger)
+    except StsyncError as exc:
+        return fail_with(exc), None
+
+
+def check_run_locks(paths: "ConnectionPaths", *, now: float | None = None) -> Verdict:
+    """Who holds a job's lock now (another run of that job exits 7 meanwhile)."""
+    now = time.time() if now is None else now
+    held: list[str] = []
+    stuck: list[tuple[str, dict]] = []
+    for job in LOCKED_JOBS:
+        try:
+            info = holder(paths, job)
+        except OSError:
+            info = None
+        if not info:
+            continue
+        started = info.get("started_at")
+        held.append(f"{job}: `{info.get('command')}` (pid {info.get('pid')}, since {started})")
+        age = _age_seconds(started, now)
+        if job != "serve" and age is not None and age > LONG_RUN_SECONDS:
+            stuck.append((job, info))
+    if not held:
+        return ok("no stsync run holds a lock")
+    if stuck:
+        job, info = stuck[0]
+        return warn(
+            "; ".join(held) + f". The {job} run has held its lock for more than {LONG_RUN_SECONDS // 3600} hours: "
+            "other runs of it exit 7 meanwhile",
+            f"if it is stuck, stop it (kill {info.get('pid')}): the lock goes away with the process and the next run resumes",
+        )
+    return ok("; ".join(held))
+
+
+def check_last_run(ledger: Ledger | None, job: str) -> Verdict:
+    """How the last run of ``job`` (push, sync, qualify) ended."""
+    command = JOB_COMMANDS[job]
+    if ledger is None:
+        return ok(f"`stsync {command}` has not run yet (no ledger yet)")
+    run = ledger.last_run(job)
+    if run is None:
+        return ok(f"`stsync {command}` has not run yet")
+    when = run.finished_at or run.started_at
+    counts = _counts_text(run.counts)
+    if run.outcome == "ok":
+        return ok(f"ok at {when}{counts}")
+    if run.outcome == "running":
+        return ok(f"running since {run.started_at} (pid {run.pid}, `{run.command}`)")
+    if run.outcome == "interrupted":
+        return warn(
+            f"`{run.command}` started {run.started_at} (pid {run.pid}) was interrupted before it finished{counts}",
+            f"run `stsync {command}` again: it resumes where the ledger says it stopped",
+        )
+    error = f": {run.error}" if run.error else ""
+    if run.outcome == "partial":
+        return warn(
+            f"partly failed at {when}{counts}{error}",
+            "the failed records are listed by `stsync history --failed` (pushes) and below; fix them and run it again",
+        )
+    return fail(
+        f"failed at {when}{counts}{error}",
+        f"fix the cause (the checks above say which), then run `stsync {command}` again",
+        None,
+    )
+
+
+def check_push_failures(ledger: Ledger | None) -> tuple[Verdict, list[PushFailure]]:
+    """Pushes that failed and were never booked since: the lead's e-mail and the exact error."""
+    if ledger is None:
+        return ok("nothing pushed yet"), []
+    latest: dict[str, AttemptRecord] = {}
+    for attempt in ledger.recent_failures(limit=FAILURES_SCANNED):  # newest first: each lead's latest failure
+        latest.setdefault(attempt.external_id, attempt)
+    unresolved: list[PushFailure] = []
+    resolved = 0
+    for external_id, attempt in latest.items():
+        push = ledger.get_push(external_id)
+        if push is not None and push.state == "booked":
+            resolved += 1
+            continue
+        unresolved.append(PushFailure.of(attempt, push))
+    if not unresolved:
+        earlier = f" ({resolved} earlier failure(s), each booked since)" if resolved else ""
+        return ok(f"no unbooked push failure{earlier}"), []
+    shown = unresolved[:FAILURES_SHOWN]
+    lines = [f"{item.email or '(no e-mail)'} ({item.external_id}): {item.error_text}" for item in shown]
+    more = f"; and {len(unresolved) - len(shown)} more" if len(unresolved) > len(shown) else ""
+    first = shown[0]
+    message = f"{len(unresolved)} referral(s) failed to book — " + " | ".join(lines) + more
+    fix = (
+        "fix the cause ServiceTitan names, then push again: `stsync push-lead --new`, or one lead with "
+        f"`stsync push-lead --code {first.external_id}`; `stsync diagnose --email {first.email or '<e-mail>'}` "
+        "tells one referral's whole story"
+    )
+    return fail(message, fix, None), unresolved
+
+
+def _age_seconds(started: Any, now: float) -> float | None:
+    if not isinstance(started, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(started.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return now - moment.timestamp()
+
+
+def _counts_text(counts: Any) -> str:
+    if not isinstance(counts, dict) or not counts:
+        return ""
+    # Zeros say nothing ("failed 0, skipped 0, ..."): only what happened is shown.
+    shown = ", ".join(f"{key} {value}" for key, value in counts.items() if not isinstance(value, (dict, list)) and value not in (0, None))
+    return f" ({shown})" if shown else ""

@@ -1,0 +1,202 @@
+"""The check table: every check of connect, validate and diagnose as one ``CheckSpec`` —
+its name (written only here), its category, what it needs first and how it runs — and the
+plans each command runs.
+
+Prerequisites, in the order a person would debug:
+
+    Config file ─┬─ Connection settings, the mapping checks
+                 ├─ ServiceTitan token ─ app key and tenant ─┬─ Booking Provider Value
+                 │                                           └─ Return fields in ServiceTitan
+                 └─ Referral Factory API key ─ Referral Factory campaign
+    Secret store ─ Secrets
+    Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
+
+plus the values a live check cannot run without (the identity keys of the config, the
+secrets), reported missing by "Connection settings" and "Secrets" (or "Secret store" when the
+secrets could not even be listed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from stsync.checks import activity, live, offline
+from stsync.checks.context import CheckContext, LiveAccess
+from stsync.checks.result import (
+    ACTIVITY,
+    CONFIG,
+    MAPPING,
+    REFERRAL_FACTORY,
+    SECRETS,
+    SERVICETITAN,
+    Verdict,
+    fail_with,
+    ok,
+)
+from stsync.checks.runner import CheckSpec, Input
+from stsync.errors import StsyncError
+from stsync.storage.config import Config
+from stsync.storage.secrets import SECRET_NAMES
+
+# == offline ====================================================================================
+
+
+def _config_file(ctx: CheckContext) -> Verdict:
+    verdict, ctx.config = offline.load_config_check(ctx.config_path)
+    return verdict
+
+
+def _secret_store(ctx: CheckContext) -> Verdict:
+    verdict, described = offline.check_secret_store(ctx.paths)
+    ctx.secrets_described = described
+    # What the store said is what the live checks go by: a store that cannot be described has no secret.
+    listed = described.get("secrets") or {}
+    ctx.secret_sources = {name: (listed.get(name) or {}).get("source") for name in SECRET_NAMES}
+    return verdict
+
+
+def _config(check: Callable[[Config], Verdict]) -> Callable[[CheckContext], Verdict]:
+    def run(ctx: CheckContext) -> Verdict:
+        assert ctx.config is not None  # it needs the "Config file" check
+        return check(ctx.config)
+
+    return run
+
+
+CONFIG_FILE = CheckSpec("Config file", CONFIG, _config_file, blocks="the config file could not be loaded")
+SECRET_STORE = CheckSpec("Secret store", SECRETS, _secret_store, blocks="the secret store cannot be read")
+SECRETS_PRESENT = CheckSpec("Secrets", SECRETS, lambda ctx: offline.check_secrets_present(ctx.paths), needs=(SECRET_STORE,))
+CONNECTION_SETTINGS = CheckSpec("Connection settings", CONFIG, _config(offline.check_identity), needs=(CONFIG_FILE,))
+LEADS_ACTION = CheckSpec(
+    "Leads: when lead joins campaign",
+    MAPPING,
+    lambda ctx: offline.check_leads_action(ctx.config, nothing_is=ctx.nothing_to_action),  # type: ignore[arg-type]
+    needs=(CONFIG_FILE,),
+)
+LEADS_MAPPING = CheckSpec(
+    "Leads: field mapping", MAPPING, _config(lambda config: offline.check_required_fields(config, kind="leads")), needs=(CONFIG_FILE,)
+)
+REFERRERS_MAPPING = CheckSpec(
+    "Referrers: field mapping",
+    MAPPING,
+    _config(lambda config: offline.check_required_fields(config, kind="referrers")),
+    needs=(CONFIG_FILE,),
+)
+QUALIFICATION_RULE = CheckSpec("Qualification rule", MAPPING, _config(offline.check_qualification_rule), needs=(CONFIG_FILE,))
+CUSTOMER_MAPPING = CheckSpec("Customers: field mapping", MAPPING, _config(offline.check_customer_mapping), needs=(CONFIG_FILE,))
+RETURN_FIELDS = CheckSpec("Return fields", MAPPING, _config(offline.check_return_fields), needs=(CONFIG_FILE,))
+
+
+# == activity (diagnose) ========================================================================
+
+
+def _ledger(ctx: CheckContext) -> Verdict | None:
+    verdict, ctx.ledger = activity.open_ledger(ctx.paths)
+    return verdict
+
+
+def _push_failures(ctx: CheckContext) -> Verdict:
+    verdict, ctx.recent_failures = activity.check_push_failures(ctx.ledger)
+    return verdict
+
+
+LEDGER = CheckSpec("Ledger", ACTIVITY, _ledger, blocks="the ledger could not be opened")
+RUN_LOCKS = CheckSpec("Runs in progress", ACTIVITY, lambda ctx: activity.check_run_locks(ctx.paths))
+LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, "push"), needs=(LEDGER,))
+LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, "sync"), needs=(LEDGER,))
+LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, "qualify"), needs=(LEDGER,))
+PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
+
+
+# == live =======================================================================================
+
+
+def _setting(key: str) -> Input:
+    section, name = key.split(".")
+    return Input(
+        key,
+        lambda ctx: ctx.config is not None and getattr(getattr(ctx.config, section), name) not in (None, ""),
+        (CONNECTION_SETTINGS,),
+    )
+
+
+def _secret(name: str) -> Input:
+    return Input(name, lambda ctx: ctx.has_secret(name), (SECRETS_PRESENT, SECRET_STORE))
+
+
+def _live(verify: Callable[[LiveAccess, Config], str]) -> Callable[[CheckContext], Verdict]:
+    """A live verification as a check: any stsync error it meets is a FAIL of that error's class."""
+
+    def run(ctx: CheckContext) -> Verdict:
+        assert ctx.live is not None and ctx.config is not None  # set by the command before the live plan
+        try:
+            return ok(verify(ctx.live, ctx.config))
+        except StsyncError as exc:
+            return fail_with(exc)
+
+    return run
+
+
+ST_TOKEN = CheckSpec(
+    "ServiceTitan token",
+    SERVICETITAN,
+    _live(live.verify_servicetitan_token),
+    needs=(CONFIG_FILE,),
+    inputs=(_setting("servicetitan.tenant_id"), _setting("servicetitan.client_id"), _secret("st_client_secret"), _secret("st_app_key")),
+    blocks="the ServiceTitan token was refused",
+)
+ST_APP_KEY = CheckSpec(
+    "ServiceTitan app key and tenant access",
+    SERVICETITAN,
+    _live(live.verify_servicetitan_app_key),
+    needs=(ST_TOKEN,),
+    blocks="ServiceTitan refused the app key or the tenant",
+)
+BOOKING_PROVIDER = CheckSpec(
+    "Booking Provider Value",
+    SERVICETITAN,
+    _live(live.verify_booking_provider),
+    needs=(ST_APP_KEY,),
+    inputs=(_setting("servicetitan.booking_provider"),),
+)
+ST_RETURN_FIELDS = CheckSpec("Return fields in ServiceTitan", SERVICETITAN, _live(live.verify_return_field_types), needs=(ST_APP_KEY,))
+RF_KEY = CheckSpec(
+    "Referral Factory API key",
+    REFERRAL_FACTORY,
+    _live(live.verify_referral_factory_key),
+    needs=(CONFIG_FILE,),
+    inputs=(_secret("rf_api_key"),),
+    blocks="the Referral Factory key was refused",
+)
+CAMPAIGN = CheckSpec(
+    "Referral Factory campaign",
+    REFERRAL_FACTORY,
+    _live(live.verify_campaign),
+    needs=(RF_KEY,),
+    inputs=(_setting("referral_factory.campaign_id"),),
+)
+
+
+# == plans ======================================================================================
+
+MAPPING_CHECKS = (LEADS_ACTION, LEADS_MAPPING, REFERRERS_MAPPING, QUALIFICATION_RULE, CUSTOMER_MAPPING, RETURN_FIELDS)
+LIVE = (ST_TOKEN, ST_APP_KEY, BOOKING_PROVIDER, ST_RETURN_FIELDS, RF_KEY, CAMPAIGN)
+
+VALIDATE_OFFLINE = (CONFIG_FILE, CONNECTION_SETTINGS, *MAPPING_CHECKS, SECRETS_PRESENT)
+DIAGNOSE_OFFLINE = (
+    CONFIG_FILE,
+    SECRET_STORE,
+    SECRETS_PRESENT,
+    CONNECTION_SETTINGS,
+    *MAPPING_CHECKS,
+    LEDGER,
+    RUN_LOCKS,
+    LAST_PUSH,
+    LAST_SYNC,
+    LAST_QUALIFY,
+    PUSH_FAILURES,
+)
+# connect proves what it stores: the token, the booking provider (which also proves the app
+# key and tenant), the campaign (which also proves the key). Return fields are the mapping's
+# business, checked by validate --online once the custom fields exist.
+CONNECT = (ST_TOKEN, BOOKING_PROVIDER, CAMPAIGN)
