@@ -371,6 +371,18 @@ def test_last_runs_report_their_outcome(paths: ConnectionPaths):
     assert names["Last qualify run"].status == "warn" and "interrupted" in names["Last qualify run"].message
 
 
+def test_a_damaged_ledger_fails_and_the_checks_that_read_it_are_not_run(paths: ConnectionPaths):
+    paths.ensure_state()
+    paths.ledger.write_bytes(b"not a SQLite database, " * 100)
+    report = diagnose(paths, paths.config, offline=True)
+    ledger = by_name(report)["Ledger"]
+    assert ledger.status == "fail" and "cannot be opened" in ledger.message and "move it aside" in ledger.fix
+    for name in ("Last push run", "Last customer sync", "Last qualify run", "Push failures"):
+        assert name not in by_name(report) and not_run(report)[name].blocked_by == "Ledger"
+    assert by_name(report)["Runs in progress"].status == "pass"  # the locks do not need the ledger
+    assert report.exit_code == 3  # a configuration failure that kept other checks from running
+
+
 def test_the_lock_holder_is_named_and_a_long_hold_warns(paths: ConnectionPaths):
     with RunLock(paths, "sync", command="sync-customers --ongoing"):
         check = by_name(diagnose(paths, paths.config, offline=True))["Runs in progress"]
@@ -420,6 +432,19 @@ def test_email_story_online_tells_rf_user_referrer_booking_and_job(paths: Connec
     text = "\n".join(story.summary)
     assert "referred lead #501" in text and "referred by John <john@example.com>" in text and "not qualified (Pending)" in text
     assert "booking 5551 is Converted; job 7100001 is InProgress" in text
+    # The JSON shape of `diagnose --json --email` (and of the bundle's story), key for key.
+    data = json.loads(json.dumps(story.to_dict(), default=str))
+    assert list(data) == ["email", "seen", "referral_factory", "referral_factory_note", "pushes", "referrer_record", "summary", "next_steps"]
+    assert list(data["referral_factory"]) == ["id", "campaign_id", "type", "type_label", "first_name", "email", "code", "url",
+                                              "source", "signed_up_at", "qualified", "qualified_at", "referrer_id", "referrer"]
+    assert data["referral_factory"]["referrer"] == {"id": 400, "first_name": "John", "email": "john@example.com", "code": "JOHN"}
+    [push] = data["pushes"]
+    assert list(push) == ["external_id", "kind", "email", "name", "rf_user_id", "referral_code", "state", "booking_id",
+                          "booking_status", "job_id", "job_status", "final", "qualification", "qualified_at", "first_seen",
+                          "attempts", "qualifications", "servicetitan", "servicetitan_note"]
+    assert list(push["attempts"][0]) == ["at", "outcome", "booking_id", "error_text", "error", "run_id"]
+    assert list(push["servicetitan"]) == ["booking_id", "status", "job_id", "dismissing_reason_id", "modified_on", "job"]
+    assert push["servicetitan"]["job"] == {"id": 7100001, "number": "7100001", "status": "InProgress", "completed_on": None}
 
 
 def test_email_never_seen_says_what_to_check(paths: ConnectionPaths, httpx_mock: HTTPXMock):

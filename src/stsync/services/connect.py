@@ -3,8 +3,8 @@
 Connect verifies live before it stores anything — the check engine's connect plan: the
 token, the booking provider (which proves the app key and tenant too), the Referral Factory
 campaign (which proves the key) — and stops at the first failure, in the words ``validate
---online`` and ``diagnose`` use for it. Then it stores the secrets and writes the config. A new config starts with
-the seed's default mapping; an existing mapping is kept. Running it again reconnects: the
+--online`` and ``diagnose`` use for it. Then it stores the secrets and writes the config. A
+new config starts with the seed's default mapping; an existing mapping is kept. Running it again reconnects: the
 cached token is dropped so the new credentials are proven, not assumed.
 """
 
