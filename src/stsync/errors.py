@@ -50,7 +50,12 @@ class StsyncError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The error as data: what ``--json`` prints and the ledger stores (no secret: messages hold none)."""
-        shape: dict[str, Any] = {"type": type(self).__name__, "message": self.message, "hint": self.hint, "exit_code": self.exit_code}
+        shape: dict[str, Any] = {
+            "type": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "exit_code": self.exit_code,
+        }
         for name in self.shape_fields:
             shape[name] = getattr(self, name)
         return shape

@@ -65,7 +65,9 @@ def _config(check: Callable[[Config], Verdict]) -> Callable[[CheckContext], Verd
 
 CONFIG_FILE = CheckSpec("Config file", CONFIG, _config_file, blocks="the config file could not be loaded")
 SECRET_STORE = CheckSpec("Secret store", SECRETS, _secret_store, blocks="the secret store cannot be read")
-SECRETS_PRESENT = CheckSpec("Secrets", SECRETS, lambda ctx: offline.check_secrets_present(ctx.paths), needs=(SECRET_STORE,))
+SECRETS_PRESENT = CheckSpec(
+    "Secrets", SECRETS, lambda ctx: offline.check_secrets_present(ctx.paths), needs=(SECRET_STORE,)
+)
 CONNECTION_SETTINGS = CheckSpec("Connection settings", CONFIG, _config(offline.check_identity), needs=(CONFIG_FILE,))
 LEADS_ACTION = CheckSpec(
     "Leads: when lead joins campaign",
@@ -142,7 +144,12 @@ ST_TOKEN = CheckSpec(
     SERVICETITAN,
     _live(live.verify_servicetitan_token),
     needs=(CONFIG_FILE,),
-    inputs=(_setting("servicetitan.tenant_id"), _setting("servicetitan.client_id"), _secret("st_client_secret"), _secret("st_app_key")),
+    inputs=(
+        _setting("servicetitan.tenant_id"),
+        _setting("servicetitan.client_id"),
+        _secret("st_client_secret"),
+        _secret("st_app_key"),
+    ),
     blocks="the ServiceTitan token was refused",
 )
 ST_APP_KEY = CheckSpec(
@@ -159,7 +166,9 @@ BOOKING_PROVIDER = CheckSpec(
     needs=(ST_APP_KEY,),
     inputs=(_setting("servicetitan.booking_provider"),),
 )
-ST_RETURN_FIELDS = CheckSpec("Return fields in ServiceTitan", SERVICETITAN, _live(live.verify_return_field_types), needs=(ST_APP_KEY,))
+ST_RETURN_FIELDS = CheckSpec(
+    "Return fields in ServiceTitan", SERVICETITAN, _live(live.verify_return_field_types), needs=(ST_APP_KEY,)
+)
 RF_KEY = CheckSpec(
     "Referral Factory API key",
     REFERRAL_FACTORY,

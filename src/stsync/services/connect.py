@@ -227,7 +227,9 @@ def verify_connection(paths: ConnectionPaths, config: Config, values: ConnectVal
         endpoints, servicetitan=servicetitan, referral_factory=referral_factory, client_secret=lambda: values.st_client_secret
     )
     # The secrets are the values given, not the store's: the live checks need not look them up.
-    context = CheckContext(paths=paths, config_path=paths.config, config=config, live=live, secret_sources=dict.fromkeys(SECRET_FIELDS, "given"))
+    context = CheckContext(
+        paths=paths, config_path=paths.config, config=config, live=live, secret_sources=dict.fromkeys(SECRET_FIELDS, "given")
+    )
     try:
         CheckRun(context).run(table.CONNECT, stop_at_first_failure=True)
     finally:
