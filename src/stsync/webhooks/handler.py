@@ -7,7 +7,7 @@ is a 500 with no detail for the sender and the trace in the log.
 
 **Routes.** ``GET /healthz`` → 200 with the queue depth. ``/hooks/<token>[/<event>]``, or
 ``/hooks[/<event>]`` with the token in a header (``tokens``) → the delivery; a missing or
-wrong token is 401, checked before the body is looked at. POST and PUT carry a body; a GET
+wrong token is 401, checked before the body is parsed. POST and PUT carry a body; a GET
 carries the lead in its query string. Other paths 404, other methods 405, a body over
 ``max_body`` 413, a delivery while stopping 503 (the sender retries later).
 
