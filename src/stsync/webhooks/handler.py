@@ -36,8 +36,8 @@ from urllib.parse import unquote, urlsplit
 
 from stsync.errors import InvalidRecord, StsyncError, UsageError
 from stsync.logs import get_logger
+from stsync.mapping.booking import external_id_for
 from stsync.services.leads import leads_from_json
-from stsync.services.mapping import external_id_for
 from stsync.webhooks.deliveries import (
     DUPLICATE,
     FAILED,

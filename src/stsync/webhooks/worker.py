@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Literal
 
 from stsync.errors import ApiError, InvalidRecord, StsyncError
 from stsync.logs import get_logger
+from stsync.mapping.booking import external_id_for
 from stsync.services.leads import lead_from_user
-from stsync.services.mapping import external_id_for
 from stsync.webhooks.deliveries import FAILED, IGNORED, RECORDED, Delivery, DeliveryEvent, Observer, ServeStats, report
 from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED
 
