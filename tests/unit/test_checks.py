@@ -18,7 +18,8 @@ from stsync.checks.runner import CheckRun, CheckSpec, Input, exit_code_for
 from stsync.cli.app import run
 from stsync.errors import AuthError, ConfigError
 from stsync.services.validate import validate
-from stsync.storage.config import Config, default_config, save_config
+from stsync.storage.config import Config, default_config
+from stsync.storage.config_writer import save_config
 from stsync.storage.paths import ConnectionPaths
 
 AUTH = "https://auth.servicetitan.io"

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from pytest_httpx import HTTPXMock
 
+from stsync.checks.activity import check_run_locks
+from stsync.checks.result import Check, NotRun
 from stsync.cli.app import run
 from stsync.errors import ServiceTitanApiError
 from stsync.services.bundle import bundle_paths, write_bundle
-from stsync.checks.activity import check_run_locks
-from stsync.checks.result import Check, NotRun
 from stsync.services.diagnose import diagnose
-from stsync.storage.config import Config, default_config, save_config
+from stsync.storage.config import Config, default_config
+from stsync.storage.config_writer import save_config
 from stsync.storage.ledger import Ledger
 from stsync.storage.locks import RunLock
 from stsync.storage.paths import ConnectionPaths

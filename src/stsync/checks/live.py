@@ -24,7 +24,7 @@ import httpx
 from stsync.checks.context import LiveAccess
 from stsync.errors import AuthError, ConfigError, ReferralFactoryApiError
 from stsync.logs import get_logger
-from stsync.services import mapping
+from stsync.mapping.return_fields import resolve_custom_field_type
 from stsync.storage.config import INTEGRATION_ENDPOINTS, PRODUCTION_ENDPOINTS
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def verify_return_field_types(live: LiveAccess, config: "Config") -> str:
     found: list[str] = []
     for field_name in return_fields:
         try:
-            field_type = mapping.resolve_custom_field_type(field_name, types, taken=return_fields)
+            field_type = resolve_custom_field_type(field_name, types, taken=return_fields)
         except ConfigError as exc:
             problems.append(str(exc))
             continue

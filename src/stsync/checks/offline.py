@@ -13,9 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from stsync.checks.result import FAIL, WARN, Status, Verdict, fail, fail_with, ok, warn
 from stsync.errors import ConfigError, SecretStoreUnavailable
-from stsync.services import mapping
+from stsync.mapping.validation import (
+    booking_mapping_problems,
+    check_return_field,
+    customer_mapping_problems,
+    incomplete_address_parts,
+    missing_required,
+)
+from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS
 from stsync.servicetitan.vocabulary import JOB_STATUSES
-from stsync.storage.config import Config, load_config
+from stsync.storage.config import CREATE_BOOKING, Config, Kind, load_config
 from stsync.storage.secrets import ENV_VARS, SECRET_NAMES, SecretStore
 
 if TYPE_CHECKING:
@@ -130,21 +137,21 @@ def check_secret_store(paths: "ConnectionPaths") -> tuple[Verdict, dict[str, Any
 
 def check_leads_action(config: Config, *, nothing_is: Status = WARN) -> Verdict:
     """Step 4: when a lead joins the campaign, a booking is created (not "Nothing to action")."""
-    if config.leads.action == mapping.CREATE_BOOKING:
+    if config.leads.action == CREATE_BOOKING:
         return ok("Create New Booking In Service Titan")
     return Verdict(nothing_is, NOTHING_TO_ACTION, "stsync map action leads create-booking", 3 if nothing_is == FAIL else None)
 
 
-def check_required_fields(config: Config, *, kind: str) -> Verdict:
+def check_required_fields(config: Config, *, kind: Kind) -> Verdict:
     """Step 5 / 7: every required booking field is mapped (else the seed's "Setup Required"),
     and every mapped one names a real target, source field and option."""
-    section_key = mapping.section_name(kind)
-    section = getattr(config, section_key)
-    problems = mapping.booking_mapping_problems(section, kind=section_key)
-    missing = mapping.missing_required(section)
-    creates = section.action == mapping.CREATE_BOOKING
+    section = config.booking_section(kind)
+    section_key = section.section_name
+    problems = booking_mapping_problems(section)
+    missing = missing_required(section)
+    creates = section.action == CREATE_BOOKING
     if missing and creates:
-        labels = ", ".join(f"{mapping.BOOKING_TARGET_LABELS[t]} ({t})" for t in missing)
+        labels = ", ".join(f"{BOOKING_TARGET_LABELS[t]} ({t})" for t in missing)
         extra = f"; also {problems[0]}" if problems else ""
         return fail(
             f"Setup Required: {labels} not mapped. {REQUIRED_NOT_MAPPED}{extra}",
@@ -157,7 +164,7 @@ def check_required_fields(config: Config, *, kind: str) -> Verdict:
     if not creates:
         who = "referred leads" if section_key == "leads" else "referrers"
         return ok(f"not used: {who} are not sent to ServiceTitan (Nothing to action)")
-    partial = mapping.incomplete_address_parts(section)
+    partial = incomplete_address_parts(section)
     if partial:
         return warn(
             "the address is mapped without " + ", ".join(partial) + ": ServiceTitan needs all of them, "
@@ -180,7 +187,7 @@ def check_qualification_rule(config: Config) -> Verdict:
         "none": "Do not qualify my referrals",
         "job_created": "qualify when the booking becomes a job",
     }.get(rule, f"qualify when the booking becomes a job and reaches {qualification.job_status}")
-    if rule != "none" and config.leads.action != mapping.CREATE_BOOKING:
+    if rule != "none" and config.leads.action != CREATE_BOOKING:
         return warn(
             f"{described}, but leads are not sent to ServiceTitan (Nothing to action): nothing can qualify",
             "stsync map action leads create-booking",
@@ -201,7 +208,7 @@ def check_qualification_rule(config: Config) -> Verdict:
 
 def check_customer_mapping(config: Config) -> Verdict:
     """Customers → referrers: every target, source field and template is real."""
-    problems = [p for p in mapping.customer_mapping_problems(config.customer_sync) if "return_fields" not in (p.key_path or "")]
+    problems = [p for p in customer_mapping_problems(config.customer_sync) if "return_fields" not in (p.key_path or "")]
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -214,7 +221,7 @@ def check_return_fields(config: Config) -> Verdict:
     return_fields = config.customer_sync.return_fields
     for field_name, value in return_fields.items():
         try:
-            mapping.check_return_field(field_name, value)
+            check_return_field(field_name, value)
         except ConfigError as exc:
             return fail(f"{exc.key_path}: {exc}", exc.hint)
     if not return_fields:

@@ -76,12 +76,12 @@ LEADS_ACTION = CheckSpec(
     needs=(CONFIG_FILE,),
 )
 LEADS_MAPPING = CheckSpec(
-    "Leads: field mapping", MAPPING, _config(lambda config: offline.check_required_fields(config, kind="leads")), needs=(CONFIG_FILE,)
+    "Leads: field mapping", MAPPING, _config(lambda config: offline.check_required_fields(config, kind="lead")), needs=(CONFIG_FILE,)
 )
 REFERRERS_MAPPING = CheckSpec(
     "Referrers: field mapping",
     MAPPING,
-    _config(lambda config: offline.check_required_fields(config, kind="referrers")),
+    _config(lambda config: offline.check_required_fields(config, kind="referrer")),
     needs=(CONFIG_FILE,),
 )
 QUALIFICATION_RULE = CheckSpec("Qualification rule", MAPPING, _config(offline.check_qualification_rule), needs=(CONFIG_FILE,))

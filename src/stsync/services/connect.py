@@ -22,7 +22,8 @@ from stsync.logs import get_logger, register_secret
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.services.runtime import build_referral_factory_client, build_servicetitan_client
 from stsync.servicetitan.client import ServiceTitanClient
-from stsync.storage.config import Config, default_config, load_config, resolve_endpoints, save_config
+from stsync.storage.config import Config, default_config, load_config, resolve_endpoints
+from stsync.storage.config_writer import save_config
 from stsync.storage.paths import ConnectionPaths
 from stsync.storage.secrets import SecretStore
 

@@ -252,7 +252,7 @@ class AttemptRecord:
     finished_at: str | None
     outcome: str  # intent|created|already_booked|failed|lost|skipped
     booking_id: int | None
-    error: dict | None  # ApiError.to_dict() or {"message": ...}
+    error: dict | None  # StsyncError.to_dict(), or {"message": ...} (older rows: an ApiError's remote fields)
 
 
 @dataclass(frozen=True)
