@@ -8,24 +8,39 @@ import typer
 
 from stsync.cli.context import AppContext
 
-# The closed set of --variant names, one line each (kept in step with stsync.sandbox.variants.NAMES
-# by tests/sandbox/test_cli_sandbox.py; importing the sandbox here would slow every command's start).
-VARIANT_HELP = (
-    "A reading of the API contracts other than the default; repeatable. NAME or NAME=VALUE, one of: "
-    "rf-cursor-paging, rf-search-refuses-type, rf-search-max-per-page[=N], rf-mixed-meta, lookup-lag[=N], "
-    "html-route-404, st-429[=retry-after|apim-body|bare], st-gateway-401, token-per-minute[=N], "
-    "refuse-invalid-existing-custom-fields, every (all at once). See docs/sandbox.md."
+# The closed set of --variant spellings with one line each, equal to
+# stsync.sandbox.variants.describe() (tests/sandbox/test_cli_sandbox.py checks it): importing the
+# sandbox here would slow the start of every command.
+VARIANTS = (
+    ("rf-cursor-paging", "RF lists and search page by an opaque cursor in links.next; no meta.last_page; page=N is ignored"),
+    ("rf-search-refuses-type", "RF search answers 422 to a filter on the type field"),
+    ("rf-search-max-per-page[=N]", "RF search answers 422 to a per_page above N (bare name: 100)"),
+    ("rf-mixed-meta", "some RF users carry list or object meta[].value, and may be given them"),
+    (
+        "lookup-lag[=N]",
+        "a new booking is not listed by ?externalId=, a new RF user not found by search, for N s (bare name: 5)",
+    ),
+    ("html-route-404", "a path outside both APIs answers a proxy's HTML 404 page"),
+    ("st-429[=STYLE]", "ST 429 without Retry-After: apim-body (bare name: the gateway's JSON body) or bare (no body)"),
+    ("st-gateway-401", "a missing or wrong ST-App-Key gets the API gateway's 401 about a subscription key"),
+    ("token-per-minute[=N]", "ST's token endpoint answers 429 past N token requests a minute (bare name: 10)"),
+    (
+        "refuse-invalid-existing-custom-fields",
+        "a customer PATCH echoing an invalid custom-field value the customer holds is refused",
+    ),
+)
+HELP = "\n\n".join(
+    [
+        "Run a local simulator of ServiceTitan and Referral Factory, and print how to point stsync at it. "
+        "GET <url>/_sandbox/ lists its admin operations.",
+        "Variants (--variant NAME, repeatable; every = all at once; docs/sandbox.md has their sources):",
+        *(f"[bold]{name}[/]: {text}" for name, text in VARIANTS),
+    ]
 )
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
-        "sandbox",
-        help=(
-            "Run a local simulator of ServiceTitan and Referral Factory, and print how to point stsync at it. "
-            "GET <url>/_sandbox/ lists its admin operations."
-        ),
-    )(sandbox_command)
+    app.command("sandbox", help=HELP)(sandbox_command)
 
 
 def sandbox_command(
@@ -38,7 +53,9 @@ def sandbox_command(
     bookings: int = typer.Option(
         0, "--bookings", help="Bookings with a past to generate (open, dismissed, jobs in every state)."
     ),
-    variant: list[str] = typer.Option([], "--variant", metavar="NAME[=VALUE]", help=VARIANT_HELP),
+    variant: list[str] = typer.Option(
+        [], "--variant", metavar="NAME[=VALUE]", help="A variant of the API contracts, listed above (repeatable)."
+    ),
     latency: float = typer.Option(0.0, "--latency", help="Seconds added to every API answer."),
     error_rate: float = typer.Option(0.0, "--error-rate", help="Share of API requests answered 503 before any change."),
     commit_then_500_rate: float = typer.Option(

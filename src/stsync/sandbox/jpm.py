@@ -274,6 +274,8 @@ class JobBook:
         """``job`` enters ``status`` at ``at_ms`` (default now); the change is made at
         ``changed_ms`` (default now: it is what ``modifiedOn`` and the exports show)."""
         check_status(status)
+        if at_ms is not None and at_ms < job["_created"]:
+            raise AdminError(f"job {job['id']} was created at {job['createdOn']}: it cannot change before that")
         changed = changed_ms if changed_ms is not None else self.st.clock.tick()
         at = at_ms if at_ms is not None else changed
         previous = job["jobStatus"]

@@ -20,7 +20,7 @@ from stsync.sandbox.admin import admin_router
 from stsync.sandbox.clock import Clock, iso_ms
 from stsync.sandbox.errors import AdminError
 from stsync.sandbox.faults import FaultInjector, Faults
-from stsync.sandbox.jpm import job_out, moment_ms
+from stsync.sandbox.jpm import job_out, moment_ms, money
 from stsync.sandbox.referralfactory import PERSON_INVITED, PERSON_REFERRING, ReferralFactory
 from stsync.sandbox.server import HttpError, HttpServer, NoRoute, Request, RequestLog, RequestRecord, Response, sleep
 from stsync.sandbox.servicetitan import ServiceTitan
@@ -437,12 +437,13 @@ class Sandbox:
     def complete_job(self, job_id: int, *, total: float | str | None = None, at: str | int | None = None) -> dict:
         """The technician completes the job (at ``at``, default now) and the invoice comes to
         ``total`` (a decimal; 0 is a legitimate $0 job; None leaves the total as it is)."""
+        amount = None if total is None else money(total)  # checked before anything changes
         with self.st.lock:
             job = self._job(job_id)
             if job["jobStatus"] != "Completed":
                 self.st.jpm.set_status(job, "Completed", at_ms=self._at(at))
-            if total is not None:
-                self.st.jpm.set_total(job, total)
+            if amount is not None:
+                self.st.jpm.set_total(job, amount)
             return job_out(job)
 
     def cancel_job(

@@ -126,9 +126,9 @@ NAMES: dict[str, tuple[str, object, str]] = {
     "rf-search-max-per-page": (
         "rf_search_max_per_page",
         100,
-        "RF search answers 422 to a per_page above this (bare name: 100)",
+        "RF search answers 422 to a per_page above N (bare name: 100)",
     ),
-    "rf-mixed-meta": ("rf_mixed_meta", True, "some RF users carry list or object meta[].value (and may be given them)"),
+    "rf-mixed-meta": ("rf_mixed_meta", True, "some RF users carry list or object meta[].value, and may be given them"),
     "lookup-lag": (
         "lookup_lag_seconds",
         5.0,
@@ -138,12 +138,12 @@ NAMES: dict[str, tuple[str, object, str]] = {
     "st-429": (
         "st_429",
         "apim-body",
-        "ST 429 shape: retry-after (default), apim-body (no Retry-After, APIM body), bare (neither)",
+        "ST 429 without Retry-After: apim-body (bare name: the gateway's JSON body) or bare (no body)",
     ),
     "st-gateway-401": (
         "st_gateway_401",
         True,
-        "a missing or wrong ST-App-Key answers the API gateway's 401 about a subscription key",
+        "a missing or wrong ST-App-Key gets the API gateway's 401 about a subscription key",
     ),
     "token-per-minute": (
         "token_per_minute",
@@ -153,7 +153,7 @@ NAMES: dict[str, tuple[str, object, str]] = {
     "refuse-invalid-existing-custom-fields": (
         "refuse_invalid_existing_custom_fields",
         True,
-        "a customer PATCH echoing an invalid value the customer already holds is refused (400 naming it)",
+        "a customer PATCH echoing an invalid custom-field value the customer holds is refused",
     ),
 }
 
@@ -165,7 +165,7 @@ def describe() -> list[tuple[str, str]]:
         if on_value is True:
             spelled = name
         elif field == "st_429":
-            spelled = f"{name}[={'|'.join(ST_429_STYLES)}]"
+            spelled = f"{name}[=STYLE]"
         else:
             spelled = f"{name}[=N]"
         out.append((spelled, text))
