@@ -12,7 +12,7 @@ import sys
 from contract import raw_post
 
 from stsync.sandbox import RemoteSandbox, Variants
-from stsync.sandbox.variants import NAMES, describe
+from stsync.sandbox.variants import describe
 
 
 def read_json_object(stream) -> dict:

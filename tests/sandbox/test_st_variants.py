@@ -73,7 +73,9 @@ def test_maintenance_409_is_answered_before_anything_happens(sandbox, st, rf):
     assert set(first) == {200, 409} and pattern(3) == first
 
 
-@pytest.mark.parametrize(("app_key", "words"), [(None, "missing subscription key"), ("ak1.wrong", "invalid subscription key")])
+@pytest.mark.parametrize(
+    ("app_key", "words"), [(None, "missing subscription key"), ("ak1.wrong", "invalid subscription key")]
+)
 def test_the_gateway_may_refuse_a_wrong_app_key_with_a_401_about_a_subscription_key(sandbox, st, app_key, words):
     headers = {"Authorization": st.headers["Authorization"]}
     if app_key:
@@ -186,7 +188,8 @@ def test_a_new_custom_field_value_servicetitan_refuses(sandbox, st, field, key, 
 def test_a_type_id_given_twice_is_refused(sandbox, st):
     customer = sandbox.customers()[0]
     fields = [{"typeId": 103, "value": "a"}, {"typeId": 102, "value": "b"}, {"typeId": 103, "value": "c"}]
-    body = assert_problem(st.patch(f"{st.crm}/customers/{customer['id']}", json={"customFields": fields}), 400, "CustomFields[2].TypeId")
+    response = st.patch(f"{st.crm}/customers/{customer['id']}", json={"customFields": fields})
+    body = assert_problem(response, 400, "CustomFields[2].TypeId")
     assert "more than once" in body["errors"]["CustomFields[2].TypeId"][0]
     assert sandbox.customer(customer["id"]) == customer
 
@@ -196,10 +199,14 @@ def test_valid_values_pass(sandbox, st):
     fields = [{"typeId": TECHNICIAN, "value": "Sam"}, {"typeId": SQUARE_FOOTAGE, "value": "1850.5"}]
     after = st.patch(f"{st.crm}/customers/{customer['id']}", json={"customFields": fields})
     assert after.status_code == 200, after.text
-    assert [(f["typeId"], f["value"]) for f in after.json()["customFields"]] == [(TECHNICIAN, "Sam"), (SQUARE_FOOTAGE, "1850.5")]
+    stored = [(f["typeId"], f["value"]) for f in after.json()["customFields"]]
+    assert stored == [(TECHNICIAN, "Sam"), (SQUARE_FOOTAGE, "1850.5")]
 
 
-@pytest.mark.parametrize(("type_id", "value", "key"), [(GATE_CODE, "", "Value"), (TECHNICIAN, "Chris", "Value"), (ALARM_CODE, None, "TypeId")])
+@pytest.mark.parametrize(
+    ("type_id", "value", "key"),
+    [(GATE_CODE, "", "Value"), (TECHNICIAN, "Chris", "Value"), (ALARM_CODE, None, "TypeId")],
+)
 def test_echoing_an_invalid_value_the_customer_holds(sandbox, st, type_id, value, key):
     customer = holding(sandbox, type_id, value)
     path = f"{st.crm}/customers/{customer['id']}"

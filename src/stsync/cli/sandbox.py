@@ -12,7 +12,10 @@ from stsync.cli.context import AppContext
 # stsync.sandbox.variants.describe() (tests/sandbox/test_cli_sandbox.py checks it): importing the
 # sandbox here would slow the start of every command.
 VARIANTS = (
-    ("rf-cursor-paging", "RF lists and search page by an opaque cursor in links.next; no meta.last_page; page=N is ignored"),
+    (
+        "rf-cursor-paging",
+        "RF lists and search page by an opaque cursor in links.next; no meta.last_page; page=N is ignored",
+    ),
     ("rf-search-refuses-type", "RF search answers 422 to a filter on the type field"),
     ("rf-search-max-per-page[=N]", "RF search answers 422 to a per_page above N (bare name: 100)"),
     ("rf-mixed-meta", "some RF users carry list or object meta[].value, and may be given them"),
@@ -85,7 +88,12 @@ def sandbox_command(
     ):
         if not 0.0 <= value <= 1.0:
             raise UsageError(f"{name} must be between 0 and 1, not {value}")
-    for name, number in (("--customers", customers), ("--leads", leads), ("--bookings", bookings), ("--latency", latency)):
+    for name, number in (
+        ("--customers", customers),
+        ("--leads", leads),
+        ("--bookings", bookings),
+        ("--latency", latency),
+    ):
         if number < 0:
             raise UsageError(f"{name} must not be negative")
     for name, number in (

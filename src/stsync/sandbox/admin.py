@@ -79,14 +79,16 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
     ),
     Operation(
-        "POST", "/_sandbox/bookings/{id:int}/dismiss", "a CSR dismisses the booking → booking",
+        "POST",
+        "/_sandbox/bookings/{id:int}/dismiss",
+        "a CSR dismisses the booking → booking",
         lambda sb, b, id: sb.dismiss_booking(int(id)),
     ),  # fmt: skip
+    Operation("GET", "/_sandbox/jobs/{id:int}", "the job as JobResponse", lambda sb, b, id: sb.job(int(id))),
     Operation(
-        "GET", "/_sandbox/jobs/{id:int}", "the job as JobResponse", lambda sb, b, id: sb.job(int(id))
-    ),
-    Operation(
-        "GET", "/_sandbox/jobs/{id:int}/history", "the job's history entries",
+        "GET",
+        "/_sandbox/jobs/{id:int}/history",
+        "the job's history entries",
         lambda sb, b, id: sb.job_history(int(id)),
     ),  # fmt: skip
     Operation(
@@ -105,7 +107,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST",
         "/_sandbox/jobs/{id:int}/cancel",
         "the job is canceled, also after completion ({reason_id?, memo?, at?}) → job",
-        lambda sb, b, id: sb.cancel_job(int(id), reason_id=int(b.get("reason_id", 1)), memo=b.get("memo"), at=b.get("at")),
+        lambda sb, b, id: sb.cancel_job(
+            int(id), reason_id=int(b.get("reason_id", 1)), memo=b.get("memo"), at=b.get("at")
+        ),
     ),
     Operation(
         "POST",
@@ -167,7 +171,9 @@ OPERATIONS: tuple[Operation, ...] = (
         "/_sandbox/leads",
         "n new referred leads ({n, campaign_id?, referrer_id?}) → users",
         lambda sb, b: sb.add_leads(
-            int(b.get("n", 1)), campaign_id=_optional_int(b.get("campaign_id")), referrer_id=_optional_int(b.get("referrer_id"))
+            int(b.get("n", 1)),
+            campaign_id=_optional_int(b.get("campaign_id")),
+            referrer_id=_optional_int(b.get("referrer_id")),
         ),
     ),
     Operation(
@@ -176,7 +182,12 @@ OPERATIONS: tuple[Operation, ...] = (
         "pause a Referral Factory campaign → campaign",
         lambda sb, b, id: sb.pause_campaign(int(id)),
     ),
-    Operation("POST", "/_sandbox/tokens/expire", "every ServiceTitan access token stops working", lambda sb, b: sb.expire_tokens()),
+    Operation(
+        "POST",
+        "/_sandbox/tokens/expire",
+        "every ServiceTitan access token stops working",
+        lambda sb, b: sb.expire_tokens(),
+    ),  # fmt: skip
     Operation(
         "POST",
         "/_sandbox/client-secret/rotate",
@@ -192,11 +203,13 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST",
         "/_sandbox/ips/block",
-        "Referral Factory blocks every caller's IP (403 saying \"blocked\") until unblocked",
+        'Referral Factory blocks every caller\'s IP (403 saying "blocked") until unblocked',
         lambda sb, b: sb.block_ips(),
     ),
     Operation(
-        "POST", "/_sandbox/ips/unblock", "lift every IP block and reset the rate windows",
+        "POST",
+        "/_sandbox/ips/unblock",
+        "lift every IP block and reset the rate windows",
         lambda sb, b: sb.unblock_ips(),
     ),  # fmt: skip
 )

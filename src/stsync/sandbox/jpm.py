@@ -237,9 +237,10 @@ class JobBook:
         self.jobs[job_id] = job
         self.jobs_by_booking.setdefault(booking["id"], []).append(job_id)
         self.job_index.put(job_id, created_ms)
-        self._event(job, "Scheduled", created_ms, changed_ms if changed_ms is not None else created_ms)
+        changed = changed_ms if changed_ms is not None else created_ms
+        self._event(job, "Scheduled", created_ms, changed)
         if status != "Scheduled":
-            self.set_status(job, status, at_ms=created_ms, changed_ms=changed_ms if changed_ms is not None else created_ms)
+            self.set_status(job, status, at_ms=created_ms, changed_ms=changed)
         return job
 
     def _event(self, job: dict, event_type: str, at_ms: int, changed_ms: int, memo: str = "") -> None:
@@ -360,4 +361,3 @@ def check_status(status: str) -> None:
 
 def _public(record: dict) -> dict:
     return {k: v for k, v in record.items() if not k.startswith("_")}
-

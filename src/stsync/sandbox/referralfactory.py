@@ -558,7 +558,8 @@ class ReferralFactory:
             field = condition.get("field")
             operator = str(condition.get("operator") or "=").lower()
             if field not in SEARCH_FIELDS or (field == "type" and variants.rf_search_refuses_type):
-                raise validation_error({f"filters.value.{i}.field": f"The selected filters.value.{i}.field is invalid."})
+                key = f"filters.value.{i}.field"
+                raise validation_error({key: f"The selected {key} is invalid."})
             if operator not in ("=", "!=", "like"):
                 raise validation_error({f"filters.value.{i}.operator": f"The operator {operator!r} is not supported."})
             conditions.append((field, operator, condition.get("value")))

@@ -428,16 +428,15 @@ class ServiceTitan:
             candidates = [self.bookings[i] for i in self.booking_index.ids_since(modified_since)]
         else:
             candidates = self.bookings.values()
-        lag = self.variants.current.lookup_lag_seconds
-        hidden_until = time.time() - lag if external_id is not None and lag else None
-        rows = [
-            b
-            for b in candidates
-            if (bp is None or b["bookingProviderId"] == bp)
-            and (external_id is None or b["externalId"] == external_id)
-            and (hidden_until is None or b["_committed_at"] is None or b["_committed_at"] <= hidden_until)
-            and all(test(b) for test in tests)
-        ]
+        rows = [b for b in candidates if bp is None or b["bookingProviderId"] == bp]
+        if external_id is not None:
+            rows = [b for b in rows if b["externalId"] == external_id]
+            lag = self.variants.current.lookup_lag_seconds
+            if lag:
+                hidden_after = time.time() - lag
+                rows = [b for b in rows if b["_committed_at"] is None or b["_committed_at"] <= hidden_after]
+        if tests:
+            rows = [b for b in rows if all(test(b) for test in tests)]
         rows = ordered(rows, order)
         return Response(200, page_of(rows, page, page_size, include_total, self._booking_out))
 

@@ -256,7 +256,8 @@ class Sandbox:
 
     def _handle_admin(self, request: Request) -> Response:
         try:
-            handler, params = self._admin.match(request.method, request.path if request.path != "/_sandbox" else "/_sandbox/")
+            path = "/_sandbox/" if request.path == "/_sandbox" else request.path
+            handler, params = self._admin.match(request.method, path)
         except NoRoute as missing:
             status = 405 if missing.method_not_allowed else 404
             return Response(status, {"error": f"no admin operation {request.method} {request.path}"})

@@ -61,7 +61,8 @@ class Variants:
     @classmethod
     def every(cls, **overrides: object) -> Variants:
         """Every variant switched on at once (each at its bare ``--variant NAME`` value)."""
-        return replace(cls(**{field: on_value for field, on_value, _ in NAMES.values()}), **overrides)  # type: ignore[arg-type]
+        every = cls(**{field: on_value for field, on_value, _ in NAMES.values()})  # type: ignore[arg-type]
+        return replace(every, **overrides)  # type: ignore[arg-type]
 
     def names(self) -> list[str]:
         """This value as ``--variant`` arguments (the inverse of ``parse``)."""
