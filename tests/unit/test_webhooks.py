@@ -76,13 +76,13 @@ class PushRecorder:
         self.fail: Exception | None = None
         self.delay = 0.0
 
-    def __call__(self, conn, lead, *, kind="lead", run_id=None, dry_run=False):
+    def __call__(self, conn, lead, target, *, run_id=None, dry_run=False):
         if self.delay:
             time.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
-        self.calls.append((lead, kind, run_id))
-        return PushResult(lead=lead, kind=kind, outcome="created", external_id=lead.referral_code,
+        self.calls.append((lead, target.kind, run_id))
+        return PushResult(lead=lead, kind=target.kind, outcome="created", external_id=lead.referral_code,
                           booking_id=5000 + len(self.calls), status="New", message="created")
 
 
@@ -382,9 +382,9 @@ def test_a_failing_push_is_recorded_and_the_worker_goes_on(server, conn, pushes)
 def test_a_record_level_push_failure_is_recorded_with_its_error(server, conn, monkeypatch):
     conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
 
-    def failing_push(conn_, lead, *, kind="lead", run_id=None, dry_run=False):
+    def failing_push(conn_, lead, target, *, run_id=None, dry_run=False):
         exc = InvalidRecord("lead jane@example.com has no value for name", field="name")
-        return PushResult(lead=lead, kind=kind, outcome="failed", error={"type": "InvalidRecord"}, exception=exc)
+        return PushResult(lead=lead, kind=target.kind, outcome="failed", error={"type": "InvalidRecord"}, exception=exc)
 
     monkeypatch.setattr(push_module, "push_lead", failing_push)
     answer = post(server, body=lead_payload())
@@ -442,6 +442,7 @@ def test_rewards_and_referrers_without_a_booking_action_are_ignored(server, conn
 
 def test_referrers_are_pushed_as_referrers_when_their_action_creates_bookings(conn, pushes):
     conn.config.referrers.action = "create_booking"
+    conn.config.referrers.fields = dict(conn.config.leads.fields)  # push checks the mapping first
     conn.referral_factory.add(9, "REF9", "ref@example.com", type="person_referring")
     with WebhookServer(conn, token=TOKEN, port=0) as srv:
         post(srv, f"/hooks/{TOKEN}/referrer-joined", body={"email": "ref@example.com", "code": "REF9"})

@@ -209,6 +209,22 @@ def leads_from_json(obj: Any) -> list[Lead]:
     )
 
 
+def leads_from_input(obj: Any) -> tuple[list[Lead], list[InvalidRecord]]:
+    """Leads from parsed JSON input (``push-lead --file``). In a list, a record that is not
+    a valid lead (no e-mail) is set aside, returned second, so the others still go; alone,
+    it is raised."""
+    if not isinstance(obj, list) or not obj:
+        return leads_from_json(obj), []
+    leads: list[Lead] = []
+    rejected: list[InvalidRecord] = []
+    for position, item in enumerate(obj, start=1):
+        try:
+            leads.append(lead_from_json_object(item, position=position))
+        except InvalidRecord as exc:
+            rejected.append(exc)
+    return leads, rejected
+
+
 def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
     """One lead from one JSON object (see ``leads_from_json``)."""
     where = f"record #{position}" if position is not None else "the input"

@@ -589,11 +589,12 @@ class WebhookServer:
             )
         if delivery.event == LEAD_QUALIFIED:
             return record_reported_qualification(self.conn, user)
-        from stsync.services.push import push_lead
+        from stsync.services import push
+        from stsync.services.lead_sources import LeadReader
 
-        lead = lead_with_context(self.conn, user)
+        lead = LeadReader(self.conn).lead(user)
         kind = "referrer" if delivery.event == REFERRER_JOINED else "lead"
-        result = push_lead(self.conn, lead, kind=kind, run_id=self.run_id)  # type: ignore[arg-type]
+        result = push.push_lead(self.conn, lead, push.push_target(self.conn, kind), run_id=self.run_id)
         if result.failed and result.exception is not None:
             raise result.exception
         return result.outcome, result.message or result.outcome, result.booking_id
@@ -668,22 +669,6 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
             hint="point that campaign's webhook at the stsync serving its connection (--config)",
         )
     return user
-
-
-def lead_with_context(conn: "Connection", user: "User") -> "Lead":
-    """The lead as ``push-lead --code`` would read it: with its campaign and its referrer."""
-    from stsync.services.leads import lead_from_user
-
-    rf = conn.referral_factory
-    campaign = rf.get_campaign(user.campaign_id if user.campaign_id is not None else conn.campaign_id)
-    referrer = None
-    if user.referrer_id is not None:
-        try:
-            referrer = rf.get_user(user.referrer_id)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-    return lead_from_user(user, campaign=campaign, referrer=referrer)
 
 
 def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str, str, int | None]:
