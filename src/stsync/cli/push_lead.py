@@ -12,7 +12,8 @@ from stsync.cli.context import AppContext
 
 if TYPE_CHECKING:
     from stsync.cli.terminal import Terminal
-    from stsync.services.push import Kind, PushReport, PushResult
+    from stsync.services.push import PushReport, PushResult
+    from stsync.storage.config import Kind
 
 INPUTS = "--email/--first-name, --file, --code, --rf-user-id or --new"
 

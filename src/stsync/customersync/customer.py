@@ -48,14 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 from stsync.errors import AnswerLost, DuplicateEmail, ReferralFactoryApiError, ServiceTitanApiError, StsyncError, stops_run
 from stsync.logs import get_logger
-from stsync.services.mapping import (
-    ReferrerRequest,
-    Skip,
-    referrer_request_for,
-    resolve_custom_field_type,
-    return_field_update,
-    return_values_for,
-)
+from stsync.mapping.referrers import ReferrerRequest, Skip, referrer_request_for
+from stsync.mapping.return_fields import resolve_custom_field_type, return_field_update, return_values_for
 from stsync.storage.ledger import Ledger, ReferrerRecord
 from stsync.storage.locks import KeyLock
 

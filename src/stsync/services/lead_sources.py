@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from stsync.errors import ConfigError, InvalidRecord, ReferralFactoryApiError, UsageError
+from stsync.errors import InvalidRecord, ReferralFactoryApiError, UsageError
 from stsync.logs import get_logger
-from stsync.services import mapping
+from stsync.mapping.booking import external_id_for, lead_fields_read
 from stsync.services.leads import PERSON_INVITED, PERSON_REFERRING, Lead, lead_from_user
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def new_leads(conn: "Connection", target: "PushTarget") -> list[Lead]:
     kind, section = target.kind, target.section
     campaign_id = conn.campaign_id
     user_type = USER_TYPE_FOR_KIND[kind]
-    reader = LeadReader(conn, with_referrer=any(source.startswith("referrer_") for source in mapped_sources(section)))
+    reader = LeadReader(conn, with_referrer=any(source.startswith("referrer_") for source in lead_fields_read(section)))
     reader.campaign()  # read before the search, as every lead needs it
     ledger = conn.ledger
     leads: list[Lead] = []
@@ -124,7 +124,7 @@ def new_leads(conn: "Connection", target: "PushTarget") -> list[Lead]:
             continue  # the search filter is re-checked, as for campaign_id
         lead = reader.lead(user)
         try:
-            external_id = mapping.external_id_for(lead, section, kind=kind)
+            external_id = external_id_for(lead, section)
         except InvalidRecord:
             leads.append(lead)
             continue
@@ -141,7 +141,7 @@ def new_leads(conn: "Connection", target: "PushTarget") -> list[Lead]:
 def complete_leads(conn: "Connection", leads: Sequence[Lead], target: "PushTarget") -> list[Lead]:
     """Fill the campaign name of leads read from a file when the target's mapping needs it
     (each campaign read once)."""
-    if "campaign_name" not in mapped_sources(target.section):
+    if "campaign_name" not in lead_fields_read(target.section):
         return list(leads)
     if all(lead.campaign_name for lead in leads):
         return list(leads)
@@ -153,18 +153,3 @@ def complete_leads(conn: "Connection", leads: Sequence[Lead], target: "PushTarge
             lead = replace(lead, campaign_name=reader.campaign(campaign_id).name, campaign_id=campaign_id)
         completed.append(lead)
     return completed
-
-
-def mapped_sources(section: Any) -> set[str]:
-    """The lead fields a section's mapping reads (``from`` and ``template`` placeholders)."""
-    sources: set[str] = set()
-    for spec in (getattr(section, "fields", None) or {}).values():
-        try:
-            view = mapping.spec_view(spec)
-            if view.kind == "from":
-                sources.add(str(view.payload).strip())
-            elif view.kind == "template":
-                sources.update(mapping.template_fields(str(view.payload)))
-        except ConfigError:
-            continue  # a broken spec is the mapping check's to report
-    return sources

@@ -49,7 +49,8 @@ from stsync.errors import (
 )
 from stsync.logs import get_logger
 from stsync.progress import NO_PROGRESS, Progress
-from stsync.services import mapping
+from stsync.mapping.booking import booking_request_for, external_id_for
+from stsync.mapping.validation import missing_required
 from stsync.services.lead_sources import new_leads
 from stsync.services.leads import Lead
 from stsync.storage.locks import KeyLock
@@ -58,15 +59,13 @@ from stsync.workpool import WorkPool, finished
 if TYPE_CHECKING:
     from stsync.servicetitan.models import Booking
     from stsync.services.runtime import Connection
+    from stsync.storage.config import BookingSettings, Kind
 
 log = get_logger(__name__)
 
-Kind = Literal["lead", "referrer"]
 Outcome = Literal["created", "already_booked", "skipped", "failed"]
 OUTCOMES: tuple[str, ...] = ("created", "already_booked", "skipped", "failed")
 
-# The config section each kind reads.
-SECTION_FOR_KIND = {"lead": "leads", "referrer": "referrers"}
 ACTION_LABEL = {"lead": "When lead joins campaign", "referrer": "Referrers"}
 
 # A lost answer is looked up, then the POST repeated; a booking whose answer is lost this
@@ -162,15 +161,9 @@ class PushTarget:
     mapping section and, when its action is "Nothing to action", why nothing is sent."""
 
     kind: Kind
-    section: Any
+    section: BookingSettings
     notice: str | None = None
     notice_hint: str | None = None
-
-
-def section_for(conn: "Connection", kind: str) -> Any:
-    if kind not in SECTION_FOR_KIND:
-        raise ValueError(f"kind must be 'lead' or 'referrer', not {kind!r}")
-    return getattr(conn.config, SECTION_FOR_KIND[kind])
 
 
 def push_target(conn: "Connection", kind: Kind) -> PushTarget:
@@ -178,8 +171,8 @@ def push_target(conn: "Connection", kind: Kind) -> PushTarget:
     (message, hint) and nothing else checked — a section that sends nothing need not be
     complete; otherwise every required target must be mapped (the seed's "Setup Required":
     ``SetupRequired``)."""
-    section = section_for(conn, kind)
-    name = SECTION_FOR_KIND[kind]
+    section = conn.config.booking_section(kind)
+    name = section.section_name
     if section.action == "nothing":
         who = "referred leads" if kind == "lead" else "referrers"
         return PushTarget(
@@ -191,7 +184,7 @@ def push_target(conn: "Connection", kind: Kind) -> PushTarget:
             ),
             notice_hint=f"to create bookings, run `stsync map action {name} create-booking`",
         )
-    missing = mapping.missing_required(section)
+    missing = missing_required(section)
     if missing:
         raise SetupRequired(name, missing)
     return PushTarget(kind, section)
@@ -219,8 +212,8 @@ def push_lead(
         return PushResult(lead=lead, kind=kind, outcome="skipped", message=target.notice)
     external_id: str | None = None
     try:
-        external_id = mapping.external_id_for(lead, section, kind=kind)
-        body = mapping.booking_request_for(lead, section, kind=kind)
+        external_id = external_id_for(lead, section)
+        body = booking_request_for(lead, section)
     except InvalidRecord as exc:
         if not dry_run and external_id:
             known = conn.ledger.get_push(external_id)
