@@ -17,9 +17,9 @@ from stsync.errors import AuthError, InvalidRecord, SetupRequired, TemporaryErro
 from stsync.mapping.booking import booking_request_for
 from stsync.services import push as push_service
 from stsync.services.history import push_history
-from stsync.services.leads import Lead
+from stsync.leads import Lead
 from stsync.services.lead_sources import complete_leads, fetch_lead
-from stsync.services.leads import leads_from_input
+from stsync.leads import leads_from_input
 from stsync.services.push import push_lead, push_leads, push_new, push_target
 from stsync.services.runtime import Connection, build_referral_factory_client, build_servicetitan_client
 from stsync.storage.config import Endpoints, default_config

@@ -23,7 +23,7 @@ from stsync.errors import InvalidRecord, UsageError
 from stsync.referralfactory.models import Campaign
 from stsync.services import push as push_module
 from stsync.services import webhooks
-from stsync.services.leads import Lead
+from stsync.leads import Lead
 from stsync.services.push import PushResult
 from stsync.services.webhooks import (
     LEAD_CREATED,

@@ -70,7 +70,7 @@ def push_lead_command(
     rejected: list = []
     batch = new
     if given[0] == "--email/--first-name":
-        from stsync.services.leads import lead_from_flags
+        from stsync.leads import lead_from_flags
 
         if not (email or "").strip():
             raise UsageError(
@@ -82,7 +82,7 @@ def push_lead_command(
         leads = [lead_from_flags(email, first_name, referral_code=referral_code, campaign_name=campaign_name,
                                  phone=phone, fields=_parse_fields(field or []))]
     elif file is not None:
-        from stsync.services.leads import leads_from_input
+        from stsync.leads import leads_from_input
 
         obj = _read_json(file)
         leads, rejected = leads_from_input(obj)

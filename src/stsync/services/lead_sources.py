@@ -1,13 +1,6 @@
-"""Leads read from Referral Factory, each with its campaign and its referrer.
+"""Where push-lead's leads come from in Referral Factory, each read with its campaign and
+its referrer (``leads.LeadReader``):
 
-A booking's default mapping sends the campaign's name as its Source, and a mapping may send
-the referrer's fields (``referrer_first_name``, ...): Referral Factory's user object carries
-neither, only ``campaign_id`` and ``referrer_id``. So:
-
-- ``LeadReader``: users → leads with their campaign and referrer, each campaign and each
-  referrer read once per reader. A referrer that no longer exists (404) leaves the
-  ``referrer_*`` fields empty. One reader per command (or per webhook delivery), used on
-  one thread.
 - ``fetch_lead``: one lead by referral code or user id (``push-lead --code`` /
   ``--rf-user-id``); a code or id that is not this campaign's is a ``UsageError``.
 - ``new_leads``: the campaign's users of a kind with no booking in the ledger
@@ -23,56 +16,15 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from stsync.errors import InvalidRecord, ReferralFactoryApiError, UsageError
-from stsync.logs import get_logger
+from stsync.leads import PERSON_INVITED, PERSON_REFERRING, Lead, LeadReader
 from stsync.mapping.booking import external_id_for, lead_fields_read
-from stsync.services.leads import PERSON_INVITED, PERSON_REFERRING, Lead, lead_from_user
 
 if TYPE_CHECKING:
-    from stsync.referralfactory.models import Campaign, User
     from stsync.services.push import PushTarget
     from stsync.services.runtime import Connection
 
-log = get_logger(__name__)
-
 # The Referral Factory user type `push-lead --new` searches for each kind.
 USER_TYPE_FOR_KIND = {"lead": PERSON_INVITED, "referrer": PERSON_REFERRING}
-
-
-class LeadReader:
-    """Referral Factory users → leads with their campaign and referrer (see the module
-    docstring). ``with_referrer=False`` reads no referrer (their fields stay empty)."""
-
-    def __init__(self, conn: "Connection", *, with_referrer: bool = True) -> None:
-        self.rf = conn.referral_factory
-        self.campaign_id = conn.campaign_id
-        self.with_referrer = with_referrer
-        self._campaigns: dict[int, Campaign] = {}
-        self._referrers: dict[int, User | None] = {}
-
-    def campaign(self, campaign_id: int | None = None) -> "Campaign":
-        """A campaign (by default the connection's), read once."""
-        wanted = campaign_id if campaign_id is not None else self.campaign_id
-        if wanted not in self._campaigns:
-            self._campaigns[wanted] = self.rf.get_campaign(wanted)
-        return self._campaigns[wanted]
-
-    def referrer(self, user_id: int) -> "User | None":
-        """The referrer with this user id, read once; None when it no longer exists."""
-        if user_id not in self._referrers:
-            try:
-                self._referrers[user_id] = self.rf.get_user(user_id)
-            except ReferralFactoryApiError as exc:
-                if exc.status != 404:
-                    raise
-                log.warning("referrer (user %s) no longer exists in Referral Factory", user_id)
-                self._referrers[user_id] = None
-        return self._referrers[user_id]
-
-    def lead(self, user: "User") -> Lead:
-        referrer = None
-        if self.with_referrer and user.referrer_id is not None:
-            referrer = self.referrer(user.referrer_id)
-        return lead_from_user(user, campaign=self.campaign(user.campaign_id), referrer=referrer)
 
 
 def fetch_lead(conn: "Connection", *, code: str | None = None, rf_user_id: int | None = None) -> Lead:
@@ -104,7 +56,7 @@ def fetch_lead(conn: "Connection", *, code: str | None = None, rf_user_id: int |
                 f"not to this connection's campaign {campaign_id}",
                 hint="use --config for the connection of that campaign",
             )
-    return LeadReader(conn).lead(user)
+    return LeadReader(conn.referral_factory, conn.campaign_id).lead(user)
 
 
 def new_leads(conn: "Connection", target: "PushTarget") -> list[Lead]:
@@ -114,7 +66,8 @@ def new_leads(conn: "Connection", target: "PushTarget") -> list[Lead]:
     kind, section = target.kind, target.section
     campaign_id = conn.campaign_id
     user_type = USER_TYPE_FOR_KIND[kind]
-    reader = LeadReader(conn, with_referrer=any(source.startswith("referrer_") for source in lead_fields_read(section)))
+    wants_referrer = any(source.startswith("referrer_") for source in lead_fields_read(section))
+    reader = LeadReader(conn.referral_factory, campaign_id, with_referrer=wants_referrer)
     reader.campaign()  # read before the search, as every lead needs it
     ledger = conn.ledger
     leads: list[Lead] = []
@@ -145,7 +98,7 @@ def complete_leads(conn: "Connection", leads: Sequence[Lead], target: "PushTarge
         return list(leads)
     if all(lead.campaign_name for lead in leads):
         return list(leads)
-    reader = LeadReader(conn, with_referrer=False)
+    reader = LeadReader(conn.referral_factory, conn.campaign_id, with_referrer=False)
     completed = []
     for lead in leads:
         if not lead.campaign_name:

@@ -52,7 +52,7 @@ from stsync.progress import NO_PROGRESS, Progress
 from stsync.mapping.booking import booking_request_for, external_id_for
 from stsync.mapping.validation import missing_required
 from stsync.services.lead_sources import new_leads
-from stsync.services.leads import Lead
+from stsync.leads import Lead
 from stsync.storage.locks import KeyLock
 from stsync.workpool import WorkPool, finished
 

@@ -67,7 +67,7 @@ from stsync.logs import get_logger, redact, register_secret
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
-    from stsync.services.leads import Lead
+    from stsync.leads import Lead
     from stsync.services.runtime import Connection
 
 log = get_logger(__name__)
@@ -477,7 +477,7 @@ class WebhookServer:
             return 500, {"ok": False, "error": "internal error; details are in stsync's log"}
 
     def _accept(self, rest: list[str], query: str, headers: Any, body: bytes) -> tuple[int, dict]:
-        from stsync.services.leads import leads_from_json
+        from stsync.leads import leads_from_json
 
         if len(rest) > 1:
             raise WebhookRejected(404, "not found; use /hooks/<token> or /hooks/<token>/<event>")
@@ -590,9 +590,9 @@ class WebhookServer:
         if delivery.event == LEAD_QUALIFIED:
             return record_reported_qualification(self.conn, user)
         from stsync.services import push
-        from stsync.services.lead_sources import LeadReader
+        from stsync.leads import LeadReader
 
-        lead = LeadReader(self.conn).lead(user)
+        lead = LeadReader(self.conn.referral_factory, self.conn.campaign_id).lead(user)
         kind = "referrer" if delivery.event == REFERRER_JOINED else "lead"
         result = push.push_lead(self.conn, lead, push.push_target(self.conn, kind), run_id=self.run_id)
         if result.failed and result.exception is not None:
@@ -674,7 +674,7 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
 def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str, str, int | None]:
     """"A lead is qualified": note it on the lead's push, so ``qualify`` never sends it again."""
     from stsync.mapping.booking import external_id_for
-    from stsync.services.leads import lead_from_user
+    from stsync.leads import lead_from_user
 
     if user.qualified_at is None:
         return IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None
