@@ -26,7 +26,7 @@ from typing import Literal
 
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
 from stsync.logs import get_logger, redact, register_secret
-from stsync.storage.paths import ConnectionPaths
+from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths, make_private_dir
 
 log = get_logger(__name__)
 
@@ -178,8 +178,8 @@ class SecretStore:
     def _file_update(self, change) -> None:
         from filelock import FileLock
 
-        self.paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with FileLock(self.paths.locks / "secrets.lock", timeout=30):
+        make_private_dir(self.paths.locks)
+        with FileLock(self.paths.locks / "secrets.lock", timeout=30, mode=PRIVATE_FILE):
             data = self._file_read()
             change(data)
             self._file_write(data)
