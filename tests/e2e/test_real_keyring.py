@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,8 +69,9 @@ class SecretService:
 
     def __init__(self, home: Path, *, unlocked: bool) -> None:
         self.home = home
-        self.runtime = home / "run"
-        self.runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        home.mkdir(parents=True, exist_ok=True)
+        # Short: the daemon's control socket goes in here, and a socket path has ~108 bytes.
+        self.runtime = Path(tempfile.mkdtemp(prefix="stsync-keyring-"))
         self.session_env = {k: v for k, v in os.environ.items() if k not in NOT_PASSED_ON + TEST_KEYRING_HOOK}
         self.session_env.update(
             HOME=str(home),
@@ -143,6 +145,7 @@ class SecretService:
                 time.sleep(0.05)
             if _alive(pid):
                 os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(self.runtime, ignore_errors=True)
 
     # -- the keyring, through other clients than stsync ---------------------------------
     def lookup(self, name: str) -> str | None:
