@@ -302,7 +302,7 @@ def check_secret_store(paths: "ConnectionPaths") -> tuple[Check, dict[str, Any]]
         unread = [secret for secret, source in sources.items() if source is None]
         problem = described.get("keyring_problem") or f"the OS keyring ({backend}) cannot be used"
         if unread:
-            remedy = SecretStoreUnavailable(problem)
+            remedy = SecretStoreUnavailable(problem, locked=bool(described.get("keyring_locked")))
             return (
                 Check(
                     name,
