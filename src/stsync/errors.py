@@ -17,6 +17,15 @@
         └── ReferralFactoryApiError
             └── DuplicateEmail          the campaign already has this e-mail (adopt the user)
 
+What a failure means to a run over many records (push, sync-customers, qualify, serve) is
+the error's too: ``stops_run(exc)``. Most failures stop the run — every record after them
+would fail the same way (credentials, the configuration, a remote down past the retry
+budget, a lock, a bug). Three are the record's own, recorded as its failure while the run
+goes on: ``InvalidRecord`` (its data), ``ApiError`` (the remote refused its request) and
+``AnswerLost`` (its write's answer never came: it is looked up before it is written
+again). A caller may still decide that a record's failure repeated is the run's (push stops
+when one booking's answer is lost five times in a row): it raises a run-level error.
+
 Messages never contain secrets: callers pass ids and names, never keys or tokens.
 
 Every error has one shape as data, ``to_dict()``: ``type``, ``message``, ``hint``, ``exit_code``
@@ -34,11 +43,16 @@ from typing import Any
 
 
 class StsyncError(Exception):
-    """Base class. ``hint`` is the one line telling the user what to do next."""
+    """Base class. ``hint`` is the one line telling the user what to do next.
+
+    ``stops_run``: True when a run over many records must stop at this failure, False when
+    only the record it happened to failed (see ``stops_run()`` and the module docstring).
+    """
 
     exit_code: int = 1
     # The attributes a class adds to ``to_dict()``, after the common four.
     shape_fields: tuple[str, ...] = ()
+    stops_run: bool = True
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -59,6 +73,13 @@ class StsyncError(Exception):
         for name in self.shape_fields:
             shape[name] = getattr(self, name)
         return shape
+
+
+def stops_run(exc: BaseException) -> bool:
+    """Must a run over many records stop at ``exc``? False: only the record it happened to
+    failed — record it and go on. Anything that is not a ``StsyncError`` is a bug: it stops
+    the run."""
+    return exc.stops_run if isinstance(exc, StsyncError) else True
 
 
 class UsageError(StsyncError):
@@ -93,17 +114,30 @@ class SetupRequired(ConfigError):
 
 
 class SecretStoreUnavailable(ConfigError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(
-            f"No usable secret store: {detail}",
-            hint=(
-                "1. set the secrets as environment variables (STSYNC_ST_CLIENT_SECRET, "
-                "STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY); 2. unlock or install an OS keyring "
-                "(a Secret Service such as gnome-keyring, or choose a backend with "
-                "PYTHON_KEYRING_BACKEND); 3. opt in to the file store with "
-                "`stsync connect --secrets-store file`"
-            ),
-        )
+    """No store has the secret and the keyring cannot be used. A *locked* keyring's fix is
+    unlocking it, so that comes first; otherwise the three remedies of a headless box."""
+
+    ENV_REMEDY = "set the secrets as environment variables (STSYNC_ST_CLIENT_SECRET, STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY)"
+    FILE_REMEDY = "opt in to the file store with `stsync connect --secrets-store file`"
+    UNLOCK_REMEDY = (
+        "unlock the keyring: on a desktop, log in or unlock the \"login\" keyring in Passwords and Keys; "
+        "on a headless box, start the Secret Service unlocked in the D-Bus session stsync runs in: "
+        "`echo -n PASSWORD | gnome-keyring-daemon --replace --unlock --components=secrets` (the keyring's password); "
+        "on macOS, `security unlock-keychain`"
+    )
+
+    shape_fields = (*ConfigError.shape_fields, "locked")
+
+    def __init__(self, detail: str, *, locked: bool = False) -> None:
+        if locked:
+            hint = f"1. {self.UNLOCK_REMEDY}; 2. or {self.ENV_REMEDY}; 3. or {self.FILE_REMEDY}"
+        else:
+            hint = (
+                f"1. {self.ENV_REMEDY}; 2. unlock or install an OS keyring (a Secret Service such as "
+                f"gnome-keyring, or choose a backend with PYTHON_KEYRING_BACKEND); 3. {self.FILE_REMEDY}"
+            )
+        super().__init__(f"No usable secret store: {detail}", hint=hint)
+        self.locked = locked
 
 
 class AuthError(StsyncError):
@@ -124,6 +158,7 @@ class InvalidRecord(StsyncError):
 
     exit_code = 5
     shape_fields = ("record", "field")
+    stops_run = False
 
     def __init__(self, message: str, *, record: str | None = None, field: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -143,8 +178,10 @@ class AnswerLost(TemporaryError):
     """A write was sent but no answer came back (timeout, connection reset, 5xx).
 
     The remote side may have committed it: the caller must look the record up before
-    writing again.
+    writing again. The record's failure, not the run's: the remote answered others.
     """
+
+    stops_run = False
 
 
 class LockHeld(StsyncError):
@@ -152,10 +189,15 @@ class LockHeld(StsyncError):
 
 
 class ApiError(StsyncError):
-    """A remote API rejected a request. Carries the remote's words verbatim."""
+    """A remote API rejected a request. Carries the remote's words verbatim.
+
+    The record's failure, not the run's: authentication and rate limits have classes of
+    their own (``AuthError``, ``RateLimited``), so what is left is this request refused.
+    """
 
     service = "remote"
     shape_fields = ("service", "status", "title", "errors", "trace_id", "method", "path")
+    stops_run = False
 
     def __init__(
         self,

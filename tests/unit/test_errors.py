@@ -1,10 +1,14 @@
-"""The error tree's one shape as data (`to_dict`) and its reading back for a person
-(`error_summary`), for rows written now and rows the ledger kept from before."""
+"""stsync.errors: the one shape of an error as data (`to_dict`) and its reading back for a person
+(`error_summary`), for rows written now and rows the ledger kept from before; which failures
+stop a run over many records, and which are the record's."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
+from stsync import errors
 from stsync.cli.app import run
 from stsync.errors import (
     ApiError,
@@ -15,6 +19,7 @@ from stsync.errors import (
     SetupRequired,
     StsyncError,
     error_summary,
+    stops_run,
 )
 
 
@@ -60,3 +65,36 @@ def test_the_json_error_object_is_the_errors_own_shape(capsys):
         "type": "UsageError", "message": "--email needs an e-mail address", "hint": None, "exit_code": 2,
     }}
     assert ApiError("x", status=500).to_dict()["service"] == "remote"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        errors.InvalidRecord("no e-mail", field="email"),
+        errors.ServiceTitanApiError("refused", status=400),
+        errors.ReferralFactoryApiError("refused", status=422),
+        errors.DuplicateEmail("taken", status=422),
+        errors.AnswerLost("lost"),
+    ],
+)
+def test_the_records_own_failures_do_not_stop_a_run(exc):
+    assert stops_run(exc) is False
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        errors.StsyncError("unexpected"),
+        errors.UsageError("bad"),
+        errors.ConfigError("bad mapping"),
+        errors.SetupRequired("leads", ["external_id"]),
+        errors.AuthError("key revoked"),
+        errors.TemporaryError("down past the budget"),
+        errors.RateLimited("429 past the budget"),
+        errors.LockHeld("another run"),
+        KeyError("a bug"),
+        RuntimeError("a bug"),
+    ],
+)
+def test_everything_else_stops_the_run(exc):
+    assert stops_run(exc) is True

@@ -9,13 +9,14 @@ ledger is the real one. tests/unit/test_serve_service.py puts the real HTTP serv
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from stsync.errors import InvalidRecord
-from stsync.services.leads import Lead
+from stsync.leads import Lead
 from stsync.storage.config import default_config
 from stsync.storage.ledger import Ledger
 from stsync.webhooks.deliveries import DeliveryEvent, ServeStats
@@ -249,8 +250,9 @@ def test_a_failing_push_is_recorded_and_the_worker_goes_on(endpoint, conn, pushe
     assert failed.outcome == "failed" and failed.error == {"type": "RuntimeError", "message": "unexpected error; see the log"}
 
 
-def test_a_record_level_push_failure_is_recorded_with_its_error(endpoint, conn, pushes):
+def test_a_record_level_push_failure_is_recorded_with_its_error(endpoint, conn, pushes, caplog):
     conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
+    caplog.set_level(logging.ERROR, logger="stsync.webhooks")
     pushes.fail = InvalidRecord("lead jane@example.com has no value for name", field="name")
     answer = endpoint.send(body=lead_payload())
     assert endpoint.wait_idle()
@@ -260,6 +262,24 @@ def test_a_record_level_push_failure_is_recorded_with_its_error(endpoint, conn, 
         "record": None, "field": "name",
     }
     assert endpoint.stats.failed == 1
+    assert "fails every delivery" not in caplog.text  # the record's own failure
+
+
+def test_a_run_level_failure_is_recorded_and_logged_as_an_error_and_the_worker_goes_on(endpoint, conn, pushes, caplog):
+    from stsync.errors import AuthError
+
+    conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
+    conn.referral_factory.add(457, "C2", "two@example.com")
+    caplog.set_level(logging.ERROR, logger="stsync.webhooks")
+    pushes.fail = AuthError("ServiceTitan rejected the client credentials")
+    first = endpoint.send(body=lead_payload())
+    assert endpoint.wait_idle()
+    assert "AuthError fails every delivery until it is fixed" in caplog.text
+    pushes.fail = None
+    endpoint.send(body={"id": 457, "email": "two@example.com", "code": "C2", "event": "lead created"})
+    assert endpoint.wait_idle()
+    assert conn.ledger.get_delivery(first.body["delivery"]).outcome == "failed"
+    assert [c[0].referral_code for c in pushes.calls] == ["C2"]
 
 
 def test_lead_qualified_is_recorded_on_the_push(endpoint, conn, pushes):

@@ -109,7 +109,7 @@ def check_secret_store(paths: "ConnectionPaths") -> tuple[Verdict, dict[str, Any
         unread = [secret for secret, source in sources.items() if source is None]
         problem = described.get("keyring_problem") or f"the OS keyring ({backend}) cannot be used"
         if unread:
-            remedy = SecretStoreUnavailable(problem)
+            remedy = SecretStoreUnavailable(problem, locked=bool(described.get("keyring_locked")))
             return (
                 fail(
                     f"{problem}; {', '.join(unread)} cannot be read from it and are in neither the environment "

@@ -10,7 +10,7 @@ from stsync.cli.context import AppContext
 
 if TYPE_CHECKING:
     from stsync.cli.terminal import Terminal
-    from stsync.services.sync import SyncReport
+    from stsync.customersync.report import SyncReport
 
 FAILURES_SHOWN = 5
 
@@ -41,6 +41,7 @@ def sync_customers_command(
         None, "--limit", min=1, help="Read at most N customers from the feed in this run (the next run carries on)."
     ),
 ) -> None:
+    from stsync.customersync.pipeline import SyncOptions
     from stsync.errors import PartialFailure, UsageError
     from stsync.services.sync import sync_customers
 
@@ -48,10 +49,10 @@ def sync_customers_command(
         raise UsageError("give --once or --ongoing, not both")
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    mode = "once" if once else "ongoing" if ongoing else None
+    options = SyncOptions(mode="once" if once else "ongoing" if ongoing else None, full=full, dry_run=dry_run, limit=limit)
     conn = app_ctx.connection()
     with term.progress("Syncing customers" if not dry_run else "Checking customers") as bar:
-        report = sync_customers(conn, mode=mode, full=full, dry_run=dry_run, limit=limit, progress=bar)
+        report = sync_customers(conn, options, progress=bar)
 
     _render(term, report, limit)
     app_ctx.emit({"ok": report.failed == 0, **report.to_dict()})

@@ -25,7 +25,9 @@ intent recorded as done if its write landed, failed if not. Before every write t
 is read back too: one already in the wanted state (qualified by hand, or by Referral
 Factory itself) is recorded as done without a write. A referral that no longer exists
 (deleted), or that is not a referred lead, is recorded as failed and final: it is never
-retried. Any other refusal is recorded as failed and retried by the next run.
+retried. Any other refusal is recorded as failed and retried by the next run. A run-level
+failure (``errors.stops_run``: credentials, a remote down past the retry budget) stops the
+run and is raised; an intent it interrupts stays open, settled by the next run.
 
 **What is final** (never read again — the cost of a run grows with the bookings still open,
 not with history):
@@ -51,14 +53,14 @@ writes nothing, to Referral Factory or to the ledger.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from stsync.errors import ApiError, ServiceTitanApiError, TemporaryError
+from stsync.errors import ApiError, ServiceTitanApiError, StsyncError, stops_run
 from stsync.logs import get_logger
+from stsync.progress import NO_PROGRESS, Progress
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
@@ -91,12 +93,6 @@ FAILED = "failed"  # the Referral Factory write failed; the error is in the ledg
 WOULD_QUALIFY = "would_qualify"  # dry run
 WOULD_UNQUALIFY = "would_unqualify"  # dry run
 WOULD_CLOSE = "would_close"  # dry run
-
-
-class Progress(Protocol):
-    def advance(self, n: int = 1) -> None: ...
-
-    def set_total(self, total: int | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -193,7 +189,7 @@ def status_reached(job: "Job", target: str) -> bool:
     return False
 
 
-def qualify(conn: "Connection", *, dry_run: bool = False, progress: Progress | None = None) -> QualifyReport:
+def qualify(conn: "Connection", *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> QualifyReport:
     """Apply the qualification rule to every open booking (see the module docstring)."""
     settings = QualificationSettings.from_config(conn.config)
     report = QualifyReport(
@@ -217,7 +213,7 @@ class _QualifyRun:
         report: QualifyReport,
         *,
         dry_run: bool,
-        progress: Progress | None,
+        progress: Progress,
     ) -> None:
         self.conn = conn
         self.settings = settings
@@ -231,8 +227,7 @@ class _QualifyRun:
         self.report.open_bookings = len(open_pushes)
         if not open_pushes:
             return
-        if self.progress is not None:
-            self.progress.set_total(len(open_pushes))
+        self.progress.set_total(len(open_pushes))
         recording = (
             nullcontext()
             if self.dry_run
@@ -291,8 +286,7 @@ class _QualifyRun:
                 decision.outcome,
                 decision.reason,
             )
-            if self.progress is not None:
-                self.progress.advance(1)
+            self.progress.advance(1)
 
     # -- deciding --------------------------------------------------------------------------
     def _decide_and_apply(
@@ -313,7 +307,9 @@ class _QualifyRun:
         if not self.dry_run:
             try:
                 push = self._settle_unfinished(push)
-            except ApiError as exc:
+            except StsyncError as exc:
+                if stops_run(exc):
+                    raise
                 # Not read back: the intents stay open for the next run to settle.
                 return QualifyDecision(
                     **base, outcome=FAILED, reason="an interrupted run's write could not be checked",
@@ -396,7 +392,9 @@ class _QualifyRun:
         rule = self.settings.rule
         try:
             user = self._find_referral(push)
-        except ApiError as exc:
+        except StsyncError as exc:
+            if stops_run(exc):
+                raise
             return self._failed(push, base, action, reason, exc.to_dict(), final=False)
         if user is None:
             error = {"message": f"Referral Factory has no referral for {_describe(push)} (deleted?)"}
@@ -420,16 +418,17 @@ class _QualifyRun:
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=rule, reason=reason)
         try:
             self.conn.referral_factory.set_qualification(wanted, id=user.id)
-        except TemporaryError:
-            # The PUT may or may not have landed: the intent stays open, and the next run
-            # reads the referral back before writing again.
-            raise
-        except ApiError as exc:
-            self.ledger.record_qualification_result(intent_id, state="failed", error=exc.to_dict())
-            final = exc.status == 404  # the lead was deleted: nothing to retry
+        except StsyncError as exc:
+            if stops_run(exc):
+                # E.g. Referral Factory down: the PUT may or may not have landed. The intent
+                # stays open, and the next run reads the referral back before writing again.
+                raise
+            error = exc.to_dict()
+            self.ledger.record_qualification_result(intent_id, state="failed", error=error)
+            final = isinstance(exc, ApiError) and exc.status == 404  # the lead was deleted: nothing to retry
             if final:
                 self._track(push, final=True)
-            return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=exc.to_dict())
+            return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
         self.ledger.record_qualification_result(intent_id, state="done")
         final = final_after()
         self._track(push, final=final or None)
@@ -497,6 +496,8 @@ class _QualifyRun:
         changed = {key: value for key, value in observed.items() if value is not None and getattr(push, key) != value}
         if changed or final is not None or qualification is not None:
             self.ledger.update_tracking(push.external_id, final=final, qualification=qualification, **changed)
+
+
 
 
 def _describe(push: "PushRecord") -> str:

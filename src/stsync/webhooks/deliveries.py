@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from stsync.logs import get_logger, redact
 
 if TYPE_CHECKING:
-    from stsync.services.leads import Lead
+    from stsync.leads import Lead
 
 log = get_logger(__name__)
 

@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 from stsync.errors import InvalidRecord, StsyncError, UsageError
 from stsync.logs import get_logger
 from stsync.mapping.booking import external_id_for
-from stsync.services.leads import leads_from_json
+from stsync.leads import leads_from_json
 from stsync.webhooks.deliveries import (
     DUPLICATE,
     FAILED,
@@ -64,7 +64,7 @@ from stsync.webhooks.payload import (
 from stsync.webhooks.tokens import header_token_matches, token_matches
 
 if TYPE_CHECKING:
-    from stsync.services.leads import Lead
+    from stsync.leads import Lead
     from stsync.services.runtime import Connection
 
 log = get_logger(__name__)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 if TYPE_CHECKING:
-    from stsync.services.leads import Lead
+    from stsync.leads import Lead
 
 LEAD_CREATED = "lead_created"
 LEAD_QUALIFIED = "lead_qualified"
