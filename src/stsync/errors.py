@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stsync.credentials import env_var_names
+
 
 class StsyncError(Exception):
     """Base class. ``hint`` is the one line telling the user what to do next."""
@@ -72,8 +74,8 @@ class SecretStoreUnavailable(ConfigError):
         super().__init__(
             f"No usable secret store: {detail}",
             hint=(
-                "1. set the secrets as environment variables (STSYNC_ST_CLIENT_SECRET, "
-                "STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY); 2. unlock or install an OS keyring "
+                f"1. set the secrets as environment variables ({env_var_names()}); "
+                "2. unlock or install an OS keyring "
                 "(a Secret Service such as gnome-keyring, or choose a backend with "
                 "PYTHON_KEYRING_BACKEND); 3. opt in to the file store with "
                 "`stsync connect --secrets-store file`"

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from stsync import envvars
 from stsync.cli.context import AppContext
 
 
@@ -24,16 +25,15 @@ def serve_command(
     token: Optional[str] = typer.Option(
         None,
         "--token",
-        envvar="STSYNC_WEBHOOK_TOKEN",
-        show_envvar=True,
-        help="Shared secret: in the webhook URL (/hooks/<token>) or the X-Stsync-Token header. Prefer the env variable.",
+        help="Shared secret: in the webhook URL (/hooks/<token>) or the X-Stsync-Token header. "
+        f"Prefer the env variable. \\[env var: {envvars.WEBHOOK_TOKEN.name}]",
     ),
 ) -> None:
     from stsync.services.webhooks import DeliveryEvent, WebhookServer, check_token, serve_until_signalled
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    token = check_token(token)
+    token = check_token(envvars.resolve(envvars.WEBHOOK_TOKEN, option=token))
     conn = app_ctx.connection()
     # Fail now, not at the first delivery, when the connection cannot work.
     conn.require("tenant_id", "client_id", "booking_provider", "campaign_id")

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from stsync import credentials
+from stsync.credentials import Secret
 from stsync.errors import AuthError, ConfigError, StsyncError
 from stsync.services import mapping
 from stsync.servicetitan.vocabulary import JOB_STATUSES
@@ -41,16 +43,6 @@ MAPPING = "mapping"
 SERVICETITAN = "servicetitan"
 REFERRAL_FACTORY = "referral_factory"
 
-SECRET_ENV = {
-    "st_client_secret": "STSYNC_ST_CLIENT_SECRET",
-    "st_app_key": "STSYNC_ST_APP_KEY",
-    "rf_api_key": "STSYNC_RF_API_KEY",
-}
-SECRET_LABELS = {
-    "st_client_secret": "ServiceTitan Client Secret",
-    "st_app_key": "ServiceTitan App Key",
-    "rf_api_key": "Referral Factory API key",
-}
 
 # The troubleshooting guide's "Common causes", verbatim where a check matches one.
 NOTHING_TO_ACTION = (
@@ -148,17 +140,18 @@ def check_secrets_present(paths: "ConnectionPaths") -> Check:
 
     name = "Secrets"
     store = SecretStore(paths)
-    missing: list[str] = []
+    missing: list[Secret] = []
     try:
-        for secret in SECRET_ENV:
-            if not store.get(secret):
+        for secret in credentials.SECRETS:
+            if not store.get(secret.name):
                 missing.append(secret)
     except ConfigError as exc:  # no usable secret store (SecretStoreUnavailable)
         return _from_error(name, exc, SECRETS)
     if missing:
-        listed = ", ".join(f"{SECRET_LABELS[s]} ({s}, or env {SECRET_ENV[s]})" for s in missing)
-        return _fail(name, f"missing: {listed}", "run `stsync connect` (or set the environment variables)", SECRETS)
-    where = ", ".join(f"{secret} ({store.source(secret) or 'found'})" for secret in SECRET_ENV)
+        listed = ", ".join(f"{s.label} ({s.name}, or env {s.env_var.name})" for s in missing)
+        found_in = "; ".join(f"the {s.label} is in {s.where}" for s in missing)
+        return _fail(name, f"missing: {listed}", f"run `stsync connect` (or set the environment variables); {found_in}", SECRETS)
+    where = ", ".join(f"{secret.name} ({store.source(secret.name) or 'found'})" for secret in credentials.SECRETS)
     return Check(name, PASS, f"found: {where}", category=SECRETS)
 
 

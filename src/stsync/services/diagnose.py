@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stsync import credentials
 from stsync.errors import ConfigError, SecretStoreUnavailable, StsyncError
 from stsync.logs import get_logger
 from stsync.services import checks as checks_module
@@ -522,7 +523,7 @@ def _online(conn: "Connection", report: DiagnoseReport) -> list[Check]:
 
     st_names = ONLINE_CHECK_NAMES[:4]
     st_missing = [key for key, value in (("servicetitan.tenant_id", config.servicetitan.tenant_id), ("servicetitan.client_id", config.servicetitan.client_id)) if value in (None, "")]
-    st_secrets = [name for name in ("st_client_secret", "st_app_key") if not sources.get(name)]
+    st_secrets = [s.name for s in (credentials.ST_CLIENT_SECRET, credentials.ST_APP_KEY) if not sources.get(s.name)]
     # A missing secret was reported by "Secrets", or by "Secret store" when that one could not be read.
     secrets_check = "Secrets" if any(c.name == "Secrets" for c in report.checks) else "Secret store"
     if st_missing or st_secrets:
@@ -545,8 +546,8 @@ def _online(conn: "Connection", report: DiagnoseReport) -> list[Check]:
                 found.append(checks_module.check_return_field_types(conn))
 
     rf_names = ONLINE_CHECK_NAMES[4:]
-    if not sources.get("rf_api_key"):
-        skip(rf_names, "missing: rf_api_key", secrets_check)
+    if not sources.get(credentials.RF_API_KEY.name):
+        skip(rf_names, f"missing: {credentials.RF_API_KEY.name}", secrets_check)
     else:
         key = checks_module.check_referral_factory_key(conn)
         found.append(key)
@@ -601,7 +602,7 @@ def _other_environment_accepts(conn: "Connection") -> str | None:
     if conn.endpoints.st_auth_url.rstrip("/") != own:
         return None
     try:
-        secret = conn.secrets.get("st_client_secret")
+        secret = conn.secrets.get(credentials.ST_CLIENT_SECRET.name)
     except StsyncError:
         return None
     if not secret:

@@ -62,6 +62,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from stsync import envvars
 from stsync.errors import ApiError, InvalidRecord, StsyncError, UsageError
 from stsync.logs import get_logger, redact, register_secret
 
@@ -78,7 +79,6 @@ REFERRER_JOINED = "referrer_joined"
 REWARD_ISSUED = "reward_issued"
 EVENTS = (LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED, REWARD_ISSUED)
 
-TOKEN_ENV = "STSYNC_WEBHOOK_TOKEN"
 TOKEN_HEADER = "X-Stsync-Token"
 EVENT_HEADER = "X-Stsync-Event"
 HOOKS_PREFIX = "hooks"
@@ -322,7 +322,7 @@ def check_token(token: str | None) -> str:
     """The serve token, or ``UsageError`` when missing; a short token is refused too."""
     if token is None or not token.strip():
         raise UsageError(
-            f"serve needs a shared token: --token, or the environment variable {TOKEN_ENV}",
+            f"serve needs a shared token: --token, or the environment variable {envvars.WEBHOOK_TOKEN.name}",
             hint="generate one, e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`, and "
             "put it in the webhook URL (/hooks/<token>) or the X-Stsync-Token header in Referral Factory",
         )

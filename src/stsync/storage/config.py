@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from stsync import envvars
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, JOB_STATUSES, REQUIRED_BOOKING_TARGETS
 
@@ -631,8 +632,8 @@ def render_config(config: Config) -> str:
             out.append(_with_comment(f"# {key} = {placeholder}", "set by `stsync connect`"))
         else:
             out.append(_line(key, value, comment))
-    out.append(_optional_line("auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', "endpoint overrides; STSYNC_ST_AUTH_URL wins"))
-    out.append(_optional_line("api_url", st.api_url, f'"{PRODUCTION_ENDPOINTS[1]}"', "STSYNC_ST_API_URL wins"))
+    out.append(_optional_line("auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', f"endpoint overrides; {envvars.ST_AUTH_URL.name} wins"))
+    out.append(_optional_line("api_url", st.api_url, f'"{PRODUCTION_ENDPOINTS[1]}"', f"{envvars.ST_API_URL.name} wins"))
     page_size_comment = f"rows per page when listing (at most {MAX_PAGE_SIZE})"
     if st.page_size == ServiceTitanSettings.model_fields["page_size"].default:
         out.append(_with_comment(f"# page_size = {st.page_size}", page_size_comment))
@@ -645,7 +646,7 @@ def render_config(config: Config) -> str:
         out.append(_with_comment("# campaign_id = 7", "set by `stsync connect`"))
     else:
         out.append(_line("campaign_id", rf.campaign_id, "Edit Campaign → Integration tab → API"))
-    out.append(_optional_line("api_url", rf.api_url, f'"{REFERRAL_FACTORY_API_URL}"', "STSYNC_RF_API_URL wins"))
+    out.append(_optional_line("api_url", rf.api_url, f'"{REFERRAL_FACTORY_API_URL}"', f"{envvars.RF_API_URL.name} wins"))
     out.append("")
 
     out.append("[leads]")
@@ -771,17 +772,17 @@ class Endpoints:
 
 
 def resolve_endpoints(config: Config) -> Endpoints:
-    """Environment → URLs; config keys override; STSYNC_* env variables win (SPEC §2)."""
+    """servicetitan.environment → URLs; config keys override; STSYNC_* env variables win (SPEC §2)."""
     auth_default, api_default = INTEGRATION_ENDPOINTS if config.servicetitan.environment == "integration" else PRODUCTION_ENDPOINTS
 
-    def pick(env_name: str, configured: str | None, default: str) -> str:
-        chosen = os.environ.get(env_name) or configured or default
-        return chosen.strip().rstrip("/")
+    def pick(variable: envvars.EnvVar, configured: str | None, default: str) -> str:
+        chosen = envvars.resolve(variable, configured=configured, default=default)
+        return str(chosen).rstrip("/")
 
     return Endpoints(
-        st_auth_url=pick("STSYNC_ST_AUTH_URL", config.servicetitan.auth_url, auth_default),
-        st_api_url=pick("STSYNC_ST_API_URL", config.servicetitan.api_url, api_default),
-        rf_api_url=pick("STSYNC_RF_API_URL", config.referral_factory.api_url, REFERRAL_FACTORY_API_URL),
+        st_auth_url=pick(envvars.ST_AUTH_URL, config.servicetitan.auth_url, auth_default),
+        st_api_url=pick(envvars.ST_API_URL, config.servicetitan.api_url, api_default),
+        rf_api_url=pick(envvars.RF_API_URL, config.referral_factory.api_url, REFERRAL_FACTORY_API_URL),
     )
 
 
