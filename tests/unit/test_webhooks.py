@@ -13,8 +13,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -40,11 +38,9 @@ from stsync.services.webhooks import (
     parse_payload,
     serve_until_signalled,
 )
-from stsync.storage.config import default_config
-from stsync.storage.ledger import Ledger
+from connection_fixtures import CAMPAIGN  # tests/support
 from fakes import FakeReferralFactoryUsers  # tests/support
 
-CAMPAIGN = 7
 TOKEN = "s3cret-token-for-tests-0123456789"
 
 
@@ -58,14 +54,6 @@ class FakeReferralFactory(FakeReferralFactoryUsers):
 
     def get_campaign(self, campaign_id):
         return Campaign(id=campaign_id, code="spring", name="Spring Referrals", status="launched")
-
-
-@dataclass
-class FakeConnection:
-    ledger: Ledger
-    config: object
-    referral_factory: FakeReferralFactory = field(default_factory=FakeReferralFactory)
-    campaign_id: int = CAMPAIGN
 
 
 class PushRecorder:
@@ -87,11 +75,9 @@ class PushRecorder:
 
 
 @pytest.fixture
-def conn(tmp_path: Path):
-    ledger = Ledger.open(tmp_path / "ledger.sqlite3")
-    config = default_config(tenant_id=1, client_id="cid", booking_provider=42, campaign_id=CAMPAIGN)
-    yield FakeConnection(ledger=ledger, config=config)
-    ledger.close()
+def conn(make_connection):
+    """The real ledger; Referral Factory is the fake above, ServiceTitan is never reached (push_lead is recorded)."""
+    return make_connection(referral_factory=FakeReferralFactory())
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from stsync.services import mapping
 from stsync.servicetitan.vocabulary import JOB_STATUSES
 
 if TYPE_CHECKING:
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
     from stsync.storage.config import Config
     from stsync.storage.paths import ConnectionPaths
 

@@ -203,7 +203,7 @@ def connect(
 
 def verify_connection(paths: ConnectionPaths, config, values: ConnectValues, *, transport=None) -> Verification:
     """Live checks, in the order a human would debug them. Raises the first failure."""
-    from stsync.services.runtime import build_referral_factory_client, build_servicetitan_client
+    from stsync.connection import build_referral_factory_client, build_servicetitan_client
     from stsync.storage.config import resolve_endpoints
 
     endpoints = resolve_endpoints(config)

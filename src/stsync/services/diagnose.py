@@ -48,7 +48,7 @@ from stsync.services import checks as checks_module
 from stsync.services.checks import FAIL, PASS, WARN, Check
 
 if TYPE_CHECKING:
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
     from stsync.storage.config import Config
     from stsync.storage.ledger import AttemptRecord, Ledger, PushRecord
     from stsync.storage.paths import ConnectionPaths
@@ -507,7 +507,7 @@ ONLINE_CHECK_NAMES = (
 
 
 def _diagnose_connection(paths: "ConnectionPaths", config: "Config") -> "Connection":
-    from stsync.services.runtime import CHECK_RETRY_BUDGET_SECONDS, Connection
+    from stsync.connection import CHECK_RETRY_BUDGET_SECONDS, Connection
 
     return Connection.open(paths, config, retry_budget_seconds=CHECK_RETRY_BUDGET_SECONDS)
 

@@ -15,7 +15,7 @@ from stsync.errors import UsageError
 from stsync.services.push import error_summary
 
 if TYPE_CHECKING:
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
 
 MAX_LIMIT = 10_000
 

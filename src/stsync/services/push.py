@@ -48,7 +48,7 @@ from stsync.logs import get_logger
 if TYPE_CHECKING:
     from stsync.servicetitan.models import Booking
     from stsync.services.leads import Lead
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
 
 log = get_logger(__name__)
 

@@ -62,7 +62,7 @@ from stsync.logs import get_logger
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
     from stsync.servicetitan.models import Booking, Job
     from stsync.storage.ledger import Ledger, PushRecord
 

@@ -74,7 +74,7 @@ from stsync.logs import get_logger
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
     from stsync.services.mapping import ReferrerRequest, Skip
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
     from stsync.servicetitan.models import Customer, CustomerContact, CustomFieldType
     from stsync.storage.ledger import ContactRow, Ledger
 

@@ -87,7 +87,7 @@ def validate(config_path: Path, paths: "ConnectionPaths", *, online: bool, conne
 
 
 def _online(paths: "ConnectionPaths", config, connection) -> list[Check]:
-    from stsync.services.runtime import CHECK_RETRY_BUDGET_SECONDS, Connection
+    from stsync.connection import CHECK_RETRY_BUDGET_SECONDS, Connection
 
     own = connection is None
     conn = connection if connection is not None else Connection.open(

@@ -69,7 +69,7 @@ from stsync.logs import get_logger, redact, register_secret
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
     from stsync.services.leads import Lead
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
 
 log = get_logger(__name__)
 
