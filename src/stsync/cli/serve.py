@@ -8,6 +8,7 @@ import typer
 
 from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.storage.states import DeliveryOutcome, RunJob
 
 
 def register(app: typer.Typer) -> None:
@@ -45,11 +46,11 @@ def serve_command(
         who = f" {event.who}" if event.who else ""
         what = event.event or "request"
         if event.stage == "received":
-            if event.outcome == "rejected":
+            if event.outcome == DeliveryOutcome.REJECTED:
                 term.warning(f"{event.status} {what}: {event.message}")
             else:
                 term.info(f"← {event.status} {what}{who}: {event.message}")
-        elif event.outcome == "failed":
+        elif event.outcome == DeliveryOutcome.FAILED:
             term.error(f"{what}{who}: {event.message}")
         else:
             booking = f" (booking {event.booking_id})" if event.booking_id else ""
@@ -60,7 +61,7 @@ def serve_command(
         term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
 
     server = WebhookServer(conn, token=token, host=host, port=port, observer=show)
-    with conn.run_lock("serve", command="serve"):
+    with conn.run_lock(RunJob.SERVE, command="serve"):
         serve_until_signalled(server, on_started=started)
     stats = server.stats
     term.summary(

@@ -25,6 +25,7 @@ from stsync.credentials import Secret
 from stsync.errors import AuthError, ConfigError, StsyncError
 from stsync.services import mapping
 from stsync.servicetitan.vocabulary import JOB_STATUSES
+from stsync.vocabulary import Action, Environment, QualificationRule, UnqualifyEvent
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
@@ -158,8 +159,8 @@ def check_secrets_present(paths: "ConnectionPaths") -> Check:
 def check_leads_action(config: "Config", *, nothing_is: Status = WARN) -> Check:
     """Step 4: when a lead joins the campaign, a booking is created (not "Nothing to action")."""
     name = "Leads: when lead joins campaign"
-    if config.leads.action == mapping.CREATE_BOOKING:
-        return Check(name, PASS, "Create New Booking In Service Titan", category=MAPPING)
+    if config.leads.action == Action.CREATE_BOOKING:
+        return Check(name, PASS, mapping.ACTION_LABELS[Action.CREATE_BOOKING], category=MAPPING)
     return Check(
         name,
         nothing_is,
@@ -178,7 +179,7 @@ def check_required_fields(config: "Config", *, kind: str = "leads") -> Check:
     name = f"{section_key.capitalize()}: field mapping"
     problems = mapping.booking_mapping_problems(section, kind=section_key)
     missing = mapping.missing_required(section)
-    creates = section.action == mapping.CREATE_BOOKING
+    creates = section.action == Action.CREATE_BOOKING
     if missing and creates:
         labels = ", ".join(f"{mapping.BOOKING_TARGET_LABELS[t]} ({t})" for t in missing)
         extra = f"; also {problems[0]}" if problems else ""
@@ -214,7 +215,7 @@ def check_qualification_rule(config: "Config") -> Check:
     name = "Qualification rule"
     qualification = config.leads.qualification
     rule = qualification.rule
-    if rule == "job_status" and qualification.job_status not in JOB_STATUSES:
+    if rule == QualificationRule.JOB_STATUS and qualification.job_status not in JOB_STATUSES:
         return _fail(
             name,
             f"job_status {qualification.job_status!r} is not one of " + ", ".join(JOB_STATUSES),
@@ -222,10 +223,10 @@ def check_qualification_rule(config: "Config") -> Check:
             MAPPING,
         )
     described = {
-        "none": "Do not qualify my referrals",
-        "job_created": "qualify when the booking becomes a job",
+        QualificationRule.NONE: "Do not qualify my referrals",
+        QualificationRule.JOB_CREATED: "qualify when the booking becomes a job",
     }.get(rule, f"qualify when the booking becomes a job and reaches {qualification.job_status}")
-    if rule != "none" and config.leads.action != mapping.CREATE_BOOKING:
+    if rule != QualificationRule.NONE and config.leads.action != Action.CREATE_BOOKING:
         return Check(
             name,
             WARN,
@@ -233,12 +234,13 @@ def check_qualification_rule(config: "Config") -> Check:
             "stsync map action leads create-booking",
             MAPPING,
         )
-    if rule != "job_status" and qualification.job_status is not None:
+    if rule != QualificationRule.JOB_STATUS and qualification.job_status is not None:
         return Check(
-            name, WARN, f"{described}; job_status {qualification.job_status!r} is ignored with rule {rule!r}",
+            name, WARN, f"{described}; job_status {qualification.job_status!r} is ignored with rule '{rule}'",
             "stsync map qualify job-status --status <status>, or remove job_status", MAPPING,
         )
-    if "job_canceled" in qualification.unqualify_on and rule == "job_status" and qualification.job_status == "Canceled":
+    cancels = UnqualifyEvent.JOB_CANCELED in qualification.unqualify_on
+    if cancels and rule == QualificationRule.JOB_STATUS and qualification.job_status == "Canceled":
         return Check(
             name, WARN, "qualifies on Canceled and also unqualifies on job_canceled: every qualification is taken back",
             "pick another status, or drop job_canceled from unqualify_on", MAPPING,
@@ -319,8 +321,8 @@ def check_servicetitan_token(conn: "Connection") -> Check:
 
     result = _guarded(name, SERVICETITAN, probe)
     if result.failed and result.exit_code == 4:
-        env = conn.config.servicetitan.environment
-        other = "integration" if env == "production" else "production"
+        env = Environment(conn.config.servicetitan.environment)
+        other = env.other
         return Check(
             name, FAIL, f"{result.message}. The connection uses the {env} environment ({conn.endpoints.st_auth_url}); "
             f"credentials made for {other} are rejected there",

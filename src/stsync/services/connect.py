@@ -16,6 +16,7 @@ from stsync.credentials import SECRET_NAMES, SECRETS
 from stsync.credentials import secret as secret_named
 from stsync.errors import AuthError, ConfigError, ReferralFactoryApiError, UsageError
 from stsync.logs import get_logger, register_secret
+from stsync.vocabulary import Environment
 from stsync.storage.paths import ConnectionPaths
 
 log = get_logger(__name__)
@@ -114,7 +115,7 @@ def plan_connect(paths: ConnectionPaths, given: ConnectValues) -> ConnectPlan:
         values.client_id = values.client_id or st.client_id
         values.booking_provider = values.booking_provider if values.booking_provider is not None else st.booking_provider
         values.campaign_id = values.campaign_id if values.campaign_id is not None else rf.campaign_id
-    values.environment = values.environment or "production"
+    values.environment = values.environment or Environment.PRODUCTION
     store = SecretStore(paths)
     for name in SECRET_NAMES:
         if getattr(values, name) is None:
@@ -144,8 +145,8 @@ def connect(
             "missing: " + ", ".join(f"{label_for(m)} ({FLAG_FOR[m]})" for m in missing),
             hint="pass them as options, or run `stsync connect` in a terminal to be asked",
         )
-    if values.environment not in ("production", "integration"):
-        raise UsageError(f"--environment must be production or integration, not {values.environment!r}")
+    if values.environment not in tuple(Environment):
+        raise UsageError(f"--environment must be {' or '.join(Environment)}, not {values.environment!r}")
     for name in SECRET_NAMES:
         register_secret(getattr(values, name))
 

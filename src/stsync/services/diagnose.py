@@ -45,7 +45,18 @@ from stsync import credentials
 from stsync.errors import ConfigError, SecretStoreUnavailable, StsyncError
 from stsync.logs import get_logger
 from stsync.services import checks as checks_module
+from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 from stsync.services.checks import FAIL, PASS, WARN, Check
+from stsync.storage.states import (
+    BOOKED_OUTCOMES,
+    AttemptOutcome,
+    PushState,
+    QualificationState,
+    QualificationValue,
+    RunJob,
+    RunOutcome,
+)
+from stsync.vocabulary import Action, Environment, Kind, QualificationRule
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
@@ -76,11 +87,11 @@ CONFIG_CHECK_NAMES = (
 )
 
 JOBS = {
-    "push": ("push-lead", "Last push run"),
-    "sync": ("sync-customers", "Last customer sync"),
-    "qualify": ("qualify", "Last qualify run"),
+    RunJob.PUSH: ("push-lead", "Last push run"),
+    RunJob.SYNC: ("sync-customers", "Last customer sync"),
+    RunJob.QUALIFY: ("qualify", "Last qualify run"),
 }
-LOCKED_JOBS = ("push", "sync", "qualify", "serve")
+LOCKED_JOBS = tuple(RunJob)
 
 RECONNECT_HINT = (
     "Authentication failed: fix the credential named above and reconnect with `stsync connect` "
@@ -419,11 +430,11 @@ def check_last_run(ledger: "Ledger", job: str) -> Check:
         return Check(name, PASS, f"`stsync {command}` has not run yet", category=ACTIVITY)
     when = run.finished_at or run.started_at
     counts = _counts_text(run.counts)
-    if run.outcome == "ok":
+    if run.outcome == RunOutcome.OK:
         return Check(name, PASS, f"ok at {when}{counts}", category=ACTIVITY)
-    if run.outcome == "running":
+    if run.outcome == RunOutcome.RUNNING:
         return Check(name, PASS, f"running since {run.started_at} (pid {run.pid}, `{run.command}`)", category=ACTIVITY)
-    if run.outcome == "interrupted":
+    if run.outcome == RunOutcome.INTERRUPTED:
         return Check(
             name,
             WARN,
@@ -432,7 +443,7 @@ def check_last_run(ledger: "Ledger", job: str) -> Check:
             ACTIVITY,
         )
     error = f": {run.error}" if run.error else ""
-    if run.outcome == "partial":
+    if run.outcome == RunOutcome.PARTIAL:
         return Check(
             name,
             WARN,
@@ -460,7 +471,7 @@ def check_push_failures(ledger: "Ledger") -> tuple[Check, list[dict[str, Any]]]:
     resolved = 0
     for external_id, attempt in latest.items():
         push = ledger.get_push(external_id)
-        if push is not None and push.state == "booked":
+        if push is not None and push.state == PushState.BOOKED:
             resolved += 1
             continue
         unresolved.append(failure_dict(attempt, push))
@@ -593,12 +604,9 @@ def _other_environment_accepts(conn: "Connection") -> str | None:
 
     from stsync.storage.config import INTEGRATION_ENDPOINTS, PRODUCTION_ENDPOINTS
 
-    environment = conn.config.servicetitan.environment
-    own, other_env, other = (
-        (PRODUCTION_ENDPOINTS[0], "integration", INTEGRATION_ENDPOINTS[0])
-        if environment == "production"
-        else (INTEGRATION_ENDPOINTS[0], "production", PRODUCTION_ENDPOINTS[0])
-    )
+    auth_url_for = {Environment.PRODUCTION: PRODUCTION_ENDPOINTS[0], Environment.INTEGRATION: INTEGRATION_ENDPOINTS[0]}
+    environment = Environment(conn.config.servicetitan.environment)
+    own, other_env, other = auth_url_for[environment], environment.other, auth_url_for[environment.other]
     if conn.endpoints.st_auth_url.rstrip("/") != own:
         return None
     try:
@@ -717,7 +725,7 @@ def _check_passed(report: DiagnoseReport | None, name: str) -> bool:
 
 
 def _user_dict(user: Any) -> dict[str, Any]:
-    kinds = {"person_invited": "referred lead", "person_referring": "referrer"}
+    kinds = {PERSON_INVITED: "referred lead", PERSON_REFERRING: "referrer"}
     return {
         "id": user.id,
         "campaign_id": user.campaign_id,
@@ -851,18 +859,18 @@ def _tell(story: ReferralStory, config: "Config | None", *, offline: bool) -> No
         )
         if offline:
             story.next_steps.append("run `stsync diagnose --email` without --offline to look the e-mail up in Referral Factory")
-        if config is not None and config.leads.action != "create_booking":
+        if config is not None and config.leads.action != Action.CREATE_BOOKING:
             story.next_steps.insert(0, "leads are set to Nothing to action: no lead is sent; `stsync map action leads create-booking`")
         return
 
     if user is not None and not story.pushes:
         kind = user.get("type")
-        if kind == "person_referring" and config is not None and config.referrers.action != "create_booking":
+        if kind == PERSON_REFERRING and config is not None and config.referrers.action != Action.CREATE_BOOKING:
             story.summary.append("stsync never pushed it: it is a referrer, and referrers are set to Nothing to action.")
             story.next_steps.append("to book referrers too: `stsync map action referrers create-booking`")
         else:
             story.summary.append("stsync never pushed this lead.")
-            if config is not None and config.leads.action != "create_booking" and kind == "person_invited":
+            if config is not None and config.leads.action != Action.CREATE_BOOKING and kind == PERSON_INVITED:
                 story.next_steps.append("leads are set to Nothing to action: `stsync map action leads create-booking`")
             story.next_steps.append(f"push it now: `stsync push-lead --code {user['code']}`")
             story.next_steps.append("check that `stsync push-lead --new` runs from cron (or `stsync serve` receives the webhooks)")
@@ -870,13 +878,13 @@ def _tell(story: ReferralStory, config: "Config | None", *, offline: bool) -> No
 
     for push in story.pushes:
         last = push["attempts"][0] if push["attempts"] else None
-        if push["state"] != "booked" and last is not None and last["outcome"] in ("failed", "lost"):
-            command = f"stsync push-lead --code {push['external_id']}" + (" --referrer" if push["kind"] == "referrer" else "")
+        if push["state"] != PushState.BOOKED and last is not None and last["outcome"] in (AttemptOutcome.FAILED, AttemptOutcome.LOST):
+            command = f"stsync push-lead --code {push['external_id']}" + (" --referrer" if push["kind"] == Kind.REFERRER else "")
             story.next_steps.append(f"fix what the error above says, then push it again: `{command}`")
         live = push.get("servicetitan") or {}
-        if push["state"] == "booked" and live and live.get("job") is None and live.get("status") != "Dismissed":
-            rule = config.leads.qualification.rule if config is not None else "none"
-            if rule != "none":
+        if push["state"] == PushState.BOOKED and live and live.get("job") is None and live.get("status") != "Dismissed":
+            rule = config.leads.qualification.rule if config is not None else QualificationRule.NONE
+            if rule != QualificationRule.NONE:
                 story.next_steps.append(
                     f"the booking {live['booking_id']} has no job yet: qualification waits until a CSR books a job from it"
                 )
@@ -884,16 +892,16 @@ def _tell(story: ReferralStory, config: "Config | None", *, offline: bool) -> No
 
 def _push_sentences(push: dict[str, Any], config: "Config | None") -> list[str]:
     sentences: list[str] = []
-    what = "lead" if push["kind"] == "lead" else "referrer"
+    what = Kind.LEAD if push["kind"] == Kind.LEAD else Kind.REFERRER
     sentences.append(
         f"Ledger: {what} pushed as externalId {push['external_id']} (first seen {push['first_seen']}); state {push['state']}"
         + (f", booking {push['booking_id']}" if push["booking_id"] else "")
         + "."
     )
     for attempt in reversed(push["attempts"]):  # oldest first reads as a story
-        if attempt["outcome"] in ("created", "already_booked"):
+        if attempt["outcome"] in BOOKED_OUTCOMES:
             text = f"booking {attempt['booking_id']} ({attempt['outcome'].replace('_', ' ')})"
-        elif attempt["outcome"] == "intent":
+        elif attempt["outcome"] == AttemptOutcome.INTENT:
             text = "sent, answer not recorded yet (a run in progress, or one that was killed)"
         elif attempt["error_text"]:
             text = f"{attempt['outcome']} — {attempt['error_text']}"
@@ -911,17 +919,20 @@ def _push_sentences(push: dict[str, Any], config: "Config | None") -> list[str]:
         job = f"job {push['job_id']} {push['job_status'] or ''}".strip() if push["job_id"] else "no job recorded"
         sentences.append(f"Last tracked: booking {push['booking_status'] or '?'}; {job}.")
     rule = config.leads.qualification if config is not None else None
-    if push["qualification"] == "qualified":
+    if push["qualification"] == QualificationValue.QUALIFIED:
         sentences.append(f"Qualified by stsync at {push['qualified_at']}.")
-    elif push["qualification"] == "unqualified":
+    elif push["qualification"] == QualificationValue.UNQUALIFIED:
         sentences.append(f"Unqualified by stsync at {push['qualified_at']}.")
-    elif rule is not None and push["kind"] == "lead":
-        described = {"none": "the rule is Do not qualify", "job_created": "qualifies when the booking becomes a job"}.get(
+    elif rule is not None and push["kind"] == Kind.LEAD:
+        described = {
+            QualificationRule.NONE: "the rule is Do not qualify",
+            QualificationRule.JOB_CREATED: "qualifies when the booking becomes a job",
+        }.get(
             rule.rule, f"qualifies when the job reaches {rule.job_status}"
         )
         sentences.append(f"Not qualified by stsync yet ({described}).")
     for item in push["qualifications"]:
-        if item["state"] == "failed":
+        if item["state"] == QualificationState.FAILED:
             sentences.append(f"  {item['action']} failed at {item['at']}: {item['error_text']}")
     return sentences
 

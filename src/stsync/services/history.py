@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from stsync.errors import UsageError
 from stsync.services.push import error_summary
+from stsync.storage.states import RunJob
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
@@ -92,7 +93,7 @@ def push_history(
         )
         for a in attempts
     ]
-    run = ledger.last_run("push")
+    run = ledger.last_run(RunJob.PUSH)
     last_run = None
     if run is not None:
         last_run = {

@@ -16,12 +16,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import ConfigError, InvalidRecord, UsageError
+from stsync.referralfactory.models import PERSON_INVITED
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import Campaign, User
-
-PERSON_INVITED = "person_invited"
-PERSON_REFERRING = "person_referring"
 
 # SPEC §3 "Referral Factory lead fields", in the order `map show` lists them.
 LEAD_FIELDS: tuple[str, ...] = (

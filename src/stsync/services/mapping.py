@@ -35,10 +35,7 @@ from stsync.servicetitan.vocabulary import (
     REQUIRED_BOOKING_TARGETS,
     SELECT_OPTIONS,
 )
-
-CREATE_BOOKING = "create_booking"
-NOTHING = "nothing"
-ACTIONS = (CREATE_BOOKING, NOTHING)
+from stsync.vocabulary import Action, Kind, QualificationRule, ReturnValue
 
 # How the setup guide's table (Step 5) and ServiceTitan's screens name each booking target.
 BOOKING_TARGET_LABELS: dict[str, str] = {
@@ -81,7 +78,7 @@ CUSTOMER_SOURCES: tuple[str, ...] = (
 CUSTOM_PREFIX = "custom."
 REFERRER_TARGETS: tuple[str, ...] = ("first_name", "email")  # plus meta.<label>
 REQUIRED_REFERRER_TARGETS: tuple[str, ...] = ("first_name", "email")
-RETURN_VALUES: tuple[str, ...] = ("referral_link", "referral_code")
+RETURN_VALUES: tuple[str, ...] = tuple(ReturnValue)
 SKIP_REASONS = ("no_email", "invalid_email", "inactive", "merged", "no_name")
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -182,9 +179,9 @@ def section_name(kind: str | None, section: Any = None) -> str:
     kind, the section tells: only ``[leads]`` has a qualification rule."""
     if kind is None:
         return "leads" if hasattr(section, "qualification") else "referrers"
-    if kind in ("lead", "leads"):
+    if kind in (Kind.LEAD, "leads"):
         return "leads"
-    if kind in ("referrer", "referrers"):
+    if kind in (Kind.REFERRER, "referrers"):
         return "referrers"
     raise ValueError(f"kind must be lead or referrer, not {kind!r}")
 
@@ -787,7 +784,7 @@ def _text(value: Any) -> str | None:
 
 def return_values_for(return_fields: Mapping[str, str], *, referral_link: str | None, referral_code: str | None) -> dict[str, str]:
     """custom field name → value, from ``[customer_sync.return_fields]`` and the referrer's link and code."""
-    available = {"referral_link": referral_link, "referral_code": referral_code}
+    available = {ReturnValue.REFERRAL_LINK: referral_link, ReturnValue.REFERRAL_CODE: referral_code}
     return {name: available[value] for name, value in return_fields.items() if available.get(value)}  # type: ignore[misc]
 
 
@@ -954,22 +951,24 @@ class SectionStatus:
 
     @property
     def setup_required(self) -> bool:
-        return self.action == CREATE_BOOKING and bool(self.missing)
+        return self.action == Action.CREATE_BOOKING and bool(self.missing)
 
 
 def section_status(section: Any, *, kind: str) -> SectionStatus:
-    return SectionStatus(section=section_name(kind), action=str(getattr(section, "action", NOTHING)), missing=missing_required(section))
+    action = str(getattr(section, "action", Action.NOTHING))
+    return SectionStatus(section=section_name(kind), action=action, missing=missing_required(section))
 
 
-ACTION_LABELS = {CREATE_BOOKING: "Create New Booking In Service Titan", NOTHING: "Nothing to action"}
-RETURN_VALUE_LABELS = {"referral_link": "Referral Link", "referral_code": "Referral Code"}
+# The seed's words for each action and return value.
+ACTION_LABELS = {Action.CREATE_BOOKING: "Create New Booking In Service Titan", Action.NOTHING: "Nothing to action"}
+RETURN_VALUE_LABELS = {ReturnValue.REFERRAL_LINK: "Referral Link", ReturnValue.REFERRAL_CODE: "Referral Code"}
 
 
 def qualification_label(rule: str, job_status: str | None) -> str:
     """The setup guide's Step 6 wording of a rule."""
-    if rule == "job_created":
+    if rule == QualificationRule.JOB_CREATED:
         return "Booking becomes a job"
-    if rule == "job_status":
+    if rule == QualificationRule.JOB_STATUS:
         return f"Booking becomes a job and reached status {job_status}"
     return "Do not qualify my referrals"
 
@@ -1036,12 +1035,9 @@ def mapping_overview(config: Any, *, sections: Iterable[str] = ("leads", "referr
 
 
 __all__ = [
-    "ACTIONS",
     "BOOKING_TARGET_LABELS",
-    "CREATE_BOOKING",
     "CUSTOMER_SOURCES",
     "MappingRow",
-    "NOTHING",
     "REFERRER_TARGETS",
     "RETURN_VALUES",
     "ReferrerRequest",

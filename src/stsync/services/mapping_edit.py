@@ -12,6 +12,7 @@ them so the command can say so.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -19,26 +20,27 @@ from stsync.errors import ConfigError, UsageError
 from stsync.services import mapping
 from stsync.services.leads import did_you_mean
 from stsync.servicetitan.vocabulary import JOB_STATUSES
+from stsync.vocabulary import Action, QualificationRule, ReturnValue, UnqualifyEvent
 
 if TYPE_CHECKING:
     from stsync.storage.config import Config
 
 FOR_CHOICES = ("leads", "referrers", "customers")
 VALUE_KINDS = ("from", "value", "select", "template")
-ACTION_WORDS = {"create-booking": "create_booking", "create_booking": "create_booking", "nothing": "nothing"}
-RULE_WORDS = {
-    "none": "none",
-    "job-created": "job_created",
-    "job_created": "job_created",
-    "job-status": "job_status",
-    "job_status": "job_status",
-}
-UNQUALIFY_WORDS = {
-    "job-canceled": "job_canceled",
-    "job_canceled": "job_canceled",
-    "booking-dismissed": "booking_dismissed",
-    "booking_dismissed": "booking_dismissed",
-}
+
+
+def _words(vocabulary: type[StrEnum]) -> dict[str, Any]:
+    """What a person may type for each word: the config's spelling or the CLI's (dashes)."""
+    return {spelling: word for word in vocabulary for spelling in (word.value, _dashed(word))}
+
+
+def _dashed(word: str) -> str:
+    return word.replace("_", "-")
+
+
+ACTION_WORDS = _words(Action)
+RULE_WORDS = _words(QualificationRule)
+UNQUALIFY_WORDS = _words(UnqualifyEvent)
 
 
 @dataclass
@@ -120,23 +122,24 @@ def set_action(config_path: Path, section: str, action: str) -> EditResult:
         raise UsageError(f"map action takes leads or referrers, not {section!r}{did_you_mean(section, ('leads', 'referrers'))}")
     chosen = ACTION_WORDS.get(action.strip().casefold())
     if chosen is None:
-        raise UsageError(f"unknown action {action!r}{did_you_mean(action, ('create-booking', 'nothing'))}", hint="use create-booking or nothing")
+        dashed = [_dashed(word) for word in Action]
+        raise UsageError(f"unknown action {action!r}{did_you_mean(action, dashed)}", hint=f"use {' or '.join(dashed)}")
     notes: list[str] = []
 
     def change(config: "Config") -> bool:
         settings = getattr(config, section)
         before = settings.action
         settings.action = chosen
-        if section == "referrers" and chosen == "create_booking" and not settings.fields:
+        if section == "referrers" and chosen == Action.CREATE_BOOKING and not settings.fields:
             # The Referrers tab maps the same booking fields; start from what leads use.
             settings.fields = dict(config.leads.fields)
             notes.append("the referrers had no field mapping: started from the leads' (see `stsync map show --for referrers`)")
         return before != chosen
 
-    label = "Create New Booking In Service Titan" if chosen == "create_booking" else "Nothing to action"
+    label = mapping.ACTION_LABELS[chosen]
     result = _edit(config_path, section, f"{section}: action = {chosen} ({label})", change)
     result.warnings.extend(notes)
-    if chosen == "nothing" and section == "leads":
+    if chosen == Action.NOTHING and section == "leads":
         result.warnings.append('"Nothing to action": referred leads will not be sent to ServiceTitan')
     return result
 
@@ -148,12 +151,12 @@ def set_qualification(
     chosen = RULE_WORDS.get(rule.strip().casefold())
     if chosen is None:
         raise UsageError(
-            f"unknown qualification rule {rule!r}{did_you_mean(rule, ('none', 'job-created', 'job-status'))}",
+            f"unknown qualification rule {rule!r}{did_you_mean(rule, [_dashed(word) for word in QualificationRule])}",
             hint="use none, job-created or job-status --status <status>",
         )
     job_status: str | None = None
     if status is not None:
-        if chosen != "job_status":
+        if chosen != QualificationRule.JOB_STATUS:
             raise UsageError("--status only goes with job-status", hint="stsync map qualify job-status --status Completed")
         job_status = next((s for s in JOB_STATUSES if s.casefold() == status.strip().casefold()), None)
         if job_status is None:
@@ -162,12 +165,12 @@ def set_qualification(
                 "job-status needs one of " + ", ".join(JOB_STATUSES),
                 hint="e.g. stsync map qualify job-status --status Completed",
             )
-    elif chosen == "job_status":
+    elif chosen == QualificationRule.JOB_STATUS:
         raise UsageError(
             "job-status needs --status: one of " + ", ".join(JOB_STATUSES),
             hint="e.g. stsync map qualify job-status --status Completed",
         )
-    events: list[str] | None = None
+    events: list[UnqualifyEvent] | None = None
     if unqualify_on is not None:
         events = []
         for word in unqualify_on:
@@ -176,7 +179,7 @@ def set_qualification(
             event = UNQUALIFY_WORDS.get(word.strip().casefold())
             if event is None:
                 raise UsageError(
-                    f"unknown --unqualify-on event {word!r}{did_you_mean(word, ('job-canceled', 'booking-dismissed'))}",
+                    f"unknown --unqualify-on event {word!r}{did_you_mean(word, [_dashed(event) for event in UnqualifyEvent])}",
                     hint="use job-canceled, booking-dismissed, or none",
                 )
             if event not in events:
@@ -191,12 +194,11 @@ def set_qualification(
             qualification.unqualify_on = events
         return before != (qualification.rule, qualification.job_status, list(qualification.unqualify_on))
 
-    shown = {"none": "none (Do not qualify my referrals)", "job_created": "job_created (Booking becomes a job)"}.get(
-        chosen, f"job_status = {job_status} (Booking becomes a job and reached status {job_status})"
-    )
+    label = mapping.qualification_label(chosen, job_status)
+    shown = f"job_status = {job_status} ({label})" if chosen == QualificationRule.JOB_STATUS else f"{chosen} ({label})"
     result = _edit(config_path, "qualification", f"leads.qualification: rule = {shown}", change)
     config = load_or_default(Path(config_path))[0]
-    if chosen != "none" and config.leads.action != "create_booking":
+    if chosen != QualificationRule.NONE and config.leads.action != Action.CREATE_BOOKING:
         result.warnings.append(
             'leads action is "Nothing to action": no booking is created, so no referral can qualify '
             "(stsync map action leads create-booking)"
@@ -213,7 +215,7 @@ def set_return_field(config_path: Path, name: str, value: str) -> EditResult:
     def change(config: "Config") -> bool:
         fields = config.customer_sync.return_fields
         before = fields.get(name)
-        fields[name] = value
+        fields[name] = ReturnValue(value)
         return before != value
 
     result = _edit(config_path, "return_fields", f'customer_sync.return_fields: "{name}" = {value}', change)
@@ -331,7 +333,7 @@ def _edit(config_path: Path, section: str, shown: str, change: Callable[["Config
     if section in ("leads", "referrers"):
         settings = getattr(edited, section)
         missing = mapping.missing_required(settings)
-        if settings.action == mapping.CREATE_BOOKING and missing:
+        if settings.action == Action.CREATE_BOOKING and missing:
             result.setup_required = missing
     return result
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stsync.errors import (
     AnswerLost,
@@ -44,6 +44,9 @@ from stsync.errors import (
     UsageError,
 )
 from stsync.logs import get_logger
+from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
+from stsync.storage.states import AttemptOutcome, PushState, RunJob
+from stsync.vocabulary import Action, Kind
 
 if TYPE_CHECKING:
     from stsync.servicetitan.models import Booking
@@ -52,14 +55,19 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-Kind = Literal["lead", "referrer"]
-Outcome = Literal["created", "already_booked", "skipped", "failed"]
-OUTCOMES: tuple[str, ...] = ("created", "already_booked", "skipped", "failed")
+# What one push_lead can end in (never intent or lost: those stay in the ledger), in the
+# order the counts are shown.
+OUTCOMES: tuple[AttemptOutcome, ...] = (
+    AttemptOutcome.CREATED,
+    AttemptOutcome.ALREADY_BOOKED,
+    AttemptOutcome.SKIPPED,
+    AttemptOutcome.FAILED,
+)
 
 # The config section each kind reads, and the Referral Factory user type `--new` searches.
-SECTION_FOR_KIND = {"lead": "leads", "referrer": "referrers"}
-USER_TYPE_FOR_KIND = {"lead": "person_invited", "referrer": "person_referring"}
-ACTION_LABEL = {"lead": "When lead joins campaign", "referrer": "Referrers"}
+SECTION_FOR_KIND = {Kind.LEAD: "leads", Kind.REFERRER: "referrers"}
+USER_TYPE_FOR_KIND = {Kind.LEAD: PERSON_INVITED, Kind.REFERRER: PERSON_REFERRING}
+ACTION_LABEL = {Kind.LEAD: "When lead joins campaign", Kind.REFERRER: "Referrers"}
 
 # A lost answer is looked up, then the POST repeated; a booking whose answer is lost this
 # many times in a row is left for the next run (the lookup then finds it, or it is created).
@@ -80,7 +88,7 @@ class PushResult:
 
     lead: "Lead"
     kind: str
-    outcome: Outcome
+    outcome: AttemptOutcome
     external_id: str | None = None
     booking_id: int | None = None
     status: str | None = None
@@ -93,7 +101,7 @@ class PushResult:
 
     @property
     def failed(self) -> bool:
-        return self.outcome == "failed"
+        return self.outcome == AttemptOutcome.FAILED
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -165,12 +173,12 @@ def section_for(conn: "Connection", kind: str) -> Any:
 def nothing_to_action(conn: "Connection", kind: str) -> tuple[str, str] | None:
     """(message, hint) when the section's action is "nothing"; None when it creates bookings."""
     section = section_for(conn, kind)
-    if section.action != "nothing":
+    if section.action != Action.NOTHING:
         return None
     name = SECTION_FOR_KIND[kind]
-    who = "referred leads" if kind == "lead" else "referrers"
+    who = "referred leads" if kind == Kind.LEAD else "referrers"
     message = (
-        f'"{ACTION_LABEL[kind]}" is set to "Nothing to action" ({name}.action = "nothing"): '
+        f'"{ACTION_LABEL[kind]}" is set to "Nothing to action" ({name}.action = "{Action.NOTHING}"): '
         f"{who} are not sent to ServiceTitan, so no booking was created"
     )
     hint = f"to create bookings, run `stsync map action {name} create-booking`"
@@ -210,7 +218,7 @@ def push_lead(
     conn: "Connection",
     lead: "Lead",
     *,
-    kind: Kind = "lead",
+    kind: Kind = Kind.LEAD,
     run_id: int | None = None,
     dry_run: bool = False,
 ) -> PushResult:
@@ -224,7 +232,7 @@ def push_lead(
 
     nothing = nothing_to_action(conn, kind)
     if nothing is not None:
-        return PushResult(lead=lead, kind=kind, outcome="skipped", message=nothing[0])
+        return PushResult(lead=lead, kind=kind, outcome=AttemptOutcome.SKIPPED, message=nothing[0])
     section = section_for(conn, kind)
     external_id: str | None = None
     try:
@@ -233,14 +241,14 @@ def push_lead(
     except InvalidRecord as exc:
         if not dry_run and external_id:
             known = conn.ledger.get_push(external_id)
-            if known is not None and known.state == "booked":
+            if known is not None and known.state == PushState.BOOKED:
                 # Booked before its data (or the mapping) changed: there is nothing to send.
                 return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
             _record_invalid(conn, lead, kind, external_id, exc, run_id)
         return _failed(lead, kind, external_id, exc, {"type": "InvalidRecord", "message": exc.message, "field": exc.field})
     if dry_run:
         return PushResult(
-            lead=lead, kind=kind, outcome="skipped", external_id=external_id, body=body, dry_run=True,
+            lead=lead, kind=kind, outcome=AttemptOutcome.SKIPPED, external_id=external_id, body=body, dry_run=True,
             message="dry run: nothing sent",
         )
 
@@ -269,7 +277,7 @@ def _push_locked(
     stale_intents = ledger.unfinished_intents(external_id=external_id)
 
     known = ledger.get_push(external_id)
-    if known is not None and known.state == "booked" and not stale_intents:
+    if known is not None and known.state == PushState.BOOKED and not stale_intents:
         return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
 
     bp = conn.booking_provider
@@ -277,31 +285,31 @@ def _push_locked(
         existing = find_booking(conn, external_id)
     except (ServiceTitanApiError, TemporaryError) as exc:
         attempt = ledger.record_push_intent(external_id, **identity)
-        ledger.record_push_result(attempt, outcome="failed", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=_error_dict(exc))
         if isinstance(exc, TemporaryError):
             raise
         return _failed(lead, kind, external_id, exc, _error_dict(exc))
     except AuthError as exc:
         attempt = ledger.record_push_intent(external_id, **identity)
-        ledger.record_push_result(attempt, outcome="failed", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=_error_dict(exc))
         raise
 
     for stale in stale_intents:
         if existing is not None:
             # That crashed run's POST went through: the booking is its creation.
-            ledger.record_push_result(stale.id, outcome="created", booking_id=existing.id)
+            ledger.record_push_result(stale.id, outcome=AttemptOutcome.CREATED, booking_id=existing.id)
         else:
             ledger.record_push_result(
-                stale.id, outcome="lost",
+                stale.id, outcome=AttemptOutcome.LOST,
                 error={"message": "the run stopped before ServiceTitan's answer was recorded; no booking was found"},
             )
 
     if existing is not None:
         attempt = ledger.record_push_intent(external_id, **identity)
-        ledger.record_push_result(attempt, outcome="already_booked", booking_id=existing.id)
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.id)
         _note_status(conn, external_id, existing)
         return PushResult(
-            lead=lead, kind=kind, outcome="already_booked", external_id=external_id,
+            lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
             booking_id=existing.id, status=existing.status,
             message="already booked in ServiceTitan (found by externalId)",
         )
@@ -310,7 +318,7 @@ def _push_locked(
     try:
         booking = _create_once(conn, bp, external_id, body)
     except AnswerLost as exc:
-        ledger.record_push_result(attempt, outcome="lost", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.LOST, error=_error_dict(exc))
         raise TemporaryError(
             f"ServiceTitan's answer to the booking for {lead.describe()} was lost {MAX_CREATE_ATTEMPTS} times "
             "and the booking was not found by its externalId",
@@ -319,18 +327,18 @@ def _push_locked(
     except TemporaryError as exc:
         # Whether the POST went through is unknown (e.g. the look-up after a lost answer
         # failed too): "lost" leaves the push's state as it is for the next run to settle.
-        ledger.record_push_result(attempt, outcome="lost", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.LOST, error=_error_dict(exc))
         raise
     except ServiceTitanApiError as exc:
-        ledger.record_push_result(attempt, outcome="failed", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=_error_dict(exc))
         return _failed(lead, kind, external_id, exc, _error_dict(exc))
     except StsyncError as exc:
-        ledger.record_push_result(attempt, outcome="failed", error=_error_dict(exc))
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=_error_dict(exc))
         raise
-    ledger.record_push_result(attempt, outcome="created", booking_id=booking.id)
+    ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
     _note_status(conn, external_id, booking)
     return PushResult(
-        lead=lead, kind=kind, outcome="created", external_id=external_id, booking_id=booking.id,
+        lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id, booking_id=booking.id,
         status=booking.status,
         message="created",
     )
@@ -344,9 +352,9 @@ def _already_booked_in_ledger(
         external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
         referral_code=lead.referral_code, run_id=run_id,
     )
-    ledger.record_push_result(attempt, outcome="already_booked", booking_id=known.booking_id)
+    ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=known.booking_id)
     return PushResult(
-        lead=lead, kind=kind, outcome="already_booked", external_id=external_id,
+        lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
         booking_id=known.booking_id, status=known.booking_status,
         message="already booked (recorded in the ledger)",
     )
@@ -418,13 +426,13 @@ def _record_invalid(conn: "Connection", lead: "Lead", kind: str, external_id: st
         referral_code=lead.referral_code, run_id=run_id,
     )
     ledger.record_push_result(
-        attempt, outcome="failed", error={"type": "InvalidRecord", "message": exc.message, "field": exc.field}
+        attempt, outcome=AttemptOutcome.FAILED, error={"type": "InvalidRecord", "message": exc.message, "field": exc.field}
     )
 
 
 def _failed(lead: "Lead", kind: str, external_id: str | None, exc: StsyncError, error: dict) -> PushResult:
     return PushResult(
-        lead=lead, kind=kind, outcome="failed", external_id=external_id, error=error,
+        lead=lead, kind=kind, outcome=AttemptOutcome.FAILED, external_id=external_id, error=error,
         message=error_summary(error), exception=exc,
     )
 
@@ -459,7 +467,7 @@ def push_leads(
     conn: "Connection",
     leads: Sequence["Lead"],
     *,
-    kind: Kind = "lead",
+    kind: Kind = Kind.LEAD,
     progress: Progress | None = None,
     dry_run: bool = False,
     command: str = "push-lead",
@@ -490,7 +498,7 @@ def push_leads(
 
     done: list[PushResult | None] = [None] * len(leads)
     with conn.ledger.recorded_run(
-        "push", command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
+        RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
     ) as report.run_id:
         try:
             _run_concurrently(conn, leads, kind, report.run_id, progress, done)
@@ -619,7 +627,7 @@ def fetch_lead(conn: "Connection", *, code: str | None = None, rf_user_id: int |
     return lead_from_user(user, campaign=campaign, referrer=referrer)
 
 
-def complete_leads(conn: "Connection", leads: Sequence["Lead"], *, kind: Kind = "lead") -> list["Lead"]:
+def complete_leads(conn: "Connection", leads: Sequence["Lead"], *, kind: Kind = Kind.LEAD) -> list["Lead"]:
     """Fill the campaign name of leads read from a file when the mapping needs it.
 
     Referral Factory's user object carries ``campaign_id`` but not the campaign's name, and
@@ -641,7 +649,7 @@ def complete_leads(conn: "Connection", leads: Sequence["Lead"], *, kind: Kind = 
     return completed
 
 
-def new_leads(conn: "Connection", *, kind: Kind = "lead") -> list["Lead"]:
+def new_leads(conn: "Connection", *, kind: Kind = Kind.LEAD) -> list["Lead"]:
     """The campaign's users of this kind (``POST /users/search``, paged) with no booking in the ledger."""
     from stsync.services import mapping
     from stsync.services.leads import lead_from_user
@@ -679,7 +687,7 @@ def new_leads(conn: "Connection", *, kind: Kind = "lead") -> list["Lead"]:
             continue  # a page boundary moved under us: the same user twice
         seen.add(external_id)
         known = ledger.get_push(external_id)
-        if known is not None and known.state == "booked":
+        if known is not None and known.state == PushState.BOOKED:
             continue
         leads.append(lead)
     return leads
@@ -688,7 +696,7 @@ def new_leads(conn: "Connection", *, kind: Kind = "lead") -> list["Lead"]:
 def push_new(
     conn: "Connection",
     *,
-    kind: Kind = "lead",
+    kind: Kind = Kind.LEAD,
     progress: Progress | None = None,
     dry_run: bool = False,
     command: str = "push-lead --new",
@@ -702,6 +710,6 @@ def push_new(
     check_mapping(conn, kind)
     if dry_run:
         return push_leads(conn, new_leads(conn, kind=kind), kind=kind, progress=progress, dry_run=True)
-    with conn.run_lock("push", command=command):
+    with conn.run_lock(RunJob.PUSH, command=command):
         leads = new_leads(conn, kind=kind)
         return push_leads(conn, leads, kind=kind, progress=progress, command=command)

@@ -57,7 +57,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stsync.errors import (
     AnswerLost,
@@ -70,6 +70,8 @@ from stsync.errors import (
     UsageError,
 )
 from stsync.logs import get_logger
+from stsync.storage.states import REFERRER_RETRY_STATES, ReferrerState, RunJob
+from stsync.vocabulary import RUN_MODE_FOR, RunMode, SyncMode
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
@@ -83,17 +85,12 @@ log = get_logger(__name__)
 # Creates of one referrer whose answer was lost (and proved not applied) before giving up.
 MAX_CREATE_ATTEMPTS = 3
 
-Mode = Literal["once", "ongoing"]
-MODES: tuple[str, ...] = ("once", "ongoing")
-CONFIG_MODES = {"one_time": "once", "ongoing": "ongoing"}  # [customer_sync] mode → run mode
-
-JOB = "sync"
 CUSTOMERS_FEED = "customers"
 CONTACTS_FEED = "contacts"
 # Set while a pass that began at the feed's start is unfinished: --once / --full resume it.
 PASS_KEY = "sync.customers.pass"
 
-RETRY_STATES = ("pending", "failed")
+UNCHANGED = "unchanged"  # an outcome only: the customer's referrer needed nothing
 ALREADY_REFERRER = "already_referrer"
 SAMPLE_SIZE = 10
 PLAN_CHUNK = 50  # customers planned before the workers get them (the first page starts sooner)
@@ -166,19 +163,19 @@ class SyncReport:
         return data
 
 
-def resolve_mode(mode: str | None, config_mode: str) -> Mode:
+def resolve_mode(mode: str | None, config_mode: str) -> RunMode:
     """``--once`` / ``--ongoing`` win; otherwise ``[customer_sync] mode``."""
     if mode is None:
-        return CONFIG_MODES[config_mode]  # type: ignore[return-value]
-    if mode not in MODES:
-        raise UsageError(f"mode must be once or ongoing, not {mode!r}")
-    return mode  # type: ignore[return-value]
+        return RUN_MODE_FOR[SyncMode(config_mode)]
+    if mode not in tuple(RunMode):
+        raise UsageError(f"mode must be {' or '.join(RunMode)}, not {mode!r}")
+    return RunMode(mode)
 
 
 def sync_customers(
     conn: "Connection",
     *,
-    mode: Mode | None = None,
+    mode: RunMode | str | None = None,
     full: bool = False,
     dry_run: bool = False,
     limit: int | None = None,
@@ -207,7 +204,7 @@ def sync_customers(
                 return _CustomerSync(conn, run_mode, full, True, limit, progress, staging, command).run()
             finally:
                 staging.close()
-    with conn.run_lock(JOB, command=command):
+    with conn.run_lock(RunJob.SYNC, command=command):
         return _CustomerSync(conn, run_mode, full, False, limit, progress, conn.ledger, command).run()
 
 
@@ -233,7 +230,7 @@ class _Plan:
 @dataclass
 class _Outcome:
     customer_id: int
-    kind: str  # created | adopted | updated | unchanged | skipped | failed
+    kind: str  # ReferrerState created | adopted | updated | skipped | failed, or UNCHANGED
     reason: str | None = None
     email: str | None = None
     fields_written: int = 0
@@ -296,7 +293,7 @@ class _CustomerSync:
     def __init__(
         self,
         conn: "Connection",
-        mode: Mode,
+        mode: RunMode,
         full: bool,
         dry_run: bool,
         limit: int | None,
@@ -344,7 +341,7 @@ class _CustomerSync:
         recording = (
             nullcontext()
             if self.dry_run
-            else self.ledger.recorded_run(JOB, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed))
+            else self.ledger.recorded_run(RunJob.SYNC, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed))
         )
         with recording as run_id:
             report.run_id = run_id
@@ -381,7 +378,7 @@ class _CustomerSync:
         from stsync.storage.ledger import utc_now
 
         stored = self.ledger.get_position(CUSTOMERS_FEED)
-        if self.mode == "ongoing" and not self.full:
+        if self.mode == RunMode.ONGOING and not self.full:
             return stored, False
         if self.ledger.get(PASS_KEY):
             return stored, True
@@ -528,7 +525,7 @@ class _CustomerSync:
         with self.ledger.transaction() as tx:
             for skip in skips:
                 self.ledger.upsert_referrer(
-                    skip.customer_id, conn=tx, state="skipped", skip_reason=skip.reason, email=skip.email, error=None
+                    skip.customer_id, conn=tx, state=ReferrerState.SKIPPED, skip_reason=skip.reason, email=skip.email, error=None
                 )
             if position:
                 self.ledger.set_position(CUSTOMERS_FEED, position, conn=tx)
@@ -603,7 +600,7 @@ class _CustomerSync:
     def _count(self, outcome: _Outcome) -> None:
         report = self.report
         if (
-            outcome.kind == "unchanged"
+            outcome.kind == UNCHANGED
             and self._first_write_at is not None
             and outcome.modified_on is not None
             and outcome.modified_on >= self._first_write_at
@@ -611,12 +608,12 @@ class _CustomerSync:
             return
         report.examined += 1
         report.return_fields_written += outcome.fields_written
-        if outcome.kind == "skipped":
-            reason = outcome.reason or "skipped"
+        if outcome.kind == ReferrerState.SKIPPED:
+            reason = outcome.reason or ReferrerState.SKIPPED.value
             report.skipped_by_reason[reason] = report.skipped_by_reason.get(reason, 0) + 1
         else:
             setattr(report, outcome.kind, getattr(report, outcome.kind) + 1)
-        if outcome.kind == "failed" and len(report.failures) < FAILURES_KEPT:
+        if outcome.kind == ReferrerState.FAILED and len(report.failures) < FAILURES_KEPT:
             report.failures.append({"customer_id": outcome.customer_id, "email": outcome.email, "error": outcome.error})
         if outcome.sample is not None and len(report.sample) < SAMPLE_SIZE:
             report.sample.append(outcome.sample)
@@ -644,10 +641,10 @@ class _CustomerSync:
         # A customer that has a referrer keeps it (stsync never deletes a Referral Factory
         # user); otherwise the skip and its reason are recorded, once.
         has_referrer = record is not None and record.rf_user_id is not None
-        unchanged = record is not None and record.state == "skipped" and record.skip_reason == reason
+        unchanged = record is not None and record.state == ReferrerState.SKIPPED and record.skip_reason == reason
         return _Outcome(
             int(plan.customer.id),
-            "skipped",
+            ReferrerState.SKIPPED,
             reason=reason,
             email=email,
             record_skip=not (self.dry_run or has_referrer or unchanged),
@@ -664,8 +661,8 @@ class _CustomerSync:
                 # The referrer exists: keep its state, note what went wrong.
                 self.ledger.upsert_referrer(customer_id, error=error)
             else:
-                self.ledger.upsert_referrer(customer_id, state="failed", email=email, error=error)
-        return _Outcome(customer_id, "failed", email=email, error=error)
+                self.ledger.upsert_referrer(customer_id, state=ReferrerState.FAILED, email=email, error=error)
+        return _Outcome(customer_id, ReferrerState.FAILED, email=email, error=error)
 
     def _as_referrer(self, plan: _Plan, request: "ReferrerRequest", retrying: bool) -> _Outcome:
         record = plan.record
@@ -720,8 +717,8 @@ class _CustomerSync:
         or created (intent recorded first). The caller records the result."""
         customer_id = int(plan.customer.id)
         user: User | None = None
-        kind = "adopted"
-        if record is not None and record.state in RETRY_STATES:
+        kind = ReferrerState.ADOPTED
+        if record is not None and record.state in REFERRER_RETRY_STATES:
             # A previous attempt may have created the user before its answer was lost or
             # recorded: look before writing again.
             user = self.rf.find_user_by_email(self.campaign_id, request.email)
@@ -730,7 +727,7 @@ class _CustomerSync:
         if user is None:
             self.ledger.upsert_referrer(
                 customer_id,
-                state="pending",
+                state=ReferrerState.PENDING,
                 email=request.email,
                 fingerprint=request.fingerprint,
                 skip_reason=None,
@@ -744,7 +741,7 @@ class _CustomerSync:
         contract: search before retrying a create), so a 503 costs a retry, not a failure."""
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
             try:
-                return self.rf.create_user(request.body), "created"
+                return self.rf.create_user(request.body), ReferrerState.CREATED
             except DuplicateEmail as exc:
                 log.info("customer %s: %s is already in the campaign; adopting that user", customer_id, request.email)
                 user = self.rf.find_user_by_email(self.campaign_id, request.email)
@@ -759,11 +756,11 @@ class _CustomerSync:
                         path=exc.path,
                         hint="the next run searches again; if it persists, look the e-mail up in Referral Factory",
                     ) from None
-                return user, "adopted"
+                return user, ReferrerState.ADOPTED
             except AnswerLost:
                 user = self.rf.find_user_by_email(self.campaign_id, request.email)
                 if user is not None:
-                    return user, "created"
+                    return user, ReferrerState.CREATED
                 if attempt == MAX_CREATE_ATTEMPTS:
                     raise
                 log.info("customer %s: the create was lost and not applied; trying again", customer_id)
@@ -788,11 +785,11 @@ class _CustomerSync:
     def _existing(self, plan: _Plan, request: "ReferrerRequest", record: Any, retrying: bool) -> _Outcome:
         customer_id = int(plan.customer.id)
         code, url = record.code, record.url
-        kind = "unchanged"
+        kind = UNCHANGED
         sample = None
         changes: dict[str, Any] | None = None
         if record.fingerprint != request.fingerprint:
-            kind = "updated"
+            kind = ReferrerState.UPDATED
             body = _update_body(request)
             if self.dry_run:
                 sample = _sample("update", plan.customer, request.email, referrer=body)
@@ -800,7 +797,7 @@ class _CustomerSync:
                 user = self.rf.update_user(int(record.rf_user_id), body)
                 code, url = user.code or code, user.url or url
                 changes = {
-                    "state": "updated",
+                    "state": ReferrerState.UPDATED,
                     "email": request.email,
                     "fingerprint": request.fingerprint,
                     "code": code,
@@ -838,10 +835,10 @@ class _CustomerSync:
             return self._skipped(plan, ALREADY_REFERRER)
         # The scratch ledger remembers it, so a later customer with this e-mail is counted
         # as it would be: already a referrer.
-        self.staging.upsert_referrer(customer_id, state="pending", email=request.email)
+        self.staging.upsert_referrer(customer_id, state=ReferrerState.PENDING, email=request.email)
         placeholders = {name: f"<{value} of the new referrer>" for name, value in self.return_fields.items()}
         sample = _sample("create", plan.customer, request.email, referrer=request.body, return_fields=placeholders)
-        return _Outcome(customer_id, "created", email=request.email, fields_written=len(placeholders), sample=sample)
+        return _Outcome(customer_id, ReferrerState.CREATED, email=request.email, fields_written=len(placeholders), sample=sample)
 
     # -- return fields ---------------------------------------------------------------------
     def _return_values(self, code: str | None, url: str | None) -> dict[str, str]:

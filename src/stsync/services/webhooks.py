@@ -65,6 +65,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from stsync import envvars
 from stsync.errors import ApiError, InvalidRecord, StsyncError, UsageError
 from stsync.logs import get_logger, redact, register_secret
+from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
+from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue, RunJob, RunOutcome
+from stsync.vocabulary import Action, Kind
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
@@ -87,14 +90,6 @@ MIN_TOKEN_LENGTH = 16
 # Payload keys that may name the event; Referral Factory publishes no schema (§9.1).
 EVENT_KEYS = ("event", "eventname", "eventtype", "trigger", "webhookevent", "topic")
 
-# Delivery outcomes (webhook_deliveries.outcome).
-QUEUED = "queued"
-DUPLICATE = "duplicate"
-REJECTED = "rejected"
-IGNORED = "ignored"
-RECORDED = "recorded"
-FAILED = "failed"
-RETRYING = "retrying"  # a failed delivery sent again, queued once more
 
 
 class WebhookRejected(Exception):
@@ -132,9 +127,9 @@ def event_from_text(text: str, *, user_type: str | None = None) -> str | None:
         return LEAD_CREATED
     if joins and words & {"user", "person", "participant"}:
         # "user created": which kind depends on the user.
-        if user_type == "person_invited":
+        if user_type == PERSON_INVITED:
             return LEAD_CREATED
-        if user_type == "person_referring":
+        if user_type == PERSON_REFERRING:
             return REFERRER_JOINED
     return None
 
@@ -236,9 +231,9 @@ def classify(payload: Any, *, path_event: str | None = None, header_event: str |
                 if event is None:
                     raise WebhookRejected(400, f"unknown event {value!r}; stsync handles {', '.join(EVENTS)}")
                 return event
-    if user_type == "person_invited":
+    if user_type == PERSON_INVITED:
         return LEAD_QUALIFIED if _field(user, "qualified_at") else LEAD_CREATED
-    if user_type == "person_referring":
+    if user_type == PERSON_REFERRING:
         return REFERRER_JOINED
     raise WebhookRejected(
         400,
@@ -395,7 +390,7 @@ class WebhookServer:
             ) from None
         httpd.webhooks = self
         try:
-            self.run_id = self.conn.ledger.start_run("serve", "serve")
+            self.run_id = self.conn.ledger.start_run(RunJob.SERVE, "serve")
         except BaseException:
             httpd.server_close()
             raise
@@ -423,7 +418,7 @@ class WebhookServer:
         if self._ledger_thread is not None:
             self._ledger_thread.shutdown(wait=True)
         if self.run_id is not None:
-            outcome = "partial" if self.stats.failed else "ok"
+            outcome = RunOutcome.PARTIAL if self.stats.failed else RunOutcome.OK
             self.conn.ledger.finish_run(self.run_id, outcome, self.stats.as_counts())
         log.info("serve: stopped (%s)", self.stats.as_counts())
 
@@ -460,7 +455,7 @@ class WebhookServer:
         if rest and token_matches(rest[0], self.token):
             rest = rest[1:]
         elif not (token_matches(headers.get(TOKEN_HEADER), self.token) or token_matches(_bearer(headers), self.token)):
-            self._note(DeliveryEvent("received", 401, None, None, None, REJECTED, "missing or wrong token"))
+            self._note(DeliveryEvent("received", 401, None, None, None, DeliveryOutcome.REJECTED, "missing or wrong token"))
             return 401, {"ok": False, "error": "missing or wrong token"}
         if self._stopped.is_set():
             return 503, {"ok": False, "error": "stsync is shutting down; deliver again later"}
@@ -469,11 +464,11 @@ class WebhookServer:
         try:
             return self._accept(rest, parts.query if method == "GET" else "", headers, body)
         except WebhookRejected as exc:
-            self._note(DeliveryEvent("received", exc.status, None, None, None, REJECTED, exc.message))
+            self._note(DeliveryEvent("received", exc.status, None, None, None, DeliveryOutcome.REJECTED, exc.message))
             return exc.status, {"ok": False, "error": exc.message}
         except Exception as exc:  # a bug must not kill the server or show a trace to the sender
             log.exception("serve: unexpected error handling a delivery")
-            self._note(DeliveryEvent("received", 500, None, None, None, REJECTED, f"internal error: {type(exc).__name__}"))
+            self._note(DeliveryEvent("received", 500, None, None, None, DeliveryOutcome.REJECTED, f"internal error: {type(exc).__name__}"))
             return 500, {"ok": False, "error": "internal error; details are in stsync's log"}
 
     def _accept(self, rest: list[str], query: str, headers: Any, body: bytes) -> tuple[int, dict]:
@@ -486,15 +481,15 @@ class WebhookServer:
             raise WebhookRejected(400, f"expected a JSON object describing the user, got {type(payload).__name__}")
         event = classify(payload, path_event=rest[0] if rest else None, header_event=headers.get(EVENT_HEADER))
         if event == REWARD_ISSUED:
-            self._note(DeliveryEvent("received", 200, event, None, None, IGNORED, "rewards are not used by stsync"))
-            return 200, {"ok": True, "event": event, "outcome": IGNORED}
+            self._note(DeliveryEvent("received", 200, event, None, None, DeliveryOutcome.IGNORED, "rewards are not used by stsync"))
+            return 200, {"ok": True, "event": event, "outcome": DeliveryOutcome.IGNORED}
         try:
             leads = leads_from_json(payload)
         except (UsageError, InvalidRecord) as exc:
             raise WebhookRejected(400, exc.message) from None
         # One lead: the key may use the payload's own fields; several: each lead's own.
         answers = [self._enqueue(event, lead, payload if len(leads) == 1 else asdict(lead)) for lead in leads]
-        accepted = [a for a in answers if a["outcome"] == QUEUED]
+        accepted = [a for a in answers if a["outcome"] == DeliveryOutcome.QUEUED]
         status = 202 if accepted else 200
         if len(answers) == 1:
             return status, {"ok": True, "event": event, **answers[0]}
@@ -510,11 +505,11 @@ class WebhookServer:
             if not new:
                 self.stats.duplicates += 1
         if not new:
-            self._note(DeliveryEvent("received", 200, event, key, lead.describe(), DUPLICATE, "already received; not processed again"))
-            return {"outcome": DUPLICATE, "delivery": key}
+            self._note(DeliveryEvent("received", 200, event, key, lead.describe(), DeliveryOutcome.DUPLICATE, "already received; not processed again"))
+            return {"outcome": DeliveryOutcome.DUPLICATE, "delivery": key}
         self._queue.put(Delivery(key=key, event=event, lead=lead, external_id=external_id, received_at=time.time()))
-        self._note(DeliveryEvent("received", 202, event, key, lead.describe(), QUEUED, "queued"))
-        return {"outcome": QUEUED, "delivery": key}
+        self._note(DeliveryEvent("received", 202, event, key, lead.describe(), DeliveryOutcome.QUEUED, "queued"))
+        return {"outcome": DeliveryOutcome.QUEUED, "delivery": key}
 
     def _record_delivery(self, key: str, event: str, external_id: str | None) -> bool:
         """True when the delivery must be processed: new, or a redelivery of one that failed."""
@@ -522,10 +517,10 @@ class WebhookServer:
         if ledger.record_delivery(key, event=event, external_id=external_id):
             return True
         previous = ledger.get_delivery(key)
-        if previous is not None and previous.outcome == FAILED:
+        if previous is not None and previous.outcome == DeliveryOutcome.FAILED:
             # Referral Factory (or a person) sent it again after it failed: try once more.
             # Marked at once, so a burst of redeliveries queues it only once.
-            ledger.finish_delivery(key, RETRYING, previous.error)
+            ledger.finish_delivery(key, DeliveryOutcome.RETRYING, previous.error)
             return True
         return False
 
@@ -549,7 +544,7 @@ class WebhookServer:
                 self._queue.task_done()
 
     def _process(self, delivery: Delivery) -> None:
-        outcome, message, error, booking_id = FAILED, "", None, None
+        outcome, message, error, booking_id = DeliveryOutcome.FAILED, "", None, None
         try:
             outcome, message, booking_id = self._run(delivery)
         except StsyncError as exc:
@@ -559,7 +554,7 @@ class WebhookServer:
             log.exception("serve: unexpected error processing %s", delivery.key)
             error = {"type": type(exc).__name__, "message": "unexpected error; see the log"}
             message = f"unexpected error ({type(exc).__name__}); details in stsync's log"
-        if outcome == FAILED and error is None:
+        if outcome == DeliveryOutcome.FAILED and error is None:
             error = {"message": message}
         try:
             self.conn.ledger.finish_delivery(delivery.key, outcome, error)
@@ -568,7 +563,7 @@ class WebhookServer:
         with self._stats_lock:
             self.stats.processed += 1
             self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
-            if outcome == FAILED:
+            if outcome == DeliveryOutcome.FAILED:
                 self.stats.failed += 1
         self._note(
             DeliveryEvent("processed", None, delivery.event, delivery.key, delivery.lead.describe(), outcome, message, booking_id)
@@ -576,12 +571,12 @@ class WebhookServer:
 
     def _run(self, delivery: Delivery) -> tuple[str, str, int | None]:
         """(outcome, message, booking id) for one delivery; raises for a failure."""
-        if delivery.event == REFERRER_JOINED and self.conn.config.referrers.action != "create_booking":
-            return IGNORED, 'referrers.action is "nothing": referrers are not sent to ServiceTitan', None
-        if delivery.event == LEAD_CREATED and self.conn.config.leads.action != "create_booking":
-            return IGNORED, 'leads.action is "nothing" ("Nothing to action"): no booking is created', None
+        if delivery.event == REFERRER_JOINED and self.conn.config.referrers.action != Action.CREATE_BOOKING:
+            return DeliveryOutcome.IGNORED, f'referrers.action is "{Action.NOTHING}": referrers are not sent to ServiceTitan', None
+        if delivery.event == LEAD_CREATED and self.conn.config.leads.action != Action.CREATE_BOOKING:
+            return DeliveryOutcome.IGNORED, f'leads.action is "{Action.NOTHING}" ("Nothing to action"): no booking is created', None
         user = verified_user(self.conn, delivery.lead)
-        expected = "person_referring" if delivery.event == REFERRER_JOINED else "person_invited"
+        expected = PERSON_REFERRING if delivery.event == REFERRER_JOINED else PERSON_INVITED
         if user.type is not None and user.type != expected:
             raise InvalidRecord(
                 f"Referral Factory user {user.id} is a {user.type}, but the delivery says {delivery.event}",
@@ -592,16 +587,16 @@ class WebhookServer:
         from stsync.services.push import push_lead
 
         lead = lead_with_context(self.conn, user)
-        kind = "referrer" if delivery.event == REFERRER_JOINED else "lead"
-        result = push_lead(self.conn, lead, kind=kind, run_id=self.run_id)  # type: ignore[arg-type]
+        kind = Kind.REFERRER if delivery.event == REFERRER_JOINED else Kind.LEAD
+        result = push_lead(self.conn, lead, kind=kind, run_id=self.run_id)
         if result.failed and result.exception is not None:
             raise result.exception
-        return result.outcome, result.message or result.outcome, result.booking_id
+        return DeliveryOutcome(result.outcome), result.message or result.outcome, result.booking_id
 
     def _note(self, event: DeliveryEvent) -> None:
-        level = 30 if event.outcome in (REJECTED, FAILED) else 20
+        level = 30 if event.outcome in (DeliveryOutcome.REJECTED, DeliveryOutcome.FAILED) else 20
         log.log(level, "serve %s %s %s %s: %s", event.stage, event.status or "-", event.event or "-", event.key or "-", redact(event.message))
-        if event.stage == "received" and event.outcome == REJECTED:
+        if event.stage == "received" and event.outcome == DeliveryOutcome.REJECTED:
             with self._stats_lock:
                 self.stats.rejected += 1
         if self.observer is not None:
@@ -692,7 +687,7 @@ def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str
     from stsync.services.mapping import external_id_for
 
     if user.qualified_at is None:
-        return IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None
+        return DeliveryOutcome.IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None
     ledger = conn.ledger
     try:
         external_id = external_id_for(lead_from_user(user), conn.config.leads)
@@ -700,14 +695,17 @@ def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str
         external_id = user.code
     push = ledger.get_push(external_id) if external_id else None
     if push is None:
-        return IGNORED, f"{user.email} ({user.code}) was never pushed by stsync: nothing to record", None
-    if push.qualification == "qualified":
-        return RECORDED, "already recorded as qualified", push.booking_id
+        return DeliveryOutcome.IGNORED, f"{user.email} ({user.code}) was never pushed by stsync: nothing to record", None
+    if push.qualification == QualificationValue.QUALIFIED:
+        return DeliveryOutcome.RECORDED, "already recorded as qualified", push.booking_id
     intent = ledger.record_qualification_intent(
-        external_id, "qualify", rule="referral_factory", reason="Referral Factory reported the lead qualified (webhook)"
+        external_id,
+        QualificationAction.QUALIFY,
+        rule="referral_factory",
+        reason="Referral Factory reported the lead qualified (webhook)",
     )
-    ledger.record_qualification_result(intent, state="done")
-    return RECORDED, "recorded as qualified (reported by Referral Factory)", push.booking_id
+    ledger.record_qualification_result(intent, state=QualificationState.DONE)
+    return DeliveryOutcome.RECORDED, "recorded as qualified (reported by Referral Factory)", push.booking_id
 
 
 # -- HTTP plumbing ----------------------------------------------------------------------------

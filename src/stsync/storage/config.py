@@ -20,6 +20,7 @@ import string
 import tempfile
 import tomllib
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -30,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     Tag,
     ValidationError,
     field_validator,
@@ -40,15 +42,17 @@ from pydantic_core import PydanticCustomError
 from stsync import envvars
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, JOB_STATUSES, REQUIRED_BOOKING_TARGETS
+from stsync.vocabulary import (
+    DEFAULT_JOB_STATUS,
+    Action,
+    Environment,
+    QualificationRule,
+    ReturnValue,
+    SyncMode,
+    UnqualifyEvent,
+)
 
 VALUE_KINDS = ("from", "value", "select", "template")
-ENVIRONMENTS = ("production", "integration")
-ACTIONS = ("create_booking", "nothing")
-QUALIFICATION_RULES = ("none", "job_created", "job_status")
-UNQUALIFY_EVENTS = ("job_canceled", "booking_dismissed")
-SYNC_MODES = ("one_time", "ongoing")
-RETURN_FIELD_VALUES = ("referral_link", "referral_code")
-DEFAULT_JOB_STATUS = "Completed"
 MAX_PAGE_SIZE = 5000  # ServiceTitan's documented largest pageSize (api/servicetitan.md §4)
 
 PRODUCTION_ENDPOINTS = ("https://auth.servicetitan.io", "https://api.servicetitan.io")
@@ -307,8 +311,18 @@ class _Section(BaseModel):
         return data
 
 
+# A closed vocabulary (stsync.vocabulary) read from TOML: the file holds the string, the model
+# the member. Not strict, so that the string is accepted; anything else is an "unknown value".
+EnvironmentWord = Annotated[Environment, Strict(False)]
+ActionWord = Annotated[Action, Strict(False)]
+RuleWord = Annotated[QualificationRule, Strict(False)]
+UnqualifyWord = Annotated[UnqualifyEvent, Strict(False)]
+SyncModeWord = Annotated[SyncMode, Strict(False)]
+ReturnValueWord = Annotated[ReturnValue, Strict(False)]
+
+
 class ServiceTitanSettings(_Section):
-    environment: Literal["production", "integration"] = "production"
+    environment: EnvironmentWord = Environment.PRODUCTION
     tenant_id: Identifier | None = None
     client_id: str | None = None
     booking_provider: Identifier | None = None
@@ -323,34 +337,34 @@ class ReferralFactorySettings(_Section):
 
 
 class Qualification(_Section):
-    rule: Literal["none", "job_created", "job_status"] = "none"
+    rule: RuleWord = QualificationRule.NONE
     job_status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
-    unqualify_on: list[Literal["job_canceled", "booking_dismissed"]] = Field(default_factory=list)
+    unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _default_status(self) -> "Qualification":
         # "rule = job_status" alone means the seed's example: the job reached Completed.
-        if self.rule == "job_status" and self.job_status is None:
+        if self.rule == QualificationRule.JOB_STATUS and self.job_status is None:
             self.job_status = DEFAULT_JOB_STATUS
         return self
 
 
 class LeadSettings(_Section):
-    action: Literal["create_booking", "nothing"] = "create_booking"
+    action: ActionWord = Action.CREATE_BOOKING
     fields: FieldTable = Field(default_factory=dict)
     qualification: Qualification = Field(default_factory=Qualification)
 
 
 class ReferrerSettings(_Section):
-    action: Literal["create_booking", "nothing"] = "nothing"
+    action: ActionWord = Action.NOTHING
     fields: FieldTable = Field(default_factory=dict)
 
 
 class CustomerSyncSettings(_Section):
-    mode: Literal["one_time", "ongoing"] = "one_time"
+    mode: SyncModeWord = SyncMode.ONE_TIME
     include_inactive: bool = False
     fields: FieldTable = Field(default_factory=dict)
-    return_fields: dict[str, Literal["referral_link", "referral_code"]] = Field(default_factory=dict)
+    return_fields: dict[str, ReturnValueWord] = Field(default_factory=dict)
 
 
 class Limits(_Section):
@@ -404,7 +418,7 @@ def _type_name(value: Any) -> str:
 
 def _message_for(error: Any) -> str:
     kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         return f"unknown value {given!r} (expected one of: {_one_of(expected)}){_suggestion(given, expected)}"
     if kind in ("int_type", "int_parsing"):
@@ -608,6 +622,11 @@ def _booking_fields_help() -> list[str]:
     ]
 
 
+def _choices(vocabulary: type[StrEnum]) -> str:
+    """``"one_time" | "ongoing"``: a vocabulary's values as the comment beside its key."""
+    return " | ".join(f'"{word}"' for word in vocabulary)
+
+
 def render_config(config: Config) -> str:
     """The config as TOML text, in SPEC order, with the example's comments."""
     st, rf, leads, referrers, sync, limits = (
@@ -621,7 +640,7 @@ def render_config(config: Config) -> str:
     out: list[str] = [*_HEADER, ""]
 
     out.append("[servicetitan]")
-    out.append(_line("environment", st.environment, '"production" | "integration"'))
+    out.append(_line("environment", st.environment, _choices(Environment)))
     identity = (
         ("tenant_id", st.tenant_id, "Settings → Integrations → API Application Access", "1234567"),
         ("client_id", st.client_id, None, '"cid.xxxxx"'),
@@ -650,7 +669,7 @@ def render_config(config: Config) -> str:
     out.append("")
 
     out.append("[leads]")
-    out.append(_line("action", leads.action, '"create_booking" | "nothing" (when a lead joins)'))
+    out.append(_line("action", leads.action, f"{_choices(Action)} (when a lead joins)"))
     out.append("")
     out.extend(_booking_fields_help())
     out.append("[leads.fields]")
@@ -659,8 +678,8 @@ def render_config(config: Config) -> str:
 
     qualification = leads.qualification
     out.append("[leads.qualification]")
-    out.append(_line("rule", qualification.rule, '"none" | "job_created" | "job_status"'))
-    status_comment = "with rule = \"job_status\": " + "|".join(JOB_STATUSES)
+    out.append(_line("rule", qualification.rule, _choices(QualificationRule)))
+    status_comment = f'with rule = "{QualificationRule.JOB_STATUS}": ' + "|".join(JOB_STATUSES)
     if qualification.job_status is None:
         out.append(_with_comment(f'# job_status = "{DEFAULT_JOB_STATUS}"', status_comment))
     else:
@@ -669,11 +688,11 @@ def render_config(config: Config) -> str:
     if qualification.unqualify_on:
         out.append(_line("unqualify_on", list(qualification.unqualify_on), unqualify_comment))
     else:
-        out.append(_with_comment(f"# unqualify_on = {_toml_value(list(UNQUALIFY_EVENTS))}", unqualify_comment))
+        out.append(_with_comment(f"# unqualify_on = {_toml_value([str(event) for event in UnqualifyEvent])}", unqualify_comment))
     out.append("")
 
     out.append("[referrers]")
-    out.append(_line("action", referrers.action, '"create_booking" | "nothing" (when a referrer joins)'))
+    out.append(_line("action", referrers.action, f"{_choices(Action)} (when a referrer joins)"))
     if referrers.fields:
         out.append("")
         out.append("[referrers.fields]")
@@ -683,7 +702,7 @@ def render_config(config: Config) -> str:
     out.append("")
 
     out.append("[customer_sync]")
-    out.append(_line("mode", sync.mode, '"one_time" | "ongoing"'))
+    out.append(_line("mode", sync.mode, _choices(SyncMode)))
     out.append(_line("include_inactive", sync.include_inactive, "also enrol inactive customers"))
     out.append("")
     out.append("# Referral Factory user field = value from the ServiceTitan customer: customer.id, customer.name,")
@@ -694,7 +713,7 @@ def render_config(config: Config) -> str:
     if "meta.Last Name" not in sync.fields:
         out.append('# "meta.Last Name" = { from = "customer.last_name" }')
     out.append("")
-    out.append("# ServiceTitan customer custom field = Referral Factory value written back: referral_link | referral_code")
+    out.append(f"# ServiceTitan customer custom field = Referral Factory value written back: {' | '.join(ReturnValue)}")
     out.append("[customer_sync.return_fields]")
     out.extend(_line(name, value) for name, value in sync.return_fields.items())
     out.append("")
@@ -727,7 +746,7 @@ def _optional_line(key: str, value: Any, placeholder: str, comment: str) -> str:
 # --------------------------------------------------------------------------------------
 def default_config(
     *,
-    environment: Literal["production", "integration"] = "production",
+    environment: Environment | str = Environment.PRODUCTION,
     tenant_id: int | None = None,
     client_id: str | None = None,
     booking_provider: int | None = None,
@@ -742,7 +761,7 @@ def default_config(
             },
             "referral_factory": {"campaign_id": campaign_id} if campaign_id is not None else {},
             "leads": {
-                "action": "create_booking",
+                "action": Action.CREATE_BOOKING,
                 "fields": {
                     "source": {"from": "campaign_name"},
                     "name": {"from": "first_name"},
@@ -751,14 +770,14 @@ def default_config(
                     "is_first_time_client": {"select": "yes"},
                     "external_id": {"from": "referral_code"},
                 },
-                "qualification": {"rule": "none"},
+                "qualification": {"rule": QualificationRule.NONE},
             },
-            "referrers": {"action": "nothing"},
+            "referrers": {"action": Action.NOTHING},
             "customer_sync": {
-                "mode": "one_time",
+                "mode": SyncMode.ONE_TIME,
                 "include_inactive": False,
                 "fields": {"first_name": {"from": "customer.first_name"}, "email": {"from": "contact.email"}},
-                "return_fields": {"Referral Link": "referral_link", "Referral Code": "referral_code"},
+                "return_fields": {"Referral Link": ReturnValue.REFERRAL_LINK, "Referral Code": ReturnValue.REFERRAL_CODE},
             },
         }
     )
@@ -773,7 +792,8 @@ class Endpoints:
 
 def resolve_endpoints(config: Config) -> Endpoints:
     """servicetitan.environment → URLs; config keys override; STSYNC_* env variables win (SPEC §2)."""
-    auth_default, api_default = INTEGRATION_ENDPOINTS if config.servicetitan.environment == "integration" else PRODUCTION_ENDPOINTS
+    integration = config.servicetitan.environment == Environment.INTEGRATION
+    auth_default, api_default = INTEGRATION_ENDPOINTS if integration else PRODUCTION_ENDPOINTS
 
     def pick(variable: envvars.EnvVar, configured: str | None, default: str) -> str:
         chosen = envvars.resolve(variable, configured=configured, default=default)
