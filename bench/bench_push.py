@@ -73,7 +73,8 @@ def measure(
 ) -> dict:
     """Push ``leads`` new leads once; returns the wall time, the floors and the request counts."""
     from stsync.sandbox import Sandbox
-    from stsync.storage.config import load_config, save_config
+    from stsync.storage.config import load_config
+    from stsync.storage.config_writer import save_config
 
     workdir = Path(tempfile.mkdtemp(prefix="stsync-bench-push-"))
     try:

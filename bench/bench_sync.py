@@ -74,7 +74,8 @@ class _Connected:
         self.workers = workers
 
     def __enter__(self) -> "_Connected":
-        from stsync.storage.config import load_config, save_config
+        from stsync.storage.config import load_config
+        from stsync.storage.config_writer import save_config
 
         self.sandbox.start()
         self.env = _environment(self.workdir, self.sandbox)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from stsync.storage.config import load_config, save_config
+from stsync.storage.config import load_config
+from stsync.storage.config_writer import save_config
 from stsync.storage.paths import ConnectionPaths
 
 pytestmark = pytest.mark.e2e

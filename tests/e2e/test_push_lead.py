@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from stsync.cli.app import run
-from stsync.storage.config import load_config, save_config
+from stsync.storage.config import load_config
+from stsync.storage.config_writer import save_config
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from stsync.storage.config import load_config, save_config
+from stsync.storage.config import load_config
+from stsync.storage.config_writer import save_config
 
 pytestmark = pytest.mark.e2e
 

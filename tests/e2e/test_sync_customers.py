@@ -13,7 +13,8 @@ import pytest
 from customer_sync_expectations import custom_values, expected_outcomes, skips, tally
 
 from stsync.cli.app import run
-from stsync.storage.config import load_config, save_config
+from stsync.storage.config import load_config
+from stsync.storage.config_writer import save_config
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,8 @@ from collections import Counter
 import pytest
 from customer_sync_expectations import ENROLLED, custom_values, expected_outcomes
 
-from stsync.storage.config import load_config, save_config
+from stsync.storage.config import load_config
+from stsync.storage.config_writer import save_config
 from stsync.storage.ledger import Ledger
 from stsync.storage.locks import holder
 from stsync.storage.paths import ConnectionPaths

@@ -19,7 +19,8 @@ from collections import Counter
 import pytest
 
 from stsync.cli.app import run
-from stsync.storage.config import load_config, save_config
+from stsync.storage.config import load_config
+from stsync.storage.config_writer import save_config
 
 LEADS = 100
 KILLS = 10

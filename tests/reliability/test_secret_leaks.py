@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from stsync.storage.config import load_config, save_config
+from stsync.storage.config import load_config
+from stsync.storage.config_writer import save_config
 from stsync.storage.paths import ConnectionPaths
 
 WINDOW = 12  # characters of a secret that count as a leak

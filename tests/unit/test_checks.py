@@ -13,7 +13,8 @@ from pytest_httpx import HTTPXMock
 from stsync.cli.app import run
 from stsync.services import checks
 from stsync.services.validate import validate
-from stsync.storage.config import Config, default_config, save_config
+from stsync.storage.config import Config, default_config
+from stsync.storage.config_writer import save_config
 from stsync.storage.paths import ConnectionPaths
 
 AUTH = "https://auth.servicetitan.io"

@@ -1,10 +1,9 @@
-"""storage/config.py: the TOML schema, its error messages, saving, defaults and endpoints."""
+"""storage/config.py: the model (specs, sections, the template parser), its error messages,
+defaults, endpoints; and that what config_writer saves loads back unchanged."""
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from pathlib import Path
 
 import pytest
@@ -28,10 +27,9 @@ from stsync.storage.config import (
     load_config,
     parse_config,
     parse_config_text,
-    render_config,
     resolve_endpoints,
-    save_config,
 )
+from stsync.storage.config_writer import render_config, save_config
 from stsync.vocabulary import Action, Environment, QualificationRule, ReturnValue, SyncMode, UnqualifyEvent
 
 # What a TOML file holds: each vocabulary's strings.
@@ -75,11 +73,6 @@ def test_spec_example_equals_default_config(shared_dir):
 
 def test_example_file_loads_as_the_default_mapping():
     assert load_config(EXAMPLE) == default_config(**EXAMPLE_IDENTITY)
-
-
-def test_example_file_is_what_save_config_writes():
-    # The example is never edited by hand: it cannot drift from what stsync writes.
-    assert EXAMPLE.read_text(encoding="utf-8") == render_config(default_config(**EXAMPLE_IDENTITY))
 
 
 def test_default_config_without_identity_round_trips(tmp_path):
@@ -136,6 +129,41 @@ def test_dotted_targets_are_flat_and_keep_their_order():
     assert config.leads.fields["address.street"] == FixedValue(value="1 Main")
     assert config.leads.fields["meta.Last Name"] == TemplateValue(template="{first_name} {meta.Last Name}")
     assert config.leads.fields["summary"].value == 3
+
+
+def test_each_spec_knows_its_kind_label_payload_and_sources():
+    template = TemplateValue(template="{first_name} {{x}} {meta.Last Name}")
+    specs = [FromField(from_="email"), FixedValue(value=False), SelectValue(select="yes"), template]
+    assert [(s.kind, s.label) for s in specs] == [
+        ("from", "Dynamic Value"), ("value", "Fixed Value (Manual Input)"),
+        ("select", "Fixed Value (Manual Select)"), ("template", "Template")]
+    assert [s.to_toml() for s in specs] == [
+        {"from": "email"}, {"value": False}, {"select": "yes"}, {"template": "{first_name} {{x}} {meta.Last Name}"}]
+    assert [s.sources() for s in specs] == [("email",), (), (), ("first_name", "meta.Last Name")]
+    assert FixedValue(value="  ").is_blank and not FixedValue(value=0).is_blank and not FromField(from_="email").is_blank
+
+
+def test_the_template_parser_reads_fields_and_literal_braces_and_renders():
+    template = TemplateValue(template="{{code}} { referral_code }-{first_name}")
+    assert template.fields() == ["referral_code", "first_name"]
+    assert template.render({"referral_code": "C1"}.get) == "{code} C1-"
+    assert template.render(lambda name: None) == "{code} -"
+    assert TemplateValue(template="{a}  {b}").render({"b": "x"}.get) == "x"  # spaces collapse
+    assert TemplateValue(template="{a} {b}").render(lambda name: "  ") is None
+    for broken, words in [("{first_name", "unmatched '{' at column 1"), ("a } {b}", "unmatched '}' at column 3"),
+                          ("{b} {}", "empty {} at column 5"), ("{a{b}}", "unmatched '{' at column 1"),
+                          ("{{no field}}", "names no field")]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            field_spec("template", broken)
+
+
+def test_booking_section_is_the_section_of_a_kind():
+    config = default_config()
+    assert config.booking_section("lead") is config.leads and config.leads.section_name == "leads"
+    assert config.booking_section("referrer") is config.referrers and config.referrers.section_name == "referrers"
+    assert (config.leads.kind, config.referrers.kind) == ("lead", "referrer")
+    with pytest.raises(ValueError):
+        config.booking_section("leads")  # type: ignore[arg-type]
 
 
 def test_spec_kinds_and_texts():
@@ -250,67 +278,6 @@ def test_directory_and_binary_files_are_config_errors(tmp_path):
     binary.write_bytes(b"a = '\xff\xfe'")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(binary)
-
-
-# -- saving --------------------------------------------------------------------------------
-def test_save_writes_spec_order_and_inline_specs(tmp_path):
-    config = default_config(**EXAMPLE_IDENTITY)
-    config.referrers.fields["name"] = TemplateValue(template="{first_name} {meta.Last Name}")
-    config.webhook.aliases["referral_code"] = ["code", "referralCode"]
-    config.leads.qualification.unqualify_on = ["job_canceled"]
-    path = tmp_path / "config.toml"
-    save_config(config, path)
-    text = path.read_text()
-    headers = re.findall(r"^\[([a-z_.]+)\]", text, re.M)
-    assert headers == [
-        "servicetitan",
-        "referral_factory",
-        "leads",
-        "leads.fields",
-        "leads.qualification",
-        "referrers",
-        "referrers.fields",
-        "customer_sync",
-        "customer_sync.fields",
-        "customer_sync.return_fields",
-        "limits",
-        "webhook.aliases",
-    ]
-    assert re.search(r'^summary = \{ value = "Referral" \} +# Fixed Value \(Manual Input\)$', text, re.M)
-    assert '"Referral Link" = "referral_link"' in text
-    assert 'unqualify_on = ["job_canceled"]' in text
-    assert 'referral_code = ["code", "referralCode"]' in text
-    assert load_config(path) == config
-
-
-def test_save_is_atomic_and_keeps_the_file_mode(tmp_path):
-    path = tmp_path / "conf" / "config.toml"
-    save_config(default_config(), path)
-    path.chmod(0o640)
-    save_config(default_config(tenant_id=5), path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert [p.name for p in path.parent.iterdir()] == ["config.toml"]  # no temp file left
-    assert load_config(path).servicetitan.tenant_id == 5
-
-
-def test_save_refuses_text_that_is_not_utf8(tmp_path):
-    config = default_config()
-    config.leads.fields["summary"] = FixedValue(value="bad \udcff byte")  # argv with surrogateescape
-    with pytest.raises(ConfigError, match="not valid text"):
-        save_config(config, tmp_path / "config.toml")
-    assert not (tmp_path / "config.toml").exists()
-
-
-def test_save_refuses_a_config_it_could_not_load(tmp_path):
-    path = tmp_path / "config.toml"
-    save_config(default_config(tenant_id=5), path)
-    before = path.read_text()
-    broken = default_config()
-    broken = broken.model_copy(update={"limits": broken.limits.model_copy(update={"workers": 0})})
-    with pytest.raises(ConfigSchemaError) as caught:
-        save_config(broken, path)
-    assert caught.value.key_path == "limits.workers"
-    assert path.read_text() == before
 
 
 # -- endpoints -----------------------------------------------------------------------------
@@ -527,14 +494,6 @@ def test_invalid_configs_always_give_a_key_path_never_a_traceback(case):
     assert error.key_path == key_path
     assert str(error).startswith(f"{key_path}: ")
     assert len(str(error).split("\n")[0]) > len(key_path) + 2  # a message, not only the place
-
-
-def test_a_file_written_by_hand_with_user_comments_loses_them_with_notice(tmp_path):
-    # save_config regenerates the comments: the header says so, so nobody is surprised.
-    path = tmp_path / "config.toml"
-    save_config(default_config(), path)
-    assert "notes you add are not kept" in path.read_text()
-    assert os.access(path, os.R_OK)
 
 
 toml_scalars = st.one_of(toml_text, st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False))

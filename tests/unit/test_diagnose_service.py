@@ -20,7 +20,8 @@ from stsync.errors import ServiceTitanApiError
 from stsync.services.bundle import bundle_paths, write_bundle
 from stsync.services.checks import Check
 from stsync.services.diagnose import NotRun, check_run_locks, diagnose, exit_code_for
-from stsync.storage.config import Config, default_config, save_config
+from stsync.storage.config import Config, default_config
+from stsync.storage.config_writer import save_config
 from stsync.storage.ledger import Ledger
 from stsync.storage.locks import RunLock
 from stsync.storage.paths import ConnectionPaths

@@ -11,7 +11,8 @@ import pytest
 from stsync.cli.app import run
 from stsync.errors import ConfigError, UsageError
 from stsync.services import mapping_edit
-from stsync.storage.config import default_config, load_config, save_config
+from stsync.storage.config import default_config, load_config
+from stsync.storage.config_writer import save_config
 
 
 @pytest.fixture

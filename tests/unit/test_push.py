@@ -14,10 +14,10 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from stsync.errors import AuthError, InvalidRecord, SetupRequired, TemporaryError, UsageError
+from stsync.mapping.booking import booking_request_for
 from stsync.services import push as push_service
 from stsync.services.history import push_history
 from stsync.services.leads import Lead
-from stsync.services.mapping import booking_request_for
 from stsync.services.push import fetch_lead, leads_from_input, push_lead, push_leads, push_new
 from connection_fixtures import AUTH, API, CAMPAIGN, RF, TENANT, unit_config  # tests/support
 from connection_fixtures import BOOKING_PROVIDER as BP
@@ -115,7 +115,7 @@ def test_a_lead_becomes_one_booking_with_exactly_the_mapped_body(conn, httpx_moc
         "source": "Spring Referrals", "name": "Jane1", "summary": "Referral", "isFirstTimeClient": True,
         "externalId": "code0001", "contacts": [{"type": "Email", "value": "jane1@example.com"}],
     }
-    assert booking_request_for(jane, conn.config.leads, kind="lead") == expected
+    assert booking_request_for(jane, conn.config.leads) == expected
     httpx_mock.add_response(method="GET", url=BOOKINGS, match_params={"externalId": "code0001", **LOOKUP_PAGE}, json=page([]))
     httpx_mock.add_response(method="POST", url=BOOKINGS, match_json=expected, json=booking_json(5551, "code0001"))
 
@@ -271,7 +271,7 @@ def test_setup_required_is_raised_before_anything(conn):
 def test_a_dry_run_builds_the_exact_body_and_touches_nothing(conn):
     report = push_leads(conn, [lead(1), lead(2, email=None)], dry_run=True)
     ok, bad = report.results
-    assert ok.dry_run and ok.body == booking_request_for(lead(1), conn.config.leads, kind="lead")
+    assert ok.dry_run and ok.body == booking_request_for(lead(1), conn.config.leads)
     assert ok.to_dict()["body"]["externalId"] == "code0001"
     assert bad.outcome == "failed" and bad.body is None
     assert report.run_id is None
@@ -503,7 +503,7 @@ def test_history_lists_attempts_newest_first_with_filters(conn, httpx_mock: HTTP
 
 @pytest.fixture
 def saved_config(tmp_path):
-    from stsync.storage.config import save_config
+    from stsync.storage.config_writer import save_config
 
     config = unit_config()
     save_config(config, tmp_path / "config.toml")
@@ -575,7 +575,7 @@ def test_a_file_lead_without_email_exits_5_naming_the_keys(saved_config, tmp_pat
 
 def test_nothing_to_action_exits_0_with_the_reason(saved_config, tmp_path, capsys):
     from stsync.cli.app import run
-    from stsync.storage.config import save_config
+    from stsync.storage.config_writer import save_config
 
     saved_config.leads.action = "nothing"
     save_config(saved_config, tmp_path / "config.toml")

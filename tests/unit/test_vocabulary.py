@@ -11,7 +11,8 @@ import pytest
 from stsync import vocabulary
 from stsync.servicetitan.vocabulary import JOB_STATUSES
 from stsync.storage import states
-from stsync.storage.config import default_config, parse_config_text, render_config
+from stsync.storage.config import default_config, parse_config_text
+from stsync.storage.config_writer import render_config
 from stsync.storage.ledger import MIGRATIONS, Ledger
 
 STORED = {

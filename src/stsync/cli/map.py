@@ -37,19 +37,12 @@ def show_command(
     ctx: typer.Context,
     for_: Optional[str] = typer.Option(None, "--for", help="Only this section: " + FOR_HELP),
 ) -> None:
-    from stsync.errors import UsageError
-    from stsync.services.leads import did_you_mean
-    from stsync.services.mapping import mapping_overview
-    from stsync.services.mapping_edit import FOR_CHOICES, load_or_default
+    from stsync.mapping.overview import mapping_overview
+    from stsync.services.mapping_edit import FOR_CHOICES, for_section, load_or_default
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    sections: tuple[str, ...] = FOR_CHOICES
-    if for_ is not None:
-        chosen = for_.strip().casefold()
-        if chosen not in FOR_CHOICES:
-            raise UsageError(f"--for takes leads, referrers or customers, not {for_!r}{did_you_mean(for_, FOR_CHOICES)}")
-        sections = (chosen,)
+    sections: tuple[str, ...] = FOR_CHOICES if for_ is None else (for_section(for_),)
     config, default, _ = load_or_default(app_ctx.config_path)
     overview = mapping_overview(config, sections=sections)
     if default:
@@ -109,7 +102,7 @@ def _render_booking_section(term: "Terminal", name: str, data: dict[str, Any]) -
 
 
 def _label(target: str) -> str:
-    from stsync.services.mapping import BOOKING_TARGET_LABELS
+    from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS
 
     return BOOKING_TARGET_LABELS.get(target, target)
 

@@ -23,9 +23,18 @@ from typing import TYPE_CHECKING, Any, Literal
 from stsync import credentials
 from stsync.credentials import Secret
 from stsync.errors import AuthError, ConfigError, StsyncError
-from stsync.services import mapping
+from stsync.mapping.overview import ACTION_LABELS
+from stsync.mapping.return_fields import resolve_custom_field_type
+from stsync.mapping.validation import (
+    booking_mapping_problems,
+    check_return_field,
+    customer_mapping_problems,
+    incomplete_address_parts,
+    missing_required,
+)
+from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS
 from stsync.servicetitan.vocabulary import JOB_STATUSES
-from stsync.vocabulary import Action, Environment, QualificationRule, UnqualifyEvent
+from stsync.vocabulary import Action, Environment, Kind, QualificationRule, UnqualifyEvent
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
@@ -160,7 +169,7 @@ def check_leads_action(config: "Config", *, nothing_is: Status = WARN) -> Check:
     """Step 4: when a lead joins the campaign, a booking is created (not "Nothing to action")."""
     name = "Leads: when lead joins campaign"
     if config.leads.action == Action.CREATE_BOOKING:
-        return Check(name, PASS, mapping.ACTION_LABELS[Action.CREATE_BOOKING], category=MAPPING)
+        return Check(name, PASS, ACTION_LABELS[Action.CREATE_BOOKING], category=MAPPING)
     return Check(
         name,
         nothing_is,
@@ -171,17 +180,17 @@ def check_leads_action(config: "Config", *, nothing_is: Status = WARN) -> Check:
     )
 
 
-def check_required_fields(config: "Config", *, kind: str = "leads") -> Check:
+def check_required_fields(config: "Config", *, kind: Kind = Kind.LEAD) -> Check:
     """Step 5 / 7: every required booking field is mapped (else the seed's "Setup Required"),
     and every mapped one names a real target, source field and option."""
-    section_key = mapping.section_name(kind)
-    section = getattr(config, section_key)
+    section = config.booking_section(kind)
+    section_key = section.section_name
     name = f"{section_key.capitalize()}: field mapping"
-    problems = mapping.booking_mapping_problems(section, kind=section_key)
-    missing = mapping.missing_required(section)
+    problems = booking_mapping_problems(section)
+    missing = missing_required(section)
     creates = section.action == Action.CREATE_BOOKING
     if missing and creates:
-        labels = ", ".join(f"{mapping.BOOKING_TARGET_LABELS[t]} ({t})" for t in missing)
+        labels = ", ".join(f"{BOOKING_TARGET_LABELS[t]} ({t})" for t in missing)
         extra = f"; also {problems[0]}" if problems else ""
         return _fail(
             name,
@@ -196,7 +205,7 @@ def check_required_fields(config: "Config", *, kind: str = "leads") -> Check:
     if not creates:
         who = "referred leads" if section_key == "leads" else "referrers"
         return Check(name, PASS, f"not used: {who} are not sent to ServiceTitan (Nothing to action)", category=MAPPING)
-    partial = mapping.incomplete_address_parts(section)
+    partial = incomplete_address_parts(section)
     if partial:
         return Check(
             name,
@@ -252,7 +261,7 @@ def check_qualification_rule(config: "Config") -> Check:
 def check_customer_mapping(config: "Config") -> Check:
     """Customers → referrers: every target, source field and template is real."""
     name = "Customers: field mapping"
-    fields_problems = [p for p in mapping.customer_mapping_problems(config.customer_sync) if "return_fields" not in (p.key_path or "")]
+    fields_problems = [p for p in customer_mapping_problems(config.customer_sync) if "return_fields" not in (p.key_path or "")]
     if fields_problems:
         first = fields_problems[0]
         more = f" (and {len(fields_problems) - 1} more)" if len(fields_problems) > 1 else ""
@@ -266,7 +275,7 @@ def check_return_fields(config: "Config") -> Check:
     return_fields = config.customer_sync.return_fields
     for field_name, value in return_fields.items():
         try:
-            mapping.check_return_field(field_name, value)
+            check_return_field(field_name, value)
         except ConfigError as exc:
             return _fail(name, f"{exc.key_path}: {exc}", exc.hint, MAPPING)
     if not return_fields:
@@ -288,7 +297,7 @@ OFFLINE_CONFIG_CHECKS: tuple[Callable[["Config"], Check], ...] = (
     check_identity,
     check_leads_action,
     check_required_fields,
-    lambda config: check_required_fields(config, kind="referrers"),
+    lambda config: check_required_fields(config, kind=Kind.REFERRER),
     check_qualification_rule,
     check_customer_mapping,
     check_return_fields,
@@ -427,7 +436,7 @@ def check_return_field_types(conn: "Connection") -> Check:
         found: list[str] = []
         for field_name in return_fields:
             try:
-                field_type = mapping.resolve_custom_field_type(field_name, types, taken=return_fields)
+                field_type = resolve_custom_field_type(field_name, types, taken=return_fields)
             except ConfigError as exc:
                 problems.append(str(exc))
                 continue

@@ -136,7 +136,8 @@ def connect(
     transport=None,
 ) -> ConnectResult:
     """Verify (unless told not to), store the secrets, write the config."""
-    from stsync.storage.config import Config, default_config, load_config, save_config
+    from stsync.storage.config import Config, default_config, load_config
+    from stsync.storage.config_writer import save_config
     from stsync.storage.secrets import SecretStore
 
     missing = [name for name in [*IDENTITY_FIELDS, *SECRET_NAMES] if getattr(values, name) in (None, "")]

@@ -216,8 +216,8 @@ def diagnose(
     if config is not None:
         report.checks.append(checks_module.check_identity(config))
         report.checks.append(checks_module.check_leads_action(config, nothing_is=FAIL))
-        report.checks.append(checks_module.check_required_fields(config, kind="leads"))
-        report.checks.append(checks_module.check_required_fields(config, kind="referrers"))
+        report.checks.append(checks_module.check_required_fields(config, kind=Kind.LEAD))
+        report.checks.append(checks_module.check_required_fields(config, kind=Kind.REFERRER))
         report.checks.append(checks_module.check_qualification_rule(config))
         report.checks.append(checks_module.check_customer_mapping(config))
         report.checks.append(checks_module.check_return_fields(config))

@@ -9,14 +9,14 @@ field names (``first_name``, ``referral_code``, ``meta.<label>``, ...) that a ma
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import ConfigError, InvalidRecord, UsageError
 from stsync.referralfactory.models import PERSON_INVITED
+from stsync.suggestions import did_you_mean
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import Campaign, User
@@ -102,17 +102,6 @@ class Lead:
 def is_lead_source(name: str) -> bool:
     """A valid ``from`` for a booking mapping (SPEC §3)."""
     return name in LEAD_FIELDS or (name.startswith(META_PREFIX) and bool(name[len(META_PREFIX) :].strip()))
-
-
-def did_you_mean(given: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` when a choice is close to ``given``; empty otherwise."""
-    pool = list(choices)
-    matches = difflib.get_close_matches(given, pool, n=1, cutoff=0.6)
-    if not matches:
-        folded = {choice.casefold(): choice for choice in pool}
-        matches = difflib.get_close_matches(given.casefold(), list(folded), n=1, cutoff=0.6)
-        matches = [folded[m] for m in matches]
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
 
 
 # -- from the Referral Factory API -------------------------------------------------------------

@@ -4,29 +4,49 @@ Every edit is read → change → check → write: the config is loaded (or, bef
 connect`` has written one, started from the seed's default), the change is validated the way
 the mapping engine will use it (an unknown target or source field names the closest one; a
 select value must be one of the target's options; a template's every field must exist), and
-the file is rewritten by ``storage.config.save_config`` (tomli-w, SPEC order, stsync's own
-comments). Comments a person added by hand cannot survive that rewrite: the result counts
+the file is rewritten by ``storage.config_writer.save_config`` (tomli-w, SPEC order, stsync's
+own comments). Comments a person added by hand cannot survive that rewrite: the result counts
 them so the command can say so.
+
+``for_section(word)`` reads a ``--for`` option (leads | referrers | customers; ``UsageError``
+with a suggestion otherwise), for these edits and for ``map show``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 from stsync.errors import ConfigError, UsageError
-from stsync.services import mapping
-from stsync.services.leads import did_you_mean
-from stsync.servicetitan.vocabulary import JOB_STATUSES
-from stsync.vocabulary import Action, QualificationRule, ReturnValue, UnqualifyEvent
-
-if TYPE_CHECKING:
-    from stsync.storage.config import Config
+from stsync.mapping.overview import ACTION_LABELS, qualification_label
+from stsync.mapping.validation import (
+    check_booking_spec,
+    check_booking_target,
+    check_referrer_spec,
+    check_referrer_target,
+    check_return_field,
+    missing_required,
+)
+from stsync.mapping.vocabulary import REQUIRED_REFERRER_TARGETS, select_options, target_kind
+from stsync.servicetitan.vocabulary import JOB_STATUSES, REQUIRED_BOOKING_TARGETS
+from stsync.storage.config import (
+    VALUE_KINDS,
+    BookingSettings,
+    Config,
+    FieldSpec,
+    default_config,
+    field_spec,
+    load_config,
+    parse_config_text,
+)
+from stsync.storage.config_writer import render_config, save_config, toml_value
+from stsync.suggestions import did_you_mean
+from stsync.vocabulary import Action, Kind, QualificationRule, ReturnValue, UnqualifyEvent
 
 FOR_CHOICES = ("leads", "referrers", "customers")
-VALUE_KINDS = ("from", "value", "select", "template")
 
 
 def _words(vocabulary: type[StrEnum]) -> dict[str, Any]:
@@ -63,25 +83,24 @@ class EditResult:
 
 def set_field(config_path: Path, target: str, *, kind: str, value: Any, for_: str = "leads") -> EditResult:
     """``map set TARGET --from|--value|--select|--template X [--for ...]``."""
-    from stsync.storage.config import field_spec
-
-    section = _check_for(for_)
+    section = for_section(for_)
     if kind not in VALUE_KINDS:
         raise UsageError(f"unknown value kind {kind!r}{did_you_mean(kind, VALUE_KINDS)}")
     target = target.strip()
     if section == "customers":
-        mapping.check_referrer_target(target)
+        check_referrer_target(target)
     else:
-        mapping.check_booking_target(target, section=section)
+        check_booking_target(target, section_name=section)
     value = _normalise_value(section, target, kind, value)
     spec = field_spec(kind, value)
     if section == "customers":
-        mapping.check_referrer_spec(target, spec)
+        check_referrer_spec(target, spec)
     else:
-        mapping.check_booking_spec(target, spec, section=section)
-    shown = f"{section}: {target} = {{ {kind} = {_shown(value)} }}"
+        check_booking_spec(target, spec, section_name=section)
+    # The exact TOML spelling the file gets.
+    shown = f"{section}: {target} = {{ {kind} = {toml_value(value)} }}"
 
-    def change(config: "Config") -> bool:
+    def change(config: Config) -> bool:
         fields = _fields_of(config, section)
         before = fields.get(target)
         fields[target] = spec
@@ -92,26 +111,26 @@ def set_field(config_path: Path, target: str, *, kind: str, value: Any, for_: st
 
 def unset_field(config_path: Path, target: str, *, for_: str = "leads") -> EditResult:
     """``map unset TARGET [--for ...]``: the target no longer gets a value."""
-    section = _check_for(for_)
+    section = for_section(for_)
     target = target.strip()
 
-    def change(config: "Config") -> bool:
+    def change(config: Config) -> bool:
         fields = _fields_of(config, section)
         if target in fields:
             del fields[target]
             return True
         if section == "customers":
-            mapping.check_referrer_target(target)
+            check_referrer_target(target)
         else:
-            mapping.check_booking_target(target, section=section)
+            check_booking_target(target, section_name=section)
         return False
 
     result = _edit(config_path, section, f"{section}: {target} unmapped", change)
     if not result.changed:
         result.change = f"{section}: {target} was not mapped"
-    elif section != "customers" and target in mapping.REQUIRED_BOOKING_TARGETS:
+    elif section != "customers" and target in REQUIRED_BOOKING_TARGETS:
         result.warnings.append(f"{target} is required: bookings cannot be created until it is mapped again")
-    elif section == "customers" and target in mapping.REQUIRED_REFERRER_TARGETS:
+    elif section == "customers" and target in REQUIRED_REFERRER_TARGETS:
         result.warnings.append(f"{target} is required: customers cannot become referrers until it is mapped again")
     return result
 
@@ -126,8 +145,8 @@ def set_action(config_path: Path, section: str, action: str) -> EditResult:
         raise UsageError(f"unknown action {action!r}{did_you_mean(action, dashed)}", hint=f"use {' or '.join(dashed)}")
     notes: list[str] = []
 
-    def change(config: "Config") -> bool:
-        settings = getattr(config, section)
+    def change(config: Config) -> bool:
+        settings = _booking_settings(config, section)
         before = settings.action
         settings.action = chosen
         if section == "referrers" and chosen == Action.CREATE_BOOKING and not settings.fields:
@@ -136,7 +155,7 @@ def set_action(config_path: Path, section: str, action: str) -> EditResult:
             notes.append("the referrers had no field mapping: started from the leads' (see `stsync map show --for referrers`)")
         return before != chosen
 
-    label = mapping.ACTION_LABELS[chosen]
+    label = ACTION_LABELS[chosen]
     result = _edit(config_path, section, f"{section}: action = {chosen} ({label})", change)
     result.warnings.extend(notes)
     if chosen == Action.NOTHING and section == "leads":
@@ -185,7 +204,7 @@ def set_qualification(
             if event not in events:
                 events.append(event)
 
-    def change(config: "Config") -> bool:
+    def change(config: Config) -> bool:
         qualification = config.leads.qualification
         before = (qualification.rule, qualification.job_status, list(qualification.unqualify_on))
         qualification.rule = chosen
@@ -194,7 +213,7 @@ def set_qualification(
             qualification.unqualify_on = events
         return before != (qualification.rule, qualification.job_status, list(qualification.unqualify_on))
 
-    label = mapping.qualification_label(chosen, job_status)
+    label = qualification_label(chosen, job_status)
     shown = f"job_status = {job_status} ({label})" if chosen == QualificationRule.JOB_STATUS else f"{chosen} ({label})"
     result = _edit(config_path, "qualification", f"leads.qualification: rule = {shown}", change)
     config = load_or_default(Path(config_path))[0]
@@ -210,9 +229,9 @@ def set_return_field(config_path: Path, name: str, value: str) -> EditResult:
     """``map return-field NAME referral_link|referral_code``: a customer custom field to write back."""
     name = name.strip()
     value = value.strip().replace("-", "_")
-    mapping.check_return_field(name, value)
+    check_return_field(name, value)
 
-    def change(config: "Config") -> bool:
+    def change(config: Config) -> bool:
         fields = config.customer_sync.return_fields
         before = fields.get(name)
         fields[name] = ReturnValue(value)
@@ -230,7 +249,7 @@ def remove_return_field(config_path: Path, name: str) -> EditResult:
     """``map return-field NAME --remove``."""
     name = name.strip()
 
-    def change(config: "Config") -> bool:
+    def change(config: Config) -> bool:
         fields = config.customer_sync.return_fields
         if name not in fields:
             raise ConfigError(
@@ -247,9 +266,8 @@ def remove_return_field(config_path: Path, name: str) -> EditResult:
 def reset_mapping(config_path: Path) -> EditResult:
     """``map reset``: [leads], [referrers] and [customer_sync] back to the seed's defaults;
     the connection itself (tenant, booking provider, campaign), limits and webhook keys are kept."""
-    from stsync.storage.config import default_config
 
-    def change(config: "Config") -> bool:
+    def change(config: Config) -> bool:
         defaults = default_config()
         before = (config.leads, config.referrers, config.customer_sync)
         config.leads = defaults.leads
@@ -263,17 +281,22 @@ def reset_mapping(config_path: Path) -> EditResult:
 # == plumbing ===================================================================================
 
 
-def _check_for(for_: str) -> str:
+def for_section(for_: str | None) -> str:
+    """A ``--for`` word (any case; none means leads) → leads | referrers | customers."""
     chosen = (for_ or "leads").strip().casefold()
     if chosen not in FOR_CHOICES:
         raise UsageError(f"--for takes leads, referrers or customers, not {for_!r}{did_you_mean(for_, FOR_CHOICES)}")
     return chosen
 
 
-def _fields_of(config: "Config", section: str) -> dict[str, Any]:
+def _booking_settings(config: Config, section: str) -> BookingSettings:
+    return config.booking_section(Kind.LEAD if section == "leads" else Kind.REFERRER)
+
+
+def _fields_of(config: Config, section: str) -> dict[str, FieldSpec]:
     if section == "customers":
         return config.customer_sync.fields
-    return getattr(config, section).fields
+    return _booking_settings(config, section).fields
 
 
 def _normalise_value(section: str, target: str, kind: str, value: Any) -> Any:
@@ -284,37 +307,25 @@ def _normalise_value(section: str, target: str, kind: str, value: Any) -> Any:
     if section == "customers":
         return text
     if kind == "select":
-        options = mapping.select_options(target)
+        options = select_options(target)
         return next((o for o in options if o.casefold() == text.casefold()), text)
-    if kind == "value" and mapping.target_kind(target) == "integer" and text.isdigit():
+    if kind == "value" and target_kind(target) == "integer" and text.isdigit():
         return int(text)
     return text
 
 
-def _shown(value: Any) -> str:
-    from stsync.storage.config import _toml_value  # the exact TOML spelling the file gets
-
-    return _toml_value(value)
-
-
-def load_or_default(path: Path) -> tuple["Config", bool, str | None]:
+def load_or_default(path: Path) -> tuple[Config, bool, str | None]:
     """(config, created, the file's text) — a missing file starts from the seed's default."""
-    from stsync.storage.config import default_config, parse_config_text
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return default_config(), True, None
     except (OSError, UnicodeDecodeError):
-        from stsync.storage.config import load_config
-
         return load_config(path), False, None  # load_config words the failure
     return parse_config_text(text, path=path), False, text
 
 
-def _edit(config_path: Path, section: str, shown: str, change: Callable[["Config"], bool]) -> EditResult:
-    from stsync.storage.config import render_config, save_config
-
+def _edit(config_path: Path, section: str, shown: str, change: Callable[[Config], bool]) -> EditResult:
     path = Path(config_path)
     config, created, text = load_or_default(path)
     original_render = render_config(config)
@@ -331,8 +342,8 @@ def _edit(config_path: Path, section: str, shown: str, change: Callable[["Config
         config_path=str(path), section=section, change=shown, changed=changed, created_config=created, dropped_comments=dropped
     )
     if section in ("leads", "referrers"):
-        settings = getattr(edited, section)
-        missing = mapping.missing_required(settings)
+        settings = _booking_settings(edited, section)
+        missing = missing_required(settings)
         if settings.action == Action.CREATE_BOOKING and missing:
             result.setup_required = missing
     return result

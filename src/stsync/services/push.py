@@ -34,7 +34,6 @@ from stsync.errors import (
     AnswerLost,
     ApiError,
     AuthError,
-    ConfigError,
     InvalidRecord,
     ReferralFactoryApiError,
     ServiceTitanApiError,
@@ -64,8 +63,7 @@ OUTCOMES: tuple[AttemptOutcome, ...] = (
     AttemptOutcome.FAILED,
 )
 
-# The config section each kind reads, and the Referral Factory user type `--new` searches.
-SECTION_FOR_KIND = {Kind.LEAD: "leads", Kind.REFERRER: "referrers"}
+# The Referral Factory user type `--new` searches.
 USER_TYPE_FOR_KIND = {Kind.LEAD: PERSON_INVITED, Kind.REFERRER: PERSON_REFERRING}
 ACTION_LABEL = {Kind.LEAD: "When lead joins campaign", Kind.REFERRER: "Referrers"}
 
@@ -164,18 +162,12 @@ class PushReport:
 # -- the mapping section ----------------------------------------------------------------------
 
 
-def section_for(conn: "Connection", kind: str) -> Any:
-    if kind not in SECTION_FOR_KIND:
-        raise ValueError(f"kind must be 'lead' or 'referrer', not {kind!r}")
-    return getattr(conn.config, SECTION_FOR_KIND[kind])
-
-
-def nothing_to_action(conn: "Connection", kind: str) -> tuple[str, str] | None:
+def nothing_to_action(conn: "Connection", kind: Kind) -> tuple[str, str] | None:
     """(message, hint) when the section's action is "nothing"; None when it creates bookings."""
-    section = section_for(conn, kind)
+    section = conn.config.booking_section(kind)
     if section.action != Action.NOTHING:
         return None
-    name = SECTION_FOR_KIND[kind]
+    name = section.section_name
     who = "referred leads" if kind == Kind.LEAD else "referrers"
     message = (
         f'"{ACTION_LABEL[kind]}" is set to "Nothing to action" ({name}.action = "{Action.NOTHING}"): '
@@ -185,30 +177,14 @@ def nothing_to_action(conn: "Connection", kind: str) -> tuple[str, str] | None:
     return message, hint
 
 
-def check_mapping(conn: "Connection", kind: str) -> None:
+def check_mapping(conn: "Connection", kind: Kind) -> None:
     """The seed's "Setup Required": every required target of the section must be mapped."""
-    from stsync.services import mapping
+    from stsync.mapping.validation import missing_required
 
-    missing = mapping.missing_required(section_for(conn, kind))
+    section = conn.config.booking_section(kind)
+    missing = missing_required(section)
     if missing:
-        raise SetupRequired(SECTION_FOR_KIND[kind], missing)
-
-
-def mapped_sources(section: Any) -> set[str]:
-    """The lead fields a section's mapping reads (``from`` and ``template`` placeholders)."""
-    from stsync.services.mapping import spec_view, template_fields
-
-    sources: set[str] = set()
-    for spec in (getattr(section, "fields", None) or {}).values():
-        try:
-            view = spec_view(spec)
-            if view.kind == "from":
-                sources.add(str(view.payload).strip())
-            elif view.kind == "template":
-                sources.update(template_fields(str(view.payload)))
-        except ConfigError:
-            continue  # a broken spec is the mapping check's to report
-    return sources
+        raise SetupRequired(section.section_name, missing)
 
 
 # -- one lead ---------------------------------------------------------------------------------
@@ -228,16 +204,16 @@ def push_lead(
     raises for run-level failures (``AuthError``, ``ConfigError``, ``TemporaryError``) after
     recording the attempt. A dry run builds the body and sends and records nothing.
     """
-    from stsync.services import mapping
+    from stsync.mapping.booking import booking_request_for, external_id_for
 
     nothing = nothing_to_action(conn, kind)
     if nothing is not None:
         return PushResult(lead=lead, kind=kind, outcome=AttemptOutcome.SKIPPED, message=nothing[0])
-    section = section_for(conn, kind)
+    section = conn.config.booking_section(kind)
     external_id: str | None = None
     try:
-        external_id = mapping.external_id_for(lead, section, kind=kind)
-        body = mapping.booking_request_for(lead, section, kind=kind)
+        external_id = external_id_for(lead, section)
+        body = booking_request_for(lead, section)
     except InvalidRecord as exc:
         if not dry_run and external_id:
             known = conn.ledger.get_push(external_id)
@@ -633,7 +609,9 @@ def complete_leads(conn: "Connection", leads: Sequence["Lead"], *, kind: Kind = 
     Referral Factory's user object carries ``campaign_id`` but not the campaign's name, and
     the default mapping sends the name as the booking's Source.
     """
-    if "campaign_name" not in mapped_sources(section_for(conn, kind)):
+    from stsync.mapping.booking import lead_fields_read
+
+    if "campaign_name" not in lead_fields_read(conn.config.booking_section(kind)):
         return list(leads)
     if all(lead.campaign_name for lead in leads):
         return list(leads)
@@ -651,15 +629,15 @@ def complete_leads(conn: "Connection", leads: Sequence["Lead"], *, kind: Kind = 
 
 def new_leads(conn: "Connection", *, kind: Kind = Kind.LEAD) -> list["Lead"]:
     """The campaign's users of this kind (``POST /users/search``, paged) with no booking in the ledger."""
-    from stsync.services import mapping
+    from stsync.mapping.booking import external_id_for, lead_fields_read
     from stsync.services.leads import lead_from_user
 
     rf = conn.referral_factory
     campaign_id = conn.campaign_id
     user_type = USER_TYPE_FOR_KIND[kind]
-    section = section_for(conn, kind)
+    section = conn.config.booking_section(kind)
     campaign = rf.get_campaign(campaign_id)
-    wants_referrer = any(source.startswith("referrer_") for source in mapped_sources(section))
+    wants_referrer = any(source.startswith("referrer_") for source in lead_fields_read(section))
     referrers: dict[int, Any] = {}
     ledger = conn.ledger
     leads: list[Lead] = []
@@ -679,7 +657,7 @@ def new_leads(conn: "Connection", *, kind: Kind = Kind.LEAD) -> list["Lead"]:
             referrer = referrers[user.referrer_id]
         lead = lead_from_user(user, campaign=campaign, referrer=referrer)
         try:
-            external_id = mapping.external_id_for(lead, section, kind=kind)
+            external_id = external_id_for(lead, section)
         except InvalidRecord:
             leads.append(lead)  # push_lead reports what is missing
             continue

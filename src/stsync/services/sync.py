@@ -74,8 +74,8 @@ from stsync.storage.states import REFERRER_RETRY_STATES, ReferrerState, RunJob
 from stsync.vocabulary import RUN_MODE_FOR, RunMode, SyncMode
 
 if TYPE_CHECKING:
+    from stsync.mapping.referrers import ReferrerRequest, Skip
     from stsync.referralfactory.models import User
-    from stsync.services.mapping import ReferrerRequest, Skip
     from stsync.connection import Connection
     from stsync.servicetitan.models import Customer, CustomerContact, CustomFieldType
     from stsync.storage.ledger import ContactRow, Ledger
@@ -366,7 +366,7 @@ class _CustomerSync:
         """Custom-field names → typeIds, once per run, checked before anything is created."""
         if not self.return_fields:
             return
-        from stsync.services.mapping import return_field_update
+        from stsync.mapping.return_fields import return_field_update
 
         self.types = self.st.list_custom_field_types()
         # Writing every return field to a customer with no custom fields: raises ConfigError
@@ -580,7 +580,7 @@ class _CustomerSync:
         return outcomes
 
     def _plan(self, customer: "Customer", contacts: list[Any]) -> _Plan:
-        from stsync.services.mapping import referrer_request_for
+        from stsync.mapping.referrers import referrer_request_for
 
         decision = referrer_request_for(
             customer, contacts, self.fields, campaign_id=self.campaign_id, include_inactive=self.include_inactive
@@ -620,7 +620,7 @@ class _CustomerSync:
 
     # -- one customer ----------------------------------------------------------------------
     def _handle(self, plan: _Plan, retrying: bool) -> _Outcome:
-        from stsync.services.mapping import Skip
+        from stsync.mapping.referrers import Skip
 
         try:
             if isinstance(plan.decision, Skip):
@@ -842,7 +842,7 @@ class _CustomerSync:
 
     # -- return fields ---------------------------------------------------------------------
     def _return_values(self, code: str | None, url: str | None) -> dict[str, str]:
-        from stsync.services.mapping import return_values_for
+        from stsync.mapping.return_fields import return_values_for
 
         return return_values_for(self.return_fields, referral_link=url, referral_code=code)
 
@@ -858,7 +858,7 @@ class _CustomerSync:
         number of values written, and the values the ledger should record (None when it has
         them already); the caller records them. Raises ``_StageFailure`` (the referrer's own
         state is kept)."""
-        from stsync.services.mapping import return_field_update
+        from stsync.mapping.return_fields import return_field_update
 
         values = self._return_values(code, url)
         if not values:
@@ -1009,7 +1009,7 @@ def _update_body(request: "ReferrerRequest") -> dict[str, Any]:
 
 
 def _changed_values(customer: Any, values: dict[str, str], types: Sequence[Any]) -> dict[str, str]:
-    from stsync.services.mapping import resolve_custom_field_type
+    from stsync.mapping.return_fields import resolve_custom_field_type
 
     current: dict[int, str | None] = {}
     for custom in getattr(customer, "custom_fields", None) or []:

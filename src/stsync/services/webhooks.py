@@ -525,7 +525,7 @@ class WebhookServer:
         return False
 
     def _external_id(self, lead: "Lead") -> str | None:
-        from stsync.services.mapping import external_id_for
+        from stsync.mapping.booking import external_id_for
 
         try:
             return external_id_for(lead, self.conn.config.leads)
@@ -683,8 +683,8 @@ def lead_with_context(conn: "Connection", user: "User") -> "Lead":
 
 def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str, str, int | None]:
     """"A lead is qualified": note it on the lead's push, so ``qualify`` never sends it again."""
+    from stsync.mapping.booking import external_id_for
     from stsync.services.leads import lead_from_user
-    from stsync.services.mapping import external_id_for
 
     if user.qualified_at is None:
         return DeliveryOutcome.IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None

@@ -1,28 +1,39 @@
-"""The connection's TOML config (SPEC §3): pydantic models, load with precise errors, save.
+"""The connection's config (SPEC §3): the pydantic model, and reading it with precise errors.
 
-Loading tells the user exactly where a problem is: TOML syntax errors carry the file, line and
-column; schema errors carry the key path (``leads.fields.name: unknown value kind 'frm' (did you
-mean 'from'?)``); unknown keys are errors with a suggestion. Which *targets* and *sources* a
-mapping may name is the mapping engine's business (services/mapping.py): here a field table is
-an ordered ``dict[str, FieldSpec]``.
+Reading tells the user exactly where a problem is: ``parse_config_text`` / ``load_config``
+raise ``ConfigSyntaxError`` (file, line, column) for bad TOML and ``ConfigSchemaError`` (every
+key path: ``leads.fields.name: unknown value kind 'frm' (did you mean 'from'?)``) for a
+document that does not fit; unknown keys are errors with a suggestion. Every failure is a
+``ConfigError`` (exit 3). Writing the file (commented TOML, atomic) is
+``stsync.storage.config_writer``.
 
-Saving writes the file in SPEC order with the same comments as ``examples/config.toml`` (the
-example IS ``save_config(default_config(...))``), values formatted by tomli-w. Comments a user
-added by hand are not kept: the file says so at the top.
+The model:
+- ``Config`` → ``servicetitan``, ``referral_factory``, ``leads`` (``LeadSettings``),
+  ``referrers`` (``ReferrerSettings``), ``customer_sync``, ``limits``, ``webhook``.
+  ``Config.booking_section(kind)`` is the one way from a ``stsync.vocabulary.Kind`` to
+  its section; both sections are ``BookingSettings`` and know their ``kind`` and
+  ``section_name`` ("leads" | "referrers").
+- A field table is an ordered ``dict[str, FieldSpec]``; a ``FieldSpec`` is one of
+  ``FromField`` / ``FixedValue`` / ``SelectValue`` / ``TemplateValue``. Each carries
+  ``kind`` (its TOML key), ``label`` (the seed's "Data Type"), ``payload`` (the TOML value),
+  ``text``, ``is_blank``, ``sources()`` (the source fields it reads) and ``to_toml()``.
+  ``TemplateValue`` owns the one template parser: ``fields()`` and ``render(lookup)``; a
+  template that does not parse, or names no field, never validates.
+- Which *targets* and *sources* a mapping may name is the mapping engine's business
+  (``stsync.mapping.validation``), not the model's.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import string
-import tempfile
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
+from urllib.parse import urlsplit
 
 import tomli_w
 from pydantic import (
@@ -41,11 +52,13 @@ from pydantic_core import PydanticCustomError
 
 from stsync import envvars
 from stsync.errors import ConfigError
-from stsync.servicetitan.vocabulary import BOOKING_TARGETS, JOB_STATUSES, REQUIRED_BOOKING_TARGETS
+from stsync.servicetitan.vocabulary import JOB_STATUSES
+from stsync.suggestions import did_you_mean
 from stsync.vocabulary import (
     DEFAULT_JOB_STATUS,
     Action,
     Environment,
+    Kind,
     QualificationRule,
     ReturnValue,
     SyncMode,
@@ -53,6 +66,7 @@ from stsync.vocabulary import (
 )
 
 VALUE_KINDS = ("from", "value", "select", "template")
+SpecKind = Literal["from", "value", "select", "template"]
 MAX_PAGE_SIZE = 5000  # ServiceTitan's documented largest pageSize (api/servicetitan.md §4)
 
 PRODUCTION_ENDPOINTS = ("https://auth.servicetitan.io", "https://api.servicetitan.io")
@@ -86,16 +100,6 @@ class ConfigSchemaError(ConfigError):
         self.problems = problems
 
 
-def _suggestion(word: str, choices: Any) -> str:
-    """`` (did you mean 'x'?)`` when one choice is close, else ``""`` (case differences count as close)."""
-    choices = [str(c) for c in choices]
-    for choice in choices:
-        if choice.lower() == str(word).lower():
-            return f" (did you mean '{choice}'?)"
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _problem(kind: str, message: str, **context: Any) -> PydanticCustomError:
     """A validation error whose text is final (pydantic would treat braces as placeholders)."""
     return PydanticCustomError(kind, "{message}", {"message": message, **context})
@@ -109,21 +113,47 @@ def _one_of(choices: Any) -> str:
 # Field specs: how one target's value is made
 # --------------------------------------------------------------------------------------
 class _Spec(BaseModel):
+    """What every field spec offers the mapping engine and the writer, whatever its kind."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
-    kind: ClassVar[str]
+    kind: ClassVar[SpecKind]  # its key in the TOML table
     label: ClassVar[str]  # the seed's "Data Type" column
+
+    @property
+    def payload(self) -> str | bool | int:
+        """The value as the TOML table holds it (``{ kind = payload }``)."""
+        raise NotImplementedError
+
+    @property
+    def text(self) -> str:
+        return str(self.payload)
+
+    @property
+    def is_blank(self) -> bool:
+        """Only spaces: maps nothing (a required target mapped so is still missing)."""
+        return isinstance(self.payload, str) and not self.payload.strip()
+
+    def sources(self) -> tuple[str, ...]:
+        """The source fields this spec reads, in order; none for a fixed value or an option."""
+        return ()
+
+    def to_toml(self) -> dict[str, str | bool | int]:
+        return {self.kind: self.payload}
 
 
 class FromField(_Spec):
     """Dynamic Value: a source field (``{ from = "first_name" }``)."""
 
-    kind: ClassVar[str] = "from"
+    kind: ClassVar[SpecKind] = "from"
     label: ClassVar[str] = "Dynamic Value"
     from_: str = Field(alias="from", min_length=1)
 
     @property
-    def text(self) -> str:
+    def payload(self) -> str:
         return self.from_
+
+    def sources(self) -> tuple[str, ...]:
+        return (self.from_,)
 
 
 def _check_scalar(value: Any) -> Any:
@@ -135,9 +165,13 @@ def _check_scalar(value: Any) -> Any:
 class FixedValue(_Spec):
     """Fixed Value (Manual Input): the same text or number for every record."""
 
-    kind: ClassVar[str] = "value"
+    kind: ClassVar[SpecKind] = "value"
     label: ClassVar[str] = "Fixed Value (Manual Input)"
     value: Annotated[Union[str, bool, int], BeforeValidator(_check_scalar)]
+
+    @property
+    def payload(self) -> str | bool | int:
+        return self.value
 
     @property
     def text(self) -> str:
@@ -149,19 +183,57 @@ class FixedValue(_Spec):
 class SelectValue(_Spec):
     """Manual Select: one of the target's options (which ones is the mapping engine's check)."""
 
-    kind: ClassVar[str] = "select"
+    kind: ClassVar[SpecKind] = "select"
     label: ClassVar[str] = "Fixed Value (Manual Select)"
     select: str = Field(min_length=1)
 
     @property
-    def text(self) -> str:
+    def payload(self) -> str:
         return self.select
 
 
-class TemplateValue(_Spec):
-    """Several source fields joined: ``{ template = "{first_name} {meta.Last Name}" }``."""
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
-    kind: ClassVar[str] = "template"
+
+@lru_cache(maxsize=256)
+def _template_parts(template: str) -> tuple[tuple[str, bool], ...]:
+    """``(text, is_field)`` pieces of a template: ``{name}`` is a field (its name stripped),
+    ``{{`` and ``}}`` are literal braces. ValueError, worded for the user, when a brace is
+    unmatched or a ``{}`` is empty."""
+    parts: list[tuple[str, bool]] = []
+    position = 0
+    for match in _TEMPLATE_TOKEN.finditer(template):
+        if match.start() > position:
+            parts.append((template[position : match.start()], False))
+        piece = match.group(0)
+        column = match.start() + 1
+        if piece in ("{{", "}}"):
+            parts.append((piece[0], False))
+        elif piece in ("{", "}"):
+            raise ValueError(
+                f"template is not well formed: unmatched {piece!r} at column {column} "
+                "(write {field} for a field, {{ or }} for a literal brace)"
+            )
+        else:
+            name = (match.group(1) or "").strip()
+            if not name:
+                raise ValueError(f"template has an empty {{}} at column {column}: name a field inside the braces")
+            parts.append((name, True))
+        position = match.end()
+    if position < len(template):
+        parts.append((template[position:], False))
+    return tuple(parts)
+
+
+class TemplateValue(_Spec):
+    """Several source fields joined: ``{ template = "{first_name} {meta.Last Name}" }``.
+
+    The one template parser of stsync: ``{name}`` is a field, ``{{`` / ``}}`` a literal
+    brace. A template with a stray brace, an empty ``{}`` or no field does not validate, so
+    ``fields()`` and ``render()`` of a TemplateValue never fail.
+    """
+
+    kind: ClassVar[SpecKind] = "template"
     label: ClassVar[str] = "Template"
     template: str = Field(min_length=1)
 
@@ -169,24 +241,35 @@ class TemplateValue(_Spec):
     @classmethod
     def _well_formed(cls, template: str) -> str:
         try:
-            parsed = list(string.Formatter().parse(template))
+            parts = _template_parts(template)
         except ValueError as exc:
-            raise _problem("template_syntax", f"template is not well formed: {exc}") from None
-        names = [name for _, name, _, _ in parsed if name is not None]
-        if any(not name.strip() for name in names):
-            raise _problem("template_syntax", "template has an empty {}: name a field inside the braces")
-        if not names:
+            raise _problem("template_syntax", str(exc)) from None
+        if not any(is_field for _, is_field in parts):
             raise _problem(
                 "template_syntax", "template names no field: use { value = ... } for fixed text, or add {first_name}-style fields"
             )
         return template
 
     @property
-    def text(self) -> str:
+    def payload(self) -> str:
         return self.template
 
+    def fields(self) -> list[str]:
+        """The field names the template refers to, in order (repeats kept)."""
+        return [name for name, is_field in _template_parts(self.template) if is_field]
 
-SPEC_CLASSES: dict[str, type[_Spec]] = {"from": FromField, "value": FixedValue, "select": SelectValue, "template": TemplateValue}
+    def sources(self) -> tuple[str, ...]:
+        return tuple(self.fields())
+
+    def render(self, lookup: Callable[[str], str | None]) -> str | None:
+        """The template with each ``{field}`` replaced by ``lookup(field)``. A field without a
+        value becomes empty (a form field a lead skipped must not sink the booking), runs of
+        spaces collapse to one, and an all-empty result is None."""
+        pieces = [(lookup(text) or "") if is_field else text for text, is_field in _template_parts(self.template)]
+        return " ".join("".join(pieces).split()) or None
+
+
+SPEC_CLASSES: dict[str, type[FromField | FixedValue | SelectValue | TemplateValue]] = {"from": FromField, "value": FixedValue, "select": SelectValue, "template": TemplateValue}
 
 
 def _check_spec_shape(raw: Any) -> Any:
@@ -201,7 +284,7 @@ def _check_spec_shape(raw: Any) -> Any:
     unknown = [key for key in raw if key not in VALUE_KINDS]
     if unknown:
         key = unknown[0]
-        raise _problem("field_spec_kind", f"unknown value kind '{key}'{_suggestion(key, VALUE_KINDS)}")
+        raise _problem("field_spec_kind", f"unknown value kind '{key}'{did_you_mean(key, VALUE_KINDS)}")
     if len(raw) > 1:
         kinds = " and ".join(f"'{k}'" for k in raw)
         raise _problem("field_spec_shape", f"has {kinds}: give exactly one of from / value / select / template")
@@ -234,7 +317,7 @@ def field_spec(kind: str, value: Any) -> FromField | FixedValue | SelectValue | 
     Raises ConfigError naming the problem (an empty value, a malformed template, a bad kind).
     """
     if kind not in SPEC_CLASSES:
-        raise ConfigError(f"unknown value kind '{kind}'{_suggestion(kind, VALUE_KINDS)}")
+        raise ConfigError(f"unknown value kind '{kind}'{did_you_mean(kind, VALUE_KINDS)}")
     try:
         return SPEC_CLASSES[kind].model_validate({kind: value})
     except ValidationError as exc:
@@ -258,8 +341,6 @@ Identifier = Annotated[int, BeforeValidator(_digits_to_int), Field(ge=1)]
 def _check_url(value: str | None) -> str | None:
     if value is None:
         return None
-    from urllib.parse import urlsplit
-
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise _problem("url", f"must be an http(s) URL like https://api.example.com, not {value!r}")
@@ -305,7 +386,7 @@ class _Section(BaseModel):
             known = [info.alias or name for name, info in cls.model_fields.items()]
             for key in data:
                 if key not in known and key not in cls.model_fields:
-                    raise _problem("unknown_key", f"unknown key '{key}'{_suggestion(key, known)}", key=key)
+                    raise _problem("unknown_key", f"unknown key '{key}'{did_you_mean(key, known)}", key=key)
         elif not isinstance(data, BaseModel):
             raise _problem("section_type", f"must be a table ([section]), not {_type_name(data)} {data!r}")
         return data
@@ -349,15 +430,27 @@ class Qualification(_Section):
         return self
 
 
-class LeadSettings(_Section):
-    action: ActionWord = Action.CREATE_BOOKING
+class BookingSettings(_Section):
+    """[leads] or [referrers]: what happens when someone of this kind joins the campaign, and
+    how their booking's fields are made."""
+
+    kind: ClassVar[Kind]
+    section_name: ClassVar[Literal["leads", "referrers"]]
+    action: ActionWord
     fields: FieldTable = Field(default_factory=dict)
+
+
+class LeadSettings(BookingSettings):
+    kind: ClassVar[Kind] = Kind.LEAD
+    section_name: ClassVar[Literal["leads", "referrers"]] = "leads"
+    action: ActionWord = Action.CREATE_BOOKING
     qualification: Qualification = Field(default_factory=Qualification)
 
 
-class ReferrerSettings(_Section):
+class ReferrerSettings(BookingSettings):
+    kind: ClassVar[Kind] = Kind.REFERRER
+    section_name: ClassVar[Literal["leads", "referrers"]] = "referrers"
     action: ActionWord = Action.NOTHING
-    fields: FieldTable = Field(default_factory=dict)
 
 
 class CustomerSyncSettings(_Section):
@@ -389,12 +482,25 @@ class Config(_Section):
     limits: Limits = Field(default_factory=Limits)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
+    def booking_section(self, kind: Kind) -> LeadSettings | ReferrerSettings:
+        """The section a booking for this kind is made from: "lead" → [leads], "referrer" → [referrers]."""
+        if kind == Kind.LEAD:
+            return self.leads
+        if kind == Kind.REFERRER:
+            return self.referrers
+        raise ValueError(f"kind must be 'lead' or 'referrer', not {kind!r}")
+
 
 # --------------------------------------------------------------------------------------
 # ValidationError → key paths a person can read
 # --------------------------------------------------------------------------------------
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _TOML_TYPE = {str: "text", int: "an integer", float: "a number", bool: "true/false", list: "a list", dict: "a table"}
+
+
+def toml_key(key: str) -> str:
+    """A key as TOML spells it: bare when it can be, else quoted (``"address.street"``)."""
+    return tomli_w.dumps({key: 0})[: -len(" = 0\n")]
 
 
 def format_key_path(parts: tuple[Any, ...] | list[Any]) -> str:
@@ -404,7 +510,7 @@ def format_key_path(parts: tuple[Any, ...] | list[Any]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            text = str(part) if _BARE_KEY.match(str(part)) else tomli_w.dumps({str(part): 0})[: -len(" = 0\n")]
+            text = str(part) if _BARE_KEY.match(str(part)) else toml_key(str(part))
             out += f".{text}" if out else text
     return out
 
@@ -420,7 +526,7 @@ def _message_for(error: Any) -> str:
     kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
     if kind in ("literal_error", "enum"):
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        return f"unknown value {given!r} (expected one of: {_one_of(expected)}){_suggestion(given, expected)}"
+        return f"unknown value {given!r} (expected one of: {_one_of(expected)}){did_you_mean(given, expected)}"
     if kind in ("int_type", "int_parsing"):
         return f"must be an integer, not {_type_name(given)} {given!r}"
     if kind in ("string_type",):
@@ -518,229 +624,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config_text(text, path=path)
 
 
-def save_config(config: Config, path: str | os.PathLike[str]) -> None:
-    """Write ``config`` atomically (temp file + rename), in SPEC order, commented.
-
-    The text is re-read before it replaces the file: stsync never writes a config it could not
-    load (e.g. a model changed with ``model_copy(update=...)``, which skips validation).
-    """
-    path = Path(path)
-    text = render_config(config)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # e.g. a command-line argument with undecodable bytes
-        raise ConfigError(
-            f"cannot write {path}: a value contains {text[exc.start:exc.end]!r}, which is not valid text",
-            hint="re-type the value (the file is UTF-8)",
-        ) from None
-    parse_config_text(text, path=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-# --------------------------------------------------------------------------------------
-# Rendering (tomli-w formats every key and value; the layout and comments are ours)
-# --------------------------------------------------------------------------------------
-_COMMENT_COLUMN = 45
-
-
-def _toml_key(key: str) -> str:
-    return tomli_w.dumps({key: 0})[: -len(" = 0\n")]
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        # tomli-w spreads arrays over lines; our lists are short lists of scalars.
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return tomli_w.dumps({"v": value})[len("v = ") : -1]
-
-
-toml_key = _toml_key  # public names: `map` shows values exactly as the file spells them
-toml_value = _toml_value
-
-
-def _line(key: str, value: Any, comment: str | None = None) -> str:
-    text = f"{_toml_key(key)} = {_toml_value(value)}"
-    return _with_comment(text, comment)
-
-
-def _with_comment(text: str, comment: str | None) -> str:
-    if not comment:
-        return text
-    return f"{text.ljust(_COMMENT_COLUMN - 1)} # {comment}" if len(text) < _COMMENT_COLUMN - 1 else f"{text}  # {comment}"
-
-
-def _spec_line(target: str, spec: FromField | FixedValue | SelectValue | TemplateValue, *, labelled: bool) -> str:
-    raw = getattr(spec, "from_" if spec.kind == "from" else spec.kind)
-    text = f"{_toml_key(target)} = {{ {spec.kind} = {_toml_value(raw)} }}"
-    return _with_comment(text, spec.label if labelled else None)
-
-
-_HEADER = [
-    "# stsync: one connection = a ServiceTitan tenant + booking provider + a Referral Factory campaign.",
-    "# No secrets here: they live in the OS keyring or in STSYNC_* environment variables (`stsync connect`).",
-    "# `stsync connect` and `stsync map ...` rewrite this file with these comments; notes you add are not kept.",
-    "# Check it with `stsync validate`; see the mapping with `stsync map show`.",
-]
-
-_LEAD_SOURCES = (
-    "first_name, email, referral_code, referral_link, campaign_id,",
-    "campaign_name, source, signed_up_at, referrer_first_name, referrer_email, referrer_code, meta.<form field label>",
-)
-
-
-def _booking_fields_help() -> list[str]:
-    optional = [t for t in BOOKING_TARGETS if t not in REQUIRED_BOOKING_TARGETS and not t.startswith("address.")]
-    return [
-        "# ServiceTitan booking field = how its value is made:",
-        '#   { from = "first_name" }            Dynamic Value: a Referral Factory field',
-        '#   { value = "Referral" }             Fixed Value (Manual Input): the same for every lead',
-        '#   { select = "yes" }                 Manual Select: is_first_time_client yes|no,',
-        "#                                      customer_type Residential|Commercial, priority Low|Normal|High|Urgent",
-        '#   { template = "{first_name} {meta.Last Name}" }   several fields joined',
-        f"# Required (*): {', '.join(REQUIRED_BOOKING_TARGETS)}.",
-        '# Optional: phone, "address.street" (unit, city, state, zip, country),',
-        f"#   {', '.join(optional[1:])}.",
-        f"# Referral Factory fields: {_LEAD_SOURCES[0]}",
-        f"#   {_LEAD_SOURCES[1]}.",
-    ]
-
-
-def _choices(vocabulary: type[StrEnum]) -> str:
-    """``"one_time" | "ongoing"``: a vocabulary's values as the comment beside its key."""
-    return " | ".join(f'"{word}"' for word in vocabulary)
-
-
-def render_config(config: Config) -> str:
-    """The config as TOML text, in SPEC order, with the example's comments."""
-    st, rf, leads, referrers, sync, limits = (
-        config.servicetitan,
-        config.referral_factory,
-        config.leads,
-        config.referrers,
-        config.customer_sync,
-        config.limits,
-    )
-    out: list[str] = [*_HEADER, ""]
-
-    out.append("[servicetitan]")
-    out.append(_line("environment", st.environment, _choices(Environment)))
-    identity = (
-        ("tenant_id", st.tenant_id, "Settings → Integrations → API Application Access", "1234567"),
-        ("client_id", st.client_id, None, '"cid.xxxxx"'),
-        ("booking_provider", st.booking_provider, "the \"Allowed 'booking_provider' value\"", "42"),
-    )
-    for key, value, comment, placeholder in identity:
-        if value is None:
-            out.append(_with_comment(f"# {key} = {placeholder}", "set by `stsync connect`"))
-        else:
-            out.append(_line(key, value, comment))
-    out.append(_optional_line("auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', f"endpoint overrides; {envvars.ST_AUTH_URL.name} wins"))
-    out.append(_optional_line("api_url", st.api_url, f'"{PRODUCTION_ENDPOINTS[1]}"', f"{envvars.ST_API_URL.name} wins"))
-    page_size_comment = f"rows per page when listing (at most {MAX_PAGE_SIZE})"
-    if st.page_size == ServiceTitanSettings.model_fields["page_size"].default:
-        out.append(_with_comment(f"# page_size = {st.page_size}", page_size_comment))
-    else:
-        out.append(_line("page_size", st.page_size, page_size_comment))
-    out.append("")
-
-    out.append("[referral_factory]")
-    if rf.campaign_id is None:
-        out.append(_with_comment("# campaign_id = 7", "set by `stsync connect`"))
-    else:
-        out.append(_line("campaign_id", rf.campaign_id, "Edit Campaign → Integration tab → API"))
-    out.append(_optional_line("api_url", rf.api_url, f'"{REFERRAL_FACTORY_API_URL}"', f"{envvars.RF_API_URL.name} wins"))
-    out.append("")
-
-    out.append("[leads]")
-    out.append(_line("action", leads.action, f"{_choices(Action)} (when a lead joins)"))
-    out.append("")
-    out.extend(_booking_fields_help())
-    out.append("[leads.fields]")
-    out.extend(_spec_line(target, spec, labelled=True) for target, spec in leads.fields.items())
-    out.append("")
-
-    qualification = leads.qualification
-    out.append("[leads.qualification]")
-    out.append(_line("rule", qualification.rule, _choices(QualificationRule)))
-    status_comment = f'with rule = "{QualificationRule.JOB_STATUS}": ' + "|".join(JOB_STATUSES)
-    if qualification.job_status is None:
-        out.append(_with_comment(f'# job_status = "{DEFAULT_JOB_STATUS}"', status_comment))
-    else:
-        out.append(_line("job_status", qualification.job_status, status_comment))
-    unqualify_comment = "take a qualification back when this happens"
-    if qualification.unqualify_on:
-        out.append(_line("unqualify_on", list(qualification.unqualify_on), unqualify_comment))
-    else:
-        out.append(_with_comment(f"# unqualify_on = {_toml_value([str(event) for event in UnqualifyEvent])}", unqualify_comment))
-    out.append("")
-
-    out.append("[referrers]")
-    out.append(_line("action", referrers.action, f"{_choices(Action)} (when a referrer joins)"))
-    if referrers.fields:
-        out.append("")
-        out.append("[referrers.fields]")
-        out.extend(_spec_line(target, spec, labelled=True) for target, spec in referrers.fields.items())
-    else:
-        out.append("# [referrers.fields] — same shape as [leads.fields]")
-    out.append("")
-
-    out.append("[customer_sync]")
-    out.append(_line("mode", sync.mode, _choices(SyncMode)))
-    out.append(_line("include_inactive", sync.include_inactive, "also enrol inactive customers"))
-    out.append("")
-    out.append("# Referral Factory user field = value from the ServiceTitan customer: customer.id, customer.name,")
-    out.append("# customer.first_name, customer.last_name, customer.type, address.*, contact.email, contact.phone,")
-    out.append("# custom.<custom field name> (same four kinds as [leads.fields]).")
-    out.append("[customer_sync.fields]")
-    out.extend(_spec_line(target, spec, labelled=False) for target, spec in sync.fields.items())
-    if "meta.Last Name" not in sync.fields:
-        out.append('# "meta.Last Name" = { from = "customer.last_name" }')
-    out.append("")
-    out.append(f"# ServiceTitan customer custom field = Referral Factory value written back: {' | '.join(ReturnValue)}")
-    out.append("[customer_sync.return_fields]")
-    out.extend(_line(name, value) for name, value in sync.return_fields.items())
-    out.append("")
-
-    out.append("# stsync stays under these (SPEC §6.4); retries give up after retry_budget_seconds.")
-    out.append("[limits]")
-    for key in Limits.model_fields:
-        out.append(_line(key, getattr(limits, key)))
-    out.append("")
-
-    aliases = config.webhook.aliases
-    if aliases:
-        out.append("# Extra payload key spellings `stsync serve` accepts: lead field = [keys].")
-        out.append("[webhook.aliases]")
-        out.extend(_line(name, list(keys)) for name, keys in aliases.items())
-    else:
-        out.append(_with_comment("# [webhook.aliases]", "extra payload key spellings `stsync serve` accepts"))
-        out.append('# referral_code = ["code", "referralCode"]')
-    return "\n".join(out) + "\n"
-
-
-def _optional_line(key: str, value: Any, placeholder: str, comment: str) -> str:
-    if value is None:
-        return _with_comment(f"# {key} = {placeholder}", comment)
-    return _line(key, value, comment)
-
-
 # --------------------------------------------------------------------------------------
 # Defaults and endpoints
 # --------------------------------------------------------------------------------------
@@ -807,6 +690,7 @@ def resolve_endpoints(config: Config) -> Endpoints:
 
 
 __all__ = [
+    "BookingSettings",
     "Config",
     "ConfigSchemaError",
     "ConfigSyntaxError",
@@ -830,9 +714,6 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_config_text",
-    "render_config",
     "resolve_endpoints",
-    "save_config",
     "toml_key",
-    "toml_value",
 ]
