@@ -70,17 +70,28 @@ class SetupRequired(ConfigError):
 
 
 class SecretStoreUnavailable(ConfigError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(
-            f"No usable secret store: {detail}",
-            hint=(
-                f"1. set the secrets as environment variables ({env_var_names()}); "
-                "2. unlock or install an OS keyring "
-                "(a Secret Service such as gnome-keyring, or choose a backend with "
-                "PYTHON_KEYRING_BACKEND); 3. opt in to the file store with "
-                "`stsync connect --secrets-store file`"
-            ),
-        )
+    """No store has the secret and the keyring cannot be used. A *locked* keyring's fix is
+    unlocking it, so that comes first; otherwise the three remedies of a headless box."""
+
+    ENV_REMEDY = f"set the secrets as environment variables ({env_var_names()})"
+    FILE_REMEDY = "opt in to the file store with `stsync connect --secrets-store file`"
+    UNLOCK_REMEDY = (
+        "unlock the keyring: on a desktop, log in or unlock the \"login\" keyring in Passwords and Keys; "
+        "on a headless box, start the Secret Service unlocked in the D-Bus session stsync runs in: "
+        "`echo -n PASSWORD | gnome-keyring-daemon --replace --unlock --components=secrets` (the keyring's password); "
+        "on macOS, `security unlock-keychain`"
+    )
+
+    def __init__(self, detail: str, *, locked: bool = False) -> None:
+        if locked:
+            hint = f"1. {self.UNLOCK_REMEDY}; 2. or {self.ENV_REMEDY}; 3. or {self.FILE_REMEDY}"
+        else:
+            hint = (
+                f"1. {self.ENV_REMEDY}; 2. unlock or install an OS keyring (a Secret Service such as "
+                f"gnome-keyring, or choose a backend with PYTHON_KEYRING_BACKEND); 3. {self.FILE_REMEDY}"
+            )
+        super().__init__(f"No usable secret store: {detail}", hint=hint)
+        self.locked = locked
 
 
 class AuthError(StsyncError):

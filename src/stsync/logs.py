@@ -2,16 +2,21 @@
 
 Every record passes a redaction filter that replaces any registered secret value with
 ``***`` — defence in depth: no code should log a secret in the first place.
+
+The log file is created 0600, also when a rotation inside a running process (``serve``)
+starts a new one. A log file that is a symlink (to /var/log/…) is written through, but its
+target's mode is its owner's business: never changed.
 """
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import threading
 from typing import IO
 
-from stsync.storage.paths import ConnectionPaths
+from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths
 
 _LOGGER = "stsync"
 _secrets: set[str] = set()
@@ -49,6 +54,21 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Opens the log file 0600: at start and after every rollover (the stdlib's uses the umask)."""
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+        try:
+            # A file an older stsync left 0644 is made private; a symlink's target is left alone.
+            if hasattr(os, "fchmod") and os.path.samestat(os.fstat(fd), os.lstat(self.baseFilename)):
+                os.fchmod(fd, PRIVATE_FILE)
+            return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
 def attach_file_handler(paths: ConnectionPaths, *, verbosity: int = 0, terminal_stream: IO[str] | None = None) -> None:
     logger = logging.getLogger(_LOGGER)
     logger.setLevel(logging.DEBUG)
@@ -56,10 +76,9 @@ def attach_file_handler(paths: ConnectionPaths, *, verbosity: int = 0, terminal_
     detach_handlers()
     try:
         paths.ensure_state()
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+        handler: logging.Handler = PrivateRotatingFileHandler(
             paths.log_file, maxBytes=2_000_000, backupCount=3, encoding="utf-8"
         )
-        paths.log_file.chmod(0o600)
         handler.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(RedactingFilter())

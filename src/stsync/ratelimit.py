@@ -41,6 +41,7 @@ from typing import Callable, Iterator
 from filelock import FileLock
 
 from stsync.logs import get_logger
+from stsync.storage.paths import PRIVATE_FILE, make_private_dir, write_private_text
 
 log = get_logger(__name__)
 
@@ -121,7 +122,7 @@ class RateLimiter:
         self._state_file = Path(state_file) if state_file is not None else None
         self._file_lock: FileLock | None = None
         if self._state_file is not None:
-            self._state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dir(self._state_file.parent)
             # thread_local=False: our own threading lock already serialises threads.
             # A short poll interval: under cross-process contention filelock polls, and its
             # default 50 ms would be three ServiceTitan slots.
@@ -130,6 +131,7 @@ class RateLimiter:
                 thread_local=False,
                 poll_interval=0.001,
                 preserve_lock_file=True,
+                mode=PRIVATE_FILE,
             )
 
     # -- public ------------------------------------------------------------------------
@@ -204,5 +206,5 @@ class RateLimiter:
             self._memory = _Budget(**budget.__dict__)
             return
         temporary = self._state_file.with_name(self._state_file.name + ".tmp")
-        temporary.write_text(json.dumps(budget.to_json()), encoding="utf-8")
+        write_private_text(temporary, json.dumps(budget.to_json()))
         os.replace(temporary, self._state_file)

@@ -59,3 +59,20 @@ def test_demo_keep_leaves_its_directory_for_inspection(tmp_path):
         import shutil
 
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_the_demo_in_process_closes_every_step_s_connection_and_log(cli):
+    """Each step is an invocation of its own inside the demo's: when the demo returns, no
+    ledger, lock or log file of its steps is still open, and no log handler is left."""
+    import logging
+
+    result = cli("demo", "--customers", "10", "--leads", "2")
+    assert result.exit_code == 0, str(result)
+    open_files = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            open_files.append(os.readlink(fd))
+        except OSError:
+            continue
+    assert [f for f in open_files if "stsync-demo-" in f] == []
+    assert [h for h in logging.getLogger("stsync").handlers if isinstance(h, logging.FileHandler)] == []

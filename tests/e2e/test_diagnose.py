@@ -110,6 +110,7 @@ def test_a_keyring_that_cannot_be_opened_names_the_remedies(sandbox_env, cli, mo
     assert "isolated_keyring.FileKeyring" in check["message"] and "locked" in check["message"]
     for remedy in ("STSYNC_ST_CLIENT_SECRET", "STSYNC_ST_APP_KEY", "STSYNC_RF_API_KEY", "keyring", "--secrets-store file"):
         assert remedy in check["fix"]
+    assert check["fix"].startswith("1. unlock the keyring")  # locked: unlocking is the fix
     assert sandbox_env.count_requests(service="auth") == 1  # only connect's: nothing online could run
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -67,6 +68,20 @@ def test_run_lock_writes_and_removes_its_sidecar(paths):
         assert paths.lock_file("sync").exists()
     assert not _sidecar(paths, "sync").exists()
     assert holder(paths, "sync") is None
+
+
+def test_run_lock_files_and_directories_are_private_whatever_the_umask(paths):
+    previous = os.umask(0o022)
+    try:
+        with RunLock(paths, "sync", command="sync-customers --once"):
+            modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (paths.lock_file("sync"), _sidecar(paths, "sync"))}
+            modes |= {p: stat.S_IMODE(p.stat().st_mode) for p in (paths.locks, paths.state, paths.state.parent)}
+    finally:
+        os.umask(previous)
+    assert modes == {
+        paths.lock_file("sync"): 0o600, _sidecar(paths, "sync"): 0o600,
+        paths.locks: 0o700, paths.state: 0o700, paths.state.parent: 0o700,
+    }  # fmt: skip
 
 
 def test_second_run_lock_gets_lock_held(paths):

@@ -40,12 +40,16 @@ def _lock_keyring(monkeypatch) -> None:
     monkeypatch.setenv("STSYNC_TEST_KEYRING", "locked")
 
 
-def _assert_three_remedies(error: SecretStoreUnavailable) -> None:
+def _assert_three_remedies(error: SecretStoreUnavailable, *, locked: bool = False) -> None:
     assert error.exit_code == 3
     hint = error.hint
     for secret in SECRETS:
         assert secret.env_var.name in hint
-    assert "PYTHON_KEYRING_BACKEND" in hint and "keyring" in hint
+    if locked:  # the fix is unlocking it, first, with the command that does it on a headless box
+        assert "is locked" in str(error) and error.locked
+        assert hint.startswith("1. unlock the keyring") and "gnome-keyring-daemon --replace --unlock" in hint
+    else:
+        assert "PYTHON_KEYRING_BACKEND" in hint and "keyring" in hint and not error.locked
     assert "stsync connect --secrets-store file" in hint
     assert hint.index("1.") < hint.index("2.") < hint.index("3.")
 
@@ -96,7 +100,7 @@ def test_locked_keyring_names_the_three_remedies(store, monkeypatch):
     with pytest.raises(SecretStoreUnavailable) as caught:
         store.get("st_client_secret")
     assert "KeyringLocked" in str(caught.value)
-    _assert_three_remedies(caught.value)
+    _assert_three_remedies(caught.value, locked=True)
     with pytest.raises(SecretStoreUnavailable):
         store.require("st_client_secret")
     assert store.source("st_client_secret") is None  # asking where never raises
@@ -114,7 +118,7 @@ def test_storing_in_a_locked_keyring_fails_and_never_falls_back(store, paths, mo
     _lock_keyring(monkeypatch)
     with pytest.raises(SecretStoreUnavailable) as caught:
         store.set("st_client_secret", CLIENT_SECRET)
-    _assert_three_remedies(caught.value)
+    _assert_three_remedies(caught.value, locked=True)
     assert CLIENT_SECRET not in str(caught.value) + caught.value.hint
     assert not paths.secrets_file.exists()
     # Opting in to the file store works, with a warning about the locked keyring's old copy.
@@ -126,8 +130,9 @@ def test_storing_in_a_locked_keyring_fails_and_never_falls_back(store, paths, mo
 @pytest.mark.parametrize("backend", [fail.Keyring, null.Keyring])
 def test_fail_and_null_backends_are_unusable(store, backend):
     keyring.set_keyring(backend())
-    with pytest.raises(SecretStoreUnavailable, match="no OS keyring"):
+    with pytest.raises(SecretStoreUnavailable, match="no OS keyring") as caught:
         store.get("rf_api_key")
+    _assert_three_remedies(caught.value)
     with pytest.raises(SecretStoreUnavailable):
         store.set("rf_api_key", "rf-key-0001")
     assert store.describe()["keyring_usable"] is False
@@ -193,6 +198,7 @@ def test_describe_never_contains_a_value(store, monkeypatch):
     described = store.describe()
     assert described["backend"] == "isolated_keyring.FileKeyring" == store.backend_name()
     assert described["keyring_usable"] is True and described["file_mode"] == "0o600"
+    assert described["keyring_locked"] is False
     assert {name: entry["source"] for name, entry in described["secrets"].items()} == {
         "st_client_secret": "keyring",
         "st_app_key": "file",
@@ -207,6 +213,7 @@ def test_describe_with_a_locked_keyring(store, monkeypatch):
     _lock_keyring(monkeypatch)
     described = store.describe()
     assert described["keyring_usable"] is False and "KeyringLocked" in described["keyring_problem"]
+    assert described["keyring_locked"] is True
     assert all(entry["source"] is None for entry in described["secrets"].values())
     assert set(described["secrets"]) == set(SECRET_NAMES)
 

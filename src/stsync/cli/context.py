@@ -1,8 +1,12 @@
 """What every command receives: the global options, the terminal, and lazy access to the
 connection (config, state paths, secrets, clients, ledger).
 
-Built once per invocation (hatch's ``Application``); commands reach it with
-``AppContext.from_typer(ctx)``.
+One ``AppContext`` per invocation (hatch's ``Application``): ``cli.app.run`` creates it,
+hands it to Typer as the root context's ``obj`` (commands reach it with
+``AppContext.from_typer(ctx)``), renders failures through it and closes it — its connection
+and the log file it attached — whatever happens. A run inside a command (``stsync demo``'s
+steps) is another invocation with a context of its own; nothing is shared through class
+state.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import traceback
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -24,46 +28,53 @@ if TYPE_CHECKING:
 
 
 class AppContext:
-    # A stack, not a single slot: `stsync demo` runs real commands inside its own command.
-    _stack: ClassVar[list["AppContext"]] = []
+    """Defaults until ``set_global_options`` (the app's callback) applies the command line."""
 
-    def __init__(self, *, config_option: str | None, json_mode: bool, verbosity: int, quiet: bool) -> None:
+    def __init__(self) -> None:
+        self.config_option: str | None = None
+        self.json_mode = False
+        self.verbosity = 0
+        self.quiet = False
+        self.terminal = Terminal()
+        self.global_options_set = False
+        self.json_emitted = False
+        self._connection: Connection | None = None
+        self._attached_log = False
+
+    def set_global_options(self, *, config_option: str | None, json_mode: bool, verbosity: int, quiet: bool) -> None:
+        """Apply ``--config``, ``--json``, ``-v`` and ``-q`` (before any command work)."""
         self.config_option = config_option
         self.json_mode = json_mode
         self.verbosity = verbosity
         self.quiet = quiet
-        self.json_emitted = False
         self.terminal = Terminal(verbosity=verbosity, quiet=quiet, json_mode=json_mode)
-        self._connection: Connection | None = None
-        AppContext._stack.append(self)
-
-    # -- lifecycle --------------------------------------------------------------------
-    @classmethod
-    def current(cls) -> "AppContext | None":
-        return cls._stack[-1] if cls._stack else None
-
-    @classmethod
-    def depth(cls) -> int:
-        return len(cls._stack)
-
-    @classmethod
-    def reset(cls, depth: int = 0) -> None:
-        """Close the contexts opened above ``depth`` (the invocation's own), newest first."""
-        while len(cls._stack) > depth:
-            current = cls._stack.pop()
-            if current._connection is not None:
-                current._connection.close()
-                current._connection = None
-        if depth == 0:
-            from stsync.logs import detach_handlers
-
-            detach_handlers()
+        self.global_options_set = True
 
     @staticmethod
     def from_typer(ctx: typer.Context) -> "AppContext":
         obj = ctx.find_root().obj
-        assert isinstance(obj, AppContext)
+        assert isinstance(obj, AppContext), "commands run through stsync.cli.app.run"
         return obj
+
+    # -- lifecycle --------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection and detach the log file this invocation opened."""
+        connection, self._connection = self._connection, None
+        try:
+            if connection is not None:
+                connection.close()
+        finally:
+            if self._attached_log:
+                from stsync.logs import detach_handlers
+
+                self._attached_log = False
+                detach_handlers()
+
+    def __enter__(self) -> "AppContext":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- paths and config -------------------------------------------------------------
     @cached_property
@@ -76,6 +87,7 @@ class AppContext:
         from stsync.logs import attach_file_handler
 
         attach_file_handler(paths, verbosity=self.verbosity, terminal_stream=self.terminal.err.file)
+        self._attached_log = True
         return paths
 
     def load_config(self) -> "Config":

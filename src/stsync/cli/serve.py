@@ -1,14 +1,25 @@
-"""`stsync serve`: an HTTP endpoint for Referral Factory's outbound webhooks."""
+"""`stsync serve`: an HTTP endpoint for Referral Factory's outbound webhooks.
+
+The service (``services.serve.WebhookServer``) knows nothing of signals: this module runs it
+until SIGINT or SIGTERM, then lets it finish the queue and record the run.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import signal
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from stsync import envvars
 from stsync.cli.context import AppContext
 from stsync.storage.states import DeliveryOutcome, RunJob
+
+if TYPE_CHECKING:
+    from stsync.services.serve import WebhookServer
+    from stsync.webhooks.deliveries import DeliveryEvent
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +41,8 @@ def serve_command(
         f"Prefer the env variable. \\[env var: {envvars.WEBHOOK_TOKEN.name}]",
     ),
 ) -> None:
-    from stsync.services.webhooks import DeliveryEvent, WebhookServer, check_token, serve_until_signalled
+    from stsync.services.serve import WebhookServer
+    from stsync.webhooks.tokens import check_token
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
@@ -42,7 +54,7 @@ def serve_command(
     # failure at the first delivery.
     _ = (conn.servicetitan, conn.referral_factory)
 
-    def show(event: DeliveryEvent) -> None:
+    def show(event: "DeliveryEvent") -> None:
         who = f" {event.who}" if event.who else ""
         what = event.event or "request"
         if event.stage == "received":
@@ -56,7 +68,7 @@ def serve_command(
             booking = f" (booking {event.booking_id})" if event.booking_id else ""
             term.success(f"{what}{who}: {event.outcome}{booking}")
 
-    def started(server: WebhookServer) -> None:
+    def started(server: "WebhookServer") -> None:
         term.success(f"listening on {server.url}<token> (also POST /hooks with the X-Stsync-Token header)")
         term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
 
@@ -69,3 +81,33 @@ def serve_command(
         f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed."
     )
     app_ctx.emit({"ok": True, "run_id": server.run_id, "counts": stats.as_counts()})
+
+
+def serve_until_signalled(
+    server: "WebhookServer",
+    *,
+    stop: threading.Event | None = None,
+    on_started: Callable[["WebhookServer"], None] | None = None,
+) -> None:
+    """Run ``server`` until SIGINT/SIGTERM (or ``stop`` is set), then finish the queue.
+
+    Signal handlers can only be installed from the main thread; elsewhere (tests) only
+    ``stop`` ends it. The previous handlers are restored afterwards.
+    """
+    stop = stop or threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    try:
+        server.start()
+        if on_started is not None:
+            on_started(server)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        try:
+            server.stop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)

@@ -314,7 +314,7 @@ def check_secret_store(paths: "ConnectionPaths") -> tuple[Check, dict[str, Any]]
         unread = [secret for secret, source in sources.items() if source is None]
         problem = described.get("keyring_problem") or f"the OS keyring ({backend}) cannot be used"
         if unread:
-            remedy = SecretStoreUnavailable(problem)
+            remedy = SecretStoreUnavailable(problem, locked=bool(described.get("keyring_locked")))
             return (
                 Check(
                     name,
@@ -406,7 +406,7 @@ def check_run_locks(paths: "ConnectionPaths", *, now: float | None = None) -> Ch
         started = info.get("started_at")
         held.append(f"{job}: `{info.get('command')}` (pid {info.get('pid')}, since {started})")
         age = _age_seconds(started, now)
-        if job != "serve" and age is not None and age > LONG_RUN_SECONDS:
+        if job != RunJob.SERVE and age is not None and age > LONG_RUN_SECONDS:
             stuck.append((job, info))
     if not held:
         return Check(name, PASS, "no stsync run holds a lock", category=ACTIVITY)

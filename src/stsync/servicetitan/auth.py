@@ -31,6 +31,7 @@ from stsync import envvars
 from stsync.errors import AuthError, TemporaryError
 from stsync.http import RetryPolicy, response_json, send_with_retries
 from stsync.logs import get_logger, register_secret
+from stsync.storage.paths import PRIVATE_FILE, make_private_dir
 
 log = get_logger(__name__)
 
@@ -87,6 +88,7 @@ class TokenProvider:
                 # Another process may be inside a fetch that retries for the whole budget.
                 timeout=retry.budget_seconds + 60.0,
                 preserve_lock_file=True,
+                mode=PRIVATE_FILE,
             )
 
     # -- public ------------------------------------------------------------------------
@@ -118,7 +120,7 @@ class TokenProvider:
         if self._file_lock is None:
             self._token = self._fetch()
             return self._token
-        self._cache_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # type: ignore[union-attr]
+        make_private_dir(self._cache_path.parent)  # type: ignore[union-attr]
         try:
             with self._file_lock:
                 if not force:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stsync.errors import ConfigError, StsyncError
+from stsync.storage.paths import make_private_dir
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
     REFERRER_RETRY_STATES,
@@ -344,7 +345,7 @@ class Ledger:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "Ledger":
         ledger = cls(Path(path))
-        ledger.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(ledger.path.parent)
         try:  # customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow)
             os.close(os.open(ledger.path, os.O_WRONLY | os.O_CREAT, 0o600))
         except OSError:

@@ -22,7 +22,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from stsync.errors import LockHeld, TemporaryError
-from stsync.storage.paths import ConnectionPaths
+from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths, make_private_dir, write_private_text
 
 KEY_STRIPES = 256
 DEFAULT_KEY_TIMEOUT = 300.0  # longer than one record's remote calls within the retry budget
@@ -35,7 +35,7 @@ def _sidecar(paths: ConnectionPaths, job: str) -> Path:
 
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    temp.write_text(json.dumps(data))
+    write_private_text(temp, json.dumps(data))
     os.replace(temp, path)
 
 
@@ -79,8 +79,8 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if self._lock is not None:
             raise RuntimeError(f"the {self.job} lock is already held by this object")
-        self.paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock = FileLock(self.paths.lock_file(self.job), thread_local=False)
+        make_private_dir(self.paths.locks)
+        lock = FileLock(self.paths.lock_file(self.job), thread_local=False, mode=PRIVATE_FILE)
         try:
             lock.acquire(blocking=False)
         except Timeout:
@@ -150,7 +150,7 @@ class _Stripe:
 
     def __init__(self, path: Path) -> None:
         self.thread_lock = threading.RLock()
-        self.file_lock = FileLock(path, thread_local=False)
+        self.file_lock = FileLock(path, thread_local=False, mode=PRIVATE_FILE)
         self.depth = 0
 
 
@@ -173,7 +173,7 @@ class KeyLock:
         self._stripe: _Stripe | None = None
 
     def acquire(self) -> "KeyLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.path.parent)
         with _stripes_guard:
             stripe = _stripes.setdefault(self.path, _Stripe(self.path))
         deadline = time.monotonic() + self.timeout

@@ -3,6 +3,10 @@
 A *connection* is named after its config file: the default config is ``default``;
 ``--config acme.toml`` is ``acme``. Its state (ledger, locks, cached token, rate-limit
 budget, logs, optional secrets file) lives in ``<state dir>/<connection>/``.
+
+Everything stsync creates there is its owner's only, whatever the umask: directories 0700
+(``make_private_dir``), files 0600 (``write_private_text``, ``PRIVATE_FILE`` for the modules that
+open their own). Modes are set at creation, so no file is ever briefly readable by others.
 """
 
 from __future__ import annotations
@@ -17,6 +21,36 @@ from stsync import envvars
 
 APP = "stsync"
 DEFAULT_CONNECTION = "default"
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` and each missing parent 0700; existing directories are left as they are.
+
+    ``mkdir(parents=True, mode=0o700)`` gives only the last directory that mode: the parents
+    (the state root on a first run) would get the umask's, typically 0755.
+    """
+    missing: list[Path] = []
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            pass  # another process made it first
+    return Path(path)
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as a 0600 file (a leftover with a laxer mode is made 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        if hasattr(os, "fchmod"):  # not on Windows before 3.13, where modes mean little anyway
+            os.fchmod(handle.fileno(), PRIVATE_FILE)
+        handle.write(text)
 
 
 def default_config_path() -> Path:
@@ -56,8 +90,7 @@ class ConnectionPaths:
         return cls(name=name, config=config_path, state=state_root() / name)
 
     def ensure_state(self) -> Path:
-        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return self.state
+        return make_private_dir(self.state)
 
     @property
     def ledger(self) -> Path:

@@ -11,7 +11,8 @@ Which secrets exist, and their variables and labels, is ``stsync.credentials``' 
 
 When the keyring cannot be used (no Secret Service on a headless box, a locked collection, the
 ``fail``/``null`` backends) and a secret is in neither the environment nor the file, the error
-names the three remedies. stsync never falls back to plain text on its own.
+names the three remedies; for a locked collection (``KeyringLocked``) unlocking it comes first,
+with the command that does it. stsync never falls back to plain text on its own.
 
 Every secret read or stored is registered with ``stsync.logs`` so that no log line can show
 it; nothing here puts a value in a message, an exception or ``describe()``.
@@ -30,7 +31,7 @@ from stsync import envvars
 from stsync.credentials import SECRET_NAMES, SECRETS, secret
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
 from stsync.logs import get_logger, redact, register_secret
-from stsync.storage.paths import ConnectionPaths
+from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths, make_private_dir
 
 log = get_logger(__name__)
 
@@ -47,6 +48,7 @@ class SecretStore:
     def __init__(self, paths: ConnectionPaths) -> None:
         self.paths = paths
         self._keyring_problem: str | None = None
+        self._keyring_locked = False  # the problem is a locked collection: unlocking fixes it
 
     # -- the keyring --------------------------------------------------------------------
     def _username(self, name: str) -> str:
@@ -88,9 +90,15 @@ class SecretStore:
             return f"unavailable ({type(exc).__name__})"
 
     def _keyring_failed(self, exc: Exception, doing: str) -> None:
-        self._keyring_problem = (
-            f"the OS keyring ({self.backend_name()}) failed while {doing}: {type(exc).__name__}: {redact(str(exc))}"
-        )
+        from keyring.errors import KeyringLocked
+
+        self._keyring_locked = isinstance(exc, KeyringLocked)
+        if self._keyring_locked:
+            self._keyring_problem = f"the OS keyring ({self.backend_name()}) is locked ({type(exc).__name__}: {redact(str(exc))})"
+        else:
+            self._keyring_problem = (
+                f"the OS keyring ({self.backend_name()}) failed while {doing}: {type(exc).__name__}: {redact(str(exc))}"
+            )
         # Reads fail on every run of a headless box that uses env or the file: not worth a warning.
         log.log(logging.DEBUG if doing == "reading" else logging.WARNING, "%s", self._keyring_problem)
 
@@ -106,7 +114,7 @@ class SecretStore:
 
     def keyring_usable(self) -> bool:
         """Whether the keyring answers (a read of one of our entries succeeds)."""
-        self._keyring_problem = None
+        self._keyring_problem, self._keyring_locked = None, False
         self._keyring_get(SECRET_NAMES[0])
         return self._keyring_problem is None
 
@@ -159,8 +167,8 @@ class SecretStore:
     def _file_update(self, change) -> None:
         from filelock import FileLock
 
-        self.paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with FileLock(self.paths.locks / "secrets.lock", timeout=30):
+        make_private_dir(self.paths.locks)
+        with FileLock(self.paths.locks / "secrets.lock", timeout=30, mode=PRIVATE_FILE):
             data = self._file_read()
             change(data)
             self._file_write(data)
@@ -177,7 +185,7 @@ class SecretStore:
         if value:
             register_secret(value)
             return value
-        self._keyring_problem = None
+        self._keyring_problem, self._keyring_locked = None, False
         value = self._keyring_get(name)
         if value:
             register_secret(value)
@@ -187,7 +195,9 @@ class SecretStore:
             register_secret(value)
             return value
         if self._keyring_problem:
-            raise SecretStoreUnavailable(f"{spec.label} ({name}) could not be read: {self._keyring_problem}")
+            raise SecretStoreUnavailable(
+                f"{spec.label} ({name}) could not be read: {self._keyring_problem}", locked=self._keyring_locked
+            )
         return None
 
     def require(self, name: str) -> str:
@@ -233,7 +243,9 @@ class SecretStore:
                 backend.set_password(SERVICE, self._username(name), value)
             except Exception as exc:
                 self._keyring_failed(exc, "storing")
-                raise SecretStoreUnavailable(f"cannot store the {label}: {self._keyring_problem}") from None
+                raise SecretStoreUnavailable(
+                    f"cannot store the {label}: {self._keyring_problem}", locked=self._keyring_locked
+                ) from None
             self._file_update(lambda data: data.pop(name, None))
             log.info("stored %s in the OS keyring (%s)", name, self.backend_name())
             return None
@@ -295,7 +307,7 @@ class SecretStore:
     def describe(self) -> dict:
         """Where each secret comes from and which stores work — never a value (for diagnose)."""
         usable = self.keyring_usable()
-        problem = self._keyring_problem
+        problem, locked = self._keyring_problem, self._keyring_locked
         try:
             mode = oct(self.file_path.stat().st_mode & 0o777)
         except OSError:
@@ -304,6 +316,7 @@ class SecretStore:
             "backend": self.backend_name(),
             "keyring_usable": usable,
             "keyring_problem": problem,
+            "keyring_locked": locked,
             "file": str(self.file_path),
             "file_exists": mode is not None,
             "file_mode": mode,

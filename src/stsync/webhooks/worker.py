@@ -1,0 +1,232 @@
+"""The worker: accepted deliveries processed one at a time, in arrival order, each outcome
+recorded in the ledger.
+
+**What a delivery does.** ``lead_created`` → the booking push (``push``, given by the
+caller: ``services.push.push_lead`` bound to the connection), kind lead, unless ``[leads]
+action`` is "nothing"; ``referrer_joined`` → the same push, kind referrer, only when
+``[referrers] action = "create_booking"``, else ignored; ``lead_qualified`` → recorded on
+the lead's push in the ledger, so ``qualify`` never qualifies it again (and
+``unqualify_on`` still applies).
+
+**Verified, not trusted.** The payload only says *who*: the user is read back from Referral
+Factory (by id, code or e-mail; the e-mail must agree) and must belong to this
+connection's campaign; the booking is made from what Referral Factory says, with its
+campaign and referrer.
+
+**Failures.** A delivery whose processing raises is recorded as ``failed`` with its error
+(``ApiError.to_dict()``, else type and message; an unexpected exception's detail goes only
+to the log), and the worker goes on with the next one. ``finish()`` processes what is
+queued, then stops the thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from stsync.errors import ApiError, InvalidRecord, StsyncError
+from stsync.logs import get_logger
+from stsync.mapping.booking import external_id_for
+from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
+from stsync.services.leads import lead_from_user
+from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue
+from stsync.vocabulary import Action, Kind
+from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
+from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED
+
+if TYPE_CHECKING:
+    from stsync.referralfactory.models import User
+    from stsync.services.leads import Lead
+    from stsync.connection import Connection
+
+log = get_logger(__name__)
+
+# (lead, kind, run id) → (outcome, message, booking id); raises the error of a failed record.
+PushLead = Callable[["Lead", Kind, "int | None"], "tuple[str, str, int | None]"]
+
+
+class DeliveryWorker:
+    """One thread draining a FIFO queue of deliveries. ``start()`` → ``submit()`` … → ``finish()``."""
+
+    def __init__(
+        self,
+        conn: "Connection",
+        *,
+        push: PushLead,
+        stats: ServeStats,
+        observer: Observer | None = None,
+        run_id: int | None = None,
+    ) -> None:
+        self.conn = conn
+        self.push = push
+        self.stats = stats
+        self.observer = observer
+        self.run_id = run_id
+        self._queue: queue.Queue[Delivery | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="stsync-webhook-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, delivery: Delivery) -> None:
+        self._queue.put(delivery)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until every submitted delivery is processed (tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def finish(self) -> None:
+        """Process what is queued, then stop the thread. Safe to call twice."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _work(self) -> None:
+        while True:
+            delivery = self._queue.get()
+            try:
+                if delivery is None:
+                    return
+                self.process(delivery)
+            finally:
+                self._queue.task_done()
+
+    # -- one delivery ------------------------------------------------------------------------------
+    def process(self, delivery: Delivery) -> None:
+        """Process one delivery and record its outcome; never raises."""
+        outcome, message, error, booking_id = DeliveryOutcome.FAILED, "", None, None
+        try:
+            outcome, message, booking_id = self._outcome(delivery)
+        except StsyncError as exc:
+            error = exc.to_dict() if isinstance(exc, ApiError) else {"type": type(exc).__name__, "message": exc.message}
+            message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        except Exception as exc:  # the worker must outlive any one delivery
+            log.exception("serve: unexpected error processing %s", delivery.key)
+            error = {"type": type(exc).__name__, "message": "unexpected error; see the log"}
+            message = f"unexpected error ({type(exc).__name__}); details in stsync's log"
+        if outcome == DeliveryOutcome.FAILED and error is None:
+            error = {"message": message}
+        try:
+            self.conn.ledger.finish_delivery(delivery.key, outcome, error)
+        except Exception:
+            log.exception("serve: could not record the outcome of %s", delivery.key)
+        self.stats.count_processed(outcome)
+        report(
+            DeliveryEvent("processed", None, delivery.event, delivery.key, delivery.lead.describe(), outcome, message, booking_id),
+            self.observer,
+        )
+
+    def _outcome(self, delivery: Delivery) -> tuple[str, str, int | None]:
+        """(outcome, message, booking id) for one delivery; raises for a failure."""
+        config = self.conn.config
+        if delivery.event == REFERRER_JOINED and config.referrers.action != Action.CREATE_BOOKING:
+            return DeliveryOutcome.IGNORED, f'referrers.action is "{Action.NOTHING}": referrers are not sent to ServiceTitan', None
+        if delivery.event == LEAD_CREATED and config.leads.action != Action.CREATE_BOOKING:
+            return DeliveryOutcome.IGNORED, f'leads.action is "{Action.NOTHING}" ("Nothing to action"): no booking is created', None
+        user = verified_user(self.conn, delivery.lead)
+        expected = PERSON_REFERRING if delivery.event == REFERRER_JOINED else PERSON_INVITED
+        if user.type is not None and user.type != expected:
+            raise InvalidRecord(
+                f"Referral Factory user {user.id} is a {user.type}, but the delivery says {delivery.event}",
+                record=delivery.lead.describe(),
+            )
+        if delivery.event == LEAD_QUALIFIED:
+            return record_reported_qualification(self.conn, user)
+        kind = Kind.REFERRER if delivery.event == REFERRER_JOINED else Kind.LEAD
+        return self.push(lead_with_context(self.conn, user), kind, self.run_id)
+
+
+def verified_user(conn: "Connection", lead: "Lead") -> "User":
+    """The Referral Factory user a delivery names, read back (id, then code, then e-mail).
+
+    The e-mail in the payload must agree with the user found, and the user must belong to
+    this connection's campaign: a payload only says who, Referral Factory says what.
+    """
+    rf = conn.referral_factory
+    campaign_id = conn.campaign_id
+    wanted_email = (lead.email or "").strip().casefold()
+
+    def agrees(user: "User | None") -> bool:
+        if user is None:
+            return False
+        return not wanted_email or (user.email or "").strip().casefold() == wanted_email
+
+    candidates: list[User | None] = []
+    if lead.rf_user_id is not None:
+        try:
+            candidates.append(rf.get_user(lead.rf_user_id))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+    user = next((u for u in candidates if agrees(u)), None)
+    if user is None and lead.referral_code:
+        found = rf.find_user_by_code(campaign_id, lead.referral_code)
+        user = found if agrees(found) else None
+    if user is None and lead.email:
+        user = rf.find_user_by_email(campaign_id, lead.email)
+    if user is None:
+        raise InvalidRecord(
+            f"Referral Factory campaign {campaign_id} has no user matching {lead.describe()}",
+            record=lead.describe(),
+            hint="check that the webhook belongs to this connection's campaign (referral_factory.campaign_id)",
+        )
+    if user.campaign_id is not None and user.campaign_id != campaign_id:
+        raise InvalidRecord(
+            f"{lead.describe()} belongs to Referral Factory campaign {user.campaign_id}, not {campaign_id}",
+            record=lead.describe(),
+            hint="point that campaign's webhook at the stsync serving its connection (--config)",
+        )
+    return user
+
+
+def lead_with_context(conn: "Connection", user: "User") -> "Lead":
+    """The lead as ``push-lead --code`` would read it: with its campaign and its referrer."""
+    rf = conn.referral_factory
+    campaign = rf.get_campaign(user.campaign_id if user.campaign_id is not None else conn.campaign_id)
+    referrer = None
+    if user.referrer_id is not None:
+        try:
+            referrer = rf.get_user(user.referrer_id)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+    return lead_from_user(user, campaign=campaign, referrer=referrer)
+
+
+def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str, str, int | None]:
+    """"A lead is qualified": note it on the lead's push, so ``qualify`` never sends it again."""
+    if user.qualified_at is None:
+        return DeliveryOutcome.IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None
+    ledger = conn.ledger
+    external_id: str | None
+    try:
+        external_id = external_id_for(lead_from_user(user), conn.config.leads)
+    except StsyncError:
+        external_id = user.code
+    push = ledger.get_push(external_id) if external_id else None
+    if push is None:
+        return DeliveryOutcome.IGNORED, f"{user.email} ({user.code}) was never pushed by stsync: nothing to record", None
+    if push.qualification == QualificationValue.QUALIFIED:
+        return DeliveryOutcome.RECORDED, "already recorded as qualified", push.booking_id
+    intent = ledger.record_qualification_intent(
+        external_id,
+        QualificationAction.QUALIFY,
+        rule="referral_factory",
+        reason="Referral Factory reported the lead qualified (webhook)",
+    )
+    ledger.record_qualification_result(intent, state=QualificationState.DONE)
+    return DeliveryOutcome.RECORDED, "recorded as qualified (reported by Referral Factory)", push.booking_id
