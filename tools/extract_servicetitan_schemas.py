@@ -61,6 +61,11 @@ JPM_ROOTS = (
     "Jpm.V2.JobResponse",
     "Jpm.V2.ExportJobsResponse",
     "Jpm.V2.JobTypeResponse",
+    # the export envelopes and the job history and cancel-log rows (incremental reads)
+    "ExportResponse_Of_Jpm.V2.ExportJobsResponse",
+    "ExportResponse_Of_Jpm.V2.ExportJobHistoryResponse",
+    "ExportResponse_Of_Jpm.V2.ExportJobCanceledLogResponse",
+    "Jpm.V2.JobHistoryResponse",
 )
 _DROPPED_KEYS = {"description", "example", "x-enumNames", "x-enum-varnames", "title"}
 _REF_PREFIXES = ("#/definitions/", "#/components/schemas/")

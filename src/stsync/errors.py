@@ -17,6 +17,15 @@
         └── ReferralFactoryApiError
             └── DuplicateEmail          the campaign already has this e-mail (adopt the user)
 
+What a failure means to a run over many records (push, sync-customers, qualify, serve) is
+the error's too: ``stops_run(exc)``. Most failures stop the run — every record after them
+would fail the same way (credentials, the configuration, a remote down past the retry
+budget, a lock, a bug). Three are the record's own, recorded as its failure while the run
+goes on: ``InvalidRecord`` (its data), ``ApiError`` (the remote refused its request) and
+``AnswerLost`` (its write's answer never came: it is looked up before it is written
+again). A caller may still decide that a record's failure repeated is the run's (push stops
+when one booking's answer is lost five times in a row): it raises a run-level error.
+
 Messages never contain secrets: callers pass ids and names, never keys or tokens.
 """
 
@@ -28,9 +37,14 @@ from stsync.credentials import env_var_names
 
 
 class StsyncError(Exception):
-    """Base class. ``hint`` is the one line telling the user what to do next."""
+    """Base class. ``hint`` is the one line telling the user what to do next.
+
+    ``stops_run``: True when a run over many records must stop at this failure, False when
+    only the record it happened to failed (see ``stops_run()`` and the module docstring).
+    """
 
     exit_code: int = 1
+    stops_run: bool = True
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -39,6 +53,13 @@ class StsyncError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def stops_run(exc: BaseException) -> bool:
+    """Must a run over many records stop at ``exc``? False: only the record it happened to
+    failed — record it and go on. Anything that is not a ``StsyncError`` is a bug: it stops
+    the run."""
+    return exc.stops_run if isinstance(exc, StsyncError) else True
 
 
 class UsageError(StsyncError):
@@ -111,6 +132,7 @@ class InvalidRecord(StsyncError):
     """
 
     exit_code = 5
+    stops_run = False
 
     def __init__(self, message: str, *, record: str | None = None, field: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -130,8 +152,10 @@ class AnswerLost(TemporaryError):
     """A write was sent but no answer came back (timeout, connection reset, 5xx).
 
     The remote side may have committed it: the caller must look the record up before
-    writing again.
+    writing again. The record's failure, not the run's: the remote answered others.
     """
+
+    stops_run = False
 
 
 class LockHeld(StsyncError):
@@ -139,9 +163,14 @@ class LockHeld(StsyncError):
 
 
 class ApiError(StsyncError):
-    """A remote API rejected a request. Carries the remote's words verbatim."""
+    """A remote API rejected a request. Carries the remote's words verbatim.
+
+    The record's failure, not the run's: authentication and rate limits have classes of
+    their own (``AuthError``, ``RateLimited``), so what is left is this request refused.
+    """
 
     service = "remote"
+    stops_run = False
 
     def __init__(
         self,

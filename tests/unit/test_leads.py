@@ -7,7 +7,7 @@ import pytest
 
 from stsync.errors import ConfigError, InvalidRecord, UsageError
 from stsync.referralfactory.models import Campaign, User
-from stsync.services.leads import (
+from stsync.leads import (
     LEAD_FIELDS,
     Lead,
     is_lead_source,

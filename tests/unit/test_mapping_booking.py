@@ -11,7 +11,7 @@ from mapping_cases import SEED_LEAD, leads_section, schema_errors, seed_fields  
 from stsync.errors import InvalidRecord, SetupRequired
 from stsync.mapping.booking import booking_request_for, external_id_for, lead_fields_read
 from stsync.mapping.validation import booking_mapping_problems, missing_required
-from stsync.services.leads import LEAD_FIELDS, Lead
+from stsync.leads import LEAD_FIELDS, Lead
 from stsync.servicetitan.vocabulary import REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import Config, default_config
 

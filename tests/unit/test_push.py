@@ -17,8 +17,11 @@ from stsync.errors import AuthError, InvalidRecord, SetupRequired, TemporaryErro
 from stsync.mapping.booking import booking_request_for
 from stsync.services import push as push_service
 from stsync.services.history import push_history
-from stsync.services.leads import Lead
-from stsync.services.push import fetch_lead, leads_from_input, push_lead, push_leads, push_new
+from stsync.leads import Lead
+from stsync.services.lead_sources import complete_leads, fetch_lead
+from stsync.leads import leads_from_input
+from stsync.services.push import push_lead, push_leads, push_new, push_target
+from stsync.connection import Connection
 from connection_fixtures import AUTH, API, CAMPAIGN, RF, TENANT, unit_config  # tests/support
 from connection_fixtures import BOOKING_PROVIDER as BP
 
@@ -58,6 +61,11 @@ def conn(make_connection, httpx_mock: HTTPXMock):
         json={"access_token": "tok", "expires_in": 900, "token_type": "Bearer"},
     )
     return make_connection(config)
+
+
+def target(conn: Connection, kind: str = "lead"):
+    """What a command pushes to, checked as the command checks it: once, now."""
+    return push_target(conn, kind)
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +127,7 @@ def test_a_lead_becomes_one_booking_with_exactly_the_mapped_body(conn, httpx_moc
     httpx_mock.add_response(method="GET", url=BOOKINGS, match_params={"externalId": "code0001", **LOOKUP_PAGE}, json=page([]))
     httpx_mock.add_response(method="POST", url=BOOKINGS, match_json=expected, json=booking_json(5551, "code0001"))
 
-    result = push_lead(conn, jane)
+    result = push_lead(conn, jane, target(conn))
 
     assert (result.outcome, result.booking_id, result.external_id, result.status) == ("created", 5551, "code0001", "New")
     record = conn.ledger.get_push("code0001")
@@ -130,9 +138,9 @@ def test_a_lead_becomes_one_booking_with_exactly_the_mapped_body(conn, httpx_moc
 
 def test_the_same_lead_again_is_already_booked_from_the_ledger_without_a_request(conn, httpx_mock: HTTPXMock):
     fake = serve_bookings(httpx_mock, FakeBookings())
-    first = push_lead(conn, lead())
+    first = push_lead(conn, lead(), target(conn))
     requests_after_first = len(httpx_mock.get_requests())
-    second = push_lead(conn, lead())
+    second = push_lead(conn, lead(), target(conn))
     assert (first.outcome, second.outcome) == ("created", "already_booked")
     assert second.booking_id == first.booking_id
     assert len(httpx_mock.get_requests()) == requests_after_first  # the ledger answered
@@ -146,7 +154,7 @@ def test_a_booking_found_by_external_id_is_adopted_not_created(conn, httpx_mock:
         method="GET", url=BOOKINGS, match_params={"externalId": "code0001", **LOOKUP_PAGE},
         json=page([booking_json(77, "code0001", status="Converted", jobId=9)]),
     )
-    result = push_lead(conn, lead())
+    result = push_lead(conn, lead(), target(conn))
     assert (result.outcome, result.booking_id, result.status) == ("already_booked", 77, "Converted")
     assert conn.ledger.get_push("code0001").state == "booked"
     assert not httpx_mock.get_requests(method="POST", url=BOOKINGS)
@@ -154,7 +162,7 @@ def test_a_booking_found_by_external_id_is_adopted_not_created(conn, httpx_mock:
 
 def test_a_lost_answer_is_looked_up_before_any_retry(conn, httpx_mock: HTTPXMock):
     fake = serve_bookings(httpx_mock, FakeBookings(["commit_then_500"]))
-    result = push_lead(conn, lead())
+    result = push_lead(conn, lead(), target(conn))
     assert result.outcome == "created" and result.booking_id == fake.rows[0]["id"]
     assert len(fake.posts) == 1 and len(fake.rows) == 1
     assert fake.gets == ["code0001", "code0001"]  # before the POST, and after its answer was lost
@@ -162,7 +170,7 @@ def test_a_lost_answer_is_looked_up_before_any_retry(conn, httpx_mock: HTTPXMock
 
 def test_a_post_refused_before_commit_is_sent_again_after_the_lookup(conn, httpx_mock: HTTPXMock):
     fake = serve_bookings(httpx_mock, FakeBookings(["503", "503"]))
-    result = push_lead(conn, lead())
+    result = push_lead(conn, lead(), target(conn))
     assert result.outcome == "created"
     assert len(fake.posts) == 3 and len(fake.rows) == 1
     assert fake.gets == ["code0001"] * 3
@@ -171,7 +179,7 @@ def test_a_post_refused_before_commit_is_sent_again_after_the_lookup(conn, httpx
 def test_answers_lost_every_time_stop_the_run_and_are_recorded_as_lost(conn, httpx_mock: HTTPXMock):
     fake = serve_bookings(httpx_mock, FakeBookings(["503"] * push_service.MAX_CREATE_ATTEMPTS))
     with pytest.raises(TemporaryError, match="was lost 5 times"):
-        push_lead(conn, lead())
+        push_lead(conn, lead(), target(conn))
     assert len(fake.posts) == push_service.MAX_CREATE_ATTEMPTS and fake.rows == []
     [attempt] = conn.ledger.push_attempts(external_id="code0001")
     assert attempt.outcome == "lost" and "503" in attempt.error["message"]
@@ -185,7 +193,7 @@ def test_a_lost_answer_whose_lookup_fails_too_stays_unsettled_as_lost(conn, http
     # Back in a minute: past the test's retry budget, so it fails at once.
     httpx_mock.add_response(**lookup, status_code=503, headers={"Retry-After": "60"}, json={"title": "down", "status": 503})
     with pytest.raises(TemporaryError, match="unavailable"):
-        push_lead(conn, lead())
+        push_lead(conn, lead(), target(conn))
     [attempt] = conn.ledger.push_attempts(external_id="code0001")
     assert attempt.outcome == "lost"  # not "failed": the booking may exist
     assert conn.ledger.get_push("code0001").state == "pending"
@@ -199,7 +207,7 @@ def test_servicetitans_refusal_is_recorded_verbatim(conn, httpx_mock: HTTPXMock)
     httpx_mock.add_response(method="GET", url=BOOKINGS, match_params={"externalId": "code0001", **LOOKUP_PAGE}, json=page([]))
     httpx_mock.add_response(method="POST", url=BOOKINGS, status_code=400, json=error_body)
 
-    result = push_lead(conn, lead())
+    result = push_lead(conn, lead(), target(conn))
 
     assert result.outcome == "failed"
     assert result.error["title"] == "One or more validation errors occurred."
@@ -216,14 +224,14 @@ def test_a_wrong_booking_provider_is_an_auth_error_in_the_guides_words(conn, htt
     httpx_mock.add_response(method="GET", url=BOOKINGS, match_params={"externalId": "code0001", **LOOKUP_PAGE}, status_code=404, json=not_found)
     httpx_mock.add_response(method="GET", url=BOOKINGS, match_params={"page": "1", "pageSize": "1"}, status_code=404, json=not_found)
     with pytest.raises(AuthError, match="Booking Provider Value is incorrect") as caught:
-        push_lead(conn, lead())
+        push_lead(conn, lead(), target(conn))
     assert "API Application Access" in caught.value.hint
     [attempt] = conn.ledger.push_attempts(external_id="code0001")
     assert attempt.outcome == "failed" and "Booking Provider Value is incorrect" in attempt.error["message"]
 
 
 def test_a_lead_without_email_sends_nothing_and_names_the_field(conn):
-    result = push_lead(conn, lead(email=None))
+    result = push_lead(conn, lead(email=None), target(conn))
     assert result.outcome == "failed" and isinstance(result.exception, InvalidRecord)
     assert result.exception.field == "email" and "email" in result.message
     # Recorded under its externalId so history shows why it was not booked; no request sent
@@ -234,9 +242,9 @@ def test_a_lead_without_email_sends_nothing_and_names_the_field(conn):
 
 def test_a_booked_lead_whose_data_no_longer_maps_is_still_already_booked(conn, httpx_mock: HTTPXMock):
     serve_bookings(httpx_mock, FakeBookings())
-    first = push_lead(conn, lead())
+    first = push_lead(conn, lead(), target(conn))
     sent = len(httpx_mock.get_requests())
-    later = push_lead(conn, lead(first_name=None))  # the name went missing in Referral Factory since
+    later = push_lead(conn, lead(first_name=None), target(conn))  # the name went missing in Referral Factory since
     assert (later.outcome, later.booking_id) == ("already_booked", first.booking_id)
     assert len(httpx_mock.get_requests()) == sent
     assert conn.ledger.get_push("code0001").state == "booked"
@@ -244,32 +252,32 @@ def test_a_booked_lead_whose_data_no_longer_maps_is_still_already_booked(conn, h
 
 def test_nothing_to_action_sends_and_records_nothing(conn):
     conn.config.leads.action = "nothing"
-    result = push_lead(conn, lead())
+    result = push_lead(conn, lead(), target(conn))
     assert result.outcome == "skipped" and "Nothing to action" in result.message
-    report = push_leads(conn, [lead(1), lead(2)])
+    report = push_leads(conn, [lead(1), lead(2)], target(conn))
     assert report.results == [] and "Nothing to action" in report.notice
     assert "stsync map action leads create-booking" in report.notice_hint
     assert conn.ledger.push_attempts() == [] and conn.ledger.recent_runs() == []
 
 
 def test_referrers_use_their_own_action_and_fields(conn, httpx_mock: HTTPXMock):
-    result = push_lead(conn, lead(), kind="referrer")  # referrers default to "nothing"
+    result = push_lead(conn, lead(), target(conn, "referrer"))  # referrers default to "nothing"
     assert result.outcome == "skipped" and "Referrers" in result.message
     conn.config.referrers.action = "create_booking"
     with pytest.raises(SetupRequired) as caught:
-        push_leads(conn, [lead()], kind="referrer")
+        push_leads(conn, [lead()], target(conn, "referrer"))
     assert caught.value.section == "referrers" and "external_id" in caught.value.missing
 
 
 def test_setup_required_is_raised_before_anything(conn):
     del conn.config.leads.fields["external_id"]
     with pytest.raises(SetupRequired) as caught:
-        push_leads(conn, [lead()])
+        push_leads(conn, [lead()], target(conn))
     assert caught.value.missing == ["external_id"]
 
 
 def test_a_dry_run_builds_the_exact_body_and_touches_nothing(conn):
-    report = push_leads(conn, [lead(1), lead(2, email=None)], dry_run=True)
+    report = push_leads(conn, [lead(1), lead(2, email=None)], target(conn), dry_run=True)
     ok, bad = report.results
     assert ok.dry_run and ok.body == booking_request_for(lead(1), conn.config.leads)
     assert ok.to_dict()["body"]["externalId"] == "code0001"
@@ -284,7 +292,7 @@ def test_an_unfinished_intent_whose_post_went_through_is_settled_as_created(conn
     fake = serve_bookings(httpx_mock, FakeBookings())
     fake.rows.append(booking_json(900, "code0001"))
 
-    result = push_lead(conn, lead())
+    result = push_lead(conn, lead(), target(conn))
 
     assert (result.outcome, result.booking_id) == ("already_booked", 900)
     assert fake.posts == []
@@ -296,7 +304,7 @@ def test_an_unfinished_intent_whose_post_went_through_is_settled_as_created(conn
 def test_an_unfinished_intent_without_a_booking_is_lost_and_the_lead_is_created(conn, httpx_mock: HTTPXMock):
     stale = conn.ledger.record_push_intent("code0001", kind="lead", email="jane1@example.com", name="Jane1")
     fake = serve_bookings(httpx_mock, FakeBookings())
-    result = push_lead(conn, lead())
+    result = push_lead(conn, lead(), target(conn))
     assert result.outcome == "created" and len(fake.rows) == 1
     attempts = {a.id: a for a in conn.ledger.push_attempts(external_id="code0001")}
     assert attempts[stale].outcome == "lost"
@@ -310,7 +318,7 @@ def test_two_threads_pushing_one_lead_create_one_booking(conn, httpx_mock: HTTPX
 
     def run() -> None:
         barrier.wait()
-        results.append(push_lead(conn, lead()))
+        results.append(push_lead(conn, lead(), target(conn)))
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:
@@ -329,7 +337,7 @@ def test_a_batch_goes_past_a_failed_lead_and_records_the_run(conn, httpx_mock: H
     leads = [lead(n) for n in range(1, 7)] + [lead(7, email=None)]
     progress = Progress()
 
-    report = push_leads(conn, leads, progress=progress)
+    report = push_leads(conn, leads, target(conn), progress=progress)
 
     assert [r.lead for r in report.results] == leads  # input order, though run concurrently
     assert report.counts == {"created": 6, "already_booked": 0, "skipped": 0, "failed": 1, "total": 7}
@@ -345,7 +353,7 @@ def test_a_run_level_failure_stops_the_batch_and_is_raised(conn, httpx_mock: HTT
     httpx_mock.add_response(method="GET", url=BOOKINGS, match_params={"externalId": "code0001", **LOOKUP_PAGE}, status_code=404, json=not_found)
     httpx_mock.add_response(method="GET", url=BOOKINGS, match_params={"page": "1", "pageSize": "1"}, status_code=404, json=not_found)
     with pytest.raises(AuthError, match="Booking Provider Value is incorrect"):
-        push_leads(conn, [lead(n) for n in range(1, 21)])
+        push_leads(conn, [lead(n) for n in range(1, 21)], target(conn))
     [run] = conn.ledger.recent_runs(job="push")
     assert run.outcome == "failed" and "Booking Provider Value" in run.error
     assert len(conn.ledger.push_attempts(limit=100)) < 20  # the rest were never tried
@@ -355,7 +363,7 @@ def test_servicetitan_down_mid_batch_stops_the_run_and_records_what_was_done(con
     conn.config.limits.workers = 1
     fake = serve_bookings(httpx_mock, FakeBookings(down_after=3))
     with pytest.raises(TemporaryError, match="unavailable"):
-        push_leads(conn, [lead(n) for n in range(1, 11)])
+        push_leads(conn, [lead(n) for n in range(1, 11)], target(conn))
     assert len(fake.rows) == 3
     [run] = conn.ledger.recent_runs(job="push")
     assert run.outcome == "failed" and (run.counts["created"], run.counts["total"]) == (3, 3)
@@ -371,7 +379,7 @@ def test_list_input_sets_aside_records_without_email(conn):
     assert [l.email for l in leads] == ["a@example.com"]
     [problem] = rejected
     assert isinstance(problem, InvalidRecord) and "record #2" in problem.message
-    report = push_leads(conn, [], rejected=rejected, dry_run=True)
+    report = push_leads(conn, [], target(conn), rejected=rejected, dry_run=True)
     assert report.counts["failed"] == 1 and report.results[0].lead.referral_code == "cb"
     with pytest.raises(InvalidRecord):
         leads_from_input({"first_name": "B", "code": "cb"})
@@ -423,7 +431,7 @@ def test_push_new_searches_the_campaigns_leads_paged_and_skips_the_booked(conn, 
     booked = conn.ledger.record_push_intent("rc11", kind="lead", email="user11@example.com", name="User11")
     conn.ledger.record_push_result(booked, outcome="created", booking_id=5)
 
-    report = push_new(conn)
+    report = push_new(conn, target(conn))
 
     # 12 is another campaign's, 14 a referrer, 11 already booked; the default mapping
     # reads no referrer field, so no referrer is fetched (the strict mock would fail).
@@ -443,7 +451,7 @@ def test_push_new_fetches_referrers_once_when_the_mapping_uses_them(conn, httpx_
                             json={"data": [rf_user(10), rf_user(11)]})
     httpx_mock.add_response(method="GET", url=f"{RF}/users/1", json={"data": rf_user(1, type="person_referring", referrer_id=None)})
 
-    report = push_new(conn, dry_run=True)
+    report = push_new(conn, target(conn), dry_run=True)
 
     assert [r.body["summary"] for r in report.results] == ["Referred by User1", "Referred by User1"]
     assert conn.ledger.recent_runs() == []
@@ -472,7 +480,7 @@ def test_fetch_lead_names_an_unknown_user_or_another_campaign(conn, httpx_mock: 
 
 def test_complete_leads_fills_the_campaign_name_once(conn, httpx_mock: HTTPXMock):
     httpx_mock.add_response(method="GET", url=f"{RF}/campaigns/{CAMPAIGN}", json=CAMPAIGN_JSON)
-    done = push_service.complete_leads(conn, [lead(1, campaign_name=None), lead(2, campaign_name=None), lead(3)])
+    done = complete_leads(conn, [lead(1, campaign_name=None), lead(2, campaign_name=None), lead(3)], target(conn))
     assert [l.campaign_name for l in done] == ["Spring Referrals"] * 3
 
 
@@ -481,8 +489,8 @@ def test_complete_leads_fills_the_campaign_name_once(conn, httpx_mock: HTTPXMock
 
 def test_history_lists_attempts_newest_first_with_filters(conn, httpx_mock: HTTPXMock):
     serve_bookings(httpx_mock, FakeBookings())
-    push_leads(conn, [lead(1), lead(2, email=None)])
-    push_lead(conn, lead(1))
+    push_leads(conn, [lead(1), lead(2, email=None)], target(conn))
+    push_lead(conn, lead(1), target(conn))
 
     everything = push_history(conn)
     assert [e.outcome for e in everything.entries][0] == "already_booked"
@@ -539,6 +547,22 @@ def test_dry_run_with_json_gives_one_object_with_the_body(saved_config, capsys):
     assert data["counts"]["total"] == 1
 
 
+def test_a_command_checks_what_it_pushes_to_once_for_all_its_leads(saved_config, tmp_path, capsys, monkeypatch):
+    from stsync.cli.app import run
+
+    checked = []
+    real = push_service.push_target
+    monkeypatch.setattr(push_service, "push_target", lambda conn, kind: checked.append(kind) or real(conn, kind))
+    leads = [{"email": f"a{n}@example.com", "first_name": "A", "referral_code": f"a{n}", "campaign_name": "Spring"}
+             for n in range(3)]
+    (tmp_path / "leads.json").write_text(json.dumps(leads))
+
+    code = run(["push-lead", "--file", "leads.json", "--dry-run"])
+
+    assert code == 0, capsys.readouterr().err
+    assert len(json.loads(capsys.readouterr().out)) == 3 and checked == ["lead"]
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -588,7 +612,7 @@ def test_history_command_shows_the_attempts(conn, saved_config, httpx_mock: HTTP
     from stsync.cli.app import run
 
     serve_bookings(httpx_mock, FakeBookings())
-    push_leads(conn, [lead(1), lead(2, email=None)])
+    push_leads(conn, [lead(1), lead(2, email=None)], target(conn))
     conn.close()
     assert run(["history"]) == 0
     err = capsys.readouterr().err

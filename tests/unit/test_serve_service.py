@@ -121,12 +121,12 @@ def test_the_booking_push_raises_the_error_of_a_failed_record(conn, monkeypatch)
     conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
     calls = []
 
-    def push_lead(conn_, lead, *, kind="lead", run_id=None, dry_run=False):
-        calls.append((conn_, kind, run_id))
+    def push_lead(conn_, lead, target, *, run_id=None, dry_run=False):
+        calls.append((conn_, target.kind, run_id))
         if lead.email == "jane@example.com":
             exc = InvalidRecord("lead jane@example.com has no value for name", field="name")
-            return PushResult(lead=lead, kind=kind, outcome="failed", error={"type": "InvalidRecord"}, exception=exc)
-        return PushResult(lead=lead, kind=kind, outcome="created", booking_id=7001)
+            return PushResult(lead=lead, kind=target.kind, outcome="failed", error={"type": "InvalidRecord"}, exception=exc)
+        return PushResult(lead=lead, kind=target.kind, outcome="created", booking_id=7001)
 
     monkeypatch.setattr(serve_service, "push_lead", push_lead)
     push = serve_service.booking_push(conn)
@@ -137,7 +137,7 @@ def test_the_booking_push_raises_the_error_of_a_failed_record(conn, monkeypatch)
 
 
 def lead_from_payload(**changes):
-    from stsync.services.leads import leads_from_json
+    from stsync.leads import leads_from_json
 
     [lead] = leads_from_json(lead_payload(**changes))
     return lead

@@ -1,4 +1,5 @@
-"""sync-customers' service against strict HTTP mocks and the real ledger.
+"""sync-customers' service — and one customer's handling on its own, without feeds or
+threads (``customersync.customer``) — against strict HTTP mocks and the real ledger.
 
 The two APIs are one small stateful fake behind pytest-httpx: ServiceTitan's export feeds
 (ordered by modifiedOn, resumed with continueFrom tokens, a PATCH moving the customer to
@@ -22,7 +23,10 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from stsync.errors import ConfigError, LockHeld, UsageError
-from stsync.services.sync import PASS_KEY, sync_customers
+from stsync.customersync.customer import CustomerHandler, return_field_types
+from stsync.customersync.pipeline import PASS_KEY, SyncOptions
+from stsync.services.sync import sync_customers
+from stsync.servicetitan.models import Customer, CustomerContact
 from connection_fixtures import AUTH, API, CAMPAIGN, RF, TENANT, unit_config  # tests/support
 
 CRM = f"/crm/v2/tenant/{TENANT}"
@@ -196,7 +200,7 @@ def seed_mixed(apis: FakeApis) -> None:
 def test_a_one_time_sync_creates_adopts_skips_and_writes_return_fields(conn, apis):
     seed_mixed(apis)
 
-    report = sync_customers(conn, mode="once")
+    report = sync_customers(conn, SyncOptions(mode="once"))
 
     # The customers written come back at the feed's tail: read, but not counted twice.
     assert (report.created, report.adopted, report.updated, report.unchanged, report.failed) == (2, 1, 0, 0, 0)
@@ -229,10 +233,10 @@ def test_a_one_time_sync_creates_adopts_skips_and_writes_return_fields(conn, api
 
 def test_a_second_run_sends_nothing_and_sees_its_own_writes_as_unchanged(conn, apis):
     seed_mixed(apis)
-    sync_customers(conn, mode="once")
+    sync_customers(conn, SyncOptions(mode="once"))
     apis.requests.clear()
 
-    again = sync_customers(conn, mode="ongoing")
+    again = sync_customers(conn, SyncOptions(mode="ongoing"))
 
     # The return-field writes moved those customers to the feed's tail; the first run read
     # them there (unchanged), so this run finds nothing new at all.
@@ -243,7 +247,7 @@ def test_a_second_run_sends_nothing_and_sees_its_own_writes_as_unchanged(conn, a
         ("GET", f"{CRM}/export/customers"),
     ])
 
-    once_more = sync_customers(conn, mode="once")  # from the beginning: everything read, nothing written
+    once_more = sync_customers(conn, SyncOptions(mode="once"))  # from the beginning: everything read, nothing written
     assert apis.writes() == []
     assert (once_more.unchanged, once_more.skipped, once_more.created) == (3, 5, 0)
 
@@ -251,7 +255,7 @@ def test_a_second_run_sends_nothing_and_sees_its_own_writes_as_unchanged(conn, a
 def test_an_ongoing_run_creates_new_customers_and_updates_renamed_ones_in_place(conn, apis):
     apis.add_customer(1, "Jane Doe", "jane@example.com")
     apis.add_customer(2, "Bob Stone", "bob@example.com")
-    sync_customers(conn, mode="ongoing")
+    sync_customers(conn, SyncOptions(mode="ongoing"))
     jane_user = next(u for u in apis.users if u["email"] == "jane@example.com")
     apis.requests.clear()
     apis.bodies.clear()
@@ -261,7 +265,7 @@ def test_an_ongoing_run_creates_new_customers_and_updates_renamed_ones_in_place(
     bob_contact = next(c for c in apis.contacts.values() if c["customerId"] == 2)
     bob_contact.update(value="bob.stone@example.com", modifiedOn=apis.now())  # a changed e-mail
 
-    report = sync_customers(conn, mode="ongoing")
+    report = sync_customers(conn, SyncOptions(mode="ongoing"))
 
     assert (report.created, report.updated, report.adopted, report.failed) == (1, 2, 0, 0)
     puts = {p: b for m, p, b in apis.bodies if m == "PUT"}
@@ -277,11 +281,11 @@ def test_an_ongoing_run_creates_new_customers_and_updates_renamed_ones_in_place(
 
 def test_a_customer_whose_email_arrives_later_is_enrolled_though_the_customer_did_not_change(conn, apis):
     apis.add_customer(1, "Late Mail")
-    first = sync_customers(conn, mode="ongoing")
+    first = sync_customers(conn, SyncOptions(mode="ongoing"))
     assert first.skipped_by_reason == {"no_email": 1}
 
     apis.add_contact(1, "late@example.com")  # the contacts feed moves; the customer feed does not
-    second = sync_customers(conn, mode="ongoing")
+    second = sync_customers(conn, SyncOptions(mode="ongoing"))
 
     assert second.created == 1
     assert [u["email"] for u in apis.users] == ["late@example.com"]
@@ -293,7 +297,7 @@ def test_after_a_crash_between_intent_and_record_the_user_is_found_not_created_a
     user = apis.add_user("jane@example.com", "Jane")  # created by the killed run
     conn.ledger.upsert_referrer(1, state="pending", email="jane@example.com")
 
-    report = sync_customers(conn, mode="once")
+    report = sync_customers(conn, SyncOptions(mode="once"))
 
     assert apis.count("POST", r"^/api/v2/users$") == 0
     assert apis.count("POST", r"/users/search") == 1
@@ -306,7 +310,7 @@ def test_a_lost_create_answer_is_looked_up_and_recorded_as_created(conn, apis):
     apis.add_customer(1, "Jane Doe", "jane@example.com")
     apis.script[("POST", "/api/v2/users")] = ["commit_then_500"]
 
-    report = sync_customers(conn, mode="once")
+    report = sync_customers(conn, SyncOptions(mode="once"))
 
     assert report.created == 1 and report.failed == 0
     assert len(apis.users) == 1 and apis.count("POST", r"^/api/v2/users$") == 1
@@ -319,7 +323,7 @@ def test_a_user_the_ledger_knows_from_a_push_is_adopted_by_id(conn, apis):
     attempt = conn.ledger.record_push_intent("code-j", kind="lead", email="jane@example.com", name="Jane", rf_user_id=user["id"])
     conn.ledger.record_push_result(attempt, outcome="created", booking_id=77)
 
-    report = sync_customers(conn, mode="once")
+    report = sync_customers(conn, SyncOptions(mode="once"))
 
     assert report.adopted == 1
     assert apis.count("GET", rf"/api/v2/users/{user['id']}$") == 1
@@ -331,7 +335,7 @@ def test_a_rejected_customer_is_counted_recorded_and_retried_by_the_next_run(con
     apis.add_customer(2, "Bob Stone", "bob@example.com")
     apis.script[("POST", "/api/v2/users")] = ["422"]  # the first create is refused
 
-    first = sync_customers(conn, mode="ongoing")
+    first = sync_customers(conn, SyncOptions(mode="ongoing"))
 
     assert (first.created, first.failed) == (1, 1)
     failed_id = first.failures[0]["customer_id"]
@@ -340,7 +344,7 @@ def test_a_rejected_customer_is_counted_recorded_and_retried_by_the_next_run(con
     assert "first name is invalid" in json.dumps(record.error)
     assert conn.ledger.last_run("sync").outcome == "partial"
 
-    second = sync_customers(conn, mode="ongoing")  # the customer feed has nothing new: the retry does it
+    second = sync_customers(conn, SyncOptions(mode="ongoing"))  # the customer feed has nothing new: the retry does it
 
     assert (second.created, second.adopted, second.failed) == (1, 0, 0)
     assert conn.ledger.get_referrer(failed_id).state == "created" and conn.ledger.get_referrer(failed_id).error is None
@@ -360,13 +364,13 @@ def test_return_fields_servicetitan_does_not_keep_fail_the_customer_without_a_wr
 
     monkeypatch.setattr(apis, "_route", forgetful)
 
-    report = sync_customers(conn, mode="ongoing")
+    report = sync_customers(conn, SyncOptions(mode="ongoing"))
 
     assert (report.created, report.failed) == (0, 1)
     assert apis.count("PATCH", r"/customers/1$") == 1  # the write moved it to the feed's tail: not written again
     record = conn.ledger.get_referrer(1)
     assert record.state == "created" and record.error["stage"] == "return_fields"
-    again = sync_customers(conn, mode="ongoing")
+    again = sync_customers(conn, SyncOptions(mode="ongoing"))
     assert apis.count("PATCH", r"/customers/1$") == 2 and again.failed == 1  # once per run, in the retries
 
 
@@ -384,7 +388,7 @@ def test_a_field_set_after_the_feed_was_read_survives_the_write(conn, apis, monk
 
     monkeypatch.setattr(apis, "_route", dispatcher_sets_a_technician)
 
-    sync_customers(conn, mode="once")
+    sync_customers(conn, SyncOptions(mode="once"))
 
     assert apis.custom(1) == {GATE: "1234", TECH: "Sam", LINK: apis.users[0]["url"], CODE: apis.users[0]["code"]}
 
@@ -392,7 +396,7 @@ def test_a_field_set_after_the_feed_was_read_survives_the_write(conn, apis, monk
 def test_dry_run_sends_nothing_and_records_nothing(conn, apis):
     seed_mixed(apis)
 
-    report = sync_customers(conn, mode="once", dry_run=True)
+    report = sync_customers(conn, SyncOptions(mode="once", dry_run=True))
 
     assert apis.writes() == [] and not any(p.startswith("/api/v2") for _, p in apis.requests)
     assert (report.created, report.skipped, report.return_fields_written) == (3, 5, 6)
@@ -411,13 +415,13 @@ def test_dry_run_sends_nothing_and_records_nothing(conn, apis):
 def test_dry_run_after_a_sync_shows_updates_and_return_field_writes(conn, apis):
     apis.add_customer(1, "Jane Doe", "jane@example.com")
     apis.add_customer(2, "Bob Stone", "bob@example.com")
-    sync_customers(conn, mode="once")
+    sync_customers(conn, SyncOptions(mode="once"))
     apis.rename(1, "Janet Doe")
     apis.customers[2]["customFields"] = []  # someone cleared Bob's fields
     apis.customers[2]["modifiedOn"] = apis.now()
     apis.requests.clear()
 
-    report = sync_customers(conn, mode="ongoing", dry_run=True)
+    report = sync_customers(conn, SyncOptions(mode="ongoing", dry_run=True))
 
     assert apis.writes() == []
     assert (report.updated, report.unchanged, report.return_fields_written) == (1, 1, 2)
@@ -430,11 +434,11 @@ def test_limit_stops_mid_page_and_the_next_run_carries_on(conn, apis):
     for n in range(1, 8):
         apis.add_customer(n, f"Person{n} Test", f"p{n}@example.com")
 
-    first = sync_customers(conn, mode="once", limit=4)  # pages of 3: one full page, then 1 of the next
+    first = sync_customers(conn, SyncOptions(mode="once", limit=4))  # pages of 3: one full page, then 1 of the next
 
     assert (first.created, first.complete) == (4, False)
     assert conn.ledger.get(PASS_KEY)  # the pass is unfinished
-    second = sync_customers(conn, mode="once")  # resumes the pass instead of starting over
+    second = sync_customers(conn, SyncOptions(mode="once"))  # resumes the pass instead of starting over
 
     assert (second.created, second.complete) == (3, True)
     # Customers 1-4, moved to the feed's tail by the first run's return-field writes.
@@ -445,14 +449,14 @@ def test_limit_stops_mid_page_and_the_next_run_carries_on(conn, apis):
 
 def test_full_reconciles_everything_from_the_beginning(conn, apis):
     apis.add_customer(1, "Jane Doe", "jane@example.com")
-    sync_customers(conn, mode="ongoing")
+    sync_customers(conn, SyncOptions(mode="ongoing"))
     apis.customers[1]["customFields"] = [{"typeId": GATE, "name": "Gate Code", "value": "1234"}]  # cleared, not bumped
     apis.requests.clear()
 
-    quiet = sync_customers(conn, mode="ongoing")
+    quiet = sync_customers(conn, SyncOptions(mode="ongoing"))
     assert quiet.examined == 0 and apis.writes() == []
 
-    full = sync_customers(conn, mode="ongoing", full=True)
+    full = sync_customers(conn, SyncOptions(mode="ongoing", full=True))
     assert full.return_fields_written == 2 and apis.count("PATCH", r"/customers/1$") == 1
     assert apis.custom(1)[GATE] == "1234"
 
@@ -462,7 +466,7 @@ def test_an_unknown_return_field_fails_before_anything_is_created(conn, apis):
     conn.config.customer_sync.return_fields = {"Referal Link": "referral_link"}
 
     with pytest.raises(ConfigError) as caught:
-        sync_customers(conn, mode="once")
+        sync_customers(conn, SyncOptions(mode="once"))
 
     assert "Referal Link" in caught.value.message and "Referral Link" in caught.value.message
     assert apis.users == [] and apis.writes() == []
@@ -474,7 +478,7 @@ def test_one_sync_per_connection_at_a_time(conn, apis):
 
     with RunLock(conn.paths, "sync", command="sync-customers --ongoing"):
         with pytest.raises(LockHeld) as caught:
-            sync_customers(conn, mode="once")
+            sync_customers(conn, SyncOptions(mode="once"))
     assert caught.value.exit_code == 7
     assert apis.requests == []
 
@@ -484,9 +488,9 @@ def test_mode_comes_from_the_config_and_bad_arguments_are_usage_errors(conn, api
     conn.config.customer_sync.mode = "ongoing"
     assert sync_customers(conn).mode == "ongoing"
     with pytest.raises(UsageError):
-        sync_customers(conn, mode="sometimes")  # type: ignore[arg-type]
+        sync_customers(conn, SyncOptions(mode="sometimes"))  # type: ignore[arg-type]
     with pytest.raises(UsageError):
-        sync_customers(conn, limit=0)
+        sync_customers(conn, SyncOptions(limit=0))
 
 
 def test_a_customer_changed_while_its_page_is_in_flight_still_gets_one_user(conn, apis, monkeypatch):
@@ -513,7 +517,7 @@ def test_a_customer_changed_while_its_page_is_in_flight_still_gets_one_user(conn
 
     monkeypatch.setattr(apis, "_route", feed_then_change)
 
-    sync_customers(conn, mode="once")
+    sync_customers(conn, SyncOptions(mode="once"))
 
     assert sorted(u["email"] for u in apis.users) == ["x2@example.com", "y@example.com", "z@example.com"]
     assert conn.ledger.get_referrer(1).email == "x2@example.com"
@@ -524,8 +528,145 @@ def test_customers_sharing_an_email_in_one_page_get_one_user(conn, apis):
     for n in range(1, 21):
         apis.add_customer(n, f"Person{n} Test", f"family{n % 4}@example.com")
 
-    report = sync_customers(conn, mode="once")
+    report = sync_customers(conn, SyncOptions(mode="once"))
 
     assert report.created == 4 and report.skipped_by_reason == {"already_referrer": 16}
     assert sorted(u["email"] for u in apis.users) == [f"family{n}@example.com" for n in range(4)]
     assert apis.count("POST", r"^/api/v2/users$") == 4
+
+
+# -- one customer, without feeds or threads (customersync.customer) ------------------------------
+
+
+def handler_for(conn, **options) -> CustomerHandler:
+    types = return_field_types(conn.servicetitan, conn.config.customer_sync.return_fields)
+    return CustomerHandler(conn, types=types, **options)
+
+
+def customer_of(apis: FakeApis, customer_id: int) -> tuple[Customer, list[CustomerContact]]:
+    contacts = [CustomerContact.model_validate(c) for c in apis.contacts.values() if c["customerId"] == customer_id]
+    return Customer.model_validate(apis.customers[customer_id]), contacts
+
+
+def test_one_customer_becomes_a_referrer_with_its_return_fields(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    handler = handler_for(conn)
+
+    plan = handler.plan(*customer_of(apis, 1))
+    outcome = handler.handle(plan)
+
+    assert (outcome.kind, outcome.email, outcome.fields_written, outcome.record_skip) == ("created", "jane@example.com", 2, False)
+    [user] = apis.users
+    assert apis.custom(1) == {GATE: "1234", LINK: user["url"], CODE: user["code"]}
+    record = conn.ledger.get_referrer(1)
+    assert (record.state, record.rf_user_id, record.code, record.error) == ("created", user["id"], user["code"], None)
+    assert conn.ledger.get_return_fields(1) == {"Referral Code": user["code"], "Referral Link": user["url"]}
+    assert apis.count("GET", r"/export/") == 0  # no feed was read
+
+
+def test_one_customer_is_updated_in_place_when_its_mapped_data_changes_and_left_alone_when_not(conn, apis):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    handler = handler_for(conn)
+    handler.handle(handler.plan(*customer_of(apis, 1)))
+    apis.requests.clear()
+
+    unchanged = handler.handle(handler.plan(*customer_of(apis, 1)))
+    assert (unchanged.kind, unchanged.fields_written) == ("unchanged", 0) and apis.writes() == []
+
+    apis.rename(1, "Janet Doe")
+    updated = handler.handle(handler.plan(*customer_of(apis, 1)))
+
+    assert updated.kind == "updated" and len(apis.users) == 1
+    assert apis.writes() == [("PUT", f"/api/v2/users/{apis.users[0]['id']}")]
+    assert apis.users[0]["first_name"] == "Janet" and conn.ledger.get_referrer(1).state == "updated"
+
+
+def test_one_customer_whose_email_is_in_the_campaign_adopts_that_user(conn, apis):
+    apis.add_customer(1, "Sam Known", "sam@example.com")
+    sam = apis.add_user("sam@example.com", "Sam")
+    handler = handler_for(conn)
+
+    outcome = handler.handle(handler.plan(*customer_of(apis, 1)))
+
+    assert outcome.kind == "adopted" and len(apis.users) == 1
+    assert apis.count("POST", r"^/api/v2/users$") == 1 and apis.count("POST", r"/users/search") == 1  # 422, then found
+    assert conn.ledger.get_referrer(1).rf_user_id == sam["id"]
+
+
+def test_a_skipped_customer_is_to_be_recorded_once(conn, apis):
+    from stsync.customersync.customer import record_skip
+
+    apis.add_customer(2, "No Mail")
+    handler = handler_for(conn)
+
+    first = handler.handle(handler.plan(*customer_of(apis, 2)))
+    assert (first.kind, first.reason, first.record_skip) == ("skipped", "no_email", True)
+    assert conn.ledger.get_referrer(2) is None  # the caller records it (with its page)
+    record_skip(conn.ledger, first)
+
+    again = handler.handle(handler.plan(*customer_of(apis, 2)))
+    assert (again.kind, again.record_skip) == ("skipped", False)
+    assert conn.ledger.get_referrer(2).skip_reason == "no_email" and apis.writes() == []
+
+
+def test_a_customers_own_failure_is_its_outcome_and_a_run_level_one_is_raised(conn, apis, monkeypatch):
+    from stsync.errors import AuthError
+
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    apis.add_customer(2, "Bob Stone", "bob@example.com")
+    apis.script[("POST", "/api/v2/users")] = ["422"]
+    handler = handler_for(conn)
+
+    refused = handler.handle(handler.plan(*customer_of(apis, 1)))
+
+    assert refused.kind == "failed" and refused.error["stage"] == "referrer" and refused.error["status"] == 422
+    assert conn.ledger.get_referrer(1).state == "failed"
+
+    original = apis._route
+    monkeypatch.setattr(apis, "_route", lambda method, path, request, body: (
+        httpx.Response(401, json={"message": "Unauthenticated."}) if path == "/api/v2/users" else original(method, path, request, body)
+    ))
+    with pytest.raises(AuthError):
+        handler.handle(handler.plan(*customer_of(apis, 2)))
+    assert conn.ledger.get_referrer(2).state == "pending"  # the intent; the next run searches first
+
+
+def test_return_fields_servicetitan_does_not_keep_fail_only_that_stage(conn, apis, monkeypatch):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    original = apis._route
+
+    def forgetful(method, path, request, body):
+        response = original(method, path, request, body)
+        if method == "PATCH":
+            apis.customers[1]["customFields"] = []
+            return httpx.Response(200, json=apis.customers[1])
+        return response
+
+    monkeypatch.setattr(apis, "_route", forgetful)
+    writes = []
+    handler = handler_for(conn, on_write=writes.append)
+
+    outcome = handler.handle(handler.plan(*customer_of(apis, 1)))
+
+    assert outcome.kind == "failed" and outcome.error["stage"] == "return_fields"
+    record = conn.ledger.get_referrer(1)
+    assert record.state == "created" and record.rf_user_id == apis.users[0]["id"]  # the referrer stays
+    assert len(writes) == 1  # the write was made (and heard of), just not kept
+
+
+def test_a_dry_run_customer_sends_nothing_and_notes_its_email_in_the_scratch_ledger(conn, apis, tmp_path):
+    from stsync.storage.ledger import Ledger
+
+    apis.add_customer(7, "John Smith", "shared@example.com")
+    apis.add_customer(8, "Mary Smith", "shared@example.com")
+    scratch = Ledger.open(tmp_path / "scratch.sqlite3")
+    try:
+        handler = handler_for(conn, dry_run=True, staging=scratch)
+        john = handler.handle(handler.plan(*customer_of(apis, 7)))
+        mary = handler.handle(handler.plan(*customer_of(apis, 8)))
+    finally:
+        scratch.close()
+
+    assert john.kind == "created" and john.sample["action"] == "create"
+    assert (mary.kind, mary.reason, mary.record_skip) == ("skipped", "already_referrer", False)
+    assert apis.writes() == [] and conn.ledger.referrer_counts() == {}

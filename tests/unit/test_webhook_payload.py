@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from stsync.errors import UsageError
-from stsync.services.leads import Lead
+from stsync.leads import Lead
 from stsync.webhooks.payload import (
     LEAD_CREATED,
     LEAD_QUALIFIED,

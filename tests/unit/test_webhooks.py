@@ -9,12 +9,13 @@ ledger is the real one. tests/unit/test_serve_service.py puts the real HTTP serv
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 import pytest
 
 from stsync.errors import InvalidRecord
-from stsync.services.leads import Lead
+from stsync.leads import Lead
 from stsync.webhooks.deliveries import DeliveryEvent, ServeStats
 from stsync.webhooks.handler import MAX_BODY_BYTES, Request, Response, WebhookHandler
 from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED, delivery_key
@@ -244,14 +245,33 @@ def test_a_failing_push_is_recorded_and_the_worker_goes_on(endpoint, conn, pushe
     assert failed.outcome == "failed" and failed.error == {"type": "RuntimeError", "message": "unexpected error; see the log"}
 
 
-def test_a_record_level_push_failure_is_recorded_with_its_error(endpoint, conn, pushes):
+def test_a_record_level_push_failure_is_recorded_with_its_error(endpoint, conn, pushes, caplog):
     conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
+    caplog.set_level(logging.ERROR, logger="stsync.webhooks")
     pushes.fail = InvalidRecord("lead jane@example.com has no value for name", field="name")
     answer = endpoint.send(body=lead_payload())
     assert endpoint.wait_idle()
     record = conn.ledger.get_delivery(answer.body["delivery"])
     assert record.outcome == "failed" and record.error == {"type": "InvalidRecord", "message": "lead jane@example.com has no value for name"}
     assert endpoint.stats.failed == 1
+    assert "fails every delivery" not in caplog.text  # the record's own failure
+
+
+def test_a_run_level_failure_is_recorded_and_logged_as_an_error_and_the_worker_goes_on(endpoint, conn, pushes, caplog):
+    from stsync.errors import AuthError
+
+    conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
+    conn.referral_factory.add(457, "C2", "two@example.com")
+    caplog.set_level(logging.ERROR, logger="stsync.webhooks")
+    pushes.fail = AuthError("ServiceTitan rejected the client credentials")
+    first = endpoint.send(body=lead_payload())
+    assert endpoint.wait_idle()
+    assert "AuthError fails every delivery until it is fixed" in caplog.text
+    pushes.fail = None
+    endpoint.send(body={"id": 457, "email": "two@example.com", "code": "C2", "event": "lead created"})
+    assert endpoint.wait_idle()
+    assert conn.ledger.get_delivery(first.body["delivery"]).outcome == "failed"
+    assert [c[0].referral_code for c in pushes.calls] == ["C2"]
 
 
 def test_lead_qualified_is_recorded_on_the_push(endpoint, conn, pushes):

@@ -71,7 +71,7 @@ def push_lead_command(
     rejected: list = []
     batch = new
     if given[0] == "--email/--first-name":
-        from stsync.services.leads import lead_from_flags
+        from stsync.leads import lead_from_flags
 
         if not (email or "").strip():
             raise UsageError(
@@ -83,38 +83,38 @@ def push_lead_command(
         leads = [lead_from_flags(email, first_name, referral_code=referral_code, campaign_name=campaign_name,
                                  phone=phone, fields=_parse_fields(field or []))]
     elif file is not None:
-        from stsync.services.push import leads_from_input
+        from stsync.leads import leads_from_input
 
         obj = _read_json(file)
         leads, rejected = leads_from_input(obj)
         batch = isinstance(obj, list) or len(leads) + len(rejected) > 1
 
+    from stsync.services import lead_sources
     from stsync.services import push as service
 
     conn = app_ctx.connection()
-    nothing = service.nothing_to_action(conn, kind)
-    if nothing is not None:
-        message, hint = nothing
-        term.warning(message)
-        term.info(f"→ {hint}")
-        app_ctx.emit({"ok": True, "kind": kind, "dry_run": dry_run, "notice": message, "results": [],
+    # Checked once for the whole command: "Nothing to action", then "Setup Required".
+    target = service.push_target(conn, kind)
+    if target.notice is not None:
+        term.warning(target.notice)
+        term.info(f"→ {target.notice_hint}")
+        app_ctx.emit({"ok": True, "kind": kind, "dry_run": dry_run, "notice": target.notice, "results": [],
                       "counts": service.PushReport(kind=kind).counts})
         return
-    service.check_mapping(conn, kind)
 
     if new:
         with term.progress("Pushing new leads" if kind == Kind.LEAD else "Pushing referrers") as bar:
-            report = service.push_new(conn, kind=kind, progress=bar, dry_run=dry_run)
+            report = service.push_new(conn, target, progress=bar, dry_run=dry_run)
     else:
         if code is not None or rf_user_id is not None:
-            leads = [service.fetch_lead(conn, code=code, rf_user_id=rf_user_id)]
+            leads = [lead_sources.fetch_lead(conn, code=code, rf_user_id=rf_user_id)]
         else:
-            leads = service.complete_leads(conn, leads, kind=kind)
+            leads = lead_sources.complete_leads(conn, leads, target)
         if batch:
             with term.progress("Pushing leads", total=len(leads)) as bar:
-                report = service.push_leads(conn, leads, kind=kind, progress=bar, dry_run=dry_run, rejected=rejected)
+                report = service.push_leads(conn, leads, target, progress=bar, dry_run=dry_run, rejected=rejected)
         else:
-            report = service.push_leads(conn, leads, kind=kind, dry_run=dry_run)
+            report = service.push_leads(conn, leads, target, dry_run=dry_run)
 
     if new and not report.results and not dry_run:
         who = "referred lead" if kind == Kind.LEAD else "referrer"

@@ -11,7 +11,7 @@ from stsync.vocabulary import RunMode
 
 if TYPE_CHECKING:
     from stsync.cli.terminal import Terminal
-    from stsync.services.sync import SyncReport
+    from stsync.customersync.report import SyncReport
 
 FAILURES_SHOWN = 5
 
@@ -42,6 +42,7 @@ def sync_customers_command(
         None, "--limit", min=1, help="Read at most N customers from the feed in this run (the next run carries on)."
     ),
 ) -> None:
+    from stsync.customersync.pipeline import SyncOptions
     from stsync.errors import PartialFailure, UsageError
     from stsync.services.sync import sync_customers
 
@@ -50,9 +51,10 @@ def sync_customers_command(
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
     mode = RunMode.ONCE if once else RunMode.ONGOING if ongoing else None
+    options = SyncOptions(mode=mode, full=full, dry_run=dry_run, limit=limit)
     conn = app_ctx.connection()
     with term.progress("Syncing customers" if not dry_run else "Checking customers") as bar:
-        report = sync_customers(conn, mode=mode, full=full, dry_run=dry_run, limit=limit, progress=bar)
+        report = sync_customers(conn, options, progress=bar)
 
     _render(term, report, limit)
     app_ctx.emit({"ok": report.failed == 0, **report.to_dict()})

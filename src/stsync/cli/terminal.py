@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from stsync.progress import Progress
+
 
 class Terminal:
     def __init__(self, *, verbosity: int = 0, quiet: bool = False, json_mode: bool = False) -> None:
@@ -112,8 +114,9 @@ class Terminal:
             yield ProgressHandle(progress, task)
 
 
-class ProgressHandle:
-    """What services receive as a progress callback: ``advance(n)`` / ``total(n)``."""
+class ProgressHandle(Progress):
+    """The progress bar as services see it (``stsync.progress.Progress``); a no-op off a
+    terminal."""
 
     def __init__(self, progress: Any, task: Any) -> None:
         self._progress = progress

@@ -26,7 +26,7 @@ from stsync.errors import InvalidRecord, SetupRequired
 from stsync.mapping.validation import booking_mapping_problems, missing_required
 from stsync.mapping.values import BadValue, RawValue, convert
 from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS
-from stsync.services.leads import Lead
+from stsync.leads import Lead
 from stsync.servicetitan.vocabulary import ADDRESS_PARTS, BOOKING_TARGETS, REQUIRED_ADDRESS_PARTS, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import BookingSettings, FieldSpec, FromField, TemplateValue
 

@@ -29,7 +29,7 @@ from stsync.errors import ConfigError
 from stsync.mapping.validation import missing_referrer_target
 from stsync.mapping.values import is_email_address
 from stsync.mapping.vocabulary import CUSTOM_PREFIX, CUSTOMER_SOURCES, REQUIRED_REFERRER_TARGETS
-from stsync.services.leads import META_PREFIX
+from stsync.leads import META_PREFIX
 from stsync.servicetitan.models import Customer
 from stsync.storage.config import FieldSpec, FromField, TemplateValue
 from stsync.suggestions import did_you_mean

@@ -30,7 +30,7 @@ from stsync.mapping.vocabulary import (
     is_customer_source,
     select_options,
 )
-from stsync.services.leads import LEAD_FIELDS, META_PREFIX, is_lead_source
+from stsync.leads import LEAD_FIELDS, META_PREFIX, is_lead_source
 from stsync.servicetitan.vocabulary import ADDRESS_PARTS, BOOKING_TARGETS, REQUIRED_ADDRESS_PARTS, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
     BookingSettings,

@@ -8,7 +8,7 @@
 - Referrer targets: ``REFERRER_TARGETS`` plus ``meta.<form field label>``.
 - Return values: ``RETURN_VALUES`` (what ``[customer_sync.return_fields]`` may write back).
 
-Lead sources are the Lead's own vocabulary (``stsync.services.leads``). Constants only, and
+Lead sources are the Lead's own vocabulary (``stsync.leads``). Constants only, and
 lookups that cannot fail on a known target.
 """
 

@@ -15,8 +15,16 @@ the same request order fails the same way.
   retry_after`` (someone else spent the tenant's budget).
 - ``token_ttl``: tokens issued from now on stop working after this many seconds, although
   ``expires_in`` still announces the normal lifetime (early expiry → a 401 mid-run).
-- ``path_contains``: limit ``error_rate``, ``commit_then_500_rate``, latency and spikes to
-  requests whose path contains this text (e.g. ``"/bookings"`` or ``"/users"``).
+- ``maintenance_rate``: the share of ServiceTitan API requests answered 409 "The service is
+  suspended for maintenance" before anything happens (api/servicetitan.md §11: retried by
+  tap-service-titan like a 503).
+- ``rf_admin_403_path``: Referral Factory requests whose path contains this text are
+  answered 403 "This action is unauthorized." — the errors page's admin-only 403, whose text
+  does not say "blocked" (the IP block's does). Set it mid-run to make an endpoint that
+  worked earlier refuse.
+- ``path_contains``: limit ``error_rate``, ``commit_then_500_rate``, ``maintenance_rate``,
+  latency and spikes to requests whose path contains this text (e.g. ``"/bookings"`` or
+  ``"/users"``).
 """
 
 from __future__ import annotations
@@ -38,11 +46,13 @@ class Faults:
     burst_429: int = 0
     retry_after: int = 1
     token_ttl: float | None = None
+    maintenance_rate: float = 0.0
+    rf_admin_403_path: str | None = None
     path_contains: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "commit_then_500_rate", "spike_rate"):
+        for name in ("error_rate", "commit_then_500_rate", "spike_rate", "maintenance_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"Faults.{name} must be between 0 and 1, not {value!r}")
@@ -74,6 +84,8 @@ class Decision:
     fail_before: bool = False  # 503, nothing applied
     fail_after: bool = False  # applied, then 500
     throttle: bool = False  # 429 burst
+    maintenance: bool = False  # ServiceTitan 409 "suspended for maintenance", nothing applied
+    forbidden: bool = False  # Referral Factory admin-only 403
 
 
 class FaultInjector:
@@ -97,27 +109,42 @@ class FaultInjector:
             self._random = random.Random(faults.seed)
             self._burst_left = faults.burst_429
 
-    def decide(self, *, method: str, path: str, servicetitan_api: bool) -> Decision:
+    def decide(self, *, method: str, path: str, servicetitan_api: bool, referral_factory: bool = False) -> Decision:
         with self._lock:
             faults = self._faults
             throttle = False
             if servicetitan_api and self._burst_left > 0:
                 self._burst_left -= 1
                 throttle = True
+            forbidden = referral_factory and bool(faults.rf_admin_403_path) and faults.rf_admin_403_path in path
             targeted = faults.path_contains is None or faults.path_contains in path
             if not targeted:
-                return Decision(delay=self.base_latency, throttle=throttle)
+                return Decision(delay=self.base_latency, throttle=throttle, forbidden=forbidden)
             delay = self.base_latency + faults.latency
             if faults.spike_rate and self._random.random() < faults.spike_rate:
                 delay += faults.spike_seconds
             fail_before = bool(faults.error_rate) and self._random.random() < faults.error_rate
+            maintenance = (
+                servicetitan_api
+                and not fail_before
+                and bool(faults.maintenance_rate)
+                and self._random.random() < faults.maintenance_rate
+            )
             fail_after = (
                 not fail_before
+                and not maintenance
                 and method in WRITE_METHODS
                 and bool(faults.commit_then_500_rate)
                 and self._random.random() < faults.commit_then_500_rate
             )
-            return Decision(delay=delay, fail_before=fail_before, fail_after=fail_after, throttle=throttle)
+            return Decision(
+                delay=delay,
+                fail_before=fail_before,
+                fail_after=fail_after,
+                throttle=throttle,
+                maintenance=maintenance,
+                forbidden=forbidden,
+            )
 
     def token_lifetime(self, normal: float) -> float:
         """How long a token issued now really lives."""

@@ -15,8 +15,9 @@ import bisect
 class ModifiedIndex:
     """Record ids sorted by ``(modifiedOn ms, id)``: the order of an export feed.
 
-    A change always gets the newest timestamp, so re-indexing a record is a removal plus an
-    append at (or near) the end.
+    A live change always gets the newest timestamp, so re-indexing a record is a removal
+    plus an append at (or near) the end. Seeded and backdated records may tie on
+    ``modifiedOn``: the id breaks the tie.
     """
 
     def __init__(self) -> None:
@@ -31,6 +32,15 @@ class ModifiedIndex:
                 del self._keys[i]
         self._ms[record_id] = ms
         bisect.insort(self._keys, (ms, record_id))
+
+    def position(self, record_id: int) -> int | None:
+        """The ms a record is indexed at (None if it is not indexed)."""
+        return self._ms.get(record_id)
+
+    def ids_since(self, ms: int) -> list[int]:
+        """Ids of the records indexed at ``ms`` or later (``modifiedOnOrAfter``), in index order."""
+        start = bisect.bisect_left(self._keys, (ms, -(2**63)))
+        return [record_id for _, record_id in self._keys[start:]]
 
     def after(
         self, position: tuple[int, int] | None, *, limit: int, until_ms: int | None

@@ -60,6 +60,7 @@ class AbuseTracker:
         self._lock = threading.Lock()
         self._refusals: dict[str, int] = {}
         self._blocked: set[str] = set()
+        self._everyone = False
 
     def refused(self, ip: str) -> None:
         with self._lock:
@@ -70,7 +71,12 @@ class AbuseTracker:
 
     def blocked(self, ip: str) -> bool:
         with self._lock:
-            return ip in self._blocked
+            return self._everyone or ip in self._blocked
+
+    def block_everyone(self) -> None:
+        """Block every caller at once (another app on the same key abused the limit)."""
+        with self._lock:
+            self._everyone = True
 
     def refusals(self, ip: str) -> int:
         with self._lock:
@@ -80,3 +86,4 @@ class AbuseTracker:
         with self._lock:
             self._refusals.clear()
             self._blocked.clear()
+            self._everyone = False

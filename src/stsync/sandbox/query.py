@@ -3,6 +3,9 @@
 Names are case-insensitive, values are typed (a wrong type is a 400 naming the parameter),
 unknown parameters are ignored, ``page`` ≥ 1, 1 ≤ ``pageSize`` ≤ 5000 (the largest size is
 unconfirmed: the strict reading), ``ids`` at most 50, ``sort`` is ``+Field``/``-Field``.
+Enum values (``jobStatus``, ``active``) must be spelt as the spec lists them: ``completed``
+or ``any`` is a 400 (the strict reading; api/servicetitan.md §5.4: "validate …
+case-sensitively").
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ class Query:
 
     def refuse(self, name: str, message: str) -> None:
         """Record an error about parameter ``name``; ``check()`` answers 400 with all of them."""
-        self.errors.setdefault(name, []).append(message)
+        messages = self.errors.setdefault(name, [])
+        if message not in messages:
+            messages.append(message)
 
     def integer(self, name: str, *, bits: int = 64) -> int | None:
         value = self.raw(name)
@@ -95,10 +100,10 @@ class Query:
         value = self.raw(name)
         if value is None:
             return None
-        for option in options:
-            if option.lower() == value.lower():
-                return option
-        self._bad(name, value)
+        choices = tuple(options)
+        if value in choices:
+            return value
+        self._bad(name, value, f"The value '{value}' is not valid for {name}. Valid values: {', '.join(choices)}.")
         return None
 
     def sort(self, fields: dict[str, str]) -> tuple[str, bool] | None:

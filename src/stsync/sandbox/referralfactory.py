@@ -6,33 +6,70 @@ reading is taken and written here:
 - Auth: ``Authorization: Bearer <key>``; anything else → 401 ``{"message": "Unauthenticated."}``.
   An ``Accept`` header that excludes JSON → 406.
 - Errors: ``{"code", "message", "errors": {field: [{"field", "message"}]}}`` for 422s;
-  ``{"code", "message"}`` for the rest.
+  ``{"code", "message"}`` for the rest. An unknown path under ``/api/v2`` is the API's own
+  JSON 404 ``{"code": 404, "message": "Not Found"}``; a missing record says which
+  ("User not found.").
 - Lists use Laravel's paginator (``data``, ``links``, ``meta``); ``per_page`` defaults to
-  25 and may not exceed 250 (422 above it); ``page`` starts at 1.
+  25 and may not exceed 250 (422 above it) — for ``POST /users/search`` too; ``page``
+  starts at 1.
 - ``GET /users`` **ignores** ``campaign_id`` and every other filter (the observed quirk):
   it pages through every user of the account.
 - ``POST /users/search`` takes ``{"filters": {"operator": "AND"|"OR", "value": [{field,
-  value, operator}]}}``; operators ``=``, ``!=``, ``like``; string comparison is
-  case-insensitive (MySQL's default collation); answers a Laravel page.
+  value, operator}]}}``; fields ``id``, ``campaign_id``, ``email``, ``code``,
+  ``first_name``, ``type``, ``source``, ``referrer_id``; operators ``=``, ``!=``, ``like``;
+  string comparison is case-insensitive (MySQL's default collation); answers a Laravel page.
 - ``POST /users``: ``campaign_id``, ``first_name``, ``email`` required; the campaign must
   exist and be launched; an e-mail already in the campaign → 422 "The email already
   exists in this campaign."; an unknown referrer → 422. ``referrer`` makes a
-  ``person_invited`` lead. Answers 201 ``{"data": user}``.
+  ``person_invited`` lead. Answers 201 ``{"data": user}``. The e-mail must be an ASCII
+  dot-atom (local part ≤ 64 characters) at an ASCII domain with a dot: ``josé@…`` and
+  ``a,b@…`` are 422 "The email must be a valid email address." (the strict reading of
+  Laravel's ``email`` rule; also on ``PUT``). ``meta[].value`` is text or a number (stored as
+  text).
 - ``GET /users/{identifier}``: an id (digits), else an e-mail or a code.
 - ``PUT /users/qualification``: exactly one of ``id``, ``code``, or ``email`` +
   ``campaign_id``; only referred users (``person_invited``) can be qualified → else 422.
 - Rate limit: ``per_minute`` per API key → 429 ``{"message": "Too Many Attempts."}`` with
   ``Retry-After``; after ``block_after`` such refusals the caller's IP is blocked: every
-  further request → 403 "IP blocked".
+  further request → 403 "Your IP address has been blocked for abusing the API rate
+  limit." (the block's text says "blocked"; ``Sandbox.block_ips`` blocks every caller at
+  once). The admin-only 403 of the errors page says "This action is unauthorized." (the
+  ``rf_admin_403_path`` fault).
+- Reads see a write at once (read-after-write), unless the ``lookup_lag_seconds`` variant
+  says otherwise.
+
+Variants (``variants.py``; each off by default; ``docs/sandbox.md`` has their sources):
+
+- ``rf_cursor_paging``: lists and search answer Laravel's cursor paginator: ``links.next``
+  (and ``prev``) hold a URL with an opaque ``cursor`` (the request's other query parameters
+  kept), ``links.first``/``last`` are null, ``meta`` is ``{path, per_page, next_cursor,
+  prev_cursor}`` (no ``current_page``, ``last_page``, ``total``). ``page=N`` is **ignored**
+  (every ``page`` is the first page), as Laravel's cursor paginator does; an unreadable
+  cursor reads as none. A search's next page is a ``POST`` of the same body to
+  ``links.next``.
+- ``rf_search_refuses_type``: a search filter on ``type`` → 422
+  (``filters.value.N.field``: "The selected filters.value.N.field is invalid.").
+- ``rf_search_max_per_page``: a search with ``per_page`` above N → 422 "The per page must
+  not be greater than N." (``GET /users`` keeps 250).
+- ``rf_mixed_meta``: the seeded users that carry list or object ``meta[].value`` show them,
+  and ``POST``/``PUT /users`` accept and keep list and object values.
+- ``lookup_lag_seconds``: a user created by ``POST /users`` is not found by ``POST
+  /users/search`` until N seconds after the create committed (``GET /users/{id}`` and the
+  duplicate-e-mail 422 see it at once).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
+import json
 import random
 import re
 import secrets
 import string
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +78,7 @@ from urllib.parse import urlencode
 from stsync.sandbox.faults import Decision
 from stsync.sandbox.limits import AbuseTracker, SlidingWindow, retry_after_header
 from stsync.sandbox.server import BadJson, HttpError, NoRoute, Request, Response, Router
+from stsync.sandbox.variants import VariantSwitch
 
 API_PREFIX = "/api/v2"
 DEFAULT_PER_PAGE = 25
@@ -48,8 +86,20 @@ MAX_PER_PAGE = 250
 PERSON_REFERRING = "person_referring"
 PERSON_INVITED = "person_invited"
 SEARCH_FIELDS = ("id", "campaign_id", "email", "code", "first_name", "type", "source", "referrer_id")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# What Laravel's ``email`` rule lets through, read strictly: an ASCII dot-atom local part of
+# at most 64 characters (no comma, no "josé"), an ASCII domain with a dot.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_EMAIL = re.compile(
+    rf"^(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?P<domain>(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{{2,}})$"
+)
+ADMIN_ONLY_MESSAGE = "This action is unauthorized."
+IP_BLOCKED_MESSAGE = "Your IP address has been blocked for abusing the API rate limit."
 _CODE_ALPHABET = string.ascii_letters + string.digits
+
+
+def valid_email(text: str) -> bool:
+    found = _EMAIL.fullmatch(text)
+    return found is not None and len(found.group("local")) <= 64 and len(text) <= 254
 
 
 def rf_error(status: int, message: str, *, headers: dict | None = None) -> HttpError:
@@ -86,8 +136,10 @@ class ReferralFactory:
         block_after: int,
         base_url: Callable[[], str],
         rng_seed: int,
+        variants: VariantSwitch | None = None,
     ) -> None:
         self.lock = threading.RLock()
+        self.variants = variants or VariantSwitch()
         self.api_key = api_key
         self.rate = SlidingWindow(per_minute, 60.0)
         self.abuse = AbuseTracker(block_after)
@@ -119,7 +171,7 @@ class ReferralFactory:
         """IP block → auth → rate limit → faults → the endpoint (→ commit-then-500)."""
         try:
             if self.abuse.blocked(request.client_ip):
-                raise rf_error(403, "Your IP address has been blocked for abusing the API rate limit.")
+                raise rf_error(403, IP_BLOCKED_MESSAGE)
             header = request.header("authorization") or ""
             with self.lock:
                 key = self.api_key
@@ -128,6 +180,8 @@ class ReferralFactory:
             accept = (request.header("accept") or "").lower()
             if accept and "json" not in accept and "*/*" not in accept and "application/*" not in accept:
                 raise rf_error(406, "You requested a format that isn't in JSON format.")
+            if decision.forbidden:
+                raise rf_error(403, ADMIN_ONLY_MESSAGE)
             wait = self.rate.admit(key)
             if wait is not None:
                 self.abuse.refused(request.client_ip)
@@ -158,22 +212,34 @@ class ReferralFactory:
             raise rf_error(400, "The request body must be a JSON object.")
         return body
 
-    def _paging(self, request: Request) -> tuple[int, int]:
+    def _paging(self, request: Request, *, max_per_page: int = MAX_PER_PAGE, cursor: bool = False) -> tuple[int, int]:
         errors = {}
-        page = _positive_int(request.query_value("page"), 1)
+        # Laravel's cursor paginator never reads ``page``: it is ignored, not refused.
+        page = 1 if cursor else _positive_int(request.query_value("page"), 1)
         per_page = _positive_int(request.query_value("per_page"), DEFAULT_PER_PAGE)
         if page is None:
             errors["page"] = "The page must be an integer of at least 1."
         if per_page is None:
             errors["per_page"] = "The per page must be an integer of at least 1."
-        elif per_page > MAX_PER_PAGE:
-            errors["per_page"] = f"The per page must not be greater than {MAX_PER_PAGE}."
+        elif per_page > max_per_page:
+            errors["per_page"] = f"The per page must not be greater than {max_per_page}."
         if errors:
             raise validation_error(errors, message=next(iter(errors.values())))
         return page or 1, per_page or DEFAULT_PER_PAGE
 
-    def _laravel_page(self, request: Request, rows: list[dict], render: Callable[[dict], dict]) -> dict:
-        page, per_page = self._paging(request)
+    def _laravel_page(
+        self,
+        request: Request,
+        rows: list[dict],
+        render: Callable[[dict], dict],
+        *,
+        max_per_page: int = MAX_PER_PAGE,
+    ) -> dict:
+        """One page of ``rows`` (sorted by id) as Laravel's paginator, or its cursor paginator
+        with the ``rf_cursor_paging`` variant."""
+        if self.variants.current.rf_cursor_paging:
+            return self._cursor_page(request, rows, render, max_per_page=max_per_page)
+        page, per_page = self._paging(request, max_per_page=max_per_page)
         total = len(rows)
         last_page = max(1, -(-total // per_page))
         start = (page - 1) * per_page
@@ -202,6 +268,36 @@ class ReferralFactory:
             },
         }
 
+    def _cursor_page(
+        self, request: Request, rows: list[dict], render: Callable[[dict], dict], *, max_per_page: int
+    ) -> dict:
+        """Laravel's ``cursorPaginate``: ``links.next``/``prev`` carry an opaque ``cursor``;
+        ``first``/``last`` are null and ``meta`` has no ``current_page``, ``last_page`` or
+        ``total``. ``page`` is ignored; an unreadable cursor reads as none (the first page)."""
+        _, per_page = self._paging(request, max_per_page=max_per_page, cursor=True)
+        position = _decode_cursor(request.query_value("cursor") or "")
+        ids = [row["id"] for row in rows]
+        if position is None:
+            start = 0
+        elif position[1]:  # the items after an id
+            start = bisect.bisect_right(ids, position[0])
+        else:  # the page before an id
+            start = max(0, bisect.bisect_left(ids, position[0]) - per_page)
+        chosen = rows[start : start + per_page]
+        path = self._base_url() + request.path
+        kept = {k: v[0] for k, v in request.query.items() if k not in ("cursor", "page") and v}
+
+        def link(cursor: str | None) -> str | None:
+            return None if cursor is None else f"{path}?{urlencode({**kept, 'cursor': cursor})}"
+
+        next_cursor = _encode_cursor(chosen[-1]["id"], True) if chosen and start + per_page < len(rows) else None
+        prev_cursor = _encode_cursor(chosen[0]["id"], False) if chosen and start > 0 else None
+        return {
+            "data": [render(row) for row in chosen],
+            "links": {"first": None, "last": None, "prev": link(prev_cursor), "next": link(next_cursor)},
+            "meta": {"path": path, "per_page": per_page, "next_cursor": next_cursor, "prev_cursor": prev_cursor},
+        }
+
     # ------------------------------------------------------------------ campaigns
     def add_campaign(self, campaign: dict) -> dict:
         self.campaigns[campaign["id"]] = campaign
@@ -226,7 +322,12 @@ class ReferralFactory:
 
     # ------------------------------------------------------------------ users
     def user_out(self, user: dict) -> dict:
-        return _copy(user)
+        """The API shape of a stored user (with the ``rf_mixed_meta`` variant, the users the
+        seed gave list or object values show them)."""
+        out = {k: _copy(v) for k, v in user.items() if not k.startswith("_")}
+        if user.get("_mixed_meta") is not None and self.variants.current.rf_mixed_meta:
+            out["meta"] = _copy(user["_mixed_meta"])
+        return out
 
     def new_code(self) -> str:
         while True:
@@ -325,19 +426,14 @@ class ReferralFactory:
         email = body.get("email")
         if not isinstance(email, str) or not email.strip():
             errors["email"] = "The email field is required."
-        elif not _EMAIL.match(email.strip()):
+        elif not valid_email(email.strip()):
             errors["email"] = "The email must be a valid email address."
         elif campaign is not None and (campaign["id"], email.strip().casefold()) in self.users_by_email:
             errors["email"] = "The email already exists in this campaign."
         meta = body.get("meta", [])
         if meta is None:
             meta = []
-        if not isinstance(meta, list) or not all(
-            isinstance(m, dict)
-            and isinstance(m.get("field"), str)
-            and (m.get("value") is None or isinstance(m.get("value"), (str, int, float)))
-            for m in meta
-        ):
+        if not self._meta_ok(meta):
             errors["meta"] = "The meta must be a list of {field, value} objects."
         if "notify" in body and not isinstance(body["notify"], bool):
             errors["notify"] = "The notify field must be true or false."
@@ -364,9 +460,29 @@ class ReferralFactory:
             type=PERSON_INVITED if referrer else PERSON_REFERRING,
             source="Api",
             referrer_id=referrer["id"] if referrer else None,
-            meta=[{"field": m["field"], "value": None if m.get("value") is None else str(m["value"])} for m in meta],
+            meta=[{"field": m["field"], "value": self._meta_value(m.get("value"))} for m in meta],
         )
+        user["_committed_at"] = time.time()  # the lookup_lag variant hides it from search for a while
         return Response(201, {"data": self.user_out(user)})
+
+    def _meta_ok(self, meta: Any) -> bool:
+        """``meta`` is ``[{field, value}]``; a value is text or a number, or with the
+        ``rf_mixed_meta`` variant also a list or an object (the documented *mixed* type)."""
+        kinds: tuple[type, ...] = (str, int, float)
+        if self.variants.current.rf_mixed_meta:
+            kinds += (list, dict)
+        return isinstance(meta, list) and all(
+            isinstance(m, dict)
+            and isinstance(m.get("field"), str)
+            and (m.get("value") is None or isinstance(m.get("value"), kinds))
+            for m in meta
+        )
+
+    @staticmethod
+    def _meta_value(value: Any) -> Any:
+        if value is None or isinstance(value, (list, dict)):
+            return _copy(value)
+        return str(value)
 
     def _referrer(self, campaign_id: int, field: str, value: str) -> dict | None:
         if field == "id":
@@ -387,16 +503,13 @@ class ReferralFactory:
             errors["first_name"] = "The first name field must be a non-empty string."
         if "email" in body:
             email = body["email"]
-            if not isinstance(email, str) or not _EMAIL.match(email.strip()):
+            if not isinstance(email, str) or not valid_email(email.strip()):
                 errors["email"] = "The email must be a valid email address."
             else:
                 owner = self.users_by_email.get((user["campaign_id"], email.strip().casefold()))
                 if owner is not None and owner != user["id"]:
                     errors["email"] = "The email already exists in this campaign."
-        if "meta" in body and not (
-            isinstance(body["meta"], list)
-            and all(isinstance(m, dict) and isinstance(m.get("field"), str) for m in body["meta"])
-        ):
+        if "meta" in body and not self._meta_ok(body["meta"]):
             errors["meta"] = "The meta must be a list of {field, value} objects."
         if errors:
             raise validation_error(errors)
@@ -409,13 +522,13 @@ class ReferralFactory:
             user["email"] = body["email"].strip()
             self.users_by_email[(user["campaign_id"], user["email"].casefold())] = user["id"]
         if "meta" in body:
-            merged = {m["field"]: m for m in user["meta"]}
-            for item in body["meta"]:
-                merged[item["field"]] = {
-                    "field": item["field"],
-                    "value": None if item.get("value") is None else str(item["value"]),
-                }
-            user["meta"] = list(merged.values())
+            for key in ("meta", "_mixed_meta"):  # the mixed copy shown by rf_mixed_meta follows the update too
+                if user.get(key) is None:
+                    continue
+                merged = {m["field"]: m for m in user[key]}
+                for item in body["meta"]:
+                    merged[item["field"]] = {"field": item["field"], "value": self._meta_value(item.get("value"))}
+                user[key] = list(merged.values())
         return Response(200, {"data": self.user_out(user)})
 
     def _delete_user(self, request: Request, identifier: str) -> Response:
@@ -437,19 +550,25 @@ class ReferralFactory:
         combine = str(filters.get("operator") or "AND").upper()
         if combine not in ("AND", "OR"):
             raise validation_error({"filters.operator": "The filters operator must be AND or OR."})
+        variants = self.variants.current
         conditions = []
         for i, condition in enumerate(filters["value"]):
             if not isinstance(condition, dict):
                 raise validation_error({f"filters.value.{i}": "Each filter must be {field, value, operator}."})
             field = condition.get("field")
             operator = str(condition.get("operator") or "=").lower()
-            if field not in SEARCH_FIELDS:
-                raise validation_error({f"filters.value.{i}.field": f"The field {field!r} cannot be searched."})
+            if field not in SEARCH_FIELDS or (field == "type" and variants.rf_search_refuses_type):
+                key = f"filters.value.{i}.field"
+                raise validation_error({key: f"The selected {key} is invalid."})
             if operator not in ("=", "!=", "like"):
                 raise validation_error({f"filters.value.{i}.operator": f"The operator {operator!r} is not supported."})
             conditions.append((field, operator, condition.get("value")))
         rows = self._matching_users(conditions, combine)
-        return Response(200, self._laravel_page(request, rows, self.user_out))
+        if variants.lookup_lag_seconds:
+            hidden_after = time.time() - variants.lookup_lag_seconds
+            rows = [u for u in rows if u.get("_committed_at") is None or u["_committed_at"] <= hidden_after]
+        max_per_page = variants.rf_search_max_per_page or MAX_PER_PAGE
+        return Response(200, self._laravel_page(request, rows, self.user_out, max_per_page=max_per_page))
 
     def _matching_users(self, conditions: list[tuple[str, str, Any]], combine: str) -> list[dict]:
         candidates: list[dict] | None = None
@@ -534,6 +653,24 @@ def _condition(field: str, operator: str, value: Any) -> Callable[[dict], bool]:
     if operator == "!=":
         return lambda user: text(user.get(field)) != wanted
     return lambda user: text(user.get(field)) == wanted
+
+
+def _encode_cursor(user_id: int, forward: bool) -> str:
+    raw = json.dumps({"users.id": user_id, "_pointsToNextItems": forward}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(text: str) -> tuple[int, bool] | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode())
+        user_id, forward = data["users.id"], data["_pointsToNextItems"]
+    except (binascii.Error, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or not isinstance(forward, bool):
+        return None
+    return user_id, forward
 
 
 def _positive_int(value: str | None, default: int) -> int | None:

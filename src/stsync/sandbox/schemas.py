@@ -21,6 +21,8 @@ Readings chosen where ServiceTitan is silent (api/servicetitan.md marks them unc
   is a 400, not silently dropped (the strict reading; it catches ``isFirstTimeCustomer``).
 - ``null`` is accepted only where the spec marks a field nullable — and for ``unit`` in the
   patch address models, which list it as required: it must be present, may be null.
+- A customer custom field's ``value`` is not checked for emptiness here: whether ``""`` is
+  refused depends on what the customer already holds (``servicetitan.py`` decides).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 _CONVERSION_VALIDATORS = frozenset({"type", "enum", "format", "additionalProperties", "const"})
+_EMPTINESS_CHECKED_ELSEWHERE = frozenset({("Crm.V2.Customers.CustomFieldUpdateModel", "value")})
 
 
 def parse_rfc3339(text: str) -> datetime | None:
@@ -100,9 +103,11 @@ def request_document() -> dict[str, Any]:
     """The schemas requests are checked against: ``minLength: 1`` added on required strings,
     because ASP.NET's ``[Required]`` rejects an empty string as missing."""
     doc = json.loads(json.dumps(raw_document()))
-    for definition in doc["$defs"].values():
+    for def_name, definition in doc["$defs"].items():
         properties = definition.get("properties") or {}
         for name in definition.get("required") or ():
+            if (def_name, name) in _EMPTINESS_CHECKED_ELSEWHERE:
+                continue
             prop = properties.get(name)
             if name == "unit" and isinstance(prop, dict):
                 # The patch address models list ``unit`` as required, yet most addresses have

@@ -9,8 +9,18 @@ booking provider tag of the app, another provider's tag, and job types.
 Referral Factory: a launched campaign with referrers and referred leads, a paused campaign
 with its own users (one lead already qualified, one sharing an e-mail with a lead of the
 launched campaign), so a client that trusts ``GET /users?campaign_id=`` sees strangers.
+Every third lead (index 1, 4, 7, …) and the first referrer also hold list or object
+``meta`` values, shown only with the ``rf_mixed_meta`` variant.
+
+Customer special cases also include custom-field values a PATCH could not set today: an
+empty value, a Dropdown value that is no longer an option, a value of a type the tenant no
+longer lists ("Alarm Code"), and "Square Footage" (Numeric); and households — customers
+that share one e-mail (``index % 20`` in 15, 16, 17: 15-17 and 35-36 with 40 customers).
 
 Every special case sits at a small index, so a sandbox with a few dozen customers has each.
+
+``seed_bookings`` (``Sandbox(bookings=N)``) adds a booking history, deterministic and in the
+past: see its docstring.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from stsync.sandbox.clock import to_ms
+from stsync.sandbox.clock import iso_ms, to_ms
 
 FIRST_NAMES = (
     "James",
@@ -118,9 +128,15 @@ CUSTOM_FIELD_TYPES = (
     (102, "Referral Link", "Text", []),
     (103, "Referral Code", "Text", []),
     (104, "Preferred Technician", "Dropdown", ["Alex", "Sam", "Jordan"]),
+    (105, "Square Footage", "Numeric", []),
 )
+# Retired by the tenant: no longer listed by GET /customers/custom-fields, yet customers keep values.
+RETIRED_FIELD_TYPES = ((106, "Alarm Code", "Text", []),)
 GATE_CODE_TYPE_ID = 101
 TECHNICIAN_TYPE_ID = 104
+SQUARE_FOOTAGE_TYPE_ID = 105
+ALARM_CODE_TYPE_ID = 106
+RETIRED_TECHNICIAN = "Chris"  # a technician who left: no longer a Dropdown option
 
 _EPOCH = datetime(2022, 1, 1, tzinfo=UTC)
 _SEED_TIME_MS = to_ms(datetime(2021, 6, 1, tzinfo=UTC))
@@ -218,11 +234,22 @@ def customer_plan(index: int, rng: random.Random, *, recent: bool = False) -> Cu
     contacts = [("Email", e) for e in emails]
     if index % 4 != 1:
         contacts.append(("Phone" if index % 4 == 2 else "MobilePhone", phone(rng)))
-    custom_fields = []
+    values: dict[int, str] = {}
     if index % 3 == 0:
-        custom_fields.append({"typeId": GATE_CODE_TYPE_ID, "value": f"#{rng.randint(1000, 9999)}"})
+        values[GATE_CODE_TYPE_ID] = f"#{rng.randint(1000, 9999)}"
     if index % 7 == 3:
-        custom_fields.append({"typeId": TECHNICIAN_TYPE_ID, "value": rng.choice(["Alex", "Sam", "Jordan"])})
+        values[TECHNICIAN_TYPE_ID] = rng.choice(["Alex", "Sam", "Jordan"])
+    # Values a PATCH could not set today, which the customer holds anyway (no random draws:
+    # the rest of the world stays as it was):
+    if index % 5 == 0:
+        values[SQUARE_FOOTAGE_TYPE_ID] = str(900 + index * 137 % 3100)
+    if index % 23 == 5:
+        values[GATE_CODE_TYPE_ID] = ""  # an empty value
+    if index % 29 == 10:
+        values[TECHNICIAN_TYPE_ID] = RETIRED_TECHNICIAN  # no longer an option
+    if index % 31 == 12:
+        values[ALARM_CODE_TYPE_ID] = f"{index * 7919 % 10000:04d}"  # a type no longer listed
+    custom_fields = [{"typeId": type_id, "value": value} for type_id, value in values.items()]
     if recent:
         created = modified = 0  # stamped at creation
     else:
@@ -247,6 +274,8 @@ def seed_servicetitan(st, rng: random.Random, customers: int) -> None:
     """Fill ``st`` (a ``ServiceTitan``) with the seeded tenant."""
     for type_id, name, data_type, options in CUSTOM_FIELD_TYPES:
         st.add_field_type(type_id, name, data_type, options, ms=_SEED_TIME_MS)
+    for type_id, name, data_type, options in RETIRED_FIELD_TYPES:
+        st.add_field_type(type_id, name, data_type, options, ms=_SEED_TIME_MS, listed=False)
     created = {"createdOn": "2021-06-01T00:00:00.000Z", "modifiedOn": "2021-06-01T00:00:00.000Z"}
     st.tags[st.booking_provider] = {
         "id": st.booking_provider,
@@ -288,8 +317,25 @@ def seed_servicetitan(st, rng: random.Random, customers: int) -> None:
             "externalData": [],
             "active": True,
         }
+    household_email: str | None = None
     for index in range(customers):
-        add_planned_customer(st, customer_plan(index, rng))
+        plan = customer_plan(index, rng)
+        household_email = share_household_email(index, plan, household_email)
+        add_planned_customer(st, plan)
+
+
+def share_household_email(index: int, plan: CustomerPlan, head_email: str | None) -> str | None:
+    """Households, landlords and property managers: the customers at ``index % 20`` 16 and 17
+    use the e-mail of the customer at 15 (the second with other capitals). Returns the
+    e-mail the next customers may share."""
+    first = next((value for kind, value in plan.contacts if kind == "Email"), None)
+    if index % 20 == 15:
+        return first if first and "@" in first else None
+    if index % 20 in (16, 17) and head_email and first and "@" in first:
+        shared = head_email if index % 20 == 16 else head_email[:1].upper() + head_email[1:]
+        at = next(i for i, (kind, _) in enumerate(plan.contacts) if kind == "Email")
+        plan.contacts[at] = ("Email", shared)
+    return head_email if index % 20 in (15, 16) else None
 
 
 def add_planned_customer(st, plan: CustomerPlan) -> dict:
@@ -402,7 +448,7 @@ def seed_referral_factory(rf, rng: random.Random, ident: Identity, *, leads: int
         referrer_ids.append(user["id"])
     for i in range(leads):
         first, last, email = person(rng, i)
-        rf.add_user_record(
+        lead = rf.add_user_record(
             campaign_id=launched["id"],
             first_name=first,
             email=email,
@@ -412,6 +458,14 @@ def seed_referral_factory(rf, rng: random.Random, ident: Identity, *, leads: int
             meta=lead_meta(rng, last),
             signed_up_at=f"2025-0{1 + i % 9}-2{i % 10}",
         )
+        if i % 3 == 1:
+            lead["_mixed_meta"] = mixed_meta(lead["meta"], i)
+    if referrer_ids:
+        first_referrer = rf.users[referrer_ids[0]]
+        first_referrer["_mixed_meta"] = [
+            *first_referrer["meta"],
+            {"field": "Contact Preferences", "value": {"email": True, "sms": False}},
+        ]
     # The paused campaign: strangers to a client that trusts GET /users?campaign_id=.
     first, last, email = person(rng, 900, domain="example.com")
     old_referrer = rf.add_user_record(
@@ -452,6 +506,19 @@ def seed_referral_factory(rf, rng: random.Random, ident: Identity, *, leads: int
         )
 
 
+def mixed_meta(meta: list[dict], index: int) -> list[dict]:
+    """The same form answers as a form with a multi-select and an address block gives them
+    (``meta[].value`` is typed *mixed*): a list and an object among the text values."""
+    out = []
+    for item in meta:
+        if item["field"] == "Service Needed":
+            out.append({"field": "Service Needed", "value": [item["value"], SERVICES[(index + 1) % len(SERVICES)]]})
+        else:
+            out.append(dict(item))
+    out.append({"field": "Address", "value": {"street": f"{100 + index} Main St", "city": "Austin", "zip": "78701"}})
+    return out
+
+
 def new_lead(rf, rng: random.Random, index: int, *, campaign_id: int, referrer_id: int | None) -> dict:
     first, last, email = person(rng, index)
     while (campaign_id, email.casefold()) in rf.users_by_email:
@@ -466,3 +533,112 @@ def new_lead(rf, rng: random.Random, index: int, *, campaign_id: int, referrer_i
         referrer_id=referrer_id,
         meta=lead_meta(rng, last),
     )
+
+
+# ---------------------------------------------------------------------------- booking history
+_BOOKING_EPOCH_MS = to_ms(datetime(2024, 6, 1, tzinfo=UTC))
+_HOUR_MS = 3_600_000
+# The life of the i-th seeded booking: LIFE[i % 10]. Every 25th booking belongs to another
+# booking provider (an export is tenant-wide; the provider's list is not).
+LIFE = (
+    "open",  # never converted, never dismissed: open for ever
+    "open",
+    "open",
+    "dismissed",
+    "scheduled",
+    "in_progress",
+    "completed",
+    "completed_zero",  # a $0 job
+    "canceled_after_completion",
+    "passed_through_completed",  # Completed for 5 seconds, then back to InProgress
+)
+
+
+def seeded_life(index: int) -> str:
+    return LIFE[index % len(LIFE)]
+
+
+def seeded_total(index: int) -> float:
+    return round(89 + index * 7919 % 4500 + index % 100 / 100, 2)
+
+
+def seed_bookings(st, rf, seed: int, count: int, *, campaign_id: int) -> None:
+    """``count`` bookings with a past (June 2024 onwards, 47 minutes apart), deterministic.
+
+    The first bookings book the launched campaign's referred leads (``externalId`` = the
+    lead's code, as a booking provider integration does), in user id order; the rest carry
+    ``externalId`` ``SEED000123``. Their lives follow ``LIFE``: open for ever, dismissed,
+    converted to a job that is Scheduled, InProgress, Completed with a total (some $0),
+    Completed then Canceled a week later, or Completed for 5 seconds then InProgress again
+    (``completedOn`` stays). Converting creates the customer, as a CSR does. Pairs of
+    bookings (``index % 20`` 0 and 1) and of jobs (``index % 20`` 4 and 5) share a
+    ``modifiedOn``. Uses its own random generator, so the rest of the world is unchanged."""
+    rng = random.Random(f"bookings-{seed}")
+    leads = [u for u in rf.users.values() if u["campaign_id"] == campaign_id and u["type"] == "person_invited"]
+    other_provider = st.booking_provider + 1000
+    made: list[tuple[dict, dict | None]] = []
+    for index in range(count):
+        created = _BOOKING_EPOCH_MS + index * 47 * 60_000 + rng.randint(0, 30_000)
+        if index < len(leads):
+            lead = leads[index]
+            last = next((m["value"] for m in lead["meta"] if m["field"] == "Last Name"), "")
+            name = f"{lead['first_name']} {last}".strip()
+            external_id, email = lead["code"], lead["email"]
+        else:
+            name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+            external_id, email = f"SEED{index:06d}", f"seed.booking{index}@example.net"
+        body = {
+            "source": "Referral Factory",
+            "name": name,
+            "summary": "Referral",
+            "isFirstTimeClient": True,
+            "externalId": external_id,
+            "customerType": "Residential",
+            "contacts": [{"type": "Email", "value": email}, {"type": "MobilePhone", "value": phone(rng)}],
+            "isSendConfirmationEmail": False,
+        }
+        provider = other_provider if index % 25 == 24 else st.booking_provider
+        booking = st.create_booking_record(provider, body, ms=created)
+        job = _live(st, booking, seeded_life(index) if provider == st.booking_provider else "open", index, created, rng)
+        made.append((booking, job))
+    for index in range(1, count):
+        if index % 20 == 1:
+            _tie(st.booking_index, made[index - 1][0], made[index][0])
+        if index % 20 == 5 and made[index - 1][1] is not None and made[index][1] is not None:
+            _tie(st.jpm.job_index, made[index - 1][1], made[index][1])
+
+
+def _live(st, booking: dict, life: str, index: int, created: int, rng: random.Random) -> dict | None:
+    if life == "open":
+        return None
+    if life == "dismissed":
+        st.dismiss_booking(booking["id"], at_ms=created + 2 * _DAY_MS)
+        return None
+    converted = created + _DAY_MS
+    job = st.convert_booking(
+        booking["id"], job_status="Scheduled", customer_id=None, address=address(rng), at_ms=converted
+    )
+    if life == "scheduled":
+        return job
+    steps = [("Dispatched", converted + 2 * _DAY_MS), ("InProgress", converted + 2 * _DAY_MS + _HOUR_MS)]
+    done = converted + 2 * _DAY_MS + 4 * _HOUR_MS
+    if life != "in_progress":
+        steps.append(("Completed", done))
+    if life == "canceled_after_completion":
+        steps.append(("Canceled", done + 7 * _DAY_MS))
+    if life == "passed_through_completed":
+        steps.append(("InProgress", done + 5_000))
+    for status, at in steps:
+        st.jpm.set_status(job, status, at_ms=at, changed_ms=at)
+        if status == "Completed":
+            job["total"] = 0.0 if life == "completed_zero" else seeded_total(index)
+    return job
+
+
+def _tie(index, first: dict, second: dict) -> None:
+    """Give two records one ``modifiedOn`` (the later of the two)."""
+    ms = max(first["_modified"], second["_modified"])
+    for record in (first, second):
+        record["_modified"] = ms
+        record["modifiedOn"] = iso_ms(ms)
+        index.put(record["id"], ms)

@@ -2,7 +2,8 @@
 
 Stdlib only (``http.server``). Each connection gets a thread; a response is written in one
 ``send`` with ``Content-Length`` (and ``TCP_NODELAY``), so keep-alive clients such as httpx
-never wait on Nagle's algorithm. The server knows nothing about ServiceTitan or Referral
+never wait on Nagle's algorithm. A client that disconnects mid-request or mid-answer ends
+its connection's thread quietly (no traceback on the console). The server knows nothing about ServiceTitan or Referral
 Factory: it parses a request into ``Request``, hands it to ``dispatch``, and writes the
 ``Response`` it gets back.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -267,6 +269,13 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], dispatch: Callable[[Request], Response]) -> None:
         self.dispatch = dispatch
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request or mid-answer is not an error of the sandbox:
+        say nothing (socketserver would print a traceback). Anything else keeps the default."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 class HttpServer:

@@ -21,24 +21,57 @@ Behaviour follows ``api/servicetitan.md`` and the v2 specs. Where the contract s
   values); ``active`` is refused with 400 ("you cannot deactivate or reactivate customer
   records with an API"); every PATCH bumps ``modifiedOn``, so the customer reappears in
   the export feed.
-- Query parameters and paging: see ``query.py`` (typed, case-insensitive, strict limits).
+- Customer custom fields (api/servicetitan.md §6.6, §11 "values the tenant no longer allows
+  may be refused"): a ``typeId`` given twice → 400; an unknown ``typeId`` → 400; a **new or
+  changed** value is refused (400, ``CustomFields[i].Value`` naming the field) when it is
+  empty, not one of a Dropdown's ``dataTypeOptions`` (case-sensitive), or not a number for a
+  Numeric field, and (``CustomFields[i].TypeId``) when its type is no longer listed by
+  ``GET /customers/custom-fields``. **Default reading:** a value the customer already holds,
+  sent back unchanged, is accepted whatever it is (the seed has customers holding ``""``, a
+  retired Dropdown option and a retired type's value); the
+  ``refuse_invalid_existing_custom_fields`` variant refuses those echoes too.
+- Query parameters and paging: see ``query.py`` (typed, case-insensitive names, enum values
+  case-sensitive: ``jobStatus=completed`` → 400, strict limits).
 - Export feeds: ``continueFrom`` is an opaque token for the last ``(modifiedOn, id)``
   returned; ``from`` may also be a date (``modifiedOn`` ≥ date). Without
   ``includeRecentChanges=true`` rows modified in the last ``export_lag_seconds`` are held
-  back. A row modified after it was exported comes again later in the feed.
+  back. A row modified after it was exported comes again later in the feed. Seeded records
+  may share a ``modifiedOn`` (ties are ordered by id).
 - ``GET /customers/contacts`` without ``customerIds``, ``modifiedBefore`` or
   ``modifiedOnOrAfter`` → 400.
 - Booking PATCH of a converted or dismissed booking → 409 ("Some conflict occurred").
 - The dismiss endpoint exists only in the 2026 spec (unconfirmed): not served, so it is a
   404 ("not supported"); the admin operation ``dismiss_booking`` plays the CSR instead.
-- Fault 503s carry no ``Retry-After`` (a client backs off by its own policy); 429s do.
+- Fault 503s carry no ``Retry-After`` (a client backs off by its own policy); 429s do,
+  with an ApiErrorResponse titled "Rate limit is exceeded. Try again in N seconds.".
+- The token endpoint is not throttled by default (the docs say it is, with no figure).
 - No API turns a booking into a job: the sandbox's admin operations do (a CSR's work).
+  Jobs, their history and cancellations: see ``jpm.py``.
+
+Variants (``variants.py``; each off by default; ``docs/sandbox.md`` has their sources):
+
+- ``st_429``: ``"apim-body"`` — a 429 without ``Retry-After`` whose body is Azure API
+  Management's ``{"statusCode": 429, "message": "Rate limit is exceeded. Try again in N
+  seconds."}``; ``"bare"`` — a 429 with neither header nor body.
+- ``st_gateway_401``: a missing or wrong ``ST-App-Key`` is refused by the gateway before the
+  token is looked at: 401 ``{"statusCode": 401, "message": "Access denied due to invalid
+  subscription key. …"}`` (APIM's wording; "missing subscription key" when absent).
+- ``token_per_minute``: more than N token requests of one client id in a rolling minute →
+  **429** ``{"error": "too_many_requests", "error_description": "Too many token requests.
+  Try again in N seconds."}`` with ``Retry-After`` (429, not 400: a throttled client is not
+  misconfigured; IdentityServer's 400 stays for bad credentials).
+- ``lookup_lag_seconds``: a booking created through the API is not listed by
+  ``?externalId=`` until N seconds after its create committed (other reads see it at once).
+- ``refuse_invalid_existing_custom_fields``: see the custom-field rules above.
+- Faults (``faults.py``): ``maintenance_rate`` answers 409 "The service is suspended for
+  maintenance" (an ApiErrorResponse, nothing applied).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import threading
 import time
@@ -48,26 +81,22 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from stsync.sandbox.clock import Clock, iso_ms, now_ms, to_ms
+from stsync.sandbox.errors import AdminError
 from stsync.sandbox.faults import Decision, FaultInjector
 from stsync.sandbox.feeds import ModifiedIndex, decode_position, encode_position
+from stsync.sandbox.jpm import JOB_STATUSES, JobBook
 from stsync.sandbox.limits import SlidingWindow, retry_after_header
 from stsync.sandbox.problems import VALIDATION_TITLE, fail, problem
 from stsync.sandbox.query import Query, date_filter, ordered, page_of
 from stsync.sandbox.schemas import parse_query_datetime, validator
 from stsync.sandbox.server import BadJson, HttpError, NoRoute, Request, Response, Router
+from stsync.sandbox.variants import VariantSwitch
 
-JOB_STATUSES = ("Scheduled", "Dispatched", "InProgress", "Hold", "Completed", "Canceled")
 CONTACT_TYPES = ("Phone", "MobilePhone", "Email", "Fax")
 PHONE_TYPES = ("Phone", "MobilePhone")
 CUSTOMER_TYPES = ("Residential", "Commercial")
-
-
-class AdminError(Exception):
-    """An admin operation that cannot be done (unknown id, wrong state)."""
-
-    def __init__(self, message: str, *, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+MAINTENANCE_TITLE = "The service is suspended for maintenance"
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 
 
 def _copy(value: Any) -> Any:
@@ -105,8 +134,11 @@ class ServiceTitan:
         clock: Clock,
         export_batch_size: int = 500,
         export_lag_seconds: float = 900.0,
+        variants: VariantSwitch | None = None,
     ) -> None:
         self.lock = threading.RLock()
+        self.variants = variants or VariantSwitch()
+        self._token_windows: dict[int, SlidingWindow] = {}
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.client_secret = client_secret
@@ -130,9 +162,8 @@ class ServiceTitan:
         self.bookings: dict[int, dict] = {}
         self.bookings_by_external_id: dict[tuple[int, str], list[int]] = {}
         self.booking_index = ModifiedIndex()
-        self.jobs: dict[int, dict] = {}
-        self.jobs_by_booking: dict[int, list[int]] = {}
-        self.job_index = ModifiedIndex()
+        self.jpm = JobBook(self)
+        self.jobs = self.jpm.jobs
         self.tags: dict[int, dict] = {}
         self.job_types: dict[int, dict] = {}
         self._next_ids = {
@@ -140,7 +171,6 @@ class ServiceTitan:
             "contact": 50_001,
             "booking": 5_550_001,
             "booking_contact": 80_001,
-            "job": 7_100_001,
         }
 
         self.router = Router()
@@ -181,10 +211,7 @@ class ServiceTitan:
         add("GET", crm + "/export/customers", self._export_customers)
         add("GET", crm + "/export/customers/contacts", self._export_contacts)
         add("GET", crm + "/export/bookings", self._export_bookings)
-        add("GET", jpm + "/jobs", self._list_jobs)
-        add("GET", jpm + "/jobs/{id:int}", self._get_job)
-        add("GET", jpm + "/job-types", self._list_job_types)
-        add("GET", jpm + "/export/jobs", self._export_jobs)
+        self.jpm.routes(add, jpm)
 
     # ------------------------------------------------------------------ token endpoint
     def handle_token(self, request: Request, decision: Decision) -> Response:
@@ -200,6 +227,17 @@ class ServiceTitan:
             return Response(400, {"error": "invalid_request", "error_description": "grant_type is missing"})
         if grant != "client_credentials":
             return Response(400, {"error": "unsupported_grant_type"})
+        wait = self._token_throttle(form.get("client_id") or "")
+        if wait is not None:
+            seconds = retry_after_header(wait)
+            return Response(
+                429,
+                {
+                    "error": "too_many_requests",
+                    "error_description": f"Too many token requests. Try again in {seconds} seconds.",
+                },
+                {"Retry-After": seconds},
+            )
         with self.lock:
             if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
                 return Response(400, {"error": "invalid_client"})
@@ -214,6 +252,17 @@ class ServiceTitan:
             },
             {"Cache-Control": "no-store"},
         )
+
+    def _token_throttle(self, client_id: str) -> float | None:
+        """Seconds to wait when the ``token_per_minute`` variant refuses this request."""
+        limit = self.variants.current.token_per_minute
+        if limit is None:
+            return None
+        with self.lock:
+            window = self._token_windows.get(limit)
+            if window is None:
+                window = self._token_windows[limit] = SlidingWindow(limit, 60.0)
+        return window.admit(client_id)
 
     def _issue_token(self) -> str:
         header = base64.urlsafe_b64encode(b'{"alg":"RS256","typ":"at+jwt"}').decode().rstrip("=")
@@ -237,14 +286,19 @@ class ServiceTitan:
 
     # ------------------------------------------------------------------ API pipeline
     def handle(self, request: Request, decision: Decision) -> Response:
-        """Auth → rate limit → faults → the endpoint (→ commit-then-500)."""
+        """(Gateway key check →) auth → rate limit → faults → the endpoint (→ commit-then-500)."""
+        variants = self.variants.current
         try:
+            if variants.st_gateway_401:
+                self._gateway_key_check(request)
             tenant = self._authenticate(request)
             if decision.throttle:  # a burst: someone else spent the budget
-                self._throttle(self.faults.faults.retry_after)
+                self._throttle(self.faults.faults.retry_after, variants.st_429)
             wait = self.rate.admit((self.app_key, tenant))
             if wait is not None:
-                self._throttle(int(retry_after_header(wait)))
+                self._throttle(int(retry_after_header(wait)), variants.st_429)
+            if decision.maintenance:
+                raise fail(409, MAINTENANCE_TITLE)
             if decision.fail_before:
                 raise fail(503, "Service Unavailable")
             try:
@@ -263,10 +317,31 @@ class ServiceTitan:
         return response
 
     @staticmethod
-    def _throttle(seconds: int) -> None:
-        raise fail(
-            429, f"Rate limit is exceeded. Try again in {seconds} seconds.", headers={"Retry-After": str(seconds)}
-        )
+    def _throttle(seconds: int, style: str) -> None:
+        text = f"Rate limit is exceeded. Try again in {seconds} seconds."
+        if style == "apim-body":  # Azure API Management's own 429: no header, the wait in the text
+            raise HttpError(Response(429, {"statusCode": 429, "message": text}))
+        if style == "bare":
+            raise HttpError(Response(429, None))
+        raise fail(429, text, headers={"Retry-After": str(seconds)})
+
+    def _gateway_key_check(self, request: Request) -> None:
+        """The ``st_gateway_401`` variant: the API gateway checks the app key before anything
+        else and answers as Azure API Management does, speaking of a subscription key."""
+        key = request.header("st-app-key")
+        if not key:
+            message = (
+                "Access denied due to missing subscription key. "
+                "Make sure to include subscription key when making requests to an API."
+            )
+        elif key != self.app_key:
+            message = (
+                "Access denied due to invalid subscription key. "
+                "Make sure to provide a valid key for an active subscription."
+            )
+        else:
+            return
+        raise HttpError(Response(401, {"statusCode": 401, "message": message}))
 
     def _authenticate(self, request: Request) -> int:
         header = request.header("authorization") or ""
@@ -340,22 +415,28 @@ class ServiceTitan:
         page, page_size, include_total = query.paging()
         ids = query.ids()
         external_id = query.raw("externalId")
+        modified_since = query.moment("modifiedOnOrAfter")
         tests = self._booking_filters(query)
         order = query.sort({"Id": "id", "ModifiedOn": "_modified", "CreatedOn": "_created"})
         query.check()
+        candidates: Iterable[dict]
         if ids is not None:
             candidates = [self.bookings[i] for i in dict.fromkeys(ids) if i in self.bookings]
         elif external_id is not None and bp is not None:
             candidates = [self.bookings[i] for i in self.bookings_by_external_id.get((bp, external_id), ())]
+        elif modified_since is not None:
+            candidates = [self.bookings[i] for i in self.booking_index.ids_since(modified_since)]
         else:
-            candidates = list(self.bookings.values())
-        rows = [
-            b
-            for b in candidates
-            if (bp is None or b["bookingProviderId"] == bp)
-            and (external_id is None or b["externalId"] == external_id)
-            and all(test(b) for test in tests)
-        ]
+            candidates = self.bookings.values()
+        rows = [b for b in candidates if bp is None or b["bookingProviderId"] == bp]
+        if external_id is not None:
+            rows = [b for b in rows if b["externalId"] == external_id]
+            lag = self.variants.current.lookup_lag_seconds
+            if lag:
+                hidden_after = time.time() - lag
+                rows = [b for b in rows if b["_committed_at"] is None or b["_committed_at"] <= hidden_after]
+        if tests:
+            rows = [b for b in rows if all(test(b) for test in tests)]
         rows = ordered(rows, order)
         return Response(200, page_of(rows, page, page_size, include_total, self._booking_out))
 
@@ -395,10 +476,15 @@ class ServiceTitan:
         if errors:
             raise fail(400, VALIDATION_TITLE, errors)
         booking = self.create_booking_record(bp, body)
+        booking["_committed_at"] = time.time()  # the lookup_lag variant hides it from ?externalId= for a while
         return Response(200, self._booking_out(booking))
 
-    def create_booking_record(self, bp: int, body: dict) -> dict:
-        ms = self.clock.tick()
+    def create_booking_record(self, bp: int, body: dict, *, ms: int | None = None) -> dict:
+        """A booking from a (valid) CreateBookingRequest body, created now or at ``ms``."""
+        if ms is None:
+            ms = self.clock.tick()
+        else:
+            self.clock.observe(ms)
         booking_id = self.next_id("booking")
         address = body.get("address")
         booking = {
@@ -426,6 +512,7 @@ class ServiceTitan:
             "_created": ms,
             "_modified": ms,
             "_contacts": [],
+            "_committed_at": None,
         }
         for contact in body.get("contacts") or []:
             booking["_contacts"].append(self._booking_contact(contact, ms))
@@ -443,8 +530,11 @@ class ServiceTitan:
             "modifiedOn": iso_ms(ms),
         }
 
-    def touch_booking(self, booking: dict) -> None:
-        ms = self.clock.tick()
+    def touch_booking(self, booking: dict, *, ms: int | None = None) -> None:
+        if ms is None:
+            ms = self.clock.tick()
+        else:
+            self.clock.observe(ms)
         booking["_modified"] = ms
         booking["modifiedOn"] = iso_ms(ms)
         self.booking_index.put(booking["id"], ms)
@@ -540,12 +630,15 @@ class ServiceTitan:
         guid = query.raw("externalDataApplicationGuid")
         address_filters = {part: query.raw(part) for part in ("street", "unit", "city", "state", "zip", "country")}
         query.boolean("excludeAccountingChangesFromModifiedDateRange")
+        modified_since = query.moment("modifiedOnOrAfter")
         tests = date_filter(query, "created", "_created") + date_filter(query, "modified", "_modified")
         order = query.sort({"Id": "id", "ModifiedOn": "_modified", "CreatedOn": "_created"})
         query.check()
         candidates: Iterable[dict]
         if ids is not None:
             candidates = [self.customers[i] for i in dict.fromkeys(ids) if i in self.customers]
+        elif modified_since is not None:
+            candidates = [self.customers[i] for i in self.customer_index.ids_since(modified_since)]
         else:
             candidates = self.customers.values()
         wanted_name = name.casefold() if name else None
@@ -585,9 +678,7 @@ class ServiceTitan:
         errors: dict[str, list[str]] = {}
         if "active" in body:
             errors["Active"] = ["Customers cannot be deactivated or reactivated through the API."]
-        for i, field in enumerate(body.get("customFields") or []):
-            if field["typeId"] not in self.field_types:
-                errors[f"CustomFields[{i}].TypeId"] = [f"Custom field type {field['typeId']} was not found."]
+        errors.update(self._custom_field_errors(customer, body.get("customFields") or []))
         if errors:
             raise fail(400, VALIDATION_TITLE, errors)
         for key in ("name", "type", "doNotMail", "doNotService"):
@@ -599,8 +690,7 @@ class ServiceTitan:
             customer["address"] = dict(body["address"])
         if "customFields" in body:
             # Replace semantics: the list sent is the whole list (the cautious reading).
-            latest = {f["typeId"]: f["value"] for f in body["customFields"]}
-            customer["customFields"] = [{"typeId": t, "value": v} for t, v in latest.items()]
+            customer["customFields"] = [{"typeId": f["typeId"], "value": f["value"]} for f in body["customFields"]]
         if "externalData" in body:
             update = body["externalData"]
             guid = update["applicationGuid"].lower()
@@ -612,6 +702,40 @@ class ServiceTitan:
             customer["_externalData"][guid] = entries
         self.touch_customer(customer)
         return Response(200, self.customer_out(customer))
+
+    def _custom_field_errors(self, customer: dict, fields: list[dict]) -> dict[str, list[str]]:
+        """What ServiceTitan refuses in a customer's ``customFields`` (see the module docstring):
+        a type id given twice or unknown always; a value that is empty, not a Dropdown option,
+        not a number for a Numeric field, or of a type no longer listed — when it is new, or
+        always with the ``refuse_invalid_existing_custom_fields`` variant."""
+        errors: dict[str, list[str]] = {}
+        held = {f["typeId"]: f["value"] for f in customer["customFields"]}
+        echoes_checked = self.variants.current.refuse_invalid_existing_custom_fields
+        first_at: dict[int, int] = {}
+        for i, field in enumerate(fields):
+            type_id, value = field["typeId"], field["value"]
+            if type_id in first_at:
+                errors[f"CustomFields[{i}].TypeId"] = [
+                    f"Custom field type {type_id} is given more than once (first at CustomFields[{first_at[type_id]}])."
+                ]
+                continue
+            first_at[type_id] = i
+            field_type = self.field_types.get(type_id)
+            if field_type is None:
+                errors[f"CustomFields[{i}].TypeId"] = [f"Custom field type {type_id} was not found."]
+                continue
+            if type_id in held and held[type_id] == value and not echoes_checked:
+                continue  # the default reading: a value the customer holds may be sent back as it is
+            if not field_type["_listed"]:
+                errors[f"CustomFields[{i}].TypeId"] = [
+                    f"Custom field '{field_type['name']}' ({type_id}) is no longer available; "
+                    f"it cannot be given the value {value!r}."
+                ]
+                continue
+            problem = _custom_value_problem(field_type, value)
+            if problem is not None:
+                errors[f"CustomFields[{i}].Value"] = [problem]
+        return errors
 
     def touch_customer(self, customer: dict) -> None:
         ms = self.clock.tick()
@@ -786,7 +910,14 @@ class ServiceTitan:
         return public(field_type)
 
     def add_field_type(
-        self, type_id: int, name: str, data_type: str = "Text", options: list[str] | None = None, *, ms: int
+        self,
+        type_id: int,
+        name: str,
+        data_type: str = "Text",
+        options: list[str] | None = None,
+        *,
+        ms: int,
+        listed: bool = True,
     ) -> dict:
         field_type = {
             "id": type_id,
@@ -797,6 +928,7 @@ class ServiceTitan:
             "modifiedOn": iso_ms(ms),
             "_created": ms,
             "_modified": ms,
+            "_listed": listed,  # False: retired by the tenant, yet customers still carry values
         }
         self.field_types[type_id] = field_type
         return field_type
@@ -807,58 +939,23 @@ class ServiceTitan:
         tests = date_filter(query, "created", "_created") + date_filter(query, "modified", "_modified")
         order = query.sort({"Id": "id", "ModifiedOn": "_modified", "CreatedOn": "_created"})
         query.check()
-        rows = ordered([t for t in self.field_types.values() if all(test(t) for test in tests)], order)
+        rows = ordered(
+            [t for t in self.field_types.values() if t["_listed"] and all(test(t) for test in tests)], order
+        )
         return Response(200, page_of(rows, page, page_size, include_total, self.field_type_out))
 
-    # ------------------------------------------------------------------ jobs
-    def _find_job(self, job_id: int) -> dict:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise fail(404, "Job not found", {"id": [f"Job {job_id} was not found."]})
-        return job
-
-    def _get_job(self, request: Request, id: int) -> Response:
-        return Response(200, public(self._find_job(id)))
-
-    def _list_jobs(self, request: Request) -> Response:
-        query = Query(request)
-        page, page_size, include_total = query.paging()
-        ids = query.ids()
-        booking_id = query.integer("bookingId")
-        customer_id = query.integer("customerId")
-        status = query.choice("jobStatus", JOB_STATUSES)
-        number = query.raw("number")
-        tests = (
-            date_filter(query, "created", "_created")
-            + date_filter(query, "modified", "_modified")
-            + date_filter(query, "completed", "_completed")
-        )
-        order = query.sort({"Id": "id", "ModifiedOn": "_modified", "CreatedOn": "_created", "Priority": "priority"})
-        query.check()
-        if ids is not None:
-            candidates = [self.jobs[i] for i in dict.fromkeys(ids) if i in self.jobs]
-        elif booking_id is not None:
-            candidates = [self.jobs[i] for i in self.jobs_by_booking.get(booking_id, ())]
-        else:
-            candidates = list(self.jobs.values())
-        rows = [
-            j
-            for j in candidates
-            if (booking_id is None or j["bookingId"] == booking_id)
-            and (customer_id is None or j["customerId"] == customer_id)
-            and (status is None or j["jobStatus"] == status)
-            and (number is None or j["jobNumber"] == number)
-            and all(test(j) for test in tests)
-        ]
-        return Response(200, page_of(ordered(rows, order), page, page_size, include_total, public))
-
-    def _list_job_types(self, request: Request) -> Response:
-        query = Query(request)
-        page, page_size, include_total = query.paging()
-        query.check()
-        return Response(200, page_of(list(self.job_types.values()), page, page_size, include_total, public))
-
-    def convert_booking(self, booking_id: int, *, job_status: str, customer_id: int | None, address: dict) -> dict:
+    def convert_booking(
+        self,
+        booking_id: int,
+        *,
+        job_status: str,
+        customer_id: int | None,
+        address: dict,
+        at_ms: int | None = None,
+    ) -> dict:
+        """A CSR books a job from the booking (status "Converted", ``jobId`` set); without
+        ``customer_id`` the CSR creates the customer from the booking and its contacts.
+        ``at_ms`` places it in the past (seeded history); else it happens now."""
         booking = self.bookings.get(booking_id)
         if booking is None:
             raise AdminError(f"booking {booking_id} does not exist", status=404)
@@ -868,96 +965,43 @@ class ServiceTitan:
             raise AdminError(f"booking {booking_id} is dismissed", status=409)
         if job_status not in JOB_STATUSES:
             raise AdminError(f"unknown job status {job_status!r}; one of {', '.join(JOB_STATUSES)}")
+        if customer_id is not None and customer_id not in self.customers:
+            raise AdminError(f"customer {customer_id} does not exist", status=404)
         if customer_id is None:
             customer = self.add_customer_record(
                 name=booking["name"],
                 type=booking["customerType"] or "Residential",
                 address=booking["address"] or address,
+                created_ms=at_ms,
             )
             for contact in booking["_contacts"]:
-                self.add_contact_record(customer["id"], contact["type"], contact["value"], memo=contact["memo"] or None)
+                self.add_contact_record(
+                    customer["id"], contact["type"], contact["value"], memo=contact["memo"] or None, ms=at_ms
+                )
         else:
-            customer = self.customers.get(customer_id)
-            if customer is None:
-                raise AdminError(f"customer {customer_id} does not exist", status=404)
-        ms = self.clock.tick()
-        job_id = self.next_id("job")
-        job_type_id = booking["jobTypeId"] or next(iter(self.job_types), 0)
-        job = {
-            "id": job_id,
-            "jobNumber": str(job_id - 7_000_000),
-            "projectId": None,
-            "customerId": customer["id"],
-            "locationId": customer["id"] + 500_000,
-            "jobStatus": job_status,
-            "completedOn": iso_ms(ms) if job_status == "Completed" else None,
-            "businessUnitId": booking["businessUnitId"] or 1,
-            "jobTypeId": job_type_id,
-            "priority": booking["priority"] or "Normal",
-            "campaignId": booking["campaignId"] or 0,
-            "summary": booking["summary"],
-            "customFields": [],
-            "appointmentCount": 1,
-            "firstAppointmentId": job_id + 1_000_000,
-            "lastAppointmentId": job_id + 1_000_000,
-            "recallForId": None,
-            "warrantyId": None,
-            "jobGeneratedLeadSource": None,
-            "noCharge": False,
-            "notificationsEnabled": True,
-            "createdOn": iso_ms(ms),
-            "createdById": 0,
-            "modifiedOn": iso_ms(ms),
-            "tagTypeIds": [],
-            "leadCallId": None,
-            "bookingId": booking_id,
-            "soldById": None,
-            "externalData": [],
-            "customerPo": "",
-            "invoiceId": job_id + 2_000_000,
-            "membershipId": None,
-            "total": None,
-            "_created": ms,
-            "_modified": ms,
-            "_completed": ms if job_status == "Completed" else None,
-        }
-        self.jobs[job_id] = job
-        self.jobs_by_booking.setdefault(booking_id, []).append(job_id)
-        self.job_index.put(job_id, ms)
-        booking["jobId"] = job_id
+            customer = self.customers[customer_id]
+        ms = at_ms if at_ms is not None else self.clock.tick()
+        job = self.jpm.create(booking, customer, status=job_status, created_ms=ms)
+        booking["jobId"] = job["id"]
         booking["status"] = "Converted"
-        self.touch_booking(booking)
+        self.touch_booking(booking, ms=at_ms)
         return job
 
-    def set_job_status(self, job_id: int, status: str) -> dict:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise AdminError(f"job {job_id} does not exist", status=404)
-        if status not in JOB_STATUSES:
-            raise AdminError(f"unknown job status {status!r}; one of {', '.join(JOB_STATUSES)}")
-        ms = self.clock.tick()
-        job["jobStatus"] = status
-        if status == "Completed" and job["completedOn"] is None:
-            job["completedOn"] = iso_ms(ms)
-            job["_completed"] = ms
-        job["_modified"] = ms
-        job["modifiedOn"] = iso_ms(ms)
-        self.job_index.put(job_id, ms)
-        return job
-
-    def dismiss_booking(self, booking_id: int, *, reason_id: int = 1) -> dict:
+    def dismiss_booking(self, booking_id: int, *, reason_id: int = 1, at_ms: int | None = None) -> dict:
         booking = self.bookings.get(booking_id)
         if booking is None:
             raise AdminError(f"booking {booking_id} does not exist", status=404)
         if booking["jobId"] is not None:
             raise AdminError(f"booking {booking_id} is converted to job {booking['jobId']}", status=409)
+        if booking["status"] == "Dismissed":
+            raise AdminError(f"booking {booking_id} is dismissed already", status=409)
         booking["status"] = "Dismissed"
         booking["dismissingReasonId"] = reason_id
-        self.touch_booking(booking)
+        self.touch_booking(booking, ms=at_ms)
         return booking
 
     # ------------------------------------------------------------------ exports
-    def _export(self, request: Request, index: ModifiedIndex, render: Callable[[int], dict]) -> Response:
+    def export(self, request: Request, index: ModifiedIndex, render: Callable[[int], dict]) -> Response:
         query = Query(request)
         start = query.raw("from")
         recent = query.boolean("includeRecentChanges")
@@ -983,22 +1027,32 @@ class ServiceTitan:
         )
 
     def _export_customers(self, request: Request) -> Response:
-        return self._export(request, self.customer_index, lambda i: self.customer_out(self.customers[i]))
+        return self.export(request, self.customer_index, lambda i: self.customer_out(self.customers[i]))
 
     def _export_contacts(self, request: Request) -> Response:
-        return self._export(
+        return self.export(
             request,
             self.contact_index,
             lambda i: self.contact_out(self.contacts[i], with_customer=True, with_active=True),
         )
 
     def _export_bookings(self, request: Request) -> Response:
-        return self._export(
+        return self.export(
             request, self.booking_index, lambda i: {**self._booking_out(self.bookings[i]), "active": True}
         )
 
-    def _export_jobs(self, request: Request) -> Response:
-        return self._export(request, self.job_index, lambda i: {**public(self.jobs[i]), "active": True})
+
+
+def _custom_value_problem(field_type: dict, value: str) -> str | None:
+    name = f"'{field_type['name']}' ({field_type['id']})"
+    if not value.strip():
+        return f"The Value field is required: the custom field {name} cannot be given an empty value."
+    if field_type["dataType"] == "Dropdown" and value not in field_type["dataTypeOptions"]:
+        options = ", ".join(field_type["dataTypeOptions"])
+        return f"'{value}' is not an option of the Dropdown custom field {name}. Options: {options}."
+    if field_type["dataType"] == "Numeric" and not _NUMBER.match(value.strip()):
+        return f"'{value}' is not a number: the custom field {name} is Numeric."
+    return None
 
 
 def _booking_address(address: dict) -> dict:

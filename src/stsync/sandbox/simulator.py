@@ -17,11 +17,20 @@ from typing import Any
 
 from stsync.sandbox import seed as seeding
 from stsync.sandbox.admin import admin_router
-from stsync.sandbox.clock import Clock
+from stsync.sandbox.clock import Clock, iso_ms
+from stsync.sandbox.errors import AdminError
 from stsync.sandbox.faults import FaultInjector, Faults
+from stsync.sandbox.jpm import job_out, moment_ms, money
 from stsync.sandbox.referralfactory import PERSON_INVITED, PERSON_REFERRING, ReferralFactory
 from stsync.sandbox.server import HttpError, HttpServer, NoRoute, Request, RequestLog, RequestRecord, Response, sleep
-from stsync.sandbox.servicetitan import AdminError, ServiceTitan, public
+from stsync.sandbox.servicetitan import ServiceTitan
+from stsync.sandbox.variants import Variants, VariantSwitch
+
+# What a reverse proxy answers for a path behind which no application lives.
+HTML_404 = (
+    b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
+    b"<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class Credentials:
 
 
 def service_of(path: str) -> str | None:
-    if path.startswith("/_sandbox/"):
+    if path.startswith("/_sandbox/") or path == "/_sandbox":
         return "admin"
     if path.rstrip("/") == "/connect/token":
         return "auth"
@@ -71,11 +80,16 @@ class Sandbox:
         export_batch_size: int = 500,
         export_lag_seconds: float = 900.0,
         block_ip_after_429s: int = 3,
+        variants: Variants | None = None,
+        bookings: int = 0,
     ) -> None:
+        if bookings < 0:
+            raise ValueError("bookings must not be negative")
         self.seed = seed
         self._random = random.Random(seed)
         ident = seeding.identity(self._random)
         self._faults = FaultInjector(faults, base_latency=latency)
+        self._variants = VariantSwitch(variants)
         self._clock = Clock()
         self._server = HttpServer(self._dispatch, host=host, port=port)
         self._log = RequestLog()
@@ -92,6 +106,7 @@ class Sandbox:
             clock=self._clock,
             export_batch_size=export_batch_size,
             export_lag_seconds=export_lag_seconds,
+            variants=self._variants,
         )
         self.rf = ReferralFactory(
             api_key=ident.rf_api_key,
@@ -99,6 +114,7 @@ class Sandbox:
             block_after=block_ip_after_429s,
             base_url=lambda: self.base_url if self._started else "http://127.0.0.1",
             rng_seed=seed,
+            variants=self._variants,
         )
         self._campaign_id = ident.campaign_id
         self._paused_campaign_id = ident.paused_campaign_id
@@ -108,6 +124,9 @@ class Sandbox:
             seeding.seed_servicetitan(self.st, self._random, customers)
         with self.rf.lock:
             seeding.seed_referral_factory(self.rf, self._random, ident, leads=leads, referrers=referrers)
+        if bookings:
+            with self.st.lock, self.rf.lock:
+                seeding.seed_bookings(self.st, self.rf, seed, bookings, campaign_id=ident.campaign_id)
         self._lead_counter = leads
         self._customer_counter = customers
 
@@ -196,10 +215,13 @@ class Sandbox:
             if service == "admin":
                 response = self._handle_admin(request)
             elif service is None:
-                response = Response(404, {"message": f"The sandbox serves no {request.path}"})
+                response = self._no_such_path(request)
             else:
                 decision = self._faults.decide(
-                    method=request.method, path=request.path, servicetitan_api=service == "servicetitan"
+                    method=request.method,
+                    path=request.path,
+                    servicetitan_api=service == "servicetitan",
+                    referral_factory=service == "referral_factory",
                 )
                 sleep(decision.delay)
                 if service == "auth":
@@ -225,9 +247,17 @@ class Sandbox:
         )
         return response
 
+    def _no_such_path(self, request: Request) -> Response:
+        """A path outside both APIs (a wrong base URL): JSON by default; with the
+        ``html_route_404`` variant, the HTML page a reverse proxy answers."""
+        if self._variants.current.html_route_404:
+            return Response(404, HTML_404, {"Content-Type": "text/html"})
+        return Response(404, {"message": f"The sandbox serves no {request.path}"})
+
     def _handle_admin(self, request: Request) -> Response:
         try:
-            handler, params = self._admin.match(request.method, request.path)
+            path = "/_sandbox/" if request.path == "/_sandbox" else request.path
+            handler, params = self._admin.match(request.method, path)
         except NoRoute as missing:
             status = 405 if missing.method_not_allowed else 404
             return Response(status, {"error": f"no admin operation {request.method} {request.path}"})
@@ -249,6 +279,9 @@ class Sandbox:
         self, *, service: str | None = None, method: str | None = None, path_contains: str | None = None
     ) -> int:
         return self._log.count(service=service, method=method, path_contains=path_contains)
+
+    def request_log_dicts(self) -> list[dict]:
+        return [record.to_dict() for record in self._log.records()]
 
     def clear_request_log(self) -> None:
         self._log.clear()
@@ -273,6 +306,20 @@ class Sandbox:
         self.rf.abuse.unblock()
         self.rf.rate.reset()
 
+    def block_ips(self) -> None:
+        """Referral Factory blocks every caller's IP now (someone else on the key abused the
+        limit): every request answers 403 "… blocked …" until ``unblock_ips``."""
+        self.rf.abuse.block_everyone()
+
+    # ------------------------------------------------------------------ variants
+    @property
+    def variants(self) -> Variants:
+        return self._variants.current
+
+    def set_variants(self, variants: Variants | None) -> None:
+        """Switch to other readings of the contracts (``Variants()``: the default sandbox)."""
+        self._variants.set(variants)
+
     # ------------------------------------------------------------------ state reads (deep copies, API shape)
     def bookings(self, external_id: str | None = None) -> list[dict]:
         with self.st.lock:
@@ -291,7 +338,31 @@ class Sandbox:
 
     def jobs(self) -> list[dict]:
         with self.st.lock:
-            return [public(j) for j in self.st.jobs.values()]
+            return [job_out(j) for j in self.st.jobs.values()]
+
+    def job(self, job_id: int) -> dict:
+        with self.st.lock:
+            return job_out(self._job(job_id))
+
+    def job_history(self, job_id: int) -> list[dict]:
+        """The job's history entries as ``GET jobs/{id}/history`` gives them."""
+        with self.st.lock:
+            return self.st.jpm.history_entries(self._job(job_id), with_memo=True)
+
+    def job_cancel_logs(self, job_id: int | None = None) -> list[dict]:
+        with self.st.lock:
+            logs = self.st.jpm.cancel_logs.values()
+            return [
+                {k: v for k, v in log.items() if not k.startswith("_")}
+                for log in logs
+                if job_id is None or log["jobId"] == int(job_id)
+            ]
+
+    def _job(self, job_id: int) -> dict:
+        job = self.st.jobs.get(int(job_id))
+        if job is None:
+            raise AdminError(f"job {job_id} does not exist", status=404)
+        return job
 
     def customers(self) -> list[dict]:
         with self.st.lock:
@@ -349,17 +420,91 @@ class Sandbox:
         ``jobId`` set). Without ``customer_id`` a customer is created from the booking."""
         with self.st.lock:
             job = self.st.convert_booking(
-                int(booking_id), job_status=job_status, customer_id=customer_id, address=seeding.address(self._random)
+                int(booking_id),
+                job_status=job_status,
+                customer_id=None if customer_id is None else int(customer_id),
+                address=seeding.address(self._random),
             )
-            return public(job)
+            return job_out(job)
 
-    def set_job_status(self, job_id: int, status: str) -> dict:
+    def set_job_status(self, job_id: int, status: str, *, at: str | int | None = None) -> dict:
+        """The job enters ``status``: its history records it at ``at`` (RFC 3339 or epoch ms;
+        default now), ``modifiedOn`` is now. Entering Completed sets ``completedOn`` (the first
+        time only); entering Canceled writes a cancel log, leaving it deactivates the log."""
         with self.st.lock:
-            return public(self.st.set_job_status(int(job_id), status))
+            job = self._job(job_id)
+            return job_out(self.st.jpm.set_status(job, status, at_ms=self._at(at)))
+
+    def complete_job(self, job_id: int, *, total: float | str | None = None, at: str | int | None = None) -> dict:
+        """The technician completes the job (at ``at``, default now) and the invoice comes to
+        ``total`` (a decimal; 0 is a legitimate $0 job; None leaves the total as it is)."""
+        amount = None if total is None else money(total)  # checked before anything changes
+        with self.st.lock:
+            job = self._job(job_id)
+            if job["jobStatus"] != "Completed":
+                self.st.jpm.set_status(job, "Completed", at_ms=self._at(at))
+            if amount is not None:
+                self.st.jpm.set_total(job, amount)
+            return job_out(job)
+
+    def cancel_job(
+        self, job_id: int, *, reason_id: int = 1, memo: str | None = None, at: str | int | None = None
+    ) -> dict:
+        """The office cancels the job (also after it completed: ``completedOn`` stays)."""
+        with self.st.lock:
+            job = self._job(job_id)
+            if job["jobStatus"] == "Canceled":
+                raise AdminError(f"job {job_id} is canceled already", status=409)
+            return job_out(
+                self.st.jpm.set_status(job, "Canceled", at_ms=self._at(at), reason_id=int(reason_id), memo=memo)
+            )
+
+    def uncancel_job(self, job_id: int) -> dict:
+        """``PUT jobs/{id}/remove-cancellation``: back to the status the job had before."""
+        with self.st.lock:
+            return job_out(self.st.jpm.uncancel(self._job(job_id)))
+
+    def set_job_total(self, job_id: int, total: float | str) -> dict:
+        """The job's invoice total changes (a refund, an added item): ``modifiedOn`` moves."""
+        with self.st.lock:
+            return job_out(self.st.jpm.set_total(self._job(job_id), total))
+
+    def age_job(self, job_id: int, days: float) -> dict:
+        """Everything that happened to the job happened ``days`` earlier: history dates,
+        ``createdOn``, ``completedOn``, ``modifiedOn``, cancel logs (a hold test's "N days later")."""
+        with self.st.lock:
+            return job_out(self.st.jpm.age(self._job(job_id), days))
 
     def dismiss_booking(self, booking_id: int) -> dict:
         with self.st.lock:
             return self.st._booking_out(self.st.dismiss_booking(int(booking_id)))
+
+    def set_modified_on(self, kind: str, record_id: int, modified_on: str | int) -> dict:
+        """Give a booking, job or customer this ``modifiedOn`` (RFC 3339 or epoch ms), e.g.
+        another record's, to make a tie, or an earlier one. The record moves in its export
+        feed and ``modifiedOnOrAfter`` filters accordingly."""
+        ms = moment_ms(modified_on, what="modified_on")
+        with self.st.lock:
+            if kind == "job":
+                return job_out(self.st.jpm.set_modified(self._job(record_id), ms))
+            records = {"booking": self.st.bookings, "customer": self.st.customers}.get(kind)
+            if records is None:
+                raise AdminError(f"kind must be booking, job or customer, not {kind!r}")
+            record = records.get(int(record_id))
+            if record is None:
+                raise AdminError(f"{kind} {record_id} does not exist", status=404)
+            record["_modified"] = ms
+            record["modifiedOn"] = iso_ms(ms)
+            index = self.st.booking_index if kind == "booking" else self.st.customer_index
+            index.put(record["id"], ms)
+            self._clock.observe(ms)
+            if kind == "booking":
+                return self.st._booking_out(record)
+            return self.st.customer_out(record)
+
+    @staticmethod
+    def _at(at: str | int | None) -> int | None:
+        return None if at is None else moment_ms(at)
 
     def add_customer(
         self,

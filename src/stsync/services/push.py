@@ -14,43 +14,54 @@ can create the same booking meanwhile):
 Every attempt lands in the ledger with the lead's e-mail, the externalId and the booking id
 or ServiceTitan's exact error, so ``history`` and ``diagnose --email`` can tell it.
 
-Record-level failures (a lead the mapping cannot send, a 400 from ServiceTitan) become a
-``failed`` result and a batch goes on. Run-level failures — credentials, a wrong booking
-provider (``AuthError``), the mapping (``ConfigError``), a remote down past the retry budget
-(``TemporaryError``) — stop the run: every lead after them would fail the same way.
+What a command pushes to is checked once, first (``push_target``): the kind's mapping
+section, "Nothing to action" (nothing is sent, and the command says why), or the seed's
+"Setup Required" (``SetupRequired``, before anything is read or sent).
+
+Which failures are the lead's and which the run's is ``errors.stops_run``. The lead's own
+(a lead the mapping cannot send, a 400 from ServiceTitan) become a ``failed`` result and a
+batch goes on. Run-level failures — credentials, a wrong booking provider (``AuthError``),
+the mapping (``ConfigError``), a remote down past the retry budget (``TemporaryError``),
+and a booking whose answer is lost ``MAX_CREATE_ATTEMPTS`` times in a row — stop the run:
+every lead after them would fail the same way. A batch runs on a ``WorkPool``
+(``[limits] workers`` threads sharing the clients' rate limiters): the first run-level
+failure in input order is raised, the leads done before it stay recorded.
 """
 
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from stsync.errors import (
     AnswerLost,
     ApiError,
     AuthError,
     InvalidRecord,
-    ReferralFactoryApiError,
     ServiceTitanApiError,
     SetupRequired,
     StsyncError,
     TemporaryError,
-    UsageError,
+    stops_run,
 )
 from stsync.logs import get_logger
-from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
+from stsync.progress import NO_PROGRESS, Progress
+from stsync.mapping.booking import booking_request_for, external_id_for
+from stsync.mapping.validation import missing_required
+from stsync.services.lead_sources import new_leads
+from stsync.leads import Lead
+from stsync.storage.locks import KeyLock
 from stsync.storage.states import AttemptOutcome, PushState, RunJob
 from stsync.vocabulary import Action, Kind
+from stsync.workpool import WorkPool, finished
 
 if TYPE_CHECKING:
-    from stsync.servicetitan.models import Booking
-    from stsync.services.leads import Lead
     from stsync.connection import Connection
+    from stsync.servicetitan.models import Booking
+    from stsync.storage.config import BookingSettings
 
 log = get_logger(__name__)
 
@@ -63,8 +74,6 @@ OUTCOMES: tuple[AttemptOutcome, ...] = (
     AttemptOutcome.FAILED,
 )
 
-# The Referral Factory user type `--new` searches.
-USER_TYPE_FOR_KIND = {Kind.LEAD: PERSON_INVITED, Kind.REFERRER: PERSON_REFERRING}
 ACTION_LABEL = {Kind.LEAD: "When lead joins campaign", Kind.REFERRER: "Referrers"}
 
 # A lost answer is looked up, then the POST repeated; a booking whose answer is lost this
@@ -72,19 +81,11 @@ ACTION_LABEL = {Kind.LEAD: "When lead joins campaign", Kind.REFERRER: "Referrers
 MAX_CREATE_ATTEMPTS = 5
 
 
-class Progress(Protocol):
-    """What a batch reports to (the CLI passes its progress bar)."""
-
-    def advance(self, n: int = 1) -> None: ...
-
-    def set_total(self, total: int | None) -> None: ...
-
-
 @dataclass(frozen=True)
 class PushResult:
     """What happened to one lead. ``body`` is the request a dry run would have sent."""
 
-    lead: "Lead"
+    lead: Lead
     kind: str
     outcome: AttemptOutcome
     external_id: str | None = None
@@ -159,32 +160,42 @@ class PushReport:
         return data
 
 
-# -- the mapping section ----------------------------------------------------------------------
+# -- what a command pushes to ------------------------------------------------------------------
 
 
-def nothing_to_action(conn: "Connection", kind: Kind) -> tuple[str, str] | None:
-    """(message, hint) when the section's action is "nothing"; None when it creates bookings."""
+@dataclass(frozen=True)
+class PushTarget:
+    """Where leads of one kind go, checked once per command (``push_target``): the kind's
+    mapping section and, when its action is "Nothing to action", why nothing is sent."""
+
+    kind: Kind
+    section: BookingSettings
+    notice: str | None = None
+    notice_hint: str | None = None
+
+
+def push_target(conn: "Connection", kind: Kind) -> PushTarget:
+    """The kind's section, checked: with the action "nothing", a target carrying the notice
+    (message, hint) and nothing else checked — a section that sends nothing need not be
+    complete; otherwise every required target must be mapped (the seed's "Setup Required":
+    ``SetupRequired``)."""
     section = conn.config.booking_section(kind)
-    if section.action != Action.NOTHING:
-        return None
     name = section.section_name
-    who = "referred leads" if kind == Kind.LEAD else "referrers"
-    message = (
-        f'"{ACTION_LABEL[kind]}" is set to "Nothing to action" ({name}.action = "{Action.NOTHING}"): '
-        f"{who} are not sent to ServiceTitan, so no booking was created"
-    )
-    hint = f"to create bookings, run `stsync map action {name} create-booking`"
-    return message, hint
-
-
-def check_mapping(conn: "Connection", kind: Kind) -> None:
-    """The seed's "Setup Required": every required target of the section must be mapped."""
-    from stsync.mapping.validation import missing_required
-
-    section = conn.config.booking_section(kind)
+    if section.action == Action.NOTHING:
+        who = "referred leads" if kind == Kind.LEAD else "referrers"
+        return PushTarget(
+            kind,
+            section,
+            notice=(
+                f'"{ACTION_LABEL[kind]}" is set to "Nothing to action" ({name}.action = "{Action.NOTHING}"): '
+                f"{who} are not sent to ServiceTitan, so no booking was created"
+            ),
+            notice_hint=f"to create bookings, run `stsync map action {name} create-booking`",
+        )
     missing = missing_required(section)
     if missing:
-        raise SetupRequired(section.section_name, missing)
+        raise SetupRequired(name, missing)
+    return PushTarget(kind, section)
 
 
 # -- one lead ---------------------------------------------------------------------------------
@@ -192,9 +203,9 @@ def check_mapping(conn: "Connection", kind: Kind) -> None:
 
 def push_lead(
     conn: "Connection",
-    lead: "Lead",
+    lead: Lead,
+    target: PushTarget,
     *,
-    kind: Kind = Kind.LEAD,
     run_id: int | None = None,
     dry_run: bool = False,
 ) -> PushResult:
@@ -204,12 +215,9 @@ def push_lead(
     raises for run-level failures (``AuthError``, ``ConfigError``, ``TemporaryError``) after
     recording the attempt. A dry run builds the body and sends and records nothing.
     """
-    from stsync.mapping.booking import booking_request_for, external_id_for
-
-    nothing = nothing_to_action(conn, kind)
-    if nothing is not None:
-        return PushResult(lead=lead, kind=kind, outcome=AttemptOutcome.SKIPPED, message=nothing[0])
-    section = conn.config.booking_section(kind)
+    kind, section = target.kind, target.section
+    if target.notice is not None:
+        return PushResult(lead=lead, kind=kind, outcome=AttemptOutcome.SKIPPED, message=target.notice)
     external_id: str | None = None
     try:
         external_id = external_id_for(lead, section)
@@ -228,8 +236,6 @@ def push_lead(
             message="dry run: nothing sent",
         )
 
-    from stsync.storage.locks import KeyLock
-
     conn.paths.ensure_state()
     # One externalId at a time across threads and processes: check → create → record.
     with KeyLock(conn.paths, f"booking:{external_id}"):
@@ -237,7 +243,7 @@ def push_lead(
 
 
 def _push_locked(
-    conn: "Connection", lead: "Lead", kind: str, external_id: str, body: dict, run_id: int | None
+    conn: "Connection", lead: Lead, kind: str, external_id: str, body: dict, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
     identity = dict(
@@ -259,16 +265,12 @@ def _push_locked(
     bp = conn.booking_provider
     try:
         existing = find_booking(conn, external_id)
-    except (ServiceTitanApiError, TemporaryError) as exc:
+    except StsyncError as exc:
         attempt = ledger.record_push_intent(external_id, **identity)
         ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=_error_dict(exc))
-        if isinstance(exc, TemporaryError):
+        if stops_run(exc):
             raise
         return _failed(lead, kind, external_id, exc, _error_dict(exc))
-    except AuthError as exc:
-        attempt = ledger.record_push_intent(external_id, **identity)
-        ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=_error_dict(exc))
-        raise
 
     for stale in stale_intents:
         if existing is not None:
@@ -294,23 +296,25 @@ def _push_locked(
     try:
         booking = _create_once(conn, bp, external_id, body)
     except AnswerLost as exc:
+        # Lost every time and never found: ServiceTitan is not usable now, for any lead.
         ledger.record_push_result(attempt, outcome=AttemptOutcome.LOST, error=_error_dict(exc))
         raise TemporaryError(
             f"ServiceTitan's answer to the booking for {lead.describe()} was lost {MAX_CREATE_ATTEMPTS} times "
             "and the booking was not found by its externalId",
             hint="retry later: the next run looks the booking up before sending it again",
         ) from exc
-    except TemporaryError as exc:
-        # Whether the POST went through is unknown (e.g. the look-up after a lost answer
-        # failed too): "lost" leaves the push's state as it is for the next run to settle.
-        ledger.record_push_result(attempt, outcome=AttemptOutcome.LOST, error=_error_dict(exc))
-        raise
-    except ServiceTitanApiError as exc:
-        ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=_error_dict(exc))
-        return _failed(lead, kind, external_id, exc, _error_dict(exc))
     except StsyncError as exc:
-        ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=_error_dict(exc))
-        raise
+        # After a TemporaryError whether the POST went through is unknown (e.g. the look-up
+        # after a lost answer failed too): "lost" leaves the push's state as it is for the
+        # next run to settle.
+        ledger.record_push_result(
+            attempt,
+            outcome=AttemptOutcome.LOST if isinstance(exc, TemporaryError) else AttemptOutcome.FAILED,
+            error=_error_dict(exc),
+        )
+        if stops_run(exc):
+            raise
+        return _failed(lead, kind, external_id, exc, _error_dict(exc))
     ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
     _note_status(conn, external_id, booking)
     return PushResult(
@@ -321,7 +325,7 @@ def _push_locked(
 
 
 def _already_booked_in_ledger(
-    conn: "Connection", lead: "Lead", kind: str, external_id: str, known: Any, run_id: int | None
+    conn: "Connection", lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
     attempt = ledger.record_push_intent(
@@ -394,7 +398,7 @@ def _note_status(conn: "Connection", external_id: str, booking: "Booking") -> No
         conn.ledger.update_tracking(external_id, booking_status=booking.status)
 
 
-def _record_invalid(conn: "Connection", lead: "Lead", kind: str, external_id: str, exc: InvalidRecord, run_id: int | None) -> None:
+def _record_invalid(conn: "Connection", lead: Lead, kind: str, external_id: str, exc: InvalidRecord, run_id: int | None) -> None:
     """A lead that cannot be sent is still an attempt: ``diagnose --email`` shows why."""
     ledger = conn.ledger
     attempt = ledger.record_push_intent(
@@ -406,7 +410,7 @@ def _record_invalid(conn: "Connection", lead: "Lead", kind: str, external_id: st
     )
 
 
-def _failed(lead: "Lead", kind: str, external_id: str | None, exc: StsyncError, error: dict) -> PushResult:
+def _failed(lead: Lead, kind: str, external_id: str | None, exc: StsyncError, error: dict) -> PushResult:
     return PushResult(
         lead=lead, kind=kind, outcome=AttemptOutcome.FAILED, external_id=external_id, error=error,
         message=error_summary(error), exception=exc,
@@ -441,10 +445,10 @@ def error_summary(error: dict[str, Any] | None) -> str:
 
 def push_leads(
     conn: "Connection",
-    leads: Sequence["Lead"],
+    leads: Sequence[Lead],
+    target: PushTarget,
     *,
-    kind: Kind = Kind.LEAD,
-    progress: Progress | None = None,
+    progress: Progress = NO_PROGRESS,
     dry_run: bool = False,
     command: str = "push-lead",
     rejected: Sequence[InvalidRecord] = (),
@@ -455,239 +459,56 @@ def push_leads(
 
     ``rejected`` are input records that could not even be read as leads (from
     ``leads_from_input``): they are reported as failed, first."""
-    report = PushReport(kind=kind, dry_run=dry_run)
-    nothing = nothing_to_action(conn, kind)
-    if nothing is not None:
-        report.notice, report.notice_hint = nothing
+    report = PushReport(kind=target.kind, dry_run=dry_run)
+    if target.notice is not None:
+        report.notice, report.notice_hint = target.notice, target.notice_hint
         return report
-    check_mapping(conn, kind)
-    unreadable = [_rejected_result(exc, kind) for exc in rejected]
-    if progress is not None:
-        progress.set_total(len(leads))
+    unreadable = [_rejected_result(exc, target.kind) for exc in rejected]
+    progress.set_total(len(leads))
     if dry_run:
         report.results = unreadable
         for lead in leads:
-            report.results.append(push_lead(conn, lead, kind=kind, dry_run=True))
-            if progress is not None:
-                progress.advance()
+            report.results.append(push_lead(conn, lead, target, dry_run=True))
+            progress.advance()
         return report
 
-    done: list[PushResult | None] = [None] * len(leads)
+    workers = max(1, int(getattr(conn.config.limits, "workers", 8) or 1))
     with conn.ledger.recorded_run(
         RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
     ) as report.run_id:
+        futures: list = []
         try:
-            _run_concurrently(conn, leads, kind, report.run_id, progress, done)
+            with WorkPool(min(workers, max(1, len(leads))), name="push") as pool:
+                futures = [pool.submit(push_lead, conn, lead, target, run_id=report.run_id) for lead in leads]
+                pool.wait(futures, on_done=lambda _: progress.advance())
         finally:
-            # A stopped run still records what it did before stopping.
-            report.results = unreadable + [r for r in done if r is not None]
+            # A stopped run still records what it did before stopping (input order).
+            report.results = unreadable + finished(futures)
     return report
 
 
-def _run_concurrently(
-    conn: "Connection",
-    leads: Sequence["Lead"],
-    kind: str,
-    run_id: int,
-    progress: Progress | None,
-    results: list[PushResult | None],
-) -> None:
-    """Fill ``results`` (one slot per lead, input order); a lead not tried stays None."""
-    stop = threading.Event()
-    fatal: list[BaseException] = []
-    workers = max(1, int(getattr(conn.config.limits, "workers", 8) or 1))
-
-    def push_one(index: int) -> None:
-        if stop.is_set():
-            return  # the run is stopping: leave this lead for the next run
-        try:
-            results[index] = push_lead(conn, leads[index], kind=kind, run_id=run_id)  # type: ignore[arg-type]
-        except BaseException:
-            stop.set()  # at once, so that no worker starts another lead meanwhile
-            raise
-
-    executor = ThreadPoolExecutor(max_workers=min(workers, max(1, len(leads))), thread_name_prefix="push")
-    try:
-        pending: set[Future] = {executor.submit(push_one, i) for i in range(len(leads))}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                exc = future.exception()
-                if exc is not None:
-                    if not fatal:
-                        log.error("push run %s stops: %s", run_id, exc)
-                    fatal.append(exc)
-                    stop.set()
-                elif progress is not None:
-                    progress.advance()
-    except BaseException:
-        stop.set()
-        executor.shutdown(wait=True, cancel_futures=True)
-        raise
-    executor.shutdown(wait=True)
-    if fatal:
-        # The first run-level failure is the one to report (a bug outranks it).
-        bugs = [e for e in fatal if not isinstance(e, StsyncError)]
-        raise (bugs or fatal)[0]
-
-
 def _rejected_result(exc: InvalidRecord, kind: str) -> PushResult:
-    from stsync.services.leads import Lead
-
     lead = Lead(referral_code=exc.record)
     error = {"type": "InvalidRecord", "message": exc.message, "field": exc.field}
     return _failed(lead, kind, None, exc, error)
 
 
-# -- where leads come from --------------------------------------------------------------------
-
-
-def leads_from_input(obj: Any) -> tuple[list["Lead"], list[InvalidRecord]]:
-    """Leads from parsed JSON input (``--file``). In a list, a record that is not a valid
-    lead (no e-mail) is set aside so the others still go; alone, it is raised."""
-    from stsync.services.leads import lead_from_json_object, leads_from_json
-
-    if not isinstance(obj, list) or not obj:
-        return leads_from_json(obj), []
-    leads: list[Lead] = []
-    rejected: list[InvalidRecord] = []
-    for position, item in enumerate(obj, start=1):
-        try:
-            leads.append(lead_from_json_object(item, position=position))
-        except InvalidRecord as exc:
-            rejected.append(exc)
-    return leads, rejected
-
-
-
-def fetch_lead(conn: "Connection", *, code: str | None = None, rf_user_id: int | None = None) -> "Lead":
-    """A lead read from Referral Factory by code or user id, with its campaign and referrer."""
-    from stsync.services.leads import lead_from_user
-
-    if (code is None) == (rf_user_id is None):
-        raise UsageError("give exactly one of --code or --rf-user-id")
-    rf = conn.referral_factory
-    campaign_id = conn.campaign_id
-    if code is not None:
-        user = rf.find_user_by_code(campaign_id, code)
-        if user is None:
-            raise UsageError(
-                f"campaign {campaign_id} has no Referral Factory user with referral code {code!r}",
-                hint="check the code (it is the last part of the lead's referral link)",
-            )
-    else:
-        try:
-            user = rf.get_user(int(rf_user_id))  # type: ignore[arg-type]
-        except ReferralFactoryApiError as exc:
-            if exc.status == 404:
-                raise UsageError(
-                    f"Referral Factory has no user with id {rf_user_id}",
-                    hint="check the id (Referral Factory → campaign → Participants), or push by --code",
-                ) from None
-            raise
-        if user.campaign_id is not None and user.campaign_id != campaign_id:
-            raise UsageError(
-                f"Referral Factory user {rf_user_id} belongs to campaign {user.campaign_id}, "
-                f"not to this connection's campaign {campaign_id}",
-                hint="use --config for the connection of that campaign",
-            )
-    campaign = rf.get_campaign(user.campaign_id if user.campaign_id is not None else campaign_id)
-    referrer = None
-    if user.referrer_id is not None:
-        try:
-            referrer = rf.get_user(user.referrer_id)
-        except ReferralFactoryApiError as exc:
-            if exc.status != 404:
-                raise
-            log.warning("the referrer (user %s) of %s no longer exists", user.referrer_id, user.id)
-    return lead_from_user(user, campaign=campaign, referrer=referrer)
-
-
-def complete_leads(conn: "Connection", leads: Sequence["Lead"], *, kind: Kind = Kind.LEAD) -> list["Lead"]:
-    """Fill the campaign name of leads read from a file when the mapping needs it.
-
-    Referral Factory's user object carries ``campaign_id`` but not the campaign's name, and
-    the default mapping sends the name as the booking's Source.
-    """
-    from stsync.mapping.booking import lead_fields_read
-
-    if "campaign_name" not in lead_fields_read(conn.config.booking_section(kind)):
-        return list(leads)
-    if all(lead.campaign_name for lead in leads):
-        return list(leads)
-    names: dict[int, str | None] = {}
-    completed = []
-    for lead in leads:
-        if not lead.campaign_name:
-            campaign_id = lead.campaign_id if lead.campaign_id is not None else conn.campaign_id
-            if campaign_id not in names:
-                names[campaign_id] = conn.referral_factory.get_campaign(campaign_id).name
-            lead = replace(lead, campaign_name=names[campaign_id], campaign_id=campaign_id)
-        completed.append(lead)
-    return completed
-
-
-def new_leads(conn: "Connection", *, kind: Kind = Kind.LEAD) -> list["Lead"]:
-    """The campaign's users of this kind (``POST /users/search``, paged) with no booking in the ledger."""
-    from stsync.mapping.booking import external_id_for, lead_fields_read
-    from stsync.services.leads import lead_from_user
-
-    rf = conn.referral_factory
-    campaign_id = conn.campaign_id
-    user_type = USER_TYPE_FOR_KIND[kind]
-    section = conn.config.booking_section(kind)
-    campaign = rf.get_campaign(campaign_id)
-    wants_referrer = any(source.startswith("referrer_") for source in lead_fields_read(section))
-    referrers: dict[int, Any] = {}
-    ledger = conn.ledger
-    leads: list[Lead] = []
-    seen: set[str] = set()
-    for user in rf.search_users([("campaign_id", campaign_id), ("type", user_type)]):
-        if user.type != user_type:
-            continue  # the search filter is re-checked, as for campaign_id
-        referrer = None
-        if wants_referrer and user.referrer_id is not None:
-            if user.referrer_id not in referrers:
-                try:
-                    referrers[user.referrer_id] = rf.get_user(user.referrer_id)
-                except ReferralFactoryApiError as exc:
-                    if exc.status != 404:
-                        raise
-                    referrers[user.referrer_id] = None
-            referrer = referrers[user.referrer_id]
-        lead = lead_from_user(user, campaign=campaign, referrer=referrer)
-        try:
-            external_id = external_id_for(lead, section)
-        except InvalidRecord:
-            leads.append(lead)  # push_lead reports what is missing
-            continue
-        if external_id in seen:
-            continue  # a page boundary moved under us: the same user twice
-        seen.add(external_id)
-        known = ledger.get_push(external_id)
-        if known is not None and known.state == PushState.BOOKED:
-            continue
-        leads.append(lead)
-    return leads
-
-
 def push_new(
     conn: "Connection",
+    target: PushTarget,
     *,
-    kind: Kind = Kind.LEAD,
-    progress: Progress | None = None,
+    progress: Progress = NO_PROGRESS,
     dry_run: bool = False,
     command: str = "push-lead --new",
 ) -> PushReport:
-    """Every lead of the campaign without a booking yet, under the connection's push lock."""
-    nothing = nothing_to_action(conn, kind)
-    if nothing is not None:
-        report = PushReport(kind=kind, dry_run=dry_run)
-        report.notice, report.notice_hint = nothing
+    """Every lead of the campaign without a booking yet (``lead_sources.new_leads``), under
+    the connection's push lock (a dry run takes none)."""
+    if target.notice is not None:
+        report = PushReport(kind=target.kind, dry_run=dry_run)
+        report.notice, report.notice_hint = target.notice, target.notice_hint
         return report
-    check_mapping(conn, kind)
     if dry_run:
-        return push_leads(conn, new_leads(conn, kind=kind), kind=kind, progress=progress, dry_run=True)
+        return push_leads(conn, new_leads(conn, target), target, progress=progress, dry_run=True)
     with conn.run_lock(RunJob.PUSH, command=command):
-        leads = new_leads(conn, kind=kind)
-        return push_leads(conn, leads, kind=kind, progress=progress, command=command)
+        leads = new_leads(conn, target)
+        return push_leads(conn, leads, target, progress=progress, command=command)

@@ -25,7 +25,9 @@ intent recorded as done if its write landed, failed if not. Before every write t
 is read back too: one already in the wanted state (qualified by hand, or by Referral
 Factory itself) is recorded as done without a write. A referral that no longer exists
 (deleted), or that is not a referred lead, is recorded as failed and final: it is never
-retried. Any other refusal is recorded as failed and retried by the next run.
+retried. Any other refusal is recorded as failed and retried by the next run. A run-level
+failure (``errors.stops_run``: credentials, a remote down past the retry budget) stops the
+run and is raised; an intent it interrupts stays open, settled by the next run.
 
 **What is final** (never read again — the cost of a run grows with the bookings still open,
 not with history):
@@ -51,14 +53,14 @@ writes nothing, to Referral Factory or to the ledger.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from stsync.errors import ApiError, ServiceTitanApiError, TemporaryError
+from stsync.errors import ApiError, ServiceTitanApiError, StsyncError, stops_run
 from stsync.logs import get_logger
+from stsync.progress import NO_PROGRESS, Progress
 from stsync.referralfactory.models import PERSON_INVITED
 from stsync.storage.states import QualificationAction, QualificationState, QualificationValue, RunJob
 from stsync.vocabulary import DEFAULT_JOB_STATUS, Kind, QualificationRule, UnqualifyEvent
@@ -91,12 +93,6 @@ FAILED = "failed"  # the Referral Factory write failed; the error is in the ledg
 WOULD_QUALIFY = "would_qualify"  # dry run
 WOULD_UNQUALIFY = "would_unqualify"  # dry run
 WOULD_CLOSE = "would_close"  # dry run
-
-
-class Progress(Protocol):
-    def advance(self, n: int = 1) -> None: ...
-
-    def set_total(self, total: int | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -194,7 +190,7 @@ def status_reached(job: "Job", target: str) -> bool:
     return False
 
 
-def qualify(conn: "Connection", *, dry_run: bool = False, progress: Progress | None = None) -> QualifyReport:
+def qualify(conn: "Connection", *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> QualifyReport:
     """Apply the qualification rule to every open booking (see the module docstring)."""
     settings = QualificationSettings.from_config(conn.config)
     report = QualifyReport(
@@ -218,7 +214,7 @@ class _QualifyRun:
         report: QualifyReport,
         *,
         dry_run: bool,
-        progress: Progress | None,
+        progress: Progress,
     ) -> None:
         self.conn = conn
         self.settings = settings
@@ -232,8 +228,7 @@ class _QualifyRun:
         self.report.open_bookings = len(open_pushes)
         if not open_pushes:
             return
-        if self.progress is not None:
-            self.progress.set_total(len(open_pushes))
+        self.progress.set_total(len(open_pushes))
         recording = (
             nullcontext()
             if self.dry_run
@@ -292,8 +287,7 @@ class _QualifyRun:
                 decision.outcome,
                 decision.reason,
             )
-            if self.progress is not None:
-                self.progress.advance(1)
+            self.progress.advance(1)
 
     # -- deciding --------------------------------------------------------------------------
     def _decide_and_apply(
@@ -314,11 +308,13 @@ class _QualifyRun:
         if not self.dry_run:
             try:
                 push = self._settle_unfinished(push)
-            except ApiError as exc:
+            except StsyncError as exc:
+                if stops_run(exc):
+                    raise
                 # Not read back: the intents stay open for the next run to settle.
                 return QualifyDecision(
                     **base, outcome=FAILED, reason="an interrupted run's write could not be checked",
-                    final=False, error=exc.to_dict(),
+                    final=False, error=_error_dict(exc),
                 )
         if job_id is not None and job is None:
             self._track(push, booking_status=booking_status, job_id=job_id)
@@ -399,8 +395,10 @@ class _QualifyRun:
         rule = self.settings.rule
         try:
             user = self._find_referral(push)
-        except ApiError as exc:
-            return self._failed(push, base, action, reason, exc.to_dict(), final=False)
+        except StsyncError as exc:
+            if stops_run(exc):
+                raise
+            return self._failed(push, base, action, reason, _error_dict(exc), final=False)
         if user is None:
             error = {"message": f"Referral Factory has no referral for {_describe(push)} (deleted?)"}
             return self._failed(push, base, action, reason, error, final=True)
@@ -423,16 +421,17 @@ class _QualifyRun:
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=rule, reason=reason)
         try:
             self.conn.referral_factory.set_qualification(wanted, id=user.id)
-        except TemporaryError:
-            # The PUT may or may not have landed: the intent stays open, and the next run
-            # reads the referral back before writing again.
-            raise
-        except ApiError as exc:
-            self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=exc.to_dict())
-            final = exc.status == 404  # the lead was deleted: nothing to retry
+        except StsyncError as exc:
+            if stops_run(exc):
+                # E.g. Referral Factory down: the PUT may or may not have landed. The intent
+                # stays open, and the next run reads the referral back before writing again.
+                raise
+            error = _error_dict(exc)
+            self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
+            final = isinstance(exc, ApiError) and exc.status == 404  # the lead was deleted: nothing to retry
             if final:
                 self._track(push, final=True)
-            return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=exc.to_dict())
+            return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
         final = final_after()
         self._track(push, final=final or None)
@@ -502,6 +501,13 @@ class _QualifyRun:
         changed = {key: value for key, value in observed.items() if value is not None and getattr(push, key) != value}
         if changed or final is not None or qualification is not None:
             self.ledger.update_tracking(push.external_id, final=final, qualification=qualification, **changed)
+
+
+def _error_dict(exc: StsyncError) -> dict[str, Any]:
+    """A record-level failure as the ledger keeps it: the remote's exact words for an ``ApiError``."""
+    if isinstance(exc, ApiError):
+        return exc.to_dict()
+    return {"type": type(exc).__name__, "message": exc.message}
 
 
 def _describe(push: "PushRecord") -> str:

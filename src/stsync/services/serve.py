@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stsync.logs import get_logger, register_secret
-from stsync.services.push import push_lead
+from stsync.services.push import push_lead, push_target
 from stsync.storage.states import DeliveryOutcome, RunJob, RunOutcome
 from stsync.vocabulary import Kind
 from stsync.webhooks.deliveries import Observer, ServeStats
@@ -35,17 +35,18 @@ from stsync.webhooks.tokens import check_token
 from stsync.webhooks.worker import DeliveryWorker, PushLead
 
 if TYPE_CHECKING:
-    from stsync.services.leads import Lead
     from stsync.connection import Connection
+    from stsync.leads import Lead
 
 log = get_logger(__name__)
 
 
 def booking_push(conn: "Connection") -> PushLead:
-    """``push_lead`` on ``conn`` as the worker calls it: a failed record raises its error."""
+    """``push_lead`` on ``conn`` as the worker calls it: a failed record raises its error.
+    What it pushes to (``push_target``) is checked once per delivery."""
 
     def push(lead: "Lead", kind: Kind, run_id: int | None) -> tuple[str, str, int | None]:
-        result = push_lead(conn, lead, kind=kind, run_id=run_id)
+        result = push_lead(conn, lead, push_target(conn, kind), run_id=run_id)
         if result.failed and result.exception is not None:
             raise result.exception
         return DeliveryOutcome(result.outcome), result.message or result.outcome, result.booking_id

@@ -19,7 +19,7 @@ from stsync.logs import get_logger, redact
 from stsync.storage.states import DeliveryOutcome
 
 if TYPE_CHECKING:
-    from stsync.services.leads import Lead
+    from stsync.leads import Lead
 
 log = get_logger(__name__)
 

@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 from stsync.errors import InvalidRecord, StsyncError, UsageError
 from stsync.logs import get_logger
 from stsync.mapping.booking import external_id_for
-from stsync.services.leads import leads_from_json
+from stsync.leads import leads_from_json
 from stsync.storage.states import DeliveryOutcome
 from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
 from stsync.webhooks.payload import (
@@ -53,8 +53,8 @@ from stsync.webhooks.payload import (
 from stsync.webhooks.tokens import header_token_matches, token_matches
 
 if TYPE_CHECKING:
-    from stsync.services.leads import Lead
     from stsync.connection import Connection
+    from stsync.leads import Lead
 
 log = get_logger(__name__)
 

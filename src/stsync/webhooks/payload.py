@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 
 if TYPE_CHECKING:
-    from stsync.services.leads import Lead
+    from stsync.leads import Lead
 
 LEAD_CREATED = "lead_created"
 LEAD_QUALIFIED = "lead_qualified"

@@ -15,7 +15,10 @@ campaign and referrer.
 
 **Failures.** A delivery whose processing raises is recorded as ``failed`` with its error
 (``ApiError.to_dict()``, else type and message; an unexpected exception's detail goes only
-to the log), and the worker goes on with the next one. ``finish()`` processes what is
+to the log), and the worker goes on with the next one: a server outlives a bad delivery.
+A failure that would stop a batch run (``errors.stops_run``: credentials, the mapping, a
+remote down past the retry budget) is logged as an error too, since every delivery after
+it fails the same way until it is fixed. ``finish()`` processes what is
 queued, then stops the thread.
 """
 
@@ -27,11 +30,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from stsync.errors import ApiError, InvalidRecord, StsyncError
+from stsync.errors import ApiError, InvalidRecord, StsyncError, stops_run
+from stsync.leads import LeadReader, lead_from_user
 from stsync.logs import get_logger
 from stsync.mapping.booking import external_id_for
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
-from stsync.services.leads import lead_from_user
 from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue
 from stsync.vocabulary import Action, Kind
 from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
@@ -39,8 +42,8 @@ from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINE
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
-    from stsync.services.leads import Lead
     from stsync.connection import Connection
+    from stsync.leads import Lead
 
 log = get_logger(__name__)
 
@@ -114,6 +117,8 @@ class DeliveryWorker:
         except StsyncError as exc:
             error = exc.to_dict() if isinstance(exc, ApiError) else {"type": type(exc).__name__, "message": exc.message}
             message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+            if stops_run(exc):
+                log.error("serve: %s fails every delivery until it is fixed: %s", type(exc).__name__, message)
         except Exception as exc:  # the worker must outlive any one delivery
             log.exception("serve: unexpected error processing %s", delivery.key)
             error = {"type": type(exc).__name__, "message": "unexpected error; see the log"}
@@ -147,7 +152,8 @@ class DeliveryWorker:
         if delivery.event == LEAD_QUALIFIED:
             return record_reported_qualification(self.conn, user)
         kind = Kind.REFERRER if delivery.event == REFERRER_JOINED else Kind.LEAD
-        return self.push(lead_with_context(self.conn, user), kind, self.run_id)
+        lead = LeadReader(self.conn.referral_factory, self.conn.campaign_id).lead(user)
+        return self.push(lead, kind, self.run_id)
 
 
 def verified_user(conn: "Connection", lead: "Lead") -> "User":
@@ -191,20 +197,6 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
             hint="point that campaign's webhook at the stsync serving its connection (--config)",
         )
     return user
-
-
-def lead_with_context(conn: "Connection", user: "User") -> "Lead":
-    """The lead as ``push-lead --code`` would read it: with its campaign and its referrer."""
-    rf = conn.referral_factory
-    campaign = rf.get_campaign(user.campaign_id if user.campaign_id is not None else conn.campaign_id)
-    referrer = None
-    if user.referrer_id is not None:
-        try:
-            referrer = rf.get_user(user.referrer_id)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-    return lead_from_user(user, campaign=campaign, referrer=referrer)
 
 
 def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str, str, int | None]:

@@ -5,6 +5,12 @@ keys the sender may have renamed: api/referral-factory.md §9.1), or from comman
 All three end up as the same ``Lead``, whose ``value(name)`` answers the SPEC §3 lead
 field names (``first_name``, ``referral_code``, ``meta.<label>``, ...) that a mapping's
 ``from`` and ``template`` refer to.
+
+Read from the API, a lead comes with its campaign (whose name a booking's Source takes by
+default) and its referrer (the ``referrer_*`` fields): the user object carries neither, only
+their ids. ``LeadReader`` is the one place that reads them, each campaign and each referrer
+once per reader; a referrer that no longer exists (404) leaves the ``referrer_*`` fields
+empty. One reader per command (or webhook delivery), used on one thread.
 """
 
 from __future__ import annotations
@@ -14,12 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import ConfigError, InvalidRecord, UsageError
+from stsync.errors import ConfigError, InvalidRecord, ReferralFactoryApiError, UsageError
+from stsync.logs import get_logger
 from stsync.referralfactory.models import PERSON_INVITED
 from stsync.suggestions import did_you_mean
 
 if TYPE_CHECKING:
+    from stsync.referralfactory.client import ReferralFactoryClient
     from stsync.referralfactory.models import Campaign, User
+
+log = get_logger(__name__)
 
 # SPEC §3 "Referral Factory lead fields", in the order `map show` lists them.
 LEAD_FIELDS: tuple[str, ...] = (
@@ -128,6 +138,44 @@ def lead_from_user(user: "User", *, campaign: "Campaign | None" = None, referrer
     )
 
 
+class LeadReader:
+    """Referral Factory users → leads with their campaign and referrer (see the module
+    docstring). ``campaign_id`` is the campaign of a user that names none;
+    ``with_referrer=False`` reads no referrer (their fields stay empty)."""
+
+    def __init__(self, rf: "ReferralFactoryClient", campaign_id: int, *, with_referrer: bool = True) -> None:
+        self.rf = rf
+        self.campaign_id = campaign_id
+        self.with_referrer = with_referrer
+        self._campaigns: dict[int, Campaign] = {}
+        self._referrers: dict[int, User | None] = {}
+
+    def campaign(self, campaign_id: int | None = None) -> "Campaign":
+        """A campaign (by default the reader's), read once."""
+        wanted = campaign_id if campaign_id is not None else self.campaign_id
+        if wanted not in self._campaigns:
+            self._campaigns[wanted] = self.rf.get_campaign(wanted)
+        return self._campaigns[wanted]
+
+    def referrer(self, user_id: int) -> "User | None":
+        """The referrer with this user id, read once; None when it no longer exists."""
+        if user_id not in self._referrers:
+            try:
+                self._referrers[user_id] = self.rf.get_user(user_id)
+            except ReferralFactoryApiError as exc:
+                if exc.status != 404:
+                    raise
+                log.warning("referrer (user %s) no longer exists in Referral Factory", user_id)
+                self._referrers[user_id] = None
+        return self._referrers[user_id]
+
+    def lead(self, user: "User") -> Lead:
+        referrer = None
+        if self.with_referrer and user.referrer_id is not None:
+            referrer = self.referrer(user.referrer_id)
+        return lead_from_user(user, campaign=self.campaign(user.campaign_id), referrer=referrer)
+
+
 # -- from JSON (a file, stdin, a webhook) ------------------------------------------------------
 
 # Normalised key (lowercase, letters and digits only) → Lead attribute. Covers Referral
@@ -194,6 +242,22 @@ def leads_from_json(obj: Any) -> list[Lead]:
         f"expected a lead as a JSON object (or a list of them), got {type(obj).__name__}",
         hint="pass a Referral Factory user object, a webhook payload, or a list of either",
     )
+
+
+def leads_from_input(obj: Any) -> tuple[list[Lead], list[InvalidRecord]]:
+    """Leads from parsed JSON input (``push-lead --file``). In a list, a record that is not
+    a valid lead (no e-mail) is set aside, returned second, so the others still go; alone,
+    it is raised."""
+    if not isinstance(obj, list) or not obj:
+        return leads_from_json(obj), []
+    leads: list[Lead] = []
+    rejected: list[InvalidRecord] = []
+    for position, item in enumerate(obj, start=1):
+        try:
+            leads.append(lead_from_json_object(item, position=position))
+        except InvalidRecord as exc:
+            rejected.append(exc)
+    return leads, rejected
 
 
 def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
