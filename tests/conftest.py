@@ -16,8 +16,9 @@ from isolated_keyring import FileKeyring  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
-# sandbox, make_sandbox, sandbox_env, cli, cli_subprocess, connected (tests/support is on sys.path)
-pytest_plugins = ["stsync_fixtures"]
+# sandbox, make_sandbox, sandbox_env, cli, cli_subprocess, connected; make_connection
+# (tests/support is on sys.path)
+pytest_plugins = ["stsync_fixtures", "connection_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -41,6 +41,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from stsync.credentials import env_var_names
+
 
 class StsyncError(Exception):
     """Base class. ``hint`` is the one line telling the user what to do next.
@@ -117,7 +119,7 @@ class SecretStoreUnavailable(ConfigError):
     """No store has the secret and the keyring cannot be used. A *locked* keyring's fix is
     unlocking it, so that comes first; otherwise the three remedies of a headless box."""
 
-    ENV_REMEDY = "set the secrets as environment variables (STSYNC_ST_CLIENT_SECRET, STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY)"
+    ENV_REMEDY = f"set the secrets as environment variables ({env_var_names()})"
     FILE_REMEDY = "opt in to the file store with `stsync connect --secrets-store file`"
     UNLOCK_REMEDY = (
         "unlock the keyring: on a desktop, log in or unlock the \"login\" keyring in Passwords and Keys; "

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Callable
 
 import httpx
 
+from stsync import envvars
 from stsync.errors import AnswerLost, ConfigError, RateLimited, TemporaryError
 from stsync.logs import get_logger
 
@@ -192,8 +193,8 @@ def send_with_retries(
             raise ConfigError(
                 f"{service} URL {str(request.url.copy_with(query=None))!r} is not usable: {exc}",
                 hint="check the API URLs in the config (servicetitan.auth_url / api_url, "
-                "referral_factory.api_url) and the STSYNC_ST_AUTH_URL / STSYNC_ST_API_URL / "
-                "STSYNC_RF_API_URL environment variables",
+                f"referral_factory.api_url) and the {' / '.join(v.name for v in envvars.ENDPOINT_VARIABLES)} "
+                "environment variables",
             ) from None
         except (httpx.TransportError, httpx.DecodingError) as exc:
             # DecodingError: an answer came but could not be read — as good as lost.

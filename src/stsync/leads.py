@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from stsync.errors import ConfigError, InvalidRecord, ReferralFactoryApiError, UsageError
 from stsync.logs import get_logger
+from stsync.referralfactory.models import PERSON_INVITED
 from stsync.suggestions import did_you_mean
 
 if TYPE_CHECKING:
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
     from stsync.referralfactory.models import Campaign, User
 
 log = get_logger(__name__)
-
-PERSON_INVITED = "person_invited"
-PERSON_REFERRING = "person_referring"
 
 # SPEC §3 "Referral Factory lead fields", in the order `map show` lists them.
 LEAD_FIELDS: tuple[str, ...] = (

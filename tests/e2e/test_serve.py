@@ -156,7 +156,7 @@ def test_serve_needs_a_token_and_takes_the_lock(connected, cli, cli_subprocess, 
 
 def test_lead_qualified_is_recorded_and_qualify_does_not_send_it_again(connected, cli, isolated):
     """In-process: the webhook service on a real Connection, then `stsync qualify`."""
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
     from stsync.services.serve import WebhookServer
     from stsync.storage.config import load_config
     from stsync.storage.paths import ConnectionPaths

@@ -1,17 +1,16 @@
-"""Fakes for the webhook engine's tests: a Referral Factory holding the campaign's users, a
-connection around a real ledger, and a recorder standing in for the booking push (the real
-one runs in tests/e2e/test_serve.py against the sandbox)."""
+"""Fakes for the webhook engine's tests: a Referral Factory holding the campaign's users and
+a recorder standing in for the booking push (the real one runs in tests/e2e/test_serve.py
+against the sandbox). The connection is the real one: ``make_connection(referral_factory=
+FakeReferralFactory())`` (tests/support/connection_fixtures.py), with its real ledger."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
+from connection_fixtures import CAMPAIGN
 from fakes import FakeReferralFactoryUsers
 from stsync.referralfactory.models import Campaign
-from stsync.storage.ledger import Ledger
 
-CAMPAIGN = 7
 TOKEN = "s3cret-token-for-tests-0123456789"
 
 
@@ -24,14 +23,6 @@ class FakeReferralFactory(FakeReferralFactoryUsers):
 
     def get_campaign(self, campaign_id):
         return Campaign(id=campaign_id, code="spring", name="Spring Referrals", status="launched")
-
-
-@dataclass
-class FakeConnection:
-    ledger: Ledger
-    config: object
-    referral_factory: FakeReferralFactory = field(default_factory=FakeReferralFactory)
-    campaign_id: int = CAMPAIGN
 
 
 class PushRecorder:

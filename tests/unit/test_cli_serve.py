@@ -7,24 +7,19 @@ import json
 import os
 import signal
 import threading
-from pathlib import Path
 
 import httpx
 import pytest
 
 from stsync.cli.serve import serve_until_signalled
 from stsync.services.serve import WebhookServer
-from stsync.storage.config import default_config
-from stsync.storage.ledger import Ledger
-from webhook_fakes import TOKEN, FakeConnection, PushRecorder  # tests/support
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder  # tests/support
 
 
 @pytest.fixture
-def conn(tmp_path: Path):
-    ledger = Ledger.open(tmp_path / "ledger.sqlite3")
-    config = default_config(tenant_id=1, client_id="cid", booking_provider=42, campaign_id=7)
-    yield FakeConnection(ledger=ledger, config=config)
-    ledger.close()
+def conn(make_connection):
+    """The real connection and ledger; Referral Factory is the fake (ServiceTitan is never reached)."""
+    return make_connection(referral_factory=FakeReferralFactory())
 
 
 def deliver(server: WebhookServer, body: dict) -> httpx.Response:

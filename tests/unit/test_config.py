@@ -14,12 +14,6 @@ from hypothesis import strategies as st
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import JOB_STATUSES
 from stsync.storage.config import (
-    ACTIONS,
-    ENVIRONMENTS,
-    QUALIFICATION_RULES,
-    RETURN_FIELD_VALUES,
-    SYNC_MODES,
-    UNQUALIFY_EVENTS,
     Config,
     ConfigSchemaError,
     ConfigSyntaxError,
@@ -36,6 +30,13 @@ from stsync.storage.config import (
     resolve_endpoints,
 )
 from stsync.storage.config_writer import render_config, save_config
+from stsync.vocabulary import Action, Environment, QualificationRule, ReturnValue, SyncMode, UnqualifyEvent
+
+# What a TOML file holds: each vocabulary's strings.
+ENVIRONMENTS, ACTIONS, QUALIFICATION_RULES, UNQUALIFY_EVENTS, SYNC_MODES, RETURN_FIELD_VALUES = (
+    tuple(str(word) for word in vocabulary)
+    for vocabulary in (Environment, Action, QualificationRule, UnqualifyEvent, SyncMode, ReturnValue)
+)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "config.toml"

@@ -325,7 +325,7 @@ def test_return_field_missing_in_servicetitan_fails(paths: ConnectionPaths, http
 def test_a_remote_that_is_down_is_a_fail_not_a_traceback(paths: ConnectionPaths, httpx_mock: HTTPXMock, monkeypatch):
     import httpx
 
-    monkeypatch.setattr("stsync.services.runtime.CHECK_RETRY_BUDGET_SECONDS", 0)
+    monkeypatch.setattr("stsync.connection.CHECK_RETRY_BUDGET_SECONDS", 0)
     httpx_mock.add_exception(httpx.ConnectError("connection refused"), method="POST", url=TOKEN_URL, is_reusable=True)
     httpx_mock.add_exception(httpx.ConnectError("connection refused"), method="GET", url=CAMPAIGNS_URL, is_reusable=True)
     report = diagnose(paths, paths.config, offline=False)

@@ -21,20 +21,10 @@ from stsync.leads import Lead
 from stsync.services.lead_sources import complete_leads, fetch_lead
 from stsync.leads import leads_from_input
 from stsync.services.push import push_lead, push_leads, push_new, push_target
-from stsync.services.runtime import Connection, build_referral_factory_client, build_servicetitan_client
-from stsync.storage.config import Endpoints, default_config
-from stsync.storage.paths import ConnectionPaths
+from stsync.connection import Connection
+from connection_fixtures import AUTH, API, CAMPAIGN, RF, TENANT, unit_config  # tests/support
+from connection_fixtures import BOOKING_PROVIDER as BP
 
-AUTH = "https://auth.example.test"
-API = "https://api.example.test"
-RF = "https://rf.example.test/api/v2"
-TENANT = 1234567
-BP = 42
-CAMPAIGN = 7
-CLIENT_ID = "cid.unit"
-SECRET = "cs2.unit-secret-value"
-APP_KEY = "ak1.unit-app-key"
-RF_KEY = "rf-unit-api-key"
 BOOKINGS = f"{API}/crm/v2/tenant/{TENANT}/booking-provider/{BP}/bookings"
 LOOKUP_PAGE = {"page": "1", "pageSize": "200"}
 
@@ -61,25 +51,16 @@ def page(rows: list) -> dict:
 
 
 @pytest.fixture
-def conn(tmp_path, httpx_mock: HTTPXMock):
-    config = default_config(tenant_id=TENANT, client_id=CLIENT_ID, booking_provider=BP, campaign_id=CAMPAIGN)
+def conn(make_connection, httpx_mock: HTTPXMock):
+    config = unit_config()
     config.limits.workers = 4
     config.limits.retry_budget_seconds = 2  # a mistake in a test fails fast
-    paths = ConnectionPaths.for_config(tmp_path / "config.toml")
-    connection = Connection.open(paths, config)
-    endpoints = Endpoints(AUTH, API, RF)
-    st = build_servicetitan_client(paths, config, endpoints, client_secret=SECRET, app_key=APP_KEY)
-    rf = build_referral_factory_client(paths, config, endpoints, api_key=RF_KEY)
-    connection.__dict__.update(endpoints=endpoints, servicetitan=st, referral_factory=rf)
     # One token for the whole test, when ServiceTitan is called at all.
     httpx_mock.add_response(
         method="POST", url=f"{AUTH}/connect/token", is_optional=True,
         json={"access_token": "tok", "expires_in": 900, "token_type": "Bearer"},
     )
-    yield connection
-    st.close()
-    rf.close()
-    connection.close()
+    return make_connection(config)
 
 
 def target(conn: Connection, kind: str = "lead"):
@@ -532,7 +513,7 @@ def test_history_lists_attempts_newest_first_with_filters(conn, httpx_mock: HTTP
 def saved_config(tmp_path):
     from stsync.storage.config_writer import save_config
 
-    config = default_config(tenant_id=TENANT, client_id=CLIENT_ID, booking_provider=BP, campaign_id=CAMPAIGN)
+    config = unit_config()
     save_config(config, tmp_path / "config.toml")
     return config
 

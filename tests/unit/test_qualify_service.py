@@ -7,12 +7,11 @@ qualification request was sent" or "final bookings were not read again".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
+from stsync.connection import Connection
 from stsync.errors import AuthError, ReferralFactoryApiError, TemporaryError
 from stsync.services.qualify import (
     ALREADY,
@@ -30,10 +29,10 @@ from stsync.services.qualify import (
 )
 from stsync.servicetitan.models import Booking, Job
 from stsync.storage.config import Qualification, default_config
-from stsync.storage.ledger import Ledger
+from connection_fixtures import BOOKING_PROVIDER as BP  # tests/support
+from connection_fixtures import CAMPAIGN
 from fakes import FakeReferralFactoryUsers  # tests/support
 
-BP, CAMPAIGN = 42, 7
 
 
 class FakeServiceTitan:
@@ -81,33 +80,21 @@ class FakeReferralFactory(FakeReferralFactoryUsers):
         self.users[id]["qualified_at"] = "2025-06-01" if qualified else None
 
 
-@dataclass
-class FakeConnection:
-    """What qualify() uses of a Connection."""
-
-    ledger: Ledger
-    servicetitan: FakeServiceTitan = field(default_factory=FakeServiceTitan)
-    referral_factory: FakeReferralFactory = field(default_factory=FakeReferralFactory)
-    config: object = None
-    booking_provider: int = BP
-    campaign_id: int = CAMPAIGN
-
-    def set_rule(self, rule: str, *, job_status: str | None = None, unqualify_on: list[str] | None = None) -> None:
-        self.config.leads.qualification = Qualification.model_validate(
-            {"rule": rule, **({"job_status": job_status} if job_status else {}), "unqualify_on": unqualify_on or []}
-        )
+def set_rule(conn, rule: str, *, job_status: str | None = None, unqualify_on: list[str] | None = None) -> None:
+    conn.config.leads.qualification = Qualification.model_validate(
+        {"rule": rule, **({"job_status": job_status} if job_status else {}), "unqualify_on": unqualify_on or []}
+    )
 
 
 @pytest.fixture
-def conn(tmp_path: Path):
-    ledger = Ledger.open(tmp_path / "ledger.sqlite3")
-    connection = FakeConnection(ledger=ledger, config=default_config(tenant_id=1, client_id="cid", booking_provider=BP, campaign_id=CAMPAIGN))
-    connection.set_rule("job_created")
-    yield connection
-    ledger.close()
+def conn(make_connection):
+    """The real ledger; ServiceTitan and Referral Factory are the fakes above."""
+    connection = make_connection(servicetitan=FakeServiceTitan(), referral_factory=FakeReferralFactory())
+    set_rule(connection, "job_created")
+    return connection
 
 
-def pushed(conn: FakeConnection, n: int, *, booking_id: int, job: dict | None = None, status: str = "New",
+def pushed(conn: Connection, n: int, *, booking_id: int, job: dict | None = None, status: str = "New",
            kind: str = "lead", user: bool = True, rf_user_id: int | None = None) -> str:
     """A lead pushed and booked in the ledger, its booking (and job) in the fake ServiceTitan."""
     code = f"CODE{n}"
@@ -203,7 +190,7 @@ def test_referrer_bookings_are_never_read_or_qualified(conn):
 def test_bookings_and_jobs_are_read_in_batches_of_50(conn):
     for n in range(120):
         pushed(conn, n, booking_id=10_000 + n, job={"id": 20_000 + n, "jobStatus": "InProgress"}, status="Converted")
-    conn.set_rule("job_status", job_status="Completed")
+    set_rule(conn, "job_status", job_status="Completed")
 
     report = qualify(conn)
 
@@ -223,7 +210,7 @@ def test_bookings_and_jobs_are_read_in_batches_of_50(conn):
 
 
 def test_job_status_qualifies_only_once_the_job_is_completed(conn):
-    conn.set_rule("job_status", job_status="Completed")
+    set_rule(conn, "job_status", job_status="Completed")
     code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Scheduled"}, status="Converted")
 
     for status in ("Scheduled", "Dispatched", "InProgress", "Hold"):
@@ -240,7 +227,7 @@ def test_job_status_qualifies_only_once_the_job_is_completed(conn):
 
 
 def test_job_completed_without_reaching_a_hold_target_is_closed(conn):
-    conn.set_rule("job_status", job_status="Hold")
+    set_rule(conn, "job_status", job_status="Hold")
     code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Completed"}, status="Converted")
     assert outcomes(qualify(conn)) == {code: CLOSED}
     assert conn.ledger.get_push(code).qualification == "not_qualified"
@@ -271,7 +258,7 @@ def test_status_reached(status, completed_on, target, reached):
 
 
 def test_canceled_job_unqualifies_when_job_canceled_is_watched(conn):
-    conn.set_rule("job_created", unqualify_on=["job_canceled"])
+    set_rule(conn, "job_created", unqualify_on=["job_canceled"])
     code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Scheduled"}, status="Converted")
 
     assert outcomes(qualify(conn)) == {code: QUALIFIED}
@@ -288,7 +275,7 @@ def test_canceled_job_unqualifies_when_job_canceled_is_watched(conn):
 
 
 def test_completed_job_ends_the_watch_for_cancellation(conn):
-    conn.set_rule("job_created", unqualify_on=["job_canceled"])
+    set_rule(conn, "job_created", unqualify_on=["job_canceled"])
     code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Scheduled"}, status="Converted")
     qualify(conn)
     conn.servicetitan.jobs[9001]["jobStatus"] = "Completed"
@@ -308,7 +295,7 @@ def test_without_unqualify_on_a_canceled_job_keeps_the_qualification(conn):
 
 
 def test_dismissed_booking_of_a_referral_qualified_elsewhere_is_unqualified(conn):
-    conn.set_rule("job_status", job_status="Completed", unqualify_on=["booking_dismissed"])
+    set_rule(conn, "job_status", job_status="Completed", unqualify_on=["booking_dismissed"])
     code = pushed(conn, 1, booking_id=501)
     conn.referral_factory.users[1001]["qualified_at"] = "2025-05-05"
     # e.g. `serve` recorded Referral Factory's "lead qualified" before any job existed.
@@ -509,7 +496,7 @@ def test_a_wrong_booking_provider_is_reported_as_such(conn):
 
 
 def test_an_interrupted_qualify_that_landed_is_done_before_the_cancellation_unqualifies(conn):
-    conn.set_rule("job_created", unqualify_on=["job_canceled"])
+    set_rule(conn, "job_created", unqualify_on=["job_canceled"])
     code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Canceled"}, status="Converted")
     # A run crashed after its PUT qualified=true landed; the job was canceled since.
     crashed = conn.ledger.record_qualification_intent(code, "qualify", rule="job_created", reason="booking became job 9001")

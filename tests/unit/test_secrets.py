@@ -13,7 +13,8 @@ from keyring.backends import fail, null
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
 from stsync.logs import redact
 from stsync.storage.paths import ConnectionPaths
-from stsync.storage.secrets import ENV_VARS, SECRET_NAMES, SecretStore
+from stsync.credentials import SECRET_NAMES, SECRETS
+from stsync.storage.secrets import SecretStore
 
 CLIENT_SECRET = "cs-keyring-3f9a1c"
 FILE_SECRET = "cs-file-77b2e0"
@@ -42,8 +43,8 @@ def _lock_keyring(monkeypatch) -> None:
 def _assert_three_remedies(error: SecretStoreUnavailable, *, locked: bool = False) -> None:
     assert error.exit_code == 3
     hint = error.hint
-    for env_var in ENV_VARS.values():
-        assert env_var in hint
+    for secret in SECRETS:
+        assert secret.env_var.name in hint
     if locked:  # the fix is unlocking it, first, with the command that does it on a headless box
         assert "is locked" in str(error) and error.locked
         assert hint.startswith("1. unlock the keyring") and "gnome-keyring-daemon --replace --unlock" in hint
@@ -63,6 +64,10 @@ def test_lookup_order_env_then_keyring_then_file(store, paths, monkeypatch):
     assert (store.get("st_client_secret"), store.source("st_client_secret")) == (ENV_SECRET, "env")
     monkeypatch.setenv("STSYNC_ST_CLIENT_SECRET", "")  # empty = not set
     assert store.get("st_client_secret") == CLIENT_SECRET
+    monkeypatch.setenv("STSYNC_ST_CLIENT_SECRET", " \t\r\n")  # blank = not set
+    assert (store.get("st_client_secret"), store.source("st_client_secret")) == (CLIENT_SECRET, "keyring")
+    monkeypatch.setenv("STSYNC_ST_CLIENT_SECRET", f"  {ENV_SECRET}\r\n")  # a CRLF env file, a pasted space
+    assert (store.get("st_client_secret"), store.source("st_client_secret")) == (ENV_SECRET, "env")
 
 
 def test_keyring_entry_is_per_connection_and_name(store, isolated):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,18 +14,14 @@ from stsync.errors import InvalidRecord, UsageError
 from stsync.services import serve as serve_service
 from stsync.services.push import PushResult
 from stsync.services.serve import WebhookServer
-from stsync.storage.config import default_config
-from stsync.storage.ledger import Ledger
 from stsync.webhooks.handler import MAX_BODY_BYTES
-from webhook_fakes import TOKEN, FakeConnection, PushRecorder, lead_payload  # tests/support
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 
 @pytest.fixture
-def conn(tmp_path: Path):
-    ledger = Ledger.open(tmp_path / "ledger.sqlite3")
-    config = default_config(tenant_id=1, client_id="cid", booking_provider=42, campaign_id=7)
-    yield FakeConnection(ledger=ledger, config=config)
-    ledger.close()
+def conn(make_connection):
+    """The real connection and ledger; Referral Factory is the fake (ServiceTitan is never reached)."""
+    return make_connection(referral_factory=FakeReferralFactory())
 
 
 @pytest.fixture

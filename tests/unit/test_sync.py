@@ -23,19 +23,12 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from stsync.errors import ConfigError, LockHeld, UsageError
-from stsync.services.runtime import Connection, build_referral_factory_client, build_servicetitan_client
 from stsync.customersync.customer import CustomerHandler, return_field_types
 from stsync.customersync.pipeline import PASS_KEY, SyncOptions
 from stsync.services.sync import sync_customers
 from stsync.servicetitan.models import Customer, CustomerContact
-from stsync.storage.config import Endpoints, default_config
-from stsync.storage.paths import ConnectionPaths
+from connection_fixtures import AUTH, API, CAMPAIGN, RF, TENANT, unit_config  # tests/support
 
-AUTH = "https://auth.example.test"
-API = "https://api.example.test"
-RF = "https://rf.example.test/api/v2"
-TENANT = 1234567
-CAMPAIGN = 7
 CRM = f"/crm/v2/tenant/{TENANT}"
 LINK, CODE, GATE, TECH = 101, 102, 57, 58
 NAMES = {LINK: "Referral Link", CODE: "Referral Code", GATE: "Gate Code", TECH: "Preferred Technician"}
@@ -184,21 +177,12 @@ def apis(httpx_mock: HTTPXMock) -> FakeApis:
 
 
 @pytest.fixture
-def conn(tmp_path, apis):
-    config = default_config(tenant_id=TENANT, client_id="cid.unit", booking_provider=42, campaign_id=CAMPAIGN)
+def conn(make_connection, apis):
+    config = unit_config()
     config.limits.workers = 4
     config.limits.referral_factory_per_minute = 600_000  # no waiting in unit tests
     config.limits.servicetitan_per_second = 10_000
-    paths = ConnectionPaths.for_config(tmp_path / "config.toml")
-    connection = Connection.open(paths, config)
-    endpoints = Endpoints(AUTH, API, RF)
-    st = build_servicetitan_client(paths, config, endpoints, client_secret="cs2.unit-secret", app_key="ak1.unit-key")
-    rf = build_referral_factory_client(paths, config, endpoints, api_key="rf-unit-key")
-    connection.__dict__.update(endpoints=endpoints, servicetitan=st, referral_factory=rf)
-    yield connection
-    connection.close()
-    st.close()
-    rf.close()
+    return make_connection(config)
 
 
 def seed_mixed(apis: FakeApis) -> None:

@@ -11,19 +11,16 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from stsync.errors import InvalidRecord
 from stsync.leads import Lead
-from stsync.storage.config import default_config
-from stsync.storage.ledger import Ledger
 from stsync.webhooks.deliveries import DeliveryEvent, ServeStats
 from stsync.webhooks.handler import MAX_BODY_BYTES, Request, Response, WebhookHandler
 from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED, delivery_key
 from stsync.webhooks.worker import DeliveryWorker
-from webhook_fakes import TOKEN, FakeConnection, PushRecorder, lead_payload  # tests/support
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 RUN_ID = 41
 
@@ -47,11 +44,9 @@ class Endpoint:
 
 
 @pytest.fixture
-def conn(tmp_path: Path):
-    ledger = Ledger.open(tmp_path / "ledger.sqlite3")
-    config = default_config(tenant_id=1, client_id="cid", booking_provider=42, campaign_id=7)
-    yield FakeConnection(ledger=ledger, config=config)
-    ledger.close()
+def conn(make_connection):
+    """The real connection and ledger; Referral Factory is the fake (ServiceTitan is never reached)."""
+    return make_connection(referral_factory=FakeReferralFactory())
 
 
 @pytest.fixture

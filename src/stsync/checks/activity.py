@@ -16,6 +16,7 @@ from stsync.checks.result import Verdict, fail, fail_with, ok, warn
 from stsync.errors import StsyncError, error_summary
 from stsync.storage.ledger import Ledger
 from stsync.storage.locks import holder
+from stsync.storage.states import PushState, RunJob, RunOutcome
 
 if TYPE_CHECKING:
     from stsync.storage.ledger import AttemptRecord, PushRecord
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 # Other runs of push/sync/qualify are refused (exit 7) while one holds its lock: after this
 # long a holder is probably stuck.
 LONG_RUN_SECONDS = 6 * 3600
-LOCKED_JOBS = ("push", "sync", "qualify", "serve")
-JOB_COMMANDS = {"push": "push-lead", "sync": "sync-customers", "qualify": "qualify"}
+LOCKED_JOBS = tuple(RunJob)
+JOB_COMMANDS = {RunJob.PUSH: "push-lead", RunJob.SYNC: "sync-customers", RunJob.QUALIFY: "qualify"}
 FAILURES_SHOWN = 10
 FAILURES_SCANNED = 200
 
@@ -83,7 +84,7 @@ def check_run_locks(paths: "ConnectionPaths", *, now: float | None = None) -> Ve
         started = info.get("started_at")
         held.append(f"{job}: `{info.get('command')}` (pid {info.get('pid')}, since {started})")
         age = _age_seconds(started, now)
-        if job != "serve" and age is not None and age > LONG_RUN_SECONDS:
+        if job != RunJob.SERVE and age is not None and age > LONG_RUN_SECONDS:
             stuck.append((job, info))
     if not held:
         return ok("no stsync run holds a lock")
@@ -97,7 +98,7 @@ def check_run_locks(paths: "ConnectionPaths", *, now: float | None = None) -> Ve
     return ok("; ".join(held))
 
 
-def check_last_run(ledger: Ledger | None, job: str) -> Verdict:
+def check_last_run(ledger: Ledger | None, job: RunJob) -> Verdict:
     """How the last run of ``job`` (push, sync, qualify) ended."""
     command = JOB_COMMANDS[job]
     if ledger is None:
@@ -107,17 +108,17 @@ def check_last_run(ledger: Ledger | None, job: str) -> Verdict:
         return ok(f"`stsync {command}` has not run yet")
     when = run.finished_at or run.started_at
     counts = _counts_text(run.counts)
-    if run.outcome == "ok":
+    if run.outcome == RunOutcome.OK:
         return ok(f"ok at {when}{counts}")
-    if run.outcome == "running":
+    if run.outcome == RunOutcome.RUNNING:
         return ok(f"running since {run.started_at} (pid {run.pid}, `{run.command}`)")
-    if run.outcome == "interrupted":
+    if run.outcome == RunOutcome.INTERRUPTED:
         return warn(
             f"`{run.command}` started {run.started_at} (pid {run.pid}) was interrupted before it finished{counts}",
             f"run `stsync {command}` again: it resumes where the ledger says it stopped",
         )
     error = f": {run.error}" if run.error else ""
-    if run.outcome == "partial":
+    if run.outcome == RunOutcome.PARTIAL:
         return warn(
             f"partly failed at {when}{counts}{error}",
             "the failed records are listed by `stsync history --failed` (pushes) and below; fix them and run it again",
@@ -140,7 +141,7 @@ def check_push_failures(ledger: Ledger | None) -> tuple[Verdict, list[PushFailur
     resolved = 0
     for external_id, attempt in latest.items():
         push = ledger.get_push(external_id)
-        if push is not None and push.state == "booked":
+        if push is not None and push.state == PushState.BOOKED:
             resolved += 1
             continue
         unresolved.append(PushFailure.of(attempt, push))

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from stsync import credentials
 from stsync.checks.result import WARN, Status
+from stsync.connection import Connection
 from stsync.errors import ConfigError, StsyncError
 from stsync.storage.secrets import SecretStore
 
@@ -31,22 +33,6 @@ if TYPE_CHECKING:
     from stsync.storage.config import Config, Endpoints
     from stsync.storage.ledger import Ledger
     from stsync.storage.paths import ConnectionPaths
-
-
-class OpenConnection(Protocol):
-    """What the live checks use of an open connection (``services.runtime.Connection``)."""
-
-    @property
-    def endpoints(self) -> "Endpoints": ...
-
-    @property
-    def servicetitan(self) -> "ServiceTitanClient": ...
-
-    @property
-    def referral_factory(self) -> "ReferralFactoryClient": ...
-
-    @property
-    def secrets(self) -> SecretStore: ...
 
 
 class LiveAccess:
@@ -68,10 +54,12 @@ class LiveAccess:
         self.campaign: "Campaign | None" = None  # learned by the campaign check
 
     @classmethod
-    def of(cls, conn: OpenConnection) -> "LiveAccess":
+    def of(cls, conn: Connection) -> "LiveAccess":
+        """The live side of an open connection (its clients, closed by its owner)."""
+
         def client_secret() -> str | None:
             try:
-                return conn.secrets.get("st_client_secret")
+                return conn.secrets.get(credentials.ST_CLIENT_SECRET.name)
             except StsyncError:  # no usable store: nothing to ask the other environment with
                 return None
 

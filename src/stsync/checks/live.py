@@ -26,6 +26,7 @@ from stsync.errors import AuthError, ConfigError, ReferralFactoryApiError
 from stsync.logs import get_logger
 from stsync.mapping.return_fields import resolve_custom_field_type
 from stsync.storage.config import INTEGRATION_ENDPOINTS, PRODUCTION_ENDPOINTS
+from stsync.vocabulary import Environment
 
 if TYPE_CHECKING:
     from stsync.storage.config import Config
@@ -57,8 +58,8 @@ def verify_servicetitan_token(live: LiveAccess, config: "Config") -> str:
 def _token_refusal(live: LiveAccess, config: "Config", exc: AuthError) -> AuthError:
     """The refusal told apart: credentials of the other environment, or which environment
     (and token endpoint) refused them."""
-    environment = config.servicetitan.environment
-    other = "integration" if environment == "production" else "production"
+    environment = Environment(config.servicetitan.environment)
+    other = environment.other
     if "Client ID / Client Secret" in str(exc) and _other_environment_accepts(live, config):
         return AuthError(
             f"ServiceTitan's {environment} environment rejects the Client ID / Client Secret, but the {other} "
@@ -78,9 +79,9 @@ def _other_environment_accepts(live: LiveAccess, config: "Config") -> bool:
     Only when the auth URL is the configured environment's default (an override — config or
     STSYNC_ST_AUTH_URL — names one server on purpose). One POST, no retry, a short timeout.
     """
-    production = config.servicetitan.environment == "production"
-    own = PRODUCTION_ENDPOINTS[0] if production else INTEGRATION_ENDPOINTS[0]
-    other = INTEGRATION_ENDPOINTS[0] if production else PRODUCTION_ENDPOINTS[0]
+    auth_url_for = {Environment.PRODUCTION: PRODUCTION_ENDPOINTS[0], Environment.INTEGRATION: INTEGRATION_ENDPOINTS[0]}
+    environment = Environment(config.servicetitan.environment)
+    own, other = auth_url_for[environment], auth_url_for[environment.other]
     if live.endpoints.st_auth_url.rstrip("/") != own:
         return False
     secret = live.client_secret()

@@ -11,8 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stsync import credentials
 from stsync.checks.result import FAIL, WARN, Status, Verdict, fail, fail_with, ok, warn
+from stsync.credentials import Secret
 from stsync.errors import ConfigError, SecretStoreUnavailable
+from stsync.mapping.overview import ACTION_LABELS
 from stsync.mapping.validation import (
     booking_mapping_problems,
     check_return_field,
@@ -22,17 +25,12 @@ from stsync.mapping.validation import (
 )
 from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS
 from stsync.servicetitan.vocabulary import JOB_STATUSES
-from stsync.storage.config import CREATE_BOOKING, Config, Kind, load_config
-from stsync.storage.secrets import ENV_VARS, SECRET_NAMES, SecretStore
+from stsync.storage.config import Config, load_config
+from stsync.storage.secrets import SecretStore
+from stsync.vocabulary import Action, Kind, QualificationRule, UnqualifyEvent
 
 if TYPE_CHECKING:
     from stsync.storage.paths import ConnectionPaths
-
-SECRET_LABELS = {
-    "st_client_secret": "ServiceTitan Client Secret",
-    "st_app_key": "ServiceTitan App Key",
-    "rf_api_key": "Referral Factory API key",
-}
 
 # The troubleshooting guide's "Common causes", verbatim where a check matches one.
 NOTHING_TO_ACTION = (
@@ -77,17 +75,18 @@ def check_identity(config: Config) -> Verdict:
 def check_secrets_present(paths: "ConnectionPaths") -> Verdict:
     """The three secrets can be found (environment, keyring or file). Names only, never values."""
     store = SecretStore(paths)
-    missing: list[str] = []
+    missing: list[Secret] = []
     try:
-        for secret in SECRET_NAMES:
-            if not store.get(secret):
+        for secret in credentials.SECRETS:
+            if not store.get(secret.name):
                 missing.append(secret)
     except ConfigError as exc:  # no usable secret store (SecretStoreUnavailable)
         return fail_with(exc)
     if missing:
-        listed = ", ".join(f"{SECRET_LABELS[s]} ({s}, or env {ENV_VARS[s]})" for s in missing)
-        return fail(f"missing: {listed}", "run `stsync connect` (or set the environment variables)")
-    where = ", ".join(f"{secret} ({store.source(secret) or 'found'})" for secret in SECRET_NAMES)
+        listed = ", ".join(f"{s.label} ({s.name}, or env {s.env_var.name})" for s in missing)
+        found_in = "; ".join(f"the {s.label} is in {s.where}" for s in missing)
+        return fail(f"missing: {listed}", f"run `stsync connect` (or set the environment variables); {found_in}")
+    where = ", ".join(f"{secret.name} ({store.source(secret.name) or 'found'})" for secret in credentials.SECRETS)
     return ok(f"found: {where}")
 
 
@@ -137,8 +136,8 @@ def check_secret_store(paths: "ConnectionPaths") -> tuple[Verdict, dict[str, Any
 
 def check_leads_action(config: Config, *, nothing_is: Status = WARN) -> Verdict:
     """Step 4: when a lead joins the campaign, a booking is created (not "Nothing to action")."""
-    if config.leads.action == CREATE_BOOKING:
-        return ok("Create New Booking In Service Titan")
+    if config.leads.action == Action.CREATE_BOOKING:
+        return ok(ACTION_LABELS[Action.CREATE_BOOKING])
     return Verdict(nothing_is, NOTHING_TO_ACTION, "stsync map action leads create-booking", 3 if nothing_is == FAIL else None)
 
 
@@ -149,7 +148,7 @@ def check_required_fields(config: Config, *, kind: Kind) -> Verdict:
     section_key = section.section_name
     problems = booking_mapping_problems(section)
     missing = missing_required(section)
-    creates = section.action == CREATE_BOOKING
+    creates = section.action == Action.CREATE_BOOKING
     if missing and creates:
         labels = ", ".join(f"{BOOKING_TARGET_LABELS[t]} ({t})" for t in missing)
         extra = f"; also {problems[0]}" if problems else ""
@@ -178,26 +177,27 @@ def check_qualification_rule(config: Config) -> Verdict:
     """Step 6: the rule is consistent (a real job status; something pushed to qualify)."""
     qualification = config.leads.qualification
     rule = qualification.rule
-    if rule == "job_status" and qualification.job_status not in JOB_STATUSES:
+    if rule == QualificationRule.JOB_STATUS and qualification.job_status not in JOB_STATUSES:
         return fail(
             f"job_status {qualification.job_status!r} is not one of " + ", ".join(JOB_STATUSES),
             "stsync map qualify job-status --status Completed",
         )
     described = {
-        "none": "Do not qualify my referrals",
-        "job_created": "qualify when the booking becomes a job",
+        QualificationRule.NONE: "Do not qualify my referrals",
+        QualificationRule.JOB_CREATED: "qualify when the booking becomes a job",
     }.get(rule, f"qualify when the booking becomes a job and reaches {qualification.job_status}")
-    if rule != "none" and config.leads.action != CREATE_BOOKING:
+    if rule != QualificationRule.NONE and config.leads.action != Action.CREATE_BOOKING:
         return warn(
             f"{described}, but leads are not sent to ServiceTitan (Nothing to action): nothing can qualify",
             "stsync map action leads create-booking",
         )
-    if rule != "job_status" and qualification.job_status is not None:
+    if rule != QualificationRule.JOB_STATUS and qualification.job_status is not None:
         return warn(
-            f"{described}; job_status {qualification.job_status!r} is ignored with rule {rule!r}",
+            f"{described}; job_status {qualification.job_status!r} is ignored with rule '{rule}'",
             "stsync map qualify job-status --status <status>, or remove job_status",
         )
-    if "job_canceled" in qualification.unqualify_on and rule == "job_status" and qualification.job_status == "Canceled":
+    cancels = UnqualifyEvent.JOB_CANCELED in qualification.unqualify_on
+    if cancels and rule == QualificationRule.JOB_STATUS and qualification.job_status == "Canceled":
         return warn(
             "qualifies on Canceled and also unqualifies on job_canceled: every qualification is taken back",
             "pick another status, or drop job_canceled from unqualify_on",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from stsync import credentials
 from stsync.checks import activity, live, offline
 from stsync.checks.context import CheckContext, LiveAccess
 from stsync.checks.result import (
@@ -36,7 +37,8 @@ from stsync.checks.result import (
 from stsync.checks.runner import CheckSpec, Input
 from stsync.errors import StsyncError
 from stsync.storage.config import Config
-from stsync.storage.secrets import SECRET_NAMES
+from stsync.storage.states import RunJob
+from stsync.vocabulary import Kind
 
 # == offline ====================================================================================
 
@@ -51,7 +53,7 @@ def _secret_store(ctx: CheckContext) -> Verdict:
     ctx.secrets_described = described
     # What the store said is what the live checks go by: a store that cannot be described has no secret.
     listed = described.get("secrets") or {}
-    ctx.secret_sources = {name: (listed.get(name) or {}).get("source") for name in SECRET_NAMES}
+    ctx.secret_sources = {name: (listed.get(name) or {}).get("source") for name in credentials.SECRET_NAMES}
     return verdict
 
 
@@ -76,12 +78,12 @@ LEADS_ACTION = CheckSpec(
     needs=(CONFIG_FILE,),
 )
 LEADS_MAPPING = CheckSpec(
-    "Leads: field mapping", MAPPING, _config(lambda config: offline.check_required_fields(config, kind="lead")), needs=(CONFIG_FILE,)
+    "Leads: field mapping", MAPPING, _config(lambda config: offline.check_required_fields(config, kind=Kind.LEAD)), needs=(CONFIG_FILE,)
 )
 REFERRERS_MAPPING = CheckSpec(
     "Referrers: field mapping",
     MAPPING,
-    _config(lambda config: offline.check_required_fields(config, kind="referrer")),
+    _config(lambda config: offline.check_required_fields(config, kind=Kind.REFERRER)),
     needs=(CONFIG_FILE,),
 )
 QUALIFICATION_RULE = CheckSpec("Qualification rule", MAPPING, _config(offline.check_qualification_rule), needs=(CONFIG_FILE,))
@@ -104,9 +106,9 @@ def _push_failures(ctx: CheckContext) -> Verdict:
 
 LEDGER = CheckSpec("Ledger", ACTIVITY, _ledger, blocks="the ledger could not be opened")
 RUN_LOCKS = CheckSpec("Runs in progress", ACTIVITY, lambda ctx: activity.check_run_locks(ctx.paths))
-LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, "push"), needs=(LEDGER,))
-LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, "sync"), needs=(LEDGER,))
-LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, "qualify"), needs=(LEDGER,))
+LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.PUSH), needs=(LEDGER,))
+LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,))
+LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
 
 
@@ -122,8 +124,8 @@ def _setting(key: str) -> Input:
     )
 
 
-def _secret(name: str) -> Input:
-    return Input(name, lambda ctx: ctx.has_secret(name), (SECRETS_PRESENT, SECRET_STORE))
+def _secret(secret: credentials.Secret) -> Input:
+    return Input(secret.name, lambda ctx: ctx.has_secret(secret.name), (SECRETS_PRESENT, SECRET_STORE))
 
 
 def _live(verify: Callable[[LiveAccess, Config], str]) -> Callable[[CheckContext], Verdict]:
@@ -147,8 +149,8 @@ ST_TOKEN = CheckSpec(
     inputs=(
         _setting("servicetitan.tenant_id"),
         _setting("servicetitan.client_id"),
-        _secret("st_client_secret"),
-        _secret("st_app_key"),
+        _secret(credentials.ST_CLIENT_SECRET),
+        _secret(credentials.ST_APP_KEY),
     ),
     blocks="the ServiceTitan token was refused",
 )
@@ -174,7 +176,7 @@ RF_KEY = CheckSpec(
     REFERRAL_FACTORY,
     _live(live.verify_referral_factory_key),
     needs=(CONFIG_FILE,),
-    inputs=(_secret("rf_api_key"),),
+    inputs=(_secret(credentials.RF_API_KEY),),
     blocks="the Referral Factory key was refused",
 )
 CAMPAIGN = CheckSpec(

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import typer
 
-from stsync import __version__
+from stsync import __version__, envvars
 from stsync.cli.context import AppContext
 from stsync.errors import StsyncError, UsageError
 
@@ -61,7 +61,7 @@ def _version(value: bool) -> None:
 def _global(
     ctx: typer.Context,
     config: Optional[str] = typer.Option(
-        None, "--config", envvar="STSYNC_CONFIG", help="Config file of the connection (TOML).", show_envvar=True
+        None, "--config", help=f"Config file of the connection (TOML). \\[env var: {envvars.CONFIG.name}]"
     ),
     json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout; human output stays on stderr."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail (-vv for HTTP traffic)."),

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from stsync import credentials
 from stsync.cli.context import AppContext
 
 
@@ -22,13 +23,23 @@ def connect_command(
     tenant_id: Optional[int] = typer.Option(None, "--tenant-id", help="ServiceTitan Tenant ID."),
     client_id: Optional[str] = typer.Option(None, "--client-id", help="ServiceTitan Client ID."),
     client_secret: Optional[str] = typer.Option(
-        None, "--client-secret", help="ServiceTitan Client Secret (prefer the prompt or STSYNC_ST_CLIENT_SECRET)."
+        None,
+        credentials.ST_CLIENT_SECRET.option,
+        help=f"{credentials.ST_CLIENT_SECRET.label} (prefer the prompt or {credentials.ST_CLIENT_SECRET.env_var.name}).",
     ),
-    app_key: Optional[str] = typer.Option(None, "--app-key", help="ServiceTitan App Key (or STSYNC_ST_APP_KEY)."),
+    app_key: Optional[str] = typer.Option(
+        None,
+        credentials.ST_APP_KEY.option,
+        help=f"{credentials.ST_APP_KEY.label} (or {credentials.ST_APP_KEY.env_var.name}).",
+    ),
     booking_provider: Optional[int] = typer.Option(
         None, "--booking-provider", help="The \"Allowed 'booking_provider' value\" shown by ServiceTitan."
     ),
-    rf_api_key: Optional[str] = typer.Option(None, "--rf-api-key", help="Referral Factory API key (or STSYNC_RF_API_KEY)."),
+    rf_api_key: Optional[str] = typer.Option(
+        None,
+        credentials.RF_API_KEY.option,
+        help=f"{credentials.RF_API_KEY.label} (or {credentials.RF_API_KEY.env_var.name}).",
+    ),
     campaign_id: Optional[int] = typer.Option(None, "--campaign-id", help="Referral Factory campaign ID."),
     secrets_store: str = typer.Option(
         "keyring", "--secrets-store", help="keyring (the OS keyring) or file (a 0600 file in the state dir)."
@@ -38,10 +49,9 @@ def connect_command(
     from stsync.errors import UsageError
     from stsync.services.connect import (
         FLAG_FOR,
-        IDENTITY_FIELDS,
-        SECRET_FIELDS,
         ConnectValues,
         connect,
+        label_for,
         plan_connect,
     )
 
@@ -65,12 +75,12 @@ def connect_command(
         if not term.can_ask:
             raise UsageError(
                 "missing (not a terminal, so nothing can be asked): "
-                + ", ".join(f"{FLAG_FOR[m]} ({IDENTITY_FIELDS.get(m) or SECRET_FIELDS[m]})" for m in plan.missing),
-                hint="pass them as options; secrets may also come from STSYNC_ST_CLIENT_SECRET, STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY",
+                + ", ".join(f"{FLAG_FOR[m]} ({label_for(m)})" for m in plan.missing),
+                hint=f"pass them as options; secrets may also come from {credentials.env_var_names()}",
             )
         for name in plan.missing:
-            label = IDENTITY_FIELDS.get(name) or SECRET_FIELDS[name]
-            is_secret = name in SECRET_FIELDS
+            label = label_for(name)
+            is_secret = name in credentials.SECRET_NAMES
             kind = int if name in ("tenant_id", "booking_provider", "campaign_id") else str
             answer = typer.prompt(label, hide_input=is_secret, type=kind, err=True)
             setattr(values, name, answer)

@@ -23,7 +23,7 @@ from stsync.cli.terminal import Terminal
 from stsync.storage.paths import ConnectionPaths, resolve_config_path
 
 if TYPE_CHECKING:
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
     from stsync.storage.config import Config
 
 
@@ -98,7 +98,7 @@ class AppContext:
     def connection(self, *, config: "Config | None" = None) -> "Connection":
         """The open connection (config + secrets + clients + ledger), built once."""
         if self._connection is None:
-            from stsync.services.runtime import Connection
+            from stsync.connection import Connection
 
             self._connection = Connection.open(self.paths, config or self.load_config())
         return self._connection

@@ -18,7 +18,9 @@ from typing import Iterator
 
 import typer
 
+from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.credentials import SECRETS
 
 
 def register(app: typer.Typer) -> None:
@@ -158,14 +160,9 @@ def _shown(argv: list[str]) -> str:
 @contextmanager
 def _demo_environment(workdir: Path, sandbox) -> Iterator[Path]:
     """Point stsync at the sandbox and at a throwaway state dir, then restore the environment."""
-    env = {
-        "STSYNC_STATE_DIR": str(workdir / "state"),
-        "STSYNC_ST_AUTH_URL": sandbox.st_auth_url,
-        "STSYNC_ST_API_URL": sandbox.st_api_url,
-        "STSYNC_RF_API_URL": sandbox.rf_api_url,
-    }
+    env = {envvars.STATE_DIR.name: str(workdir / "state"), **sandbox.env()}
     # Secrets given to `connect` must be the ones stored, not ones inherited from the shell.
-    drop = ("STSYNC_ST_CLIENT_SECRET", "STSYNC_ST_APP_KEY", "STSYNC_RF_API_KEY", "STSYNC_CONFIG")
+    drop = (*(secret.env_var.name for secret in SECRETS), envvars.CONFIG.name)
     saved = {k: os.environ.get(k) for k in (*env, *drop)}
     os.environ.update(env)
     for key in drop:

@@ -7,17 +7,18 @@ from typing import Optional
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.storage.states import AttemptOutcome
 
 OUTCOME_STYLE = {
-    "created": "green",
-    "already_booked": "cyan",
-    "skipped": "yellow",
-    "failed": "red",
-    "lost": "red",
-    "intent": "magenta",
+    AttemptOutcome.CREATED: "green",
+    AttemptOutcome.ALREADY_BOOKED: "cyan",
+    AttemptOutcome.SKIPPED: "yellow",
+    AttemptOutcome.FAILED: "red",
+    AttemptOutcome.LOST: "red",
+    AttemptOutcome.INTENT: "magenta",
 }
 # An attempt whose answer was never recorded: a run in progress, or one that was killed.
-OUTCOME_LABEL = {"already_booked": "already booked", "intent": "unfinished"}
+OUTCOME_LABEL = {AttemptOutcome.ALREADY_BOOKED: "already booked", AttemptOutcome.INTENT: "unfinished"}
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, List, Optional
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.vocabulary import Action, SyncMode
 
 if TYPE_CHECKING:
     from stsync.cli.terminal import Terminal
@@ -59,12 +60,12 @@ def _render_booking_section(term: "Terminal", name: str, data: dict[str, Any]) -
     from rich.panel import Panel
 
     who = "lead joins campaign" if name == "leads" else "referrer joins campaign"
-    style = "green" if data["action"] == "create_booking" else "yellow"
+    style = "green" if data["action"] == Action.CREATE_BOOKING else "yellow"
     term.print(f"[bold]{name.capitalize()}[/] — When {who}: [{style}]{escape(data['action_label'])}[/]")
-    if data["action"] != "create_booking":
+    if data["action"] != Action.CREATE_BOOKING:
         whom = "referred leads" if name == "leads" else "referrers"
         term.print(f"[yellow]Nothing to action — {whom} will not be sent to ServiceTitan[/]")
-    if data["action"] != "create_booking" and not any(row["mapped"] for row in data["fields"]):
+    if data["action"] != Action.CREATE_BOOKING and not any(row["mapped"] for row in data["fields"]):
         term.print("[dim]No field mapping (none is needed while nothing is sent).[/]\n")
         return
     title = f"{name.capitalize()} → ServiceTitan booking (* required)"
@@ -109,7 +110,7 @@ def _label(target: str) -> str:
 def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
     from rich.markup import escape
 
-    mode = "Ongoing Sync" if data["mode"] == "ongoing" else "One-Time Sync"
+    mode = "Ongoing Sync" if data["mode"] == SyncMode.ONGOING else "One-Time Sync"
     inactive = "included" if data["include_inactive"] else "skipped"
     term.print(f"[bold]Customers[/] — ServiceTitan customers → campaign referrers: {mode}; inactive customers {inactive}")
     table = term.table("Data Type", "From ServiceTitan", "To Referral Factory", title="Map Fields (* required)")

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any, List, Optional
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.storage.states import AttemptOutcome
+from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
     from stsync.cli.terminal import Terminal
     from stsync.services.push import PushReport, PushResult
-    from stsync.storage.config import Kind
 
 INPUTS = "--email/--first-name, --file, --code, --rf-user-id or --new"
 
@@ -49,7 +50,7 @@ def push_lead_command(
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    kind: Kind = "referrer" if referrer else "lead"
+    kind = Kind.REFERRER if referrer else Kind.LEAD
 
     flags = {"--email": email, "--first-name": first_name, "--referral-code": referral_code,
              "--campaign-name": campaign_name, "--phone": phone, "--field": field or None}
@@ -102,7 +103,7 @@ def push_lead_command(
         return
 
     if new:
-        with term.progress("Pushing new leads" if kind == "lead" else "Pushing referrers") as bar:
+        with term.progress("Pushing new leads" if kind == Kind.LEAD else "Pushing referrers") as bar:
             report = service.push_new(conn, target, progress=bar, dry_run=dry_run)
     else:
         if code is not None or rf_user_id is not None:
@@ -116,7 +117,7 @@ def push_lead_command(
             report = service.push_leads(conn, leads, target, dry_run=dry_run)
 
     if new and not report.results and not dry_run:
-        who = "referred lead" if kind == "lead" else "referrer"
+        who = "referred lead" if kind == Kind.LEAD else "referrer"
         term.summary(f"No new {who}s to push: every {who} of campaign {conn.campaign_id} has a booking")
     else:
         _render(term, report, dry_run=dry_run, batch=batch, json_mode=app_ctx.json_mode)
@@ -194,11 +195,11 @@ def _render(term: "Terminal", report: "PushReport", *, dry_run: bool, batch: boo
 
 def _render_line(term: "Terminal", result: "PushResult", escape) -> None:
     who = escape(result.lead.describe())
-    if result.outcome == "created":
+    if result.outcome == AttemptOutcome.CREATED:
         term.print(f"[green]✓[/] {who}: created booking #{result.booking_id}")
-    elif result.outcome == "already_booked":
+    elif result.outcome == AttemptOutcome.ALREADY_BOOKED:
         term.print(f"[cyan]•[/] {who}: already booked #{result.booking_id}")
-    elif result.outcome == "skipped":
+    elif result.outcome == AttemptOutcome.SKIPPED:
         term.print(f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})")
     else:
         # Failures stay visible with -q: cron mail must show them.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.storage.states import RunJob
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +63,7 @@ def qualify_command(
     if dry_run:
         report = run()  # writes nothing, so it needs no lock
     else:
-        with conn.run_lock("qualify", command="qualify"):
+        with conn.run_lock(RunJob.QUALIFY, command="qualify"):
             report = run()
 
     counts = report.counts()

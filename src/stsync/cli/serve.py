@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.storage.states import DeliveryOutcome, RunJob
 
 if TYPE_CHECKING:
     from stsync.services.serve import WebhookServer
@@ -35,9 +37,8 @@ def serve_command(
     token: Optional[str] = typer.Option(
         None,
         "--token",
-        envvar="STSYNC_WEBHOOK_TOKEN",
-        show_envvar=True,
-        help="Shared secret: in the webhook URL (/hooks/<token>) or the X-Stsync-Token header. Prefer the env variable.",
+        help="Shared secret: in the webhook URL (/hooks/<token>) or the X-Stsync-Token header. "
+        f"Prefer the env variable. \\[env var: {envvars.WEBHOOK_TOKEN.name}]",
     ),
 ) -> None:
     from stsync.services.serve import WebhookServer
@@ -45,7 +46,7 @@ def serve_command(
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    token = check_token(token)
+    token = check_token(envvars.resolve(envvars.WEBHOOK_TOKEN, option=token))
     conn = app_ctx.connection()
     # Fail now, not at the first delivery, when the connection cannot work.
     conn.require("tenant_id", "client_id", "booking_provider", "campaign_id")
@@ -57,11 +58,11 @@ def serve_command(
         who = f" {event.who}" if event.who else ""
         what = event.event or "request"
         if event.stage == "received":
-            if event.outcome == "rejected":
+            if event.outcome == DeliveryOutcome.REJECTED:
                 term.warning(f"{event.status} {what}: {event.message}")
             else:
                 term.info(f"← {event.status} {what}{who}: {event.message}")
-        elif event.outcome == "failed":
+        elif event.outcome == DeliveryOutcome.FAILED:
             term.error(f"{what}{who}: {event.message}")
         else:
             booking = f" (booking {event.booking_id})" if event.booking_id else ""
@@ -72,7 +73,7 @@ def serve_command(
         term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
 
     server = WebhookServer(conn, token=token, host=host, port=port, observer=show)
-    with conn.run_lock("serve", command="serve"):
+    with conn.run_lock(RunJob.SERVE, command="serve"):
         serve_until_signalled(server, on_started=started)
     stats = server.stats
     term.summary(

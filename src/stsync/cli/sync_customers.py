@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.vocabulary import RunMode
 
 if TYPE_CHECKING:
     from stsync.cli.terminal import Terminal
@@ -49,7 +50,8 @@ def sync_customers_command(
         raise UsageError("give --once or --ongoing, not both")
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    options = SyncOptions(mode="once" if once else "ongoing" if ongoing else None, full=full, dry_run=dry_run, limit=limit)
+    mode = RunMode.ONCE if once else RunMode.ONGOING if ongoing else None
+    options = SyncOptions(mode=mode, full=full, dry_run=dry_run, limit=limit)
     conn = app_ctx.connection()
     with term.progress("Syncing customers" if not dry_run else "Checking customers") as bar:
         report = sync_customers(conn, options, progress=bar)
@@ -65,7 +67,7 @@ def sync_customers_command(
 
 def _render(term: "Terminal", report: "SyncReport", limit: int | None) -> None:
     dry = report.dry_run
-    how = {"once": "one-time", "ongoing": "ongoing"}[report.mode] + (", full pass" if report.full else "")
+    how = {RunMode.ONCE: "one-time", RunMode.ONGOING: "ongoing"}[report.mode] + (", full pass" if report.full else "")
     if dry:
         term.info(f"Confirm ({how} sync, dry run): nothing was sent to Referral Factory or written anywhere.")
     table = term.table("Customers", "Count", title="What would happen" if dry else "Customer sync")

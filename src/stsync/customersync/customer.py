@@ -52,10 +52,11 @@ from stsync.mapping.referrers import ReferrerRequest, Skip, referrer_request_for
 from stsync.mapping.return_fields import resolve_custom_field_type, return_field_update, return_values_for
 from stsync.storage.ledger import Ledger, ReferrerRecord
 from stsync.storage.locks import KeyLock
+from stsync.storage.states import REFERRER_RETRY_STATES, ReferrerState
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
     from stsync.servicetitan.client import ServiceTitanClient
     from stsync.servicetitan.models import Customer, CustomFieldType
 
@@ -63,8 +64,7 @@ log = get_logger(__name__)
 
 # Creates of one referrer whose answer was lost (and proved not applied) before giving up.
 MAX_CREATE_ATTEMPTS = 3
-# Ledger states of a customer whose last attempt failed or was cut short.
-RETRY_STATES = ("pending", "failed")
+UNCHANGED = "unchanged"  # an outcome only: the customer's referrer needed nothing (not a ledger state)
 ALREADY_REFERRER = "already_referrer"
 # Where a customer's failure happened (the ledger row's error carries it as "stage").
 STAGE_REFERRER = "referrer"
@@ -99,8 +99,8 @@ class Plan:
 
 @dataclass
 class Outcome:
-    """What happened to one customer (``kind``: created, adopted, updated, unchanged,
-    skipped or failed)."""
+    """What happened to one customer (``kind``: a ``ReferrerState`` — created, adopted,
+    updated, skipped or failed — or ``UNCHANGED``)."""
 
     customer_id: int
     kind: str
@@ -200,10 +200,10 @@ class CustomerHandler:
     def _skipped(self, plan: Plan, reason: str, *, record: ReferrerRecord | None = None) -> Outcome:
         record = record if record is not None else plan.record
         has_referrer = record is not None and record.rf_user_id is not None
-        unchanged = record is not None and record.state == "skipped" and record.skip_reason == reason
+        unchanged = record is not None and record.state == ReferrerState.SKIPPED and record.skip_reason == reason
         return Outcome(
             plan.customer_id,
-            "skipped",
+            ReferrerState.SKIPPED,
             reason=reason,
             email=plan.email,
             record_skip=not (self.dry_run or has_referrer or unchanged),
@@ -219,8 +219,8 @@ class CustomerHandler:
                 # The referrer exists: keep its state, note what went wrong.
                 self.ledger.upsert_referrer(customer_id, error=error)
             else:
-                self.ledger.upsert_referrer(customer_id, state="failed", email=plan.email, error=error)
-        return Outcome(customer_id, "failed", email=plan.email, error=error)
+                self.ledger.upsert_referrer(customer_id, state=ReferrerState.FAILED, email=plan.email, error=error)
+        return Outcome(customer_id, ReferrerState.FAILED, email=plan.email, error=error)
 
     def _as_referrer(self, plan: Plan, request: ReferrerRequest, retrying: bool) -> Outcome:
         record = plan.record
@@ -271,8 +271,8 @@ class CustomerHandler:
         """The campaign user for this customer: found (after a crash, or known to the ledger)
         or created (intent recorded first). The caller records the result."""
         user: User | None = None
-        kind = "adopted"
-        if record is not None and record.state in RETRY_STATES:
+        kind = ReferrerState.ADOPTED
+        if record is not None and record.state in REFERRER_RETRY_STATES:
             # A previous attempt may have created the user before its answer was lost or
             # recorded: look before writing again.
             user = self.rf.find_user_by_email(self.campaign_id, request.email)
@@ -281,7 +281,7 @@ class CustomerHandler:
         if user is None:
             self.ledger.upsert_referrer(
                 plan.customer_id,
-                state="pending",
+                state=ReferrerState.PENDING,
                 email=request.email,
                 fingerprint=request.fingerprint,
                 skip_reason=None,
@@ -295,7 +295,7 @@ class CustomerHandler:
         contract: search before retrying a create), so a 503 costs a retry, not a failure."""
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
             try:
-                return self.rf.create_user(request.body), "created"
+                return self.rf.create_user(request.body), ReferrerState.CREATED
             except DuplicateEmail as exc:
                 log.info("customer %s: %s is already in the campaign; adopting that user", customer_id, request.email)
                 user = self.rf.find_user_by_email(self.campaign_id, request.email)
@@ -310,11 +310,11 @@ class CustomerHandler:
                         path=exc.path,
                         hint="the next run searches again; if it persists, look the e-mail up in Referral Factory",
                     ) from None
-                return user, "adopted"
+                return user, ReferrerState.ADOPTED
             except AnswerLost:
                 user = self.rf.find_user_by_email(self.campaign_id, request.email)
                 if user is not None:
-                    return user, "created"
+                    return user, ReferrerState.CREATED
                 if attempt == MAX_CREATE_ATTEMPTS:
                     raise
                 log.info("customer %s: the create was lost and not applied; trying again", customer_id)
@@ -339,11 +339,11 @@ class CustomerHandler:
     def _existing(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord, retrying: bool) -> Outcome:
         customer_id = plan.customer_id
         code, url = record.code, record.url
-        kind = "unchanged"
+        kind = UNCHANGED
         sample = None
         changes: dict[str, Any] | None = None
         if record.fingerprint != request.fingerprint:
-            kind = "updated"
+            kind = ReferrerState.UPDATED
             body = _update_body(request)
             if self.dry_run:
                 sample = _sample("update", plan.customer, request.email, referrer=body)
@@ -351,7 +351,7 @@ class CustomerHandler:
                 user = self.rf.update_user(int(record.rf_user_id), body)  # type: ignore[arg-type]
                 code, url = user.code or code, user.url or url
                 changes = {
-                    "state": "updated",
+                    "state": ReferrerState.UPDATED,
                     "email": request.email,
                     "fingerprint": request.fingerprint,
                     "code": code,
@@ -388,10 +388,10 @@ class CustomerHandler:
             return self._skipped(plan, ALREADY_REFERRER)
         # The scratch ledger remembers it, so a later customer with this e-mail is counted
         # as it would be: already a referrer.
-        self.staging.upsert_referrer(plan.customer_id, state="pending", email=request.email)
+        self.staging.upsert_referrer(plan.customer_id, state=ReferrerState.PENDING, email=request.email)
         placeholders = {name: f"<{value} of the new referrer>" for name, value in self.return_fields.items()}
         sample = _sample("create", plan.customer, request.email, referrer=request.body, return_fields=placeholders)
-        return Outcome(plan.customer_id, "created", email=request.email, fields_written=len(placeholders), sample=sample)
+        return Outcome(plan.customer_id, ReferrerState.CREATED, email=request.email, fields_written=len(placeholders), sample=sample)
 
     # -- return fields ---------------------------------------------------------------------
     def _return_values(self, code: str | None, url: str | None) -> dict[str, str]:
@@ -465,7 +465,7 @@ class CustomerHandler:
 def record_skip(ledger: Ledger, outcome: Outcome, *, conn: Any = None) -> None:
     """Record a skip (``Outcome.record_skip``) on the customer's ledger row."""
     ledger.upsert_referrer(
-        outcome.customer_id, conn=conn, state="skipped", skip_reason=outcome.reason, email=outcome.email, error=None
+        outcome.customer_id, conn=conn, state=ReferrerState.SKIPPED, skip_reason=outcome.reason, email=outcome.email, error=None
     )
 
 

@@ -49,25 +49,22 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from stsync.customersync.customer import CustomerHandler, Outcome, Plan, record_skip, return_field_types
+from stsync.customersync.customer import UNCHANGED, CustomerHandler, Outcome, Plan, record_skip, return_field_types
 from stsync.customersync.feeds import Prefetch, contact_row, contacts_differ, latest_by_id, overlay
 from stsync.customersync.report import SyncReport
 from stsync.errors import UsageError
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.storage.ledger import Ledger, utc_now
+from stsync.storage.states import RunJob
+from stsync.vocabulary import RUN_MODE_FOR, RunMode, SyncMode
 from stsync.workpool import WorkPool
 
 if TYPE_CHECKING:
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
     from stsync.servicetitan.models import Customer
 
-Mode = Literal["once", "ongoing"]
-MODES: tuple[str, ...] = ("once", "ongoing")
-CONFIG_MODES: dict[str, Mode] = {"one_time": "once", "ongoing": "ongoing"}  # [customer_sync] mode → run mode
-
-JOB = "sync"
 CUSTOMERS_FEED = "customers"
 CONTACTS_FEED = "contacts"
 # Set while a pass that began at the feed's start is unfinished: --once / --full resume it.
@@ -81,21 +78,21 @@ class SyncOptions:
     decides. ``limit``: read at most this many customers from the customer feed (the next
     run carries on). ``command`` names the run in the ledger and the lock."""
 
-    mode: Mode | None = None
+    mode: RunMode | None = None
     full: bool = False
     dry_run: bool = False
     limit: int | None = None
     command: str = "sync-customers"
 
     def __post_init__(self) -> None:
-        if self.mode is not None and self.mode not in MODES:
-            raise UsageError(f"mode must be once or ongoing, not {self.mode!r}")
+        if self.mode is not None and self.mode not in tuple(RunMode):
+            raise UsageError(f"mode must be {' or '.join(RunMode)}, not {self.mode!r}")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, not {self.limit}")
 
-    def run_mode(self, config_mode: str) -> Mode:
+    def run_mode(self, config_mode: str) -> RunMode:
         """``--once`` / ``--ongoing`` win; otherwise ``[customer_sync] mode``."""
-        return self.mode if self.mode is not None else CONFIG_MODES[config_mode]
+        return RunMode(self.mode) if self.mode is not None else RUN_MODE_FOR[SyncMode(config_mode)]
 
 
 @dataclass
@@ -149,7 +146,7 @@ class CustomerSync:
         recording = (
             nullcontext()
             if self.dry_run
-            else self.ledger.recorded_run(JOB, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed))
+            else self.ledger.recorded_run(RunJob.SYNC, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed))
         )
         with recording as run_id:
             report.run_id = run_id
@@ -184,7 +181,7 @@ class CustomerSync:
     def _customers_start(self) -> tuple[str | None, bool]:
         """Where the customer feed starts, and whether an unfinished pass is being resumed."""
         stored = self.ledger.get_position(CUSTOMERS_FEED)
-        if self.mode == "ongoing" and not self.full:
+        if self.mode == RunMode.ONGOING and not self.full:
             return stored, False
         if self.ledger.get(PASS_KEY):
             return stored, True
@@ -380,7 +377,7 @@ class CustomerSync:
 
     def _count(self, outcome: Outcome) -> None:
         if (
-            outcome.kind == "unchanged"
+            outcome.kind == UNCHANGED
             and self._first_write_at is not None
             and outcome.modified_on is not None
             and outcome.modified_on >= self._first_write_at

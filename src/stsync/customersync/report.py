@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stsync.customersync.customer import Outcome
+from stsync.storage.states import ReferrerState
 
 SAMPLE_SIZE = 10
 FAILURES_KEPT = 20
@@ -37,12 +38,12 @@ class SyncReport:
         """Count one customer's outcome."""
         self.examined += 1
         self.return_fields_written += outcome.fields_written
-        if outcome.kind == "skipped":
-            reason = outcome.reason or "skipped"
+        if outcome.kind == ReferrerState.SKIPPED:
+            reason = outcome.reason or ReferrerState.SKIPPED.value
             self.skipped_by_reason[reason] = self.skipped_by_reason.get(reason, 0) + 1
         else:
             setattr(self, outcome.kind, getattr(self, outcome.kind) + 1)
-        if outcome.kind == "failed" and len(self.failures) < FAILURES_KEPT:
+        if outcome.kind == ReferrerState.FAILED and len(self.failures) < FAILURES_KEPT:
             self.failures.append({"customer_id": outcome.customer_id, "email": outcome.email, "error": outcome.error})
         if outcome.sample is not None and len(self.sample) < SAMPLE_SIZE:
             self.sample.append(outcome.sample)

@@ -25,8 +25,6 @@ from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS, CUSTOM_PREFIX, REQU
 from stsync.leads import LEAD_FIELD_LABELS, META_PREFIX
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
-    CREATE_BOOKING,
-    NOTHING,
     BookingSettings,
     Config,
     FieldSpec,
@@ -35,6 +33,7 @@ from stsync.storage.config import (
     SelectValue,
     TemplateValue,
 )
+from stsync.vocabulary import Action, QualificationRule, ReturnValue
 
 
 @dataclass(frozen=True)
@@ -135,22 +134,23 @@ class SectionStatus:
 
     @property
     def setup_required(self) -> bool:
-        return self.action == CREATE_BOOKING and bool(self.missing)
+        return self.action == Action.CREATE_BOOKING and bool(self.missing)
 
 
 def section_status(section: BookingSettings) -> SectionStatus:
     return SectionStatus(section=section.section_name, action=section.action, missing=missing_required(section))
 
 
-ACTION_LABELS = {CREATE_BOOKING: "Create New Booking In Service Titan", NOTHING: "Nothing to action"}
-RETURN_VALUE_LABELS = {"referral_link": "Referral Link", "referral_code": "Referral Code"}
+# The seed's words for each action and return value.
+ACTION_LABELS = {Action.CREATE_BOOKING: "Create New Booking In Service Titan", Action.NOTHING: "Nothing to action"}
+RETURN_VALUE_LABELS = {ReturnValue.REFERRAL_LINK: "Referral Link", ReturnValue.REFERRAL_CODE: "Referral Code"}
 
 
 def qualification_label(rule: str, job_status: str | None) -> str:
     """The setup guide's Step 6 wording of a rule."""
-    if rule == "job_created":
+    if rule == QualificationRule.JOB_CREATED:
         return "Booking becomes a job"
-    if rule == "job_status":
+    if rule == QualificationRule.JOB_STATUS:
         return f"Booking becomes a job and reached status {job_status}"
     return "Do not qualify my referrals"
 

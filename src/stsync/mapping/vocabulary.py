@@ -15,6 +15,7 @@ lookups that cannot fail on a known target.
 from __future__ import annotations
 
 from stsync.servicetitan.vocabulary import ADDRESS_PARTS, BOOKING_TARGETS, SELECT_OPTIONS
+from stsync.vocabulary import ReturnValue
 
 # How the setup guide's table (Step 5) and ServiceTitan's screens name each booking target.
 BOOKING_TARGET_LABELS: dict[str, str] = {
@@ -54,7 +55,7 @@ CUSTOMER_SOURCES: tuple[str, ...] = (
 CUSTOM_PREFIX = "custom."
 REFERRER_TARGETS: tuple[str, ...] = ("first_name", "email")  # plus meta.<label>
 REQUIRED_REFERRER_TARGETS: tuple[str, ...] = ("first_name", "email")
-RETURN_VALUES: tuple[str, ...] = ("referral_link", "referral_code")
+RETURN_VALUES: tuple[str, ...] = tuple(ReturnValue)
 
 
 def target_kind(target: str) -> str:

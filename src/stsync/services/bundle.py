@@ -165,7 +165,8 @@ def log_tail(paths: "ConnectionPaths", lines: int) -> list[str]:
 def _register_connection_secrets(paths: "ConnectionPaths") -> None:
     """Load the connection's secrets (which registers them for ``redact``), ignoring failures:
     a store that cannot be read cannot leak either."""
-    from stsync.storage.secrets import SECRET_NAMES, SecretStore
+    from stsync.credentials import SECRET_NAMES
+    from stsync.storage.secrets import SecretStore
 
     store = SecretStore(paths)
     for name in SECRET_NAMES:

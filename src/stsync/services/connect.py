@@ -17,15 +17,18 @@ from typing import Literal
 from stsync.checks import table
 from stsync.checks.context import CheckContext, LiveAccess
 from stsync.checks.runner import CheckRun
+from stsync.connection import build_referral_factory_client, build_servicetitan_client
+from stsync.credentials import SECRET_NAMES, SECRETS
+from stsync.credentials import secret as secret_named
 from stsync.errors import ConfigError, UsageError
 from stsync.logs import get_logger, register_secret
 from stsync.referralfactory.client import ReferralFactoryClient
-from stsync.services.runtime import build_referral_factory_client, build_servicetitan_client
 from stsync.servicetitan.client import ServiceTitanClient
 from stsync.storage.config import Config, default_config, load_config, resolve_endpoints
 from stsync.storage.config_writer import save_config
 from stsync.storage.paths import ConnectionPaths
 from stsync.storage.secrets import SecretStore
+from stsync.vocabulary import Environment
 
 log = get_logger(__name__)
 
@@ -38,20 +41,18 @@ IDENTITY_FIELDS: dict[str, str] = {
     "booking_provider": "Booking Provider Value (\"Allowed 'booking_provider' value\")",
     "campaign_id": "Referral Factory campaign ID",
 }
-SECRET_FIELDS: dict[str, str] = {
-    "st_client_secret": "ServiceTitan Client Secret",
-    "st_app_key": "ServiceTitan App Key",
-    "rf_api_key": "Referral Factory API key",
-}
 FLAG_FOR = {
     "tenant_id": "--tenant-id",
     "client_id": "--client-id",
     "booking_provider": "--booking-provider",
     "campaign_id": "--campaign-id",
-    "st_client_secret": "--client-secret",
-    "st_app_key": "--app-key",
-    "rf_api_key": "--rf-api-key",
+    **{secret.name: secret.option for secret in SECRETS},
 }
+
+
+def label_for(name: str) -> str:
+    """What a value of ``connect`` is called in prompts and "missing" messages."""
+    return IDENTITY_FIELDS.get(name) or secret_named(name).label
 
 
 @dataclass
@@ -68,7 +69,7 @@ class ConnectValues:
     rf_api_key: str | None = None
 
     def __repr__(self) -> str:  # never show secrets, even in a debugger or a trace
-        shown = {k: v for k, v in asdict(self).items() if k not in SECRET_FIELDS}
+        shown = {k: v for k, v in asdict(self).items() if k not in SECRET_NAMES}
         return f"ConnectValues({shown}, secrets=<hidden>)"
 
 
@@ -122,15 +123,15 @@ def plan_connect(paths: ConnectionPaths, given: ConnectValues) -> ConnectPlan:
         values.client_id = values.client_id or st.client_id
         values.booking_provider = values.booking_provider if values.booking_provider is not None else st.booking_provider
         values.campaign_id = values.campaign_id if values.campaign_id is not None else rf.campaign_id
-    values.environment = values.environment or "production"
+    values.environment = values.environment or Environment.PRODUCTION
     store = SecretStore(paths)
-    for name in SECRET_FIELDS:
+    for name in SECRET_NAMES:
         if getattr(values, name) is None:
             try:
                 setattr(values, name, store.get(name))
             except ConfigError:
                 pass  # an unusable keyring only matters if the value is still missing
-    missing = [name for name in [*IDENTITY_FIELDS, *SECRET_FIELDS] if getattr(values, name) in (None, "")]
+    missing = [name for name in [*IDENTITY_FIELDS, *SECRET_NAMES] if getattr(values, name) in (None, "")]
     return ConnectPlan(values=values, missing=missing, existing_config=existing is not None)
 
 
@@ -143,15 +144,15 @@ def connect(
     transport=None,
 ) -> ConnectResult:
     """Verify (unless told not to), store the secrets, write the config."""
-    missing = [name for name in [*IDENTITY_FIELDS, *SECRET_FIELDS] if getattr(values, name) in (None, "")]
+    missing = [name for name in [*IDENTITY_FIELDS, *SECRET_NAMES] if getattr(values, name) in (None, "")]
     if missing:
         raise UsageError(
-            "missing: " + ", ".join(f"{IDENTITY_FIELDS.get(m) or SECRET_FIELDS[m]} ({FLAG_FOR[m]})" for m in missing),
+            "missing: " + ", ".join(f"{label_for(m)} ({FLAG_FOR[m]})" for m in missing),
             hint="pass them as options, or run `stsync connect` in a terminal to be asked",
         )
-    if values.environment not in ("production", "integration"):
-        raise UsageError(f"--environment must be production or integration, not {values.environment!r}")
-    for name in SECRET_FIELDS:
+    if values.environment not in tuple(Environment):
+        raise UsageError(f"--environment must be {' or '.join(Environment)}, not {values.environment!r}")
+    for name in SECRET_NAMES:
         register_secret(getattr(values, name))
 
     created = not paths.config.exists()
@@ -180,7 +181,7 @@ def connect(
 
     store = SecretStore(paths)
     stored: list[str] = []
-    for name in SECRET_FIELDS:
+    for name in SECRET_NAMES:
         value = getattr(values, name)
         if value and store.source(name) != "env":
             store.set(name, value, store=secrets_store)
@@ -229,7 +230,7 @@ def verify_connection(paths: ConnectionPaths, config: Config, values: ConnectVal
     )
     # The secrets are the values given, not the store's: the live checks need not look them up.
     context = CheckContext(
-        paths=paths, config_path=paths.config, config=config, live=live, secret_sources=dict.fromkeys(SECRET_FIELDS, "given")
+        paths=paths, config_path=paths.config, config=config, live=live, secret_sources=dict.fromkeys(SECRET_NAMES, "given")
     )
     try:
         CheckRun(context).run(table.CONNECT, stop_at_first_failure=True)

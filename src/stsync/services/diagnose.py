@@ -37,13 +37,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stsync import connection
 from stsync.checks import table
 from stsync.checks.activity import PushFailure
 from stsync.checks.context import CheckContext, LiveAccess
 from stsync.checks.result import FAIL, PASS, WARN, Check, NotRun
 from stsync.checks.runner import CheckRun, exit_code_for
 from stsync.logs import get_logger
-from stsync.services import runtime
 from stsync.services.referral_story import ReferralStory, referral_story
 
 if TYPE_CHECKING:
@@ -127,14 +127,14 @@ def diagnose(
     )
     context = CheckContext(paths=paths, config_path=config_path, nothing_to_action=FAIL)
     run = CheckRun(context)
-    conn: runtime.Connection | None = None
+    conn: connection.Connection | None = None
     try:
         run.run(table.DIAGNOSE_OFFLINE)
         if offline:
             run.skip(table.LIVE, "--offline")
         else:
             if context.config is not None:
-                conn = runtime.Connection.open(paths, context.config, retry_budget_seconds=runtime.CHECK_RETRY_BUDGET_SECONDS)
+                conn = connection.Connection.open(paths, context.config, retry_budget_seconds=connection.CHECK_RETRY_BUDGET_SECONDS)
                 context.live = LiveAccess.of(conn)
             run.run(table.LIVE)
         if email is not None:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import UsageError, error_summary
+from stsync.storage.states import RunJob
 
 if TYPE_CHECKING:
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
 
 MAX_LIMIT = 10_000
 
@@ -91,7 +92,7 @@ def push_history(
         )
         for a in attempts
     ]
-    run = ledger.last_run("push")
+    run = ledger.last_run(RunJob.PUSH)
     last_run = None
     if run is not None:
         last_run = {

@@ -16,15 +16,18 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from stsync.errors import InvalidRecord, ReferralFactoryApiError, UsageError
-from stsync.leads import PERSON_INVITED, PERSON_REFERRING, Lead, LeadReader
+from stsync.leads import Lead, LeadReader
 from stsync.mapping.booking import external_id_for, lead_fields_read
+from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
+from stsync.storage.states import PushState
+from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
     from stsync.services.push import PushTarget
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
 
 # The Referral Factory user type `push-lead --new` searches for each kind.
-USER_TYPE_FOR_KIND = {"lead": PERSON_INVITED, "referrer": PERSON_REFERRING}
+USER_TYPE_FOR_KIND = {Kind.LEAD: PERSON_INVITED, Kind.REFERRER: PERSON_REFERRING}
 
 
 def fetch_lead(conn: "Connection", *, code: str | None = None, rf_user_id: int | None = None) -> Lead:
@@ -85,7 +88,7 @@ def new_leads(conn: "Connection", target: "PushTarget") -> list[Lead]:
             continue  # a page boundary moved under us: the same user twice
         seen.add(external_id)
         known = ledger.get_push(external_id)
-        if known is not None and known.state == "booked":
+        if known is not None and known.state == PushState.BOOKED:
             continue
         leads.append(lead)
     return leads

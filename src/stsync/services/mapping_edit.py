@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from stsync.errors import ConfigError, UsageError
+from stsync.mapping.overview import ACTION_LABELS, qualification_label
 from stsync.mapping.validation import (
     check_booking_spec,
     check_booking_target,
@@ -31,7 +33,6 @@ from stsync.mapping.validation import (
 from stsync.mapping.vocabulary import REQUIRED_REFERRER_TARGETS, select_options, target_kind
 from stsync.servicetitan.vocabulary import JOB_STATUSES, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
-    CREATE_BOOKING,
     VALUE_KINDS,
     BookingSettings,
     Config,
@@ -43,22 +44,23 @@ from stsync.storage.config import (
 )
 from stsync.storage.config_writer import render_config, save_config, toml_value
 from stsync.suggestions import did_you_mean
+from stsync.vocabulary import Action, Kind, QualificationRule, ReturnValue, UnqualifyEvent
 
 FOR_CHOICES = ("leads", "referrers", "customers")
-ACTION_WORDS = {"create-booking": "create_booking", "create_booking": "create_booking", "nothing": "nothing"}
-RULE_WORDS = {
-    "none": "none",
-    "job-created": "job_created",
-    "job_created": "job_created",
-    "job-status": "job_status",
-    "job_status": "job_status",
-}
-UNQUALIFY_WORDS = {
-    "job-canceled": "job_canceled",
-    "job_canceled": "job_canceled",
-    "booking-dismissed": "booking_dismissed",
-    "booking_dismissed": "booking_dismissed",
-}
+
+
+def _words(vocabulary: type[StrEnum]) -> dict[str, Any]:
+    """What a person may type for each word: the config's spelling or the CLI's (dashes)."""
+    return {spelling: word for word in vocabulary for spelling in (word.value, _dashed(word))}
+
+
+def _dashed(word: str) -> str:
+    return word.replace("_", "-")
+
+
+ACTION_WORDS = _words(Action)
+RULE_WORDS = _words(QualificationRule)
+UNQUALIFY_WORDS = _words(UnqualifyEvent)
 
 
 @dataclass
@@ -139,23 +141,24 @@ def set_action(config_path: Path, section: str, action: str) -> EditResult:
         raise UsageError(f"map action takes leads or referrers, not {section!r}{did_you_mean(section, ('leads', 'referrers'))}")
     chosen = ACTION_WORDS.get(action.strip().casefold())
     if chosen is None:
-        raise UsageError(f"unknown action {action!r}{did_you_mean(action, ('create-booking', 'nothing'))}", hint="use create-booking or nothing")
+        dashed = [_dashed(word) for word in Action]
+        raise UsageError(f"unknown action {action!r}{did_you_mean(action, dashed)}", hint=f"use {' or '.join(dashed)}")
     notes: list[str] = []
 
     def change(config: Config) -> bool:
         settings = _booking_settings(config, section)
         before = settings.action
         settings.action = chosen
-        if section == "referrers" and chosen == "create_booking" and not settings.fields:
+        if section == "referrers" and chosen == Action.CREATE_BOOKING and not settings.fields:
             # The Referrers tab maps the same booking fields; start from what leads use.
             settings.fields = dict(config.leads.fields)
             notes.append("the referrers had no field mapping: started from the leads' (see `stsync map show --for referrers`)")
         return before != chosen
 
-    label = "Create New Booking In Service Titan" if chosen == "create_booking" else "Nothing to action"
+    label = ACTION_LABELS[chosen]
     result = _edit(config_path, section, f"{section}: action = {chosen} ({label})", change)
     result.warnings.extend(notes)
-    if chosen == "nothing" and section == "leads":
+    if chosen == Action.NOTHING and section == "leads":
         result.warnings.append('"Nothing to action": referred leads will not be sent to ServiceTitan')
     return result
 
@@ -167,12 +170,12 @@ def set_qualification(
     chosen = RULE_WORDS.get(rule.strip().casefold())
     if chosen is None:
         raise UsageError(
-            f"unknown qualification rule {rule!r}{did_you_mean(rule, ('none', 'job-created', 'job-status'))}",
+            f"unknown qualification rule {rule!r}{did_you_mean(rule, [_dashed(word) for word in QualificationRule])}",
             hint="use none, job-created or job-status --status <status>",
         )
     job_status: str | None = None
     if status is not None:
-        if chosen != "job_status":
+        if chosen != QualificationRule.JOB_STATUS:
             raise UsageError("--status only goes with job-status", hint="stsync map qualify job-status --status Completed")
         job_status = next((s for s in JOB_STATUSES if s.casefold() == status.strip().casefold()), None)
         if job_status is None:
@@ -181,12 +184,12 @@ def set_qualification(
                 "job-status needs one of " + ", ".join(JOB_STATUSES),
                 hint="e.g. stsync map qualify job-status --status Completed",
             )
-    elif chosen == "job_status":
+    elif chosen == QualificationRule.JOB_STATUS:
         raise UsageError(
             "job-status needs --status: one of " + ", ".join(JOB_STATUSES),
             hint="e.g. stsync map qualify job-status --status Completed",
         )
-    events: list[str] | None = None
+    events: list[UnqualifyEvent] | None = None
     if unqualify_on is not None:
         events = []
         for word in unqualify_on:
@@ -195,7 +198,7 @@ def set_qualification(
             event = UNQUALIFY_WORDS.get(word.strip().casefold())
             if event is None:
                 raise UsageError(
-                    f"unknown --unqualify-on event {word!r}{did_you_mean(word, ('job-canceled', 'booking-dismissed'))}",
+                    f"unknown --unqualify-on event {word!r}{did_you_mean(word, [_dashed(event) for event in UnqualifyEvent])}",
                     hint="use job-canceled, booking-dismissed, or none",
                 )
             if event not in events:
@@ -210,12 +213,11 @@ def set_qualification(
             qualification.unqualify_on = events
         return before != (qualification.rule, qualification.job_status, list(qualification.unqualify_on))
 
-    shown = {"none": "none (Do not qualify my referrals)", "job_created": "job_created (Booking becomes a job)"}.get(
-        chosen, f"job_status = {job_status} (Booking becomes a job and reached status {job_status})"
-    )
+    label = qualification_label(chosen, job_status)
+    shown = f"job_status = {job_status} ({label})" if chosen == QualificationRule.JOB_STATUS else f"{chosen} ({label})"
     result = _edit(config_path, "qualification", f"leads.qualification: rule = {shown}", change)
     config = load_or_default(Path(config_path))[0]
-    if chosen != "none" and config.leads.action != "create_booking":
+    if chosen != QualificationRule.NONE and config.leads.action != Action.CREATE_BOOKING:
         result.warnings.append(
             'leads action is "Nothing to action": no booking is created, so no referral can qualify '
             "(stsync map action leads create-booking)"
@@ -232,7 +234,7 @@ def set_return_field(config_path: Path, name: str, value: str) -> EditResult:
     def change(config: Config) -> bool:
         fields = config.customer_sync.return_fields
         before = fields.get(name)
-        fields[name] = value
+        fields[name] = ReturnValue(value)
         return before != value
 
     result = _edit(config_path, "return_fields", f'customer_sync.return_fields: "{name}" = {value}', change)
@@ -288,7 +290,7 @@ def for_section(for_: str | None) -> str:
 
 
 def _booking_settings(config: Config, section: str) -> BookingSettings:
-    return config.booking_section("lead" if section == "leads" else "referrer")
+    return config.booking_section(Kind.LEAD if section == "leads" else Kind.REFERRER)
 
 
 def _fields_of(config: Config, section: str) -> dict[str, FieldSpec]:
@@ -342,7 +344,7 @@ def _edit(config_path: Path, section: str, shown: str, change: Callable[[Config]
     if section in ("leads", "referrers"):
         settings = _booking_settings(edited, section)
         missing = missing_required(settings)
-        if settings.action == CREATE_BOOKING and missing:
+        if settings.action == Action.CREATE_BOOKING and missing:
             result.setup_required = missing
     return result
 

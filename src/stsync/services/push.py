@@ -34,7 +34,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from stsync.errors import (
     AnswerLost,
@@ -54,19 +54,27 @@ from stsync.mapping.validation import missing_required
 from stsync.services.lead_sources import new_leads
 from stsync.leads import Lead
 from stsync.storage.locks import KeyLock
+from stsync.storage.states import AttemptOutcome, PushState, RunJob
+from stsync.vocabulary import Action, Kind
 from stsync.workpool import WorkPool, finished
 
 if TYPE_CHECKING:
+    from stsync.connection import Connection
     from stsync.servicetitan.models import Booking
-    from stsync.services.runtime import Connection
-    from stsync.storage.config import BookingSettings, Kind
+    from stsync.storage.config import BookingSettings
 
 log = get_logger(__name__)
 
-Outcome = Literal["created", "already_booked", "skipped", "failed"]
-OUTCOMES: tuple[str, ...] = ("created", "already_booked", "skipped", "failed")
+# What one push_lead can end in (never intent or lost: those stay in the ledger), in the
+# order the counts are shown.
+OUTCOMES: tuple[AttemptOutcome, ...] = (
+    AttemptOutcome.CREATED,
+    AttemptOutcome.ALREADY_BOOKED,
+    AttemptOutcome.SKIPPED,
+    AttemptOutcome.FAILED,
+)
 
-ACTION_LABEL = {"lead": "When lead joins campaign", "referrer": "Referrers"}
+ACTION_LABEL = {Kind.LEAD: "When lead joins campaign", Kind.REFERRER: "Referrers"}
 
 # A lost answer is looked up, then the POST repeated; a booking whose answer is lost this
 # many times in a row is left for the next run (the lookup then finds it, or it is created).
@@ -79,7 +87,7 @@ class PushResult:
 
     lead: Lead
     kind: str
-    outcome: Outcome
+    outcome: AttemptOutcome
     external_id: str | None = None
     booking_id: int | None = None
     status: str | None = None
@@ -92,7 +100,7 @@ class PushResult:
 
     @property
     def failed(self) -> bool:
-        return self.outcome == "failed"
+        return self.outcome == AttemptOutcome.FAILED
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -173,13 +181,13 @@ def push_target(conn: "Connection", kind: Kind) -> PushTarget:
     ``SetupRequired``)."""
     section = conn.config.booking_section(kind)
     name = section.section_name
-    if section.action == "nothing":
-        who = "referred leads" if kind == "lead" else "referrers"
+    if section.action == Action.NOTHING:
+        who = "referred leads" if kind == Kind.LEAD else "referrers"
         return PushTarget(
             kind,
             section,
             notice=(
-                f'"{ACTION_LABEL[kind]}" is set to "Nothing to action" ({name}.action = "nothing"): '
+                f'"{ACTION_LABEL[kind]}" is set to "Nothing to action" ({name}.action = "{Action.NOTHING}"): '
                 f"{who} are not sent to ServiceTitan, so no booking was created"
             ),
             notice_hint=f"to create bookings, run `stsync map action {name} create-booking`",
@@ -209,7 +217,7 @@ def push_lead(
     """
     kind, section = target.kind, target.section
     if target.notice is not None:
-        return PushResult(lead=lead, kind=kind, outcome="skipped", message=target.notice)
+        return PushResult(lead=lead, kind=kind, outcome=AttemptOutcome.SKIPPED, message=target.notice)
     external_id: str | None = None
     try:
         external_id = external_id_for(lead, section)
@@ -217,14 +225,14 @@ def push_lead(
     except InvalidRecord as exc:
         if not dry_run and external_id:
             known = conn.ledger.get_push(external_id)
-            if known is not None and known.state == "booked":
+            if known is not None and known.state == PushState.BOOKED:
                 # Booked before its data (or the mapping) changed: there is nothing to send.
                 return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
             _record_invalid(conn, lead, kind, external_id, exc, run_id)
         return _failed(lead, kind, external_id, exc, exc.to_dict())
     if dry_run:
         return PushResult(
-            lead=lead, kind=kind, outcome="skipped", external_id=external_id, body=body, dry_run=True,
+            lead=lead, kind=kind, outcome=AttemptOutcome.SKIPPED, external_id=external_id, body=body, dry_run=True,
             message="dry run: nothing sent",
         )
 
@@ -251,7 +259,7 @@ def _push_locked(
     stale_intents = ledger.unfinished_intents(external_id=external_id)
 
     known = ledger.get_push(external_id)
-    if known is not None and known.state == "booked" and not stale_intents:
+    if known is not None and known.state == PushState.BOOKED and not stale_intents:
         return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
 
     bp = conn.booking_provider
@@ -259,7 +267,7 @@ def _push_locked(
         existing = find_booking(conn, external_id)
     except StsyncError as exc:
         attempt = ledger.record_push_intent(external_id, **identity)
-        ledger.record_push_result(attempt, outcome="failed", error=exc.to_dict())
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
         if stops_run(exc):
             raise
         return _failed(lead, kind, external_id, exc, exc.to_dict())
@@ -267,19 +275,19 @@ def _push_locked(
     for stale in stale_intents:
         if existing is not None:
             # That crashed run's POST went through: the booking is its creation.
-            ledger.record_push_result(stale.id, outcome="created", booking_id=existing.id)
+            ledger.record_push_result(stale.id, outcome=AttemptOutcome.CREATED, booking_id=existing.id)
         else:
             ledger.record_push_result(
-                stale.id, outcome="lost",
+                stale.id, outcome=AttemptOutcome.LOST,
                 error={"message": "the run stopped before ServiceTitan's answer was recorded; no booking was found"},
             )
 
     if existing is not None:
         attempt = ledger.record_push_intent(external_id, **identity)
-        ledger.record_push_result(attempt, outcome="already_booked", booking_id=existing.id)
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.id)
         _note_status(conn, external_id, existing)
         return PushResult(
-            lead=lead, kind=kind, outcome="already_booked", external_id=external_id,
+            lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
             booking_id=existing.id, status=existing.status,
             message="already booked in ServiceTitan (found by externalId)",
         )
@@ -289,7 +297,7 @@ def _push_locked(
         booking = _create_once(conn, bp, external_id, body)
     except AnswerLost as exc:
         # Lost every time and never found: ServiceTitan is not usable now, for any lead.
-        ledger.record_push_result(attempt, outcome="lost", error=exc.to_dict())
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.LOST, error=exc.to_dict())
         raise TemporaryError(
             f"ServiceTitan's answer to the booking for {lead.describe()} was lost {MAX_CREATE_ATTEMPTS} times "
             "and the booking was not found by its externalId",
@@ -300,15 +308,17 @@ def _push_locked(
         # after a lost answer failed too): "lost" leaves the push's state as it is for the
         # next run to settle.
         ledger.record_push_result(
-            attempt, outcome="lost" if isinstance(exc, TemporaryError) else "failed", error=exc.to_dict()
+            attempt,
+            outcome=AttemptOutcome.LOST if isinstance(exc, TemporaryError) else AttemptOutcome.FAILED,
+            error=exc.to_dict(),
         )
         if stops_run(exc):
             raise
         return _failed(lead, kind, external_id, exc, exc.to_dict())
-    ledger.record_push_result(attempt, outcome="created", booking_id=booking.id)
+    ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
     _note_status(conn, external_id, booking)
     return PushResult(
-        lead=lead, kind=kind, outcome="created", external_id=external_id, booking_id=booking.id,
+        lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id, booking_id=booking.id,
         status=booking.status,
         message="created",
     )
@@ -322,9 +332,9 @@ def _already_booked_in_ledger(
         external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
         referral_code=lead.referral_code, run_id=run_id,
     )
-    ledger.record_push_result(attempt, outcome="already_booked", booking_id=known.booking_id)
+    ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=known.booking_id)
     return PushResult(
-        lead=lead, kind=kind, outcome="already_booked", external_id=external_id,
+        lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
         booking_id=known.booking_id, status=known.booking_status,
         message="already booked (recorded in the ledger)",
     )
@@ -395,12 +405,12 @@ def _record_invalid(conn: "Connection", lead: Lead, kind: str, external_id: str,
         external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
         referral_code=lead.referral_code, run_id=run_id,
     )
-    ledger.record_push_result(attempt, outcome="failed", error=exc.to_dict())
+    ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
 
 
 def _failed(lead: Lead, kind: str, external_id: str | None, exc: StsyncError, error: dict) -> PushResult:
     return PushResult(
-        lead=lead, kind=kind, outcome="failed", external_id=external_id, error=error,
+        lead=lead, kind=kind, outcome=AttemptOutcome.FAILED, external_id=external_id, error=error,
         message=error_summary(error), exception=exc,
     )
 
@@ -443,7 +453,7 @@ def push_leads(
 
     workers = max(1, int(getattr(conn.config.limits, "workers", 8) or 1))
     with conn.ledger.recorded_run(
-        "push", command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
+        RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
     ) as report.run_id:
         futures: list = []
         try:
@@ -477,6 +487,6 @@ def push_new(
         return report
     if dry_run:
         return push_leads(conn, new_leads(conn, target), target, progress=progress, dry_run=True)
-    with conn.run_lock("push", command=command):
+    with conn.run_lock(RunJob.PUSH, command=command):
         leads = new_leads(conn, target)
         return push_leads(conn, leads, target, progress=progress, command=command)

@@ -61,18 +61,18 @@ from typing import TYPE_CHECKING, Any
 from stsync.errors import ApiError, ServiceTitanApiError, StsyncError, stops_run
 from stsync.logs import get_logger
 from stsync.progress import NO_PROGRESS, Progress
+from stsync.referralfactory.models import PERSON_INVITED
+from stsync.storage.states import QualificationAction, QualificationState, QualificationValue, RunJob
+from stsync.vocabulary import DEFAULT_JOB_STATUS, Kind, QualificationRule, UnqualifyEvent
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
     from stsync.servicetitan.models import Booking, Job
     from stsync.storage.ledger import Ledger, PushRecord
 
 log = get_logger(__name__)
 
-RULES = ("none", "job_created", "job_status")
-UNQUALIFY_EVENTS = ("job_canceled", "booking_dismissed")
-DEFAULT_JOB_STATUS = "Completed"
 BATCH_SIZE = 50  # ServiceTitan's `ids` takes at most 50 (api/servicetitan.md §4)
 
 # A job moves forward through these; one seen at a later step has passed the earlier ones.
@@ -164,17 +164,18 @@ class QualifyReport:
 
 @dataclass(frozen=True)
 class QualificationSettings:
-    rule: str
+    rule: QualificationRule
     job_status: str | None
-    unqualify_on: frozenset[str]
+    unqualify_on: frozenset[UnqualifyEvent]
 
     @classmethod
     def from_config(cls, config: Any) -> "QualificationSettings":
         # storage.config has validated the values (rule, job status, events) already.
         section = config.leads.qualification
-        rule = str(section.rule)
-        job_status = (section.job_status or DEFAULT_JOB_STATUS) if rule == "job_status" else None
-        return cls(rule=rule, job_status=job_status, unqualify_on=frozenset(section.unqualify_on or ()))
+        rule = QualificationRule(section.rule)
+        job_status = (section.job_status or DEFAULT_JOB_STATUS) if rule == QualificationRule.JOB_STATUS else None
+        events = frozenset(UnqualifyEvent(event) for event in section.unqualify_on or ())
+        return cls(rule=rule, job_status=job_status, unqualify_on=events)
 
 
 def status_reached(job: "Job", target: str) -> bool:
@@ -198,7 +199,7 @@ def qualify(conn: "Connection", *, dry_run: bool = False, progress: Progress = N
         job_status=settings.job_status,
         unqualify_on=sorted(settings.unqualify_on),
     )
-    if settings.rule == "none":
+    if settings.rule == QualificationRule.NONE:
         return report
     run = _QualifyRun(conn, settings, report, dry_run=dry_run, progress=progress)
     run.execute()
@@ -223,7 +224,7 @@ class _QualifyRun:
         self.ledger: Ledger = conn.ledger
 
     def execute(self) -> None:
-        open_pushes = [push for push in self.ledger.open_bookings() if push.kind == "lead" and push.booking_id]
+        open_pushes = [push for push in self.ledger.open_bookings() if push.kind == Kind.LEAD and push.booking_id]
         self.report.open_bookings = len(open_pushes)
         if not open_pushes:
             return
@@ -232,7 +233,7 @@ class _QualifyRun:
             nullcontext()
             if self.dry_run
             else self.ledger.recorded_run(
-                "qualify", "qualify", counts=self.report.counts, failed=lambda: bool(self.report.failed)
+                RunJob.QUALIFY, "qualify", counts=self.report.counts, failed=lambda: bool(self.report.failed)
             )
         )
         with recording as run_id:
@@ -322,9 +323,9 @@ class _QualifyRun:
         dismissed = job_id is None and booking_status == DISMISSED
         canceled = job_status == CANCELED
         terminal_job = job_status in (CANCELED, COMPLETED)
-        qualified = push.qualification == "qualified"
-        watch_cancel = "job_canceled" in self.settings.unqualify_on
-        watch_dismiss = "booking_dismissed" in self.settings.unqualify_on
+        qualified = push.qualification == QualificationValue.QUALIFIED
+        watch_cancel = UnqualifyEvent.JOB_CANCELED in self.settings.unqualify_on
+        watch_dismiss = UnqualifyEvent.BOOKING_DISMISSED in self.settings.unqualify_on
 
         def final_once_qualified() -> bool:
             if watch_cancel and not terminal_job:
@@ -336,7 +337,7 @@ class _QualifyRun:
         if not qualified:
             met, reason = self._rule_met(job_id, job)
             if met:
-                return self._write(push, base, "qualify", reason, final_after=final_once_qualified)
+                return self._write(push, base, QualificationAction.QUALIFY, reason, final_after=final_once_qualified)
             if dismissed or terminal_job:
                 why = (
                     "booking dismissed"
@@ -351,7 +352,7 @@ class _QualifyRun:
                     job_id=job_id,
                     job_status=job_status,
                     final=True,
-                    qualification="not_qualified",
+                    qualification=QualificationValue.NOT_QUALIFIED,
                 )
                 return QualifyDecision(**base, outcome=CLOSED, reason=why, final=True)
             self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status)
@@ -359,9 +360,9 @@ class _QualifyRun:
 
         # Qualified already: only a cancellation or a dismissal under unqualify_on matters.
         if canceled and watch_cancel:
-            return self._write(push, base, "unqualify", f"job {job_id} canceled", final_after=lambda: True)
+            return self._write(push, base, QualificationAction.UNQUALIFY, f"job {job_id} canceled", final_after=lambda: True)
         if dismissed and watch_dismiss:
-            return self._write(push, base, "unqualify", "booking dismissed", final_after=lambda: True)
+            return self._write(push, base, QualificationAction.UNQUALIFY, "booking dismissed", final_after=lambda: True)
         final = final_once_qualified()
         self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status, final=final or None)
         if final:
@@ -374,7 +375,7 @@ class _QualifyRun:
             return False, "no job yet"
         if job.job_status == CANCELED and self.settings.job_status != CANCELED:
             return False, f"job {job_id} canceled"
-        if self.settings.rule == "job_created":
+        if self.settings.rule == QualificationRule.JOB_CREATED:
             return True, f"booking became job {job_id}"
         target = self.settings.job_status or DEFAULT_JOB_STATUS
         if status_reached(job, target):
@@ -382,8 +383,10 @@ class _QualifyRun:
         return False, f"job {job_id} is {job.job_status}, waiting for {target}"
 
     # -- writing Referral Factory ----------------------------------------------------------
-    def _write(self, push: "PushRecord", base: dict, action: str, reason: str, *, final_after) -> QualifyDecision:
-        wanted = action == "qualify"
+    def _write(
+        self, push: "PushRecord", base: dict, action: QualificationAction, reason: str, *, final_after
+    ) -> QualifyDecision:
+        wanted = action == QualificationAction.QUALIFY
         booking_status, job_id, job_status = base["booking_status"], base["job_id"], base["job_status"]
         if self.dry_run:
             outcome = WOULD_QUALIFY if wanted else WOULD_UNQUALIFY
@@ -399,7 +402,7 @@ class _QualifyRun:
         if user is None:
             error = {"message": f"Referral Factory has no referral for {_describe(push)} (deleted?)"}
             return self._failed(push, base, action, reason, error, final=True)
-        if user.type is not None and user.type != "person_invited":
+        if user.type is not None and user.type != PERSON_INVITED:
             error = {"message": f"Referral Factory user {user.id} is a {user.type}, not a referred lead"}
             return self._failed(push, base, action, reason, error, final=True)
 
@@ -410,7 +413,7 @@ class _QualifyRun:
             intent_id = self.ledger.record_qualification_intent(
                 push.external_id, action, rule=rule, reason=f"{reason}; {already} in Referral Factory"
             )
-            self.ledger.record_qualification_result(intent_id, state="done")
+            self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
             final = final_after()
             self._track(push, final=final or None)
             return QualifyDecision(**base, outcome=ALREADY, reason=reason, final=final)
@@ -424,19 +427,21 @@ class _QualifyRun:
                 # stays open, and the next run reads the referral back before writing again.
                 raise
             error = exc.to_dict()
-            self.ledger.record_qualification_result(intent_id, state="failed", error=error)
+            self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
             final = isinstance(exc, ApiError) and exc.status == 404  # the lead was deleted: nothing to retry
             if final:
                 self._track(push, final=True)
             return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
-        self.ledger.record_qualification_result(intent_id, state="done")
+        self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
         final = final_after()
         self._track(push, final=final or None)
         return QualifyDecision(**base, outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
 
-    def _failed(self, push: "PushRecord", base: dict, action: str, reason: str, error: dict, *, final: bool) -> QualifyDecision:
+    def _failed(
+        self, push: "PushRecord", base: dict, action: QualificationAction, reason: str, error: dict, *, final: bool
+    ) -> QualifyDecision:
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=self.settings.rule, reason=reason)
-        self.ledger.record_qualification_result(intent_id, state="failed", error=error)
+        self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
         if final:
             self._track(push, final=True)
         return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
@@ -448,22 +453,22 @@ class _QualifyRun:
         before deciding anything: a qualification that landed must count (e.g. to be taken
         back after a cancellation), one that did not must not.
         """
-        unfinished = [q for q in self.ledger.qualifications_for(push.external_id) if q.state == "intent"]
+        unfinished = [q for q in self.ledger.qualifications_for(push.external_id) if q.state == QualificationState.INTENT]
         if not unfinished:
             return push
         user = self._find_referral(push)
         for intent in unfinished:
             if user is None:
                 self.ledger.record_qualification_result(
-                    intent.id, state="failed", error={"message": "the referral no longer exists in Referral Factory"}
+                    intent.id, state=QualificationState.FAILED, error={"message": "the referral no longer exists in Referral Factory"}
                 )
                 continue
-            landed = (user.qualified_at is not None) == (intent.action == "qualify")
+            landed = (user.qualified_at is not None) == (intent.action == QualificationAction.QUALIFY)
             if landed:
-                self.ledger.record_qualification_result(intent.id, state="done")
+                self.ledger.record_qualification_result(intent.id, state=QualificationState.DONE)
             else:
                 self.ledger.record_qualification_result(
-                    intent.id, state="failed", error={"message": "interrupted before Referral Factory applied it"}
+                    intent.id, state=QualificationState.FAILED, error={"message": "interrupted before Referral Factory applied it"}
                 )
         log.info("qualify %s: settled %d unfinished intent(s) from an interrupted run", push.external_id, len(unfinished))
         return self.ledger.get_push(push.external_id) or push

@@ -23,6 +23,15 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import StsyncError, error_summary
+from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
+from stsync.storage.states import (
+    BOOKED_OUTCOMES,
+    AttemptOutcome,
+    PushState,
+    QualificationState,
+    QualificationValue,
+)
+from stsync.vocabulary import Action, Kind, QualificationRule
 
 if TYPE_CHECKING:
     from stsync.referralfactory.client import ReferralFactoryClient
@@ -31,7 +40,7 @@ if TYPE_CHECKING:
     from stsync.storage.config import Config
     from stsync.storage.ledger import Ledger, PushRecord
 
-USER_KINDS = {"person_invited": "referred lead", "person_referring": "referrer"}
+USER_KINDS = {PERSON_INVITED: "referred lead", PERSON_REFERRING: "referrer"}
 ATTEMPTS_READ = 100
 STRAY_ATTEMPTS_READ = 200
 
@@ -395,12 +404,12 @@ def _tell(story: ReferralStory, config: "Config | None", *, offline: bool) -> No
         return
 
     if user is not None and not story.pushes:
-        if user.type == "person_referring" and config is not None and config.referrers.action != "create_booking":
+        if user.type == PERSON_REFERRING and config is not None and config.referrers.action != Action.CREATE_BOOKING:
             story.summary.append("stsync never pushed it: it is a referrer, and referrers are set to Nothing to action.")
             story.next_steps.append("to book referrers too: `stsync map action referrers create-booking`")
         else:
             story.summary.append("stsync never pushed this lead.")
-            if config is not None and config.leads.action != "create_booking" and user.type == "person_invited":
+            if config is not None and config.leads.action != Action.CREATE_BOOKING and user.type == PERSON_INVITED:
                 story.next_steps.append("leads are set to Nothing to action: `stsync map action leads create-booking`")
             story.next_steps.append(f"push it now: `stsync push-lead --code {user.code}`")
             story.next_steps.append("check that `stsync push-lead --new` runs from cron (or `stsync serve` receives the webhooks)")
@@ -408,13 +417,13 @@ def _tell(story: ReferralStory, config: "Config | None", *, offline: bool) -> No
 
     for push in story.pushes:
         last = push.attempts[0] if push.attempts else None
-        if push.state != "booked" and last is not None and last.outcome in ("failed", "lost"):
-            command = f"stsync push-lead --code {push.external_id}" + (" --referrer" if push.kind == "referrer" else "")
+        if push.state != PushState.BOOKED and last is not None and last.outcome in (AttemptOutcome.FAILED, AttemptOutcome.LOST):
+            command = f"stsync push-lead --code {push.external_id}" + (" --referrer" if push.kind == Kind.REFERRER else "")
             story.next_steps.append(f"fix what the error above says, then push it again: `{command}`")
         live = push.servicetitan
-        if push.state == "booked" and live is not None and live.job is None and live.status != "Dismissed":
-            rule = config.leads.qualification.rule if config is not None else "none"
-            if rule != "none":
+        if push.state == PushState.BOOKED and live is not None and live.job is None and live.status != "Dismissed":
+            rule = config.leads.qualification.rule if config is not None else QualificationRule.NONE
+            if rule != QualificationRule.NONE:
                 story.next_steps.append(
                     f"the booking {live.booking_id} has no job yet: qualification waits until a CSR books a job from it"
                 )
@@ -433,22 +442,22 @@ def _never_seen(story: ReferralStory, config: "Config | None", *, offline: bool)
     )
     if offline:
         story.next_steps.append("run `stsync diagnose --email` without --offline to look the e-mail up in Referral Factory")
-    if config is not None and config.leads.action != "create_booking":
+    if config is not None and config.leads.action != Action.CREATE_BOOKING:
         story.next_steps.insert(0, "leads are set to Nothing to action: no lead is sent; `stsync map action leads create-booking`")
 
 
 def _push_sentences(push: PushStory, config: "Config | None") -> list[str]:
     sentences: list[str] = []
-    what = "lead" if push.kind == "lead" else "referrer"
+    what = Kind.LEAD if push.kind == Kind.LEAD else Kind.REFERRER
     sentences.append(
         f"Ledger: {what} pushed as externalId {push.external_id} (first seen {push.first_seen}); state {push.state}"
         + (f", booking {push.booking_id}" if push.booking_id else "")
         + "."
     )
     for attempt in reversed(push.attempts):  # oldest first reads as a story
-        if attempt.outcome in ("created", "already_booked"):
+        if attempt.outcome in BOOKED_OUTCOMES:
             text = f"booking {attempt.booking_id} ({attempt.outcome.replace('_', ' ')})"
-        elif attempt.outcome == "intent":
+        elif attempt.outcome == AttemptOutcome.INTENT:
             text = "sent, answer not recorded yet (a run in progress, or one that was killed)"
         elif attempt.error_text:
             text = f"{attempt.outcome} — {attempt.error_text}"
@@ -465,16 +474,17 @@ def _push_sentences(push: PushStory, config: "Config | None") -> list[str]:
         job = f"job {push.job_id} {push.job_status or ''}".strip() if push.job_id else "no job recorded"
         sentences.append(f"Last tracked: booking {push.booking_status or '?'}; {job}.")
     rule = config.leads.qualification if config is not None else None
-    if push.qualification == "qualified":
+    if push.qualification == QualificationValue.QUALIFIED:
         sentences.append(f"Qualified by stsync at {push.qualified_at}.")
-    elif push.qualification == "unqualified":
+    elif push.qualification == QualificationValue.UNQUALIFIED:
         sentences.append(f"Unqualified by stsync at {push.qualified_at}.")
-    elif rule is not None and push.kind == "lead":
-        described = {"none": "the rule is Do not qualify", "job_created": "qualifies when the booking becomes a job"}.get(
-            rule.rule, f"qualifies when the job reaches {rule.job_status}"
-        )
+    elif rule is not None and push.kind == Kind.LEAD:
+        described = {
+            QualificationRule.NONE: "the rule is Do not qualify",
+            QualificationRule.JOB_CREATED: "qualifies when the booking becomes a job",
+        }.get(rule.rule, f"qualifies when the job reaches {rule.job_status}")
         sentences.append(f"Not qualified by stsync yet ({described}).")
     for item in push.qualifications:
-        if item.state == "failed":
+        if item.state == QualificationState.FAILED:
             sentences.append(f"  {item.action} failed at {item.at}: {item.error_text}")
     return sentences

@@ -26,15 +26,17 @@ from typing import TYPE_CHECKING
 
 from stsync.logs import get_logger, register_secret
 from stsync.services.push import push_lead, push_target
+from stsync.storage.states import DeliveryOutcome, RunJob, RunOutcome
+from stsync.vocabulary import Kind
 from stsync.webhooks.deliveries import Observer, ServeStats
 from stsync.webhooks.handler import HOOKS_PREFIX, MAX_BODY_BYTES, WebhookHandler
 from stsync.webhooks.stdlib_server import StdlibServer
 from stsync.webhooks.tokens import check_token
-from stsync.webhooks.worker import DeliveryWorker, Kind, PushLead
+from stsync.webhooks.worker import DeliveryWorker, PushLead
 
 if TYPE_CHECKING:
+    from stsync.connection import Connection
     from stsync.leads import Lead
-    from stsync.services.runtime import Connection
 
 log = get_logger(__name__)
 
@@ -47,7 +49,7 @@ def booking_push(conn: "Connection") -> PushLead:
         result = push_lead(conn, lead, push_target(conn, kind), run_id=run_id)
         if result.failed and result.exception is not None:
             raise result.exception
-        return result.outcome, result.message or result.outcome, result.booking_id
+        return DeliveryOutcome(result.outcome), result.message or result.outcome, result.booking_id
 
     return push
 
@@ -98,7 +100,7 @@ class WebhookServer:
     def start(self) -> None:
         self.http.bind()
         try:
-            self.run_id = self.conn.ledger.start_run("serve", "serve")
+            self.run_id = self.conn.ledger.start_run(RunJob.SERVE, "serve")
         except BaseException:
             self.http.stop()
             raise
@@ -118,7 +120,8 @@ class WebhookServer:
         self.worker.finish()
         counts = self.stats.as_counts()
         if self.run_id is not None:
-            self.conn.ledger.finish_run(self.run_id, "partial" if self.stats.failed else "ok", counts)
+            outcome = RunOutcome.PARTIAL if self.stats.failed else RunOutcome.OK
+            self.conn.ledger.finish_run(self.run_id, outcome, counts)
         log.info("serve: stopped (%s)", counts)
 
     def __enter__(self) -> "WebhookServer":

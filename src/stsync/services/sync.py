@@ -17,13 +17,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stsync.customersync.pipeline import JOB, CustomerSync, SyncOptions
+from stsync.customersync.pipeline import CustomerSync, SyncOptions
 from stsync.customersync.report import SyncReport
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.storage.ledger import Ledger
+from stsync.storage.states import RunJob
 
 if TYPE_CHECKING:
-    from stsync.services.runtime import Connection
+    from stsync.connection import Connection
 
 
 def sync_customers(conn: "Connection", options: SyncOptions = SyncOptions(), *, progress: Progress = NO_PROGRESS) -> SyncReport:
@@ -42,5 +43,5 @@ def sync_customers(conn: "Connection", options: SyncOptions = SyncOptions(), *, 
                 return CustomerSync(conn, options, staging=staging, progress=progress).run()
             finally:
                 staging.close()
-    with conn.run_lock(JOB, command=options.command):
+    with conn.run_lock(RunJob.SYNC, command=options.command):
         return CustomerSync(conn, options, staging=conn.ledger, progress=progress).run()

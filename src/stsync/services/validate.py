@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stsync import connection
 from stsync.checks import table
 from stsync.checks.context import CheckContext, LiveAccess
 from stsync.checks.result import FAIL, PASS, WARN, Check
 from stsync.checks.runner import CheckRun, exit_code_for
-from stsync.services import runtime
 
 if TYPE_CHECKING:
     from stsync.storage.paths import ConnectionPaths
@@ -70,7 +70,7 @@ def validate(config_path: Path, paths: "ConnectionPaths", *, online: bool) -> Va
         elif run.failed(table.CONNECTION_SETTINGS) or run.failed(table.SECRETS_PRESENT):
             report.online_skipped = "connection settings or secrets are missing"
         else:
-            conn = runtime.Connection.open(paths, context.config, retry_budget_seconds=runtime.CHECK_RETRY_BUDGET_SECONDS)
+            conn = connection.Connection.open(paths, context.config, retry_budget_seconds=connection.CHECK_RETRY_BUDGET_SECONDS)
             context.live = LiveAccess.of(conn)
             try:
                 run.run(table.LIVE)

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 from filelock import FileLock, Timeout
 
+from stsync import envvars
 from stsync.errors import AuthError, TemporaryError
 from stsync.http import RetryPolicy, response_json, send_with_retries
 from stsync.logs import get_logger, register_secret
@@ -166,7 +167,7 @@ class TokenProvider:
         if not response.is_success:
             raise AuthError(
                 f"ServiceTitan's token endpoint {self._token_url} answered HTTP {response.status_code}",
-                hint="check servicetitan.environment (or servicetitan.auth_url / STSYNC_ST_AUTH_URL) "
+                hint=f"check servicetitan.environment (or {envvars.ST_AUTH_URL.config_key} / {envvars.ST_AUTH_URL.name}) "
                 "in the config, then run `stsync connect`",
             )
         value = body.get("access_token") if isinstance(body, dict) else None

@@ -10,7 +10,7 @@ document that does not fit; unknown keys are errors with a suggestion. Every fai
 The model:
 - ``Config`` → ``servicetitan``, ``referral_factory``, ``leads`` (``LeadSettings``),
   ``referrers`` (``ReferrerSettings``), ``customer_sync``, ``limits``, ``webhook``.
-  ``Config.booking_section(kind)`` is the one way from a ``Kind`` ("lead" | "referrer") to
+  ``Config.booking_section(kind)`` is the one way from a ``stsync.vocabulary.Kind`` to
   its section; both sections are ``BookingSettings`` and know their ``kind`` and
   ``section_name`` ("leads" | "referrers").
 - A field table is an ordered ``dict[str, FieldSpec]``; a ``FieldSpec`` is one of
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import urlsplit
 
 import tomli_w
@@ -42,6 +42,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     Tag,
     ValidationError,
     field_validator,
@@ -49,22 +50,23 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from stsync import envvars
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import JOB_STATUSES
 from stsync.suggestions import did_you_mean
+from stsync.vocabulary import (
+    DEFAULT_JOB_STATUS,
+    Action,
+    Environment,
+    Kind,
+    QualificationRule,
+    ReturnValue,
+    SyncMode,
+    UnqualifyEvent,
+)
 
 VALUE_KINDS = ("from", "value", "select", "template")
 SpecKind = Literal["from", "value", "select", "template"]
-ENVIRONMENTS = ("production", "integration")
-CREATE_BOOKING: Final = "create_booking"
-NOTHING: Final = "nothing"
-ACTIONS = (CREATE_BOOKING, NOTHING)
-Kind = Literal["lead", "referrer"]  # who a booking is for: a referred lead, or a referrer
-QUALIFICATION_RULES = ("none", "job_created", "job_status")
-UNQUALIFY_EVENTS = ("job_canceled", "booking_dismissed")
-SYNC_MODES = ("one_time", "ongoing")
-RETURN_FIELD_VALUES = ("referral_link", "referral_code")
-DEFAULT_JOB_STATUS = "Completed"
 MAX_PAGE_SIZE = 5000  # ServiceTitan's documented largest pageSize (api/servicetitan.md §4)
 
 PRODUCTION_ENDPOINTS = ("https://auth.servicetitan.io", "https://api.servicetitan.io")
@@ -390,8 +392,18 @@ class _Section(BaseModel):
         return data
 
 
+# A closed vocabulary (stsync.vocabulary) read from TOML: the file holds the string, the model
+# the member. Not strict, so that the string is accepted; anything else is an "unknown value".
+EnvironmentWord = Annotated[Environment, Strict(False)]
+ActionWord = Annotated[Action, Strict(False)]
+RuleWord = Annotated[QualificationRule, Strict(False)]
+UnqualifyWord = Annotated[UnqualifyEvent, Strict(False)]
+SyncModeWord = Annotated[SyncMode, Strict(False)]
+ReturnValueWord = Annotated[ReturnValue, Strict(False)]
+
+
 class ServiceTitanSettings(_Section):
-    environment: Literal["production", "integration"] = "production"
+    environment: EnvironmentWord = Environment.PRODUCTION
     tenant_id: Identifier | None = None
     client_id: str | None = None
     booking_provider: Identifier | None = None
@@ -406,14 +418,14 @@ class ReferralFactorySettings(_Section):
 
 
 class Qualification(_Section):
-    rule: Literal["none", "job_created", "job_status"] = "none"
+    rule: RuleWord = QualificationRule.NONE
     job_status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
-    unqualify_on: list[Literal["job_canceled", "booking_dismissed"]] = Field(default_factory=list)
+    unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _default_status(self) -> "Qualification":
         # "rule = job_status" alone means the seed's example: the job reached Completed.
-        if self.rule == "job_status" and self.job_status is None:
+        if self.rule == QualificationRule.JOB_STATUS and self.job_status is None:
             self.job_status = DEFAULT_JOB_STATUS
         return self
 
@@ -424,28 +436,28 @@ class BookingSettings(_Section):
 
     kind: ClassVar[Kind]
     section_name: ClassVar[Literal["leads", "referrers"]]
-    action: Literal["create_booking", "nothing"]
+    action: ActionWord
     fields: FieldTable = Field(default_factory=dict)
 
 
 class LeadSettings(BookingSettings):
-    kind: ClassVar[Kind] = "lead"
+    kind: ClassVar[Kind] = Kind.LEAD
     section_name: ClassVar[Literal["leads", "referrers"]] = "leads"
-    action: Literal["create_booking", "nothing"] = CREATE_BOOKING
+    action: ActionWord = Action.CREATE_BOOKING
     qualification: Qualification = Field(default_factory=Qualification)
 
 
 class ReferrerSettings(BookingSettings):
-    kind: ClassVar[Kind] = "referrer"
+    kind: ClassVar[Kind] = Kind.REFERRER
     section_name: ClassVar[Literal["leads", "referrers"]] = "referrers"
-    action: Literal["create_booking", "nothing"] = NOTHING
+    action: ActionWord = Action.NOTHING
 
 
 class CustomerSyncSettings(_Section):
-    mode: Literal["one_time", "ongoing"] = "one_time"
+    mode: SyncModeWord = SyncMode.ONE_TIME
     include_inactive: bool = False
     fields: FieldTable = Field(default_factory=dict)
-    return_fields: dict[str, Literal["referral_link", "referral_code"]] = Field(default_factory=dict)
+    return_fields: dict[str, ReturnValueWord] = Field(default_factory=dict)
 
 
 class Limits(_Section):
@@ -472,9 +484,9 @@ class Config(_Section):
 
     def booking_section(self, kind: Kind) -> LeadSettings | ReferrerSettings:
         """The section a booking for this kind is made from: "lead" → [leads], "referrer" → [referrers]."""
-        if kind == "lead":
+        if kind == Kind.LEAD:
             return self.leads
-        if kind == "referrer":
+        if kind == Kind.REFERRER:
             return self.referrers
         raise ValueError(f"kind must be 'lead' or 'referrer', not {kind!r}")
 
@@ -512,7 +524,7 @@ def _type_name(value: Any) -> str:
 
 def _message_for(error: Any) -> str:
     kind, ctx, given = error["type"], error.get("ctx") or {}, error.get("input")
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         return f"unknown value {given!r} (expected one of: {_one_of(expected)}){did_you_mean(given, expected)}"
     if kind in ("int_type", "int_parsing"):
@@ -617,7 +629,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 # --------------------------------------------------------------------------------------
 def default_config(
     *,
-    environment: Literal["production", "integration"] = "production",
+    environment: Environment | str = Environment.PRODUCTION,
     tenant_id: int | None = None,
     client_id: str | None = None,
     booking_provider: int | None = None,
@@ -632,7 +644,7 @@ def default_config(
             },
             "referral_factory": {"campaign_id": campaign_id} if campaign_id is not None else {},
             "leads": {
-                "action": "create_booking",
+                "action": Action.CREATE_BOOKING,
                 "fields": {
                     "source": {"from": "campaign_name"},
                     "name": {"from": "first_name"},
@@ -641,14 +653,14 @@ def default_config(
                     "is_first_time_client": {"select": "yes"},
                     "external_id": {"from": "referral_code"},
                 },
-                "qualification": {"rule": "none"},
+                "qualification": {"rule": QualificationRule.NONE},
             },
-            "referrers": {"action": "nothing"},
+            "referrers": {"action": Action.NOTHING},
             "customer_sync": {
-                "mode": "one_time",
+                "mode": SyncMode.ONE_TIME,
                 "include_inactive": False,
                 "fields": {"first_name": {"from": "customer.first_name"}, "email": {"from": "contact.email"}},
-                "return_fields": {"Referral Link": "referral_link", "Referral Code": "referral_code"},
+                "return_fields": {"Referral Link": ReturnValue.REFERRAL_LINK, "Referral Code": ReturnValue.REFERRAL_CODE},
             },
         }
     )
@@ -662,24 +674,22 @@ class Endpoints:
 
 
 def resolve_endpoints(config: Config) -> Endpoints:
-    """Environment → URLs; config keys override; STSYNC_* env variables win (SPEC §2)."""
-    auth_default, api_default = INTEGRATION_ENDPOINTS if config.servicetitan.environment == "integration" else PRODUCTION_ENDPOINTS
+    """servicetitan.environment → URLs; config keys override; STSYNC_* env variables win (SPEC §2)."""
+    integration = config.servicetitan.environment == Environment.INTEGRATION
+    auth_default, api_default = INTEGRATION_ENDPOINTS if integration else PRODUCTION_ENDPOINTS
 
-    def pick(env_name: str, configured: str | None, default: str) -> str:
-        chosen = os.environ.get(env_name) or configured or default
-        return chosen.strip().rstrip("/")
+    def pick(variable: envvars.EnvVar, configured: str | None, default: str) -> str:
+        chosen = envvars.resolve(variable, configured=configured, default=default)
+        return str(chosen).rstrip("/")
 
     return Endpoints(
-        st_auth_url=pick("STSYNC_ST_AUTH_URL", config.servicetitan.auth_url, auth_default),
-        st_api_url=pick("STSYNC_ST_API_URL", config.servicetitan.api_url, api_default),
-        rf_api_url=pick("STSYNC_RF_API_URL", config.referral_factory.api_url, REFERRAL_FACTORY_API_URL),
+        st_auth_url=pick(envvars.ST_AUTH_URL, config.servicetitan.auth_url, auth_default),
+        st_api_url=pick(envvars.ST_API_URL, config.servicetitan.api_url, api_default),
+        rf_api_url=pick(envvars.RF_API_URL, config.referral_factory.api_url, REFERRAL_FACTORY_API_URL),
     )
 
 
 __all__ = [
-    "ACTIONS",
-    "CREATE_BOOKING",
-    "NOTHING",
     "BookingSettings",
     "Config",
     "ConfigSchemaError",
@@ -689,7 +699,6 @@ __all__ = [
     "FieldSpec",
     "FixedValue",
     "FromField",
-    "Kind",
     "LeadSettings",
     "Limits",
     "Qualification",

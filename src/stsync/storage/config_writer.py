@@ -17,18 +17,18 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from enum import StrEnum
 from typing import Any
 
 import tomli_w
 
+from stsync import envvars
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, JOB_STATUSES, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
-    DEFAULT_JOB_STATUS,
     MAX_PAGE_SIZE,
     PRODUCTION_ENDPOINTS,
     REFERRAL_FACTORY_API_URL,
-    UNQUALIFY_EVENTS,
     Config,
     FieldSpec,
     Limits,
@@ -36,6 +36,7 @@ from stsync.storage.config import (
     parse_config_text,
     toml_key,
 )
+from stsync.vocabulary import DEFAULT_JOB_STATUS, Action, Environment, QualificationRule, ReturnValue, SyncMode, UnqualifyEvent
 
 # --------------------------------------------------------------------------------------
 # Rendering (tomli-w formats every key and value; the layout and comments are ours)
@@ -97,6 +98,11 @@ def _booking_fields_help() -> list[str]:
     ]
 
 
+def _choices(vocabulary: type[StrEnum]) -> str:
+    """``"one_time" | "ongoing"``: a vocabulary's values as the comment beside its key."""
+    return " | ".join(f'"{word}"' for word in vocabulary)
+
+
 def render_config(config: Config) -> str:
     """The config as TOML text, in SPEC order, with the example's comments."""
     st, rf, leads, referrers, sync, limits = (
@@ -110,7 +116,7 @@ def render_config(config: Config) -> str:
     out: list[str] = [*_HEADER, ""]
 
     out.append("[servicetitan]")
-    out.append(_line("environment", st.environment, '"production" | "integration"'))
+    out.append(_line("environment", st.environment, _choices(Environment)))
     identity = (
         ("tenant_id", st.tenant_id, "Settings → Integrations → API Application Access", "1234567"),
         ("client_id", st.client_id, None, '"cid.xxxxx"'),
@@ -121,8 +127,8 @@ def render_config(config: Config) -> str:
             out.append(_with_comment(f"# {key} = {placeholder}", "set by `stsync connect`"))
         else:
             out.append(_line(key, value, comment))
-    out.append(_optional_line("auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', "endpoint overrides; STSYNC_ST_AUTH_URL wins"))
-    out.append(_optional_line("api_url", st.api_url, f'"{PRODUCTION_ENDPOINTS[1]}"', "STSYNC_ST_API_URL wins"))
+    out.append(_optional_line("auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', f"endpoint overrides; {envvars.ST_AUTH_URL.name} wins"))
+    out.append(_optional_line("api_url", st.api_url, f'"{PRODUCTION_ENDPOINTS[1]}"', f"{envvars.ST_API_URL.name} wins"))
     page_size_comment = f"rows per page when listing (at most {MAX_PAGE_SIZE})"
     if st.page_size == ServiceTitanSettings.model_fields["page_size"].default:
         out.append(_with_comment(f"# page_size = {st.page_size}", page_size_comment))
@@ -135,11 +141,11 @@ def render_config(config: Config) -> str:
         out.append(_with_comment("# campaign_id = 7", "set by `stsync connect`"))
     else:
         out.append(_line("campaign_id", rf.campaign_id, "Edit Campaign → Integration tab → API"))
-    out.append(_optional_line("api_url", rf.api_url, f'"{REFERRAL_FACTORY_API_URL}"', "STSYNC_RF_API_URL wins"))
+    out.append(_optional_line("api_url", rf.api_url, f'"{REFERRAL_FACTORY_API_URL}"', f"{envvars.RF_API_URL.name} wins"))
     out.append("")
 
     out.append("[leads]")
-    out.append(_line("action", leads.action, '"create_booking" | "nothing" (when a lead joins)'))
+    out.append(_line("action", leads.action, f"{_choices(Action)} (when a lead joins)"))
     out.append("")
     out.extend(_booking_fields_help())
     out.append("[leads.fields]")
@@ -148,8 +154,8 @@ def render_config(config: Config) -> str:
 
     qualification = leads.qualification
     out.append("[leads.qualification]")
-    out.append(_line("rule", qualification.rule, '"none" | "job_created" | "job_status"'))
-    status_comment = "with rule = \"job_status\": " + "|".join(JOB_STATUSES)
+    out.append(_line("rule", qualification.rule, _choices(QualificationRule)))
+    status_comment = f'with rule = "{QualificationRule.JOB_STATUS}": ' + "|".join(JOB_STATUSES)
     if qualification.job_status is None:
         out.append(_with_comment(f'# job_status = "{DEFAULT_JOB_STATUS}"', status_comment))
     else:
@@ -158,11 +164,11 @@ def render_config(config: Config) -> str:
     if qualification.unqualify_on:
         out.append(_line("unqualify_on", list(qualification.unqualify_on), unqualify_comment))
     else:
-        out.append(_with_comment(f"# unqualify_on = {toml_value(list(UNQUALIFY_EVENTS))}", unqualify_comment))
+        out.append(_with_comment(f"# unqualify_on = {toml_value([str(event) for event in UnqualifyEvent])}", unqualify_comment))
     out.append("")
 
     out.append("[referrers]")
-    out.append(_line("action", referrers.action, '"create_booking" | "nothing" (when a referrer joins)'))
+    out.append(_line("action", referrers.action, f"{_choices(Action)} (when a referrer joins)"))
     if referrers.fields:
         out.append("")
         out.append("[referrers.fields]")
@@ -172,7 +178,7 @@ def render_config(config: Config) -> str:
     out.append("")
 
     out.append("[customer_sync]")
-    out.append(_line("mode", sync.mode, '"one_time" | "ongoing"'))
+    out.append(_line("mode", sync.mode, _choices(SyncMode)))
     out.append(_line("include_inactive", sync.include_inactive, "also enrol inactive customers"))
     out.append("")
     out.append("# Referral Factory user field = value from the ServiceTitan customer: customer.id, customer.name,")
@@ -183,7 +189,7 @@ def render_config(config: Config) -> str:
     if "meta.Last Name" not in sync.fields:
         out.append('# "meta.Last Name" = { from = "customer.last_name" }')
     out.append("")
-    out.append("# ServiceTitan customer custom field = Referral Factory value written back: referral_link | referral_code")
+    out.append(f"# ServiceTitan customer custom field = Referral Factory value written back: {' | '.join(ReturnValue)}")
     out.append("[customer_sync.return_fields]")
     out.extend(_line(name, value) for name, value in sync.return_fields.items())
     out.append("")

@@ -31,6 +31,18 @@ from typing import Any, Callable
 
 from stsync.errors import ConfigError, StsyncError
 from stsync.storage.paths import make_private_dir
+from stsync.storage.states import (
+    BOOKED_OUTCOMES,
+    REFERRER_RETRY_STATES,
+    AttemptOutcome,
+    PushState,
+    QualificationAction,
+    QualificationState,
+    QualificationValue,
+    ReferrerState,
+    RunOutcome,
+)
+from stsync.vocabulary import Kind
 
 BUSY_TIMEOUT_MS = 30_000
 # Page cache per connection. There is one connection per thread (sync runs [limits] workers
@@ -38,14 +50,10 @@ BUSY_TIMEOUT_MS = 30_000
 # grew by ~13 MB as the caches filled. The OS page cache still holds the file.
 CACHE_KIB = 512
 
-RUN_OUTCOMES = ("running", "ok", "partial", "failed", "interrupted")
-PUSH_KINDS = ("lead", "referrer")
-PUSH_STATES = ("pending", "booked", "failed")
-ATTEMPT_OUTCOMES = ("intent", "created", "already_booked", "failed", "lost", "skipped")
-QUALIFICATION_ACTIONS = ("qualify", "unqualify")
-QUALIFICATION_STATES = ("intent", "done", "failed")
-QUALIFICATION_VALUES = ("qualified", "unqualified", "not_qualified")
-REFERRER_STATES = ("pending", "created", "adopted", "updated", "skipped", "failed")
+# What a finished run, attempt or qualification may record (never back to running/intent).
+FINISHED_RUN_OUTCOMES = tuple(o for o in RunOutcome if o is not RunOutcome.RUNNING)
+ATTEMPT_RESULTS = tuple(o for o in AttemptOutcome if o is not AttemptOutcome.INTENT)
+QUALIFICATION_RESULTS = tuple(s for s in QualificationState if s is not QualificationState.INTENT)
 REFERRER_FIELDS = ("rf_user_id", "email", "code", "url", "fingerprint", "state", "skip_reason", "error")
 
 # Each entry runs once, in order, inside one transaction; user_version = entries applied.
@@ -218,7 +226,7 @@ class RunRecord:
     pid: int
     started_at: str
     finished_at: str | None
-    outcome: str  # running|ok|partial|failed|interrupted (a dead `running` reads as interrupted)
+    outcome: str  # RunOutcome (a dead `running` reads as interrupted)
     counts: dict
     error: str | None
 
@@ -226,18 +234,18 @@ class RunRecord:
 @dataclass(frozen=True)
 class PushRecord:
     external_id: str
-    kind: str
+    kind: str  # vocabulary.Kind
     email: str | None
     name: str | None
     rf_user_id: int | None
     referral_code: str | None
-    state: str  # pending|booked|failed
+    state: str  # PushState
     booking_id: int | None
     booking_status: str | None
     job_id: int | None
     job_status: str | None
     final: bool
-    qualification: str | None  # qualified|unqualified|not_qualified
+    qualification: str | None  # QualificationValue
     qualified_at: str | None
     created_at: str
     updated_at: str
@@ -251,7 +259,7 @@ class AttemptRecord:
     email: str | None
     started_at: str
     finished_at: str | None
-    outcome: str  # intent|created|already_booked|failed|lost|skipped
+    outcome: str  # AttemptOutcome
     booking_id: int | None
     error: dict | None  # StsyncError.to_dict(), or {"message": ...} (older rows: an ApiError's remote fields)
 
@@ -260,8 +268,8 @@ class AttemptRecord:
 class QualificationRecord:
     id: int
     external_id: str
-    action: str  # qualify|unqualify
-    state: str  # intent|done|failed
+    action: str  # QualificationAction
+    state: str  # QualificationState
     rule: str | None
     reason: str | None
     at: str
@@ -276,7 +284,7 @@ class ReferrerRecord:
     code: str | None
     url: str | None
     fingerprint: str | None
-    state: str  # pending|created|adopted|updated|skipped|failed
+    state: str  # ReferrerState
     skip_reason: str | None
     error: dict | None
     updated_at: str
@@ -298,7 +306,7 @@ class DeliveryRecord:
     event: str | None
     external_id: str | None
     received_at: str
-    outcome: str | None
+    outcome: str | None  # DeliveryOutcome
     error: dict | None
 
 
@@ -314,7 +322,8 @@ def _record(cls: type, row: sqlite3.Row, *, json_columns: tuple[str, ...] = (), 
     return cls(**values)
 
 
-def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
+def _check(value: str, allowed: Iterable[str], what: str) -> None:
+    allowed = tuple(allowed)
     if value not in allowed:
         raise ValueError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
 
@@ -454,8 +463,8 @@ class Ledger:
     def start_run(self, job: str, command: str) -> int:
         with self.transaction() as conn:
             cursor = conn.execute(
-                "INSERT INTO runs (job, command, pid, started_at, outcome, counts) VALUES (?, ?, ?, ?, 'running', '{}')",
-                (job, command, os.getpid(), utc_now()),
+                "INSERT INTO runs (job, command, pid, started_at, outcome, counts) VALUES (?, ?, ?, ?, ?, '{}')",
+                (job, command, os.getpid(), utc_now(), RunOutcome.RUNNING),
             )
             return int(cursor.lastrowid)
 
@@ -466,12 +475,12 @@ class Ledger:
         ``failed`` with the error otherwise. ``counts()`` is read at the very end, so a
         stopped run still records what it did. Yields the run id."""
         run_id = self.start_run(job, command)
-        outcome, error = "failed", None
+        outcome, error = RunOutcome.FAILED, None
         try:
             yield run_id
-            outcome = "partial" if failed() else "ok"
+            outcome = RunOutcome.PARTIAL if failed() else RunOutcome.OK
         except KeyboardInterrupt:
-            outcome, error = "interrupted", "interrupted by the user"
+            outcome, error = RunOutcome.INTERRUPTED, "interrupted by the user"
             raise
         except StsyncError as exc:
             error = exc.message
@@ -483,7 +492,7 @@ class Ledger:
             self.finish_run(run_id, outcome, counts(), error=error)
 
     def finish_run(self, run_id: int, outcome: str, counts: Mapping[str, Any], error: str | None = None) -> None:
-        _check(outcome, RUN_OUTCOMES[1:], "run outcome")
+        _check(outcome, FINISHED_RUN_OUTCOMES, "run outcome")
         with self.transaction() as conn:
             cursor = conn.execute(
                 "UPDATE runs SET finished_at = ?, outcome = ?, counts = ?, error = ? WHERE id = ?",
@@ -494,10 +503,10 @@ class Ledger:
 
     def _run(self, row: sqlite3.Row) -> RunRecord:
         record = _record(RunRecord, row, json_columns=("counts",))
-        if record.outcome == "running" and not pid_alive(record.pid):
+        if record.outcome == RunOutcome.RUNNING and not pid_alive(record.pid):
             # Killed (kill -9, power cut): it never finished. Reported, not rewritten: the
             # reader may be wrong about a pid on another machine sharing the state dir.
-            record = RunRecord(**{**record.__dict__, "outcome": "interrupted"})
+            record = RunRecord(**{**record.__dict__, "outcome": RunOutcome.INTERRUPTED.value})
         return record
 
     def last_run(self, job: str) -> RunRecord | None:
@@ -524,13 +533,13 @@ class Ledger:
         run_id: int | None = None,
     ) -> int:
         """Before the POST: the push row (kept or ``pending``) and an attempt ``intent``. → attempt id."""
-        _check(kind, PUSH_KINDS, "push kind")
+        _check(kind, Kind, "push kind")
         now = utc_now()
         with self.transaction() as conn:
             conn.execute(
                 """
                 INSERT INTO pushes (external_id, kind, email, name, rf_user_id, referral_code, state, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (external_id) DO UPDATE SET
                     email = COALESCE(excluded.email, pushes.email),
                     name = COALESCE(excluded.name, pushes.name),
@@ -538,11 +547,11 @@ class Ledger:
                     referral_code = COALESCE(excluded.referral_code, pushes.referral_code),
                     updated_at = excluded.updated_at
                 """,
-                (external_id, kind, email, name, rf_user_id, referral_code, now, now),
+                (external_id, kind, email, name, rf_user_id, referral_code, PushState.PENDING, now, now),
             )
             cursor = conn.execute(
-                "INSERT INTO push_attempts (external_id, run_id, email, started_at, outcome) VALUES (?, ?, ?, ?, 'intent')",
-                (external_id, run_id, email, now),
+                "INSERT INTO push_attempts (external_id, run_id, email, started_at, outcome) VALUES (?, ?, ?, ?, ?)",
+                (external_id, run_id, email, now, AttemptOutcome.INTENT),
             )
             return int(cursor.lastrowid)
 
@@ -550,8 +559,8 @@ class Ledger:
         self, attempt_id: int, *, outcome: str, booking_id: int | None = None, error: Mapping[str, Any] | None = None
     ) -> None:
         """After the POST (or the reconciling look-up): finish the attempt, move the push's state."""
-        _check(outcome, ATTEMPT_OUTCOMES[1:], "attempt outcome")
-        if outcome in ("created", "already_booked") and booking_id is None:
+        _check(outcome, ATTEMPT_RESULTS, "attempt outcome")
+        if outcome in BOOKED_OUTCOMES and booking_id is None:
             raise ValueError(f"outcome {outcome!r} needs the booking_id")
         now = utc_now()
         with self.transaction() as conn:
@@ -563,17 +572,17 @@ class Ledger:
                 (now, outcome, booking_id, _dumps(dict(error) if error is not None else None), attempt_id),
             )
             external_id = row["external_id"]
-            if outcome in ("created", "already_booked"):
+            if outcome in BOOKED_OUTCOMES:
                 conn.execute(
-                    "UPDATE pushes SET state = 'booked', booking_id = ?, updated_at = ? WHERE external_id = ?",
-                    (booking_id, now, external_id),
+                    "UPDATE pushes SET state = ?, booking_id = ?, updated_at = ? WHERE external_id = ?",
+                    (PushState.BOOKED, booking_id, now, external_id),
                 )
-            elif outcome == "failed":
+            elif outcome == AttemptOutcome.FAILED:
                 # A booking that exists stays booked: a later failed retry does not undo it.
                 conn.execute(
-                    "UPDATE pushes SET state = CASE WHEN state = 'booked' THEN state ELSE 'failed' END, updated_at = ? "
+                    "UPDATE pushes SET state = CASE WHEN state = ? THEN state ELSE ? END, updated_at = ? "
                     "WHERE external_id = ?",
-                    (now, external_id),
+                    (PushState.BOOKED, PushState.FAILED, now, external_id),
                 )
 
     def get_push(self, external_id: str) -> PushRecord | None:
@@ -604,7 +613,8 @@ class Ledger:
             where.append("lower(email) = lower(?)")
             params.append(email)
         if failed_only:
-            where.append("outcome IN ('failed', 'lost')")
+            where.append("outcome IN (?, ?)")
+            params.extend((AttemptOutcome.FAILED, AttemptOutcome.LOST))
         sql = "SELECT * FROM push_attempts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
         return [self._attempt(row) for row in self._query(sql, [*params, limit])]
 
@@ -617,15 +627,19 @@ class Ledger:
         Reconcile each by externalId before pushing that record again.
         """
         if external_id is None:
-            rows = self._query("SELECT * FROM push_attempts WHERE outcome = 'intent' ORDER BY id")
+            rows = self._query("SELECT * FROM push_attempts WHERE outcome = ? ORDER BY id", (AttemptOutcome.INTENT,))
         else:
-            rows = self._query("SELECT * FROM push_attempts WHERE outcome = 'intent' AND external_id = ? ORDER BY id", (external_id,))
+            rows = self._query(
+                "SELECT * FROM push_attempts WHERE outcome = ? AND external_id = ? ORDER BY id", (AttemptOutcome.INTENT, external_id)
+            )
         return [self._attempt(row) for row in rows]
 
     # -- qualification tracking ---------------------------------------------------------
     def open_bookings(self) -> list[PushRecord]:
         """Booked and not final: what ``qualify`` still has to follow."""
-        rows = self._query("SELECT * FROM pushes WHERE state = 'booked' AND final = 0 ORDER BY created_at, external_id")
+        rows = self._query(
+            "SELECT * FROM pushes WHERE state = ? AND final = 0 ORDER BY created_at, external_id", (PushState.BOOKED,)
+        )
         return [_record(PushRecord, row, bool_columns=("final",)) for row in rows]
 
     def update_tracking(
@@ -649,7 +663,7 @@ class Ledger:
         if final is not None:
             changes["final"] = 1 if final else 0
         if qualification is not None:
-            _check(qualification, QUALIFICATION_VALUES, "qualification")
+            _check(qualification, QualificationValue, "qualification")
             changes["qualification"] = qualification
         with self.transaction() as conn:
             if not changes:
@@ -662,17 +676,17 @@ class Ledger:
             return cursor.rowcount > 0
 
     def record_qualification_intent(self, external_id: str, action: str, *, rule: str | None, reason: str | None) -> int:
-        _check(action, QUALIFICATION_ACTIONS, "qualification action")
+        _check(action, QualificationAction, "qualification action")
         with self.transaction() as conn:
             cursor = conn.execute(
-                "INSERT INTO qualifications (external_id, action, state, rule, reason, at) VALUES (?, ?, 'intent', ?, ?, ?)",
-                (external_id, action, rule, reason, utc_now()),
+                "INSERT INTO qualifications (external_id, action, state, rule, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (external_id, action, QualificationState.INTENT, rule, reason, utc_now()),
             )
             return int(cursor.lastrowid)
 
     def record_qualification_result(self, qualification_id: int, *, state: str, error: Mapping[str, Any] | None = None) -> None:
         """``done`` → the push reads qualified/unqualified from now on; ``failed`` keeps the error."""
-        _check(state, QUALIFICATION_STATES[1:], "qualification state")
+        _check(state, QUALIFICATION_RESULTS, "qualification state")
         now = utc_now()
         with self.transaction() as conn:
             row = conn.execute("SELECT external_id, action FROM qualifications WHERE id = ?", (qualification_id,)).fetchone()
@@ -682,8 +696,9 @@ class Ledger:
                 "UPDATE qualifications SET state = ?, at = ?, error = ? WHERE id = ?",
                 (state, now, _dumps(dict(error) if error is not None else None), qualification_id),
             )
-            if state == "done":
-                value = "qualified" if row["action"] == "qualify" else "unqualified"
+            if state == QualificationState.DONE:
+                qualified = row["action"] == QualificationAction.QUALIFY
+                value = QualificationValue.QUALIFIED if qualified else QualificationValue.UNQUALIFIED
                 conn.execute(
                     "UPDATE pushes SET qualification = ?, qualified_at = ?, updated_at = ? WHERE external_id = ?",
                     (value, now, now, row["external_id"]),
@@ -727,7 +742,7 @@ class Ledger:
         if unknown:
             raise TypeError(f"unknown referrer field(s): {', '.join(sorted(unknown))}")
         if "state" in values:
-            _check(values["state"], REFERRER_STATES, "referrer state")
+            _check(values["state"], ReferrerState, "referrer state")
         if "error" in values:
             values["error"] = _dumps(values["error"])
         values["updated_at"] = utc_now()
@@ -744,8 +759,8 @@ class Ledger:
     def referrers_to_retry(self, limit: int | None = None) -> list[ReferrerRecord]:
         """Customers whose last attempt was cut short (``pending``), ``failed``, or left an error
         (e.g. a return field not written), by customer id."""
-        sql = "SELECT * FROM referrers WHERE state IN ('pending', 'failed') OR error IS NOT NULL ORDER BY customer_id"
-        rows = self._query(sql + " LIMIT ?", (limit,)) if limit is not None else self._query(sql)
+        sql = "SELECT * FROM referrers WHERE state IN (?, ?) OR error IS NOT NULL ORDER BY customer_id"
+        rows = self._query(sql + " LIMIT ?", (*REFERRER_RETRY_STATES, limit)) if limit is not None else self._query(sql, REFERRER_RETRY_STATES)
         return [self._referrer(row) for row in rows]
 
     def referrer_counts(self) -> dict[str, int]:

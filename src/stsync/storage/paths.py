@@ -17,6 +17,8 @@ from pathlib import Path
 
 import platformdirs
 
+from stsync import envvars
+
 APP = "stsync"
 DEFAULT_CONNECTION = "default"
 PRIVATE_DIR = 0o700
@@ -56,13 +58,9 @@ def default_config_path() -> Path:
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``--config`` wins, then ``STSYNC_CONFIG``, then the platform default."""
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get("STSYNC_CONFIG")
-    if env:
-        return Path(env).expanduser()
-    return default_config_path()
+    """``--config`` wins, then ``STSYNC_CONFIG``, then the platform default (a blank one is unset)."""
+    chosen = envvars.resolve(envvars.CONFIG, option=os.fspath(explicit) if explicit else None)
+    return Path(chosen).expanduser() if chosen else default_config_path()
 
 
 def connection_name(config_path: Path) -> str:
@@ -73,10 +71,9 @@ def connection_name(config_path: Path) -> str:
 
 
 def state_root() -> Path:
-    env = os.environ.get("STSYNC_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(platformdirs.user_state_dir(APP))
+    """``STSYNC_STATE_DIR``, else the platform's state directory."""
+    chosen = envvars.read(envvars.STATE_DIR)
+    return Path(chosen).expanduser() if chosen else Path(platformdirs.user_state_dir(APP))
 
 
 @dataclass(frozen=True)

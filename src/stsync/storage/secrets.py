@@ -1,7 +1,10 @@
 """The connection's three secrets: environment → OS keyring → opt-in file store (SPEC §2).
 
+Which secrets exist, and their variables and labels, is ``stsync.credentials``' table.
+
 - Environment variables (``STSYNC_ST_CLIENT_SECRET``, ``STSYNC_ST_APP_KEY``,
-  ``STSYNC_RF_API_KEY``) always win: cron and containers set them.
+  ``STSYNC_RF_API_KEY``) always win: cron and containers set them. A blank one is unset, and
+  a value is used without its surrounding whitespace (``stsync.envvars``).
 - The OS keyring (service ``stsync``, username ``<connection>/<name>``) is the default store.
 - The file store (``<state>/secrets.json``, 0600, created 0600 atomically) is opt-in
   (``stsync connect --secrets-store file``) and comes with a warning.
@@ -24,6 +27,8 @@ import stat
 from pathlib import Path
 from typing import Literal
 
+from stsync import envvars
+from stsync.credentials import SECRET_NAMES, SECRETS, secret
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
 from stsync.logs import get_logger, redact, register_secret
 from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths, make_private_dir
@@ -31,28 +36,12 @@ from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths, make_private_dir
 log = get_logger(__name__)
 
 SERVICE = "stsync"
-SECRET_NAMES = ("st_client_secret", "st_app_key", "rf_api_key")
-ENV_VARS = {
-    "st_client_secret": "STSYNC_ST_CLIENT_SECRET",
-    "st_app_key": "STSYNC_ST_APP_KEY",
-    "rf_api_key": "STSYNC_RF_API_KEY",
-}
-LABELS = {
-    "st_client_secret": "ServiceTitan client secret",
-    "st_app_key": "ServiceTitan app key",
-    "rf_api_key": "Referral Factory API key",
-}
 FILE_STORE_WARNING = (
     "secrets are stored in plain text in {path} (readable only by your user, mode 0600); "
     "prefer the OS keyring or environment variables where you can"
 )
 
 Source = Literal["env", "keyring", "file"]
-
-
-def _check_name(name: str) -> None:
-    if name not in ENV_VARS:
-        raise ValueError(f"unknown secret {name!r} (known: {', '.join(SECRET_NAMES)})")
 
 
 class SecretStore:
@@ -153,7 +142,7 @@ class SecretStore:
             ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"the secrets file {path} is damaged", hint="run `stsync connect --secrets-store file` again")
-        return {k: v for k, v in data.items() if k in ENV_VARS and isinstance(v, str) and v}
+        return {k: v for k, v in data.items() if k in SECRET_NAMES and isinstance(v, str) and v}
 
     def _file_write(self, data: dict[str, str]) -> None:
         path = self.file_path
@@ -191,8 +180,8 @@ class SecretStore:
         Raises SecretStoreUnavailable when the keyring is unusable and neither env nor the file
         has it (the user must choose a remedy; stsync does not guess).
         """
-        _check_name(name)
-        value = os.environ.get(ENV_VARS[name])
+        spec = secret(name)
+        value = envvars.read(spec.env_var)
         if value:
             register_secret(value)
             return value
@@ -207,23 +196,23 @@ class SecretStore:
             return value
         if self._keyring_problem:
             raise SecretStoreUnavailable(
-                f"{LABELS[name]} ({name}) could not be read: {self._keyring_problem}", locked=self._keyring_locked
+                f"{spec.label} ({name}) could not be read: {self._keyring_problem}", locked=self._keyring_locked
             )
         return None
 
     def require(self, name: str) -> str:
         value = self.get(name)
         if not value:
+            spec = secret(name)
             raise ConfigError(
-                f"the {LABELS[name]} is not set for connection '{self.paths.name}'",
-                hint=f"set {ENV_VARS[name]}, or run `stsync connect` to store it",
+                f"the {spec.label} is not set for connection '{self.paths.name}'",
+                hint=f"set {spec.env_var.name}, or run `stsync connect` to store it (find it in {spec.where})",
             )
         return value
 
     def source(self, name: str) -> Source | None:
         """Where ``get`` would find the secret; never raises for an unusable keyring."""
-        _check_name(name)
-        if os.environ.get(ENV_VARS[name]):
+        if envvars.read(secret(name).env_var):
             return "env"
         if self._keyring_get(name):
             return "keyring"
@@ -240,22 +229,22 @@ class SecretStore:
         The other store's copy is removed so that an old value can never shadow (keyring over
         file) or outlive (file under a later-locked keyring) the new one.
         """
-        _check_name(name)
+        label = secret(name).label
         if not value:
-            raise UsageError(f"the {LABELS[name]} is empty")
+            raise UsageError(f"the {label} is empty")
         if store not in ("keyring", "file"):
             raise UsageError(f"unknown secrets store {store!r}: use keyring or file")
         register_secret(value)
         if store == "keyring":
             backend = self._backend()
             if backend is None:
-                raise SecretStoreUnavailable(f"cannot store the {LABELS[name]}: {self._keyring_problem}")
+                raise SecretStoreUnavailable(f"cannot store the {label}: {self._keyring_problem}")
             try:
                 backend.set_password(SERVICE, self._username(name), value)
             except Exception as exc:
                 self._keyring_failed(exc, "storing")
                 raise SecretStoreUnavailable(
-                    f"cannot store the {LABELS[name]}: {self._keyring_problem}", locked=self._keyring_locked
+                    f"cannot store the {label}: {self._keyring_problem}", locked=self._keyring_locked
                 ) from None
             self._file_update(lambda data: data.pop(name, None))
             log.info("stored %s in the OS keyring (%s)", name, self.backend_name())
@@ -287,7 +276,9 @@ class SecretStore:
             return False
         except Exception as exc:
             self._keyring_failed(exc, "removing secrets")
-            raise SecretStoreUnavailable(f"cannot remove the {LABELS[name]} from the OS keyring: {self._keyring_problem}") from None
+            raise SecretStoreUnavailable(
+                f"cannot remove the {secret(name).label} from the OS keyring: {self._keyring_problem}"
+            ) from None
 
     def delete_all(self) -> list[str]:
         """Remove this connection's secrets from the keyring and the file. → names removed.
@@ -330,9 +321,10 @@ class SecretStore:
             "file_exists": mode is not None,
             "file_mode": mode,
             "secrets": {
-                name: {"source": self.source(name), "env_var": ENV_VARS[name], "label": LABELS[name]} for name in SECRET_NAMES
+                spec.name: {"source": self.source(spec.name), "env_var": spec.env_var.name, "label": spec.label}
+                for spec in SECRETS
             },
         }
 
 
-__all__ = ["ENV_VARS", "FILE_STORE_WARNING", "LABELS", "SECRET_NAMES", "SecretStore"]
+__all__ = ["FILE_STORE_WARNING", "SecretStore"]

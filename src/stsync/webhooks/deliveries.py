@@ -16,20 +16,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stsync.logs import get_logger, redact
+from stsync.storage.states import DeliveryOutcome
 
 if TYPE_CHECKING:
     from stsync.leads import Lead
 
 log = get_logger(__name__)
-
-# Delivery outcomes (webhook_deliveries.outcome), besides those of a push (created, ...).
-QUEUED = "queued"
-DUPLICATE = "duplicate"
-REJECTED = "rejected"
-IGNORED = "ignored"
-RECORDED = "recorded"
-FAILED = "failed"
-RETRYING = "retrying"  # a failed delivery sent again, queued once more
 
 
 @dataclass(frozen=True)
@@ -52,7 +44,7 @@ class DeliveryEvent:
     event: str | None
     key: str | None
     who: str | None
-    outcome: str
+    outcome: str  # storage.states.DeliveryOutcome
     message: str
     booking_id: int | None = None
 
@@ -65,7 +57,7 @@ Observer = Callable[[DeliveryEvent], None]
 
 def report(event: DeliveryEvent, observer: Observer | None) -> None:
     """Log ``event`` and tell the observer; rendering must never break serving."""
-    level = logging.WARNING if event.outcome in (REJECTED, FAILED) else logging.INFO
+    level = logging.WARNING if event.outcome in (DeliveryOutcome.REJECTED, DeliveryOutcome.FAILED) else logging.INFO
     log.log(level, "serve %s %s %s %s: %s", event.stage, event.status or "-", event.event or "-", event.key or "-", redact(event.message))
     if observer is not None:
         try:
@@ -100,7 +92,7 @@ class ServeStats:
         with self._lock:
             self.processed += 1
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-            self.failed += int(outcome == FAILED)
+            self.failed += int(outcome == DeliveryOutcome.FAILED)
 
     def as_counts(self) -> dict[str, Any]:
         with self._lock:

@@ -38,19 +38,8 @@ from stsync.errors import InvalidRecord, StsyncError, UsageError
 from stsync.logs import get_logger
 from stsync.mapping.booking import external_id_for
 from stsync.leads import leads_from_json
-from stsync.webhooks.deliveries import (
-    DUPLICATE,
-    FAILED,
-    IGNORED,
-    QUEUED,
-    REJECTED,
-    RETRYING,
-    Delivery,
-    DeliveryEvent,
-    Observer,
-    ServeStats,
-    report,
-)
+from stsync.storage.states import DeliveryOutcome
+from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
 from stsync.webhooks.payload import (
     EVENT_HEADER,
     REWARD_ISSUED,
@@ -64,8 +53,8 @@ from stsync.webhooks.payload import (
 from stsync.webhooks.tokens import header_token_matches, token_matches
 
 if TYPE_CHECKING:
+    from stsync.connection import Connection
     from stsync.leads import Lead
-    from stsync.services.runtime import Connection
 
 log = get_logger(__name__)
 
@@ -190,15 +179,15 @@ class WebhookHandler:
             raise WebhookRejected(400, f"expected a JSON object describing the user, got {type(payload).__name__}")
         event = classify(payload, path_event=rest[0] if rest else None, header_event=request.header(EVENT_HEADER))
         if event == REWARD_ISSUED:
-            report(DeliveryEvent("received", 200, event, None, None, IGNORED, "rewards are not used by stsync"), self.observer)
-            return Response(200, {"ok": True, "event": event, "outcome": IGNORED})
+            report(DeliveryEvent("received", 200, event, None, None, DeliveryOutcome.IGNORED, "rewards are not used by stsync"), self.observer)
+            return Response(200, {"ok": True, "event": event, "outcome": DeliveryOutcome.IGNORED})
         try:
             leads = leads_from_json(payload)
         except (UsageError, InvalidRecord) as exc:
             raise WebhookRejected(400, exc.message) from None
         # One lead: the key may use the payload's own fields; several: each lead's own.
         answers = [self._enqueue(event, lead, payload if len(leads) == 1 else asdict(lead)) for lead in leads]
-        status = 202 if any(a["outcome"] == QUEUED for a in answers) else 200
+        status = 202 if any(a["outcome"] == DeliveryOutcome.QUEUED for a in answers) else 200
         if len(answers) == 1:
             return Response(status, {"ok": True, "event": event, **answers[0]})
         return Response(status, {"ok": True, "event": event, "deliveries": answers})
@@ -209,11 +198,11 @@ class WebhookHandler:
         new = self._ledger_thread.submit(self._record_delivery, key, event, external_id).result()
         self.stats.count_received(duplicate=not new)
         if not new:
-            report(DeliveryEvent("received", 200, event, key, lead.describe(), DUPLICATE, "already received; not processed again"), self.observer)
-            return {"outcome": DUPLICATE, "delivery": key}
+            report(DeliveryEvent("received", 200, event, key, lead.describe(), DeliveryOutcome.DUPLICATE, "already received; not processed again"), self.observer)
+            return {"outcome": DeliveryOutcome.DUPLICATE, "delivery": key}
         self.queue.submit(Delivery(key=key, event=event, lead=lead, external_id=external_id, received_at=time.time()))
-        report(DeliveryEvent("received", 202, event, key, lead.describe(), QUEUED, "queued"), self.observer)
-        return {"outcome": QUEUED, "delivery": key}
+        report(DeliveryEvent("received", 202, event, key, lead.describe(), DeliveryOutcome.QUEUED, "queued"), self.observer)
+        return {"outcome": DeliveryOutcome.QUEUED, "delivery": key}
 
     def _record_delivery(self, key: str, event: str, external_id: str | None) -> bool:
         """True when the delivery must be processed: new, or a redelivery of one that failed."""
@@ -221,10 +210,10 @@ class WebhookHandler:
         if ledger.record_delivery(key, event=event, external_id=external_id):
             return True
         previous = ledger.get_delivery(key)
-        if previous is not None and previous.outcome == FAILED:
+        if previous is not None and previous.outcome == DeliveryOutcome.FAILED:
             # Referral Factory (or a person) sent it again after it failed: try once more.
             # Marked at once, so a burst of redeliveries queues it only once.
-            ledger.finish_delivery(key, RETRYING, previous.error)
+            ledger.finish_delivery(key, DeliveryOutcome.RETRYING, previous.error)
             return True
         return False
 
@@ -236,4 +225,4 @@ class WebhookHandler:
 
     def _rejected(self, status: int, message: str) -> None:
         self.stats.count_rejected()
-        report(DeliveryEvent("received", status, None, None, None, REJECTED, message), self.observer)
+        report(DeliveryEvent("received", status, None, None, None, DeliveryOutcome.REJECTED, message), self.observer)

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
+
 if TYPE_CHECKING:
     from stsync.leads import Lead
 
@@ -73,9 +75,9 @@ def event_from_text(text: str, *, user_type: str | None = None) -> str | None:
         return LEAD_CREATED
     if joins and words & {"user", "person", "participant"}:
         # "user created": which kind depends on the user.
-        if user_type == "person_invited":
+        if user_type == PERSON_INVITED:
             return LEAD_CREATED
-        if user_type == "person_referring":
+        if user_type == PERSON_REFERRING:
             return REFERRER_JOINED
     return None
 
@@ -182,9 +184,9 @@ def classify(payload: Any, *, path_event: str | None = None, header_event: str |
                 if event is None:
                     raise WebhookRejected(400, f"unknown event {value!r}; stsync handles {', '.join(EVENTS)}")
                 return event
-    if user_type == "person_invited":
+    if user_type == PERSON_INVITED:
         return LEAD_QUALIFIED if _field(user, "qualified_at") else LEAD_CREATED
-    if user_type == "person_referring":
+    if user_type == PERSON_REFERRING:
         return REFERRER_JOINED
     raise WebhookRejected(
         400,

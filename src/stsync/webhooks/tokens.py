@@ -11,9 +11,9 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 
+from stsync import envvars
 from stsync.errors import UsageError
 
-TOKEN_ENV = "STSYNC_WEBHOOK_TOKEN"
 TOKEN_HEADER = "X-Stsync-Token"
 MIN_TOKEN_LENGTH = 16
 _GENERATE = "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
@@ -23,7 +23,7 @@ def check_token(token: str | None) -> str:
     """The serve token, or ``UsageError`` when missing; a short token is refused too."""
     if token is None or not token.strip():
         raise UsageError(
-            f"serve needs a shared token: --token, or the environment variable {TOKEN_ENV}",
+            f"serve needs a shared token: --token, or the environment variable {envvars.WEBHOOK_TOKEN.name}",
             hint=f"generate one, e.g. {_GENERATE}, and "
             "put it in the webhook URL (/hooks/<token>) or the X-Stsync-Token header in Referral Factory",
         )

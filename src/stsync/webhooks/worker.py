@@ -28,23 +28,25 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from stsync.errors import ApiError, InvalidRecord, StsyncError, stops_run
 from stsync.leads import LeadReader, lead_from_user
 from stsync.logs import get_logger
 from stsync.mapping.booking import external_id_for
-from stsync.webhooks.deliveries import FAILED, IGNORED, RECORDED, Delivery, DeliveryEvent, Observer, ServeStats, report
+from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
+from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue
+from stsync.vocabulary import Action, Kind
+from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
 from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED
 
 if TYPE_CHECKING:
     from stsync.referralfactory.models import User
+    from stsync.connection import Connection
     from stsync.leads import Lead
-    from stsync.services.runtime import Connection
 
 log = get_logger(__name__)
 
-Kind = Literal["lead", "referrer"]
 # (lead, kind, run id) → (outcome, message, booking id); raises the error of a failed record.
 PushLead = Callable[["Lead", Kind, "int | None"], "tuple[str, str, int | None]"]
 
@@ -109,7 +111,7 @@ class DeliveryWorker:
     # -- one delivery ------------------------------------------------------------------------------
     def process(self, delivery: Delivery) -> None:
         """Process one delivery and record its outcome; never raises."""
-        outcome, message, error, booking_id = FAILED, "", None, None
+        outcome, message, error, booking_id = DeliveryOutcome.FAILED, "", None, None
         try:
             outcome, message, booking_id = self._outcome(delivery)
         except StsyncError as exc:
@@ -121,7 +123,7 @@ class DeliveryWorker:
             log.exception("serve: unexpected error processing %s", delivery.key)
             error = {"type": type(exc).__name__, "message": "unexpected error; see the log"}
             message = f"unexpected error ({type(exc).__name__}); details in stsync's log"
-        if outcome == FAILED and error is None:
+        if outcome == DeliveryOutcome.FAILED and error is None:
             error = {"message": message}
         try:
             self.conn.ledger.finish_delivery(delivery.key, outcome, error)
@@ -136,12 +138,12 @@ class DeliveryWorker:
     def _outcome(self, delivery: Delivery) -> tuple[str, str, int | None]:
         """(outcome, message, booking id) for one delivery; raises for a failure."""
         config = self.conn.config
-        if delivery.event == REFERRER_JOINED and config.referrers.action != "create_booking":
-            return IGNORED, 'referrers.action is "nothing": referrers are not sent to ServiceTitan', None
-        if delivery.event == LEAD_CREATED and config.leads.action != "create_booking":
-            return IGNORED, 'leads.action is "nothing" ("Nothing to action"): no booking is created', None
+        if delivery.event == REFERRER_JOINED and config.referrers.action != Action.CREATE_BOOKING:
+            return DeliveryOutcome.IGNORED, f'referrers.action is "{Action.NOTHING}": referrers are not sent to ServiceTitan', None
+        if delivery.event == LEAD_CREATED and config.leads.action != Action.CREATE_BOOKING:
+            return DeliveryOutcome.IGNORED, f'leads.action is "{Action.NOTHING}" ("Nothing to action"): no booking is created', None
         user = verified_user(self.conn, delivery.lead)
-        expected = "person_referring" if delivery.event == REFERRER_JOINED else "person_invited"
+        expected = PERSON_REFERRING if delivery.event == REFERRER_JOINED else PERSON_INVITED
         if user.type is not None and user.type != expected:
             raise InvalidRecord(
                 f"Referral Factory user {user.id} is a {user.type}, but the delivery says {delivery.event}",
@@ -149,7 +151,7 @@ class DeliveryWorker:
             )
         if delivery.event == LEAD_QUALIFIED:
             return record_reported_qualification(self.conn, user)
-        kind: Kind = "referrer" if delivery.event == REFERRER_JOINED else "lead"
+        kind = Kind.REFERRER if delivery.event == REFERRER_JOINED else Kind.LEAD
         lead = LeadReader(self.conn.referral_factory, self.conn.campaign_id).lead(user)
         return self.push(lead, kind, self.run_id)
 
@@ -200,7 +202,7 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
 def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str, str, int | None]:
     """"A lead is qualified": note it on the lead's push, so ``qualify`` never sends it again."""
     if user.qualified_at is None:
-        return IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None
+        return DeliveryOutcome.IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None
     ledger = conn.ledger
     external_id: str | None
     try:
@@ -209,11 +211,14 @@ def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str
         external_id = user.code
     push = ledger.get_push(external_id) if external_id else None
     if push is None:
-        return IGNORED, f"{user.email} ({user.code}) was never pushed by stsync: nothing to record", None
-    if push.qualification == "qualified":
-        return RECORDED, "already recorded as qualified", push.booking_id
+        return DeliveryOutcome.IGNORED, f"{user.email} ({user.code}) was never pushed by stsync: nothing to record", None
+    if push.qualification == QualificationValue.QUALIFIED:
+        return DeliveryOutcome.RECORDED, "already recorded as qualified", push.booking_id
     intent = ledger.record_qualification_intent(
-        external_id, "qualify", rule="referral_factory", reason="Referral Factory reported the lead qualified (webhook)"
+        external_id,
+        QualificationAction.QUALIFY,
+        rule="referral_factory",
+        reason="Referral Factory reported the lead qualified (webhook)",
     )
-    ledger.record_qualification_result(intent, state="done")
-    return RECORDED, "recorded as qualified (reported by Referral Factory)", push.booking_id
+    ledger.record_qualification_result(intent, state=QualificationState.DONE)
+    return DeliveryOutcome.RECORDED, "recorded as qualified (reported by Referral Factory)", push.booking_id

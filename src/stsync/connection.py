@@ -1,25 +1,35 @@
-"""The open connection: config + secrets + the two API clients + the ledger, built lazily.
+"""The open connection: config + secrets + the two API clients + the ledger.
 
-Every use case takes a ``Connection``. Building it costs nothing; each piece is created on
+Every use case takes a ``Connection``. Building one costs nothing: each piece is created on
 first use, so ``stsync validate`` never opens a socket and ``stsync history`` never needs a
 secret.
+
+The constructor is the seam for tests and embedders: ``servicetitan=``, ``referral_factory=``,
+``ledger=``, ``endpoints=`` and ``secrets=`` are used as given instead of being built, and
+``transport=`` (an httpx transport: a mock, an in-process server) carries the clients the
+connection builds itself. What the connection builds, ``close()`` closes; what it was given
+belongs to the caller.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Any
 
+import httpx
+
+from stsync import credentials
 from stsync.errors import ConfigError
+from stsync.http import RetryPolicy
+from stsync.ratelimit import RateLimiter
+from stsync.referralfactory.client import ReferralFactoryClient
+from stsync.servicetitan.client import ServiceTitanClient
+from stsync.storage.config import Config, Endpoints, resolve_endpoints
+from stsync.storage.ledger import Ledger
+from stsync.storage.locks import RunLock
 from stsync.storage.paths import ConnectionPaths
-
-if TYPE_CHECKING:
-    from stsync.referralfactory.client import ReferralFactoryClient
-    from stsync.servicetitan.client import ServiceTitanClient
-    from stsync.storage.config import Config, Endpoints
-    from stsync.storage.ledger import Ledger
-    from stsync.storage.secrets import SecretStore
+from stsync.storage.secrets import SecretStore
 
 # How long a check a person is waiting for (validate --online, diagnose) retries one request.
 CHECK_RETRY_BUDGET_SECONDS = 15
@@ -33,19 +43,44 @@ _IDENTITY_KEYS = {
 
 
 class Connection:
-    def __init__(self, paths: ConnectionPaths, config: "Config") -> None:
+    def __init__(
+        self,
+        paths: ConnectionPaths,
+        config: Config,
+        *,
+        endpoints: Endpoints | None = None,
+        secrets: SecretStore | None = None,
+        servicetitan: Any = None,
+        referral_factory: Any = None,
+        ledger: Ledger | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """Pieces given here are used as they are (a fake client is welcome: anything with the
+        methods the use case calls); the others are built on first use."""
         self.paths = paths
         self.config = config
+        self.transport = transport
         self._closers: list = []
+        given = {
+            "endpoints": endpoints,
+            "secrets": secrets,
+            "servicetitan": servicetitan,
+            "referral_factory": referral_factory,
+            "ledger": ledger,
+        }
+        # A value in the instance dict is what a cached_property returns without building it.
+        self.__dict__.update({name: piece for name, piece in given.items() if piece is not None})
 
     @classmethod
-    def open(cls, paths: ConnectionPaths, config: "Config", *, retry_budget_seconds: float | None = None) -> "Connection":
+    def open(
+        cls, paths: ConnectionPaths, config: Config, *, retry_budget_seconds: float | None = None, **pieces: Any
+    ) -> "Connection":
         """``retry_budget_seconds`` caps the per-request retry budget: checks a person waits
         for (validate, diagnose) should say "unreachable" in seconds, not after cron's budget."""
         if retry_budget_seconds is not None and retry_budget_seconds < config.limits.retry_budget_seconds:
             limits = config.limits.model_copy(update={"retry_budget_seconds": retry_budget_seconds})
             config = config.model_copy(update={"limits": limits})
-        return cls(paths, config)
+        return cls(paths, config, **pieces)
 
     # -- identity ---------------------------------------------------------------------
     def require(self, *names: str) -> None:
@@ -77,55 +112,53 @@ class Connection:
 
     # -- pieces -----------------------------------------------------------------------
     @cached_property
-    def endpoints(self) -> "Endpoints":
-        from stsync.storage.config import resolve_endpoints
-
+    def endpoints(self) -> Endpoints:
         return resolve_endpoints(self.config)
 
     @cached_property
-    def secrets(self) -> "SecretStore":
-        from stsync.storage.secrets import SecretStore
-
+    def secrets(self) -> SecretStore:
         return SecretStore(self.paths)
 
     @cached_property
-    def ledger(self) -> "Ledger":
-        from stsync.storage.ledger import Ledger
-
+    def ledger(self) -> Ledger:
         self.paths.ensure_state()
         ledger = Ledger.open(self.paths.ledger)
         self._closers.append(ledger.close)
         return ledger
 
     @cached_property
-    def servicetitan(self) -> "ServiceTitanClient":
+    def servicetitan(self) -> ServiceTitanClient:
         self.require("tenant_id", "client_id")
         client = build_servicetitan_client(
             self.paths,
             self.config,
             self.endpoints,
-            client_secret=self.secrets.require("st_client_secret"),
-            app_key=self.secrets.require("st_app_key"),
+            client_secret=self.secrets.require(credentials.ST_CLIENT_SECRET.name),
+            app_key=self.secrets.require(credentials.ST_APP_KEY.name),
+            transport=self.transport,
         )
         self._closers.append(client.close)
         return client
 
     @cached_property
-    def referral_factory(self) -> "ReferralFactoryClient":
+    def referral_factory(self) -> ReferralFactoryClient:
         client = build_referral_factory_client(
-            self.paths, self.config, self.endpoints, api_key=self.secrets.require("rf_api_key")
+            self.paths,
+            self.config,
+            self.endpoints,
+            api_key=self.secrets.require(credentials.RF_API_KEY.name),
+            transport=self.transport,
         )
         self._closers.append(client.close)
         return client
 
     def run_lock(self, job: str, *, command: str | None = None) -> AbstractContextManager:
         """One run of ``job`` per connection at a time (exit 7 when held)."""
-        from stsync.storage.locks import RunLock
-
         self.paths.ensure_state()
         return RunLock(self.paths, job, command=command or job)
 
     def close(self) -> None:
+        """Close what this connection built, newest first (never what it was given)."""
         while self._closers:
             closer = self._closers.pop()
             try:
@@ -136,17 +169,13 @@ class Connection:
 
 def build_servicetitan_client(
     paths: ConnectionPaths,
-    config: "Config",
-    endpoints: "Endpoints",
+    config: Config,
+    endpoints: Endpoints,
     *,
     client_secret: str,
     app_key: str,
-    transport=None,
-) -> "ServiceTitanClient":
-    from stsync.http import RetryPolicy
-    from stsync.ratelimit import RateLimiter
-    from stsync.servicetitan.client import ServiceTitanClient
-
+    transport: httpx.BaseTransport | None = None,
+) -> ServiceTitanClient:
     paths.ensure_state()
     paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
     limits = config.limits
@@ -166,12 +195,13 @@ def build_servicetitan_client(
 
 
 def build_referral_factory_client(
-    paths: ConnectionPaths, config: "Config", endpoints: "Endpoints", *, api_key: str, transport=None
-) -> "ReferralFactoryClient":
-    from stsync.http import RetryPolicy
-    from stsync.ratelimit import RateLimiter
-    from stsync.referralfactory.client import ReferralFactoryClient
-
+    paths: ConnectionPaths,
+    config: Config,
+    endpoints: Endpoints,
+    *,
+    api_key: str,
+    transport: httpx.BaseTransport | None = None,
+) -> ReferralFactoryClient:
     paths.ensure_state()
     paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
     limits = config.limits
@@ -182,3 +212,6 @@ def build_referral_factory_client(
         retry=RetryPolicy(budget_seconds=limits.retry_budget_seconds),
         transport=transport,
     )
+
+
+__all__ = ["CHECK_RETRY_BUDGET_SECONDS", "Connection", "build_referral_factory_client", "build_servicetitan_client"]

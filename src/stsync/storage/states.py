@@ -1,0 +1,128 @@
+"""The ledger's closed vocabularies: every state and outcome a ledger column stores.
+
+Each is a ``StrEnum`` whose values are the stored strings (docs/ARCHITECTURE.md's ledger
+schema): never rename a value, a ledger written by an older stsync must still read. A plain
+string read back from SQLite compares equal to its member.
+
+Leaf module: the standard library only, so services and the CLI can name a state without
+importing the ledger. (``pushes.kind`` is ``stsync.vocabulary.Kind``.)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunJob(StrEnum):
+    """``runs.job`` and the run-lock names: one kind of run per command."""
+
+    PUSH = "push"
+    SYNC = "sync"
+    QUALIFY = "qualify"
+    SERVE = "serve"
+
+
+class RunOutcome(StrEnum):
+    """``runs.outcome``. A dead ``running`` run reads as ``interrupted``."""
+
+    RUNNING = "running"
+    OK = "ok"
+    PARTIAL = "partial"  # finished; some records failed
+    FAILED = "failed"  # stopped by a run-level failure
+    INTERRUPTED = "interrupted"
+
+
+class PushState(StrEnum):
+    """``pushes.state``: where one lead's (or referrer's) booking stands."""
+
+    PENDING = "pending"
+    BOOKED = "booked"
+    FAILED = "failed"
+
+
+class AttemptOutcome(StrEnum):
+    """``push_attempts.outcome`` — also the outcome of one ``push_lead`` (never intent or lost)."""
+
+    INTENT = "intent"  # recorded before the POST; still there = the answer never got recorded
+    CREATED = "created"
+    ALREADY_BOOKED = "already_booked"  # found by externalId: nothing was created
+    FAILED = "failed"
+    LOST = "lost"  # no answer came: the next run reconciles by externalId
+    SKIPPED = "skipped"
+
+
+# A booking exists after either of these.
+BOOKED_OUTCOMES = (AttemptOutcome.CREATED, AttemptOutcome.ALREADY_BOOKED)
+
+
+class QualificationAction(StrEnum):
+    """``qualifications.action``: the Referral Factory write that was intended."""
+
+    QUALIFY = "qualify"
+    UNQUALIFY = "unqualify"
+
+
+class QualificationState(StrEnum):
+    """``qualifications.state``."""
+
+    INTENT = "intent"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class QualificationValue(StrEnum):
+    """``pushes.qualification``: what Referral Factory was told (or that it never will be)."""
+
+    QUALIFIED = "qualified"
+    UNQUALIFIED = "unqualified"
+    NOT_QUALIFIED = "not_qualified"  # closed without qualifying (e.g. canceled before it counted)
+
+
+class ReferrerState(StrEnum):
+    """``referrers.state``: one customer's way to becoming a referrer."""
+
+    PENDING = "pending"  # intent recorded; the user may or may not exist yet
+    CREATED = "created"
+    ADOPTED = "adopted"  # the e-mail was already a user of the campaign
+    UPDATED = "updated"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+# A customer the next run tries again: cut short (pending) or failed.
+REFERRER_RETRY_STATES = (ReferrerState.PENDING, ReferrerState.FAILED)
+
+
+class DeliveryOutcome(StrEnum):
+    """``webhook_deliveries.outcome`` and what ``serve`` reports for each delivery.
+
+    ``queued``, ``duplicate`` and ``rejected`` are answers to the sender only; a processed
+    delivery stores ``ignored``, ``recorded``, ``failed``, ``retrying`` or the outcome of the
+    push it made (``created``, ``already_booked``, ``skipped``).
+    """
+
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    IGNORED = "ignored"
+    RECORDED = "recorded"
+    FAILED = "failed"
+    RETRYING = "retrying"  # a failed delivery sent again, queued once more
+    CREATED = AttemptOutcome.CREATED.value
+    ALREADY_BOOKED = AttemptOutcome.ALREADY_BOOKED.value
+    SKIPPED = AttemptOutcome.SKIPPED.value
+
+
+__all__ = [
+    "BOOKED_OUTCOMES",
+    "REFERRER_RETRY_STATES",
+    "AttemptOutcome",
+    "DeliveryOutcome",
+    "RunJob",
+    "PushState",
+    "QualificationAction",
+    "QualificationState",
+    "QualificationValue",
+    "ReferrerState",
+    "RunOutcome",
+]
