@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from stsync.errors import ConfigError, InvalidRecord, ReferralFactoryApiError, UsageError
 from stsync.logs import get_logger
-from stsync.referralfactory.models import PERSON_INVITED
+from stsync.referralfactory.models import PERSON_INVITED, meta_text
 from stsync.suggestions import did_you_mean
 
 if TYPE_CHECKING:
@@ -379,7 +379,8 @@ def _meta_from_json(raw: Any, where: str) -> dict[str, str]:
     else:
         raise UsageError(f"{where}: meta must be a list of {{field, value}} or an object, not {type(raw).__name__}")
     for label, value in items:
-        text = _text(value)
+        # A list or an object answer (meta values are typed "mixed") as the API client reads it.
+        text = _text(meta_text(value))
         if text is not None:
             meta[str(label)] = text
     return meta
