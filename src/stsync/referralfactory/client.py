@@ -73,7 +73,7 @@ from stsync.errors import (
     TemporaryError,
     stops_run,
 )
-from stsync.http import RetryPolicy, response_json, send_with_retries, shared_ssl_context
+from stsync.http import RetryPolicy, is_json_answer, response_json, route_not_found, send_with_retries, shared_ssl_context
 from stsync.logs import get_logger, register_secret
 from stsync.ratelimit import CoolDown, RateLimiter, cooling_down_error
 from stsync.referralfactory.models import Campaign, User
@@ -94,10 +94,6 @@ _MAXIMUM_IN_TEXT = re.compile(
 )
 _FILTER_INDEX = re.compile(r"^filters?(?:\.value)?\.(\d+)(?:\.|$)")
 _ADMIN_HINT = "use the API key of a Referral Factory account admin and run `stsync connect`"
-_API_URL_HINT = (
-    "set referral_factory.api_url (or STSYNC_RF_API_URL) to Referral Factory's API base URL, ending in /api/v2 "
-    "(the default is https://referral-factory.com/api/v2); nothing was recorded as deleted"
-)
 _KEY_HINT = (
     "Referral Factory allows one active API key per account: a new key deactivates the old one. "
     "Copy the current key (Campaign Settings → Integrations and API → API & Webhooks → Copy API Key) "
@@ -522,7 +518,7 @@ class ReferralFactoryClient:
         if status == 403:
             return self._forbidden(response, error, method, path)
         if status == 404:
-            if not _is_api_json(response):
+            if not is_json_answer(response):
                 return self._route_not_found(method, url)
             return NotFound(
                 error.message,
@@ -558,18 +554,9 @@ class ReferralFactoryClient:
     def _route_not_found(self, method: str, url: str) -> StsyncError:
         with self._lock:
             answered = self._answered
-        if answered:
-            return TemporaryError(
-                f"Referral Factory answered {method} {url} with HTTP 404 and a page that is not its API's JSON, "
-                "although the API answered earlier in this run: something in front of it (a proxy, a load "
-                "balancer) misrouted the request",
-                hint="retry later; nothing was recorded as deleted",
-            )
-        return ConfigError(
-            f"{url} answered HTTP 404 with a page that is not Referral Factory's API (no JSON): "
-            f"referral_factory.api_url ({self.api_url}) does not point at the API",
-            key_path="referral_factory.api_url",
-            hint=_API_URL_HINT,
+        return route_not_found(
+            SERVICE, method, url, answered_before=answered, config_key="referral_factory.api_url",
+            example="https://referral-factory.com/api/v2 (it ends in /api/v2)",
         )
 
 
@@ -592,12 +579,6 @@ def _next_link(body: Any) -> str | None:
     links = body.get("links") if isinstance(body, dict) else None
     link = links.get("next") if isinstance(links, dict) else None
     return link.strip() if isinstance(link, str) and link.strip() else None
-
-
-def _is_api_json(response: httpx.Response) -> bool:
-    """The API's own JSON answer (a JSON object, said to be JSON), not a proxy's page."""
-    content_type = response.headers.get("Content-Type", "").casefold()
-    return "json" in content_type and isinstance(response_json(response), dict)
 
 
 def _text_of(response: httpx.Response) -> str:
