@@ -141,26 +141,25 @@ def cooling_down_error(service: str, cool_down: CoolDown) -> CoolingDown:
     when = local_and_utc(cool_down.until)
     if cool_down.reason == IP_BLOCKED:
         why = (
-            f"{service} blocked this machine's IP address (HTTP 403 saying \"blocked\") at "
-            f"{local_and_utc(cool_down.since)}"
+            f"{service} blocked this machine's IP address at {local_and_utc(cool_down.since)} "
+            f"(HTTP 403 saying \"blocked\")"
         )
         hint = (
-            f"run stsync again after {when}; the block is {service}'s, counted per IP address: make sure no "
-            "other tool on this machine or account abuses its rate limit. If their support lifts it sooner, "
-            "`stsync diagnose` shows where this state is kept"
+            f"run stsync again after {when}; the block is counted per IP address, so make sure no other tool on "
+            f"this machine or account abuses {service}'s rate limit (`stsync diagnose` shows this state)"
         )
     else:
         why = (
-            f"{service} refused requests with HTTP 429 (too many requests) in two separate episodes within an "
-            "hour, counted across every stsync process of this connection"
+            f"{service} answered HTTP 429 (too many requests) in two episodes within an hour, counted across "
+            "every stsync process of this connection"
         )
         hint = (
             f"run stsync again after {when}; if another tool uses the same {service} account, lower this "
             "connection's rate in [limits]"
         )
     return CoolingDown(
-        f"{why}: every stsync process of this connection stops calling {service} until {when}, because repeated "
-        "abuse of its rate limit gets this machine's IP address blocked",
+        f"{why}: so that it does not block this machine's IP address, no stsync process of this connection "
+        f"calls {service} until {when}",
         hint=hint,
         service=service,
         reason=cool_down.reason,
