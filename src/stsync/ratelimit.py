@@ -56,7 +56,7 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -128,7 +128,7 @@ def local_and_utc(epoch: float) -> str:
     (a "safe after" must never read earlier than it is)."""
     rounded = math.ceil(epoch / 60) * 60
     local = datetime.fromtimestamp(rounded).astimezone()
-    utc = datetime.fromtimestamp(rounded, timezone.utc)
+    utc = datetime.fromtimestamp(rounded, UTC)
     if local.utcoffset() == timedelta(0):
         return f"{utc:%Y-%m-%d %H:%M} UTC"
     zone = local.tzname() or local.strftime("%z")
@@ -163,7 +163,7 @@ def cooling_down_error(service: str, cool_down: CoolDown) -> CoolingDown:
         hint=hint,
         service=service,
         reason=cool_down.reason,
-        safe_after=datetime.fromtimestamp(cool_down.until, timezone.utc).isoformat(timespec="seconds"),
+        safe_after=datetime.fromtimestamp(cool_down.until, UTC).isoformat(timespec="seconds"),
     )
 
 

@@ -243,7 +243,7 @@ def test_secrets_given_with_a_trailing_cr_lf_are_verified_and_stored_without_it(
     bookings_ok(httpx_mock)
     httpx_mock.add_response(method="GET", url=CAMPAIGN_URL, json=LAUNCHED)
     given = argv()
-    padded = [f"{value}\r\n" if flag in SECRETS else value for flag, value in zip(["", *given], given)]
+    padded = [f"{value}\r\n" if flag in SECRETS else value for flag, value in zip(["", *given], given, strict=False)]
     assert run(padded) == 0, capsys.readouterr().err
 
     from stsync.storage.paths import ConnectionPaths, resolve_config_path

@@ -5,14 +5,14 @@ paging, a search that refuses a field or a page size, mixed meta values, route-l
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from fakes import FakeTime  # tests/support
 from pytest_httpx import HTTPXMock
 
-from fakes import FakeTime  # tests/support
 from stsync.errors import (
     AuthError,
     ConfigError,
@@ -415,7 +415,7 @@ def test_two_processes_each_seeing_one_429_the_second_stops(httpx_mock: HTTPXMoc
         second.get_user(6)
     assert caught.value.reason == RATE_LIMITED
     # An hour after the second episode, in UTC (the message says it in local time too).
-    assert caught.value.safe_after == datetime.fromtimestamp(fake.now + 3600, timezone.utc).isoformat(timespec="seconds")
+    assert caught.value.safe_after == datetime.fromtimestamp(fake.now + 3600, UTC).isoformat(timespec="seconds")
     assert [c.reason for c in heard] == [RATE_LIMITED]
     third = make_client(limiter=shared_limiter(tmp_path, fake))
     with pytest.raises(CoolingDown):

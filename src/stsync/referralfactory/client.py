@@ -54,7 +54,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -415,9 +415,10 @@ class ReferralFactoryClient:
         """Rows of a paginated list to its end (see "Paging" in the module docstring); a body
         without a next link, ``meta`` page numbers or a cursor is one page."""
         size = max(1, min(MAX_PER_PAGE, int(per_page))) if per_page is not None else None
-        sized = {"per_page": size} if size is not None else {}
+        sized: dict[str, Any] = {"per_page": size} if size is not None else {}
         first_url = self._url(path)
-        url, params = first_url, {"page": 1, **sized}
+        url = first_url
+        params: dict[str, Any] | None = {"page": 1, **sized}
         page_number = 1
         read: set[str] = set()
         seen_ids: set[Any] = set()
@@ -571,7 +572,7 @@ def _endpoint(method: str, path: str) -> str:
     return f"{method} /" + "/".join(shape)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -13,11 +13,11 @@ connection — sends the accepted shape at once:
   (``None``: nothing learnt); ``0`` means "send no ``per_page``" (the server's default page),
   used when the refusal did not say its maximum.
 
-The file is ``ConnectionPaths.search_shape_file`` (``<state>/referral-factory-search.json``): small, replaced atomically, merged under
-a file lock so two processes learning at once both keep what they learnt. An unreadable file
-reads as "nothing learnt" (the next refusal teaches it again). Nothing here ever expires:
-the cost of a remembered refusal is a smaller page or a client-side filter, never a wrong
-answer.
+The file is ``ConnectionPaths.search_shape_file`` (``<state>/referral-factory-search.json``):
+small, replaced atomically, merged under a file lock so two processes learning at once both
+keep what they learnt. An unreadable file reads as "nothing learnt" (the next refusal teaches
+it again). Nothing here ever expires: the cost of a remembered refusal is a smaller page or a
+client-side filter, never a wrong answer.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from stsync.storage.paths import PRIVATE_FILE, make_private_dir, write_private_text
+
 
 @dataclass(frozen=True)
 class SearchShape:
@@ -47,7 +48,7 @@ class SearchShape:
     def learnt(self) -> bool:
         return bool(self.refused_fields) or self.max_per_page is not None
 
-    def merged(self, other: "SearchShape") -> "SearchShape":
+    def merged(self, other: SearchShape) -> SearchShape:
         sizes = [size for size in (self.max_per_page, other.max_per_page) if size is not None]
         return SearchShape(self.refused_fields | other.refused_fields, min(sizes) if sizes else None)
 
@@ -55,7 +56,7 @@ class SearchShape:
         return {"refused_fields": sorted(self.refused_fields), "max_per_page": self.max_per_page}
 
     @classmethod
-    def from_json(cls, data: object) -> "SearchShape":
+    def from_json(cls, data: object) -> SearchShape:
         if not isinstance(data, dict):
             return cls()
         fields = data.get("refused_fields")

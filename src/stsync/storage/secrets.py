@@ -232,9 +232,10 @@ class SecretStore:
         file) or outlive (file under a later-locked keyring) the new one.
         """
         label = secret(name).label
-        value = clean(value)  # type: ignore[assignment]
-        if not value:
+        cleaned = clean(value)
+        if not cleaned:
             raise UsageError(f"the {label} is empty")
+        value = cleaned
         if store not in ("keyring", "file"):
             raise UsageError(f"unknown secrets store {store!r}: use keyring or file")
         register_secret(value)
