@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pytest_httpx import HTTPXMock
 
-from stsync.errors import AnswerLost, AuthError, ConfigError, ServiceTitanApiError, TemporaryError
+from stsync.errors import AnswerLost, AuthError, ConfigError, IncompleteListing, ServiceTitanApiError, TemporaryError
 from stsync.http import RetryPolicy
 from stsync.ratelimit import RateLimiter
 from stsync.servicetitan.client import ServiceTitanClient
@@ -673,3 +673,21 @@ def test_secrets_are_sent_without_surrounding_whitespace(httpx_mock: HTTPXMock, 
     token_request, api_request = httpx_mock.get_requests()
     assert form(token_request)["client_secret"] == [SECRET]
     assert api_request.headers["ST-App-Key"] == APP_KEY
+
+
+def test_a_list_saying_has_more_with_an_empty_page_is_incomplete_not_cut_short(httpx_mock: HTTPXMock, make_client):
+    add_token(httpx_mock)
+    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}?page=1&pageSize=2",
+                            json={"page": 1, "pageSize": 2, "hasMore": True, "data": [{**BOOKING, "id": 1}, {**BOOKING, "id": 2}]})
+    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}?page=2&pageSize=2", json={"page": 2, "pageSize": 2, "hasMore": True, "data": []})
+    with pytest.raises(IncompleteListing) as caught:
+        list(make_client().list_bookings(BP))
+    assert caught.value.exit_code == 6
+
+
+def test_an_export_that_says_more_without_moving_on_is_incomplete(httpx_mock: HTTPXMock, make_client):
+    add_token(httpx_mock)
+    httpx_mock.add_response(method="GET", url=f"{CRM}/export/customers?includeRecentChanges=true",
+                            json={"data": [], "hasMore": True, "continueFrom": None})
+    with pytest.raises(IncompleteListing):
+        list(make_client().export_customers(None))

@@ -13,8 +13,10 @@ Errors:
   ``TemporaryError`` for one once the API has answered;
 - ``ServiceTitanApiError`` for every other refusal, with the ApiErrorResponse's title,
   per-field messages verbatim, traceId, method and path;
-- ``TemporaryError`` / ``RateLimited`` (exit 6) past the retry budget, and ``AnswerLost``
-  when the answer to a booking create never came (look it up by externalId first).
+- ``TemporaryError`` / ``RateLimited`` (exit 6) past the retry budget, ``IncompleteListing``
+  (exit 6) for a list or feed that says more follows but cannot be followed (never a silent
+  part of it), and ``AnswerLost`` when the answer to a booking create never came (look it up
+  by externalId first).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from stsync import __version__
-from stsync.errors import AnswerLost, AuthError, ServiceTitanApiError
+from stsync.errors import AnswerLost, AuthError, IncompleteListing, ServiceTitanApiError
 from stsync.http import RetryPolicy, is_json_answer, response_json, route_not_found, send_with_retries, shared_ssl_context
 from stsync.logs import get_logger, register_secret
 from stsync.ratelimit import RateLimiter
@@ -318,9 +320,9 @@ class ServiceTitanClient:
             if not body.get("hasMore"):
                 return
             if not rows:
-                # hasMore with nothing in it would loop for ever; trust what we have.
-                log.warning("ServiceTitan GET %s said hasMore with an empty page %d; stopping", path, page)
-                return
+                # hasMore with nothing in it would loop for ever; stopping quietly would act on
+                # part of the list as if it were all of it.
+                raise _incomplete("GET", path, f"page {page} is empty but says more pages follow")
             page += 1
 
     def _export(self, path: str, start: str | None, page_model: type[ExportPage]) -> Iterator[ExportPage]:
@@ -332,8 +334,7 @@ class ServiceTitanClient:
             if not page.has_more:
                 return
             if not page.continue_from or (page.continue_from == position and not page.data):
-                log.warning("ServiceTitan GET %s said hasMore without moving on; stopping", path)
-                return
+                raise _incomplete("GET", path, "the feed says more follows but gives no new position to continue from")
             position = page.continue_from
 
     def _error_for(self, response: httpx.Response, method: str, path: str) -> Exception:
@@ -406,6 +407,14 @@ def parse_api_error(response: httpx.Response, *, method: str, path: str) -> Serv
         trace_id=trace_id,
         method=method,
         path=path,
+    )
+
+
+def _incomplete(method: str, path: str, why: str) -> IncompleteListing:
+    return IncompleteListing(
+        f"ServiceTitan's paging of {method} {path} cannot be followed to its end: {why}. "
+        "Stopped rather than act on part of the list",
+        hint="retry later; if it persists, report it to ServiceTitan with this message",
     )
 
 
