@@ -421,6 +421,10 @@ def lead_from_flags(
                 f"--field {key}=…: {key!r} is not a lead field{did_you_mean(name, LEAD_FIELDS)}",
                 hint="use one of " + ", ".join(LEAD_FIELDS) + ", or meta.<label> for a campaign form field",
             )
+    for flag, given in (("--email", email), ("--first-name", first_name), ("--referral-code", referral_code),
+                        ("--campaign-name", campaign_name), ("--phone", phone), *(("--field", f"{k}={v}") for k, v in (fields or {}).items())):
+        if given is not None and has_lone_surrogate(str(given)):
+            raise UsageError(f"{flag} is not text: it has bytes that are not UTF-8", hint="type the value again, or check the terminal's encoding")
     if values["email"] is None:
         raise UsageError("--email is empty")
     if "@" not in values["email"]:
@@ -434,6 +438,12 @@ def lead_from_flags(
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """``text`` holds a UTF-16 surrogate of its own (from a JSON ``\\ud800`` escape, or bytes that
+    were not UTF-8 on the command line): not Unicode text, so it can be neither sent nor stored."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def _meta_lookup(meta: Mapping[str, str], label: str) -> str | None:

@@ -6,6 +6,11 @@ Every record passes a redaction filter that replaces any registered secret value
 The log file is created 0600, also when a rotation inside a running process (``serve``)
 starts a new one. A log file that is a symlink (to /var/log/…) is written through, but its
 target's mode is its owner's business: never changed.
+
+The log never breaks a command: when the state directory cannot hold it (a file, read-only, a
+full disk) nothing is logged to a file, no stack trace of logging's own reaches the terminal,
+and ``log_file_in_use()`` is None — so no message names a log file that does not exist. A
+write or a close that fails later (the disk filled up) stops the file quietly.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import logging
 import logging.handlers
 import os
 import threading
+from pathlib import Path
 from typing import IO
 
+from stsync.errors import StsyncError
 from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths
 
 _LOGGER = "stsync"
@@ -55,7 +62,33 @@ class RedactingFilter(logging.Filter):
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Opens the log file 0600: at start and after every rollover (the stdlib's uses the umask)."""
+    """Opens the log file 0600: at start and after every rollover (the stdlib's uses the umask).
+
+    A record that cannot be written (the disk is full) stops the file: ``broken`` is set and
+    nothing is printed — logging's own handler of errors would print its traceback on stderr.
+    """
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.broken = True
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.broken = True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # its last flush, on a full disk
+            self.broken = True
+            self.stream = None  # type: ignore[assignment]
 
     def _open(self):
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
@@ -84,8 +117,12 @@ def attach_file_handler(paths: ConnectionPaths, *, verbosity: int = 0, terminal_
         handler.addFilter(RedactingFilter())
         logger.addHandler(handler)
         _handlers.append(handler)
-    except OSError:
-        pass  # an unwritable state dir is reported by the command that needs it
+    except (OSError, StsyncError):
+        # An unusable state dir is reported by the command that needs it. Meanwhile records go
+        # nowhere, not to logging's last resort (stderr, with tracebacks).
+        null = logging.NullHandler()
+        logger.addHandler(null)
+        _handlers.append(null)
     if verbosity and terminal_stream is not None:
         stream = logging.StreamHandler(terminal_stream)
         stream.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
@@ -100,7 +137,18 @@ def detach_handlers() -> None:
     while _handlers:
         handler = _handlers.pop()
         logger.removeHandler(handler)
-        handler.close()
+        try:
+            handler.close()
+        except OSError:
+            pass  # a full disk: the file was stopped already
+
+
+def log_file_in_use() -> Path | None:
+    """The log file records are written to now; None when there is none (or it stopped)."""
+    for handler in _handlers:
+        if isinstance(handler, PrivateRotatingFileHandler) and not handler.broken:
+            return Path(handler.baseFilename)
+    return None
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -1,4 +1,5 @@
-"""Activity checks (diagnose): the ledger, who holds a run lock, how the last run of each job
+"""Activity checks (diagnose): the ledger (opened, and every page checked: a damaged one is a
+FAIL with the fix, and the checks that read the ledger do not run), who holds a run lock, how the last run of each job
 ended, the pushes that failed and were never booked since — each with the lead's e-mail
 and the exact error as recorded — and Referral Factory's shared rate-limit state (its 429
 episodes of the last hour, a cool-down or an IP block in force), read from the state dir
@@ -63,14 +64,29 @@ class PushFailure:
         return asdict(self)
 
 
+def check_state_dir(paths: "ConnectionPaths") -> Verdict:
+    """The connection's state directory is a directory this user can write (made if missing)."""
+    try:
+        state = paths.ensure_state()
+    except StsyncError as exc:
+        return fail_with(exc)
+    return ok(f"{state} is writable")
+
+
 def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None]:
     """The ledger when one exists (nothing to report); a FAIL when it cannot be opened."""
     if not paths.ledger.exists():
         return None, None
     try:
-        return None, Ledger.open(paths.ledger)
+        ledger = Ledger.open(paths.ledger)
     except StsyncError as exc:
         return fail_with(exc), None
+    try:
+        ledger.check_integrity()
+    except StsyncError as exc:
+        ledger.close()
+        return fail_with(exc), None
+    return None, ledger
 
 
 def check_run_locks(paths: "ConnectionPaths", *, now: float | None = None) -> Verdict:

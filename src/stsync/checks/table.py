@@ -9,7 +9,7 @@ Prerequisites, in the order a person would debug:
                  │                                           └─ Return fields in ServiceTitan
                  └─ Referral Factory API key ─ Referral Factory campaign
     Secret store ─ Secrets
-    Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
+    State directory ─ Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
     Referral Factory rate limit (the shared 429/IP-block state; no request)
 
 plus the values a live check cannot run without (the identity keys of the config, the
@@ -105,7 +105,10 @@ def _push_failures(ctx: CheckContext) -> Verdict:
     return verdict
 
 
-LEDGER = CheckSpec("Ledger", ACTIVITY, _ledger, blocks="the ledger could not be opened")
+STATE_DIR = CheckSpec(
+    "State directory", ACTIVITY, lambda ctx: activity.check_state_dir(ctx.paths), blocks="the state directory cannot be used"
+)
+LEDGER = CheckSpec("Ledger", ACTIVITY, _ledger, needs=(STATE_DIR,), blocks="the ledger could not be opened")
 RUN_LOCKS = CheckSpec("Runs in progress", ACTIVITY, lambda ctx: activity.check_run_locks(ctx.paths))
 LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.PUSH), needs=(LEDGER,))
 LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,))
@@ -204,6 +207,7 @@ DIAGNOSE_OFFLINE = (
     SECRETS_PRESENT,
     CONNECTION_SETTINGS,
     *MAPPING_CHECKS,
+    STATE_DIR,
     LEDGER,
     RUN_LOCKS,
     LAST_PUSH,

@@ -138,30 +138,31 @@ def _parse_fields(pairs: list[str]) -> dict[str, str]:
 
 
 def _read_json(file: str) -> Any:
-    import json
-
     from stsync.errors import UsageError
+    from stsync.webhooks.payload import UnreadableJson, parse_json
 
+    data: bytes | str
     if file == "-":
-        text = sys.stdin.read()
+        # Bytes: text that is not UTF-8 is the parser's to refuse, not a decoding crash here.
+        stream = getattr(sys.stdin, "buffer", None)
+        data = stream.read() if stream is not None else sys.stdin.read()
         where = "standard input"
     else:
         path = Path(file).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
             raise UsageError(f"--file {file}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise UsageError(f"--file {file}: cannot read it ({exc.__class__.__name__}: {exc})") from None
         where = str(path)
-    if not text.strip():
+    if not data.strip():
         raise UsageError(f"{where} is empty: expected a lead as JSON")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return parse_json(data, what=where)
+    except UnreadableJson as exc:
         raise UsageError(
-            f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-            hint="pass a Referral Factory user object, a webhook payload, or a JSON list of them",
+            str(exc), hint="pass a Referral Factory user object, a webhook payload, or a JSON list of them"
         ) from None
 
 

@@ -11,6 +11,12 @@ Push, sync, qualify, serve, diagnose and history all read and write it, often at
 - Schema changes are appended to ``MIGRATIONS`` (``PRAGMA user_version`` says how many ran).
   Never edit a migration that shipped: add one.
 
+A ledger this machine or its file cannot serve is an error of stsync's, never SQLite's
+traceback (``_translate``): a damaged file — not a database, damaged pages, a table missing
+(each table the migrations create is looked for at open) — is ``LedgerDamaged``; a full disk,
+a read-only file system or a file it may not write is ``StateUnusable``; a lock another process
+held past the busy timeout is ``TemporaryError``. All exit 3 (6 for the lock) with the fix.
+
 Records come back as frozen dataclasses with JSON columns decoded. Timestamps are UTC ISO-8601
 strings from ``utc_now()``. Methods that take ``conn=`` join the caller's open transaction
 (``with ledger.transaction() as conn: ...``) so a page of work commits as one.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,8 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from stsync.errors import ConfigError, StsyncError
-from stsync.storage.paths import make_private_dir
+from stsync.errors import ConfigError, LedgerDamaged, StsyncError, TemporaryError
+from stsync.storage.paths import make_private_dir, no_space_left, read_only_fs, unusable
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
     REFERRER_RETRY_STATES,
@@ -45,6 +52,10 @@ from stsync.storage.states import (
 from stsync.vocabulary import Kind
 
 BUSY_TIMEOUT_MS = 30_000
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF) that mean the machine or
+# the file, not stsync: https://www.sqlite.org/rescode.html
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR = 5, 6, 8, 10
+SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 11, 13, 14, 26
 # Page cache per connection. There is one connection per thread (sync runs [limits] workers
 # of them), so memory is threads × this: with SQLite's 2 MB default a 50,000-customer sync
 # grew by ~13 MB as the caches filled. The OS page cache still holds the file.
@@ -353,13 +364,74 @@ class Ledger:
         try:
             conn = ledger._conn()
             ledger._migrate(conn)
-        except sqlite3.DatabaseError as exc:
+            ledger._check_tables(conn)
+        except sqlite3.Error as exc:
             ledger.close()
-            raise ConfigError(
+            raise ledger._translate(exc, doing="opened") or ConfigError(
                 f"the ledger {ledger.path} cannot be opened: {exc}",
                 hint="if the file is damaged, move it aside (stsync starts a new one; `diagnose` then has no history)",
             ) from None
+        except StsyncError:
+            ledger.close()
+            raise
         return ledger
+
+    def _check_tables(self, conn: sqlite3.Connection) -> None:
+        """Every table the migrations create is there (a hand-made or half-restored file may
+        lack one: ``LedgerDamaged`` now, not "no such table" in the middle of a run)."""
+        present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [name for name in _migration_tables() if name not in present]
+        if missing:
+            raise LedgerDamaged(
+                f"the ledger {self.path} cannot be opened: it is damaged (no table {', '.join(missing)})",
+                path=str(self.path),
+            )
+
+    def _translate(self, exc: sqlite3.Error, *, doing: str = "read") -> StsyncError | None:
+        """SQLite's error as stsync's (see the module docstring); None for one that is a bug.
+        ``doing``: what could not be done to the ledger, for the message."""
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        text = str(exc)
+        where = self.path.parent
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB) or re.search(r"no such (table|column)|malformed|not a database", text):
+            return LedgerDamaged(f"the ledger {self.path} cannot be {doing}: it is damaged ({text})", path=str(self.path))
+        if code == SQLITE_FULL or "disk is full" in text or (code == SQLITE_IOERR and no_space_left(where)):
+            return unusable(where, "disk_full", f"the disk is full (SQLite: {text})")
+        if code == SQLITE_READONLY or "readonly database" in text:
+            return unusable(where, "read_only" if read_only_fs(where) else "permission", f"the ledger cannot be written (SQLite: {text})")
+        if code == SQLITE_CANTOPEN or "unable to open database" in text:
+            reason = "read_only" if read_only_fs(where) else "permission"
+            return unusable(where, reason, f"the ledger {self.path.name} cannot be opened (SQLite: {text})")
+        if code == SQLITE_IOERR or "disk I/O error" in text:
+            return unusable(where, "os_error", f"the disk failed a read or write of the ledger (SQLite: {text})")
+        if code in (SQLITE_BUSY, SQLITE_LOCKED) or "database is locked" in text:
+            return TemporaryError(
+                f"the ledger {self.path} stayed locked by another stsync process for {BUSY_TIMEOUT_MS // 1000} s",
+                hint="run it again when the other run is done (`stsync diagnose` shows which runs hold a lock)",
+            )
+        return None
+
+    def check_integrity(self) -> None:
+        """``LedgerDamaged`` unless SQLite's ``quick_check`` finds every page sound. It reads the
+        whole file: for ``diagnose``, not for every command (those find a damaged page when
+        they reach it)."""
+        rows = self._query("PRAGMA quick_check")
+        problems = [str(row[0]) for row in rows if str(row[0]).casefold() != "ok"]
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise LedgerDamaged(
+                f"the ledger {self.path} is damaged: {problems[0]}{more}", path=str(self.path)
+            )
+
+    @contextmanager
+    def _translating(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            translated = self._translate(exc)
+            if translated is None:
+                raise
+            raise translated from None
 
     def close(self) -> None:
         with self._guard:
@@ -426,7 +498,7 @@ class Ledger:
 
     @property
     def schema_version(self) -> int:
-        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+        return int(self._query("PRAGMA user_version")[0][0])
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -438,15 +510,19 @@ class Ledger:
         if conn.in_transaction:
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
-                conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._translating():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the error that got us here is the one to report
+                raise
+            else:
+                conn.execute("COMMIT")
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
@@ -457,7 +533,8 @@ class Ledger:
                 yield own
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, tuple(params)).fetchall()
+        with self._translating():
+            return self._conn().execute(sql, tuple(params)).fetchall()
 
     # -- runs ---------------------------------------------------------------------------
     def start_run(self, job: str, command: str) -> int:
@@ -853,6 +930,11 @@ class Ledger:
             conn.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)
             )
+
+
+def _migration_tables() -> list[str]:
+    """The tables the migrations create, in order."""
+    return [name for script in MIGRATIONS for name in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", script)]
 
 
 def _statements(script: str) -> list[str]:
