@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_push import _environment, _stsync, floor_seconds  # noqa: E402
+from bench_push import _environment, _stsync, floor_seconds
 
 ST_PER_SECOND = 600
 RF_PER_MINUTE = 6_000
@@ -73,7 +73,7 @@ class _Connected:
         self.settings = {"st_per_second": st_per_second, "rf_per_minute": rf_per_minute, "latency_s": latency}
         self.workers = workers
 
-    def __enter__(self) -> "_Connected":
+    def __enter__(self) -> _Connected:
         from stsync.storage.config import load_config
         from stsync.storage.config_writer import save_config
 

@@ -74,7 +74,7 @@ class Connection:
     @classmethod
     def open(
         cls, paths: ConnectionPaths, config: Config, *, retry_budget_seconds: float | None = None, **pieces: Any
-    ) -> "Connection":
+    ) -> Connection:
         """``retry_budget_seconds`` caps the per-request retry budget: checks a person waits
         for (validate, diagnose) should say "unreachable" in seconds, not after cron's budget."""
         if retry_budget_seconds is not None and retry_budget_seconds < config.limits.retry_budget_seconds:

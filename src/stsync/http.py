@@ -33,9 +33,10 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timezone
-from typing import TYPE_CHECKING, Callable
+from datetime import UTC
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -99,7 +100,7 @@ def retry_after_seconds(response: httpx.Response, wall_clock: Callable[[], float
             when = None
         if when is not None:
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+                when = when.replace(tzinfo=UTC)
             return max(0.0, when.timestamp() - wall_clock())
     text = _body_title(response)
     if text:
@@ -135,7 +136,7 @@ def send_with_retries(
     *,
     service: str,
     policy: RetryPolicy,
-    limiter: "RateLimiter | None" = None,
+    limiter: RateLimiter | None = None,
     auth: httpx.Auth | None = None,
     idempotent: bool | None = None,
     before_attempt: Callable[[], None] | None = None,

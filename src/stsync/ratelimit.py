@@ -33,10 +33,10 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from filelock import FileLock
 
@@ -73,7 +73,7 @@ class _Budget:
         return {"last_slot": self.last_slot, "rate_factor": self.rate_factor, "slowed_at": self.slowed_at}
 
     @classmethod
-    def from_json(cls, data: object) -> "_Budget":
+    def from_json(cls, data: object) -> _Budget:
         if not isinstance(data, dict):
             return cls()
 

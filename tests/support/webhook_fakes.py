@@ -9,6 +9,7 @@ import time
 
 from connection_fixtures import CAMPAIGN
 from fakes import FakeReferralFactoryUsers
+
 from stsync.referralfactory.models import Campaign
 
 TOKEN = "s3cret-token-for-tests-0123456789"

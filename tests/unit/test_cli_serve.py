@@ -10,10 +10,10 @@ import threading
 
 import httpx
 import pytest
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder  # tests/support
 
 from stsync.cli.serve import serve_until_signalled
 from stsync.services.serve import WebhookServer
-from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder  # tests/support
 
 
 @pytest.fixture

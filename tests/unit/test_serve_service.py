@@ -9,13 +9,13 @@ import socket
 
 import httpx
 import pytest
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 from stsync.errors import InvalidRecord, UsageError
 from stsync.services import serve as serve_service
 from stsync.services.push import PushResult
 from stsync.services.serve import WebhookServer
 from stsync.webhooks.handler import MAX_BODY_BYTES
-from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 
 @pytest.fixture

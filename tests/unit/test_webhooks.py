@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import pytest
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 from stsync.errors import InvalidRecord
 from stsync.leads import Lead
@@ -20,7 +21,6 @@ from stsync.webhooks.deliveries import DeliveryEvent, ServeStats
 from stsync.webhooks.handler import MAX_BODY_BYTES, Request, Response, WebhookHandler
 from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED, delivery_key
 from stsync.webhooks.worker import DeliveryWorker
-from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 RUN_ID = 41
 

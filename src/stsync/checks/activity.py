@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.checks.result import Verdict, fail, fail_with, ok, warn
@@ -44,7 +44,7 @@ class PushFailure:
     error: dict[str, Any] | None
 
     @classmethod
-    def of(cls, attempt: "AttemptRecord", push: "PushRecord | None") -> "PushFailure":
+    def of(cls, attempt: AttemptRecord, push: PushRecord | None) -> PushFailure:
         return cls(
             email=attempt.email or (push.email if push else None),
             external_id=attempt.external_id,
@@ -59,7 +59,7 @@ class PushFailure:
         return asdict(self)
 
 
-def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None]:
+def open_ledger(paths: ConnectionPaths) -> tuple[Verdict | None, Ledger | None]:
     """The ledger when one exists (nothing to report); a FAIL when it cannot be opened."""
     if not paths.ledger.exists():
         return None, None
@@ -69,7 +69,7 @@ def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None
         return fail_with(exc), None
 
 
-def check_run_locks(paths: "ConnectionPaths", *, now: float | None = None) -> Verdict:
+def check_run_locks(paths: ConnectionPaths, *, now: float | None = None) -> Verdict:
     """Who holds a job's lock now (another run of that job exits 7 meanwhile)."""
     now = time.time() if now is None else now
     held: list[str] = []
@@ -169,7 +169,7 @@ def _age_seconds(started: Any, now: float) -> float | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return now - moment.timestamp()
 
 

@@ -45,7 +45,7 @@ BOOKING_PROVIDER_FIX = (
 OTHER_ENVIRONMENT_TIMEOUT_SECONDS = 10.0
 
 
-def verify_servicetitan_token(live: LiveAccess, config: "Config") -> str:
+def verify_servicetitan_token(live: LiveAccess, config: Config) -> str:
     """A fresh token for the Client ID / Client Secret (per tenant and environment)."""
     st = config.servicetitan
     try:
@@ -55,7 +55,7 @@ def verify_servicetitan_token(live: LiveAccess, config: "Config") -> str:
     return f"issued for client {st.client_id} ({st.environment})"
 
 
-def _token_refusal(live: LiveAccess, config: "Config", exc: AuthError) -> AuthError:
+def _token_refusal(live: LiveAccess, config: Config, exc: AuthError) -> AuthError:
     """The refusal told apart: credentials of the other environment, or which environment
     (and token endpoint) refused them."""
     environment = Environment(config.servicetitan.environment)
@@ -73,7 +73,7 @@ def _token_refusal(live: LiveAccess, config: "Config", exc: AuthError) -> AuthEr
     )
 
 
-def _other_environment_accepts(live: LiveAccess, config: "Config") -> bool:
+def _other_environment_accepts(live: LiveAccess, config: Config) -> bool:
     """Whether the other environment's token endpoint accepts these credentials.
 
     Only when the auth URL is the configured environment's default (an override — config or
@@ -103,13 +103,13 @@ def _other_environment_accepts(live: LiveAccess, config: "Config") -> bool:
         return False
 
 
-def verify_servicetitan_app_key(live: LiveAccess, config: "Config") -> str:
+def verify_servicetitan_app_key(live: LiveAccess, config: Config) -> str:
     """The ST-App-Key and the tenant's CRM access: one read of the customer custom-field types."""
     types = live.custom_field_types()
     return f"tenant {config.servicetitan.tenant_id} readable ({len(types)} customer custom field types)"
 
 
-def verify_booking_provider(live: LiveAccess, config: "Config") -> str:
+def verify_booking_provider(live: LiveAccess, config: Config) -> str:
     """The Booking Provider Value belongs to this app and tenant (troubleshooting guide)."""
     booking_provider = int(config.servicetitan.booking_provider)  # type: ignore[arg-type]
     try:
@@ -122,7 +122,7 @@ def verify_booking_provider(live: LiveAccess, config: "Config") -> str:
     return f"{booking_provider} accepted by ServiceTitan"
 
 
-def verify_return_field_types(live: LiveAccess, config: "Config") -> str:
+def verify_return_field_types(live: LiveAccess, config: Config) -> str:
     """Each return field is a ServiceTitan customer custom field of type Text."""
     return_fields = config.customer_sync.return_fields
     if not return_fields:
@@ -151,13 +151,13 @@ def verify_return_field_types(live: LiveAccess, config: "Config") -> str:
     return ", ".join(found)
 
 
-def verify_referral_factory_key(live: LiveAccess, config: "Config") -> str:
+def verify_referral_factory_key(live: LiveAccess, config: Config) -> str:
     """The Referral Factory API key (one active key per account: a new one revokes the old)."""
     next(iter(live.referral_factory.list_campaigns()), None)
     return "accepted"
 
 
-def verify_campaign(live: LiveAccess, config: "Config") -> str:
+def verify_campaign(live: LiveAccess, config: Config) -> str:
     """The campaign exists for this key and is launched (not draft or paused)."""
     campaign_id = int(config.referral_factory.campaign_id)  # type: ignore[arg-type]
     try:

@@ -95,7 +95,7 @@ class Check:
     error: StsyncError | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def named(cls, name: str, category: str, verdict: Verdict) -> "Check":
+    def named(cls, name: str, category: str, verdict: Verdict) -> Check:
         return cls(name, verdict.status, verdict.message, verdict.fix, category, verdict.exit_code, verdict.error)
 
     @property

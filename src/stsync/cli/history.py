@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from stsync.cli.context import AppContext
@@ -29,7 +27,7 @@ def register(app: typer.Typer) -> None:
 
 def history_command(
     ctx: typer.Context,
-    email: Optional[str] = typer.Option(None, "--email", help="Only the attempts for this lead's e-mail."),
+    email: str | None = typer.Option(None, "--email", help="Only the attempts for this lead's e-mail."),
     failed: bool = typer.Option(False, "--failed", help="Only the attempts that failed."),
     limit: int = typer.Option(50, "--limit", help="At most this many attempts (newest first)."),
 ) -> None:

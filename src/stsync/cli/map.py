@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -35,7 +35,7 @@ FOR_HELP = "leads, referrers or customers."
 @map_app.command("show", help="The mapping as the setup guide's table, with a Setup Required banner for what is missing.")
 def show_command(
     ctx: typer.Context,
-    for_: Optional[str] = typer.Option(None, "--for", help="Only this section: " + FOR_HELP),
+    for_: str | None = typer.Option(None, "--for", help="Only this section: " + FOR_HELP),
 ) -> None:
     from stsync.mapping.overview import mapping_overview
     from stsync.services.mapping_edit import FOR_CHOICES, for_section, load_or_default
@@ -55,7 +55,7 @@ def show_command(
     app_ctx.emit({"ok": True, "config_path": str(app_ctx.config_path), "default": default, **overview})
 
 
-def _render_booking_section(term: "Terminal", name: str, data: dict[str, Any]) -> None:
+def _render_booking_section(term: Terminal, name: str, data: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.panel import Panel
 
@@ -107,7 +107,7 @@ def _label(target: str) -> str:
     return BOOKING_TARGET_LABELS.get(target, target)
 
 
-def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
+def _render_customers(term: Terminal, data: dict[str, Any]) -> None:
     from rich.markup import escape
 
     mode = "Ongoing Sync" if data["mode"] == SyncMode.ONGOING else "One-Time Sync"
@@ -137,10 +137,10 @@ def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
 def set_command(
     ctx: typer.Context,
     target: str = typer.Argument(..., help="The field to fill: a ServiceTitan booking field (leads, referrers) or a Referral Factory user field (customers)."),
-    from_: Optional[str] = typer.Option(None, "--from", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."),
-    value: Optional[str] = typer.Option(None, "--value", help="Fixed Value (Manual Input): the same text for every record."),
-    select: Optional[str] = typer.Option(None, "--select", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."),
-    template: Optional[str] = typer.Option(None, "--template", help='Several fields joined: "{first_name} {meta.Last Name}".'),
+    from_: str | None = typer.Option(None, "--from", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."),
+    value: str | None = typer.Option(None, "--value", help="Fixed Value (Manual Input): the same text for every record."),
+    select: str | None = typer.Option(None, "--select", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."),
+    template: str | None = typer.Option(None, "--template", help='Several fields joined: "{first_name} {meta.Last Name}".'),
     for_: str = typer.Option("leads", "--for", help=FOR_HELP),
 ) -> None:
     from stsync.errors import UsageError
@@ -186,8 +186,8 @@ def action_command(
 def qualify_command(
     ctx: typer.Context,
     rule: str = typer.Argument(..., help="none | job-created | job-status."),
-    status: Optional[str] = typer.Option(None, "--status", help="With job-status: Scheduled, Dispatched, InProgress, Hold, Completed or Canceled."),
-    unqualify_on: Optional[List[str]] = typer.Option(
+    status: str | None = typer.Option(None, "--status", help="With job-status: Scheduled, Dispatched, InProgress, Hold, Completed or Canceled."),
+    unqualify_on: list[str] | None = typer.Option(
         None, "--unqualify-on", help="Take a qualification back on job-canceled or booking-dismissed (repeatable; none clears)."
     ),
 ) -> None:
@@ -201,7 +201,7 @@ def qualify_command(
 def return_field_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The ServiceTitan customer custom field's name (a Text field)."),
-    field: Optional[str] = typer.Argument(None, help="referral_link or referral_code."),
+    field: str | None = typer.Argument(None, help="referral_link or referral_code."),
     remove: bool = typer.Option(False, "--remove", help="Stop writing this custom field."),
 ) -> None:
     from stsync.errors import UsageError

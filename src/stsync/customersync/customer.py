@@ -55,8 +55,8 @@ from stsync.storage.locks import KeyLock
 from stsync.storage.states import REFERRER_RETRY_STATES, ReferrerState
 
 if TYPE_CHECKING:
-    from stsync.referralfactory.models import User
     from stsync.connection import Connection
+    from stsync.referralfactory.models import User
     from stsync.servicetitan.client import ServiceTitanClient
     from stsync.servicetitan.models import Customer, CustomFieldType
 
@@ -75,7 +75,7 @@ STAGE_RETURN_FIELDS = "return_fields"
 class Plan:
     """One customer, what the mapping made of it, and what the ledger knew before."""
 
-    customer: "Customer"
+    customer: Customer
     decision: ReferrerRequest | Skip
     record: ReferrerRecord | None
 
@@ -122,7 +122,7 @@ class _StageFailure(Exception):
         self.stage = stage
 
 
-def return_field_types(st: "ServiceTitanClient", return_fields: dict[str, str]) -> list["CustomFieldType"]:
+def return_field_types(st: ServiceTitanClient, return_fields: dict[str, str]) -> list[CustomFieldType]:
     """The customer custom-field types, read once per run and checked before anything is
     created: ``ConfigError`` (exit 3) for a return field ServiceTitan does not have or whose
     field is not Text. No request when there are no return fields."""
@@ -139,9 +139,9 @@ class CustomerHandler:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         *,
-        types: Sequence["CustomFieldType"] = (),
+        types: Sequence[CustomFieldType] = (),
         dry_run: bool = False,
         staging: Ledger | None = None,
         on_write: Callable[[Any], None] | None = None,
@@ -170,7 +170,7 @@ class CustomerHandler:
         return self.conn.referral_factory
 
     # -- plan ------------------------------------------------------------------------------
-    def plan(self, customer: "Customer", contacts: Iterable[Any]) -> Plan:
+    def plan(self, customer: Customer, contacts: Iterable[Any]) -> Plan:
         """What the mapping makes of the customer and its contacts (``ContactRow`` or
         ``CustomerContact``), with the ledger's row. Raises ``ConfigError`` for a mapping
         that cannot work for any customer."""
@@ -267,7 +267,7 @@ class CustomerHandler:
                 return would
         return None
 
-    def _create_or_adopt(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord | None) -> tuple["User", str]:
+    def _create_or_adopt(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord | None) -> tuple[User, str]:
         """The campaign user for this customer: found (after a crash, or known to the ledger)
         or created (intent recorded first). The caller records the result."""
         user: User | None = None
@@ -290,7 +290,7 @@ class CustomerHandler:
             user, kind = self._create_or_find(plan.customer_id, request)
         return user, kind
 
-    def _create_or_find(self, customer_id: int, request: ReferrerRequest) -> tuple["User", str]:
+    def _create_or_find(self, customer_id: int, request: ReferrerRequest) -> tuple[User, str]:
         """POST /users; a lost answer is looked up by e-mail before the next try (the API
         contract: search before retrying a create), so a 503 costs a retry, not a failure."""
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
@@ -320,7 +320,7 @@ class CustomerHandler:
                 log.info("customer %s: the create was lost and not applied; trying again", customer_id)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _user_known_to_ledger(self, email: str) -> "User | None":
+    def _user_known_to_ledger(self, email: str) -> User | None:
         """A campaign user the ledger already knows by this e-mail (a pushed lead or
         referrer), read back by id: adopted without a create that would only fail."""
         for push in self.ledger.pushes_by_email(email):
@@ -399,7 +399,7 @@ class CustomerHandler:
 
     def _write_return_fields(
         self,
-        customer: "Customer",
+        customer: Customer,
         code: str | None,
         url: str | None,
         *,

@@ -57,7 +57,7 @@ def latest_by_id(rows: Iterable[Any]) -> list[Any]:
     return list(latest.values())
 
 
-def contact_row(contact: "CustomerContact") -> ContactRow:
+def contact_row(contact: CustomerContact) -> ContactRow:
     modified = contact.modified_on.isoformat() if contact.modified_on is not None else None
     return ContactRow(
         contact_id=int(contact.id),

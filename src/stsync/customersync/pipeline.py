@@ -114,7 +114,7 @@ class CustomerSync:
     the ledger, or for a dry run a scratch ledger."""
 
     def __init__(
-        self, conn: "Connection", options: SyncOptions, *, staging: Ledger, progress: Progress = NO_PROGRESS
+        self, conn: Connection, options: SyncOptions, *, staging: Ledger, progress: Progress = NO_PROGRESS
     ) -> None:
         self.conn = conn
         self.ledger = conn.ledger
@@ -325,13 +325,13 @@ class CustomerSync:
 
     # -- a batch of customers, concurrently ------------------------------------------------
     def _handle_batch(
-        self, customers: Sequence["Customer"], contacts: dict[int, list[Any]], *, retrying: bool = False
+        self, customers: Sequence[Customer], contacts: dict[int, list[Any]], *, retrying: bool = False
     ) -> list[Outcome]:
         return self._finish_batch(self._start_batch(customers, contacts, retrying=retrying))
 
     def _start_batch(
         self,
-        customers: Sequence["Customer"],
+        customers: Sequence[Customer],
         contacts: dict[int, list[Any]],
         *,
         retrying: bool = False,

@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stsync.leads import LEAD_FIELD_LABELS, META_PREFIX
 from stsync.mapping.validation import missing_required
 from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS, CUSTOM_PREFIX, REQUIRED_REFERRER_TARGETS
-from stsync.leads import LEAD_FIELD_LABELS, META_PREFIX
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
     BookingSettings,

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stsync.errors import ConfigError
+from stsync.leads import META_PREFIX
 from stsync.mapping.validation import missing_referrer_target
 from stsync.mapping.values import is_email_address
 from stsync.mapping.vocabulary import CUSTOM_PREFIX, CUSTOMER_SOURCES, REQUIRED_REFERRER_TARGETS
-from stsync.leads import META_PREFIX
 from stsync.servicetitan.models import Customer
 from stsync.storage.config import FieldSpec, FromField, TemplateValue
 from stsync.suggestions import did_you_mean

@@ -81,7 +81,7 @@ class ReferralFactoryClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ReferralFactoryClient":
+    def __enter__(self) -> ReferralFactoryClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

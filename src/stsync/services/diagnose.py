@@ -33,7 +33,7 @@ report (only where each secret comes from).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +78,7 @@ class DiagnoseReport:
     secret_sources: dict[str, Any] | None = None  # SecretStore.describe(): sources, never values
     recent_failures: list[PushFailure] = field(default_factory=list)
     # The loaded config, for the support bundle (it holds no secret). Not part of to_dict().
-    config: "Config | None" = None
+    config: Config | None = None
 
     def counts(self) -> dict[str, int]:
         counts = {PASS: 0, WARN: 0, FAIL: 0}
@@ -110,7 +110,7 @@ class DiagnoseReport:
 
 
 def diagnose(
-    paths: "ConnectionPaths",
+    paths: ConnectionPaths,
     config_path: Path | None = None,
     *,
     offline: bool,
@@ -188,4 +188,4 @@ def closing_hint(report: DiagnoseReport, *, bundle: Path | None = None) -> str:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -68,7 +68,7 @@ class HistoryReport:
 
 
 def push_history(
-    conn: "Connection", *, email: str | None = None, failed_only: bool = False, limit: int = 50
+    conn: Connection, *, email: str | None = None, failed_only: bool = False, limit: int = 50
 ) -> HistoryReport:
     """The push attempts recorded for this connection, newest first, optionally filtered."""
     if limit < 1 or limit > MAX_LIMIT:

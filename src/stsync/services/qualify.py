@@ -66,8 +66,8 @@ from stsync.storage.states import QualificationAction, QualificationState, Quali
 from stsync.vocabulary import DEFAULT_JOB_STATUS, Kind, QualificationRule, UnqualifyEvent
 
 if TYPE_CHECKING:
-    from stsync.referralfactory.models import User
     from stsync.connection import Connection
+    from stsync.referralfactory.models import User
     from stsync.servicetitan.models import Booking, Job
     from stsync.storage.ledger import Ledger, PushRecord
 
@@ -169,7 +169,7 @@ class QualificationSettings:
     unqualify_on: frozenset[UnqualifyEvent]
 
     @classmethod
-    def from_config(cls, config: Any) -> "QualificationSettings":
+    def from_config(cls, config: Any) -> QualificationSettings:
         # storage.config has validated the values (rule, job status, events) already.
         section = config.leads.qualification
         rule = QualificationRule(section.rule)
@@ -178,7 +178,7 @@ class QualificationSettings:
         return cls(rule=rule, job_status=job_status, unqualify_on=events)
 
 
-def status_reached(job: "Job", target: str) -> bool:
+def status_reached(job: Job, target: str) -> bool:
     """Has ``job`` reached ``target``, as far as one look at its current state can tell?"""
     status = job.job_status
     if status == target:
@@ -190,7 +190,7 @@ def status_reached(job: "Job", target: str) -> bool:
     return False
 
 
-def qualify(conn: "Connection", *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> QualifyReport:
+def qualify(conn: Connection, *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> QualifyReport:
     """Apply the qualification rule to every open booking (see the module docstring)."""
     settings = QualificationSettings.from_config(conn.config)
     report = QualifyReport(
@@ -209,7 +209,7 @@ def qualify(conn: "Connection", *, dry_run: bool = False, progress: Progress = N
 class _QualifyRun:
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         settings: QualificationSettings,
         report: QualifyReport,
         *,
@@ -241,7 +241,7 @@ class _QualifyRun:
             self._qualify_all(open_pushes)
 
     # -- reading ServiceTitan --------------------------------------------------------------
-    def _qualify_all(self, pushes: list["PushRecord"]) -> None:
+    def _qualify_all(self, pushes: list[PushRecord]) -> None:
         st = self.conn.servicetitan
         bp = self.conn.booking_provider
         # A booking with a job never changes its jobId: only bookings without one are re-read.
@@ -291,7 +291,7 @@ class _QualifyRun:
 
     # -- deciding --------------------------------------------------------------------------
     def _decide_and_apply(
-        self, push: "PushRecord", booking: "Booking | None", job_id: int | None, job: "Job | None"
+        self, push: PushRecord, booking: Booking | None, job_id: int | None, job: Job | None
     ) -> QualifyDecision:
         booking_status = booking.status if booking is not None else push.booking_status
         job_status = job.job_status if job is not None else None
@@ -370,7 +370,7 @@ class _QualifyRun:
         watching = " and ".join(sorted(self.settings.unqualify_on))
         return QualifyDecision(**base, outcome=WAITING, reason=f"qualified; watching for {watching}", final=False)
 
-    def _rule_met(self, job_id: int | None, job: "Job | None") -> tuple[bool, str]:
+    def _rule_met(self, job_id: int | None, job: Job | None) -> tuple[bool, str]:
         if job_id is None or job is None:
             return False, "no job yet"
         if job.job_status == CANCELED and self.settings.job_status != CANCELED:
@@ -384,7 +384,7 @@ class _QualifyRun:
 
     # -- writing Referral Factory ----------------------------------------------------------
     def _write(
-        self, push: "PushRecord", base: dict, action: QualificationAction, reason: str, *, final_after
+        self, push: PushRecord, base: dict, action: QualificationAction, reason: str, *, final_after
     ) -> QualifyDecision:
         wanted = action == QualificationAction.QUALIFY
         booking_status, job_id, job_status = base["booking_status"], base["job_id"], base["job_status"]
@@ -438,7 +438,7 @@ class _QualifyRun:
         return QualifyDecision(**base, outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
 
     def _failed(
-        self, push: "PushRecord", base: dict, action: QualificationAction, reason: str, error: dict, *, final: bool
+        self, push: PushRecord, base: dict, action: QualificationAction, reason: str, error: dict, *, final: bool
     ) -> QualifyDecision:
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=self.settings.rule, reason=reason)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
@@ -446,7 +446,7 @@ class _QualifyRun:
             self._track(push, final=True)
         return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
 
-    def _settle_unfinished(self, push: "PushRecord") -> "PushRecord":
+    def _settle_unfinished(self, push: PushRecord) -> PushRecord:
         """Close the intents a crashed run left open (a PUT whose answer was never recorded).
 
         The referral's state, read back from Referral Factory, says whether each landed. Done
@@ -473,7 +473,7 @@ class _QualifyRun:
         log.info("qualify %s: settled %d unfinished intent(s) from an interrupted run", push.external_id, len(unfinished))
         return self.ledger.get_push(push.external_id) or push
 
-    def _find_referral(self, push: "PushRecord") -> "User | None":
+    def _find_referral(self, push: PushRecord) -> User | None:
         """The referral as Referral Factory has it now: by saved id, else code, else e-mail."""
         rf = self.conn.referral_factory
         if push.rf_user_id is not None:
@@ -493,7 +493,7 @@ class _QualifyRun:
         return None
 
     def _track(
-        self, push: "PushRecord", *, final: bool | None = None, qualification: str | None = None, **observed: Any
+        self, push: PushRecord, *, final: bool | None = None, qualification: str | None = None, **observed: Any
     ) -> None:
         """Record what ServiceTitan says now (only what changed) and the push's finality."""
         if self.dry_run:
@@ -505,7 +505,7 @@ class _QualifyRun:
 
 
 
-def _describe(push: "PushRecord") -> str:
+def _describe(push: PushRecord) -> str:
     if push.email and push.referral_code:
         return f"{push.email} ({push.referral_code})"
     return push.email or push.referral_code or push.external_id

@@ -41,11 +41,11 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-def booking_push(conn: "Connection") -> PushLead:
+def booking_push(conn: Connection) -> PushLead:
     """``push_lead`` on ``conn`` as the worker calls it: a failed record raises its error.
     What it pushes to (``push_target``) is checked once per delivery."""
 
-    def push(lead: "Lead", kind: Kind, run_id: int | None) -> tuple[str, str, int | None]:
+    def push(lead: Lead, kind: Kind, run_id: int | None) -> tuple[str, str, int | None]:
         result = push_lead(conn, lead, push_target(conn, kind), run_id=run_id)
         if result.failed and result.exception is not None:
             raise result.exception
@@ -59,7 +59,7 @@ class WebhookServer:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         *,
         token: str,
         host: str = "127.0.0.1",
@@ -124,7 +124,7 @@ class WebhookServer:
             self.conn.ledger.finish_run(self.run_id, outcome, counts)
         log.info("serve: stopped (%s)", counts)
 
-    def __enter__(self) -> "WebhookServer":
+    def __enter__(self) -> WebhookServer:
         self.start()
         return self
 

@@ -59,7 +59,7 @@ class ValidationReport:
         }
 
 
-def validate(config_path: Path, paths: "ConnectionPaths", *, online: bool) -> ValidationReport:
+def validate(config_path: Path, paths: ConnectionPaths, *, online: bool) -> ValidationReport:
     """Run the offline checks and, with ``online``, the live ones when the basics hold."""
     report = ValidationReport(online=online, config_path=str(config_path))
     context = CheckContext(paths=paths, config_path=Path(config_path))

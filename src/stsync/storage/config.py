@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import tomli_w
@@ -167,7 +167,7 @@ class FixedValue(_Spec):
 
     kind: ClassVar[SpecKind] = "value"
     label: ClassVar[str] = "Fixed Value (Manual Input)"
-    value: Annotated[Union[str, bool, int], BeforeValidator(_check_scalar)]
+    value: Annotated[str | bool | int, BeforeValidator(_check_scalar)]
 
     @property
     def payload(self) -> str | bool | int:
@@ -300,12 +300,7 @@ def _spec_kind(raw: Any) -> str | None:
 
 
 FieldSpec = Annotated[
-    Union[
-        Annotated[FromField, Tag("from")],
-        Annotated[FixedValue, Tag("value")],
-        Annotated[SelectValue, Tag("select")],
-        Annotated[TemplateValue, Tag("template")],
-    ],
+    Annotated[FromField, Tag("from")] | Annotated[FixedValue, Tag("value")] | Annotated[SelectValue, Tag("select")] | Annotated[TemplateValue, Tag("template")],
     Discriminator(_spec_kind),
     BeforeValidator(_check_spec_shape),
 ]
@@ -423,7 +418,7 @@ class Qualification(_Section):
     unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _default_status(self) -> "Qualification":
+    def _default_status(self) -> Qualification:
         # "rule = job_status" alone means the seed's example: the job reached Completed.
         if self.rule == QualificationRule.JOB_STATUS and self.job_status is None:
             self.job_status = DEFAULT_JOB_STATUS

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import tomli_w

@@ -22,12 +22,12 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stsync.errors import ConfigError, StsyncError
 from stsync.storage.paths import make_private_dir
@@ -178,7 +178,7 @@ MIGRATIONS: list[str] = [
 
 def utc_now() -> str:
     """Now, UTC, ISO-8601 with milliseconds: ``2024-05-01T12:00:00.123Z`` (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _dumps(value: Any) -> str | None:
@@ -343,7 +343,7 @@ class Ledger:
 
     # -- lifecycle ----------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "Ledger":
+    def open(cls, path: str | os.PathLike[str]) -> Ledger:
         ledger = cls(Path(path))
         make_private_dir(ledger.path.parent)
         try:  # customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow)
@@ -372,7 +372,7 @@ class Ledger:
                 pass
         self._local = threading.local()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

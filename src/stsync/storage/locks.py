@@ -76,7 +76,7 @@ class RunLock:
         self._lock: FileLock | None = None
         self.info: dict[str, Any] | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         if self._lock is not None:
             raise RuntimeError(f"the {self.job} lock is already held by this object")
         make_private_dir(self.paths.locks)
@@ -133,7 +133,7 @@ class RunLock:
         error.holder = info  # type: ignore[attr-defined]
         return error
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -172,7 +172,7 @@ class KeyLock:
         self.path = paths.locks / "keys" / f"{stripe_for(key):02x}.lock"
         self._stripe: _Stripe | None = None
 
-    def acquire(self) -> "KeyLock":
+    def acquire(self) -> KeyLock:
         make_private_dir(self.path.parent)
         with _stripes_guard:
             stripe = _stripes.setdefault(self.path, _Stripe(self.path))
@@ -204,7 +204,7 @@ class KeyLock:
             hint="another run is working on the same record; try again when it has finished",
         )
 
-    def __enter__(self) -> "KeyLock":
+    def __enter__(self) -> KeyLock:
         return self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -30,7 +30,7 @@ class Delivery:
 
     key: str
     event: str
-    lead: "Lead"
+    lead: Lead
     external_id: str | None
     received_at: float
 

@@ -41,9 +41,9 @@ from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeS
 from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED
 
 if TYPE_CHECKING:
-    from stsync.referralfactory.models import User
     from stsync.connection import Connection
     from stsync.leads import Lead
+    from stsync.referralfactory.models import User
 
 log = get_logger(__name__)
 
@@ -56,7 +56,7 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         *,
         push: PushLead,
         stats: ServeStats,
@@ -156,7 +156,7 @@ class DeliveryWorker:
         return self.push(lead, kind, self.run_id)
 
 
-def verified_user(conn: "Connection", lead: "Lead") -> "User":
+def verified_user(conn: Connection, lead: Lead) -> User:
     """The Referral Factory user a delivery names, read back (id, then code, then e-mail).
 
     The e-mail in the payload must agree with the user found, and the user must belong to
@@ -166,7 +166,7 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
     campaign_id = conn.campaign_id
     wanted_email = (lead.email or "").strip().casefold()
 
-    def agrees(user: "User | None") -> bool:
+    def agrees(user: User | None) -> bool:
         if user is None:
             return False
         return not wanted_email or (user.email or "").strip().casefold() == wanted_email
@@ -199,7 +199,7 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
     return user
 
 
-def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str, str, int | None]:
+def record_reported_qualification(conn: Connection, user: User) -> tuple[str, str, int | None]:
     """"A lead is qualified": note it on the lead's push, so ``qualify`` never sends it again."""
     if user.qualified_at is None:
         return DeliveryOutcome.IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None
