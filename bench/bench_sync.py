@@ -133,7 +133,9 @@ def measure_one_time(
 ) -> dict:
     """A one-time sync of ``customers``: wall ÷ floor; with ``then_idle``, then an ongoing run
     with nothing changed, counting its requests."""
-    with _Connected(customers, st_per_second=st_per_second, rf_per_minute=rf_per_minute, latency=latency, workers=workers) as world:
+    with _Connected(
+        customers, st_per_second=st_per_second, rf_per_minute=rf_per_minute, latency=latency, workers=workers
+    ) as world:
         report, wall = world.sync("--once")
         made = world.requests()
         statuses = Counter(r.status for r in world.sandbox.request_log if r.service == "referral_factory")

@@ -68,4 +68,14 @@ def env_var_names() -> str:
     return ", ".join(secret.env_var.name for secret in SECRETS)
 
 
-__all__ = ["BY_NAME", "RF_API_KEY", "SECRETS", "SECRET_NAMES", "ST_APP_KEY", "ST_CLIENT_SECRET", "Secret", "env_var_names", "secret"]
+__all__ = [
+    "BY_NAME",
+    "RF_API_KEY",
+    "SECRETS",
+    "SECRET_NAMES",
+    "ST_APP_KEY",
+    "ST_CLIENT_SECRET",
+    "Secret",
+    "env_var_names",
+    "secret",
+]

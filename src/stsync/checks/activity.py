@@ -177,5 +177,7 @@ def _counts_text(counts: Any) -> str:
     if not isinstance(counts, dict) or not counts:
         return ""
     # Zeros say nothing ("failed 0, skipped 0, ..."): only what happened is shown.
-    shown = ", ".join(f"{key} {value}" for key, value in counts.items() if not isinstance(value, (dict, list)) and value not in (0, None))
+    shown = ", ".join(
+        f"{key} {value}" for key, value in counts.items() if not isinstance(value, (dict, list)) and value not in (0, None)
+    )
     return f" ({shown})" if shown else ""

@@ -91,7 +91,11 @@ def _other_environment_accepts(live: LiveAccess, config: Config) -> bool:
         with httpx.Client(timeout=OTHER_ENVIRONMENT_TIMEOUT_SECONDS) as http:
             response = http.post(
                 f"{other}/connect/token",
-                data={"grant_type": "client_credentials", "client_id": str(config.servicetitan.client_id), "client_secret": secret},
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": str(config.servicetitan.client_id),
+                    "client_secret": secret,
+                },
                 headers={"Accept": "application/json"},
             )
     except httpx.HTTPError as exc:
@@ -138,7 +142,9 @@ def verify_return_field_types(live: LiveAccess, config: Config) -> str:
             continue
         data_type = field_type.data_type or "unknown type"
         if data_type.casefold() != "text":
-            problems.append(f"{field_type.name!r} is a {data_type} custom field, not Text: a referral link or code cannot be written to it")
+            problems.append(
+                f"{field_type.name!r} is a {data_type} custom field, not Text: a referral link or code cannot be written to it"
+            )
         else:
             found.append(f"{field_type.name} (Text, id {field_type.id})")
     if problems:

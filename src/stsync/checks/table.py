@@ -78,7 +78,10 @@ LEADS_ACTION = CheckSpec(
     needs=(CONFIG_FILE,),
 )
 LEADS_MAPPING = CheckSpec(
-    "Leads: field mapping", MAPPING, _config(lambda config: offline.check_required_fields(config, kind=Kind.LEAD)), needs=(CONFIG_FILE,)
+    "Leads: field mapping",
+    MAPPING,
+    _config(lambda config: offline.check_required_fields(config, kind=Kind.LEAD)),
+    needs=(CONFIG_FILE,),
 )
 REFERRERS_MAPPING = CheckSpec(
     "Referrers: field mapping",
@@ -107,8 +110,12 @@ def _push_failures(ctx: CheckContext) -> Verdict:
 LEDGER = CheckSpec("Ledger", ACTIVITY, _ledger, blocks="the ledger could not be opened")
 RUN_LOCKS = CheckSpec("Runs in progress", ACTIVITY, lambda ctx: activity.check_run_locks(ctx.paths))
 LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.PUSH), needs=(LEDGER,))
-LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,))
-LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,))
+LAST_SYNC = CheckSpec(
+    "Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,)
+)
+LAST_QUALIFY = CheckSpec(
+    "Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,)
+)
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
 
 

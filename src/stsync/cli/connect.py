@@ -9,7 +9,9 @@ from stsync.cli.context import AppContext
 
 
 def register(app: typer.Typer) -> None:
-    app.command("connect", help="Connect (or reconnect) ServiceTitan and Referral Factory; verifies live, stores secrets.")(connect_command)
+    app.command("connect", help="Connect (or reconnect) ServiceTitan and Referral Factory; verifies live, stores secrets.")(
+        connect_command
+    )
     app.command("disconnect", help="Remove this connection's secrets and cached token (config and ledger are kept).")(
         disconnect_command
     )
@@ -95,7 +97,9 @@ def connect_command(
     if verify:
         term.success("ServiceTitan token issued (Client ID, Client Secret, App Key, Tenant ID)")
         term.success(f"Booking Provider Value {result.booking_provider} accepted")
-        term.success(f"Referral Factory key valid; campaign {result.campaign_id} \"{result.verification.campaign_name}\" is launched")
+        term.success(
+            f'Referral Factory key valid; campaign {result.campaign_id} "{result.verification.campaign_name}" is launched'
+        )
     else:
         term.warning("not verified (--no-verify): run `stsync validate --online` to check the connection")
     where = "the OS keyring" if secrets_store == "keyring" else str(app_ctx.paths.secrets_file)

@@ -29,7 +29,10 @@ def diagnose_command(
     ctx: typer.Context,
     email: str | None = typer.Option(None, "--email", metavar="E", help="Tell the story of the referral with this e-mail."),
     bundle: str | None = typer.Option(
-        None, "--bundle", metavar="PATH", help="Write a redacted report for a support ticket: PATH.md and PATH.json (or into the directory PATH)."
+        None,
+        "--bundle",
+        metavar="PATH",
+        help="Write a redacted report for a support ticket: PATH.md and PATH.json (or into the directory PATH).",
     ),
     offline: bool = typer.Option(False, "--offline", help="Only the checks that need no network."),
 ) -> None:

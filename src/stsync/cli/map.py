@@ -133,20 +133,35 @@ def _render_customers(term: Terminal, data: dict[str, Any]) -> None:
     term.print("")
 
 
-@map_app.command("set", help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. " + REWRITE_NOTE, short_help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. ")
+@map_app.command(
+    "set",
+    help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. " + REWRITE_NOTE,
+    short_help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. ",
+)
 def set_command(
     ctx: typer.Context,
-    target: str = typer.Argument(..., help="The field to fill: a ServiceTitan booking field (leads, referrers) or a Referral Factory user field (customers)."),
-    from_: str | None = typer.Option(None, "--from", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."),
+    target: str = typer.Argument(
+        ...,
+        help="The field to fill: a ServiceTitan booking field (leads, referrers) or a Referral Factory user field (customers).",
+    ),
+    from_: str | None = typer.Option(
+        None, "--from", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."
+    ),
     value: str | None = typer.Option(None, "--value", help="Fixed Value (Manual Input): the same text for every record."),
-    select: str | None = typer.Option(None, "--select", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."),
+    select: str | None = typer.Option(
+        None, "--select", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."
+    ),
     template: str | None = typer.Option(None, "--template", help='Several fields joined: "{first_name} {meta.Last Name}".'),
     for_: str = typer.Option("leads", "--for", help=FOR_HELP),
 ) -> None:
     from stsync.errors import UsageError
     from stsync.services.mapping_edit import set_field
 
-    given = [(kind, text) for kind, text in (("from", from_), ("value", value), ("select", select), ("template", template)) if text is not None]
+    given = [
+        (kind, text)
+        for kind, text in (("from", from_), ("value", value), ("select", select), ("template", template))
+        if text is not None
+    ]
     if len(given) != 1:
         raise UsageError(
             "give exactly one of --from, --value, --select, --template"
@@ -170,11 +185,17 @@ def unset_command(
     _report(app_ctx, unset_field(app_ctx.config_path, target, for_=for_))
 
 
-@map_app.command("action", help="What happens when a lead (or referrer) joins: create-booking or nothing. " + REWRITE_NOTE, short_help="What happens when a lead (or referrer) joins: create-booking or nothing. ")
+@map_app.command(
+    "action",
+    help="What happens when a lead (or referrer) joins: create-booking or nothing. " + REWRITE_NOTE,
+    short_help="What happens when a lead (or referrer) joins: create-booking or nothing. ",
+)
 def action_command(
     ctx: typer.Context,
     section: str = typer.Argument(..., help="leads or referrers."),
-    action: str = typer.Argument(..., help="create-booking (Create New Booking In Service Titan) or nothing (Nothing to action)."),
+    action: str = typer.Argument(
+        ..., help="create-booking (Create New Booking In Service Titan) or nothing (Nothing to action)."
+    ),
 ) -> None:
     from stsync.services.mapping_edit import set_action
 
@@ -182,11 +203,17 @@ def action_command(
     _report(app_ctx, set_action(app_ctx.config_path, section.strip().casefold(), action))
 
 
-@map_app.command("qualify", help="When a referral qualifies: none, job-created, or job-status --status S. " + REWRITE_NOTE, short_help="When a referral qualifies: none, job-created, or job-status --status S. ")
+@map_app.command(
+    "qualify",
+    help="When a referral qualifies: none, job-created, or job-status --status S. " + REWRITE_NOTE,
+    short_help="When a referral qualifies: none, job-created, or job-status --status S. ",
+)
 def qualify_command(
     ctx: typer.Context,
     rule: str = typer.Argument(..., help="none | job-created | job-status."),
-    status: str | None = typer.Option(None, "--status", help="With job-status: Scheduled, Dispatched, InProgress, Hold, Completed or Canceled."),
+    status: str | None = typer.Option(
+        None, "--status", help="With job-status: Scheduled, Dispatched, InProgress, Hold, Completed or Canceled."
+    ),
     unqualify_on: list[str] | None = typer.Option(
         None, "--unqualify-on", help="Take a qualification back on job-canceled or booking-dismissed (repeatable; none clears)."
     ),
@@ -197,7 +224,11 @@ def qualify_command(
     _report(app_ctx, set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=unqualify_on))
 
 
-@map_app.command("return-field", help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. " + REWRITE_NOTE, short_help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. ")
+@map_app.command(
+    "return-field",
+    help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. " + REWRITE_NOTE,
+    short_help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. ",
+)
 def return_field_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The ServiceTitan customer custom field's name (a Text field)."),
@@ -214,11 +245,17 @@ def return_field_command(
         _report(app_ctx, remove_return_field(app_ctx.config_path, name))
         return
     if field is None:
-        raise UsageError("give the value to write: referral_link or referral_code", hint=f'stsync map return-field "{name}" referral_link')
+        raise UsageError(
+            "give the value to write: referral_link or referral_code", hint=f'stsync map return-field "{name}" referral_link'
+        )
     _report(app_ctx, set_return_field(app_ctx.config_path, name, field))
 
 
-@map_app.command("reset", help="Put leads, referrers and customers back to the default mapping (the connection is kept). " + REWRITE_NOTE, short_help="Put leads, referrers and customers back to the default mapping (the connection is kept). ")
+@map_app.command(
+    "reset",
+    help="Put leads, referrers and customers back to the default mapping (the connection is kept). " + REWRITE_NOTE,
+    short_help="Put leads, referrers and customers back to the default mapping (the connection is kept). ",
+)
 def reset_command(
     ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),

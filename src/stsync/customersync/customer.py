@@ -391,7 +391,9 @@ class CustomerHandler:
         self.staging.upsert_referrer(plan.customer_id, state=ReferrerState.PENDING, email=request.email)
         placeholders = {name: f"<{value} of the new referrer>" for name, value in self.return_fields.items()}
         sample = _sample("create", plan.customer, request.email, referrer=request.body, return_fields=placeholders)
-        return Outcome(plan.customer_id, ReferrerState.CREATED, email=request.email, fields_written=len(placeholders), sample=sample)
+        return Outcome(
+            plan.customer_id, ReferrerState.CREATED, email=request.email, fields_written=len(placeholders), sample=sample
+        )
 
     # -- return fields ---------------------------------------------------------------------
     def _return_values(self, code: str | None, url: str | None) -> dict[str, str]:

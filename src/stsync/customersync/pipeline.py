@@ -146,7 +146,9 @@ class CustomerSync:
         recording = (
             nullcontext()
             if self.dry_run
-            else self.ledger.recorded_run(RunJob.SYNC, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed))
+            else self.ledger.recorded_run(
+                RunJob.SYNC, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
+            )
         )
         with recording as run_id:
             report.run_id = run_id

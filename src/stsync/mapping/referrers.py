@@ -167,7 +167,9 @@ def first_valid_email(contacts: Iterable[Contact]) -> str | None:
     return None
 
 
-_NAME_PARTICLES = frozenset({"van", "von", "de", "der", "den", "del", "della", "da", "di", "du", "la", "le", "st.", "st", "bin", "al"})
+_NAME_PARTICLES = frozenset(
+    {"van", "von", "de", "der", "den", "del", "della", "da", "di", "du", "la", "le", "st.", "st", "bin", "al"}
+)
 _NAME_SUFFIXES = frozenset({"jr", "jr.", "sr", "sr.", "ii", "iii", "iv", "md", "phd"})
 
 

@@ -23,7 +23,9 @@ from stsync.suggestions import did_you_mean
 from stsync.vocabulary import ReturnValue
 
 
-def return_values_for(return_fields: Mapping[str, str], *, referral_link: str | None, referral_code: str | None) -> dict[str, str]:
+def return_values_for(
+    return_fields: Mapping[str, str], *, referral_link: str | None, referral_code: str | None
+) -> dict[str, str]:
     """custom field name → value, from ``[customer_sync.return_fields]`` and the referrer's link and code."""
     available = {ReturnValue.REFERRAL_LINK: referral_link, ReturnValue.REFERRAL_CODE: referral_code}
     return {name: text for name, value in return_fields.items() if (text := available.get(value))}

@@ -227,7 +227,10 @@ def render_markdown(content: dict[str, Any]) -> str:
 
     out += ["", "## Push failures not booked since", ""]
     if content["recent_failures"]:
-        out += ["| E-mail | externalId | When | Error (as recorded: ServiceTitan's words when it answered) |", "|---|---|---|---|"]
+        out += [
+            "| E-mail | externalId | When | Error (as recorded: ServiceTitan's words when it answered) |",
+            "|---|---|---|---|",
+        ]
         for failure in content["recent_failures"]:
             out.append(
                 f"| {_cell(failure['email'])} | {_cell(failure['external_id'])} | {_cell(failure['at'])} | "

@@ -134,7 +134,9 @@ def diagnose(
             run.skip(table.LIVE, "--offline")
         else:
             if context.config is not None:
-                conn = connection.Connection.open(paths, context.config, retry_budget_seconds=connection.CHECK_RETRY_BUDGET_SECONDS)
+                conn = connection.Connection.open(
+                    paths, context.config, retry_budget_seconds=connection.CHECK_RETRY_BUDGET_SECONDS
+                )
                 context.live = LiveAccess.of(conn)
             run.run(table.LIVE)
         if email is not None:

@@ -460,7 +460,9 @@ class _QualifyRun:
         for intent in unfinished:
             if user is None:
                 self.ledger.record_qualification_result(
-                    intent.id, state=QualificationState.FAILED, error={"message": "the referral no longer exists in Referral Factory"}
+                    intent.id,
+                    state=QualificationState.FAILED,
+                    error={"message": "the referral no longer exists in Referral Factory"},
                 )
                 continue
             landed = (user.qualified_at is not None) == (intent.action == QualificationAction.QUALIFY)
@@ -468,7 +470,9 @@ class _QualifyRun:
                 self.ledger.record_qualification_result(intent.id, state=QualificationState.DONE)
             else:
                 self.ledger.record_qualification_result(
-                    intent.id, state=QualificationState.FAILED, error={"message": "interrupted before Referral Factory applied it"}
+                    intent.id,
+                    state=QualificationState.FAILED,
+                    error={"message": "interrupted before Referral Factory applied it"},
                 )
         log.info("qualify %s: settled %d unfinished intent(s) from an interrupted run", push.external_id, len(unfinished))
         return self.ledger.get_push(push.external_id) or push

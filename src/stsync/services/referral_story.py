@@ -412,7 +412,9 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
             if config is not None and config.leads.action != Action.CREATE_BOOKING and user.type == PERSON_INVITED:
                 story.next_steps.append("leads are set to Nothing to action: `stsync map action leads create-booking`")
             story.next_steps.append(f"push it now: `stsync push-lead --code {user.code}`")
-            story.next_steps.append("check that `stsync push-lead --new` runs from cron (or `stsync serve` receives the webhooks)")
+            story.next_steps.append(
+                "check that `stsync push-lead --new` runs from cron (or `stsync serve` receives the webhooks)"
+            )
         return
 
     for push in story.pushes:
@@ -443,7 +445,9 @@ def _never_seen(story: ReferralStory, config: Config | None, *, offline: bool) -
     if offline:
         story.next_steps.append("run `stsync diagnose --email` without --offline to look the e-mail up in Referral Factory")
     if config is not None and config.leads.action != Action.CREATE_BOOKING:
-        story.next_steps.insert(0, "leads are set to Nothing to action: no lead is sent; `stsync map action leads create-booking`")
+        story.next_steps.insert(
+            0, "leads are set to Nothing to action: no lead is sent; `stsync map action leads create-booking`"
+        )
 
 
 def _push_sentences(push: PushStory, config: Config | None) -> list[str]:

@@ -74,7 +74,9 @@ class WebhookServer:
         self.stats = ServeStats()
         self.run_id: int | None = None
         self.worker = DeliveryWorker(conn, push=push or booking_push(conn), stats=self.stats, observer=observer)
-        self.handler = WebhookHandler(conn, token=token, queue=self.worker, stats=self.stats, observer=observer, max_body=max_body)
+        self.handler = WebhookHandler(
+            conn, token=token, queue=self.worker, stats=self.stats, observer=observer, max_body=max_body
+        )
         self.http = StdlibServer(self.handler.handle, host=host, port=port, max_body=max_body)
         self._stopped = False
 

@@ -269,7 +269,12 @@ class TemplateValue(_Spec):
         return " ".join("".join(pieces).split()) or None
 
 
-SPEC_CLASSES: dict[str, type[FromField | FixedValue | SelectValue | TemplateValue]] = {"from": FromField, "value": FixedValue, "select": SelectValue, "template": TemplateValue}
+SPEC_CLASSES: dict[str, type[FromField | FixedValue | SelectValue | TemplateValue]] = {
+    "from": FromField,
+    "value": FixedValue,
+    "select": SelectValue,
+    "template": TemplateValue,
+}
 
 
 def _check_spec_shape(raw: Any) -> Any:
@@ -278,7 +283,9 @@ def _check_spec_shape(raw: Any) -> Any:
         return raw
     if not isinstance(raw, dict):
         shown = f'"{raw}"' if isinstance(raw, str) else repr(raw)
-        raise _problem("field_spec_shape", f"must be a table with one of from / value / select / template, e.g. {{ from = {shown} }}")
+        raise _problem(
+            "field_spec_shape", f"must be a table with one of from / value / select / template, e.g. {{ from = {shown} }}"
+        )
     if not raw:
         raise _problem("field_spec_shape", "is empty: give one of from / value / select / template")
     unknown = [key for key in raw if key not in VALUE_KINDS]
@@ -300,7 +307,10 @@ def _spec_kind(raw: Any) -> str | None:
 
 
 FieldSpec = Annotated[
-    Annotated[FromField, Tag("from")] | Annotated[FixedValue, Tag("value")] | Annotated[SelectValue, Tag("select")] | Annotated[TemplateValue, Tag("template")],
+    Annotated[FromField, Tag("from")]
+    | Annotated[FixedValue, Tag("value")]
+    | Annotated[SelectValue, Tag("select")]
+    | Annotated[TemplateValue, Tag("template")],
     Discriminator(_spec_kind),
     BeforeValidator(_check_spec_shape),
 ]
@@ -635,7 +645,11 @@ def default_config(
         {
             "servicetitan": {
                 "environment": environment,
-                **{k: v for k, v in {"tenant_id": tenant_id, "client_id": client_id, "booking_provider": booking_provider}.items() if v is not None},
+                **{
+                    k: v
+                    for k, v in {"tenant_id": tenant_id, "client_id": client_id, "booking_provider": booking_provider}.items()
+                    if v is not None
+                },
             },
             "referral_factory": {"campaign_id": campaign_id} if campaign_id is not None else {},
             "leads": {

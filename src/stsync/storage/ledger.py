@@ -630,7 +630,8 @@ class Ledger:
             rows = self._query("SELECT * FROM push_attempts WHERE outcome = ? ORDER BY id", (AttemptOutcome.INTENT,))
         else:
             rows = self._query(
-                "SELECT * FROM push_attempts WHERE outcome = ? AND external_id = ? ORDER BY id", (AttemptOutcome.INTENT, external_id)
+                "SELECT * FROM push_attempts WHERE outcome = ? AND external_id = ? ORDER BY id",
+                (AttemptOutcome.INTENT, external_id),
             )
         return [self._attempt(row) for row in rows]
 
@@ -760,7 +761,11 @@ class Ledger:
         """Customers whose last attempt was cut short (``pending``), ``failed``, or left an error
         (e.g. a return field not written), by customer id."""
         sql = "SELECT * FROM referrers WHERE state IN (?, ?) OR error IS NOT NULL ORDER BY customer_id"
-        rows = self._query(sql + " LIMIT ?", (*REFERRER_RETRY_STATES, limit)) if limit is not None else self._query(sql, REFERRER_RETRY_STATES)
+        rows = (
+            self._query(sql + " LIMIT ?", (*REFERRER_RETRY_STATES, limit))
+            if limit is not None
+            else self._query(sql, REFERRER_RETRY_STATES)
+        )
         return [self._referrer(row) for row in rows]
 
     def referrer_counts(self) -> dict[str, int]:
@@ -809,10 +814,14 @@ class Ledger:
 
     # -- return fields ------------------------------------------------------------------
     def get_return_fields(self, customer_id: int) -> dict[str, str | None]:
-        rows = self._query("SELECT field_name, value FROM return_fields WHERE customer_id = ? ORDER BY field_name", (customer_id,))
+        rows = self._query(
+            "SELECT field_name, value FROM return_fields WHERE customer_id = ? ORDER BY field_name", (customer_id,)
+        )
         return {row["field_name"]: row["value"] for row in rows}
 
-    def set_return_field(self, customer_id: int, field_name: str, value: str | None, *, conn: sqlite3.Connection | None = None) -> None:
+    def set_return_field(
+        self, customer_id: int, field_name: str, value: str | None, *, conn: sqlite3.Connection | None = None
+    ) -> None:
         with self._write(conn) as tx:
             tx.execute(
                 "INSERT INTO return_fields (customer_id, field_name, value, written_at) VALUES (?, ?, ?, ?) "

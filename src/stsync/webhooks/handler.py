@@ -179,7 +179,10 @@ class WebhookHandler:
             raise WebhookRejected(400, f"expected a JSON object describing the user, got {type(payload).__name__}")
         event = classify(payload, path_event=rest[0] if rest else None, header_event=request.header(EVENT_HEADER))
         if event == REWARD_ISSUED:
-            report(DeliveryEvent("received", 200, event, None, None, DeliveryOutcome.IGNORED, "rewards are not used by stsync"), self.observer)
+            report(
+                DeliveryEvent("received", 200, event, None, None, DeliveryOutcome.IGNORED, "rewards are not used by stsync"),
+                self.observer,
+            )
             return Response(200, {"ok": True, "event": event, "outcome": DeliveryOutcome.IGNORED})
         try:
             leads = leads_from_json(payload)
@@ -198,7 +201,10 @@ class WebhookHandler:
         new = self._ledger_thread.submit(self._record_delivery, key, event, external_id).result()
         self.stats.count_received(duplicate=not new)
         if not new:
-            report(DeliveryEvent("received", 200, event, key, lead.describe(), DeliveryOutcome.DUPLICATE, "already received; not processed again"), self.observer)
+            duplicate = DeliveryEvent(
+                "received", 200, event, key, lead.describe(), DeliveryOutcome.DUPLICATE, "already received; not processed again"
+            )
+            report(duplicate, self.observer)
             return {"outcome": DeliveryOutcome.DUPLICATE, "delivery": key}
         self.queue.submit(Delivery(key=key, event=event, lead=lead, external_id=external_id, received_at=time.time()))
         report(DeliveryEvent("received", 202, event, key, lead.describe(), DeliveryOutcome.QUEUED, "queued"), self.observer)

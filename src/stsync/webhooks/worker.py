@@ -131,7 +131,9 @@ class DeliveryWorker:
             log.exception("serve: could not record the outcome of %s", delivery.key)
         self.stats.count_processed(outcome)
         report(
-            DeliveryEvent("processed", None, delivery.event, delivery.key, delivery.lead.describe(), outcome, message, booking_id),
+            DeliveryEvent(
+                "processed", None, delivery.event, delivery.key, delivery.lead.describe(), outcome, message, booking_id
+            ),
             self.observer,
         )
 
@@ -139,9 +141,17 @@ class DeliveryWorker:
         """(outcome, message, booking id) for one delivery; raises for a failure."""
         config = self.conn.config
         if delivery.event == REFERRER_JOINED and config.referrers.action != Action.CREATE_BOOKING:
-            return DeliveryOutcome.IGNORED, f'referrers.action is "{Action.NOTHING}": referrers are not sent to ServiceTitan', None
+            return (
+                DeliveryOutcome.IGNORED,
+                f'referrers.action is "{Action.NOTHING}": referrers are not sent to ServiceTitan',
+                None,
+            )
         if delivery.event == LEAD_CREATED and config.leads.action != Action.CREATE_BOOKING:
-            return DeliveryOutcome.IGNORED, f'leads.action is "{Action.NOTHING}" ("Nothing to action"): no booking is created', None
+            return (
+                DeliveryOutcome.IGNORED,
+                f'leads.action is "{Action.NOTHING}" ("Nothing to action"): no booking is created',
+                None,
+            )
         user = verified_user(self.conn, delivery.lead)
         expected = PERSON_REFERRING if delivery.event == REFERRER_JOINED else PERSON_INVITED
         if user.type is not None and user.type != expected:
@@ -202,7 +212,11 @@ def verified_user(conn: Connection, lead: Lead) -> User:
 def record_reported_qualification(conn: Connection, user: User) -> tuple[str, str, int | None]:
     """"A lead is qualified": note it on the lead's push, so ``qualify`` never sends it again."""
     if user.qualified_at is None:
-        return DeliveryOutcome.IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None
+        return (
+            DeliveryOutcome.IGNORED,
+            f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded",
+            None,
+        )
     ledger = conn.ledger
     external_id: str | None
     try:
