@@ -139,7 +139,7 @@ def send_with_retries(
     limiter: RateLimiter | None = None,
     auth: httpx.Auth | None = None,
     idempotent: bool | None = None,
-    before_attempt: Callable[[], None] | None = None,
+    before_attempt: Callable[[], object] | None = None,  # what it returns is not used
     on_rate_limited: Callable[[httpx.Response], None] | None = None,
     unsaid_rate_limit_wait: float = 0.0,
 ) -> httpx.Response:

@@ -282,7 +282,7 @@ def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
     ranks: dict[str, int] = {}
     meta: dict[str, str] = {}
     campaign_name = campaign_id = None
-    referrer: dict[str, Any] | None = None
+    referrer: dict[Any, Any] | None = None  # as sent: its keys are checked one by one
     for key, raw in body.items():
         if not isinstance(key, str):
             continue
@@ -367,8 +367,9 @@ def _unwrap(obj: dict) -> Any:
 
 def _meta_from_json(raw: Any, where: str) -> dict[str, str]:
     meta: dict[str, str] = {}
+    items: list[tuple[Any, Any]]
     if isinstance(raw, dict):
-        items = raw.items()
+        items = list(raw.items())
     elif isinstance(raw, list):
         items = []
         for item in raw:

@@ -86,7 +86,7 @@ class WorkPool:
                     self.stop()
                 elif on_done is not None:
                     on_done(future.result())
-        failures = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        failures = [exc for f in futures if not f.cancelled() and (exc := f.exception()) is not None]
         if failures:
             first, *others = failures
             log.error("%s stops: %s", self.name, first)

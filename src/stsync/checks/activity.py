@@ -73,7 +73,7 @@ def check_run_locks(paths: ConnectionPaths, *, now: float | None = None) -> Verd
     """Who holds a job's lock now (another run of that job exits 7 meanwhile)."""
     now = time.time() if now is None else now
     held: list[str] = []
-    stuck: list[tuple[str, dict]] = []
+    stuck: list[tuple[RunJob, dict]] = []
     for job in LOCKED_JOBS:
         try:
             info = holder(paths, job)

@@ -125,6 +125,14 @@ class Check:
         }
 
 
+def count_statuses(checks: list[Check]) -> dict[str, int]:
+    """``{"pass": n, "warn": n, "fail": n}``: the counts a report shows."""
+    counts: dict[str, int] = {PASS: 0, WARN: 0, FAIL: 0}
+    for check in checks:
+        counts[check.status] += 1
+    return counts
+
+
 @dataclass(frozen=True)
 class NotRun:
     """A check that did not run, and why (a failed prerequisite, something missing, ``--offline``)."""

@@ -7,7 +7,7 @@ import typer
 from stsync.cli.context import AppContext
 from stsync.storage.states import AttemptOutcome
 
-OUTCOME_STYLE = {
+OUTCOME_STYLE: dict[str, str] = {
     AttemptOutcome.CREATED: "green",
     AttemptOutcome.ALREADY_BOOKED: "cyan",
     AttemptOutcome.SKIPPED: "yellow",
@@ -16,7 +16,7 @@ OUTCOME_STYLE = {
     AttemptOutcome.INTENT: "magenta",
 }
 # An attempt whose answer was never recorded: a run in progress, or one that was killed.
-OUTCOME_LABEL = {AttemptOutcome.ALREADY_BOOKED: "already booked", AttemptOutcome.INTENT: "unfinished"}
+OUTCOME_LABEL: dict[str, str] = {AttemptOutcome.ALREADY_BOOKED: "already booked", AttemptOutcome.INTENT: "unfinished"}
 
 
 def register(app: typer.Typer) -> None:

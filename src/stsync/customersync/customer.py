@@ -43,13 +43,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import AnswerLost, DuplicateEmail, ReferralFactoryApiError, ServiceTitanApiError, StsyncError, stops_run
 from stsync.logs import get_logger
 from stsync.mapping.referrers import ReferrerRequest, Skip, referrer_request_for
-from stsync.mapping.return_fields import resolve_custom_field_type, return_field_update, return_values_for
+from stsync.mapping.return_fields import (
+    resolve_custom_field_type,
+    return_field_update,
+    return_values_for,
+    writable_type_ids,
+)
 from stsync.storage.ledger import Ledger, ReferrerRecord
 from stsync.storage.locks import KeyLock
 from stsync.storage.states import REFERRER_RETRY_STATES, ReferrerState
@@ -129,8 +133,7 @@ def return_field_types(st: ServiceTitanClient, return_fields: dict[str, str]) ->
     if not return_fields:
         return []
     types = st.list_custom_field_types()
-    # Writing every return field to a customer without custom fields raises what is wrong.
-    return_field_update(SimpleNamespace(custom_fields=[]), {name: "-" for name in return_fields}, types)
+    writable_type_ids(return_fields, types)
     return types
 
 
@@ -267,7 +270,9 @@ class CustomerHandler:
                 return would
         return None
 
-    def _create_or_adopt(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord | None) -> tuple[User, str]:
+    def _create_or_adopt(
+        self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord | None
+    ) -> tuple[User, ReferrerState]:
         """The campaign user for this customer: found (after a crash, or known to the ledger)
         or created (intent recorded first). The caller records the result."""
         user: User | None = None
@@ -290,7 +295,7 @@ class CustomerHandler:
             user, kind = self._create_or_find(plan.customer_id, request)
         return user, kind
 
-    def _create_or_find(self, customer_id: int, request: ReferrerRequest) -> tuple[User, str]:
+    def _create_or_find(self, customer_id: int, request: ReferrerRequest) -> tuple[User, ReferrerState]:
         """POST /users; a lost answer is looked up by e-mail before the next try (the API
         contract: search before retrying a create), so a 503 costs a retry, not a failure."""
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):

@@ -142,7 +142,10 @@ def section_status(section: BookingSettings) -> SectionStatus:
 
 
 # The seed's words for each action and return value.
-ACTION_LABELS = {Action.CREATE_BOOKING: "Create New Booking In Service Titan", Action.NOTHING: "Nothing to action"}
+ACTION_LABELS: dict[str, str] = {
+    Action.CREATE_BOOKING: "Create New Booking In Service Titan",
+    Action.NOTHING: "Nothing to action",
+}
 RETURN_VALUE_LABELS = {ReturnValue.REFERRAL_LINK: "Referral Link", ReturnValue.REFERRAL_CODE: "Referral Code"}
 
 

@@ -238,11 +238,11 @@ class ReferralFactoryClient:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {}
-            where = ".".join(str(part) for part in first.get("loc", ()))
+            first = exc.errors()[0]  # a ValidationError holds at least one
+            where = ".".join(str(part) for part in first["loc"])
             raise ReferralFactoryApiError(
                 f"Referral Factory answered {method} {path} with something that is not a "
-                f"{model.__name__} ({where}: {first.get('msg')})",
+                f"{model.__name__} ({where}: {first['msg']})",
                 status=200,
                 title="unexpected response shape",
                 method=method,

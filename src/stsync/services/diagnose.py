@@ -41,7 +41,7 @@ from stsync import connection
 from stsync.checks import table
 from stsync.checks.activity import PushFailure
 from stsync.checks.context import CheckContext, LiveAccess
-from stsync.checks.result import FAIL, PASS, WARN, Check, NotRun
+from stsync.checks.result import FAIL, WARN, Check, NotRun, count_statuses
 from stsync.checks.runner import CheckRun, exit_code_for
 from stsync.logs import get_logger
 from stsync.services.referral_story import ReferralStory, referral_story
@@ -81,10 +81,7 @@ class DiagnoseReport:
     config: Config | None = None
 
     def counts(self) -> dict[str, int]:
-        counts = {PASS: 0, WARN: 0, FAIL: 0}
-        for check in self.checks:
-            counts[check.status] += 1
-        return counts
+        return count_statuses(self.checks)
 
     @property
     def ok(self) -> bool:

@@ -137,7 +137,7 @@ class PushReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        counts = {outcome: 0 for outcome in OUTCOMES}
+        counts: dict[str, int] = {outcome: 0 for outcome in OUTCOMES}
         for result in self.results:
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
         counts["total"] = len(self.results)
@@ -246,14 +246,13 @@ def _push_locked(
     conn: Connection, lead: Lead, kind: str, external_id: str, body: dict, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
-    identity = dict(
-        kind=kind,
-        email=lead.email,
-        name=body.get("name") if isinstance(body.get("name"), str) else lead.first_name,
-        rf_user_id=lead.rf_user_id,
-        referral_code=lead.referral_code,
-        run_id=run_id,
-    )
+    name = body.get("name") if isinstance(body.get("name"), str) else lead.first_name
+
+    def record_intent() -> int:
+        return ledger.record_push_intent(
+            external_id, kind=kind, email=lead.email, name=name, rf_user_id=lead.rf_user_id,
+            referral_code=lead.referral_code, run_id=run_id,
+        )
     # Intents left open by a crash between POST and record. We hold the key lock, so no live
     # run is in the middle of this externalId: each of them is settled by the lookup below.
     stale_intents = ledger.unfinished_intents(external_id=external_id)
@@ -266,7 +265,7 @@ def _push_locked(
     try:
         existing = find_booking(conn, external_id)
     except StsyncError as exc:
-        attempt = ledger.record_push_intent(external_id, **identity)
+        attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
         if stops_run(exc):
             raise
@@ -283,7 +282,7 @@ def _push_locked(
             )
 
     if existing is not None:
-        attempt = ledger.record_push_intent(external_id, **identity)
+        attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.id)
         _note_status(conn, external_id, existing)
         return PushResult(
@@ -292,7 +291,7 @@ def _push_locked(
             message="already booked in ServiceTitan (found by externalId)",
         )
 
-    attempt = ledger.record_push_intent(external_id, **identity)
+    attempt = record_intent()
     try:
         booking = _create_once(conn, bp, external_id, body)
     except AnswerLost as exc:

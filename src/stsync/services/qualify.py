@@ -111,6 +111,21 @@ class QualifyDecision:
     error: dict | None = None
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """What ServiceTitan says now about one open booking: every decision about it starts here."""
+
+    external_id: str
+    email: str | None
+    booking_id: int | None
+    booking_status: str | None
+    job_id: int | None
+    job_status: str | None
+
+    def decision(self, outcome: str, reason: str, *, final: bool, error: dict | None = None) -> QualifyDecision:
+        return QualifyDecision(**asdict(self), outcome=outcome, reason=reason, final=final, error=error)
+
+
 @dataclass
 class QualifyReport:
     rule: str
@@ -245,8 +260,8 @@ class _QualifyRun:
         st = self.conn.servicetitan
         bp = self.conn.booking_provider
         # A booking with a job never changes its jobId: only bookings without one are re-read.
-        to_read = [push.booking_id for push in pushes if push.job_id is None]
-        bookings: dict[int, Booking] = {}
+        to_read = [push.booking_id for push in pushes if push.job_id is None and push.booking_id is not None]
+        bookings: dict[int | None, Booking] = {}
         for batch in _batches(to_read):
             try:
                 found = st.get_bookings(bp, batch)
@@ -256,8 +271,7 @@ class _QualifyRun:
                     # Value is incorrect" (AuthError, with where to find it) if that is why.
                     st.check_booking_provider(bp)
                 raise
-            for booking in found:
-                bookings[booking.id] = booking
+            bookings.update((booking.id, booking) for booking in found)
         self.report.bookings_read = len(bookings)
 
         job_ids: dict[str, int] = {}
@@ -268,8 +282,7 @@ class _QualifyRun:
                 job_ids[push.external_id] = job_id
         jobs: dict[int, Job] = {}
         for batch in _batches(job_ids.values()):
-            for job in st.get_jobs(batch):
-                jobs[job.id] = job
+            jobs.update((job.id, job) for job in st.get_jobs(batch))
         self.report.jobs_read = len(jobs)
 
         for push in pushes:
@@ -295,7 +308,7 @@ class _QualifyRun:
     ) -> QualifyDecision:
         booking_status = booking.status if booking is not None else push.booking_status
         job_status = job.job_status if job is not None else None
-        base = dict(
+        seen = _Seen(
             external_id=push.external_id,
             email=push.email,
             booking_id=push.booking_id,
@@ -304,7 +317,7 @@ class _QualifyRun:
             job_status=job_status,
         )
         if push.job_id is None and booking is None:
-            return QualifyDecision(**base, outcome=MISSING, reason="ServiceTitan did not return the booking", final=False)
+            return seen.decision(outcome=MISSING, reason="ServiceTitan did not return the booking", final=False)
         if not self.dry_run:
             try:
                 push = self._settle_unfinished(push)
@@ -312,13 +325,13 @@ class _QualifyRun:
                 if stops_run(exc):
                     raise
                 # Not read back: the intents stay open for the next run to settle.
-                return QualifyDecision(
-                    **base, outcome=FAILED, reason="an interrupted run's write could not be checked",
+                return seen.decision(
+                    outcome=FAILED, reason="an interrupted run's write could not be checked",
                     final=False, error=exc.to_dict(),
                 )
         if job_id is not None and job is None:
             self._track(push, booking_status=booking_status, job_id=job_id)
-            return QualifyDecision(**base, outcome=MISSING, reason=f"ServiceTitan did not return job {job_id}", final=False)
+            return seen.decision(outcome=MISSING, reason=f"ServiceTitan did not return job {job_id}", final=False)
 
         dismissed = job_id is None and booking_status == DISMISSED
         canceled = job_status == CANCELED
@@ -337,7 +350,7 @@ class _QualifyRun:
         if not qualified:
             met, reason = self._rule_met(job_id, job)
             if met:
-                return self._write(push, base, QualificationAction.QUALIFY, reason, final_after=final_once_qualified)
+                return self._write(push, seen, QualificationAction.QUALIFY, reason, final_after=final_once_qualified)
             if dismissed or terminal_job:
                 why = (
                     "booking dismissed"
@@ -345,7 +358,7 @@ class _QualifyRun:
                     else f"job {job_id} {job_status.lower() if job_status else ''} before the rule was met"
                 )
                 if self.dry_run:
-                    return QualifyDecision(**base, outcome=WOULD_CLOSE, reason=why, final=True)
+                    return seen.decision(outcome=WOULD_CLOSE, reason=why, final=True)
                 self._track(
                     push,
                     booking_status=booking_status,
@@ -354,21 +367,21 @@ class _QualifyRun:
                     final=True,
                     qualification=QualificationValue.NOT_QUALIFIED,
                 )
-                return QualifyDecision(**base, outcome=CLOSED, reason=why, final=True)
+                return seen.decision(outcome=CLOSED, reason=why, final=True)
             self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status)
-            return QualifyDecision(**base, outcome=WAITING, reason=reason, final=False)
+            return seen.decision(outcome=WAITING, reason=reason, final=False)
 
         # Qualified already: only a cancellation or a dismissal under unqualify_on matters.
         if canceled and watch_cancel:
-            return self._write(push, base, QualificationAction.UNQUALIFY, f"job {job_id} canceled", final_after=lambda: True)
+            return self._write(push, seen, QualificationAction.UNQUALIFY, f"job {job_id} canceled", final_after=lambda: True)
         if dismissed and watch_dismiss:
-            return self._write(push, base, QualificationAction.UNQUALIFY, "booking dismissed", final_after=lambda: True)
+            return self._write(push, seen, QualificationAction.UNQUALIFY, "booking dismissed", final_after=lambda: True)
         final = final_once_qualified()
         self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status, final=final or None)
         if final:
-            return QualifyDecision(**base, outcome=FINISHED, reason="qualified; nothing left to watch", final=True)
+            return seen.decision(outcome=FINISHED, reason="qualified; nothing left to watch", final=True)
         watching = " and ".join(sorted(self.settings.unqualify_on))
-        return QualifyDecision(**base, outcome=WAITING, reason=f"qualified; watching for {watching}", final=False)
+        return seen.decision(outcome=WAITING, reason=f"qualified; watching for {watching}", final=False)
 
     def _rule_met(self, job_id: int | None, job: Job | None) -> tuple[bool, str]:
         if job_id is None or job is None:
@@ -384,27 +397,26 @@ class _QualifyRun:
 
     # -- writing Referral Factory ----------------------------------------------------------
     def _write(
-        self, push: PushRecord, base: dict, action: QualificationAction, reason: str, *, final_after
+        self, push: PushRecord, seen: _Seen, action: QualificationAction, reason: str, *, final_after
     ) -> QualifyDecision:
         wanted = action == QualificationAction.QUALIFY
-        booking_status, job_id, job_status = base["booking_status"], base["job_id"], base["job_status"]
         if self.dry_run:
             outcome = WOULD_QUALIFY if wanted else WOULD_UNQUALIFY
-            return QualifyDecision(**base, outcome=outcome, reason=reason, final=not wanted or final_after())
-        self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status)
+            return seen.decision(outcome=outcome, reason=reason, final=not wanted or final_after())
+        self._track(push, booking_status=seen.booking_status, job_id=seen.job_id, job_status=seen.job_status)
         rule = self.settings.rule
         try:
             user = self._find_referral(push)
         except StsyncError as exc:
             if stops_run(exc):
                 raise
-            return self._failed(push, base, action, reason, exc.to_dict(), final=False)
+            return self._failed(push, seen, action, reason, exc.to_dict(), final=False)
         if user is None:
             error = {"message": f"Referral Factory has no referral for {_describe(push)} (deleted?)"}
-            return self._failed(push, base, action, reason, error, final=True)
+            return self._failed(push, seen, action, reason, error, final=True)
         if user.type is not None and user.type != PERSON_INVITED:
             error = {"message": f"Referral Factory user {user.id} is a {user.type}, not a referred lead"}
-            return self._failed(push, base, action, reason, error, final=True)
+            return self._failed(push, seen, action, reason, error, final=True)
 
         if (user.qualified_at is not None) == wanted:
             # Already in the wanted state: someone else (Referral Factory, a person) did it.
@@ -416,7 +428,7 @@ class _QualifyRun:
             self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
             final = final_after()
             self._track(push, final=final or None)
-            return QualifyDecision(**base, outcome=ALREADY, reason=reason, final=final)
+            return seen.decision(outcome=ALREADY, reason=reason, final=final)
 
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=rule, reason=reason)
         try:
@@ -431,20 +443,20 @@ class _QualifyRun:
             final = isinstance(exc, ApiError) and exc.status == 404  # the lead was deleted: nothing to retry
             if final:
                 self._track(push, final=True)
-            return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
+            return seen.decision(outcome=FAILED, reason=reason, final=final, error=error)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
         final = final_after()
         self._track(push, final=final or None)
-        return QualifyDecision(**base, outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
+        return seen.decision(outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
 
     def _failed(
-        self, push: PushRecord, base: dict, action: QualificationAction, reason: str, error: dict, *, final: bool
+        self, push: PushRecord, seen: _Seen, action: QualificationAction, reason: str, error: dict, *, final: bool
     ) -> QualifyDecision:
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=self.settings.rule, reason=reason)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
         if final:
             self._track(push, final=True)
-        return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
+        return seen.decision(outcome=FAILED, reason=reason, final=final, error=error)
 
     def _settle_unfinished(self, push: PushRecord) -> PushRecord:
         """Close the intents a crashed run left open (a PUT whose answer was never recorded).

@@ -592,6 +592,8 @@ def parse_config_text(text: str, *, path: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         reason = str(exc)
         where = _LINE_COLUMN.search(reason)
+        line: int | None
+        column: int | None
         if where:
             line, column = int(where.group(1)), int(where.group(2))
         elif "(at end of document)" in reason:

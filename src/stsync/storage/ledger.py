@@ -176,6 +176,13 @@ MIGRATIONS: list[str] = [
 ]
 
 
+def _inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just added (``lastrowid`` is None only when nothing was inserted)."""
+    if cursor.lastrowid is None:
+        raise RuntimeError("the INSERT added no row")
+    return cursor.lastrowid
+
+
 def utc_now() -> str:
     """Now, UTC, ISO-8601 with milliseconds: ``2024-05-01T12:00:00.123Z`` (sorts as text)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -466,7 +473,7 @@ class Ledger:
                 "INSERT INTO runs (job, command, pid, started_at, outcome, counts) VALUES (?, ?, ?, ?, ?, '{}')",
                 (job, command, os.getpid(), utc_now(), RunOutcome.RUNNING),
             )
-            return int(cursor.lastrowid)
+            return _inserted_id(cursor)
 
     @contextmanager
     def recorded_run(self, job: str, command: str, *, counts: Callable[[], Mapping[str, Any]], failed: Callable[[], bool]):
@@ -553,7 +560,7 @@ class Ledger:
                 "INSERT INTO push_attempts (external_id, run_id, email, started_at, outcome) VALUES (?, ?, ?, ?, ?)",
                 (external_id, run_id, email, now, AttemptOutcome.INTENT),
             )
-            return int(cursor.lastrowid)
+            return _inserted_id(cursor)
 
     def record_push_result(
         self, attempt_id: int, *, outcome: str, booking_id: int | None = None, error: Mapping[str, Any] | None = None
@@ -683,7 +690,7 @@ class Ledger:
                 "INSERT INTO qualifications (external_id, action, state, rule, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
                 (external_id, action, QualificationState.INTENT, rule, reason, utc_now()),
             )
-            return int(cursor.lastrowid)
+            return _inserted_id(cursor)
 
     def record_qualification_result(self, qualification_id: int, *, state: str, error: Mapping[str, Any] | None = None) -> None:
         """``done`` → the push reads qualified/unqualified from now on; ``failed`` keeps the error."""
@@ -778,9 +785,8 @@ class Ledger:
         values = []
         for row in rows:
             if isinstance(row, Mapping):
-                contact_id = row.get("contact_id", row.get("id"))
                 row = ContactRow(
-                    contact_id=contact_id,  # type: ignore[arg-type]
+                    contact_id=row.get("contact_id", row.get("id")),
                     customer_id=row["customer_id"],
                     type=row.get("type"),
                     value=row.get("value"),

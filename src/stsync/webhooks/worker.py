@@ -1,12 +1,13 @@
 """The worker: accepted deliveries processed one at a time, in arrival order, each outcome
 recorded in the ledger.
 
-**What a delivery does.** ``lead_created`` → the booking push (``push``, given by the
-caller: ``services.push.push_lead`` bound to the connection), kind lead, unless ``[leads]
-action`` is "nothing"; ``referrer_joined`` → the same push, kind referrer, only when
-``[referrers] action = "create_booking"``, else ignored; ``lead_qualified`` → recorded on
-the lead's push in the ledger, so ``qualify`` never qualifies it again (and
-``unqualify_on`` still applies).
+**What a delivery does.** ``lead_created`` → the booking push, kind lead; ``referrer_joined``
+→ the same push, kind referrer. The push is given by the caller (``push_for``:
+``services.serve.booking_push``, the connection's ``push_target`` and ``push_lead``): asked
+once per delivery for the event's kind, it answers with how to push one lead, or with why
+that kind is not sent ("Nothing to action") — then the delivery is ignored before anything
+is read. ``lead_qualified`` → recorded on the lead's push in the ledger, so ``qualify``
+never qualifies it again (and ``unqualify_on`` still applies).
 
 **Verified, not trusted.** The payload only says *who*: the user is read back from Referral
 Factory (by id, code or e-mail; the e-mail must agree) and must belong to this
@@ -36,9 +37,9 @@ from stsync.logs import get_logger
 from stsync.mapping.booking import external_id_for
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue
-from stsync.vocabulary import Action, Kind
+from stsync.vocabulary import Kind
 from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
-from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED
+from stsync.webhooks.payload import LEAD_CREATED, REFERRER_JOINED
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
@@ -47,8 +48,12 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# (lead, kind, run id) → (outcome, message, booking id); raises the error of a failed record.
-PushLead = Callable[["Lead", Kind, "int | None"], "tuple[str, str, int | None]"]
+# (lead, run id) → (outcome, message, booking id); raises the error of a failed record.
+LeadPush = Callable[["Lead", "int | None"], "tuple[str, str, int | None]"]
+# kind → the push of one lead of that kind, or the notice saying why that kind is not sent.
+PushFor = Callable[[Kind], "LeadPush | str"]
+
+KIND_FOR_EVENT = {LEAD_CREATED: Kind.LEAD, REFERRER_JOINED: Kind.REFERRER}
 
 
 class DeliveryWorker:
@@ -58,13 +63,13 @@ class DeliveryWorker:
         self,
         conn: Connection,
         *,
-        push: PushLead,
+        push_for: PushFor,
         stats: ServeStats,
         observer: Observer | None = None,
         run_id: int | None = None,
     ) -> None:
         self.conn = conn
-        self.push = push
+        self.push_for = push_for
         self.stats = stats
         self.observer = observer
         self.run_id = run_id
@@ -111,7 +116,8 @@ class DeliveryWorker:
     # -- one delivery ------------------------------------------------------------------------------
     def process(self, delivery: Delivery) -> None:
         """Process one delivery and record its outcome; never raises."""
-        outcome, message, error, booking_id = DeliveryOutcome.FAILED, "", None, None
+        outcome: str = DeliveryOutcome.FAILED
+        message, error, booking_id = "", None, None
         try:
             outcome, message, booking_id = self._outcome(delivery)
         except StsyncError as exc:
@@ -139,19 +145,10 @@ class DeliveryWorker:
 
     def _outcome(self, delivery: Delivery) -> tuple[str, str, int | None]:
         """(outcome, message, booking id) for one delivery; raises for a failure."""
-        config = self.conn.config
-        if delivery.event == REFERRER_JOINED and config.referrers.action != Action.CREATE_BOOKING:
-            return (
-                DeliveryOutcome.IGNORED,
-                f'referrers.action is "{Action.NOTHING}": referrers are not sent to ServiceTitan',
-                None,
-            )
-        if delivery.event == LEAD_CREATED and config.leads.action != Action.CREATE_BOOKING:
-            return (
-                DeliveryOutcome.IGNORED,
-                f'leads.action is "{Action.NOTHING}" ("Nothing to action"): no booking is created',
-                None,
-            )
+        kind = KIND_FOR_EVENT.get(delivery.event)  # None for lead_qualified: nothing is pushed
+        push = self.push_for(kind) if kind is not None else None
+        if isinstance(push, str):
+            return DeliveryOutcome.IGNORED, push, None
         user = verified_user(self.conn, delivery.lead)
         expected = PERSON_REFERRING if delivery.event == REFERRER_JOINED else PERSON_INVITED
         if user.type is not None and user.type != expected:
@@ -159,11 +156,10 @@ class DeliveryWorker:
                 f"Referral Factory user {user.id} is a {user.type}, but the delivery says {delivery.event}",
                 record=delivery.lead.describe(),
             )
-        if delivery.event == LEAD_QUALIFIED:
+        if push is None:
             return record_reported_qualification(self.conn, user)
-        kind = Kind.REFERRER if delivery.event == REFERRER_JOINED else Kind.LEAD
         lead = LeadReader(self.conn.referral_factory, self.conn.campaign_id).lead(user)
-        return self.push(lead, kind, self.run_id)
+        return push(lead, self.run_id)
 
 
 def verified_user(conn: Connection, lead: Lead) -> User:
@@ -229,7 +225,7 @@ def record_reported_qualification(conn: Connection, user: User) -> tuple[str, st
     if push.qualification == QualificationValue.QUALIFIED:
         return DeliveryOutcome.RECORDED, "already recorded as qualified", push.booking_id
     intent = ledger.record_qualification_intent(
-        external_id,
+        push.external_id,
         QualificationAction.QUALIFY,
         rule="referral_factory",
         reason="Referral Factory reported the lead qualified (webhook)",
