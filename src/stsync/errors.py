@@ -187,7 +187,14 @@ class AnswerLost(TemporaryError):
 
 
 class LockHeld(StsyncError):
+    """Another run of the job holds its lock. ``holder``: what that run wrote about itself
+    (pid, command, started_at, host), or None when it could not be read."""
+
     exit_code = 7
+
+    def __init__(self, message: str, *, hint: str | None = None, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder
 
 
 class ApiError(StsyncError):

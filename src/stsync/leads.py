@@ -390,8 +390,8 @@ def _meta_from_json(raw: Any, where: str) -> dict[str, str]:
 
 
 def lead_from_flags(
-    email: str,
-    first_name: str,
+    email: str | None,
+    first_name: str | None,
     referral_code: str | None = None,
     campaign_name: str | None = None,
     phone: str | None = None,

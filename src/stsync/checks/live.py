@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from stsync.checks.context import LiveAccess
+from stsync.connection import identity
 from stsync.errors import AuthError, ConfigError, ReferralFactoryApiError
 from stsync.logs import get_logger
 from stsync.mapping.return_fields import resolve_custom_field_type
@@ -115,7 +116,7 @@ def verify_servicetitan_app_key(live: LiveAccess, config: Config) -> str:
 
 def verify_booking_provider(live: LiveAccess, config: Config) -> str:
     """The Booking Provider Value belongs to this app and tenant (troubleshooting guide)."""
-    booking_provider = int(config.servicetitan.booking_provider)  # type: ignore[arg-type]
+    booking_provider = identity("booking_provider", config.servicetitan.booking_provider)
     try:
         live.servicetitan.check_booking_provider(booking_provider)
     except AuthError as exc:
@@ -165,7 +166,7 @@ def verify_referral_factory_key(live: LiveAccess, config: Config) -> str:
 
 def verify_campaign(live: LiveAccess, config: Config) -> str:
     """The campaign exists for this key and is launched (not draft or paused)."""
-    campaign_id = int(config.referral_factory.campaign_id)  # type: ignore[arg-type]
+    campaign_id = identity("campaign_id", config.referral_factory.campaign_id)
     try:
         campaign = live.referral_factory.get_campaign(campaign_id)
     except ReferralFactoryApiError as exc:

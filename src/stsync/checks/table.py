@@ -71,12 +71,12 @@ SECRETS_PRESENT = CheckSpec(
     "Secrets", SECRETS, lambda ctx: offline.check_secrets_present(ctx.paths), needs=(SECRET_STORE,)
 )
 CONNECTION_SETTINGS = CheckSpec("Connection settings", CONFIG, _config(offline.check_identity), needs=(CONFIG_FILE,))
-LEADS_ACTION = CheckSpec(
-    "Leads: when lead joins campaign",
-    MAPPING,
-    lambda ctx: offline.check_leads_action(ctx.config, nothing_is=ctx.nothing_to_action),  # type: ignore[arg-type]
-    needs=(CONFIG_FILE,),
-)
+def _leads_action(ctx: CheckContext) -> Verdict:
+    assert ctx.config is not None  # it needs the "Config file" check
+    return offline.check_leads_action(ctx.config, nothing_is=ctx.nothing_to_action)
+
+
+LEADS_ACTION = CheckSpec("Leads: when lead joins campaign", MAPPING, _leads_action, needs=(CONFIG_FILE,))
 LEADS_MAPPING = CheckSpec(
     "Leads: field mapping",
     MAPPING,

@@ -95,7 +95,7 @@ def serve_until_signalled(
     ``stop`` ends it. The previous handlers are restored afterwards.
     """
     stop = stop or threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())

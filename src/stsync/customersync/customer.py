@@ -228,14 +228,14 @@ class CustomerHandler:
     def _as_referrer(self, plan: Plan, request: ReferrerRequest, retrying: bool) -> Outcome:
         record = plan.record
         if record is not None and record.rf_user_id is not None:
-            return self._existing(plan, request, record, retrying)
+            return self._existing(plan, request, record, record.rf_user_id, retrying)
         if self.dry_run:
             return self._would_create(plan, request)
         with KeyLock(self.conn.paths, f"referrer:{self.campaign_id}:{request.email.strip().casefold()}"):
             # Another process may have got here first: read the ledger again under the lock.
             record = self.ledger.get_referrer(plan.customer_id)
             if record is not None and record.rf_user_id is not None:
-                return self._existing(plan, request, record, retrying)
+                return self._existing(plan, request, record, record.rf_user_id, retrying)
             if self._holder_of(request.email, plan.customer_id) is not None:
                 return self._skipped(plan, ALREADY_REFERRER, record=record)
             user, kind = self._create_or_adopt(plan, request, record)
@@ -341,7 +341,9 @@ class CustomerHandler:
                 return user
         return None
 
-    def _existing(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord, retrying: bool) -> Outcome:
+    def _existing(
+        self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord, rf_user_id: int, retrying: bool
+    ) -> Outcome:
         customer_id = plan.customer_id
         code, url = record.code, record.url
         kind = UNCHANGED
@@ -353,7 +355,7 @@ class CustomerHandler:
             if self.dry_run:
                 sample = _sample("update", plan.customer, request.email, referrer=body)
             else:
-                user = self.rf.update_user(int(record.rf_user_id), body)  # type: ignore[arg-type]
+                user = self.rf.update_user(rf_user_id, body)
                 code, url = user.code or code, user.url or url
                 changes = {
                     "state": ReferrerState.UPDATED,

@@ -204,7 +204,7 @@ class CustomerSync:
         pages = Prefetch(self.st.export_customer_contacts(start), self._writes_so_far)
         try:
             for page, _ in pages:
-                rows = [contact_row(c) for c in latest_by_id(page.data) if c.customer_id is not None]
+                rows = [row for contact in latest_by_id(page.data) if (row := contact_row(contact)) is not None]
                 self._recheck_customers_whose_contacts_changed(rows)
                 with self.staging.transaction() as tx:
                     if rows:

@@ -178,7 +178,7 @@ class ReferralFactoryClient:
             body["code"] = code
         else:
             body["email"] = email
-            body["campaign_id"] = int(campaign_id)  # type: ignore[arg-type]
+            body["campaign_id"] = campaign_id
         data = _unwrap(self._call("PUT", "/users/qualification", json=body))
         try:
             return User.model_validate(data)

@@ -36,7 +36,8 @@ def fetch_lead(conn: Connection, *, code: str | None = None, rf_user_id: int | N
         raise UsageError("give exactly one of --code or --rf-user-id")
     rf = conn.referral_factory
     campaign_id = conn.campaign_id
-    if code is not None:
+    if rf_user_id is None:
+        assert code is not None  # exactly one of them, checked above
         user = rf.find_user_by_code(campaign_id, code)
         if user is None:
             raise UsageError(
@@ -45,7 +46,7 @@ def fetch_lead(conn: Connection, *, code: str | None = None, rf_user_id: int | N
             )
     else:
         try:
-            user = rf.get_user(int(rf_user_id))  # type: ignore[arg-type]
+            user = rf.get_user(rf_user_id)
         except ReferralFactoryApiError as exc:
             if exc.status == 404:
                 raise UsageError(

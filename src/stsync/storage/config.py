@@ -52,7 +52,7 @@ from pydantic_core import PydanticCustomError
 
 from stsync import envvars
 from stsync.errors import ConfigError
-from stsync.servicetitan.vocabulary import JOB_STATUSES
+from stsync.servicetitan.vocabulary import JobStatus
 from stsync.suggestions import did_you_mean
 from stsync.vocabulary import (
     DEFAULT_JOB_STATUS,
@@ -424,7 +424,7 @@ class ReferralFactorySettings(_Section):
 
 class Qualification(_Section):
     rule: RuleWord = QualificationRule.NONE
-    job_status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    job_status: JobStatus | None = None
     unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -129,9 +129,7 @@ class RunLock:
         else:
             message = f"another `{self.job}` run of connection '{self.paths.name}' is in progress"
             hint = f"wait for it to finish; its lock is {self.paths.lock_file(self.job)}"
-        error = LockHeld(message, hint=hint)
-        error.holder = info  # type: ignore[attr-defined]
-        return error
+        return LockHeld(message, hint=hint, holder=info)
 
     def __enter__(self) -> RunLock:
         return self.acquire()
