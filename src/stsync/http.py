@@ -32,12 +32,15 @@ import json
 import math
 import random
 import re
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from typing import TYPE_CHECKING
 
+import certifi
 import httpx
 
 from stsync import envvars
@@ -254,11 +257,11 @@ def response_json(response: httpx.Response) -> object | None:
         return None
 
 
-_ssl_context = None
-_ssl_lock = __import__("threading").Lock()
+_ssl_context: ssl.SSLContext | None = None
+_ssl_lock = threading.Lock()
 
 
-def shared_ssl_context():
+def shared_ssl_context() -> ssl.SSLContext:
     """One TLS context per process for every client.
 
     Building one loads the CA bundle (about 50 ms); a command opens two clients and the
@@ -267,10 +270,6 @@ def shared_ssl_context():
     global _ssl_context
     with _ssl_lock:
         if _ssl_context is None:
-            import ssl
-
-            import certifi
-
             _ssl_context = ssl.create_default_context(cafile=certifi.where())
         return _ssl_context
 

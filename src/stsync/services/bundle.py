@@ -32,8 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import tomli_w
+
 from stsync import __version__
+from stsync.credentials import SECRET_NAMES
+from stsync.errors import UsageError
 from stsync.logs import get_logger, redact
+from stsync.storage.secrets import SecretStore
 
 if TYPE_CHECKING:
     from stsync.services.diagnose import DiagnoseReport
@@ -68,8 +73,6 @@ def bundle_paths(path: str | os.PathLike[str], *, connection: str, generated_at:
 
 def write_bundle(report: DiagnoseReport, paths: ConnectionPaths, path: str | os.PathLike[str]) -> list[Path]:
     """Write the redacted bundle; → the files written (markdown first)."""
-    from stsync.errors import UsageError
-
     _register_connection_secrets(paths)
     content = bundle_content(report, paths)
     markdown_path, json_path = bundle_paths(path, connection=paths.name, generated_at=report.generated_at)
@@ -165,9 +168,6 @@ def log_tail(paths: ConnectionPaths, lines: int) -> list[str]:
 def _register_connection_secrets(paths: ConnectionPaths) -> None:
     """Load the connection's secrets (which registers them for ``redact``), ignoring failures:
     a store that cannot be read cannot leak either."""
-    from stsync.credentials import SECRET_NAMES
-    from stsync.storage.secrets import SecretStore
-
     store = SecretStore(paths)
     for name in SECRET_NAMES:
         try:
@@ -268,8 +268,6 @@ def render_markdown(content: dict[str, Any]) -> str:
 
 
 def _toml(data: dict[str, Any]) -> str:
-    import tomli_w
-
     try:
         return tomli_w.dumps(data)
     except (TypeError, ValueError):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from stsync.errors import ConfigError, StsyncError
+from stsync.storage.locks import pid_alive
 from stsync.storage.paths import make_private_dir
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
@@ -199,27 +200,6 @@ def _loads(text: str | None) -> Any:
         return json.loads(text)
     except ValueError:  # a hand-edited row must not break `history`
         return {"message": text}
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists and is not a zombie (same machine)."""
-    if not pid or pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    try:  # a killed child not yet reaped still answers kill(0); Linux tells us it is dead
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
 
 
 # --------------------------------------------------------------------------------------
@@ -894,6 +874,5 @@ __all__ = [
     "QualificationRecord",
     "ReferrerRecord",
     "RunRecord",
-    "pid_alive",
     "utc_now",
 ]

@@ -47,6 +47,27 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists and is not a zombie (same machine)."""
+    if not pid or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    try:  # a killed child not yet reaped still answers kill(0); Linux tells us it is dead
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def holder(paths: ConnectionPaths, job: str) -> dict[str, Any] | None:
     """Who holds ``job``'s lock now: ``{"pid", "command", "started_at", "host"}``, or None.
 
@@ -54,8 +75,6 @@ def holder(paths: ConnectionPaths, job: str) -> dict[str, Any] | None:
     the OS released its lock) is ignored. Never touches the lock itself, so asking (diagnose)
     cannot make a starting run fail.
     """
-    from stsync.storage.ledger import pid_alive
-
     info = _read_sidecar(_sidecar(paths, job))
     if not info:
         return None
@@ -209,4 +228,4 @@ class KeyLock:
         self.release()
 
 
-__all__ = ["KeyLock", "RunLock", "holder", "stripe_for"]
+__all__ = ["KeyLock", "RunLock", "holder", "pid_alive", "stripe_for"]
