@@ -220,6 +220,3 @@ def build_referral_factory_client(
         retry=RetryPolicy(budget_seconds=limits.retry_budget_seconds),
         transport=transport,
     )
-
-
-__all__ = ["CHECK_RETRY_BUDGET_SECONDS", "Connection", "build_referral_factory_client", "build_servicetitan_client", "identity"]

@@ -136,6 +136,3 @@ def _from_text(spec: FieldSpec) -> str:
     if isinstance(spec, TemplateValue):
         return f"the template {spec.template!r}"
     return f"the fixed value {spec.payload!r}"
-
-
-__all__ = ["CONTACT_TARGETS", "booking_request_for", "external_id_for", "lead_fields_read"]

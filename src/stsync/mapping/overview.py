@@ -216,17 +216,3 @@ def mapping_overview(config: Config, *, sections: Iterable[str] = ("leads", "ref
         else:
             raise ValueError(f"unknown section {name!r}")
     return overview
-
-
-__all__ = [
-    "ACTION_LABELS",
-    "MappingRow",
-    "SectionStatus",
-    "booking_rows",
-    "describe_customer_source",
-    "describe_source",
-    "mapping_overview",
-    "qualification_label",
-    "referrer_target_label",
-    "section_status",
-]

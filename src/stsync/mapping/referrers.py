@@ -238,16 +238,3 @@ def _text(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
-
-
-__all__ = [
-    "SKIP_REASONS",
-    "Contact",
-    "ReferrerRequest",
-    "Skip",
-    "customer_value",
-    "first_valid_email",
-    "fingerprint_of",
-    "referrer_request_for",
-    "split_customer_name",
-]

@@ -96,6 +96,3 @@ def return_field_update(customer: Customer, values: Mapping[str, str], types: It
             custom_fields.append({"typeId": type_id, "value": current})
     custom_fields.extend({"typeId": type_id, "value": text} for type_id, text in wanted.items())
     return {"customFields": custom_fields}
-
-
-__all__ = ["resolve_custom_field_type", "return_field_update", "return_values_for", "writable_type_ids"]

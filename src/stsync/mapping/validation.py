@@ -208,19 +208,3 @@ def customer_mapping_problems(customer_sync: CustomerSyncSettings) -> list[Confi
         except ConfigError as exc:
             problems.append(exc)
     return problems
-
-
-__all__ = [
-    "booking_mapping_problems",
-    "check_booking_spec",
-    "check_booking_target",
-    "check_customer_source",
-    "check_lead_source",
-    "check_referrer_spec",
-    "check_referrer_target",
-    "check_return_field",
-    "customer_mapping_problems",
-    "incomplete_address_parts",
-    "missing_referrer_target",
-    "missing_required",
-]

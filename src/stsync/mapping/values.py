@@ -122,6 +122,3 @@ def _as_utc_rfc3339(raw: RawValue) -> str:
         raise BadValue("it is outside the range of dates ServiceTitan takes") from None
     # isoformat pads the year to four digits (strftime's %Y does not for years < 1000).
     return moment.replace(tzinfo=None).isoformat() + "Z"
-
-
-__all__ = ["BadValue", "RawValue", "convert", "is_email_address", "match_option"]

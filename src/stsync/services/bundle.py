@@ -272,6 +272,3 @@ def _toml(data: dict[str, Any]) -> str:
         return tomli_w.dumps(data)
     except (TypeError, ValueError):
         return json.dumps(data, indent=2, default=str)
-
-
-__all__ = ["bundle_content", "bundle_paths", "log_tail", "render_markdown", "scrubbed_config", "write_bundle"]

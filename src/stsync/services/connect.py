@@ -306,16 +306,3 @@ def disconnect(paths: ConnectionPaths) -> DisconnectResult:
     kept = [str(p) for p in (paths.config, paths.ledger) if Path(p).exists()]
     log.info("disconnected %s (secrets removed: %s)", paths.name, ", ".join(removed) or "none")
     return DisconnectResult(connection=paths.name, removed_secrets=removed, removed_token=had_token, kept=kept)
-
-
-__all__ = [
-    "ConnectPlan",
-    "ConnectResult",
-    "CompleteValues",
-    "ConnectValues",
-    "DisconnectResult",
-    "connect",
-    "disconnect",
-    "plan_connect",
-    "verify_connection",
-]

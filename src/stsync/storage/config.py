@@ -698,33 +698,3 @@ def resolve_endpoints(config: Config) -> Endpoints:
         st_api_url=pick(envvars.ST_API_URL, config.servicetitan.api_url, api_default),
         rf_api_url=pick(envvars.RF_API_URL, config.referral_factory.api_url, REFERRAL_FACTORY_API_URL),
     )
-
-
-__all__ = [
-    "BookingSettings",
-    "Config",
-    "ConfigSchemaError",
-    "ConfigSyntaxError",
-    "CustomerSyncSettings",
-    "Endpoints",
-    "FieldSpec",
-    "FixedValue",
-    "FromField",
-    "LeadSettings",
-    "Limits",
-    "Qualification",
-    "ReferralFactorySettings",
-    "ReferrerSettings",
-    "SelectValue",
-    "ServiceTitanSettings",
-    "TemplateValue",
-    "WebhookSettings",
-    "default_config",
-    "field_spec",
-    "format_key_path",
-    "load_config",
-    "parse_config",
-    "parse_config_text",
-    "resolve_endpoints",
-    "toml_key",
-]

@@ -255,6 +255,3 @@ def save_config(config: Config, path: str | os.PathLike[str]) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-
-
-__all__ = ["render_config", "save_config", "toml_value"]

@@ -862,17 +862,3 @@ def _statements(script: str) -> list[str]:
     if current.strip():
         statements.append(current.strip())
     return statements
-
-
-__all__ = [
-    "AttemptRecord",
-    "ContactRow",
-    "DeliveryRecord",
-    "Ledger",
-    "MIGRATIONS",
-    "PushRecord",
-    "QualificationRecord",
-    "ReferrerRecord",
-    "RunRecord",
-    "utc_now",
-]

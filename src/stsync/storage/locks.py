@@ -226,6 +226,3 @@ class KeyLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
-
-
-__all__ = ["KeyLock", "RunLock", "holder", "pid_alive", "stripe_for"]

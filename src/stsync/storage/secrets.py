@@ -319,6 +319,3 @@ class SecretStore:
                 for spec in SECRETS
             },
         }
-
-
-__all__ = ["FILE_STORE_WARNING", "SecretStore"]
