@@ -8,7 +8,8 @@ Layers, top to bottom; a module imports its own layer or those below it, never o
     connection   connection.py: config + secrets + clients + ledger
     clients      servicetitan/, referralfactory/, http.py, ratelimit.py, storage/
     leaves       errors, logs, envvars, credentials, vocabulary, progress, workpool,
-                 suggestions, storage/paths.py, and the package's __init__ (__version__)
+                 suggestions, storage/paths.py, storage/states.py, and the package's
+                 __init__ (__version__)
 
 The sandbox stands apart: it imports nothing of stsync but itself, and only the commands that
 run it import it. Below cli, imports stand at the top of the module (only cli needs lazy
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from imports import PACKAGE, Import, all_modules, imports_of, path_of
+from imports import PACKAGE, SRC, Import, all_modules, imports_of, path_of
 
 # layer → the modules and packages in it. The most specific name wins (storage/paths.py is a
 # leaf inside the storage package).
@@ -49,6 +50,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         # Where a connection's files live and how private files are made: logs and the CLI's
         # start-up need it, and it needs nothing but envvars.
         "stsync.storage.paths",
+        # The ledger's stored words (StrEnums): named by services and the CLI without the ledger.
+        "stsync.storage.states",
     ),
 }
 RANK = {layer: rank for rank, layer in enumerate(LAYERS)}  # 0 is the top
@@ -214,6 +217,23 @@ def test_the_modules_import_no_cycle():
     were once used to hide)."""
     offenders = import_cycles(_every_import())
     assert not offenders, _report("no import cycles", offenders)
+
+
+def test_the_architecture_diagram_shows_the_same_layers():
+    """docs/ARCHITECTURE.md draws this map: every entry, layer after layer, in this order."""
+    text = (SRC.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    diagram = text.split("```", 2)[1]
+    where: dict[str, int] = {}
+    for layer, entries in LAYERS.items():
+        for entry in entries:
+            shown = entry.replace(".", "/")
+            spots = [diagram.find(shown + suffix) for suffix in ("/", ".py") if diagram.find(shown + suffix) >= 0]
+            assert spots, f"docs/ARCHITECTURE.md's diagram does not show {shown} ({layer})"
+            where[entry] = min(spots)
+    for upper, lower in zip(LAYERS, list(LAYERS)[1:], strict=False):
+        assert max(where[e] for e in LAYERS[upper]) < min(where[e] for e in LAYERS[lower]), (
+            f"the diagram must show {upper} above {lower}"
+        )
 
 
 # -- the rules catch what they forbid --------------------------------------------------------------
