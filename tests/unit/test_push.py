@@ -16,7 +16,7 @@ from connection_fixtures import BOOKING_PROVIDER as BP
 from pytest_httpx import HTTPXMock
 
 from stsync.connection import Connection
-from stsync.errors import AuthError, InvalidRecord, SetupRequired, TemporaryError, UsageError
+from stsync.errors import AuthError, InvalidRecord, SetupRequired, TemporaryError, UsageError, error_summary
 from stsync.leads import Lead, leads_from_input
 from stsync.mapping.booking import booking_request_for
 from stsync.services import push as push_service
@@ -496,7 +496,7 @@ def test_history_lists_attempts_newest_first_with_filters(conn, httpx_mock: HTTP
     assert {e.outcome for e in everything.entries} == {"created", "already_booked", "failed"}
     failed = push_history(conn, failed_only=True)
     assert [e.external_id for e in failed.entries] == ["code0002"]
-    assert "email" in failed.entries[0].error_text
+    assert "email" in error_summary(failed.entries[0].error)
     mine = push_history(conn, email="JANE1@example.com", limit=1)
     assert len(mine.entries) == 1 and mine.entries[0].outcome == "already_booked"
     data = everything.to_dict()

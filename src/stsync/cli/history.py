@@ -33,6 +33,7 @@ def history_command(
 ) -> None:
     from rich.markup import escape
 
+    from stsync.errors import error_summary
     from stsync.services.history import push_history
 
     app_ctx = AppContext.from_typer(ctx)
@@ -54,7 +55,7 @@ def history_command(
                 escape(entry.external_id or "—"),
                 f"[{style}]{escape(label)}[/]" if style else escape(label),
                 f"#{entry.booking_id}" if entry.booking_id is not None else "",
-                escape(entry.error_text),
+                escape(error_summary(entry.error)),
             )
         term.print(table)
     if report.last_run is not None and not email:

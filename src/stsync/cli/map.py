@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -30,6 +31,11 @@ def register(app: typer.Typer) -> None:
 
 
 FOR_HELP = "leads, referrers or customers."
+
+
+def _edit_command(name: str, summary: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A ``map`` command that rewrites the file: its help says so, its one-line summary does not."""
+    return map_app.command(name, help=summary + REWRITE_NOTE, short_help=summary)
 
 
 @map_app.command("show", help="The mapping as the setup guide's table, with a Setup Required banner for what is missing.")
@@ -133,11 +139,7 @@ def _render_customers(term: Terminal, data: dict[str, Any]) -> None:
     term.print("")
 
 
-@map_app.command(
-    "set",
-    help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. " + REWRITE_NOTE,
-    short_help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. ",
-)
+@_edit_command("set", "Map a target field: --from a source field, --value a fixed text, --select an option, or --template. ")
 def set_command(
     ctx: typer.Context,
     target: str = typer.Argument(
@@ -173,7 +175,7 @@ def set_command(
     _report(app_ctx, set_field(app_ctx.config_path, target, kind=kind, value=text, for_=for_))
 
 
-@map_app.command("unset", help="Remove a target's mapping. " + REWRITE_NOTE, short_help="Remove a target's mapping. ")
+@_edit_command("unset", "Remove a target's mapping. ")
 def unset_command(
     ctx: typer.Context,
     target: str = typer.Argument(..., help="The mapped field to clear."),
@@ -185,11 +187,7 @@ def unset_command(
     _report(app_ctx, unset_field(app_ctx.config_path, target, for_=for_))
 
 
-@map_app.command(
-    "action",
-    help="What happens when a lead (or referrer) joins: create-booking or nothing. " + REWRITE_NOTE,
-    short_help="What happens when a lead (or referrer) joins: create-booking or nothing. ",
-)
+@_edit_command("action", "What happens when a lead (or referrer) joins: create-booking or nothing. ")
 def action_command(
     ctx: typer.Context,
     section: str = typer.Argument(..., help="leads or referrers."),
@@ -203,11 +201,7 @@ def action_command(
     _report(app_ctx, set_action(app_ctx.config_path, section.strip().casefold(), action))
 
 
-@map_app.command(
-    "qualify",
-    help="When a referral qualifies: none, job-created, or job-status --status S. " + REWRITE_NOTE,
-    short_help="When a referral qualifies: none, job-created, or job-status --status S. ",
-)
+@_edit_command("qualify", "When a referral qualifies: none, job-created, or job-status --status S. ")
 def qualify_command(
     ctx: typer.Context,
     rule: str = typer.Argument(..., help="none | job-created | job-status."),
@@ -224,11 +218,7 @@ def qualify_command(
     _report(app_ctx, set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=unqualify_on))
 
 
-@map_app.command(
-    "return-field",
-    help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. " + REWRITE_NOTE,
-    short_help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. ",
-)
+@_edit_command("return-field", "Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. ")
 def return_field_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The ServiceTitan customer custom field's name (a Text field)."),
@@ -251,11 +241,7 @@ def return_field_command(
     _report(app_ctx, set_return_field(app_ctx.config_path, name, field))
 
 
-@map_app.command(
-    "reset",
-    help="Put leads, referrers and customers back to the default mapping (the connection is kept). " + REWRITE_NOTE,
-    short_help="Put leads, referrers and customers back to the default mapping (the connection is kept). ",
-)
+@_edit_command("reset", "Put leads, referrers and customers back to the default mapping (the connection is kept). ")
 def reset_command(
     ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),

@@ -96,23 +96,7 @@ WOULD_CLOSE = "would_close"  # dry run
 
 
 @dataclass(frozen=True)
-class QualifyDecision:
-    """One open booking: what ServiceTitan says now and what this run did about it."""
-
-    external_id: str
-    email: str | None
-    booking_id: int | None
-    booking_status: str | None
-    job_id: int | None
-    job_status: str | None
-    outcome: str
-    reason: str
-    final: bool
-    error: dict | None = None
-
-
-@dataclass(frozen=True)
-class _Seen:
+class BookingSeen:
     """What ServiceTitan says now about one open booking: every decision about it starts here."""
 
     external_id: str
@@ -124,6 +108,16 @@ class _Seen:
 
     def decision(self, outcome: str, reason: str, *, final: bool, error: dict | None = None) -> QualifyDecision:
         return QualifyDecision(**asdict(self), outcome=outcome, reason=reason, final=final, error=error)
+
+
+@dataclass(frozen=True)
+class QualifyDecision(BookingSeen):
+    """One open booking: what ServiceTitan says now and what this run did about it."""
+
+    outcome: str
+    reason: str
+    final: bool
+    error: dict | None = None
 
 
 @dataclass
@@ -308,7 +302,7 @@ class _QualifyRun:
     ) -> QualifyDecision:
         booking_status = booking.status if booking is not None else push.booking_status
         job_status = job.job_status if job is not None else None
-        seen = _Seen(
+        seen = BookingSeen(
             external_id=push.external_id,
             email=push.email,
             booking_id=push.booking_id,
@@ -397,7 +391,7 @@ class _QualifyRun:
 
     # -- writing Referral Factory ----------------------------------------------------------
     def _write(
-        self, push: PushRecord, seen: _Seen, action: QualificationAction, reason: str, *, final_after
+        self, push: PushRecord, seen: BookingSeen, action: QualificationAction, reason: str, *, final_after
     ) -> QualifyDecision:
         wanted = action == QualificationAction.QUALIFY
         if self.dry_run:
@@ -450,7 +444,7 @@ class _QualifyRun:
         return seen.decision(outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
 
     def _failed(
-        self, push: PushRecord, seen: _Seen, action: QualificationAction, reason: str, error: dict, *, final: bool
+        self, push: PushRecord, seen: BookingSeen, action: QualificationAction, reason: str, error: dict, *, final: bool
     ) -> QualifyDecision:
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=self.settings.rule, reason=reason)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
