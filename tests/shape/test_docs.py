@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from imports import SRC, all_modules, path_of
+from source_imports import SRC, all_modules, path_of
 from test_layers import layer_of
 
 ROOT = SRC.parent

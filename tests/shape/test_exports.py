@@ -12,7 +12,7 @@ import ast
 from collections import defaultdict
 from functools import cache
 
-from imports import SRC, all_modules, path_of
+from source_imports import SRC, all_modules, path_of
 
 ROOT = SRC.parent
 USERS = [*SRC.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]

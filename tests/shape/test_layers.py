@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from imports import PACKAGE, SRC, Import, all_modules, imports_of, path_of
+from source_imports import PACKAGE, SRC, Import, all_modules, imports_of, path_of
 
 # layer → the modules and packages in it. The most specific name wins (storage/paths.py is a
 # leaf inside the storage package).
