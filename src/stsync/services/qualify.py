@@ -255,7 +255,7 @@ class _QualifyRun:
         bp = self.conn.booking_provider
         # A booking with a job never changes its jobId: only bookings without one are re-read.
         to_read = [push.booking_id for push in pushes if push.job_id is None and push.booking_id is not None]
-        bookings: dict[int | None, Booking] = {}
+        bookings: dict[int, Booking] = {}
         for batch in _batches(to_read):
             try:
                 found = st.get_bookings(bp, batch)
@@ -268,9 +268,12 @@ class _QualifyRun:
             bookings.update((booking.id, booking) for booking in found)
         self.report.bookings_read = len(bookings)
 
+        def booking_of(push: PushRecord) -> Booking | None:
+            return bookings.get(push.booking_id) if push.booking_id is not None else None
+
         job_ids: dict[str, int] = {}
         for push in pushes:
-            booking = bookings.get(push.booking_id)
+            booking = booking_of(push)
             job_id = booking.job_id if booking is not None and booking.job_id is not None else push.job_id
             if job_id is not None:
                 job_ids[push.external_id] = job_id
@@ -280,7 +283,7 @@ class _QualifyRun:
         self.report.jobs_read = len(jobs)
 
         for push in pushes:
-            booking = bookings.get(push.booking_id)
+            booking = booking_of(push)
             job_id = job_ids.get(push.external_id)
             job = jobs.get(job_id) if job_id is not None else None
             decision = self._decide_and_apply(push, booking, job_id, job)
