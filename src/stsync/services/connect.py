@@ -19,6 +19,7 @@ from stsync.checks.context import CheckContext, LiveAccess
 from stsync.checks.runner import CheckRun
 from stsync.connection import build_referral_factory_client, build_servicetitan_client
 from stsync.credentials import SECRET_NAMES, SECRETS
+from stsync.credentials import clean as clean_secret
 from stsync.credentials import secret as secret_named
 from stsync.errors import ConfigError, UsageError
 from stsync.logs import get_logger, register_secret
@@ -73,6 +74,11 @@ class ConnectValues:
     def __repr__(self) -> str:  # never show secrets, even in a debugger or a trace
         shown = {k: v for k, v in asdict(self).items() if k not in SECRET_NAMES}
         return f"ConnectValues({shown}, secrets=<hidden>)"
+
+    def trim_secrets(self) -> None:
+        """A flag or a paste with a trailing newline: each secret without it."""
+        for name in SECRET_NAMES:
+            setattr(self, name, clean_secret(getattr(self, name)))
 
     def missing(self) -> list[str]:
         """The values not given yet, in the order they are asked for."""
@@ -163,6 +169,7 @@ def plan_connect(paths: ConnectionPaths, given: ConnectValues) -> ConnectPlan:
     if paths.config.exists():
         existing = load_config(paths.config)
     values = ConnectValues(**asdict(given))
+    values.trim_secrets()
     if existing is not None:
         st, rf = existing.servicetitan, existing.referral_factory
         values.environment = values.environment or st.environment
@@ -190,6 +197,7 @@ def connect(
     transport=None,
 ) -> ConnectResult:
     """Verify (unless told not to), store the secrets, write the config."""
+    values.trim_secrets()  # prompts set them after plan_connect: trimmed here too
     given = values.complete()
     for name in SECRET_NAMES:
         register_secret(getattr(given, name))
