@@ -88,7 +88,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
             super().close()
         except OSError:  # its last flush, on a full disk
             self.broken = True
-            self.stream = None  # type: ignore[assignment]
+            self.stream = None
 
     def _open(self):
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)

@@ -4,6 +4,7 @@ functions, no socket, no ledger."""
 from __future__ import annotations
 
 import pytest
+from webhook_fakes import TOKEN, lead_payload  # tests/support
 
 from stsync.errors import UsageError
 from stsync.leads import Lead
@@ -12,18 +13,17 @@ from stsync.webhooks.payload import (
     LEAD_QUALIFIED,
     REFERRER_JOINED,
     REWARD_ISSUED,
+    UnreadableJson,
     WebhookRejected,
     apply_key_aliases,
     classify,
     delivery_key,
     event_from_text,
     key_aliases,
-    UnreadableJson,
     parse_json,
     parse_payload,
 )
 from stsync.webhooks.tokens import bearer_token, check_token, header_token_matches, token_matches
-from webhook_fakes import TOKEN, lead_payload  # tests/support
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.checks.result import Verdict, fail, fail_with, ok, warn
@@ -49,7 +49,7 @@ class PushFailure:
     error: dict[str, Any] | None
 
     @classmethod
-    def of(cls, attempt: "AttemptRecord", push: "PushRecord | None") -> "PushFailure":
+    def of(cls, attempt: AttemptRecord, push: PushRecord | None) -> PushFailure:
         return cls(
             email=attempt.email or (push.email if push else None),
             external_id=attempt.external_id,
@@ -64,7 +64,7 @@ class PushFailure:
         return asdict(self)
 
 
-def check_state_dir(paths: "ConnectionPaths") -> Verdict:
+def check_state_dir(paths: ConnectionPaths) -> Verdict:
     """The connection's state directory is a directory this user can write (made if missing)."""
     try:
         state = paths.ensure_state()
@@ -73,7 +73,7 @@ def check_state_dir(paths: "ConnectionPaths") -> Verdict:
     return ok(f"{state} is writable")
 
 
-def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None]:
+def open_ledger(paths: ConnectionPaths) -> tuple[Verdict | None, Ledger | None]:
     """The ledger when one exists (nothing to report); a FAIL when it cannot be opened."""
     if not paths.ledger.exists():
         return None, None
@@ -89,11 +89,11 @@ def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None
     return None, ledger
 
 
-def check_run_locks(paths: "ConnectionPaths", *, now: float | None = None) -> Verdict:
+def check_run_locks(paths: ConnectionPaths, *, now: float | None = None) -> Verdict:
     """Who holds a job's lock now (another run of that job exits 7 meanwhile)."""
     now = time.time() if now is None else now
     held: list[str] = []
-    stuck: list[tuple[str, dict]] = []
+    stuck: list[tuple[RunJob, dict]] = []
     for job in LOCKED_JOBS:
         try:
             info = holder(paths, job)
@@ -189,7 +189,7 @@ def _age_seconds(started: Any, now: float) -> float | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return now - moment.timestamp()
 
 
@@ -197,12 +197,14 @@ def _counts_text(counts: Any) -> str:
     if not isinstance(counts, dict) or not counts:
         return ""
     # Zeros say nothing ("failed 0, skipped 0, ..."): only what happened is shown.
-    shown = ", ".join(f"{key} {value}" for key, value in counts.items() if not isinstance(value, (dict, list)) and value not in (0, None))
+    shown = ", ".join(
+        f"{key} {value}" for key, value in counts.items() if not isinstance(value, (dict, list)) and value not in (0, None)
+    )
     return f" ({shown})" if shown else ""
 
 
 def check_referral_factory_throttle(
-    paths: "ConnectionPaths", *, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time
+    paths: ConnectionPaths, *, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time
 ) -> Verdict:
     """Referral Factory's 429 episodes and cool-down, shared by every process of the connection
     (``stsync.ratelimit``): an IP block in force FAILs (exit 6), a cool-down or a halved rate
