@@ -63,8 +63,10 @@ LEAD_FIELD_LABELS: dict[str, str] = {
 }
 
 # The label `push-lead --phone` files the phone under: Referral Factory users have no phone
-# field, campaign forms collect it as a form field (api/referral-factory.md §6.2).
-PHONE_META_LABEL = "Phone"
+# field, campaign forms collect it as a form field (api/referral-factory.md §6.2) — the
+# campaign form's "Phone Number", which the README's mapping reads (`map set phone --from
+# "meta.Phone Number"`).
+PHONE_META_LABEL = "Phone Number"
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,14 @@ class LeadReader:
     docstring). ``campaign_id`` is the campaign of a user that names none;
     ``with_referrer=False`` reads no referrer (their fields stay empty)."""
 
-    def __init__(self, rf: ReferralFactoryClient, campaign_id: int, *, with_referrer: bool = True) -> None:
+    def __init__(
+        self, rf: ReferralFactoryClient, campaign_id: int, *, with_referrer: bool = True, known: Campaign | None = None
+    ) -> None:
         self.rf = rf
         self.campaign_id = campaign_id
         self.with_referrer = with_referrer
-        self._campaigns: dict[int, Campaign] = {}
+        # ``known``: a campaign the caller read already (not read again).
+        self._campaigns: dict[int, Campaign] = {known.id: known} if known is not None else {}
         self._referrers: dict[int, User | None] = {}
 
     def campaign(self, campaign_id: int | None = None) -> Campaign:
@@ -400,7 +405,7 @@ def lead_from_flags(
     """A lead typed on the command line (``push-lead --email --first-name ... --field K=V``).
 
     ``fields`` keys are SPEC §3 lead field names or ``meta.<label>``; ``--phone`` is filed
-    as ``meta.Phone`` (map it with ``stsync map set phone --from meta.Phone``).
+    as ``meta.Phone Number`` (map it with ``stsync map set phone --from "meta.Phone Number"``).
     """
     values: dict[str, Any] = {
         "email": _text(email),
@@ -455,14 +460,15 @@ def has_lone_surrogate(text: str) -> bool:
 def _meta_lookup(meta: Mapping[str, str], label: str) -> str | None:
     if label in meta:
         return meta[label]
-    wanted = _norm_label(label)
+    wanted = meta_label_key(label)
     for key, value in meta.items():
-        if _norm_label(key) == wanted:
+        if meta_label_key(key) == wanted:
             return value
     return None
 
 
-def _norm_label(label: str) -> str:
+def meta_label_key(label: str) -> str:
+    """A form field's label as it is matched: case and spacing aside."""
     return " ".join(label.split()).casefold()
 
 

@@ -210,8 +210,8 @@ def test_usage_mistakes_exit_2(connected, cli):
     assert_clear(cli("push-lead", "--email", "a@example.com", "--first-name", "A", "--field", "novalue"), 2, "'novalue'", "K=V")
     assert_clear(cli("sync-customers", "--limit", "0"), 2, "--limit")
     assert_clear(cli("connect", "--tenant-id", "abc"), 2, "--tenant-id")
-    assert_clear(cli("map", "set", "nmae", "--from", "first_name"), 3, "'nmae'", "did you mean 'name'")
-    assert_clear(cli("map", "set", "is_first_time_client", "--select", "maybe"), 3, "'maybe'", "yes, no")
+    assert_clear(cli("map", "set", "nmae", "--from", "first_name"), 2, "'nmae'", "did you mean 'name'")
+    assert_clear(cli("map", "set", "is_first_time_client", "--select", "maybe"), 2, "'maybe'", "yes, no")
     assert connected.bookings() == []
 
 

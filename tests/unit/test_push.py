@@ -45,6 +45,14 @@ def booking_json(id: int, external_id: str, **extra: Any) -> dict:
     }
 
 
+CAMPAIGN_JSON = {"data": {"id": CAMPAIGN, "code": "spring", "name": "Spring Referrals", "status": "launched"}}
+
+
+def campaign_launched(httpx_mock: HTTPXMock) -> None:
+    """The campaign read once by a run that creates bookings (``ready_to_create``)."""
+    httpx_mock.add_response(method="GET", url=f"{RF}/campaigns/{CAMPAIGN}", json=CAMPAIGN_JSON)
+
+
 def page(rows: list) -> dict:
     return {"page": 1, "pageSize": 200, "hasMore": False, "data": rows}
 
@@ -332,6 +340,7 @@ def test_two_threads_pushing_one_lead_create_one_booking(conn, httpx_mock: HTTPX
 
 
 def test_a_batch_goes_past_a_failed_lead_and_records_the_run(conn, httpx_mock: HTTPXMock):
+    campaign_launched(httpx_mock)
     fake = serve_bookings(httpx_mock, FakeBookings())
     leads = [lead(n) for n in range(1, 7)] + [lead(7, email=None)]
     progress = Progress()
@@ -347,6 +356,7 @@ def test_a_batch_goes_past_a_failed_lead_and_records_the_run(conn, httpx_mock: H
 
 
 def test_a_run_level_failure_stops_the_batch_and_is_raised(conn, httpx_mock: HTTPXMock):
+    campaign_launched(httpx_mock)
     conn.config.limits.workers = 1
     not_found = {"title": "Not Found", "status": 404}
     httpx_mock.add_response(method="GET", url=BOOKINGS, match_params={"externalId": "code0001", **LOOKUP_PAGE}, status_code=404, json=not_found)
@@ -359,6 +369,7 @@ def test_a_run_level_failure_stops_the_batch_and_is_raised(conn, httpx_mock: HTT
 
 
 def test_servicetitan_down_mid_batch_stops_the_run_and_records_what_was_done(conn, httpx_mock: HTTPXMock):
+    campaign_launched(httpx_mock)
     conn.config.limits.workers = 1
     fake = serve_bookings(httpx_mock, FakeBookings(down_after=3))
     with pytest.raises(TemporaryError, match="unavailable"):
@@ -407,9 +418,6 @@ def rf_user(id: int, *, type: str = "person_invited", referrer_id: int | None = 
         "email": f"user{id}@example.com", "code": f"rc{id}", "url": f"https://x.test/rc{id}", "type": type,
         "source": "Referred", "signed_up_at": "2025-01-01", "qualified_at": None, "meta": [],
     }
-
-
-CAMPAIGN_JSON = {"data": {"id": CAMPAIGN, "code": "spring", "name": "Spring Referrals", "status": "launched"}}
 
 
 def test_push_new_searches_the_campaigns_leads_paged_and_skips_the_booked(conn, httpx_mock: HTTPXMock):
@@ -487,6 +495,7 @@ def test_complete_leads_fills_the_campaign_name_once(conn, httpx_mock: HTTPXMock
 
 
 def test_history_lists_attempts_newest_first_with_filters(conn, httpx_mock: HTTPXMock):
+    campaign_launched(httpx_mock)
     serve_bookings(httpx_mock, FakeBookings())
     push_leads(conn, [lead(1), lead(2, email=None)], target(conn))
     push_lead(conn, lead(1), target(conn))
@@ -608,6 +617,7 @@ def test_nothing_to_action_exits_0_with_the_reason(saved_config, tmp_path, capsy
 
 
 def test_history_command_shows_the_attempts(conn, saved_config, httpx_mock: HTTPXMock, capsys):
+    campaign_launched(httpx_mock)
     from stsync.cli.app import run
 
     serve_bookings(httpx_mock, FakeBookings())

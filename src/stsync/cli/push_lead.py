@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from stsync.services.push import PushReport, PushResult
 
 INPUTS = "--email/--first-name, --file, --code, --rf-user-id or --new"
+PHONE_HELP = (
+    'The lead\'s phone, filed as the form field "Phone Number" (mapped by: stsync map set phone --from "meta.Phone Number").'
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +42,7 @@ def push_lead_command(
     campaign_name: str | None = typer.Option(
         None, "--campaign-name", help="The campaign name (the booking's Source by default; fetched when omitted)."
     ),
-    phone: str | None = typer.Option(None, "--phone", help="The lead's phone, filed as meta.Phone."),
+    phone: str | None = typer.Option(None, "--phone", help=PHONE_HELP),
     field: list[str] | None = typer.Option(
         None, "--field", help="Another lead field, K=V (e.g. meta.Last Name=Doe); repeatable."
     ),
@@ -80,7 +83,9 @@ def push_lead_command(
     # Read local input first: a malformed file is a usage error before anything is opened.
     leads: list = []
     rejected: list = []
+    refused: list = []
     batch = new
+    typed_fields = _parse_fields(field or [])
     if given[0] == "--email/--first-name":
         from stsync.leads import lead_from_flags
 
@@ -92,7 +97,7 @@ def push_lead_command(
             )
 
         leads = [lead_from_flags(email, first_name, referral_code=referral_code, campaign_name=campaign_name,
-                                 phone=phone, fields=_parse_fields(field or []))]
+                                 phone=phone, fields=typed_fields)]
     elif file is not None:
         from stsync.leads import leads_from_input
 
@@ -113,19 +118,29 @@ def push_lead_command(
                       "counts": service.PushReport(kind=kind).counts})
         return
 
+    for warning in lead_sources.unread_values(target, phone=phone, fields=typed_fields):
+        term.warning(warning)
+    if not dry_run:
+        # The campaign, once for the run: paused, draft or unknown → exit 3 before anything is read or sent.
+        target = service.ready_to_create(conn, target)
+
     if new:
         with term.progress("Pushing new leads" if kind == Kind.LEAD else "Pushing referrers") as bar:
             report = service.push_new(conn, target, progress=bar, dry_run=dry_run)
     else:
         if code is not None or rf_user_id is not None:
-            leads = [lead_sources.fetch_lead(conn, code=code, rf_user_id=rf_user_id)]
+            leads = [lead_sources.fetch_lead(conn, code=code, rf_user_id=rf_user_id, kind=kind, known=target.campaign)]
         else:
+            if file is not None:
+                leads, refused = lead_sources.own_leads(conn, leads, kind)
             leads = lead_sources.complete_leads(conn, leads, target)
         if batch:
             with term.progress("Pushing leads", total=len(leads)) as bar:
-                report = service.push_leads(conn, leads, target, progress=bar, dry_run=dry_run, rejected=rejected)
+                report = service.push_leads(
+                    conn, leads, target, progress=bar, dry_run=dry_run, rejected=rejected, refused=refused
+                )
         else:
-            report = service.push_leads(conn, leads, target, dry_run=dry_run)
+            report = service.push_leads(conn, leads, target, dry_run=dry_run, refused=refused)
 
     if new and not report.results and not dry_run:
         who = "referred lead" if kind == Kind.LEAD else "referrer"
@@ -182,14 +197,18 @@ def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, j
 
     if dry_run:
         bodies = [r.body for r in report.results if r.body is not None]
-        if not json_mode:
-            # stdout carries exactly what would be POSTed, nothing else.
-            term.data(bodies if batch else (bodies[0] if bodies else None))
+        booked = [r for r in report.results if r.outcome == AttemptOutcome.ALREADY_BOOKED]
+        if not json_mode and (bodies or batch):
+            # stdout carries exactly what would be POSTed, nothing else (nothing: no body).
+            term.data(bodies if batch else bodies[0])
         for result in report.results:
             if result.failed and batch:  # a single lead's failure is the command's error
                 term.summary(f"[red]✗[/] {escape(result.lead.describe())}: {escape(result.message or 'failed')}")
+            elif result.outcome == AttemptOutcome.ALREADY_BOOKED:
+                term.print(f"[cyan]•[/] {escape(result.lead.describe())}: {escape(result.message or '')} (#{result.booking_id})")
         term.summary(
             f"Dry run: {len(bodies)} booking(s) would be sent to ServiceTitan; nothing was sent or recorded"
+            + (f"; {len(booked)} already booked" if booked else "")
             + (f"; {len(report.failed)} lead(s) cannot be sent" if report.failed else "")
         )
         return
