@@ -20,6 +20,7 @@ RF = "https://referral-factory.com/api/v2"
 TENANT, BP, CAMPAIGN = 1234567, 42, 7
 SECRETS = {"--client-secret": "cs2.KNOWN-client-secret", "--app-key": "ak1.KNOWN-app-key", "--rf-api-key": "rf-KNOWN-api-key"}
 BOOKINGS = f"{API}/crm/v2/tenant/{TENANT}/booking-provider/{BP}/bookings?page=1&pageSize=1"
+FIELD_TYPES = f"{API}/crm/v2/tenant/{TENANT}/customers/custom-fields?page=1&pageSize=200"
 CAMPAIGN_URL = f"{RF}/campaigns/{CAMPAIGN}"
 LAUNCHED = {"data": {"id": CAMPAIGN, "code": "spring", "name": "Spring Referrals", "status": "launched"}}
 
@@ -49,7 +50,13 @@ def token_ok(httpx_mock: HTTPXMock) -> None:
                             json={"access_token": "tok-1", "expires_in": 900, "token_type": "Bearer"})
 
 
+def field_types_ok(httpx_mock: HTTPXMock) -> None:
+    """The app key and tenant check (as validate runs it): one read of the custom-field types."""
+    httpx_mock.add_response(method="GET", url=FIELD_TYPES, json={"page": 1, "pageSize": 200, "hasMore": False, "data": []})
+
+
 def bookings_ok(httpx_mock: HTTPXMock) -> None:
+    field_types_ok(httpx_mock)
     httpx_mock.add_response(method="GET", url=BOOKINGS, json={"page": 1, "pageSize": 1, "hasMore": False, "data": []})
 
 
@@ -123,7 +130,7 @@ def test_wrong_environment_token_endpoint_exits_4_naming_the_environment(httpx_m
 def test_wrong_app_key_is_told_apart(httpx_mock: HTTPXMock, capsys):
     for _ in range(2):  # the 401 renews the token once, then the app key is blamed
         token_ok(httpx_mock)
-        httpx_mock.add_response(method="GET", url=BOOKINGS, status_code=401,
+        httpx_mock.add_response(method="GET", url=FIELD_TYPES, status_code=401,
                                 json={"title": "Invalid ST-App-Key", "status": 401, "errors": {}})
     assert run(argv()) == 4
     assert "wrong ST-App-Key" in capsys.readouterr().err
@@ -132,18 +139,33 @@ def test_wrong_app_key_is_told_apart(httpx_mock: HTTPXMock, capsys):
 
 def test_tenant_the_app_is_not_connected_to_is_told_apart(httpx_mock: HTTPXMock, capsys):
     token_ok(httpx_mock)
-    httpx_mock.add_response(method="GET", url=BOOKINGS, status_code=401, json={"title": "Unauthorized", "status": 401})
+    httpx_mock.add_response(method="GET", url=FIELD_TYPES, status_code=401, json={"title": "Unauthorized", "status": 401})
     # A 401 on a fresh token: connect refreshes once, then gives up with the tenant named.
     token_ok(httpx_mock)
-    httpx_mock.add_response(method="GET", url=BOOKINGS, status_code=401, json={"title": "Unauthorized", "status": 401})
+    httpx_mock.add_response(method="GET", url=FIELD_TYPES, status_code=401, json={"title": "Unauthorized", "status": 401})
     assert run(argv()) == 4
     err = capsys.readouterr().err
     assert f"tenant {TENANT}" in err and "API Application Access" in err
+    assert "Booking Provider Value" not in err
+    assert_nothing_stored()
+
+
+def test_a_tenant_the_app_cannot_access_is_not_blamed_on_the_booking_provider(httpx_mock: HTTPXMock, capsys):
+    # ServiceTitan answers 403 for a tenant the app may not access — on the bookings path too,
+    # where a 403 would read as a wrong Booking Provider Value. validate's order tells them apart.
+    token_ok(httpx_mock)
+    httpx_mock.add_response(method="GET", url=FIELD_TYPES, status_code=403,
+                            json={"title": f"The application is not authorized to access tenant {TENANT}.", "status": 403})
+    assert run(argv()) == 4
+    err = capsys.readouterr().err
+    assert f"refused access to tenant {TENANT}" in err
+    assert "Booking Provider Value is incorrect" not in err
     assert_nothing_stored()
 
 
 def test_incorrect_booking_provider_value_uses_the_troubleshooting_wording(httpx_mock: HTTPXMock, capsys):
     token_ok(httpx_mock)
+    field_types_ok(httpx_mock)
     httpx_mock.add_response(method="GET", url=BOOKINGS, status_code=404,
                             json={"title": "Not Found", "status": 404, "errors": {}})
     assert run(argv()) == 4

@@ -71,6 +71,7 @@ SECRETS_PRESENT = CheckSpec(
     "Secrets", SECRETS, lambda ctx: offline.check_secrets_present(ctx.paths), needs=(SECRET_STORE,)
 )
 CONNECTION_SETTINGS = CheckSpec("Connection settings", CONFIG, _config(offline.check_identity), needs=(CONFIG_FILE,))
+LIMITS = CheckSpec("Limits", CONFIG, _config(offline.check_limits), needs=(CONFIG_FILE,))
 LEADS_ACTION = CheckSpec(
     "Leads: when lead joins campaign",
     MAPPING,
@@ -193,13 +194,14 @@ CAMPAIGN = CheckSpec(
 MAPPING_CHECKS = (LEADS_ACTION, LEADS_MAPPING, REFERRERS_MAPPING, QUALIFICATION_RULE, CUSTOMER_MAPPING, RETURN_FIELDS)
 LIVE = (ST_TOKEN, ST_APP_KEY, BOOKING_PROVIDER, ST_RETURN_FIELDS, RF_KEY, CAMPAIGN)
 
-VALIDATE_OFFLINE = (CONFIG_FILE, CONNECTION_SETTINGS, *MAPPING_CHECKS, SECRETS_PRESENT)
+VALIDATE_OFFLINE = (CONFIG_FILE, CONNECTION_SETTINGS, *MAPPING_CHECKS, LIMITS, SECRETS_PRESENT)
 DIAGNOSE_OFFLINE = (
     CONFIG_FILE,
     SECRET_STORE,
     SECRETS_PRESENT,
     CONNECTION_SETTINGS,
     *MAPPING_CHECKS,
+    LIMITS,
     LEDGER,
     RUN_LOCKS,
     LAST_PUSH,
@@ -207,7 +209,9 @@ DIAGNOSE_OFFLINE = (
     LAST_QUALIFY,
     PUSH_FAILURES,
 )
-# connect proves what it stores: the token, the booking provider (which also proves the app
-# key and tenant), the campaign (which also proves the key). Return fields are the mapping's
-# business, checked by validate --online once the custom fields exist.
-CONNECT = (ST_TOKEN, BOOKING_PROVIDER, CAMPAIGN)
+# connect proves what it stores, in validate's order: the token, the app key and tenant (so
+# that a tenant the app cannot access is told apart from a wrong Booking Provider Value, which
+# ServiceTitan may answer alike), the booking provider, the campaign (which also proves the
+# key). Return fields are the mapping's business, checked by validate --online once the custom
+# fields exist.
+CONNECT = (ST_TOKEN, ST_APP_KEY, BOOKING_PROVIDER, CAMPAIGN)
