@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 # A value rejected this many times in a row ends the command with its error.
 MAX_ATTEMPTS_PER_VALUE = 3
+ENVIRONMENT_HELP = (
+    "  production: your live ServiceTitan tenant; integration: ServiceTitan's integration (test) environment. "
+    "The Client ID and Secret are made for one of them."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -190,7 +194,7 @@ def _ask_what_is_missing(term: "Terminal", plan: "ConnectPlan") -> None:
     if plan.origins.get(ENVIRONMENT) == "default":
         _ask(term, plan, ENVIRONMENT)
     for name in plan.stored_secrets:
-        if not _confirm(f"A stored {label_for(name)} exists — keep it?"):
+        if not term.confirm(f"A stored {label_for(name)} exists — keep it?", default=True):
             _ask(term, plan, name)
     for name in plan.missing:
         _ask(term, plan, name)
@@ -202,22 +206,20 @@ def _ask(term: "Terminal", plan: "ConnectPlan", name: str, *, again: bool = Fals
 
     if name == ENVIRONMENT:
         current = plan.current(ENVIRONMENT)
-        answer = _prompt(
-            "ServiceTitan environment (production: your live tenant; integration: ServiceTitan's test environment)",
-            type=Environment,
-            default=Environment(current) if current else Environment.PRODUCTION,
+        _say(term, ENVIRONMENT_HELP)
+        answer: Any = term.ask(
+            "ServiceTitan environment", parse=_environment, choices=tuple(Environment), default=str(current or Environment.PRODUCTION)
         )
-        plan.set(ENVIRONMENT, Environment(answer).value)
+        plan.set(ENVIRONMENT, answer)
         return
     value = describe_value(name)
-    secret = name in credentials.SECRET_NAMES
-    _say(term, f"  {value.label}: {value.where}")
-    if secret:
-        answer = _prompt(f"{value.label}{' (again)' if again else ''}", hide_input=True, value_proc=_non_blank)
+    _say(term, f"  Find it in: {value.where}")
+    if name in credentials.SECRET_NAMES:
+        answer = term.ask(f"{value.label}{' (again)' if again else ''}", parse=_non_blank, hidden=True)
     else:
         current = plan.current(name)
-        proc = _positive_integer if name in INTEGER_VALUES else _non_blank
-        answer = _prompt(value.label, default=current if again and current not in (None, "") else None, value_proc=proc)
+        default = str(current) if again and current not in (None, "") else None
+        answer = term.ask(value.label, parse=_positive_integer if name in INTEGER_VALUES else _non_blank, default=default)
     plan.set(name, answer)
 
 
@@ -226,36 +228,24 @@ def _say(term: "Terminal", text: str) -> None:
     term.err.print(f"[dim]{escape(text)}[/]")
 
 
-def _prompt(text: str, **options: Any) -> Any:
-    """``typer.prompt`` on stderr. Ctrl-C ends the line first, so that the one line the CLI
-    prints for it stands alone."""
-    try:
-        return typer.prompt(text, err=True, **options)
-    except typer.Abort:
-        if not options.get("hide_input"):
-            sys.stderr.write("\n")  # a hidden prompt has already ended its line
-        raise
+def _environment(text: str) -> str:
+    word = text.strip().casefold()
+    if word not in tuple(Environment):
+        raise ValueError(f"{text!r} is not an environment: choose {' or '.join(Environment)}")
+    return word
 
 
-def _confirm(question: str) -> bool:
-    try:
-        return bool(typer.confirm(question, default=True, err=True))
-    except typer.Abort:
-        sys.stderr.write("\n")
-        raise
-
-
-def _non_blank(text: Any) -> str:
-    value = str(text).strip()
+def _non_blank(text: str) -> str:
+    value = text.strip()
     if not value:
-        raise typer.BadParameter("it cannot be blank")
+        raise ValueError("it cannot be blank")
     return value
 
 
-def _positive_integer(text: Any) -> int:
-    value = str(text).strip()
+def _positive_integer(text: str) -> int:
+    value = text.strip()
     if not value.isdigit() or int(value) < 1:
-        raise typer.BadParameter(f"{value!r} is not a number of 1 or more")
+        raise ValueError(f"{value!r} is not a number of 1 or more")
     return int(value)
 
 
