@@ -55,6 +55,12 @@ def test_secrets_from_stdin_for_provisioning_scripts(sandbox_env, cli_subprocess
         c.client_secret, c.app_key, c.rf_api_key,
     )  # fmt: skip
 
+    # Rotation: the new secret alone on stdin; the settings and the other secrets are kept.
+    rotated = sb.rotate_client_secret()
+    again = cli_subprocess("connect", "--secrets-from-stdin", input=f"st_client_secret={rotated}\n")
+    assert again.exit_code == 0, str(again)
+    assert store.get("st_client_secret") == rotated and store.get("rf_api_key") == c.rf_api_key
+
 
 @pytest.mark.parametrize(
     ("line", "said"),

@@ -258,3 +258,128 @@ def test_disconnect_removes_secrets_and_token_but_keeps_config(capsys):
     store = SecretStore(paths)
     assert store.get("st_client_secret") is None
 
+
+
+# -- --secrets-from-stdin ---------------------------------------------------------------------
+
+
+def test_secret_lines_take_names_or_variables_trimmed_and_skip_comments():
+    from stsync.services.connect import read_secret_lines
+
+    text = (
+        "# provisioning\n\n"
+        "  STSYNC_ST_CLIENT_SECRET =  cs2.one  \n"
+        "st_app_key='ak1.two'\r\n"
+        "export Rf_Api_Key=\"rf three\"\n"
+    )
+    assert read_secret_lines(text) == {"st_client_secret": "cs2.one", "st_app_key": "ak1.two", "rf_api_key": "rf three"}
+    assert read_secret_lines("") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("st_app_key=ak1.a\nst_app_key=ak1.b\n", "st_app_key is given twice (lines 1 and 2)"),
+        ("st_app_key=  \n", "line 1: st_app_key has no value"),
+        ("TOKEN=tok-secret-value\n", "line 1: 'TOKEN' is not a secret stsync knows"),
+        ("just-a-secret-value\n", "line 1: not NAME=value"),
+    ],
+)
+def test_bad_secret_lines_are_usage_errors_that_never_repeat_a_value(text, said):
+    from stsync.errors import UsageError
+    from stsync.services.connect import read_secret_lines
+
+    with pytest.raises(UsageError) as caught:
+        read_secret_lines(text)
+    message = f"{caught.value} {caught.value.hint}"
+    assert said in message
+    for value in ("ak1.b", "tok-secret-value", "just-a-secret-value"):
+        assert value not in message
+
+
+def test_a_secret_given_as_option_and_on_stdin_is_refused(capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("st_app_key=ak1.other\n"))
+    assert run([*argv("--no-verify"), "--secrets-from-stdin"]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert_nothing_stored()
+
+
+# -- what a failed check rejected ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("check", "error", "typed", "rejected"),
+    [
+        ("ServiceTitan token", "ServiceTitan rejected the Client ID / Client Secret for x", False, ("st_client_secret",)),
+        ("ServiceTitan token", "ServiceTitan rejected the Client ID / Client Secret for x", True, ("client_id", "st_client_secret")),
+        ("ServiceTitan token", "… the integration environment accepts them: they were made for integration", False, ("environment",)),
+        ("ServiceTitan token", "ServiceTitan's token endpoint x answered HTTP 404", False, ("environment",)),
+        ("ServiceTitan app key and tenant access", "ServiceTitan refused GET x: wrong ST-App-Key", False, ("st_app_key",)),
+        ("ServiceTitan app key and tenant access", "ServiceTitan refused access to tenant 5 (…)", False, ("tenant_id",)),
+        ("Booking Provider Value", "Booking Provider Value is incorrect — if the wrong … (HTTP 404)", False, ("booking_provider",)),
+        ("Referral Factory campaign", "Referral Factory rejected the API key (HTTP 401 …)", False, ("rf_api_key",)),
+    ],
+)
+def test_each_rejection_names_the_values_to_ask_again(check, error, typed, rejected):
+    from stsync.errors import AuthError
+    from stsync.services.connect import rejected_values
+
+    origins = {"client_id": "typed" if typed else "config"}
+    assert rejected_values(check, AuthError(error), origins) == rejected  # type: ignore[arg-type]
+
+
+def test_a_campaign_problem_asks_for_the_campaign_and_a_remote_failure_for_nothing():
+    from stsync.errors import ConfigError, TemporaryError
+    from stsync.services.connect import rejected_values
+
+    assert rejected_values("Referral Factory campaign", ConfigError("campaign 7 was not found"), {}) == ("campaign_id",)
+    assert rejected_values("ServiceTitan token", TemporaryError("ServiceTitan is unavailable"), {}) == ()
+
+
+# -- the connection's name ----------------------------------------------------------------------
+
+
+def test_connect_writes_the_connection_and_the_store_into_the_config(capsys):
+    assert run(argv("--no-verify")) == 0
+    from stsync.storage.config import load_config
+
+    config = load_config(config_path())
+    assert config.connection == "default" and config.secrets.store == "file"
+
+
+def test_a_used_connection_is_not_renamed(capsys):
+    assert run(argv("--no-verify")) == 0
+    assert run([*argv("--no-verify"), "--connection", "acme"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot rename it to 'acme'" in err and "connection 'default'" in err
+
+
+def test_a_new_config_can_be_named(capsys):
+    assert run([*argv("--no-verify"), "--connection", "acme-hvac"]) == 0
+    from stsync.storage.paths import ConnectionPaths, resolve_config_path
+
+    paths = ConnectionPaths.for_config(resolve_config_path(None))
+    assert paths.name == "acme-hvac" and paths.secrets_file.exists()
+    assert "connection 'acme-hvac'" in capsys.readouterr().err
+
+
+# -- where each value is found: the prompts' words are the README's ------------------------------
+
+
+def test_where_each_value_is_found_is_word_for_word_the_readme():
+    import re
+    from pathlib import Path
+
+    from stsync import credentials
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Getting your credentials", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) >= 2 and not set(cells[0]) <= {"-", " "}:
+            rows[re.sub(r"[*`]", "", cells[0])] = cells[1]
+    for value in credentials.CONNECT_VALUES:
+        assert rows.get(value.label) == value.where, f"README's row for {value.label!r} says {rows.get(value.label)!r}"

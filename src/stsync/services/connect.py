@@ -65,6 +65,9 @@ from stsync.vocabulary import Environment
 
 log = get_logger(__name__)
 
+# How the Booking Provider Value check words its own failure (the troubleshooting guide's).
+BOOKING_PROVIDER_WORDS = BOOKING_PROVIDER_INCORRECT.split(" — ")[0]
+
 SecretsStoreKind = Literal["keyring", "file"]
 SECRETS_STORES: tuple[SecretsStoreKind, ...] = ("keyring", "file")
 # Where a value came from: an option, --secrets-from-stdin, an STSYNC_* variable, the secret
@@ -444,7 +447,7 @@ def rejected_values(check_name: str | None, error: StsyncError, origins: dict[st
     if check_name in (table.ST_APP_KEY.name, table.BOOKING_PROVIDER.name):
         if "ST-App-Key" in text:
             return ("st_app_key",)
-        if check_name == table.BOOKING_PROVIDER.name and text.startswith(BOOKING_PROVIDER_INCORRECT):
+        if check_name == table.BOOKING_PROVIDER.name and BOOKING_PROVIDER_WORDS in text:
             return ("booking_provider",)
         return ("tenant_id",)
     if check_name == table.CAMPAIGN.name:
