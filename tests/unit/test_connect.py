@@ -383,3 +383,23 @@ def test_where_each_value_is_found_is_word_for_word_the_readme():
             rows[re.sub(r"[*`]", "", cells[0])] = cells[1]
     for value in credentials.CONNECT_VALUES:
         assert rows.get(value.label) == value.where, f"README's row for {value.label!r} says {rows.get(value.label)!r}"
+
+
+def test_secrets_given_with_a_trailing_cr_lf_are_verified_and_stored_without_it(httpx_mock: HTTPXMock, capsys):
+    token_ok(httpx_mock)
+    bookings_ok(httpx_mock)
+    httpx_mock.add_response(method="GET", url=CAMPAIGN_URL, json=LAUNCHED)
+    given = argv()
+    padded = [f"{value}\r\n" if flag in SECRETS else value for flag, value in zip(["", *given], given, strict=False)]
+    assert run(padded) == 0, capsys.readouterr().err
+
+    from stsync.storage.paths import ConnectionPaths, resolve_config_path
+
+    token_request = httpx_mock.get_requests()[0]
+    assert f"client_secret={SECRETS['--client-secret']}&" in token_request.content.decode() + "&"
+    assert httpx_mock.get_requests()[1].headers["ST-App-Key"] == SECRETS["--app-key"]
+    assert httpx_mock.get_requests()[3].headers["Authorization"] == f"Bearer {SECRETS['--rf-api-key']}"
+    paths = ConnectionPaths.for_config(resolve_config_path(None))
+    stored = json.loads(paths.secrets_file.read_text())
+    assert stored == {"rf_api_key": SECRETS["--rf-api-key"], "st_app_key": SECRETS["--app-key"],
+                      "st_client_secret": SECRETS["--client-secret"]}

@@ -143,7 +143,7 @@ class ConnectPlan:
     def set(self, name: str, value: Any, origin: Origin = "typed") -> None:
         """A value the person typed (or chose): it replaces whatever was there."""
         if name in SECRET_NAMES:
-            value = str(value).strip()
+            value = credentials.clean(str(value))
             register_secret(value)
         elif name in INTEGER_VALUES:
             value = int(value)
@@ -178,7 +178,9 @@ def plan_connect(
     paths = ConnectionPaths.named(name, config_path, secrets_store=store_kind)
 
     values = ConnectValues(**asdict(given))
-    origins: dict[str, Origin] = {name: "option" for name, value in asdict(given).items() if value not in (None, "")}
+    for secret_name in SECRET_NAMES:  # a flag or a paste with a trailing newline: the secret without it
+        setattr(values, secret_name, credentials.clean(getattr(values, secret_name)))
+    origins: dict[str, Origin] = {name: "option" for name, value in asdict(values).items() if value not in (None, "")}
     for secret_name, value in (stdin_secrets or {}).items():
         if getattr(values, secret_name) not in (None, ""):
             raise UsageError(
