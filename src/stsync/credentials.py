@@ -100,7 +100,15 @@ CAMPAIGN_ID = Setting(
 
 SETTINGS: tuple[Setting, ...] = (TENANT_ID, CLIENT_ID, BOOKING_PROVIDER, CAMPAIGN_ID)
 # What `stsync connect` asks for, in the setup guide's order (Steps 1–3, then Referral Factory).
-CONNECT_VALUES: tuple[Secret | Setting, ...] = (TENANT_ID, CLIENT_ID, ST_CLIENT_SECRET, BOOKING_PROVIDER, ST_APP_KEY, RF_API_KEY, CAMPAIGN_ID)
+CONNECT_VALUES: tuple[Secret | Setting, ...] = (
+    TENANT_ID,
+    CLIENT_ID,
+    ST_CLIENT_SECRET,
+    BOOKING_PROVIDER,
+    ST_APP_KEY,
+    RF_API_KEY,
+    CAMPAIGN_ID,
+)
 CONNECT_VALUE_BY_NAME: Mapping[str, Secret | Setting] = {value.name: value for value in CONNECT_VALUES}
 
 
@@ -141,26 +149,3 @@ def secret_for_assignment(name: str) -> Secret | None:
     wanted = name.strip().casefold()
     return next((s for s in SECRETS if wanted in (s.name.casefold(), s.env_var.name.casefold())), None)
 
-
-__all__ = [
-    "BOOKING_PROVIDER",
-    "BY_NAME",
-    "CAMPAIGN_ID",
-    "CLIENT_ID",
-    "CONNECT_VALUES",
-    "CONNECT_VALUE_BY_NAME",
-    "RF_API_KEY",
-    "SECRETS",
-    "SECRET_NAMES",
-    "SETTINGS",
-    "ST_APP_KEY",
-    "ST_CLIENT_SECRET",
-    "TENANT_ID",
-    "Secret",
-    "Setting",
-    "clean",
-    "connect_value",
-    "env_var_names",
-    "secret",
-    "secret_for_assignment",
-]

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import termios
 import time
-from typing import Pattern
+from re import Pattern
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 TRAMPOLINE = (
@@ -134,7 +134,7 @@ class TerminalSession:
         except OSError:
             pass
 
-    def __enter__(self) -> "TerminalSession":
+    def __enter__(self) -> TerminalSession:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -32,7 +32,7 @@ class Input:
 
     name: str
     present: Callable[[CheckContext], bool]
-    reported_by: tuple["CheckSpec", ...]
+    reported_by: tuple[CheckSpec, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +42,7 @@ class CheckSpec:
     name: str
     category: str
     run: Callable[[CheckContext], Verdict | None]  # None: nothing to report (no row)
-    needs: tuple["CheckSpec", ...] = ()
+    needs: tuple[CheckSpec, ...] = ()
     inputs: tuple[Input, ...] = ()
     blocks: str = ""  # what this check's failure means for the checks that need it
 
@@ -61,7 +61,7 @@ class CheckRun:
         *,
         stop_at_first_failure: bool = False,
         on_check: Callable[[Check], None] | None = None,
-    ) -> "CheckRun":
+    ) -> CheckRun:
         for spec in plan:
             skipped = self._blocker(spec)
             if skipped is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -45,35 +45,41 @@ def register(app: typer.Typer) -> None:
 
 def connect_command(
     ctx: typer.Context,
-    environment: Optional[Environment] = typer.Option(
+    environment: Environment | None = typer.Option(
         None, "--environment", help="Which ServiceTitan the credentials belong to (asked on a terminal)."
     ),
-    tenant_id: Optional[int] = typer.Option(None, credentials.TENANT_ID.option, min=1, metavar="ID", help=credentials.TENANT_ID.label + "."),
-    client_id: Optional[str] = typer.Option(None, credentials.CLIENT_ID.option, metavar="ID", help=credentials.CLIENT_ID.label + "."),
-    client_secret: Optional[str] = typer.Option(
+    tenant_id: int | None = typer.Option(
+        None, credentials.TENANT_ID.option, min=1, metavar="ID", help=f"{credentials.TENANT_ID.label}."
+    ),
+    client_id: str | None = typer.Option(
+        None, credentials.CLIENT_ID.option, metavar="ID", help=f"{credentials.CLIENT_ID.label}."
+    ),
+    client_secret: str | None = typer.Option(
         None,
         credentials.ST_CLIENT_SECRET.option,
         metavar="SECRET",
         help=f"{credentials.ST_CLIENT_SECRET.label} (prefer the prompt, {credentials.ST_CLIENT_SECRET.env_var.name} "
         "or --secrets-from-stdin: options show in the process list).",
     ),
-    app_key: Optional[str] = typer.Option(
+    app_key: str | None = typer.Option(
         None,
         credentials.ST_APP_KEY.option,
         metavar="KEY",
         help=f"{credentials.ST_APP_KEY.label} (or {credentials.ST_APP_KEY.env_var.name}).",
     ),
-    booking_provider: Optional[int] = typer.Option(
+    booking_provider: int | None = typer.Option(
         None, credentials.BOOKING_PROVIDER.option, min=1, metavar="VALUE", help="The \"Allowed 'booking_provider' value\"."
     ),
-    rf_api_key: Optional[str] = typer.Option(
+    rf_api_key: str | None = typer.Option(
         None,
         credentials.RF_API_KEY.option,
         metavar="KEY",
         help=f"{credentials.RF_API_KEY.label} (or {credentials.RF_API_KEY.env_var.name}).",
     ),
-    campaign_id: Optional[int] = typer.Option(None, credentials.CAMPAIGN_ID.option, min=1, metavar="ID", help=credentials.CAMPAIGN_ID.label + "."),
-    secrets_store: Optional[SecretsStore] = typer.Option(
+    campaign_id: int | None = typer.Option(
+        None, credentials.CAMPAIGN_ID.option, min=1, metavar="ID", help=f"{credentials.CAMPAIGN_ID.label}."
+    ),
+    secrets_store: SecretsStore | None = typer.Option(
         None,
         "--secrets-store",
         help="keyring (the OS keyring) or file (a 0600 file in the state dir). Remembered in the config; "
@@ -85,7 +91,7 @@ def connect_command(
         help="Read the secrets from standard input, one NAME=value per line (st_client_secret, st_app_key, "
         "rf_api_key, or their STSYNC_* names): for provisioning scripts.",
     ),
-    connection: Optional[str] = typer.Option(
+    connection: str | None = typer.Option(
         None,
         "--connection",
         metavar="NAME",
@@ -166,11 +172,11 @@ def connect_command(
     app_ctx.emit({"ok": True, **result.to_dict()})
 
 
-def _verify(term: "Terminal", plan: "ConnectPlan", *, interactive: bool, verify: Any) -> Any:
+def _verify(term: Terminal, plan: ConnectPlan, *, interactive: bool, verify: Any) -> Any:
     """Verify until it holds; on a terminal, ask again for each value a check rejects."""
     rejections: Counter[str] = Counter()
 
-    def show(check: "Check") -> None:
+    def show(check: Check) -> None:
         if check.passed:
             term.success(f"{check.name}: {check.message}")
 
@@ -188,7 +194,7 @@ def _verify(term: "Terminal", plan: "ConnectPlan", *, interactive: bool, verify:
             _ask(term, plan, name, again=True)
 
 
-def _ask_what_is_missing(term: "Terminal", plan: "ConnectPlan") -> None:
+def _ask_what_is_missing(term: Terminal, plan: ConnectPlan) -> None:
     from stsync.services.connect import ENVIRONMENT, label_for
 
     if plan.origins.get(ENVIRONMENT) == "default":
@@ -200,7 +206,7 @@ def _ask_what_is_missing(term: "Terminal", plan: "ConnectPlan") -> None:
         _ask(term, plan, name)
 
 
-def _ask(term: "Terminal", plan: "ConnectPlan", name: str, *, again: bool = False) -> None:
+def _ask(term: Terminal, plan: ConnectPlan, name: str, *, again: bool = False) -> None:
     """One value from the person, with where it is found; what they type replaces it."""
     from stsync.services.connect import ENVIRONMENT, INTEGER_VALUES, describe_value
 
@@ -208,7 +214,10 @@ def _ask(term: "Terminal", plan: "ConnectPlan", name: str, *, again: bool = Fals
         current = plan.current(ENVIRONMENT)
         _say(term, ENVIRONMENT_HELP)
         answer: Any = term.ask(
-            "ServiceTitan environment", parse=_environment, choices=tuple(Environment), default=str(current or Environment.PRODUCTION)
+            "ServiceTitan environment",
+            parse=_environment,
+            choices=tuple(Environment),
+            default=str(current or Environment.PRODUCTION),
         )
         plan.set(ENVIRONMENT, answer)
         return
@@ -223,7 +232,7 @@ def _ask(term: "Terminal", plan: "ConnectPlan", name: str, *, again: bool = Fals
     plan.set(name, answer)
 
 
-def _say(term: "Terminal", text: str) -> None:
+def _say(term: Terminal, text: str) -> None:
     """A line that goes with a prompt: shown even with -q (a prompt without it is a riddle)."""
     term.err.print(f"[dim]{escape(text)}[/]")
 

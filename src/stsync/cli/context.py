@@ -51,7 +51,7 @@ class AppContext:
         self.global_options_set = True
 
     @staticmethod
-    def from_typer(ctx: typer.Context) -> "AppContext":
+    def from_typer(ctx: typer.Context) -> AppContext:
         obj = ctx.find_root().obj
         assert isinstance(obj, AppContext), "commands run through stsync.cli.app.run"
         return obj
@@ -70,7 +70,7 @@ class AppContext:
                 self._attached_log = False
                 detach_handlers()
 
-    def __enter__(self) -> "AppContext":
+    def __enter__(self) -> AppContext:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -105,7 +105,7 @@ class AppContext:
         attach_file_handler(paths, verbosity=self.verbosity, terminal_stream=self.terminal.err.file)
         self._attached_log = True
 
-    def load_config(self) -> "Config":
+    def load_config(self) -> Config:
         """The config, and a warning for each limit above what the services document."""
         from stsync.storage.config import limit_warnings, load_config
 
@@ -114,7 +114,7 @@ class AppContext:
             self.terminal.warning(warning)
         return config
 
-    def connection(self, *, config: "Config | None" = None) -> "Connection":
+    def connection(self, *, config: Config | None = None) -> Connection:
         """The open connection (config + secrets + clients + ledger), built once."""
         if self._connection is None:
             from stsync.connection import Connection

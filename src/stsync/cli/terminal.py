@@ -14,9 +14,9 @@ from __future__ import annotations
 import getpass
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -165,7 +165,7 @@ class Terminal:
             raise typer.Abort() from None
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator["ProgressHandle"]:
+    def progress(self, description: str, total: int | None = None) -> Iterator[ProgressHandle]:
         """A progress bar on a TTY (stderr); silent otherwise (cron)."""
         if not self.interactive:
             yield ProgressHandle(None, None)

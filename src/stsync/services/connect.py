@@ -36,7 +36,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from stsync import credentials, envvars
 from stsync.checks import table
@@ -61,9 +61,11 @@ from stsync.storage.paths import (
 )
 from stsync.storage.registry import Registry
 from stsync.storage.secrets import SecretStore
-from stsync.vocabulary import Environment
+from stsync.vocabulary import Environment, SecretsStore
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 # How the Booking Provider Value check words its own failure (the troubleshooting guide's).
 BOOKING_PROVIDER_WORDS = BOOKING_PROVIDER_INCORRECT.split(" — ")[0]
@@ -109,6 +111,57 @@ class ConnectValues:
         shown = {k: v for k, v in asdict(self).items() if k not in SECRET_NAMES}
         return f"ConnectValues({shown}, secrets=<hidden>)"
 
+    def trim_secrets(self) -> None:
+        """A flag or a paste with a trailing newline: each secret without it."""
+        for name in SECRET_NAMES:
+            setattr(self, name, credentials.clean(getattr(self, name)))
+
+    def missing(self) -> list[str]:
+        """The values not given yet, in the order they are asked for."""
+        return [name for name in VALUE_NAMES if getattr(self, name) in (None, "")]
+
+    def complete(self) -> CompleteValues:
+        """Every value, or ``UsageError`` naming the options of those missing (or a bad environment)."""
+        missing = self.missing()
+        if missing:
+            raise UsageError(
+                "missing: " + ", ".join(f"{label_for(m)} ({option_for(m)})" for m in missing),
+                hint="pass them as options (secrets also as STSYNC_* variables or with --secrets-from-stdin), "
+                "or run `stsync connect` in a terminal to be asked",
+            )
+        if self.environment not in tuple(Environment):
+            raise UsageError(f"--environment must be {' or '.join(Environment)}, not {self.environment!r}")
+        return CompleteValues(
+            environment=Environment(self.environment),
+            tenant_id=_given(self.tenant_id),
+            client_id=_given(self.client_id),
+            booking_provider=_given(self.booking_provider),
+            campaign_id=_given(self.campaign_id),
+            st_client_secret=_given(self.st_client_secret),
+            st_app_key=_given(self.st_app_key),
+            rf_api_key=_given(self.rf_api_key),
+        )
+
+
+@dataclass(frozen=True)
+class CompleteValues:
+    """Every value ``connect`` verifies and stores; the secrets are never shown."""
+
+    environment: Environment
+    tenant_id: int
+    client_id: str
+    booking_provider: int
+    campaign_id: int
+    st_client_secret: str = field(repr=False)
+    st_app_key: str = field(repr=False)
+    rf_api_key: str = field(repr=False)
+
+
+def _given(value: T | None) -> T:
+    if value is None:
+        raise AssertionError("ConnectValues.complete() checks missing() first")
+    return value
+
 
 @dataclass
 class ConnectPlan:
@@ -128,7 +181,7 @@ class ConnectPlan:
     @property
     def missing(self) -> list[str]:
         """Values still unknown, in the order they are asked for."""
-        return [name for name in VALUE_NAMES if getattr(self.values, name) in (None, "")]
+        return self.values.missing()
 
     @property
     def stored_secrets(self) -> list[str]:
@@ -178,8 +231,7 @@ def plan_connect(
     paths = ConnectionPaths.named(name, config_path, secrets_store=store_kind)
 
     values = ConnectValues(**asdict(given))
-    for secret_name in SECRET_NAMES:  # a flag or a paste with a trailing newline: the secret without it
-        setattr(values, secret_name, credentials.clean(getattr(values, secret_name)))
+    values.trim_secrets()
     origins: dict[str, Origin] = {name: "option" for name, value in asdict(values).items() if value not in (None, "")}
     for secret_name, value in (stdin_secrets or {}).items():
         if getattr(values, secret_name) not in (None, ""):
@@ -194,16 +246,16 @@ def plan_connect(
 
     if existing is not None:
         st, rf = existing.servicetitan, existing.referral_factory
-        from_config = {
+        from_config: dict[str, str | int | None] = {
             ENVIRONMENT: str(st.environment),
             "tenant_id": st.tenant_id,
             "client_id": st.client_id,
             "booking_provider": st.booking_provider,
             "campaign_id": rf.campaign_id,
         }
-        for key, value in from_config.items():
-            if getattr(values, key) in (None, "") and value not in (None, ""):
-                setattr(values, key, value)
+        for key, configured in from_config.items():
+            if getattr(values, key) in (None, "") and configured not in (None, ""):
+                setattr(values, key, configured)
                 origins[key] = "config"
     if values.environment in (None, ""):
         values.environment = Environment.PRODUCTION
@@ -261,8 +313,8 @@ def _store_for(existing: Config | None, requested: str | None) -> SecretsStoreKi
         if requested not in SECRETS_STORES:
             raise UsageError(f"--secrets-store must be keyring or file, not {requested!r}")
         return "file" if requested == "file" else "keyring"
-    if existing is not None:
-        return existing.secrets.store
+    if existing is not None and existing.secrets.store == SecretsStore.FILE:
+        return "file"
     return "keyring"
 
 
@@ -352,26 +404,22 @@ class Verification:
         }
 
 
-def config_for(plan: ConnectPlan) -> Config:
+def config_for(plan: ConnectPlan, values: CompleteValues) -> Config:
     """The config ``connect`` would write: the existing one (or the default mapping) with this
     connection's name, store and identity."""
-    values = plan.values
     base = plan.existing if plan.existing is not None else default_config()
-    update: dict[str, Any] = {
-        "environment": Environment(str(values.environment)),
+    identity = {
+        "environment": values.environment,
+        "tenant_id": values.tenant_id,
         "client_id": values.client_id,
+        "booking_provider": values.booking_provider,
     }
-    for key in ("tenant_id", "booking_provider"):
-        if getattr(values, key) is not None:
-            update[key] = int(getattr(values, key))
     return base.model_copy(
         update={
             "connection": plan.paths.name,
-            "servicetitan": base.servicetitan.model_copy(update=update),
-            "referral_factory": base.referral_factory.model_copy(
-                update={"campaign_id": int(values.campaign_id) if values.campaign_id is not None else None}
-            ),
-            "secrets": base.secrets.model_copy(update={"store": plan.secrets_store}),
+            "servicetitan": base.servicetitan.model_copy(update=identity),
+            "referral_factory": base.referral_factory.model_copy(update={"campaign_id": values.campaign_id}),
+            "secrets": base.secrets.model_copy(update={"store": SecretsStore(plan.secrets_store)}),
         }
     )
 
@@ -384,9 +432,9 @@ def verify_connection(
 ) -> Verification:
     """The connect plan of the check engine with the plan's values, before anything is stored.
     Stops at the first failure; never raises for what it checks."""
-    _require_complete(plan)
-    paths, values = plan.paths, plan.values
-    config = config_for(plan)
+    values = plan.values.complete()
+    paths = plan.paths
+    config = config_for(plan, values)
     endpoints = resolve_endpoints(config)
     paths.ensure_state()
     # A reconnect proves the new credentials: never reuse a token fetched with the old ones.
@@ -395,13 +443,13 @@ def verify_connection(
 
     def servicetitan() -> ServiceTitanClient:
         client = build_servicetitan_client(
-            paths, config, endpoints, client_secret=str(values.st_client_secret), app_key=str(values.st_app_key), transport=transport
+            paths, config, endpoints, client_secret=values.st_client_secret, app_key=values.st_app_key, transport=transport
         )
         opened.append(client)
         return client
 
     def referral_factory() -> ReferralFactoryClient:
-        client = build_referral_factory_client(paths, config, endpoints, api_key=str(values.rf_api_key), transport=transport)
+        client = build_referral_factory_client(paths, config, endpoints, api_key=values.rf_api_key, transport=transport)
         opened.append(client)
         return client
 
@@ -457,16 +505,6 @@ def rejected_values(check_name: str | None, error: StsyncError, origins: dict[st
     return ()
 
 
-def _require_complete(plan: ConnectPlan) -> None:
-    missing = plan.missing
-    if missing:
-        raise UsageError(
-            "missing: " + ", ".join(f"{label_for(m)} ({option_for(m)})" for m in missing),
-            hint="pass them as options (secrets also as STSYNC_* variables or with --secrets-from-stdin), "
-            "or run `stsync connect` in a terminal to be asked",
-        )
-
-
 # == 3. save =====================================================================================
 
 
@@ -496,16 +534,16 @@ class ConnectResult:
 
 def save_connection(plan: ConnectPlan, verification: Verification | None) -> ConnectResult:
     """Claim the name, store the secrets, write the config, record where the secrets are."""
-    _require_complete(plan)
+    given = plan.values.complete()
     if verification is not None and verification.failure is not None:
         raise verification.failure
-    paths, values = plan.paths, plan.values
+    paths = plan.paths
     registry = Registry()
     registry.claim(paths)  # under its lock: a second config file racing for the name stops here
     if verification is None:
         # Unverified new credentials: a token cached with the old ones must not stand in for them.
         paths.token_cache.unlink(missing_ok=True)
-    config = config_for(plan)
+    config = config_for(plan, given)
     created = plan.existing is None
 
     store = SecretStore(paths)
@@ -514,7 +552,7 @@ def save_connection(plan: ConnectPlan, verification: Verification | None) -> Con
     for name in SECRET_NAMES:
         if plan.origins.get(name) == "env":
             continue
-        warning = store.set(name, str(getattr(values, name)), store=plan.secrets_store) or warning
+        warning = store.set(name, getattr(given, name), store=plan.secrets_store) or warning
         stored.append(name)
     save_config(config, plan.config_path)
     if stored:
@@ -523,16 +561,16 @@ def save_connection(plan: ConnectPlan, verification: Verification | None) -> Con
         registry.release(plan.previous_name, plan.config_path)
     log.info(
         "connected %s: tenant %s, booking provider %s, campaign %s (verified=%s, store=%s)",
-        paths.name, values.tenant_id, values.booking_provider, values.campaign_id, verification is not None, plan.secrets_store,
+        paths.name, given.tenant_id, given.booking_provider, given.campaign_id, verification is not None, plan.secrets_store,
     )
     return ConnectResult(
         connection=paths.name,
         config_path=str(plan.config_path),
         state_dir=str(paths.state),
-        environment=str(values.environment),
-        tenant_id=int(values.tenant_id),  # type: ignore[arg-type]
-        booking_provider=int(values.booking_provider),  # type: ignore[arg-type]
-        campaign_id=int(values.campaign_id),  # type: ignore[arg-type]
+        environment=str(given.environment),
+        tenant_id=given.tenant_id,
+        booking_provider=given.booking_provider,
+        campaign_id=given.campaign_id,
         created_config=created,
         verified=verification is not None,
         verification=verification,
@@ -553,15 +591,14 @@ def connect(
 ) -> ConnectResult:
     """Verify (unless told not to), then save: the whole of ``connect`` for a caller that asks
     nothing. The first failure is raised, nothing stored."""
-    _require_complete(plan)
+    plan.values.complete()
     verification = verify_connection(plan, on_check=on_check, transport=transport) if verify else None
     if verification is not None and verification.failure is not None:
         raise verification.failure
     return save_connection(plan, verification)
 
 
-# == disconnect ==================================================================================
-
+# == disconnect ===========================================================================
 
 @dataclass
 class DisconnectResult:
@@ -611,29 +648,3 @@ def disconnect(paths: ConnectionPaths) -> DisconnectResult:
         kept=kept,
         already_disconnected=not removed and not had_token,
     )
-
-
-__all__ = [
-    "ENVIRONMENT",
-    "INTEGER_VALUES",
-    "SECRETS_STORES",
-    "VALUE_NAMES",
-    "ConnectPlan",
-    "ConnectResult",
-    "ConnectValues",
-    "DisconnectResult",
-    "Verification",
-    "check_store_usable",
-    "config_for",
-    "connect",
-    "describe_value",
-    "disconnect",
-    "disconnect_would_remove",
-    "label_for",
-    "option_for",
-    "plan_connect",
-    "read_secret_lines",
-    "rejected_values",
-    "save_connection",
-    "verify_connection",
-]

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import tomli_w
@@ -58,9 +58,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from stsync import envvars
-from stsync.errors import ConfigError
 from stsync.credentials import SECRETS
-from stsync.servicetitan.vocabulary import JOB_STATUSES
+from stsync.errors import ConfigError
+from stsync.servicetitan.vocabulary import JobStatus
 from stsync.storage.paths import CONNECTION_NAME_RULE, valid_connection_name
 from stsync.suggestions import did_you_mean
 from stsync.vocabulary import (
@@ -177,7 +177,7 @@ class FixedValue(_Spec):
 
     kind: ClassVar[SpecKind] = "value"
     label: ClassVar[str] = "Fixed Value (Manual Input)"
-    value: Annotated[Union[str, bool, int], BeforeValidator(_check_scalar)]
+    value: Annotated[str | bool | int, BeforeValidator(_check_scalar)]
 
     @property
     def payload(self) -> str | bool | int:
@@ -279,7 +279,12 @@ class TemplateValue(_Spec):
         return " ".join("".join(pieces).split()) or None
 
 
-SPEC_CLASSES: dict[str, type[FromField | FixedValue | SelectValue | TemplateValue]] = {"from": FromField, "value": FixedValue, "select": SelectValue, "template": TemplateValue}
+SPEC_CLASSES: dict[str, type[FromField | FixedValue | SelectValue | TemplateValue]] = {
+    "from": FromField,
+    "value": FixedValue,
+    "select": SelectValue,
+    "template": TemplateValue,
+}
 
 
 def _check_spec_shape(raw: Any) -> Any:
@@ -288,7 +293,9 @@ def _check_spec_shape(raw: Any) -> Any:
         return raw
     if not isinstance(raw, dict):
         shown = f'"{raw}"' if isinstance(raw, str) else repr(raw)
-        raise _problem("field_spec_shape", f"must be a table with one of from / value / select / template, e.g. {{ from = {shown} }}")
+        raise _problem(
+            "field_spec_shape", f"must be a table with one of from / value / select / template, e.g. {{ from = {shown} }}"
+        )
     if not raw:
         raise _problem("field_spec_shape", "is empty: give one of from / value / select / template")
     unknown = [key for key in raw if key not in VALUE_KINDS]
@@ -310,12 +317,10 @@ def _spec_kind(raw: Any) -> str | None:
 
 
 FieldSpec = Annotated[
-    Union[
-        Annotated[FromField, Tag("from")],
-        Annotated[FixedValue, Tag("value")],
-        Annotated[SelectValue, Tag("select")],
-        Annotated[TemplateValue, Tag("template")],
-    ],
+    Annotated[FromField, Tag("from")]
+    | Annotated[FixedValue, Tag("value")]
+    | Annotated[SelectValue, Tag("select")]
+    | Annotated[TemplateValue, Tag("template")],
     Discriminator(_spec_kind),
     BeforeValidator(_check_spec_shape),
 ]
@@ -444,11 +449,11 @@ class ReferralFactorySettings(_Section):
 
 class Qualification(_Section):
     rule: RuleWord = QualificationRule.NONE
-    job_status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    job_status: JobStatus | None = None
     unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _default_status(self) -> "Qualification":
+    def _default_status(self) -> Qualification:
         # "rule = job_status" alone means the seed's example: the job reached Completed.
         if self.rule == QualificationRule.JOB_STATUS and self.job_status is None:
             self.job_status = DEFAULT_JOB_STATUS
@@ -633,6 +638,8 @@ def parse_config_text(text: str, *, path: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         reason = str(exc)
         where = _LINE_COLUMN.search(reason)
+        line: int | None
+        column: int | None
         if where:
             line, column = int(where.group(1)), int(where.group(2))
         elif "(at end of document)" in reason:
@@ -686,7 +693,11 @@ def default_config(
         {
             "servicetitan": {
                 "environment": environment,
-                **{k: v for k, v in {"tenant_id": tenant_id, "client_id": client_id, "booking_provider": booking_provider}.items() if v is not None},
+                **{
+                    k: v
+                    for k, v in {"tenant_id": tenant_id, "client_id": client_id, "booking_provider": booking_provider}.items()
+                    if v is not None
+                },
             },
             "referral_factory": {"campaign_id": campaign_id} if campaign_id is not None else {},
             "leads": {
@@ -720,7 +731,8 @@ def limit_warnings(config: Config) -> list[str]:
         warnings.append(
             f"limits.servicetitan_per_second = {limits.servicetitan_per_second} is above ServiceTitan's documented "
             f"{SERVICETITAN_DOCUMENTED_PER_SECOND} calls per second per app and tenant: requests past it are refused "
-            f"with 429 and retried, which is slower than staying under it (set it to {SERVICETITAN_DOCUMENTED_PER_SECOND} or less)"
+            "with 429 and retried, which is slower than staying under it "
+            f"(set it to {SERVICETITAN_DOCUMENTED_PER_SECOND} or less)"
         )
     if limits.referral_factory_per_minute > REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE:
         warnings.append(
@@ -752,36 +764,3 @@ def resolve_endpoints(config: Config) -> Endpoints:
         st_api_url=pick(envvars.ST_API_URL, config.servicetitan.api_url, api_default),
         rf_api_url=pick(envvars.RF_API_URL, config.referral_factory.api_url, REFERRAL_FACTORY_API_URL),
     )
-
-
-__all__ = [
-    "BookingSettings",
-    "Config",
-    "ConfigSchemaError",
-    "ConfigSyntaxError",
-    "CustomerSyncSettings",
-    "Endpoints",
-    "FieldSpec",
-    "FixedValue",
-    "FromField",
-    "LeadSettings",
-    "Limits",
-    "Qualification",
-    "ReferralFactorySettings",
-    "ReferrerSettings",
-    "SECRET_IN_CONFIG",
-    "SecretsSettings",
-    "SelectValue",
-    "ServiceTitanSettings",
-    "TemplateValue",
-    "WebhookSettings",
-    "default_config",
-    "field_spec",
-    "format_key_path",
-    "limit_warnings",
-    "load_config",
-    "parse_config",
-    "parse_config_text",
-    "resolve_endpoints",
-    "toml_key",
-]

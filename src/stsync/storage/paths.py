@@ -146,13 +146,13 @@ class ConnectionPaths:
     secrets_store: str = "keyring"  # the config's [secrets] store: "keyring" or "file"
 
     @classmethod
-    def for_config(cls, config_path: Path) -> "ConnectionPaths":
+    def for_config(cls, config_path: Path) -> ConnectionPaths:
         """The connection's files: named by the config's ``connection`` key, else its stem."""
         identity = read_config_identity(config_path)
         return cls.named(identity.connection or connection_name(config_path), config_path, secrets_store=identity.secrets_store)
 
     @classmethod
-    def named(cls, name: str, config_path: Path, *, secrets_store: str = "keyring") -> "ConnectionPaths":
+    def named(cls, name: str, config_path: Path, *, secrets_store: str = "keyring") -> ConnectionPaths:
         return cls(name=name, config=config_path, state=state_root() / name, secrets_store=secrets_store)
 
     def ensure_state(self) -> Path:

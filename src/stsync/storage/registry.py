@@ -204,6 +204,3 @@ class Registry:
         with self._locked() as entries:
             if entries.get(name, {}).get("config") == me:
                 del entries[name]
-
-
-__all__ = ["REGISTRY_FILE", "UNKNOWN", "Registry", "goes_by", "registry_path"]
