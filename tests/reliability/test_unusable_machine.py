@@ -118,9 +118,19 @@ def test_a_state_dir_that_is_a_file_is_exit_3_naming_the_file(connected, cli_sub
 
     diagnose = cli_subprocess("--json", "diagnose", "--offline", timeout=60)
     assert_clear(diagnose, 3)
+    assert diagnose.json["error"]["type"] == "StateUnusable"
+
+    # The state root is usable, the connection's own directory in it is a file: diagnose runs
+    # and says so in its State directory check; the checks that read the ledger do not run.
+    root = tmp_path / "state-root"
+    root.mkdir()
+    (root / "default").write_text("not the connection's directory\n")
+    monkeypatch.setenv("STSYNC_STATE_DIR", str(root))
+    diagnose = cli_subprocess("--json", "diagnose", "--offline", timeout=60)
+    assert_clear(diagnose, 3)
     checks = {check["name"]: check for check in diagnose.json["checks"]}
     state = checks["State directory"]
-    assert state["status"] == "fail" and f"{a_file} is a file, not a directory" in state["message"]
+    assert state["status"] == "fail" and f"{root / 'default'} is a file, not a directory" in state["message"]
     assert any(item["name"] == "Ledger" and item["blocked_by"] == "State directory" for item in diagnose.json["not_run"])
 
 
