@@ -93,3 +93,12 @@ class Kind(StrEnum):
 
     LEAD = "lead"
     REFERRER = "referrer"
+
+
+class HistoryKind(StrEnum):
+    """What ``stsync history --kind`` lists: each kind of record the ledger keeps."""
+
+    PUSH = "push"  # booking attempts (push-lead, serve)
+    QUALIFY = "qualify"  # qualifications and unqualifications sent to Referral Factory
+    SYNC = "sync"  # customer sync outcomes: a customer became (or did not become) a referrer
+    WEBHOOK = "webhook"  # webhook deliveries received by serve

@@ -380,7 +380,8 @@ def test_every_check_name_is_written_once_and_each_plan_runs_its_prerequisites_f
     specs = [value for value in vars(table).values() if isinstance(value, CheckSpec)]
     names = [item.name for item in specs]
     assert len(names) == len(set(names))
-    for plan in (table.VALIDATE_OFFLINE, table.DIAGNOSE_OFFLINE, (*table.DIAGNOSE_OFFLINE, *table.LIVE), table.CONNECT):
+    diagnose = (*table.DIAGNOSE_OFFLINE, *table.LIVE, *table.DIAGNOSE_RUNS)
+    for plan in (table.VALIDATE_OFFLINE, table.DIAGNOSE_OFFLINE, diagnose, table.CONNECT):
         for position, item in enumerate(plan):
             for need in item.needs:
                 assert need not in plan[position:], f"{item.name} runs before {need.name}"

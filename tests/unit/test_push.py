@@ -20,7 +20,7 @@ from stsync.errors import AuthError, InvalidRecord, SetupRequired, TemporaryErro
 from stsync.leads import Lead, leads_from_input
 from stsync.mapping.booking import booking_request_for
 from stsync.services import push as push_service
-from stsync.services.history import push_history
+from stsync.services.history import history
 from stsync.services.lead_sources import complete_leads, fetch_lead
 from stsync.services.push import push_lead, push_leads, push_new, push_target
 
@@ -500,18 +500,18 @@ def test_history_lists_attempts_newest_first_with_filters(conn, httpx_mock: HTTP
     push_leads(conn, [lead(1), lead(2, email=None)], target(conn))
     push_lead(conn, lead(1), target(conn))
 
-    everything = push_history(conn)
+    everything = history(conn, kinds=["push"])
     assert [e.outcome for e in everything.entries][0] == "already_booked"
     assert {e.outcome for e in everything.entries} == {"created", "already_booked", "failed"}
-    failed = push_history(conn, failed_only=True)
-    assert [e.external_id for e in failed.entries] == ["code0002"]
+    failed = history(conn, kinds=["push"], failed_only=True)
+    assert [e.key for e in failed.entries] == ["code0002"]
     assert "email" in error_summary(failed.entries[0].error)
-    mine = push_history(conn, email="JANE1@example.com", limit=1)
+    mine = history(conn, kinds=["push"], email="JANE1@example.com", limit=1)
     assert len(mine.entries) == 1 and mine.entries[0].outcome == "already_booked"
     data = everything.to_dict()
     assert data["last_push_run"]["outcome"] == "partial" and data["count"] == 3
     with pytest.raises(UsageError):
-        push_history(conn, limit=0)
+        history(conn, limit=0)
 
 
 # -- the commands -------------------------------------------------------------------------------

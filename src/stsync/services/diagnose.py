@@ -136,6 +136,7 @@ def diagnose(
                 )
                 context.live = LiveAccess.of(conn)
             run.run(table.LIVE)
+        run.run(table.DIAGNOSE_RUNS)  # after the live checks: a failed run's cause is re-checked by them
         if email is not None:
             report.story = referral_story(
                 email,

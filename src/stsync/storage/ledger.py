@@ -43,6 +43,7 @@ from stsync.storage.states import (
     BOOKED_OUTCOMES,
     REFERRER_RETRY_STATES,
     AttemptOutcome,
+    DeliveryOutcome,
     PushState,
     QualificationAction,
     QualificationState,
@@ -185,7 +186,26 @@ MIGRATIONS: list[str] = [
         value TEXT
     );
     """,
+    # 2: what the operator sees (issue 15 item 9): a failed run's error as data (its class and
+    # fields: diagnose re-checks the cause live), and the failed records a person acknowledged
+    # (``history --ack``): diagnose stops failing on them until they fail again.
+    """
+    ALTER TABLE runs ADD COLUMN failure TEXT;
+
+    CREATE TABLE acknowledgements (
+        kind TEXT NOT NULL,
+        record TEXT NOT NULL,
+        acknowledged_at TEXT NOT NULL,
+        note TEXT,
+        PRIMARY KEY (kind, record)
+    );
+    """,
 ]
+
+
+def _like_escaped(text: str) -> str:
+    """``text`` matched literally by ``LIKE … ESCAPE '\\'``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _inserted_id(cursor: sqlite3.Cursor) -> int:
@@ -227,6 +247,7 @@ class RunRecord:
     outcome: str  # RunOutcome (a dead `running` reads as interrupted)
     counts: dict
     error: str | None
+    failure: dict | None = None  # the stopping error's to_dict() (runs recorded since migration 2)
 
 
 @dataclass(frozen=True)
@@ -296,6 +317,18 @@ class ContactRow:
     value: str | None
     active: bool = True
     modified_on: str | None = None
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """A failed record a person acknowledged (``history --ack``): ``kind`` is the history kind
+    (push, qualify, sync, webhook), ``record`` the record's key in it (an External Id, a
+    qualification id, a customer id, a delivery key)."""
+
+    kind: str
+    record: str
+    acknowledged_at: str
+    note: str | None
 
 
 @dataclass(frozen=True)
@@ -540,7 +573,7 @@ class Ledger:
         ``failed`` with the error otherwise. ``counts()`` is read at the very end, so a
         stopped run still records what it did. Yields the run id."""
         run_id = self.start_run(job, command)
-        outcome, error = RunOutcome.FAILED, None
+        outcome, error, failure = RunOutcome.FAILED, None, None
         try:
             yield run_id
             outcome = RunOutcome.PARTIAL if failed() else RunOutcome.OK
@@ -548,26 +581,34 @@ class Ledger:
             outcome, error = RunOutcome.INTERRUPTED, "interrupted by the user"
             raise
         except StsyncError as exc:
-            error = exc.message
+            error, failure = exc.message, exc.to_dict()
             raise
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            self.finish_run(run_id, outcome, counts(), error=error)
+            self.finish_run(run_id, outcome, counts(), error=error, failure=failure)
 
-    def finish_run(self, run_id: int, outcome: str, counts: Mapping[str, Any], error: str | None = None) -> None:
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: str,
+        counts: Mapping[str, Any],
+        error: str | None = None,
+        failure: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``failure``: the stopping error's ``to_dict()`` (what diagnose re-checks)."""
         _check(outcome, FINISHED_RUN_OUTCOMES, "run outcome")
         with self.transaction() as conn:
             cursor = conn.execute(
-                "UPDATE runs SET finished_at = ?, outcome = ?, counts = ?, error = ? WHERE id = ?",
-                (utc_now(), outcome, _dumps(dict(counts)), error, run_id),
+                "UPDATE runs SET finished_at = ?, outcome = ?, counts = ?, error = ?, failure = ? WHERE id = ?",
+                (utc_now(), outcome, _dumps(dict(counts)), error, _dumps(dict(failure) if failure else None), run_id),
             )
             if cursor.rowcount == 0:
                 raise ValueError(f"no run {run_id} in the ledger")
 
     def _run(self, row: sqlite3.Row) -> RunRecord:
-        record = _record(RunRecord, row, json_columns=("counts",))
+        record = _record(RunRecord, row, json_columns=("counts", "failure"))
         if record.outcome == RunOutcome.RUNNING and not pid_alive(record.pid):
             # Killed (kill -9, power cut): it never finished. Reported, not rewritten: the
             # reader may be wrong about a pid on another machine sharing the state dir.
@@ -915,6 +956,100 @@ class Ledger:
     def get_delivery(self, key: str) -> DeliveryRecord | None:
         rows = self._query("SELECT * FROM webhook_deliveries WHERE key = ?", (key,))
         return _record(DeliveryRecord, rows[0], json_columns=("error",)) if rows else None
+
+    # -- the history of every kind (``stsync history``) ---------------------------------
+    def qualification_entries(
+        self, *, email: str | None = None, failed_only: bool = False, limit: int = 50
+    ) -> list[tuple[QualificationRecord, str | None]]:
+        """Qualifications (each with its push's e-mail), newest first."""
+        where, params = [], []
+        if email is not None:
+            where.append("lower(p.email) = lower(?)")
+            params.append(email)
+        if failed_only:
+            where.append("q.state = ?")
+            params.append(QualificationState.FAILED)
+        sql = (
+            "SELECT q.*, p.email AS push_email FROM qualifications q LEFT JOIN pushes p ON p.external_id = q.external_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY q.at DESC, q.id DESC LIMIT ?"
+        )
+        rows = self._query(sql, [*params, limit])
+        return [(_record(QualificationRecord, row, json_columns=("error",)), row["push_email"]) for row in rows]
+
+    def get_qualification(self, qualification_id: int) -> QualificationRecord | None:
+        rows = self._query("SELECT * FROM qualifications WHERE id = ?", (qualification_id,))
+        return _record(QualificationRecord, rows[0], json_columns=("error",)) if rows else None
+
+    def referrer_entries(self, *, email: str | None = None, failed_only: bool = False, limit: int = 50) -> list[ReferrerRecord]:
+        """Customer sync outcomes (one per customer: its latest), newest first. ``failed_only``:
+        failed, or an error left (e.g. a return field not written)."""
+        where, params = [], []
+        if email is not None:
+            where.append("lower(email) = lower(?)")
+            params.append(email)
+        if failed_only:
+            where.append("(state = ? OR error IS NOT NULL)")
+            params.append(ReferrerState.FAILED)
+        sql = "SELECT * FROM referrers" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY updated_at DESC LIMIT ?"
+        return [self._referrer(row) for row in self._query(sql, [*params, limit])]
+
+    def delivery_entries(
+        self,
+        *,
+        email: str | None = None,
+        rf_user_ids: Iterable[int] = (),
+        failed_only: bool = False,
+        limit: int = 50,
+    ) -> list[tuple[int, DeliveryRecord]]:
+        """Webhook deliveries with their row number (the id ``history`` shows), newest first.
+        ``email``: the deliveries about that e-mail — keyed by it or by one of ``rf_user_ids``
+        (its Referral Factory user), or naming an External Id pushed for it."""
+        where, params = [], []
+        if email is not None:
+            about = ["key LIKE ? ESCAPE '\\'", "external_id IN (SELECT external_id FROM pushes WHERE lower(email) = lower(?))"]
+            params.extend([f"%:email={_like_escaped(email.strip().casefold())}:%", email])
+            for user_id in rf_user_ids:
+                about.append("key LIKE ?")
+                params.append(f"%:id={int(user_id)}:%")
+            where.append("(" + " OR ".join(about) + ")")
+        if failed_only:
+            where.append("outcome = ?")
+            params.append(DeliveryOutcome.FAILED)
+        sql = (
+            "SELECT rowid AS row_number, * FROM webhook_deliveries"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY received_at DESC, rowid DESC LIMIT ?"
+        )
+        rows = self._query(sql, [*params, limit])
+        return [(int(row["row_number"]), _record(DeliveryRecord, row, json_columns=("error",))) for row in rows]
+
+    def delivery_by_number(self, number: int) -> DeliveryRecord | None:
+        rows = self._query("SELECT * FROM webhook_deliveries WHERE rowid = ?", (number,))
+        return _record(DeliveryRecord, rows[0], json_columns=("error",)) if rows else None
+
+    def get_attempt(self, attempt_id: int) -> AttemptRecord | None:
+        rows = self._query("SELECT * FROM push_attempts WHERE id = ?", (attempt_id,))
+        return self._attempt(rows[0]) if rows else None
+
+    # -- acknowledgements ---------------------------------------------------------------
+    def acknowledge(self, kind: str, record: str, *, note: str | None = None) -> Acknowledgement:
+        """A person has seen this failed record: ``diagnose`` stops failing on it until it
+        fails again (a failure recorded after ``acknowledged_at``). Acknowledging again moves
+        the time."""
+        now = utc_now()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO acknowledgements (kind, record, acknowledged_at, note) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, record) DO UPDATE SET acknowledged_at = excluded.acknowledged_at, note = excluded.note",
+                (kind, record, now, note),
+            )
+        return Acknowledgement(kind=kind, record=record, acknowledged_at=now, note=note)
+
+    def acknowledgements(self, kind: str) -> dict[str, Acknowledgement]:
+        """The acknowledged records of one kind, by record key."""
+        rows = self._query("SELECT * FROM acknowledgements WHERE kind = ?", (kind,))
+        return {row["record"]: _record(Acknowledgement, row) for row in rows}
 
     # -- key/value ----------------------------------------------------------------------
     def get(self, key: str) -> str | None:
