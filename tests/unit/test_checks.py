@@ -459,3 +459,25 @@ def test_the_throttle_check_warns_during_a_rate_limit_cool_down_and_fails_on_an_
     fake.now += 7 * 86400
     over = throttle(paths, fake)
     assert over.passed and "the last cool-down (an IP block) ended" in over.message
+
+
+@pytest.mark.parametrize(
+    ("failure", "rechecked_by"),
+    [
+        ({"type": "AuthError", "exit_code": 4, "message": "ServiceTitan rejected the Client ID / Client Secret"},
+         {"ServiceTitan token", "ServiceTitan app key and tenant access", "Booking Provider Value"}),
+        ({"type": "AuthError", "exit_code": 4, "message": "Referral Factory rejected the API key"},
+         {"Referral Factory API key", "Referral Factory campaign"}),
+        ({"type": "ConfigError", "exit_code": 3, "key_path": "referral_factory.campaign_id", "message": "paused"},
+         {"Referral Factory campaign"}),
+        ({"type": "SetupRequired", "exit_code": 3, "key_path": "leads.fields", "message": "Setup Required"},
+         {"Leads: when lead joins campaign", "Leads: field mapping"}),
+        ({"type": "StateUnusable", "exit_code": 3, "key_path": None, "message": "disk full"}, {"State directory"}),
+        ({"type": "TemporaryError", "exit_code": 6, "message": "ServiceTitan is unavailable"},
+         {"ServiceTitan token", "ServiceTitan app key and tenant access", "Referral Factory API key",
+          "Referral Factory rate limit"}),
+        ({"type": "StsyncError", "exit_code": 1, "message": "a bug"}, set()),
+    ],
+)
+def test_a_failed_runs_cause_is_rechecked_by_the_checks_that_verify_it(failure, rechecked_by):
+    assert {spec.name for spec in table.cause_checks(failure)} == rechecked_by

@@ -454,3 +454,28 @@ def _no_error():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_a_failed_run_keeps_its_error_as_data_for_diagnose(tmp_path):
+    from stsync.errors import AuthError
+
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        with pytest.raises(AuthError):
+            with ledger.recorded_run("push", "push-lead --new", counts=lambda: {"total": 0}, failed=lambda: False):
+                raise AuthError("ServiceTitan rejected the Client ID / Client Secret", hint="stsync connect")
+        run = ledger.last_run("push")
+        assert run is not None and run.outcome == "failed"
+        assert run.error == "ServiceTitan rejected the Client ID / Client Secret"
+        assert run.failure == {
+            "type": "AuthError", "message": run.error, "hint": "stsync connect", "exit_code": 4,
+        }  # fmt: skip
+
+
+def test_acknowledgements_are_kept_per_kind_and_record_and_moved_by_a_second_one(tmp_path):
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        first = ledger.acknowledge("push", "CODE1", note="a test lead")
+        assert ledger.acknowledgements("push") == {"CODE1": first}
+        assert ledger.acknowledgements("sync") == {}
+        again = ledger.acknowledge("push", "CODE1")
+        assert again.acknowledged_at >= first.acknowledged_at and again.note is None
+        assert list(ledger.acknowledgements("push").values()) == [again]
