@@ -26,6 +26,9 @@ TABLES = {
     "return_fields",
     "webhook_deliveries",
     "kv",
+    "st_bookings",
+    "st_jobs",
+    "job_events",
 }
 
 
@@ -41,23 +44,45 @@ def _intent(ledger: Ledger, external_id: str, email: str = "ann@example.com", **
 
 
 # -- opening -------------------------------------------------------------------------------
-def test_open_creates_schema_v1_in_wal_mode(tmp_path):
+def test_open_creates_the_whole_schema_in_wal_mode(tmp_path):
     path = tmp_path / "deep" / "ledger.sqlite3"
     ledger = Ledger.open(path)
     try:
         raw = sqlite3.connect(path)
         tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert TABLES <= tables
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         raw.close()
-        assert ledger.schema_version == 1
+        assert ledger.schema_version == len(MIGRATIONS)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         ledger.close()
     again = Ledger.open(path)  # a second open migrates nothing and keeps the data
-    assert again.schema_version == 1
+    assert again.schema_version == len(MIGRATIONS)
     again.close()
+
+
+def test_a_version_1_ledger_is_migrated_and_keeps_its_pushes(tmp_path):
+    from stsync.storage.ledger import _statements
+
+    path = tmp_path / "ledger.sqlite3"
+    raw = sqlite3.connect(path)
+    for statement in _statements(MIGRATIONS[0]):
+        raw.execute(statement)
+    raw.execute(
+        "INSERT INTO pushes (external_id, kind, state, booking_id, job_id, job_status, created_at, updated_at) "
+        "VALUES ('OLD1', 'lead', 'booked', 501, 9001, 'Scheduled', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')"
+    )
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+
+    with Ledger.open(path) as ledger:
+        assert ledger.schema_version == len(MIGRATIONS)
+        push = ledger.get_push("OLD1")
+        assert (push.booking_id, push.job_id, push.job_status, push.held_until) == (501, 9001, "Scheduled", None)
+        assert ledger.bookings_for([501]) == {} and ledger.jobs_for([9001]) == {}
 
 
 def test_a_newer_schema_is_refused(tmp_path):

@@ -22,6 +22,8 @@ _EXPORTS = {
     "CustomFieldType": "stsync.servicetitan.models",
     "ExportPage": "stsync.servicetitan.models",
     "Job": "stsync.servicetitan.models",
+    "JobHistory": "stsync.servicetitan.models",
+    "JobHistoryEntry": "stsync.servicetitan.models",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -417,10 +417,16 @@ class ReferralFactorySettings(_Section):
     api_url: Annotated[str | None, BeforeValidator(_check_url)] = None
 
 
+MAX_HOLD_DAYS = 365
+
+
 class Qualification(_Section):
     rule: RuleWord = QualificationRule.NONE
     job_status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
     unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
+    # Days the job must stay as the rule wants it (not canceled; not back from the status)
+    # before the referral is qualified: refunds and cancellations come in the first weeks.
+    hold_days: int = Field(0, ge=0, le=MAX_HOLD_DAYS)
 
     @model_validator(mode="after")
     def _default_status(self) -> "Qualification":

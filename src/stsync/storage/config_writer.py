@@ -26,6 +26,7 @@ from stsync import envvars
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, JOB_STATUSES, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
+    MAX_HOLD_DAYS,
     MAX_PAGE_SIZE,
     PRODUCTION_ENDPOINTS,
     REFERRAL_FACTORY_API_URL,
@@ -165,6 +166,13 @@ def render_config(config: Config) -> str:
         out.append(_line("unqualify_on", list(qualification.unqualify_on), unqualify_comment))
     else:
         out.append(_with_comment(f"# unqualify_on = {toml_value([str(event) for event in UnqualifyEvent])}", unqualify_comment))
+    out.append(
+        _line(
+            "hold_days",
+            qualification.hold_days,
+            f"0–{MAX_HOLD_DAYS}: days the job must keep meeting the rule, not canceled, before qualifying",
+        )
+    )
     out.append("")
 
     out.append("[referrers]")

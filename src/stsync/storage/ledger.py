@@ -173,6 +173,46 @@ MIGRATIONS: list[str] = [
         value TEXT
     );
     """,
+    # 2: what ServiceTitan did with the bookings (issue 16): the provider's bookings, the jobs
+    # booked from them, their status history, and a qualification's hold.
+    """
+    ALTER TABLE pushes ADD COLUMN held_until TEXT;
+
+    CREATE TABLE st_bookings (
+        booking_id INTEGER PRIMARY KEY,
+        external_id TEXT,
+        status TEXT,
+        job_id INTEGER,
+        created_on TEXT,
+        modified_on TEXT,
+        read_at TEXT NOT NULL
+    );
+    CREATE INDEX st_bookings_external_id ON st_bookings(external_id);
+    CREATE INDEX st_bookings_job ON st_bookings(job_id);
+
+    CREATE TABLE st_jobs (
+        job_id INTEGER PRIMARY KEY,
+        booking_id INTEGER,
+        status TEXT,
+        created_on TEXT,
+        completed_on TEXT,
+        canceled_on TEXT,
+        total REAL,
+        invoice_id INTEGER,
+        modified_on TEXT,
+        read_at TEXT NOT NULL
+    );
+    CREATE INDEX st_jobs_booking ON st_jobs(booking_id);
+
+    CREATE TABLE job_events (
+        job_id INTEGER NOT NULL,
+        event_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        at TEXT NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (job_id, event_key)
+    );
+    """,
 ]
 
 
@@ -249,6 +289,53 @@ class PushRecord:
     qualified_at: str | None
     created_at: str
     updated_at: str
+    held_until: str | None = None  # the rule is met; qualified once this passes (hold_days)
+
+
+@dataclass(frozen=True)
+class BookingRow:
+    """One of the booking provider's bookings as last read (``st_bookings``)."""
+
+    booking_id: int
+    external_id: str | None
+    status: str | None
+    job_id: int | None
+    created_on: str | None
+    modified_on: str | None
+    read_at: str
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job booked from one of the provider's bookings, as last read (``st_jobs``)."""
+
+    job_id: int
+    booking_id: int | None
+    status: str | None
+    created_on: str | None
+    completed_on: str | None  # the first completion: ServiceTitan keeps it after a cancellation
+    canceled_on: str | None  # when it entered Canceled, while it is Canceled; else None
+    total: float | None  # the job's total (None until ServiceTitan has one; 0.0 is a $0 job)
+    invoice_id: int | None
+    modified_on: str | None
+    read_at: str
+
+    @property
+    def canceled(self) -> bool:
+        return self.status == "Canceled"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A status a job entered, and when (``job_events``). ``source``: ``history`` (ServiceTitan's
+    job history: every status, however briefly held) or ``observed`` (a status stsync saw when
+    it read the job, dated by the job's ``modifiedOn``: what it knows without the history)."""
+
+    job_id: int
+    event_key: str
+    status: str
+    at: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -339,6 +426,10 @@ class Ledger:
         self._local = threading.local()
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._guard = threading.Lock()
+        # Writers of this process queue here, in order, instead of in SQLite's busy handler,
+        # which sleeps in growing steps (up to 25 ms) while another thread holds the write
+        # lock: with eight push workers that sleeping, not the disk, was a run's bottleneck.
+        self._writer = threading.Lock()
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -438,15 +529,16 @@ class Ledger:
         if conn.in_transaction:
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
-                conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._writer:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
@@ -708,6 +800,139 @@ class Ledger:
         rows = self._query("SELECT * FROM qualifications WHERE external_id = ? ORDER BY id", (external_id,))
         return [_record(QualificationRecord, row, json_columns=("error",)) for row in rows]
 
+    def set_held_until(self, external_id: str, held_until: str | None) -> None:
+        """The hold of a push whose rule is met (``None``: not held, or no longer)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE pushes SET held_until = ?, updated_at = ? WHERE external_id = ? AND held_until IS NOT ?",
+                (held_until, utc_now(), external_id, held_until),
+            )
+
+    def held_pushes(self) -> list[PushRecord]:
+        """Open pushes whose rule is met and whose hold has not ended yet (as last decided)."""
+        rows = self._query(
+            "SELECT * FROM pushes WHERE state = ? AND final = 0 AND held_until IS NOT NULL ORDER BY held_until, external_id",
+            (PushState.BOOKED,),
+        )
+        return [_record(PushRecord, row, bool_columns=("final",)) for row in rows]
+
+    # -- the ServiceTitan mirror: bookings, jobs, job events -------------------------------
+    def upsert_bookings(self, rows: Iterable[BookingRow], *, conn: sqlite3.Connection | None = None) -> int:
+        """Store bookings as read; a row older (by ``modified_on``) than the stored one is ignored."""
+        values = [
+            (r.booking_id, r.external_id, r.status, r.job_id, r.created_on, r.modified_on, r.read_at) for r in rows
+        ]
+        if not values:
+            return 0
+        with self._write(conn) as tx:
+            tx.executemany(
+                "INSERT INTO st_bookings (booking_id, external_id, status, job_id, created_on, modified_on, read_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (booking_id) DO UPDATE SET "
+                "external_id = excluded.external_id, status = excluded.status, "
+                "job_id = COALESCE(excluded.job_id, st_bookings.job_id), created_on = excluded.created_on, "
+                "modified_on = excluded.modified_on, read_at = excluded.read_at "
+                "WHERE st_bookings.modified_on IS NULL OR excluded.modified_on IS NULL "
+                "OR excluded.modified_on >= st_bookings.modified_on",
+                values,
+            )
+        return len(values)
+
+    def bookings_for(self, booking_ids: Iterable[int]) -> dict[int, BookingRow]:
+        """The stored bookings among these ids (absent ids are left out)."""
+        found: dict[int, BookingRow] = {}
+        for chunk in _chunks(booking_ids):
+            rows = self._query(f"SELECT * FROM st_bookings WHERE booking_id IN ({', '.join('?' for _ in chunk)})", chunk)
+            for row in rows:
+                found[row["booking_id"]] = _record(BookingRow, row)
+        return found
+
+    def bookings_with_external_id(self, external_id: str) -> list[BookingRow]:
+        """The provider's bookings with exactly this externalId, oldest (lowest id) first."""
+        rows = self._query("SELECT * FROM st_bookings WHERE external_id = ? ORDER BY booking_id", (external_id,))
+        return [_record(BookingRow, row) for row in rows]
+
+    def booking_ids_known(self, booking_ids: Iterable[int]) -> set[int]:
+        found: set[int] = set()
+        for chunk in _chunks(booking_ids):
+            rows = self._query(f"SELECT booking_id FROM st_bookings WHERE booking_id IN ({', '.join('?' for _ in chunk)})", chunk)
+            found.update(row["booking_id"] for row in rows)
+        return found
+
+    def upsert_jobs(self, rows: Iterable[JobRow], *, conn: sqlite3.Connection | None = None) -> int:
+        """Store jobs as read; a row older (by ``modified_on``) than the stored one is ignored."""
+        values = [
+            (r.job_id, r.booking_id, r.status, r.created_on, r.completed_on, r.canceled_on, r.total, r.invoice_id,
+             r.modified_on, r.read_at)
+            for r in rows
+        ]
+        if not values:
+            return 0
+        with self._write(conn) as tx:
+            tx.executemany(
+                "INSERT INTO st_jobs (job_id, booking_id, status, created_on, completed_on, canceled_on, total, invoice_id, "
+                "modified_on, read_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+                "booking_id = COALESCE(excluded.booking_id, st_jobs.booking_id), status = excluded.status, "
+                "created_on = excluded.created_on, completed_on = COALESCE(excluded.completed_on, st_jobs.completed_on), "
+                "canceled_on = excluded.canceled_on, total = excluded.total, invoice_id = excluded.invoice_id, "
+                "modified_on = excluded.modified_on, read_at = excluded.read_at "
+                "WHERE st_jobs.modified_on IS NULL OR excluded.modified_on IS NULL "
+                "OR excluded.modified_on >= st_jobs.modified_on",
+                values,
+            )
+        return len(values)
+
+    def jobs_for(self, job_ids: Iterable[int]) -> dict[int, JobRow]:
+        found: dict[int, JobRow] = {}
+        for chunk in _chunks(job_ids):
+            rows = self._query(f"SELECT * FROM st_jobs WHERE job_id IN ({', '.join('?' for _ in chunk)})", chunk)
+            for row in rows:
+                found[row["job_id"]] = _record(JobRow, row)
+        return found
+
+    def replace_job_history(
+        self, job_id: int, events: Iterable[tuple[str, str, str]], *, conn: sqlite3.Connection | None = None
+    ) -> None:
+        """The job's history as ServiceTitan exports it (all entries at once): ``(key, status, at)``."""
+        with self._write(conn) as tx:
+            tx.execute("DELETE FROM job_events WHERE job_id = ? AND source = 'history'", (job_id,))
+            tx.executemany(
+                "INSERT OR REPLACE INTO job_events (job_id, event_key, status, at, source) VALUES (?, ?, ?, ?, 'history')",
+                [(job_id, key, status, at) for key, status, at in events],
+            )
+
+    def observe_job_status(self, job_id: int, status: str, at: str, *, conn: sqlite3.Connection | None = None) -> bool:
+        """A status seen when the job was read (dated by its ``modifiedOn``). False: known already."""
+        with self._write(conn) as tx:
+            cursor = tx.execute(
+                "INSERT OR IGNORE INTO job_events (job_id, event_key, status, at, source) VALUES (?, ?, ?, ?, 'observed')",
+                (job_id, f"observed:{status}:{at}", status, at),
+            )
+            return cursor.rowcount == 1
+
+    def job_events_for(self, job_ids: Iterable[int]) -> dict[int, list[JobEvent]]:
+        """Every asked job → its events in time order (``[]`` when none)."""
+        ids = list(dict.fromkeys(int(i) for i in job_ids))
+        found: dict[int, list[JobEvent]] = {job_id: [] for job_id in ids}
+        for chunk in _chunks(ids):
+            rows = self._query(
+                f"SELECT * FROM job_events WHERE job_id IN ({', '.join('?' for _ in chunk)}) ORDER BY job_id, at, event_key",
+                chunk,
+            )
+            for row in rows:
+                found[row["job_id"]].append(_record(JobEvent, row))
+        return found
+
+    def advance_position(self, feed: str, value: str, *, conn: sqlite3.Connection | None = None) -> None:
+        """Set a timestamp position (ISO-8601 UTC, sorts as text) unless a later one is stored:
+        two runs reading the same feed at once never move it back."""
+        with self._write(conn) as tx:
+            tx.execute(
+                "INSERT INTO sync_positions (feed, token, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (feed) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at "
+                "WHERE sync_positions.token IS NULL OR excluded.token > sync_positions.token",
+                (feed, value, utc_now()),
+            )
+
     # -- sync positions -----------------------------------------------------------------
     def get_position(self, feed: str) -> str | None:
         rows = self._query("SELECT token FROM sync_positions WHERE feed = ?", (feed,))
@@ -855,6 +1080,30 @@ class Ledger:
             )
 
 
+def iso_utc(moment: datetime | None) -> str | None:
+    """A remote timestamp as the ledger stores it: UTC, milliseconds, ``Z`` (sorts as text)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_utc(text: str | None) -> datetime | None:
+    """The inverse of ``iso_utc`` (and of ``utc_now``)."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _chunks(ids: Iterable[int], size: int = 500) -> Iterator[list[int]]:
+    """Ids in chunks under SQLite's host-parameter limit."""
+    unique = list(dict.fromkeys(int(i) for i in ids))
+    for start in range(0, len(unique), size):
+        yield unique[start : start + size]
+
+
 def _statements(script: str) -> list[str]:
     """Split a migration into statements (``executescript`` would COMMIT our transaction)."""
     statements, current = [], ""
@@ -871,14 +1120,19 @@ def _statements(script: str) -> list[str]:
 
 __all__ = [
     "AttemptRecord",
+    "BookingRow",
     "ContactRow",
     "DeliveryRecord",
+    "JobEvent",
+    "JobRow",
     "Ledger",
     "MIGRATIONS",
     "PushRecord",
     "QualificationRecord",
     "ReferrerRecord",
     "RunRecord",
+    "iso_utc",
+    "parse_utc",
     "pid_alive",
     "utc_now",
 ]
