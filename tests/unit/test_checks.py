@@ -157,6 +157,10 @@ def test_qualification_rule_consistency():
         {"leads": {"qualification": {"rule": "job_status", "job_status": "Canceled", "unqualify_on": ["job_canceled"]}}}
     )
     assert offline.check_qualification_rule(contradictory).status == "warn"
+    held = Config.model_validate({"leads": {"qualification": {"rule": "job_status", "hold_days": 14}}})
+    check = offline.check_qualification_rule(held)
+    assert check.status == "pass" and "held 14 days" in check.message
+    assert "held" not in offline.check_qualification_rule(Config.model_validate({"leads": {"qualification": {"hold_days": 3}}})).message
 
 
 def test_customer_mapping_and_return_fields():

@@ -410,6 +410,21 @@ def test_email_story_offline_shows_every_attempt_and_the_exact_error(paths: Conn
     assert any("stsync push-lead --code JANE01" in step for step in story.next_steps)
 
 
+def test_email_story_tells_a_held_referral_and_until_when(paths: ConnectionPaths):
+    edit(paths.config, leads={"qualification": {"rule": "job_status", "job_status": "Completed", "hold_days": 14}})
+    with Ledger.open(paths.ledger) as ledger:
+        attempt = ledger.record_push_intent("JANE01", kind="lead", email="jane@example.com", name="Jane", referral_code="JANE01")
+        ledger.record_push_result(attempt, outcome="created", booking_id=5551)
+        ledger.update_tracking("JANE01", booking_status="Converted", job_id=7100001, job_status="Completed")
+        ledger.set_held_until("JANE01", "2025-07-14T10:00:00.000Z")
+    report = diagnose(paths, paths.config, offline=True, email="jane@example.com")
+    [push] = report.story.pushes
+    assert push.held_until == "2025-07-14T10:00:00.000Z"
+    text = "\n".join(report.story.summary)
+    assert "Held until 2025-07-14T10:00:00.000Z" in text and "14-day hold" in text
+    assert "held 14 days" in by_name(report)["Qualification rule"].message
+
+
 def test_email_story_online_tells_rf_user_referrer_booking_and_job(paths: ConnectionPaths, httpx_mock: HTTPXMock):
     with Ledger.open(paths.ledger) as ledger:
         attempt = ledger.record_push_intent("JANE01", kind="lead", email="jane@example.com", name="Jane", rf_user_id=501, referral_code="JANE01")
@@ -441,7 +456,7 @@ def test_email_story_online_tells_rf_user_referrer_booking_and_job(paths: Connec
     assert data["referral_factory"]["referrer"] == {"id": 400, "first_name": "John", "email": "john@example.com", "code": "JOHN"}
     [push] = data["pushes"]
     assert list(push) == ["external_id", "kind", "email", "name", "rf_user_id", "referral_code", "state", "booking_id",
-                          "booking_status", "job_id", "job_status", "final", "qualification", "qualified_at", "first_seen",
+                          "booking_status", "job_id", "job_status", "final", "qualification", "qualified_at", "first_seen", "held_until",
                           "attempts", "qualifications", "servicetitan", "servicetitan_note"]
     assert list(push["attempts"][0]) == ["at", "outcome", "booking_id", "error_text", "error", "run_id"]
     assert list(push["servicetitan"]) == ["booking_id", "status", "job_id", "dismissing_reason_id", "modified_on", "job"]

@@ -478,3 +478,81 @@ def _no_error():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+# -- the ServiceTitan mirror -------------------------------------------------------------------
+def _booking(booking_id: int, modified_on: str, *, status: str = "New", job_id: int | None = None, external_id: str = "X"):
+    from stsync.storage.ledger import BookingRow
+
+    return BookingRow(booking_id, external_id, status, job_id, "2025-01-01T00:00:00.000Z", modified_on, utc_now())
+
+
+def test_an_older_copy_of_a_booking_never_overwrites_a_newer_one(ledger):
+    ledger.upsert_bookings([_booking(1, "2025-02-01T00:00:00.000Z", status="Converted", job_id=9)])
+    ledger.upsert_bookings([_booking(1, "2025-01-15T00:00:00.000Z", status="New")])  # a repeated, older row
+    assert ledger.bookings_for([1])[1].status == "Converted"
+    ledger.upsert_bookings([_booking(1, "2025-02-01T00:00:00.000Z", status="Converted")])  # a tie: read again
+    assert ledger.bookings_for([1])[1].job_id == 9, "a job id is never lost"
+    ledger.upsert_bookings([_booking(2, "2025-01-01T00:00:00.000Z", external_id="X"), _booking(3, "2025-01-01T00:00:00.000Z", external_id="Y")])
+    assert [b.booking_id for b in ledger.bookings_with_external_id("X")] == [1, 2]
+    assert ledger.booking_ids_known([1, 3, 4]) == {1, 3}
+
+
+def test_jobs_keep_their_first_completion_and_history_is_replaced_whole(ledger):
+    from stsync.storage.ledger import JobRow
+
+    def row(status, modified, completed=None):
+        return JobRow(9, 1, status, "2025-01-01T00:00:00.000Z", completed, None, 120.5, 77, modified, utc_now())
+
+    ledger.upsert_jobs([row("Completed", "2025-02-01T00:00:00.000Z", completed="2025-02-01T00:00:00.000Z")])
+    ledger.upsert_jobs([row("InProgress", "2025-02-02T00:00:00.000Z")])
+    stored = ledger.jobs_for([9])[9]
+    assert (stored.status, stored.completed_on, stored.total, stored.invoice_id) == (
+        "InProgress", "2025-02-01T00:00:00.000Z", 120.5, 77,
+    )
+    ledger.replace_job_history(9, [("history:1", "Scheduled", "2025-01-01T00:00:00.000Z"), ("history:2", "Completed", "2025-02-01T00:00:00.000Z")])
+    assert ledger.observe_job_status(9, "InProgress", "2025-02-02T00:00:00.000Z")
+    assert not ledger.observe_job_status(9, "InProgress", "2025-02-02T00:00:00.000Z"), "seen once"
+    ledger.replace_job_history(9, [("history:1", "Scheduled", "2025-01-01T00:00:00.000Z")])
+    events = ledger.job_events_for([9, 10])
+    assert [(e.status, e.source) for e in events[9]] == [("Scheduled", "history"), ("InProgress", "observed")]
+    assert events[10] == []
+
+
+def test_a_timestamp_position_only_moves_forward(ledger):
+    ledger.advance_position("feed", "2025-02-01T00:00:00.000Z")
+    ledger.advance_position("feed", "2025-01-01T00:00:00.000Z")  # a slower run finishing later
+    assert ledger.get_position("feed") == "2025-02-01T00:00:00.000Z"
+    ledger.advance_position("feed", "2025-03-01T00:00:00.000Z")
+    assert ledger.get_position("feed") == "2025-03-01T00:00:00.000Z"
+
+
+def test_a_hold_is_recorded_and_cleared(ledger):
+    attempt = _intent(ledger, "H1")
+    ledger.record_push_result(attempt, outcome="created", booking_id=5)
+    ledger.set_held_until("H1", "2025-07-01T00:00:00.000Z")
+    assert [p.external_id for p in ledger.held_pushes()] == ["H1"]
+    assert ledger.get_push("H1").held_until == "2025-07-01T00:00:00.000Z"
+    ledger.set_held_until("H1", None)
+    assert ledger.held_pushes() == [] and ledger.get_push("H1").held_until is None
+
+
+def test_writers_of_one_process_queue_instead_of_failing(ledger):
+    import threading
+
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(30):
+                attempt = _intent(ledger, f"Q{n}-{i}")
+                ledger.record_push_result(attempt, outcome="created", booking_id=n * 100 + i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and ledger.push_counts() == {"booked": 240}
