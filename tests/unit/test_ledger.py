@@ -525,6 +525,11 @@ def test_a_timestamp_position_only_moves_forward(ledger):
     assert ledger.get_position("feed") == "2025-02-01T00:00:00.000Z"
     ledger.advance_position("feed", "2025-03-01T00:00:00.000Z")
     assert ledger.get_position("feed") == "2025-03-01T00:00:00.000Z"
+    ledger.advance_number("offset", -7_200_000)
+    ledger.advance_number("offset", -9_000_000)  # a lower bound: the larger one is kept
+    assert ledger.get_position("offset") == "-7200000"
+    ledger.advance_number("offset", 1500)
+    assert ledger.get_position("offset") == "1500"
 
 
 def test_a_hold_is_recorded_and_cleared(ledger):

@@ -829,3 +829,21 @@ def test_a_dry_run_shows_the_hold_and_stores_none_of_it(conn):
     report = qualify(conn, dry_run=True)
     assert outcomes(report) == {code: HELD} and report.decisions[0].held_until
     assert conn.ledger.get_push(code).held_until is None
+
+
+def test_the_watermark_moves_on_through_a_quiet_period(conn, monkeypatch):
+    from stsync.tracking import reads
+
+    for n in range(3):
+        pushed(conn, n, booking_id=500 + n)
+    qualify(conn)
+    # Right after, the last change is inside the 5-minute overlap: read again (and ignored).
+    assert qualify(conn).reads.bookings_read == 1
+    # Ten quiet minutes later on our clock: ServiceTitan's has moved as much; nothing is read.
+    later = datetime.now(timezone.utc) + timedelta(minutes=10)
+    monkeypatch.setattr(reads, "_now", lambda: later)
+    assert qualify(conn).reads.bookings_read == 0
+    # A change after that is still read.
+    conn.servicetitan.bookings[501]["status"] = "Dismissed"
+    conn.servicetitan._ms = max(conn.servicetitan._ms, int(later.timestamp() * 1000))
+    assert outcomes(qualify(conn))["CODE1"] == CLOSED

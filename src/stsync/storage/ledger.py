@@ -11,6 +11,31 @@ Push, sync, qualify, serve, diagnose and history all read and write it, often at
 - Schema changes are appended to ``MIGRATIONS`` (``PRAGMA user_version`` says how many ran).
   Never edit a migration that shipped: add one.
 
+What ServiceTitan did with the bookings (migration 2; written by ``stsync.tracking``, read by
+``qualify``, ``push-lead --new``, ``diagnose`` and the report) — a mirror, so that nothing
+needs to crawl ServiceTitan again:
+
+- ``st_bookings``: every booking of the provider stsync has read (its own and others'), by
+  ``booking_id``: ``external_id`` (indexed: push's "does this lead have a booking?"),
+  ``status``, ``job_id``, ``created_on``, ``modified_on``, ``read_at``. A copy older (by
+  ``modified_on``) than the stored one is ignored; a ``job_id`` is never lost.
+- ``st_jobs``: the jobs booked from those bookings, by ``job_id``: ``booking_id``, ``status``,
+  ``created_on``, ``completed_on`` (the first completion: ServiceTitan keeps it after a
+  cancellation), ``canceled_on`` (when it entered Canceled, while it is Canceled; else NULL),
+  ``total`` (the job's total; NULL until ServiceTitan has one, 0.0 for a $0 job),
+  ``invoice_id``, ``modified_on``, ``read_at``. The link: ``pushes.booking_id`` →
+  ``st_bookings.job_id`` → ``st_jobs``.
+- ``job_events``: the statuses each job entered, ``(job_id, event_key)`` → ``status``, ``at``,
+  ``source``: ``history`` rows are ServiceTitan's job history (replaced whole whenever the
+  history export brings the job again); ``observed`` rows are statuses stsync saw when it read
+  the job, dated by its ``modifiedOn`` (what is known without the history scope).
+- ``pushes.held_until``: the referral met the rule and is held (``hold_days``) until then.
+- ``sync_positions`` also holds the reads' positions (``tracking.reads``): the bookings'
+  ``modifiedOn`` watermark (only ever moved forward) and the job and job-history export
+  tokens; ``kv`` the time of the last full read.
+
+All times are UTC ISO-8601 with milliseconds and ``Z`` (``iso_utc``), so they sort as text.
+
 Records come back as frozen dataclasses with JSON columns decoded. Timestamps are UTC ISO-8601
 strings from ``utc_now()``. Methods that take ``conn=`` join the caller's open transaction
 (``with ledger.transaction() as conn: ...``) so a page of work commits as one.
@@ -944,6 +969,16 @@ class Ledger:
                 "INSERT INTO sync_positions (feed, token, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (feed) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
                 (feed, token, utc_now()),
+            )
+
+    def advance_number(self, feed: str, value: int, *, conn: sqlite3.Connection | None = None) -> None:
+        """Set an integer position unless a larger one is stored (a lower bound: the largest wins)."""
+        with self._write(conn) as tx:
+            tx.execute(
+                "INSERT INTO sync_positions (feed, token, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (feed) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at "
+                "WHERE sync_positions.token IS NULL OR CAST(excluded.token AS INTEGER) > CAST(sync_positions.token AS INTEGER)",
+                (feed, str(int(value)), utc_now()),
             )
 
     # -- referrers ----------------------------------------------------------------------

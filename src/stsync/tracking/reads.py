@@ -13,7 +13,11 @@ order (``push`` uses the first alone, through ``tracking.index``):
    (ties included: ``modifiedOnOrAfter`` is inclusive, so equal ones are read again next time,
    never skipped), minus the time the paging took, so a row modified while we paged — dated
    after the paging began — is read by the next run. The overlap (5 minutes) covers
-   ServiceTitan writes committed later than the ``modifiedOn`` they carry. A **full** read
+   ServiceTitan writes committed later than the ``modifiedOn`` they carry. Through quiet
+   periods the watermark still moves: ServiceTitan's clock, as a lower bound relative to ours
+   (``CLOCK_OFFSET_POSITION``: the watermark minus our time at the read that set it; only
+   durations of our clock are used, so skew does not matter), says how far the next read may
+   start — else a run would re-read the last five minutes before the last change for ever. A **full** read
    lists every booking of the provider (no filter): ⌈bookings ÷ page size⌉ requests.
 2. **Job history** — ``export/job-history`` from its stored ``continueFrom``: a row per job whose
    history changed, with **all** its entries, so a status held for seconds between two runs
@@ -79,6 +83,8 @@ FEED_START_BACK = timedelta(days=1)
 STORE_BATCH = 500  # rows per ledger transaction while paging
 
 BOOKINGS_POSITION = "servicetitan.bookings.modified_on"
+# A lower bound of ServiceTitan's clock minus ours, in ms, from the bookings read so far.
+CLOCK_OFFSET_POSITION = "servicetitan.clock_offset_ms"
 JOBS_POSITION = "servicetitan.export.jobs"
 HISTORY_POSITION = "servicetitan.export.job_history"
 FULL_READ_AT = "servicetitan.full_read_at"
@@ -166,11 +172,17 @@ class ServiceTitanReads:
         """The provider's bookings changed since the watermark (all of them when ``full`` or
         when there is no watermark yet) into ``st_bookings``. ``since`` replaces the stored
         watermark − overlap (an index re-read within one run). → rows read."""
-        if since is None:
-            watermark = None if full else parse_utc(self.ledger.get_position(BOOKINGS_POSITION))
-            since = watermark - BOOKINGS_OVERLAP if watermark is not None else None
         started = time.monotonic()
         started_at = _now()
+        offset = _as_int(self.ledger.get_position(CLOCK_OFFSET_POSITION))
+        if since is None and not full:
+            watermark = parse_utc(self.ledger.get_position(BOOKINGS_POSITION))
+            if watermark is not None:
+                if offset is not None:
+                    # Time has passed on ServiceTitan's clock too: what it committed before
+                    # (our now + the offset) − overlap has been read, even if nothing changed.
+                    watermark = max(watermark, started_at + timedelta(milliseconds=offset))
+                since = watermark - BOOKINGS_OVERLAP
         read_at = utc_now()
         newest: datetime | None = None
         count = 0
@@ -197,13 +209,24 @@ class ServiceTitanReads:
         self.ledger.upsert_bookings(batch)
         elapsed = timedelta(seconds=time.monotonic() - started)
         if newest is not None:
-            self.ledger.advance_position(BOOKINGS_POSITION, iso_utc(newest - elapsed))  # type: ignore[arg-type]
+            # ServiceTitan's clock read at least `newest` when the paging ended, so at least
+            # newest − elapsed when it began: everything committed before that (less the
+            # overlap) has been read. The same bound, relative to our clock, carries the
+            # watermark forward through quiet periods (durations only: no clock skew).
+            settled = newest - elapsed
+            self.ledger.advance_position(BOOKINGS_POSITION, iso_utc(settled))  # type: ignore[arg-type]
+            self.ledger.advance_number(CLOCK_OFFSET_POSITION, int((settled - started_at) / timedelta(milliseconds=1)))
+        elif offset is not None:
+            self.ledger.advance_position(
+                BOOKINGS_POSITION, iso_utc(started_at + timedelta(milliseconds=offset))  # type: ignore[arg-type]
+            )
         elif since is None:
             # The provider has no booking at all: start the next read from a day ago by our
             # clock (clock skew beyond a day is not plausible).
             self.ledger.advance_position(BOOKINGS_POSITION, iso_utc(started_at - FEED_START_BACK))  # type: ignore[arg-type]
         self.report.bookings_read += count
-        self.newest_booking = newest if self.newest_booking is None or (newest and newest > self.newest_booking) else self.newest_booking
+        if newest is not None and (self.newest_booking is None or newest > self.newest_booking):
+            self.newest_booking = newest
         return count
 
     # -- 2. job history (kept in memory until the jobs are known) -----------------------------
@@ -351,6 +374,13 @@ def _history_events(row: "JobHistory") -> list[tuple[str, str, str]]:
         key = f"history:{entry.id}" if entry.id is not None else f"history:{status}:{at}"
         events.append((key, status, at))
     return events
+
+
+def _as_int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _feed_start() -> str:
