@@ -29,7 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_push import _environment, _stsync  # noqa: E402  (bench/ is on sys.path)
+from datetime import UTC
+
+from bench_push import _environment, _stsync
 
 TARGET_REQUESTS = 3
 RATE = 5_000  # requests/s and per minute ×100: the reads, not the limits, are measured
@@ -102,9 +104,9 @@ def measure(bookings: int, *, keep: bool = False) -> dict:
 
 
 def _aged_recent_bookings(sb, *, minutes: int) -> int:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     moved = 0
     for booking in sb.bookings():
         modified = datetime.fromisoformat(booking["modifiedOn"].replace("Z", "+00:00"))

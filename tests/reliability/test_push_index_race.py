@@ -16,9 +16,9 @@ Factory's own integration would). What ServiceTitan holds is read back from the 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import os
 import time
 from collections import Counter
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -10,7 +10,7 @@ from stsync.storage.ledger import JobEvent, JobRow
 from stsync.tracking.rule import JobFacts, RuleSettings, Step, counts_for, event_status, judge
 from stsync.vocabulary import QualificationRule
 
-NOW = datetime(2025, 6, 30, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
 STATUS = QualificationRule.JOB_STATUS
 CREATED = QualificationRule.JOB_CREATED
 

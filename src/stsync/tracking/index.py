@@ -50,7 +50,7 @@ IN_RUN_OVERLAP = timedelta(seconds=2)
 
 class BookingIndex:
     def __init__(
-        self, conn: "Connection", *, max_age: float = INDEX_MAX_AGE, clock: Callable[[], float] = time.monotonic
+        self, conn: Connection, *, max_age: float = INDEX_MAX_AGE, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.conn = conn
         self.max_age = max_age
@@ -85,14 +85,14 @@ class BookingIndex:
     def _fresh(self) -> bool:
         return self._read_started is not None and self._clock() - self._read_started <= self.max_age
 
-    def find(self, external_id: str, *, refresh: bool = True) -> "BookingRow | None":
+    def find(self, external_id: str, *, refresh: bool = True) -> BookingRow | None:
         """The provider's booking with this externalId (the oldest, should there be several)."""
         if refresh:
             self.ensure_fresh()
         rows = self.conn.ledger.bookings_with_external_id(external_id)
         return rows[0] if rows else None
 
-    def add(self, booking: "Booking") -> None:
+    def add(self, booking: Booking) -> None:
         """A booking stsync just created or found: known at once, without a read."""
         self.conn.ledger.upsert_bookings([booking_row(booking, utc_now())])
 

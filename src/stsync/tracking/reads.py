@@ -63,7 +63,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from stsync.errors import AuthError, ServiceTitanApiError
@@ -116,7 +116,7 @@ class ReadReport:
         }
 
 
-def booking_row(booking: "Booking", read_at: str) -> BookingRow:
+def booking_row(booking: Booking, read_at: str) -> BookingRow:
     return BookingRow(
         booking_id=booking.id,
         external_id=booking.external_id,
@@ -129,19 +129,19 @@ def booking_row(booking: "Booking", read_at: str) -> BookingRow:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class ServiceTitanReads:
     """The reads of one run (see the module docstring). Not thread-safe: one run, one thread
     (``tracking.index`` serializes push's workers around ``read_bookings``)."""
 
-    def __init__(self, conn: "Connection", report: ReadReport | None = None) -> None:
+    def __init__(self, conn: Connection, report: ReadReport | None = None) -> None:
         self.conn = conn
         self.ledger = conn.ledger
         self.st = conn.servicetitan
         self.report = report or ReadReport()
-        self._history_rows: dict[int, "JobHistory"] = {}
+        self._history_rows: dict[int, JobHistory] = {}
         self._history_token: str | None = None
         self._dates_moved: set[int] = set()
         self.bookings_returned: set[int] = set()  # by read_bookings(full=True)
@@ -323,13 +323,15 @@ class ServiceTitanReads:
         except ServiceTitanApiError as exc:
             if exc.status != 400 or position is None:
                 raise
-            self.report.notes.append(f"ServiceTitan refused the stored position of {name}; it was read again from {_feed_start()}")
+            self.report.notes.append(
+                f"ServiceTitan refused the stored position of {name}; it was read again from {_feed_start()}"
+            )
             log.warning("%s: stored position refused (%s); restarting from a date", name, exc)
             self.report.full = True
             self.report.full_reason = self.report.full_reason or f"the stored position of {name} was refused"
             yield from read(_feed_start())
 
-    def _store_jobs(self, jobs: list["Job"], tx) -> None:
+    def _store_jobs(self, jobs: list[Job], tx) -> None:
         if not jobs:
             return
         stored = self.ledger.jobs_for(j.id for j in jobs)
@@ -364,7 +366,7 @@ class ServiceTitanReads:
         self.report.jobs_read += len(rows)
 
 
-def _history_events(row: "JobHistory") -> list[tuple[str, str, str]]:
+def _history_events(row: JobHistory) -> list[tuple[str, str, str]]:
     events = []
     for entry in row.history:
         status = event_status(entry.event_type)

@@ -125,7 +125,7 @@ class JobFacts:
     steps: tuple[Step, ...] = ()
 
     @classmethod
-    def from_ledger(cls, job: "JobRow", events: Iterable["JobEvent"]) -> "JobFacts":
+    def from_ledger(cls, job: JobRow, events: Iterable[JobEvent]) -> JobFacts:
         """From the ledger's row and events: ServiceTitan's history when the ledger holds any
         for this job, else the statuses stsync observed."""
         from stsync.storage.ledger import parse_utc
