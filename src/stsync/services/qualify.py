@@ -326,7 +326,8 @@ class _QualifyRun:
             job = jobs.get(job_id) if job_id is not None else None
             decision = self._decide_and_apply(push, booking, job_id, job, events.get(job_id, []) if job_id else [])
             self.report.decisions.append(decision)
-            log.info(
+            # A booking still waiting is the common case of every run: not worth a log line each.
+            (log.debug if decision.outcome == WAITING else log.info)(
                 "qualify %s booking=%s job=%s status=%s: %s (%s)",
                 push.external_id,
                 push.booking_id,
