@@ -129,6 +129,8 @@ def test_a_job_canceled_inside_the_hold_is_never_qualified(booked, cli):
     assert decision(held, bookings[3])["outcome"] == "held"
     story = cli("--json", "diagnose", "--offline", "--email", user["email"])
     assert any(line.startswith("Held until") for line in story.json["story"]["summary"])
+    [held_check] = [c for c in story.json["checks"] if c["name"] == "Held referrals"]
+    assert f"{user['email']}, held until" in held_check["message"]
 
     sb.cancel_job(job["id"], memo="refund")
     sb.uncancel_job(job["id"])  # even taken back before the next run: the history keeps it

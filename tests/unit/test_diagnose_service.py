@@ -423,6 +423,9 @@ def test_email_story_tells_a_held_referral_and_until_when(paths: ConnectionPaths
     text = "\n".join(report.story.summary)
     assert "Held until 2025-07-14T10:00:00.000Z" in text and "14-day hold" in text
     assert "held 14 days" in by_name(report)["Qualification rule"].message
+    held = by_name(report)["Held referrals"]
+    assert held.status == "pass" and "1 referral(s) held" in held.message
+    assert "jane@example.com, held until 2025-07-14 10:00 UTC" in held.message
 
 
 def test_email_story_online_tells_rf_user_referrer_booking_and_job(paths: ConnectionPaths, httpx_mock: HTTPXMock):

@@ -130,6 +130,22 @@ def check_last_run(ledger: Ledger | None, job: RunJob) -> Verdict:
     )
 
 
+def check_holds(ledger: Ledger | None) -> Verdict:
+    """Referrals whose job met the rule and that wait out ``hold_days`` (as ``qualify`` last
+    decided): how many, and the one whose hold ends first."""
+    if ledger is None:
+        return ok("no referral held (no ledger yet)")
+    held = ledger.held_pushes()
+    if not held:
+        return ok("no referral held")
+    first = held[0]
+    until = (first.held_until or "?")[:16].replace("T", " ")
+    return ok(
+        f"{len(held)} referral(s) held before qualifying; the first, {first.email or first.external_id}, "
+        f"held until {until} UTC"
+    )
+
+
 def check_push_failures(ledger: Ledger | None) -> tuple[Verdict, list[PushFailure]]:
     """Pushes that failed and were never booked since: the lead's e-mail and the exact error."""
     if ledger is None:

@@ -9,7 +9,7 @@ Prerequisites, in the order a person would debug:
                  │                                           └─ Return fields in ServiceTitan
                  └─ Referral Factory API key ─ Referral Factory campaign
     Secret store ─ Secrets
-    Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
+    Ledger ─ Last push run, Last customer sync, Last qualify run, Held referrals, Push failures
 
 plus the values a live check cannot run without (the identity keys of the config, the
 secrets), reported missing by "Connection settings" and "Secrets" (or "Secret store" when the
@@ -109,6 +109,7 @@ RUN_LOCKS = CheckSpec("Runs in progress", ACTIVITY, lambda ctx: activity.check_r
 LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.PUSH), needs=(LEDGER,))
 LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,))
 LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,))
+HELD_REFERRALS = CheckSpec("Held referrals", ACTIVITY, lambda ctx: activity.check_holds(ctx.ledger), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
 
 
@@ -205,6 +206,7 @@ DIAGNOSE_OFFLINE = (
     LAST_PUSH,
     LAST_SYNC,
     LAST_QUALIFY,
+    HELD_REFERRALS,
     PUSH_FAILURES,
 )
 # connect proves what it stores: the token, the booking provider (which also proves the app
