@@ -276,9 +276,9 @@ class ServiceTitanReads:
             self._store_jobs(jobs, tx)
         for job in jobs:
             old = before.get(job.id)
-            if old is not None and (
-                old.created_on != iso_utc(job.created_on) or (old.completed_on or None) != (iso_utc(job.completed_on) or None)
-            ):
+            if old is None:
+                continue
+            if _moved(old.created_on, iso_utc(job.created_on)) or _moved(old.completed_on, iso_utc(job.completed_on)):
                 self._dates_moved.add(job.id)
         return {job.id for job in jobs}
 
@@ -376,6 +376,11 @@ def _history_events(row: JobHistory) -> list[tuple[str, str, str]]:
         key = f"history:{entry.id}" if entry.id is not None else f"history:{status}:{at}"
         events.append((key, status, at))
     return events
+
+
+def _moved(stored: str | None, now: str | None) -> bool:
+    """A date ServiceTitan had and now says otherwise (a first completion is not a move)."""
+    return stored is not None and now is not None and stored != now
 
 
 def _as_int(text: str | None) -> int | None:
