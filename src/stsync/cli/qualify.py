@@ -100,7 +100,8 @@ def qualify_command(
     if dry_run:
         summary = (
             f"Dry run, rule {report.rule}{target}: {counts['open_bookings']} open booking(s); would qualify "
-            f"{counts['qualified']}, unqualify {counts['unqualified']}, close {counts['closed']}; nothing was sent."
+            f"{counts['qualified']}, unqualify {counts['unqualified']}, close {counts['closed']}, hold {counts['held']}; "
+            "nothing was sent."
         )
     elif not report.open_bookings:
         summary = f"Rule {report.rule}{target}: no open bookings to check."
