@@ -491,7 +491,9 @@ def test_an_older_copy_of_a_booking_never_overwrites_a_newer_one(ledger):
     ledger.upsert_bookings([_booking(1, "2025-02-01T00:00:00.000Z", status="Converted", job_id=9)])
     ledger.upsert_bookings([_booking(1, "2025-01-15T00:00:00.000Z", status="New")])  # a repeated, older row
     assert ledger.bookings_for([1])[1].status == "Converted"
-    ledger.upsert_bookings([_booking(1, "2025-02-01T00:00:00.000Z", status="Converted")])  # a tie: read again
+    ledger.upsert_bookings([_booking(1, "2025-02-01T00:00:00.000Z", status="Converted")])  # the same version again
+    assert ledger.bookings_for([1])[1].job_id == 9
+    ledger.upsert_bookings([_booking(1, "2025-02-02T00:00:00.000Z", status="Converted")])  # a newer one without it
     assert ledger.bookings_for([1])[1].job_id == 9, "a job id is never lost"
     ledger.upsert_bookings([_booking(2, "2025-01-01T00:00:00.000Z", external_id="X"), _booking(3, "2025-01-01T00:00:00.000Z", external_id="Y")])
     assert [b.booking_id for b in ledger.bookings_with_external_id("X")] == [1, 2]

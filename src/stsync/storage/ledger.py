@@ -17,8 +17,8 @@ needs to crawl ServiceTitan again:
 
 - ``st_bookings``: every booking of the provider stsync has read (its own and others'), by
   ``booking_id``: ``external_id`` (indexed: push's "does this lead have a booking?"),
-  ``status``, ``job_id``, ``created_on``, ``modified_on``, ``read_at``. A copy older (by
-  ``modified_on``) than the stored one is ignored; a ``job_id`` is never lost.
+  ``status``, ``job_id``, ``created_on``, ``modified_on``, ``read_at`` (of that version). A
+  copy not newer (by ``modified_on``) than the stored one is ignored; a ``job_id`` is never lost.
 - ``st_jobs``: the jobs booked from those bookings, by ``job_id``: ``booking_id``, ``status``,
   ``created_on``, ``completed_on`` (the first completion: ServiceTitan keeps it after a
   cancellation), ``canceled_on`` (when it entered Canceled, while it is Canceled; else NULL),
@@ -843,7 +843,8 @@ class Ledger:
 
     # -- the ServiceTitan mirror: bookings, jobs, job events -------------------------------
     def upsert_bookings(self, rows: Iterable[BookingRow], *, conn: sqlite3.Connection | None = None) -> int:
-        """Store bookings as read; a row older (by ``modified_on``) than the stored one is ignored."""
+        """Store bookings as read; a copy not newer (by ``modified_on``) than the stored one is
+        ignored: ServiceTitan moves ``modifiedOn`` with every change, so it is the same version."""
         values = [
             (r.booking_id, r.external_id, r.status, r.job_id, r.created_on, r.modified_on, r.read_at) for r in rows
         ]
@@ -857,7 +858,7 @@ class Ledger:
                 "job_id = COALESCE(excluded.job_id, st_bookings.job_id), created_on = excluded.created_on, "
                 "modified_on = excluded.modified_on, read_at = excluded.read_at "
                 "WHERE st_bookings.modified_on IS NULL OR excluded.modified_on IS NULL "
-                "OR excluded.modified_on >= st_bookings.modified_on",
+                "OR excluded.modified_on > st_bookings.modified_on",
                 values,
             )
         return len(values)
@@ -884,7 +885,7 @@ class Ledger:
         return found
 
     def upsert_jobs(self, rows: Iterable[JobRow], *, conn: sqlite3.Connection | None = None) -> int:
-        """Store jobs as read; a row older (by ``modified_on``) than the stored one is ignored."""
+        """Store jobs as read; a copy not newer (by ``modified_on``) than the stored one is ignored."""
         values = [
             (r.job_id, r.booking_id, r.status, r.created_on, r.completed_on, r.canceled_on, r.total, r.invoice_id,
              r.modified_on, r.read_at)
@@ -901,7 +902,7 @@ class Ledger:
                 "canceled_on = excluded.canceled_on, total = excluded.total, invoice_id = excluded.invoice_id, "
                 "modified_on = excluded.modified_on, read_at = excluded.read_at "
                 "WHERE st_jobs.modified_on IS NULL OR excluded.modified_on IS NULL "
-                "OR excluded.modified_on >= st_jobs.modified_on",
+                "OR excluded.modified_on > st_jobs.modified_on",
                 values,
             )
         return len(values)

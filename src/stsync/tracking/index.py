@@ -45,7 +45,7 @@ INDEX_MAX_AGE = 1.0  # seconds
 # Re-reads within one run start this much before the newest modifiedOn the previous read saw
 # (the run's own bookings come back in that overlap; ServiceTitan writes committed later than
 # the modifiedOn they carry are caught). The first read starts from the stored watermark.
-IN_RUN_OVERLAP = timedelta(seconds=2)
+IN_RUN_OVERLAP = timedelta(seconds=1)
 
 
 class BookingIndex:
