@@ -13,7 +13,8 @@ import threading
 import pytest
 
 from stsync.errors import ConfigError
-from stsync.storage.ledger import MIGRATIONS, ContactRow, Ledger, pid_alive, utc_now
+from stsync.storage.ledger import MIGRATIONS, ContactRow, Ledger, utc_now
+from stsync.storage.locks import pid_alive
 
 TABLES = {
     "runs",
@@ -554,7 +555,7 @@ def test_writers_of_one_process_queue_instead_of_failing(ledger):
             for i in range(30):
                 attempt = _intent(ledger, f"Q{n}-{i}")
                 ledger.record_push_result(attempt, outcome="created", booking_id=n * 100 + i)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]

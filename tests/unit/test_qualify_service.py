@@ -7,9 +7,12 @@ qualification request was sent" or "final bookings were not read again".
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from connection_fixtures import BOOKING_PROVIDER as BP  # tests/support
+from connection_fixtures import CAMPAIGN
+from fakes import FakeReferralFactoryUsers  # tests/support
 
 from stsync.connection import Connection
 from stsync.errors import AuthError, ReferralFactoryApiError, ServiceTitanApiError, TemporaryError
@@ -31,10 +34,6 @@ from stsync.services.qualify import (
 from stsync.servicetitan.models import Booking, ExportPage, Job, JobHistory, JobHistoryEntry
 from stsync.storage.config import Qualification, default_config
 from stsync.storage.ledger import iso_utc
-from connection_fixtures import BOOKING_PROVIDER as BP  # tests/support
-from connection_fixtures import CAMPAIGN
-from fakes import FakeReferralFactoryUsers  # tests/support
-
 
 
 class FakeServiceTitan:
@@ -58,7 +57,7 @@ class FakeServiceTitan:
         self.job_reads: list[list[int]] = []
         self.history_refused = False
         self._versions: dict[tuple[str, int], tuple[str, int]] = {}
-        self._ms = int((datetime.now(timezone.utc) - timedelta(hours=2)).timestamp() * 1000)
+        self._ms = int((datetime.now(UTC) - timedelta(hours=2)).timestamp() * 1000)
 
     # -- what changed, and when -------------------------------------------------------------
     def _sweep(self) -> None:
@@ -75,12 +74,12 @@ class FakeServiceTitan:
 
     @staticmethod
     def _at(ms: int) -> datetime:
-        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
     def _after(self, start: str) -> int:
         if start.startswith("T"):
             return int(start[1:])
-        return int(datetime.fromisoformat(start).replace(tzinfo=timezone.utc).timestamp() * 1000) - 1
+        return int(datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp() * 1000) - 1
 
     def _booking(self, booking_id: int) -> Booking:
         return Booking(id=booking_id, modified_on=self._at(self._modified("booking", booking_id)), **self.bookings[booking_id])
@@ -391,8 +390,8 @@ def test_job_completed_without_reaching_a_hold_target_is_closed(conn):
         ("Completed", None, "Hold", False),
         ("Canceled", None, "Scheduled", False),
         ("Canceled", None, "Canceled", True),
-        ("Dispatched", datetime(2025, 1, 1, tzinfo=timezone.utc), "Completed", True),  # completedOn is durable
-        ("Canceled", datetime(2025, 1, 1, tzinfo=timezone.utc), "Completed", False),
+        ("Dispatched", datetime(2025, 1, 1, tzinfo=UTC), "Completed", True),  # completedOn is durable
+        ("Canceled", datetime(2025, 1, 1, tzinfo=UTC), "Completed", False),
         ("SomethingNew", None, "Completed", False),
     ],
 )
@@ -675,7 +674,7 @@ def test_a_failed_read_back_leaves_an_unfinished_intent_open(conn):
 
 
 def days_ago(days: float) -> datetime:
-    return datetime.now(timezone.utc) - timedelta(days=days)
+    return datetime.now(UTC) - timedelta(days=days)
 
 
 def test_a_job_that_passed_through_completed_between_two_runs_is_qualified(conn):
@@ -840,7 +839,7 @@ def test_the_watermark_moves_on_through_a_quiet_period(conn, monkeypatch):
     # Right after, the last change is inside the 5-minute overlap: read again (and ignored).
     assert qualify(conn).reads.bookings_read == 1
     # Ten quiet minutes later on our clock: ServiceTitan's has moved as much; nothing is read.
-    later = datetime.now(timezone.utc) + timedelta(minutes=10)
+    later = datetime.now(UTC) + timedelta(minutes=10)
     monkeypatch.setattr(reads, "_now", lambda: later)
     assert qualify(conn).reads.bookings_read == 0
     # A change after that is still read.

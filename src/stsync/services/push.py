@@ -57,12 +57,12 @@ from stsync.errors import (
     error_summary,
     stops_run,
 )
+from stsync.leads import Lead
 from stsync.logs import get_logger
-from stsync.progress import NO_PROGRESS, Progress
 from stsync.mapping.booking import booking_request_for, external_id_for
 from stsync.mapping.validation import missing_required
+from stsync.progress import NO_PROGRESS, Progress
 from stsync.services.lead_sources import iter_new_leads, new_leads
-from stsync.leads import Lead
 from stsync.storage.ledger import utc_now
 from stsync.storage.locks import KeyLock
 from stsync.storage.states import AttemptOutcome, PushState, RunJob
@@ -150,7 +150,7 @@ class PushReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        counts = {outcome: 0 for outcome in OUTCOMES}
+        counts: dict[str, int] = {outcome: 0 for outcome in OUTCOMES}
         for result in self.results:
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
         counts["total"] = len(self.results)
@@ -187,7 +187,7 @@ class PushTarget:
     notice_hint: str | None = None
 
 
-def push_target(conn: "Connection", kind: Kind) -> PushTarget:
+def push_target(conn: Connection, kind: Kind) -> PushTarget:
     """The kind's section, checked: with the action "nothing", a target carrying the notice
     (message, hint) and nothing else checked — a section that sends nothing need not be
     complete; otherwise every required target must be mapped (the seed's "Setup Required":
@@ -215,7 +215,7 @@ def push_target(conn: "Connection", kind: Kind) -> PushTarget:
 
 
 def push_lead(
-    conn: "Connection",
+    conn: Connection,
     lead: Lead,
     target: PushTarget,
     *,
@@ -260,7 +260,7 @@ def push_lead(
 
 
 def _push_locked(
-    conn: "Connection",
+    conn: Connection,
     lead: Lead,
     kind: str,
     external_id: str,
@@ -269,14 +269,13 @@ def _push_locked(
     index: BookingIndex | None,
 ) -> PushResult:
     ledger = conn.ledger
-    identity = dict(
-        kind=kind,
-        email=lead.email,
-        name=body.get("name") if isinstance(body.get("name"), str) else lead.first_name,
-        rf_user_id=lead.rf_user_id,
-        referral_code=lead.referral_code,
-        run_id=run_id,
-    )
+    name = body.get("name") if isinstance(body.get("name"), str) else lead.first_name
+
+    def record_intent() -> int:
+        return ledger.record_push_intent(
+            external_id, kind=kind, email=lead.email, name=name, rf_user_id=lead.rf_user_id,
+            referral_code=lead.referral_code, run_id=run_id,
+        )
     # Intents left open by a crash between POST and record. We hold the key lock, so no live
     # run is in the middle of this externalId: each of them is settled by the lookup below.
     stale_intents = ledger.unfinished_intents(external_id=external_id)
@@ -289,7 +288,7 @@ def _push_locked(
     try:
         existing = _existing_booking(conn, external_id, index, one_by_one=bool(stale_intents))
     except StsyncError as exc:
-        attempt = ledger.record_push_intent(external_id, **identity)
+        attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
         if stops_run(exc):
             raise
@@ -307,7 +306,7 @@ def _push_locked(
 
     if existing is not None:
         with ledger.transaction():  # nothing is sent: the attempt is recorded in one commit
-            attempt = ledger.record_push_intent(external_id, **identity)
+            attempt = record_intent()
             ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.booking_id)
             if existing.status:
                 ledger.update_tracking(external_id, booking_status=existing.status)
@@ -317,7 +316,7 @@ def _push_locked(
             message="already booked in ServiceTitan (found by externalId)",
         )
 
-    attempt = ledger.record_push_intent(external_id, **identity)
+    attempt = record_intent()
     try:
         booking = _create_once(conn, bp, external_id, body, index)
     except AnswerLost as exc:
@@ -352,7 +351,7 @@ def _push_locked(
 
 
 def _already_booked_in_ledger(
-    conn: "Connection", lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
+    conn: Connection, lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
     with ledger.transaction():
@@ -368,7 +367,7 @@ def _already_booked_in_ledger(
     )
 
 
-def _create_once(conn: "Connection", bp: int, external_id: str, body: dict, index: BookingIndex | None) -> "Booking":
+def _create_once(conn: Connection, bp: int, external_id: str, body: dict, index: BookingIndex | None) -> Booking:
     """POST the booking; after a lost answer, look it up before any new POST."""
     lost: AnswerLost | None = None
     for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
@@ -406,7 +405,7 @@ class _Existing:
 
 
 def _existing_booking(
-    conn: "Connection", external_id: str, index: BookingIndex | None, *, one_by_one: bool
+    conn: Connection, external_id: str, index: BookingIndex | None, *, one_by_one: bool
 ) -> _Existing | None:
     """The provider's booking with this externalId, if any: from the index (refreshed when
     stale), and one by one when there is no index or ``one_by_one`` (an unsettled intent)."""
@@ -423,13 +422,13 @@ def _existing_booking(
     return _Existing(found.id, found.status)
 
 
-def _remember(conn: "Connection", booking: "Booking") -> None:
+def _remember(conn: Connection, booking: Booking) -> None:
     """A booking stsync created or found goes into the ledger's mirror of the provider's
     bookings at once (what ``qualify`` and the next batch's index read)."""
     conn.ledger.upsert_bookings([booking_row(booking, utc_now())])
 
 
-def find_booking(conn: "Connection", external_id: str) -> "Booking | None":
+def find_booking(conn: Connection, external_id: str) -> Booking | None:
     """The provider's booking with this externalId (the oldest, should there be several)."""
     bp = conn.booking_provider
     found = _with_booking_provider_check(conn, lambda: conn.servicetitan.find_bookings_by_external_id(bp, external_id))
@@ -444,7 +443,7 @@ def find_booking(conn: "Connection", external_id: str) -> "Booking | None":
     return min(found, key=lambda b: b.id)
 
 
-def _with_booking_provider_check(conn: "Connection", call):
+def _with_booking_provider_check(conn: Connection, call):
     """Run a call on the provider's bookings; a 404/403 there is reported as the guide's
     "Booking Provider Value is incorrect" when the provider check confirms it."""
     try:
@@ -458,12 +457,12 @@ def _with_booking_provider_check(conn: "Connection", call):
         raise
 
 
-def _note_status(conn: "Connection", external_id: str, booking: "Booking") -> None:
+def _note_status(conn: Connection, external_id: str, booking: Booking) -> None:
     if booking.status:
         conn.ledger.update_tracking(external_id, booking_status=booking.status)
 
 
-def _record_invalid(conn: "Connection", lead: Lead, kind: str, external_id: str, exc: InvalidRecord, run_id: int | None) -> None:
+def _record_invalid(conn: Connection, lead: Lead, kind: str, external_id: str, exc: InvalidRecord, run_id: int | None) -> None:
     """A lead that cannot be sent is still an attempt: ``diagnose --email`` shows why."""
     ledger = conn.ledger
     attempt = ledger.record_push_intent(
@@ -488,7 +487,7 @@ def _failed(lead: Lead, kind: str, external_id: str | None, exc: StsyncError, er
 
 
 def push_leads(
-    conn: "Connection",
+    conn: Connection,
     leads: Iterable[Lead],
     target: PushTarget,
     *,
@@ -548,7 +547,7 @@ def _rejected_result(exc: InvalidRecord, kind: str) -> PushResult:
 
 
 def push_new(
-    conn: "Connection",
+    conn: Connection,
     target: PushTarget,
     *,
     progress: Progress = NO_PROGRESS,

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import NotFound, StsyncError, stops_run
@@ -117,8 +117,8 @@ WOULD_CLOSE = "would_close"  # dry run
 
 
 @dataclass(frozen=True)
-class QualifyDecision:
-    """One open booking: what ServiceTitan says now and what this run did about it."""
+class BookingSeen:
+    """What ServiceTitan says now about one open booking: every decision about it starts here."""
 
     external_id: str
     email: str | None
@@ -126,6 +126,19 @@ class QualifyDecision:
     booking_status: str | None
     job_id: int | None
     job_status: str | None
+
+    def decision(
+        self, outcome: str, reason: str, *, final: bool, error: dict | None = None, held_until: str | None = None
+    ) -> QualifyDecision:
+        return QualifyDecision(
+            **asdict(self), outcome=outcome, reason=reason, final=final, error=error, held_until=held_until
+        )
+
+
+@dataclass(frozen=True)
+class QualifyDecision(BookingSeen):
+    """One open booking: what ServiceTitan says now and what this run did about it."""
+
     outcome: str
     reason: str
     final: bool
@@ -211,7 +224,7 @@ class QualificationSettings:
     hold_days: int = 0
 
     @classmethod
-    def from_config(cls, config: Any) -> "QualificationSettings":
+    def from_config(cls, config: Any) -> QualificationSettings:
         # storage.config has validated the values (rule, job status, events, hold) already.
         section = config.leads.qualification
         rule = QualificationRule(section.rule)
@@ -224,13 +237,13 @@ class QualificationSettings:
         return RuleSettings(rule=self.rule, job_status=self.job_status, hold_days=self.hold_days)
 
 
-def status_reached(job: "Job", target: str) -> bool:
+def status_reached(job: Job, target: str) -> bool:
     """Has ``job`` reached ``target``, as far as one look at its current state can tell?"""
     return _status_reached(job.job_status, job.completed_on, target)
 
 
 def qualify(
-    conn: "Connection", *, dry_run: bool = False, full: bool = False, progress: Progress = NO_PROGRESS
+    conn: Connection, *, dry_run: bool = False, full: bool = False, progress: Progress = NO_PROGRESS
 ) -> QualifyReport:
     """Apply the qualification rule to every open booking (see the module docstring)."""
     settings = QualificationSettings.from_config(conn.config)
@@ -251,7 +264,7 @@ def qualify(
 class _QualifyRun:
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         settings: QualificationSettings,
         report: QualifyReport,
         *,
@@ -266,7 +279,7 @@ class _QualifyRun:
         self.full = full
         self.progress = progress
         self.ledger: Ledger = conn.ledger
-        self.now = datetime.now(timezone.utc)
+        self.now = datetime.now(UTC)
 
     def execute(self) -> None:
         open_pushes = [push for push in self.ledger.open_bookings() if push.kind == Kind.LEAD and push.booking_id]
@@ -287,7 +300,7 @@ class _QualifyRun:
             self._decide_all(open_pushes, seen)
 
     # -- reading ServiceTitan (into the ledger) ------------------------------------------------
-    def _read(self, pushes: list["PushRecord"]) -> set[int] | None:
+    def _read(self, pushes: list[PushRecord]) -> set[int] | None:
         """Bring the ledger's mirror up to date. → the booking ids a full read returned (None
         for an incremental read: a booking it does not return simply did not change)."""
         reads = ServiceTitanReads(self.conn, self.report.reads)
@@ -301,8 +314,8 @@ class _QualifyRun:
         # of every open booking are read again.
         jobs_in_full = full or self.report.reads.full
 
-        bookings = self.ledger.bookings_for(p.booking_id for p in pushes)
-        job_ids = {p.external_id: job_id for p in pushes if (job_id := _job_id(p, bookings.get(p.booking_id)))}
+        bookings = self.ledger.bookings_for(_booking_ids(pushes))
+        job_ids = {p.external_id: job_id for p in pushes if (job_id := _job_id(p, _booking_of(p, bookings)))}
         known_jobs = self.ledger.jobs_for(job_ids.values())
         to_read = set(job_ids.values()) if jobs_in_full else {j for j in job_ids.values() if j not in known_jobs}
         # A hold about to end is checked against ServiceTitan's dates as they are now.
@@ -316,13 +329,13 @@ class _QualifyRun:
         return reads.bookings_returned if full else None
 
     # -- deciding --------------------------------------------------------------------------
-    def _decide_all(self, pushes: list["PushRecord"], seen: set[int] | None) -> None:
-        bookings = self.ledger.bookings_for(p.booking_id for p in pushes)
-        job_ids = [job_id for p in pushes if (job_id := _job_id(p, bookings.get(p.booking_id)))]
+    def _decide_all(self, pushes: list[PushRecord], seen: set[int] | None) -> None:
+        bookings = self.ledger.bookings_for(_booking_ids(pushes))
+        job_ids = [job_id for p in pushes if (job_id := _job_id(p, _booking_of(p, bookings)))]
         jobs = self.ledger.jobs_for(job_ids)
         events = self.ledger.job_events_for(jobs)
         for push in pushes:
-            booking = bookings.get(push.booking_id)
+            booking = _booking_of(push, bookings)
             if seen is not None and push.booking_id not in seen:
                 booking = None
             job_id = _job_id(push, booking)
@@ -343,15 +356,15 @@ class _QualifyRun:
 
     def _decide_and_apply(
         self,
-        push: "PushRecord",
-        booking: "BookingRow | None",
+        push: PushRecord,
+        booking: BookingRow | None,
         job_id: int | None,
-        job: "JobRow | None",
-        events: list["JobEvent"],
+        job: JobRow | None,
+        events: list[JobEvent],
     ) -> QualifyDecision:
         booking_status = booking.status if booking is not None else push.booking_status
         job_status = job.status if job is not None else None
-        base = dict(
+        seen = BookingSeen(
             external_id=push.external_id,
             email=push.email,
             booking_id=push.booking_id,
@@ -360,7 +373,7 @@ class _QualifyRun:
             job_status=job_status,
         )
         if push.job_id is None and booking is None:
-            return QualifyDecision(**base, outcome=MISSING, reason="ServiceTitan did not return the booking", final=False)
+            return seen.decision(outcome=MISSING, reason="ServiceTitan did not return the booking", final=False)
         if not self.dry_run:
             try:
                 push = self._settle_unfinished(push)
@@ -368,13 +381,12 @@ class _QualifyRun:
                 if stops_run(exc):
                     raise
                 # Not read back: the intents stay open for the next run to settle.
-                return QualifyDecision(
-                    **base, outcome=FAILED, reason="an interrupted run's write could not be checked",
+                return seen.decision(outcome=FAILED, reason="an interrupted run's write could not be checked",
                     final=False, error=exc.to_dict(),
                 )
         if job_id is not None and job is None:
             self._track(push, booking_status=booking_status, job_id=job_id)
-            return QualifyDecision(**base, outcome=MISSING, reason=f"ServiceTitan did not return job {job_id}", final=False)
+            return seen.decision(outcome=MISSING, reason=f"ServiceTitan did not return job {job_id}", final=False)
 
         dismissed = job_id is None and booking_status == DISMISSED
         canceled = job_status == CANCELED
@@ -394,13 +406,13 @@ class _QualifyRun:
             judgement = self._judge(job_id, job, events)
             if judgement.verdict == "met":
                 return self._write(
-                    push, base, QualificationAction.QUALIFY, judgement.reason, final_after=final_once_qualified
+                    push, seen, QualificationAction.QUALIFY, judgement.reason, final_after=final_once_qualified
                 )
             if judgement.verdict == "held":
                 held_until = iso_utc(judgement.held_until)
                 self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status, held_until=held_until)
-                return QualifyDecision(
-                    **base, outcome=HELD, reason=f"{judgement.reason}, until {held_until}", final=False, held_until=held_until
+                return seen.decision(
+                    outcome=HELD, reason=f"{judgement.reason}, until {held_until}", final=False, held_until=held_until
                 )
             if judgement.verdict == "broken" or dismissed or terminal_job:
                 if judgement.verdict == "broken":
@@ -410,7 +422,7 @@ class _QualifyRun:
                 else:
                     why = f"job {job_id} {job_status.lower() if job_status else ''} before the rule was met"
                 if self.dry_run:
-                    return QualifyDecision(**base, outcome=WOULD_CLOSE, reason=why, final=True)
+                    return seen.decision(outcome=WOULD_CLOSE, reason=why, final=True)
                 self._track(
                     push,
                     booking_status=booking_status,
@@ -420,36 +432,36 @@ class _QualifyRun:
                     qualification=QualificationValue.NOT_QUALIFIED,
                     held_until=None,
                 )
-                return QualifyDecision(**base, outcome=CLOSED, reason=why, final=True)
+                return seen.decision(outcome=CLOSED, reason=why, final=True)
             self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status, held_until=None)
-            return QualifyDecision(**base, outcome=WAITING, reason=judgement.reason, final=False)
+            return seen.decision(outcome=WAITING, reason=judgement.reason, final=False)
 
         # Qualified already: only a cancellation or a dismissal under unqualify_on matters.
         if canceled and watch_cancel:
-            return self._write(push, base, QualificationAction.UNQUALIFY, f"job {job_id} canceled", final_after=lambda: True)
+            return self._write(push, seen, QualificationAction.UNQUALIFY, f"job {job_id} canceled", final_after=lambda: True)
         if dismissed and watch_dismiss:
-            return self._write(push, base, QualificationAction.UNQUALIFY, "booking dismissed", final_after=lambda: True)
+            return self._write(push, seen, QualificationAction.UNQUALIFY, "booking dismissed", final_after=lambda: True)
         final = final_once_qualified()
         self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status, final=final or None)
         if final:
-            return QualifyDecision(**base, outcome=FINISHED, reason="qualified; nothing left to watch", final=True)
+            return seen.decision(outcome=FINISHED, reason="qualified; nothing left to watch", final=True)
         watching = " and ".join(sorted(self.settings.unqualify_on))
-        return QualifyDecision(**base, outcome=WAITING, reason=f"qualified; watching for {watching}", final=False)
+        return seen.decision(outcome=WAITING, reason=f"qualified; watching for {watching}", final=False)
 
-    def _judge(self, job_id: int | None, job: "JobRow | None", events: list["JobEvent"]) -> Judgement:
+    def _judge(self, job_id: int | None, job: JobRow | None, events: list[JobEvent]) -> Judgement:
         if job_id is None or job is None:
             return Judgement("waiting", "no job yet")
         return judge(JobFacts.from_ledger(job, events), self.settings.rule_settings, self.now)
 
     # -- writing Referral Factory ----------------------------------------------------------
     def _write(
-        self, push: "PushRecord", base: dict, action: QualificationAction, reason: str, *, final_after
+        self, push: PushRecord, seen: BookingSeen, action: QualificationAction, reason: str, *, final_after
     ) -> QualifyDecision:
         wanted = action == QualificationAction.QUALIFY
-        booking_status, job_id, job_status = base["booking_status"], base["job_id"], base["job_status"]
+        booking_status, job_id, job_status = seen.booking_status, seen.job_id, seen.job_status
         if self.dry_run:
             outcome = WOULD_QUALIFY if wanted else WOULD_UNQUALIFY
-            return QualifyDecision(**base, outcome=outcome, reason=reason, final=not wanted or final_after())
+            return seen.decision(outcome=outcome, reason=reason, final=not wanted or final_after())
         self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status)
         rule = self.settings.rule
         try:
@@ -457,13 +469,13 @@ class _QualifyRun:
         except StsyncError as exc:
             if stops_run(exc):
                 raise
-            return self._failed(push, base, action, reason, exc.to_dict(), final=False)
+            return self._failed(push, seen, action, reason, exc.to_dict(), final=False)
         if user is None:
             error = {"message": f"Referral Factory has no referral for {_describe(push)} (deleted?)"}
-            return self._failed(push, base, action, reason, error, final=True)
+            return self._failed(push, seen, action, reason, error, final=True)
         if user.type is not None and user.type != PERSON_INVITED:
             error = {"message": f"Referral Factory user {user.id} is a {user.type}, not a referred lead"}
-            return self._failed(push, base, action, reason, error, final=True)
+            return self._failed(push, seen, action, reason, error, final=True)
 
         if (user.qualified_at is not None) == wanted:
             # Already in the wanted state: someone else (Referral Factory, a person) did it.
@@ -475,7 +487,7 @@ class _QualifyRun:
             self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
             final = final_after()
             self._track(push, final=final or None, held_until=None)
-            return QualifyDecision(**base, outcome=ALREADY, reason=reason, final=final)
+            return seen.decision(outcome=ALREADY, reason=reason, final=final)
 
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=rule, reason=reason)
         try:
@@ -494,22 +506,22 @@ class _QualifyRun:
             final = isinstance(exc, NotFound)  # the lead was deleted: nothing to retry
             if final:
                 self._track(push, final=True)
-            return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
+            return seen.decision(outcome=FAILED, reason=reason, final=final, error=error)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
         final = final_after()
         self._track(push, final=final or None, held_until=None)
-        return QualifyDecision(**base, outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
+        return seen.decision(outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
 
     def _failed(
-        self, push: "PushRecord", base: dict, action: QualificationAction, reason: str, error: dict, *, final: bool
+        self, push: PushRecord, seen: BookingSeen, action: QualificationAction, reason: str, error: dict, *, final: bool
     ) -> QualifyDecision:
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=self.settings.rule, reason=reason)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
         if final:
             self._track(push, final=True)
-        return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
+        return seen.decision(outcome=FAILED, reason=reason, final=final, error=error)
 
-    def _settle_unfinished(self, push: "PushRecord") -> "PushRecord":
+    def _settle_unfinished(self, push: PushRecord) -> PushRecord:
         """Close the intents a crashed run left open (a PUT whose answer was never recorded).
 
         The referral's state, read back from Referral Factory, says whether each landed. Done
@@ -523,7 +535,9 @@ class _QualifyRun:
         for intent in unfinished:
             if user is None:
                 self.ledger.record_qualification_result(
-                    intent.id, state=QualificationState.FAILED, error={"message": "the referral no longer exists in Referral Factory"}
+                    intent.id,
+                    state=QualificationState.FAILED,
+                    error={"message": "the referral no longer exists in Referral Factory"},
                 )
                 continue
             landed = (user.qualified_at is not None) == (intent.action == QualificationAction.QUALIFY)
@@ -531,12 +545,14 @@ class _QualifyRun:
                 self.ledger.record_qualification_result(intent.id, state=QualificationState.DONE)
             else:
                 self.ledger.record_qualification_result(
-                    intent.id, state=QualificationState.FAILED, error={"message": "interrupted before Referral Factory applied it"}
+                    intent.id,
+                    state=QualificationState.FAILED,
+                    error={"message": "interrupted before Referral Factory applied it"},
                 )
         log.info("qualify %s: settled %d unfinished intent(s) from an interrupted run", push.external_id, len(unfinished))
         return self.ledger.get_push(push.external_id) or push
 
-    def _find_referral(self, push: "PushRecord") -> "User | None":
+    def _find_referral(self, push: PushRecord) -> User | None:
         """The referral as Referral Factory has it now: by saved id, else code, else e-mail."""
         rf = self.conn.referral_factory
         if push.rf_user_id is not None:
@@ -556,7 +572,7 @@ class _QualifyRun:
 
     def _track(
         self,
-        push: "PushRecord",
+        push: PushRecord,
         *,
         final: bool | None = None,
         qualification: str | None = None,
@@ -574,14 +590,22 @@ class _QualifyRun:
             self.ledger.set_held_until(push.external_id, held_until)
 
 
-def _job_id(push: "PushRecord", booking: "BookingRow | None") -> int | None:
+def _booking_ids(pushes: list[PushRecord]) -> list[int]:
+    return [push.booking_id for push in pushes if push.booking_id is not None]
+
+
+def _booking_of(push: PushRecord, bookings: dict[int, BookingRow]) -> BookingRow | None:
+    return bookings.get(push.booking_id) if push.booking_id is not None else None
+
+
+def _job_id(push: PushRecord, booking: BookingRow | None) -> int | None:
     """The job booked from the push's booking: ServiceTitan's word, else the ledger's."""
     if booking is not None and booking.job_id is not None:
         return booking.job_id
     return push.job_id
 
 
-def _describe(push: "PushRecord") -> str:
+def _describe(push: PushRecord) -> str:
     if push.email and push.referral_code:
         return f"{push.email} ({push.referral_code})"
     return push.email or push.referral_code or push.external_id

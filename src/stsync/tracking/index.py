@@ -96,5 +96,3 @@ class BookingIndex:
         """A booking stsync just created or found: known at once, without a read."""
         self.conn.ledger.upsert_bookings([booking_row(booking, utc_now())])
 
-
-__all__ = ["INDEX_MAX_AGE", "BookingIndex"]

@@ -393,16 +393,3 @@ def _as_int(text: str | None) -> int | None:
 def _feed_start() -> str:
     return (_now() - FEED_START_BACK).date().isoformat()
 
-
-__all__ = [
-    "BOOKINGS_OVERLAP",
-    "BOOKINGS_POSITION",
-    "FEED_START_BACK",
-    "FULL_READ_AT",
-    "FULL_READ_EVERY",
-    "HISTORY_POSITION",
-    "JOBS_POSITION",
-    "ReadReport",
-    "ServiceTitanReads",
-    "booking_row",
-]

@@ -42,12 +42,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from stsync.storage.ledger import JobEvent, JobRow, parse_utc
 from stsync.vocabulary import DEFAULT_JOB_STATUS, QualificationRule
-
-if TYPE_CHECKING:
-    from stsync.storage.ledger import JobEvent, JobRow
 
 # A job moves forward through these; one seen at a later step has passed the earlier ones.
 JOB_PROGRESSION = ("Scheduled", "Dispatched", "InProgress", "Completed")
@@ -128,8 +126,6 @@ class JobFacts:
     def from_ledger(cls, job: JobRow, events: Iterable[JobEvent]) -> JobFacts:
         """From the ledger's row and events: ServiceTitan's history when the ledger holds any
         for this job, else the statuses stsync observed."""
-        from stsync.storage.ledger import parse_utc
-
         events = list(events)
         history = [e for e in events if e.source == "history"]
         chosen = history or [e for e in events if e.source != "history"]
@@ -272,18 +268,3 @@ def _reached_reason(job: JobFacts, target: str) -> str:
         return f"job {job.job_id} reached {target} (status {job.status})"
     return f"job {job.job_id} passed through {target} (status now {job.status})"
 
-
-__all__ = [
-    "CANCELED",
-    "COMPLETED",
-    "JOB_PROGRESSION",
-    "JobFacts",
-    "Judgement",
-    "RuleSettings",
-    "Step",
-    "counts_for",
-    "event_status",
-    "is_backwards",
-    "judge",
-    "status_reached",
-]
