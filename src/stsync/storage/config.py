@@ -51,14 +51,17 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from stsync import envvars
+from stsync.durations import format_duration, parse_duration
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import JOB_STATUSES
 from stsync.suggestions import did_you_mean
+from stsync.urls import https_fix, plain_http_elsewhere
 from stsync.vocabulary import (
     DEFAULT_JOB_STATUS,
     Action,
     Environment,
     Kind,
+    LogFormat,
     QualificationRule,
     ReturnValue,
     SyncMode,
@@ -344,7 +347,54 @@ def _check_url(value: str | None) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise _problem("url", f"must be an http(s) URL like https://api.example.com, not {value!r}")
+    _refuse_plain_http(value)
     return value
+
+
+def _refuse_plain_http(value: str) -> None:
+    """Credentials never cross the network in clear text (``stsync.urls``)."""
+    if plain_http_elsewhere(value):
+        raise _problem(
+            "plain_http",
+            f"must use https: {value!r} would send credentials unencrypted (plain http is only for "
+            f"this machine: localhost, 127.0.0.1, ::1); write {https_fix(value)!r}",
+        )
+
+
+def _check_notify_url(value: str | None) -> str | None:
+    """An alert URL: http(s) with a host; a query is allowed (Teams workflow URLs carry one)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _problem("url", f"must be an https URL in quotes, not {_type_name(value)} {value!r}")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        raise _problem("url", "must be an https URL like https://hooks.slack.com/services/…")
+    _refuse_plain_http(value)
+    return value.strip()
+
+
+def _duration(*, allow_off: bool) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if isinstance(value, float) and not allow_off:
+            return value
+        try:
+            return parse_duration(value, allow_off=allow_off)
+        except ValueError as exc:
+            raise _problem("duration", str(exc)) from None
+
+    return parse
+
+
+def _at_least_one_second(value: float | None) -> float | None:
+    if value is not None and value < 1:
+        raise _problem("duration", f"must be at least 1 second (or \"off\"), not {format_duration(value)!r}")
+    return value
+
+
+# A job's interval: seconds, or None when the job is switched off ("off").
+Interval = Annotated[Union[float, None], BeforeValidator(_at_least_one_second), BeforeValidator(_duration(allow_off=True))]
+Duration = Annotated[float, BeforeValidator(_duration(allow_off=False))]
 
 
 # Names that are always dotted (SPEC §3): `address.street = "x"` is target "address.street".
@@ -473,6 +523,54 @@ class WebhookSettings(_Section):
     aliases: dict[str, list[Annotated[str, Field(min_length=1)]]] = Field(default_factory=dict)
 
 
+class ScheduleSettings(_Section):
+    """How often each job runs under ``stsync run`` — and what ``status`` and the overdue alert
+    expect when cron runs them instead. Durations: "30s", "5m", "1h", "7d" or seconds; "off"."""
+
+    push: Interval = 300.0  # push-lead --new
+    qualify: Interval = 600.0  # qualify
+    sync: Interval = 900.0  # sync-customers --ongoing
+    full_sync: Interval = 7 * 86400.0  # sync-customers --ongoing --full
+    full_qualify: Interval = 7 * 86400.0  # qualify --full, when this stsync's qualify has it
+    jitter: Duration = 30.0  # each start is delayed by up to this (at most half the interval)
+    overdue_after: float = Field(3.0, ge=1.0, le=1000.0)  # a job is overdue after this many intervals without success
+
+    @field_validator("overdue_after", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    def interval(self, job: str) -> float | None:
+        """The interval of ``push``, ``qualify`` or ``sync`` (None: off or not a scheduled job)."""
+        return getattr(self, job, None) if job in ("push", "qualify", "sync") else None
+
+
+class NotifySettings(_Section):
+    """Alerts when a human must act (``stsync.notify``). The URLs carry tokens: the
+    environment variables STSYNC_NOTIFY_WEBHOOK_URL / STSYNC_NOTIFY_PING_URL win over them."""
+
+    webhook_url: Annotated[Union[str, None], BeforeValidator(_check_notify_url)] = None
+    ping_url: Annotated[Union[str, None], BeforeValidator(_check_notify_url)] = None
+    remind_after: Duration = 86400.0  # a problem still there is reported again after this long
+    timeout_seconds: float = Field(5.0, gt=0, le=30)
+
+    @field_validator("timeout_seconds", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+
+LogFormatWord = Annotated[LogFormat, Strict(False)]
+
+
+class LoggingSettings(_Section):
+    format: LogFormatWord = LogFormat.TEXT
+
+
 class Config(_Section):
     servicetitan: ServiceTitanSettings = Field(default_factory=ServiceTitanSettings)
     referral_factory: ReferralFactorySettings = Field(default_factory=ReferralFactorySettings)
@@ -481,6 +579,9 @@ class Config(_Section):
     customer_sync: CustomerSyncSettings = Field(default_factory=CustomerSyncSettings)
     limits: Limits = Field(default_factory=Limits)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def booking_section(self, kind: Kind) -> LeadSettings | ReferrerSettings:
         """The section a booking for this kind is made from: "lead" → [leads], "referrer" → [referrers]."""
@@ -679,8 +780,17 @@ def resolve_endpoints(config: Config) -> Endpoints:
     auth_default, api_default = INTEGRATION_ENDPOINTS if integration else PRODUCTION_ENDPOINTS
 
     def pick(variable: envvars.EnvVar, configured: str | None, default: str) -> str:
-        chosen = envvars.resolve(variable, configured=configured, default=default)
-        return str(chosen).rstrip("/")
+        chosen = str(envvars.resolve(variable, configured=configured, default=default)).rstrip("/")
+        if plain_http_elsewhere(chosen):
+            from_env = envvars.read(variable) is not None
+            where = f"the environment variable {variable.name}" if from_env else f"{variable.config_key} in the config"
+            raise ConfigError(
+                f"{where} is a plain http URL ({chosen}): credentials would cross the network unencrypted",
+                key_path=None if from_env else variable.config_key,
+                hint=f"use https ({https_fix(chosen)}); plain http is only accepted for this machine "
+                "(localhost, 127.0.0.1, ::1), e.g. the sandbox",
+            )
+        return chosen
 
     return Endpoints(
         st_auth_url=pick(envvars.ST_AUTH_URL, config.servicetitan.auth_url, auth_default),
@@ -701,9 +811,12 @@ __all__ = [
     "FromField",
     "LeadSettings",
     "Limits",
+    "LoggingSettings",
+    "NotifySettings",
     "Qualification",
     "ReferralFactorySettings",
     "ReferrerSettings",
+    "ScheduleSettings",
     "SelectValue",
     "ServiceTitanSettings",
     "TemplateValue",
