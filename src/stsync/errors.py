@@ -10,6 +10,7 @@
     ├── InvalidRecord                5  one record cannot be sent (a lead without e-mail, ...)
     ├── TemporaryError               6  remote unavailable or rate-limited past the budget
     │   ├── RateLimited              6
+    │   ├── IpBlocked                6  Referral Factory blocked this machine's IP (alerted)
     │   └── AnswerLost               6  a write whose answer never came (look it up first)
     ├── LockHeld                     7  another run of this connection holds the lock
     └── ApiError                     1  a remote API said no (status, title, per-field errors)
@@ -174,6 +175,11 @@ class TemporaryError(StsyncError):
 
 class RateLimited(TemporaryError):
     pass
+
+
+class IpBlocked(TemporaryError):
+    """The remote blocked this machine's IP address for exceeding its rate limit (Referral
+    Factory does, for days). Temporary, but nothing works until it ends: the alerts say so."""
 
 
 class AnswerLost(TemporaryError):

@@ -27,7 +27,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from stsync import __version__
-from stsync.errors import AnswerLost, AuthError, DuplicateEmail, RateLimited, ReferralFactoryApiError, TemporaryError
+from stsync.errors import AnswerLost, AuthError, DuplicateEmail, IpBlocked, RateLimited, ReferralFactoryApiError
 from stsync.http import RetryPolicy, response_json, send_with_retries, shared_ssl_context
 from stsync.logs import get_logger, register_secret
 from stsync.ratelimit import RateLimiter
@@ -372,7 +372,7 @@ def _error_for(response: httpx.Response, method: str, path: str) -> Exception:
         )
     if status == 403 and "blocked" in f"{error.title or ''} {error.message}".casefold():
         # Not a permissions problem: the IP was blocked for abusing the per-minute limit.
-        return TemporaryError(
+        return IpBlocked(
             f"Referral Factory blocked this machine's IP address for exceeding its rate limit ({method} {path})",
             hint="wait before running stsync again (the block is temporary) and make sure no other tool shares "
             "this API key's budget; lower [limits] referral_factory_per_minute if it happens again",

@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import ApiError, ServiceTitanApiError, StsyncError, stops_run
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.referralfactory.models import PERSON_INVITED
 from stsync.storage.states import QualificationAction, QualificationState, QualificationValue, RunJob
@@ -276,7 +276,8 @@ class _QualifyRun:
             booking = bookings.get(push.booking_id)
             job_id = job_ids.get(push.external_id)
             job = jobs.get(job_id) if job_id is not None else None
-            decision = self._decide_and_apply(push, booking, job_id, job)
+            with log_context(external_id=push.external_id):
+                decision = self._decide_and_apply(push, booking, job_id, job)
             self.report.decisions.append(decision)
             log.info(
                 "qualify %s booking=%s job=%s status=%s: %s (%s)",

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stsync.errors import ConfigError, StsyncError
+from stsync.logs import log_context
 from stsync.storage.paths import make_private_dir
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
@@ -497,7 +498,8 @@ class Ledger:
         run_id = self.start_run(job, command)
         outcome, error = RunOutcome.FAILED, None
         try:
-            yield run_id
+            with log_context(run_id=run_id):
+                yield run_id
             outcome = RunOutcome.PARTIAL if failed() else RunOutcome.OK
         except KeyboardInterrupt:
             outcome, error = RunOutcome.INTERRUPTED, "interrupted by the user"
