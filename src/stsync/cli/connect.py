@@ -92,7 +92,7 @@ def connect_command(
     verify = not no_verify
     if verify:
         term.info("Verifying ServiceTitan and Referral Factory…")
-    result = connect(app_ctx.paths, values, secrets_store=secrets_store, verify=verify)  # type: ignore[arg-type]
+    result = connect(app_ctx.paths, values, secrets_store=secrets_store, verify=verify, consent=app_ctx.consent())  # type: ignore[arg-type]
 
     if verify:
         term.success("ServiceTitan token issued (Client ID, Client Secret, App Key, Tenant ID)")

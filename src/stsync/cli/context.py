@@ -15,6 +15,7 @@ import logging
 import traceback
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -176,6 +177,17 @@ class AppContext:
                 self._config = config
             self._connection = Connection.open(self.paths, config or self.load_config())
         return self._connection
+
+    def consent(self) -> "Callable[[str], bool] | None":
+        """How a check asks the person at the terminal a yes/no question (default no); None
+        when nobody can answer (no terminal, --json): then the answer is no."""
+        if self.json_mode or not self.terminal.can_ask:
+            return None
+
+        def ask(question: str) -> bool:
+            return bool(typer.confirm(question, default=False, err=True))
+
+        return ask
 
     # -- output -----------------------------------------------------------------------
     def emit(self, obj: dict[str, Any]) -> None:

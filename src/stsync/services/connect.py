@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from stsync.checks import table
-from stsync.checks.context import CheckContext, LiveAccess
+from stsync.checks.context import CheckContext, Consent, LiveAccess
 from stsync.checks.runner import CheckRun
 from stsync.connection import build_referral_factory_client, build_servicetitan_client
 from stsync.credentials import SECRET_NAMES, SECRETS
@@ -142,6 +142,7 @@ def connect(
     secrets_store: SecretsStoreKind = "keyring",
     verify: bool = True,
     transport=None,
+    consent: Consent | None = None,
 ) -> ConnectResult:
     """Verify (unless told not to), store the secrets, write the config."""
     missing = [name for name in [*IDENTITY_FIELDS, *SECRET_NAMES] if getattr(values, name) in (None, "")]
@@ -177,7 +178,7 @@ def connect(
 
     verification = Verification()
     if verify:
-        verification = verify_connection(paths, config, values, transport=transport)
+        verification = verify_connection(paths, config, values, transport=transport, consent=consent)
 
     store = SecretStore(paths)
     stored: list[str] = []
@@ -207,7 +208,9 @@ def connect(
     )
 
 
-def verify_connection(paths: ConnectionPaths, config: Config, values: ConnectValues, *, transport=None) -> Verification:
+def verify_connection(
+    paths: ConnectionPaths, config: Config, values: ConnectValues, *, transport=None, consent: Consent | None = None
+) -> Verification:
     """The check engine's connect plan (token → booking provider; campaign) with the values
     given, before anything is stored. Raises the first failure, in the check's own words."""
     endpoints = resolve_endpoints(config)
@@ -226,7 +229,11 @@ def verify_connection(paths: ConnectionPaths, config: Config, values: ConnectVal
         return client
 
     live = LiveAccess(
-        endpoints, servicetitan=servicetitan, referral_factory=referral_factory, client_secret=lambda: values.st_client_secret
+        endpoints,
+        servicetitan=servicetitan,
+        referral_factory=referral_factory,
+        client_secret=lambda: values.st_client_secret,
+        consent=consent,
     )
     # The secrets are the values given, not the store's: the live checks need not look them up.
     context = CheckContext(
