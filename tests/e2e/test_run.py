@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 
+import httpx
 import pytest
 from customer_sync_expectations import ENROLLED, custom_values, expected_outcomes
 
@@ -195,3 +196,29 @@ def test_kill_9_of_the_whole_tree_mid_sync_is_resumed_by_the_next_start(make_san
         assert custom_values(sb.customer(customer_id)).get("Referral Code")
     killed_run = [r for r in runs(paths, "run") if r.pid == run.proc.pid]
     assert [r.outcome for r in killed_run] == ["interrupted"]  # the dead scheduler's run reads so
+
+
+def test_run_with_webhooks_receives_deliveries_and_answers_metrics_to_the_token_only(connected, isolated, paths, started, monkeypatch):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sb = connected
+    token = "run-webhooks-token-0123456789abcdef"
+    monkeypatch.setenv("STSYNC_WEBHOOK_TOKEN", token)
+    compress(isolated, push="off", qualify="off", sync="60s")
+    run = started("--webhooks", "--port", "0")
+    found = wait_for(lambda: re.search(r"receiving webhooks on (http://[\d.]+:\d+)/hooks/", run.output()), what="the webhook URL", process=run)
+    base = found.group(1)
+    [user] = sb.add_leads(1)
+    answer = httpx.post(f"{base}/hooks/{token}/lead-created", json={"email": user["email"], "code": user["code"],
+                                                                     "first_name": user["first_name"]}, timeout=10)
+    assert answer.status_code == 202, answer.text
+    wait_for(lambda: sb.bookings(external_id=user["code"]), what="the delivery's booking", process=run)
+    assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
+    metrics = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, s.labels.get("job")): s.value for f in text_string_to_metric_families(metrics.text) for s in f.samples}
+    assert samples[("stsync_job_running", "run")] == 1 and samples[("stsync_job_running", "serve")] == 1
+    assert samples[("stsync_webhook_deliveries_waiting", None)] == 0
+    assert run.terminate() == 0, run.output()
+    [serve_run] = runs(paths, "serve")
+    assert (serve_run.outcome, serve_run.exit_code, serve_run.counts["processed"]) == ("ok", 0, 1)

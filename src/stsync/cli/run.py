@@ -74,7 +74,7 @@ def run_command(
 
     def write_metrics() -> None:
         if prometheus:
-            write_textfile(connection_status(conn.paths, config), prometheus)
+            write_textfile(connection_status(conn.paths, config, ledger=conn.ledger), prometheus)
 
     def show_output(job: str, line: str) -> None:
         from rich.markup import escape
@@ -102,7 +102,9 @@ def run_command(
         on_step=after_step,
     )
     smallest = min([job.interval for job in jobs] or [60.0])
-    watch = PeriodicWatch(conn.paths, config, every=min(60.0, smallest), default_config=app_ctx.is_default_config, after_look=write_metrics)
+    watch = PeriodicWatch(
+        conn.paths, config, every=min(60.0, smallest), default_config=app_ctx.is_default_config, after_look=write_metrics, ledger=conn.ledger
+    )
 
     server = None
     if webhooks:
@@ -111,7 +113,7 @@ def run_command(
 
         server = WebhookServer(
             conn, token=token, host=host, port=port, observer=delivery_observer(term),  # type: ignore[arg-type]
-            routes={"metrics": metrics_route(conn.paths, config)},
+            routes={"metrics": metrics_route(conn.paths, config, conn.ledger)},
         )
 
     with conn.run_lock(RunJob.RUN, command=command), (conn.run_lock(RunJob.SERVE, command=command) if webhooks else _nothing()):

@@ -64,9 +64,9 @@ def serve_command(
         term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
 
     server = WebhookServer(
-        conn, token=token, host=host, port=port, observer=delivery_observer(term), routes={"metrics": metrics_route(conn.paths, conn.config)}
+        conn, token=token, host=host, port=port, observer=delivery_observer(term), routes={"metrics": metrics_route(conn.paths, conn.config, conn.ledger)}
     )
-    watch = PeriodicWatch(conn.paths, conn.config, default_config=app_ctx.is_default_config)
+    watch = PeriodicWatch(conn.paths, conn.config, default_config=app_ctx.is_default_config, ledger=conn.ledger)
     with conn.run_lock(RunJob.SERVE, command="serve"):
         watch.start()
         try:

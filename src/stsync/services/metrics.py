@@ -36,6 +36,7 @@ from stsync.services.status import StatusReport
 
 if TYPE_CHECKING:
     from stsync.storage.config import Config
+    from stsync.storage.ledger import Ledger
     from stsync.storage.paths import ConnectionPaths
     from stsync.webhooks.handler import Request, Route
 
@@ -140,14 +141,15 @@ def write_textfile(report: StatusReport, path: str | Path) -> Path:
 
 
 
-def metrics_route(paths: "ConnectionPaths", config: "Config") -> "Route":
+def metrics_route(paths: "ConnectionPaths", config: "Config", ledger: "Ledger | None" = None) -> "Route":
     """``GET /metrics`` for ``serve`` and ``stsync run --webhooks``: the status figures, read
-    afresh for each scrape (the local state only: a scrape costs no remote request)."""
+    afresh for each scrape (the local state only: a scrape costs no remote request), through
+    the server's own ledger when given."""
     from stsync.services.status import connection_status
     from stsync.webhooks.handler import TextResponse
 
     def answer(request: "Request") -> TextResponse:
-        return TextResponse(200, {}, text=prometheus_text(connection_status(paths, config)), content_type=CONTENT_TYPE)
+        return TextResponse(200, {}, text=prometheus_text(connection_status(paths, config, ledger=ledger)), content_type=CONTENT_TYPE)
 
     return answer
 

@@ -132,9 +132,15 @@ def _run_dict(run: "RunRecord", now: datetime) -> dict[str, Any]:
 
 
 def connection_status(
-    paths: "ConnectionPaths", config: "Config | None", *, config_error: StsyncError | None = None, now: datetime | None = None
+    paths: "ConnectionPaths",
+    config: "Config | None",
+    *,
+    config_error: StsyncError | None = None,
+    now: datetime | None = None,
+    ledger: Ledger | None = None,
 ) -> StatusReport:
-    """The report for one connection. Never creates a ledger; sends nothing."""
+    """The report for one connection. Never creates a ledger; sends nothing. ``ledger``: the
+    caller's open one (serve's /metrics), used and left open."""
     now = now or datetime.now(timezone.utc)
     report = StatusReport(
         connection=paths.name,
@@ -145,7 +151,9 @@ def connection_status(
     )
     if config_error is not None:
         report.attention.append(f"the config cannot be read: {config_error}")
-    ledger = Ledger.open(paths.ledger) if paths.ledger.exists() else None
+    own = ledger is None
+    if own:
+        ledger = Ledger.open(paths.ledger) if paths.ledger.exists() else None
     try:
         if config is not None:
             report.schedule = {job: config.schedule.interval(job) for job in SCHEDULED_JOBS}
@@ -158,7 +166,7 @@ def connection_status(
         _referral_factory(report, ledger, now)
         _webhooks(report, ledger, now)
     finally:
-        if ledger is not None:
+        if own and ledger is not None:
             ledger.close()
     _token(report, paths, config, now)
     return report

@@ -367,10 +367,17 @@ class Ledger:
     def open(cls, path: str | os.PathLike[str]) -> "Ledger":
         ledger = cls(Path(path))
         make_private_dir(ledger.path.parent)
-        try:  # customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow)
-            os.close(os.open(ledger.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        except OSError:
-            pass  # sqlite3 says precisely what is wrong below
+        # Customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow).
+        # Only when it does not exist: closing any descriptor of an open database file drops
+        # every POSIX lock this process holds on it (SQLite's documented pitfall), and a
+        # process may hold the ledger open elsewhere (serve's worker while /metrics reads).
+        if not ledger.path.exists():
+            try:
+                os.close(os.open(ledger.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass  # another thread or process made it first
+            except OSError:
+                pass  # sqlite3 says precisely what is wrong below
         try:
             conn = ledger._conn()
             ledger._migrate(conn)
