@@ -395,6 +395,10 @@ def test_the_lock_holder_is_named_and_a_long_hold_warns(paths: ConnectionPaths):
         later = check_run_locks(paths, now=time.time() + 7 * 3600)
         assert later.status == "warn" and f"kill {os.getpid()}" in later.fix
     assert "no stsync run holds a lock" in check_run_locks(paths).message
+    # `stsync run` (like serve) holds its lock for as long as it runs: months are not stuck.
+    with RunLock(paths, "run", command="run --webhooks"):
+        months = check_run_locks(paths, now=time.time() + 90 * 86400)
+        assert months.status == "pass" and "run: `run --webhooks`" in months.message
 
 
 # == --email ====================================================================================
