@@ -222,3 +222,23 @@ def test_run_with_webhooks_receives_deliveries_and_answers_metrics_to_the_token_
     assert run.terminate() == 0, run.output()
     [serve_run] = runs(paths, "serve")
     assert (serve_run.outcome, serve_run.exit_code, serve_run.counts["processed"]) == ("ok", 0, 1)
+
+
+def test_run_with_json_logs_writes_only_json_lines_to_stderr(connected, isolated, paths, started, monkeypatch):
+    import json
+
+    sb = connected
+    monkeypatch.setenv("STSYNC_LOG_FORMAT", "json")
+    compress(isolated, push="1s", qualify="off", sync="off")
+    run = started()
+    wait_for(lambda: any(r.outcome == "ok" for r in runs(paths, "push")), what="a push step", process=run)
+    assert run.terminate() == 0, run.output()
+    entries = [json.loads(line) for line in run.lines if line.strip()]  # every line parses
+    assert all({"ts", "level", "message", "connection"} <= set(e) for e in entries)
+    # The step's own lines, and what run says about it, carry the step's job.
+    assert any(e.get("job") == "push" and e["message"].startswith("[push] ") for e in entries), entries
+    assert any(e.get("job") == "push" and "`push-lead --new` exited 0" in e["message"] for e in entries), entries
+    assert any("run stopped" in e["message"] and e.get("command") == "run" for e in entries)
+    text = json.dumps(entries)
+    for secret in (sb.credentials.client_secret, sb.credentials.app_key, sb.credentials.rf_api_key):
+        assert secret not in text

@@ -79,7 +79,10 @@ def run_command(
     def show_output(job: str, line: str) -> None:
         from rich.markup import escape
 
-        term.summary(f"[dim]\\[{escape(job)}][/] {escape(line)}")
+        from stsync.logs import log_context
+
+        with log_context(job=job):  # a JSON line says whose step spoke
+            term.summary(f"[dim]\\[{escape(job)}][/] {escape(line)}")
 
     def after_step(result: "StepResult") -> None:
         what = {0: "ok", 5: "partly failed", 7: "skipped: another run holds its lock", 130: "interrupted"}.get(

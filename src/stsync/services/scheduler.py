@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.notify.conditions import parse_time
 from stsync.storage.states import RunOutcome
 
@@ -211,6 +211,10 @@ class Scheduler:
         return started is not None and (self.now() - started).total_seconds() >= job.full_interval
 
     def _loop(self, job: Job) -> None:
+        with log_context(job=job.name, command=job.command):  # this thread's log lines are the job's
+            self._run_job(job)
+
+    def _run_job(self, job: Job) -> None:
         try:
             wait = self.first_due(job)
         except Exception:
@@ -232,7 +236,8 @@ class Scheduler:
         command = " ".join(argv)
         started_at = self.now()
         began = time.monotonic()
-        log.info("run: %s starts `%s`", job.name, command)
+        with log_context(command=command):
+            log.info("run: %s starts `%s`", job.name, command)
         try:
             child = self.launcher.start(argv)
         except OSError as exc:
