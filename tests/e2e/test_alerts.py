@@ -6,7 +6,7 @@ the alerts and pings received by a local receiver the test starts.
 - exit 4 is said once, not by the runs after it; moved a day back in the ledger's kv, the
   state is reminded once; success forgets it silently;
 - a partial run (exit 5) says which records failed, once;
-- Referral Factory's IP block is said even though the run's own exit (6) is silent;
+- Referral Factory's IP block (its shared cool-down) is said once, though the runs exit 6;
 - `stsync notify --test`;
 - no message or ping carries a secret (the leak scan of tests/reliability/test_secret_leaks.py:
   any 12 characters of a credential or an issued token).
@@ -160,18 +160,18 @@ def test_exit_6_and_7_are_silent_and_send_no_end_ping(alerting, cli_subprocess, 
     assert [p for p in receiver.paths() if p.startswith("/hc/")] == ["/hc/stsync-sync/start", "/hc/stsync-sync/start"]
 
 
-def test_the_ip_block_is_said_though_the_run_itself_exits_6(alerting, cli_subprocess, receiver, paths):
+def test_the_ip_block_is_said_once_though_the_runs_themselves_exit_6(alerting, cli_subprocess, receiver, paths):
     sb = alerting
     sb.block_ips()
     assert cli_subprocess("push-lead", "--new").exit_code == 6
+    # The shared cool-down holds every run back now: each exits 6 at once, and says nothing more.
+    assert cli_subprocess("sync-customers", "--ongoing").exit_code == 6
     assert cli_subprocess("push-lead", "--new").exit_code == 6
     assert events(receiver) == [[("rf_blocked", False)]]
-    assert "blocked this machine's IP address" in messages(receiver)[0]["stsync"]["alerts"][0]["what"]
-    sb.unblock_ips()
-    assert cli_subprocess("push-lead", "--new").exit_code == 0
-    with Ledger.open(paths.ledger) as ledger:
-        assert ledger.get("referral_factory.blocked") is None
-    assert len(messages(receiver)) == 1
+    [alert] = messages(receiver)[0]["stsync"]["alerts"]
+    assert "blocked this machine's IP address" in alert["what"] and alert["details"]["reason"] == "ip_blocked"
+    assert alert["more"].endswith("status")
+    assert_no_secret(sb, receiver)
 
 
 def test_notify_test_sends_one_message_and_a_log_line(alerting, cli_subprocess, receiver):

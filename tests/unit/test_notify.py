@@ -13,10 +13,10 @@ import pytest
 from receiver import Receiver
 
 from stsync.logs import register_secret
-from stsync.notify.conditions import record_cooldown
+from stsync.ratelimit import RateLimiter
 from stsync.notify.message import Alert, Origin, payload
 from stsync.notify.send import Notifier
-from stsync.notify.watch import STATE_KEY, JobResult, Watch, report_cooldown
+from stsync.notify.watch import STATE_KEY, JobResult, Watch
 from stsync.storage.config import default_config
 from stsync.storage.ledger import Ledger
 from stsync.storage.paths import ConnectionPaths
@@ -228,15 +228,27 @@ def test_a_job_switched_off_or_with_nothing_to_do_is_never_overdue(paths, ledger
     assert [(a.event, a.job) for a in said.alerts] == [("job_overdue", "sync")]
 
 
-def test_the_referral_factory_cool_down_is_said_once_per_cool_down(paths, ledger, receiver):
-    config = config_with(receiver)
-    report_cooldown(paths, ledger, config, until=T0 + timedelta(hours=1), reason="two 429 episodes this hour", now=T0)
-    [body] = receiver.json_bodies("/hook")
-    [alert] = alerts_in(body)
-    assert alert["event"] == "rf_cooldown" and "2025-03-01T13:00:00.000Z" in alert["what"] and "in 60 min" in alert["what"]
-    report_cooldown(paths, ledger, config, until=T0 + timedelta(hours=1), reason="two 429 episodes this hour", now=T0 + timedelta(minutes=1))
-    assert len(receiver.json_bodies("/hook")) == 1
-    assert watch_for(paths, ledger, config).look(now=T0 + timedelta(hours=2)).alerts == []  # over: forgotten
+def limiter_at(paths, wall: datetime) -> RateLimiter:
+    """The connection's shared Referral Factory limiter, its wall clock at ``wall``."""
+    return RateLimiter(600, 60.0, state_file=paths.rate_file("referral_factory"), wall_clock=wall.timestamp, service="Referral Factory")
+
+
+def test_the_referral_factory_cool_down_is_said_once_per_cool_down_and_forgotten_when_over(paths, ledger, receiver):
+    watch = watch_for(paths, ledger, config_with(receiver))
+    limiter = limiter_at(paths, T0)
+    limiter.record_rate_limited()
+    assert watch.look(now=T0 + timedelta(seconds=1)).alerts == []  # one episode: half speed, nobody paged
+    limiter.record_rate_limited()  # the second episode of the hour: every process stops for an hour
+    said = watch.look(now=T0 + timedelta(seconds=2))
+    [alert] = said.alerts
+    assert alert.event == "rf_cooldown" and "2025-03-01T13:00:00.000Z" in alert.what and "(in 59 min)" in alert.what
+    assert alert.details["episodes_last_hour"] == 2 and alert.more.endswith("status")
+    assert watch.look(now=T0 + timedelta(minutes=30)).alerts == []
+    assert watch.look(now=T0 + timedelta(hours=2)).alerts == []  # over: forgotten
+    limiter_at(paths, T0 + timedelta(hours=3)).record_ip_blocked()
+    [blocked] = watch.look(now=T0 + timedelta(hours=3, seconds=1)).alerts
+    assert blocked.event == "rf_blocked" and "blocked this machine's IP address" in blocked.what
+    assert len(receiver.json_bodies("/hook")) == 2
 
 
 def test_a_message_the_receiver_refused_is_said_again_at_the_next_look(paths, ledger, receiver):
@@ -260,8 +272,8 @@ def test_everything_said_in_one_look_is_one_message(paths, ledger, receiver):
     watch = watch_for(paths, ledger, config_with(receiver))
     attempt = ledger.record_push_intent("ANN1", kind="lead", email="ann@example.com", name="X")
     ledger.record_push_result(attempt, outcome="failed", error=REFUSED)
-    record_cooldown(ledger, until=T0 + timedelta(minutes=30), reason="429", now=T0)
+    limiter_at(paths, T0).record_ip_blocked()
     look = watch.look(now=T0, job_result=JobResult("push", "push-lead --new", 5, {"type": "PartialFailure", "message": "1 of 3 lead(s) failed"}))
-    assert sorted(a.event for a in look.alerts) == ["job_failed", "record_failed", "rf_cooldown"]
+    assert sorted(a.event for a in look.alerts) == ["job_failed", "record_failed", "rf_blocked"]
     [body] = receiver.json_bodies("/hook")
     assert len(alerts_in(body)) == 3 and body["text"].count("\n• ") == 3

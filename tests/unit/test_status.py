@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stsync.cli.app import run
-from stsync.notify.conditions import record_cooldown
+from stsync.ratelimit import RateLimiter
 from stsync.services.metrics import prometheus_text
 from stsync.services.status import connection_status
 from stsync.storage.config import default_config, load_config
@@ -71,7 +71,8 @@ def test_every_job_recently_ok_is_healthy_exit_0(paths, capsys):
     assert out["schedule"] == {"push": 300.0, "qualify": 600.0, "sync": 900.0}
     assert out["failures"]["pushes"] == {"count": 0, "newest": []}
     assert out["webhooks"] == {"waiting": 0, "oldest": None, "oldest_age_seconds": None, "receiver_running": False}
-    assert out["token"]["cached"] is False and out["referral_factory"] == {"cooldown": None, "blocked": None}
+    assert out["token"]["cached"] is False
+    assert out["referral_factory"] == {"cooldown": None, "blocked": False, "episodes_last_hour": 0, "rate_factor": 1.0}
 
 
 def test_a_job_that_never_ran_needs_attention_exit_1(paths, capsys):
@@ -118,16 +119,17 @@ def test_open_failures_cool_down_block_and_waiting_deliveries_need_attention(pat
         attempt = ledger.record_push_intent("ANN1", kind="lead", email="ann@example.com", name="Ann")
         ledger.record_push_result(attempt, outcome="failed", error=REFUSED)
         ledger.record_delivery("lead_created:9", event="lead_created", external_id="ZED9")
-        record_cooldown(ledger, until=now + timedelta(minutes=30), reason="two 429 episodes", now=now)
+    RateLimiter(600, 60.0, state_file=paths.rate_file("referral_factory")).record_ip_blocked()
     code, out = status_json(capsys)
     assert code == 1
     assert out["failures"]["pushes"]["count"] == 1
     assert out["failures"]["pushes"]["newest"][0] == {
         "external_id": "ANN1", "email": "ann@example.com", "at": out["failures"]["pushes"]["newest"][0]["at"], "error": "HTTP 400: Name is required"}
-    assert out["referral_factory"]["cooldown"]["active"] is True and out["referral_factory"]["cooldown"]["reason"] == "two 429 episodes"
+    rf = out["referral_factory"]
+    assert rf["cooldown"]["active"] is True and rf["cooldown"]["reason"] == "ip_blocked" and rf["blocked"] is True
     assert out["webhooks"]["waiting"] == 1 and out["webhooks"]["receiver_running"] is False
     reasons = " | ".join(out["attention"])
-    assert "records failed and are not fixed: 1 push(es)" in reasons and "cool-down" in reasons
+    assert "records failed and are not fixed: 1 push(es)" in reasons and "Referral Factory blocked this machine's IP" in reasons
     assert "1 webhook delivery(ies) wait with no `stsync serve`" in reasons
 
 

@@ -10,6 +10,7 @@ Prerequisites, in the order a person would debug:
                  └─ Referral Factory API key ─ Referral Factory campaign
     Secret store ─ Secrets
     Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
+    Referral Factory rate limit (the shared 429/IP-block state; no request)
 
 plus the values a live check cannot run without (the identity keys of the config, the
 secrets), reported missing by "Connection settings" and "Secrets" (or "Secret store" when the
@@ -110,6 +111,9 @@ LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last
 LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,))
 LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
+RF_RATE_LIMIT = CheckSpec(
+    "Referral Factory rate limit", ACTIVITY, lambda ctx: activity.check_referral_factory_throttle(ctx.paths)
+)
 
 
 # == live =======================================================================================
@@ -206,6 +210,7 @@ DIAGNOSE_OFFLINE = (
     LAST_SYNC,
     LAST_QUALIFY,
     PUSH_FAILURES,
+    RF_RATE_LIMIT,
 )
 # connect proves what it stores: the token, the booking provider (which also proves the app
 # key and tenant), the campaign (which also proves the key). Return fields are the mapping's

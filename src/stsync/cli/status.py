@@ -92,13 +92,15 @@ def _render(term: "Terminal", report: "StatusReport") -> None:
         for item in found["newest"]:
             who = item.get("email") or item.get("external_id") or item.get("customer_id") or item.get("delivery")
             term.print(f"  [red]✗[/] {escape(kind)}: {escape(str(who))}: {escape(item.get('error') or '')}")
-    cooldown = report.referral_factory.get("cooldown")
+    rf = report.referral_factory
+    cooldown = rf.get("cooldown")
     if cooldown and cooldown.get("active"):
-        term.print(f"Referral Factory: [bold red]cool-down until {escape(cooldown['until'])}[/] ({escape(cooldown.get('reason') or '')})")
-    elif report.referral_factory.get("blocked"):
-        term.print(f"Referral Factory: [bold red]IP blocked[/] since {escape(str(report.referral_factory['blocked'].get('since')))}")
+        why = "IP blocked" if rf.get("blocked") else "rate-limited (HTTP 429)"
+        term.print(f"Referral Factory: [bold red]{why}: no call before {escape(cooldown['until'])}[/]")
+    elif rf.get("rate_factor", 1.0) < 1.0:
+        term.print(f"Referral Factory: [yellow]{rf['rate_factor']:.0%} of the rate[/] after a 429 this hour")
     else:
-        term.print("Referral Factory: no cool-down")
+        term.print("Referral Factory: full speed, no cool-down")
     token = report.token
     if token.get("valid"):
         term.print(f"ServiceTitan token: valid for {describe_duration(token['seconds_left'])} (cached)")

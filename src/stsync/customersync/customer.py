@@ -46,7 +46,15 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import AnswerLost, DuplicateEmail, ReferralFactoryApiError, ServiceTitanApiError, StsyncError, stops_run
+from stsync.errors import (
+    AnswerLost,
+    DuplicateEmail,
+    NotFound,
+    ReferralFactoryApiError,
+    ServiceTitanApiError,
+    StsyncError,
+    stops_run,
+)
 from stsync.logs import get_logger, log_context
 from stsync.mapping.referrers import ReferrerRequest, Skip, referrer_request_for
 from stsync.mapping.return_fields import resolve_custom_field_type, return_field_update, return_values_for
@@ -329,10 +337,9 @@ class CustomerHandler:
                 continue
             try:
                 user = self.rf.get_user(int(push.rf_user_id))
-            except ReferralFactoryApiError as exc:
-                if exc.status == 404:
-                    continue
-                raise
+            except NotFound as exc:
+                self.rf.confirm_deleted(exc, campaign_id=self.campaign_id)  # raises unless a deletion
+                continue
             if user.campaign_id == self.campaign_id and (user.email or "").strip().casefold() == email.strip().casefold():
                 return user
         return None

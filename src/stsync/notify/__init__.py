@@ -6,21 +6,17 @@
                timeouts and a hard deadline; a failure is logged, never raised
     conditions what may need a human, read from the ledger: a job's exit code, records that
                failed for good, failed webhook deliveries, a job overdue, the Referral
-               Factory IP block and cool-down
+               Factory cool-down (after an IP block or 429s)
     watch      the state machine over those conditions, kept in the ledger's kv (shared by
                cron runs, ``serve`` and ``stsync run``): a message once per change of state,
                a reminder after ``remind_after``, never every tick; one message per look
 
 ``services.job_outcome`` calls the watch when a run command ends (cron included); ``serve``
-and ``stsync run`` call it periodically. ``report_cooldown`` is the call for the Referral
-Factory cool-down (issue 14): it records the state (``status`` shows it) and alerts at once.
+and ``stsync run`` call it periodically. The Referral Factory cool-down is read where
+``stsync.ratelimit`` keeps it for every process of the connection: no call is needed to
+report it.
 
 Guarantees: sending never makes a job fail or wait longer than its deadline; no secret is in
 a message (each body is redacted with every secret stsync knows, the alert URLs included); the
 URLs themselves are never logged.
 """
-
-from stsync.notify.conditions import COOLDOWN_KEY, Cooldown, read_cooldown
-from stsync.notify.watch import report_cooldown
-
-__all__ = ["COOLDOWN_KEY", "Cooldown", "read_cooldown", "report_cooldown"]

@@ -4,8 +4,6 @@ well) and what to say about it. The watch (``notify.watch``) decides when to say
 - ``job_exit``: how a run command ended. Exit 1, 3, 4, 5 → state ``"<code>:<error type>"``;
   exit 0 → well; exit 6 (temporary), 7 (lock held), 130 (interrupted) change nothing — a
   trouble that lasts shows as the job being overdue.
-- ``rf_block``: a run met Referral Factory's IP block (``IpBlocked``; kv ``referral_factory.blocked``,
-  kept by ``note_job_for_ip_block``); cleared by a Referral Factory job that ends 0.
 - ``failed_records`` / ``failed_deliveries``: record sets — pushes unbooked after a failure of
   their own, customers whose referrer or return fields failed, qualifications that failed on an
   open referral; webhook deliveries whose processing failed. A record that joins the set is
@@ -14,11 +12,11 @@ well) and what to say about it. The watch (``notify.watch``) decides when to say
   than ``overdue_after`` × its interval, counted from its last success (or its first run). A
   job that never ran, is ``"off"``, or has nothing to do (``[leads] action = "nothing"`` for
   push, rule ``none`` for qualify) is not overdue.
-- ``cooldown``: the Referral Factory cool-down (kv ``referral_factory.cooldown``, see
-  ``Cooldown``) is on.
+- ``cooldown``: Referral Factory's shared cool-down is in force (``stsync.ratelimit`` keeps it
+  in the connection's state dir, for every process): after an IP block (``rf_blocked``) or
+  two 429 episodes within an hour (``rf_cooldown``); over when it ends.
 
-Everything here reads the ledger and the config; nothing sends or writes, except
-``record_cooldown`` (the state the cool-down's owner keeps).
+Everything here reads the ledger, the state dir and the config; nothing sends or writes.
 """
 
 from __future__ import annotations
@@ -26,27 +24,25 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from stsync.durations import describe_duration
 from stsync.errors import error_summary
 from stsync.notify.message import Alert, exit_meaning
+from stsync.ratelimit import IP_BLOCKED, read_state
 from stsync.storage.states import RunJob
 from stsync.vocabulary import Action, QualificationRule
 
 if TYPE_CHECKING:
     from stsync.storage.config import Config
     from stsync.storage.ledger import Ledger
+    from stsync.storage.paths import ConnectionPaths
 
-# Jobs whose success proves Referral Factory answers again.
-RF_JOBS = (RunJob.PUSH, RunJob.SYNC, RunJob.QUALIFY)
 ALERTED_EXIT_CODES = (1, 3, 4, 5)
 SCHEDULED_COMMANDS = {RunJob.PUSH: "push-lead --new", RunJob.QUALIFY: "qualify", RunJob.SYNC: "sync-customers --ongoing"}
 RECORDS_TRACKED = 200  # newest open failures of each kind remembered between looks
 RECORDS_SHOWN = 5
-COOLDOWN_KEY = "referral_factory.cooldown"
-BLOCKED_KEY = "referral_factory.blocked"
 
 More = Callable[[str], str]  # "history --failed" → "stsync --config /etc/x.toml history --failed"
 
@@ -106,45 +102,6 @@ def job_exit(job: str, command: str, exit_code: int, error: dict[str, Any] | Non
             details={"error_type": error.get("type"), "key_path": error.get("key_path")} if error else {},
         ),
     )
-
-
-def rf_block(ledger: "Ledger", more: More) -> Condition:
-    key = "referral_factory.blocked"
-    block = read_ip_block(ledger)
-    if block is None:
-        return Condition(key, None)
-    return Condition(
-        key,
-        f"blocked:{block.get('since')}",
-        Alert(
-            event="rf_blocked",
-            what=f"Referral Factory blocked this machine's IP address ({block.get('message')})",
-            job=block.get("job"),
-            hint=block.get("hint") or "wait for the block to end; make sure nothing else uses this API key's budget",
-            more=more("status"),
-            details={"since": block.get("since")},
-        ),
-    )
-
-
-def read_ip_block(ledger: "Ledger") -> dict[str, Any] | None:
-    """The IP block the last run of a Referral Factory job met (kv ``BLOCKED_KEY``), or None."""
-    try:
-        data = json.loads(ledger.get(BLOCKED_KEY) or "null")
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def note_job_for_ip_block(ledger: "Ledger", job: str, exit_code: int, error: dict[str, Any] | None) -> None:
-    """A run met the block (``IpBlocked``): remember it; a Referral Factory job that ends 0
-    proves it is over."""
-    if error and error.get("type") == "IpBlocked":
-        if read_ip_block(ledger) is None:
-            since = datetime.now(timezone.utc)
-            ledger.put(BLOCKED_KEY, json.dumps({"since": iso(since), "job": job, "message": error.get("message"), "hint": error.get("hint")}))
-    elif exit_code == 0 and job in RF_JOBS and ledger.get(BLOCKED_KEY) is not None:
-        ledger.put(BLOCKED_KEY, None)
 
 
 # -- records that failed for good ---------------------------------------------------------------
@@ -277,77 +234,81 @@ def overdue(job: str, ledger: "Ledger", config: "Config", now: datetime, more: M
 # -- the Referral Factory cool-down --------------------------------------------------------------
 @dataclass(frozen=True)
 class Cooldown:
-    """stsync stopped calling Referral Factory until ``until`` (every process of the connection).
+    """Referral Factory's shared fate (``stsync.ratelimit``, every process of the connection):
+    a cool-down in force or last ended (``reason``: rate_limited | ip_blocked), the 429 episodes
+    of the last hour and the rate in force."""
 
-    Kept as JSON in the ledger's kv under ``COOLDOWN_KEY``:
-    ``{"until": ISO-8601 UTC, "reason": str, "since": ISO-8601 UTC, "episodes": int}``.
-    """
+    reason: str | None
+    since: str | None
+    until: str | None
+    active: bool
+    episodes_last_hour: int
+    rate_factor: float
 
-    until: str
-    reason: str
-    since: str | None = None
-    episodes: int | None = None
-
-    def active(self, now: datetime) -> bool:
-        until = parse_time(self.until)
-        return until is not None and until > now
+    @property
+    def blocked(self) -> bool:
+        return self.active and self.reason == IP_BLOCKED
 
     def to_dict(self) -> dict[str, Any]:
-        return {"until": self.until, "reason": self.reason, "since": self.since, "episodes": self.episodes}
+        return {
+            "active": self.active,
+            "reason": self.reason,
+            "since": self.since,
+            "until": self.until,
+            "episodes_last_hour": self.episodes_last_hour,
+            "rate_factor": self.rate_factor,
+        }
 
 
-def read_cooldown(ledger: "Ledger") -> Cooldown | None:
-    """The recorded cool-down (active or not), or None."""
-    try:
-        data = json.loads(ledger.get(COOLDOWN_KEY) or "null")
-    except ValueError:
+def read_cooldown(paths: "ConnectionPaths", now: datetime) -> Cooldown | None:
+    """The shared Referral Factory state at ``now``, read without creating anything; None when
+    no 429 or block was ever recorded for the connection."""
+    wall_now = now.timestamp()
+    state = read_state(paths.rate_file("referral_factory"), window=60.0, wall_clock=lambda: wall_now)
+    if state is None:
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("until"), str):
-        return None
-    episodes = data.get("episodes")
+    current = state.cool_down
     return Cooldown(
-        until=data["until"],
-        reason=str(data.get("reason") or "rate limited"),
-        since=data.get("since") if isinstance(data.get("since"), str) else None,
-        episodes=episodes if isinstance(episodes, int) else None,
+        reason=current.reason if current else None,
+        since=iso(datetime.fromtimestamp(current.since, timezone.utc)) if current else None,
+        until=iso(datetime.fromtimestamp(current.until, timezone.utc)) if current else None,
+        active=bool(current and current.in_force(wall_now)),
+        episodes_last_hour=len(state.episodes),
+        rate_factor=state.rate_factor,
     )
 
 
-def record_cooldown(ledger: "Ledger", *, until: datetime, reason: str, episodes: int | None = None, now: datetime | None = None) -> Cooldown:
-    """Record that every process of the connection stops calling Referral Factory until ``until``."""
-    now = now or datetime.now(timezone.utc)
-    cooldown = Cooldown(until=iso(until), reason=reason, since=iso(now), episodes=episodes)
-    ledger.put(COOLDOWN_KEY, json.dumps(cooldown.to_dict()))
-    return cooldown
-
-
-def cooldown(ledger: "Ledger", now: datetime, more: More) -> Condition:
-    current = read_cooldown(ledger)
-    if current is None or not current.active(now):
+def cooldown(paths: "ConnectionPaths", now: datetime, more: More) -> Condition:
+    """A cool-down in force: ``rf_blocked`` when it follows an IP block, ``rf_cooldown`` after
+    the 429 episodes. One per cool-down (its reason and start are the state)."""
+    current = read_cooldown(paths, now)
+    if current is None or not current.active:
         return Condition("referral_factory.cooldown", None)
     until = parse_time(current.until) or now
+    wait = describe_duration((until - now).total_seconds())
+    if current.blocked:
+        event = "rf_blocked"
+        what = (
+            f"Referral Factory blocked this machine's IP address (at {current.since}): every run of this connection "
+            f"waits until {current.until} (in {wait}) before calling it again"
+        )
+        hint = "make sure no other tool on this machine or Referral Factory account abuses its rate limit"
+    else:
+        event = "rf_cooldown"
+        what = (
+            f"Referral Factory rate-limited stsync (HTTP 429, {current.episodes_last_hour} episode(s) this hour): every run "
+            f"of this connection waits until {current.until} (in {wait}) before calling it again"
+        )
+        hint = "nothing to do unless it repeats: then lower [limits] referral_factory_per_minute, or find what else uses the API key"
     return Condition(
         "referral_factory.cooldown",
-        f"until:{current.until}",
-        Alert(
-            event="rf_cooldown",
-            what=f"Referral Factory rate-limited stsync: every run of this connection waits until {current.until} "
-            f"(in {describe_duration((until - now).total_seconds())}) before calling it again ({current.reason})",
-            hint="nothing to do unless it repeats: then lower [limits] referral_factory_per_minute, or find what else uses the API key",
-            more=more("status"),
-            details=current.to_dict(),
-        ),
+        f"{current.reason}:{current.since}",
+        Alert(event=event, what=what, hint=hint, more=more("status"), details=current.to_dict()),
     )
-
-
-def in_future(now: datetime, seconds: float) -> datetime:
-    return now + timedelta(seconds=seconds)
 
 
 __all__ = [
     "ALERTED_EXIT_CODES",
-    "BLOCKED_KEY",
-    "COOLDOWN_KEY",
     "Condition",
     "Cooldown",
     "Overdue",
@@ -358,12 +319,8 @@ __all__ = [
     "iso",
     "job_applies",
     "job_exit",
-    "note_job_for_ip_block",
-    "read_ip_block",
     "overdue",
     "overdue_state",
     "parse_time",
     "read_cooldown",
-    "record_cooldown",
-    "rf_block",
 ]

@@ -99,13 +99,12 @@ class Watch:
         found: list[cond.Condition | None] = []
         if job_result is not None:
             found.append(cond.job_exit(job_result.job, job_result.command, job_result.exit_code, job_result.error, self.more))
-        found.append(cond.rf_block(self.ledger, self.more))
         found.append(cond.failed_records(self.ledger, self.more))
         found.append(cond.failed_deliveries(self.ledger, self.more))
         if self.config is not None:
             for job in (RunJob.PUSH, RunJob.QUALIFY, RunJob.SYNC):
                 found.append(cond.overdue(job, self.ledger, self.config, now, self.more))
-        found.append(cond.cooldown(self.ledger, now, self.more))
+        found.append(cond.cooldown(self.paths, now, self.more))
         return [c for c in found if c is not None]
 
     # -- one look ---------------------------------------------------------------------------
@@ -209,26 +208,4 @@ class Watch:
         self.ledger.put(STATE_KEY, json.dumps(state, sort_keys=True))
 
 
-def report_cooldown(
-    paths: "ConnectionPaths",
-    ledger: "Ledger",
-    config: "Config | None",
-    *,
-    until: datetime,
-    reason: str,
-    episodes: int | None = None,
-    now: datetime | None = None,
-) -> None:
-    """The Referral Factory cool-down started (or was extended): record it where ``status``
-    and the alerts read it, and alert at once (once per cool-down). For the 429 handling of
-    issue 14: call it when every process of the connection must stop calling Referral
-    Factory until ``until``. Never raises."""
-    try:
-        cond.record_cooldown(ledger, until=until, reason=reason, episodes=episodes, now=now)
-    except Exception:
-        log.exception("notify: could not record the Referral Factory cool-down")
-        return
-    Watch(paths, ledger, config, Notifier.from_settings(getattr(config, "notify", None))).look(now=now)
-
-
-__all__ = ["STATE_KEY", "JobResult", "Look", "Watch", "more_for", "origin_for", "report_cooldown"]
+__all__ = ["STATE_KEY", "JobResult", "Look", "Watch", "more_for", "origin_for"]

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 from stsync.errors import StsyncError
 from stsync.logs import bind, get_logger
-from stsync.notify.conditions import note_job_for_ip_block
 from stsync.notify.send import Notifier
 from stsync.notify.watch import JobResult, Watch, more_for
 from stsync.storage.ledger import Ledger
@@ -134,7 +133,6 @@ class JobInvocation:
                 log.exception("notify: the end ping failed")
 
     def _record(self, ledger: Ledger, exit_code: int, error: dict | None) -> None:
-        note_job_for_ip_block(ledger, self.job, exit_code, error)
         runs = ledger.runs_started_by(os.getpid(), after_id=self.watermark)
         if runs:
             ledger.set_exit_code([run.id for run in runs], exit_code)

@@ -15,7 +15,7 @@ several files, or answer on several ports, without clashing.
     stsync_open_failures{kind}                      pushes, customers, qualifications, deliveries
     stsync_webhook_deliveries_waiting, stsync_webhook_oldest_waiting_age_seconds
     stsync_referral_factory_cooldown_active, stsync_referral_factory_cooldown_until_timestamp_seconds
-    stsync_referral_factory_blocked
+    stsync_referral_factory_blocked, stsync_referral_factory_rate_factor
     stsync_token_valid, stsync_token_expiry_timestamp_seconds
     stsync_status_generated_timestamp_seconds
 """
@@ -107,7 +107,8 @@ class StatusCollector(Collector):
         yield gauge(
             "stsync_referral_factory_cooldown_until_timestamp_seconds", "When the Referral Factory cool-down ends", _timestamp(cooldown.get("until"))
         )
-        yield gauge("stsync_referral_factory_blocked", "1 when a run met Referral Factory's IP block and none succeeded since", 1 if rf.get("blocked") else 0)
+        yield gauge("stsync_referral_factory_blocked", "1 while the cool-down follows an IP block", 1 if rf.get("blocked") else 0)
+        yield gauge("stsync_referral_factory_rate_factor", "The share of referral_factory_per_minute in force (1 = full speed)", rf.get("rate_factor", 1.0))
 
         token = report.token
         yield gauge("stsync_token_valid", "1 while the cached ServiceTitan token is valid", 1 if token.get("valid") else 0)

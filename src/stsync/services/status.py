@@ -5,13 +5,13 @@ the last success; whether it is running now (its lock) and whether it is **overd
 success for more than ``[schedule] overdue_after`` × its interval (``notify.conditions``
 decides, the same rule the overdue alert uses). Then the records that failed for good and
 are not fixed (pushes, customers, qualifications, webhook deliveries: counts and the newest),
-the Referral Factory IP block and cool-down, the cached ServiceTitan token's expiry (read from
+the Referral Factory cool-down (after an IP block or 429s), the cached ServiceTitan token's expiry (read from
 the token cache: a valid one proves the credentials worked within its lifetime), and the
 webhook queue: deliveries accepted and not processed yet.
 
 ``healthy`` is False, and ``attention`` says why, when a person should look: the config
 cannot be read; a scheduled job never ran, last failed with exit 1, 3 or 4, or is overdue; a
-record failed for good; Referral Factory blocked the IP or is cooling down; deliveries wait
+record failed for good; Referral Factory's cool-down is in force (an IP block, or 429s); deliveries wait
 with no receiver running, or for more than ``STUCK_DELIVERY_SECONDS``. The CLI exits 0 when
 healthy, 1 otherwise (for monitoring); ``services.metrics`` turns the same report into
 Prometheus figures.
@@ -32,7 +32,6 @@ from stsync.notify.conditions import (
     overdue_state,
     parse_time,
     read_cooldown,
-    read_ip_block,
 )
 from stsync.servicetitan.auth import cached_token_expiry
 from stsync.storage.config import resolve_endpoints
@@ -163,7 +162,7 @@ def connection_status(
             report.jobs.append(_service_job(job, paths, ledger, now))
         report.attention.extend(job.attention for job in report.jobs if job.attention)
         _failures(report, ledger)
-        _referral_factory(report, ledger, now)
+        _referral_factory(report, paths, now)
         _webhooks(report, ledger, now)
     finally:
         if own and ledger is not None:
@@ -285,18 +284,18 @@ def _failures(report: StatusReport, ledger: Ledger | None) -> None:
         report.attention.append(f"records failed and are not fixed: {', '.join(parts)} (`stsync diagnose`, `stsync history --failed`)")
 
 
-def _referral_factory(report: StatusReport, ledger: Ledger | None, now: datetime) -> None:
-    cooldown = read_cooldown(ledger) if ledger is not None else None
-    block = read_ip_block(ledger) if ledger is not None else None
-    active = cooldown is not None and cooldown.active(now)
+def _referral_factory(report: StatusReport, paths: "ConnectionPaths", now: datetime) -> None:
+    """The shared cool-down (``stsync.ratelimit``): after an IP block or two 429 episodes."""
+    current = read_cooldown(paths, now)
     report.referral_factory = {
-        "cooldown": {**cooldown.to_dict(), "active": active} if cooldown is not None else None,
-        "blocked": block,
+        "cooldown": current.to_dict() if current is not None and current.reason else None,
+        "blocked": bool(current and current.blocked),
+        "episodes_last_hour": current.episodes_last_hour if current else 0,
+        "rate_factor": current.rate_factor if current else 1.0,
     }
-    if active:
-        report.attention.append(f"Referral Factory cool-down: no call before {cooldown.until} ({cooldown.reason})")  # type: ignore[union-attr]
-    if block is not None:
-        report.attention.append(f"Referral Factory blocked this machine's IP (since {block.get('since')})")
+    if current is not None and current.active:
+        why = "blocked this machine's IP address" if current.blocked else "rate-limited stsync (HTTP 429)"
+        report.attention.append(f"Referral Factory {why}: no process of this connection calls it before {current.until}")
 
 
 def _webhooks(report: StatusReport, ledger: Ledger | None, now: datetime) -> None:
