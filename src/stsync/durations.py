@@ -65,6 +65,3 @@ def describe_duration(seconds: float) -> str:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
-
-
-__all__ = ["EXAMPLES", "OFF", "describe_duration", "format_duration", "parse_duration"]

@@ -40,6 +40,3 @@ def https_fix(url: str) -> str:
     """The same URL with https, for the message's fix."""
     parts = urlsplit(url.strip())
     return parts._replace(scheme="https").geturl()
-
-
-__all__ = ["https_fix", "is_loopback_host", "plain_http_elsewhere"]

@@ -15,7 +15,7 @@ the alerts and pings received by a local receiver the test starts.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from receiver import Receiver
@@ -103,7 +103,7 @@ def test_exit_4_is_said_once_reminded_a_day_later_and_forgotten_on_success(alert
     # A day passes (the state's timestamps moved back): the next failing run reminds, once.
     with Ledger.open(paths.ledger) as ledger:
         state = json.loads(ledger.get(STATE_KEY))
-        day_ago = (datetime.now(timezone.utc) - timedelta(hours=25)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        day_ago = (datetime.now(UTC) - timedelta(hours=25)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         for entry in state["conditions"].values():
             entry["notified_at"] = day_ago
         ledger.put(STATE_KEY, json.dumps(state))

@@ -27,7 +27,7 @@ from stsync.storage.paths import ConnectionPaths
 pytestmark = pytest.mark.e2e
 
 
-def wait_for(condition, *, timeout: float = 60.0, what: str = "condition", process: "RunProcess | None" = None):
+def wait_for(condition, *, timeout: float = 60.0, what: str = "condition", process: RunProcess | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()

@@ -7,21 +7,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from receiver import Receiver
 
 from stsync.logs import register_secret
-from stsync.ratelimit import RateLimiter
 from stsync.notify.message import Alert, Origin, payload
 from stsync.notify.send import Notifier
 from stsync.notify.watch import STATE_KEY, JobResult, Watch
+from stsync.ratelimit import RateLimiter
 from stsync.storage.config import default_config
 from stsync.storage.ledger import Ledger
 from stsync.storage.paths import ConnectionPaths
 
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 AUTH_ERROR = {"type": "AuthError", "message": "ServiceTitan rejected the Client ID / Client Secret", "hint": "run `stsync connect`", "exit_code": 4}
 REFUSED = {"type": "ServiceTitanApiError", "message": "bad", "title": "Name is required", "status": 400, "service": "servicetitan", "exit_code": 1}
 
@@ -224,7 +224,7 @@ def test_a_job_switched_off_or_with_nothing_to_do_is_never_overdue(paths, ledger
     for job in ("push", "qualify"):
         ledger.finish_run(ledger.start_run(job, job), "failed", {})
     ledger.finish_run(ledger.start_run("sync", "sync-customers --ongoing"), "ok", {})
-    said = watch_for(paths, ledger, config).look(now=datetime.now(timezone.utc) + timedelta(hours=1))
+    said = watch_for(paths, ledger, config).look(now=datetime.now(UTC) + timedelta(hours=1))
     assert [(a.event, a.job) for a in said.alerts] == [("job_overdue", "sync")]
 
 

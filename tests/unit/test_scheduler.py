@@ -9,7 +9,7 @@ import random
 import sys
 import textwrap
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -82,7 +82,7 @@ def test_a_job_never_overlaps_itself_and_its_output_and_results_come_back(tmp_pa
     scheduler.request_stop()
     scheduler.join()
     steps = launcher.steps()
-    for before, after in zip(steps, steps[1:]):
+    for before, after in zip(steps, steps[1:], strict=False):
         assert after["start"] >= before["end"], "a step started while the one before it still ran"
     assert all(step["argv"] == ["push-lead", "--new"] for step in steps)
     assert ("push", "step says hello") in lines
@@ -103,7 +103,7 @@ def test_different_jobs_run_side_by_side(tmp_path, ledger):
 
 
 def test_a_job_is_due_one_interval_after_its_last_start(tmp_path, ledger):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ledger.finish_run(ledger.start_run("sync", "sync-customers --ongoing"), "ok", {})
     scheduler = Scheduler([], ledger=ledger, launcher=ScriptLauncher(tmp_path, seconds=0), jitter=0, now=lambda: now + timedelta(seconds=100))
     assert 795 <= scheduler.first_due(Job("sync", ("sync-customers", "--ongoing"), 900)) <= 800
@@ -120,7 +120,7 @@ def test_jitter_delays_a_start_by_at_most_half_the_interval(tmp_path, ledger):
 
 
 def test_the_full_run_is_due_a_full_interval_after_the_last_full_or_the_first_run(tmp_path, ledger):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     job = Job("sync", ("sync-customers", "--ongoing"), 900, ("sync-customers", "--ongoing", "--full"), 7 * 86400)
 
     def scheduler_at(moment):
@@ -143,7 +143,7 @@ def test_the_full_run_is_due_a_full_interval_after_the_last_full_or_the_first_ru
 def test_the_due_full_run_is_the_one_started(tmp_path, ledger):
     ledger.finish_run(ledger.start_run("sync", "sync-customers --ongoing"), "ok", {})
     launcher = ScriptLauncher(tmp_path, seconds=0)
-    later = datetime.now(timezone.utc) + timedelta(days=8)
+    later = datetime.now(UTC) + timedelta(days=8)
     job = Job("sync", ("sync-customers", "--ongoing"), 0.2, ("sync-customers", "--ongoing", "--full"), 7 * 86400)
     scheduler = Scheduler([job], ledger=ledger, launcher=launcher, jitter=0, now=lambda: later)
     scheduler.start()

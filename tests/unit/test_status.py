@@ -7,7 +7,7 @@ import json
 import os
 import stat
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,7 @@ def test_a_job_that_never_ran_needs_attention_exit_1(paths, capsys):
 
 def test_an_overdue_job_and_a_failing_one_need_attention(paths, capsys):
     all_jobs_ran(paths)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with Ledger.open(paths.ledger) as ledger:
         ran(ledger, "qualify", "qualify", "failed", 4, "ServiceTitan rejected the Client ID / Client Secret")
     report = connection_status(paths, load_config(paths.config), now=now + timedelta(minutes=16))
@@ -114,7 +114,6 @@ def test_a_skipped_tick_is_not_the_last_run_and_off_or_idle_jobs_never_need_atte
 
 def test_open_failures_cool_down_block_and_waiting_deliveries_need_attention(paths, capsys):
     all_jobs_ran(paths)
-    now = datetime.now(timezone.utc)
     with Ledger.open(paths.ledger) as ledger:
         attempt = ledger.record_push_intent("ANN1", kind="lead", email="ann@example.com", name="Ann")
         ledger.record_push_result(attempt, outcome="failed", error=REFUSED)

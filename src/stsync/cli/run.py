@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -35,13 +35,19 @@ def register(app: typer.Typer) -> None:
 
 def run_command(
     ctx: typer.Context,
-    webhooks: bool = typer.Option(False, "--webhooks", help="Also receive Referral Factory webhooks (as `stsync serve`), and answer GET /metrics."),
-    host: str = typer.Option("127.0.0.1", "--host", help="With --webhooks: the address to listen on."),
-    port: int = typer.Option(8080, "--port", min=0, max=65535, help="With --webhooks: the port to listen on (0 picks a free one)."),
-    token: Optional[str] = typer.Option(
-        None, "--token", help=f"With --webhooks: the shared token. Prefer the env variable. \\[env var: {envvars.WEBHOOK_TOKEN.name}]"
+    webhooks: bool = typer.Option(
+        False, "--webhooks", help="Also receive Referral Factory webhooks (as `stsync serve`), and answer GET /metrics."
     ),
-    prometheus: Optional[str] = typer.Option(
+    host: str = typer.Option("127.0.0.1", "--host", help="With --webhooks: the address to listen on."),
+    port: int = typer.Option(
+        8080, "--port", min=0, max=65535, help="With --webhooks: the port to listen on (0 picks a free one)."
+    ),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        help=f"With --webhooks: the shared token. Prefer the env variable. \\[env var: {envvars.WEBHOOK_TOKEN.name}]",
+    ),
+    prometheus: str | None = typer.Option(
         None, "--prometheus", metavar="PATH", help="Rewrite this node-exporter textfile after each step and each minute."
     ),
 ) -> None:
@@ -54,8 +60,7 @@ def run_command(
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    if webhooks:
-        token = check_token(envvars.resolve(envvars.WEBHOOK_TOKEN, option=token))
+    webhook_token = check_token(envvars.resolve(envvars.WEBHOOK_TOKEN, option=token)) if webhooks else ""
     command = "run --webhooks" if webhooks else "run"
     app_ctx.begin_job(RunJob.RUN, command)
     conn = app_ctx.connection()
@@ -84,7 +89,7 @@ def run_command(
         with log_context(job=job):  # a JSON line says whose step spoke
             term.summary(f"[dim]\\[{escape(job)}][/] {escape(line)}")
 
-    def after_step(result: "StepResult") -> None:
+    def after_step(result: StepResult) -> None:
         what = {0: "ok", 5: "partly failed", 7: "skipped: another run holds its lock", 130: "interrupted"}.get(
             result.exit_code, "failed"
         )
@@ -106,7 +111,12 @@ def run_command(
     )
     smallest = min([job.interval for job in jobs] or [60.0])
     watch = PeriodicWatch(
-        conn.paths, config, every=min(60.0, smallest), default_config=app_ctx.is_default_config, after_look=write_metrics, ledger=conn.ledger
+        conn.paths,
+        config,
+        every=min(60.0, smallest),
+        default_config=app_ctx.is_default_config,
+        after_look=write_metrics,
+        ledger=conn.ledger,
     )
 
     server = None
@@ -115,11 +125,15 @@ def run_command(
         from stsync.services.serve import WebhookServer
 
         server = WebhookServer(
-            conn, token=token, host=host, port=port, observer=delivery_observer(term),  # type: ignore[arg-type]
+            conn,
+            token=webhook_token,
+            host=host,
+            port=port,
+            observer=delivery_observer(term),
             routes={"metrics": metrics_route(conn.paths, config, conn.ledger)},
         )
 
-    with conn.run_lock(RunJob.RUN, command=command), (conn.run_lock(RunJob.SERVE, command=command) if webhooks else _nothing()):
+    with conn.run_lock(RunJob.RUN, command=command), conn.run_lock(RunJob.SERVE, command=command) if webhooks else _nothing():
         run_id = conn.ledger.start_run(RunJob.RUN, command)
         from stsync.logs import bind
 
@@ -130,7 +144,8 @@ def run_command(
                 server.start()
                 term.success(f"receiving webhooks on {server.url}<token>; GET /metrics with the token header")
             term.success(
-                "running: " + ", ".join(f"{job.command} every {_every(job.interval)}" for job in jobs)
+                "running: "
+                + ", ".join(f"{job.command} every {_every(job.interval)}" for job in jobs)
                 + ". SIGTERM or Ctrl-C finishes the running steps and stops; a second one interrupts them."
             )
             with _signals(scheduler, term):
@@ -155,7 +170,7 @@ def run_command(
     app_ctx.emit({"ok": True, "run_id": run_id, "counts": counts})
 
 
-def scheduled_jobs(config: "Config", *, qualify_has_full: bool) -> list["Job"]:
+def scheduled_jobs(config: Config, *, qualify_has_full: bool) -> list[Job]:
     """The jobs ``[schedule]`` turns on, with their full variants."""
     from stsync.services.scheduler import Job
 
@@ -164,11 +179,11 @@ def scheduled_jobs(config: "Config", *, qualify_has_full: bool) -> list["Job"]:
     if schedule.push is not None:
         jobs.append(Job(RunJob.PUSH, ("push-lead", "--new"), schedule.push))
     if schedule.qualify is not None:
-        full = ("qualify", "--full") if qualify_has_full and schedule.full_qualify is not None else None
-        jobs.append(Job(RunJob.QUALIFY, ("qualify",), schedule.qualify, full, schedule.full_qualify if full else None))
+        full_qualify: tuple[str, ...] | None = ("qualify", "--full") if qualify_has_full and schedule.full_qualify is not None else None
+        jobs.append(Job(RunJob.QUALIFY, ("qualify",), schedule.qualify, full_qualify, schedule.full_qualify if full_qualify else None))
     if schedule.sync is not None:
-        full = ("sync-customers", "--ongoing", "--full") if schedule.full_sync is not None else None
-        jobs.append(Job(RunJob.SYNC, ("sync-customers", "--ongoing"), schedule.sync, full, schedule.full_sync))
+        full_sync = ("sync-customers", "--ongoing", "--full") if schedule.full_sync is not None else None
+        jobs.append(Job(RunJob.SYNC, ("sync-customers", "--ongoing"), schedule.sync, full_sync, schedule.full_sync))
     return jobs
 
 
@@ -209,7 +224,7 @@ class _signals:
         else:
             self.scheduler.request_stop()
 
-    def __enter__(self) -> "_signals":
+    def __enter__(self) -> _signals:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self.previous[signum] = signal.signal(signum, self.handle)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -24,8 +24,11 @@ def register(app: typer.Typer) -> None:
 
 def status_command(
     ctx: typer.Context,
-    prometheus: Optional[str] = typer.Option(
-        None, "--prometheus", metavar="PATH", help="Also write the figures for node_exporter's textfile collector (PATH.prom, replaced atomically)."
+    prometheus: str | None = typer.Option(
+        None,
+        "--prometheus",
+        metavar="PATH",
+        help="Also write the figures for node_exporter's textfile collector (PATH.prom, replaced atomically).",
     ),
 ) -> None:
     from stsync.errors import ConfigError
@@ -43,7 +46,9 @@ def status_command(
     _render(app_ctx.terminal, report)
     if written is not None:
         app_ctx.terminal.info(f"Prometheus textfile: {written}")
-    app_ctx.emit({"ok": report.healthy, "exit_code": report.exit_code, **report.to_dict(), "prometheus": str(written) if written else None})
+    app_ctx.emit(
+        {"ok": report.healthy, "exit_code": report.exit_code, **report.to_dict(), "prometheus": str(written) if written else None}
+    )
     if report.exit_code:
         raise typer.Exit(report.exit_code)
 
@@ -60,7 +65,7 @@ _STATE = {
 }
 
 
-def _render(term: "Terminal", report: "StatusReport") -> None:
+def _render(term: Terminal, report: StatusReport) -> None:
     from rich.markup import escape
 
     from stsync.durations import describe_duration
@@ -68,7 +73,9 @@ def _render(term: "Terminal", report: "StatusReport") -> None:
     def ago(seconds: Any) -> str:
         return f"{describe_duration(seconds)} ago" if isinstance(seconds, (int, float)) else ""
 
-    table = term.table("Job", "State", "Last run", "Outcome", "When", "Every", title=f"stsync status — connection '{report.connection}'")
+    table = term.table(
+        "Job", "State", "Last run", "Outcome", "When", "Every", title=f"stsync status — connection '{report.connection}'"
+    )
     for job in report.jobs:
         last = job.last_run or {}
         outcome = last.get("outcome") or ""
@@ -109,7 +116,9 @@ def _render(term: "Terminal", report: "StatusReport") -> None:
     else:
         term.print("ServiceTitan token: none cached")
     hooks = report.webhooks
-    waiting = f"{hooks['waiting']} waiting" + (f", oldest {ago(hooks['oldest_age_seconds'])}" if hooks.get("oldest_age_seconds") else "")
+    waiting = f"{hooks['waiting']} waiting" + (
+        f", oldest {ago(hooks['oldest_age_seconds'])}" if hooks.get("oldest_age_seconds") else ""
+    )
     term.print(f"Webhook deliveries: {waiting}; receiver {'running' if hooks['receiver_running'] else 'not running'}")
     if report.healthy:
         term.summary("[green]Healthy[/]: nothing needs attention.")
@@ -119,7 +128,7 @@ def _render(term: "Terminal", report: "StatusReport") -> None:
             term.summary(f"  • {escape(reason)}")
 
 
-def _running(job: "JobStatus") -> str:
+def _running(job: JobStatus) -> str:
     if job.running and job.state != "running":
         return f" [cyan](running, pid {job.running.get('pid')})[/]"
     return ""

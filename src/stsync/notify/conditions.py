@@ -21,10 +21,9 @@ Everything here reads the ledger, the state dir and the config; nothing sends or
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.durations import describe_duration
@@ -66,11 +65,11 @@ def parse_time(text: str | None) -> datetime | None:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- a job's exit -------------------------------------------------------------------------------
@@ -105,7 +104,7 @@ def job_exit(job: str, command: str, exit_code: int, error: dict[str, Any] | Non
 
 
 # -- records that failed for good ---------------------------------------------------------------
-def failed_records(ledger: "Ledger", more: More) -> Condition:
+def failed_records(ledger: Ledger, more: More) -> Condition:
     items: dict[str, str] = {}
     pushes, push_rows = ledger.failed_pushes(limit=RECORDS_TRACKED)
     for attempt in push_rows:
@@ -128,7 +127,11 @@ def failed_records(ledger: "Ledger", more: More) -> Condition:
         lines = [items[key] for key in new_keys[:RECORDS_SHOWN]]
         extra = f"; and {len(new_keys) - RECORDS_SHOWN} more" if len(new_keys) > RECORDS_SHOWN else ""
         kinds = sorted({key.split(":", 1)[0] for key in new_keys})
-        shows_more = "history --failed" if kinds == ["push"] else (f"diagnose --email {first_email}" if first_email and "push" in kinds else "diagnose")
+        shows_more = (
+            "history --failed"
+            if kinds == ["push"]
+            else (f"diagnose --email {first_email}" if first_email and "push" in kinds else "diagnose")
+        )
         return Alert(
             event="record_failed",
             what=f"{len(new_keys)} record(s) newly failed ({total} open): " + " | ".join(lines) + extra,
@@ -139,17 +142,20 @@ def failed_records(ledger: "Ledger", more: More) -> Condition:
 
     summary = Alert(
         event="record_failed",
-        what=f"{total} record(s) failed and are not fixed yet ({pushes} booking(s), {referrers} customer(s), {qualifications} qualification(s))",
+        what=f"{total} record(s) failed and are not fixed yet "
+        f"({pushes} booking(s), {referrers} customer(s), {qualifications} qualification(s))",
         more=more("diagnose"),
         details={"open": {"pushes": pushes, "customers": referrers, "qualifications": qualifications}},
     )
     return Condition("records.failed", "open" if total else None, summary, items, news)
 
 
-def failed_deliveries(ledger: "Ledger", more: More) -> Condition:
+def failed_deliveries(ledger: Ledger, more: More) -> Condition:
     count, rows = ledger.failed_deliveries(limit=RECORDS_TRACKED)
     items = {
-        f"delivery:{row.key}": f"delivery {row.key} ({row.event or 'event?'}, {row.external_id or 'no referral code'}): {error_summary(row.error)}"
+        f"delivery:{row.key}": (
+            f"delivery {row.key} ({row.event or 'event?'}, {row.external_id or 'no referral code'}): {error_summary(row.error)}"
+        )
         for row in rows
     }
 
@@ -164,12 +170,14 @@ def failed_deliveries(ledger: "Ledger", more: More) -> Condition:
             details={"new": [key.split(":", 1)[1] for key in new_keys[:50]], "open": count},
         )
 
-    summary = Alert(event="delivery_failed", what=f"{count} webhook delivery(ies) failed and were not processed since", more=more("status"))
+    summary = Alert(
+        event="delivery_failed", what=f"{count} webhook delivery(ies) failed and were not processed since", more=more("status")
+    )
     return Condition("deliveries.failed", "open" if count else None, summary, items, news)
 
 
 # -- overdue jobs --------------------------------------------------------------------------------
-def job_applies(job: str, config: "Config") -> bool:
+def job_applies(job: str, config: Config) -> bool:
     """Whether the job has anything to do with this configuration."""
     if job == RunJob.PUSH:
         return config.leads.action == Action.CREATE_BOOKING
@@ -192,7 +200,7 @@ class Overdue:
         return (now - self.since).total_seconds() if self.since else None
 
 
-def overdue_state(job: str, ledger: "Ledger", config: "Config", now: datetime) -> Overdue | None:
+def overdue_state(job: str, ledger: Ledger, config: Config, now: datetime) -> Overdue | None:
     """None when the job is not scheduled (off) or has nothing to do."""
     interval = config.schedule.interval(job)
     if interval is None or not job_applies(job, config):
@@ -209,7 +217,7 @@ def overdue_state(job: str, ledger: "Ledger", config: "Config", now: datetime) -
     return Overdue(job, interval, limit, reference, late)
 
 
-def overdue(job: str, ledger: "Ledger", config: "Config", now: datetime, more: More) -> Condition | None:
+def overdue(job: str, ledger: Ledger, config: Config, now: datetime, more: More) -> Condition | None:
     state = overdue_state(job, ledger, config, now)
     if state is None:
         return Condition(f"job.{job}.overdue", None)
@@ -220,8 +228,8 @@ def overdue(job: str, ledger: "Ledger", config: "Config", now: datetime, more: M
         "overdue" if state.late else None,
         Alert(
             event="job_overdue",
-            what=f"`{command}` has not succeeded for {describe_duration(age)} (it runs every {describe_duration(state.interval)}; "
-            f"overdue after {describe_duration(state.limit)})",
+            what=f"`{command}` has not succeeded for {describe_duration(age)} "
+            f"(it runs every {describe_duration(state.interval)}; overdue after {describe_duration(state.limit)})",
             job=job,
             command=command,
             hint="check that cron or `stsync run` is running, and why its last runs failed",
@@ -260,7 +268,7 @@ class Cooldown:
         }
 
 
-def read_cooldown(paths: "ConnectionPaths", now: datetime) -> Cooldown | None:
+def read_cooldown(paths: ConnectionPaths, now: datetime) -> Cooldown | None:
     """The shared Referral Factory state at ``now``, read without creating anything; None when
     no 429 or block was ever recorded for the connection."""
     wall_now = now.timestamp()
@@ -270,15 +278,15 @@ def read_cooldown(paths: "ConnectionPaths", now: datetime) -> Cooldown | None:
     current = state.cool_down
     return Cooldown(
         reason=current.reason if current else None,
-        since=iso(datetime.fromtimestamp(current.since, timezone.utc)) if current else None,
-        until=iso(datetime.fromtimestamp(current.until, timezone.utc)) if current else None,
+        since=iso(datetime.fromtimestamp(current.since, UTC)) if current else None,
+        until=iso(datetime.fromtimestamp(current.until, UTC)) if current else None,
         active=bool(current and current.in_force(wall_now)),
         episodes_last_hour=len(state.episodes),
         rate_factor=state.rate_factor,
     )
 
 
-def cooldown(paths: "ConnectionPaths", now: datetime, more: More) -> Condition:
+def cooldown(paths: ConnectionPaths, now: datetime, more: More) -> Condition:
     """A cool-down in force: ``rf_blocked`` when it follows an IP block, ``rf_cooldown`` after
     the 429 episodes. One per cool-down (its reason and start are the state)."""
     current = read_cooldown(paths, now)
@@ -299,28 +307,11 @@ def cooldown(paths: "ConnectionPaths", now: datetime, more: More) -> Condition:
             f"Referral Factory rate-limited stsync (HTTP 429, {current.episodes_last_hour} episode(s) this hour): every run "
             f"of this connection waits until {current.until} (in {wait}) before calling it again"
         )
-        hint = "nothing to do unless it repeats: then lower [limits] referral_factory_per_minute, or find what else uses the API key"
+        hint = (
+            "nothing to do unless it repeats: then lower [limits] referral_factory_per_minute, or find what else uses the API key"
+        )
     return Condition(
         "referral_factory.cooldown",
         f"{current.reason}:{current.since}",
         Alert(event=event, what=what, hint=hint, more=more("status"), details=current.to_dict()),
     )
-
-
-__all__ = [
-    "ALERTED_EXIT_CODES",
-    "Condition",
-    "Cooldown",
-    "Overdue",
-    "SCHEDULED_COMMANDS",
-    "cooldown",
-    "failed_deliveries",
-    "failed_records",
-    "iso",
-    "job_applies",
-    "job_exit",
-    "overdue",
-    "overdue_state",
-    "parse_time",
-    "read_cooldown",
-]

@@ -50,7 +50,7 @@ class Alert:
     reminder: bool = False
     details: dict[str, Any] = field(default_factory=dict)
 
-    def as_reminder(self, since: str | None) -> "Alert":
+    def as_reminder(self, since: str | None) -> Alert:
         return Alert(
             event=self.event,
             what=f"still: {self.what}" + (f" (since {since})" if since else ""),
@@ -128,6 +128,3 @@ def _redacted(value: Any) -> Any:
 
 def exit_meaning(code: int | None) -> str:
     return EXIT_MEANINGS.get(code or 0, "done") if code else "done"
-
-
-__all__ = ["EXIT_MEANINGS", "MESSAGE_VERSION", "Alert", "Origin", "exit_meaning", "payload"]

@@ -43,7 +43,7 @@ class Notifier:
     timeout: float = 5.0
 
     @classmethod
-    def from_settings(cls, notify: Any | None) -> "Notifier":
+    def from_settings(cls, notify: Any | None) -> Notifier:
         """From ``[notify]`` (or None for a config that could not be read); the environment
         variables win. The URLs are registered as secrets: no log line shows them."""
         webhook_url = envvars.resolve(envvars.NOTIFY_WEBHOOK_URL, configured=getattr(notify, "webhook_url", None))
@@ -90,7 +90,9 @@ class Notifier:
         url = self.ping_url_for(job, suffix)
         if not url:
             return None
-        return self._post(url, f"the {job} ping (exit {exit_code})", content=redact(summary)[:10_000] or f"{job}: exit {exit_code}")
+        return self._post(
+            url, f"the {job} ping (exit {exit_code})", content=redact(summary)[:10_000] or f"{job}: exit {exit_code}"
+        )
 
     def ping_log(self, job: str, text: str) -> bool:
         """healthchecks.io's ``/log``: a line in the check's log that changes nothing (``notify --test``)."""
@@ -127,6 +129,3 @@ class Notifier:
             return False
         log.info("notify: sent to %s", what)
         return True
-
-
-__all__ = ["PING_FAILURES", "Notifier"]

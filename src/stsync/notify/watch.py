@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import socket
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
@@ -65,12 +65,12 @@ class Look:
     body: dict[str, Any] | None = None
 
 
-def origin_for(paths: "ConnectionPaths") -> Origin:
+def origin_for(paths: ConnectionPaths) -> Origin:
     return Origin(connection=paths.name, host=socket.gethostname(), config=str(paths.config))
 
 
-def more_for(paths: "ConnectionPaths", *, default_config: bool) -> cond.More:
-    """"history --failed" → the command to type, with this connection's --config when needed."""
+def more_for(paths: ConnectionPaths, *, default_config: bool) -> cond.More:
+    """ "history --failed" → the command to type, with this connection's --config when needed."""
     prefix = "stsync" if default_config else f"stsync --config {paths.config}"
     return lambda args: f"{prefix} {args}"
 
@@ -78,9 +78,9 @@ def more_for(paths: "ConnectionPaths", *, default_config: bool) -> cond.More:
 class Watch:
     def __init__(
         self,
-        paths: "ConnectionPaths",
-        ledger: "Ledger",
-        config: "Config | None",
+        paths: ConnectionPaths,
+        ledger: Ledger,
+        config: Config | None,
         notifier: Notifier,
         *,
         more: cond.More | None = None,
@@ -112,7 +112,7 @@ class Watch:
         """Evaluate, send what changed (one message), save. Never raises."""
         if not self.notifier.sends_messages:
             return Look()
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         try:
             make_private_dir(self.paths.locks)
             lock = FileLock(self.paths.locks / "notify.lock", thread_local=False, mode=PRIVATE_FILE)
@@ -164,7 +164,7 @@ class Watch:
             return None, []
         keys = sorted(condition.items) if condition.items is not None else None
         stamp = cond.iso(now)
-        entry = {
+        entry: dict[str, Any] = {
             "state": condition.state,
             "since": stamp,
             "notified_at": stamp,
@@ -206,6 +206,3 @@ class Watch:
 
     def _save(self, state: dict[str, Any]) -> None:
         self.ledger.put(STATE_KEY, json.dumps(state, sort_keys=True))
-
-
-__all__ = ["STATE_KEY", "JobResult", "Look", "Watch", "more_for", "origin_for"]

@@ -8,7 +8,7 @@ healthchecks.io ``/log`` line, which changes no check's state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.notify.conditions import iso
@@ -47,7 +47,7 @@ class NotifyTestResult:
         return {"webhook": self.webhook, "ping": self.ping}
 
 
-def send_test(paths: "ConnectionPaths", config: "Config") -> NotifyTestResult:
+def send_test(paths: ConnectionPaths, config: Config) -> NotifyTestResult:
     notifier = Notifier.from_settings(config.notify)
     webhook = ping = None
     if notifier.sends_messages:
@@ -57,10 +57,7 @@ def send_test(paths: "ConnectionPaths", config: "Config") -> NotifyTestResult:
             more="stsync status",
             hint="nothing to do",
         )
-        webhook = notifier.send(payload(origin_for(paths), [alert], at=iso(datetime.now(timezone.utc))))
+        webhook = notifier.send(payload(origin_for(paths), [alert], at=iso(datetime.now(UTC))))
     if notifier.pings:
         ping = notifier.ping_log(TEST_JOB, f"stsync {paths.name}: test from `stsync notify --test`")
     return NotifyTestResult(webhook=webhook, ping=ping)
-
-
-__all__ = ["NotifyTestResult", "send_test"]

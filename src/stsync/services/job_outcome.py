@@ -54,12 +54,12 @@ class JobInvocation:
 
     def __init__(
         self,
-        paths: "ConnectionPaths",
+        paths: ConnectionPaths,
         *,
         job: str,
         command: str,
         scheduled: bool,
-        config: Callable[[], "Config | None"],
+        config: Callable[[], Config | None],
         default_config: bool = False,
     ) -> None:
         self.paths = paths
@@ -71,7 +71,7 @@ class JobInvocation:
         self.watermark = 0
         self.begun = False
 
-    def _settings(self) -> "Config | None":
+    def _settings(self) -> Config | None:
         try:
             return self._config()
         except Exception:  # a broken config is the command's error to report, not ours
@@ -100,8 +100,10 @@ class JobInvocation:
         """Record, alert, ping. Never raises."""
         if not self.begun:
             return
-        error_dict = error.to_dict() if isinstance(error, StsyncError) else (
-            {"type": type(error).__name__, "message": "unexpected error; see the log file"} if error is not None else None
+        error_dict = (
+            error.to_dict()
+            if isinstance(error, StsyncError)
+            else ({"type": type(error).__name__, "message": "unexpected error; see the log file"} if error is not None else None)
         )
         config = self._settings()
         notifier = Notifier.from_settings(config.notify if config is not None else None)
@@ -138,7 +140,6 @@ class JobInvocation:
             ledger.set_exit_code([run.id for run in runs], exit_code)
             return
         message = (error or {}).get("message")
-        ledger.record_finished_run(self.job, self.command, outcome=outcome_for_exit(exit_code), exit_code=exit_code, error=message)
-
-
-__all__ = ["INTERRUPTED_EXIT", "JobInvocation", "outcome_for_exit"]
+        ledger.record_finished_run(
+            self.job, self.command, outcome=outcome_for_exit(exit_code), exit_code=exit_code, error=message
+        )

@@ -67,12 +67,30 @@ class StatusCollector(Collector):
         yield gauge("stsync_status_generated_timestamp_seconds", "When these figures were read", _timestamp(report.generated_at))
 
         per_job = {
-            "last_run": GaugeMetricFamily("stsync_job_last_run_timestamp_seconds", "When the job's last run ended (or started, if still running)", labels=["connection", "job"]),
-            "last_success": GaugeMetricFamily("stsync_job_last_success_timestamp_seconds", "When the job last succeeded (ok or partial)", labels=["connection", "job"]),
-            "exit_code": GaugeMetricFamily("stsync_job_last_exit_code", "Exit code of the job's last run (SPEC exit codes)", labels=["connection", "job"]),
-            "overdue": GaugeMetricFamily("stsync_job_overdue", "1 when the job has not succeeded for longer than overdue_after x its interval", labels=["connection", "job"]),
-            "running": GaugeMetricFamily("stsync_job_running", "1 while a run of the job holds its lock", labels=["connection", "job"]),
-            "interval": GaugeMetricFamily("stsync_job_interval_seconds", "The job's interval in [schedule]", labels=["connection", "job"]),
+            "last_run": GaugeMetricFamily(
+                "stsync_job_last_run_timestamp_seconds",
+                "When the job's last run ended (or started, if still running)",
+                labels=["connection", "job"],
+            ),
+            "last_success": GaugeMetricFamily(
+                "stsync_job_last_success_timestamp_seconds",
+                "When the job last succeeded (ok or partial)",
+                labels=["connection", "job"],
+            ),
+            "exit_code": GaugeMetricFamily(
+                "stsync_job_last_exit_code", "Exit code of the job's last run (SPEC exit codes)", labels=["connection", "job"]
+            ),
+            "overdue": GaugeMetricFamily(
+                "stsync_job_overdue",
+                "1 when the job has not succeeded for longer than overdue_after x its interval",
+                labels=["connection", "job"],
+            ),
+            "running": GaugeMetricFamily(
+                "stsync_job_running", "1 while a run of the job holds its lock", labels=["connection", "job"]
+            ),
+            "interval": GaugeMetricFamily(
+                "stsync_job_interval_seconds", "The job's interval in [schedule]", labels=["connection", "job"]
+            ),
         }
         for job in report.jobs:
             labels = [connection, job.job]
@@ -92,27 +110,49 @@ class StatusCollector(Collector):
                 per_job["interval"].add_metric(labels, float(job.interval_seconds))
         yield from per_job.values()
 
-        failures = GaugeMetricFamily("stsync_open_failures", "Records that failed for good and are not fixed", labels=["connection", "kind"])
+        failures = GaugeMetricFamily(
+            "stsync_open_failures", "Records that failed for good and are not fixed", labels=["connection", "kind"]
+        )
         for kind, found in report.failures.items():
             failures.add_metric([connection, kind], float(found.get("count") or 0))
         yield failures
 
         hooks = report.webhooks
-        yield gauge("stsync_webhook_deliveries_waiting", "Webhook deliveries accepted and not processed yet", hooks.get("waiting") or 0)
-        yield gauge("stsync_webhook_oldest_waiting_age_seconds", "Age of the oldest waiting delivery", hooks.get("oldest_age_seconds") or 0)
+        yield gauge(
+            "stsync_webhook_deliveries_waiting", "Webhook deliveries accepted and not processed yet", hooks.get("waiting") or 0
+        )
+        yield gauge(
+            "stsync_webhook_oldest_waiting_age_seconds",
+            "Age of the oldest waiting delivery",
+            hooks.get("oldest_age_seconds") or 0,
+        )
 
         rf = report.referral_factory
         cooldown = rf.get("cooldown") or {}
-        yield gauge("stsync_referral_factory_cooldown_active", "1 while no process of the connection may call Referral Factory", 1 if cooldown.get("active") else 0)
         yield gauge(
-            "stsync_referral_factory_cooldown_until_timestamp_seconds", "When the Referral Factory cool-down ends", _timestamp(cooldown.get("until"))
+            "stsync_referral_factory_cooldown_active",
+            "1 while no process of the connection may call Referral Factory",
+            1 if cooldown.get("active") else 0,
+        )
+        yield gauge(
+            "stsync_referral_factory_cooldown_until_timestamp_seconds",
+            "When the Referral Factory cool-down ends",
+            _timestamp(cooldown.get("until")),
         )
         yield gauge("stsync_referral_factory_blocked", "1 while the cool-down follows an IP block", 1 if rf.get("blocked") else 0)
-        yield gauge("stsync_referral_factory_rate_factor", "The share of referral_factory_per_minute in force (1 = full speed)", rf.get("rate_factor", 1.0))
+        yield gauge(
+            "stsync_referral_factory_rate_factor",
+            "The share of referral_factory_per_minute in force (1 = full speed)",
+            rf.get("rate_factor", 1.0),
+        )
 
         token = report.token
         yield gauge("stsync_token_valid", "1 while the cached ServiceTitan token is valid", 1 if token.get("valid") else 0)
-        yield gauge("stsync_token_expiry_timestamp_seconds", "When the cached ServiceTitan token expires", _timestamp(token.get("expires_at")))
+        yield gauge(
+            "stsync_token_expiry_timestamp_seconds",
+            "When the cached ServiceTitan token expires",
+            _timestamp(token.get("expires_at")),
+        )
 
 
 def _registry(report: StatusReport) -> CollectorRegistry:
@@ -130,9 +170,15 @@ def write_textfile(report: StatusReport, path: str | Path) -> Path:
     """Write the node-exporter textfile atomically (a temp file beside it, then rename)."""
     target = Path(path).expanduser()
     if target.is_dir():
-        raise ConfigError(f"--prometheus {target} is a directory", hint="give a file path ending in .prom, e.g. /var/lib/node_exporter/textfile/stsync.prom")
+        raise ConfigError(
+            f"--prometheus {target} is a directory",
+            hint="give a file path ending in .prom, e.g. /var/lib/node_exporter/textfile/stsync.prom",
+        )
     if not target.parent.is_dir():
-        raise ConfigError(f"--prometheus {target}: the directory {target.parent} does not exist", hint="create it, or point at node_exporter's textfile directory")
+        raise ConfigError(
+            f"--prometheus {target}: the directory {target.parent} does not exist",
+            hint="create it, or point at node_exporter's textfile directory",
+        )
     try:
         write_to_textfile(str(target), _registry(report))
     except OSError as exc:
@@ -140,19 +186,16 @@ def write_textfile(report: StatusReport, path: str | Path) -> Path:
     return target
 
 
-
-
-def metrics_route(paths: "ConnectionPaths", config: "Config", ledger: "Ledger | None" = None) -> "Route":
+def metrics_route(paths: ConnectionPaths, config: Config, ledger: Ledger | None = None) -> Route:
     """``GET /metrics`` for ``serve`` and ``stsync run --webhooks``: the status figures, read
     afresh for each scrape (the local state only: a scrape costs no remote request), through
     the server's own ledger when given."""
     from stsync.services.status import connection_status
     from stsync.webhooks.handler import TextResponse
 
-    def answer(request: "Request") -> TextResponse:
-        return TextResponse(200, {}, text=prometheus_text(connection_status(paths, config, ledger=ledger)), content_type=CONTENT_TYPE)
+    def answer(request: Request) -> TextResponse:
+        return TextResponse(
+            200, {}, text=prometheus_text(connection_status(paths, config, ledger=ledger)), content_type=CONTENT_TYPE
+        )
 
     return answer
-
-
-__all__ = ["CONTENT_TYPE", "StatusCollector", "metrics_route", "prometheus_text", "write_textfile"]

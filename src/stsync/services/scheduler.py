@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -141,13 +141,13 @@ class Scheduler:
         self,
         jobs: Sequence[Job],
         *,
-        ledger: "Ledger",
+        ledger: Ledger,
         launcher: ChildLauncher,
         jitter: float,
         on_output: Callable[[str, str], None] | None = None,
         on_step: Callable[[StepResult], None] | None = None,
         rng: random.Random | None = None,
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.jobs = list(jobs)
         self.ledger = ledger
@@ -246,7 +246,9 @@ class Scheduler:
             return
         with self._children_lock:
             self._children[job.name] = child
-        reader = threading.Thread(target=self._forward, args=(job.name, child.stderr), name=f"stsync-run-{job.name}-out", daemon=True)
+        reader = threading.Thread(
+            target=self._forward, args=(job.name, child.stderr), name=f"stsync-run-{job.name}-out", daemon=True
+        )
         reader.start()
         if self.force.is_set():
             self._interrupt(child)
@@ -266,14 +268,20 @@ class Scheduler:
             if self.force.is_set():
                 forced_at = forced_at or time.monotonic()
                 if time.monotonic() - forced_at > FORCED_STOP_GRACE_SECONDS:
-                    log.warning("run: pid %s ignored the interrupt for %.0f s; killed (the next run resumes it)", child.pid, FORCED_STOP_GRACE_SECONDS)
+                    log.warning(
+                        "run: pid %s ignored the interrupt for %.0f s; killed (the next run resumes it)",
+                        child.pid,
+                        FORCED_STOP_GRACE_SECONDS,
+                    )
                     child.kill()
 
     def _finish(self, result: StepResult) -> None:
         outcome = {0: RunOutcome.OK, 5: RunOutcome.PARTIAL, 7: RunOutcome.SKIPPED, 130: RunOutcome.INTERRUPTED}.get(
             result.exit_code, RunOutcome.FAILED
         )
-        log.info("run: %s `%s` exited %s (%s) after %.1f s", result.job, result.command, result.exit_code, outcome, result.seconds)
+        log.info(
+            "run: %s `%s` exited %s (%s) after %.1f s", result.job, result.command, result.exit_code, outcome, result.seconds
+        )
         self.report.add(result)
         if self.on_step is not None:
             try:
@@ -309,7 +317,4 @@ class Scheduler:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-__all__ = ["ChildLauncher", "FORCED_STOP_GRACE_SECONDS", "Job", "ScheduleReport", "Scheduler", "StepResult", "effective_jitter"]
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

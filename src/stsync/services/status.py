@@ -20,7 +20,7 @@ Prometheus figures.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.durations import describe_duration
@@ -116,7 +116,7 @@ def _age(moment: str | None, now: datetime) -> float | None:
     return max(0.0, (now - parsed).total_seconds()) if parsed else None
 
 
-def _run_dict(run: "RunRecord", now: datetime) -> dict[str, Any]:
+def _run_dict(run: RunRecord, now: datetime) -> dict[str, Any]:
     return {
         "id": run.id,
         "command": run.command,
@@ -131,8 +131,8 @@ def _run_dict(run: "RunRecord", now: datetime) -> dict[str, Any]:
 
 
 def connection_status(
-    paths: "ConnectionPaths",
-    config: "Config | None",
+    paths: ConnectionPaths,
+    config: Config | None,
     *,
     config_error: StsyncError | None = None,
     now: datetime | None = None,
@@ -140,7 +140,7 @@ def connection_status(
 ) -> StatusReport:
     """The report for one connection. Never creates a ledger; sends nothing. ``ledger``: the
     caller's open one (serve's /metrics), used and left open."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     report = StatusReport(
         connection=paths.name,
         config_path=str(paths.config),
@@ -171,7 +171,7 @@ def connection_status(
     return report
 
 
-def _scheduled_job(job: str, paths: "ConnectionPaths", ledger: Ledger | None, config: "Config | None", now: datetime) -> JobStatus:
+def _scheduled_job(job: str, paths: ConnectionPaths, ledger: Ledger | None, config: Config | None, now: datetime) -> JobStatus:
     command = SCHEDULED_COMMANDS[RunJob(job)]
     interval = config.schedule.interval(job) if config is not None else None
     status = JobStatus(job=job, command=command, state="ok", interval_seconds=interval)
@@ -180,7 +180,10 @@ def _scheduled_job(job: str, paths: "ConnectionPaths", ledger: Ledger | None, co
     if last is not None:
         status.last_run = _run_dict(last, now)
     if success is not None:
-        status.last_success = {"finished_at": success.finished_at, "age_seconds": _age(success.finished_at or success.started_at, now)}
+        status.last_success = {
+            "finished_at": success.finished_at,
+            "age_seconds": _age(success.finished_at or success.started_at, now),
+        }
     status.running = _holder(paths, job)
     if config is not None and not job_applies(job, config):
         status.state = "idle"  # nothing to do with this configuration
@@ -191,7 +194,8 @@ def _scheduled_job(job: str, paths: "ConnectionPaths", ledger: Ledger | None, co
     if last is None:
         status.state = "never"
         if config is not None:
-            status.attention = f"`{command}` has never run (it should every {describe_duration(interval or 0)}): start `stsync run` or its cron line"
+            every = describe_duration(interval or 0)
+            status.attention = f"`{command}` has never run (it should every {every}): start `stsync run` or its cron line"
         return status
     if config is not None and ledger is not None:
         late = overdue_state(job, ledger, config, now)
@@ -210,7 +214,7 @@ def _scheduled_job(job: str, paths: "ConnectionPaths", ledger: Ledger | None, co
     return status
 
 
-def _service_job(job: str, paths: "ConnectionPaths", ledger: Ledger | None, now: datetime) -> JobStatus:
+def _service_job(job: str, paths: ConnectionPaths, ledger: Ledger | None, now: datetime) -> JobStatus:
     """serve and run: running or not; only a start that failed needs a person."""
     command = "serve" if job == RunJob.SERVE else "run"
     status = JobStatus(job=job, command=command, state="stopped")
@@ -230,7 +234,7 @@ def _service_job(job: str, paths: "ConnectionPaths", ledger: Ledger | None, now:
     return status
 
 
-def _holder(paths: "ConnectionPaths", job: str) -> dict[str, Any] | None:
+def _holder(paths: ConnectionPaths, job: str) -> dict[str, Any] | None:
     try:
         info = holder(paths, job)
     except OSError:
@@ -252,7 +256,8 @@ def _failures(report: StatusReport, ledger: Ledger | None) -> None:
         "pushes": {
             "count": pushes,
             "newest": [
-                {"external_id": a.external_id, "email": a.email, "at": a.finished_at, "error": error_summary(a.error)} for a in push_rows
+                {"external_id": a.external_id, "email": a.email, "at": a.finished_at, "error": error_summary(a.error)}
+                for a in push_rows
             ],
         },
         "customers": {
@@ -272,19 +277,35 @@ def _failures(report: StatusReport, ledger: Ledger | None) -> None:
         "deliveries": {
             "count": deliveries,
             "newest": [
-                {"delivery": d.key, "event": d.event, "external_id": d.external_id, "at": d.received_at, "error": error_summary(d.error)}
+                {
+                    "delivery": d.key,
+                    "event": d.event,
+                    "external_id": d.external_id,
+                    "at": d.received_at,
+                    "error": error_summary(d.error),
+                }
                 for d in delivery_rows
             ],
         },
     }
     total = pushes + customers + qualifications + deliveries
     if total:
-        parts = [f"{n} {kind}" for kind, n in (("push(es)", pushes), ("customer(s)", customers),
-                                               ("qualification(s)", qualifications), ("webhook delivery(ies)", deliveries)) if n]
-        report.attention.append(f"records failed and are not fixed: {', '.join(parts)} (`stsync diagnose`, `stsync history --failed`)")
+        parts = [
+            f"{n} {kind}"
+            for kind, n in (
+                ("push(es)", pushes),
+                ("customer(s)", customers),
+                ("qualification(s)", qualifications),
+                ("webhook delivery(ies)", deliveries),
+            )
+            if n
+        ]
+        report.attention.append(
+            f"records failed and are not fixed: {', '.join(parts)} (`stsync diagnose`, `stsync history --failed`)"
+        )
 
 
-def _referral_factory(report: StatusReport, paths: "ConnectionPaths", now: datetime) -> None:
+def _referral_factory(report: StatusReport, paths: ConnectionPaths, now: datetime) -> None:
     """The shared cool-down (``stsync.ratelimit``): after an IP block or two 429 episodes."""
     current = read_cooldown(paths, now)
     report.referral_factory = {
@@ -314,7 +335,7 @@ def _webhooks(report: StatusReport, ledger: Ledger | None, now: datetime) -> Non
         report.attention.append(f"{waiting} webhook delivery(ies) wait; the oldest for {describe_duration(age)}")
 
 
-def _token(report: StatusReport, paths: "ConnectionPaths", config: "Config | None", now: datetime) -> None:
+def _token(report: StatusReport, paths: ConnectionPaths, config: Config | None, now: datetime) -> None:
     report.token = {"cached": False, "expires_at": None, "valid": False, "seconds_left": None}
     st = config.servicetitan if config is not None else None
     if st is None or st.tenant_id is None or not st.client_id:
@@ -323,16 +344,15 @@ def _token(report: StatusReport, paths: "ConnectionPaths", config: "Config | Non
         auth_url = resolve_endpoints(config).st_auth_url  # type: ignore[arg-type]
     except StsyncError:
         return
-    expires_at = cached_token_expiry(paths.token_cache, auth_url=auth_url, tenant_id=int(st.tenant_id), client_id=str(st.client_id))
+    expires_at = cached_token_expiry(
+        paths.token_cache, auth_url=auth_url, tenant_id=int(st.tenant_id), client_id=str(st.client_id)
+    )
     if expires_at is None:
         return
     left = expires_at - now.timestamp()
     report.token = {
         "cached": True,
-        "expires_at": iso(datetime.fromtimestamp(expires_at, timezone.utc)),
+        "expires_at": iso(datetime.fromtimestamp(expires_at, UTC)),
         "valid": left > 0,
         "seconds_left": int(left) if left > 0 else 0,
     }
-
-
-__all__ = ["JobStatus", "StatusReport", "connection_status"]

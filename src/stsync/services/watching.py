@@ -31,8 +31,8 @@ DEFAULT_EVERY_SECONDS = 60.0
 class PeriodicWatch:
     def __init__(
         self,
-        paths: "ConnectionPaths",
-        config: "Config",
+        paths: ConnectionPaths,
+        config: Config,
         *,
         every: float = DEFAULT_EVERY_SECONDS,
         default_config: bool = False,
@@ -63,9 +63,11 @@ class PeriodicWatch:
             log.exception("watch: a look failed")
 
     def _look_with(self, ledger: Ledger) -> None:
-        Watch(self.paths, ledger, self.config, self.notifier, more=more_for(self.paths, default_config=self.default_config)).look()
+        Watch(
+            self.paths, ledger, self.config, self.notifier, more=more_for(self.paths, default_config=self.default_config)
+        ).look()
 
-    def start(self) -> "PeriodicWatch":
+    def start(self) -> PeriodicWatch:
         self._thread = threading.Thread(target=self._loop, name="stsync-watch", daemon=True)
         self._thread.start()
         return self
@@ -80,6 +82,3 @@ class PeriodicWatch:
             self._thread.join()
             self._thread = None
         self.look()
-
-
-__all__ = ["DEFAULT_EVERY_SECONDS", "PeriodicWatch"]
