@@ -15,6 +15,7 @@ the alerts and pings received by a local receiver the test starts.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -191,3 +192,17 @@ def test_notify_test_without_a_destination_names_the_setting(connected, cli_subp
     assert result.exit_code == 3 and "no alert destination is configured" in result.stderr, str(result)
     assert "STSYNC_NOTIFY_WEBHOOK_URL" in " ".join(result.stderr.split())
     assert cli_subprocess("notify").exit_code == 2
+
+
+def test_a_receiver_that_never_answers_neither_fails_nor_holds_up_the_run(alerting, cli_subprocess, receiver, isolated):
+    config = load_config(isolated / "config.toml")
+    config.notify.timeout_seconds = 1.0
+    save_config(config, isolated / "config.toml")
+    alerting.rotate_rf_api_key()  # exit 4: a message to send, besides the two pings
+    receiver.delay = 120
+    started = time.monotonic()
+    result = cli_subprocess("push-lead", "--new", timeout=90)
+    assert result.exit_code == 4, str(result)  # the run's own exit code, not the alert's trouble
+    # Three sends (start ping, message, end ping), each given up after its deadline (2 s).
+    assert time.monotonic() - started < 45
+    assert [r.path for r in receiver.requests] == ["/hc/stsync-push/start", "/slack", "/hc/stsync-push/4"]

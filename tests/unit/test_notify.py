@@ -105,7 +105,7 @@ def test_a_receiver_that_hangs_or_fails_costs_a_bounded_wait_and_is_logged_witho
     notifier = Notifier.from_settings(type("N", (), {"webhook_url": receiver.url("/hook/T0/secret-path"), "ping_url": None, "timeout_seconds": 0.3})())
     started = time.monotonic()
     assert notifier.send({"text": "x"}) is False
-    assert time.monotonic() - started < 0.3 * 2 + 1 + 1  # the deadline, plus a margin for a busy machine
+    assert time.monotonic() - started < 0.3 + 1 + 1  # the deadline, plus a margin for a busy machine
     receiver.delay = 0
     receiver.status = 500
     assert notifier.send({"text": "x"}) is False

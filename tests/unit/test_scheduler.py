@@ -176,3 +176,20 @@ def test_stop_lets_the_running_step_finish_and_a_forced_stop_interrupts_it(tmp_p
     assert time.monotonic() - started < 30
     [step] = launcher.steps()
     assert step["code"] == 130 and scheduler.report.counts()["interrupted"] == 1
+
+
+def test_the_jobs_of_a_schedule_and_their_full_variants():
+    from stsync.cli.run import scheduled_jobs
+    from stsync.storage.config import default_config
+
+    config = default_config()
+    config.schedule.qualify = None  # "off"
+    jobs = {job.name: job for job in scheduled_jobs(config, qualify_has_full=False)}
+    assert set(jobs) == {"push", "sync"}
+    assert (jobs["push"].argv, jobs["push"].interval, jobs["push"].full_argv) == (("push-lead", "--new"), 300.0, None)
+    assert jobs["sync"].full_argv == ("sync-customers", "--ongoing", "--full") and jobs["sync"].full_interval == 7 * 86400
+    config.schedule.qualify = 600.0
+    qualify = {job.name: job for job in scheduled_jobs(config, qualify_has_full=True)}["qualify"]
+    assert qualify.full_argv == ("qualify", "--full") and qualify.full_interval == 7 * 86400
+    without = {job.name: job for job in scheduled_jobs(config, qualify_has_full=False)}["qualify"]
+    assert without.full_argv is None  # this stsync's qualify has no --full: never asked for

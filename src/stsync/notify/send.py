@@ -115,10 +115,12 @@ class Notifier:
 
         thread = threading.Thread(target=attempt, name="stsync-notify", daemon=True)
         thread.start()
-        # Connect, write and read each have the timeout; the deadline bounds them together.
-        thread.join(self.timeout * 2 + 1)
+        # Connect, write and read each have the timeout; the deadline bounds them together (a
+        # server dripping its answer a byte at a time never resets it).
+        deadline = self.timeout + 1
+        thread.join(deadline)
         if thread.is_alive():
-            log.warning("notify: %s did not answer within %.0f s; given up", what, self.timeout * 2 + 1)
+            log.warning("notify: %s did not answer within %.0f s; given up", what, deadline)
             return False
         if "error" in outcome:
             log.warning("notify: could not reach %s (%s)", what, outcome["error"])

@@ -286,7 +286,7 @@ def _notify_lines(notify: NotifySettings) -> list[str]:
     out.append(
         _default_or_line(
             "timeout_seconds", timeout, fields["timeout_seconds"].default, toml_value(int(timeout) if float(timeout).is_integer() else timeout),
-            "an alert never holds a job up longer than this",
+            "each send gives up after this (and 1 s more)",
         )
     )
     return out
