@@ -32,13 +32,13 @@ from prometheus_client.registry import Collector
 
 from stsync.errors import ConfigError
 from stsync.notify.conditions import parse_time
-from stsync.services.status import StatusReport
+from stsync.services.status import StatusReport, connection_status
+from stsync.webhooks.handler import Request, Route, TextResponse
 
 if TYPE_CHECKING:
     from stsync.storage.config import Config
     from stsync.storage.ledger import Ledger
     from stsync.storage.paths import ConnectionPaths
-    from stsync.webhooks.handler import Request, Route
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -190,9 +190,6 @@ def metrics_route(paths: ConnectionPaths, config: Config, ledger: Ledger | None 
     """``GET /metrics`` for ``serve`` and ``stsync run --webhooks``: the status figures, read
     afresh for each scrape (the local state only: a scrape costs no remote request), through
     the server's own ledger when given."""
-    from stsync.services.status import connection_status
-    from stsync.webhooks.handler import TextResponse
-
     def answer(request: Request) -> TextResponse:
         return TextResponse(
             200, {}, text=prometheus_text(connection_status(paths, config, ledger=ledger)), content_type=CONTENT_TYPE
