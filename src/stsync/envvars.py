@@ -90,14 +90,16 @@ WEBHOOK_TOKEN = EnvVar(
 NOTIFY_WEBHOOK_URL = EnvVar(
     "STSYNC_NOTIFY_WEBHOOK_URL",
     overrides="notify.webhook_url",
-    doc="Where alerts are POSTed as JSON (a Slack or Teams incoming webhook): the URL carries a token, so it is treated as a secret.",
+    doc="Where alerts are POSTed as JSON (a Slack or Teams incoming webhook): the URL carries a token, "
+    "so it is treated as a secret.",
     config_key="notify.webhook_url",
     secret=True,
 )
 NOTIFY_PING_URL = EnvVar(
     "STSYNC_NOTIFY_PING_URL",
     overrides="notify.ping_url",
-    doc="Dead-man's-switch ping URL in the healthchecks.io style (`{job}` is replaced by push, qualify or sync); treated as a secret.",
+    doc="Dead-man's-switch ping URL in the healthchecks.io style (`{job}` is replaced by push, qualify or sync); "
+    "treated as a secret.",
     config_key="notify.ping_url",
     secret=True,
 )
@@ -157,26 +159,3 @@ def resolve(
         if candidate is not None:
             return candidate
     return None
-
-
-__all__ = [
-    "BY_NAME",
-    "CONFIG",
-    "ENDPOINT_VARIABLES",
-    "LOG_FORMAT",
-    "NOTIFY_PING_URL",
-    "NOTIFY_WEBHOOK_URL",
-    "PREFIX",
-    "RF_API_KEY",
-    "RF_API_URL",
-    "STATE_DIR",
-    "ST_API_URL",
-    "ST_APP_KEY",
-    "ST_AUTH_URL",
-    "ST_CLIENT_SECRET",
-    "VARIABLES",
-    "WEBHOOK_TOKEN",
-    "EnvVar",
-    "read",
-    "resolve",
-]

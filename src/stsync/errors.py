@@ -96,7 +96,7 @@ class ConfigError(StsyncError):
     """Config or mapping invalid. ``key_path`` names the offending key, e.g. ``leads.fields.name``."""
 
     exit_code = 3
-    shape_fields = ("key_path",)
+    shape_fields: tuple[str, ...] = ("key_path",)
 
     def __init__(self, message: str, *, key_path: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -106,7 +106,7 @@ class ConfigError(StsyncError):
 class SetupRequired(ConfigError):
     """The seed's "Setup Required": required booking targets without a mapping."""
 
-    shape_fields = (*ConfigError.shape_fields, "section", "missing")
+    shape_fields: tuple[str, ...] = (*ConfigError.shape_fields, "section", "missing")
 
     def __init__(self, section: str, missing: list[str]) -> None:
         self.section = section
@@ -132,7 +132,7 @@ class SecretStoreUnavailable(ConfigError):
         "on macOS, `security unlock-keychain`"
     )
 
-    shape_fields = (*ConfigError.shape_fields, "locked")
+    shape_fields: tuple[str, ...] = (*ConfigError.shape_fields, "locked")
 
     def __init__(self, detail: str, *, locked: bool = False) -> None:
         if locked:
@@ -163,7 +163,7 @@ class InvalidRecord(StsyncError):
     """
 
     exit_code = 5
-    shape_fields = ("record", "field")
+    shape_fields: tuple[str, ...] = ("record", "field")
     stops_run = False
 
     def __init__(self, message: str, *, record: str | None = None, field: str | None = None, hint: str | None = None) -> None:
@@ -212,7 +212,14 @@ class AnswerLost(TemporaryError):
 
 
 class LockHeld(StsyncError):
+    """Another run of the job holds its lock. ``holder``: what that run wrote about itself
+    (pid, command, started_at, host), or None when it could not be read."""
+
     exit_code = 7
+
+    def __init__(self, message: str, *, hint: str | None = None, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder
 
 
 class ApiError(StsyncError):
@@ -223,7 +230,7 @@ class ApiError(StsyncError):
     """
 
     service = "remote"
-    shape_fields = ("service", "status", "title", "errors", "trace_id", "method", "path")
+    shape_fields: tuple[str, ...] = ("service", "status", "title", "errors", "trace_id", "method", "path")
     stops_run = False
 
     def __init__(

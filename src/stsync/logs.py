@@ -38,8 +38,10 @@ _LOGGER = "stsync"
 _secrets: set[str] = set()
 _lock = threading.Lock()
 _handlers: list[logging.Handler] = []
+# The handlers whose format follows --log-format / [logging] format (the file, and stderr's JSON).
+_formatted: list[logging.Handler] = []
 _process_context: dict[str, Any] = {}
-_context: ContextVar[dict[str, Any]] = ContextVar("stsync_log_context", default={})
+_context: ContextVar[dict[str, Any] | None] = ContextVar("stsync_log_context", default=None)
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 FORMATS = ("text", "json")
 # The order keys appear in after the fixed ones: who, what run, which record.
@@ -89,7 +91,7 @@ def bind(**fields: Any) -> None:
 @contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Keys for the records logged inside the block, on this thread (None values are left out)."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    token = _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
     try:
         yield
     finally:
@@ -99,7 +101,7 @@ def log_context(**fields: Any) -> Iterator[None]:
 def current_context() -> dict[str, Any]:
     with _lock:
         merged = dict(_process_context)
-    merged.update(_context.get())
+    merged.update(_context.get() or {})
     return merged
 
 
@@ -171,9 +173,9 @@ def attach_file_handler(
         handler.setFormatter(formatter_for(log_format))
         handler.addFilter(ContextFilter())
         handler.addFilter(RedactingFilter())
-        handler.stsync_file = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         _handlers.append(handler)
+        _formatted.append(handler)
     except OSError:
         pass  # an unwritable state dir is reported by the command that needs it
     if verbosity and terminal_stream is not None:
@@ -188,9 +190,8 @@ def attach_file_handler(
 
 def set_log_format(log_format: str) -> None:
     """Switch the log file (and a JSON stderr stream) to ``log_format`` ("text" | "json")."""
-    for handler in list(_handlers):
-        if getattr(handler, "stsync_file", False) or getattr(handler, "stsync_json_stream", False):
-            handler.setFormatter(formatter_for(log_format))
+    for handler in list(_formatted):
+        handler.setFormatter(formatter_for(log_format))
 
 
 def attach_stderr(stream: IO[str], *, level: int = logging.INFO) -> None:
@@ -206,13 +207,14 @@ def attach_stderr(stream: IO[str], *, level: int = logging.INFO) -> None:
     handler.setFormatter(JsonFormatter())
     handler.addFilter(ContextFilter())
     handler.addFilter(RedactingFilter())
-    handler.stsync_json_stream = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     _handlers.append(handler)
+    _formatted.append(handler)
 
 
 def detach_handlers() -> None:
     logger = logging.getLogger(_LOGGER)
+    _formatted.clear()
     while _handlers:
         handler = _handlers.pop()
         logger.removeHandler(handler)

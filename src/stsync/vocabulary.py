@@ -93,18 +93,3 @@ class Kind(StrEnum):
 
     LEAD = "lead"
     REFERRER = "referrer"
-
-
-__all__ = [
-    "DEFAULT_JOB_STATUS",
-    "RUN_MODE_FOR",
-    "Action",
-    "Environment",
-    "Kind",
-    "LogFormat",
-    "QualificationRule",
-    "ReturnValue",
-    "RunMode",
-    "SyncMode",
-    "UnqualifyEvent",
-]

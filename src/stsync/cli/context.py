@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -60,7 +60,7 @@ class AppContext:
         self.global_options_set = True
 
     @staticmethod
-    def from_typer(ctx: typer.Context) -> "AppContext":
+    def from_typer(ctx: typer.Context) -> AppContext:
         obj = ctx.find_root().obj
         assert isinstance(obj, AppContext), "commands run through stsync.cli.app.run"
         return obj
@@ -79,7 +79,7 @@ class AppContext:
                 self._attached_log = False
                 detach_handlers()
 
-    def __enter__(self) -> "AppContext":
+    def __enter__(self) -> AppContext:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -102,7 +102,7 @@ class AppContext:
         self._attached_log = True
         return paths
 
-    def log_format(self, config: "Config | None") -> str:
+    def log_format(self, config: Config | None) -> str:
         """``--log-format`` > ``STSYNC_LOG_FORMAT`` > ``[logging] format`` > text."""
         from stsync import envvars
         from stsync.errors import UsageError
@@ -116,7 +116,7 @@ class AppContext:
             )
         return str(chosen)
 
-    def load_config(self) -> "Config":
+    def load_config(self) -> Config:
         from stsync.storage.config import load_config
 
         config = load_config(self.config_path)
@@ -150,7 +150,7 @@ class AppContext:
         alerts look at it, a scheduled job pings (``services.job_outcome``)."""
         from stsync.services.job_outcome import JobInvocation
 
-        def config() -> "Config | None":
+        def config() -> Config | None:
             return self._config if self._config is not None else self.load_config()
 
         self._job = JobInvocation(
@@ -168,7 +168,7 @@ class AppContext:
         if job is not None:
             job.finish(exit_code, error)
 
-    def connection(self, *, config: "Config | None" = None) -> "Connection":
+    def connection(self, *, config: Config | None = None) -> Connection:
         """The open connection (config + secrets + clients + ledger), built once."""
         if self._connection is None:
             from stsync.connection import Connection
@@ -178,7 +178,7 @@ class AppContext:
             self._connection = Connection.open(self.paths, config or self.load_config())
         return self._connection
 
-    def consent(self) -> "Callable[[str], bool] | None":
+    def consent(self) -> Callable[[str], bool] | None:
         """How a check asks the person at the terminal a yes/no question (default no); None
         when nobody can answer (no terminal, --json): then the answer is no."""
         if self.json_mode or not self.terminal.can_ask:

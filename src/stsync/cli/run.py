@@ -179,8 +179,11 @@ def scheduled_jobs(config: Config, *, qualify_has_full: bool) -> list[Job]:
     if schedule.push is not None:
         jobs.append(Job(RunJob.PUSH, ("push-lead", "--new"), schedule.push))
     if schedule.qualify is not None:
-        full_qualify: tuple[str, ...] | None = ("qualify", "--full") if qualify_has_full and schedule.full_qualify is not None else None
-        jobs.append(Job(RunJob.QUALIFY, ("qualify",), schedule.qualify, full_qualify, schedule.full_qualify if full_qualify else None))
+        full_qualify: tuple[str, ...] | None = None
+        if qualify_has_full and schedule.full_qualify is not None:
+            full_qualify = ("qualify", "--full")
+        full_every = schedule.full_qualify if full_qualify else None
+        jobs.append(Job(RunJob.QUALIFY, ("qualify",), schedule.qualify, full_qualify, full_every))
     if schedule.sync is not None:
         full_sync = ("sync-customers", "--ongoing", "--full") if schedule.full_sync is not None else None
         jobs.append(Job(RunJob.SYNC, ("sync-customers", "--ongoing"), schedule.sync, full_sync, schedule.full_sync))

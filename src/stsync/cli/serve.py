@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -35,7 +35,7 @@ def serve_command(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (put a TLS reverse proxy in front)."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on (0 picks a free one)."),
-    token: Optional[str] = typer.Option(
+    token: str | None = typer.Option(
         None,
         "--token",
         help="Shared secret: in the webhook URL (/hooks/<token>) or the X-Stsync-Token header. "
@@ -59,12 +59,17 @@ def serve_command(
     # failure at the first delivery.
     _ = (conn.servicetitan, conn.referral_factory)
 
-    def started(server: "WebhookServer") -> None:
+    def started(server: WebhookServer) -> None:
         term.success(f"listening on {server.url}<token> (also POST /hooks with the X-Stsync-Token header; GET /metrics with it)")
         term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
 
     server = WebhookServer(
-        conn, token=token, host=host, port=port, observer=delivery_observer(term), routes={"metrics": metrics_route(conn.paths, conn.config, conn.ledger)}
+        conn,
+        token=token,
+        host=host,
+        port=port,
+        observer=delivery_observer(term),
+        routes={"metrics": metrics_route(conn.paths, conn.config, conn.ledger)},
     )
     watch = PeriodicWatch(conn.paths, conn.config, default_config=app_ctx.is_default_config, ledger=conn.ledger)
     with conn.run_lock(RunJob.SERVE, command="serve"):
@@ -81,13 +86,13 @@ def serve_command(
     app_ctx.emit({"ok": True, "run_id": server.run_id, "counts": stats.as_counts()})
 
 
-def delivery_observer(term: "Terminal") -> "Callable[[DeliveryEvent], None] | None":
+def delivery_observer(term: Terminal) -> Callable[[DeliveryEvent], None] | None:
     """Each delivery as a line for a person; None in structured mode (the log's JSON lines
     already carry each one)."""
     if term.structured:
         return None
 
-    def show(event: "DeliveryEvent") -> None:
+    def show(event: DeliveryEvent) -> None:
         who = f" {event.who}" if event.who else ""
         what = event.event or "request"
         if event.stage == "received":
@@ -105,10 +110,10 @@ def delivery_observer(term: "Terminal") -> "Callable[[DeliveryEvent], None] | No
 
 
 def serve_until_signalled(
-    server: "WebhookServer",
+    server: WebhookServer,
     *,
     stop: threading.Event | None = None,
-    on_started: Callable[["WebhookServer"], None] | None = None,
+    on_started: Callable[[WebhookServer], None] | None = None,
 ) -> None:
     """Run ``server`` until SIGINT/SIGTERM (or ``stop`` is set), then finish the queue.
 
@@ -116,7 +121,7 @@ def serve_until_signalled(
     ``stop`` ends it. The previous handlers are restored afterwards.
     """
     stop = stop or threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())

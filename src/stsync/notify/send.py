@@ -77,7 +77,9 @@ class Notifier:
 
     def ping_start(self, job: str) -> bool:
         url = self.ping_url_for(job, "start")
-        return bool(url) and self._post(url, f"the {job} ping (start)", content=f"{job} started")  # type: ignore[arg-type]
+        if not url:
+            return False
+        return self._post(url, f"the {job} ping (start)", content=f"{job} started")
 
     def ping_end(self, job: str, exit_code: int, summary: str = "") -> bool | None:
         """Success or failure by exit code; None when this exit code is not reported."""
@@ -97,7 +99,9 @@ class Notifier:
     def ping_log(self, job: str, text: str) -> bool:
         """healthchecks.io's ``/log``: a line in the check's log that changes nothing (``notify --test``)."""
         url = self.ping_url_for(job, "log")
-        return bool(url) and self._post(url, f"the {job} ping (log)", content=redact(text))  # type: ignore[arg-type]
+        if not url:
+            return False
+        return self._post(url, f"the {job} ping (log)", content=redact(text))
 
     # -- plumbing -------------------------------------------------------------------------
     def _post(self, url: str, what: str, **request: Any) -> bool:

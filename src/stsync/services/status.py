@@ -35,8 +35,8 @@ from stsync.notify.conditions import (
 )
 from stsync.servicetitan.auth import cached_token_expiry
 from stsync.storage.config import resolve_endpoints
-from stsync.storage.ledger import Ledger, pid_alive
-from stsync.storage.locks import holder
+from stsync.storage.ledger import Ledger
+from stsync.storage.locks import holder, pid_alive
 from stsync.storage.states import RunJob, RunOutcome
 
 if TYPE_CHECKING:
@@ -337,11 +337,13 @@ def _webhooks(report: StatusReport, ledger: Ledger | None, now: datetime) -> Non
 
 def _token(report: StatusReport, paths: ConnectionPaths, config: Config | None, now: datetime) -> None:
     report.token = {"cached": False, "expires_at": None, "valid": False, "seconds_left": None}
-    st = config.servicetitan if config is not None else None
-    if st is None or st.tenant_id is None or not st.client_id:
+    if config is None:
+        return
+    st = config.servicetitan
+    if st.tenant_id is None or not st.client_id:
         return
     try:
-        auth_url = resolve_endpoints(config).st_auth_url  # type: ignore[arg-type]
+        auth_url = resolve_endpoints(config).st_auth_url
     except StsyncError:
         return
     expires_at = cached_token_expiry(

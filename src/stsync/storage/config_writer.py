@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -140,7 +140,11 @@ def render_config(config: Config) -> str:
             out.append(_with_comment(f"# {key} = {placeholder}", "set by `stsync connect`"))
         else:
             out.append(_line(key, value, comment))
-    out.append(_optional_line("auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', f"endpoint overrides; {envvars.ST_AUTH_URL.name} wins"))
+    out.append(
+        _optional_line(
+            "auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', f"endpoint overrides; {envvars.ST_AUTH_URL.name} wins"
+        )
+    )
     out.append(_optional_line("api_url", st.api_url, f'"{PRODUCTION_ENDPOINTS[1]}"', f"{envvars.ST_API_URL.name} wins"))
     page_size_comment = f"rows per page when listing (at most {MAX_PAGE_SIZE})"
     if st.page_size == ServiceTitanSettings.model_fields["page_size"].default:
@@ -265,40 +269,50 @@ def _schedule_lines(schedule: ScheduleSettings) -> list[str]:
 
 def _notify_lines(notify: NotifySettings) -> list[str]:
     fields = NotifySettings.model_fields
-    out = ["# Alerts when a human must act. The URLs hold tokens: prefer the environment variables.", "[notify]"]
-    out.append(
-        _optional_line(
-            "webhook_url", notify.webhook_url, '"https://hooks.slack.com/services/…"', f"JSON alerts; {envvars.NOTIFY_WEBHOOK_URL.name} wins"
-        )
-    )
-    out.append(
-        _optional_line(
-            "ping_url", notify.ping_url, '"https://hc-ping.com/<key>/stsync-{job}"', f"healthchecks.io style; {envvars.NOTIFY_PING_URL.name} wins"
-        )
-    )
-    out.append(
-        _default_or_line(
-            "remind_after", notify.remind_after, fields["remind_after"].default, toml_value(format_duration(notify.remind_after)),
-            "a problem still there is reported again after this long",
-        )
-    )
     timeout = notify.timeout_seconds
-    out.append(
+    return [
+        "# Alerts when a human must act. The URLs hold tokens: prefer the environment variables.",
+        "[notify]",
+        _optional_line(
+            "webhook_url",
+            notify.webhook_url,
+            '"https://hooks.slack.com/services/…"',
+            f"JSON alerts; {envvars.NOTIFY_WEBHOOK_URL.name} wins",
+        ),
+        _optional_line(
+            "ping_url",
+            notify.ping_url,
+            '"https://hc-ping.com/<key>/stsync-{job}"',
+            f"healthchecks.io style; {envvars.NOTIFY_PING_URL.name} wins",
+        ),
         _default_or_line(
-            "timeout_seconds", timeout, fields["timeout_seconds"].default, toml_value(int(timeout) if float(timeout).is_integer() else timeout),
+            "remind_after",
+            notify.remind_after,
+            fields["remind_after"].default,
+            toml_value(format_duration(notify.remind_after)),
+            "a problem still there is reported again after this long",
+        ),
+        _default_or_line(
+            "timeout_seconds",
+            timeout,
+            fields["timeout_seconds"].default,
+            toml_value(int(timeout) if float(timeout).is_integer() else timeout),
             "each send gives up after this (and 1 s more)",
-        )
-    )
-    return out
+        ),
+    ]
 
 
 def _logging_lines(logging_settings: LoggingSettings) -> list[str]:
     value = logging_settings.format
+    choices = " | ".join(f'"{word}"' for word in LogFormat)
     return [
         "[logging]",
         _default_or_line(
-            "format", value, LoggingSettings.model_fields["format"].default, toml_value(str(value)),
-            f"{' | '.join(repr(str(f)).replace(chr(39), chr(34)) for f in LogFormat)}; {envvars.LOG_FORMAT.name} and --log-format win",
+            "format",
+            value,
+            LoggingSettings.model_fields["format"].default,
+            toml_value(str(value)),
+            f"{choices}; {envvars.LOG_FORMAT.name} and --log-format win",
         ),
     ]
 
@@ -343,6 +357,3 @@ def save_config(config: Config, path: str | os.PathLike[str]) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-
-
-__all__ = ["render_config", "save_config", "toml_value"]
