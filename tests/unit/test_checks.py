@@ -385,6 +385,27 @@ def test_every_check_name_is_written_once_and_each_plan_runs_its_prerequisites_f
                 assert need not in plan[position:], f"{item.name} runs before {need.name}"
 
 
+def test_limits_above_the_documented_ones_warn_in_validate_and_in_the_commands_that_use_them(connected, capsys):
+    edit(connected, limits={"servicetitan_per_second": 6000})
+    check = by_name(report_for(connected))["Limits"]
+    assert check.status == "warn" and "servicetitan_per_second = 6000" in check.message
+    assert run(["validate"]) == 0  # a warning, not a failure
+    capsys.readouterr()
+    assert run(["history"]) == 0
+    assert "Warning: limits.servicetitan_per_second = 6000 is above" in capsys.readouterr().err
+    edit(connected)
+    assert by_name(report_for(connected))["Limits"].status == "pass"
+
+
+def test_the_secret_store_check_of_a_file_store_ignores_the_keyring(connected, monkeypatch):
+    text = connected.read_text().replace('store = "keyring"', 'store = "file"')
+    connected.write_text(text)
+    monkeypatch.setenv("STSYNC_TEST_KEYRING", "locked")
+    verdict, described = offline.check_secret_store(ConnectionPaths.for_config(connected))
+    assert verdict.status == "pass" and "the file store" in verdict.message
+    assert described["store"] == "file"
+
+
 # -- Referral Factory's shared rate-limit state (diagnose, no request) ---------------------------
 
 WALL = 1_800_000_000.0

@@ -132,8 +132,10 @@ def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> tuple[int, Ba
     except SystemExit as exc:
         return (exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)), None
     except typer.Abort:
-        app_ctx.terminal.error("aborted")
-        return 1, None
+        # Ctrl-C (or end of input) at a prompt: like Ctrl-C anywhere, one line and 130.
+        # Prompts come before any change, so nothing was done.
+        app_ctx.terminal.error("interrupted at a prompt; nothing was changed")
+        return 130, None
     except KeyboardInterrupt:
         app_ctx.terminal.error("interrupted; everything done so far is recorded, run the command again to resume")
         return 130, None

@@ -92,7 +92,23 @@ class AppContext:
 
     @cached_property
     def paths(self) -> ConnectionPaths:
+        """The connection's files. The config file claims its connection name in the registry
+        first: a second config file going by the same name is refused (``ConnectionInUse``),
+        so two configs never share secrets, ledger or state."""
         paths = ConnectionPaths.for_config(self.config_path)
+        if paths.config.is_file():
+            from stsync.storage.registry import Registry
+
+            Registry(paths.state.parent).claim(paths)
+        self._attach_log(paths)
+        return paths
+
+    def use_paths(self, paths: ConnectionPaths) -> None:
+        """The connection's files as ``connect`` decided them (it names and claims them itself)."""
+        self.__dict__["paths"] = paths
+        self._attach_log(paths)
+
+    def _attach_log(self, paths: ConnectionPaths) -> None:
         from stsync.logs import attach_file_handler, bind
 
         attach_file_handler(
@@ -100,7 +116,6 @@ class AppContext:
         )
         bind(command=self.command_name)
         self._attached_log = True
-        return paths
 
     def log_format(self, config: Config | None) -> str:
         """``--log-format`` > ``STSYNC_LOG_FORMAT`` > ``[logging] format`` > text."""
@@ -117,10 +132,13 @@ class AppContext:
         return str(chosen)
 
     def load_config(self) -> Config:
-        from stsync.storage.config import load_config
+        """The config, and a warning for each limit above what the services document."""
+        from stsync.storage.config import limit_warnings, load_config
 
         config = load_config(self.config_path)
         self._config = config
+        for warning in limit_warnings(config):
+            self.terminal.warning(warning)
         if self._attached_log:
             from stsync.logs import set_log_format
 
@@ -175,7 +193,8 @@ class AppContext:
 
             if config is not None:
                 self._config = config
-            self._connection = Connection.open(self.paths, config or self.load_config())
+            # Loaded once per invocation (begin_job may have read it): its warnings said once.
+            self._connection = Connection.open(self.paths, config or self._config or self.load_config())
         return self._connection
 
     def consent(self) -> Callable[[str], bool] | None:

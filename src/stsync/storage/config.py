@@ -8,8 +8,15 @@ document that does not fit; unknown keys are errors with a suggestion. Every fai
 ``stsync.storage.config_writer``.
 
 The model:
-- ``Config`` → ``servicetitan``, ``referral_factory``, ``leads`` (``LeadSettings``),
+- ``Config`` → ``connection`` (the connection's name: its state directory and keyring
+  entries; written by ``stsync connect``), ``servicetitan``, ``referral_factory``, ``secrets``
+  (which store ``connect`` put the secrets in — never a secret), ``leads`` (``LeadSettings``),
   ``referrers`` (``ReferrerSettings``), ``customer_sync``, ``limits``, ``webhook``.
+- A secret is never accepted in the file: a key such as ``client_secret``, ``app_key`` or
+  ``api_key`` in any section is refused with "secrets never go in the config — use
+  ``stsync connect``" (its value is never repeated).
+- ``limit_warnings(config)``: limits above what the services document (ServiceTitan 60 calls
+  per second, Referral Factory 600 per minute) are accepted, with a warning to show.
   ``Config.booking_section(kind)`` is the one way from a ``stsync.vocabulary.Kind`` to
   its section; both sections are ``BookingSettings`` and know their ``kind`` and
   ``section_name`` ("leads" | "referrers").
@@ -51,9 +58,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from stsync import envvars
+from stsync.credentials import SECRETS
 from stsync.durations import format_duration, parse_duration
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import JobStatus
+from stsync.storage.paths import CONNECTION_NAME_RULE, valid_connection_name
 from stsync.suggestions import did_you_mean
 from stsync.urls import https_fix, plain_http_elsewhere
 from stsync.vocabulary import (
@@ -64,6 +73,7 @@ from stsync.vocabulary import (
     LogFormat,
     QualificationRule,
     ReturnValue,
+    SecretsStore,
     SyncMode,
     UnqualifyEvent,
 )
@@ -429,6 +439,17 @@ def _flatten_dotted(fields: Any) -> Any:
 FieldTable = Annotated[dict[str, FieldSpec], BeforeValidator(_flatten_dotted)]
 
 
+# Keys a person may be tempted to put a secret under, in any section: the secret table's names,
+# their short forms, and the usual words. Refused before anything else is said about the key.
+SECRET_KEYS = frozenset(
+    {secret.name for secret in SECRETS}
+    | {secret.name.split("_", 1)[1] for secret in SECRETS}
+    | {secret.env_var.name.lower() for secret in SECRETS}
+    | {"secret", "password", "token", "access_token", "api_token", "webhook_token"}
+)
+SECRET_IN_CONFIG = "secrets never go in the config — use `stsync connect`"
+
+
 class _Section(BaseModel):
     """Strict (TOML gives real types), unknown keys rejected with a suggestion."""
 
@@ -440,8 +461,11 @@ class _Section(BaseModel):
         if isinstance(data, dict):
             known = [info.alias or name for name, info in cls.model_fields.items()]
             for key in data:
-                if key not in known and key not in cls.model_fields:
-                    raise _problem("unknown_key", f"unknown key '{key}'{did_you_mean(key, known)}", key=key)
+                if key in known or key in cls.model_fields:
+                    continue
+                if isinstance(key, str) and key.strip().casefold() in SECRET_KEYS:
+                    raise _problem("secret_in_config", SECRET_IN_CONFIG, key=key)
+                raise _problem("unknown_key", f"unknown key '{key}'{did_you_mean(key, known)}", key=key)
         elif not isinstance(data, BaseModel):
             raise _problem("section_type", f"must be a table ([section]), not {_type_name(data)} {data!r}")
         return data
@@ -455,6 +479,7 @@ RuleWord = Annotated[QualificationRule, Strict(False)]
 UnqualifyWord = Annotated[UnqualifyEvent, Strict(False)]
 SyncModeWord = Annotated[SyncMode, Strict(False)]
 ReturnValueWord = Annotated[ReturnValue, Strict(False)]
+SecretsStoreWord = Annotated[SecretsStore, Strict(False)]
 
 
 class ServiceTitanSettings(_Section):
@@ -515,11 +540,24 @@ class CustomerSyncSettings(_Section):
     return_fields: dict[str, ReturnValueWord] = Field(default_factory=dict)
 
 
+# What the services document (api/servicetitan.md §9, api/referral-factory.md §2): a limit set
+# above them only earns 429s — and from Referral Factory, after a few, a blocked IP.
+SERVICETITAN_DOCUMENTED_PER_SECOND = 60
+REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE = 600
+
+
 class Limits(_Section):
-    servicetitan_per_second: int = Field(60, ge=1)
-    referral_factory_per_minute: int = Field(600, ge=1)
+    servicetitan_per_second: int = Field(SERVICETITAN_DOCUMENTED_PER_SECOND, ge=1)
+    referral_factory_per_minute: int = Field(REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE, ge=1)
     retry_budget_seconds: int = Field(120, ge=0)
     workers: int = Field(8, ge=1, le=64)
+
+
+class SecretsSettings(_Section):
+    """Where ``stsync connect`` stored the secrets (the store itself, never a secret): every
+    later command, ``disconnect`` and a plain reconnect use the same one."""
+
+    store: SecretsStoreWord = SecretsStore.KEYRING
 
 
 class WebhookSettings(_Section):
@@ -574,14 +612,20 @@ LogFormatWord = Annotated[LogFormat, Strict(False)]
 
 class LoggingSettings(_Section):
     format: LogFormatWord = LogFormat.TEXT
+def _check_connection_name(value: Any) -> Any:
+    if isinstance(value, str) and not valid_connection_name(value):
+        raise _problem("connection_name", f"{value!r} is not a connection name: {CONNECTION_NAME_RULE}")
+    return value
 
 
 class Config(_Section):
+    connection: Annotated[str | None, BeforeValidator(_check_connection_name)] = None
     servicetitan: ServiceTitanSettings = Field(default_factory=ServiceTitanSettings)
     referral_factory: ReferralFactorySettings = Field(default_factory=ReferralFactorySettings)
     leads: LeadSettings = Field(default_factory=LeadSettings)
     referrers: ReferrerSettings = Field(default_factory=ReferrerSettings)
     customer_sync: CustomerSyncSettings = Field(default_factory=CustomerSyncSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     limits: Limits = Field(default_factory=Limits)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
@@ -661,7 +705,7 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
         # A tagged union adds the tag to the location: "fields.name.from.from" → "fields.name.from".
         loc = [part for i, part in enumerate(loc) if not (i > 0 and part == loc[i - 1] and part in VALUE_KINDS)]
         ctx = error.get("ctx") or {}
-        if error["type"] == "unknown_key":
+        if error["type"] in ("unknown_key", "secret_in_config"):
             loc.append(ctx["key"])
         elif error["type"] == "union_tag_invalid":
             continue  # the shape check already said what is wrong
@@ -776,6 +820,26 @@ def default_config(
             },
         }
     )
+
+
+def limit_warnings(config: Config) -> list[str]:
+    """Each ``[limits]`` value above what the service documents, as a warning for the user."""
+    limits = config.limits
+    warnings: list[str] = []
+    if limits.servicetitan_per_second > SERVICETITAN_DOCUMENTED_PER_SECOND:
+        warnings.append(
+            f"limits.servicetitan_per_second = {limits.servicetitan_per_second} is above ServiceTitan's documented "
+            f"{SERVICETITAN_DOCUMENTED_PER_SECOND} calls per second per app and tenant: requests past it are refused "
+            "with 429 and retried, which is slower than staying under it "
+            f"(set it to {SERVICETITAN_DOCUMENTED_PER_SECOND} or less)"
+        )
+    if limits.referral_factory_per_minute > REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE:
+        warnings.append(
+            f"limits.referral_factory_per_minute = {limits.referral_factory_per_minute} is above Referral Factory's "
+            f"documented {REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE} calls per minute: repeated 429s get this machine's IP "
+            f"blocked (set it to {REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE} or less)"
+        )
+    return warnings
 
 
 @dataclass(frozen=True)

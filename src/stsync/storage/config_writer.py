@@ -47,6 +47,7 @@ from stsync.vocabulary import (
     LogFormat,
     QualificationRule,
     ReturnValue,
+    SecretsStore,
     SyncMode,
     UnqualifyEvent,
 )
@@ -128,6 +129,13 @@ def render_config(config: Config) -> str:
     )
     out: list[str] = [*_HEADER, ""]
 
+    connection_comment = "names this connection's state directory and keyring entries"
+    if config.connection is None:
+        out.append(_with_comment('# connection = "default"', f"{connection_comment}; set by `stsync connect`"))
+    else:
+        out.append(_line("connection", config.connection, f"{connection_comment}; one config file per name"))
+    out.append("")
+
     out.append("[servicetitan]")
     out.append(_line("environment", st.environment, _choices(Environment)))
     identity = (
@@ -159,6 +167,12 @@ def render_config(config: Config) -> str:
     else:
         out.append(_line("campaign_id", rf.campaign_id, "Edit Campaign → Integration tab → API"))
     out.append(_optional_line("api_url", rf.api_url, f'"{REFERRAL_FACTORY_API_URL}"', f"{envvars.RF_API_URL.name} wins"))
+    out.append("")
+
+    out.append("# Where `stsync connect` stored the secrets (never the secrets themselves).")
+    out.append("[secrets]")
+    store_comment = f"{_choices(SecretsStore)}: the OS keyring, or a 0600 file in the state directory"
+    out.append(_line("store", config.secrets.store, store_comment))
     out.append("")
 
     out.append("[leads]")
@@ -211,7 +225,8 @@ def render_config(config: Config) -> str:
     out.extend(_line(name, value) for name, value in sync.return_fields.items())
     out.append("")
 
-    out.append("# stsync stays under these (SPEC §6.4); retries give up after retry_budget_seconds.")
+    out.append("# stsync stays under these: ServiceTitan documents 60 calls per second, Referral Factory 600 per")
+    out.append("# minute. Retries give up after retry_budget_seconds; workers run batch work in parallel.")
     out.append("[limits]")
     for key in Limits.model_fields:
         out.append(_line(key, getattr(limits, key)))
