@@ -111,42 +111,6 @@ def test_bad_client_id_or_secret_exits_4_sends_them_nowhere_else_and_stores_noth
     assert_nothing_stored()
 
 
-class TerminalInput:
-    """stdin of a person at a terminal, typing ``answer`` (stderr counts as a terminal too)."""
-
-    def __init__(self, monkeypatch, answer: str) -> None:
-        import io
-        import sys
-
-        from stsync.cli.terminal import Terminal
-
-        self.stdin = io.StringIO(answer)
-        self.stdin.isatty = lambda: True  # type: ignore[method-assign]
-        monkeypatch.setattr(sys, "stdin", self.stdin)
-        monkeypatch.setattr(Terminal, "can_ask", property(lambda self: True))
-
-
-def test_at_a_terminal_yes_asks_the_other_environment_and_tells_the_credentials_apart(httpx_mock: HTTPXMock, capsys, monkeypatch):
-    TerminalInput(monkeypatch, "y\n")
-    httpx_mock.add_response(method="POST", url=f"{AUTH}/connect/token", status_code=400, json={"error": "invalid_client"})
-    httpx_mock.add_response(method="POST", url=f"{AUTH_INTEGRATION}/connect/token", json={"access_token": "tok-other", "expires_in": 900})
-    assert run(argv()) == 4
-    err = " ".join(capsys.readouterr().err.split())  # as read, not as wrapped
-    assert "Checking sends them to the integration token server (https://auth-integration.servicetitan.io)" in err
-    assert "they were made for integration" in err and "stsync connect --environment integration" in err
-    assert_nothing_stored()
-
-
-def test_at_a_terminal_the_default_answer_sends_nothing_to_the_other_environment(httpx_mock: HTTPXMock, capsys, monkeypatch):
-    TerminalInput(monkeypatch, "\n")  # Enter: the default is No
-    httpx_mock.add_response(method="POST", url=f"{AUTH}/connect/token", status_code=400, json={"error": "invalid_client"})
-    assert run(argv()) == 4
-    err = " ".join(capsys.readouterr().err.split())  # as read, not as wrapped
-    assert "[y/N]" in err and "not sent to integration" in err
-    assert "run `stsync connect --environment integration`" in err
-    assert_nothing_stored()
-
-
 def test_wrong_environment_token_endpoint_exits_4_naming_the_environment(httpx_mock: HTTPXMock, capsys):
     httpx_mock.add_response(method="POST", url=f"{AUTH}/connect/token", status_code=404, text="Not Found")
     assert run(argv()) == 4
