@@ -19,6 +19,7 @@ raises only what must stop the run; so any exception a task raises stops the poo
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -60,7 +61,9 @@ class WorkPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T | None]:
-        return self._executor.submit(self._run, fn, args, kwargs)
+        # The submitter's context (the run id the log lines carry) goes with the task.
+        context = contextvars.copy_context()
+        return self._executor.submit(context.run, self._run, fn, args, kwargs)
 
     def _run(self, fn: Callable[..., T], args: tuple, kwargs: dict) -> T | None:
         if self._stopping.is_set():

@@ -247,8 +247,7 @@ def test_wrong_booking_provider_value_is_the_guides_fail_and_fix(paths: Connecti
 
 def test_revoked_client_secret_fails_the_token_and_says_reconnect(paths: ConnectionPaths, httpx_mock: HTTPXMock):
     httpx_mock.add_response(method="POST", url=TOKEN_URL, status_code=400, json={"error": "invalid_client"})
-    # The other environment is asked too: it does not know these credentials either.
-    httpx_mock.add_response(method="POST", url=f"{AUTH_INTEGRATION}/connect/token", status_code=400, json={"error": "invalid_client"})
+    # Nobody to ask: the other environment is not asked (the strict mock would fail a request to it).
     rf_ok(httpx_mock)
     report = diagnose(paths, paths.config, offline=False)
     token = by_name(report)["ServiceTitan token"]
@@ -264,7 +263,9 @@ def test_credentials_of_the_other_environment_are_told_apart(paths: ConnectionPa
     httpx_mock.add_response(method="POST", url=TOKEN_URL, status_code=400, json={"error": "invalid_client"})
     httpx_mock.add_response(method="POST", url=f"{AUTH_INTEGRATION}/connect/token", json={"access_token": "tok-other", "expires_in": 900})
     rf_ok(httpx_mock)
-    token = by_name(diagnose(paths, paths.config, offline=False))["ServiceTitan token"]
+    questions: list[str] = []
+    token = by_name(diagnose(paths, paths.config, offline=False, consent=lambda q: questions.append(q) or True))["ServiceTitan token"]
+    assert len(questions) == 1 and "sends them to the integration token server" in questions[0]
     assert token.status == "fail"
     assert "they were made for integration" in token.message
     assert token.fix.endswith("`stsync connect --environment integration`")
@@ -274,7 +275,9 @@ def test_no_other_environment_is_asked_when_the_auth_url_is_overridden(paths: Co
     monkeypatch.setenv("STSYNC_ST_AUTH_URL", "http://127.0.0.1:9/auth")
     httpx_mock.add_response(method="POST", url="http://127.0.0.1:9/auth/connect/token", status_code=400, json={"error": "invalid_client"})
     rf_ok(httpx_mock)
-    token = by_name(diagnose(paths, paths.config, offline=False))["ServiceTitan token"]
+    questions: list[str] = []
+    token = by_name(diagnose(paths, paths.config, offline=False, consent=lambda q: questions.append(q) or True))["ServiceTitan token"]
+    assert questions == []  # nobody is even asked: the override names the one server
     assert token.status == "fail" and "Client ID / Client Secret" in token.message  # and no second token request
 
 
@@ -392,6 +395,10 @@ def test_the_lock_holder_is_named_and_a_long_hold_warns(paths: ConnectionPaths):
         later = check_run_locks(paths, now=time.time() + 7 * 3600)
         assert later.status == "warn" and f"kill {os.getpid()}" in later.fix
     assert "no stsync run holds a lock" in check_run_locks(paths).message
+    # `stsync run` (like serve) holds its lock for as long as it runs: months are not stuck.
+    with RunLock(paths, "run", command="run --webhooks"):
+        months = check_run_locks(paths, now=time.time() + 90 * 86400)
+        assert months.status == "pass" and "run: `run --webhooks`" in months.message
 
 
 # == --email ====================================================================================

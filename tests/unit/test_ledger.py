@@ -564,3 +564,93 @@ def test_writers_of_one_process_queue_instead_of_failing(ledger):
     for thread in threads:
         thread.join()
     assert errors == [] and ledger.push_counts() == {"booked": 240}
+
+
+# -- exit codes, skipped ticks and what status and the alerts read ---------------------------------
+def test_a_ledger_of_schema_1_gains_exit_codes_and_keeps_its_runs(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    raw = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            raw.execute(statement)
+    raw.execute("INSERT INTO runs (job, command, pid, started_at, outcome) VALUES ('push', 'push-lead --new', 1, '2024-01-01T00:00:00.000Z', 'ok')")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with Ledger.open(path) as ledger:
+        [run] = ledger.recent_runs()
+        assert (run.command, run.outcome, run.exit_code) == ("push-lead --new", "ok", None)
+        ledger.set_exit_code([run.id], 0)
+        assert ledger.get_run(run.id).exit_code == 0
+
+
+def test_exit_codes_go_onto_the_runs_a_process_started_and_a_cut_short_run_reads_interrupted(ledger):
+    before = ledger.last_run_id()
+    done = ledger.start_run("sync", "sync-customers --ongoing")
+    ledger.finish_run(done, "partial", {"failed": 1})
+    cut = ledger.start_run("push", "push-lead --new")
+    assert [r.id for r in ledger.runs_started_by(os.getpid(), after_id=before)] == [done, cut]
+    assert ledger.runs_started_by(os.getpid(), after_id=cut) == []
+    ledger.set_exit_code([done, cut], 5)
+    assert (ledger.get_run(done).outcome, ledger.get_run(done).exit_code) == ("partial", 5)
+    cut_run = ledger.get_run(cut)
+    assert (cut_run.outcome, cut_run.exit_code) == ("interrupted", 5) and cut_run.finished_at
+
+
+def test_a_skipped_tick_is_recorded_but_is_not_the_last_run(ledger):
+    ran = ledger.start_run("sync", "sync-customers --ongoing --full")
+    ledger.finish_run(ran, "ok", {})
+    skipped = ledger.record_finished_run("sync", "sync-customers --ongoing", outcome="skipped", exit_code=7, error="held by pid 9")
+    assert ledger.get_run(skipped).outcome == "skipped" and ledger.get_run(skipped).exit_code == 7
+    assert ledger.last_run("sync").id == ran
+    assert ledger.last_succeeded_run("sync").id == ran
+    assert ledger.last_succeeded_run("sync", command_contains="--full").id == ran
+    assert ledger.last_succeeded_run("push") is None and ledger.first_run("sync").id == ran
+    with pytest.raises(ValueError):
+        ledger.record_finished_run("sync", "x", outcome="running", exit_code=None)
+
+
+def test_open_failures_are_the_records_own_and_still_unresolved(ledger):
+    auth = {"type": "AuthError", "message": "refused", "exit_code": 4}
+    refused = {"type": "ServiceTitanApiError", "message": "bad name", "exit_code": 1, "status": 400}
+    # A record refused by ServiceTitan: open. The same lead booked later: resolved.
+    a = _intent(ledger, "ANN")
+    ledger.record_push_result(a, outcome="failed", error=refused)
+    b = _intent(ledger, "BOB", email="bob@example.com")
+    ledger.record_push_result(b, outcome="failed", error=refused)
+    b2 = _intent(ledger, "BOB", email="bob@example.com")
+    ledger.record_push_result(b2, outcome="created", booking_id=7)
+    # A run-level failure recorded on a record (credentials) is the run's, not the record's.
+    c = _intent(ledger, "CAT", email="cat@example.com")
+    ledger.record_push_result(c, outcome="failed", error=auth)
+    # A hand-edited row that is not JSON still reads (as the record's own).
+    d = _intent(ledger, "DAN", email="dan@example.com")
+    ledger.record_push_result(d, outcome="failed", error=None)
+    with ledger.transaction() as conn:
+        conn.execute("UPDATE push_attempts SET error = 'not json' WHERE id = ?", (d,))
+    count, newest = ledger.failed_pushes()
+    assert count == 2 and [x.external_id for x in newest] == ["DAN", "ANN"]
+    assert ledger.failed_pushes(since=utc_now())[0] == 0
+
+    ledger.upsert_referrer(1, state="failed", email="x@example.com", error=refused)
+    ledger.upsert_referrer(2, state="created", email="y@example.com", error={"stage": "return_fields", **refused})
+    ledger.upsert_referrer(3, state="failed", email="z@example.com", error={"type": "TemporaryError", "exit_code": 6})
+    ledger.upsert_referrer(4, state="skipped", skip_reason="no_email")
+    count, rows = ledger.failed_referrers()
+    assert count == 2 and {r.customer_id for r in rows} == {1, 2}
+
+    ledger.update_tracking("BOB", booking_status="Converted")
+    q = ledger.record_qualification_intent("BOB", "qualify", rule="job_created", reason="job created")
+    ledger.record_qualification_result(q, state="failed", error=refused)
+    assert ledger.failed_qualifications()[0] == 1
+    ledger.update_tracking("BOB", final=True)
+    assert ledger.failed_qualifications()[0] == 0
+
+    ledger.record_delivery("k1", event="lead_created", external_id="ANN")
+    ledger.record_delivery("k2", event="lead_created", external_id="EVE")
+    ledger.record_delivery("k3", event="lead_created", external_id="FAY")
+    ledger.finish_delivery("k1", "failed", {"message": "no"})
+    ledger.finish_delivery("k3", "retrying", {"message": "no"})
+    assert ledger.failed_deliveries()[0] == 1
+    waiting, oldest = ledger.waiting_deliveries()
+    assert waiting == 2 and oldest is not None

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 # long a holder is probably stuck.
 LONG_RUN_SECONDS = 6 * 3600
 LOCKED_JOBS = tuple(RunJob)
+# Held for as long as the service runs (months): never "stuck".
+LONG_RUNNING_JOBS = (RunJob.SERVE, RunJob.RUN)
 JOB_COMMANDS = {RunJob.PUSH: "push-lead", RunJob.SYNC: "sync-customers", RunJob.QUALIFY: "qualify"}
 FAILURES_SHOWN = 10
 FAILURES_SCANNED = 200
@@ -88,7 +90,7 @@ def check_run_locks(paths: ConnectionPaths, *, now: float | None = None) -> Verd
         started = info.get("started_at")
         held.append(f"{job}: `{info.get('command')}` (pid {info.get('pid')}, since {started})")
         age = _age_seconds(started, now)
-        if job != RunJob.SERVE and age is not None and age > LONG_RUN_SECONDS:
+        if job not in LONG_RUNNING_JOBS and age is not None and age > LONG_RUN_SECONDS:
             stuck.append((job, info))
     if not held:
         return ok("no stsync run holds a lock")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from stsync.cli.context import AppContext
-from stsync.storage.states import AttemptOutcome
+from stsync.storage.states import AttemptOutcome, RunJob
 from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
@@ -103,6 +103,9 @@ def push_lead_command(
     from stsync.services import lead_sources
     from stsync.services import push as service
 
+    if not dry_run:
+        # A run like cron's: its exit code recorded, the alerts told; --new is the scheduled one.
+        app_ctx.begin_job(RunJob.PUSH, "push-lead " + given[0].split("/")[0] + (" --referrer" if referrer else ""), scheduled=new)
     conn = app_ctx.connection()
     # Checked once for the whole command: "Nothing to action", then "Setup Required".
     target = service.push_target(conn, kind)

@@ -53,6 +53,8 @@ def qualify_command(
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
+    if not dry_run:
+        app_ctx.begin_job(RunJob.QUALIFY, "qualify", scheduled=True)
     conn = app_ctx.connection()
 
     if conn.config.leads.qualification.rule == "none":

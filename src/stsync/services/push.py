@@ -58,7 +58,7 @@ from stsync.errors import (
     stops_run,
 )
 from stsync.leads import Lead
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.mapping.booking import booking_request_for, external_id_for
 from stsync.mapping.validation import missing_required
 from stsync.progress import NO_PROGRESS, Progress
@@ -255,7 +255,7 @@ def push_lead(
 
     conn.paths.ensure_state()
     # One externalId at a time across threads and processes: check → create → record.
-    with KeyLock(conn.paths, f"booking:{external_id}"):
+    with log_context(external_id=external_id), KeyLock(conn.paths, f"booking:{external_id}"):
         return _push_locked(conn, lead, kind, external_id, body, run_id, index)
 
 

@@ -74,7 +74,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import NotFound, StsyncError, stops_run
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.referralfactory.models import PERSON_INVITED
 from stsync.storage.ledger import iso_utc
@@ -340,7 +340,10 @@ class _QualifyRun:
                 booking = None
             job_id = _job_id(push, booking)
             job = jobs.get(job_id) if job_id is not None else None
-            decision = self._decide_and_apply(push, booking, job_id, job, events.get(job_id, []) if job_id else [])
+            with log_context(external_id=push.external_id):
+                decision = self._decide_and_apply(
+                    push, booking, job_id, job, events.get(job_id, []) if job_id else []
+                )
             self.report.decisions.append(decision)
             # A booking still waiting is the common case of every run: not worth a log line each.
             (log.debug if decision.outcome == WAITING else log.info)(

@@ -11,7 +11,7 @@ Push, sync, qualify, serve, diagnose and history all read and write it, often at
 - Schema changes are appended to ``MIGRATIONS`` (``PRAGMA user_version`` says how many ran).
   Never edit a migration that shipped: add one.
 
-What ServiceTitan did with the bookings (migration 2; written by ``stsync.tracking``, read by
+What ServiceTitan did with the bookings (migration 3; written by ``stsync.tracking``, read by
 ``qualify``, ``push-lead --new``, ``diagnose`` and the report) — a mirror, so that nothing
 needs to crawl ServiceTitan again:
 
@@ -55,12 +55,14 @@ from pathlib import Path
 from typing import Any
 
 from stsync.errors import ConfigError, StsyncError
+from stsync.logs import log_context
 from stsync.storage.locks import pid_alive
 from stsync.storage.paths import make_private_dir
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
     REFERRER_RETRY_STATES,
     AttemptOutcome,
+    DeliveryOutcome,
     PushState,
     QualificationAction,
     QualificationState,
@@ -78,6 +80,20 @@ CACHE_KIB = 512
 
 # What a finished run, attempt or qualification may record (never back to running/intent).
 FINISHED_RUN_OUTCOMES = tuple(o for o in RunOutcome if o is not RunOutcome.RUNNING)
+# A failure that is the record's own (its data, the remote refusing that request), not the
+# run's: an error stored with a run-level exit code (configuration, credentials, temporary,
+# lock) failed every record after it the same way and is reported as the run's outcome.
+RUN_LEVEL_EXIT_CODES = (3, 4, 6, 7)
+
+
+def _record_level(column: str) -> str:
+    """SQL: the stored error in ``column`` is the record's own (a row written without an exit code counts)."""
+    codes = ", ".join(str(code) for code in RUN_LEVEL_EXIT_CODES)
+    return f"coalesce(CASE WHEN json_valid({column}) THEN json_extract({column}, '$.exit_code') END, 5) NOT IN ({codes})"
+
+
+# A run that did its job (some records may have failed: those are reported on their own).
+SUCCEEDED_RUN_OUTCOMES = (RunOutcome.OK, RunOutcome.PARTIAL)
 ATTEMPT_RESULTS = tuple(o for o in AttemptOutcome if o is not AttemptOutcome.INTENT)
 QUALIFICATION_RESULTS = tuple(s for s in QualificationState if s is not QualificationState.INTENT)
 REFERRER_FIELDS = ("rf_user_id", "email", "code", "url", "fingerprint", "state", "skip_reason", "error")
@@ -199,7 +215,11 @@ MIGRATIONS: list[str] = [
         value TEXT
     );
     """,
-    # 2: what ServiceTitan did with the bookings (issue 16): the provider's bookings, the jobs
+    # 2: each run's exit code, as its command exited (cron and `stsync run` alike)
+    """
+    ALTER TABLE runs ADD COLUMN exit_code INTEGER;
+    """,
+    # 3: what ServiceTitan did with the bookings (issue 16): the provider's bookings, the jobs
     # booked from them, their status history, and a qualification's hold.
     """
     ALTER TABLE pushes ADD COLUMN held_until TEXT;
@@ -281,6 +301,7 @@ class RunRecord:
     outcome: str  # RunOutcome (a dead `running` reads as interrupted)
     counts: dict
     error: str | None
+    exit_code: int | None = None  # the command's exit code (SPEC §5), once it exited
 
 
 @dataclass(frozen=True)
@@ -449,10 +470,17 @@ class Ledger:
     def open(cls, path: str | os.PathLike[str]) -> Ledger:
         ledger = cls(Path(path))
         make_private_dir(ledger.path.parent)
-        try:  # customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow)
-            os.close(os.open(ledger.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        except OSError:
-            pass  # sqlite3 says precisely what is wrong below
+        # Customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow).
+        # Only when it does not exist: closing any descriptor of an open database file drops
+        # every POSIX lock this process holds on it (SQLite's documented pitfall), and a
+        # process may hold the ledger open elsewhere (serve's worker while /metrics reads).
+        if not ledger.path.exists():
+            try:
+                os.close(os.open(ledger.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass  # another thread or process made it first
+            except OSError:
+                pass  # sqlite3 says precisely what is wrong below
         try:
             conn = ledger._conn()
             ledger._migrate(conn)
@@ -581,7 +609,8 @@ class Ledger:
         run_id = self.start_run(job, command)
         outcome, error = RunOutcome.FAILED, None
         try:
-            yield run_id
+            with log_context(run_id=run_id):
+                yield run_id
             outcome = RunOutcome.PARTIAL if failed() else RunOutcome.OK
         except KeyboardInterrupt:
             outcome, error = RunOutcome.INTERRUPTED, "interrupted by the user"
@@ -614,8 +643,73 @@ class Ledger:
         return record
 
     def last_run(self, job: str) -> RunRecord | None:
-        rows = self._query("SELECT * FROM runs WHERE job = ? ORDER BY id DESC LIMIT 1", (job,))
+        """The newest run of ``job`` that ran (a ``skipped`` tick is not a run)."""
+        rows = self._query(
+            "SELECT * FROM runs WHERE job = ? AND outcome != ? ORDER BY id DESC LIMIT 1", (job, RunOutcome.SKIPPED)
+        )
         return self._run(rows[0]) if rows else None
+
+    def last_succeeded_run(self, job: str, *, command_contains: str | None = None) -> RunRecord | None:
+        """The newest run of ``job`` that finished ok or partial (``command_contains``: e.g. "--full")."""
+        sql = "SELECT * FROM runs WHERE job = ? AND outcome IN (?, ?)"
+        params: list[Any] = [job, *SUCCEEDED_RUN_OUTCOMES]
+        if command_contains is not None:
+            sql += " AND instr(command, ?) > 0"
+            params.append(command_contains)
+        rows = self._query(sql + " ORDER BY id DESC LIMIT 1", params)
+        return self._run(rows[0]) if rows else None
+
+    def first_run(self, job: str) -> RunRecord | None:
+        rows = self._query("SELECT * FROM runs WHERE job = ? AND outcome != ? ORDER BY id LIMIT 1", (job, RunOutcome.SKIPPED))
+        return self._run(rows[0]) if rows else None
+
+    def get_run(self, run_id: int) -> RunRecord | None:
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return self._run(rows[0]) if rows else None
+
+    def last_run_id(self) -> int:
+        """The newest run id (0 when none): what an invocation started is above it."""
+        return int(self._query("SELECT coalesce(max(id), 0) AS n FROM runs")[0]["n"])
+
+    def runs_started_by(self, pid: int, *, after_id: int) -> list[RunRecord]:
+        """Runs process ``pid`` started after run ``after_id``, oldest first."""
+        rows = self._query("SELECT * FROM runs WHERE pid = ? AND id > ? ORDER BY id", (pid, after_id))
+        return [self._run(row) for row in rows]
+
+    def set_exit_code(self, run_ids: Iterable[int], exit_code: int) -> None:
+        """The command's exit code onto the runs it recorded (a run still ``running`` then was cut short)."""
+        ids = list(run_ids)
+        if not ids:
+            return
+        with self.transaction() as conn:
+            for run_id in ids:
+                conn.execute(
+                    "UPDATE runs SET exit_code = ?, outcome = CASE WHEN outcome = ? THEN ? ELSE outcome END, "
+                    "finished_at = coalesce(finished_at, ?) WHERE id = ?",
+                    (exit_code, RunOutcome.RUNNING, RunOutcome.INTERRUPTED, utc_now(), run_id),
+                )
+
+    def record_finished_run(
+        self,
+        job: str,
+        command: str,
+        *,
+        outcome: str,
+        exit_code: int | None,
+        error: str | None = None,
+        counts: Mapping[str, Any] | None = None,
+    ) -> int:
+        """A run recorded in one go: a step that ended before its work started (a lock held:
+        ``skipped``; a configuration or credential failure: ``failed``)."""
+        _check(outcome, FINISHED_RUN_OUTCOMES, "run outcome")
+        now = utc_now()
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (job, command, pid, started_at, finished_at, outcome, counts, error, exit_code) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job, command, os.getpid(), now, now, outcome, _dumps(dict(counts or {})), error, exit_code),
+            )
+            return _inserted_id(cursor)
 
     def recent_runs(self, limit: int = 20, job: str | None = None) -> list[RunRecord]:
         if job is None:
@@ -1098,6 +1192,67 @@ class Ledger:
     def get_delivery(self, key: str) -> DeliveryRecord | None:
         rows = self._query("SELECT * FROM webhook_deliveries WHERE key = ?", (key,))
         return _record(DeliveryRecord, rows[0], json_columns=("error",)) if rows else None
+
+    # -- health: what status and the alerts read ----------------------------------------
+    def failed_pushes(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[AttemptRecord]]:
+        """Pushes whose latest failure is still unbooked: how many, and the newest attempts
+        (``since``: only failures recorded after that time)."""
+        where = f"a.outcome = ? AND p.state = ? AND {_record_level('a.error')}"
+        params: list[Any] = [AttemptOutcome.FAILED, PushState.FAILED]
+        if since is not None:
+            where += " AND a.finished_at > ?"
+            params.append(since)
+        latest = (
+            "SELECT a.* FROM push_attempts a JOIN pushes p ON p.external_id = a.external_id "
+            "JOIN (SELECT external_id, max(id) AS id FROM push_attempts WHERE outcome = ? GROUP BY external_id) l "
+            f"ON l.id = a.id WHERE {where}"
+        )
+        rows = self._query(f"{latest} ORDER BY a.id DESC", [AttemptOutcome.FAILED, *params])
+        return len(rows), [self._attempt(row) for row in rows[:limit]]
+
+    def failed_referrers(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[ReferrerRecord]]:
+        """Customers whose referrer (or its return fields) failed and was not fixed since."""
+        where = f"(state = ? OR (error IS NOT NULL AND state NOT IN (?, ?))) AND {_record_level('error')}"
+        params: list[Any] = [ReferrerState.FAILED, ReferrerState.PENDING, ReferrerState.SKIPPED]
+        if since is not None:
+            where += " AND updated_at > ?"
+            params.append(since)
+        count = self._query(f"SELECT count(*) AS n FROM referrers WHERE {where}", params)[0]["n"]
+        rows = self._query(f"SELECT * FROM referrers WHERE {where} ORDER BY updated_at DESC LIMIT ?", [*params, limit])
+        return int(count), [self._referrer(row) for row in rows]
+
+    def failed_qualifications(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[QualificationRecord]]:
+        """Referrals whose latest (un)qualification failed, on a push still open."""
+        where = f"q.state = ? AND p.final = 0 AND {_record_level('q.error')}"
+        params: list[Any] = [QualificationState.FAILED]
+        if since is not None:
+            where += " AND q.at > ?"
+            params.append(since)
+        latest = (
+            "SELECT q.* FROM qualifications q JOIN pushes p ON p.external_id = q.external_id "
+            "JOIN (SELECT external_id, max(id) AS id FROM qualifications GROUP BY external_id) l ON l.id = q.id "
+            f"WHERE {where}"
+        )
+        rows = self._query(f"{latest} ORDER BY q.id DESC", params)
+        return len(rows), [_record(QualificationRecord, row, json_columns=("error",)) for row in rows[:limit]]
+
+    def failed_deliveries(self, *, limit: int = 10) -> tuple[int, list[DeliveryRecord]]:
+        """Webhook deliveries whose processing failed (not delivered again successfully since)."""
+        count = self._query("SELECT count(*) AS n FROM webhook_deliveries WHERE outcome = ?", (DeliveryOutcome.FAILED,))[0]["n"]
+        rows = self._query(
+            "SELECT * FROM webhook_deliveries WHERE outcome = ? ORDER BY received_at DESC LIMIT ?",
+            (DeliveryOutcome.FAILED, limit),
+        )
+        return int(count), [_record(DeliveryRecord, row, json_columns=("error",)) for row in rows]
+
+    def waiting_deliveries(self) -> tuple[int, str | None]:
+        """Deliveries accepted and not processed yet (no outcome, or sent again after a failure):
+        how many, and when the oldest arrived."""
+        row = self._query(
+            "SELECT count(*) AS n, min(received_at) AS oldest FROM webhook_deliveries WHERE outcome IS NULL OR outcome = ?",
+            (DeliveryOutcome.RETRYING,),
+        )[0]
+        return int(row["n"]), row["oldest"]
 
     # -- key/value ----------------------------------------------------------------------
     def get(self, key: str) -> str | None:
