@@ -9,7 +9,7 @@ Prerequisites, in the order a person would debug:
                  │                                           └─ Return fields in ServiceTitan
                  └─ Referral Factory API key ─ Referral Factory campaign
     Secret store ─ Secrets
-    State directory ─ Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
+    State directory ─ Ledger ─ Last push run, Last customer sync, Last qualify run, Held referrals, Push failures
     Referral Factory rate limit (the shared 429/IP-block state; no request)
 
 plus the values a live check cannot run without (the identity keys of the config, the
@@ -115,6 +115,8 @@ STATE_DIR = CheckSpec(
 )
 LEDGER = CheckSpec("Ledger", ACTIVITY, _ledger, needs=(STATE_DIR,), blocks="the ledger could not be opened")
 RUN_LOCKS = CheckSpec("Runs in progress", ACTIVITY, lambda ctx: activity.check_run_locks(ctx.paths))
+
+
 def _last_run(job: RunJob) -> Callable[[CheckContext], Verdict]:
     def run(ctx: CheckContext) -> Verdict:
         return activity.check_last_run(ctx.ledger, job, recheck=lambda failure: recheck(ctx, failure))
@@ -125,6 +127,7 @@ def _last_run(job: RunJob) -> Callable[[CheckContext], Verdict]:
 LAST_PUSH = CheckSpec("Last push run", ACTIVITY, _last_run(RunJob.PUSH), needs=(LEDGER,))
 LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, _last_run(RunJob.SYNC), needs=(LEDGER,))
 LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, _last_run(RunJob.QUALIFY), needs=(LEDGER,))
+HELD_REFERRALS = CheckSpec("Held referrals", ACTIVITY, lambda ctx: activity.check_holds(ctx.ledger), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
 RF_RATE_LIMIT = CheckSpec(
     "Referral Factory rate limit", ACTIVITY, lambda ctx: activity.check_referral_factory_throttle(ctx.paths)
@@ -279,6 +282,7 @@ DIAGNOSE_OFFLINE = (
     STATE_DIR,
     LEDGER,
     RUN_LOCKS,
+    HELD_REFERRALS,
     PUSH_FAILURES,
     RF_RATE_LIMIT,
 )

@@ -8,15 +8,16 @@ its referrer (``leads.LeadReader``):
   the others are refused one by one (``InvalidRecord``) in the same words.
 - ``unread_values``: warnings for ``push-lead --phone`` / ``--field`` values that no mapping
   reads (they would not be sent).
-- ``new_leads``: the campaign's users of a kind with no booking in the ledger
-  (``push-lead --new``); referrers are read only when the mapping uses their fields.
+- ``iter_new_leads`` / ``new_leads``: the campaign's users of a kind with no booking in the
+  ledger (``push-lead --new``), as Referral Factory's search pages come in / all at once;
+  referrers are read only when the mapping uses their fields.
 - ``complete_leads``: the campaign name that leads read from a file lack, when the mapping
   sends it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -148,9 +149,14 @@ def unread_values(target: PushTarget, *, phone: str | None, fields: Mapping[str,
 
 
 def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
+    """``iter_new_leads``, all read before the list is returned."""
+    return list(iter_new_leads(conn, target))
+
+
+def iter_new_leads(conn: Connection, target: PushTarget) -> Iterator[Lead]:
     """The campaign's users of the target's kind (``POST /users/search``, paged) with no
-    booking in the ledger. A user the mapping cannot give an externalId is kept:
-    ``push_lead`` reports what is missing."""
+    booking in the ledger, each yielded as soon as its page is read. A user the mapping
+    cannot give an externalId is kept: ``push_lead`` reports what is missing."""
     kind, section = target.kind, target.section
     campaign_id = conn.campaign_id
     user_type = USER_TYPE_FOR_KIND[kind]
@@ -158,7 +164,6 @@ def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
     reader = LeadReader(conn.referral_factory, campaign_id, with_referrer=wants_referrer, known=target.campaign)
     reader.campaign()  # read before the search, as every lead needs it
     ledger = conn.ledger
-    leads: list[Lead] = []
     seen: set[str] = set()
     for user in conn.referral_factory.search_users([("campaign_id", campaign_id), ("type", user_type)]):
         if user.type != user_type:
@@ -167,7 +172,7 @@ def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
         try:
             external_id = external_id_for(lead, section)
         except InvalidRecord:
-            leads.append(lead)
+            yield lead
             continue
         if external_id in seen:
             continue  # a page boundary moved under us: the same user twice
@@ -175,8 +180,7 @@ def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
         known = ledger.get_push(external_id)
         if known is not None and known.state == PushState.BOOKED:
             continue
-        leads.append(lead)
-    return leads
+        yield lead
 
 
 def complete_leads(conn: Connection, leads: Sequence[Lead], target: PushTarget) -> list[Lead]:

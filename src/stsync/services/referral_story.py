@@ -176,6 +176,7 @@ class PushStory:
     qualification: str | None
     qualified_at: str | None
     first_seen: str | None
+    held_until: str | None = None  # the rule is met; qualified then, unless the job is canceled
     attempts: list[AttemptStory] = field(default_factory=list)
     qualifications: list[QualificationStory] = field(default_factory=list)
     servicetitan: LiveBooking | None = None
@@ -366,6 +367,7 @@ def _push_story(push: PushRecord, ledger: Ledger, servicetitan: ServiceTitanClie
         referral_code=push.referral_code, state=push.state, booking_id=push.booking_id,
         booking_status=push.booking_status, job_id=push.job_id, job_status=push.job_status, final=push.final,
         qualification=push.qualification, qualified_at=push.qualified_at, first_seen=push.created_at,
+        held_until=push.held_until,
         attempts=[
             AttemptStory(
                 at=a.finished_at or a.started_at, outcome=a.outcome, booking_id=a.booking_id,
@@ -594,6 +596,12 @@ def _push_sentences(push: PushStory, config: Config | None) -> list[str]:
         sentences.append(f"Qualified by stsync at {push.qualified_at}.")
     elif push.qualification == QualificationValue.UNQUALIFIED:
         sentences.append(f"Unqualified by stsync at {push.qualified_at}.")
+    elif push.held_until and push.kind == Kind.LEAD and not push.final:
+        days = f"{rule.hold_days}-day " if rule is not None and rule.hold_days else ""
+        sentences.append(
+            f"Held until {push.held_until}: the job met the rule; stsync qualifies it then unless the job is canceled "
+            f"in the {days}hold."
+        )
     elif rule is not None and push.kind == Kind.LEAD:
         sentences.append(_waiting_for(push, rule))
     for item in push.qualifications:
@@ -628,12 +636,17 @@ def _waiting_for(push: PushStory, rule: Qualification) -> str:
         return "Not qualified by stsync: the rule is Do not qualify (`stsync map qualify` sets one)."
     job_id, status = _job_of(push)
     reaches = f" and its job reaches {rule.job_status}" if rule.rule == QualificationRule.JOB_STATUS else ""
+    hold = f", then a {rule.hold_days}-day hold" if rule.hold_days else ""
     if job_id is None:
-        return f"Not qualified yet: waiting for the booking to become a job (the rule qualifies it when it does{reaches})."
+        return (
+            f"Not qualified yet: waiting for the booking to become a job (the rule qualifies it when it does"
+            f"{reaches}{hold})."
+        )
     job = f"job {job_id}" + (f" ({status})" if status else "")
     if _rule_met(push, rule):
-        return f"Not qualified yet, but the booking is {job} and the rule is met: the next `stsync qualify` qualifies it."
+        then = f"starts its {rule.hold_days}-day hold" if rule.hold_days else "qualifies it"
+        return f"Not qualified yet, but the booking is {job} and the rule is met: the next `stsync qualify` {then}."
     if status == "Canceled":
         return f"Not qualified: the booking became {job}, which was canceled; it qualifies only if the job is reopened."
     now = f", it is {status} now" if status else ""
-    return f"Not qualified yet: the booking is {job}; waiting for the job to reach {rule.job_status}{now}."
+    return f"Not qualified yet: the booking is {job}; waiting for the job to reach {rule.job_status}{now}{hold}."
