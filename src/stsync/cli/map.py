@@ -85,13 +85,9 @@ def _render_booking_section(term: Terminal, name: str, data: dict[str, Any]) -> 
             table.add_row("[red]—[/]", "[red]not mapped[/]", f"[red]{target}[/]")
     term.print(table)
     if data["setup_required"]:
-        missing = ", ".join(f"{_label(t)} ({t})" for t in data["missing"])
-        first = data["missing"][0]
         term.print(
             Panel(
-                f"[bold]Required ServiceTitan fields not mapped:[/] {escape(missing)}\n"
-                "No booking can be created until each one is mapped, e.g.\n"
-                f"  stsync map set {first} --from <field> --for {name}   (or --value, --select, --template)",
+                "\n".join(escape(line) for line in setup_required_lines(name, data)),
                 title="[bold]Setup Required[/]",
                 title_align="left",
                 border_style="red",
@@ -107,6 +103,26 @@ def _render_booking_section(term: Terminal, name: str, data: dict[str, Any]) -> 
             extra += f"; {qualification['hold_label']}"
         term.print(f"Qualification rule: [bold]{escape(qualification['label'])}[/]{escape(extra)}")
     term.print("")
+
+
+def setup_required_lines(name: str, data: dict[str, Any]) -> list[str]:
+    """The Setup Required banner of a section: the required fields not mapped, then each entry
+    that cannot work as ``validate`` words it (a hand-edited value the target does not take)."""
+    lines: list[str] = []
+    if data["missing"]:
+        missing = ", ".join(f"{_label(t)} ({t})" for t in data["missing"])
+        lines += [
+            f"Required ServiceTitan fields not mapped: {missing}",
+            "No booking can be created until each one is mapped, e.g.",
+            f"  stsync map set {data['missing'][0]} --from <field> --for {name}   (or --value, --select, --template)",
+        ]
+    for problem in data.get("problems", []):
+        lines.append(f"{problem['key_path']}: {problem['message']}")
+        if problem.get("hint"):
+            lines.append(f"  → {problem['hint']}")
+    if data.get("problems") and not data["missing"]:
+        lines.append("No booking can be created until it is fixed (`stsync validate` checks it).")
+    return lines
 
 
 def _label(target: str) -> str:
@@ -131,6 +147,8 @@ def _render_customers(term: Terminal, data: dict[str, Any]) -> None:
     term.print(table)
     if data["missing"]:
         term.print(f"[red]Setup Required: customers cannot become referrers without {', '.join(data['missing'])}[/]")
+    for problem in data.get("problems", []):
+        term.print(f"[red]Setup Required: {escape(problem['key_path'] or '')}: {escape(problem['message'])}[/]")
     returns = term.table("From Referral Factory", "To ServiceTitan (customer custom field)", title="Map Return Fields")
     for row in data["return_fields"]:
         returns.add_row(escape(row["value_label"]), escape(row["custom_field"]))

@@ -237,6 +237,10 @@ def set_qualification(
 
     label = qualification_label(chosen, job_status)
     shown = f"job_status = {job_status} ({label})" if chosen == QualificationRule.JOB_STATUS else f"{chosen} ({label})"
+    if events is not None:
+        # Both changes confirmed: what the rule is now, and what takes a qualification back.
+        taken_back = ", ".join(events) if events else "none (a qualification is never taken back)"
+        shown += f"; unqualify_on = {taken_back}"
     if hold_days is not None:
         shown += f"; hold_days = {hold_days} ({hold_label(hold_days)})"
     result = _edit(config_path, "qualification", f"leads.qualification: rule = {shown}", change)
