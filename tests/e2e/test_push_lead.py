@@ -211,7 +211,7 @@ def test_a_list_file_goes_past_an_invalid_lead_and_exits_5(connected, stsync, is
     result = stsync("--json", "push-lead", "--file", "leads.json")
 
     assert result.exit_code == 5, str(result)
-    assert result.json["counts"] == {"created": 3, "already_booked": 0, "skipped": 0, "failed": 1, "total": 4}
+    assert result.json["counts"] == {"created": 3, "already_booked": 0, "skipped": 0, "failed": 1, "unknown": 0, "total": 4}
     assert {b["externalId"] for b in sb.bookings()} == {u["code"] for u in users}
     # The campaign's name was fetched for the booking's Source (a user object lacks it).
     assert {b["source"] for b in sb.bookings()} == {campaign_name(sb)}

@@ -41,23 +41,47 @@ def _intent(ledger: Ledger, external_id: str, email: str = "ann@example.com", **
 
 
 # -- opening -------------------------------------------------------------------------------
-def test_open_creates_schema_v1_in_wal_mode(tmp_path):
+def test_open_creates_the_latest_schema_in_wal_mode(tmp_path):
     path = tmp_path / "deep" / "ledger.sqlite3"
     ledger = Ledger.open(path)
     try:
         raw = sqlite3.connect(path)
         tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert TABLES <= tables
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         raw.close()
-        assert ledger.schema_version == 1
+        assert ledger.schema_version == len(MIGRATIONS)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         ledger.close()
     again = Ledger.open(path)  # a second open migrates nothing and keeps the data
-    assert again.schema_version == 1
+    assert again.schema_version == len(MIGRATIONS)
     again.close()
+
+
+def test_a_version_1_ledger_gains_shared_with_and_keeps_its_referrers(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    raw = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            raw.execute(statement)
+    raw.execute(
+        "INSERT INTO referrers (customer_id, rf_user_id, email, state, updated_at) VALUES (7, 70, 'a@x.com', 'created', 'x')"
+    )
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    ledger = Ledger.open(path)
+    try:
+        record = ledger.get_referrer(7)
+        assert (record.rf_user_id, record.state, record.shared_with) == (70, "created", None)
+        ledger.upsert_referrer(8, state="shared", email="A@x.com", shared_with=7)
+        assert [r.customer_id for r in ledger.referrers_by_email("a@X.com")] == [7, 8]
+        assert ledger.get_referrer(8).shared_with == 7
+        assert [r.customer_id for r in ledger.referrers_sharing()] == [8]
+    finally:
+        ledger.close()
 
 
 def test_a_newer_schema_is_refused(tmp_path):

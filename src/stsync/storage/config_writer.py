@@ -194,7 +194,8 @@ def render_config(config: Config) -> str:
     out.extend(_line(name, value) for name, value in sync.return_fields.items())
     out.append("")
 
-    out.append("# stsync stays under these (SPEC §6.4); retries give up after retry_budget_seconds.")
+    out.append("# stsync stays under these (SPEC §6.4); retries give up after retry_budget_seconds. A create whose")
+    out.append("# answer was lost is looked up again for lookup_grace_seconds, never re-sent in the same run.")
     out.append("[limits]")
     for key in Limits.model_fields:
         out.append(_line(key, getattr(limits, key)))
