@@ -188,6 +188,30 @@ def test_lost_and_skipped_leave_the_state(ledger):
     assert ledger.get_push("C3").state == "pending"
 
 
+def test_creates_in_doubt_are_intents_and_unknown_attempts_until_settled(ledger):
+    killed = _intent(ledger, "C7")  # a run killed between its POST and its record
+    lost = _intent(ledger, "C7")
+    ledger.record_push_result(lost, outcome="unknown", error={"message": "unknown — will be checked again: HTTP 500"})
+    assert ledger.get_push("C7").state == "pending"  # in doubt: neither booked nor failed
+    assert [a.id for a in ledger.attempts_in_doubt("C7")] == [killed, lost]
+    assert [a.outcome for a in ledger.push_attempts(failed_only=True)] == ["unknown"]
+    assert [a.id for a in ledger.unknown_attempts()] == [lost]
+    ledger.record_push_result(lost, outcome="created", booking_id=9)  # found later: it was created
+    ledger.record_push_result(killed, outcome="created", booking_id=9)
+    assert ledger.attempts_in_doubt("C7") == [] and ledger.unknown_attempts() == []
+    assert (ledger.get_push("C7").state, ledger.get_push("C7").booking_id) == ("booked", 9)
+
+
+def test_referrers_in_doubt_are_retried_and_errors_are_found_by_type(ledger):
+    ledger.upsert_referrer(1, state="unknown", email="a@x.com", error={"type": "CreateInDoubt", "message": "m"})
+    ledger.upsert_referrer(2, state="created", rf_user_id=20, email="b@x.com",
+                           error={"type": "CustomFieldRefused", "stage": "return_fields", "message": "m"})
+    ledger.upsert_referrer(3, state="created", rf_user_id=30, email="c@x.com")
+    assert [r.customer_id for r in ledger.referrers_to_retry()] == [1, 2]
+    assert [r.customer_id for r in ledger.referrers_with_error("CustomFieldRefused")] == [2]
+    assert ledger.referrers_with_error("Nothing") == []
+
+
 def test_push_result_validation(ledger):
     attempt = _intent(ledger, "C4")
     with pytest.raises(ValueError, match="booking_id"):
