@@ -110,6 +110,12 @@ LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last
 LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,))
 LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
+CREATES_IN_DOUBT = CheckSpec(
+    "Creates in doubt", ACTIVITY, lambda ctx: activity.check_creates_in_doubt(ctx.ledger), needs=(LEDGER,)
+)
+CUSTOM_FIELD_REFUSALS = CheckSpec(
+    "Customers' own custom fields", ACTIVITY, lambda ctx: activity.check_custom_field_refusals(ctx.ledger), needs=(LEDGER,)
+)
 
 
 # == live =======================================================================================
@@ -206,6 +212,8 @@ DIAGNOSE_OFFLINE = (
     LAST_SYNC,
     LAST_QUALIFY,
     PUSH_FAILURES,
+    CREATES_IN_DOUBT,
+    CUSTOM_FIELD_REFUSALS,
 )
 # connect proves what it stores: the token, the booking provider (which also proves the app
 # key and tenant), the campaign (which also proves the key). Return fields are the mapping's
