@@ -122,6 +122,11 @@ class Plan:
     def email(self) -> str | None:
         return self.decision.email if isinstance(self.decision, ReferrerRequest) else None
 
+    @property
+    def skipped_email(self) -> str | None:
+        """A skipped customer's refused e-mail (``invalid_email``), kept for ``diagnose --email``."""
+        return self.decision.email if isinstance(self.decision, Skip) else None
+
     def emails(self) -> set[str]:
         """The e-mails this customer's handling may touch: the new one and the recorded one."""
         found = set()
@@ -265,7 +270,7 @@ class CustomerHandler:
             plan.customer_id,
             ReferrerState.SKIPPED,
             reason=reason,
-            email=plan.email,
+            email=plan.email or plan.skipped_email,
             record_skip=not (self.dry_run or has_referrer or unchanged),
         )
 

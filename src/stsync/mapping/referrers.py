@@ -66,6 +66,7 @@ class Skip:
 
     reason: str
     detail: str = ""
+    email: str | None = None  # invalid_email: the address refused (diagnose --email finds the customer by it)
 
 
 def referrer_request_for(
@@ -107,12 +108,13 @@ def referrer_request_for(
                 "invalid_email",
                 "no e-mail Referral Factory accepts among: "
                 + "; ".join(f"{c.value!r} ({email_problem(str(c.value)) or 'unusable'})" for c in emails),
+                email=_text(emails[0].value),
             )
         return Skip("no_email", "the customer has no e-mail contact")
     problem = email_problem(email)
     if problem is not None:
         # Referral Factory would refuse it (422): skipped before any request, with the reason.
-        return Skip("invalid_email", f"{email!r} is not an e-mail address Referral Factory accepts: {problem}")
+        return Skip("invalid_email", f"{email!r} is not an e-mail address Referral Factory accepts: {problem}", email=email)
     first_name = values.get("first_name") or _text(customer.name)
     if first_name is None:
         return Skip("no_name", "the customer has no name")

@@ -24,7 +24,8 @@ the same request order fails the same way.
   worked earlier refuse.
 - ``path_contains``: limit ``error_rate``, ``commit_then_500_rate``, ``maintenance_rate``,
   latency and spikes to requests whose path contains this text (e.g. ``"/bookings"`` or
-  ``"/users"``).
+  ``"/users"``); ``path_ends_with``, to those whose path ends with this text (e.g.
+  ``"/api/v2/users"``: Referral Factory's create, not its search ``/users/search``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Faults:
     maintenance_rate: float = 0.0
     rf_admin_403_path: str | None = None
     path_contains: str | None = None
+    path_ends_with: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -117,7 +119,9 @@ class FaultInjector:
                 self._burst_left -= 1
                 throttle = True
             forbidden = referral_factory and bool(faults.rf_admin_403_path) and faults.rf_admin_403_path in path
-            targeted = faults.path_contains is None or faults.path_contains in path
+            targeted = (faults.path_contains is None or faults.path_contains in path) and (
+                faults.path_ends_with is None or path.endswith(faults.path_ends_with)
+            )
             if not targeted:
                 return Decision(delay=self.base_latency, throttle=throttle, forbidden=forbidden)
             delay = self.base_latency + faults.latency
