@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_push import _environment, _stsync  # noqa: E402  (a sibling script, not a package)
+from bench_push import _environment, _stsync
 
 
 def measure(
@@ -127,7 +127,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"push-lead --new, {args.leads} leads, lookup lag {args.lag:g} s, {args.rate:.0%} of the booking POSTs lose their answer")
+    print(
+        f"push-lead --new, {args.leads} leads, lookup lag {args.lag:g} s, "
+        f"{args.rate:.0%} of the booking POSTs lose their answer"
+    )
     print(f"{'fault':<16}{'grace':>6}{'wall':>8}{'extra':>8}{'lost':>6}{'looks/lost':>11}{'found':>7}{'unknown':>8}{'dupl.':>6}{'exit':>5}")
     print("(looks/lost: lookups by externalId per lost answer after the one right after the loss; found: lost answers")
     print(" settled within the run; unknown: left to the next run; extra: wall time over the run without faults)")

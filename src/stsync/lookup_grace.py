@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ class GracePeriod:
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), tz=timezone.utc)
+        return datetime.fromtimestamp(self.clock(), tz=UTC)
 
     def trusted_from(self, since: datetime) -> datetime:
         """When a lookup of a record in doubt since ``since`` may be believed when it finds nothing."""
@@ -86,12 +86,12 @@ def parse_stamp(text: str | None) -> datetime | None:
         moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def stamp(moment: datetime) -> str:
     """An aware datetime as the ledger writes timestamps."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -147,7 +147,7 @@ class Rechecks(Generic[T]):
             still_in_doubt = list(check([entry.item for entry in due]))
             if len(still_in_doubt) != len(due):
                 raise ValueError("check() must answer once per record given")
-            for entry, in_doubt in zip(due, still_in_doubt):
+            for entry, in_doubt in zip(due, still_in_doubt, strict=True):
                 if not in_doubt:
                     remaining.remove(entry)
                 elif entry.looks >= len(self._offsets):

@@ -113,7 +113,7 @@ def connected(isolated, monkeypatch, capsys):
 
 
 def test_every_variant_at_once_with_503s_and_lost_answers_stays_exactly_once(connected, capsys):
-    from stsync.sandbox import Faults, Variants
+    from stsync.sandbox import Faults
 
     sb = connected
     every = sb.variants

@@ -4,13 +4,13 @@ and the looks again on each record's own schedule."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from stsync.lookup_grace import GracePeriod, Rechecks, parse_stamp, stamp
 
-T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 
 
 class FakeTime:
@@ -117,8 +117,8 @@ def test_check_must_answer_once_per_record():
 
 
 def test_stamps_round_trip_to_the_millisecond():
-    moment = datetime(2025, 6, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    moment = datetime(2025, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
     assert stamp(moment) == "2025-06-01T12:00:00.123Z"
     assert parse_stamp(stamp(moment)) == moment.replace(microsecond=123000)
-    assert parse_stamp("2025-06-01T12:00:00") == datetime(2025, 6, 1, 12, tzinfo=timezone.utc)
+    assert parse_stamp("2025-06-01T12:00:00") == datetime(2025, 6, 1, 12, tzinfo=UTC)
     assert parse_stamp("garbage") is None and parse_stamp(None) is None

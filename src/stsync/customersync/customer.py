@@ -391,7 +391,7 @@ class CustomerHandler:
     ) -> Outcome:
         """The e-mail is another customer's referrer's: carry its link and code, nothing else."""
         customer_id = plan.customer_id
-        row = {
+        row: dict[str, Any] = {
             "state": ReferrerState.SHARED,
             "shared_with": holder.customer_id,
             "email": request.email,
@@ -672,7 +672,7 @@ class CustomerHandler:
             "code cannot be written until it is fixed",
             customer_id=customer_id,
             fields=[field.to_dict() for field in fields],
-            customer_modified_on=customer.modified_on.isoformat() if getattr(customer, "modified_on", None) else None,
+            customer_modified_on=customer.modified_on.isoformat() if customer.modified_on is not None else None,
             status=exc.status,
             errors=exc.errors,
             trace_id=exc.trace_id,
