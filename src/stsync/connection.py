@@ -13,6 +13,7 @@ belongs to the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
@@ -22,7 +23,7 @@ import httpx
 from stsync import credentials
 from stsync.errors import ConfigError
 from stsync.http import RetryPolicy
-from stsync.ratelimit import RateLimiter
+from stsync.ratelimit import CoolDown, RateLimiter
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.servicetitan.client import ServiceTitanClient
 from stsync.storage.config import Config, Endpoints, resolve_endpoints
@@ -54,12 +55,18 @@ class Connection:
         referral_factory: Any = None,
         ledger: Ledger | None = None,
         transport: httpx.BaseTransport | None = None,
+        on_cool_down: Callable[[CoolDown], None] | None = None,
     ) -> None:
         """Pieces given here are used as they are (a fake client is welcome: anything with the
-        methods the use case calls); the others are built on first use."""
+        methods the use case calls); the others are built on first use.
+
+        ``on_cool_down`` is the notification hook: called (in the thread that saw it) when the
+        Referral Factory client this connection builds makes every process of the connection
+        stop calling Referral Factory — an IP block, or the second 429 episode of an hour."""
         self.paths = paths
         self.config = config
         self.transport = transport
+        self.on_cool_down = on_cool_down
         self._closers: list = []
         given = {
             "endpoints": endpoints,
@@ -148,6 +155,7 @@ class Connection:
             self.endpoints,
             api_key=self.secrets.require(credentials.RF_API_KEY.name),
             transport=self.transport,
+            on_cool_down=self.on_cool_down,
         )
         self._closers.append(client.close)
         return client
@@ -201,17 +209,40 @@ def build_referral_factory_client(
     *,
     api_key: str,
     transport: httpx.BaseTransport | None = None,
+    on_cool_down: Callable[[CoolDown], None] | None = None,
 ) -> ReferralFactoryClient:
+    """``on_cool_down`` is told when this client makes every process of the connection stop
+    calling Referral Factory (the IP block, the second 429 episode of an hour): the hook for
+    notifications."""
     paths.ensure_state()
     paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
     limits = config.limits
     return ReferralFactoryClient(
         api_url=endpoints.rf_api_url,
         api_key=api_key,
-        limiter=RateLimiter(limits.referral_factory_per_minute, 60.0, state_file=paths.rate_file("referral_factory")),
+        limiter=referral_factory_limiter(paths, config),
         retry=RetryPolicy(budget_seconds=limits.retry_budget_seconds),
         transport=transport,
+        search_shape_file=paths.search_shape_file,
+        on_cool_down=on_cool_down,
     )
 
 
-__all__ = ["CHECK_RETRY_BUDGET_SECONDS", "Connection", "build_referral_factory_client", "build_servicetitan_client"]
+def referral_factory_limiter(paths: ConnectionPaths, config: Config) -> RateLimiter:
+    """Referral Factory's budget, shared by every process of the connection (its 429
+    episodes and cool-down included)."""
+    return RateLimiter(
+        config.limits.referral_factory_per_minute,
+        60.0,
+        state_file=paths.rate_file("referral_factory"),
+        service="Referral Factory",
+    )
+
+
+__all__ = [
+    "CHECK_RETRY_BUDGET_SECONDS",
+    "Connection",
+    "build_referral_factory_client",
+    "build_servicetitan_client",
+    "referral_factory_limiter",
+]

@@ -11,12 +11,16 @@
     ├── CustomFieldRefused           5  ServiceTitan refuses a customer's own custom-field value
     ├── TemporaryError               6  remote unavailable or rate-limited past the budget
     │   ├── RateLimited              6
+    │   │   └── CoolingDown          6  the connection stopped calling a service until a time
+    │   ├── IncompleteListing        6  a paged list that cannot be read to its end
     │   └── AnswerLost               6  a write whose answer never came (look it up first)
     ├── LockHeld                     7  another run of this connection holds the lock
     └── ApiError                     1  a remote API said no (status, title, per-field errors)
         ├── ServiceTitanApiError
         └── ReferralFactoryApiError
-            └── DuplicateEmail          the campaign already has this e-mail (adopt the user)
+            ├── DuplicateEmail          the campaign already has this e-mail (adopt the user)
+            └── NotFound                Referral Factory's own JSON 404 (a deletion only if
+                                        the campaign read of the run succeeded)
 
 What a failure means to a run over many records (push, sync-customers, qualify, serve) is
 the error's too: ``stops_run(exc)``. Most failures stop the run — every record after them
@@ -212,6 +216,27 @@ class RateLimited(TemporaryError):
     pass
 
 
+class CoolingDown(RateLimited):
+    """Every process of the connection has stopped calling a service until ``safe_after``
+    (UTC, ISO 8601): it refused too often (HTTP 429) or blocked this machine's IP address.
+    ``reason`` is ``rate_limited`` or ``ip_blocked``. The message says the time in local time
+    and in UTC."""
+
+    shape_fields = ("service", "reason", "safe_after")
+
+    def __init__(self, message: str, *, service: str, reason: str, safe_after: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.service = service
+        self.reason = reason
+        self.safe_after = safe_after
+
+
+class IncompleteListing(TemporaryError):
+    """A paged list stopped before its end (the server repeated a page, ignored the page
+    asked for, or pointed elsewhere): what was read is not everything, so the run stops
+    rather than act on a part of it as if it were the whole."""
+
+
 class AnswerLost(TemporaryError):
     """A write was sent but no answer came back (timeout, connection reset, 5xx).
 
@@ -268,6 +293,19 @@ class ReferralFactoryApiError(ApiError):
 
 class DuplicateEmail(ReferralFactoryApiError):
     """422: the e-mail already exists in the campaign. Search for the user and adopt it."""
+
+
+class NotFound(ReferralFactoryApiError):
+    """Referral Factory's own JSON 404 for ``url``. It proves a deletion only while the API
+    is otherwise answering: ``ReferralFactoryClient.confirm_deleted`` decides (a 404 that is
+    not the API's JSON never becomes this class: the client raises a ``ConfigError`` or a
+    ``TemporaryError`` for it)."""
+
+    shape_fields = (*ReferralFactoryApiError.shape_fields, "url")
+
+    def __init__(self, message: str, *, url: str, **fields: Any) -> None:
+        super().__init__(message, status=404, **fields)
+        self.url = url
 
 
 def error_summary(error: Mapping[str, Any] | None) -> str:

@@ -9,8 +9,8 @@ field names (``first_name``, ``referral_code``, ``meta.<label>``, ...) that a ma
 Read from the API, a lead comes with its campaign (whose name a booking's Source takes by
 default) and its referrer (the ``referrer_*`` fields): the user object carries neither, only
 their ids. ``LeadReader`` is the one place that reads them, each campaign and each referrer
-once per reader; a referrer that no longer exists (404) leaves the ``referrer_*`` fields
-empty. One reader per command (or webhook delivery), used on one thread.
+once per reader; a referrer that no longer exists (a 404 the Referral Factory client confirms
+as a deletion) leaves the ``referrer_*`` fields empty. One reader per command (or webhook delivery), used on one thread.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import ConfigError, InvalidRecord, ReferralFactoryApiError, UsageError
+from stsync.errors import ConfigError, InvalidRecord, NotFound, UsageError
 from stsync.logs import get_logger
-from stsync.referralfactory.models import PERSON_INVITED
+from stsync.referralfactory.models import PERSON_INVITED, meta_text
 from stsync.suggestions import did_you_mean
 
 if TYPE_CHECKING:
@@ -162,9 +162,8 @@ class LeadReader:
         if user_id not in self._referrers:
             try:
                 self._referrers[user_id] = self.rf.get_user(user_id)
-            except ReferralFactoryApiError as exc:
-                if exc.status != 404:
-                    raise
+            except NotFound as exc:
+                self.rf.confirm_deleted(exc, campaign_id=self.campaign_id)  # raises unless a deletion
                 log.warning("referrer (user %s) no longer exists in Referral Factory", user_id)
                 self._referrers[user_id] = None
         return self._referrers[user_id]
@@ -379,7 +378,8 @@ def _meta_from_json(raw: Any, where: str) -> dict[str, str]:
     else:
         raise UsageError(f"{where}: meta must be a list of {{field, value}} or an object, not {type(raw).__name__}")
     for label, value in items:
-        text = _text(value)
+        # A list or an object answer (meta values are typed "mixed") as the API client reads it.
+        text = _text(meta_text(value))
         if text is not None:
             meta[str(label)] = text
     return meta

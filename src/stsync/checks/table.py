@@ -10,6 +10,7 @@ Prerequisites, in the order a person would debug:
                  └─ Referral Factory API key ─ Referral Factory campaign
     Secret store ─ Secrets
     Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
+    Referral Factory rate limit (the shared 429/IP-block state; no request)
 
 plus the values a live check cannot run without (the identity keys of the config, the
 secrets), reported missing by "Connection settings" and "Secrets" (or "Secret store" when the
@@ -116,6 +117,9 @@ CREATES_IN_DOUBT = CheckSpec(
 CUSTOM_FIELD_REFUSALS = CheckSpec(
     "Customers' own custom fields", ACTIVITY, lambda ctx: activity.check_custom_field_refusals(ctx.ledger), needs=(LEDGER,)
 )
+RF_RATE_LIMIT = CheckSpec(
+    "Referral Factory rate limit", ACTIVITY, lambda ctx: activity.check_referral_factory_throttle(ctx.paths)
+)
 
 
 # == live =======================================================================================
@@ -214,6 +218,7 @@ DIAGNOSE_OFFLINE = (
     PUSH_FAILURES,
     CREATES_IN_DOUBT,
     CUSTOM_FIELD_REFUSALS,
+    RF_RATE_LIMIT,
 )
 # connect proves what it stores: the token, the booking provider (which also proves the app
 # key and tenant), the campaign (which also proves the key). Return fields are the mapping's

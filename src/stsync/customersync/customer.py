@@ -66,6 +66,7 @@ from stsync.errors import (
     AnswerLost,
     CustomFieldRefused,
     DuplicateEmail,
+    NotFound,
     ReferralFactoryApiError,
     ServiceTitanApiError,
     StsyncError,
@@ -513,10 +514,9 @@ class CustomerHandler:
                 continue
             try:
                 user = self.rf.get_user(int(push.rf_user_id))
-            except ReferralFactoryApiError as exc:
-                if exc.status == 404:
-                    continue
-                raise
+            except NotFound as exc:
+                self.rf.confirm_deleted(exc, campaign_id=self.campaign_id)  # raises unless a deletion
+                continue
             if user.campaign_id == self.campaign_id and (user.email or "").strip().casefold() == email.strip().casefold():
                 return user
         return None

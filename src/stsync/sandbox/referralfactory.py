@@ -182,6 +182,9 @@ class ReferralFactory:
                 raise rf_error(406, "You requested a format that isn't in JSON format.")
             if decision.forbidden:
                 raise rf_error(403, ADMIN_ONLY_MESSAGE)
+            if decision.throttle:  # a burst: another app on the key spent the minute's budget
+                self.abuse.refused(request.client_ip)
+                raise rf_error(429, "Too Many Attempts.", headers={"Retry-After": str(decision.retry_after)})
             wait = self.rate.admit(key)
             if wait is not None:
                 self.abuse.refused(request.client_ip)

@@ -19,6 +19,7 @@ from stsync.checks.context import CheckContext, LiveAccess
 from stsync.checks.runner import CheckRun
 from stsync.connection import build_referral_factory_client, build_servicetitan_client
 from stsync.credentials import SECRET_NAMES, SECRETS
+from stsync.credentials import clean as clean_secret
 from stsync.credentials import secret as secret_named
 from stsync.errors import ConfigError, UsageError
 from stsync.logs import get_logger, register_secret
@@ -116,6 +117,8 @@ def plan_connect(paths: ConnectionPaths, given: ConnectValues) -> ConnectPlan:
     if paths.config.exists():
         existing = load_config(paths.config)
     values = ConnectValues(**asdict(given))
+    for name in SECRET_NAMES:  # a flag or a paste with a trailing newline: the secret without it
+        setattr(values, name, clean_secret(getattr(values, name)))
     if existing is not None:
         st, rf = existing.servicetitan, existing.referral_factory
         values.environment = values.environment or st.environment
@@ -144,6 +147,8 @@ def connect(
     transport=None,
 ) -> ConnectResult:
     """Verify (unless told not to), store the secrets, write the config."""
+    for name in SECRET_NAMES:  # prompts set them after plan_connect: trimmed here too
+        setattr(values, name, clean_secret(getattr(values, name)))
     missing = [name for name in [*IDENTITY_FIELDS, *SECRET_NAMES] if getattr(values, name) in (None, "")]
     if missing:
         raise UsageError(

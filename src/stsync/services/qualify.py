@@ -25,9 +25,12 @@ intent recorded as done if its write landed, failed if not. Before every write t
 is read back too: one already in the wanted state (qualified by hand, or by Referral
 Factory itself) is recorded as done without a write. A referral that no longer exists
 (deleted), or that is not a referred lead, is recorded as failed and final: it is never
-retried. Any other refusal is recorded as failed and retried by the next run. A run-level
-failure (``errors.stops_run``: credentials, a remote down past the retry budget) stops the
-run and is raised; an intent it interrupts stays open, settled by the next run.
+retried. A 404 proves a deletion only by the Referral Factory client's one rule
+(``confirm_deleted``: the API's own JSON not-found while the campaign reads fine); any other
+404 stops the run (exit 3 for a wrong ``api_url``, else 6) and nothing becomes final. Any
+other refusal is recorded as failed and retried by the next run. A run-level failure
+(``errors.stops_run``: credentials, a remote down past the retry budget) stops the run and
+is raised; an intent it interrupts stays open, settled by the next run.
 
 **What is final** (never read again — the cost of a run grows with the bookings still open,
 not with history):
@@ -58,7 +61,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import ApiError, ServiceTitanApiError, StsyncError, stops_run
+from stsync.errors import NotFound, ServiceTitanApiError, StsyncError, stops_run
 from stsync.logs import get_logger
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.referralfactory.models import PERSON_INVITED
@@ -426,9 +429,13 @@ class _QualifyRun:
                 # E.g. Referral Factory down: the PUT may or may not have landed. The intent
                 # stays open, and the next run reads the referral back before writing again.
                 raise
+            if isinstance(exc, NotFound):
+                # Final only if the 404 proves a deletion; if not, this raises and the intent
+                # stays open (the client's one 404 rule).
+                self.conn.referral_factory.confirm_deleted(exc, campaign_id=self.conn.campaign_id)
             error = exc.to_dict()
             self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
-            final = isinstance(exc, ApiError) and exc.status == 404  # the lead was deleted: nothing to retry
+            final = isinstance(exc, NotFound)  # the lead was deleted: nothing to retry
             if final:
                 self._track(push, final=True)
             return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
@@ -479,9 +486,8 @@ class _QualifyRun:
         if push.rf_user_id is not None:
             try:
                 return rf.get_user(push.rf_user_id)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
+            except NotFound as exc:
+                rf.confirm_deleted(exc, campaign_id=self.conn.campaign_id)  # raises unless a deletion
                 return None
         campaign_id = self.conn.campaign_id
         if push.referral_code:

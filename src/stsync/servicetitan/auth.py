@@ -11,7 +11,9 @@ Only one fetch is in flight at a time: a thread lock inside the process, a file 
 the cache file across processes; whoever gets the lock second re-reads the cache and finds
 the token the first one fetched. A 401 from the API refreshes the token once and resends
 the request once (``BearerTokenAuth``); ``refresh(rejected=...)`` skips the fetch when
-another thread already replaced the rejected token.
+another thread already replaced the rejected token. A 401 from the API gateway about the
+"subscription key" (Azure API Management's wording for the ST-App-Key, api/servicetitan.md
+§11) is not about the token: it is returned at once, without a token request.
 """
 
 from __future__ import annotations
@@ -234,7 +236,10 @@ class TokenProvider:
 
 
 class BearerTokenAuth(httpx.Auth):
-    """Attaches the token; on a 401 refreshes it once and resends the request once."""
+    """Attaches the token; on a 401 refreshes it once and resends the request once — unless
+    the 401 speaks of the gateway's subscription key (the app key: a new token cannot help)."""
+
+    requires_response_body = True  # the 401's words decide whether a new token can help
 
     def __init__(self, tokens: TokenProvider, *, before_resend: Callable[[], object] | None = None) -> None:
         self._tokens = tokens
@@ -245,7 +250,7 @@ class BearerTokenAuth(httpx.Auth):
         token = self._tokens.get()
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
-        if response.status_code != 401:
+        if response.status_code != 401 or names_subscription_key(response):
             return
         log.info("ServiceTitan answered 401 to %s %s; renewing the access token once", request.method, request.url.path)
         token = self._tokens.refresh(rejected=token)
@@ -253,3 +258,12 @@ class BearerTokenAuth(httpx.Auth):
             self._before_resend()
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+
+def names_subscription_key(response: httpx.Response) -> bool:
+    """The API gateway's own refusal of the app key ("Access denied due to invalid
+    subscription key", "missing subscription key"), whatever its status."""
+    try:
+        return "subscription key" in response.text.casefold()
+    except (UnicodeDecodeError, httpx.ResponseNotRead):
+        return False

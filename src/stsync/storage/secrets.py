@@ -3,8 +3,10 @@
 Which secrets exist, and their variables and labels, is ``stsync.credentials``' table.
 
 - Environment variables (``STSYNC_ST_CLIENT_SECRET``, ``STSYNC_ST_APP_KEY``,
-  ``STSYNC_RF_API_KEY``) always win: cron and containers set them. A blank one is unset, and
-  a value is used without its surrounding whitespace (``stsync.envvars``).
+  ``STSYNC_RF_API_KEY``) always win: cron and containers set them. A blank one is unset.
+- Whatever the store, a secret is read and stored without its surrounding whitespace or CR/LF
+  (``credentials.clean``): a keyring entry or file value saved with a pasted newline works,
+  and a blank one counts as missing.
 - The OS keyring (service ``stsync``, username ``<connection>/<name>``) is the default store.
 - The file store (``<state>/secrets.json``, 0600, created 0600 atomically) is opt-in
   (``stsync connect --secrets-store file``) and comes with a warning.
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from stsync import envvars
-from stsync.credentials import SECRET_NAMES, SECRETS, secret
+from stsync.credentials import SECRET_NAMES, SECRETS, clean, secret
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
 from stsync.logs import get_logger, redact, register_secret
 from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths, make_private_dir
@@ -107,7 +109,7 @@ class SecretStore:
         if backend is None:
             return None
         try:
-            return backend.get_password(SERVICE, self._username(name))
+            return clean(backend.get_password(SERVICE, self._username(name)))
         except Exception as exc:  # KeyringLocked, InitError, NoKeyringError, D-Bus errors, ...
             self._keyring_failed(exc, "reading")
             return None
@@ -142,7 +144,7 @@ class SecretStore:
             ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"the secrets file {path} is damaged", hint="run `stsync connect --secrets-store file` again")
-        return {k: v for k, v in data.items() if k in SECRET_NAMES and isinstance(v, str) and v}
+        return {k: cleaned for k, v in data.items() if k in SECRET_NAMES and isinstance(v, str) and (cleaned := clean(v))}
 
     def _file_write(self, data: dict[str, str]) -> None:
         path = self.file_path
@@ -230,8 +232,10 @@ class SecretStore:
         file) or outlive (file under a later-locked keyring) the new one.
         """
         label = secret(name).label
-        if not value:
+        cleaned = clean(value)
+        if not cleaned:
             raise UsageError(f"the {label} is empty")
+        value = cleaned
         if store not in ("keyring", "file"):
             raise UsageError(f"unknown secrets store {store!r}: use keyring or file")
         register_secret(value)

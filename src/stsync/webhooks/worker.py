@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from stsync.errors import ApiError, InvalidRecord, StsyncError, stops_run
+from stsync.errors import InvalidRecord, NotFound, StsyncError, stops_run
 from stsync.leads import LeadReader, lead_from_user
 from stsync.logs import get_logger
 from stsync.mapping.booking import external_id_for
@@ -175,9 +175,8 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
     if lead.rf_user_id is not None:
         try:
             candidates.append(rf.get_user(lead.rf_user_id))
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        except NotFound as exc:
+            rf.confirm_deleted(exc, campaign_id=campaign_id)  # raises unless a deletion
     user = next((u for u in candidates if agrees(u)), None)
     if user is None and lead.referral_code:
         found = rf.find_user_by_code(campaign_id, lead.referral_code)
