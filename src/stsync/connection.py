@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -34,6 +35,8 @@ from stsync.storage.secrets import SecretStore
 
 # How long a check a person is waiting for (validate --online, diagnose) retries one request.
 CHECK_RETRY_BUDGET_SECONDS = 15
+
+T = TypeVar("T")
 
 _IDENTITY_KEYS = {
     "tenant_id": "servicetitan.tenant_id",
@@ -81,7 +84,7 @@ class Connection:
     @classmethod
     def open(
         cls, paths: ConnectionPaths, config: Config, *, retry_budget_seconds: float | None = None, **pieces: Any
-    ) -> "Connection":
+    ) -> Connection:
         """``retry_budget_seconds`` caps the per-request retry budget: checks a person waits
         for (validate, diagnose) should say "unreachable" in seconds, not after cron's budget."""
         if retry_budget_seconds is not None and retry_budget_seconds < config.limits.retry_budget_seconds:
@@ -99,23 +102,15 @@ class Connection:
             "campaign_id": self.config.referral_factory.campaign_id,
         }
         for name in names:
-            if values[name] in (None, ""):
-                key = _IDENTITY_KEYS[name]
-                raise ConfigError(
-                    f"{key} is not set in {self.paths.config}",
-                    key_path=key,
-                    hint="run `stsync connect` to set up this connection",
-                )
+            identity(name, values[name], config_file=self.paths.config)
 
     @property
     def booking_provider(self) -> int:
-        self.require("booking_provider")
-        return int(self.config.servicetitan.booking_provider)  # type: ignore[arg-type]
+        return identity("booking_provider", self.config.servicetitan.booking_provider, config_file=self.paths.config)
 
     @property
     def campaign_id(self) -> int:
-        self.require("campaign_id")
-        return int(self.config.referral_factory.campaign_id)  # type: ignore[arg-type]
+        return identity("campaign_id", self.config.referral_factory.campaign_id, config_file=self.paths.config)
 
     # -- pieces -----------------------------------------------------------------------
     @cached_property
@@ -175,6 +170,19 @@ class Connection:
                 pass
 
 
+def identity(name: str, value: T | None, *, config_file: Path | None = None) -> T:
+    """An identity value (``tenant_id``, ``client_id``, ``booking_provider``, ``campaign_id``)
+    a command needs, or ``ConfigError`` with its key path when the config lacks it."""
+    if value is None or value == "":
+        key = _IDENTITY_KEYS[name]
+        raise ConfigError(
+            f"{key} is not set" + (f" in {config_file}" if config_file is not None else ""),
+            key_path=key,
+            hint="run `stsync connect` to set up this connection",
+        )
+    return value
+
+
 def build_servicetitan_client(
     paths: ConnectionPaths,
     config: Config,
@@ -190,8 +198,8 @@ def build_servicetitan_client(
     return ServiceTitanClient(
         auth_url=endpoints.st_auth_url,
         api_url=endpoints.st_api_url,
-        tenant_id=int(config.servicetitan.tenant_id),  # type: ignore[arg-type]
-        client_id=str(config.servicetitan.client_id),
+        tenant_id=identity("tenant_id", config.servicetitan.tenant_id, config_file=paths.config),
+        client_id=identity("client_id", config.servicetitan.client_id, config_file=paths.config),
         client_secret=client_secret,
         app_key=app_key,
         token_cache=paths.token_cache,
@@ -237,12 +245,3 @@ def referral_factory_limiter(paths: ConnectionPaths, config: Config) -> RateLimi
         state_file=paths.rate_file("referral_factory"),
         service="Referral Factory",
     )
-
-
-__all__ = [
-    "CHECK_RETRY_BUDGET_SECONDS",
-    "Connection",
-    "build_referral_factory_client",
-    "build_servicetitan_client",
-    "referral_factory_limiter",
-]

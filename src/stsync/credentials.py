@@ -76,17 +76,3 @@ def clean(value: str | None) -> str | None:
 def env_var_names() -> str:
     """``STSYNC_ST_CLIENT_SECRET, STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY`` — for hints."""
     return ", ".join(secret.env_var.name for secret in SECRETS)
-
-
-__all__ = [
-    "BY_NAME",
-    "RF_API_KEY",
-    "SECRETS",
-    "SECRET_NAMES",
-    "ST_APP_KEY",
-    "ST_CLIENT_SECRET",
-    "Secret",
-    "clean",
-    "env_var_names",
-    "secret",
-]

@@ -97,7 +97,7 @@ class ConfigError(StsyncError):
     """Config or mapping invalid. ``key_path`` names the offending key, e.g. ``leads.fields.name``."""
 
     exit_code = 3
-    shape_fields = ("key_path",)
+    shape_fields: tuple[str, ...] = ("key_path",)
 
     def __init__(self, message: str, *, key_path: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -107,7 +107,7 @@ class ConfigError(StsyncError):
 class SetupRequired(ConfigError):
     """The seed's "Setup Required": required booking targets without a mapping."""
 
-    shape_fields = (*ConfigError.shape_fields, "section", "missing")
+    shape_fields: tuple[str, ...] = (*ConfigError.shape_fields, "section", "missing")
 
     def __init__(self, section: str, missing: list[str]) -> None:
         self.section = section
@@ -133,7 +133,7 @@ class SecretStoreUnavailable(ConfigError):
         "on macOS, `security unlock-keychain`"
     )
 
-    shape_fields = (*ConfigError.shape_fields, "locked")
+    shape_fields: tuple[str, ...] = (*ConfigError.shape_fields, "locked")
 
     def __init__(self, detail: str, *, locked: bool = False) -> None:
         if locked:
@@ -164,7 +164,7 @@ class InvalidRecord(StsyncError):
     """
 
     exit_code = 5
-    shape_fields = ("record", "field")
+    shape_fields: tuple[str, ...] = ("record", "field")
     stops_run = False
 
     def __init__(self, message: str, *, record: str | None = None, field: str | None = None, hint: str | None = None) -> None:
@@ -248,7 +248,14 @@ class AnswerLost(TemporaryError):
 
 
 class LockHeld(StsyncError):
+    """Another run of the job holds its lock. ``holder``: what that run wrote about itself
+    (pid, command, started_at, host), or None when it could not be read."""
+
     exit_code = 7
+
+    def __init__(self, message: str, *, hint: str | None = None, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder
 
 
 class ApiError(StsyncError):
@@ -259,7 +266,7 @@ class ApiError(StsyncError):
     """
 
     service = "remote"
-    shape_fields = ("service", "status", "title", "errors", "trace_id", "method", "path")
+    shape_fields: tuple[str, ...] = ("service", "status", "title", "errors", "trace_id", "method", "path")
     stops_run = False
 
     def __init__(

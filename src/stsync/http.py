@@ -37,11 +37,15 @@ import json
 import math
 import random
 import re
+import ssl
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timezone
-from typing import TYPE_CHECKING, Callable
+from datetime import UTC
+from typing import TYPE_CHECKING
 
+import certifi
 import httpx
 
 from stsync import envvars
@@ -104,7 +108,7 @@ def retry_after_seconds(response: httpx.Response, wall_clock: Callable[[], float
             when = None
         if when is not None:
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+                when = when.replace(tzinfo=UTC)
             return max(0.0, when.timestamp() - wall_clock())
     text = _body_title(response)
     if text:
@@ -140,10 +144,10 @@ def send_with_retries(
     *,
     service: str,
     policy: RetryPolicy,
-    limiter: "RateLimiter | None" = None,
+    limiter: RateLimiter | None = None,
     auth: httpx.Auth | None = None,
     idempotent: bool | None = None,
-    before_attempt: Callable[[], None] | None = None,
+    before_attempt: Callable[[], object] | None = None,  # what it returns is not used
     on_rate_limited: Callable[[httpx.Response], None] | None = None,
     unsaid_rate_limit_wait: float = 0.0,
 ) -> httpx.Response:
@@ -297,11 +301,11 @@ def response_json(response: httpx.Response) -> object | None:
         return None
 
 
-_ssl_context = None
-_ssl_lock = __import__("threading").Lock()
+_ssl_context: ssl.SSLContext | None = None
+_ssl_lock = threading.Lock()
 
 
-def shared_ssl_context():
+def shared_ssl_context() -> ssl.SSLContext:
     """One TLS context per process for every client.
 
     Building one loads the CA bundle (about 50 ms); a command opens two clients and the
@@ -310,10 +314,6 @@ def shared_ssl_context():
     global _ssl_context
     with _ssl_lock:
         if _ssl_context is None:
-            import ssl
-
-            import certifi
-
             _ssl_context = ssl.create_default_context(cafile=certifi.where())
         return _ssl_context
 

@@ -155,5 +155,3 @@ class Rechecks(Generic[T]):
                     left.append(entry.item)
         return left
 
-
-__all__ = ["FIRST_LOOK_SECONDS", "GracePeriod", "Rechecks", "parse_stamp", "stamp"]

@@ -54,11 +54,11 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterator
 
 from filelock import FileLock
 
@@ -219,7 +219,7 @@ class _Budget:
         }
 
     @classmethod
-    def from_json(cls, data: object) -> "_Budget":
+    def from_json(cls, data: object) -> _Budget:
         if not isinstance(data, dict):
             return cls()
 

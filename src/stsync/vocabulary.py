@@ -86,17 +86,3 @@ class Kind(StrEnum):
 
     LEAD = "lead"
     REFERRER = "referrer"
-
-
-__all__ = [
-    "DEFAULT_JOB_STATUS",
-    "RUN_MODE_FOR",
-    "Action",
-    "Environment",
-    "Kind",
-    "QualificationRule",
-    "ReturnValue",
-    "RunMode",
-    "SyncMode",
-    "UnqualifyEvent",
-]

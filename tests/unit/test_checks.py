@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes import FakeTime  # tests/support
 from pytest_httpx import HTTPXMock
 
-from fakes import FakeTime  # tests/support
 from stsync.checks import offline, table
 from stsync.checks.activity import check_referral_factory_throttle
 from stsync.checks.context import CheckContext

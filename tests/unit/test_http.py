@@ -7,12 +7,11 @@ from email.utils import formatdate
 
 import httpx
 import pytest
+from fakes import FakeTime  # tests/support
 from pytest_httpx import HTTPXMock
 
 from stsync.errors import AnswerLost, ConfigError, RateLimited, TemporaryError
-from stsync.http import RetryPolicy, retry_after_seconds, send_with_retries
-from fakes import FakeTime  # tests/support
-from stsync.http import shared_ssl_context
+from stsync.http import RetryPolicy, retry_after_seconds, send_with_retries, shared_ssl_context
 
 URL = "https://api.example.test/crm/v2/tenant/7/customers"
 WALL = 1_700_000_000.0  # a pinned wall clock for HTTP-dates

@@ -7,19 +7,16 @@ import subprocess
 import sys
 import textwrap
 import threading
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from fakes import FakeTime, ThreadClocks  # tests/support
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stsync.errors import CoolingDown
 from stsync.ratelimit import IP_BLOCKED, MIN_RATE_FACTOR, RATE_LIMITED, RateLimiter, local_and_utc, read_state
-from fakes import FakeTime, ThreadClocks  # tests/support
-
-
-
-
 
 
 def max_in_any_window(times: list[float], window: float) -> int:
@@ -41,7 +38,7 @@ def test_requests_are_spaced_and_n_requests_take_close_to_the_floor():
     for _ in range(100):
         limiter.acquire()
         sends.append(fake.now)
-    gaps = [b - a for a, b in zip(sends, sends[1:])]
+    gaps = [b - a for a, b in pairwise(sends)]
     assert min(gaps) >= 0.1  # never faster than limit/window
     floor = 99 * 1.0 / 10  # the least time 100 requests can take at 10/s
     assert floor <= sends[-1] - sends[0] <= 1.15 * floor
@@ -108,7 +105,7 @@ def test_two_limiters_on_one_state_file_behave_like_one(tmp_path: Path):
         (first if i % 3 else second).acquire()
         sends.append(fake.now)
     assert max_in_any_window(sends, 1.0) <= 10
-    assert min(b - a for a, b in zip(sends, sends[1:])) >= 0.1
+    assert min(b - a for a, b in pairwise(sends)) >= 0.1
     # Without the file each would allow 10/s on its own: prove the file is what is shared.
     alone_a = RateLimiter(10, 1.0, clock=fake.clock, sleep=fake.sleep)
     alone_b = RateLimiter(10, 1.0, clock=fake.clock, sleep=fake.sleep)
@@ -196,7 +193,7 @@ def test_real_processes_share_the_budget_through_the_state_file(tmp_path: Path):
     slots_b = json.loads((tmp_path / "slots-b.json").read_text())
     merged = sorted(slots_a + slots_b)
     interval = 1.0 / 1000
-    assert min(b - a for a, b in zip(merged, merged[1:])) >= interval * (1 - 1e-9)
+    assert min(b - a for a, b in pairwise(merged)) >= interval * (1 - 1e-9)
     # The two processes really overlapped: their slots interleave.
     assert min(slots_b) < max(slots_a) and min(slots_a) < max(slots_b)
 

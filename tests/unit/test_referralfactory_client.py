@@ -7,15 +7,14 @@ import threading
 
 import httpx
 import pytest
+from fakes import FakeTime, ThreadClocks  # tests/support
 from pytest_httpx import HTTPXMock
 
 from stsync.errors import AnswerLost, AuthError, DuplicateEmail, RateLimited, ReferralFactoryApiError, TemporaryError
-from stsync.http import RetryPolicy
+from stsync.http import RetryPolicy, shared_ssl_context
 from stsync.ratelimit import RateLimiter
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.referralfactory.models import Campaign, User
-from fakes import FakeTime, ThreadClocks  # tests/support
-from stsync.http import shared_ssl_context
 
 API = "https://rf.example.test/api/v2"
 KEY = "rf-SECRET-api-key"

@@ -10,10 +10,10 @@ import keyring
 import pytest
 from keyring.backends import fail, null
 
+from stsync.credentials import SECRET_NAMES, SECRETS
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
 from stsync.logs import redact
 from stsync.storage.paths import ConnectionPaths
-from stsync.credentials import SECRET_NAMES, SECRETS
 from stsync.storage.secrets import SecretStore
 
 CLIENT_SECRET = "cs-keyring-3f9a1c"

@@ -8,21 +8,20 @@ import os
 import stat
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from fakes import FakeTime  # tests/support
 from pytest_httpx import HTTPXMock
 
 from stsync.errors import AnswerLost, AuthError, ConfigError, IncompleteListing, ServiceTitanApiError, TemporaryError
-from stsync.http import RetryPolicy
+from stsync.http import RetryPolicy, shared_ssl_context
 from stsync.ratelimit import RateLimiter
 from stsync.servicetitan.client import ServiceTitanClient
 from stsync.servicetitan.models import Booking, Customer, ExportPage, Job
-from fakes import FakeTime  # tests/support
-from stsync.http import shared_ssl_context
 
 AUTH = "https://auth.example.test"
 API = "https://api.example.test"
@@ -351,7 +350,7 @@ def test_create_booking_posts_the_body_and_parses_the_answer(httpx_mock: HTTPXMo
     booking = make_client().create_booking(BP, body)
     assert isinstance(booking, Booking)
     assert (booking.id, booking.external_id, booking.status, booking.job_id) == (5551234, "ueONFmUp", "New", None)
-    assert booking.created_on == datetime(2025, 5, 30, 18, 22, 11, 123000, tzinfo=timezone.utc)
+    assert booking.created_on == datetime(2025, 5, 30, 18, 22, 11, 123000, tzinfo=UTC)
     assert not booking.converted
 
 
@@ -506,7 +505,7 @@ def test_list_bookings_formats_filters(httpx_mock: HTTPXMock, make_client):
         url=f"{BOOKINGS}?modifiedOnOrAfter=2025-05-01T00%3A00%3A00.000Z&sort=%2BModifiedOn&page=1&pageSize=2",
         json={"hasMore": False, "data": []},
     )
-    since = datetime(2025, 5, 1, tzinfo=timezone.utc)
+    since = datetime(2025, 5, 1, tzinfo=UTC)
     assert list(make_client().list_bookings(BP, modified_on_or_after=since, sort="+ModifiedOn")) == []
 
 
@@ -617,7 +616,7 @@ def test_jobs_by_id_and_by_booking(httpx_mock: HTTPXMock, make_client):
     job = client.get_job(77)
     assert isinstance(job, Job)
     assert (job.job_number, job.customer_id, job.location_id, job.job_status, job.booking_id) == ("77", 1673, 3, "Completed", 5551234)
-    assert job.completed_on == datetime(2025, 6, 3, 10, tzinfo=timezone.utc)
+    assert job.completed_on == datetime(2025, 6, 3, 10, tzinfo=UTC)
     assert [j.id for j in client.get_jobs([77])] == [77]
     assert [j.id for j in client.list_jobs(booking_id=5551234, job_status="Completed")] == [77]
 
@@ -644,7 +643,7 @@ def test_secrets_never_reach_logs_or_errors(httpx_mock: HTTPXMock, make_client, 
 
 def test_models_are_lenient_and_speak_both_spellings():
     booking = Booking.model_validate({**BOOKING, "createdOn": "2025-05-30T18:22:11.1234567", "priority": "Someday"})
-    assert booking.created_on == datetime(2025, 5, 30, 18, 22, 11, 123456, tzinfo=timezone.utc)  # naive = UTC
+    assert booking.created_on == datetime(2025, 5, 30, 18, 22, 11, 123456, tzinfo=UTC)  # naive = UTC
     assert booking.priority == "Someday"
     assert Booking(id=1, external_id="a", job_id=2).external_id == "a"  # snake_case works too
     customer = Customer.model_validate({**CUSTOMER, "type": {"name": "Commercial"}, "customFields": None})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.checks.result import Verdict, fail, fail_with, ok, warn
@@ -50,7 +50,7 @@ class PushFailure:
     error: dict[str, Any] | None
 
     @classmethod
-    def of(cls, attempt: "AttemptRecord", push: "PushRecord | None") -> "PushFailure":
+    def of(cls, attempt: AttemptRecord, push: PushRecord | None) -> PushFailure:
         return cls(
             email=attempt.email or (push.email if push else None),
             external_id=attempt.external_id,
@@ -65,7 +65,7 @@ class PushFailure:
         return asdict(self)
 
 
-def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None]:
+def open_ledger(paths: ConnectionPaths) -> tuple[Verdict | None, Ledger | None]:
     """The ledger when one exists (nothing to report); a FAIL when it cannot be opened."""
     if not paths.ledger.exists():
         return None, None
@@ -75,11 +75,11 @@ def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None
         return fail_with(exc), None
 
 
-def check_run_locks(paths: "ConnectionPaths", *, now: float | None = None) -> Verdict:
+def check_run_locks(paths: ConnectionPaths, *, now: float | None = None) -> Verdict:
     """Who holds a job's lock now (another run of that job exits 7 meanwhile)."""
     now = time.time() if now is None else now
     held: list[str] = []
-    stuck: list[tuple[str, dict]] = []
+    stuck: list[tuple[RunJob, dict]] = []
     for job in LOCKED_JOBS:
         try:
             info = holder(paths, job)
@@ -184,7 +184,8 @@ def check_creates_in_doubt(ledger: Ledger | None) -> Verdict:
         shown = ", ".join(booking_ids[:FAILURES_SHOWN]) + (" …" if len(booking_ids) > FAILURES_SHOWN else "")
         parts.append(f"{len(booking_ids)} booking(s) (externalId {shown})")
     if referrers:
-        shown = ", ".join(str(r.customer_id) for r in referrers[:FAILURES_SHOWN]) + (" …" if len(referrers) > FAILURES_SHOWN else "")
+        more = " …" if len(referrers) > FAILURES_SHOWN else ""
+        shown = ", ".join(str(r.customer_id) for r in referrers[:FAILURES_SHOWN]) + more
         parts.append(f"{len(referrers)} referrer(s) of customers {shown}")
     return warn(
         " and ".join(parts) + f": {UNKNOWN_LABEL} (the answer to the create was lost and the record is not listed yet)",
@@ -227,7 +228,7 @@ def _age_seconds(started: Any, now: float) -> float | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return now - moment.timestamp()
 
 
@@ -235,12 +236,14 @@ def _counts_text(counts: Any) -> str:
     if not isinstance(counts, dict) or not counts:
         return ""
     # Zeros say nothing ("failed 0, skipped 0, ..."): only what happened is shown.
-    shown = ", ".join(f"{key} {value}" for key, value in counts.items() if not isinstance(value, (dict, list)) and value not in (0, None))
+    shown = ", ".join(
+        f"{key} {value}" for key, value in counts.items() if not isinstance(value, (dict, list)) and value not in (0, None)
+    )
     return f" ({shown})" if shown else ""
 
 
 def check_referral_factory_throttle(
-    paths: "ConnectionPaths", *, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time
+    paths: ConnectionPaths, *, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time
 ) -> Verdict:
     """Referral Factory's 429 episodes and cool-down, shared by every process of the connection
     (``stsync.ratelimit``): an IP block in force FAILs (exit 6), a cool-down or a halved rate

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -60,7 +60,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _global(
     ctx: typer.Context,
-    config: Optional[str] = typer.Option(
+    config: str | None = typer.Option(
         None, "--config", help=f"Config file of the connection (TOML). \\[env var: {envvars.CONFIG.name}]"
     ),
     json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout; human output stays on stderr."),

@@ -51,7 +51,7 @@ class AppContext:
         self.global_options_set = True
 
     @staticmethod
-    def from_typer(ctx: typer.Context) -> "AppContext":
+    def from_typer(ctx: typer.Context) -> AppContext:
         obj = ctx.find_root().obj
         assert isinstance(obj, AppContext), "commands run through stsync.cli.app.run"
         return obj
@@ -70,7 +70,7 @@ class AppContext:
                 self._attached_log = False
                 detach_handlers()
 
-    def __enter__(self) -> "AppContext":
+    def __enter__(self) -> AppContext:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -90,12 +90,12 @@ class AppContext:
         self._attached_log = True
         return paths
 
-    def load_config(self) -> "Config":
+    def load_config(self) -> Config:
         from stsync.storage.config import load_config
 
         return load_config(self.config_path)
 
-    def connection(self, *, config: "Config | None" = None) -> "Connection":
+    def connection(self, *, config: Config | None = None) -> Connection:
         """The open connection (config + secrets + clients + ledger), built once."""
         if self._connection is None:
             from stsync.connection import Connection

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -39,7 +39,7 @@ def sync_customers_command(
         "--dry-run",
         help="The Confirm step: count and show what would be created and written; send and record nothing.",
     ),
-    limit: Optional[int] = typer.Option(
+    limit: int | None = typer.Option(
         None, "--limit", min=1, help="Read at most N customers from the feed in this run (the next run carries on)."
     ),
     retry_failed: bool = typer.Option(
@@ -79,7 +79,7 @@ def sync_customers_command(
         )
 
 
-def _render(term: "Terminal", report: "SyncReport", limit: int | None) -> None:
+def _render(term: Terminal, report: SyncReport, limit: int | None) -> None:
     dry = report.dry_run
     how = {RunMode.ONCE: "one-time", RunMode.ONGOING: "ongoing"}[report.mode] + (", full pass" if report.full else "")
     if dry:
@@ -121,7 +121,9 @@ def _render(term: "Terminal", report: "SyncReport", limit: int | None) -> None:
 
     shared = list(report.shared_customers.values())
     for item in shared[:FAILURES_SHOWN]:
-        term.info(f"customer {item['customer_id']} shares the referrer of customer {item['shares_referrer_of']} ({item['email']})")
+        term.info(
+            f"customer {item['customer_id']} shares the referrer of customer {item['shares_referrer_of']} ({item['email']})"
+        )
     if len(shared) > FAILURES_SHOWN:
         term.info(f"… and {len(shared) - FAILURES_SHOWN} more customers share a referrer (`--json` lists them)")
     waiting = [item for item in report.needs_fix_customers.values() if not item["refused_in_this_run"]]

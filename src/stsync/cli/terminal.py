@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -94,7 +95,7 @@ class Terminal:
             raise typer.Exit(1)
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator["ProgressHandle"]:
+    def progress(self, description: str, total: int | None = None) -> Iterator[ProgressHandle]:
         """A progress bar on a TTY (stderr); silent otherwise (cron)."""
         if not self.interactive:
             yield ProgressHandle(None, None)

@@ -58,8 +58,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from types import SimpleNamespace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import (
@@ -67,7 +66,6 @@ from stsync.errors import (
     CustomFieldRefused,
     DuplicateEmail,
     NotFound,
-    ReferralFactoryApiError,
     ServiceTitanApiError,
     StsyncError,
     TemporaryError,
@@ -81,14 +79,15 @@ from stsync.mapping.return_fields import (
     resolve_custom_field_type,
     return_field_update,
     return_values_for,
+    writable_type_ids,
 )
 from stsync.storage.ledger import Ledger, ReferrerRecord
 from stsync.storage.locks import KeyLock
 from stsync.storage.states import REFERRER_IN_DOUBT_STATES, REFERRER_RETRY_STATES, UNKNOWN_LABEL, ReferrerState
 
 if TYPE_CHECKING:
-    from stsync.referralfactory.models import User
     from stsync.connection import Connection
+    from stsync.referralfactory.models import User
     from stsync.servicetitan.client import ServiceTitanClient
     from stsync.servicetitan.models import Customer, CustomFieldType
 
@@ -111,7 +110,7 @@ STAGE_RETURN_FIELDS = "return_fields"
 class Plan:
     """One customer, what the mapping made of it, and what the ledger knew before."""
 
-    customer: "Customer"
+    customer: Customer
     decision: ReferrerRequest | Skip
     record: ReferrerRecord | None
 
@@ -177,15 +176,14 @@ class _StageFailure(Exception):
         self.stage = stage
 
 
-def return_field_types(st: "ServiceTitanClient", return_fields: dict[str, str]) -> list["CustomFieldType"]:
+def return_field_types(st: ServiceTitanClient, return_fields: dict[str, str]) -> list[CustomFieldType]:
     """The customer custom-field types, read once per run and checked before anything is
     created: ``ConfigError`` (exit 3) for a return field ServiceTitan does not have or whose
     field is not Text. No request when there are no return fields."""
     if not return_fields:
         return []
     types = st.list_custom_field_types()
-    # Writing every return field to a customer without custom fields raises what is wrong.
-    return_field_update(SimpleNamespace(custom_fields=[]), {name: "-" for name in return_fields}, types)
+    writable_type_ids(return_fields, types)
     return types
 
 
@@ -194,9 +192,9 @@ class CustomerHandler:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         *,
-        types: Sequence["CustomFieldType"] = (),
+        types: Sequence[CustomFieldType] = (),
         dry_run: bool = False,
         staging: Ledger | None = None,
         on_write: Callable[[Any], None] | None = None,
@@ -234,7 +232,7 @@ class CustomerHandler:
         return self.conn.referral_factory
 
     # -- plan ------------------------------------------------------------------------------
-    def plan(self, customer: "Customer", contacts: Iterable[Any]) -> Plan:
+    def plan(self, customer: Customer, contacts: Iterable[Any]) -> Plan:
         """What the mapping makes of the customer and its contacts (``ContactRow`` or
         ``CustomerContact``), with the ledger's row. Raises ``ConfigError`` for a mapping
         that cannot work for any customer."""
@@ -321,14 +319,14 @@ class CustomerHandler:
     def _as_referrer(self, plan: Plan, request: ReferrerRequest, retrying: bool) -> Outcome:
         record = plan.record
         if record is not None and record.rf_user_id is not None:
-            return self._existing(plan, request, record, retrying)
+            return self._existing(plan, request, record, record.rf_user_id, retrying)
         if self.dry_run:
             return self._would_create(plan, request)
         with KeyLock(self.conn.paths, f"referrer:{self.campaign_id}:{request.email.strip().casefold()}"):
             # Another process may have got here first: read the ledger again under the lock.
             record = self.ledger.get_referrer(plan.customer_id)
             if record is not None and record.rf_user_id is not None:
-                return self._existing(plan, request, record, retrying)
+                return self._existing(plan, request, record, record.rf_user_id, retrying)
             holder = self._holder_of(request.email, plan.customer_id)
             if holder is not None:
                 return self._shared(plan, request, holder, record, retrying)
@@ -420,7 +418,7 @@ class CustomerHandler:
             modified_on=plan.customer.modified_on,
         )
 
-    def _needs_fix(self, customer: "Customer", record: ReferrerRecord | None) -> Outcome | None:
+    def _needs_fix(self, customer: Customer, record: ReferrerRecord | None) -> Outcome | None:
         """``needs_fix`` when ServiceTitan refused this customer's own custom field before
         and the customer has not changed since (nor ``retry_failed`` asks): not tried again."""
         error = record.error if record is not None else None
@@ -432,7 +430,7 @@ class CustomerHandler:
             return None  # changed in ServiceTitan since: perhaps fixed, try again
         return Outcome(int(customer.id), NEEDS_FIX, email=record.email if record else None, error=error, modified_on=current)
 
-    def _create_or_adopt(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord | None) -> tuple["User", str]:
+    def _create_or_adopt(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord | None) -> tuple[User, ReferrerState]:
         """The campaign user for this customer: found (after a crash or a lost answer, or
         known to the ledger) or created (intent recorded first). The caller records the
         result. Raises ``_InDoubt`` when a create that may have been applied is not found
@@ -472,7 +470,7 @@ class CustomerHandler:
         )
         return self._create_or_find(plan.customer_id, request)
 
-    def _create_or_find(self, customer_id: int, request: ReferrerRequest) -> tuple["User", str]:
+    def _create_or_find(self, customer_id: int, request: ReferrerRequest) -> tuple[User, ReferrerState]:
         """POST /users, once. A 422 "already exists" → the user is found and adopted. A lost
         answer → searched for at once (the API contract: search before retrying a create);
         not found, the create is in doubt (``_InDoubt``): never sent again by this run."""
@@ -506,7 +504,7 @@ class CustomerHandler:
                 f"{lost.message}; searching the campaign does not find the e-mail yet", lost_at, run_id=self.run_id
             ) from None
 
-    def _user_known_to_ledger(self, email: str) -> "User | None":
+    def _user_known_to_ledger(self, email: str) -> User | None:
         """A campaign user the ledger already knows by this e-mail (a pushed lead or
         referrer), read back by id: adopted without a create that would only fail."""
         for push in self.ledger.pushes_by_email(email):
@@ -521,7 +519,9 @@ class CustomerHandler:
                 return user
         return None
 
-    def _existing(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord, retrying: bool) -> Outcome:
+    def _existing(
+        self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord, rf_user_id: int, retrying: bool
+    ) -> Outcome:
         customer_id = plan.customer_id
         code, url = record.code, record.url
         kind = UNCHANGED
@@ -533,7 +533,7 @@ class CustomerHandler:
             if self.dry_run:
                 sample = _sample("update", plan.customer, request.email, referrer=body)
             else:
-                user = self.rf.update_user(int(record.rf_user_id), body)  # type: ignore[arg-type]
+                user = self.rf.update_user(rf_user_id, body)
                 code, url = user.code or code, user.url or url
                 changes = {
                     "state": ReferrerState.UPDATED,
@@ -575,22 +575,28 @@ class CustomerHandler:
     def _would_create(self, plan: Plan, request: ReferrerRequest) -> Outcome:
         holder = self._holder_of(request.email, plan.customer_id)
         if holder is not None:
-            placeholders = {name: f"<{value} of customer {holder.customer_id}'s referrer>" for name, value in self.return_fields.items()}
+            placeholders = {
+                name: f"<{value} of customer {holder.customer_id}'s referrer>" for name, value in self.return_fields.items()
+            }
             written = len(placeholders)
             if holder.code is not None or holder.url is not None:
                 changed = _changed_values(plan.customer, self._return_values(holder.code, holder.url), self.types)
                 placeholders, written = changed, len(changed)
-            sample = _sample("share", plan.customer, request.email, shares_referrer_of=holder.customer_id, return_fields=placeholders)
+            sample = _sample(
+                "share", plan.customer, request.email, shares_referrer_of=holder.customer_id, return_fields=placeholders
+            )
             return Outcome(
                 plan.customer_id, ReferrerState.SHARED, email=request.email, fields_written=written, sample=sample,
                 shared_with=holder.customer_id,
             )
         # The scratch ledger remembers it, so a later customer with this e-mail is counted
-        # as it would be: already a referrer.
+        # as it would be: sharing that referrer.
         self.staging.upsert_referrer(plan.customer_id, state=ReferrerState.PENDING, email=request.email)
         placeholders = {name: f"<{value} of the new referrer>" for name, value in self.return_fields.items()}
         sample = _sample("create", plan.customer, request.email, referrer=request.body, return_fields=placeholders)
-        return Outcome(plan.customer_id, ReferrerState.CREATED, email=request.email, fields_written=len(placeholders), sample=sample)
+        return Outcome(
+            plan.customer_id, ReferrerState.CREATED, email=request.email, fields_written=len(placeholders), sample=sample
+        )
 
     # -- return fields ---------------------------------------------------------------------
     def _return_values(self, code: str | None, url: str | None) -> dict[str, str]:
@@ -598,7 +604,7 @@ class CustomerHandler:
 
     def _write_return_fields(
         self,
-        customer: "Customer",
+        customer: Customer,
         code: str | None,
         url: str | None,
         *,
@@ -652,7 +658,7 @@ class CustomerHandler:
             raise _StageFailure(exc, STAGE_RETURN_FIELDS) from exc
 
     def _refusal(
-        self, exc: ServiceTitanApiError, customer: "Customer", body: dict[str, Any], values: dict[str, str]
+        self, exc: ServiceTitanApiError, customer: Customer, body: dict[str, Any], values: dict[str, str]
     ) -> CustomFieldRefused | None:
         """A 400 to a return-field PATCH that blames the customer's own custom fields, as the
         precise failure a person can act on; None when it blames something else."""
@@ -700,7 +706,7 @@ def _doubt_since(record: ReferrerRecord) -> datetime:
     """When a referrer create in doubt began to be: the recorded loss, else (a ``pending``
     row a killed run left) the intent's time — its POST was sent just after."""
     recorded = parse_stamp((record.error or {}).get("in_doubt_since"))
-    return recorded or parse_stamp(record.updated_at) or datetime.now(timezone.utc)
+    return recorded or parse_stamp(record.updated_at) or datetime.now(UTC)
 
 
 def _parse_modified_on(text: Any) -> datetime | None:
@@ -710,7 +716,7 @@ def _parse_modified_on(text: Any) -> datetime | None:
         moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def record_skip(ledger: Ledger, outcome: Outcome, *, conn: Any = None) -> None:

@@ -151,7 +151,7 @@ class ReferralFactoryClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ReferralFactoryClient":
+    def __enter__(self) -> ReferralFactoryClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -327,7 +327,7 @@ class ReferralFactoryClient:
             body["code"] = code
         else:
             body["email"] = email
-            body["campaign_id"] = int(campaign_id)  # type: ignore[arg-type]
+            body["campaign_id"] = campaign_id
         data = _unwrap(self._call("PUT", "/users/qualification", json=body))
         try:
             return User.model_validate(data)
@@ -400,11 +400,11 @@ class ReferralFactoryClient:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {}
-            where = ".".join(str(part) for part in first.get("loc", ()))
+            first = exc.errors()[0]  # a ValidationError holds at least one
+            where = ".".join(str(part) for part in first["loc"])
             raise ReferralFactoryApiError(
                 f"Referral Factory answered {method} {path} with something that is not a "
-                f"{model.__name__} ({where}: {first.get('msg')})",
+                f"{model.__name__} ({where}: {first['msg']})",
                 status=200,
                 title="unexpected response shape",
                 method=method,

@@ -98,6 +98,3 @@ def _read(path: Path) -> SearchShape:
         return SearchShape.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return SearchShape()
-
-
-__all__ = ["SearchShape", "SearchShapeStore"]

@@ -129,7 +129,8 @@ class FaultInjector:
             elif referral_factory and self._rf_burst_left > 0:
                 self._rf_burst_left -= 1
                 throttle = True
-            forbidden = referral_factory and bool(faults.rf_admin_403_path) and faults.rf_admin_403_path in path
+            admin_path = faults.rf_admin_403_path or ""
+            forbidden = referral_factory and bool(admin_path) and admin_path in path
             targeted = (faults.path_contains is None or faults.path_contains in path) and (
                 faults.path_ends_with is None or path.endswith(faults.path_ends_with)
             )

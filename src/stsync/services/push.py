@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import (
@@ -55,13 +55,13 @@ from stsync.errors import (
     error_summary,
     stops_run,
 )
+from stsync.leads import Lead
 from stsync.logs import get_logger
 from stsync.lookup_grace import GracePeriod, Rechecks, parse_stamp, stamp
-from stsync.progress import NO_PROGRESS, Progress
 from stsync.mapping.booking import booking_request_for, external_id_for
 from stsync.mapping.validation import missing_required
+from stsync.progress import NO_PROGRESS, Progress
 from stsync.services.lead_sources import new_leads
-from stsync.leads import Lead
 from stsync.storage.locks import KeyLock
 from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, PushState, RunJob
 from stsync.vocabulary import Action, Kind
@@ -149,7 +149,7 @@ class PushReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        counts = {outcome: 0 for outcome in OUTCOMES}
+        counts: dict[str, int] = {outcome: 0 for outcome in OUTCOMES}
         for result in self.results:
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
         counts["total"] = len(self.results)
@@ -191,7 +191,7 @@ class PushTarget:
     notice_hint: str | None = None
 
 
-def push_target(conn: "Connection", kind: Kind) -> PushTarget:
+def push_target(conn: Connection, kind: Kind) -> PushTarget:
     """The kind's section, checked: with the action "nothing", a target carrying the notice
     (message, hint) and nothing else checked — a section that sends nothing need not be
     complete; otherwise every required target must be mapped (the seed's "Setup Required":
@@ -219,7 +219,7 @@ def push_target(conn: "Connection", kind: Kind) -> PushTarget:
 
 
 def push_lead(
-    conn: "Connection",
+    conn: Connection,
     lead: Lead,
     target: PushTarget,
     *,
@@ -260,17 +260,17 @@ def push_lead(
 
 
 def _push_locked(
-    conn: "Connection", lead: Lead, kind: str, external_id: str, body: dict, run_id: int | None
+    conn: Connection, lead: Lead, kind: str, external_id: str, body: dict, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
-    identity = dict(
-        kind=kind,
-        email=lead.email,
-        name=body.get("name") if isinstance(body.get("name"), str) else lead.first_name,
-        rf_user_id=lead.rf_user_id,
-        referral_code=lead.referral_code,
-        run_id=run_id,
-    )
+    name = body.get("name") if isinstance(body.get("name"), str) else lead.first_name
+
+    def record_intent() -> int:
+        return ledger.record_push_intent(
+            external_id, kind=kind, email=lead.email, name=name, rf_user_id=lead.rf_user_id,
+            referral_code=lead.referral_code, run_id=run_id,
+        )
+
     # Creates that may have been applied: intents left open by a crash between POST and
     # record, and answers lost with the booking not found yet (``unknown``). We hold the key
     # lock, so no live run is in the middle of this externalId: the lookup below settles them.
@@ -284,7 +284,7 @@ def _push_locked(
     try:
         existing = find_booking(conn, external_id)
     except StsyncError as exc:
-        attempt = ledger.record_push_intent(external_id, **identity)
+        attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
         if stops_run(exc):
             raise
@@ -300,7 +300,7 @@ def _push_locked(
                 lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id, booking_id=existing.id,
                 status=existing.status, message="created (found by its externalId after the answer was lost)",
             )
-        attempt = ledger.record_push_intent(external_id, **identity)
+        attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.id)
         return PushResult(
             lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
@@ -333,7 +333,7 @@ def _push_locked(
                 "in_doubt_since": stamp(_doubt_since(doubt)),
             })
 
-    attempt = ledger.record_push_intent(external_id, **identity)
+    attempt = record_intent()
     try:
         booking = _with_booking_provider_check(conn, lambda: conn.servicetitan.create_booking(bp, body))
     except AnswerLost as lost:
@@ -374,19 +374,19 @@ def _push_locked(
     )
 
 
-def grace_period(conn: "Connection") -> GracePeriod:
+def grace_period(conn: Connection) -> GracePeriod:
     """``[limits] lookup_grace_seconds`` as a ``GracePeriod`` (``stsync.lookup_grace``)."""
     return GracePeriod(conn.config.limits.lookup_grace_seconds)
 
 
-def _doubt_since(doubt: "AttemptRecord") -> datetime:
+def _doubt_since(doubt: AttemptRecord) -> datetime:
     """When a create in doubt began to be: the recorded loss, else (a killed run's intent)
     the intent's time — its POST was sent just after."""
     recorded = parse_stamp((doubt.error or {}).get("in_doubt_since")) if doubt.error else None
-    return recorded or parse_stamp(doubt.started_at) or parse_stamp(doubt.finished_at) or datetime.now(timezone.utc)
+    return recorded or parse_stamp(doubt.started_at) or parse_stamp(doubt.finished_at) or datetime.now(UTC)
 
 
-def _doubted_in_this_run(doubts: Sequence["AttemptRecord"], run_id: int | None) -> bool:
+def _doubted_in_this_run(doubts: Sequence[AttemptRecord], run_id: int | None) -> bool:
     return run_id is not None and any(doubt.run_id == run_id for doubt in doubts)
 
 
@@ -416,7 +416,7 @@ def _age(grace: GracePeriod, since: datetime) -> str:
 
 
 def _already_booked_in_ledger(
-    conn: "Connection", lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
+    conn: Connection, lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
     attempt = ledger.record_push_intent(
@@ -431,7 +431,7 @@ def _already_booked_in_ledger(
     )
 
 
-def find_booking(conn: "Connection", external_id: str) -> "Booking | None":
+def find_booking(conn: Connection, external_id: str) -> Booking | None:
     """The provider's booking with this externalId (the oldest, should there be several)."""
     bp = conn.booking_provider
     found = _with_booking_provider_check(conn, lambda: conn.servicetitan.find_bookings_by_external_id(bp, external_id))
@@ -446,7 +446,7 @@ def find_booking(conn: "Connection", external_id: str) -> "Booking | None":
     return min(found, key=lambda b: b.id)
 
 
-def _with_booking_provider_check(conn: "Connection", call):
+def _with_booking_provider_check(conn: Connection, call):
     """Run a call on the provider's bookings; a 404/403 there is reported as the guide's
     "Booking Provider Value is incorrect" when the provider check confirms it."""
     try:
@@ -460,12 +460,12 @@ def _with_booking_provider_check(conn: "Connection", call):
         raise
 
 
-def _note_status(conn: "Connection", external_id: str, booking: "Booking") -> None:
+def _note_status(conn: Connection, external_id: str, booking: Booking) -> None:
     if booking.status:
         conn.ledger.update_tracking(external_id, booking_status=booking.status)
 
 
-def _record_invalid(conn: "Connection", lead: Lead, kind: str, external_id: str, exc: InvalidRecord, run_id: int | None) -> None:
+def _record_invalid(conn: Connection, lead: Lead, kind: str, external_id: str, exc: InvalidRecord, run_id: int | None) -> None:
     """A lead that cannot be sent is still an attempt: ``diagnose --email`` shows why."""
     ledger = conn.ledger
     attempt = ledger.record_push_intent(
@@ -490,7 +490,7 @@ def _failed(lead: Lead, kind: str, external_id: str | None, exc: StsyncError, er
 
 
 def push_leads(
-    conn: "Connection",
+    conn: Connection,
     leads: Sequence[Lead],
     target: PushTarget,
     *,
@@ -536,7 +536,7 @@ def push_leads(
     return report
 
 
-def _look_again(conn: "Connection", target: PushTarget, results: list[PushResult], pool: WorkPool, run_id: int | None) -> None:
+def _look_again(conn: Connection, target: PushTarget, results: list[PushResult], pool: WorkPool, run_id: int | None) -> None:
     """The batch's unknown leads, looked up again with backoff until the grace period ends
     (``Rechecks``; never POSTed again by this run). Each found one becomes ``created`` in
     ``results``; the others stay ``unknown`` for the next run."""
@@ -550,7 +550,7 @@ def _look_again(conn: "Connection", target: PushTarget, results: list[PushResult
 
     def check(indexes: Sequence[int]) -> list[bool]:
         futures = [pool.submit(push_lead, conn, results[i].lead, target, run_id=run_id) for i in indexes]
-        for index, again in zip(indexes, pool.wait(futures)):
+        for index, again in zip(indexes, pool.wait(futures), strict=True):
             if again is not None:
                 results[index] = again if not again.unknown else replace(again, in_doubt_since=results[index].in_doubt_since)
         return [results[i].unknown for i in indexes]
@@ -564,7 +564,7 @@ def _rejected_result(exc: InvalidRecord, kind: str) -> PushResult:
 
 
 def push_new(
-    conn: "Connection",
+    conn: Connection,
     target: PushTarget,
     *,
     progress: Progress = NO_PROGRESS,

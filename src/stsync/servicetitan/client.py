@@ -22,7 +22,7 @@ Errors:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -116,7 +116,7 @@ class ServiceTitanClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ServiceTitanClient":
+    def __enter__(self) -> ServiceTitanClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -465,8 +465,8 @@ def _query(params: dict[str, Any]) -> dict[str, str]:
         if isinstance(value, bool):
             query[key] = "true" if value else "false"
         elif isinstance(value, datetime):
-            moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-            query[key] = moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+            query[key] = moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         elif isinstance(value, date):
             query[key] = value.isoformat()
         elif isinstance(value, (list, tuple, set, frozenset)):

@@ -85,7 +85,7 @@ class ConnectionPaths:
     state: Path
 
     @classmethod
-    def for_config(cls, config_path: Path) -> "ConnectionPaths":
+    def for_config(cls, config_path: Path) -> ConnectionPaths:
         name = connection_name(config_path)
         return cls(name=name, config=config_path, state=state_root() / name)
 

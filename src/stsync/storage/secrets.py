@@ -29,6 +29,11 @@ import stat
 from pathlib import Path
 from typing import Literal
 
+import keyring
+from filelock import FileLock
+from keyring.backends import chainer, fail, null
+from keyring.errors import KeyringLocked, PasswordDeleteError
+
 from stsync import envvars
 from stsync.credentials import SECRET_NAMES, SECRETS, clean, secret
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
@@ -59,9 +64,6 @@ class SecretStore:
     def _backend(self):
         """The keyring backend, or None with ``_keyring_problem`` saying why it is unusable."""
         try:
-            import keyring
-            from keyring.backends import chainer, fail, null
-
             backend = keyring.get_keyring()
         except Exception as exc:  # a broken keyring config must not become a traceback
             self._keyring_problem = f"the OS keyring could not be loaded ({type(exc).__name__}: {redact(str(exc))})"
@@ -85,15 +87,11 @@ class SecretStore:
     def backend_name(self) -> str:
         """The keyring backend's class, e.g. ``keyring.backends.SecretService.Keyring``."""
         try:
-            import keyring
-
             return self._describe_backend(keyring.get_keyring())
         except Exception as exc:
             return f"unavailable ({type(exc).__name__})"
 
     def _keyring_failed(self, exc: Exception, doing: str) -> None:
-        from keyring.errors import KeyringLocked
-
         self._keyring_locked = isinstance(exc, KeyringLocked)
         if self._keyring_locked:
             self._keyring_problem = f"the OS keyring ({self.backend_name()}) is locked ({type(exc).__name__}: {redact(str(exc))})"
@@ -167,8 +165,6 @@ class SecretStore:
             raise
 
     def _file_update(self, change) -> None:
-        from filelock import FileLock
-
         make_private_dir(self.paths.locks)
         with FileLock(self.paths.locks / "secrets.lock", timeout=30, mode=PRIVATE_FILE):
             data = self._file_read()
@@ -266,8 +262,6 @@ class SecretStore:
 
     def _keyring_delete(self, name: str) -> bool:
         """Remove one keyring entry. True if it was there. Raises on a keyring that failed."""
-        from keyring.errors import PasswordDeleteError
-
         backend = self._backend()
         if backend is None:
             return False  # no keyring at all: nothing can be stored in one
@@ -329,6 +323,3 @@ class SecretStore:
                 for spec in SECRETS
             },
         }
-
-
-__all__ = ["FILE_STORE_WARNING", "SecretStore"]

@@ -129,21 +129,3 @@ class DeliveryOutcome(StrEnum):
     ALREADY_BOOKED = AttemptOutcome.ALREADY_BOOKED.value
     SKIPPED = AttemptOutcome.SKIPPED.value
     UNKNOWN = AttemptOutcome.UNKNOWN.value
-
-
-__all__ = [
-    "BOOKED_OUTCOMES",
-    "IN_DOUBT_OUTCOMES",
-    "REFERRER_IN_DOUBT_STATES",
-    "REFERRER_RETRY_STATES",
-    "UNKNOWN_LABEL",
-    "AttemptOutcome",
-    "DeliveryOutcome",
-    "RunJob",
-    "PushState",
-    "QualificationAction",
-    "QualificationState",
-    "QualificationValue",
-    "ReferrerState",
-    "RunOutcome",
-]
