@@ -29,6 +29,13 @@ class Environment(StrEnum):
         return Environment.INTEGRATION if self is Environment.PRODUCTION else Environment.PRODUCTION
 
 
+class SecretsStore(StrEnum):
+    """``secrets.store`` / ``connect --secrets-store``: where ``connect`` keeps the secrets."""
+
+    KEYRING = "keyring"  # the OS keyring (the default)
+    FILE = "file"  # a 0600 file in the connection's state directory (opt-in)
+
+
 class Action(StrEnum):
     """``leads.action`` / ``referrers.action``: what happens when someone joins the campaign."""
 
@@ -79,6 +86,13 @@ class ReturnValue(StrEnum):
 
     REFERRAL_LINK = "referral_link"
     REFERRAL_CODE = "referral_code"
+
+
+class LogFormat(StrEnum):
+    """``logging.format`` / ``--log-format``: how log records are written."""
+
+    TEXT = "text"  # one line for a person: time, pid, level, logger, message
+    JSON = "json"  # one JSON object per line, for a log shipper
 
 
 class Kind(StrEnum):

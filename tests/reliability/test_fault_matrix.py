@@ -120,8 +120,11 @@ def _spiked(sb, seen: Observed) -> bool:
 # the first N requests fail does not.
 ERRORS_503 = Arming(Faults(error_rate=0.10, seed=7), _503)
 LOST_ANSWERS = Arming(Faults(commit_then_500_rate=0.3, seed=3), _lost_answers)
-# Tokens die after 0.1 s although expires_in says 900: 401s mid-run, then refreshes.
-SHORT_TOKENS = Arming(Faults(token_ttl=0.1, latency=0.015), _expired_tokens, expire_tokens=True)
+# Tokens die after 30 requests although expires_in says 900: 401s mid-run, then refreshes.
+# Counted in requests, not seconds: a 0.1 s lifetime died before its first use on a loaded
+# runner, and a fresh token that is rejected fails the run by design. 30 is well above the
+# requests the workers can have in flight at once, so a fresh token always serves its caller.
+SHORT_TOKENS = Arming(Faults(token_uses=30, latency=0.015), _expired_tokens, expire_tokens=True)
 # Seed 22 at 3 %: the 3rd draw spikes (and the 101st: a second spike in a long run).
 SPIKES = Arming(Faults(spike_rate=0.03, spike_seconds=SPIKE_SECONDS, seed=22), _spiked)
 

@@ -71,7 +71,7 @@ from stsync.errors import (
     TemporaryError,
     stops_run,
 )
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.lookup_grace import GracePeriod, parse_stamp, stamp
 from stsync.mapping.referrers import ReferrerRequest, Skip, referrer_request_for
 from stsync.mapping.return_fields import (
@@ -97,9 +97,6 @@ UNCHANGED = "unchanged"  # an outcome only: the customer's referrer needed nothi
 # An outcome only: ServiceTitan refused the customer's own custom-field value before, and the
 # customer has not changed since (CustomFieldRefused): a person must fix it first.
 NEEDS_FIX = "needs_fix"
-# A skip reason older ledgers hold (a customer whose e-mail another customer's referrer has):
-# such customers are ``shared`` now.
-ALREADY_REFERRER = "already_referrer"
 IN_DOUBT_ERROR = "CreateInDoubt"
 # Where a customer's failure happened (the ledger row's error carries it as "stage").
 STAGE_REFERRER = "referrer"
@@ -250,16 +247,17 @@ class CustomerHandler:
         """Do what the plan says; record it (except a skip's row: ``Outcome.record_skip``).
         ``retrying``: the customer's last attempt failed (the retries phase), so a failed
         return-field write is tried again. Raises only run-level failures."""
-        try:
-            if isinstance(plan.decision, Skip):
-                return self._skipped(plan, plan.decision.reason)
-            return self._as_referrer(plan, plan.decision, retrying)
-        except _StageFailure as failure:
-            return self._failed(plan, failure.error, failure.stage)
-        except StsyncError as exc:
-            if stops_run(exc):
-                raise
-            return self._failed(plan, exc, STAGE_REFERRER)
+        with log_context(customer_id=plan.customer_id):
+            try:
+                if isinstance(plan.decision, Skip):
+                    return self._skipped(plan, plan.decision.reason)
+                return self._as_referrer(plan, plan.decision, retrying)
+            except _StageFailure as failure:
+                return self._failed(plan, failure.error, failure.stage)
+            except StsyncError as exc:
+                if stops_run(exc):
+                    raise
+                return self._failed(plan, exc, STAGE_REFERRER)
 
     def _skipped(self, plan: Plan, reason: str, *, record: ReferrerRecord | None = None) -> Outcome:
         record = record if record is not None else plan.record

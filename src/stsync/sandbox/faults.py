@@ -19,6 +19,9 @@ the same request order fails the same way.
   block": counted per IP, whoever caused it).
 - ``token_ttl``: tokens issued from now on stop working after this many seconds, although
   ``expires_in`` still announces the normal lifetime (early expiry → a 401 mid-run).
+- ``token_uses``: tokens issued from now on stop working after this many API requests — the
+  same early expiry, counted in requests instead of seconds, so where it lands does not
+  depend on the machine's load (tests use it; ``token_ttl`` plays the clock-bound kind).
 - ``maintenance_rate``: the share of ServiceTitan API requests answered 409 "The service is
   suspended for maintenance" before anything happens (api/servicetitan.md §11: retried by
   tap-service-titan like a 503).
@@ -52,6 +55,7 @@ class Faults:
     rf_burst_429: int = 0
     retry_after: int = 1
     token_ttl: float | None = None
+    token_uses: int | None = None
     maintenance_rate: float = 0.0
     rf_admin_403_path: str | None = None
     path_contains: str | None = None
@@ -70,6 +74,8 @@ class Faults:
             raise ValueError("Faults.burst_429, Faults.rf_burst_429 and Faults.retry_after must not be negative")
         if self.token_ttl is not None and self.token_ttl < 0:
             raise ValueError("Faults.token_ttl must not be negative")
+        if self.token_uses is not None and self.token_uses < 1:
+            raise ValueError("Faults.token_uses must be at least 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,3 +175,7 @@ class FaultInjector:
         """How long a token issued now really lives."""
         ttl = self._faults.token_ttl
         return normal if ttl is None else min(normal, ttl)
+
+    def token_uses(self) -> int | None:
+        """How many API requests a token issued now may authenticate (None: no limit)."""
+        return self._faults.token_uses

@@ -5,20 +5,31 @@ can create the same booking meanwhile):
 
 1. **the ledger** — already booked, and no create of it in doubt? Then nothing is sent:
    ``already_booked``.
-2. **ServiceTitan** — ``GET …/bookings?externalId=``: the booking may exist because a run
-   crashed between its POST and its record, because an answer was lost, or because Referral
-   Factory's own integration made it. Found → ``already_booked`` (or ``created``, when it is
-   this run's own POST whose answer was lost), and every create in doubt is settled by it.
+2. **ServiceTitan** — does the provider have a booking with this externalId? It may, because a
+   run crashed between its POST and its record, because an answer was lost, or because
+   Referral Factory's own integration made it. Found → ``already_booked`` (or ``created``,
+   when it is this run's own POST whose answer was lost), and every create in doubt is
+   settled by it. A batch of ``push-lead --new`` asks its ``tracking.index.BookingIndex``
+   (the provider's bookings, read once per run and then only what changed, refreshed when
+   older than a second: no request per lead); a single lead, a file, ``serve`` — and, in a
+   batch, a lead with a create in doubt — ask ServiceTitan one by one (``GET
+   …/bookings?externalId=``).
 3. **in doubt, not found** — a create that may have been applied (an intent a killed run
    left, an attempt ``unknown``) and a lookup that does not find it: nothing is created
    unless the lookup is *trusted* — made at least ``[limits] lookup_grace_seconds`` after
    the doubt began, by another run than the one that lost the answer. Otherwise the lead
    stays ``unknown`` ("unknown — will be checked again"). See ``stsync.lookup_grace``.
 4. **intent** recorded, **POST**, **result** recorded. When the answer to the POST is lost
-   (timeout, reset, 5xx: ``AnswerLost``), the booking is looked up at once; not found, it is
-   ``unknown``: never POSTed again by this run. A batch (``push_leads``) looks its unknown
-   leads up again once its other leads are done, with backoff, until the grace period ends
-   (``Rechecks``): found → ``created``; still absent → left to the next run.
+   (timeout, reset, 5xx: ``AnswerLost``), the booking is looked up at once (the index, read
+   again, then by externalId); not found, it is ``unknown``: never POSTed again by this run.
+   A batch (``push_leads``) looks its unknown leads up again once its other leads are done,
+   with backoff, until the grace period ends (``Rechecks``): found → ``created``; still
+   absent → left to the next run.
+
+Why the index cannot duplicate a booking stsync made elsewhere (another run, ``serve``, a
+crashed run): every creator holds the externalId's lock from its look-up to its ledger record,
+so under the lock the ledger already says "booked", or holds the create in doubt that sends
+this lead to the one-by-one look-up. For creators outside stsync see ``tracking.index``.
 
 Every attempt lands in the ledger with the lead's e-mail, the externalId and the booking id
 or ServiceTitan's exact error, so ``history`` and ``diagnose --email`` can tell it.
@@ -39,7 +50,8 @@ stay recorded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -56,14 +68,17 @@ from stsync.errors import (
     stops_run,
 )
 from stsync.leads import Lead
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.lookup_grace import GracePeriod, Rechecks, parse_stamp, stamp
 from stsync.mapping.booking import booking_request_for, external_id_for
 from stsync.mapping.validation import missing_required
 from stsync.progress import NO_PROGRESS, Progress
-from stsync.services.lead_sources import new_leads
+from stsync.services.lead_sources import iter_new_leads, new_leads
+from stsync.storage.ledger import utc_now
 from stsync.storage.locks import KeyLock
 from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, PushState, RunJob
+from stsync.tracking.index import BookingIndex
+from stsync.tracking.reads import booking_row
 from stsync.vocabulary import Action, Kind
 from stsync.workpool import WorkPool, finished
 
@@ -225,8 +240,12 @@ def push_lead(
     *,
     run_id: int | None = None,
     dry_run: bool = False,
+    index: BookingIndex | None = None,
 ) -> PushResult:
     """Send one lead to ServiceTitan as a booking, at most once per externalId.
+
+    ``index``: the batch's view of the provider's bookings (``push_new``); without it the
+    booking is looked up by externalId.
 
     Returns the result for record-level outcomes (created, already booked, skipped, failed);
     raises for run-level failures (``AuthError``, ``ConfigError``, ``TemporaryError``) after
@@ -255,12 +274,18 @@ def push_lead(
 
     conn.paths.ensure_state()
     # One externalId at a time across threads and processes: check → create → record.
-    with KeyLock(conn.paths, f"booking:{external_id}"):
-        return _push_locked(conn, lead, kind, external_id, body, run_id)
+    with log_context(external_id=external_id), KeyLock(conn.paths, f"booking:{external_id}"):
+        return _push_locked(conn, lead, kind, external_id, body, run_id, index)
 
 
 def _push_locked(
-    conn: Connection, lead: Lead, kind: str, external_id: str, body: dict, run_id: int | None
+    conn: Connection,
+    lead: Lead,
+    kind: str,
+    external_id: str,
+    body: dict,
+    run_id: int | None,
+    index: BookingIndex | None,
 ) -> PushResult:
     ledger = conn.ledger
     name = body.get("name") if isinstance(body.get("name"), str) else lead.first_name
@@ -282,7 +307,7 @@ def _push_locked(
 
     bp = conn.booking_provider
     try:
-        existing = find_booking(conn, external_id)
+        existing = _existing_booking(conn, external_id, index, one_by_one=bool(doubts))
     except StsyncError as exc:
         attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
@@ -291,20 +316,25 @@ def _push_locked(
         return _failed(lead, kind, external_id, exc, exc.to_dict())
 
     if existing is not None:
-        for doubt in doubts:
-            # That POST went through, though its answer never came or was never recorded.
-            ledger.record_push_result(doubt.id, outcome=AttemptOutcome.CREATED, booking_id=existing.id)
-        _note_status(conn, external_id, existing)
-        if _doubted_in_this_run(doubts, run_id):
+        mine = _doubted_in_this_run(doubts, run_id)
+        with ledger.transaction():  # nothing is sent: the settlement is recorded in one commit
+            for doubt in doubts:
+                # That POST went through, though its answer never came or was never recorded.
+                ledger.record_push_result(doubt.id, outcome=AttemptOutcome.CREATED, booking_id=existing.booking_id)
+            if not mine:
+                attempt = record_intent()
+                ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.booking_id)
+            if existing.status:
+                ledger.update_tracking(external_id, booking_status=existing.status)
+        if mine:
             return PushResult(
-                lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id, booking_id=existing.id,
-                status=existing.status, message="created (found by its externalId after the answer was lost)",
+                lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id,
+                booking_id=existing.booking_id, status=existing.status,
+                message="created (found by its externalId after the answer was lost)",
             )
-        attempt = record_intent()
-        ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.id)
         return PushResult(
             lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
-            booking_id=existing.id, status=existing.status,
+            booking_id=existing.booking_id, status=existing.status,
             message="already booked in ServiceTitan (found by externalId)",
         )
 
@@ -340,7 +370,7 @@ def _push_locked(
         log.warning("booking %s: %s; looking it up by externalId", external_id, lost)
         lost_at = grace_period(conn).now()
         try:
-            booking = find_booking(conn, external_id)
+            booking = _look_up_created(conn, external_id, index)
         except StsyncError as exc:
             ledger.record_push_result(attempt, outcome=AttemptOutcome.UNKNOWN, error=_unknown_error(
                 f"{lost.message}; looking the booking up failed too ({exc.message})", lost_at, grace_period(conn),
@@ -365,8 +395,10 @@ def _push_locked(
         if stops_run(exc):
             raise
         return _failed(lead, kind, external_id, exc, exc.to_dict())
-    ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
-    _note_status(conn, external_id, booking)
+    with ledger.transaction():  # one commit: the result, the status, the mirror row
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
+        _note_status(conn, external_id, booking)
+        _remember(conn, booking)
     return PushResult(
         lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id, booking_id=booking.id,
         status=booking.status,
@@ -419,16 +451,59 @@ def _already_booked_in_ledger(
     conn: Connection, lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
-    attempt = ledger.record_push_intent(
-        external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
-        referral_code=lead.referral_code, run_id=run_id,
-    )
-    ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=known.booking_id)
+    with ledger.transaction():
+        attempt = ledger.record_push_intent(
+            external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
+            referral_code=lead.referral_code, run_id=run_id,
+        )
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=known.booking_id)
     return PushResult(
         lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
         booking_id=known.booking_id, status=known.booking_status,
         message="already booked (recorded in the ledger)",
     )
+
+
+@dataclass(frozen=True)
+class _Existing:
+    booking_id: int
+    status: str | None
+
+
+def _existing_booking(
+    conn: Connection, external_id: str, index: BookingIndex | None, *, one_by_one: bool
+) -> _Existing | None:
+    """The provider's booking with this externalId, if any: from the index (refreshed when
+    stale), and one by one when there is no index or ``one_by_one`` (a create in doubt)."""
+    if index is not None:
+        row = index.find(external_id)
+        if row is not None:
+            return _Existing(row.booking_id, row.status)
+        if not one_by_one:
+            return None
+    found = find_booking(conn, external_id)
+    if found is None:
+        return None
+    _remember(conn, found)
+    return _Existing(found.id, found.status)
+
+
+def _look_up_created(conn: Connection, external_id: str, index: BookingIndex | None) -> Booking | None:
+    """Right after a lost answer: the booking, if that POST made it — from the provider's list
+    by modifiedOn read now (it may show a booking the ?externalId= filter does not list yet,
+    api/servicetitan.md §11), then by externalId."""
+    if index is not None:
+        index.refresh()
+        row = index.find(external_id, refresh=False)
+        if row is not None:
+            return conn.servicetitan.get_booking(conn.booking_provider, row.booking_id)
+    return find_booking(conn, external_id)
+
+
+def _remember(conn: Connection, booking: Booking) -> None:
+    """A booking stsync created or found goes into the ledger's mirror of the provider's
+    bookings at once (what ``qualify`` and the next batch's index read)."""
+    conn.ledger.upsert_bookings([booking_row(booking, utc_now())])
 
 
 def find_booking(conn: Connection, external_id: str) -> Booking | None:
@@ -491,26 +566,32 @@ def _failed(lead: Lead, kind: str, external_id: str | None, exc: StsyncError, er
 
 def push_leads(
     conn: Connection,
-    leads: Sequence[Lead],
+    leads: Iterable[Lead],
     target: PushTarget,
     *,
     progress: Progress = NO_PROGRESS,
     dry_run: bool = False,
     command: str = "push-lead",
     rejected: Sequence[InvalidRecord] = (),
+    index: BookingIndex | None = None,
 ) -> PushReport:
     """Push several leads concurrently (``[limits] workers`` threads sharing the clients'
     rate limiters), in one recorded run. A failed lead does not stop the others; a run-level
-    failure stops the run (the leads already done stay recorded) and is raised.
+    failure stops the run (the leads already done stay recorded) and is raised. Leads left
+    ``unknown`` (an answer lost, the booking not listed yet) are looked up again once the
+    others are done, until the grace period ends (``_look_again``).
 
-    ``rejected`` are input records that could not even be read as leads (from
+    ``leads`` may be a stream (``push_new`` passes Referral Factory's pages as they come):
+    each lead is handed to a worker as soon as it is read, so pushing starts with the first
+    page. ``rejected`` are input records that could not even be read as leads (from
     ``leads_from_input``): they are reported as failed, first."""
     report = PushReport(kind=target.kind, dry_run=dry_run)
     if target.notice is not None:
         report.notice, report.notice_hint = target.notice, target.notice_hint
         return report
     unreadable = [_rejected_result(exc, target.kind) for exc in rejected]
-    progress.set_total(len(leads))
+    known_total = len(leads) if isinstance(leads, Sized) else None
+    progress.set_total(known_total)
     if dry_run:
         report.results = unreadable
         for lead in leads:
@@ -519,41 +600,56 @@ def push_leads(
         return report
 
     workers = max(1, int(getattr(conn.config.limits, "workers", 8) or 1))
+    if known_total is not None:
+        workers = min(workers, max(1, known_total))
     with conn.ledger.recorded_run(
         RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed or report.unknown)
     ) as report.run_id:
         futures: list = []
         results: list[PushResult] = []
         try:
-            with WorkPool(min(workers, max(1, len(leads))), name="push") as pool:
-                futures = [pool.submit(push_lead, conn, lead, target, run_id=report.run_id) for lead in leads]
+            with WorkPool(workers, name="push") as pool:
+                for lead in leads:
+                    if pool.stopping:
+                        break  # a run-level failure: reading on would only fill the report with skips
+                    futures.append(pool.submit(push_lead, conn, lead, target, run_id=report.run_id, index=index))
+                if known_total is None:
+                    progress.set_total(len(futures))
                 pool.wait(futures, on_done=lambda _: progress.advance())
                 results = finished(futures)
-                _look_again(conn, target, results, pool, report.run_id)
+                _look_again(conn, target, results, pool, report.run_id, index)
         finally:
             # A stopped run still records what it did before stopping (input order).
             report.results = unreadable + (results or finished(futures))
     return report
 
 
-def _look_again(conn: Connection, target: PushTarget, results: list[PushResult], pool: WorkPool, run_id: int | None) -> None:
+def _look_again(
+    conn: Connection,
+    target: PushTarget,
+    results: list[PushResult],
+    pool: WorkPool,
+    run_id: int | None,
+    index: BookingIndex | None,
+) -> None:
     """The batch's unknown leads, looked up again with backoff until the grace period ends
     (``Rechecks``; never POSTed again by this run). Each found one becomes ``created`` in
     ``results``; the others stay ``unknown`` for the next run."""
     rechecks: Rechecks[int] = Rechecks(grace_period(conn), stop=pool.stop_event)
-    for index, result in enumerate(results):
+    for position, result in enumerate(results):
         if result.unknown and result.in_doubt_since is not None:
-            rechecks.add(index, result.in_doubt_since)
+            rechecks.add(position, result.in_doubt_since)
     if not len(rechecks):
         return
     log.info("push: %d booking(s) in doubt after a lost answer; looking them up again", len(rechecks))
 
-    def check(indexes: Sequence[int]) -> list[bool]:
-        futures = [pool.submit(push_lead, conn, results[i].lead, target, run_id=run_id) for i in indexes]
-        for index, again in zip(indexes, pool.wait(futures), strict=True):
+    def check(positions: Sequence[int]) -> list[bool]:
+        futures = [pool.submit(push_lead, conn, results[i].lead, target, run_id=run_id, index=index) for i in positions]
+        for position, again in zip(positions, pool.wait(futures), strict=True):
             if again is not None:
-                results[index] = again if not again.unknown else replace(again, in_doubt_since=results[index].in_doubt_since)
-        return [results[i].unknown for i in indexes]
+                since = results[position].in_doubt_since
+                results[position] = again if not again.unknown else replace(again, in_doubt_since=since)
+        return [results[i].unknown for i in positions]
 
     rechecks.run(check)
 
@@ -571,8 +667,9 @@ def push_new(
     dry_run: bool = False,
     command: str = "push-lead --new",
 ) -> PushReport:
-    """Every lead of the campaign without a booking yet (``lead_sources.new_leads``), under
-    the connection's push lock (a dry run takes none)."""
+    """Every lead of the campaign without a booking yet (``lead_sources.iter_new_leads``),
+    under the connection's push lock (a dry run takes none), checked against the provider's
+    bookings with one ``BookingIndex`` for the whole run."""
     if target.notice is not None:
         report = PushReport(kind=target.kind, dry_run=dry_run)
         report.notice, report.notice_hint = target.notice, target.notice_hint
@@ -580,5 +677,27 @@ def push_new(
     if dry_run:
         return push_leads(conn, new_leads(conn, target), target, progress=progress, dry_run=True)
     with conn.run_lock(RunJob.PUSH, command=command):
-        leads = new_leads(conn, target)
-        return push_leads(conn, leads, target, progress=progress, command=command)
+        index = BookingIndex(conn)
+        # The provider's bookings are read while Referral Factory's first page is: both are
+        # needed before the first create.
+        warming = _start(index.ensure_fresh)
+        try:
+            leads = iter_new_leads(conn, target)
+            return push_leads(conn, leads, target, progress=progress, command=command, index=index)
+        finally:
+            warming.join()
+
+
+def _start(work) -> threading.Thread:
+    """``work`` in a thread of its own. Its failure is not lost: a worker needing the index
+    calls ``ensure_fresh`` again and meets it (e.g. a wrong booking provider) itself."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as exc:  # raised again, where it matters, by the next caller
+            log.debug("reading the provider's bookings ahead failed: %s", exc)
+
+    thread = threading.Thread(target=run, name="push-index", daemon=True)
+    thread.start()
+    return thread
