@@ -1,7 +1,9 @@
 """What the grace period after a lost create costs (`[limits] lookup_grace_seconds`).
 
-`push-lead --new` for N leads against the sandbox's lookup-lag variant (a new booking is not
-listed by `?externalId=` for LAG seconds), with a share of the booking POSTs answered after
+`push-lead --file` with N leads against the sandbox's lookup-lag variant (a new booking is not
+listed by `?externalId=` for LAG seconds; leads from a file are looked up one by one by
+externalId — `push-lead --new` reads the provider's booking list instead, which the variant
+does not hide, so its committed lost answers are found at once), with a share of the booking POSTs answered after
 or before their commit, for several grace periods. For each: the run's wall time and its
 extra over the same run without faults, the lookups it made, how many lost creates it
 settled within the run (found) and how many it left "unknown" for the next run — and
@@ -46,7 +48,7 @@ def measure(
     rf_per_minute: int = 600,
     latency: float = 0.02,
 ) -> dict:
-    """One `push-lead --new` run; returns its wall time, lookups, outcomes and duplicates."""
+    """One `push-lead --file` run; returns its wall time, lookups, outcomes and duplicates."""
     from stsync.sandbox import Faults, Sandbox, Variants
     from stsync.storage.config import load_config
     from stsync.storage.config_writer import save_config
@@ -71,14 +73,16 @@ def measure(
                 sb.set_faults(Faults(commit_then_500_rate=rate, path_contains="/bookings", seed=5))
             elif fault == "503_before":
                 sb.set_faults(Faults(error_rate=rate, path_ends_with="/bookings", seed=5))
+            leads_file = workdir / "leads.json"
+            leads_file.write_text(json.dumps(sb.rf_users(campaign_id=sb.credentials.campaign_id, type="person_invited")))
             sb.clear_request_log()
 
             started = time.perf_counter()
-            pushed = _stsync(env, "--json", "push-lead", "--new")
+            pushed = _stsync(env, "--json", "push-lead", "--file", str(leads_file))
             wall = time.perf_counter() - started
 
             if pushed.returncode not in (0, 6):
-                raise RuntimeError(f"push-lead --new failed (exit {pushed.returncode}):\n{pushed.stderr[-3000:]}")
+                raise RuntimeError(f"push-lead --file failed (exit {pushed.returncode}):\n{pushed.stderr[-3000:]}")
             counts = json.loads(pushed.stdout)["counts"]
             per_external_id = Counter(b["externalId"] for b in sb.bookings())
             log = sb.request_log
@@ -128,7 +132,7 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print(
-        f"push-lead --new, {args.leads} leads, lookup lag {args.lag:g} s, "
+        f"push-lead --file, {args.leads} leads, lookup lag {args.lag:g} s, "
         f"{args.rate:.0%} of the booking POSTs lose their answer"
     )
     print(f"{'fault':<16}{'grace':>6}{'wall':>8}{'extra':>8}{'lost':>6}{'looks/lost':>11}{'found':>7}{'unknown':>8}{'dupl.':>6}{'exit':>5}")
