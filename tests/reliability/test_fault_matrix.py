@@ -52,7 +52,7 @@ RETURN_FIELDS = ("Referral Link", "Referral Code")
 SPIKE_SECONDS = 2.0
 BURST = 3
 GRACE_SECONDS = 1
-MAX_RUNS = 3
+MAX_RUNS = 5  # a create refused 5 times in a row by a 10 % fault: about 1 in 100,000
 
 
 # --------------------------------------------------------------------------------------
