@@ -292,3 +292,27 @@ def test_a_lone_surrogate_on_the_command_line_is_a_usage_error(connected, cli):
     result = cli("push-lead", "--email", "jo\udcff@example.com", "--first-name", "Jo", "--referral-code", "surr0001")
     assert_clear(result, 2, "--email is not text", "not UTF-8")
     assert connected.bookings() == []
+
+
+# == e-mails that hide what they are ============================================================
+
+HIDING_EMAILS = {
+    "control": "jo\x07@example.com",
+    "right_to_left_override": "jo\u202e@example.com",
+    "zero_width_joiner": "j\u200do@example.com",
+    "local_part_over_64": "j" * 65 + "@example.com",
+}
+
+
+@pytest.mark.parametrize("case", list(HIDING_EMAILS))
+def test_emails_with_hidden_characters_or_a_long_local_part_are_refused(case, connected, cli_subprocess, tmp_path):
+    email = HIDING_EMAILS[case]
+    typed = cli_subprocess("push-lead", "--email", email, "--first-name", "Jo", "--referral-code", f"hide{len(case):04d}")
+    assert typed.exit_code in (2, 5), str(typed)
+    assert "not an e-mail address" in " ".join(typed.stderr.split()), str(typed)
+    lead = {**campaign_leads(connected)[0], "email": email}
+    path = tmp_path / "lead.json"
+    path.write_text(json.dumps(lead))
+    in_a_file = cli_subprocess("push-lead", "--file", path)
+    assert in_a_file.exit_code == 5 and "not an e-mail address" in " ".join(in_a_file.stderr.split()), str(in_a_file)
+    assert connected.bookings() == []

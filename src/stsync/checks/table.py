@@ -129,6 +129,12 @@ LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, _last_run(RunJob.SYNC), ne
 LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, _last_run(RunJob.QUALIFY), needs=(LEDGER,))
 HELD_REFERRALS = CheckSpec("Held referrals", ACTIVITY, lambda ctx: activity.check_holds(ctx.ledger), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
+CREATES_IN_DOUBT = CheckSpec(
+    "Creates in doubt", ACTIVITY, lambda ctx: activity.check_creates_in_doubt(ctx.ledger), needs=(LEDGER,)
+)
+CUSTOM_FIELD_REFUSALS = CheckSpec(
+    "Customers' own custom fields", ACTIVITY, lambda ctx: activity.check_custom_field_refusals(ctx.ledger), needs=(LEDGER,)
+)
 RF_RATE_LIMIT = CheckSpec(
     "Referral Factory rate limit", ACTIVITY, lambda ctx: activity.check_referral_factory_throttle(ctx.paths)
 )
@@ -284,6 +290,8 @@ DIAGNOSE_OFFLINE = (
     RUN_LOCKS,
     HELD_REFERRALS,
     PUSH_FAILURES,
+    CREATES_IN_DOUBT,
+    CUSTOM_FIELD_REFUSALS,
     RF_RATE_LIMIT,
 )
 # After the live checks (or their skipping): a failed run's cause is re-judged by them.

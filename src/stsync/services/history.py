@@ -252,7 +252,10 @@ def _customer_syncs(ledger: Ledger, *, email: str | None, failed_only: bool, lim
 
 
 def _sync_failed(record: ReferrerRecord) -> bool:
-    return record.state == ReferrerState.FAILED or (record.error is not None and record.state != ReferrerState.SKIPPED)
+    """Failed for good (what --ack takes): not skipped, and not in doubt (``unknown``: the next
+    run settles it) nor cut short (``pending``)."""
+    settling = (ReferrerState.SKIPPED, ReferrerState.UNKNOWN, ReferrerState.PENDING)
+    return record.state == ReferrerState.FAILED or (record.error is not None and record.state not in settling)
 
 
 def _deliveries(ledger: Ledger, *, email: str | None, failed_only: bool, limit: int) -> list[HistoryEntry]:

@@ -32,6 +32,7 @@ from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 from stsync.services.history import delivery_entry
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
+    UNKNOWN_LABEL,
     AttemptOutcome,
     PushState,
     QualificationState,
@@ -194,6 +195,7 @@ class ReferrerRecordStory:
     skip_reason: str | None
     error: dict[str, Any] | None
     updated_at: str | None
+    shared_with: int | None = None  # state shared: the customer whose referrer this one shares
     return_fields: dict[str, str | None] = field(default_factory=dict)  # written back to the customer
 
 
@@ -265,6 +267,7 @@ def referral_story(
                 customer_id=record.customer_id, rf_user_id=record.rf_user_id, code=record.code, state=record.state,
                 skip_reason=record.skip_reason, error=record.error, updated_at=record.updated_at,
                 return_fields=ledger.get_return_fields(record.customer_id),
+                shared_with=record.shared_with,
             )
         story.deliveries = _deliveries_of(ledger, email, user)
     if not story.pushes and user is not None and user.code and servicetitan is not None and config is not None:
@@ -440,6 +443,9 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
 
     if story.referrer_record is not None:
         story.summary.extend(_customer_sync_sentences(story.referrer_record))
+        error = story.referrer_record.error
+        if error and error.get("hint"):
+            story.next_steps.append(str(error["hint"]))
 
     for delivery in story.deliveries:
         story.summary.append(_delivery_sentence(delivery))
@@ -471,6 +477,11 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
 
     for push in story.pushes:
         last = push.attempts[0] if push.attempts else None
+        if push.state != PushState.BOOKED and last is not None and last.outcome == AttemptOutcome.UNKNOWN:
+            story.next_steps.append(
+                f"nothing to fix: the booking for externalId {push.external_id} is {UNKNOWN_LABEL} — the next push "
+                "(cron's `stsync push-lead --new`) looks it up first and creates it only if it is still absent"
+            )
         if push.state != PushState.BOOKED and last is not None and last.outcome in (AttemptOutcome.FAILED, AttemptOutcome.LOST):
             command = f"stsync push-lead --code {push.external_id}" + (" --referrer" if push.kind == Kind.REFERRER else "")
             story.next_steps.append(f"fix what the error above says, then push it again: `{command}`")
@@ -487,16 +498,21 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
 
 
 def _customer_sync_sentences(record: ReferrerRecordStory) -> list[str]:
-    """The customer sync's record in words: the customer, the Referral Factory user it became,
-    what was written back to the customer."""
-    user = f"Referral Factory referrer #{record.rf_user_id}" if record.rf_user_id is not None else "no Referral Factory user"
-    code = f" (code {record.code})" if record.code else ""
-    how = record.state.replace("_", " ") + (f": {record.skip_reason.replace('_', ' ')}" if record.skip_reason else "")
+    """The customer sync's record in words: the customer and its outcome, the Referral Factory
+    user it became, what was written back to the customer, the last error."""
+    state = UNKNOWN_LABEL if record.state == ReferrerState.UNKNOWN else record.state
+    if record.state == ReferrerState.SHARED and record.shared_with is not None:
+        state = f"shares the referrer of customer {record.shared_with}"
     sentences = [
-        f"Customer sync: ServiceTitan customer {record.customer_id} → {user}{code}; {how}"
-        + (f" at {record.updated_at}" if record.updated_at else "")
+        f"Customer sync: ServiceTitan customer {record.customer_id} → referrer ({state}"
+        + (f": {record.skip_reason}" if record.skip_reason else "")
+        + ")"
+        + (f", at {record.updated_at}" if record.updated_at else "")
         + "."
     ]
+    if record.rf_user_id is not None:
+        code = f" (code {record.code})" if record.code else ""
+        sentences.append(f"  it is Referral Factory referrer #{record.rf_user_id}{code}.")
     written = {name: value for name, value in record.return_fields.items() if value}
     if written:
         sentences.append(
@@ -505,7 +521,7 @@ def _customer_sync_sentences(record: ReferrerRecordStory) -> list[str]:
     elif record.rf_user_id is not None:
         sentences.append("  no return field written to the customer yet.")
     if record.error:
-        sentences.append(f"  error: {error_summary(record.error)}")
+        sentences.append(f"  last error: {error_summary(record.error)}")
     return sentences
 
 
@@ -514,7 +530,7 @@ def _customer_sync_steps(story: ReferralStory, record: ReferrerRecordStory) -> N
         "A referrer from customer sync is an existing ServiceTitan customer: no booking is made for them "
         "(a booking is a referred lead's, a first-time client's)."
     )
-    if record.state == ReferrerState.FAILED or record.error:
+    if (record.state == ReferrerState.FAILED or record.error) and not (record.error or {}).get("hint"):
         story.next_steps.append(
             "fix what the error above says; the next `stsync sync-customers` tries the customer again"
         )
@@ -577,6 +593,9 @@ def _push_sentences(push: PushStory, config: Config | None) -> list[str]:
             text = f"booking {attempt.booking_id} ({attempt.outcome.replace('_', ' ')})"
         elif attempt.outcome == AttemptOutcome.INTENT:
             text = "sent, answer not recorded yet (a run in progress, or one that was killed)"
+        elif attempt.outcome == AttemptOutcome.UNKNOWN:
+            # The error's message starts with the label: "unknown — will be checked again: …".
+            text = attempt.error_text or UNKNOWN_LABEL
         elif attempt.error_text:
             text = f"{attempt.outcome} — {attempt.error_text}"
         else:
