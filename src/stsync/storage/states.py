@@ -113,10 +113,20 @@ class DeliveryOutcome(StrEnum):
     SKIPPED = AttemptOutcome.SKIPPED.value
 
 
+class DeliveryAdmission(StrEnum):
+    """What ``Ledger.admit_delivery`` found for a delivery key, i.e. what ``serve`` does with it."""
+
+    NEW = "new"  # first seen: queue it
+    WAITING = "waiting"  # recorded, no outcome yet: queue it unless it is queued
+    RETRY = "retry"  # failed before: marked retrying, queue it
+    DONE = "done"  # has an outcome: a duplicate, not processed again
+
+
 __all__ = [
     "BOOKED_OUTCOMES",
     "REFERRER_RETRY_STATES",
     "AttemptOutcome",
+    "DeliveryAdmission",
     "DeliveryOutcome",
     "RunJob",
     "PushState",

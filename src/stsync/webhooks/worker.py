@@ -1,5 +1,5 @@
-"""The worker: accepted deliveries processed one at a time, in arrival order, each outcome
-recorded in the ledger.
+"""What one delivery does, each outcome recorded in the ledger (``DeliveryWorker.process``;
+the threads that call it are ``pool.DeliveryPool``'s).
 
 **What a delivery does.** ``lead_created`` → the booking push (``push``, given by the
 caller: ``services.push.push_lead`` bound to the connection), kind lead, unless ``[leads]
@@ -8,23 +8,22 @@ action`` is "nothing"; ``referrer_joined`` → the same push, kind referrer, onl
 the lead's push in the ledger, so ``qualify`` never qualifies it again (and
 ``unqualify_on`` still applies).
 
-**Verified, not trusted.** The payload only says *who*: the user is read back from Referral
-Factory (by id, code or e-mail; the e-mail must agree) and must belong to this
-connection's campaign; the booking is made from what Referral Factory says, with its
-campaign and referrer.
+**Verified, not trusted.** The payload only says *who* (an id, a referral code or an
+e-mail is enough): the user is read back from Referral Factory (by id, code or e-mail; the
+e-mail, when given, must agree) and must belong to this connection's campaign; the booking
+is made from what Referral Factory says, with its campaign and referrer. Each worker thread
+keeps one ``LeadReader`` for ``READER_TTL`` seconds, so a flood of deliveries reads the
+campaign (and each referrer) once per thread, not once per delivery.
 
 **Failures.** A delivery whose processing raises is recorded as ``failed`` with its error
 (the error's ``to_dict()``; an unexpected exception's type only, its detail going only to
-the log), and the worker goes on with the next one: a server outlives a bad delivery.
-A failure that would stop a batch run (``errors.stops_run``: credentials, the mapping, a
-remote down past the retry budget) is logged as an error too, since every delivery after
-it fails the same way until it is fixed. ``finish()`` processes what is
-queued, then stops the thread.
+the log): a server outlives a bad delivery. A failure that would stop a batch run
+(``errors.stops_run``: credentials, the mapping, a remote down past the retry budget) is
+logged as an error too, since every delivery after it fails the same way until it is fixed.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -50,9 +49,13 @@ log = get_logger(__name__)
 # (lead, kind, run id) → (outcome, message, booking id); raises the error of a failed record.
 PushLead = Callable[["Lead", Kind, "int | None"], "tuple[str, str, int | None]"]
 
+# How long a worker thread trusts the campaign and referrers it read (a long-running server
+# still sees a renamed campaign within minutes).
+READER_TTL = 300.0
+
 
 class DeliveryWorker:
-    """One thread draining a FIFO queue of deliveries. ``start()`` → ``submit()`` … → ``finish()``."""
+    """Processes deliveries (``process``, called from any number of threads)."""
 
     def __init__(
         self,
@@ -68,45 +71,15 @@ class DeliveryWorker:
         self.stats = stats
         self.observer = observer
         self.run_id = run_id
-        self._queue: queue.Queue[Delivery | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._local = threading.local()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="stsync-webhook-worker", daemon=True)
-        self._thread.start()
-
-    def submit(self, delivery: Delivery) -> None:
-        self._queue.put(delivery)
-
-    @property
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Block until every submitted delivery is processed (tests)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
-                return True
-            time.sleep(0.02)
-        return False
-
-    def finish(self) -> None:
-        """Process what is queued, then stop the thread. Safe to call twice."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def _work(self) -> None:
-        while True:
-            delivery = self._queue.get()
-            try:
-                if delivery is None:
-                    return
-                self.process(delivery)
-            finally:
-                self._queue.task_done()
+    def reader(self) -> LeadReader:
+        """This thread's reader, renewed every ``READER_TTL`` seconds."""
+        reader, born = getattr(self._local, "reader", (None, 0.0))
+        if reader is None or time.monotonic() - born > READER_TTL:
+            reader = LeadReader(self.conn.referral_factory, self.conn.campaign_id)
+            self._local.reader = (reader, time.monotonic())
+        return reader
 
     # -- one delivery ------------------------------------------------------------------------------
     def process(self, delivery: Delivery) -> None:
@@ -152,8 +125,7 @@ class DeliveryWorker:
         if delivery.event == LEAD_QUALIFIED:
             return record_reported_qualification(self.conn, user)
         kind = Kind.REFERRER if delivery.event == REFERRER_JOINED else Kind.LEAD
-        lead = LeadReader(self.conn.referral_factory, self.conn.campaign_id).lead(user)
-        return self.push(lead, kind, self.run_id)
+        return self.push(self.reader().lead(user), kind, self.run_id)
 
 
 def verified_user(conn: "Connection", lead: "Lead") -> "User":
