@@ -45,6 +45,7 @@ def test_save_writes_spec_order_and_inline_specs(tmp_path):
         "customer_sync.fields",
         "customer_sync.return_fields",
         "limits",
+        "webhook",
         "webhook.aliases",
     ]
     assert re.search(r'^summary = \{ value = "Referral" \} +# Fixed Value \(Manual Input\)$', text, re.M)

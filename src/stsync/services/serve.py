@@ -93,7 +93,7 @@ class WebhookServer:
         limits = limits or ServerLimits(
             max_connections=settings.max_connections, trusted_proxy=settings.trusted_proxy, max_body=max_body
         )
-        self.http = HttpServer(self.handler.screen, self.handler.handle, host=host, port=port, limits=limits)
+        self.http = HttpServer(self.handler, host=host, port=port, limits=limits)
         self._stopped = False
 
     @property

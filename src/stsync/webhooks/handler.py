@@ -70,6 +70,7 @@ log = get_logger(__name__)
 HOOKS_PREFIX = "hooks"
 HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 1_000_000
+UNAUTHORIZED = "missing or wrong token"
 DELIVERY_METHODS = ("POST", "PUT", "GET")
 
 
@@ -143,6 +144,16 @@ def _names_event(segment: str) -> bool:
     return event_from_text(unquote(segment)) is not None
 
 
+class Endpoint(Protocol):
+    """What an HTTP server needs of the handler (``WebhookHandler``)."""
+
+    def screen(self, head: Request) -> Response | None: ...
+
+    def refused(self, head: Request, answer: Response) -> None: ...
+
+    def handle(self, request: Request) -> Response: ...
+
+
 class DeliveryQueue(Protocol):
     """Where accepted deliveries go (``pool.DeliveryPool``)."""
 
@@ -201,7 +212,9 @@ class WebhookHandler:
 
     # -- the head ---------------------------------------------------------------------------------
     def screen(self, head: Request) -> Response | None:
-        """The answer a request gets from its head alone, or None: read the body, then ``handle``."""
+        """The answer a request gets from its head alone, or None: read the body, then ``handle``.
+
+        Decides only (the server's I/O thread calls it): ``refused`` records the answer."""
         path = head.path
         if path == HEALTH_PATH or path in self.routes:
             return self._too_large(head)
@@ -209,12 +222,17 @@ class WebhookHandler:
         if not segments or segments[0] != HOOKS_PREFIX:
             return rejection(404, f"not found; webhooks are posted to /{HOOKS_PREFIX}/<token>")
         if not (len(segments) > 1 and token_matches(segments[1], self.token)) and not self.authorized(head):
-            return self._rejected(401, "missing or wrong token", head)
+            return rejection(401, UNAUTHORIZED)
         if self._stopping.is_set():
             return rejection(503, "stsync is shutting down; deliver again later")
         if head.method not in DELIVERY_METHODS:
             return rejection(405, f"method {head.method} not allowed; Referral Factory sends POST")
         return self._too_large(head)
+
+    def refused(self, head: Request, answer: Response) -> None:
+        """Count and report a request ``screen`` answered (a 401 is a rejected delivery)."""
+        if answer.status == 401:
+            self._rejected(401, UNAUTHORIZED, head)
 
     def _too_large(self, head: Request) -> Response | None:
         declared = head.declared_length
@@ -230,6 +248,7 @@ class WebhookHandler:
                 return body_too_large(len(request.body), self.max_body)
             early = self.screen(request)
             if early is not None:
+                self.refused(request, early)
                 return early
             path = request.path
             if path == HEALTH_PATH:

@@ -49,7 +49,7 @@ from waitress.utilities import Error
 
 from stsync.errors import UsageError
 from stsync.logs import get_logger
-from stsync.webhooks.handler import Request, Response, loggable_target, rejection
+from stsync.webhooks.handler import Endpoint, Request, Response, loggable_target, rejection
 
 log = get_logger(__name__)
 # waitress's own messages (connection limit reached, a socket error) go to stsync's log,
@@ -57,9 +57,6 @@ log = get_logger(__name__)
 _waitress_log = get_logger("webhooks.waitress")
 _queue_log = get_logger("webhooks.waitress.queue")
 _queue_log.setLevel(logging.ERROR)
-
-Screen = Callable[[Request], "Response | None"]
-Handle = Callable[[Request], Response]
 
 PROXY_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"})
 
@@ -81,9 +78,8 @@ class ServerLimits:
 class HttpServer:
     """``bind()`` → ``serve()`` → ``stop()``; ``address`` once bound."""
 
-    def __init__(self, screen: Screen, handle: Handle, *, host: str, port: int, limits: ServerLimits = ServerLimits()) -> None:
-        self.screen = screen
-        self.handle = handle
+    def __init__(self, endpoint: Endpoint, *, host: str, port: int, limits: ServerLimits = ServerLimits()) -> None:
+        self.endpoint = endpoint
         self.host = host
         self.port = port
         self.limits = limits
@@ -207,15 +203,16 @@ class HttpServer:
             wasyncore.loop(timeout=0.05, map=self._map, use_poll=True, count=1)
 
     # -- requests ---------------------------------------------------------------------------------
-    def screen_head(self, parser: "_Parser", peer: tuple[str, int]) -> Response | None:
-        """``handler.screen`` for a parsed head (I/O thread)."""
+    def screen_head(self, parser: "_Parser", peer: tuple[str, int]) -> "_Answered | None":
+        """``endpoint.screen`` for a parsed head (I/O thread: it only decides)."""
         headers = _header_pairs(parser.headers)
         head = Request.build(parser.command, parser.request_uri, headers, client=self._client(peer, parser.headers))
         try:
-            return self.screen(head)
+            answer = self.endpoint.screen(head)
         except Exception:
             log.exception("serve: unexpected error screening a request")
-            return rejection(500, "internal error; details are in stsync's log")
+            answer = rejection(500, "internal error; details are in stsync's log")
+        return _Answered(answer, head) if answer is not None else None
 
     def _client(self, peer: tuple[str, int], headers: dict[str, str]) -> str:
         """The sender's address as waitress's proxy middleware would set REMOTE_ADDR."""
@@ -238,7 +235,7 @@ class HttpServer:
                 headers.append((name.replace("_", "-"), environ[name]))
         request = Request.build(environ["REQUEST_METHOD"], environ.get("REQUEST_URI") or environ.get("PATH_INFO", "/"),
                                 headers, body, client=environ.get("REMOTE_ADDR"))
-        response = self.handle(request)
+        response = self.endpoint.handle(request)
         _access_log(request, response.status)
         data = response.encoded()
         start_response(_status_line(response.status), [("Content-Type", response.content_type), ("Content-Length", str(len(data)))])
@@ -263,11 +260,13 @@ def _access_log(request: Request, status: int) -> None:
 
 # -- waitress, extended ---------------------------------------------------------------------------
 class _Answered(Error):
-    """A request answered from its head (or one of waitress's own errors), as JSON."""
+    """A request answered from its head (``head``: then the endpoint hears of it on a request
+    thread) or one of waitress's own errors, as JSON."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: Response, head: Request | None = None) -> None:
         super().__init__(response.body.get("error", ""))
         self.response = response
+        self.head = head
         self.code = response.status
 
     def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -285,7 +284,7 @@ class _Parser(HTTPRequestParser):
         super().parse_header(header_plus)
         answer = self.channel.server.http.screen_head(self, self.channel.addr)
         if answer is not None:
-            self.error = _Answered(answer)
+            self.error = answer
             # No body: the request is complete with its head, answered, and the connection closed.
             self.body_rcv = None
             self.content_length = 0
@@ -313,10 +312,15 @@ class _ErrorTask(ErrorTask):
     def execute(self) -> None:
         error = self.request.error
         if not isinstance(error, _Answered):
-            self.request.error = _Answered(rejection(error.code, f"{error.reason}: {error.body}"))
-        status = self.request.error.response.status
-        log.debug("serve http: %s %s %s %s", self.channel.addr[0], getattr(self.request, "command", "-") or "-",
-                  loggable_target(getattr(self.request, "request_uri", "") or "/"), status)
+            error = self.request.error = _Answered(rejection(error.code, f"{error.reason}: {error.body}"))
+        if error.head is not None:
+            try:
+                self.channel.server.http.endpoint.refused(error.head, error.response)
+            except Exception:
+                log.exception("serve: could not record a refused request")
+            _access_log(error.head, error.response.status)
+        else:
+            log.debug("serve http: %s - - %s", self.channel.addr[0], error.response.status)
         super().execute()
 
 
