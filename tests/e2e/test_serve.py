@@ -18,9 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stsync.storage.config import load_config
-from stsync.storage.config_writer import save_config
-
 pytestmark = pytest.mark.e2e
 
 TOKEN = "e2e-serve-token-0123456789abcdef"
@@ -210,13 +207,6 @@ def ledger_of(isolated: Path):
     return Ledger.open(isolated / "state" / "default" / "ledger.sqlite3")
 
 
-def set_rf_rate(isolated: Path, per_minute: int) -> None:
-    config_path = isolated / "config.toml"
-    config = load_config(config_path)
-    config.limits.referral_factory_per_minute = per_minute
-    save_config(config, config_path)
-
-
 def test_a_delivery_naming_the_user_only_by_id_becomes_a_booking(connected, serve):
     sb = connected
     user = a_new_lead(sb)
@@ -254,10 +244,12 @@ def test_sigterm_with_a_dripping_client_exits_within_seconds_and_records_the_run
 def test_kill_9_after_202s_then_a_restart_gives_every_delivery_its_outcome_and_one_booking(connected, serve, isolated):
     """Deliveries answered 202 by a process killed before it could process them are processed
     by the next start; the killed run is closed as interrupted; each lead is booked once."""
+    from stsync.sandbox import Faults
+
     sb = connected
     users = sb.add_leads(6)
-    # Referral Factory at one request per two seconds: the first serve cannot get far.
-    set_rf_rate(isolated, 30)
+    # Referral Factory's user reads take 2 s each: the first serve cannot get far.
+    sb.set_faults(Faults(latency=2.0, path_contains="/users"))
     first = serve()
     keys = []
     for user in users:
@@ -274,7 +266,7 @@ def test_kill_9_after_202s_then_a_restart_gives_every_delivery_its_outcome_and_o
     finally:
         ledger.close()
 
-    set_rf_rate(isolated, 600)
+    sb.set_faults(None)
     second = serve()
     # The first copy of a delivery is re-sent meanwhile: processed once, not "duplicate" with nothing done.
     again = httpx.post(f"{second.base}/hooks/{TOKEN}", json=new_lead_payload(users[-1]), timeout=10)
