@@ -50,7 +50,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-
 from bench_push import _environment, _stsync
 
 TOKEN = "bench-serve-token-0123456789abcdef"
@@ -74,7 +73,7 @@ class Serve:
                 line = self.lines.get(timeout=0.5)
             except queue.Empty:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"serve exited {self.proc.returncode}")
+                    raise RuntimeError(f"serve exited {self.proc.returncode}") from None
                 continue
             found = re.search(r"listening on (http://[\d.]+:(\d+))/hooks/", line)
             if found:
@@ -109,9 +108,12 @@ def _payload(user: dict) -> dict:
             "code": user["code"], "signed_up_at": user["signed_up_at"]}
 
 
-def _post_all(base: str, users: list[dict], *, stop_after: int | None = None, on_count=None) -> list[tuple[dict, int | str, str | None]]:
+Posted = list[tuple[dict, "int | str", "str | None"]]
+
+
+def _post_all(base: str, users: list[dict], *, on_count=None) -> Posted:
     """Post one delivery per user from ``SENDERS`` threads; → (user, status or error, delivery key)."""
-    results: list[tuple[dict, int | str, str | None]] = []
+    results: Posted = []
     lock = threading.Lock()
     client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=SENDERS))
 
@@ -162,7 +164,7 @@ def measure_connections(env: dict[str, str], users: list[dict], *, held: int = 5
     stop = threading.Event()
     try:
         threads_before = serve.status("Threads")
-        for n in range(held):
+        for _ in range(held):
             sockets.append(socket.create_connection(("127.0.0.1", serve.port), timeout=30))
         drippers = sockets[: held // 2]
         head = f"POST /hooks/{TOKEN} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n".encode()
@@ -356,13 +358,15 @@ def measure(deliveries: int = 1_000, *, st_per_second: int = 60, rf_per_minute: 
 def describe(result: dict) -> str:
     held, wrong, flood, kill = result["held_connections"], result["wrong_token_bodies"], result["flood"], result["kill_mid_flood"]
     return "\n".join([
-        f"{held['held_connections']} connections held (half idle, half dripping a byte every 8 s): {held['deliveries']} deliveries "
-        f"answered in at most {held['max_s'] * 1000:.0f} ms (median {held['median_s'] * 1000:.0f} ms); serve threads "
+        f"{held['held_connections']} connections held (half idle, half dripping a byte every 8 s): "
+        f"{held['deliveries']} deliveries answered in at most {held['max_s'] * 1000:.0f} ms "
+        f"(median {held['median_s'] * 1000:.0f} ms); serve threads "
         f"{held['threads_before']} → {held['threads_with_connections_held']}",
         f"{wrong['posts']} wrong-token {wrong['body_bytes'] // 1000} kB bodies: serve RSS +{wrong['rss_growth_mib']:.1f} MiB "
         f"(answers {wrong['answers']})",
-        f"flood of {flood['deliveries']:,}: answers {flood['answers']}, posted in {flood['post_s']:.1f} s, all processed after "
-        f"{flood['drain_s']:.1f} s ÷ floor {flood['floor_s']:.1f} s = {flood['ratio']:.2f}; requests made {flood['requests_made']} "
+        f"flood of {flood['deliveries']:,}: answers {flood['answers']}, posted in {flood['post_s']:.1f} s, "
+        f"all processed after {flood['drain_s']:.1f} s ÷ floor {flood['floor_s']:.1f} s = {flood['ratio']:.2f}; "
+        f"requests made {flood['requests_made']} "
         f"(their floor {flood['floor_of_requests_made_s']:.1f} s); 429s {flood['http_429']}; exactly once: "
         f"{'yes' if flood['exactly_once'] else 'NO'}",
         f"kill -9 mid-flood: {kill['answered_202']} of {kill['posted']} answered 202, {kill['processed_at_kill']} processed when "

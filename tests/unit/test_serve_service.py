@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 from stsync.errors import InvalidRecord, UsageError
 from stsync.services import serve as serve_service
@@ -23,7 +24,6 @@ from stsync.services.push import PushResult
 from stsync.services.serve import WebhookServer
 from stsync.webhooks.handler import MAX_BODY_BYTES, Response
 from stsync.webhooks.http_server import ServerLimits
-from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 
 @pytest.fixture
@@ -419,3 +419,32 @@ def test_a_port_in_use_is_a_clear_error_and_records_no_run(server, conn):
 def test_a_bad_token_is_refused_before_anything_starts(conn):
     with pytest.raises(UsageError, match="at least 16"):
         WebhookServer(conn, token="short", port=0)
+
+
+def test_the_open_files_limit_is_raised_for_the_connections_or_the_cap_lowered(conn, tmp_path):
+    import resource
+
+    from stsync.webhooks.http_server import HttpServer
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (300, hard))
+    try:
+        http = HttpServer(None, host="127.0.0.1", port=0, limits=ServerLimits(max_connections=1000))
+        http.bind()
+        try:
+            assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 1000 + 64
+            assert http._server.adj.connection_limit == 1000
+        finally:
+            http.stop()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # A hard limit too low for the cap: the cap comes down to what fits (a child process: a
+    # lowered hard limit cannot be raised again).
+    probe = (
+        "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))\n"
+        "from stsync.webhooks.http_server import HttpServer, ServerLimits\n"
+        "http = HttpServer(None, host='127.0.0.1', port=0, limits=ServerLimits(max_connections=1000)); http.bind()\n"
+        "print(http._server.adj.connection_limit); http.stop()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["136"]

@@ -88,7 +88,7 @@ class Request:
     @classmethod
     def build(
         cls, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes = b"", *, client: str | None = None
-    ) -> "Request":
+    ) -> Request:
         return cls(method.upper(), target, {name.casefold(): value for name, value in headers}, body, client)
 
     def header(self, name: str) -> str | None:
@@ -168,7 +168,7 @@ class WebhookHandler:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         *,
         token: str,
         queue: DeliveryQueue,
@@ -306,7 +306,7 @@ class WebhookHandler:
             return Response(status, {"ok": True, "event": event, **answers[0]})
         return Response(status, {"ok": True, "event": event, "deliveries": answers})
 
-    def _enqueue(self, event: str, lead: "Lead", payload: Any, client: str | None) -> dict[str, Any]:
+    def _enqueue(self, event: str, lead: Lead, payload: Any, client: str | None) -> dict[str, Any]:
         key = delivery_key(event, lead, payload)
         external_id = self._external_id(lead)
         admission = self._ledger_thread.submit(
@@ -326,10 +326,11 @@ class WebhookHandler:
             DeliveryAdmission.NEW: "queued",
             DeliveryAdmission.RETRY: "failed before; queued again",
         }.get(admission, "received before, not processed yet; queued" if queued else "received before; already queued")
-        report(DeliveryEvent("received", 202, event, key, lead.describe(), DeliveryOutcome.QUEUED, message, client=client), self.observer)
+        queued_event = DeliveryEvent("received", 202, event, key, lead.describe(), DeliveryOutcome.QUEUED, message, client=client)
+        report(queued_event, self.observer)
         return {"outcome": DeliveryOutcome.QUEUED, "delivery": key}
 
-    def _external_id(self, lead: "Lead") -> str | None:
+    def _external_id(self, lead: Lead) -> str | None:
         try:
             return external_id_for(lead, self.conn.config.leads)
         except StsyncError:
@@ -337,5 +338,6 @@ class WebhookHandler:
 
     def _rejected(self, status: int, message: str, request: Request) -> Response:
         self.stats.count_rejected()
-        report(DeliveryEvent("received", status, None, None, None, DeliveryOutcome.REJECTED, message, client=request.client), self.observer)
+        rejected = DeliveryEvent("received", status, None, None, None, DeliveryOutcome.REJECTED, message, client=request.client)
+        report(rejected, self.observer)
         return rejection(status, message)

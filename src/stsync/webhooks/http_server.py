@@ -31,6 +31,7 @@ The access log (DEBUG) never shows the token: ``handler.loggable_target``.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -51,6 +52,9 @@ from stsync.errors import UsageError
 from stsync.logs import get_logger
 from stsync.webhooks.handler import Endpoint, Request, Response, loggable_target, rejection
 
+if sys.platform != "win32":
+    import resource
+
 log = get_logger(__name__)
 # waitress's own messages (connection limit reached, a socket error) go to stsync's log,
 # redacted like every other line; its per-task "queue depth" warnings are flood noise.
@@ -58,6 +62,8 @@ _waitress_log = get_logger("webhooks.waitress")
 _queue_log = get_logger("webhooks.waitress.queue")
 _queue_log.setLevel(logging.ERROR)
 
+# Descriptors kept free of connections: the ledger, the log, locks, the API clients' sockets.
+RESERVED_DESCRIPTORS = 64
 PROXY_HEADERS = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"})
 
 
@@ -104,6 +110,7 @@ class HttpServer:
     def bind(self) -> None:
         """Take the port and listen (``UsageError`` when it cannot); nothing is read before ``serve()``."""
         limits = self.limits
+        max_connections = _descriptors_for(limits.max_connections)
         dispatcher = _Dispatcher()
         try:
             adjustments = Adjustments(
@@ -111,7 +118,7 @@ class HttpServer:
                 port=self.port,
                 ipv6=":" in self.host,
                 threads=limits.threads,
-                connection_limit=limits.max_connections,
+                connection_limit=max_connections,
                 backlog=limits.backlog,
                 max_request_header_size=limits.max_header,
                 # waitress refuses a body of exactly its limit; ours is "at most max_body"
@@ -185,7 +192,7 @@ class HttpServer:
             server.task_dispatcher.shutdown(cancel_pending=True, timeout=max(0.5, self.limits.stop_grace))
             self._stopped.set()
 
-    def _drain(self, server: "_Server") -> None:
+    def _drain(self, server: _Server) -> None:
         """Stop listening; let the requests being answered finish within the grace."""
         server.accepting = False
         server.del_channel()
@@ -203,7 +210,7 @@ class HttpServer:
             wasyncore.loop(timeout=0.05, map=self._map, use_poll=True, count=1)
 
     # -- requests ---------------------------------------------------------------------------------
-    def screen_head(self, parser: "_Parser", peer: tuple[str, int]) -> "_Answered | None":
+    def screen_head(self, parser: _Parser, peer: tuple[str, int]) -> _Answered | None:
         """``endpoint.screen`` for a parsed head (I/O thread: it only decides)."""
         headers = _header_pairs(parser.headers)
         head = Request.build(parser.command, parser.request_uri, headers, client=self._client(peer, parser.headers))
@@ -238,8 +245,31 @@ class HttpServer:
         response = self.endpoint.handle(request)
         _access_log(request, response.status)
         data = response.encoded()
-        start_response(_status_line(response.status), [("Content-Type", response.content_type), ("Content-Length", str(len(data)))])
+        headers_out = [("Content-Type", response.content_type), ("Content-Length", str(len(data)))]
+        start_response(_status_line(response.status), headers_out)
         return [data]
+
+
+def _descriptors_for(connections: int) -> int:
+    """Raise the soft limit on open files so ``connections`` sockets fit beside the ledger, the
+    log and the API clients; → the connection cap that fits (lower, with a warning, when the
+    hard limit is too low: at the limit, accept() would fail in a busy loop)."""
+    if sys.platform == "win32":  # no such limit to raise
+        return connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        fitting = max(1, soft - RESERVED_DESCRIPTORS)
+        log.warning("serve: open files are limited to %d; holding at most %d connections, not %d", soft, fitting, connections)
+        return fitting
+    return connections
 
 
 def _header_pairs(waitress_headers: dict[str, str]) -> list[tuple[str, str]]:
@@ -276,7 +306,7 @@ class _Answered(Error):
 class _Parser(HTTPRequestParser):
     """Screens the head as soon as it is parsed; a refused request's body is never read."""
 
-    def __init__(self, adj: Adjustments, channel: "_Channel") -> None:
+    def __init__(self, adj: Adjustments, channel: _Channel) -> None:
         super().__init__(adj)
         self.channel = channel
 
@@ -328,13 +358,13 @@ class _Channel(HTTPChannel):
     task_class = _Task
     error_task_class = _ErrorTask
     logger = _waitress_log
-    server: "_Server"
+    server: _Server
 
-    def __init__(self, server: "_Server", sock: Any, addr: Any, adj: Adjustments, map: Any = None) -> None:
+    def __init__(self, server: _Server, sock: Any, addr: Any, adj: Adjustments, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map)
         self.deadline = time.monotonic() + server.http.limits.request_timeout
 
-    def parser_class(self, adj: Adjustments) -> _Parser:  # type: ignore[override]
+    def parser_class(self, adj: Adjustments) -> _Parser:
         return _Parser(adj, self)
 
 
