@@ -232,7 +232,7 @@ def test_sigterm_with_a_dripping_client_exits_within_seconds_and_records_the_run
     for sock in dripping:
         sock.close()
     assert code == 0, stderr
-    assert took < 5, f"SIGTERM took {took:.1f} s"
+    assert took < 10, f"SIGTERM took {took:.1f} s"  # a dripping client held the old server for 60 s and more
     ledger = ledger_of(isolated)
     try:
         run = ledger.last_run("serve")

@@ -194,14 +194,12 @@ def test_x_forwarded_for_is_believed_only_from_the_trusted_proxy(serving, conn):
     assert [e.client for e in trusted.events if e.stage == "received"] == ["203.0.113.9", "203.0.113.9"]
 
 
-def test_slow_and_idle_connections_neither_block_deliveries_nor_outlive_their_deadline(serving, conn, pushes):
-    conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
-    server = serving(limits=ServerLimits(request_timeout=2))
-    stop = threading.Event()
-    drippers = [socket.create_connection(server.address, timeout=10) for _ in range(40)]
-    idle = [socket.create_connection(server.address, timeout=10) for _ in range(40)]
+def hold_slow_and_idle_connections(server: WebhookServer, stop: threading.Event, n: int = 40) -> list[socket.socket]:
+    """``n`` connections dripping a request head a byte at a time (slow-loris) and ``n`` idle ones."""
+    drippers = [socket.create_connection(server.address, timeout=10) for _ in range(n)]
+    idle = [socket.create_connection(server.address, timeout=10) for _ in range(n)]
 
-    def drip() -> None:  # a slow-loris: one byte of a request head at a time
+    def drip() -> None:
         head = f"POST /hooks/{TOKEN} HTTP/1.1\r\nHost: x\r\n".encode()
         for index in range(len(head)):
             if stop.wait(0.3):
@@ -213,23 +211,45 @@ def test_slow_and_idle_connections_neither_block_deliveries_nor_outlive_their_de
                     pass
 
     threading.Thread(target=drip, daemon=True).start()
+    return drippers + idle
+
+
+def test_slow_and_idle_connections_hold_no_request_thread(serving, conn, pushes):
+    """One request thread, 80 slow or idle connections that will not finish for 60 s: a
+    delivery is answered all the same (a server with a thread per connection, or per read,
+    would make it wait for them)."""
+    conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
+    server = serving(limits=ServerLimits(threads=1, request_timeout=60))
+    stop = threading.Event()
+    held = hold_slow_and_idle_connections(server, stop)
     try:
         time.sleep(0.5)
-        started = time.monotonic()
-        answer = post(server, body=lead_payload(), timeout=5)
-        assert answer.status_code == 202 and time.monotonic() - started < 1.0
+        assert server.http.open_connections == 80
+        answer = post(server, body=lead_payload(), timeout=15)
+        assert answer.status_code == 202
         assert server.wait_idle() and len(pushes.calls) == 1
+    finally:
+        stop.set()
+        for sock in held:
+            sock.close()
+
+
+def test_slow_and_idle_connections_are_closed_at_their_deadline(serving, conn):
+    server = serving(limits=ServerLimits(request_timeout=2))
+    stop = threading.Event()
+    held = hold_slow_and_idle_connections(server, stop)
+    try:
         # Past the deadline (2 s, checked every second) every slow and idle connection is closed.
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 30
         while server.http.open_connections and time.monotonic() < deadline:
             time.sleep(0.1)
         assert server.http.open_connections == 0
-        for sock in drippers[:3] + idle[:3]:
-            sock.settimeout(2)
+        for sock in held[:3] + held[-3:]:
+            sock.settimeout(5)
             assert sock.recv(100) == b""  # closed by the server
     finally:
         stop.set()
-        for sock in drippers + idle:
+        for sock in held:
             sock.close()
 
 
@@ -276,7 +296,7 @@ def test_stop_is_bounded_with_a_dripping_client_and_records_the_run(conn, pushes
     assert post(srv, body={"email": "one@example.com", "code": "C1", "event": "lead created"}).status_code == 202
     started = time.monotonic()
     srv.stop()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10, "the dripping client does not hold the stop"
     dripping.settimeout(2)
     assert dripping.recv(100) == b""
     dripping.close()
@@ -302,33 +322,40 @@ def test_stop_finishes_the_queue_within_the_grace_in_order_per_lead(conn, pushes
 
 
 def test_what_the_grace_leaves_stays_recorded_and_the_next_start_processes_it(conn, pushes):
-    pushes.delay = 0.3
+    release = threading.Event()
+
+    def stuck_push(lead, kind, run_id):
+        release.wait(30)  # a push that outlives the grace (a slow remote)
+        return pushes(lead, kind, run_id)
+
     for n in range(8):
         conn.referral_factory.add(n + 1, f"C{n}", f"lead{n}@example.com")
-    first = WebhookServer(conn, token=TOKEN, port=0, push=pushes, workers=2, shutdown_grace=0.2)
+    first = WebhookServer(conn, token=TOKEN, port=0, push=stuck_push, workers=2, shutdown_grace=0.2)
     first.start()
     keys = [post(first, body={"email": f"lead{n}@example.com", "code": f"C{n}", "event": "lead created"}).json()["delivery"]
             for n in range(8)]
     started = time.monotonic()
     first.stop()
-    assert time.monotonic() - started < 3
-    left = first.stats.left_waiting
-    assert left >= 4 and conn.ledger.last_run("serve").counts["left_waiting"] == left
-    first.pool.wait_idle(2)  # the two running when the grace ran out record their outcomes meanwhile
+    assert time.monotonic() - started < 10, "stop does not wait for the stuck pushes"
+    assert first.stats.left_waiting == 8 and conn.ledger.last_run("serve").counts["left_waiting"] == 8
+    release.set()  # the two that were running finish and record their outcomes
+    assert first.pool.wait_idle(10)
+    deadline = time.monotonic() + 10
+    while len(conn.ledger.waiting_deliveries()) > 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
     waiting = [r.key for r in conn.ledger.waiting_deliveries()]
-    assert waiting and set(waiting) <= set(keys)
+    assert len(waiting) == 6 and set(waiting) <= set(keys)
 
-    pushes.delay = 0
     second = WebhookServer(conn, token=TOKEN, port=0, push=pushes)
     second.start()
     try:
-        assert second.stats.resumed == len(waiting)
+        assert second.stats.resumed == 6
         assert second.wait_idle(10)
     finally:
         second.stop()
     assert all(conn.ledger.get_delivery(key).outcome == "created" for key in keys)
     assert sorted(c[0].referral_code for c in pushes.calls) == sorted(f"C{n}" for n in range(8)), "each exactly once"
-    assert conn.ledger.last_run("serve").counts["resumed"] == len(waiting)
+    assert conn.ledger.last_run("serve").counts["resumed"] == 6
 
 
 def test_a_serve_run_left_running_by_a_dead_process_is_closed_as_interrupted(conn, pushes):
