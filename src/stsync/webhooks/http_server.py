@@ -94,6 +94,9 @@ class HttpServer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._stopped = threading.Event()
+        # Held while the loop closes its descriptors: nobody pulls the trigger of a closed
+        # loop (its pipe's number may already belong to something else).
+        self.trigger_lock = threading.Lock()
         self._address: tuple[str, int] | None = None
 
     @property
@@ -168,7 +171,8 @@ class HttpServer:
         if self._thread is None:  # bound, never served
             self._server = None
             server.task_dispatcher.shutdown(timeout=1)
-            wasyncore.close_all(self._map, ignore_all=True)
+            with self.trigger_lock:
+                wasyncore.close_all(self._map, ignore_all=True)
             return
         self._stop.set()
         server.pull_trigger()
@@ -183,13 +187,20 @@ class HttpServer:
         assert server is not None
         try:
             while not self._stop.is_set():
-                wasyncore.loop(timeout=1.0, map=self._map, use_poll=True, count=1)
+                try:
+                    wasyncore.loop(timeout=1.0, map=self._map, use_poll=True, count=1)
+                except Exception:  # one bad turn must not end serving
+                    log.exception("serve: error in the HTTP loop; going on")
+                    time.sleep(0.05)
             self._drain(server)
         except Exception:  # the loop must end in a closed server, whatever happened
             log.exception("serve: the HTTP loop failed")
         finally:
-            wasyncore.close_all(self._map, ignore_all=True)
+            # Request threads first: one finishing a request pulls the trigger, whose pipe must
+            # still be open then (a closed descriptor's number may already be someone else's).
             server.task_dispatcher.shutdown(cancel_pending=True, timeout=max(0.5, self.limits.stop_grace))
+            with self.trigger_lock:
+                wasyncore.close_all(self._map, ignore_all=True)
             self._stopped.set()
 
     def _drain(self, server: _Server) -> None:
@@ -381,6 +392,17 @@ class _Server(TcpWSGIServer):
     channel_class = _Channel
     logger = _waitress_log
     http: HttpServer
+
+    def pull_trigger(self) -> None:
+        """Wake the loop (stop(), a request thread done) — unless it has closed already."""
+        with self.http.trigger_lock:
+            if not self.trigger._closed:
+                super().pull_trigger()
+
+    def handle_error(self) -> None:
+        # wasyncore's default closes the listening socket (and waitress's, the trigger with it):
+        # a server that stops listening on one odd error is worse than a logged error.
+        log.exception("serve: error accepting a connection")
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)  # waitress: inactive for channel_timeout
