@@ -29,6 +29,13 @@ class Environment(StrEnum):
         return Environment.INTEGRATION if self is Environment.PRODUCTION else Environment.PRODUCTION
 
 
+class SecretsStore(StrEnum):
+    """``secrets.store`` / ``connect --secrets-store``: where ``connect`` keeps the secrets."""
+
+    KEYRING = "keyring"  # the OS keyring (the default)
+    FILE = "file"  # a 0600 file in the connection's state directory (opt-in)
+
+
 class Action(StrEnum):
     """``leads.action`` / ``referrers.action``: what happens when someone joins the campaign."""
 
@@ -86,17 +93,3 @@ class Kind(StrEnum):
 
     LEAD = "lead"
     REFERRER = "referrer"
-
-
-__all__ = [
-    "DEFAULT_JOB_STATUS",
-    "RUN_MODE_FOR",
-    "Action",
-    "Environment",
-    "Kind",
-    "QualificationRule",
-    "ReturnValue",
-    "RunMode",
-    "SyncMode",
-    "UnqualifyEvent",
-]

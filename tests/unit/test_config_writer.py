@@ -36,6 +36,7 @@ def test_save_writes_spec_order_and_inline_specs(tmp_path):
     assert headers == [
         "servicetitan",
         "referral_factory",
+        "secrets",
         "leads",
         "leads.fields",
         "leads.qualification",

@@ -33,8 +33,8 @@ def conn(make_connection):
 
 
 @pytest.fixture
-def pushes() -> PushRecorder:
-    return PushRecorder()
+def pushes(conn) -> PushRecorder:
+    return PushRecorder(conn)
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def serving(conn, pushes):
 
     def start(**options) -> WebhookServer:
         events: list = []
-        srv = WebhookServer(conn, token=TOKEN, host="127.0.0.1", port=0, observer=events.append, push=pushes, **options)
+        srv = WebhookServer(conn, token=TOKEN, host="127.0.0.1", port=0, observer=events.append, push_for=pushes, **options)
         srv.events = events
         srv.start()
         started.append(srv)
@@ -288,7 +288,7 @@ def test_64_concurrent_senders_get_no_reset(server, conn, pushes):
 
 
 def test_stop_is_bounded_with_a_dripping_client_and_records_the_run(conn, pushes):
-    srv = WebhookServer(conn, token=TOKEN, port=0, push=pushes)
+    srv = WebhookServer(conn, token=TOKEN, port=0, push_for=pushes)
     srv.start()
     dripping = socket.create_connection(srv.address, timeout=10)
     dripping.send(b"POST /hooks HTTP/1.1\r\nHo")
@@ -311,7 +311,7 @@ def test_stop_finishes_the_queue_within_the_grace_in_order_per_lead(conn, pushes
     pushes.delay = 0.05
     for n in range(5):
         conn.referral_factory.add(n + 1, f"C{n}", f"lead{n}@example.com")
-    srv = WebhookServer(conn, token=TOKEN, port=0, push=pushes, workers=1)
+    srv = WebhookServer(conn, token=TOKEN, port=0, push_for=pushes, workers=1)
     srv.start()
     for n in range(5):
         assert post(srv, body={"email": f"lead{n}@example.com", "code": f"C{n}", "event": "lead created"}).status_code == 202
@@ -324,13 +324,18 @@ def test_stop_finishes_the_queue_within_the_grace_in_order_per_lead(conn, pushes
 def test_what_the_grace_leaves_stays_recorded_and_the_next_start_processes_it(conn, pushes):
     release = threading.Event()
 
-    def stuck_push(lead, kind, run_id):
-        release.wait(30)  # a push that outlives the grace (a slow remote)
-        return pushes(lead, kind, run_id)
+    def stuck_push_for(kind):
+        push = pushes(kind)
+
+        def stuck_push(lead, run_id):
+            release.wait(30)  # a push that outlives the grace (a slow remote)
+            return push(lead, run_id)
+
+        return stuck_push
 
     for n in range(8):
         conn.referral_factory.add(n + 1, f"C{n}", f"lead{n}@example.com")
-    first = WebhookServer(conn, token=TOKEN, port=0, push=stuck_push, workers=2, shutdown_grace=0.2)
+    first = WebhookServer(conn, token=TOKEN, port=0, push_for=stuck_push_for, workers=2, shutdown_grace=0.2)
     first.start()
     keys = [post(first, body={"email": f"lead{n}@example.com", "code": f"C{n}", "event": "lead created"}).json()["delivery"]
             for n in range(8)]
@@ -346,7 +351,7 @@ def test_what_the_grace_leaves_stays_recorded_and_the_next_start_processes_it(co
     waiting = [r.key for r in conn.ledger.waiting_deliveries()]
     assert len(waiting) == 6 and set(waiting) <= set(keys)
 
-    second = WebhookServer(conn, token=TOKEN, port=0, push=pushes)
+    second = WebhookServer(conn, token=TOKEN, port=0, push_for=pushes)
     second.start()
     try:
         assert second.stats.resumed == 6
@@ -365,7 +370,7 @@ def test_a_serve_run_left_running_by_a_dead_process_is_closed_as_interrupted(con
     with conn.ledger.transaction() as tx:
         tx.execute("UPDATE runs SET pid = ? WHERE id = ?", (dead.pid, run_id))
     alive = conn.ledger.start_run("serve", "serve")  # this process: alive, left alone
-    with WebhookServer(conn, token=TOKEN, port=0, push=pushes):
+    with WebhookServer(conn, token=TOKEN, port=0, push_for=pushes):
         pass
     [row] = conn.ledger._query("SELECT outcome, finished_at, error FROM runs WHERE id = ?", (run_id,))
     assert row["outcome"] == "interrupted" and row["finished_at"] and "killed" in row["error"]
@@ -375,7 +380,7 @@ def test_a_serve_run_left_running_by_a_dead_process_is_closed_as_interrupted(con
 
 
 def test_an_extra_route_is_served_and_may_ask_for_the_token(conn, pushes):
-    srv = WebhookServer(conn, token=TOKEN, port=0, push=pushes)
+    srv = WebhookServer(conn, token=TOKEN, port=0, push_for=pushes)
     srv.add_route("/metrics", lambda request: Response(200 if srv.handler.authorized(request) else 401, {"pending": srv.pending}))
     with pytest.raises(ValueError):
         srv.add_route("/hooks/metrics", lambda request: Response(200, {}))
@@ -388,7 +393,7 @@ def test_an_extra_route_is_served_and_may_ask_for_the_token(conn, pushes):
 def test_a_failed_delivery_makes_the_run_partial(conn, pushes):
     pushes.fail = InvalidRecord("lead one@example.com has no value for name", field="name")
     conn.referral_factory.add(1, "C1", "one@example.com")
-    with WebhookServer(conn, token=TOKEN, port=0, push=pushes) as srv:
+    with WebhookServer(conn, token=TOKEN, port=0, push_for=pushes) as srv:
         post(srv, body={"email": "one@example.com", "code": "C1", "event": "lead created"})
         assert srv.wait_idle()
     run = conn.ledger.last_run("serve")
@@ -396,7 +401,8 @@ def test_a_failed_delivery_makes_the_run_partial(conn, pushes):
 
 
 def test_the_booking_push_raises_the_error_of_a_failed_record(conn, monkeypatch):
-    """What push_lead reports as a failed record reaches the worker as its exception."""
+    """What push_lead reports as a failed record reaches the worker as its exception; a kind
+    set to "Nothing to action" answers with push_target's notice and pushes nothing."""
     conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
     calls = []
 
@@ -408,11 +414,16 @@ def test_the_booking_push_raises_the_error_of_a_failed_record(conn, monkeypatch)
         return PushResult(lead=lead, kind=target.kind, outcome="created", booking_id=7001)
 
     monkeypatch.setattr(serve_service, "push_lead", push_lead)
-    push = serve_service.booking_push(conn)
+    push_for = serve_service.booking_push(conn)
+    push = push_for("lead")
+    assert callable(push)
     with pytest.raises(InvalidRecord, match="no value for name"):
-        push(lead_from_payload(), "lead", 3)
-    assert push(lead_from_payload(email="sam@example.com"), "referrer", 4) == ("created", "created", 7001)
-    assert calls == [(conn, "lead", 3), (conn, "referrer", 4)]
+        push(lead_from_payload(), 3)
+    assert push(lead_from_payload(email="sam@example.com"), 4) == ("created", "created", 7001)
+    assert calls == [(conn, "lead", 3), (conn, "lead", 4)]
+    notice = push_for("referrer")  # [referrers] action is "nothing" in the default config
+    assert isinstance(notice, str) and '"Nothing to action"' in notice
+    assert len(calls) == 2
 
 
 def lead_from_payload(**changes):

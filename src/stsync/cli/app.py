@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -60,7 +60,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _global(
     ctx: typer.Context,
-    config: Optional[str] = typer.Option(
+    config: str | None = typer.Option(
         None, "--config", help=f"Config file of the connection (TOML). \\[env var: {envvars.CONFIG.name}]"
     ),
     json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout; human output stays on stderr."),
@@ -110,8 +110,10 @@ def run(argv: list[str] | None = None) -> int:
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except typer.Abort:
-            app_ctx.terminal.error("aborted")
-            return 1
+            # Ctrl-C (or end of input) at a prompt: like Ctrl-C anywhere, one line and 130.
+            # Prompts come before any change, so nothing was done.
+            app_ctx.terminal.error("interrupted at a prompt; nothing was changed")
+            return 130
         except KeyboardInterrupt:
             app_ctx.terminal.error("interrupted; everything done so far is recorded, run the command again to resume")
             return 130

@@ -51,7 +51,7 @@ class AppContext:
         self.global_options_set = True
 
     @staticmethod
-    def from_typer(ctx: typer.Context) -> "AppContext":
+    def from_typer(ctx: typer.Context) -> AppContext:
         obj = ctx.find_root().obj
         assert isinstance(obj, AppContext), "commands run through stsync.cli.app.run"
         return obj
@@ -70,7 +70,7 @@ class AppContext:
                 self._attached_log = False
                 detach_handlers()
 
-    def __enter__(self) -> "AppContext":
+    def __enter__(self) -> AppContext:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -83,19 +83,38 @@ class AppContext:
 
     @cached_property
     def paths(self) -> ConnectionPaths:
+        """The connection's files. The config file claims its connection name in the registry
+        first: a second config file going by the same name is refused (``ConnectionInUse``),
+        so two configs never share secrets, ledger or state."""
         paths = ConnectionPaths.for_config(self.config_path)
+        if paths.config.is_file():
+            from stsync.storage.registry import Registry
+
+            Registry(paths.state.parent).claim(paths)
+        self._attach_log(paths)
+        return paths
+
+    def use_paths(self, paths: ConnectionPaths) -> None:
+        """The connection's files as ``connect`` decided them (it names and claims them itself)."""
+        self.__dict__["paths"] = paths
+        self._attach_log(paths)
+
+    def _attach_log(self, paths: ConnectionPaths) -> None:
         from stsync.logs import attach_file_handler
 
         attach_file_handler(paths, verbosity=self.verbosity, terminal_stream=self.terminal.err.file)
         self._attached_log = True
-        return paths
 
-    def load_config(self) -> "Config":
-        from stsync.storage.config import load_config
+    def load_config(self) -> Config:
+        """The config, and a warning for each limit above what the services document."""
+        from stsync.storage.config import limit_warnings, load_config
 
-        return load_config(self.config_path)
+        config = load_config(self.config_path)
+        for warning in limit_warnings(config):
+            self.terminal.warning(warning)
+        return config
 
-    def connection(self, *, config: "Config | None" = None) -> "Connection":
+    def connection(self, *, config: Config | None = None) -> Connection:
         """The open connection (config + secrets + clients + ledger), built once."""
         if self._connection is None:
             from stsync.connection import Connection

@@ -11,10 +11,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import typer
 
@@ -77,7 +77,10 @@ def demo_command(
                     ],
                 ),
                 Step("Review the mapping (the setup guide's Step 5 table)", ["map", "show"]),
-                Step("Qualify referrals when their job is Completed (Step 6)", ["map", "qualify", "job-status", "--status", "Completed"]),
+                Step(
+                    "Qualify referrals when their job is Completed (Step 6)",
+                    ["map", "qualify", "job-status", "--status", "Completed"],
+                ),
                 Step("Validate the setup, live", ["validate", "--online"]),
                 Step("Push the campaign's new referred leads as bookings", ["push-lead", "--new"]),
                 Step("Push them again: nothing is booked twice", ["push-lead", "--new"]),
@@ -117,7 +120,12 @@ def demo_command(
     table = term.table("Step", "Command", "Result", "Time", title="Demo summary")
     for step in steps:
         ok = step.code == 0
-        table.add_row(step.title, "stsync " + _shown(step.argv), "[green]✓[/]" if ok else f"[red]exit {step.code}[/]", f"{step.seconds:.1f}s")
+        table.add_row(
+            step.title,
+            "stsync " + _shown(step.argv),
+            "[green]✓[/]" if ok else f"[red]exit {step.code}[/]",
+            f"{step.seconds:.1f}s",
+        )
     term.summary(table)
     if not failed:
         term.summary(
@@ -126,7 +134,13 @@ def demo_command(
             f"{summary['return_fields']} return fields written, {summary['qualified']} referral(s) qualified."
         )
         term.summary("Next: `stsync connect` with your own credentials (see README), or `stsync sandbox` to explore.")
-    app_ctx.emit({"ok": not failed, "steps": [{"title": s.title, "argv": s.argv, "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps], "summary": summary if not failed else None})
+    app_ctx.emit(
+        {
+            "ok": not failed,
+            "steps": [{"title": s.title, "argv": s.argv, "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps],
+            "summary": summary if not failed else None,
+        }
+    )
     if failed:
         raise typer.Exit(failed[0].code or 1)
 
@@ -181,7 +195,10 @@ def _summary(sandbox) -> dict:
     state = sandbox.snapshot()
     customers = state["servicetitan"]["customers"]
     return_fields = sum(
-        1 for c in customers for f in c.get("customFields", []) if f.get("name") in ("Referral Link", "Referral Code") and f.get("value")
+        1
+        for c in customers
+        for f in c.get("customFields", [])
+        if f.get("name") in ("Referral Link", "Referral Code") and f.get("value")
     )
     rf_users = state["referral_factory"]["users"]
     return {

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from stsync.cli.context import AppContext
 from stsync.storage.states import AttemptOutcome
 
-OUTCOME_STYLE = {
+OUTCOME_STYLE: dict[str, str] = {
     AttemptOutcome.CREATED: "green",
     AttemptOutcome.ALREADY_BOOKED: "cyan",
     AttemptOutcome.SKIPPED: "yellow",
@@ -18,7 +16,7 @@ OUTCOME_STYLE = {
     AttemptOutcome.INTENT: "magenta",
 }
 # An attempt whose answer was never recorded: a run in progress, or one that was killed.
-OUTCOME_LABEL = {AttemptOutcome.ALREADY_BOOKED: "already booked", AttemptOutcome.INTENT: "unfinished"}
+OUTCOME_LABEL: dict[str, str] = {AttemptOutcome.ALREADY_BOOKED: "already booked", AttemptOutcome.INTENT: "unfinished"}
 
 
 def register(app: typer.Typer) -> None:
@@ -29,12 +27,13 @@ def register(app: typer.Typer) -> None:
 
 def history_command(
     ctx: typer.Context,
-    email: Optional[str] = typer.Option(None, "--email", help="Only the attempts for this lead's e-mail."),
+    email: str | None = typer.Option(None, "--email", help="Only the attempts for this lead's e-mail."),
     failed: bool = typer.Option(False, "--failed", help="Only the attempts that failed."),
     limit: int = typer.Option(50, "--limit", help="At most this many attempts (newest first)."),
 ) -> None:
     from rich.markup import escape
 
+    from stsync.errors import error_summary
     from stsync.services.history import push_history
 
     app_ctx = AppContext.from_typer(ctx)
@@ -56,7 +55,7 @@ def history_command(
                 escape(entry.external_id or "—"),
                 f"[{style}]{escape(label)}[/]" if style else escape(label),
                 f"#{entry.booking_id}" if entry.booking_id is not None else "",
-                escape(entry.error_text),
+                escape(error_summary(entry.error)),
             )
         term.print(table)
     if report.last_run is not None and not email:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -32,10 +33,15 @@ def register(app: typer.Typer) -> None:
 FOR_HELP = "leads, referrers or customers."
 
 
+def _edit_command(name: str, summary: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A ``map`` command that rewrites the file: its help says so, its one-line summary does not."""
+    return map_app.command(name, help=summary + REWRITE_NOTE, short_help=summary)
+
+
 @map_app.command("show", help="The mapping as the setup guide's table, with a Setup Required banner for what is missing.")
 def show_command(
     ctx: typer.Context,
-    for_: Optional[str] = typer.Option(None, "--for", help="Only this section: " + FOR_HELP),
+    for_: str | None = typer.Option(None, "--for", help="Only this section: " + FOR_HELP),
 ) -> None:
     from stsync.mapping.overview import mapping_overview
     from stsync.services.mapping_edit import FOR_CHOICES, for_section, load_or_default
@@ -55,7 +61,7 @@ def show_command(
     app_ctx.emit({"ok": True, "config_path": str(app_ctx.config_path), "default": default, **overview})
 
 
-def _render_booking_section(term: "Terminal", name: str, data: dict[str, Any]) -> None:
+def _render_booking_section(term: Terminal, name: str, data: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.panel import Panel
 
@@ -107,7 +113,7 @@ def _label(target: str) -> str:
     return BOOKING_TARGET_LABELS.get(target, target)
 
 
-def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
+def _render_customers(term: Terminal, data: dict[str, Any]) -> None:
     from rich.markup import escape
 
     mode = "Ongoing Sync" if data["mode"] == SyncMode.ONGOING else "One-Time Sync"
@@ -133,20 +139,31 @@ def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
     term.print("")
 
 
-@map_app.command("set", help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. " + REWRITE_NOTE, short_help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. ")
+@_edit_command("set", "Map a target field: --from a source field, --value a fixed text, --select an option, or --template. ")
 def set_command(
     ctx: typer.Context,
-    target: str = typer.Argument(..., help="The field to fill: a ServiceTitan booking field (leads, referrers) or a Referral Factory user field (customers)."),
-    from_: Optional[str] = typer.Option(None, "--from", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."),
-    value: Optional[str] = typer.Option(None, "--value", help="Fixed Value (Manual Input): the same text for every record."),
-    select: Optional[str] = typer.Option(None, "--select", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."),
-    template: Optional[str] = typer.Option(None, "--template", help='Several fields joined: "{first_name} {meta.Last Name}".'),
+    target: str = typer.Argument(
+        ...,
+        help="The field to fill: a ServiceTitan booking field (leads, referrers) or a Referral Factory user field (customers).",
+    ),
+    from_: str | None = typer.Option(
+        None, "--from", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."
+    ),
+    value: str | None = typer.Option(None, "--value", help="Fixed Value (Manual Input): the same text for every record."),
+    select: str | None = typer.Option(
+        None, "--select", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."
+    ),
+    template: str | None = typer.Option(None, "--template", help='Several fields joined: "{first_name} {meta.Last Name}".'),
     for_: str = typer.Option("leads", "--for", help=FOR_HELP),
 ) -> None:
     from stsync.errors import UsageError
     from stsync.services.mapping_edit import set_field
 
-    given = [(kind, text) for kind, text in (("from", from_), ("value", value), ("select", select), ("template", template)) if text is not None]
+    given = [
+        (kind, text)
+        for kind, text in (("from", from_), ("value", value), ("select", select), ("template", template))
+        if text is not None
+    ]
     if len(given) != 1:
         raise UsageError(
             "give exactly one of --from, --value, --select, --template"
@@ -158,7 +175,7 @@ def set_command(
     _report(app_ctx, set_field(app_ctx.config_path, target, kind=kind, value=text, for_=for_))
 
 
-@map_app.command("unset", help="Remove a target's mapping. " + REWRITE_NOTE, short_help="Remove a target's mapping. ")
+@_edit_command("unset", "Remove a target's mapping. ")
 def unset_command(
     ctx: typer.Context,
     target: str = typer.Argument(..., help="The mapped field to clear."),
@@ -170,11 +187,13 @@ def unset_command(
     _report(app_ctx, unset_field(app_ctx.config_path, target, for_=for_))
 
 
-@map_app.command("action", help="What happens when a lead (or referrer) joins: create-booking or nothing. " + REWRITE_NOTE, short_help="What happens when a lead (or referrer) joins: create-booking or nothing. ")
+@_edit_command("action", "What happens when a lead (or referrer) joins: create-booking or nothing. ")
 def action_command(
     ctx: typer.Context,
     section: str = typer.Argument(..., help="leads or referrers."),
-    action: str = typer.Argument(..., help="create-booking (Create New Booking In Service Titan) or nothing (Nothing to action)."),
+    action: str = typer.Argument(
+        ..., help="create-booking (Create New Booking In Service Titan) or nothing (Nothing to action)."
+    ),
 ) -> None:
     from stsync.services.mapping_edit import set_action
 
@@ -182,12 +201,14 @@ def action_command(
     _report(app_ctx, set_action(app_ctx.config_path, section.strip().casefold(), action))
 
 
-@map_app.command("qualify", help="When a referral qualifies: none, job-created, or job-status --status S. " + REWRITE_NOTE, short_help="When a referral qualifies: none, job-created, or job-status --status S. ")
+@_edit_command("qualify", "When a referral qualifies: none, job-created, or job-status --status S. ")
 def qualify_command(
     ctx: typer.Context,
     rule: str = typer.Argument(..., help="none | job-created | job-status."),
-    status: Optional[str] = typer.Option(None, "--status", help="With job-status: Scheduled, Dispatched, InProgress, Hold, Completed or Canceled."),
-    unqualify_on: Optional[List[str]] = typer.Option(
+    status: str | None = typer.Option(
+        None, "--status", help="With job-status: Scheduled, Dispatched, InProgress, Hold, Completed or Canceled."
+    ),
+    unqualify_on: list[str] | None = typer.Option(
         None, "--unqualify-on", help="Take a qualification back on job-canceled or booking-dismissed (repeatable; none clears)."
     ),
 ) -> None:
@@ -197,11 +218,11 @@ def qualify_command(
     _report(app_ctx, set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=unqualify_on))
 
 
-@map_app.command("return-field", help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. " + REWRITE_NOTE, short_help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. ")
+@_edit_command("return-field", "Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. ")
 def return_field_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The ServiceTitan customer custom field's name (a Text field)."),
-    field: Optional[str] = typer.Argument(None, help="referral_link or referral_code."),
+    field: str | None = typer.Argument(None, help="referral_link or referral_code."),
     remove: bool = typer.Option(False, "--remove", help="Stop writing this custom field."),
 ) -> None:
     from stsync.errors import UsageError
@@ -214,11 +235,13 @@ def return_field_command(
         _report(app_ctx, remove_return_field(app_ctx.config_path, name))
         return
     if field is None:
-        raise UsageError("give the value to write: referral_link or referral_code", hint=f'stsync map return-field "{name}" referral_link')
+        raise UsageError(
+            "give the value to write: referral_link or referral_code", hint=f'stsync map return-field "{name}" referral_link'
+        )
     _report(app_ctx, set_return_field(app_ctx.config_path, name, field))
 
 
-@map_app.command("reset", help="Put leads, referrers and customers back to the default mapping (the connection is kept). " + REWRITE_NOTE, short_help="Put leads, referrers and customers back to the default mapping (the connection is kept). ")
+@_edit_command("reset", "Put leads, referrers and customers back to the default mapping (the connection is kept). ")
 def reset_command(
     ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),

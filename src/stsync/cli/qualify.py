@@ -70,7 +70,8 @@ def qualify_command(
     if report.decisions:
         shown = [d for d in report.decisions if d.outcome != "waiting" or term.verbosity > 0]
         if shown:
-            table = term.table("Referral", "Booking", "Job", "Job status", "Outcome", "Why", title="Qualification" + (" (dry run)" if dry_run else ""))
+            title = "Qualification" + (" (dry run)" if dry_run else "")
+            table = term.table("Referral", "Booking", "Job", "Job status", "Outcome", "Why", title=title)
             for decision in shown:
                 why = decision.reason
                 if decision.error:

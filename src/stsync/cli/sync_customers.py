@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -38,7 +38,7 @@ def sync_customers_command(
         "--dry-run",
         help="The Confirm step: count and show what would be created and written; send and record nothing.",
     ),
-    limit: Optional[int] = typer.Option(
+    limit: int | None = typer.Option(
         None, "--limit", min=1, help="Read at most N customers from the feed in this run (the next run carries on)."
     ),
 ) -> None:
@@ -65,7 +65,7 @@ def sync_customers_command(
         )
 
 
-def _render(term: "Terminal", report: "SyncReport", limit: int | None) -> None:
+def _render(term: Terminal, report: SyncReport, limit: int | None) -> None:
     dry = report.dry_run
     how = {RunMode.ONCE: "one-time", RunMode.ONGOING: "ongoing"}[report.mode] + (", full pass" if report.full else "")
     if dry:

@@ -3,20 +3,28 @@
 Human output (messages, tables, progress bars) goes to **stderr**; stdout carries only
 machine data: the ``--json`` object, or a body asked for with ``--dry-run``. ``NO_COLOR``
 is honoured by Rich itself.
+
+Prompts (``ask``, ``confirm``) are written to stderr too — not a character on stdout — and
+read from stdin; a hidden answer is read with echo off. Ctrl-C or the end of input at a
+prompt ends its line and raises ``typer.Abort``, which the app reports in one line (exit 130).
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from stsync.progress import Progress
+
+T = TypeVar("T")
 
 
 class Terminal:
@@ -90,11 +98,74 @@ class Terminal:
 
         if not self.can_ask:
             raise UsageError(refusal)
-        if not typer.confirm(question, err=True):
+        if not self.confirm(question, default=False):
             raise typer.Exit(1)
 
+    # -- prompts ----------------------------------------------------------------------
+    def ask(
+        self,
+        label: str,
+        *,
+        parse: Callable[[str], T],
+        default: str | None = None,
+        choices: Sequence[str] = (),
+        hidden: bool = False,
+        show_default: bool = True,
+    ) -> T:
+        """An answer from the person, asked again until ``parse`` accepts it (a ``ValueError``
+        is shown and the question repeated); Enter alone takes ``default`` (never shown for a
+        hidden answer)."""
+        shown = label
+        if choices:
+            shown += f" ({', '.join(choices)})"
+        if default is not None and show_default and not hidden:
+            shown += f" [{default}]"
+        shown += ": "
+        while True:
+            answer = self._read_answer(shown, hidden=hidden).strip()
+            if not answer:
+                if default is None:
+                    continue
+                answer = default
+            try:
+                return parse(answer)
+            except ValueError as exc:
+                self.err.print(f"[red]  {escape(str(exc) or 'not a valid answer')}[/]")
+
+    def confirm(self, question: str, *, default: bool) -> bool:
+        """A yes or no; Enter alone takes ``default``."""
+
+        def yes_or_no(answer: str) -> bool:
+            word = answer.casefold()
+            if word in ("y", "yes"):
+                return True
+            if word in ("n", "no"):
+                return False
+            raise ValueError("answer y or n")
+
+        return self.ask(
+            f"{question} [{'Y/n' if default else 'y/N'}]", parse=yes_or_no, default="y" if default else "n", show_default=False
+        )
+
+    def _read_answer(self, prompt: str, *, hidden: bool) -> str:
+        import typer
+
+        try:
+            if hidden:
+                return getpass.getpass(prompt, stream=sys.stderr)
+            sys.stderr.write(prompt)
+            sys.stderr.flush()
+            line = sys.stdin.readline()
+            if not line:
+                raise EOFError
+            return line
+        except (KeyboardInterrupt, EOFError):
+            sys.stderr.write("\n")  # end the prompt's line: the one line about it stands alone
+            sys.stderr.flush()
+            raise typer.Abort() from None
+
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator["ProgressHandle"]:
+    def progress(self, description: str, total: int | None = None) -> Iterator[ProgressHandle]:
         """A progress bar on a TTY (stderr); silent otherwise (cron)."""
         if not self.interactive:
             yield ProgressHandle(None, None)

@@ -8,8 +8,15 @@ document that does not fit; unknown keys are errors with a suggestion. Every fai
 ``stsync.storage.config_writer``.
 
 The model:
-- ``Config`` → ``servicetitan``, ``referral_factory``, ``leads`` (``LeadSettings``),
+- ``Config`` → ``connection`` (the connection's name: its state directory and keyring
+  entries; written by ``stsync connect``), ``servicetitan``, ``referral_factory``, ``secrets``
+  (which store ``connect`` put the secrets in — never a secret), ``leads`` (``LeadSettings``),
   ``referrers`` (``ReferrerSettings``), ``customer_sync``, ``limits``, ``webhook``.
+- A secret is never accepted in the file: a key such as ``client_secret``, ``app_key`` or
+  ``api_key`` in any section is refused with "secrets never go in the config — use
+  ``stsync connect``" (its value is never repeated).
+- ``limit_warnings(config)``: limits above what the services document (ServiceTitan 60 calls
+  per second, Referral Factory 600 per minute) are accepted, with a warning to show.
   ``Config.booking_section(kind)`` is the one way from a ``stsync.vocabulary.Kind`` to
   its section; both sections are ``BookingSettings`` and know their ``kind`` and
   ``section_name`` ("leads" | "referrers").
@@ -33,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import tomli_w
@@ -52,8 +59,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from stsync import envvars
+from stsync.credentials import SECRETS
 from stsync.errors import ConfigError
-from stsync.servicetitan.vocabulary import JOB_STATUSES
+from stsync.servicetitan.vocabulary import JobStatus
+from stsync.storage.paths import CONNECTION_NAME_RULE, valid_connection_name
 from stsync.suggestions import did_you_mean
 from stsync.vocabulary import (
     DEFAULT_JOB_STATUS,
@@ -62,6 +71,7 @@ from stsync.vocabulary import (
     Kind,
     QualificationRule,
     ReturnValue,
+    SecretsStore,
     SyncMode,
     UnqualifyEvent,
 )
@@ -168,7 +178,7 @@ class FixedValue(_Spec):
 
     kind: ClassVar[SpecKind] = "value"
     label: ClassVar[str] = "Fixed Value (Manual Input)"
-    value: Annotated[Union[str, bool, int], BeforeValidator(_check_scalar)]
+    value: Annotated[str | bool | int, BeforeValidator(_check_scalar)]
 
     @property
     def payload(self) -> str | bool | int:
@@ -270,7 +280,12 @@ class TemplateValue(_Spec):
         return " ".join("".join(pieces).split()) or None
 
 
-SPEC_CLASSES: dict[str, type[FromField | FixedValue | SelectValue | TemplateValue]] = {"from": FromField, "value": FixedValue, "select": SelectValue, "template": TemplateValue}
+SPEC_CLASSES: dict[str, type[FromField | FixedValue | SelectValue | TemplateValue]] = {
+    "from": FromField,
+    "value": FixedValue,
+    "select": SelectValue,
+    "template": TemplateValue,
+}
 
 
 def _check_spec_shape(raw: Any) -> Any:
@@ -279,7 +294,9 @@ def _check_spec_shape(raw: Any) -> Any:
         return raw
     if not isinstance(raw, dict):
         shown = f'"{raw}"' if isinstance(raw, str) else repr(raw)
-        raise _problem("field_spec_shape", f"must be a table with one of from / value / select / template, e.g. {{ from = {shown} }}")
+        raise _problem(
+            "field_spec_shape", f"must be a table with one of from / value / select / template, e.g. {{ from = {shown} }}"
+        )
     if not raw:
         raise _problem("field_spec_shape", "is empty: give one of from / value / select / template")
     unknown = [key for key in raw if key not in VALUE_KINDS]
@@ -301,12 +318,10 @@ def _spec_kind(raw: Any) -> str | None:
 
 
 FieldSpec = Annotated[
-    Union[
-        Annotated[FromField, Tag("from")],
-        Annotated[FixedValue, Tag("value")],
-        Annotated[SelectValue, Tag("select")],
-        Annotated[TemplateValue, Tag("template")],
-    ],
+    Annotated[FromField, Tag("from")]
+    | Annotated[FixedValue, Tag("value")]
+    | Annotated[SelectValue, Tag("select")]
+    | Annotated[TemplateValue, Tag("template")],
     Discriminator(_spec_kind),
     BeforeValidator(_check_spec_shape),
 ]
@@ -375,6 +390,17 @@ def _flatten_dotted(fields: Any) -> Any:
 FieldTable = Annotated[dict[str, FieldSpec], BeforeValidator(_flatten_dotted)]
 
 
+# Keys a person may be tempted to put a secret under, in any section: the secret table's names,
+# their short forms, and the usual words. Refused before anything else is said about the key.
+SECRET_KEYS = frozenset(
+    {secret.name for secret in SECRETS}
+    | {secret.name.split("_", 1)[1] for secret in SECRETS}
+    | {secret.env_var.name.lower() for secret in SECRETS}
+    | {"secret", "password", "token", "access_token", "api_token", "webhook_token"}
+)
+SECRET_IN_CONFIG = "secrets never go in the config — use `stsync connect`"
+
+
 class _Section(BaseModel):
     """Strict (TOML gives real types), unknown keys rejected with a suggestion."""
 
@@ -386,8 +412,11 @@ class _Section(BaseModel):
         if isinstance(data, dict):
             known = [info.alias or name for name, info in cls.model_fields.items()]
             for key in data:
-                if key not in known and key not in cls.model_fields:
-                    raise _problem("unknown_key", f"unknown key '{key}'{did_you_mean(key, known)}", key=key)
+                if key in known or key in cls.model_fields:
+                    continue
+                if isinstance(key, str) and key.strip().casefold() in SECRET_KEYS:
+                    raise _problem("secret_in_config", SECRET_IN_CONFIG, key=key)
+                raise _problem("unknown_key", f"unknown key '{key}'{did_you_mean(key, known)}", key=key)
         elif not isinstance(data, BaseModel):
             raise _problem("section_type", f"must be a table ([section]), not {_type_name(data)} {data!r}")
         return data
@@ -401,6 +430,7 @@ RuleWord = Annotated[QualificationRule, Strict(False)]
 UnqualifyWord = Annotated[UnqualifyEvent, Strict(False)]
 SyncModeWord = Annotated[SyncMode, Strict(False)]
 ReturnValueWord = Annotated[ReturnValue, Strict(False)]
+SecretsStoreWord = Annotated[SecretsStore, Strict(False)]
 
 
 class ServiceTitanSettings(_Section):
@@ -420,11 +450,11 @@ class ReferralFactorySettings(_Section):
 
 class Qualification(_Section):
     rule: RuleWord = QualificationRule.NONE
-    job_status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    job_status: JobStatus | None = None
     unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _default_status(self) -> "Qualification":
+    def _default_status(self) -> Qualification:
         # "rule = job_status" alone means the seed's example: the job reached Completed.
         if self.rule == QualificationRule.JOB_STATUS and self.job_status is None:
             self.job_status = DEFAULT_JOB_STATUS
@@ -461,11 +491,24 @@ class CustomerSyncSettings(_Section):
     return_fields: dict[str, ReturnValueWord] = Field(default_factory=dict)
 
 
+# What the services document (api/servicetitan.md §9, api/referral-factory.md §2): a limit set
+# above them only earns 429s — and from Referral Factory, after a few, a blocked IP.
+SERVICETITAN_DOCUMENTED_PER_SECOND = 60
+REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE = 600
+
+
 class Limits(_Section):
-    servicetitan_per_second: int = Field(60, ge=1)
-    referral_factory_per_minute: int = Field(600, ge=1)
+    servicetitan_per_second: int = Field(SERVICETITAN_DOCUMENTED_PER_SECOND, ge=1)
+    referral_factory_per_minute: int = Field(REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE, ge=1)
     retry_budget_seconds: int = Field(120, ge=0)
     workers: int = Field(8, ge=1, le=64)
+
+
+class SecretsSettings(_Section):
+    """Where ``stsync connect`` stored the secrets (the store itself, never a secret): every
+    later command, ``disconnect`` and a plain reconnect use the same one."""
+
+    store: SecretsStoreWord = SecretsStore.KEYRING
 
 
 class WebhookSettings(_Section):
@@ -492,12 +535,20 @@ class WebhookSettings(_Section):
             ) from None
 
 
+def _check_connection_name(value: Any) -> Any:
+    if isinstance(value, str) and not valid_connection_name(value):
+        raise _problem("connection_name", f"{value!r} is not a connection name: {CONNECTION_NAME_RULE}")
+    return value
+
+
 class Config(_Section):
+    connection: Annotated[str | None, BeforeValidator(_check_connection_name)] = None
     servicetitan: ServiceTitanSettings = Field(default_factory=ServiceTitanSettings)
     referral_factory: ReferralFactorySettings = Field(default_factory=ReferralFactorySettings)
     leads: LeadSettings = Field(default_factory=LeadSettings)
     referrers: ReferrerSettings = Field(default_factory=ReferrerSettings)
     customer_sync: CustomerSyncSettings = Field(default_factory=CustomerSyncSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     limits: Limits = Field(default_factory=Limits)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
@@ -574,7 +625,7 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
         # A tagged union adds the tag to the location: "fields.name.from.from" → "fields.name.from".
         loc = [part for i, part in enumerate(loc) if not (i > 0 and part == loc[i - 1] and part in VALUE_KINDS)]
         ctx = error.get("ctx") or {}
-        if error["type"] == "unknown_key":
+        if error["type"] in ("unknown_key", "secret_in_config"):
             loc.append(ctx["key"])
         elif error["type"] == "union_tag_invalid":
             continue  # the shape check already said what is wrong
@@ -606,6 +657,8 @@ def parse_config_text(text: str, *, path: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         reason = str(exc)
         where = _LINE_COLUMN.search(reason)
+        line: int | None
+        column: int | None
         if where:
             line, column = int(where.group(1)), int(where.group(2))
         elif "(at end of document)" in reason:
@@ -659,7 +712,11 @@ def default_config(
         {
             "servicetitan": {
                 "environment": environment,
-                **{k: v for k, v in {"tenant_id": tenant_id, "client_id": client_id, "booking_provider": booking_provider}.items() if v is not None},
+                **{
+                    k: v
+                    for k, v in {"tenant_id": tenant_id, "client_id": client_id, "booking_provider": booking_provider}.items()
+                    if v is not None
+                },
             },
             "referral_factory": {"campaign_id": campaign_id} if campaign_id is not None else {},
             "leads": {
@@ -685,6 +742,26 @@ def default_config(
     )
 
 
+def limit_warnings(config: Config) -> list[str]:
+    """Each ``[limits]`` value above what the service documents, as a warning for the user."""
+    limits = config.limits
+    warnings: list[str] = []
+    if limits.servicetitan_per_second > SERVICETITAN_DOCUMENTED_PER_SECOND:
+        warnings.append(
+            f"limits.servicetitan_per_second = {limits.servicetitan_per_second} is above ServiceTitan's documented "
+            f"{SERVICETITAN_DOCUMENTED_PER_SECOND} calls per second per app and tenant: requests past it are refused "
+            "with 429 and retried, which is slower than staying under it "
+            f"(set it to {SERVICETITAN_DOCUMENTED_PER_SECOND} or less)"
+        )
+    if limits.referral_factory_per_minute > REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE:
+        warnings.append(
+            f"limits.referral_factory_per_minute = {limits.referral_factory_per_minute} is above Referral Factory's "
+            f"documented {REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE} calls per minute: repeated 429s get this machine's IP "
+            f"blocked (set it to {REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE} or less)"
+        )
+    return warnings
+
+
 @dataclass(frozen=True)
 class Endpoints:
     st_auth_url: str
@@ -706,33 +783,3 @@ def resolve_endpoints(config: Config) -> Endpoints:
         st_api_url=pick(envvars.ST_API_URL, config.servicetitan.api_url, api_default),
         rf_api_url=pick(envvars.RF_API_URL, config.referral_factory.api_url, REFERRAL_FACTORY_API_URL),
     )
-
-
-__all__ = [
-    "BookingSettings",
-    "Config",
-    "ConfigSchemaError",
-    "ConfigSyntaxError",
-    "CustomerSyncSettings",
-    "Endpoints",
-    "FieldSpec",
-    "FixedValue",
-    "FromField",
-    "LeadSettings",
-    "Limits",
-    "Qualification",
-    "ReferralFactorySettings",
-    "ReferrerSettings",
-    "SelectValue",
-    "ServiceTitanSettings",
-    "TemplateValue",
-    "WebhookSettings",
-    "default_config",
-    "field_spec",
-    "format_key_path",
-    "load_config",
-    "parse_config",
-    "parse_config_text",
-    "resolve_endpoints",
-    "toml_key",
-]

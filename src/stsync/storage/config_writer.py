@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -36,7 +36,16 @@ from stsync.storage.config import (
     parse_config_text,
     toml_key,
 )
-from stsync.vocabulary import DEFAULT_JOB_STATUS, Action, Environment, QualificationRule, ReturnValue, SyncMode, UnqualifyEvent
+from stsync.vocabulary import (
+    DEFAULT_JOB_STATUS,
+    Action,
+    Environment,
+    QualificationRule,
+    ReturnValue,
+    SecretsStore,
+    SyncMode,
+    UnqualifyEvent,
+)
 
 # --------------------------------------------------------------------------------------
 # Rendering (tomli-w formats every key and value; the layout and comments are ours)
@@ -115,6 +124,13 @@ def render_config(config: Config) -> str:
     )
     out: list[str] = [*_HEADER, ""]
 
+    connection_comment = "names this connection's state directory and keyring entries"
+    if config.connection is None:
+        out.append(_with_comment('# connection = "default"', f"{connection_comment}; set by `stsync connect`"))
+    else:
+        out.append(_line("connection", config.connection, f"{connection_comment}; one config file per name"))
+    out.append("")
+
     out.append("[servicetitan]")
     out.append(_line("environment", st.environment, _choices(Environment)))
     identity = (
@@ -127,7 +143,11 @@ def render_config(config: Config) -> str:
             out.append(_with_comment(f"# {key} = {placeholder}", "set by `stsync connect`"))
         else:
             out.append(_line(key, value, comment))
-    out.append(_optional_line("auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', f"endpoint overrides; {envvars.ST_AUTH_URL.name} wins"))
+    out.append(
+        _optional_line(
+            "auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', f"endpoint overrides; {envvars.ST_AUTH_URL.name} wins"
+        )
+    )
     out.append(_optional_line("api_url", st.api_url, f'"{PRODUCTION_ENDPOINTS[1]}"', f"{envvars.ST_API_URL.name} wins"))
     page_size_comment = f"rows per page when listing (at most {MAX_PAGE_SIZE})"
     if st.page_size == ServiceTitanSettings.model_fields["page_size"].default:
@@ -142,6 +162,12 @@ def render_config(config: Config) -> str:
     else:
         out.append(_line("campaign_id", rf.campaign_id, "Edit Campaign → Integration tab → API"))
     out.append(_optional_line("api_url", rf.api_url, f'"{REFERRAL_FACTORY_API_URL}"', f"{envvars.RF_API_URL.name} wins"))
+    out.append("")
+
+    out.append("# Where `stsync connect` stored the secrets (never the secrets themselves).")
+    out.append("[secrets]")
+    store_comment = f"{_choices(SecretsStore)}: the OS keyring, or a 0600 file in the state directory"
+    out.append(_line("store", config.secrets.store, store_comment))
     out.append("")
 
     out.append("[leads]")
@@ -194,7 +220,8 @@ def render_config(config: Config) -> str:
     out.extend(_line(name, value) for name, value in sync.return_fields.items())
     out.append("")
 
-    out.append("# stsync stays under these (SPEC §6.4); retries give up after retry_budget_seconds.")
+    out.append("# stsync stays under these: ServiceTitan documents 60 calls per second, Referral Factory 600 per")
+    out.append("# minute. Retries give up after retry_budget_seconds; workers run batch work in parallel.")
     out.append("[limits]")
     for key in Limits.model_fields:
         out.append(_line(key, getattr(limits, key)))
@@ -203,9 +230,8 @@ def render_config(config: Config) -> str:
     webhook = config.webhook
     out.append("# `stsync serve`: connections held open at most, and worker threads (paced by [limits]).")
     out.append("[webhook]")
-    out.append(
-        _optional_line("trusted_proxy", webhook.trusted_proxy, '"127.0.0.1"', "the reverse proxy; X-Forwarded-* from others is dropped")
-    )
+    proxy_comment = "the reverse proxy; X-Forwarded-* from others is dropped"
+    out.append(_optional_line("trusted_proxy", webhook.trusted_proxy, '"127.0.0.1"', proxy_comment))
     out.append(_line("max_connections", webhook.max_connections))
     out.append(_line("workers", webhook.workers))
     out.append("")
@@ -260,6 +286,3 @@ def save_config(config: Config, path: str | os.PathLike[str]) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-
-
-__all__ = ["render_config", "save_config", "toml_value"]

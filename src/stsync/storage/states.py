@@ -120,19 +120,3 @@ class DeliveryAdmission(StrEnum):
     WAITING = "waiting"  # recorded, no outcome yet: queue it unless it is queued
     RETRY = "retry"  # failed before: marked retrying, queue it
     DONE = "done"  # has an outcome: a duplicate, not processed again
-
-
-__all__ = [
-    "BOOKED_OUTCOMES",
-    "REFERRER_RETRY_STATES",
-    "AttemptOutcome",
-    "DeliveryAdmission",
-    "DeliveryOutcome",
-    "RunJob",
-    "PushState",
-    "QualificationAction",
-    "QualificationState",
-    "QualificationValue",
-    "ReferrerState",
-    "RunOutcome",
-]

@@ -45,7 +45,7 @@ class Delivery:
         return lanes_of(self.lead)
 
     @classmethod
-    def from_record(cls, record: "DeliveryRecord") -> "Delivery":
+    def from_record(cls, record: DeliveryRecord) -> Delivery:
         """The delivery a ledger record keeps (``record.lead`` must be set)."""
         assert record.lead is not None and record.event is not None
         known = {f.name for f in fields(Lead)}
@@ -89,10 +89,8 @@ def report(event: DeliveryEvent, observer: Observer | None) -> None:
     """Log ``event`` and tell the observer; rendering must never break serving."""
     level = logging.WARNING if event.outcome in (DeliveryOutcome.REJECTED, DeliveryOutcome.FAILED) else logging.INFO
     sender = f" (from {event.client})" if event.client else ""
-    log.log(
-        level, "serve %s %s %s %s: %s%s", event.stage, event.status or "-", event.event or "-", event.key or "-",
-        redact(event.message), sender,
-    )
+    shown = (event.stage, event.status or "-", event.event or "-", event.key or "-", redact(event.message), sender)
+    log.log(level, "serve %s %s %s %s: %s%s", *shown)
     if observer is not None:
         try:
             observer(event)
