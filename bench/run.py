@@ -125,7 +125,7 @@ def serve_rows(quick: bool) -> list[Row]:
         ),
         Row(
             f"serve: flood of {flood['deliveries']:,} deliveries, drain ÷ floor",
-            flood["ratio"] if flood["exactly_once"] and flood["answers"] == {"202": flood["deliveries"]} else None,
+            flood["ratio"] if flood["exactly_once"] and flood["answers"] == {202: flood["deliveries"]} else None,
             f"{flood['ratio']:.2f}" + ("" if flood["exactly_once"] else " (NOT exactly once)"),
             note=(
                 f"{flood['drain_s']:.1f} s ÷ {flood['floor_s']:.1f} s (one Referral Factory read per delivery at "
