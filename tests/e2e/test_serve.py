@@ -260,7 +260,7 @@ def test_kill_9_after_202s_then_a_restart_gives_every_delivery_its_outcome_and_o
     first.proc.wait(timeout=10)
     ledger = ledger_of(isolated)
     try:
-        waiting = [record.key for record in ledger.waiting_deliveries()]
+        waiting = [record.key for record in ledger.deliveries_to_process()]
         assert len(waiting) >= 4, "the kill landed before most deliveries were processed"
         assert ledger.last_run("serve").outcome == "interrupted"  # read as such: its process is dead
     finally:
@@ -280,7 +280,7 @@ def test_kill_9_after_202s_then_a_restart_gives_every_delivery_its_outcome_and_o
         assert len(sb.bookings(external_id=user["code"])) == 1, user["code"]
     ledger = ledger_of(isolated)
     try:
-        assert ledger.waiting_deliveries() == []
+        assert ledger.deliveries_to_process() == []
         assert {ledger.get_delivery(key).outcome for key in keys} <= {"created", "already_booked"}
         first_run, second_run = sorted(ledger.recent_runs(job="serve"), key=lambda r: r.id)
         [row] = ledger._query("SELECT outcome FROM runs WHERE id = ?", (first_run.id,))

@@ -346,9 +346,9 @@ def test_what_the_grace_leaves_stays_recorded_and_the_next_start_processes_it(co
     release.set()  # the two that were running finish and record their outcomes
     assert first.pool.wait_idle(10)
     deadline = time.monotonic() + 10
-    while len(conn.ledger.waiting_deliveries()) > 6 and time.monotonic() < deadline:
+    while len(conn.ledger.deliveries_to_process()) > 6 and time.monotonic() < deadline:
         time.sleep(0.05)
-    waiting = [r.key for r in conn.ledger.waiting_deliveries()]
+    waiting = [r.key for r in conn.ledger.deliveries_to_process()]
     assert len(waiting) == 6 and set(waiting) <= set(keys)
 
     second = WebhookServer(conn, token=TOKEN, port=0, push_for=pushes)
@@ -379,15 +379,18 @@ def test_a_serve_run_left_running_by_a_dead_process_is_closed_as_interrupted(con
     assert os.getpid() != dead.pid
 
 
-def test_an_extra_route_is_served_and_may_ask_for_the_token(conn, pushes):
+def test_an_extra_route_answers_get_with_the_token_only_and_never_reads_a_body(conn, pushes):
     srv = WebhookServer(conn, token=TOKEN, port=0, push_for=pushes)
-    srv.add_route("/metrics", lambda request: Response(200 if srv.handler.authorized(request) else 401, {"pending": srv.pending}))
+    srv.add_route("probe", lambda request: Response(200, {"pending": srv.pending}))
     with pytest.raises(ValueError):
-        srv.add_route("/hooks/metrics", lambda request: Response(200, {}))
+        srv.add_route("hooks", lambda request: Response(200, {}))
     with srv:
-        assert httpx.get(url(srv, "/metrics"), timeout=5).status_code == 401
-        answer = httpx.get(url(srv, "/metrics"), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        assert httpx.get(url(srv, "/probe"), timeout=5).status_code == 401
+        answer = httpx.get(url(srv, "/probe"), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
         assert answer.status_code == 200 and answer.json() == {"pending": 0}
+        status, _, _ = raw_exchange(srv, b"POST /probe HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        assert status == 401  # from the head: the declared body is never read
+        assert srv.stats.rejected == 0, "a route's 401 is not a rejected delivery"
 
 
 def test_a_failed_delivery_makes_the_run_partial(conn, pushes):

@@ -432,7 +432,7 @@ def test_deliveries_are_recorded_with_what_they_say_before_they_are_answered(end
     endpoint.pool.stop(0)  # nothing is processed: what the 202 promised is all in the ledger
     answer = endpoint.send(body=lead_payload())
     assert answer.status == 202
-    [record] = conn.ledger.waiting_deliveries()
+    [record] = conn.ledger.deliveries_to_process()
     assert record.key == answer.body["delivery"] and record.event == LEAD_CREATED
     assert record.payload == lead_payload()
     assert (record.lead["email"], record.lead["referral_code"], record.lead["rf_user_id"]) == ("jane@example.com", "ueONFmUp", 456)

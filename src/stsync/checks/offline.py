@@ -238,7 +238,10 @@ def check_qualification_rule(config: Config) -> Verdict:
             "pick another status, or drop job_canceled from unqualify_on",
         )
     unqualify = f"; unqualified on {', '.join(qualification.unqualify_on)}" if qualification.unqualify_on else ""
-    return ok(described + unqualify)
+    hold = ""
+    if qualification.hold_days and rule != QualificationRule.NONE:
+        hold = f"; held {qualification.hold_days} day{'s' if qualification.hold_days != 1 else ''} without a cancellation first"
+    return ok(described + unqualify + hold)
 
 
 def check_customer_mapping(config: Config) -> Verdict:

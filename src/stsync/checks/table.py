@@ -9,7 +9,7 @@ Prerequisites, in the order a person would debug:
                  │                                           └─ Return fields in ServiceTitan
                  └─ Referral Factory API key ─ Referral Factory campaign
     Secret store ─ Secrets
-    Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
+    Ledger ─ Last push run, Last customer sync, Last qualify run, Held referrals, Push failures
     Referral Factory rate limit (the shared 429/IP-block state; no request)
 
 plus the values a live check cannot run without (the identity keys of the config, the
@@ -118,7 +118,14 @@ LAST_SYNC = CheckSpec(
 LAST_QUALIFY = CheckSpec(
     "Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,)
 )
+HELD_REFERRALS = CheckSpec("Held referrals", ACTIVITY, lambda ctx: activity.check_holds(ctx.ledger), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
+CREATES_IN_DOUBT = CheckSpec(
+    "Creates in doubt", ACTIVITY, lambda ctx: activity.check_creates_in_doubt(ctx.ledger), needs=(LEDGER,)
+)
+CUSTOM_FIELD_REFUSALS = CheckSpec(
+    "Customers' own custom fields", ACTIVITY, lambda ctx: activity.check_custom_field_refusals(ctx.ledger), needs=(LEDGER,)
+)
 RF_RATE_LIMIT = CheckSpec(
     "Referral Factory rate limit", ACTIVITY, lambda ctx: activity.check_referral_factory_throttle(ctx.paths)
 )
@@ -218,7 +225,10 @@ DIAGNOSE_OFFLINE = (
     LAST_PUSH,
     LAST_SYNC,
     LAST_QUALIFY,
+    HELD_REFERRALS,
     PUSH_FAILURES,
+    CREATES_IN_DOUBT,
+    CUSTOM_FIELD_REFUSALS,
     RF_RATE_LIMIT,
 )
 # connect proves what it stores, in validate's order: the token, the app key and tenant (so

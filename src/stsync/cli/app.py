@@ -24,6 +24,7 @@ import typer
 from stsync import __version__, envvars
 from stsync.cli.context import AppContext
 from stsync.errors import StsyncError, UsageError
+from stsync.vocabulary import LogFormat
 
 # Order is the order of `stsync --help`.
 COMMAND_MODULES = (
@@ -37,6 +38,9 @@ COMMAND_MODULES = (
     "diagnose",
     "history",
     "serve",
+    "run",
+    "status",
+    "notify",
     "sandbox",
 )
 
@@ -66,9 +70,18 @@ def _global(
     json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout; human output stays on stderr."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail (-vv for HTTP traffic)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors, warnings and the closing summary."),
+    log_format: LogFormat | None = typer.Option(
+        None,
+        "--log-format",
+        case_sensitive=False,
+        help="How the log file is written: text, or json (one object per line; also on stderr under run and serve). "
+        f"\\[env var: {envvars.LOG_FORMAT.name}; config: logging.format]",
+    ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
-    _apply_global_options(AppContext.from_typer(ctx), ctx.params)
+    app_ctx = AppContext.from_typer(ctx)
+    _apply_global_options(app_ctx, ctx.params)
+    app_ctx.command_name = ctx.invoked_subcommand
 
 
 def _apply_global_options(app_ctx: AppContext, params: dict[str, Any]) -> None:
@@ -78,6 +91,7 @@ def _apply_global_options(app_ctx: AppContext, params: dict[str, Any]) -> None:
         json_mode=bool(params.get("json_")),
         verbosity=int(params.get("verbose") or 0),
         quiet=bool(params.get("quiet")),
+        log_format=str(params["log_format"].value) if params.get("log_format") else None,
     )
 
 
@@ -97,37 +111,45 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """One invocation of stsync (the console script, the tests, each step of ``stsync demo``):
-    its exit code; nothing is raised."""
+    its exit code; nothing is raised. A run command's outcome is recorded and reported
+    (``AppContext.finish_job``) before the context closes."""
     from typer.main import get_command
 
     command = get_command(app)
     args = hoist_global_options(sys.argv[1:] if argv is None else list(argv), command)
     with AppContext() as app_ctx:
-        try:
-            # Not standalone: failures come back here, to be rendered in one style.
-            result = command.main(args=args, prog_name="stsync", standalone_mode=False, obj=app_ctx)
-            return result if isinstance(result, int) else 0
-        except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except typer.Abort:
-            # Ctrl-C (or end of input) at a prompt: like Ctrl-C anywhere, one line and 130.
-            # Prompts come before any change, so nothing was done.
-            app_ctx.terminal.error("interrupted at a prompt; nothing was changed")
-            return 130
-        except KeyboardInterrupt:
-            app_ctx.terminal.error("interrupted; everything done so far is recorded, run the command again to resume")
-            return 130
-        except typer.TyperException as exc:  # Click's usage errors (typer vendors click)
-            return _report_usage_error(app_ctx, exc, args, command)
-        except StsyncError as exc:
-            return _report(app_ctx, exc)
-        except Exception as exc:  # a bug: short message here, the trace in the log file
-            log_file = app_ctx.log_bug(exc)
-            where = f" (details in {log_file})" if log_file else ""
-            app_ctx.terminal.error(
-                f"unexpected error: {type(exc).__name__}{where}", "this is a bug in stsync; please report it with the log file"
-            )
-            return 1
+        code, error = _invoke(app_ctx, command, args)
+        app_ctx.finish_job(code, error)
+        return code
+
+
+def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> tuple[int, BaseException | None]:
+    """The command's exit code, and the failure behind it (None for a clean exit)."""
+    try:
+        # Not standalone: failures come back here, to be rendered in one style.
+        result = command.main(args=args, prog_name="stsync", standalone_mode=False, obj=app_ctx)
+        return (result if isinstance(result, int) else 0), None
+    except SystemExit as exc:
+        return (exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)), None
+    except typer.Abort:
+        # Ctrl-C (or end of input) at a prompt: like Ctrl-C anywhere, one line and 130.
+        # Prompts come before any change, so nothing was done.
+        app_ctx.terminal.error("interrupted at a prompt; nothing was changed")
+        return 130, None
+    except KeyboardInterrupt:
+        app_ctx.terminal.error("interrupted; everything done so far is recorded, run the command again to resume")
+        return 130, None
+    except typer.TyperException as exc:  # Click's usage errors (typer vendors click)
+        return _report_usage_error(app_ctx, exc, args, command), None
+    except StsyncError as exc:
+        return _report(app_ctx, exc), exc
+    except Exception as exc:  # a bug: short message here, the trace in the log file
+        log_file = app_ctx.log_bug(exc)
+        where = f" (details in {log_file})" if log_file else ""
+        app_ctx.terminal.error(
+            f"unexpected error: {type(exc).__name__}{where}", "this is a bug in stsync; please report it with the log file"
+        )
+        return 1, exc
 
 
 def _report(app_ctx: AppContext, exc: StsyncError) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -23,7 +24,7 @@ from stsync.vocabulary import Environment, SecretsStore
 if TYPE_CHECKING:
     from stsync.checks.result import Check
     from stsync.cli.terminal import Terminal
-    from stsync.services.connect import ConnectPlan
+    from stsync.services.connect import ConnectPlan, Verification
 
 # A value rejected this many times in a row ends the command with its error.
 MAX_ATTEMPTS_PER_VALUE = 3
@@ -150,7 +151,12 @@ def connect_command(
 
     verification = None
     if not no_verify:
-        verification = _verify(term, plan, interactive=interactive, verify=verify_connection)
+        consent = app_ctx.consent()
+
+        def verify(plan: ConnectPlan, *, on_check: Callable[[Check], None]) -> Verification:
+            return verify_connection(plan, on_check=on_check, consent=consent)
+
+        verification = _verify(term, plan, interactive=interactive, verify=verify)
     result = save_connection(plan, verification)
 
     if verification is None:

@@ -103,6 +103,8 @@ def _render_booking_section(term: Terminal, name: str, data: dict[str, Any]) -> 
     if qualification is not None:
         unqualify = qualification["unqualify_on"]
         extra = f"; taken back on {', '.join(unqualify)}" if unqualify else ""
+        if qualification.get("hold_days"):
+            extra += f"; {qualification['hold_label']}"
         term.print(f"Qualification rule: [bold]{escape(qualification['label'])}[/]{escape(extra)}")
     term.print("")
 
@@ -211,11 +213,19 @@ def qualify_command(
     unqualify_on: list[str] | None = typer.Option(
         None, "--unqualify-on", help="Take a qualification back on job-canceled or booking-dismissed (repeatable; none clears)."
     ),
+    hold_days: int | None = typer.Option(
+        None,
+        "--hold-days",
+        help="Qualify only after the job kept meeting the rule, not canceled, for this many days (0–365; 0: at once).",
+    ),
 ) -> None:
     from stsync.services.mapping_edit import set_qualification
 
     app_ctx = AppContext.from_typer(ctx)
-    _report(app_ctx, set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=unqualify_on))
+    _report(
+        app_ctx,
+        set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=unqualify_on, hold_days=hold_days),
+    )
 
 
 @_edit_command("return-field", "Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. ")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from stsync.cli.context import AppContext
-from stsync.storage.states import AttemptOutcome
+from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, RunJob
 from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
@@ -103,6 +103,9 @@ def push_lead_command(
     from stsync.services import lead_sources
     from stsync.services import push as service
 
+    if not dry_run:
+        # A run like cron's: its exit code recorded, the alerts told; --new is the scheduled one.
+        app_ctx.begin_job(RunJob.PUSH, "push-lead " + given[0].split("/")[0] + (" --referrer" if referrer else ""), scheduled=new)
     conn = app_ctx.connection()
     # Checked once for the whole command: "Nothing to action", then "Setup Required".
     target = service.push_target(conn, kind)
@@ -132,7 +135,7 @@ def push_lead_command(
         term.summary(f"No new {who}s to push: every {who} of campaign {conn.campaign_id} has a booking")
     else:
         _render(term, report, dry_run=dry_run, batch=batch, json_mode=app_ctx.json_mode)
-    app_ctx.emit({"ok": not report.failed, **report.to_dict()})
+    app_ctx.emit({"ok": not (report.failed or report.unknown), **report.to_dict()})
     _raise_for_failures(report, batch=batch)
 
 
@@ -192,35 +195,58 @@ def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, j
             + (f"; {len(report.failed)} lead(s) cannot be sent" if report.failed else "")
         )
         return
+    # One print per run of ordinary lines: rich renders a thousand lines joined in a third of
+    # the time it takes line by line, and this runs after the pushes, on the user's clock.
+    pending: list[str] = []
     for result in report.results:
         if result.failed and not batch:
             continue  # raised as the command's error, with its hint
-        _render_line(term, result, escape)
+        line, loud = _line_for(result, escape)
+        if not loud:
+            pending.append(line)
+            continue
+        if pending:
+            term.print("\n".join(pending))
+            pending = []
+        term.summary(line)  # failures stay visible with -q: cron mail must show them
+    if pending:
+        term.print("\n".join(pending))
     counts = report.counts
     if batch or counts["total"] != 1:
         term.summary(
             f"{counts['total']} lead(s): {counts['created']} created, {counts['already_booked']} already booked, "
             f"{counts['skipped']} skipped, {counts['failed']} failed"
+            + (f", {counts['unknown']} unknown — will be checked again" if counts["unknown"] else "")
         )
 
 
-def _render_line(term: Terminal, result: PushResult, escape) -> None:
+def _line_for(result: PushResult, escape) -> tuple[str, bool]:
+    """One result as a line, and whether it is loud (a failure: shown even with -q)."""
     who = escape(result.lead.describe())
     if result.outcome == AttemptOutcome.CREATED:
-        term.print(f"[green]✓[/] {who}: created booking #{result.booking_id}")
-    elif result.outcome == AttemptOutcome.ALREADY_BOOKED:
-        term.print(f"[cyan]•[/] {who}: already booked #{result.booking_id}")
-    elif result.outcome == AttemptOutcome.SKIPPED:
-        term.print(f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})")
-    else:
-        # Failures stay visible with -q: cron mail must show them.
-        term.summary(f"[red]✗[/] {who}: failed: {escape(result.message or 'failed')}")
+        return f"[green]✓[/] {who}: created booking #{result.booking_id}", False
+    if result.outcome == AttemptOutcome.ALREADY_BOOKED:
+        return f"[cyan]•[/] {who}: already booked #{result.booking_id}", False
+    if result.outcome == AttemptOutcome.SKIPPED:
+        return f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})", False
+    if result.outcome == AttemptOutcome.UNKNOWN:
+        # Loud, like a failure: the next run settles it, and cron mail should say so.
+        return f"[magenta]?[/] {who}: {escape(result.message or 'unknown')}", True
+    return f"[red]✗[/] {who}: failed: {escape(result.message or 'failed')}", True
 
 
 def _raise_for_failures(report: PushReport, *, batch: bool) -> None:
-    from stsync.errors import InvalidRecord, PartialFailure
+    from stsync.errors import InvalidRecord, PartialFailure, TemporaryError
 
     failed = report.failed
+    if not failed and report.unknown:
+        unknown = len(report.unknown)
+        raise TemporaryError(
+            f"{unknown} booking(s) {UNKNOWN_LABEL}: ServiceTitan lost the answer to the create and does not list "
+            "the booking by its externalId yet",
+            hint="run it again later (cron does): the next run looks each one up first and creates it only if it is "
+            "still absent a grace period after the answer was lost (`stsync history --failed`)",
+        )
     if not failed:
         return
     if not batch and len(report.results) == 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from stsync.progress import Progress
 
@@ -34,36 +36,52 @@ class Terminal:
         self.json_mode = json_mode
         # Created per invocation so tests capturing sys.stderr see the output.
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=False)
+        # run/serve with the json log format: stderr carries JSON lines only, so each message
+        # becomes a log record (the log's stderr stream writes it).
+        self.structured = False
+
+    def _record(self, level: int, message: Any) -> bool:
+        """In structured mode, ``message`` as a log record (True); tables have no line form."""
+        if not self.structured:
+            return False
+        if isinstance(message, str):
+            logging.getLogger("stsync.cli").log(level, Text.from_markup(message).plain)
+        return True
 
     # -- messages ---------------------------------------------------------------------
     def error(self, message: str, hint: str | None = None) -> None:
+        if self._record(logging.ERROR, escape(message + (f" → {hint}" if hint else ""))):
+            return
         self.err.print(f"[bold red]Error:[/] {escape(message)}")
         if hint:
             self.err.print(f"[dim]→ {escape(hint)}[/]")
 
     def warning(self, message: str) -> None:
+        if self._record(logging.WARNING, escape(message)):
+            return
         self.err.print(f"[yellow]Warning:[/] {escape(message)}")
 
     def info(self, message: str) -> None:
-        if not self.quiet:
+        if not self.quiet and not self._record(logging.INFO, escape(message)):
             self.err.print(escape(message))
 
     def success(self, message: str) -> None:
-        if not self.quiet:
+        if not self.quiet and not self._record(logging.INFO, escape(message)):
             self.err.print(f"[green]✓[/] {escape(message)}")
 
     def debug(self, message: str) -> None:
-        if self.verbosity > 0:
+        if self.verbosity > 0 and not self._record(logging.DEBUG, escape(message)):
             self.err.print(f"[dim]{escape(message)}[/]")
 
     def print(self, renderable: Any) -> None:
         """A table, panel or markup string for humans (suppressed by ``-q``)."""
-        if not self.quiet:
+        if not self.quiet and not self._record(logging.INFO, renderable):
             self.err.print(renderable)
 
     def summary(self, renderable: Any) -> None:
         """A closing summary: shown even with ``-q`` (cron keeps the summary)."""
-        self.err.print(renderable)
+        if not self._record(logging.INFO, renderable):
+            self.err.print(renderable)
 
     # -- data -------------------------------------------------------------------------
     def data(self, obj: Any) -> None:

@@ -30,7 +30,7 @@ def validate_command(
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    report = validate(app_ctx.config_path, app_ctx.paths, online=online)
+    report = validate(app_ctx.config_path, app_ctx.paths, online=online, consent=app_ctx.consent())
 
     title = "Validation (offline and online)" if online else "Validation (offline; --online checks the live connection)"
     table = term.table("Check", "Result", "Details", title=title)

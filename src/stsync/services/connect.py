@@ -40,7 +40,7 @@ from typing import Any, Literal, TypeVar
 
 from stsync import credentials, envvars
 from stsync.checks import table
-from stsync.checks.context import CheckContext, LiveAccess
+from stsync.checks.context import CheckContext, Consent, LiveAccess
 from stsync.checks.live import BOOKING_PROVIDER_INCORRECT
 from stsync.checks.result import Check
 from stsync.checks.runner import CheckRun
@@ -429,9 +429,11 @@ def verify_connection(
     *,
     on_check: Callable[[Check], None] | None = None,
     transport: Any = None,
+    consent: Consent | None = None,
 ) -> Verification:
     """The connect plan of the check engine with the plan's values, before anything is stored.
-    Stops at the first failure; never raises for what it checks."""
+    Stops at the first failure; never raises for what it checks. ``consent``: whom to ask
+    before the client secret goes to a token server the configuration does not name."""
     values = plan.values.complete()
     paths = plan.paths
     config = config_for(plan, values)
@@ -454,7 +456,11 @@ def verify_connection(
         return client
 
     live = LiveAccess(
-        endpoints, servicetitan=servicetitan, referral_factory=referral_factory, client_secret=lambda: values.st_client_secret
+        endpoints,
+        servicetitan=servicetitan,
+        referral_factory=referral_factory,
+        client_secret=lambda: values.st_client_secret,
+        consent=consent,
     )
     # The secrets are the plan's values, not the store's: the live checks need not look them up.
     context = CheckContext(
@@ -588,11 +594,12 @@ def connect(
     verify: bool = True,
     on_check: Callable[[Check], None] | None = None,
     transport: Any = None,
+    consent: Consent | None = None,
 ) -> ConnectResult:
     """Verify (unless told not to), then save: the whole of ``connect`` for a caller that asks
     nothing. The first failure is raised, nothing stored."""
     plan.values.complete()
-    verification = verify_connection(plan, on_check=on_check, transport=transport) if verify else None
+    verification = verify_connection(plan, on_check=on_check, transport=transport, consent=consent) if verify else None
     if verification is not None and verification.failure is not None:
         raise verification.failure
     return save_connection(plan, verification)

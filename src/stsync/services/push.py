@@ -3,13 +3,33 @@
 One lead's story, under a lock on its externalId (``KeyLock``: no other thread or process
 can create the same booking meanwhile):
 
-1. **the ledger** — already booked? Then nothing is sent: ``already_booked``.
-2. **ServiceTitan** — ``GET …/bookings?externalId=``: the booking may exist because a run
-   crashed between its POST and its record (an unfinished intent, closed here), or because
-   Referral Factory's own integration made it. Found → ``already_booked``.
-3. **intent** recorded, **POST**, **result** recorded. When the answer to the POST is lost
-   (timeout, reset, 5xx: ``AnswerLost``), the booking is looked up by externalId before the
-   POST is ever repeated.
+1. **the ledger** — already booked, and no create of it in doubt? Then nothing is sent:
+   ``already_booked``.
+2. **ServiceTitan** — does the provider have a booking with this externalId? It may, because a
+   run crashed between its POST and its record, because an answer was lost, or because
+   Referral Factory's own integration made it. Found → ``already_booked`` (or ``created``,
+   when it is this run's own POST whose answer was lost), and every create in doubt is
+   settled by it. A batch of ``push-lead --new`` asks its ``tracking.index.BookingIndex``
+   (the provider's bookings, read once per run and then only what changed, refreshed when
+   older than a second: no request per lead); a single lead, a file, ``serve`` — and, in a
+   batch, a lead with a create in doubt — ask ServiceTitan one by one (``GET
+   …/bookings?externalId=``).
+3. **in doubt, not found** — a create that may have been applied (an intent a killed run
+   left, an attempt ``unknown``) and a lookup that does not find it: nothing is created
+   unless the lookup is *trusted* — made at least ``[limits] lookup_grace_seconds`` after
+   the doubt began, by another run than the one that lost the answer. Otherwise the lead
+   stays ``unknown`` ("unknown — will be checked again"). See ``stsync.lookup_grace``.
+4. **intent** recorded, **POST**, **result** recorded. When the answer to the POST is lost
+   (timeout, reset, 5xx: ``AnswerLost``), the booking is looked up at once (the index, read
+   again, then by externalId); not found, it is ``unknown``: never POSTed again by this run.
+   A batch (``push_leads``) looks its unknown leads up again once its other leads are done,
+   with backoff, until the grace period ends (``Rechecks``): found → ``created``; still
+   absent → left to the next run.
+
+Why the index cannot duplicate a booking stsync made elsewhere (another run, ``serve``, a
+crashed run): every creator holds the externalId's lock from its look-up to its ledger record,
+so under the lock the ledger already says "booked", or holds the create in doubt that sends
+this lead to the one-by-one look-up. For creators outside stsync see ``tracking.index``.
 
 Every attempt lands in the ledger with the lead's e-mail, the externalId and the booking id
 or ServiceTitan's exact error, so ``history`` and ``diagnose --email`` can tell it.
@@ -20,20 +40,20 @@ section, "Nothing to action" (nothing is sent, and the command says why), or the
 
 Which failures are the lead's and which the run's is ``errors.stops_run``. The lead's own
 (a lead the mapping cannot send, a 400 from ServiceTitan) become a ``failed`` result and a
-batch goes on. Run-level failures — credentials, a wrong booking provider (``AuthError``),
-the mapping (``ConfigError``), a remote down past the retry budget (``TemporaryError``),
-and a booking whose answer is lost ``MAX_CREATE_ATTEMPTS`` times in a row — stop the run:
-every lead after them would fail the same way. A batch runs on a ``WorkPool``
-(``[limits] workers`` threads sharing the clients' rate limiters): the first run-level
-failure in input order is raised, the leads done before it stay recorded.
+batch goes on; a lost answer is an ``unknown`` result. Run-level failures — credentials, a
+wrong booking provider (``AuthError``), the mapping (``ConfigError``), a remote down past the
+retry budget (``TemporaryError``) — stop the run: every lead after them would fail the same
+way. A batch runs on a ``WorkPool`` (``[limits] workers`` threads sharing the clients' rate
+limiters): the first run-level failure in input order is raised, the leads done before it
+stay recorded.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Iterable, Sequence, Sized
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import (
@@ -48,13 +68,17 @@ from stsync.errors import (
     stops_run,
 )
 from stsync.leads import Lead
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
+from stsync.lookup_grace import GracePeriod, Rechecks, parse_stamp, stamp
 from stsync.mapping.booking import booking_request_for, external_id_for
 from stsync.mapping.validation import missing_required
 from stsync.progress import NO_PROGRESS, Progress
-from stsync.services.lead_sources import new_leads
+from stsync.services.lead_sources import iter_new_leads, new_leads
+from stsync.storage.ledger import utc_now
 from stsync.storage.locks import KeyLock
-from stsync.storage.states import AttemptOutcome, PushState, RunJob
+from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, PushState, RunJob
+from stsync.tracking.index import BookingIndex
+from stsync.tracking.reads import booking_row
 from stsync.vocabulary import Action, Kind
 from stsync.workpool import WorkPool, finished
 
@@ -62,6 +86,7 @@ if TYPE_CHECKING:
     from stsync.connection import Connection
     from stsync.servicetitan.models import Booking
     from stsync.storage.config import BookingSettings
+    from stsync.storage.ledger import AttemptRecord
 
 log = get_logger(__name__)
 
@@ -72,14 +97,10 @@ OUTCOMES: tuple[AttemptOutcome, ...] = (
     AttemptOutcome.ALREADY_BOOKED,
     AttemptOutcome.SKIPPED,
     AttemptOutcome.FAILED,
+    AttemptOutcome.UNKNOWN,
 )
 
 ACTION_LABEL = {Kind.LEAD: "When lead joins campaign", Kind.REFERRER: "Referrers"}
-
-# A lost answer is looked up, then the POST repeated; a booking whose answer is lost this
-# many times in a row is left for the next run (the lookup then finds it, or it is created).
-MAX_CREATE_ATTEMPTS = 5
-
 
 @dataclass(frozen=True)
 class PushResult:
@@ -97,10 +118,16 @@ class PushResult:
     dry_run: bool = False
     # The failure itself, so a command pushing a single lead can raise it with its hint.
     exception: StsyncError | None = field(default=None, compare=False, repr=False)
+    # outcome unknown: since when the create is in doubt (its looks again count from then).
+    in_doubt_since: datetime | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:
         return self.outcome == AttemptOutcome.FAILED
+
+    @property
+    def unknown(self) -> bool:
+        return self.outcome == AttemptOutcome.UNKNOWN
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -146,6 +173,11 @@ class PushReport:
     @property
     def failed(self) -> list[PushResult]:
         return [r for r in self.results if r.failed]
+
+    @property
+    def unknown(self) -> list[PushResult]:
+        """Leads whose booking is in doubt after the grace period: the next run decides."""
+        return [r for r in self.results if r.unknown]
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -208,8 +240,12 @@ def push_lead(
     *,
     run_id: int | None = None,
     dry_run: bool = False,
+    index: BookingIndex | None = None,
 ) -> PushResult:
     """Send one lead to ServiceTitan as a booking, at most once per externalId.
+
+    ``index``: the batch's view of the provider's bookings (``push_new``); without it the
+    booking is looked up by externalId.
 
     Returns the result for record-level outcomes (created, already booked, skipped, failed);
     raises for run-level failures (``AuthError``, ``ConfigError``, ``TemporaryError``) after
@@ -238,12 +274,18 @@ def push_lead(
 
     conn.paths.ensure_state()
     # One externalId at a time across threads and processes: check → create → record.
-    with KeyLock(conn.paths, f"booking:{external_id}"):
-        return _push_locked(conn, lead, kind, external_id, body, run_id)
+    with log_context(external_id=external_id), KeyLock(conn.paths, f"booking:{external_id}"):
+        return _push_locked(conn, lead, kind, external_id, body, run_id, index)
 
 
 def _push_locked(
-    conn: Connection, lead: Lead, kind: str, external_id: str, body: dict, run_id: int | None
+    conn: Connection,
+    lead: Lead,
+    kind: str,
+    external_id: str,
+    body: dict,
+    run_id: int | None,
+    index: BookingIndex | None,
 ) -> PushResult:
     ledger = conn.ledger
     name = body.get("name") if isinstance(body.get("name"), str) else lead.first_name
@@ -253,17 +295,19 @@ def _push_locked(
             external_id, kind=kind, email=lead.email, name=name, rf_user_id=lead.rf_user_id,
             referral_code=lead.referral_code, run_id=run_id,
         )
-    # Intents left open by a crash between POST and record. We hold the key lock, so no live
-    # run is in the middle of this externalId: each of them is settled by the lookup below.
-    stale_intents = ledger.unfinished_intents(external_id=external_id)
+
+    # Creates that may have been applied: intents left open by a crash between POST and
+    # record, and answers lost with the booking not found yet (``unknown``). We hold the key
+    # lock, so no live run is in the middle of this externalId: the lookup below settles them.
+    doubts = ledger.attempts_in_doubt(external_id)
 
     known = ledger.get_push(external_id)
-    if known is not None and known.state == PushState.BOOKED and not stale_intents:
+    if known is not None and known.state == PushState.BOOKED and not doubts:
         return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
 
     bp = conn.booking_provider
     try:
-        existing = find_booking(conn, external_id)
+        existing = _existing_booking(conn, external_id, index, one_by_one=bool(doubts))
     except StsyncError as exc:
         attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
@@ -271,51 +315,90 @@ def _push_locked(
             raise
         return _failed(lead, kind, external_id, exc, exc.to_dict())
 
-    for stale in stale_intents:
-        if existing is not None:
-            # That crashed run's POST went through: the booking is its creation.
-            ledger.record_push_result(stale.id, outcome=AttemptOutcome.CREATED, booking_id=existing.id)
-        else:
-            ledger.record_push_result(
-                stale.id, outcome=AttemptOutcome.LOST,
-                error={"message": "the run stopped before ServiceTitan's answer was recorded; no booking was found"},
-            )
-
     if existing is not None:
-        attempt = record_intent()
-        ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.id)
-        _note_status(conn, external_id, existing)
+        mine = _doubted_in_this_run(doubts, run_id)
+        with ledger.transaction():  # nothing is sent: the settlement is recorded in one commit
+            for doubt in doubts:
+                # That POST went through, though its answer never came or was never recorded.
+                ledger.record_push_result(doubt.id, outcome=AttemptOutcome.CREATED, booking_id=existing.booking_id)
+            if not mine:
+                attempt = record_intent()
+                ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.booking_id)
+            if existing.status:
+                ledger.update_tracking(external_id, booking_status=existing.status)
+        if mine:
+            return PushResult(
+                lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id,
+                booking_id=existing.booking_id, status=existing.status,
+                message="created (found by its externalId after the answer was lost)",
+            )
         return PushResult(
             lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
-            booking_id=existing.id, status=existing.status,
+            booking_id=existing.booking_id, status=existing.status,
             message="already booked in ServiceTitan (found by externalId)",
         )
 
+    if doubts:
+        grace = grace_period(conn)
+        since = max(_doubt_since(doubt) for doubt in doubts)
+        if not grace.trusts(since) or _doubted_in_this_run(doubts, run_id):
+            # Not found yet, and not absent for long enough to believe it (or this run lost
+            # the answer: never twice in one breath). The ledger keeps it unknown.
+            error = doubts[-1].error
+            for doubt in doubts:
+                if doubt.outcome == AttemptOutcome.INTENT:
+                    error = _unknown_error(
+                        "the run stopped before ServiceTitan's answer was recorded, and the booking is not listed by "
+                        "its externalId yet", _doubt_since(doubt), grace,
+                    )
+                    ledger.record_push_result(doubt.id, outcome=AttemptOutcome.UNKNOWN, error=error)
+            return _unknown(lead, kind, external_id, since, error)
+        for doubt in doubts:
+            # A lookup made the grace period after the doubt began: that create was not applied.
+            ledger.record_push_result(doubt.id, outcome=AttemptOutcome.LOST, error={
+                "type": "CreateNotApplied",
+                "message": f"no booking was made: a lookup by externalId {_age(grace, _doubt_since(doubt))} after the "
+                "create did not find it",
+                "hint": "this run creates it",
+                "in_doubt_since": stamp(_doubt_since(doubt)),
+            })
+
     attempt = record_intent()
     try:
-        booking = _create_once(conn, bp, external_id, body)
-    except AnswerLost as exc:
-        # Lost every time and never found: ServiceTitan is not usable now, for any lead.
-        ledger.record_push_result(attempt, outcome=AttemptOutcome.LOST, error=exc.to_dict())
-        raise TemporaryError(
-            f"ServiceTitan's answer to the booking for {lead.describe()} was lost {MAX_CREATE_ATTEMPTS} times "
-            "and the booking was not found by its externalId",
-            hint="retry later: the next run looks the booking up before sending it again",
-        ) from exc
+        booking = _with_booking_provider_check(conn, lambda: conn.servicetitan.create_booking(bp, body))
+    except AnswerLost as lost:
+        log.warning("booking %s: %s; looking it up by externalId", external_id, lost)
+        lost_at = grace_period(conn).now()
+        try:
+            booking = _look_up_created(conn, external_id, index)
+        except StsyncError as exc:
+            ledger.record_push_result(attempt, outcome=AttemptOutcome.UNKNOWN, error=_unknown_error(
+                f"{lost.message}; looking the booking up failed too ({exc.message})", lost_at, grace_period(conn),
+            ))
+            if stops_run(exc):
+                raise
+            return _unknown(lead, kind, external_id, lost_at, None)
+        if booking is None:
+            error = _unknown_error(lost.message, lost_at, grace_period(conn))
+            ledger.record_push_result(attempt, outcome=AttemptOutcome.UNKNOWN, error=error)
+            return _unknown(lead, kind, external_id, lost_at, error)
+        # Our POST was committed even though its answer never came: that is our creation.
     except StsyncError as exc:
-        # After a TemporaryError whether the POST went through is unknown (e.g. the look-up
-        # after a lost answer failed too): "lost" leaves the push's state as it is for the
-        # next run to settle.
-        ledger.record_push_result(
-            attempt,
-            outcome=AttemptOutcome.LOST if isinstance(exc, TemporaryError) else AttemptOutcome.FAILED,
-            error=exc.to_dict(),
-        )
+        # After a TemporaryError whether the POST went through is unknown: "unknown" keeps it
+        # in doubt for the next run to settle by a lookup.
+        if isinstance(exc, TemporaryError):
+            ledger.record_push_result(attempt, outcome=AttemptOutcome.UNKNOWN, error=_unknown_error(
+                exc.message, grace_period(conn).now(), grace_period(conn),
+            ))
+        else:
+            ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
         if stops_run(exc):
             raise
         return _failed(lead, kind, external_id, exc, exc.to_dict())
-    ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
-    _note_status(conn, external_id, booking)
+    with ledger.transaction():  # one commit: the result, the status, the mirror row
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
+        _note_status(conn, external_id, booking)
+        _remember(conn, booking)
     return PushResult(
         lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id, booking_id=booking.id,
         status=booking.status,
@@ -323,15 +406,57 @@ def _push_locked(
     )
 
 
+def grace_period(conn: Connection) -> GracePeriod:
+    """``[limits] lookup_grace_seconds`` as a ``GracePeriod`` (``stsync.lookup_grace``)."""
+    return GracePeriod(conn.config.limits.lookup_grace_seconds)
+
+
+def _doubt_since(doubt: AttemptRecord) -> datetime:
+    """When a create in doubt began to be: the recorded loss, else (a killed run's intent)
+    the intent's time — its POST was sent just after."""
+    recorded = parse_stamp((doubt.error or {}).get("in_doubt_since")) if doubt.error else None
+    return recorded or parse_stamp(doubt.started_at) or parse_stamp(doubt.finished_at) or datetime.now(UTC)
+
+
+def _doubted_in_this_run(doubts: Sequence[AttemptRecord], run_id: int | None) -> bool:
+    return run_id is not None and any(doubt.run_id == run_id for doubt in doubts)
+
+
+def _unknown_error(cause: str, since: datetime, grace: GracePeriod) -> dict[str, Any]:
+    return {
+        "type": "CreateInDoubt",
+        "message": f"{UNKNOWN_LABEL}: {cause}",
+        "hint": (
+            "the next run looks the booking up by its externalId first, and creates it only if a lookup made "
+            f"{grace.seconds:g} s or more after the answer was lost still does not find it"
+        ),
+        "exit_code": TemporaryError.exit_code,
+        "in_doubt_since": stamp(since),
+    }
+
+
+def _unknown(lead: Lead, kind: str, external_id: str, since: datetime, error: dict | None) -> PushResult:
+    return PushResult(
+        lead=lead, kind=kind, outcome=AttemptOutcome.UNKNOWN, external_id=external_id, error=error,
+        message=UNKNOWN_LABEL + " (ServiceTitan lost the answer to the booking and does not list it yet)",
+        in_doubt_since=since,
+    )
+
+
+def _age(grace: GracePeriod, since: datetime) -> str:
+    return f"{max(0.0, (grace.now() - since).total_seconds()):.0f} s"
+
+
 def _already_booked_in_ledger(
     conn: Connection, lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
-    attempt = ledger.record_push_intent(
-        external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
-        referral_code=lead.referral_code, run_id=run_id,
-    )
-    ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=known.booking_id)
+    with ledger.transaction():
+        attempt = ledger.record_push_intent(
+            external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
+            referral_code=lead.referral_code, run_id=run_id,
+        )
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=known.booking_id)
     return PushResult(
         lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
         booking_id=known.booking_id, status=known.booking_status,
@@ -339,28 +464,46 @@ def _already_booked_in_ledger(
     )
 
 
-def _create_once(conn: Connection, bp: int, external_id: str, body: dict) -> Booking:
-    """POST the booking; after a lost answer, look it up before any new POST."""
-    lost: AnswerLost | None = None
-    for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
-        try:
-            return _with_booking_provider_check(conn, lambda: conn.servicetitan.create_booking(bp, body))
-        except AnswerLost as exc:
-            lost = exc
-            log.warning("booking %s: %s; looking it up by externalId", external_id, exc)
-        found = find_booking(conn, external_id)
-        if found is not None:
-            # Our POST was committed even though its answer never came: that is our creation.
-            return found
-        if attempt < MAX_CREATE_ATTEMPTS:
-            _pause_before_retry(attempt)
-    assert lost is not None
-    raise lost
+@dataclass(frozen=True)
+class _Existing:
+    booking_id: int
+    status: str | None
 
 
-def _pause_before_retry(attempt: int) -> None:
-    # Full jitter, so workers hit by the same outage do not come back in step.
-    time.sleep(min(5.0, 0.2 * 2 ** (attempt - 1)) * random.random())
+def _existing_booking(
+    conn: Connection, external_id: str, index: BookingIndex | None, *, one_by_one: bool
+) -> _Existing | None:
+    """The provider's booking with this externalId, if any: from the index (refreshed when
+    stale), and one by one when there is no index or ``one_by_one`` (a create in doubt)."""
+    if index is not None:
+        row = index.find(external_id)
+        if row is not None:
+            return _Existing(row.booking_id, row.status)
+        if not one_by_one:
+            return None
+    found = find_booking(conn, external_id)
+    if found is None:
+        return None
+    _remember(conn, found)
+    return _Existing(found.id, found.status)
+
+
+def _look_up_created(conn: Connection, external_id: str, index: BookingIndex | None) -> Booking | None:
+    """Right after a lost answer: the booking, if that POST made it — from the provider's list
+    by modifiedOn read now (it may show a booking the ?externalId= filter does not list yet,
+    api/servicetitan.md §11), then by externalId."""
+    if index is not None:
+        index.refresh()
+        row = index.find(external_id, refresh=False)
+        if row is not None:
+            return conn.servicetitan.get_booking(conn.booking_provider, row.booking_id)
+    return find_booking(conn, external_id)
+
+
+def _remember(conn: Connection, booking: Booking) -> None:
+    """A booking stsync created or found goes into the ledger's mirror of the provider's
+    bookings at once (what ``qualify`` and the next batch's index read)."""
+    conn.ledger.upsert_bookings([booking_row(booking, utc_now())])
 
 
 def find_booking(conn: Connection, external_id: str) -> Booking | None:
@@ -423,26 +566,32 @@ def _failed(lead: Lead, kind: str, external_id: str | None, exc: StsyncError, er
 
 def push_leads(
     conn: Connection,
-    leads: Sequence[Lead],
+    leads: Iterable[Lead],
     target: PushTarget,
     *,
     progress: Progress = NO_PROGRESS,
     dry_run: bool = False,
     command: str = "push-lead",
     rejected: Sequence[InvalidRecord] = (),
+    index: BookingIndex | None = None,
 ) -> PushReport:
     """Push several leads concurrently (``[limits] workers`` threads sharing the clients'
     rate limiters), in one recorded run. A failed lead does not stop the others; a run-level
-    failure stops the run (the leads already done stay recorded) and is raised.
+    failure stops the run (the leads already done stay recorded) and is raised. Leads left
+    ``unknown`` (an answer lost, the booking not listed yet) are looked up again once the
+    others are done, until the grace period ends (``_look_again``).
 
-    ``rejected`` are input records that could not even be read as leads (from
+    ``leads`` may be a stream (``push_new`` passes Referral Factory's pages as they come):
+    each lead is handed to a worker as soon as it is read, so pushing starts with the first
+    page. ``rejected`` are input records that could not even be read as leads (from
     ``leads_from_input``): they are reported as failed, first."""
     report = PushReport(kind=target.kind, dry_run=dry_run)
     if target.notice is not None:
         report.notice, report.notice_hint = target.notice, target.notice_hint
         return report
     unreadable = [_rejected_result(exc, target.kind) for exc in rejected]
-    progress.set_total(len(leads))
+    known_total = len(leads) if isinstance(leads, Sized) else None
+    progress.set_total(known_total)
     if dry_run:
         report.results = unreadable
         for lead in leads:
@@ -451,18 +600,58 @@ def push_leads(
         return report
 
     workers = max(1, int(getattr(conn.config.limits, "workers", 8) or 1))
+    if known_total is not None:
+        workers = min(workers, max(1, known_total))
     with conn.ledger.recorded_run(
-        RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
+        RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed or report.unknown)
     ) as report.run_id:
         futures: list = []
+        results: list[PushResult] = []
         try:
-            with WorkPool(min(workers, max(1, len(leads))), name="push") as pool:
-                futures = [pool.submit(push_lead, conn, lead, target, run_id=report.run_id) for lead in leads]
+            with WorkPool(workers, name="push") as pool:
+                for lead in leads:
+                    if pool.stopping:
+                        break  # a run-level failure: reading on would only fill the report with skips
+                    futures.append(pool.submit(push_lead, conn, lead, target, run_id=report.run_id, index=index))
+                if known_total is None:
+                    progress.set_total(len(futures))
                 pool.wait(futures, on_done=lambda _: progress.advance())
+                results = finished(futures)
+                _look_again(conn, target, results, pool, report.run_id, index)
         finally:
             # A stopped run still records what it did before stopping (input order).
-            report.results = unreadable + finished(futures)
+            report.results = unreadable + (results or finished(futures))
     return report
+
+
+def _look_again(
+    conn: Connection,
+    target: PushTarget,
+    results: list[PushResult],
+    pool: WorkPool,
+    run_id: int | None,
+    index: BookingIndex | None,
+) -> None:
+    """The batch's unknown leads, looked up again with backoff until the grace period ends
+    (``Rechecks``; never POSTed again by this run). Each found one becomes ``created`` in
+    ``results``; the others stay ``unknown`` for the next run."""
+    rechecks: Rechecks[int] = Rechecks(grace_period(conn), stop=pool.stop_event)
+    for position, result in enumerate(results):
+        if result.unknown and result.in_doubt_since is not None:
+            rechecks.add(position, result.in_doubt_since)
+    if not len(rechecks):
+        return
+    log.info("push: %d booking(s) in doubt after a lost answer; looking them up again", len(rechecks))
+
+    def check(positions: Sequence[int]) -> list[bool]:
+        futures = [pool.submit(push_lead, conn, results[i].lead, target, run_id=run_id, index=index) for i in positions]
+        for position, again in zip(positions, pool.wait(futures), strict=True):
+            if again is not None:
+                since = results[position].in_doubt_since
+                results[position] = again if not again.unknown else replace(again, in_doubt_since=since)
+        return [results[i].unknown for i in positions]
+
+    rechecks.run(check)
 
 
 def _rejected_result(exc: InvalidRecord, kind: str) -> PushResult:
@@ -478,8 +667,9 @@ def push_new(
     dry_run: bool = False,
     command: str = "push-lead --new",
 ) -> PushReport:
-    """Every lead of the campaign without a booking yet (``lead_sources.new_leads``), under
-    the connection's push lock (a dry run takes none)."""
+    """Every lead of the campaign without a booking yet (``lead_sources.iter_new_leads``),
+    under the connection's push lock (a dry run takes none), checked against the provider's
+    bookings with one ``BookingIndex`` for the whole run."""
     if target.notice is not None:
         report = PushReport(kind=target.kind, dry_run=dry_run)
         report.notice, report.notice_hint = target.notice, target.notice_hint
@@ -487,5 +677,27 @@ def push_new(
     if dry_run:
         return push_leads(conn, new_leads(conn, target), target, progress=progress, dry_run=True)
     with conn.run_lock(RunJob.PUSH, command=command):
-        leads = new_leads(conn, target)
-        return push_leads(conn, leads, target, progress=progress, command=command)
+        index = BookingIndex(conn)
+        # The provider's bookings are read while Referral Factory's first page is: both are
+        # needed before the first create.
+        warming = _start(index.ensure_fresh)
+        try:
+            leads = iter_new_leads(conn, target)
+            return push_leads(conn, leads, target, progress=progress, command=command, index=index)
+        finally:
+            warming.join()
+
+
+def _start(work) -> threading.Thread:
+    """``work`` in a thread of its own. Its failure is not lost: a worker needing the index
+    calls ``ensure_fresh`` again and meets it (e.g. a wrong booking provider) itself."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as exc:  # raised again, where it matters, by the next caller
+            log.debug("reading the provider's bookings ahead failed: %s", exc)
+
+    thread = threading.Thread(target=run, name="push-index", daemon=True)
+    thread.start()
+    return thread

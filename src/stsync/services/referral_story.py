@@ -26,10 +26,12 @@ from stsync.errors import StsyncError, error_summary
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
+    UNKNOWN_LABEL,
     AttemptOutcome,
     PushState,
     QualificationState,
     QualificationValue,
+    ReferrerState,
 )
 from stsync.vocabulary import Action, Kind, QualificationRule
 
@@ -168,6 +170,7 @@ class PushStory:
     qualification: str | None
     qualified_at: str | None
     first_seen: str | None
+    held_until: str | None = None  # the rule is met; qualified then, unless the job is canceled
     attempts: list[AttemptStory] = field(default_factory=list)
     qualifications: list[QualificationStory] = field(default_factory=list)
     servicetitan: LiveBooking | None = None
@@ -185,6 +188,7 @@ class ReferrerRecordStory:
     skip_reason: str | None
     error: dict[str, Any] | None
     updated_at: str | None
+    shared_with: int | None = None  # state shared: the customer whose referrer this one shares
 
 
 @dataclass
@@ -238,6 +242,7 @@ def referral_story(
             story.referrer_record = ReferrerRecordStory(
                 customer_id=record.customer_id, rf_user_id=record.rf_user_id, code=record.code, state=record.state,
                 skip_reason=record.skip_reason, error=record.error, updated_at=record.updated_at,
+                shared_with=record.shared_with,
             )
     if not story.pushes and user is not None and user.code and servicetitan is not None and config is not None:
         story.summary.extend(_booked_elsewhere(servicetitan, config, user.code))
@@ -321,6 +326,7 @@ def _push_story(push: PushRecord, ledger: Ledger, servicetitan: ServiceTitanClie
         referral_code=push.referral_code, state=push.state, booking_id=push.booking_id,
         booking_status=push.booking_status, job_id=push.job_id, job_status=push.job_status, final=push.final,
         qualification=push.qualification, qualified_at=push.qualified_at, first_seen=push.created_at,
+        held_until=push.held_until,
         attempts=[
             AttemptStory(
                 at=a.finished_at or a.started_at, outcome=a.outcome, booking_id=a.booking_id,
@@ -393,11 +399,18 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
 
     if story.referrer_record is not None:
         record = story.referrer_record
+        state = UNKNOWN_LABEL if record.state == ReferrerState.UNKNOWN else record.state
+        if record.state == ReferrerState.SHARED and record.shared_with is not None:
+            state = f"shares the referrer of customer {record.shared_with}"
         story.summary.append(
-            f"Customer sync: ServiceTitan customer {record.customer_id} → referrer ({record.state}"
+            f"Customer sync: ServiceTitan customer {record.customer_id} → referrer ({state}"
             + (f": {record.skip_reason}" if record.skip_reason else "")
             + ")."
         )
+        if record.error:
+            story.summary.append(f"  last error: {error_summary(record.error)}")
+            if record.error.get("hint"):
+                story.next_steps.append(str(record.error["hint"]))
 
     if not story.seen:
         _never_seen(story, config, offline=offline)
@@ -419,6 +432,11 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
 
     for push in story.pushes:
         last = push.attempts[0] if push.attempts else None
+        if push.state != PushState.BOOKED and last is not None and last.outcome == AttemptOutcome.UNKNOWN:
+            story.next_steps.append(
+                f"nothing to fix: the booking for externalId {push.external_id} is {UNKNOWN_LABEL} — the next push "
+                "(cron's `stsync push-lead --new`) looks it up first and creates it only if it is still absent"
+            )
         if push.state != PushState.BOOKED and last is not None and last.outcome in (AttemptOutcome.FAILED, AttemptOutcome.LOST):
             command = f"stsync push-lead --code {push.external_id}" + (" --referrer" if push.kind == Kind.REFERRER else "")
             story.next_steps.append(f"fix what the error above says, then push it again: `{command}`")
@@ -463,6 +481,9 @@ def _push_sentences(push: PushStory, config: Config | None) -> list[str]:
             text = f"booking {attempt.booking_id} ({attempt.outcome.replace('_', ' ')})"
         elif attempt.outcome == AttemptOutcome.INTENT:
             text = "sent, answer not recorded yet (a run in progress, or one that was killed)"
+        elif attempt.outcome == AttemptOutcome.UNKNOWN:
+            # The error's message starts with the label: "unknown — will be checked again: …".
+            text = attempt.error_text or UNKNOWN_LABEL
         elif attempt.error_text:
             text = f"{attempt.outcome} — {attempt.error_text}"
         else:
@@ -482,11 +503,19 @@ def _push_sentences(push: PushStory, config: Config | None) -> list[str]:
         sentences.append(f"Qualified by stsync at {push.qualified_at}.")
     elif push.qualification == QualificationValue.UNQUALIFIED:
         sentences.append(f"Unqualified by stsync at {push.qualified_at}.")
+    elif push.held_until and push.kind == Kind.LEAD and not push.final:
+        days = f"{rule.hold_days}-day " if rule is not None and rule.hold_days else ""
+        sentences.append(
+            f"Held until {push.held_until}: the job met the rule; stsync qualifies it then unless the job is canceled "
+            f"in the {days}hold."
+        )
     elif rule is not None and push.kind == Kind.LEAD:
         described = {
             QualificationRule.NONE: "the rule is Do not qualify",
             QualificationRule.JOB_CREATED: "qualifies when the booking becomes a job",
         }.get(rule.rule, f"qualifies when the job reaches {rule.job_status}")
+        if rule.rule != QualificationRule.NONE and rule.hold_days:
+            described += f", after a {rule.hold_days}-day hold"
         sentences.append(f"Not qualified by stsync yet ({described}).")
     for item in push.qualifications:
         if item.state == QualificationState.FAILED:

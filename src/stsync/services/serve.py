@@ -30,6 +30,7 @@ Signals are the caller's business (the CLI). ``add_route`` serves an extra path 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from stsync.logs import get_logger, register_secret
@@ -87,6 +88,7 @@ class WebhookServer:
         workers: int | None = None,
         limits: ServerLimits | None = None,
         shutdown_grace: float = 5.0,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.conn = conn
         token = check_token(token)
@@ -97,7 +99,9 @@ class WebhookServer:
         self.shutdown_grace = shutdown_grace
         self.worker = DeliveryWorker(conn, push_for=push_for or booking_push(conn), stats=self.stats, observer=observer)
         self.pool = DeliveryPool(self.worker.process, workers=workers or settings.workers)
-        self.handler = WebhookHandler(conn, token=token, queue=self.pool, stats=self.stats, observer=observer, max_body=max_body)
+        self.handler = WebhookHandler(
+            conn, token=token, queue=self.pool, stats=self.stats, observer=observer, max_body=max_body, routes=routes
+        )
         limits = limits or ServerLimits(
             max_connections=settings.max_connections, trusted_proxy=settings.trusted_proxy, max_body=max_body
         )
@@ -120,9 +124,10 @@ class WebhookServer:
         """Deliveries queued or being processed."""
         return self.pool.pending
 
-    def add_route(self, path: str, route: Route) -> None:
-        """Serve ``path`` (e.g. ``/metrics``) with ``route(request) -> Response``; see ``WebhookHandler.add_route``."""
-        self.handler.add_route(path, route)
+    def add_route(self, name: str, route: Route) -> None:
+        """Serve ``GET /<name>`` (e.g. ``metrics``) with ``route(request) -> Response``, to requests
+        carrying the token in a header; see ``WebhookHandler.add_route``."""
+        self.handler.add_route(name, route)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until every queued delivery is processed (tests)."""
@@ -148,7 +153,7 @@ class WebhookServer:
         """Queue, ahead of anything new, every delivery recorded and not processed yet."""
         ledger = self.conn.ledger
         resumed = 0
-        for record in ledger.waiting_deliveries():
+        for record in ledger.deliveries_to_process():
             if record.lead is None or record.event is None:
                 # Recorded by an stsync that kept no payload: nothing to process it from.
                 ledger.finish_delivery(record.key, DeliveryOutcome.FAILED, {

@@ -60,15 +60,18 @@ from pydantic_core import PydanticCustomError
 
 from stsync import envvars
 from stsync.credentials import SECRETS
+from stsync.durations import format_duration, parse_duration
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import JobStatus
 from stsync.storage.paths import CONNECTION_NAME_RULE, valid_connection_name
 from stsync.suggestions import did_you_mean
+from stsync.urls import https_fix, plain_http_elsewhere
 from stsync.vocabulary import (
     DEFAULT_JOB_STATUS,
     Action,
     Environment,
     Kind,
+    LogFormat,
     QualificationRule,
     ReturnValue,
     SecretsStore,
@@ -360,7 +363,54 @@ def _check_url(value: str | None) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise _problem("url", f"must be an http(s) URL like https://api.example.com, not {value!r}")
+    _refuse_plain_http(value)
     return value
+
+
+def _refuse_plain_http(value: str) -> None:
+    """Credentials never cross the network in clear text (``stsync.urls``)."""
+    if plain_http_elsewhere(value):
+        raise _problem(
+            "plain_http",
+            f"must use https: {value!r} would send credentials unencrypted (plain http is only for "
+            f"this machine: localhost, 127.0.0.1, ::1); write {https_fix(value)!r}",
+        )
+
+
+def _check_notify_url(value: str | None) -> str | None:
+    """An alert URL: http(s) with a host; a query is allowed (Teams workflow URLs carry one)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _problem("url", f"must be an https URL in quotes, not {_type_name(value)} {value!r}")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        raise _problem("url", "must be an https URL like https://hooks.slack.com/services/…")
+    _refuse_plain_http(value)
+    return value.strip()
+
+
+def _duration(*, allow_off: bool) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if isinstance(value, float) and not allow_off:
+            return value
+        try:
+            return parse_duration(value, allow_off=allow_off)
+        except ValueError as exc:
+            raise _problem("duration", str(exc)) from None
+
+    return parse
+
+
+def _at_least_one_second(value: float | None) -> float | None:
+    if value is not None and value < 1:
+        raise _problem("duration", f"must be at least 1 second (or \"off\"), not {format_duration(value)!r}")
+    return value
+
+
+# A job's interval: seconds, or None when the job is switched off ("off").
+Interval = Annotated[float | None, BeforeValidator(_at_least_one_second), BeforeValidator(_duration(allow_off=True))]
+Duration = Annotated[float, BeforeValidator(_duration(allow_off=False))]
 
 
 # Names that are always dotted (SPEC §3): `address.street = "x"` is target "address.street".
@@ -448,10 +498,16 @@ class ReferralFactorySettings(_Section):
     api_url: Annotated[str | None, BeforeValidator(_check_url)] = None
 
 
+MAX_HOLD_DAYS = 365
+
+
 class Qualification(_Section):
     rule: RuleWord = QualificationRule.NONE
     job_status: JobStatus | None = None
     unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
+    # Days the job must stay as the rule wants it (not canceled; not back from the status)
+    # before the referral is qualified: refunds and cancellations come in the first weeks.
+    hold_days: int = Field(0, ge=0, le=MAX_HOLD_DAYS)
 
     @model_validator(mode="after")
     def _default_status(self) -> Qualification:
@@ -502,6 +558,9 @@ class Limits(_Section):
     referral_factory_per_minute: int = Field(REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE, ge=1)
     retry_budget_seconds: int = Field(120, ge=0)
     workers: int = Field(8, ge=1, le=64)
+    # After a create whose answer was lost: how long a new record may stay unlisted by the
+    # lookups (stsync.lookup_grace). 0: no look again in the run; the next run decides.
+    lookup_grace_seconds: int = Field(30, ge=0, le=3600)
 
 
 class SecretsSettings(_Section):
@@ -535,6 +594,52 @@ class WebhookSettings(_Section):
             ) from None
 
 
+class ScheduleSettings(_Section):
+    """How often each job runs under ``stsync run`` — and what ``status`` and the overdue alert
+    expect when cron runs them instead. Durations: "30s", "5m", "1h", "7d" or seconds; "off"."""
+
+    push: Interval = 300.0  # push-lead --new
+    qualify: Interval = 600.0  # qualify
+    sync: Interval = 900.0  # sync-customers --ongoing
+    full_sync: Interval = 7 * 86400.0  # sync-customers --ongoing --full
+    full_qualify: Interval = 7 * 86400.0  # qualify --full, when this stsync's qualify has it
+    jitter: Duration = 30.0  # each start is delayed by up to this (at most half the interval)
+    overdue_after: float = Field(3.0, ge=1.0, le=1000.0)  # a job is overdue after this many intervals without success
+
+    @field_validator("overdue_after", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    def interval(self, job: str) -> float | None:
+        """The interval of ``push``, ``qualify`` or ``sync`` (None: off or not a scheduled job)."""
+        return getattr(self, job, None) if job in ("push", "qualify", "sync") else None
+
+
+class NotifySettings(_Section):
+    """Alerts when a human must act (``stsync.notify``). The URLs carry tokens: the
+    environment variables STSYNC_NOTIFY_WEBHOOK_URL / STSYNC_NOTIFY_PING_URL win over them."""
+
+    webhook_url: Annotated[str | None, BeforeValidator(_check_notify_url)] = None
+    ping_url: Annotated[str | None, BeforeValidator(_check_notify_url)] = None
+    remind_after: Duration = 86400.0  # a problem still there is reported again after this long
+    timeout_seconds: float = Field(5.0, gt=0, le=30)
+
+    @field_validator("timeout_seconds", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+
+LogFormatWord = Annotated[LogFormat, Strict(False)]
+
+
+class LoggingSettings(_Section):
+    format: LogFormatWord = LogFormat.TEXT
 def _check_connection_name(value: Any) -> Any:
     if isinstance(value, str) and not valid_connection_name(value):
         raise _problem("connection_name", f"{value!r} is not a connection name: {CONNECTION_NAME_RULE}")
@@ -551,6 +656,9 @@ class Config(_Section):
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     limits: Limits = Field(default_factory=Limits)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def booking_section(self, kind: Kind) -> LeadSettings | ReferrerSettings:
         """The section a booking for this kind is made from: "lead" → [leads], "referrer" → [referrers]."""
@@ -775,8 +883,17 @@ def resolve_endpoints(config: Config) -> Endpoints:
     auth_default, api_default = INTEGRATION_ENDPOINTS if integration else PRODUCTION_ENDPOINTS
 
     def pick(variable: envvars.EnvVar, configured: str | None, default: str) -> str:
-        chosen = envvars.resolve(variable, configured=configured, default=default)
-        return str(chosen).rstrip("/")
+        chosen = str(envvars.resolve(variable, configured=configured, default=default)).rstrip("/")
+        if plain_http_elsewhere(chosen):
+            from_env = envvars.read(variable) is not None
+            where = f"the environment variable {variable.name}" if from_env else f"{variable.config_key} in the config"
+            raise ConfigError(
+                f"{where} is a plain http URL ({chosen}): credentials would cross the network unencrypted",
+                key_path=None if from_env else variable.config_key,
+                hint=f"use https ({https_fix(chosen)}); plain http is only accepted for this machine "
+                "(localhost, 127.0.0.1, ::1), e.g. the sandbox",
+            )
+        return chosen
 
     return Endpoints(
         st_auth_url=pick(envvars.ST_AUTH_URL, config.servicetitan.auth_url, auth_default),

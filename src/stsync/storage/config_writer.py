@@ -23,15 +23,20 @@ from typing import Any
 import tomli_w
 
 from stsync import envvars
+from stsync.durations import format_duration
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, JOB_STATUSES, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
+    MAX_HOLD_DAYS,
     MAX_PAGE_SIZE,
     PRODUCTION_ENDPOINTS,
     REFERRAL_FACTORY_API_URL,
     Config,
     FieldSpec,
     Limits,
+    LoggingSettings,
+    NotifySettings,
+    ScheduleSettings,
     ServiceTitanSettings,
     parse_config_text,
     toml_key,
@@ -40,6 +45,7 @@ from stsync.vocabulary import (
     DEFAULT_JOB_STATUS,
     Action,
     Environment,
+    LogFormat,
     QualificationRule,
     ReturnValue,
     SecretsStore,
@@ -191,6 +197,13 @@ def render_config(config: Config) -> str:
         out.append(_line("unqualify_on", list(qualification.unqualify_on), unqualify_comment))
     else:
         out.append(_with_comment(f"# unqualify_on = {toml_value([str(event) for event in UnqualifyEvent])}", unqualify_comment))
+    out.append(
+        _line(
+            "hold_days",
+            qualification.hold_days,
+            f"0–{MAX_HOLD_DAYS}: days the job must keep meeting the rule, not canceled, before qualifying",
+        )
+    )
     out.append("")
 
     out.append("[referrers]")
@@ -222,9 +235,17 @@ def render_config(config: Config) -> str:
 
     out.append("# stsync stays under these: ServiceTitan documents 60 calls per second, Referral Factory 600 per")
     out.append("# minute. Retries give up after retry_budget_seconds; workers run batch work in parallel.")
+    out.append("# A create whose answer was lost is looked up again for lookup_grace_seconds, never re-sent by that run.")
     out.append("[limits]")
     for key in Limits.model_fields:
         out.append(_line(key, getattr(limits, key)))
+    out.append("")
+
+    out.extend(_schedule_lines(config.schedule))
+    out.append("")
+    out.extend(_notify_lines(config.notify))
+    out.append("")
+    out.extend(_logging_lines(config.logging))
     out.append("")
 
     webhook = config.webhook
@@ -244,6 +265,88 @@ def render_config(config: Config) -> str:
         out.append(_with_comment("# [webhook.aliases]", "extra payload key spellings `stsync serve` accepts"))
         out.append('# referral_code = ["code", "referralCode"]')
     return "\n".join(out) + "\n"
+
+
+_SCHEDULE_COMMENTS = {
+    "push": "push-lead --new",
+    "qualify": "qualify",
+    "sync": "sync-customers --ongoing",
+    "full_sync": "sync-customers --ongoing --full",
+    "full_qualify": "qualify --full (when qualify has it)",
+    "jitter": "each start waits up to this (at most half the interval)",
+    "overdue_after": "overdue after this many intervals without success",
+}
+
+
+def _default_or_line(key: str, value: Any, default: Any, text: str, comment: str) -> str:
+    """A value left at its default is shown commented out: the file says what applies."""
+    line = f"{toml_key(key)} = {text}"
+    return _with_comment(line if value != default else f"# {line}", comment)
+
+
+def _schedule_lines(schedule: ScheduleSettings) -> list[str]:
+    out = [
+        "# `stsync run`: how often each job runs (\"30s\", \"5m\", \"1h\", \"7d\", seconds, or \"off\");",
+        "# `stsync status` and the overdue alert expect the same when cron runs the jobs.",
+        "[schedule]",
+    ]
+    for key, info in ScheduleSettings.model_fields.items():
+        value = getattr(schedule, key)
+        text = toml_value(value) if key == "overdue_after" else toml_value(format_duration(value))
+        if key == "overdue_after" and float(value).is_integer():
+            text = toml_value(int(value))
+        out.append(_default_or_line(key, value, info.default, text, _SCHEDULE_COMMENTS[key]))
+    return out
+
+
+def _notify_lines(notify: NotifySettings) -> list[str]:
+    fields = NotifySettings.model_fields
+    timeout = notify.timeout_seconds
+    return [
+        "# Alerts when a human must act. The URLs hold tokens: prefer the environment variables.",
+        "[notify]",
+        _optional_line(
+            "webhook_url",
+            notify.webhook_url,
+            '"https://hooks.slack.com/services/…"',
+            f"JSON alerts; {envvars.NOTIFY_WEBHOOK_URL.name} wins",
+        ),
+        _optional_line(
+            "ping_url",
+            notify.ping_url,
+            '"https://hc-ping.com/<key>/stsync-{job}"',
+            f"healthchecks.io style; {envvars.NOTIFY_PING_URL.name} wins",
+        ),
+        _default_or_line(
+            "remind_after",
+            notify.remind_after,
+            fields["remind_after"].default,
+            toml_value(format_duration(notify.remind_after)),
+            "a problem still there is reported again after this long",
+        ),
+        _default_or_line(
+            "timeout_seconds",
+            timeout,
+            fields["timeout_seconds"].default,
+            toml_value(int(timeout) if float(timeout).is_integer() else timeout),
+            "each send gives up after this (and 1 s more)",
+        ),
+    ]
+
+
+def _logging_lines(logging_settings: LoggingSettings) -> list[str]:
+    value = logging_settings.format
+    choices = " | ".join(f'"{word}"' for word in LogFormat)
+    return [
+        "[logging]",
+        _default_or_line(
+            "format",
+            value,
+            LoggingSettings.model_fields["format"].default,
+            toml_value(str(value)),
+            f"{choices}; {envvars.LOG_FORMAT.name} and --log-format win",
+        ),
+    ]
 
 
 def _optional_line(key: str, value: Any, placeholder: str, comment: str) -> str:

@@ -9,8 +9,9 @@ raises: a bug is a 500 with no detail for the sender and the trace in the log.
 
 **Routes.** ``/hooks/<token>[/<event>]``, or ``/hooks[/<event>]`` with the token in a
 header (``tokens``) → the delivery. ``GET /healthz`` → 200 ``{"ok": true}`` (503 while
-stopping); the queue depth only for a request carrying the token in a header. Extra routes
-(``add_route``: e.g. ``/metrics``) answer what their function returns. Other paths 404.
+stopping); the queue depth only for a request carrying the token in a header. Extra GET
+routes (``routes`` / ``add_route``: ``/metrics``) answer only a request with the token in a
+header. Other paths 404.
 
 **Screened from the head alone** (the body is never read): a missing or wrong token 401 —
 the token segment is compared *as sent*, so a percent-encoded token is not the token — a
@@ -120,6 +121,19 @@ class Response:
         return (json.dumps(self.body, default=str) + "\n").encode()
 
 
+@dataclass(frozen=True)
+class TextResponse(Response):
+    """A text answer (``/metrics``): ``text`` as it is, with its own content type."""
+
+    text: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+
+    def encoded(self) -> bytes:
+        return self.text.encode("utf-8")
+
+
+# An extra GET route (``/metrics``): the request → its answer. Only a request carrying the
+# token in a header (X-Stsync-Token, or Authorization: Bearer) reaches it.
 Route = Callable[[Request], Response]
 
 
@@ -175,6 +189,7 @@ class WebhookHandler:
         stats: ServeStats,
         observer: Observer | None = None,
         max_body: int = MAX_BODY_BYTES,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.conn = conn
         self.token = token
@@ -183,16 +198,19 @@ class WebhookHandler:
         self.observer = observer
         self.max_body = max_body
         self.routes: dict[str, Route] = {}
+        for name, route in (routes or {}).items():
+            self.add_route(name, route)
         self._aliases = key_aliases(conn.config.webhook.aliases)
         self._stopping = threading.Event()
         self._ledger_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stsync-webhook-ledger")
 
-    def add_route(self, path: str, route: Route) -> None:
-        """Answer ``path`` (exact, e.g. ``/metrics``) with ``route(request)``; ``authorized``
-        tells whether a request carries the token in a header."""
-        if path == HEALTH_PATH or path.strip("/").split("/")[0] == HOOKS_PREFIX:
-            raise ValueError(f"{path} is one of serve's own routes")
-        self.routes[path] = route
+    def add_route(self, name: str, route: Route) -> None:
+        """Answer ``GET /<name>`` (e.g. ``metrics``) with ``route(request)``, for a request
+        carrying the token in a header."""
+        name = name.strip("/")
+        if not name or "/" in name or f"/{name}" == HEALTH_PATH or name == HOOKS_PREFIX:
+            raise ValueError(f"/{name} is not a route serve can add")
+        self.routes[name] = route
 
     def authorized(self, request: Request) -> bool:
         """The token is in ``X-Stsync-Token`` or ``Authorization: Bearer``."""
@@ -216,7 +234,15 @@ class WebhookHandler:
 
         Decides only (the server's I/O thread calls it): ``refused`` records the answer."""
         path = head.path
-        if path == HEALTH_PATH or path in self.routes:
+        if path == HEALTH_PATH:
+            return self._too_large(head)
+        route = self._route_name(path)
+        if route is not None:
+            if not self.authorized(head):
+                needs = f"/{route} needs the X-Stsync-Token (or Authorization: Bearer) header"
+                return rejection(401, f"missing or wrong token: {needs}")
+            if head.method != "GET":
+                return rejection(405, f"method {head.method} not allowed on /{route}")
             return self._too_large(head)
         segments = [s for s in path.split("/") if s]
         if not segments or segments[0] != HOOKS_PREFIX:
@@ -230,9 +256,13 @@ class WebhookHandler:
         return self._too_large(head)
 
     def refused(self, head: Request, answer: Response) -> None:
-        """Count and report a request ``screen`` answered (a 401 is a rejected delivery)."""
-        if answer.status == 401:
+        """Count and report a request ``screen`` answered (a 401 on /hooks is a rejected delivery)."""
+        if answer.status == 401 and self._route_name(head.path) is None:
             self._rejected(401, UNAUTHORIZED, head)
+
+    def _route_name(self, path: str) -> str | None:
+        name = path.strip("/")
+        return name if name in self.routes and path == f"/{name}" else None
 
     def _too_large(self, head: Request) -> Response | None:
         declared = head.declared_length
@@ -253,13 +283,21 @@ class WebhookHandler:
             path = request.path
             if path == HEALTH_PATH:
                 return self._health(request)
-            if path in self.routes:
-                return self.routes[path](request)
+            route = self._route_name(path)
+            if route is not None:
+                return self._route(route, request)
             return self._delivery(request)
         except Exception as exc:  # a bug must not kill the server or show a trace to the sender
             log.exception("serve: unexpected error handling a request")
             self._rejected(500, f"internal error: {type(exc).__name__}", request)
             return rejection(500, "internal error; details are in stsync's log")
+
+    def _route(self, name: str, request: Request) -> Response:
+        try:
+            return self.routes[name](request)
+        except Exception as exc:
+            log.exception("serve: /%s failed", name)
+            return rejection(500, f"internal error ({type(exc).__name__}); details are in stsync's log")
 
     def _health(self, request: Request) -> Response:
         if self._stopping.is_set():

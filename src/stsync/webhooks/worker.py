@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from stsync.errors import InvalidRecord, NotFound, StsyncError, stops_run
 from stsync.leads import LeadReader, lead_from_user
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.mapping.booking import external_id_for
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue
@@ -88,7 +88,12 @@ class DeliveryWorker:
 
     # -- one delivery ------------------------------------------------------------------------------
     def process(self, delivery: Delivery) -> None:
-        """Process one delivery and record its outcome; never raises."""
+        """Process one delivery and record its outcome; never raises. Log lines meanwhile carry
+        the run, the delivery and its externalId."""
+        with log_context(run_id=self.run_id, delivery=delivery.key, external_id=delivery.external_id):
+            self._process(delivery)
+
+    def _process(self, delivery: Delivery) -> None:
         outcome: str = DeliveryOutcome.FAILED
         message, error, booking_id = "", None, None
         try:
