@@ -38,11 +38,14 @@ def ledger_of(isolated) -> Ledger:
     return Ledger.open(ConnectionPaths.for_config(isolated / "config.toml").ledger)
 
 
-def record_delivery(isolated, key: str, *, event: str, external_id: str | None, outcome: str, error: str | None = None) -> None:
-    """A delivery as `stsync serve` records it (received, then its outcome)."""
+def record_delivery(
+    isolated, key: str, *, event: str, external_id: str | None, outcome: str, error: str | None = None, email: str | None = None
+) -> None:
+    """A delivery as `stsync serve` records it (admitted with what it says, then its outcome)."""
     ledger = ledger_of(isolated)
     try:
-        ledger.record_delivery(key, event=event, external_id=external_id)
+        lead = {"email": email, "referral_code": external_id}
+        ledger.admit_delivery(key, event=event, external_id=external_id, lead=lead, payload={"email": email})
         ledger.finish_delivery(key, outcome, error)
     finally:
         ledger.close()
@@ -61,7 +64,7 @@ def every_kind(sb, cli, isolated) -> dict[str, str]:
     sb.convert_booking_to_job(booking["id"])
     assert cli("qualify").exit_code == 0
     record_delivery(
-        isolated, f"lead_created:email={other['email'].casefold()}:2026-01-01", event="lead_created",
+        isolated, f"lead_created:id={other['id']}:2026-01-01", event="lead_created", email=other["email"],
         external_id=other["code"], outcome="failed", error="ServiceTitan refused the booking: HTTP 400",
     )  # fmt: skip
     return {"lead": lead["email"], "other": other["email"], "broken": "broken@localhost"}
@@ -91,7 +94,7 @@ def test_history_lists_every_kind_newest_first_and_each_kind_with_its_columns(co
 
     failed = cli_subprocess("--json", "history", "--failed")
     assert {(entry["kind"], entry["email"]) for entry in failed.json["entries"]} == {
-        ("push", emails["broken"]), ("webhook", emails["other"].casefold()),
+        ("push", emails["broken"]), ("webhook", emails["other"]),
     }  # fmt: skip
     theirs = cli_subprocess("--json", "history", "--email", emails["lead"])
     assert {entry["kind"] for entry in theirs.json["entries"]} == {"push", "qualify"}

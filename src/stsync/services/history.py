@@ -273,7 +273,7 @@ def delivery_entry(number: int, delivery: DeliveryRecord, acknowledgement: Ackno
         kind=HistoryKind.WEBHOOK,
         id=f"{ID_LETTER[HistoryKind.WEBHOOK]}{number}",
         at=delivery.received_at,
-        email=_email_of_key(delivery.key),
+        email=_email_of(delivery),
         key=delivery.external_id,
         outcome=delivery.outcome or "waiting",
         failed=failed,
@@ -281,6 +281,13 @@ def delivery_entry(number: int, delivery: DeliveryRecord, acknowledgement: Ackno
         acknowledged_at=_acknowledged(acknowledgement, delivery.received_at) if failed else None,
         details={"delivery_key": delivery.key, "event": delivery.event, "external_id": delivery.external_id},
     )
+
+
+def _email_of(delivery: DeliveryRecord) -> str | None:
+    """The e-mail a delivery is about: its lead's, else the one its key names."""
+    lead = delivery.lead if isinstance(delivery.lead, dict) else {}
+    email = lead.get("email")
+    return email if isinstance(email, str) and email else _email_of_key(delivery.key)
 
 
 def _email_of_key(key: str) -> str | None:
@@ -387,7 +394,7 @@ def _failed_record(ledger: Ledger | None, kind: HistoryKind, number: int, shown:
         raise missing
     _refuse_unless(delivery.outcome == DeliveryOutcome.FAILED, shown, delivery.outcome or "waiting", listing)
     what = f"the webhook delivery {delivery.key}" + (f" ({delivery.event})" if delivery.event else "")
-    return delivery.key, what, _email_of_key(delivery.key)
+    return delivery.key, what, _email_of(delivery)
 
 
 def _refuse_unless(failed: bool, shown: str, outcome: str, listing: str) -> None:
