@@ -239,7 +239,7 @@ def check_qualify(sb, led: Ledger, result, user_of_code: dict[str, int], convert
 def check_sync(sb, led: Ledger, result, expected: dict, users_before: int, others_before: dict) -> None:
     assert result.exit_code == 0, str(result)
     report = result.json
-    assert report["failed"] == 0 and report["complete"], report
+    assert report["counts"]["failed"] == 0 and report["complete"], report
     enrolled = {cid: email for cid, (outcome, email) in expected.items() if outcome in ENROLLED}
     created = sum(1 for outcome, _ in expected.values() if outcome == "created")
     users = sb.rf_users(campaign_id=sb.credentials.campaign_id)

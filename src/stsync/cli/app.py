@@ -23,7 +23,7 @@ import typer
 
 from stsync import __version__, envvars
 from stsync.cli.context import AppContext
-from stsync.errors import StsyncError, UsageError
+from stsync.errors import Interrupted, NotConfirmed, StsyncError, UsageError
 
 # Order is the order of `stsync --help`.
 COMMAND_MODULES = (
@@ -89,6 +89,13 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def build_command() -> Any:
+    """The Click command tree Typer builds from ``app``: what one invocation runs."""
+    from typer.main import get_command
+
+    return get_command(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app and turns every failure into its exit code."""
     code = run(argv)
@@ -97,40 +104,64 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """One invocation of stsync (the console script, the tests, each step of ``stsync demo``):
-    its exit code; nothing is raised."""
-    from typer.main import get_command
-
-    command = get_command(app)
-    args = hoist_global_options(sys.argv[1:] if argv is None else list(argv), command)
+    its exit code; nothing is raised. With ``--json``, stdout gets exactly one object, the
+    envelope (``cli.envelope``), however the invocation ended."""
+    command = build_command()
+    global_args, command_args = split_global_options(sys.argv[1:] if argv is None else list(argv), command)
+    args = [*global_args, *command_args]
     with AppContext() as app_ctx:
-        try:
-            # Not standalone: failures come back here, to be rendered in one style.
-            result = command.main(args=args, prog_name="stsync", standalone_mode=False, obj=app_ctx)
-            return result if isinstance(result, int) else 0
-        except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except typer.Abort:
-            app_ctx.terminal.error("aborted")
-            return 1
-        except KeyboardInterrupt:
-            app_ctx.terminal.error("interrupted; everything done so far is recorded, run the command again to resume")
-            return 130
-        except typer.TyperException as exc:  # Click's usage errors (typer vendors click)
-            return _report_usage_error(app_ctx, exc, args, command)
-        except StsyncError as exc:
-            return _report(app_ctx, exc)
-        except Exception as exc:  # a bug: short message here, the trace in the log file
-            log_file = app_ctx.log_bug(exc)
-            where = f" (details in {log_file})" if log_file else ""
-            app_ctx.terminal.error(
-                f"unexpected error: {type(exc).__name__}{where}", "this is a bug in stsync; please report it with the log file"
-            )
-            return 1
+        app_ctx.preset_json_mode("--json" in global_args)
+        named = _context_of(args, command)
+        app_ctx.command_name = command_name(named)
+        if app_ctx.json_mode and _group_alone(named, args):
+            # Click would print the group's help on stdout, where the JSON object goes.
+            code = _report(app_ctx, UsageError("Missing command.", hint=f"{named.get_usage()} (try '{named.command_path} --help')"))
+        else:
+            code = _invoke(app_ctx, command, args)
+        app_ctx.finish(code, None)
+        return code
+
+
+def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> int:
+    """Run the command: its exit code. A failure is rendered and recorded on ``app_ctx``
+    (``reported_error``) for the JSON object."""
+    try:
+        # Not standalone: failures come back here, to be rendered in one style.
+        result = command.main(args=args, prog_name="stsync", standalone_mode=False, obj=app_ctx)
+        return result if isinstance(result, int) else 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except typer.Abort:
+        # A prompt answered with Ctrl-D (or Ctrl-C inside Click's prompt).
+        return _report(app_ctx, NotConfirmed("aborted at a prompt; nothing was changed"))
+    except KeyboardInterrupt:
+        return _report(app_ctx, Interrupted())
+    except typer.TyperException as exc:  # Click's usage errors (typer vendors click)
+        return _report_usage_error(app_ctx, exc, args, command)
+    except StsyncError as exc:
+        return _report(app_ctx, exc)
+    except Exception as exc:  # a bug: short message here, the trace in the log file
+        log_file = app_ctx.log_bug(exc)
+        where = f" (details in {log_file})" if log_file else ""
+        bug = StsyncError(
+            f"unexpected error: {type(exc).__name__}{where}", hint="this is a bug in stsync; please report it with the log file"
+        )
+        app_ctx.terminal.error(bug.message, bug.hint)
+        app_ctx.reported_error = bug.to_dict()
+        return 1
+
+
+def command_name(ctx: Any) -> str | None:
+    """``stsync map show`` → ``map show``: how the envelope names a command; None for the
+    bare program (no command, or one that does not exist)."""
+    path = str(ctx.command_path)
+    name = path.partition(" ")[2]
+    return name or None
 
 
 def _report(app_ctx: AppContext, exc: StsyncError) -> int:
     logging.getLogger("stsync").info("exit %s: %s", exc.exit_code, exc)
-    app_ctx.emit({"ok": False, "exit_code": exc.exit_code, "error": exc.to_dict()})
+    app_ctx.reported_error = exc.to_dict()
     app_ctx.terminal.error(str(exc), exc.hint)
     return exc.exit_code
 
@@ -145,7 +176,7 @@ def _report_usage_error(app_ctx: AppContext, exc: typer.TyperException, args: li
     ctx = getattr(exc, "ctx", None)
     if ctx is not None and not app_ctx.global_options_set:
         # The command line failed before the callback ran (an unknown command): its global
-        # options were parsed all the same, and --json still gets its object.
+        # options were parsed all the same.
         _apply_global_options(app_ctx, ctx.find_root().params)
     # Click's parser leaves out the context of some errors (an option without its value).
     ctx = ctx or _context_of(args, command)
@@ -178,6 +209,13 @@ def _context_of(args: list[str], command: Any) -> Any:
     return ctx
 
 
+def _group_alone(ctx: Any, args: list[str]) -> bool:
+    """Does the command line end at a group (``stsync map``), naming none of its commands?"""
+    from typer.core import TyperGroup
+
+    return isinstance(ctx.command, TyperGroup) and ctx.parent is not None and bool(args) and args[-1] == ctx.info_name
+
+
 def _options(command: Any) -> dict[str, Any]:
     """A Click command's options by each of their names (``--quiet``, ``-q``)."""
     from typer.core import TyperOption
@@ -190,11 +228,17 @@ def _takes_value(option: Any) -> bool:
 
 
 def hoist_global_options(argv: list[str], command: Any) -> list[str]:
+    """``argv`` with its global options moved in front (``split_global_options``)."""
+    global_args, command_args = split_global_options(argv, command)
+    return [*global_args, *command_args]
+
+
+def split_global_options(argv: list[str], command: Any) -> tuple[list[str], list[str]]:
     """Accept global options after the command too: `stsync push-lead --new --json`.
 
     Scripts write options where they read best; Typer only knows them before the command.
     The global options (the root's own, not eager: ``--config``, ``--json``, ``-v``, ``-q``)
-    move to the front in their order, with their value. What they are, which command an
+    are taken out in their order, with their value, to go in front of the rest. What they are, which command an
     argument belongs to and which options take a value are read from ``command``, the Click
     tree Typer builds, so the value of an option is never mistaken for a flag
     (``map set summary --value -q``), and a command's own option of the same name stays
@@ -245,5 +289,5 @@ def hoist_global_options(argv: list[str], command: Any) -> list[str]:
             target.extend(argv[i + 1 : i + 1 + option.nargs])
             i += option.nargs
         i += 1
-    return [*moved, *kept]
+    return moved, kept
 

@@ -93,6 +93,7 @@ def connect_command(
     if verify:
         term.info("Verifying ServiceTitan and Referral Factory…")
     result = connect(app_ctx.paths, values, secrets_store=secrets_store, verify=verify)  # type: ignore[arg-type]
+    app_ctx.result(**result.to_dict())
 
     if verify:
         term.success("ServiceTitan token issued (Client ID, Client Secret, App Key, Tenant ID)")
@@ -108,7 +109,7 @@ def connect_command(
         + (" with the default mapping" if result.created_config else " (mapping kept)")
     )
     term.info("Next: `stsync map show` to review the mapping, then `stsync validate --online`.")
-    app_ctx.emit({"ok": True, **result.to_dict()})
+    app_ctx.result(**result.to_dict())
 
 
 def disconnect_command(
@@ -125,10 +126,10 @@ def disconnect_command(
         refusal="disconnect removes this connection's secrets; pass --yes to confirm",
     )
     result = disconnect(app_ctx.paths)
+    app_ctx.result(**result.to_dict())
     term.success(
         f"disconnected '{result.connection}': removed {', '.join(result.removed_secrets) or 'no stored secrets'}"
         + ("; cached token dropped" if result.removed_token else "")
     )
     if result.kept:
         term.info("kept: " + ", ".join(result.kept) + " (run `stsync connect` to reconnect)")
-    app_ctx.emit({"ok": True, **result.to_dict()})

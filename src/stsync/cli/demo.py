@@ -7,8 +7,10 @@ and state directory (removed afterwards unless ``--keep``). Nothing touches the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -17,9 +19,11 @@ from pathlib import Path
 from typing import Iterator
 
 import typer
+from rich.text import Text
 
 from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.cli.tables import Column, Role
 from stsync.credentials import SECRETS
 
 
@@ -114,11 +118,16 @@ def demo_command(
             shutil.rmtree(workdir, ignore_errors=True)
 
     failed = [s for s in steps if s.code not in (0, None)]
-    table = term.table("Step", "Command", "Result", "Time", title="Demo summary")
-    for step in steps:
-        ok = step.code == 0
-        table.add_row(step.title, "stsync " + _shown(step.argv), "[green]✓[/]" if ok else f"[red]exit {step.code}[/]", f"{step.seconds:.1f}s")
-    term.summary(table)
+    rows = [
+        [
+            step.title,
+            "stsync " + _shown(step.argv),
+            Text("✓", style="green") if step.code == 0 else Text(f"exit {step.code}", style="red"),
+            f"{step.seconds:.1f}s",
+        ]
+        for step in steps
+    ]
+    term.table(list(SUMMARY_COLUMNS), rows, title="Demo summary")
     if not failed:
         term.summary(
             f"[green]All {len(steps)} steps passed[/] in {time.monotonic() - started:.1f}s: "
@@ -126,9 +135,27 @@ def demo_command(
             f"{summary['return_fields']} return fields written, {summary['qualified']} referral(s) qualified."
         )
         term.summary("Next: `stsync connect` with your own credentials (see README), or `stsync sandbox` to explore.")
-    app_ctx.emit({"ok": not failed, "steps": [{"title": s.title, "argv": s.argv, "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps], "summary": summary if not failed else None})
+    counts = {"steps": len(steps), "steps_failed": len(failed), **(summary if not failed else {})}
+    app_ctx.result(
+        counts=counts,
+        steps=[{"title": s.title, "argv": _redacted(s.argv), "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps],
+        summary=summary if not failed else None,
+    )
     if failed:
-        raise typer.Exit(failed[0].code or 1)
+        from stsync.errors import CommandFailed
+
+        step = failed[0]
+        raise app_ctx.exit_with(
+            CommandFailed(f"demo step {steps.index(step) + 1} ({step.title}) exited {step.code}", exit_code=step.code or 1)
+        )
+
+
+SUMMARY_COLUMNS = (
+    Column("Step", Role.TEXT, min_width=20, drop_order=2),
+    Column("Command", Role.TEXT, min_width=24),
+    Column("Result", Role.LABEL),
+    Column("Time", Role.LABEL, drop_order=1),
+)
 
 
 def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:
@@ -137,7 +164,12 @@ def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:
     term.print(Rule(f"[bold]{len(done) + 1}. {step.title}[/]", align="left"))
     term.print(f"[cyan]$ stsync {_shown(step.argv)}[/]")
     started = time.monotonic()
-    step.code = run(["--config", str(cfg), *step.argv])
+    if term.json_mode:
+        # stdout is the demo's JSON object alone: each step's output is talk here.
+        with contextlib.redirect_stdout(sys.stderr):
+            step.code = run(["--config", str(cfg), *step.argv])
+    else:
+        step.code = run(["--config", str(cfg), *step.argv])
     step.seconds = time.monotonic() - started
     done.append(step)
     if step.code != 0:
@@ -146,15 +178,19 @@ def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:
     return True
 
 
-def _shown(argv: list[str]) -> str:
-    """The command as printed: secrets are the sandbox's, but they still are not shown."""
+def _redacted(argv: list[str]) -> list[str]:
+    """The command as shown: secrets are the sandbox's, but they still are not shown."""
     hidden = {"--client-secret", "--app-key", "--rf-api-key"}
     out: list[str] = []
     redact_next = False
     for arg in argv:
         out.append("***" if redact_next else arg)
         redact_next = arg in hidden
-    return " ".join(out)
+    return out
+
+
+def _shown(argv: list[str]) -> str:
+    return " ".join(_redacted(argv))
 
 
 @contextmanager

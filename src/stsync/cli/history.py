@@ -1,13 +1,24 @@
-"""`stsync history`: the ledger's push attempts, newest first."""
+"""`stsync history`: the ledger's push attempts, newest first.
+
+The attempts are the data (stdout): on a terminal a table that keeps every e-mail, External
+Id and booking number whole at any width (``cli.tables``); in a pipe, TSV with a header
+(``started_at email external_id outcome booking_id error``), one attempt per line, for
+``grep``, ``cut -f`` and spreadsheets. ``-q`` does not hide them.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+from rich.text import Text
 
 from stsync.cli.context import AppContext
+from stsync.cli.tables import Column, Role
 from stsync.storage.states import AttemptOutcome
+
+if TYPE_CHECKING:
+    from stsync.services.history import HistoryEntry
 
 OUTCOME_STYLE = {
     AttemptOutcome.CREATED: "green",
@@ -33,32 +44,23 @@ def history_command(
     failed: bool = typer.Option(False, "--failed", help="Only the attempts that failed."),
     limit: int = typer.Option(50, "--limit", help="At most this many attempts (newest first)."),
 ) -> None:
-    from rich.markup import escape
-
     from stsync.services.history import push_history
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
     report = push_history(app_ctx.connection(), email=email, failed_only=failed, limit=limit)
+    app_ctx.result(counts={"attempts": len(report.entries)}, **report.to_dict())
 
+    if app_ctx.json_mode:
+        pass  # the object is the data
+    elif not term.data_to_terminal:
+        term.tsv(list(TSV_HEADER), [_tsv_row(entry) for entry in report.entries])
+    elif report.entries:
+        term.table(list(COLUMNS), [_table_row(entry) for entry in report.entries], title="Push attempts")
     if not report.entries:
         which = " failed" if failed else ""
         whom = f" for {email}" if email else ""
         term.info(f"No{which} push attempts recorded{whom}.")
-    else:
-        table = term.table("When (UTC)", "E-mail", "External ID", "Outcome", "Booking", "Error", title="Push attempts")
-        for entry in report.entries:
-            style = OUTCOME_STYLE.get(entry.outcome, "")
-            label = OUTCOME_LABEL.get(entry.outcome, entry.outcome)
-            table.add_row(
-                escape(_short_time(entry.started_at)),
-                escape(entry.email or "—"),
-                escape(entry.external_id or "—"),
-                f"[{style}]{escape(label)}[/]" if style else escape(label),
-                f"#{entry.booking_id}" if entry.booking_id is not None else "",
-                escape(entry.error_text),
-            )
-        term.print(table)
     if report.last_run is not None and not email:
         run = report.last_run
         counts = run.get("counts") or {}
@@ -67,7 +69,35 @@ def history_command(
             f"Last push run #{run['id']} ({run.get('command') or 'push'}): {run.get('outcome')}, started "
             f"{_short_time(run.get('started_at'))}" + (f" — {shown}" if shown else "")
         )
-    app_ctx.emit({"ok": True, **report.to_dict()})
+
+
+# Identifiers stay whole; at a narrow width "When" goes first, then the error moves under the
+# table as a numbered note.
+COLUMNS = (
+    Column("When (UTC)", Role.LABEL, drop_order=1),
+    Column("E-mail", Role.ID),
+    Column("External Id", Role.ID),
+    Column("Outcome", Role.LABEL),
+    Column("Booking", Role.ID),
+    Column("Error", Role.TEXT, min_width=24, drop_order=2, note=True),
+)
+TSV_HEADER = ("started_at", "email", "external_id", "outcome", "booking_id", "error")
+
+
+def _table_row(entry: HistoryEntry) -> list[Text]:
+    style = OUTCOME_STYLE.get(entry.outcome, "")
+    return [
+        Text(_short_time(entry.started_at)),
+        Text(entry.email or "—"),
+        Text(entry.external_id or "—"),
+        Text(OUTCOME_LABEL.get(entry.outcome, entry.outcome), style=style),
+        Text(f"#{entry.booking_id}" if entry.booking_id is not None else ""),
+        Text(entry.error_text),
+    ]
+
+
+def _tsv_row(entry: HistoryEntry) -> list[object]:
+    return [entry.started_at, entry.email, entry.external_id, entry.outcome, entry.booking_id, entry.error_text]
 
 
 def _short_time(stamp: str | None) -> str:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, List, Optional
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.cli.tables import Column, Role
 from stsync.vocabulary import Action, SyncMode
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ def show_command(
     sections: tuple[str, ...] = FOR_CHOICES if for_ is None else (for_section(for_),)
     config, default, _ = load_or_default(app_ctx.config_path)
     overview = mapping_overview(config, sections=sections)
+    app_ctx.result(config_path=str(app_ctx.config_path), default=default, **overview)
     if default:
         term.warning(f"no config at {app_ctx.config_path} yet: this is the default mapping (`stsync connect` writes it)")
     for name in sections:
@@ -52,53 +54,73 @@ def show_command(
             _render_customers(term, overview["customers"])
         else:
             _render_booking_section(term, name, overview[name])
-    app_ctx.emit({"ok": True, "config_path": str(app_ctx.config_path), "default": default, **overview})
+
+
+# The mapping tables are data (stdout, shown with -q): on a terminal with colour, in a pipe or
+# a file (`map show > mapping.txt`) as plain aligned text.
+MAPPING_COLUMNS = (
+    Column("Data Type", Role.TEXT, min_width=13),
+    Column("From Referral Factory", Role.TEXT, min_width=16),
+    Column("To ServiceTitan", Role.TEXT, min_width=20),
+)
+CUSTOMER_COLUMNS = (
+    Column("Data Type", Role.TEXT, min_width=13),
+    Column("From ServiceTitan", Role.TEXT, min_width=16),
+    Column("To Referral Factory", Role.TEXT, min_width=16),
+)
+RETURN_COLUMNS = (
+    Column("From Referral Factory", Role.TEXT, min_width=14),
+    Column("To ServiceTitan (customer custom field)", Role.TEXT, min_width=20),
+)
 
 
 def _render_booking_section(term: "Terminal", name: str, data: dict[str, Any]) -> None:
     from rich.markup import escape
-    from rich.panel import Panel
+    from rich.text import Text
 
     who = "lead joins campaign" if name == "leads" else "referrer joins campaign"
     style = "green" if data["action"] == Action.CREATE_BOOKING else "yellow"
-    term.print(f"[bold]{name.capitalize()}[/] — When {who}: [{style}]{escape(data['action_label'])}[/]")
+    term.show(f"[bold]{name.capitalize()}[/] — When {who}: [{style}]{escape(data['action_label'])}[/]")
     if data["action"] != Action.CREATE_BOOKING:
         whom = "referred leads" if name == "leads" else "referrers"
-        term.print(f"[yellow]Nothing to action — {whom} will not be sent to ServiceTitan[/]")
+        term.show(f"[yellow]Nothing to action — {whom} will not be sent to ServiceTitan[/]")
     if data["action"] != Action.CREATE_BOOKING and not any(row["mapped"] for row in data["fields"]):
-        term.print("[dim]No field mapping (none is needed while nothing is sent).[/]\n")
+        term.show("[dim]No field mapping (none is needed while nothing is sent).[/]\n")
         return
-    title = f"{name.capitalize()} → ServiceTitan booking (* required)"
-    table = term.table("Data Type", "From Referral Factory", "To ServiceTitan", title=title)
+    rows = []
     for row in data["fields"]:
-        target = escape(row["target_label"]) + (" *" if row["required"] else "")
-        target += f" [dim]({escape(row['target'])})[/]"
+        target = Text(row["target_label"] + (" *" if row["required"] else ""))
+        target.append(f" ({row['target']})", style="dim")
         if row["mapped"]:
-            table.add_row(escape(row["data_type"] or ""), escape(row["from"] or ""), target)
+            rows.append([row["data_type"] or "", row["from"] or "", target])
         else:
-            table.add_row("[red]—[/]", "[red]not mapped[/]", f"[red]{target}[/]")
-    term.print(table)
+            target.stylize("red")
+            rows.append([Text("—", style="red"), Text("not mapped", style="red"), target])
+    term.table(list(MAPPING_COLUMNS), rows, title=f"{name.capitalize()} → ServiceTitan booking (* required)")
     if data["setup_required"]:
         missing = ", ".join(f"{_label(t)} ({t})" for t in data["missing"])
         first = data["missing"][0]
-        term.print(
-            Panel(
-                f"[bold]Required ServiceTitan fields not mapped:[/] {escape(missing)}\n"
-                "No booking can be created until each one is mapped, e.g.\n"
+        _banner(
+            term,
+            "Setup Required",
+            [
+                f"Required ServiceTitan fields not mapped: {missing}",
+                "No booking can be created until each one is mapped, e.g.",
                 f"  stsync map set {first} --from <field> --for {name}   (or --value, --select, --template)",
-                title="[bold]Setup Required[/]",
-                title_align="left",
-                border_style="red",
-                style="red",
-                expand=False,
-            )
+            ],
         )
     qualification = data.get("qualification")
     if qualification is not None:
         unqualify = qualification["unqualify_on"]
         extra = f"; taken back on {', '.join(unqualify)}" if unqualify else ""
-        term.print(f"Qualification rule: [bold]{escape(qualification['label'])}[/]{escape(extra)}")
-    term.print("")
+        term.show(f"Qualification rule: [bold]{escape(qualification['label'])}[/]{escape(extra)}")
+    term.show("")
+
+
+def _banner(term: "Terminal", title: str, lines: list[str]) -> None:
+    from rich.markup import escape
+
+    term.boxed(title, [escape(line) for line in lines], style="red")
 
 
 def _label(target: str) -> str:
@@ -108,29 +130,27 @@ def _label(target: str) -> str:
 
 
 def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
-    from rich.markup import escape
+    from rich.text import Text
 
     mode = "Ongoing Sync" if data["mode"] == SyncMode.ONGOING else "One-Time Sync"
     inactive = "included" if data["include_inactive"] else "skipped"
-    term.print(f"[bold]Customers[/] — ServiceTitan customers → campaign referrers: {mode}; inactive customers {inactive}")
-    table = term.table("Data Type", "From ServiceTitan", "To Referral Factory", title="Map Fields (* required)")
+    term.show(f"[bold]Customers[/] — ServiceTitan customers → campaign referrers: {mode}; inactive customers {inactive}")
+    rows = []
     for row in data["fields"]:
-        target = escape(row["target_label"]) + (" *" if row["required"] else "")
+        target = row["target_label"] + (" *" if row["required"] else "")
         if row["mapped"]:
-            table.add_row(escape(row["data_type"] or ""), escape(row["from"] or ""), target)
+            rows.append([row["data_type"] or "", row["from"] or "", target])
         else:
-            table.add_row("[red]—[/]", "[red]not mapped[/]", f"[red]{target}[/]")
-    term.print(table)
+            rows.append([Text("—", style="red"), Text("not mapped", style="red"), Text(target, style="red")])
+    term.table(list(CUSTOMER_COLUMNS), rows, title="Map Fields (* required)")
     if data["missing"]:
-        term.print(f"[red]Setup Required: customers cannot become referrers without {', '.join(data['missing'])}[/]")
-    returns = term.table("From Referral Factory", "To ServiceTitan (customer custom field)", title="Map Return Fields")
-    for row in data["return_fields"]:
-        returns.add_row(escape(row["value_label"]), escape(row["custom_field"]))
+        _banner(term, "Setup Required", [f"customers cannot become referrers without {', '.join(data['missing'])}"])
     if data["return_fields"]:
-        term.print(returns)
+        returns = [[row["value_label"], row["custom_field"]] for row in data["return_fields"]]
+        term.table(list(RETURN_COLUMNS), returns, title="Map Return Fields")
     else:
-        term.print("Map Return Fields: none (nothing is written back to ServiceTitan)")
-    term.print("")
+        term.show("Map Return Fields: none (nothing is written back to ServiceTitan)")
+    term.show("")
 
 
 @map_app.command("set", help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. " + REWRITE_NOTE, short_help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. ")
@@ -236,6 +256,8 @@ def reset_command(
 
 
 def _report(app_ctx: AppContext, result: Any) -> None:
+    """An edit's outcome: a line of talk (stderr); the --json object is the EditResult."""
+    app_ctx.result(**result.to_dict())
     term = app_ctx.terminal
     if result.changed:
         term.success(result.change)
@@ -254,4 +276,3 @@ def _report(app_ctx: AppContext, result: Any) -> None:
         term.warning(
             f"Setup Required: [{result.section}] has no mapping for required field(s): {', '.join(result.setup_required)}"
         )
-    app_ctx.emit({"ok": True, **result.to_dict()})

@@ -96,10 +96,10 @@ def push_lead_command(
     # Checked once for the whole command: "Nothing to action", then "Setup Required".
     target = service.push_target(conn, kind)
     if target.notice is not None:
+        nothing = service.PushReport(kind=kind, dry_run=dry_run, notice=target.notice)
+        _record(app_ctx, nothing)
         term.warning(target.notice)
         term.info(f"→ {target.notice_hint}")
-        app_ctx.emit({"ok": True, "kind": kind, "dry_run": dry_run, "notice": target.notice, "results": [],
-                      "counts": service.PushReport(kind=kind).counts})
         return
 
     if new:
@@ -116,13 +116,27 @@ def push_lead_command(
         else:
             report = service.push_leads(conn, leads, target, dry_run=dry_run)
 
+    _record(app_ctx, report)
     if new and not report.results and not dry_run:
         who = "referred lead" if kind == Kind.LEAD else "referrer"
-        term.summary(f"No new {who}s to push: every {who} of campaign {conn.campaign_id} has a booking")
+        if not term.quiet:  # -q: nothing to do, nothing said
+            term.summary(f"No new {who}s to push: every {who} of campaign {conn.campaign_id} has a booking")
     else:
         _render(term, report, dry_run=dry_run, batch=batch, json_mode=app_ctx.json_mode)
-    app_ctx.emit({"ok": not report.failed, **report.to_dict()})
     _raise_for_failures(report, batch=batch)
+
+
+def _record(app_ctx: AppContext, report: "PushReport") -> None:
+    """The --json object: the report, its counts, and each failed lead (key: its External Id)."""
+    from stsync.cli.envelope import failure
+
+    data = report.to_dict()
+    counts = data.pop("counts")
+    failures = [
+        failure(r.external_id or r.lead.describe(), r.message or "failed", error=r.error, email=r.lead.email)
+        for r in report.failed
+    ]
+    app_ctx.result(counts=counts, failures=failures, **data)
 
 
 def _parse_fields(pairs: list[str]) -> dict[str, str]:
@@ -166,27 +180,32 @@ def _read_json(file: str) -> Any:
 
 
 def _render(term: "Terminal", report: "PushReport", *, dry_run: bool, batch: bool, json_mode: bool) -> None:
+    """stdout: each lead's line and the batch's summary (with -q: the summary and each
+    failure); a dry run's stdout is the body alone, its talk on stderr."""
     from rich.markup import escape
 
     if dry_run:
         bodies = [r.body for r in report.results if r.body is not None]
-        if not json_mode:
-            # stdout carries exactly what would be POSTed, nothing else.
-            term.data(bodies if batch else (bodies[0] if bodies else None))
+        if not json_mode and (batch or bodies):
+            # stdout carries exactly what would be POSTed, nothing else (nothing when a single
+            # lead cannot be sent: its error says why).
+            term.data(bodies if batch else bodies[0])
         for result in report.results:
             if result.failed and batch:  # a single lead's failure is the command's error
-                term.summary(f"[red]✗[/] {escape(result.lead.describe())}: {escape(result.message or 'failed')}")
-        term.summary(
+                term.always(f"[red]✗[/] {escape(result.lead.describe())}: {escape(result.message or 'failed')}")
+        term.always(
             f"Dry run: {len(bodies)} booking(s) would be sent to ServiceTitan; nothing was sent or recorded"
             + (f"; {len(report.failed)} lead(s) cannot be sent" if report.failed else "")
         )
         return
+    counts = report.counts
+    with_summary = batch or counts["total"] != 1
     for result in report.results:
         if result.failed and not batch:
             continue  # raised as the command's error, with its hint
-        _render_line(term, result, escape)
-    counts = report.counts
-    if batch or counts["total"] != 1:
+        if result.failed or not (term.quiet and with_summary):
+            _render_line(term, result, escape)
+    if with_summary and not (term.quiet and counts["total"] == 0):
         term.summary(
             f"{counts['total']} lead(s): {counts['created']} created, {counts['already_booked']} already booked, "
             f"{counts['skipped']} skipped, {counts['failed']} failed"
@@ -196,13 +215,12 @@ def _render(term: "Terminal", report: "PushReport", *, dry_run: bool, batch: boo
 def _render_line(term: "Terminal", result: "PushResult", escape) -> None:
     who = escape(result.lead.describe())
     if result.outcome == AttemptOutcome.CREATED:
-        term.print(f"[green]✓[/] {who}: created booking #{result.booking_id}")
+        term.summary(f"[green]✓[/] {who}: created booking #{result.booking_id}")
     elif result.outcome == AttemptOutcome.ALREADY_BOOKED:
-        term.print(f"[cyan]•[/] {who}: already booked #{result.booking_id}")
+        term.summary(f"[cyan]•[/] {who}: already booked #{result.booking_id}")
     elif result.outcome == AttemptOutcome.SKIPPED:
-        term.print(f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})")
+        term.summary(f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})")
     else:
-        # Failures stay visible with -q: cron mail must show them.
         term.summary(f"[red]✗[/] {who}: failed: {escape(result.message or 'failed')}")
 
 

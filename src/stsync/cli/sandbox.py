@@ -147,16 +147,15 @@ def sandbox_command(
         _plain(term, "  " + shlex.join(["stsync", *sb.connect_args()]))
         term.info(f"Admin operations: GET {sb.base_url}/_sandbox/ lists them")
         # Last: a script that waits for this object knows everything above is printed too.
-        app_ctx.emit(
-            {
-                "url": sb.base_url,
-                "env": sb.env(),
-                "secret_env": sb.secret_env(),
-                "credentials": creds.to_dict(),
-                "variants": variants.names(),
-                "admin": sb.base_url + "/_sandbox/",
-            }
+        app_ctx.result(
+            url=sb.base_url,
+            env=sb.env(),
+            secret_env=sb.secret_env(),
+            credentials=creds.to_dict(),
+            variants=variants.names(),
+            admin=sb.base_url + "/_sandbox/",
         )
+        app_ctx.emit_now()
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:

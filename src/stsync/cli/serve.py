@@ -80,7 +80,7 @@ def serve_command(
         f"serve stopped: {stats.received} delivery(ies) received, {stats.duplicates} duplicate(s), "
         f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed."
     )
-    app_ctx.emit({"ok": True, "run_id": server.run_id, "counts": stats.as_counts()})
+    app_ctx.result(counts=stats.as_counts(), run_id=server.run_id)
 
 
 def serve_until_signalled(
