@@ -217,11 +217,13 @@ class Interrupted(StsyncError):
 
     exit_code = 130
 
-    def __init__(self) -> None:
-        super().__init__(
-            "interrupted; everything done so far is recorded",
-            hint="run the same command again to resume",
-        )
+    def __init__(
+        self,
+        message: str = "interrupted; everything done so far is recorded",
+        *,
+        hint: str | None = "run the same command again to resume",
+    ) -> None:
+        super().__init__(message, hint=hint)
 
 
 class ApiError(StsyncError):

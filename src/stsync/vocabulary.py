@@ -29,6 +29,13 @@ class Environment(StrEnum):
         return Environment.INTEGRATION if self is Environment.PRODUCTION else Environment.PRODUCTION
 
 
+class SecretsStore(StrEnum):
+    """``secrets.store`` / ``connect --secrets-store``: where ``connect`` keeps the secrets."""
+
+    KEYRING = "keyring"  # the OS keyring (the default)
+    FILE = "file"  # a 0600 file in the connection's state directory (opt-in)
+
+
 class Action(StrEnum):
     """``leads.action`` / ``referrers.action``: what happens when someone joins the campaign."""
 
@@ -88,15 +95,34 @@ class Kind(StrEnum):
     REFERRER = "referrer"
 
 
+class Section(StrEnum):
+    """A tab of the mapping (``map show --for``, ``map set --for``): the seed's Leads, Referrers
+    and Customers tabs."""
+
+    LEADS = "leads"
+    REFERRERS = "referrers"
+    CUSTOMERS = "customers"
+
+
+class BookingSection(StrEnum):
+    """The tabs whose members can become bookings (``map action``)."""
+
+    LEADS = "leads"
+    REFERRERS = "referrers"
+
+
 __all__ = [
     "DEFAULT_JOB_STATUS",
     "RUN_MODE_FOR",
     "Action",
+    "BookingSection",
     "Environment",
     "Kind",
     "QualificationRule",
     "ReturnValue",
     "RunMode",
+    "SecretsStore",
+    "Section",
     "SyncMode",
     "UnqualifyEvent",
 ]

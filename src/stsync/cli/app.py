@@ -23,26 +23,35 @@ import typer
 
 from stsync import __version__, envvars
 from stsync.cli.context import AppContext
-from stsync.errors import Interrupted, NotConfirmed, StsyncError, UsageError
+from stsync.cli.help import examples, tidy_help
+from stsync.errors import Interrupted, StsyncError, UsageError
 
-# Order is the order of `stsync --help`.
+# Order is the order of `stsync --help`, panel by panel (cli.help: Setup, Everyday, Support,
+# Tools); a command module names its panel when it registers.
 COMMAND_MODULES = (
-    "demo",
     "connect",
     "map",
     "validate",
     "push_lead",
     "sync_customers",
     "qualify",
+    "serve",
     "diagnose",
     "history",
-    "serve",
+    "demo",
     "sandbox",
 )
 
 app = typer.Typer(
     name="stsync",
     help="Connect a Referral Factory referral campaign to ServiceTitan.",
+    epilog=examples(
+        ("stsync demo", "the whole job against a local simulator, no credentials"),
+        ("stsync connect", "then `stsync map show` and `stsync validate --online`"),
+        ("stsync push-lead --new", "book every new referred lead"),
+        ("stsync diagnose", "the troubleshooting checklist"),
+        ("stsync COMMAND --help", "each command's options and examples"),
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
@@ -61,11 +70,11 @@ def _version(value: bool) -> None:
 def _global(
     ctx: typer.Context,
     config: Optional[str] = typer.Option(
-        None, "--config", help=f"Config file of the connection (TOML). \\[env var: {envvars.CONFIG.name}]"
+        None, "--config", metavar="PATH", help=f"Config file of the connection (TOML). \\[env var: {envvars.CONFIG.name}]"
     ),
-    json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout; human output stays on stderr."),
+    json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (docs/json.md); everything for people goes to stderr."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail (-vv for HTTP traffic)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors, warnings and the closing summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="One summary line and every failure (data commands still print their data)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     _apply_global_options(AppContext.from_typer(ctx), ctx.params)
@@ -90,10 +99,13 @@ _register_commands()
 
 
 def build_command() -> Any:
-    """The Click command tree Typer builds from ``app``: what one invocation runs."""
+    """The Click command tree Typer builds from ``app``, its help tidied (``cli.help``): what
+    one invocation runs."""
     from typer.main import get_command
 
-    return get_command(app)
+    command = get_command(app)
+    tidy_help(command)
+    return command
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,12 +140,17 @@ def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> int:
     try:
         # Not standalone: failures come back here, to be rendered in one style.
         result = command.main(args=args, prog_name="stsync", standalone_mode=False, obj=app_ctx)
-        return result if isinstance(result, int) else 0
+        code = result if isinstance(result, int) else 0
+        if code == Interrupted.exit_code and app_ctx.reported_error is None:
+            # Typer turns Ctrl-C (KeyboardInterrupt) into a bare exit 130: say what it means.
+            return _report(app_ctx, Interrupted())
+        return code
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except typer.Abort:
-        # A prompt answered with Ctrl-D (or Ctrl-C inside Click's prompt).
-        return _report(app_ctx, NotConfirmed("aborted at a prompt; nothing was changed"))
+        # Ctrl-C (or end of input) at a prompt: like Ctrl-C anywhere, one line and 130.
+        # Prompts come before any change, so nothing was done.
+        return _report(app_ctx, Interrupted("interrupted at a prompt; nothing was changed", hint=None))
     except KeyboardInterrupt:
         return _report(app_ctx, Interrupted())
     except typer.TyperException as exc:  # Click's usage errors (typer vendors click)
@@ -182,7 +199,9 @@ def _report_usage_error(app_ctx: AppContext, exc: typer.TyperException, args: li
     ctx = ctx or _context_of(args, command)
     hint = f"{ctx.get_usage()} (try '{ctx.command_path} --help')"
     error = UsageError if exc.exit_code == UsageError.exit_code else StsyncError
-    return _report(app_ctx, error(exc.format_message(), hint=hint))
+    # Typer words a refused value "Invalid value for '--for': Value error, …": the middle goes.
+    message = exc.format_message().replace(": Value error, ", ": ")
+    return _report(app_ctx, error(message, hint=hint))
 
 
 def _context_of(args: list[str], command: Any) -> Any:

@@ -7,42 +7,75 @@ from typing import Optional
 import typer
 
 from stsync import credentials
+from stsync.cli.choices import choice
 from stsync.cli.context import AppContext
+from stsync.cli.help import SETUP, examples
+from stsync.vocabulary import Environment, SecretsStore
+
+CONNECT_EXAMPLES = examples(
+    ("stsync connect", "asks for each value on a terminal (secrets typed hidden), verifies them live, stores them"),
+    (
+        "stsync connect --environment production --tenant-id 1234567\n--client-id cid.xxxx --booking-provider 42 --campaign-id 7",
+        "non-interactive: the secrets come from STSYNC_ST_CLIENT_SECRET, STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY",
+    ),
+    ("stsync connect --secrets-store file", "a headless server without an OS keyring: a 0600 file in the state directory"),
+    ("stsync --config acme.toml connect", "a second connection (another tenant or campaign) in its own config file"),
+)
+DISCONNECT_EXAMPLES = examples(
+    ("stsync disconnect", "asks first; config and ledger are kept"),
+    ("stsync disconnect --yes", "in a script"),
+)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("connect", help="Connect (or reconnect) ServiceTitan and Referral Factory; verifies live, stores secrets.")(connect_command)
-    app.command("disconnect", help="Remove this connection's secrets and cached token (config and ledger are kept).")(
-        disconnect_command
-    )
+    app.command(
+        "connect",
+        help="Connect (or reconnect) ServiceTitan and Referral Factory; verifies live, stores secrets.",
+        epilog=CONNECT_EXAMPLES,
+        rich_help_panel=SETUP,
+    )(connect_command)
+    app.command(
+        "disconnect",
+        help="Remove this connection's secrets and cached token (config and ledger are kept).",
+        epilog=DISCONNECT_EXAMPLES,
+        rich_help_panel=SETUP,
+    )(disconnect_command)
 
 
 def connect_command(
     ctx: typer.Context,
-    environment: Optional[str] = typer.Option(None, "--environment", help="production or integration."),
-    tenant_id: Optional[int] = typer.Option(None, "--tenant-id", help="ServiceTitan Tenant ID."),
-    client_id: Optional[str] = typer.Option(None, "--client-id", help="ServiceTitan Client ID."),
+    environment: Optional[Environment] = typer.Option(
+        None, "--environment", parser=choice(Environment), help="Which ServiceTitan the credentials belong to (production by default)."
+    ),
+    tenant_id: Optional[int] = typer.Option(None, "--tenant-id", metavar="ID", help="ServiceTitan Tenant ID."),
+    client_id: Optional[str] = typer.Option(None, "--client-id", metavar="ID", help="ServiceTitan Client ID."),
     client_secret: Optional[str] = typer.Option(
         None,
         credentials.ST_CLIENT_SECRET.option,
+        metavar="SECRET",
         help=f"{credentials.ST_CLIENT_SECRET.label} (prefer the prompt or {credentials.ST_CLIENT_SECRET.env_var.name}).",
     ),
     app_key: Optional[str] = typer.Option(
         None,
         credentials.ST_APP_KEY.option,
+        metavar="KEY",
         help=f"{credentials.ST_APP_KEY.label} (or {credentials.ST_APP_KEY.env_var.name}).",
     ),
     booking_provider: Optional[int] = typer.Option(
-        None, "--booking-provider", help="The \"Allowed 'booking_provider' value\" shown by ServiceTitan."
+        None, "--booking-provider", metavar="VALUE", help="The \"Allowed 'booking_provider' value\" shown by ServiceTitan."
     ),
     rf_api_key: Optional[str] = typer.Option(
         None,
         credentials.RF_API_KEY.option,
+        metavar="KEY",
         help=f"{credentials.RF_API_KEY.label} (or {credentials.RF_API_KEY.env_var.name}).",
     ),
-    campaign_id: Optional[int] = typer.Option(None, "--campaign-id", help="Referral Factory campaign ID."),
-    secrets_store: str = typer.Option(
-        "keyring", "--secrets-store", help="keyring (the OS keyring) or file (a 0600 file in the state dir)."
+    campaign_id: Optional[int] = typer.Option(None, "--campaign-id", metavar="ID", help="Referral Factory campaign ID."),
+    secrets_store: SecretsStore = typer.Option(
+        SecretsStore.KEYRING,
+        "--secrets-store",
+        parser=choice(SecretsStore),
+        help="keyring: the OS keyring; file: a 0600 file in the state directory (headless servers).",
     ),
     no_verify: bool = typer.Option(False, "--no-verify", help="Store without checking the credentials live."),
 ) -> None:
@@ -57,8 +90,6 @@ def connect_command(
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    if secrets_store not in ("keyring", "file"):
-        raise UsageError(f"--secrets-store must be keyring or file, not {secrets_store!r}")
     given = ConnectValues(
         environment=environment,
         tenant_id=tenant_id,

@@ -23,12 +23,21 @@ from rich.text import Text
 
 from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.cli.help import TOOLS, examples
 from stsync.cli.tables import Column, Role
 from stsync.credentials import SECRETS
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo", help="Run the whole job on a local sandbox (no credentials needed).")(demo_command)
+    app.command(
+        "demo",
+        help="Run the whole job on a local sandbox (no credentials needed).",
+        epilog=examples(
+            ("stsync demo", "connect, map, validate, push, sync, qualify, diagnose — against a simulator"),
+            ("stsync demo --keep", "keep the demo's config and state directory to look at"),
+        ),
+        rich_help_panel=TOOLS,
+    )(demo_command)
 
 
 @dataclass

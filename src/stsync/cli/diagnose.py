@@ -8,6 +8,7 @@ import typer
 
 from stsync.cli.checks import CHECK_COLUMNS, check_row, checks_failed, checks_failure
 from stsync.cli.context import AppContext
+from stsync.cli.help import SUPPORT, examples
 
 HELP = (
     "The troubleshooting checklist, live: each check PASS / WARN / FAIL with its fix.\n\n"
@@ -25,12 +26,22 @@ HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("diagnose", help=HELP)(diagnose_command)
+    app.command(
+        "diagnose",
+        help=HELP,
+        epilog=examples(
+            ("stsync diagnose", "every check, PASS / WARN / FAIL, each with its fix"),
+            ("stsync diagnose --email jo@example.com", "one referral's whole story and its exact error"),
+            ("stsync diagnose --bundle support", "support.md and support.json for a ticket, secrets removed"),
+            ("stsync -q diagnose", "only what is not PASS (nothing when every check passes)"),
+        ),
+        rich_help_panel=SUPPORT,
+    )(diagnose_command)
 
 
 def diagnose_command(
     ctx: typer.Context,
-    email: Optional[str] = typer.Option(None, "--email", metavar="E", help="Tell the story of the referral with this e-mail."),
+    email: Optional[str] = typer.Option(None, "--email", metavar="EMAIL", help="Tell the story of the referral with this e-mail."),
     bundle: Optional[str] = typer.Option(
         None, "--bundle", metavar="PATH", help="Write a redacted report for a support ticket: PATH.md and PATH.json (or into the directory PATH)."
     ),

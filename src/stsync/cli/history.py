@@ -14,6 +14,7 @@ import typer
 from rich.text import Text
 
 from stsync.cli.context import AppContext
+from stsync.cli.help import SUPPORT, examples
 from stsync.cli.tables import Column, Role
 from stsync.storage.states import AttemptOutcome
 
@@ -33,23 +34,34 @@ OUTCOME_LABEL = {AttemptOutcome.ALREADY_BOOKED: "already booked", AttemptOutcome
 
 
 def register(app: typer.Typer) -> None:
-    app.command("history", help="The ledger's push attempts, newest first: booking ids and ServiceTitan's exact errors.")(
-        history_command
-    )
+    app.command(
+        "history",
+        help="The ledger's push attempts, newest first: booking ids and ServiceTitan's exact errors. "
+        "On a terminal a table; in a pipe TSV with a header (started_at, email, external_id, outcome, booking_id, error).",
+        epilog=examples(
+            ("stsync history", "the last 50 attempts"),
+            ("stsync history --failed", "only the attempts that failed, with ServiceTitan's words"),
+            ("stsync history --email jo@example.com", "one lead's attempts"),
+            ("stsync history | grep jo@example.com | cut -f1,4,5", "TSV in a pipe: when, outcome, booking"),
+        ),
+        rich_help_panel=SUPPORT,
+    )(history_command)
 
 
 def history_command(
     ctx: typer.Context,
-    email: Optional[str] = typer.Option(None, "--email", help="Only the attempts for this lead's e-mail."),
+    email: Optional[str] = typer.Option(None, "--email", metavar="EMAIL", help="Only the attempts for this lead's e-mail."),
     failed: bool = typer.Option(False, "--failed", help="Only the attempts that failed."),
-    limit: int = typer.Option(50, "--limit", help="At most this many attempts (newest first)."),
+    limit: int = typer.Option(50, "--limit", metavar="N", help="At most this many attempts (newest first)."),
 ) -> None:
     from stsync.services.history import push_history
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
     report = push_history(app_ctx.connection(), email=email, failed_only=failed, limit=limit)
-    app_ctx.result(counts={"attempts": len(report.entries)}, **report.to_dict())
+    data = report.to_dict()
+    del data["count"]  # counts.attempts says it
+    app_ctx.result(counts={"attempts": len(report.entries)}, **data)
 
     if app_ctx.json_mode:
         pass  # the object is the data

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, List, Literal, Optional
 
 import typer
 
+from stsync.cli.choices import choice
 from stsync.cli.context import AppContext
+from stsync.cli.help import SETUP, examples
 from stsync.cli.tables import Column, Role
-from stsync.vocabulary import Action, SyncMode
+from stsync.vocabulary import Action, BookingSection, QualificationRule, ReturnValue, Section, SyncMode, UnqualifyEvent
 
 if TYPE_CHECKING:
     from stsync.cli.terminal import Terminal
@@ -23,20 +26,58 @@ map_app = typer.Typer(
     + REWRITE_NOTE,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples(
+        ("stsync map show", "the mapping as the setup guide's tables"),
+        ('stsync map set phone --from "meta.Phone Number"', "a lead's form field fills the booking's phone"),
+        ("stsync map qualify job-status --status Completed", "qualify a referral when its job is completed"),
+    ),
 )
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(map_app, name="map")
+    app.add_typer(map_app, name="map", rich_help_panel=SETUP)
 
 
-FOR_HELP = "leads, referrers or customers."
+FOR_HELP = "The tab: leads, referrers (→ ServiceTitan bookings) or customers (→ Referral Factory referrers)."
+
+# ServiceTitan's job statuses (stsync.servicetitan.vocabulary.JOB_STATUSES, which a test compares):
+# not imported, so that `stsync --help` and completion stay fast.
+JOB_STATUSES = ("Scheduled", "Dispatched", "InProgress", "Hold", "Completed", "Canceled")
+JobStatus = Literal["Scheduled", "Dispatched", "InProgress", "Hold", "Completed", "Canceled"]
+# What --unqualify-on takes: the events, or none (clears them).
+UnqualifyWord = StrEnum("UnqualifyWord", {**{event.name: event.value for event in UnqualifyEvent}, "NONE": "none"})
 
 
-@map_app.command("show", help="The mapping as the setup guide's table, with a Setup Required banner for what is missing.")
+def _dashes(token: str) -> str:
+    """The config writes job_created, the command line job-created: both are taken, dashes shown."""
+    return token.replace("_", "-")
+
+
+DASHED_WORDS = {"help_option_names": ["-h", "--help"], "token_normalize_func": _dashes}
+
+
+def _complete_dashed(vocabulary: type[StrEnum]) -> Any:
+    """Shell completion offers the spelling the help shows (job-created, not job_created)."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [word for word in (_dashes(member.value) for member in vocabulary) if word.startswith(incomplete)]
+
+    return complete
+
+
+@map_app.command(
+    "show",
+    help="The mapping as the setup guide's table, with a Setup Required banner for what is missing. "
+    "On a terminal a table; in a pipe or a file the same table as plain text.",
+    epilog=examples(
+        ("stsync map show", "every tab: leads, referrers, customers"),
+        ("stsync map show --for customers", "the customer sync's fields and return fields only"),
+        ("stsync map show > mapping.txt", "the tables as plain text, to keep or attach"),
+    ),
+)
 def show_command(
     ctx: typer.Context,
-    for_: Optional[str] = typer.Option(None, "--for", help="Only this section: " + FOR_HELP),
+    for_: Optional[Section] = typer.Option(None, "--for", parser=choice(Section), help="Only this tab. " + FOR_HELP),
 ) -> None:
     from stsync.mapping.overview import mapping_overview
     from stsync.services.mapping_edit import FOR_CHOICES, for_section, load_or_default
@@ -153,15 +194,38 @@ def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
     term.show("")
 
 
-@map_app.command("set", help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. " + REWRITE_NOTE, short_help="Map a target field: --from a source field, --value a fixed text, --select an option, or --template. ")
+SET_SUMMARY = "Map a target field: --from a source field, --value a fixed text, --select an option, or --template."
+
+
+@map_app.command(
+    "set",
+    help=f"{SET_SUMMARY} {REWRITE_NOTE}",
+    short_help=SET_SUMMARY,
+    epilog=examples(
+        ('stsync map set phone --from "meta.Phone Number"', "Dynamic Value: the lead's form field"),
+        ('stsync map set summary --template "Referred by {referrer_first_name}"', "several fields joined"),
+        ("stsync map set priority --select High --for referrers", "Manual Select, on the referrers' tab"),
+        ('stsync map set "meta.Last Name" --from customer.last_name --for customers', "a customer field for customer sync"),
+    ),
+)
 def set_command(
     ctx: typer.Context,
-    target: str = typer.Argument(..., help="The field to fill: a ServiceTitan booking field (leads, referrers) or a Referral Factory user field (customers)."),
-    from_: Optional[str] = typer.Option(None, "--from", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."),
-    value: Optional[str] = typer.Option(None, "--value", help="Fixed Value (Manual Input): the same text for every record."),
-    select: Optional[str] = typer.Option(None, "--select", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."),
-    template: Optional[str] = typer.Option(None, "--template", help='Several fields joined: "{first_name} {meta.Last Name}".'),
-    for_: str = typer.Option("leads", "--for", help=FOR_HELP),
+    target: str = typer.Argument(
+        ...,
+        metavar="TARGET",
+        help="The field to fill: a ServiceTitan booking field (leads, referrers) or a Referral Factory user field (customers).",
+    ),
+    from_: Optional[str] = typer.Option(
+        None, "--from", metavar="FIELD", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."
+    ),
+    value: Optional[str] = typer.Option(None, "--value", metavar="TEXT", help="Fixed Value (Manual Input): the same text for every record."),
+    select: Optional[str] = typer.Option(
+        None, "--select", metavar="OPTION", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."
+    ),
+    template: Optional[str] = typer.Option(
+        None, "--template", metavar="TEMPLATE", help='Several fields joined: "{first_name} {meta.Last Name}".'
+    ),
+    for_: Section = typer.Option(Section.LEADS, "--for", parser=choice(Section), help=FOR_HELP),
 ) -> None:
     from stsync.errors import UsageError
     from stsync.services.mapping_edit import set_field
@@ -178,11 +242,19 @@ def set_command(
     _report(app_ctx, set_field(app_ctx.config_path, target, kind=kind, value=text, for_=for_))
 
 
-@map_app.command("unset", help="Remove a target's mapping. " + REWRITE_NOTE, short_help="Remove a target's mapping. ")
+@map_app.command(
+    "unset",
+    help="Remove a target's mapping. " + REWRITE_NOTE,
+    short_help="Remove a target's mapping.",
+    epilog=examples(
+        ("stsync map unset phone", "the booking's phone is no longer filled"),
+        ('stsync map unset "meta.Last Name" --for customers', "on the customers' tab"),
+    ),
+)
 def unset_command(
     ctx: typer.Context,
-    target: str = typer.Argument(..., help="The mapped field to clear."),
-    for_: str = typer.Option("leads", "--for", help=FOR_HELP),
+    target: str = typer.Argument(..., metavar="TARGET", help="The mapped field to clear."),
+    for_: Section = typer.Option(Section.LEADS, "--for", parser=choice(Section), help=FOR_HELP),
 ) -> None:
     from stsync.services.mapping_edit import unset_field
 
@@ -190,38 +262,101 @@ def unset_command(
     _report(app_ctx, unset_field(app_ctx.config_path, target, for_=for_))
 
 
-@map_app.command("action", help="What happens when a lead (or referrer) joins: create-booking or nothing. " + REWRITE_NOTE, short_help="What happens when a lead (or referrer) joins: create-booking or nothing. ")
+ACTION_SUMMARY = "What happens when a lead (or referrer) joins: create-booking or nothing."
+
+
+@map_app.command(
+    "action",
+    help=f"{ACTION_SUMMARY} {REWRITE_NOTE}",
+    short_help=ACTION_SUMMARY,
+    context_settings=DASHED_WORDS,
+    epilog=examples(
+        ("stsync map action leads create-booking", "the seed's \"Create New Booking In Service Titan\""),
+        ("stsync map action referrers nothing", "\"Nothing to action\": referrers get no booking"),
+    ),
+)
 def action_command(
     ctx: typer.Context,
-    section: str = typer.Argument(..., help="leads or referrers."),
-    action: str = typer.Argument(..., help="create-booking (Create New Booking In Service Titan) or nothing (Nothing to action)."),
+    section: BookingSection = typer.Argument(
+        ..., metavar="SECTION", parser=choice(BookingSection), help="The tab: leads or referrers."
+    ),
+    action: Action = typer.Argument(
+        ...,
+        metavar="ACTION",
+        parser=choice(Action, dashed=True),
+        autocompletion=_complete_dashed(Action),
+        help="create-booking (Create New Booking In Service Titan) or nothing (Nothing to action).",
+    ),
 ) -> None:
     from stsync.services.mapping_edit import set_action
 
     app_ctx = AppContext.from_typer(ctx)
-    _report(app_ctx, set_action(app_ctx.config_path, section.strip().casefold(), action))
+    _report(app_ctx, set_action(app_ctx.config_path, str(section), action))
 
 
-@map_app.command("qualify", help="When a referral qualifies: none, job-created, or job-status --status S. " + REWRITE_NOTE, short_help="When a referral qualifies: none, job-created, or job-status --status S. ")
+QUALIFY_SUMMARY = "When a referral qualifies: none, job-created, or job-status --status S."
+
+
+@map_app.command(
+    "qualify",
+    help=f"{QUALIFY_SUMMARY} {REWRITE_NOTE}",
+    short_help=QUALIFY_SUMMARY,
+    context_settings=DASHED_WORDS,
+    epilog=examples(
+        ("stsync map qualify job-created", "qualified as soon as the booking becomes a job"),
+        ("stsync map qualify job-status --status Completed", "qualified when that job is completed"),
+        ("stsync map qualify job-status --status Completed --unqualify-on job-canceled", "taken back if the job is cancelled"),
+        ("stsync map qualify none", "\"Do not qualify my referrals\""),
+    ),
+)
 def qualify_command(
     ctx: typer.Context,
-    rule: str = typer.Argument(..., help="none | job-created | job-status."),
-    status: Optional[str] = typer.Option(None, "--status", help="With job-status: Scheduled, Dispatched, InProgress, Hold, Completed or Canceled."),
-    unqualify_on: Optional[List[str]] = typer.Option(
-        None, "--unqualify-on", help="Take a qualification back on job-canceled or booking-dismissed (repeatable; none clears)."
+    rule: QualificationRule = typer.Argument(
+        ...,
+        metavar="RULE",
+        parser=choice(QualificationRule, dashed=True),
+        autocompletion=_complete_dashed(QualificationRule),
+        help="none, job-created or job-status.",
+    ),
+    status: Optional[JobStatus] = typer.Option(
+        None,
+        "--status",
+        metavar="STATUS",
+        parser=choice(JOB_STATUSES),
+        help="With job-status: the ServiceTitan job status that qualifies: " + ", ".join(JOB_STATUSES) + ".",
+    ),
+    unqualify_on: Optional[List[UnqualifyWord]] = typer.Option(  # type: ignore[valid-type]
+        None,
+        "--unqualify-on",
+        metavar="EVENT",
+        parser=choice(UnqualifyWord, dashed=True),
+        autocompletion=_complete_dashed(UnqualifyWord),
+        help="Take a qualification back on job-canceled or booking-dismissed (repeatable; none clears).",
     ),
 ) -> None:
     from stsync.services.mapping_edit import set_qualification
 
     app_ctx = AppContext.from_typer(ctx)
-    _report(app_ctx, set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=unqualify_on))
+    events = [str(word.value) for word in unqualify_on] if unqualify_on is not None else None
+    _report(app_ctx, set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=events))
 
 
-@map_app.command("return-field", help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. " + REWRITE_NOTE, short_help="Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field. ")
+RETURN_SUMMARY = "Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field."
+
+
+@map_app.command(
+    "return-field",
+    help=f"{RETURN_SUMMARY} {REWRITE_NOTE}",
+    short_help=RETURN_SUMMARY,
+    epilog=examples(
+        ('stsync map return-field "Referral Code" referral_code', "customer sync writes the code to this custom field"),
+        ('stsync map return-field "Referral Link" --remove', "stop writing the link"),
+    ),
+)
 def return_field_command(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="The ServiceTitan customer custom field's name (a Text field)."),
-    field: Optional[str] = typer.Argument(None, help="referral_link or referral_code."),
+    name: str = typer.Argument(..., metavar="NAME", help="The ServiceTitan customer custom field's name (a Text field)."),
+    field: Optional[ReturnValue] = typer.Argument(None, metavar="FIELD", parser=choice(ReturnValue), help="What to write."),
     remove: bool = typer.Option(False, "--remove", help="Stop writing this custom field."),
 ) -> None:
     from stsync.errors import UsageError
@@ -238,7 +373,18 @@ def return_field_command(
     _report(app_ctx, set_return_field(app_ctx.config_path, name, field))
 
 
-@map_app.command("reset", help="Put leads, referrers and customers back to the default mapping (the connection is kept). " + REWRITE_NOTE, short_help="Put leads, referrers and customers back to the default mapping (the connection is kept). ")
+RESET_SUMMARY = "Put leads, referrers and customers back to the default mapping (the connection is kept)."
+
+
+@map_app.command(
+    "reset",
+    help=f"{RESET_SUMMARY} {REWRITE_NOTE}",
+    short_help=RESET_SUMMARY,
+    epilog=examples(
+        ("stsync map reset", "asks first"),
+        ("stsync map reset --yes", "in a script"),
+    ),
+)
 def reset_command(
     ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),

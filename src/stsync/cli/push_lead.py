@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, List, Optional
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.cli.help import EVERYDAY, examples
 from stsync.storage.states import AttemptOutcome
 from stsync.vocabulary import Kind
 
@@ -19,6 +20,15 @@ if TYPE_CHECKING:
 INPUTS = "--email/--first-name, --file, --code, --rf-user-id or --new"
 
 
+EXAMPLES = examples(
+    ("stsync push-lead --new", "every referred lead of the campaign without a booking yet (cron runs this with -q)"),
+    ("stsync push-lead --code ueONFmUp", "one lead, fetched from Referral Factory by its referral code"),
+    ("stsync push-lead --email jane@example.com --first-name Jane --referral-code ueONFmUp", "one lead typed in"),
+    ("stsync push-lead --file leads.json --dry-run", "the exact bodies it would POST, on stdout; nothing sent"),
+    ("stsync --json push-lead --new", "one JSON object for a script (docs/json.md)"),
+)
+
+
 def register(app: typer.Typer) -> None:
     app.command(
         "push-lead",
@@ -26,20 +36,22 @@ def register(app: typer.Typer) -> None:
             "Send referred leads to ServiceTitan as bookings (never twice for one externalId). "
             f"One input: {INPUTS}."
         ),
+        epilog=EXAMPLES,
+        rich_help_panel=EVERYDAY,
     )(push_lead_command)
 
 
 def push_lead_command(
     ctx: typer.Context,
-    email: Optional[str] = typer.Option(None, "--email", help="The lead's e-mail (with --first-name)."),
-    first_name: Optional[str] = typer.Option(None, "--first-name", help="The lead's first name."),
-    referral_code: Optional[str] = typer.Option(None, "--referral-code", help="The lead's referral code (the booking's External Id by default)."),
-    campaign_name: Optional[str] = typer.Option(None, "--campaign-name", help="The campaign name (the booking's Source by default; fetched when omitted)."),
-    phone: Optional[str] = typer.Option(None, "--phone", help="The lead's phone, filed as meta.Phone."),
-    field: Optional[List[str]] = typer.Option(None, "--field", help="Another lead field, K=V (e.g. meta.Last Name=Doe); repeatable."),
-    file: Optional[str] = typer.Option(None, "--file", help="A Referral Factory user object, a webhook payload, or a JSON list of them; - for stdin."),
-    code: Optional[str] = typer.Option(None, "--code", help="Fetch the lead with this referral code from Referral Factory."),
-    rf_user_id: Optional[int] = typer.Option(None, "--rf-user-id", help="Fetch the lead with this Referral Factory user id."),
+    email: Optional[str] = typer.Option(None, "--email", metavar="EMAIL", help="The lead's e-mail (with --first-name)."),
+    first_name: Optional[str] = typer.Option(None, "--first-name", metavar="NAME", help="The lead's first name."),
+    referral_code: Optional[str] = typer.Option(None, "--referral-code", metavar="CODE", help="The lead's referral code (the booking's External Id by default)."),
+    campaign_name: Optional[str] = typer.Option(None, "--campaign-name", metavar="NAME", help="The campaign name (the booking's Source by default; fetched when omitted)."),
+    phone: Optional[str] = typer.Option(None, "--phone", metavar="PHONE", help="The lead's phone, filed as meta.Phone."),
+    field: Optional[List[str]] = typer.Option(None, "--field", metavar="K=V", help="Another lead field, K=V (e.g. meta.Last Name=Doe); repeatable."),
+    file: Optional[str] = typer.Option(None, "--file", metavar="PATH", help="A Referral Factory user object, a webhook payload, or a JSON list of them; - for stdin."),
+    code: Optional[str] = typer.Option(None, "--code", metavar="CODE", help="Fetch the lead with this referral code from Referral Factory."),
+    rf_user_id: Optional[int] = typer.Option(None, "--rf-user-id", metavar="ID", help="Fetch the lead with this Referral Factory user id."),
     new: bool = typer.Option(False, "--new", help="Every referred lead of the campaign without a booking yet."),
     referrer: bool = typer.Option(False, "--referrer", help="Use the referrers' action and fields instead of the leads'."),
     dry_run: bool = typer.Option(

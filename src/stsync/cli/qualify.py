@@ -6,6 +6,7 @@ import typer
 from rich.text import Text
 
 from stsync.cli.context import AppContext
+from stsync.cli.help import EVERYDAY, examples
 from stsync.cli.tables import Column, Role
 from stsync.storage.states import RunJob
 
@@ -15,6 +16,12 @@ def register(app: typer.Typer) -> None:
         "qualify",
         help="Apply the qualification rule to pushed bookings (booking → job → status) and qualify "
         "the referrals in Referral Factory. Idempotent: a referral is never qualified twice.",
+        epilog=examples(
+            ("stsync qualify --dry-run", "read ServiceTitan, show what would be qualified; write nothing"),
+            ("stsync qualify", "qualify the referrals whose booking met the rule (`stsync map qualify` sets it)"),
+            ("stsync -q qualify", "from cron: one line when something was qualified, and each failure"),
+        ),
+        rich_help_panel=EVERYDAY,
     )(qualify_command)
 
 

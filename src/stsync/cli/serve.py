@@ -15,6 +15,7 @@ import typer
 
 from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.cli.help import EVERYDAY, examples
 from stsync.storage.states import DeliveryOutcome, RunJob
 
 if TYPE_CHECKING:
@@ -27,13 +28,20 @@ def register(app: typer.Typer) -> None:
         "serve",
         help="Receive Referral Factory webhooks: a new lead becomes a booking (exactly once), "
         "a qualified lead is recorded. Needs a shared token; Ctrl-C or SIGTERM finishes the queue and exits.",
+        epilog=examples(
+            (
+                "STSYNC_WEBHOOK_TOKEN=$(openssl rand -hex 24) stsync serve --port 8080",
+                "behind a TLS proxy; Referral Factory posts to https://hooks.example.com/hooks/<token>/lead-created",
+            ),
+        ),
+        rich_help_panel=EVERYDAY,
     )(serve_command)
 
 
 def serve_command(
     ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (put a TLS reverse proxy in front)."),
-    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on (0 picks a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on (put a TLS reverse proxy in front)."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, metavar="PORT", help="Port to listen on (0 picks a free one)."),
     token: Optional[str] = typer.Option(
         None,
         "--token",

@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from stsync.cli.context import AppContext
+from stsync.cli.help import EVERYDAY, examples
 from stsync.cli.tables import Column, Role
 from stsync.vocabulary import RunMode
 
@@ -25,6 +26,13 @@ def register(app: typer.Typer) -> None:
             "Enroll ServiceTitan customers as Referral Factory referrers and write their referral link and "
             "code back to the customers (return fields). Resumable; safe to run again; cron runs --ongoing."
         ),
+        epilog=examples(
+            ("stsync sync-customers --dry-run", "the seed's Confirm step: what would be created and written"),
+            ("stsync sync-customers --once", "One-Time Sync: every customer"),
+            ("stsync -q sync-customers --ongoing", "from cron: one line when something changed, and each failure"),
+            ("stsync sync-customers --full", "reconcile every customer again"),
+        ),
+        rich_help_panel=EVERYDAY,
     )(sync_customers_command)
 
 
@@ -41,7 +49,7 @@ def sync_customers_command(
         help="The Confirm step: count and show what would be created and written; send and record nothing.",
     ),
     limit: Optional[int] = typer.Option(
-        None, "--limit", min=1, help="Read at most N customers from the feed in this run (the next run carries on)."
+        None, "--limit", min=1, metavar="N", help="Read at most N customers from the feed in this run (the next run carries on)."
     ),
 ) -> None:
     from stsync.customersync.pipeline import SyncOptions

@@ -6,6 +6,7 @@ import typer
 
 from stsync.cli.checks import CHECK_COLUMNS, check_row, checks_failed, checks_failure
 from stsync.cli.context import AppContext
+from stsync.cli.help import SETUP, examples
 
 
 def register(app: typer.Typer) -> None:
@@ -16,6 +17,11 @@ def register(app: typer.Typer) -> None:
             "secrets present); with --online also the token, booking provider, campaign and return-field "
             "custom fields. Exit 0 when nothing fails, 3 for config or mapping, 4 for credentials."
         ),
+        epilog=examples(
+            ("stsync validate", "the config file, the mapping and the secrets, offline"),
+            ("stsync validate --online", "also the credentials, booking provider, campaign and custom fields, live"),
+        ),
+        rich_help_panel=SETUP,
     )(validate_command)
 
 
