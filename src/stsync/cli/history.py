@@ -83,15 +83,15 @@ def history_command(
         )
 
 
-# Identifiers stay whole; at a narrow width "When" goes first, then the error moves under the
-# table as a numbered note.
+# Identifiers stay whole; at a narrow width the error moves under the table first, as a
+# numbered note (read whole there, not wrapped in a narrow column), then "When" goes.
 COLUMNS = (
-    Column("When (UTC)", Role.LABEL, drop_order=1),
+    Column("When (UTC)", Role.LABEL, drop_order=2),
     Column("E-mail", Role.ID),
     Column("External Id", Role.ID),
     Column("Outcome", Role.LABEL),
     Column("Booking", Role.ID),
-    Column("Error", Role.TEXT, min_width=24, drop_order=2, note=True),
+    Column("Error", Role.TEXT, min_width=24, drop_order=1, note=True),
 )
 TSV_HEADER = ("started_at", "email", "external_id", "outcome", "booking_id", "error")
 

@@ -5,7 +5,7 @@ A column says what it holds (``Column.role``):
 
 - ``ID``: an e-mail, an External Id, a booking number. Never wrapped, never shortened, never
   dropped: a person copies it into ServiceTitan's search or ``diagnose --email``.
-- ``LABEL``: a short word or two (an outcome, a status). Not wrapped.
+- ``LABEL``: a short word or two (an outcome, a status). Wraps at words only when it must.
 - ``TEXT``: prose (an error, a check's result). Wraps at words, never narrower than its
   ``min_width`` (an error wrapped one word per line cannot be read).
 
@@ -65,9 +65,11 @@ LONGEST_WORD_KEPT = 30
 def _narrowest(column: Column, natural: int, cells: Sequence[Text]) -> int:
     """Text wraps at words: never narrower than its ``min_width``, its header or its longest
     word (up to ``LONGEST_WORD_KEPT``), nor wider than it needs."""
+    longest_word = max((len(word) for cell in [Text(column.header), *cells] for word in cell.plain.split()), default=0)
     if column.role is Role.TEXT:
-        longest_word = max((len(word) for cell in cells for word in cell.plain.split()), default=0)
         return min(natural, max(column.min_width, len(column.header), min(longest_word, LONGEST_WORD_KEPT)))
+    if column.role is Role.LABEL:
+        return min(natural, longest_word)
     return natural
 
 
@@ -76,6 +78,7 @@ def fitted_table(
 ) -> RenderableType:
     """``rows`` (one cell per column) as a table at most ``width`` wide (see the module docstring)."""
     cells = [[_text(cell) for cell in row] for row in rows]
+    original = [[cell.copy() for cell in row] for row in cells]
     shown = list(range(len(columns)))
     notes: list[Text] = []
     while True:
@@ -84,7 +87,7 @@ def fitted_table(
             break
         droppable = [i for i in shown if columns[i].drop_order is not None]
         if not droppable:
-            return _records(columns, cells, title)
+            return _records(columns, original, title)
         dropped = min(droppable, key=lambda i: columns[i].drop_order or 0)
         shown.remove(dropped)
         if columns[dropped].note:
@@ -100,9 +103,7 @@ def fitted_table(
         show_edge=False,
     )
     for i, w in zip(shown, widths):
-        column = columns[i]
-        fixed = column.role is not Role.TEXT
-        table.add_column(column.header, width=w, no_wrap=fixed, overflow="fold")
+        table.add_column(columns[i].header, width=w, no_wrap=columns[i].role is Role.ID, overflow="fold")
     for row in cells:
         table.add_row(*(row[i] for i in shown))
     if not notes:
@@ -119,12 +120,14 @@ def _widths(columns: Sequence[Column], cells: list[list[Text]], shown: list[int]
         return None
     widths = list(narrowest)
     spare = room - sum(widths)
-    # Text columns grow back towards their natural width, the first (most important) first.
-    for k, i in enumerate(shown):
-        if columns[i].role is Role.TEXT and spare > 0:
-            grow = min(spare, natural[k] - widths[k])
-            widths[k] += grow
-            spare -= grow
+    # Labels get their width back first (a wrapped label is the worst read), then the text
+    # columns, the one that lacks least first: as many cells as possible read unwrapped.
+    labels = [k for k, i in enumerate(shown) if columns[i].role is Role.LABEL]
+    texts = sorted((k for k, i in enumerate(shown) if columns[i].role is Role.TEXT), key=lambda k: natural[k] - widths[k])
+    for k in [*labels, *texts]:
+        grow = min(spare, natural[k] - widths[k])
+        widths[k] += grow
+        spare -= grow
     return widths
 
 
