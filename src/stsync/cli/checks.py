@@ -22,18 +22,36 @@ if TYPE_CHECKING:
 
 STATUS_LABEL = {"pass": ("PASS", "green"), "warn": ("WARN", "yellow"), "fail": ("FAIL", "bold red")}
 
-CHECK_COLUMNS = (
-    Column("Status", Role.LABEL),
-    Column("Check", Role.TEXT, min_width=14),
-    Column("Result", Role.TEXT, min_width=28),
-)
+RESULT_MIN_WIDTH = 28
+# What Status and Check take at least, with the gaps: the rest is the result's.
+OTHER_COLUMNS_WIDTH = len("Status") + 12 + 2 * 2
+
+
+def check_columns(checks: Iterable["Check"], width: int) -> list[Column]:
+    """Status, Check, Result — the result as wide as the longest fix command shown, when the
+    width allows: a command on one line can be copied."""
+    room = width - OTHER_COLUMNS_WIDTH
+    commands = [
+        len(_fix_line(check.fix))
+        for check in checks
+        if check.fix and check.status != "pass" and check.fix.startswith("stsync ") and len(_fix_line(check.fix)) <= room
+    ]
+    return [
+        Column("Status", Role.LABEL),
+        Column("Check", Role.TEXT, min_width=12),
+        Column("Result", Role.TEXT, min_width=max([RESULT_MIN_WIDTH, *commands])),
+    ]
+
+
+def _fix_line(fix: str) -> str:
+    return "→ " + fix
 
 
 def check_row(check: "Check") -> list[Text]:
     label, style = STATUS_LABEL.get(check.status, (check.status.upper(), ""))
     result = Text(check.message)
     if check.fix and check.status != "pass":
-        result.append("\n→ " + check.fix, style="dim")
+        result.append("\n" + _fix_line(check.fix), style="dim")
     return [Text(label, style=style), Text(check.name), result]
 
 

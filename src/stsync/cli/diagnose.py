@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from stsync.cli.checks import CHECK_COLUMNS, check_row, checks_failed, checks_failure
+from stsync.cli.checks import check_columns, check_row, checks_failed, checks_failure
 from stsync.cli.context import AppContext
 from stsync.cli.help import SUPPORT, examples
 
@@ -92,7 +92,7 @@ def _render(app_ctx: AppContext, report, written) -> None:
     # -q: only what needs attention; nothing at all when every check passes.
     shown = [check for check in report.checks if not term.quiet or check.status != "pass"]
     if shown:
-        term.table(list(CHECK_COLUMNS), [check_row(check) for check in shown], title=title)
+        term.table(check_columns(shown, term.data_width), [check_row(check) for check in shown], title=title)
     if report.not_run:
         term.print("[dim]Not run: " + escape("; ".join(f"{item.name} ({item.reason})" for item in report.not_run)) + "[/]")
     if report.story is not None:

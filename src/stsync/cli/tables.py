@@ -11,7 +11,8 @@ A column says what it holds (``Column.role``):
 
 When the columns do not fit, the ones with a ``drop_order`` go, lowest first; a dropped
 ``note`` column (an error) moves under the table as numbered notes, its row marked ``[n]``.
-If the identifiers alone do not fit, each row becomes a block of ``Header: value`` lines.
+Still too wide, a long word inside a text (a path) may be folded; and if the identifiers
+alone do not fit, each row becomes a block of ``Header: value`` lines.
 
 Rich draws the result: on a terminal with a bold header, in a pipe as plain aligned text (no
 borders, no colour) — the same text a person reads in a cron mail or ``> file.txt``.
@@ -58,16 +59,18 @@ def _natural(cells: Sequence[Text], header: str) -> int:
     return max(widths)
 
 
-# A word longer than this may be folded (a URL in an error) rather than widen its column.
-LONGEST_WORD_KEPT = 30
+# A word up to this long (an e-mail or an id inside a message) keeps its column at least that
+# wide; a longer one (a URL, a path) may be folded rather than widen the column further.
+LONGEST_WORD_KEPT = 40
 
 
-def _narrowest(column: Column, natural: int, cells: Sequence[Text]) -> int:
-    """Text wraps at words: never narrower than its ``min_width``, its header or its longest
-    word (up to ``LONGEST_WORD_KEPT``), nor wider than it needs."""
+def _narrowest(column: Column, natural: int, cells: Sequence[Text], *, whole_words: bool) -> int:
+    """Text wraps at words: never narrower than its ``min_width``, its header or (``whole_words``)
+    its longest word up to ``LONGEST_WORD_KEPT``, nor wider than it needs."""
     longest_word = max((len(word) for cell in [Text(column.header), *cells] for word in cell.plain.split()), default=0)
     if column.role is Role.TEXT:
-        return min(natural, max(column.min_width, len(column.header), min(longest_word, LONGEST_WORD_KEPT)))
+        kept = min(longest_word, LONGEST_WORD_KEPT) if whole_words else 0
+        return min(natural, max(column.min_width, len(column.header), kept))
     if column.role is Role.LABEL:
         return min(natural, longest_word)
     return natural
@@ -82,11 +85,14 @@ def fitted_table(
     shown = list(range(len(columns)))
     notes: list[Text] = []
     while True:
-        widths = _widths(columns, cells, shown, width)
+        widths = _widths(columns, cells, shown, width, whole_words=True)
         if widths is not None:
             break
         droppable = [i for i in shown if columns[i].drop_order is not None]
         if not droppable:
+            widths = _widths(columns, cells, shown, width, whole_words=False)
+            if widths is not None:
+                break
             return _records(columns, original, title)
         dropped = min(droppable, key=lambda i: columns[i].drop_order or 0)
         shown.remove(dropped)
@@ -111,23 +117,35 @@ def fitted_table(
     return Group(table, Text(""), *notes)
 
 
-def _widths(columns: Sequence[Column], cells: list[list[Text]], shown: list[int], width: int) -> list[int] | None:
+def _widths(
+    columns: Sequence[Column], cells: list[list[Text]], shown: list[int], width: int, *, whole_words: bool
+) -> list[int] | None:
     """Each shown column's width, or None when they do not fit in ``width``."""
     natural = [_natural([row[i] for row in cells], columns[i].header) for i in shown]
-    narrowest = [_narrowest(columns[i], n, [row[i] for row in cells]) for i, n in zip(shown, natural)]
+    narrowest = [
+        _narrowest(columns[i], n, [row[i] for row in cells], whole_words=whole_words) for i, n in zip(shown, natural)
+    ]
     room = width - GAP * (len(shown) - 1)
     if sum(narrowest) > room:
         return None
     widths = list(narrowest)
     spare = room - sum(widths)
-    # Labels get their width back first (a wrapped label is the worst read), then the text
-    # columns, the one that lacks least first: as many cells as possible read unwrapped.
-    labels = [k for k, i in enumerate(shown) if columns[i].role is Role.LABEL]
+    # Labels get their width back first (a wrapped label is the worst read). Then each text
+    # column that can be made whole is, the one lacking least first; what is left goes to the
+    # text lacking most (the prose: an error, a check's result).
+    for k, i in enumerate(shown):
+        if columns[i].role is Role.LABEL:
+            grow = min(spare, natural[k] - widths[k])
+            widths[k] += grow
+            spare -= grow
     texts = sorted((k for k, i in enumerate(shown) if columns[i].role is Role.TEXT), key=lambda k: natural[k] - widths[k])
-    for k in [*labels, *texts]:
-        grow = min(spare, natural[k] - widths[k])
-        widths[k] += grow
-        spare -= grow
+    for k in texts:
+        if natural[k] - widths[k] <= spare:
+            spare -= natural[k] - widths[k]
+            widths[k] = natural[k]
+    if texts and spare > 0:
+        widest = texts[-1]
+        widths[widest] += min(spare, natural[widest] - widths[widest])
     return widths
 
 
@@ -156,7 +174,10 @@ def _records(columns: Sequence[Column], cells: list[list[Text]], title: str | No
             parts.append(Text(""))
         for column, cell in zip(columns, row):
             if cell.plain.strip():
-                parts.append(Text.assemble((f"{column.header}: ", "bold"), cell))
+                line = Text.assemble((f"{column.header}: ", "bold"), cell)
+                if column.role is Role.ID:
+                    line.no_wrap, line.overflow = True, "ignore"  # longer than the width: still whole
+                parts.append(line)
     return Group(*parts)
 
 

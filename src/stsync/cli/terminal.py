@@ -83,15 +83,16 @@ class Terminal:
 
     def table(self, columns: "list[Column]", rows: list[list[Any]], *, title: str | None = None) -> None:
         """Rows as a table that fits stdout's width (``cli.tables``): shown with ``-q``."""
-        self._print_data(fitted_table(columns, rows, self.out.width, title=title))
+        # Wrapped to the width, notes under the table included (at words: an error stays legible).
+        self._print_data(fitted_table(columns, rows, self.out.width, title=title), soft_wrap=False)
 
-    def _print_data(self, renderable: Any) -> None:
+    def _print_data(self, renderable: Any, *, soft_wrap: bool | None = None) -> None:
         if self.out.is_terminal:
-            self.out.print(renderable)
+            self.out.print(renderable, soft_wrap=soft_wrap)
             return
         # A pipe or a file: plain text without the padding Rich leaves at the end of lines.
         with self.out.capture() as captured:
-            self.out.print(renderable)
+            self.out.print(renderable, soft_wrap=soft_wrap)
         text = "".join(line.rstrip() + "\n" for line in captured.get().splitlines())
         self.out.file.write(text)
         self.out.file.flush()
@@ -117,6 +118,11 @@ class Terminal:
         """One line on stdout exactly as given — never wrapped, so it can be copied whole."""
         self.out.file.write(line + "\n")
         self.out.file.flush()
+
+    @property
+    def data_width(self) -> int:
+        """The width the data is laid out for: the terminal's, or ``COLUMNS`` / 80 in a pipe."""
+        return self.out.width
 
     @property
     def data_to_terminal(self) -> bool:

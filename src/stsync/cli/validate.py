@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stsync.cli.checks import CHECK_COLUMNS, check_row, checks_failed, checks_failure
+from stsync.cli.checks import check_columns, check_row, checks_failed, checks_failure
 from stsync.cli.context import AppContext
 from stsync.cli.help import SETUP, examples
 
@@ -43,7 +43,7 @@ def validate_command(
     # -q: only what needs attention; nothing at all when every check passes.
     shown = [check for check in report.checks if not term.quiet or check.status != "pass"]
     if shown:
-        term.table(list(CHECK_COLUMNS), [check_row(check) for check in shown], title=title)
+        term.table(check_columns(shown, term.data_width), [check_row(check) for check in shown], title=title)
     if report.online_skipped:
         term.warning(f"online checks not run: {report.online_skipped}")
     counts = report.counts()
