@@ -24,7 +24,8 @@ STATUS_LABEL = {"pass": ("PASS", "green"), "warn": ("WARN", "yellow"), "fail": (
 
 RESULT_MIN_WIDTH = 28
 # What Status and Check take at least, with the gaps: the rest is the result's.
-OTHER_COLUMNS_WIDTH = len("Status") + 12 + 2 * 2
+CHECK_MIN_WIDTH = 20
+OTHER_COLUMNS_WIDTH = len("Status") + CHECK_MIN_WIDTH + 2 * 2
 
 
 def check_columns(checks: Iterable["Check"], width: int) -> list[Column]:
@@ -38,7 +39,7 @@ def check_columns(checks: Iterable["Check"], width: int) -> list[Column]:
     ]
     return [
         Column("Status", Role.LABEL),
-        Column("Check", Role.TEXT, min_width=12),
+        Column("Check", Role.TEXT, min_width=CHECK_MIN_WIDTH),
         Column("Result", Role.TEXT, min_width=max([RESULT_MIN_WIDTH, *commands])),
     ]
 
