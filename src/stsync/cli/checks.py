@@ -28,7 +28,7 @@ CHECK_MIN_WIDTH = 20
 OTHER_COLUMNS_WIDTH = len("Status") + CHECK_MIN_WIDTH + 2 * 2
 
 
-def check_columns(checks: Iterable["Check"], width: int) -> list[Column]:
+def check_columns(checks: Iterable[Check], width: int) -> list[Column]:
     """Status, Check, Result — the result as wide as the longest fix command shown, when the
     width allows: a command on one line can be copied."""
     room = width - OTHER_COLUMNS_WIDTH
@@ -48,7 +48,7 @@ def _fix_line(fix: str) -> str:
     return "→ " + fix
 
 
-def check_row(check: "Check") -> list[Text]:
+def check_row(check: Check) -> list[Text]:
     label, style = STATUS_LABEL.get(check.status, (check.status.upper(), ""))
     result = Text(check.message)
     if check.fix and check.status != "pass":
@@ -56,12 +56,12 @@ def check_row(check: "Check") -> list[Text]:
     return [Text(label, style=style), Text(check.name), result]
 
 
-def checks_failed(checks: Iterable["Check"]) -> list[dict[str, Any]]:
+def checks_failed(checks: Iterable[Check]) -> list[dict[str, Any]]:
     """Each FAILed check as one of the ``--json`` object's failures."""
     return [failure(check.name, check.message, error=check.as_error().to_dict()) for check in checks if check.failed]
 
 
-def checks_failure(checks: Iterable["Check"], *, exit_code: int, hint: str | None) -> CommandFailed:
+def checks_failure(checks: Iterable[Check], *, exit_code: int, hint: str | None) -> CommandFailed:
     """The command's error when checks FAILed, with the exit code the report chose."""
     names = [check.name for check in checks if check.failed]
     return CommandFailed(f"{len(names)} check(s) failed: {', '.join(names)}", exit_code=exit_code, hint=hint)

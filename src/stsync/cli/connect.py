@@ -12,6 +12,9 @@ from stsync.cli.context import AppContext
 from stsync.cli.help import SETUP, examples
 from stsync.vocabulary import Environment, SecretsStore
 
+ENVIRONMENT_WORD = choice(Environment)
+SECRETS_STORE_WORD = choice(SecretsStore)
+
 CONNECT_EXAMPLES = examples(
     ("stsync connect", "asks for each value on a terminal (secrets typed hidden), verifies them live, stores them"),
     (
@@ -45,7 +48,7 @@ def register(app: typer.Typer) -> None:
 def connect_command(
     ctx: typer.Context,
     environment: Optional[Environment] = typer.Option(
-        None, "--environment", parser=choice(Environment), help="Which ServiceTitan the credentials belong to (production by default)."
+        None, "--environment", parser=ENVIRONMENT_WORD, help="Which ServiceTitan the credentials belong to (production by default)."
     ),
     tenant_id: Optional[int] = typer.Option(None, "--tenant-id", metavar="ID", help="ServiceTitan Tenant ID."),
     client_id: Optional[str] = typer.Option(None, "--client-id", metavar="ID", help="ServiceTitan Client ID."),
@@ -74,7 +77,7 @@ def connect_command(
     secrets_store: SecretsStore = typer.Option(
         SecretsStore.KEYRING,
         "--secrets-store",
-        parser=choice(SecretsStore),
+        parser=SECRETS_STORE_WORD,
         help="keyring: the OS keyring; file: a 0600 file in the state directory (headless servers).",
     ),
     no_verify: bool = typer.Option(False, "--no-verify", help="Store without checking the credentials live."),

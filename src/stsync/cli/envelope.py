@@ -66,7 +66,9 @@ def failure(key: object, message: str, *, error: Mapping[str, Any] | None, email
     return item
 
 
-def envelope(command: str | None, exit_code: int, output: CommandOutput | None, error: Mapping[str, Any] | None) -> dict[str, Any]:
+def envelope(
+    command: str | None, exit_code: int, output: CommandOutput | None, error: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """The ``--json`` object of an invocation that ended with ``exit_code``.
 
     ``error`` is the failure that decided a non-zero exit code; a non-zero exit without one

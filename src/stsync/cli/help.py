@@ -65,8 +65,9 @@ def _tidy(param: Any) -> None:
         return
     if param.metavar is not None or param.type_descriptor.is_choice:
         if isinstance(param, TyperArgument) and not param.type_descriptor.is_choice:
-            # An argument shows its metavar as its name already; Typer would add "<str>".
-            param.display_type_rich = _no_type
+            # An argument shows its metavar as its name already; Typer would add "<str>" beside
+            # it. Only this parameter object, built for this invocation, is changed.
+            object.__setattr__(param, "display_type_rich", _no_type)
         return
     annotation = param.type_descriptor.annotation
     inner = getattr(annotation, "__args__", None)

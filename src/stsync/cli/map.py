@@ -44,8 +44,15 @@ FOR_HELP = "The tab: leads, referrers (→ ServiceTitan bookings) or customers (
 # not imported, so that `stsync --help` and completion stay fast.
 JOB_STATUSES = ("Scheduled", "Dispatched", "InProgress", "Hold", "Completed", "Canceled")
 JobStatus = Literal["Scheduled", "Dispatched", "InProgress", "Hold", "Completed", "Canceled"]
-# What --unqualify-on takes: the events, or none (clears them).
-UnqualifyWord = StrEnum("UnqualifyWord", {**{event.name: event.value for event in UnqualifyEvent}, "NONE": "none"})
+
+
+class UnqualifyWord(StrEnum):
+    """What --unqualify-on takes: an UnqualifyEvent (a test keeps them the same), or none."""
+
+    JOB_CANCELED = UnqualifyEvent.JOB_CANCELED.value
+    BOOKING_DISMISSED = UnqualifyEvent.BOOKING_DISMISSED.value
+    NONE = "none"  # clears them
+
 
 
 def _dashes(token: str) -> str:
@@ -65,6 +72,19 @@ def _complete_dashed(vocabulary: type[StrEnum]) -> Any:
     return complete
 
 
+# Parsers of the closed choices (cli.choices) and completions of the dashed ones.
+SECTION_WORD = choice(Section)
+BOOKING_SECTION_WORD = choice(BookingSection)
+ACTION_WORD = choice(Action, dashed=True)
+RULE_WORD = choice(QualificationRule, dashed=True)
+JOB_STATUS_WORD = choice(JOB_STATUSES)
+UNQUALIFY_WORD = choice(UnqualifyWord, dashed=True)
+RETURN_VALUE_WORD = choice(ReturnValue)
+complete_action = _complete_dashed(Action)
+complete_rule = _complete_dashed(QualificationRule)
+complete_unqualify = _complete_dashed(UnqualifyWord)
+
+
 @map_app.command(
     "show",
     help="The mapping as the setup guide's table, with a Setup Required banner for what is missing. "
@@ -77,7 +97,7 @@ def _complete_dashed(vocabulary: type[StrEnum]) -> Any:
 )
 def show_command(
     ctx: typer.Context,
-    for_: Optional[Section] = typer.Option(None, "--for", parser=choice(Section), help="Only this tab. " + FOR_HELP),
+    for_: Optional[Section] = typer.Option(None, "--for", parser=SECTION_WORD, help="Only this tab. " + FOR_HELP),
 ) -> None:
     from stsync.mapping.overview import mapping_overview
     from stsync.services.mapping_edit import FOR_CHOICES, for_section, load_or_default
@@ -225,7 +245,7 @@ def set_command(
     template: Optional[str] = typer.Option(
         None, "--template", metavar="TEMPLATE", help='Several fields joined: "{first_name} {meta.Last Name}".'
     ),
-    for_: Section = typer.Option(Section.LEADS, "--for", parser=choice(Section), help=FOR_HELP),
+    for_: Section = typer.Option(Section.LEADS, "--for", parser=SECTION_WORD, help=FOR_HELP),
 ) -> None:
     from stsync.errors import UsageError
     from stsync.services.mapping_edit import set_field
@@ -254,7 +274,7 @@ def set_command(
 def unset_command(
     ctx: typer.Context,
     target: str = typer.Argument(..., metavar="TARGET", help="The mapped field to clear."),
-    for_: Section = typer.Option(Section.LEADS, "--for", parser=choice(Section), help=FOR_HELP),
+    for_: Section = typer.Option(Section.LEADS, "--for", parser=SECTION_WORD, help=FOR_HELP),
 ) -> None:
     from stsync.services.mapping_edit import unset_field
 
@@ -278,13 +298,13 @@ ACTION_SUMMARY = "What happens when a lead (or referrer) joins: create-booking o
 def action_command(
     ctx: typer.Context,
     section: BookingSection = typer.Argument(
-        ..., metavar="SECTION", parser=choice(BookingSection), help="The tab: leads or referrers."
+        ..., metavar="SECTION", parser=BOOKING_SECTION_WORD, help="The tab: leads or referrers."
     ),
     action: Action = typer.Argument(
         ...,
         metavar="ACTION",
-        parser=choice(Action, dashed=True),
-        autocompletion=_complete_dashed(Action),
+        parser=ACTION_WORD,
+        autocompletion=complete_action,
         help="create-booking (Create New Booking In Service Titan) or nothing (Nothing to action).",
     ),
 ) -> None:
@@ -314,23 +334,23 @@ def qualify_command(
     rule: QualificationRule = typer.Argument(
         ...,
         metavar="RULE",
-        parser=choice(QualificationRule, dashed=True),
-        autocompletion=_complete_dashed(QualificationRule),
+        parser=RULE_WORD,
+        autocompletion=complete_rule,
         help="none, job-created or job-status.",
     ),
     status: Optional[JobStatus] = typer.Option(
         None,
         "--status",
         metavar="STATUS",
-        parser=choice(JOB_STATUSES),
+        parser=JOB_STATUS_WORD,
         help="With job-status: the ServiceTitan job status that qualifies: " + ", ".join(JOB_STATUSES) + ".",
     ),
-    unqualify_on: Optional[List[UnqualifyWord]] = typer.Option(  # type: ignore[valid-type]
+    unqualify_on: Optional[List[UnqualifyWord]] = typer.Option(
         None,
         "--unqualify-on",
         metavar="EVENT",
-        parser=choice(UnqualifyWord, dashed=True),
-        autocompletion=_complete_dashed(UnqualifyWord),
+        parser=UNQUALIFY_WORD,
+        autocompletion=complete_unqualify,
         help="Take a qualification back on job-canceled or booking-dismissed (repeatable; none clears).",
     ),
 ) -> None:
@@ -356,7 +376,7 @@ RETURN_SUMMARY = "Write a referrer's referral_link or referral_code back to a Se
 def return_field_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., metavar="NAME", help="The ServiceTitan customer custom field's name (a Text field)."),
-    field: Optional[ReturnValue] = typer.Argument(None, metavar="FIELD", parser=choice(ReturnValue), help="What to write."),
+    field: Optional[ReturnValue] = typer.Argument(None, metavar="FIELD", parser=RETURN_VALUE_WORD, help="What to write."),
     remove: bool = typer.Option(False, "--remove", help="Stop writing this custom field."),
 ) -> None:
     from stsync.errors import UsageError

@@ -84,11 +84,13 @@ def serve_command(
     with conn.run_lock(RunJob.SERVE, command="serve"):
         serve_until_signalled(server, on_started=started)
     stats = server.stats
+    app_ctx.result(counts=stats.as_counts(), run_id=server.run_id)
+    if term.quiet and not stats.received:
+        return  # -q: nothing was done, nothing is said
     term.summary(
         f"serve stopped: {stats.received} delivery(ies) received, {stats.duplicates} duplicate(s), "
         f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed."
     )
-    app_ctx.result(counts=stats.as_counts(), run_id=server.run_id)
 
 
 def serve_until_signalled(

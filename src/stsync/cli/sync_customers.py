@@ -104,7 +104,7 @@ def _render_quiet(term: "Terminal", report: "SyncReport") -> None:
 
 
 def summary_line(report: "SyncReport") -> str:
-    how = {RunMode.ONCE: "one-time", RunMode.ONGOING: "ongoing"}[report.mode] + (", full" if report.full else "")
+    how = {RunMode.ONCE: "one-time", RunMode.ONGOING: "ongoing"}[RunMode(report.mode)] + (", full" if report.full else "")
     verb = "would create" if report.dry_run else "created"
     return (
         f"Customer sync ({how}{', dry run' if report.dry_run else ''}): {report.examined} customer(s) read — "

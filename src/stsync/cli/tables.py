@@ -108,7 +108,7 @@ def fitted_table(
         padding=(0, GAP // 2),
         show_edge=False,
     )
-    for i, w in zip(shown, widths):
+    for i, w in zip(shown, widths, strict=True):
         table.add_column(columns[i].header, width=w, no_wrap=columns[i].role is Role.ID, overflow="fold")
     for row in cells:
         table.add_row(*(row[i] for i in shown))
@@ -123,7 +123,7 @@ def _widths(
     """Each shown column's width, or None when they do not fit in ``width``."""
     natural = [_natural([row[i] for row in cells], columns[i].header) for i in shown]
     narrowest = [
-        _narrowest(columns[i], n, [row[i] for row in cells], whole_words=whole_words) for i, n in zip(shown, natural)
+        _narrowest(columns[i], n, [row[i] for row in cells], whole_words=whole_words) for i, n in zip(shown, natural, strict=True)
     ]
     room = width - GAP * (len(shown) - 1)
     if sum(narrowest) > room:
@@ -149,7 +149,9 @@ def _widths(
     return widths
 
 
-def _move_to_notes(columns: Sequence[Column], cells: list[list[Text]], shown: list[int], dropped: int, numbered: int) -> list[Text]:
+def _move_to_notes(
+    columns: Sequence[Column], cells: list[list[Text]], shown: list[int], dropped: int, numbered: int
+) -> list[Text]:
     """The dropped column's cells as notes ``[n] text``; the row's first label gets ``[n]``."""
     marker_column = next((i for i in shown if columns[i].role is Role.LABEL), shown[0] if shown else None)
     notes: list[Text] = []
@@ -172,7 +174,7 @@ def _records(columns: Sequence[Column], cells: list[list[Text]], title: str | No
     for n, row in enumerate(cells):
         if n:
             parts.append(Text(""))
-        for column, cell in zip(columns, row):
+        for column, cell in zip(columns, row, strict=True):
             if cell.plain.strip():
                 line = Text.assemble((f"{column.header}: ", "bold"), cell)
                 if column.role is Role.ID:
