@@ -130,7 +130,7 @@ def demo_command(
     rows = [
         [
             step.title,
-            "stsync " + _shown(step.argv),
+            _short("stsync " + _shown(step.argv)),
             Text("✓", style="green") if step.code == 0 else Text(f"exit {step.code}", style="red"),
             f"{step.seconds:.1f}s",
         ]
@@ -200,6 +200,11 @@ def _redacted(argv: list[str]) -> list[str]:
 
 def _shown(argv: list[str]) -> str:
     return " ".join(_redacted(argv))
+
+
+def _short(command: str, limit: int = 40) -> str:
+    """A step's command in the summary table (each step printed it whole above)."""
+    return command if len(command) <= limit else command[: limit - 2].rstrip() + " …"
 
 
 @contextmanager
