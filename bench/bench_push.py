@@ -53,7 +53,12 @@ def _environment(workdir: Path, sandbox) -> dict[str, str]:
 
 def _stsync(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stsync", *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "stsync", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -78,7 +83,9 @@ def measure(
 
     workdir = Path(tempfile.mkdtemp(prefix="stsync-bench-push-"))
     try:
-        with Sandbox(seed=3, leads=leads, customers=10, st_per_second=st_per_second, rf_per_minute=rf_per_minute, latency=latency) as sb:
+        with Sandbox(
+            seed=3, leads=leads, customers=10, st_per_second=st_per_second, rf_per_minute=rf_per_minute, latency=latency
+        ) as sb:
             env = _environment(workdir, sb)
             connected = _stsync(env, *sb.connect_args(), "--secrets-store", "file", timeout=120)
             if connected.returncode != 0:
@@ -122,7 +129,12 @@ def measure(
         "floor_of_requests_made_s": floor_of_made,
         "ratio_to_floor_of_requests_made": wall / floor_of_made if floor_of_made else None,
         "http_429": statuses.get(429, 0),
-        "settings": {"st_per_second": st_per_second, "rf_per_minute": rf_per_minute, "latency_s": latency, "workers": workers or config.limits.workers},
+        "settings": {
+            "st_per_second": st_per_second,
+            "rf_per_minute": rf_per_minute,
+            "latency_s": latency,
+            "workers": workers or config.limits.workers,
+        },
     }
 
 

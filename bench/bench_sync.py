@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_push import _environment, _stsync, floor_seconds  # noqa: E402
+from bench_push import _environment, _stsync, floor_seconds
 
 ST_PER_SECOND = 600
 RF_PER_MINUTE = 6_000
@@ -73,7 +73,7 @@ class _Connected:
         self.settings = {"st_per_second": st_per_second, "rf_per_minute": rf_per_minute, "latency_s": latency}
         self.workers = workers
 
-    def __enter__(self) -> "_Connected":
+    def __enter__(self) -> _Connected:
         from stsync.storage.config import load_config
         from stsync.storage.config_writer import save_config
 
@@ -133,7 +133,9 @@ def measure_one_time(
 ) -> dict:
     """A one-time sync of ``customers``: wall ÷ floor; with ``then_idle``, then an ongoing run
     with nothing changed, counting its requests."""
-    with _Connected(customers, st_per_second=st_per_second, rf_per_minute=rf_per_minute, latency=latency, workers=workers) as world:
+    with _Connected(
+        customers, st_per_second=st_per_second, rf_per_minute=rf_per_minute, latency=latency, workers=workers
+    ) as world:
         report, wall = world.sync("--once")
         made = world.requests()
         statuses = Counter(r.status for r in world.sandbox.request_log if r.service == "referral_factory")

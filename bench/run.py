@@ -109,7 +109,7 @@ def render(rows: list[Row]) -> str:
     headers = ("benchmark", "measured", "target", "result", "how")
     cells = [(r.benchmark, r.shown, r.target, r.verdict, r.note) for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*headers), line.format(*("-" * w for w in widths))]
     out += [line.format(*c) for c in cells]
     return "\n".join(s.rstrip() for s in out)

@@ -1,8 +1,8 @@
 """stsync: Referral Factory ⇄ ServiceTitan.
 
-Layers, one direction: ``cli`` → ``services`` → ``servicetitan`` / ``referralfactory``
-(HTTP clients) and ``storage`` (config, secrets, ledger). Nothing below ``cli`` imports
-typer or rich; the ``sandbox`` depends on nothing of the clients.
+Layers, one direction: ``cli`` → ``services`` → the engines (``mapping``, ``checks``,
+``customersync``, ``webhooks``, ``leads``) → ``connection`` → the clients and ``storage`` → leaf
+modules; the ``sandbox`` stands beside them (docs/ARCHITECTURE.md, checked by tests/shape).
 """
 
 __version__ = "0.1.0"

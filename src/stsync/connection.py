@@ -13,16 +13,18 @@ belongs to the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
 from stsync import credentials
 from stsync.errors import ConfigError
 from stsync.http import RetryPolicy
-from stsync.ratelimit import RateLimiter
+from stsync.ratelimit import CoolDown, RateLimiter
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.servicetitan.client import ServiceTitanClient
 from stsync.storage.config import Config, Endpoints, resolve_endpoints
@@ -33,6 +35,8 @@ from stsync.storage.secrets import SecretStore
 
 # How long a check a person is waiting for (validate --online, diagnose) retries one request.
 CHECK_RETRY_BUDGET_SECONDS = 15
+
+T = TypeVar("T")
 
 _IDENTITY_KEYS = {
     "tenant_id": "servicetitan.tenant_id",
@@ -54,12 +58,18 @@ class Connection:
         referral_factory: Any = None,
         ledger: Ledger | None = None,
         transport: httpx.BaseTransport | None = None,
+        on_cool_down: Callable[[CoolDown], None] | None = None,
     ) -> None:
         """Pieces given here are used as they are (a fake client is welcome: anything with the
-        methods the use case calls); the others are built on first use."""
+        methods the use case calls); the others are built on first use.
+
+        ``on_cool_down`` is the notification hook: called (in the thread that saw it) when the
+        Referral Factory client this connection builds makes every process of the connection
+        stop calling Referral Factory — an IP block, or the second 429 episode of an hour."""
         self.paths = paths
         self.config = config
         self.transport = transport
+        self.on_cool_down = on_cool_down
         self._closers: list = []
         given = {
             "endpoints": endpoints,
@@ -74,7 +84,7 @@ class Connection:
     @classmethod
     def open(
         cls, paths: ConnectionPaths, config: Config, *, retry_budget_seconds: float | None = None, **pieces: Any
-    ) -> "Connection":
+    ) -> Connection:
         """``retry_budget_seconds`` caps the per-request retry budget: checks a person waits
         for (validate, diagnose) should say "unreachable" in seconds, not after cron's budget."""
         if retry_budget_seconds is not None and retry_budget_seconds < config.limits.retry_budget_seconds:
@@ -92,23 +102,15 @@ class Connection:
             "campaign_id": self.config.referral_factory.campaign_id,
         }
         for name in names:
-            if values[name] in (None, ""):
-                key = _IDENTITY_KEYS[name]
-                raise ConfigError(
-                    f"{key} is not set in {self.paths.config}",
-                    key_path=key,
-                    hint="run `stsync connect` to set up this connection",
-                )
+            identity(name, values[name], config_file=self.paths.config)
 
     @property
     def booking_provider(self) -> int:
-        self.require("booking_provider")
-        return int(self.config.servicetitan.booking_provider)  # type: ignore[arg-type]
+        return identity("booking_provider", self.config.servicetitan.booking_provider, config_file=self.paths.config)
 
     @property
     def campaign_id(self) -> int:
-        self.require("campaign_id")
-        return int(self.config.referral_factory.campaign_id)  # type: ignore[arg-type]
+        return identity("campaign_id", self.config.referral_factory.campaign_id, config_file=self.paths.config)
 
     # -- pieces -----------------------------------------------------------------------
     @cached_property
@@ -148,6 +150,7 @@ class Connection:
             self.endpoints,
             api_key=self.secrets.require(credentials.RF_API_KEY.name),
             transport=self.transport,
+            on_cool_down=self.on_cool_down,
         )
         self._closers.append(client.close)
         return client
@@ -167,6 +170,19 @@ class Connection:
                 pass
 
 
+def identity(name: str, value: T | None, *, config_file: Path | None = None) -> T:
+    """An identity value (``tenant_id``, ``client_id``, ``booking_provider``, ``campaign_id``)
+    a command needs, or ``ConfigError`` with its key path when the config lacks it."""
+    if value is None or value == "":
+        key = _IDENTITY_KEYS[name]
+        raise ConfigError(
+            f"{key} is not set" + (f" in {config_file}" if config_file is not None else ""),
+            key_path=key,
+            hint="run `stsync connect` to set up this connection",
+        )
+    return value
+
+
 def build_servicetitan_client(
     paths: ConnectionPaths,
     config: Config,
@@ -182,8 +198,8 @@ def build_servicetitan_client(
     return ServiceTitanClient(
         auth_url=endpoints.st_auth_url,
         api_url=endpoints.st_api_url,
-        tenant_id=int(config.servicetitan.tenant_id),  # type: ignore[arg-type]
-        client_id=str(config.servicetitan.client_id),
+        tenant_id=identity("tenant_id", config.servicetitan.tenant_id, config_file=paths.config),
+        client_id=identity("client_id", config.servicetitan.client_id, config_file=paths.config),
         client_secret=client_secret,
         app_key=app_key,
         token_cache=paths.token_cache,
@@ -201,17 +217,31 @@ def build_referral_factory_client(
     *,
     api_key: str,
     transport: httpx.BaseTransport | None = None,
+    on_cool_down: Callable[[CoolDown], None] | None = None,
 ) -> ReferralFactoryClient:
+    """``on_cool_down`` is told when this client makes every process of the connection stop
+    calling Referral Factory (the IP block, the second 429 episode of an hour): the hook for
+    notifications."""
     paths.ensure_state()
     paths.locks.mkdir(parents=True, exist_ok=True, mode=0o700)
     limits = config.limits
     return ReferralFactoryClient(
         api_url=endpoints.rf_api_url,
         api_key=api_key,
-        limiter=RateLimiter(limits.referral_factory_per_minute, 60.0, state_file=paths.rate_file("referral_factory")),
+        limiter=referral_factory_limiter(paths, config),
         retry=RetryPolicy(budget_seconds=limits.retry_budget_seconds),
         transport=transport,
+        search_shape_file=paths.search_shape_file,
+        on_cool_down=on_cool_down,
     )
 
 
-__all__ = ["CHECK_RETRY_BUDGET_SECONDS", "Connection", "build_referral_factory_client", "build_servicetitan_client"]
+def referral_factory_limiter(paths: ConnectionPaths, config: Config) -> RateLimiter:
+    """Referral Factory's budget, shared by every process of the connection (its 429
+    episodes and cool-down included)."""
+    return RateLimiter(
+        config.limits.referral_factory_per_minute,
+        60.0,
+        state_file=paths.rate_file("referral_factory"),
+        service="Referral Factory",
+    )

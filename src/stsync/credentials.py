@@ -63,9 +63,16 @@ def secret(name: str) -> Secret:
         raise ValueError(f"unknown secret {name!r} (known: {', '.join(SECRET_NAMES)})") from None
 
 
+def clean(value: str | None) -> str | None:
+    """A secret as stsync uses it, from wherever it was read (environment, prompt, flag, keyring,
+    secrets file): without surrounding whitespace — the newline of ``$(cat key.txt)``, the CR of
+    a CRLF env file or of a paste — and ``None`` when nothing is left. Inner characters are the
+    secret's own and kept."""
+    if value is None:
+        return None
+    return value.strip() or None
+
+
 def env_var_names() -> str:
     """``STSYNC_ST_CLIENT_SECRET, STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY`` — for hints."""
     return ", ".join(secret.env_var.name for secret in SECRETS)
-
-
-__all__ = ["BY_NAME", "RF_API_KEY", "SECRETS", "SECRET_NAMES", "ST_APP_KEY", "ST_CLIENT_SECRET", "Secret", "env_var_names", "secret"]

@@ -134,23 +134,3 @@ def resolve(
         if candidate is not None:
             return candidate
     return None
-
-
-__all__ = [
-    "BY_NAME",
-    "CONFIG",
-    "ENDPOINT_VARIABLES",
-    "PREFIX",
-    "RF_API_KEY",
-    "RF_API_URL",
-    "STATE_DIR",
-    "ST_API_URL",
-    "ST_APP_KEY",
-    "ST_AUTH_URL",
-    "ST_CLIENT_SECRET",
-    "VARIABLES",
-    "WEBHOOK_TOKEN",
-    "EnvVar",
-    "read",
-    "resolve",
-]

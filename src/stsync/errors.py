@@ -10,6 +10,8 @@
     ├── InvalidRecord                5  one record cannot be sent (a lead without e-mail, ...)
     ├── TemporaryError               6  remote unavailable or rate-limited past the budget
     │   ├── RateLimited              6
+    │   │   └── CoolingDown          6  the connection stopped calling a service until a time
+    │   ├── IncompleteListing        6  a paged list that cannot be read to its end
     │   └── AnswerLost               6  a write whose answer never came (look it up first)
     ├── LockHeld                     7  another run of this connection holds the lock
     ├── CommandFailed             1/3/4/6  the command's own report says it failed (a check FAILed,
@@ -19,7 +21,9 @@
     └── ApiError                     1  a remote API said no (status, title, per-field errors)
         ├── ServiceTitanApiError
         └── ReferralFactoryApiError
-            └── DuplicateEmail          the campaign already has this e-mail (adopt the user)
+            ├── DuplicateEmail          the campaign already has this e-mail (adopt the user)
+            └── NotFound                Referral Factory's own JSON 404 (a deletion only if
+                                        the campaign read of the run succeeded)
 
 What a failure means to a run over many records (push, sync-customers, qualify, serve) is
 the error's too: ``stops_run(exc)``. Most failures stop the run — every record after them
@@ -96,7 +100,7 @@ class ConfigError(StsyncError):
     """Config or mapping invalid. ``key_path`` names the offending key, e.g. ``leads.fields.name``."""
 
     exit_code = 3
-    shape_fields = ("key_path",)
+    shape_fields: tuple[str, ...] = ("key_path",)
 
     def __init__(self, message: str, *, key_path: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -106,7 +110,7 @@ class ConfigError(StsyncError):
 class SetupRequired(ConfigError):
     """The seed's "Setup Required": required booking targets without a mapping."""
 
-    shape_fields = (*ConfigError.shape_fields, "section", "missing")
+    shape_fields: tuple[str, ...] = (*ConfigError.shape_fields, "section", "missing")
 
     def __init__(self, section: str, missing: list[str]) -> None:
         self.section = section
@@ -132,7 +136,7 @@ class SecretStoreUnavailable(ConfigError):
         "on macOS, `security unlock-keychain`"
     )
 
-    shape_fields = (*ConfigError.shape_fields, "locked")
+    shape_fields: tuple[str, ...] = (*ConfigError.shape_fields, "locked")
 
     def __init__(self, detail: str, *, locked: bool = False) -> None:
         if locked:
@@ -163,7 +167,7 @@ class InvalidRecord(StsyncError):
     """
 
     exit_code = 5
-    shape_fields = ("record", "field")
+    shape_fields: tuple[str, ...] = ("record", "field")
     stops_run = False
 
     def __init__(self, message: str, *, record: str | None = None, field: str | None = None, hint: str | None = None) -> None:
@@ -180,6 +184,27 @@ class RateLimited(TemporaryError):
     pass
 
 
+class CoolingDown(RateLimited):
+    """Every process of the connection has stopped calling a service until ``safe_after``
+    (UTC, ISO 8601): it refused too often (HTTP 429) or blocked this machine's IP address.
+    ``reason`` is ``rate_limited`` or ``ip_blocked``. The message says the time in local time
+    and in UTC."""
+
+    shape_fields = ("service", "reason", "safe_after")
+
+    def __init__(self, message: str, *, service: str, reason: str, safe_after: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.service = service
+        self.reason = reason
+        self.safe_after = safe_after
+
+
+class IncompleteListing(TemporaryError):
+    """A paged list stopped before its end (the server repeated a page, ignored the page
+    asked for, or pointed elsewhere): what was read is not everything, so the run stops
+    rather than act on a part of it as if it were the whole."""
+
+
 class AnswerLost(TemporaryError):
     """A write was sent but no answer came back (timeout, connection reset, 5xx).
 
@@ -191,7 +216,14 @@ class AnswerLost(TemporaryError):
 
 
 class LockHeld(StsyncError):
+    """Another run of the job holds its lock. ``holder``: what that run wrote about itself
+    (pid, command, started_at, host), or None when it could not be read."""
+
     exit_code = 7
+
+    def __init__(self, message: str, *, hint: str | None = None, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder
 
 
 class CommandFailed(StsyncError):
@@ -234,7 +266,7 @@ class ApiError(StsyncError):
     """
 
     service = "remote"
-    shape_fields = ("service", "status", "title", "errors", "trace_id", "method", "path")
+    shape_fields: tuple[str, ...] = ("service", "status", "title", "errors", "trace_id", "method", "path")
     stops_run = False
 
     def __init__(
@@ -268,6 +300,19 @@ class ReferralFactoryApiError(ApiError):
 
 class DuplicateEmail(ReferralFactoryApiError):
     """422: the e-mail already exists in the campaign. Search for the user and adopt it."""
+
+
+class NotFound(ReferralFactoryApiError):
+    """Referral Factory's own JSON 404 for ``url``. It proves a deletion only while the API
+    is otherwise answering: ``ReferralFactoryClient.confirm_deleted`` decides (a 404 that is
+    not the API's JSON never becomes this class: the client raises a ``ConfigError`` or a
+    ``TemporaryError`` for it)."""
+
+    shape_fields = (*ReferralFactoryApiError.shape_fields, "url")
+
+    def __init__(self, message: str, *, url: str, **fields: Any) -> None:
+        super().__init__(message, status=404, **fields)
+        self.url = url
 
 
 def error_summary(error: Mapping[str, Any] | None) -> str:

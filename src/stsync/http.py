@@ -5,9 +5,11 @@ What is retried, and how:
 - **429** (any method: the server refused without doing anything). Wait as the server asks —
   ``Retry-After`` in seconds or as an HTTP-date, else the "… N seconds" that the Azure API
   gateway in front of ServiceTitan puts in its body ("Rate limit is exceeded. Try again in
-  N seconds."), else capped exponential backoff (or the caller's floor). A wait that would overrun the budget
+  N seconds."), else capped exponential backoff with full jitter (or the caller's floor). A wait that would overrun the budget
   fails at once with ``RateLimited`` instead of sleeping uselessly.
-- **5xx** (except 501/505, which are permanent) and **transport errors** (timeouts,
+- **5xx** (except 501/505, which are permanent), **a 409 that says the service "is
+  suspended for maintenance"** (ServiceTitan's answer during maintenance, api/servicetitan.md
+  §11 "409": a 503 in all but its status) and **transport errors** (timeouts,
   resets): retried with capped exponential backoff and full jitter, for idempotent
   requests (GET, PUT, PATCH, DELETE, and POSTs the caller marks idempotent, such as a
   search or a token request).
@@ -16,6 +18,9 @@ What is retried, and how:
   record may exist, so ``AnswerLost`` is raised and the caller looks the record up by its
   key before writing again. A connection that was never established (connect error or
   timeout, pool timeout) sent nothing, so even a create is retried then.
+
+Any other 409 (a real conflict) is returned to the caller, never retried blindly: re-reading
+before writing again is the caller's business (api/servicetitan.md §9).
 
 Every attempt passes the rate limiter first. All waiting happens within
 ``RetryPolicy.budget_seconds`` per request; past it: ``TemporaryError`` (or ``RateLimited``),
@@ -32,15 +37,19 @@ import json
 import math
 import random
 import re
+import ssl
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timezone
-from typing import TYPE_CHECKING, Callable
+from datetime import UTC
+from typing import TYPE_CHECKING
 
+import certifi
 import httpx
 
 from stsync import envvars
-from stsync.errors import AnswerLost, ConfigError, RateLimited, TemporaryError
+from stsync.errors import AnswerLost, ConfigError, RateLimited, StsyncError, TemporaryError
 from stsync.logs import get_logger
 
 if TYPE_CHECKING:
@@ -99,7 +108,7 @@ def retry_after_seconds(response: httpx.Response, wall_clock: Callable[[], float
             when = None
         if when is not None:
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+                when = when.replace(tzinfo=UTC)
             return max(0.0, when.timestamp() - wall_clock())
     text = _body_title(response)
     if text:
@@ -135,10 +144,10 @@ def send_with_retries(
     *,
     service: str,
     policy: RetryPolicy,
-    limiter: "RateLimiter | None" = None,
+    limiter: RateLimiter | None = None,
     auth: httpx.Auth | None = None,
     idempotent: bool | None = None,
-    before_attempt: Callable[[], None] | None = None,
+    before_attempt: Callable[[], object] | None = None,  # what it returns is not used
     on_rate_limited: Callable[[httpx.Response], None] | None = None,
     unsaid_rate_limit_wait: float = 0.0,
 ) -> httpx.Response:
@@ -219,20 +228,28 @@ def send_with_retries(
                 asked = max(unsaid_rate_limit_wait, policy.backoff(failures))
             give_up_unless_time_for(asked, "HTTP 429 Too Many Requests", rate_limited=True)
             continue
-        if status >= 500 and status not in PERMANENT_5XX:
-            reason = f"HTTP {status}"
+        if (status >= 500 and status not in PERMANENT_5XX) or is_maintenance(response):
+            reason = f"HTTP {status}" + (" (suspended for maintenance)" if status == 409 else "")
             if not idempotent:
                 raise AnswerLost(
                     f"{service} answered {what} with {reason}: the write may or may not have been applied",
                     hint="stsync looks the record up by its key before writing it again; rerun the command",
                 )
             failures += 1
-            # A 503 may say when the service is back; past the budget that fails at once.
-            asked = retry_after_seconds(response, policy.wall_clock) if status == 503 else None
+            # A 503 (or maintenance) may say when the service is back; past the budget that fails at once.
+            asked = retry_after_seconds(response, policy.wall_clock) if status in (503, 409) else None
             delay = asked if asked is not None else policy.backoff(failures)
             give_up_unless_time_for(delay, reason, rate_limited=False)
             continue
         return response
+
+
+_MAINTENANCE = re.compile(r"suspended for maintenance|under maintenance|maintenance mode", re.IGNORECASE)
+
+
+def is_maintenance(response: httpx.Response) -> bool:
+    """A 409 that is ServiceTitan's "The service is suspended for maintenance", not a conflict."""
+    return response.status_code == 409 and bool(_MAINTENANCE.search(_body_title(response) or ""))
 
 
 def _transport_reason(exc: httpx.HTTPError) -> str:
@@ -241,6 +258,37 @@ def _transport_reason(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.DecodingError):
         return "unreadable answer (DecodingError)"
     return f"connection failed ({type(exc).__name__})"
+
+
+def is_json_answer(response: httpx.Response) -> bool:
+    """An API's own JSON answer (a JSON object, said to be JSON) — not a reverse proxy's or a
+    web server's page, which is what a wrong base URL or prefix meets (a route-level 404)."""
+    content_type = response.headers.get("Content-Type", "").casefold()
+    return "json" in content_type and isinstance(response_json(response), dict)
+
+
+def route_not_found(
+    service: str, method: str, url: str, *, answered_before: bool, config_key: str, example: str
+) -> StsyncError:
+    """A 404 that is not the API's JSON. Nothing has answered yet: the configured URL does not
+    point at the API (``ConfigError``, exit 3, quoting the URL). The API answered earlier in this
+    run: something in front of it misrouted this request (``TemporaryError``, exit 6). Either
+    way it proves nothing about a record."""
+    if answered_before:
+        return TemporaryError(
+            f"{service} answered {method} {url} with HTTP 404 and a page that is not its API's JSON, although "
+            "the API answered earlier in this run: something in front of it (a proxy, a load balancer) "
+            "misrouted the request",
+            hint="retry later; nothing was recorded as deleted",
+        )
+    variable = next((v.name for v in envvars.ENDPOINT_VARIABLES if v.config_key == config_key), None)
+    override = f" (or {variable})" if variable else ""
+    return ConfigError(
+        f"{url} answered HTTP 404 with a page that is not {service}'s API (no JSON): {config_key} does not "
+        "point at the API",
+        key_path=config_key,
+        hint=f"set {config_key}{override} to {service}'s API base URL, e.g. {example}; nothing was recorded as deleted",
+    )
 
 
 def response_json(response: httpx.Response) -> object | None:
@@ -253,11 +301,11 @@ def response_json(response: httpx.Response) -> object | None:
         return None
 
 
-_ssl_context = None
-_ssl_lock = __import__("threading").Lock()
+_ssl_context: ssl.SSLContext | None = None
+_ssl_lock = threading.Lock()
 
 
-def shared_ssl_context():
+def shared_ssl_context() -> ssl.SSLContext:
     """One TLS context per process for every client.
 
     Building one loads the CA bundle (about 50 ms); a command opens two clients and the
@@ -266,10 +314,6 @@ def shared_ssl_context():
     global _ssl_context
     with _ssl_lock:
         if _ssl_context is None:
-            import ssl
-
-            import certifi
-
             _ssl_context = ssl.create_default_context(cafile=certifi.where())
         return _ssl_context
 

@@ -9,8 +9,8 @@ field names (``first_name``, ``referral_code``, ``meta.<label>``, ...) that a ma
 Read from the API, a lead comes with its campaign (whose name a booking's Source takes by
 default) and its referrer (the ``referrer_*`` fields): the user object carries neither, only
 their ids. ``LeadReader`` is the one place that reads them, each campaign and each referrer
-once per reader; a referrer that no longer exists (404) leaves the ``referrer_*`` fields
-empty. One reader per command (or webhook delivery), used on one thread.
+once per reader; a referrer that no longer exists (a 404 the Referral Factory client confirms
+as a deletion) leaves the ``referrer_*`` fields empty. One reader per command (or webhook delivery), used on one thread.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import ConfigError, InvalidRecord, ReferralFactoryApiError, UsageError
+from stsync.errors import ConfigError, InvalidRecord, NotFound, UsageError
 from stsync.logs import get_logger
-from stsync.referralfactory.models import PERSON_INVITED
+from stsync.referralfactory.models import PERSON_INVITED, meta_text
 from stsync.suggestions import did_you_mean
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Lead:
             )
         return _text(getattr(self, source_name))
 
-    def with_meta(self, **labels: str) -> "Lead":
+    def with_meta(self, **labels: str) -> Lead:
         return replace(self, meta={**self.meta, **labels})
 
 
@@ -117,7 +117,7 @@ def is_lead_source(name: str) -> bool:
 # -- from the Referral Factory API -------------------------------------------------------------
 
 
-def lead_from_user(user: "User", *, campaign: "Campaign | None" = None, referrer: "User | None" = None) -> Lead:
+def lead_from_user(user: User, *, campaign: Campaign | None = None, referrer: User | None = None) -> Lead:
     """A lead (or referrer) read from Referral Factory, with its campaign and referrer if known."""
     meta = {item.field: item.value for item in user.meta if item.value is not None}
     return Lead(
@@ -143,33 +143,32 @@ class LeadReader:
     docstring). ``campaign_id`` is the campaign of a user that names none;
     ``with_referrer=False`` reads no referrer (their fields stay empty)."""
 
-    def __init__(self, rf: "ReferralFactoryClient", campaign_id: int, *, with_referrer: bool = True) -> None:
+    def __init__(self, rf: ReferralFactoryClient, campaign_id: int, *, with_referrer: bool = True) -> None:
         self.rf = rf
         self.campaign_id = campaign_id
         self.with_referrer = with_referrer
         self._campaigns: dict[int, Campaign] = {}
         self._referrers: dict[int, User | None] = {}
 
-    def campaign(self, campaign_id: int | None = None) -> "Campaign":
+    def campaign(self, campaign_id: int | None = None) -> Campaign:
         """A campaign (by default the reader's), read once."""
         wanted = campaign_id if campaign_id is not None else self.campaign_id
         if wanted not in self._campaigns:
             self._campaigns[wanted] = self.rf.get_campaign(wanted)
         return self._campaigns[wanted]
 
-    def referrer(self, user_id: int) -> "User | None":
+    def referrer(self, user_id: int) -> User | None:
         """The referrer with this user id, read once; None when it no longer exists."""
         if user_id not in self._referrers:
             try:
                 self._referrers[user_id] = self.rf.get_user(user_id)
-            except ReferralFactoryApiError as exc:
-                if exc.status != 404:
-                    raise
+            except NotFound as exc:
+                self.rf.confirm_deleted(exc, campaign_id=self.campaign_id)  # raises unless a deletion
                 log.warning("referrer (user %s) no longer exists in Referral Factory", user_id)
                 self._referrers[user_id] = None
         return self._referrers[user_id]
 
-    def lead(self, user: "User") -> Lead:
+    def lead(self, user: User) -> Lead:
         referrer = None
         if self.with_referrer and user.referrer_id is not None:
             referrer = self.referrer(user.referrer_id)
@@ -282,7 +281,7 @@ def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
     ranks: dict[str, int] = {}
     meta: dict[str, str] = {}
     campaign_name = campaign_id = None
-    referrer: dict[str, Any] | None = None
+    referrer: dict[Any, Any] | None = None  # as sent: its keys are checked one by one
     for key, raw in body.items():
         if not isinstance(key, str):
             continue
@@ -367,8 +366,9 @@ def _unwrap(obj: dict) -> Any:
 
 def _meta_from_json(raw: Any, where: str) -> dict[str, str]:
     meta: dict[str, str] = {}
+    items: list[tuple[Any, Any]]
     if isinstance(raw, dict):
-        items = raw.items()
+        items = list(raw.items())
     elif isinstance(raw, list):
         items = []
         for item in raw:
@@ -379,7 +379,8 @@ def _meta_from_json(raw: Any, where: str) -> dict[str, str]:
     else:
         raise UsageError(f"{where}: meta must be a list of {{field, value}} or an object, not {type(raw).__name__}")
     for label, value in items:
-        text = _text(value)
+        # A list or an object answer (meta values are typed "mixed") as the API client reads it.
+        text = _text(meta_text(value))
         if text is not None:
             meta[str(label)] = text
     return meta
@@ -389,8 +390,8 @@ def _meta_from_json(raw: Any, where: str) -> dict[str, str]:
 
 
 def lead_from_flags(
-    email: str,
-    first_name: str,
+    email: str | None,
+    first_name: str | None,
     referral_code: str | None = None,
     campaign_name: str | None = None,
     phone: str | None = None,

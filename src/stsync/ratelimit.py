@@ -24,6 +24,27 @@ for Referral Factory, whose IP block is what we are avoiding, one minute for Ser
 Times in the state file come from ``clock`` (``time.monotonic`` by default), which is
 system-wide on Linux, macOS and Windows, so processes of one machine agree on it. A slot
 implausibly far in the future means the file was written before a reboot: it is ignored.
+
+**Shared fate: 429 episodes and the cool-down.** Referral Factory blocks the caller's IP
+after "more than three" abusive minutes, counted per IP whichever process caused them
+(api/referral-factory.md §2, §11 "IP block"). So its 429s are counted here, in the same
+file, by every process of the connection (``record_rate_limited``):
+
+- An *episode* is a 429 to a request sent after the last episode began. A 429 to a
+  request already in flight then (another thread's, another process's) is the same
+  episode: nobody could have slowed down for it yet.
+- The first episode of the hour halves the rate and holds it there for an hour (the
+  ordinary decay starts after that).
+- The second episode within the hour starts a **cool-down** of an hour: ``acquire`` of
+  every limiter on the file raises ``CoolingDown`` (exit 6, saying until when, in local
+  time and UTC) without sending anything, until it ends.
+- An IP block seen (``record_ip_blocked``) starts a cool-down of an hour, doubled for
+  each block seen again within a day of the previous cool-down's end, up to 7 days (one
+  version of Referral Factory's page says a block lasts 7 days; another, "temporarily").
+
+Cool-down and episode times are wall-clock times (``wall_clock``, ``time.time``): they
+must survive a reboot and be shown to a person. ``read_state`` reads them without a limiter
+(for ``diagnose``).
 """
 
 from __future__ import annotations
@@ -33,13 +54,15 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterator
 
 from filelock import FileLock
 
+from stsync.errors import CoolingDown
 from stsync.logs import get_logger
 from stsync.storage.paths import PRIVATE_FILE, make_private_dir, write_private_text
 
@@ -49,6 +72,100 @@ DEFAULT_HEADROOM = 0.02
 # Below this the limiter would crawl; a 16× slower rate is already a clear signal.
 MIN_RATE_FACTOR = 1 / 16
 
+# Why a service is cooling down (``CoolDown.reason``, ``CoolingDown.reason``).
+RATE_LIMITED = "rate_limited"
+IP_BLOCKED = "ip_blocked"
+HOUR = 3600.0
+DAY = 24 * HOUR
+EPISODE_MEMORY = HOUR  # episodes older than this no longer count
+SLOW_DOWN_HOLD = HOUR  # the first episode's halved rate holds this long
+EPISODES_BEFORE_COOL_DOWN = 2
+RATE_LIMIT_COOL_DOWN = HOUR
+BLOCK_COOL_DOWN = HOUR  # the first block seen; doubled for a block seen again soon after
+BLOCK_COOL_DOWN_MAX = 7 * DAY
+BLOCK_STREAK_MEMORY = DAY  # a block within this long after the last cool-down ended is "again"
+
+
+@dataclass(frozen=True)
+class CoolDown:
+    """Every process of the connection stops calling the service from ``since`` to ``until``
+    (wall-clock epoch seconds) because of ``reason``."""
+
+    reason: str
+    since: float
+    until: float
+
+    def in_force(self, now: float) -> bool:
+        return self.since - 60 <= now < self.until  # tolerate a minute of clock skew backwards
+
+
+@dataclass(frozen=True)
+class RateLimitEpisode:
+    """What one 429 meant: ``new`` — it began an episode (else it belongs to the one in
+    progress); ``episodes`` — how many in the last hour, this one included; ``cool_down``
+    — the cool-down it started, if any."""
+
+    new: bool
+    episodes: int
+    cool_down: CoolDown | None
+
+
+@dataclass(frozen=True)
+class ThrottleState:
+    """The shared state as a person is shown it (``diagnose``): the rate in force, the 429
+    episodes of the last hour (wall-clock times), until when the rate stays reduced, and the
+    cool-down in force or last ended."""
+
+    rate_factor: float
+    episodes: tuple[float, ...]
+    reduced_until: float | None
+    cool_down: CoolDown | None
+    blocks: int
+
+
+def local_and_utc(epoch: float) -> str:
+    """``2026-03-14 15:43 CET (14:43 UTC)``: a moment for a person, rounded up to the minute
+    (a "safe after" must never read earlier than it is)."""
+    rounded = math.ceil(epoch / 60) * 60
+    local = datetime.fromtimestamp(rounded).astimezone()
+    utc = datetime.fromtimestamp(rounded, UTC)
+    if local.utcoffset() == timedelta(0):
+        return f"{utc:%Y-%m-%d %H:%M} UTC"
+    zone = local.tzname() or local.strftime("%z")
+    utc_text = f"{utc:%H:%M}" if utc.date() == local.date() else f"{utc:%Y-%m-%d %H:%M}"
+    return f"{local:%Y-%m-%d %H:%M} {zone} ({utc_text} UTC)"
+
+
+def cooling_down_error(service: str, cool_down: CoolDown) -> CoolingDown:
+    """The error every process of the connection raises while ``cool_down`` is in force."""
+    when = local_and_utc(cool_down.until)
+    if cool_down.reason == IP_BLOCKED:
+        why = (
+            f"{service} blocked this machine's IP address at {local_and_utc(cool_down.since)} "
+            f"(HTTP 403 saying \"blocked\")"
+        )
+        hint = (
+            f"run stsync again after {when}; the block is counted per IP address, so make sure no other tool on "
+            f"this machine or account abuses {service}'s rate limit (`stsync diagnose` shows this state)"
+        )
+    else:
+        why = (
+            f"{service} answered HTTP 429 (too many requests) in two episodes within an hour, counted across "
+            "every stsync process of this connection"
+        )
+        hint = (
+            f"run stsync again after {when}; if another tool uses the same {service} account, lower this "
+            "connection's rate in [limits]"
+        )
+    return CoolingDown(
+        f"{why}: so that it does not block this machine's IP address, no stsync process of this connection "
+        f"calls {service} until {when}",
+        hint=hint,
+        service=service,
+        reason=cool_down.reason,
+        safe_after=datetime.fromtimestamp(cool_down.until, UTC).isoformat(timespec="seconds"),
+    )
+
 
 @dataclass
 class _Budget:
@@ -57,6 +174,14 @@ class _Budget:
     last_slot: float | None = None
     rate_factor: float = 1.0
     slowed_at: float | None = None
+    # The slowed rate does not start decaying before this (``clock`` time, like slowed_at).
+    held_until: float | None = None
+    # Wall-clock times: the 429 episodes of the last hour, and the cool-down.
+    episodes: list[float] = field(default_factory=list)
+    cool_down_reason: str | None = None
+    cool_down_since: float | None = None
+    cool_down_until: float | None = None
+    blocks: int = 0  # IP blocks seen in a row (each within a day of the previous cool-down's end)
 
     def factor_at(self, now: float, quiet_period: float) -> float:
         if self.rate_factor >= 1.0 or self.slowed_at is None:
@@ -64,16 +189,37 @@ class _Budget:
         if now < self.slowed_at:
             # The clock went backwards: the file predates a reboot, a long quiet period.
             return 1.0
-        doublings = math.floor((now - self.slowed_at) / quiet_period)
+        decay_from = self.slowed_at
+        if self.held_until is not None and self.held_until - self.slowed_at <= 10 * DAY:
+            if now < self.held_until:
+                return self.rate_factor
+            decay_from = self.held_until
+        doublings = math.floor((now - decay_from) / quiet_period)
         if doublings >= 64:
             return 1.0
         return min(1.0, self.rate_factor * 2**doublings)
 
+    @property
+    def cool_down(self) -> CoolDown | None:
+        if self.cool_down_reason is None or self.cool_down_since is None or self.cool_down_until is None:
+            return None
+        return CoolDown(self.cool_down_reason, self.cool_down_since, self.cool_down_until)
+
     def to_json(self) -> dict:
-        return {"last_slot": self.last_slot, "rate_factor": self.rate_factor, "slowed_at": self.slowed_at}
+        return {
+            "last_slot": self.last_slot,
+            "rate_factor": self.rate_factor,
+            "slowed_at": self.slowed_at,
+            "held_until": self.held_until,
+            "episodes": list(self.episodes),
+            "cool_down_reason": self.cool_down_reason,
+            "cool_down_since": self.cool_down_since,
+            "cool_down_until": self.cool_down_until,
+            "blocks": self.blocks,
+        }
 
     @classmethod
-    def from_json(cls, data: object) -> "_Budget":
+    def from_json(cls, data: object) -> _Budget:
         if not isinstance(data, dict):
             return cls()
 
@@ -84,10 +230,24 @@ class _Budget:
             return None
 
         factor = number("rate_factor")
+        raw_episodes = data.get("episodes")
+        episodes = [
+            float(t)
+            for t in (raw_episodes if isinstance(raw_episodes, list) else [])
+            if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+        ]
+        reason = data.get("cool_down_reason")
+        blocks = data.get("blocks")
         return cls(
             last_slot=number("last_slot"),
             rate_factor=min(1.0, max(MIN_RATE_FACTOR, factor)) if factor is not None else 1.0,
             slowed_at=number("slowed_at"),
+            held_until=number("held_until"),
+            episodes=sorted(episodes),
+            cool_down_reason=reason if reason in (RATE_LIMITED, IP_BLOCKED) else None,
+            cool_down_since=number("cool_down_since"),
+            cool_down_until=number("cool_down_until"),
+            blocks=blocks if isinstance(blocks, int) and not isinstance(blocks, bool) and blocks > 0 else 0,
         )
 
 
@@ -104,6 +264,8 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
         headroom: float = DEFAULT_HEADROOM,
         quiet_period: float | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        service: str = "the remote service",
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
@@ -117,6 +279,8 @@ class RateLimiter:
         self.quiet_period = float(quiet_period) if quiet_period is not None else max(10 * self.window, 60.0)
         self._clock = clock
         self._sleep = sleep
+        self.wall_clock = wall_clock
+        self.service = service
         self._thread_lock = threading.Lock()
         self._memory = _Budget()
         self._state_file = Path(state_file) if state_file is not None else None
@@ -136,8 +300,13 @@ class RateLimiter:
 
     # -- public ------------------------------------------------------------------------
     def acquire(self) -> float:
-        """Block until this request's slot; returns the seconds waited."""
+        """Block until this request's slot; returns the seconds waited.
+
+        Raises ``CoolingDown`` (and takes no slot) while a cool-down is in force."""
         with self._locked() as budget:
+            cool_down = budget.cool_down
+            if cool_down is not None and cool_down.in_force(self.wall_clock()):
+                raise cooling_down_error(self.service, cool_down)
             now = self._clock()
             interval = self.interval / budget.factor_at(now, self.quiet_period)
             slot = now
@@ -152,19 +321,99 @@ class RateLimiter:
             self._sleep(wait)
         return max(0.0, wait)
 
-    def slow_down(self, factor: float = 0.5) -> float:
-        """Multiply the rate by ``factor`` (persisted; decays back). Returns the new factor."""
+    def slow_down(self, factor: float = 0.5, *, hold: float = 0.0) -> float:
+        """Multiply the rate by ``factor`` (persisted; decays back once ``hold`` seconds have
+        passed). Returns the new factor."""
         if not 0 < factor <= 1:
             raise ValueError(f"factor must be in (0, 1], got {factor}")
         with self._locked() as budget:
-            now = self._clock()
-            new = max(MIN_RATE_FACTOR, budget.factor_at(now, self.quiet_period) * factor)
-            budget.rate_factor = new
-            budget.slowed_at = now
+            new = self._slow_down(budget, factor, hold)
         log.warning(
             "rate limited: slowing down to %.0f%% of %d requests per %g s", new * 100, self.limit, self.window
         )
         return new
+
+    def _slow_down(self, budget: _Budget, factor: float, hold: float) -> float:
+        now = self._clock()
+        new = max(MIN_RATE_FACTOR, budget.factor_at(now, self.quiet_period) * factor)
+        budget.rate_factor = new
+        budget.slowed_at = now
+        budget.held_until = now + hold if hold > 0 else None
+        return new
+
+    def record_rate_limited(self, *, sent_at: float | None = None) -> RateLimitEpisode:
+        """Count a 429 to a request sent at ``sent_at`` (wall clock; default now) — see the
+        module docstring. A new episode halves the rate for an hour; the second of the hour
+        starts the cool-down (returned; ``acquire`` refuses from now on)."""
+        with self._locked() as budget:
+            now = self.wall_clock()
+            sent = now if sent_at is None else min(sent_at, now)
+            budget.episodes = [t for t in budget.episodes if now - EPISODE_MEMORY < t <= now + 60]
+            new = not budget.episodes or sent >= budget.episodes[-1]
+            started: CoolDown | None = None
+            if new:
+                budget.episodes.append(now)
+                if len(budget.episodes) >= EPISODES_BEFORE_COOL_DOWN:
+                    started = CoolDown(RATE_LIMITED, now, now + RATE_LIMIT_COOL_DOWN)
+                    self._start_cool_down(budget, started)
+                else:
+                    self._slow_down(budget, 0.5, SLOW_DOWN_HOLD)
+            count = len(budget.episodes)
+        if new:
+            log.warning(
+                "%s rate-limited this connection (HTTP 429): episode %d of the last hour%s",
+                self.service,
+                count,
+                f"; every process stops calling it until {local_and_utc(started.until)}"
+                if started
+                else f"; half speed for the next hour ({self.limit} per {self.window:g} s halved)",
+            )
+        return RateLimitEpisode(new=new, episodes=count, cool_down=started)
+
+    def record_ip_blocked(self) -> CoolDown:
+        """The service blocked this machine's IP: every process stops calling it for an hour,
+        longer if it happened again soon after the last cool-down (see the module docstring).
+        Returns the cool-down in force (an earlier, longer one is kept)."""
+        with self._locked() as budget:
+            now = self.wall_clock()
+            current = budget.cool_down
+            if current is not None and current.reason == IP_BLOCKED and current.in_force(now):
+                return current  # another process recorded this block already
+            again = (
+                budget.cool_down_reason == IP_BLOCKED
+                and budget.cool_down_until is not None
+                and now - budget.cool_down_until < BLOCK_STREAK_MEMORY
+            )
+            blocks = budget.blocks + 1 if again else 1
+            budget.blocks = blocks
+            length = min(BLOCK_COOL_DOWN_MAX, BLOCK_COOL_DOWN * 2 ** min(blocks - 1, 16))
+            cool_down = CoolDown(IP_BLOCKED, now, now + length)
+            if current is not None and current.in_force(now) and current.until > cool_down.until:
+                cool_down = CoolDown(IP_BLOCKED, now, current.until)
+            self._start_cool_down(budget, cool_down)
+        log.warning(
+            "%s blocked this machine's IP address: every process of this connection stops calling it until %s",
+            self.service,
+            local_and_utc(cool_down.until),
+        )
+        return cool_down
+
+    @staticmethod
+    def _start_cool_down(budget: _Budget, cool_down: CoolDown) -> None:
+        budget.cool_down_reason = cool_down.reason
+        budget.cool_down_since = cool_down.since
+        budget.cool_down_until = cool_down.until
+
+    def cool_down(self) -> CoolDown | None:
+        """The cool-down in force now, if any."""
+        with self._locked(write=False) as budget:
+            cool_down = budget.cool_down
+        return cool_down if cool_down is not None and cool_down.in_force(self.wall_clock()) else None
+
+    def state(self) -> ThrottleState:
+        """The shared state now (see ``read_state`` for reading it without a limiter)."""
+        with self._locked(write=False) as budget:
+            return _state_of(budget, self._clock(), self.wall_clock(), self.quiet_period)
 
     @property
     def rate_factor(self) -> float:
@@ -208,3 +457,44 @@ class RateLimiter:
         temporary = self._state_file.with_name(self._state_file.name + ".tmp")
         write_private_text(temporary, json.dumps(budget.to_json()))
         os.replace(temporary, self._state_file)
+
+
+def _state_of(budget: _Budget, now: float, wall_now: float, quiet_period: float) -> ThrottleState:
+    factor = budget.factor_at(now, quiet_period)
+    reduced_until = None
+    if factor < 1.0 and budget.slowed_at is not None:
+        # When the rate is whole again, in wall-clock time: the hold, then a doubling per quiet period.
+        start = max(budget.slowed_at, budget.held_until or budget.slowed_at)
+        doublings = math.ceil(math.log2(1.0 / budget.rate_factor))
+        reduced_until = wall_now + (start + doublings * quiet_period - now)
+    return ThrottleState(
+        rate_factor=factor,
+        episodes=tuple(t for t in budget.episodes if wall_now - EPISODE_MEMORY < t <= wall_now + 60),
+        reduced_until=reduced_until,
+        cool_down=budget.cool_down,
+        blocks=budget.blocks,
+    )
+
+
+def read_state(
+    state_file: Path,
+    *,
+    window: float,
+    quiet_period: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+) -> ThrottleState | None:
+    """The shared state in ``state_file`` without creating anything (``diagnose``); None when
+    there is no such file. Read without the lock: writes replace the file atomically."""
+    try:
+        text = Path(state_file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+    try:
+        budget = _Budget.from_json(json.loads(text))
+    except ValueError:
+        return None
+    quiet = float(quiet_period) if quiet_period is not None else max(10 * window, 60.0)
+    return _state_of(budget, clock(), wall_clock(), quiet)

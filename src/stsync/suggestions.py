@@ -38,6 +38,3 @@ def did_you_mean(given: object, choices: Iterable[object]) -> str:
     """`` (did you mean 'x'?)`` when a choice is close to ``given``; ``""`` otherwise."""
     choice = _closest(given, choices)
     return f" (did you mean {choice!r}?)" if choice is not None else ""
-
-
-__all__ = ["did_you_mean"]

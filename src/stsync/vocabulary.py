@@ -109,20 +109,3 @@ class BookingSection(StrEnum):
 
     LEADS = "leads"
     REFERRERS = "referrers"
-
-
-__all__ = [
-    "DEFAULT_JOB_STATUS",
-    "RUN_MODE_FOR",
-    "Action",
-    "BookingSection",
-    "Environment",
-    "Kind",
-    "QualificationRule",
-    "ReturnValue",
-    "RunMode",
-    "SecretsStore",
-    "Section",
-    "SyncMode",
-    "UnqualifyEvent",
-]

@@ -40,7 +40,7 @@ class WorkPool:
         self._executor = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix=name)
         self._stopping = threading.Event()
 
-    def __enter__(self) -> "WorkPool":
+    def __enter__(self) -> WorkPool:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -59,7 +59,7 @@ class WorkPool:
         self.stop()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "Future[T | None]":
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T | None]:
         return self._executor.submit(self._run, fn, args, kwargs)
 
     def _run(self, fn: Callable[..., T], args: tuple, kwargs: dict) -> T | None:
@@ -71,7 +71,7 @@ class WorkPool:
             self._stopping.set()  # before anything else: no worker starts another task meanwhile
             raise
 
-    def wait(self, futures: Sequence["Future[T]"], *, on_done: Callable[[T], None] | None = None) -> list[T]:
+    def wait(self, futures: Sequence[Future[T]], *, on_done: Callable[[T], None] | None = None) -> list[T]:
         """The futures' results, in the order given; ``on_done(result)`` is called in this
         thread as each task finishes without failing. When any task failed: the pool is
         stopped, every future waited for, and the first failure in the order given raised
@@ -86,7 +86,7 @@ class WorkPool:
                     self.stop()
                 elif on_done is not None:
                     on_done(future.result())
-        failures = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        failures = [exc for f in futures if not f.cancelled() and (exc := f.exception()) is not None]
         if failures:
             first, *others = failures
             log.error("%s stops: %s", self.name, first)
@@ -96,7 +96,7 @@ class WorkPool:
         return [f.result() for f in futures]
 
 
-def finished(futures: Iterable["Future[T | None]"]) -> list[T]:
+def finished(futures: Iterable[Future[T | None]]) -> list[T]:
     """The results of the tasks that ran to the end, in the order given (none of the skipped,
     cancelled or failed ones): what a stopped run still reports."""
     return [

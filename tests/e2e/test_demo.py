@@ -27,7 +27,7 @@ def test_demo_runs_every_step_green_and_leaves_nothing_behind(tmp_path):
     assert report["ok"] is True
     commands = [" ".join(step["argv"]) for step in report["steps"]]
     assert len(commands) == len(EXPECTED_STEPS)
-    for command, expected in zip(commands, EXPECTED_STEPS):
+    for command, expected in zip(commands, EXPECTED_STEPS, strict=True):
         assert command.startswith(expected), (command, expected)
     assert all(step["exit_code"] == 0 for step in report["steps"])
     summary = report["summary"]

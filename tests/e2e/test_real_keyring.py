@@ -21,7 +21,6 @@ them; where they are absent the tests skip and say what to install.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -33,7 +32,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from stsync_fixtures import CliResult
 
 NEEDED = {"dbus-run-session": "dbus", "gnome-keyring-daemon": "gnome-keyring", "secret-tool": "libsecret-tools"}

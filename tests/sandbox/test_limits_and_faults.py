@@ -58,6 +58,20 @@ def test_burst_429_refuses_the_next_n_servicetitan_calls(sandbox, st, rf):
     assert rf.get("/campaigns").status_code == 200
 
 
+def test_rf_burst_429_refuses_the_next_n_referral_factory_calls_and_counts_towards_the_block(sandbox, st, rf):
+    sandbox.block_ip_after_429s = 2
+    sandbox.set_faults(Faults(rf_burst_429=2, retry_after=4))
+    assert st.get(st.crm + "/customers").status_code == 200  # ServiceTitan is not touched
+    for _ in range(2):
+        response = rf.get("/campaigns")
+        assert_rf_error(response, 429)
+        assert response.headers["Retry-After"] == "4"
+    assert rf.get("/campaigns").status_code == 200
+    sandbox.set_faults(Faults(rf_burst_429=1))
+    assert_rf_error(rf.get("/campaigns"), 429)  # the third 429 from this IP: blocked
+    assert "blocked" in rf.get("/campaigns").json()["message"]
+
+
 def test_error_rate_answers_503_before_any_change(sandbox, st, rf):
     sandbox.set_faults(Faults(error_rate=1.0))
     assert_problem(st.post(st.bookings, json=booking_body()), 503)

@@ -47,15 +47,22 @@ class FakeReferralFactoryUsers:
     def __init__(self) -> None:
         self.users: dict[int, dict] = {}
         self.lookups: list[tuple[str, object]] = []
+        self.deletions_confirmed: list[tuple[str, int]] = []
 
     def get_user(self, identifier):
-        from stsync.errors import ReferralFactoryApiError
+        from stsync.errors import NotFound
         from stsync.referralfactory.models import User
 
         self.lookups.append(("id", identifier))
         if identifier not in self.users:
-            raise ReferralFactoryApiError("not found", status=404, method="GET", path=f"/users/{identifier}")
+            raise NotFound(
+                "not found", url=f"https://rf.example.test/api/v2/users/{identifier}", method="GET", path=f"/users/{identifier}"
+            )
         return User.model_validate(self.users[identifier])
+
+    def confirm_deleted(self, not_found, *, campaign_id):
+        """The API answers (its campaign reads fine): every JSON 404 here proves a deletion."""
+        self.deletions_confirmed.append((not_found.url, campaign_id))
 
     def find_user_by_code(self, campaign_id, code):
         return self._find("code", code)

@@ -3,8 +3,8 @@ sandbox (ServiceTitan's own schema) answers to a CreateBookingRequest."""
 
 from __future__ import annotations
 
-from stsync.sandbox.schemas import validator
 from stsync.leads import Lead
+from stsync.sandbox.schemas import validator
 from stsync.storage.config import Config, LeadSettings
 
 CREATE_BOOKING_REQUEST = "Crm.V2.CreateBookingRequest"

@@ -1,5 +1,6 @@
 """Fakes for the webhook engine's tests: a Referral Factory holding the campaign's users and
-a recorder standing in for the booking push (the real one runs in tests/e2e/test_serve.py
+a recorder standing in for the booking push: the real ``push_target`` decides whether a kind
+is sent, the recorder stands in for ``push_lead`` (the real one runs in tests/e2e/test_serve.py
 against the sandbox). The connection is the real one: ``make_connection(referral_factory=
 FakeReferralFactory())`` (tests/support/connection_fixtures.py), with its real ledger."""
 
@@ -9,7 +10,9 @@ import time
 
 from connection_fixtures import CAMPAIGN
 from fakes import FakeReferralFactoryUsers
+
 from stsync.referralfactory.models import Campaign
+from stsync.services.push import push_target
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -26,20 +29,29 @@ class FakeReferralFactory(FakeReferralFactoryUsers):
 
 
 class PushRecorder:
-    """Stands in for the worker's booking push: records each call, answers "created"."""
+    """Stands in for the worker's ``push_for``: a kind "Nothing to action" answers with the real
+    ``push_target``'s notice; a lead pushed is recorded and answers "created"."""
 
-    def __init__(self) -> None:
+    def __init__(self, conn) -> None:
+        self.conn = conn
         self.calls: list[tuple[object, str, int | None]] = []
         self.fail: Exception | None = None
         self.delay = 0.0
 
-    def __call__(self, lead, kind, run_id):
-        if self.delay:
-            time.sleep(self.delay)
-        if self.fail is not None:
-            raise self.fail
-        self.calls.append((lead, kind, run_id))
-        return "created", "created", 5000 + len(self.calls)
+    def __call__(self, kind):
+        target = push_target(self.conn, kind)
+        if target.notice is not None:
+            return target.notice
+
+        def push(lead, run_id):
+            if self.delay:
+                time.sleep(self.delay)
+            if self.fail is not None:
+                raise self.fail
+            self.calls.append((lead, kind, run_id))
+            return "created", "created", 5000 + len(self.calls)
+
+        return push
 
 
 def lead_payload(code: str = "ueONFmUp", email: str = "jane@example.com", **extra) -> dict:

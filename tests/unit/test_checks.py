@@ -9,14 +9,17 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes import FakeTime  # tests/support
 from pytest_httpx import HTTPXMock
 
 from stsync.checks import offline, table
+from stsync.checks.activity import check_referral_factory_throttle
 from stsync.checks.context import CheckContext
 from stsync.checks.result import Check, NotRun, Verdict, fail, ok
 from stsync.checks.runner import CheckRun, CheckSpec, Input, exit_code_for
 from stsync.cli.app import run
 from stsync.errors import AuthError, ConfigError
+from stsync.ratelimit import RateLimiter, local_and_utc
 from stsync.services.validate import validate
 from stsync.storage.config import Config, default_config
 from stsync.storage.config_writer import save_config
@@ -381,3 +384,56 @@ def test_every_check_name_is_written_once_and_each_plan_runs_its_prerequisites_f
         for position, item in enumerate(plan):
             for need in item.needs:
                 assert need not in plan[position:], f"{item.name} runs before {need.name}"
+
+
+# -- Referral Factory's shared rate-limit state (diagnose, no request) ---------------------------
+
+WALL = 1_800_000_000.0
+
+
+def rf_state(tmp_path: Path, fake: FakeTime) -> tuple[ConnectionPaths, RateLimiter]:
+    paths = ConnectionPaths.for_config(tmp_path / "acme.toml")
+    limiter = RateLimiter(600, 60.0, state_file=paths.rate_file("referral_factory"), clock=fake.clock,
+                          sleep=fake.sleep, wall_clock=fake.clock, service="Referral Factory")
+    return paths, limiter
+
+
+def throttle(paths: ConnectionPaths, fake: FakeTime) -> Verdict:
+    return check_referral_factory_throttle(paths, clock=fake.clock, wall_clock=fake.clock)
+
+
+def test_the_throttle_check_passes_with_no_state_and_creates_nothing(tmp_path: Path):
+    fake = FakeTime(WALL)
+    paths = ConnectionPaths.for_config(tmp_path / "acme.toml")
+    verdict = throttle(paths, fake)
+    assert verdict.passed and "no Referral Factory rate limiting" in verdict.message
+    assert not paths.state.exists()
+
+
+def test_the_throttle_check_warns_after_one_episode_with_when_it_is_full_speed_again(tmp_path: Path):
+    fake = FakeTime(WALL)
+    paths, limiter = rf_state(tmp_path, fake)
+    limiter.record_rate_limited()
+    verdict = throttle(paths, fake)
+    assert verdict.status == "warn"
+    assert f"HTTP 429 at {local_and_utc(WALL)}" in verdict.message and "50%" in verdict.message
+    # An hour held, then one ten-minute doubling.
+    assert f"until {local_and_utc(WALL + 3600 + 600)}" in verdict.message
+
+
+def test_the_throttle_check_warns_during_a_rate_limit_cool_down_and_fails_on_an_ip_block(tmp_path: Path):
+    fake = FakeTime(WALL)
+    paths, limiter = rf_state(tmp_path, fake)
+    limiter.record_rate_limited()
+    fake.now += 300
+    limiter.record_rate_limited()
+    cooling = throttle(paths, fake)
+    assert cooling.status == "warn" and f"until {local_and_utc(WALL + 300 + 3600)}" in cooling.message
+    limiter.record_ip_blocked()
+    blocked = throttle(paths, fake)
+    assert blocked.failed and blocked.exit_code == 6
+    assert "blocked this machine's IP address" in blocked.message
+    assert str(paths.rate_file("referral_factory")) in blocked.fix
+    fake.now += 7 * 86400
+    over = throttle(paths, fake)
+    assert over.passed and "the last cool-down (an IP block) ended" in over.message

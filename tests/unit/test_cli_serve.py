@@ -10,10 +10,10 @@ import threading
 
 import httpx
 import pytest
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder  # tests/support
 
 from stsync.cli.serve import serve_until_signalled
 from stsync.services.serve import WebhookServer
-from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder  # tests/support
 
 
 @pytest.fixture
@@ -31,10 +31,10 @@ def deliver(server: WebhookServer, body: dict) -> httpx.Response:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_serving_after_the_queue_is_done(conn, signum):
     assert threading.current_thread() is threading.main_thread()
-    pushes = PushRecorder()
+    pushes = PushRecorder(conn)
     pushes.delay = 0.1
     conn.referral_factory.add(1, "C1", "one@example.com")
-    srv = WebhookServer(conn, token=TOKEN, port=0, push=pushes)
+    srv = WebhookServer(conn, token=TOKEN, port=0, push_for=pushes)
     previous = signal.getsignal(signum)
     answers: list[int] = []
 
@@ -52,13 +52,13 @@ def test_a_signal_stops_serving_after_the_queue_is_done(conn, signum):
 
 
 def test_off_the_main_thread_only_the_stop_event_ends_it(conn):
-    pushes = PushRecorder()
+    pushes = PushRecorder(conn)
     stop = threading.Event()
     started = threading.Event()
     before = signal.getsignal(signal.SIGTERM)
 
     def run() -> None:
-        serve_until_signalled(WebhookServer(conn, token=TOKEN, port=0, push=pushes), stop=stop,
+        serve_until_signalled(WebhookServer(conn, token=TOKEN, port=0, push_for=pushes), stop=stop,
                               on_started=lambda server: started.set())
 
     thread = threading.Thread(target=run)

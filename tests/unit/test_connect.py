@@ -236,3 +236,23 @@ def test_disconnect_removes_secrets_and_token_but_keeps_config(capsys):
     store = SecretStore(paths)
     assert store.get("st_client_secret") is None
 
+
+
+def test_secrets_given_with_a_trailing_cr_lf_are_verified_and_stored_without_it(httpx_mock: HTTPXMock, capsys):
+    token_ok(httpx_mock)
+    bookings_ok(httpx_mock)
+    httpx_mock.add_response(method="GET", url=CAMPAIGN_URL, json=LAUNCHED)
+    given = argv()
+    padded = [f"{value}\r\n" if flag in SECRETS else value for flag, value in zip(["", *given], given, strict=False)]
+    assert run(padded) == 0, capsys.readouterr().err
+
+    from stsync.storage.paths import ConnectionPaths, resolve_config_path
+
+    token_request = httpx_mock.get_requests()[0]
+    assert f"client_secret={SECRETS['--client-secret']}&" in token_request.content.decode() + "&"
+    assert httpx_mock.get_requests()[1].headers["ST-App-Key"] == SECRETS["--app-key"]
+    assert httpx_mock.get_requests()[2].headers["Authorization"] == f"Bearer {SECRETS['--rf-api-key']}"
+    paths = ConnectionPaths.for_config(resolve_config_path(None))
+    stored = json.loads(paths.secrets_file.read_text())
+    assert stored == {"rf_api_key": SECRETS["--rf-api-key"], "st_app_key": SECRETS["--app-key"],
+                      "st_client_secret": SECRETS["--client-secret"]}

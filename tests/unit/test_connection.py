@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from connection_fixtures import CAMPAIGN, RF, SECRETS  # tests/support
 
 from stsync.errors import ConfigError
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.storage.config import default_config
 from stsync.storage.ledger import Ledger
-from connection_fixtures import CAMPAIGN, RF, SECRETS  # tests/support
 
 
 class Closable:
@@ -59,5 +59,5 @@ def test_a_transport_carries_the_clients_the_connection_builds(make_connection):
 def test_a_client_needs_its_identity_before_its_secrets(make_connection):
     conn = make_connection(default_config())
     with pytest.raises(ConfigError, match="servicetitan.tenant_id is not set") as caught:
-        conn.servicetitan
+        _ = conn.servicetitan
     assert caught.value.key_path == "servicetitan.tenant_id"

@@ -186,7 +186,7 @@ def test_missing_secret_blocks_the_live_checks_and_exits_3(paths: ConnectionPath
 
 def test_unusable_keyring_names_the_backend_and_the_headless_remedies(config_path: Path, paths: ConnectionPaths, monkeypatch):
     store = SecretStore(paths)
-    for env_name, value in SECRETS.items():
+    for env_name in SECRETS:
         monkeypatch.delenv(env_name)
     store.set("st_client_secret", SECRETS["STSYNC_ST_CLIENT_SECRET"])
     store.set("st_app_key", SECRETS["STSYNC_ST_APP_KEY"])

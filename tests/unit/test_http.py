@@ -7,12 +7,11 @@ from email.utils import formatdate
 
 import httpx
 import pytest
+from fakes import FakeTime  # tests/support
 from pytest_httpx import HTTPXMock
 
 from stsync.errors import AnswerLost, ConfigError, RateLimited, TemporaryError
-from stsync.http import RetryPolicy, retry_after_seconds, send_with_retries
-from fakes import FakeTime  # tests/support
-from stsync.http import shared_ssl_context
+from stsync.http import RetryPolicy, retry_after_seconds, send_with_retries, shared_ssl_context
 
 URL = "https://api.example.test/crm/v2/tenant/7/customers"
 WALL = 1_700_000_000.0  # a pinned wall clock for HTTP-dates
@@ -278,3 +277,54 @@ def test_backoff_is_capped_exponential_with_full_jitter(fake):
 def test_retry_after_seconds(headers, body, expected):
     response = httpx.Response(429, headers=headers, json=body) if body is not None else httpx.Response(429, headers=headers)
     assert retry_after_seconds(response, lambda: WALL) == expected
+
+
+# -- ServiceTitan's maintenance 409 and the gateway's 429 (api/servicetitan.md §11) ----------------
+
+MAINTENANCE = {"type": "https://api.servicetitan.io/errors/conflict", "title": "The service is suspended for maintenance",
+               "status": 409, "traceId": "00-1-00", "errors": {}, "data": {}}
+
+
+def test_a_409_saying_maintenance_is_retried_like_a_503(httpx_mock: HTTPXMock, fake):
+    httpx_mock.add_response(url=URL, status_code=409, json=MAINTENANCE)
+    httpx_mock.add_response(url=URL, status_code=409, json=MAINTENANCE)
+    httpx_mock.add_response(url=URL, json={"ok": True})
+    assert send(fake).status_code == 200
+    assert fake.sleeps == [0.5, 1.0]
+
+
+def test_a_409_that_is_a_real_conflict_is_returned_not_retried(httpx_mock: HTTPXMock, fake):
+    httpx_mock.add_response(url=URL, status_code=409, json={**MAINTENANCE, "title": "Some conflict occurred"})
+    assert send(fake).status_code == 409
+    assert fake.sleeps == []
+
+
+def test_a_create_refused_for_maintenance_is_answer_lost_like_a_503(httpx_mock: HTTPXMock, fake):
+    httpx_mock.add_response(url=URL, method="POST", status_code=409, json=MAINTENANCE)
+    with pytest.raises(AnswerLost):
+        send(fake, "POST", json={"name": "x"})
+
+
+def test_maintenance_past_the_budget_is_temporary(httpx_mock: HTTPXMock, fake):
+    httpx_mock.add_response(url=URL, status_code=409, json=MAINTENANCE, is_reusable=True)
+    with pytest.raises(TemporaryError) as caught:
+        send(fake, retry=policy(fake, budget_seconds=10.0))
+    assert "suspended for maintenance" in caught.value.message
+
+
+def test_429_with_the_api_management_body_and_no_retry_after(httpx_mock: HTTPXMock, fake):
+    # Azure API Management's own 429: {"statusCode", "message"}, no Retry-After.
+    httpx_mock.add_response(url=URL, status_code=429,
+                            json={"statusCode": 429, "message": "Rate limit is exceeded. Try again in 4 seconds."})
+    httpx_mock.add_response(url=URL, json={"ok": True})
+    assert send(fake).status_code == 200
+    assert fake.sleeps == [4.0]
+
+
+def test_429_with_neither_header_nor_body_backs_off_with_jitter_under_a_cap(httpx_mock: HTTPXMock, fake):
+    for _ in range(8):
+        httpx_mock.add_response(url=URL, status_code=429)
+    httpx_mock.add_response(url=URL, json={"ok": True})
+    jitters = iter([0.5, 0.25, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    assert send(fake, retry=policy(fake, jitter=lambda: next(jitters), max_delay=8.0)).status_code == 200
+    assert fake.sleeps == [0.25, 0.25, 2.0, 0.0, 8.0, 8.0, 8.0, 8.0]

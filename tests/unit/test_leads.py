@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from stsync.errors import ConfigError, InvalidRecord, UsageError
-from stsync.referralfactory.models import Campaign, User
 from stsync.leads import (
     LEAD_FIELDS,
     Lead,
@@ -16,6 +15,7 @@ from stsync.leads import (
     lead_from_user,
     leads_from_json,
 )
+from stsync.referralfactory.models import Campaign, User
 
 JANE = {
     "id": 456,

@@ -13,7 +13,8 @@ import threading
 import pytest
 
 from stsync.errors import ConfigError
-from stsync.storage.ledger import MIGRATIONS, ContactRow, Ledger, pid_alive, utc_now
+from stsync.storage.ledger import MIGRATIONS, ContactRow, Ledger, utc_now
+from stsync.storage.locks import pid_alive
 
 TABLES = {
     "runs",

@@ -101,9 +101,9 @@ def test_second_run_lock_gets_lock_held(paths):
 
 
 def test_run_lock_is_released_when_the_body_raises(paths):
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(RuntimeError, match="the body failed"):
         with RunLock(paths, "sync", command="sync-customers"):
-            1 / 0
+            raise RuntimeError("the body failed")
     with RunLock(paths, "sync", command="sync-customers"):
         pass
 

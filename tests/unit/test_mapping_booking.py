@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from mapping_cases import SEED_LEAD, leads_section, schema_errors, seed_fields  # tests/support
 
 from stsync.errors import InvalidRecord, SetupRequired
+from stsync.leads import LEAD_FIELDS, Lead
 from stsync.mapping.booking import booking_request_for, external_id_for, lead_fields_read
 from stsync.mapping.validation import booking_mapping_problems, missing_required
-from stsync.leads import LEAD_FIELDS, Lead
 from stsync.servicetitan.vocabulary import REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import Config, default_config
 

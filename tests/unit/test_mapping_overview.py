@@ -22,7 +22,7 @@ def test_default_mapping_is_the_setup_guides_step_5_table(shared_dir: Path):
     assert len(seed_rows) == 6
     rows = booking_rows(default_config().leads)
     assert len(rows) == 6 and all(row.required for row in rows)
-    for (data_type, source, target), row in zip(seed_rows, rows):
+    for (data_type, source, target), row in zip(seed_rows, rows, strict=True):
         assert row.data_type == data_type
         assert row.source.strip('"').casefold() == source.replace("*", "").strip().strip('"').casefold()
         # The seed leaves Email's target blank (it becomes a booking contact).

@@ -11,19 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
+from connection_fixtures import API, AUTH, CAMPAIGN, RF, TENANT, unit_config  # tests/support
+from connection_fixtures import BOOKING_PROVIDER as BP
 from pytest_httpx import HTTPXMock
 
-from stsync.errors import AuthError, InvalidRecord, SetupRequired, TemporaryError, UsageError
+from stsync.connection import Connection
+from stsync.errors import AuthError, InvalidRecord, SetupRequired, TemporaryError, UsageError, error_summary
+from stsync.leads import Lead, leads_from_input
 from stsync.mapping.booking import booking_request_for
 from stsync.services import push as push_service
 from stsync.services.history import push_history
-from stsync.leads import Lead
 from stsync.services.lead_sources import complete_leads, fetch_lead
-from stsync.leads import leads_from_input
 from stsync.services.push import push_lead, push_leads, push_new, push_target
-from stsync.connection import Connection
-from connection_fixtures import AUTH, API, CAMPAIGN, RF, TENANT, unit_config  # tests/support
-from connection_fixtures import BOOKING_PROVIDER as BP
 
 BOOKINGS = f"{API}/crm/v2/tenant/{TENANT}/booking-provider/{BP}/bookings"
 LOOKUP_PAGE = {"page": "1", "pageSize": "200"}
@@ -376,7 +375,7 @@ def test_list_input_sets_aside_records_without_email(conn):
         {"email": "a@example.com", "first_name": "A", "referral_code": "ca"},
         {"first_name": "B", "code": "cb"},
     ])
-    assert [l.email for l in leads] == ["a@example.com"]
+    assert [one.email for one in leads] == ["a@example.com"]
     [problem] = rejected
     assert isinstance(problem, InvalidRecord) and "record #2" in problem.message
     report = push_leads(conn, [], target(conn), rejected=rejected, dry_run=True)
@@ -481,7 +480,7 @@ def test_fetch_lead_names_an_unknown_user_or_another_campaign(conn, httpx_mock: 
 def test_complete_leads_fills_the_campaign_name_once(conn, httpx_mock: HTTPXMock):
     httpx_mock.add_response(method="GET", url=f"{RF}/campaigns/{CAMPAIGN}", json=CAMPAIGN_JSON)
     done = complete_leads(conn, [lead(1, campaign_name=None), lead(2, campaign_name=None), lead(3)], target(conn))
-    assert [l.campaign_name for l in done] == ["Spring Referrals"] * 3
+    assert [one.campaign_name for one in done] == ["Spring Referrals"] * 3
 
 
 # -- history ------------------------------------------------------------------------------------
@@ -497,7 +496,7 @@ def test_history_lists_attempts_newest_first_with_filters(conn, httpx_mock: HTTP
     assert {e.outcome for e in everything.entries} == {"created", "already_booked", "failed"}
     failed = push_history(conn, failed_only=True)
     assert [e.external_id for e in failed.entries] == ["code0002"]
-    assert "email" in failed.entries[0].error_text
+    assert "email" in error_summary(failed.entries[0].error)
     mine = push_history(conn, email="JANE1@example.com", limit=1)
     assert len(mine.entries) == 1 and mine.entries[0].outcome == "already_booked"
     data = everything.to_dict()

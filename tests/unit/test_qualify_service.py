@@ -7,9 +7,12 @@ qualification request was sent" or "final bookings were not read again".
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+from connection_fixtures import BOOKING_PROVIDER as BP  # tests/support
+from connection_fixtures import CAMPAIGN
+from fakes import FakeReferralFactoryUsers  # tests/support
 
 from stsync.connection import Connection
 from stsync.errors import AuthError, ReferralFactoryApiError, TemporaryError
@@ -29,10 +32,6 @@ from stsync.services.qualify import (
 )
 from stsync.servicetitan.models import Booking, Job
 from stsync.storage.config import Qualification, default_config
-from connection_fixtures import BOOKING_PROVIDER as BP  # tests/support
-from connection_fixtures import CAMPAIGN
-from fakes import FakeReferralFactoryUsers  # tests/support
-
 
 
 class FakeServiceTitan:
@@ -245,8 +244,8 @@ def test_job_completed_without_reaching_a_hold_target_is_closed(conn):
         ("Completed", None, "Hold", False),
         ("Canceled", None, "Scheduled", False),
         ("Canceled", None, "Canceled", True),
-        ("Dispatched", datetime(2025, 1, 1, tzinfo=timezone.utc), "Completed", True),  # completedOn is durable
-        ("Canceled", datetime(2025, 1, 1, tzinfo=timezone.utc), "Completed", False),
+        ("Dispatched", datetime(2025, 1, 1, tzinfo=UTC), "Completed", True),  # completedOn is durable
+        ("Canceled", datetime(2025, 1, 1, tzinfo=UTC), "Completed", False),
         ("SomethingNew", None, "Completed", False),
     ],
 )

@@ -7,18 +7,16 @@ import subprocess
 import sys
 import textwrap
 import threading
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from fakes import FakeTime, ThreadClocks  # tests/support
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stsync.ratelimit import MIN_RATE_FACTOR, RateLimiter
-from fakes import FakeTime, ThreadClocks  # tests/support
-
-
-
-
+from stsync.errors import CoolingDown
+from stsync.ratelimit import IP_BLOCKED, MIN_RATE_FACTOR, RATE_LIMITED, RateLimiter, local_and_utc, read_state
 
 
 def max_in_any_window(times: list[float], window: float) -> int:
@@ -40,7 +38,7 @@ def test_requests_are_spaced_and_n_requests_take_close_to_the_floor():
     for _ in range(100):
         limiter.acquire()
         sends.append(fake.now)
-    gaps = [b - a for a, b in zip(sends, sends[1:])]
+    gaps = [b - a for a, b in pairwise(sends)]
     assert min(gaps) >= 0.1  # never faster than limit/window
     floor = 99 * 1.0 / 10  # the least time 100 requests can take at 10/s
     assert floor <= sends[-1] - sends[0] <= 1.15 * floor
@@ -107,7 +105,7 @@ def test_two_limiters_on_one_state_file_behave_like_one(tmp_path: Path):
         (first if i % 3 else second).acquire()
         sends.append(fake.now)
     assert max_in_any_window(sends, 1.0) <= 10
-    assert min(b - a for a, b in zip(sends, sends[1:])) >= 0.1
+    assert min(b - a for a, b in pairwise(sends)) >= 0.1
     # Without the file each would allow 10/s on its own: prove the file is what is shared.
     alone_a = RateLimiter(10, 1.0, clock=fake.clock, sleep=fake.sleep)
     alone_b = RateLimiter(10, 1.0, clock=fake.clock, sleep=fake.sleep)
@@ -195,7 +193,7 @@ def test_real_processes_share_the_budget_through_the_state_file(tmp_path: Path):
     slots_b = json.loads((tmp_path / "slots-b.json").read_text())
     merged = sorted(slots_a + slots_b)
     interval = 1.0 / 1000
-    assert min(b - a for a, b in zip(merged, merged[1:])) >= interval * (1 - 1e-9)
+    assert min(b - a for a, b in pairwise(merged)) >= interval * (1 - 1e-9)
     # The two processes really overlapped: their slots interleave.
     assert min(slots_b) < max(slots_a) and min(slots_a) < max(slots_b)
 
@@ -273,3 +271,116 @@ def test_rejects_impossible_limits(args):
 def test_slow_down_rejects_a_factor_that_would_speed_up():
     with pytest.raises(ValueError):
         RateLimiter(10, 1.0).slow_down(2.0)
+
+
+# -- 429 episodes and the cool-down (Referral Factory's shared fate) -------------------------
+
+WALL = 1_800_000_000.0
+
+
+def rf_limiter(state: Path, fake: FakeTime) -> RateLimiter:
+    return RateLimiter(600, 60.0, state_file=state, clock=fake.clock, sleep=fake.sleep, wall_clock=fake.clock,
+                       service="Referral Factory")
+
+
+def test_the_first_episode_halves_the_rate_for_a_whole_hour_then_it_decays(tmp_path: Path):
+    fake = FakeTime(WALL)
+    limiter = rf_limiter(tmp_path / "rate.json", fake)
+    episode = limiter.record_rate_limited()
+    assert episode.new and episode.episodes == 1 and episode.cool_down is None
+    fake.now += 3599
+    assert limiter.rate_factor == 0.5  # the ordinary 10-minute decay waits for the hour
+    fake.now += 1
+    assert limiter.rate_factor == 0.5
+    fake.now += 600
+    assert limiter.rate_factor == 1.0
+
+
+def test_a_429_to_a_request_already_in_flight_is_the_same_episode(tmp_path: Path):
+    fake = FakeTime(WALL)
+    limiter = rf_limiter(tmp_path / "rate.json", fake)
+    limiter.record_rate_limited(sent_at=fake.now - 0.5)
+    fake.now += 0.2
+    # Another thread's request, sent before the episode was recorded: nobody could react yet.
+    same = limiter.record_rate_limited(sent_at=fake.now - 0.4)
+    assert not same.new and same.episodes == 1 and same.cool_down is None
+    assert limiter.rate_factor == 0.5  # halved once, not twice
+    assert limiter.cool_down() is None
+
+
+def test_the_second_episode_starts_a_cool_down_every_limiter_on_the_file_obeys(tmp_path: Path):
+    fake = FakeTime(WALL)
+    state = tmp_path / "rate.json"
+    first, other = rf_limiter(state, fake), rf_limiter(state, fake)
+    first.record_rate_limited()
+    fake.now += 1200
+    episode = other.record_rate_limited(sent_at=fake.now - 1)
+    assert episode.new and episode.episodes == 2
+    assert episode.cool_down is not None and episode.cool_down.reason == RATE_LIMITED
+    assert episode.cool_down.until == fake.now + 3600
+    slot_before = json.loads(state.read_text())["last_slot"]
+    for limiter in (first, other, rf_limiter(state, fake)):
+        with pytest.raises(CoolingDown) as caught:
+            limiter.acquire()
+        assert caught.value.exit_code == 6
+        assert local_and_utc(episode.cool_down.until) in caught.value.message
+    assert json.loads(state.read_text())["last_slot"] == slot_before  # no slot was taken
+    fake.now += 3600
+    assert first.acquire() >= 0  # over
+
+
+def test_an_episode_older_than_an_hour_no_longer_counts(tmp_path: Path):
+    fake = FakeTime(WALL)
+    limiter = rf_limiter(tmp_path / "rate.json", fake)
+    limiter.record_rate_limited()
+    fake.now += 3601
+    episode = limiter.record_rate_limited()
+    assert episode.new and episode.episodes == 1 and episode.cool_down is None
+
+
+def test_an_ip_block_cools_down_an_hour_then_longer_when_it_comes_back(tmp_path: Path):
+    fake = FakeTime(WALL)
+    state = tmp_path / "rate.json"
+    limiter = rf_limiter(state, fake)
+    first = limiter.record_ip_blocked()
+    assert (first.reason, first.until - first.since) == (IP_BLOCKED, 3600)
+    assert rf_limiter(state, fake).record_ip_blocked() == first  # another process saw the same block
+    fake.now += 3600 + 60
+    second = limiter.record_ip_blocked()
+    assert second.until - second.since == 7200
+    fake.now += 7200 + 2 * 86400  # long after: a new block starts from an hour again
+    assert limiter.record_ip_blocked().until - fake.now == 3600
+
+
+def test_read_state_shows_episodes_and_cool_down_without_creating_anything(tmp_path: Path):
+    fake = FakeTime(WALL)
+    state = tmp_path / "locks" / "rate.json"
+    assert read_state(state, window=60.0, clock=fake.clock, wall_clock=fake.clock) is None
+    assert not state.parent.exists()
+    limiter = rf_limiter(state, fake)
+    limiter.record_rate_limited()
+    shown = read_state(state, window=60.0, clock=fake.clock, wall_clock=fake.clock)
+    assert shown is not None and shown.rate_factor == 0.5 and shown.episodes == (WALL,)
+    assert shown.reduced_until == WALL + 3600 + 600
+    assert shown.cool_down is None
+
+
+def test_a_state_file_of_an_older_stsync_reads_as_no_episodes(tmp_path: Path):
+    fake = FakeTime(WALL)
+    state = tmp_path / "rate.json"
+    state.write_text(json.dumps({"last_slot": None, "rate_factor": 0.5, "slowed_at": WALL - 10}))
+    limiter = rf_limiter(state, fake)
+    assert limiter.cool_down() is None
+    assert limiter.record_rate_limited().episodes == 1
+
+
+def test_local_and_utc_names_both(monkeypatch):
+    import time as time_module
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time_module.tzset()
+    try:
+        assert local_and_utc(WALL) == "2027-01-15 03:00 EST (08:00 UTC)"
+    finally:
+        monkeypatch.delenv("TZ")
+        time_module.tzset()

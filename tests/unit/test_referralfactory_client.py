@@ -7,15 +7,14 @@ import threading
 
 import httpx
 import pytest
+from fakes import FakeTime, ThreadClocks  # tests/support
 from pytest_httpx import HTTPXMock
 
 from stsync.errors import AnswerLost, AuthError, DuplicateEmail, RateLimited, ReferralFactoryApiError, TemporaryError
-from stsync.http import RetryPolicy
+from stsync.http import RetryPolicy, shared_ssl_context
 from stsync.ratelimit import RateLimiter
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.referralfactory.models import Campaign, User
-from fakes import FakeTime, ThreadClocks  # tests/support
-from stsync.http import shared_ssl_context
 
 API = "https://rf.example.test/api/v2"
 KEY = "rf-SECRET-api-key"
@@ -244,7 +243,8 @@ def test_search_users_pages_and_sends_the_filter_body(httpx_mock: HTTPXMock, mak
     body = search_body(("campaign_id", "7"), ("type", "person_invited"))
     httpx_mock.add_response(
         method="POST", url=f"{API}/users/search?page=1&per_page=2", match_json=body,
-        json={"data": [user(1), user(2)], "links": {"next": "…?page=2"}, "meta": {"current_page": 1, "last_page": 2}},
+        json={"data": [user(1), user(2)], "links": {"next": f"{API}/users/search?page=2&per_page=2"},
+              "meta": {"current_page": 1, "last_page": 2}},
     )
     httpx_mock.add_response(
         method="POST", url=f"{API}/users/search?page=2&per_page=2", match_json=body,
@@ -353,12 +353,13 @@ def test_second_429_stops_calling_referral_factory(httpx_mock: HTTPXMock, make_c
     with pytest.raises(RateLimited) as caught:
         client.get_user(6)
     assert caught.value.exit_code == 6
-    assert "retry later" in caught.value.hint
-    # And nothing more is sent in this client's lifetime (strict mocks: a request would fail).
+    assert "run stsync again after" in caught.value.hint
+    # And nothing more is sent (strict mocks: a request would fail): the cool-down is in force.
     with pytest.raises(RateLimited):
         client.get_user(7)
     assert len(httpx_mock.get_requests()) == 3
-    assert limiter.rate_factor == 0.25  # recorded: the next run starts slower
+    assert limiter.rate_factor == 0.5  # the first episode halved it; the second stopped everything
+    assert limiter.cool_down() is not None
 
 
 def test_a_429_without_retry_after_waits_a_whole_window(httpx_mock: HTTPXMock, make_client, fake):

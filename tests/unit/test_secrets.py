@@ -10,10 +10,10 @@ import keyring
 import pytest
 from keyring.backends import fail, null
 
+from stsync.credentials import SECRET_NAMES, SECRETS
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
 from stsync.logs import redact
 from stsync.storage.paths import ConnectionPaths
-from stsync.credentials import SECRET_NAMES, SECRETS
 from stsync.storage.secrets import SecretStore
 
 CLIENT_SECRET = "cs-keyring-3f9a1c"
@@ -225,3 +225,31 @@ def test_every_loaded_secret_is_redacted_from_logs(store, monkeypatch):
     assert store.get("st_client_secret") and store.get("st_app_key") and store.get("rf_api_key")
     line = redact("kr-secret-5512 env-secret-6613 file-secret-7714")
     assert line == "*** *** ***"
+
+
+@pytest.mark.parametrize("padded", [f"{CLIENT_SECRET}\r\n", f"  {CLIENT_SECRET}\n", f"\t{CLIENT_SECRET} "])
+def test_every_store_gives_the_secret_without_surrounding_whitespace(store, paths, monkeypatch, padded):
+    # Each store as another tool might have written it, a pasted newline and all.
+    keyring.set_password("stsync", f"{paths.name}/st_client_secret", padded)
+    assert store.get("st_client_secret") == CLIENT_SECRET
+    keyring.delete_password("stsync", f"{paths.name}/st_client_secret")
+    paths.ensure_state()
+    paths.secrets_file.write_text(json.dumps({"st_app_key": padded}))
+    os.chmod(paths.secrets_file, 0o600)
+    assert store.get("st_app_key") == CLIENT_SECRET
+    monkeypatch.setenv("STSYNC_RF_API_KEY", padded)
+    assert store.get("rf_api_key") == CLIENT_SECRET
+
+
+def test_a_blank_stored_secret_is_missing(store, paths):
+    keyring.set_password("stsync", f"{paths.name}/st_client_secret", " \r\n")
+    assert store.get("st_client_secret") is None
+
+
+def test_a_secret_is_stored_trimmed(store, paths, isolated):
+    store.set("rf_api_key", f"{CLIENT_SECRET}\r\n", store="file")
+    assert json.loads(paths.secrets_file.read_text())["rf_api_key"] == CLIENT_SECRET
+    store.set("rf_api_key", f" {CLIENT_SECRET}\n", store="keyring")
+    assert keyring.get_password("stsync", f"{paths.name}/rf_api_key") == CLIENT_SECRET
+    with pytest.raises(UsageError):
+        store.set("rf_api_key", "\r\n")

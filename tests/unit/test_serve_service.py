@@ -9,13 +9,13 @@ import socket
 
 import httpx
 import pytest
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 from stsync.errors import InvalidRecord, UsageError
 from stsync.services import serve as serve_service
 from stsync.services.push import PushResult
 from stsync.services.serve import WebhookServer
 from stsync.webhooks.handler import MAX_BODY_BYTES
-from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 
 @pytest.fixture
@@ -25,14 +25,14 @@ def conn(make_connection):
 
 
 @pytest.fixture
-def pushes() -> PushRecorder:
-    return PushRecorder()
+def pushes(conn) -> PushRecorder:
+    return PushRecorder(conn)
 
 
 @pytest.fixture
 def server(conn, pushes):
     events = []
-    srv = WebhookServer(conn, token=TOKEN, host="127.0.0.1", port=0, observer=events.append, push=pushes)
+    srv = WebhookServer(conn, token=TOKEN, host="127.0.0.1", port=0, observer=events.append, push_for=pushes)
     srv.events = events
     srv.start()
     yield srv
@@ -93,7 +93,7 @@ def test_stop_finishes_the_queue_and_records_the_run(conn, pushes):
     pushes.delay = 0.05
     for n in range(5):
         conn.referral_factory.add(n + 1, f"C{n}", f"lead{n}@example.com")
-    srv = WebhookServer(conn, token=TOKEN, port=0, push=pushes)
+    srv = WebhookServer(conn, token=TOKEN, port=0, push_for=pushes)
     srv.start()
     for n in range(5):
         assert post(srv, body={"email": f"lead{n}@example.com", "code": f"C{n}", "event": "lead created"}).status_code == 202
@@ -109,7 +109,7 @@ def test_stop_finishes_the_queue_and_records_the_run(conn, pushes):
 def test_a_failed_delivery_makes_the_run_partial(conn, pushes):
     pushes.fail = InvalidRecord("lead one@example.com has no value for name", field="name")
     conn.referral_factory.add(1, "C1", "one@example.com")
-    with WebhookServer(conn, token=TOKEN, port=0, push=pushes) as srv:
+    with WebhookServer(conn, token=TOKEN, port=0, push_for=pushes) as srv:
         post(srv, body={"email": "one@example.com", "code": "C1", "event": "lead created"})
         assert srv.wait_idle()
     run = conn.ledger.last_run("serve")
@@ -117,7 +117,8 @@ def test_a_failed_delivery_makes_the_run_partial(conn, pushes):
 
 
 def test_the_booking_push_raises_the_error_of_a_failed_record(conn, monkeypatch):
-    """What push_lead reports as a failed record reaches the worker as its exception."""
+    """What push_lead reports as a failed record reaches the worker as its exception; a kind
+    set to "Nothing to action" answers with push_target's notice and pushes nothing."""
     conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
     calls = []
 
@@ -129,11 +130,16 @@ def test_the_booking_push_raises_the_error_of_a_failed_record(conn, monkeypatch)
         return PushResult(lead=lead, kind=target.kind, outcome="created", booking_id=7001)
 
     monkeypatch.setattr(serve_service, "push_lead", push_lead)
-    push = serve_service.booking_push(conn)
+    push_for = serve_service.booking_push(conn)
+    push = push_for("lead")
+    assert callable(push)
     with pytest.raises(InvalidRecord, match="no value for name"):
-        push(lead_from_payload(), "lead", 3)
-    assert push(lead_from_payload(email="sam@example.com"), "referrer", 4) == ("created", "created", 7001)
-    assert calls == [(conn, "lead", 3), (conn, "referrer", 4)]
+        push(lead_from_payload(), 3)
+    assert push(lead_from_payload(email="sam@example.com"), 4) == ("created", "created", 7001)
+    assert calls == [(conn, "lead", 3), (conn, "lead", 4)]
+    notice = push_for("referrer")  # [referrers] action is "nothing" in the default config
+    assert isinstance(notice, str) and '"Nothing to action"' in notice
+    assert len(calls) == 2
 
 
 def lead_from_payload(**changes):

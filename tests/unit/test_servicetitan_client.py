@@ -8,21 +8,20 @@ import os
 import stat
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from fakes import FakeTime  # tests/support
 from pytest_httpx import HTTPXMock
 
-from stsync.errors import AnswerLost, AuthError, ServiceTitanApiError, TemporaryError
-from stsync.http import RetryPolicy
+from stsync.errors import AnswerLost, AuthError, ConfigError, IncompleteListing, ServiceTitanApiError, TemporaryError
+from stsync.http import RetryPolicy, shared_ssl_context
 from stsync.ratelimit import RateLimiter
 from stsync.servicetitan.client import ServiceTitanClient
 from stsync.servicetitan.models import Booking, Customer, ExportPage, Job
-from fakes import FakeTime  # tests/support
-from stsync.http import shared_ssl_context
 
 AUTH = "https://auth.example.test"
 API = "https://api.example.test"
@@ -351,7 +350,7 @@ def test_create_booking_posts_the_body_and_parses_the_answer(httpx_mock: HTTPXMo
     booking = make_client().create_booking(BP, body)
     assert isinstance(booking, Booking)
     assert (booking.id, booking.external_id, booking.status, booking.job_id) == (5551234, "ueONFmUp", "New", None)
-    assert booking.created_on == datetime(2025, 5, 30, 18, 22, 11, 123000, tzinfo=timezone.utc)
+    assert booking.created_on == datetime(2025, 5, 30, 18, 22, 11, 123000, tzinfo=UTC)
     assert not booking.converted
 
 
@@ -395,12 +394,43 @@ def test_api_error_response_is_kept_verbatim(httpx_mock: HTTPXMock, make_client)
 
 def test_an_error_body_of_another_shape_still_gives_a_useful_error(httpx_mock: HTTPXMock, make_client):
     add_token(httpx_mock)
-    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}/9", status_code=404, text="<html>Not Found</html>")
+    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}/9", status_code=400, text="<html>Bad Request</html>")
     with pytest.raises(ServiceTitanApiError) as caught:
         make_client().get_booking(BP, 9)
-    assert caught.value.status == 404
-    assert "Not Found" in caught.value.message
+    assert caught.value.status == 400
+    assert "Bad Request" in caught.value.message
     assert caught.value.errors == {}
+
+
+def test_an_html_404_before_anything_answered_is_a_wrong_api_url_not_a_missing_record(httpx_mock: HTTPXMock, make_client):
+    add_token(httpx_mock)
+    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}/9", status_code=404, text="<html>404 Not Found</html>",
+                            headers={"Content-Type": "text/html"})
+    with pytest.raises(ConfigError) as caught:
+        make_client().get_booking(BP, 9)
+    assert caught.value.exit_code == 3
+    assert f"{BOOKINGS}/9" in caught.value.message
+    assert caught.value.key_path == "servicetitan.api_url"
+
+
+def test_a_wrong_api_url_is_not_called_a_wrong_booking_provider(httpx_mock: HTTPXMock, make_client):
+    add_token(httpx_mock)
+    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}?page=1&pageSize=1", status_code=404, text="<html>404</html>",
+                            headers={"Content-Type": "text/html"})
+    with pytest.raises(ConfigError, match="servicetitan.api_url does not point at the API"):
+        make_client().check_booking_provider(BP)
+
+
+def test_an_html_404_once_the_api_answered_is_temporary(httpx_mock: HTTPXMock, make_client):
+    add_token(httpx_mock)
+    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}/5551234", json=BOOKING)
+    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}/9", status_code=404, text="<html>404</html>",
+                            headers={"Content-Type": "text/html"})
+    client = make_client()
+    client.get_booking(BP, 5551234)
+    with pytest.raises(TemporaryError) as caught:
+        client.get_booking(BP, 9)
+    assert caught.value.exit_code == 6
 
 
 def test_get_booking_retries_5xx_then_succeeds(httpx_mock: HTTPXMock, make_client, fake):
@@ -475,7 +505,7 @@ def test_list_bookings_formats_filters(httpx_mock: HTTPXMock, make_client):
         url=f"{BOOKINGS}?modifiedOnOrAfter=2025-05-01T00%3A00%3A00.000Z&sort=%2BModifiedOn&page=1&pageSize=2",
         json={"hasMore": False, "data": []},
     )
-    since = datetime(2025, 5, 1, tzinfo=timezone.utc)
+    since = datetime(2025, 5, 1, tzinfo=UTC)
     assert list(make_client().list_bookings(BP, modified_on_or_after=since, sort="+ModifiedOn")) == []
 
 
@@ -586,7 +616,7 @@ def test_jobs_by_id_and_by_booking(httpx_mock: HTTPXMock, make_client):
     job = client.get_job(77)
     assert isinstance(job, Job)
     assert (job.job_number, job.customer_id, job.location_id, job.job_status, job.booking_id) == ("77", 1673, 3, "Completed", 5551234)
-    assert job.completed_on == datetime(2025, 6, 3, 10, tzinfo=timezone.utc)
+    assert job.completed_on == datetime(2025, 6, 3, 10, tzinfo=UTC)
     assert [j.id for j in client.get_jobs([77])] == [77]
     assert [j.id for j in client.list_jobs(booking_id=5551234, job_status="Completed")] == [77]
 
@@ -613,9 +643,50 @@ def test_secrets_never_reach_logs_or_errors(httpx_mock: HTTPXMock, make_client, 
 
 def test_models_are_lenient_and_speak_both_spellings():
     booking = Booking.model_validate({**BOOKING, "createdOn": "2025-05-30T18:22:11.1234567", "priority": "Someday"})
-    assert booking.created_on == datetime(2025, 5, 30, 18, 22, 11, 123456, tzinfo=timezone.utc)  # naive = UTC
+    assert booking.created_on == datetime(2025, 5, 30, 18, 22, 11, 123456, tzinfo=UTC)  # naive = UTC
     assert booking.priority == "Someday"
     assert Booking(id=1, external_id="a", job_id=2).external_id == "a"  # snake_case works too
     customer = Customer.model_validate({**CUSTOMER, "type": {"name": "Commercial"}, "customFields": None})
     assert customer.type == "Commercial" and customer.custom_fields == []
     assert customer.address.zip == "78701"
+
+
+def test_a_gateway_401_about_the_subscription_key_is_the_app_key_and_asks_no_new_token(httpx_mock: HTTPXMock, make_client):
+    add_token(httpx_mock, "tok-1")  # one token: a new one cannot help with the app key
+    httpx_mock.add_response(
+        method="GET", url=f"{CRM}/customers/1", status_code=401,
+        json={"statusCode": 401, "message": "Access denied due to invalid subscription key. Make sure to provide a valid key "
+              "for an active subscription."},
+    )
+    with pytest.raises(AuthError) as caught:
+        make_client().get_customer(1)
+    assert caught.value.exit_code == 4
+    assert "wrong ST-App-Key" in caught.value.message
+    assert "App Key" in caught.value.hint and "STSYNC_ST_APP_KEY" in caught.value.hint
+
+
+def test_secrets_are_sent_without_surrounding_whitespace(httpx_mock: HTTPXMock, make_client):
+    add_token(httpx_mock)
+    httpx_mock.add_response(method="GET", url=f"{CRM}/customers/1", json={"id": 1, "name": "A"})
+    make_client(client_secret=f"{SECRET}\r\n", app_key=f" {APP_KEY}\n").get_customer(1)
+    token_request, api_request = httpx_mock.get_requests()
+    assert form(token_request)["client_secret"] == [SECRET]
+    assert api_request.headers["ST-App-Key"] == APP_KEY
+
+
+def test_a_list_saying_has_more_with_an_empty_page_is_incomplete_not_cut_short(httpx_mock: HTTPXMock, make_client):
+    add_token(httpx_mock)
+    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}?page=1&pageSize=2",
+                            json={"page": 1, "pageSize": 2, "hasMore": True, "data": [{**BOOKING, "id": 1}, {**BOOKING, "id": 2}]})
+    httpx_mock.add_response(method="GET", url=f"{BOOKINGS}?page=2&pageSize=2", json={"page": 2, "pageSize": 2, "hasMore": True, "data": []})
+    with pytest.raises(IncompleteListing) as caught:
+        list(make_client().list_bookings(BP))
+    assert caught.value.exit_code == 6
+
+
+def test_an_export_that_says_more_without_moving_on_is_incomplete(httpx_mock: HTTPXMock, make_client):
+    add_token(httpx_mock)
+    httpx_mock.add_response(method="GET", url=f"{CRM}/export/customers?includeRecentChanges=true",
+                            json={"data": [], "hasMore": True, "continueFrom": None})
+    with pytest.raises(IncompleteListing):
+        list(make_client().export_customers(None))

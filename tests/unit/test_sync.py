@@ -14,25 +14,25 @@ import json
 import re
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
 import pytest
+from connection_fixtures import API, AUTH, CAMPAIGN, RF, TENANT, unit_config  # tests/support
 from pytest_httpx import HTTPXMock
 
-from stsync.errors import ConfigError, LockHeld, UsageError
 from stsync.customersync.customer import CustomerHandler, return_field_types
 from stsync.customersync.pipeline import PASS_KEY, SyncOptions
+from stsync.errors import ConfigError, LockHeld, UsageError
 from stsync.services.sync import sync_customers
 from stsync.servicetitan.models import Customer, CustomerContact
-from connection_fixtures import AUTH, API, CAMPAIGN, RF, TENANT, unit_config  # tests/support
 
 CRM = f"/crm/v2/tenant/{TENANT}"
 LINK, CODE, GATE, TECH = 101, 102, 57, 58
 NAMES = {LINK: "Referral Link", CODE: "Referral Code", GATE: "Gate Code", TECH: "Preferred Technician"}
-EPOCH = datetime(2025, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 class FakeApis:

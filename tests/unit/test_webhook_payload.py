@@ -4,6 +4,7 @@ functions, no socket, no ledger."""
 from __future__ import annotations
 
 import pytest
+from webhook_fakes import TOKEN, lead_payload  # tests/support
 
 from stsync.errors import UsageError
 from stsync.leads import Lead
@@ -21,7 +22,6 @@ from stsync.webhooks.payload import (
     parse_payload,
 )
 from stsync.webhooks.tokens import bearer_token, check_token, header_token_matches, token_matches
-from webhook_fakes import TOKEN, lead_payload  # tests/support
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import pytest
+from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 from stsync.errors import InvalidRecord
 from stsync.leads import Lead
@@ -20,7 +21,6 @@ from stsync.webhooks.deliveries import DeliveryEvent, ServeStats
 from stsync.webhooks.handler import MAX_BODY_BYTES, Request, Response, WebhookHandler
 from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED, delivery_key
 from stsync.webhooks.worker import DeliveryWorker
-from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload  # tests/support
 
 RUN_ID = 41
 
@@ -50,15 +50,15 @@ def conn(make_connection):
 
 
 @pytest.fixture
-def pushes() -> PushRecorder:
-    return PushRecorder()
+def pushes(conn) -> PushRecorder:
+    return PushRecorder(conn)
 
 
 @pytest.fixture
 def endpoint(conn, pushes):
     events: list[DeliveryEvent] = []
     stats = ServeStats()
-    worker = DeliveryWorker(conn, push=pushes, stats=stats, observer=events.append, run_id=RUN_ID)
+    worker = DeliveryWorker(conn, push_for=pushes, stats=stats, observer=events.append, run_id=RUN_ID)
     handler = WebhookHandler(conn, token=TOKEN, queue=worker, stats=stats, observer=events.append)
     worker.start()
     yield Endpoint(handler, worker, stats, events)
@@ -181,7 +181,7 @@ def test_webhook_key_aliases_from_the_config(conn, pushes):
     conn.config.webhook.aliases = {"email": ["email_address"], "referral_code": ["ref"]}
     conn.referral_factory.add(456, "R-77", "jane@example.com")
     stats = ServeStats()
-    worker = DeliveryWorker(conn, push=pushes, stats=stats)
+    worker = DeliveryWorker(conn, push_for=pushes, stats=stats)
     endpoint = Endpoint(WebhookHandler(conn, token=TOKEN, queue=worker, stats=stats), worker, stats, [])
     worker.start()
     try:
@@ -321,10 +321,12 @@ def test_rewards_and_referrers_without_a_booking_action_are_ignored(endpoint, co
     assert endpoint.wait_idle()
     assert pushes.calls == []
     assert conn.ledger.get_delivery(joined.body["delivery"]).outcome == "ignored"
+    assert conn.referral_factory.lookups == [], "ignored before the user is read"
 
 
 def test_referrers_are_pushed_as_referrers_when_their_action_creates_bookings(endpoint, conn, pushes):
     conn.config.referrers.action = "create_booking"
+    conn.config.referrers.fields = dict(conn.config.leads.fields)  # every required target mapped
     conn.referral_factory.add(9, "REF9", "ref@example.com", type="person_referring")
     endpoint.send(f"/hooks/{TOKEN}/referrer-joined", body={"email": "ref@example.com", "code": "REF9"})
     assert endpoint.wait_idle()

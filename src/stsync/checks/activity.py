@@ -1,6 +1,8 @@
 """Activity checks (diagnose): the ledger, who holds a run lock, how the last run of each job
-ended, and the pushes that failed and were never booked since — each with the lead's e-mail
-and the exact error as recorded.
+ended, the pushes that failed and were never booked since — each with the lead's e-mail
+and the exact error as recorded — and Referral Factory's shared rate-limit state (its 429
+episodes of the last hour, a cool-down or an IP block in force), read from the state dir
+without a request.
 
 Diagnose never creates a ledger: none yet means nothing ran, and the checks say so.
 """
@@ -8,12 +10,14 @@ Diagnose never creates a ledger: none yet means nothing ran, and the checks say 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.checks.result import Verdict, fail, fail_with, ok, warn
 from stsync.errors import StsyncError, error_summary
+from stsync.ratelimit import IP_BLOCKED, local_and_utc, read_state
 from stsync.storage.ledger import Ledger
 from stsync.storage.locks import holder
 from stsync.storage.states import PushState, RunJob, RunOutcome
@@ -44,7 +48,7 @@ class PushFailure:
     error: dict[str, Any] | None
 
     @classmethod
-    def of(cls, attempt: "AttemptRecord", push: "PushRecord | None") -> "PushFailure":
+    def of(cls, attempt: AttemptRecord, push: PushRecord | None) -> PushFailure:
         return cls(
             email=attempt.email or (push.email if push else None),
             external_id=attempt.external_id,
@@ -59,7 +63,7 @@ class PushFailure:
         return asdict(self)
 
 
-def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None]:
+def open_ledger(paths: ConnectionPaths) -> tuple[Verdict | None, Ledger | None]:
     """The ledger when one exists (nothing to report); a FAIL when it cannot be opened."""
     if not paths.ledger.exists():
         return None, None
@@ -69,11 +73,11 @@ def open_ledger(paths: "ConnectionPaths") -> tuple[Verdict | None, Ledger | None
         return fail_with(exc), None
 
 
-def check_run_locks(paths: "ConnectionPaths", *, now: float | None = None) -> Verdict:
+def check_run_locks(paths: ConnectionPaths, *, now: float | None = None) -> Verdict:
     """Who holds a job's lock now (another run of that job exits 7 meanwhile)."""
     now = time.time() if now is None else now
     held: list[str] = []
-    stuck: list[tuple[str, dict]] = []
+    stuck: list[tuple[RunJob, dict]] = []
     for job in LOCKED_JOBS:
         try:
             info = holder(paths, job)
@@ -169,7 +173,7 @@ def _age_seconds(started: Any, now: float) -> float | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return now - moment.timestamp()
 
 
@@ -177,5 +181,54 @@ def _counts_text(counts: Any) -> str:
     if not isinstance(counts, dict) or not counts:
         return ""
     # Zeros say nothing ("failed 0, skipped 0, ..."): only what happened is shown.
-    shown = ", ".join(f"{key} {value}" for key, value in counts.items() if not isinstance(value, (dict, list)) and value not in (0, None))
+    shown = ", ".join(
+        f"{key} {value}" for key, value in counts.items() if not isinstance(value, (dict, list)) and value not in (0, None)
+    )
     return f" ({shown})" if shown else ""
+
+
+def check_referral_factory_throttle(
+    paths: ConnectionPaths, *, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time
+) -> Verdict:
+    """Referral Factory's 429 episodes and cool-down, shared by every process of the connection
+    (``stsync.ratelimit``): an IP block in force FAILs (exit 6), a cool-down or a halved rate
+    WARNs, and otherwise it passes."""
+    state_file = paths.rate_file("referral_factory")
+    wall_now = wall_clock()
+    state = read_state(state_file, window=60.0, clock=clock, wall_clock=lambda: wall_now)
+    if state is None:
+        return ok("no Referral Factory rate limiting recorded for this connection")
+    cool_down = state.cool_down
+    removal = f"if Referral Factory's support confirms it is over, delete {state_file} and run again"
+    if cool_down is not None and cool_down.in_force(wall_now):
+        until = local_and_utc(cool_down.until)
+        if cool_down.reason == IP_BLOCKED:
+            return fail(
+                f"Referral Factory blocked this machine's IP address at {local_and_utc(cool_down.since)}: every "
+                f"stsync process of this connection stops calling it until {until} (runs exit 6 until then)",
+                f"wait until {until}; make sure no other tool on this machine or account abuses Referral Factory's "
+                f"rate limit; {removal}",
+                exit_code=6,
+            )
+        return warn(
+            f"Referral Factory refused requests with HTTP 429 twice within an hour (last at "
+            f"{local_and_utc(cool_down.since)}): every stsync process of this connection stops calling it until "
+            f"{until} (runs exit 6 until then)",
+            f"wait until {until}; if another tool uses the same Referral Factory account, lower "
+            "[limits] referral_factory_per_minute",
+        )
+    if state.episodes or state.rate_factor < 1.0:
+        at = ", ".join(local_and_utc(t) for t in state.episodes)
+        episodes = f"HTTP 429 at {at}; " if at else ""
+        until = f" until {local_and_utc(state.reduced_until)}" if state.reduced_until is not None else ""
+        return warn(
+            f"Referral Factory rate-limited this connection: {episodes}every process runs at "
+            f"{state.rate_factor:.0%} of [limits] referral_factory_per_minute{until}; a second episode within the "
+            "hour stops them all for an hour",
+            "nothing to do if it does not come back; if it does, another tool probably shares the Referral Factory "
+            "account: lower [limits] referral_factory_per_minute",
+        )
+    if cool_down is not None:
+        what = "an IP block" if cool_down.reason == IP_BLOCKED else "a rate-limit cool-down"
+        return ok(f"full speed; the last cool-down ({what}) ended {local_and_utc(cool_down.until)}")
+    return ok("full speed; no HTTP 429 from Referral Factory in the last hour")

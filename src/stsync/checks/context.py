@@ -40,21 +40,21 @@ class LiveAccess:
 
     def __init__(
         self,
-        endpoints: "Endpoints",
+        endpoints: Endpoints,
         *,
-        servicetitan: Callable[[], "ServiceTitanClient"],
-        referral_factory: Callable[[], "ReferralFactoryClient"],
+        servicetitan: Callable[[], ServiceTitanClient],
+        referral_factory: Callable[[], ReferralFactoryClient],
         client_secret: Callable[[], str | None],
     ) -> None:
         self.endpoints = endpoints
         self._make_servicetitan = servicetitan
         self._make_referral_factory = referral_factory
         self._client_secret = client_secret
-        self._custom_field_types: list["CustomFieldType"] | None = None
-        self.campaign: "Campaign | None" = None  # learned by the campaign check
+        self._custom_field_types: list[CustomFieldType] | None = None
+        self.campaign: Campaign | None = None  # learned by the campaign check
 
     @classmethod
-    def of(cls, conn: Connection) -> "LiveAccess":
+    def of(cls, conn: Connection) -> LiveAccess:
         """The live side of an open connection (its clients, closed by its owner)."""
 
         def client_secret() -> str | None:
@@ -71,17 +71,17 @@ class LiveAccess:
         )
 
     @cached_property
-    def servicetitan(self) -> "ServiceTitanClient":
+    def servicetitan(self) -> ServiceTitanClient:
         return self._make_servicetitan()
 
     @cached_property
-    def referral_factory(self) -> "ReferralFactoryClient":
+    def referral_factory(self) -> ReferralFactoryClient:
         return self._make_referral_factory()
 
     def client_secret(self) -> str | None:
         return self._client_secret()
 
-    def custom_field_types(self) -> list["CustomFieldType"]:
+    def custom_field_types(self) -> list[CustomFieldType]:
         """The customer custom-field types, read once per run (app key and return fields use them)."""
         if self._custom_field_types is None:
             self._custom_field_types = self.servicetitan.list_custom_field_types()
@@ -93,9 +93,9 @@ class CheckContext:
     """What one run of the checks reads, and what its checks learn for the ones after them
     and for the report."""
 
-    paths: "ConnectionPaths"
+    paths: ConnectionPaths
     config_path: Path
-    config: "Config | None" = None  # given, or loaded by the "Config file" check
+    config: Config | None = None  # given, or loaded by the "Config file" check
     live: LiveAccess | None = None  # set by the owner before the live checks run
     # How "Nothing to action" counts: a warning for validate, a failure for diagnose.
     nothing_to_action: Status = WARN
@@ -103,8 +103,8 @@ class CheckContext:
     # looked up on first need.
     secret_sources: dict[str, str | None] | None = None
     secrets_described: dict[str, Any] | None = None  # SecretStore.describe(): sources, never values
-    ledger: "Ledger | None" = None  # opened by the "Ledger" check; the owner closes it
-    recent_failures: list["PushFailure"] = field(default_factory=list)
+    ledger: Ledger | None = None  # opened by the "Ledger" check; the owner closes it
+    recent_failures: list[PushFailure] = field(default_factory=list)
 
     def has_secret(self, name: str) -> bool:
         if self.secret_sources is None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from stsync.checks.context import LiveAccess
+from stsync.connection import identity
 from stsync.errors import AuthError, ConfigError, ReferralFactoryApiError
 from stsync.logs import get_logger
 from stsync.mapping.return_fields import resolve_custom_field_type
@@ -45,7 +46,7 @@ BOOKING_PROVIDER_FIX = (
 OTHER_ENVIRONMENT_TIMEOUT_SECONDS = 10.0
 
 
-def verify_servicetitan_token(live: LiveAccess, config: "Config") -> str:
+def verify_servicetitan_token(live: LiveAccess, config: Config) -> str:
     """A fresh token for the Client ID / Client Secret (per tenant and environment)."""
     st = config.servicetitan
     try:
@@ -55,7 +56,7 @@ def verify_servicetitan_token(live: LiveAccess, config: "Config") -> str:
     return f"issued for client {st.client_id} ({st.environment})"
 
 
-def _token_refusal(live: LiveAccess, config: "Config", exc: AuthError) -> AuthError:
+def _token_refusal(live: LiveAccess, config: Config, exc: AuthError) -> AuthError:
     """The refusal told apart: credentials of the other environment, or which environment
     (and token endpoint) refused them."""
     environment = Environment(config.servicetitan.environment)
@@ -73,7 +74,7 @@ def _token_refusal(live: LiveAccess, config: "Config", exc: AuthError) -> AuthEr
     )
 
 
-def _other_environment_accepts(live: LiveAccess, config: "Config") -> bool:
+def _other_environment_accepts(live: LiveAccess, config: Config) -> bool:
     """Whether the other environment's token endpoint accepts these credentials.
 
     Only when the auth URL is the configured environment's default (an override — config or
@@ -91,7 +92,11 @@ def _other_environment_accepts(live: LiveAccess, config: "Config") -> bool:
         with httpx.Client(timeout=OTHER_ENVIRONMENT_TIMEOUT_SECONDS) as http:
             response = http.post(
                 f"{other}/connect/token",
-                data={"grant_type": "client_credentials", "client_id": str(config.servicetitan.client_id), "client_secret": secret},
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": str(config.servicetitan.client_id),
+                    "client_secret": secret,
+                },
                 headers={"Accept": "application/json"},
             )
     except httpx.HTTPError as exc:
@@ -103,15 +108,15 @@ def _other_environment_accepts(live: LiveAccess, config: "Config") -> bool:
         return False
 
 
-def verify_servicetitan_app_key(live: LiveAccess, config: "Config") -> str:
+def verify_servicetitan_app_key(live: LiveAccess, config: Config) -> str:
     """The ST-App-Key and the tenant's CRM access: one read of the customer custom-field types."""
     types = live.custom_field_types()
     return f"tenant {config.servicetitan.tenant_id} readable ({len(types)} customer custom field types)"
 
 
-def verify_booking_provider(live: LiveAccess, config: "Config") -> str:
+def verify_booking_provider(live: LiveAccess, config: Config) -> str:
     """The Booking Provider Value belongs to this app and tenant (troubleshooting guide)."""
-    booking_provider = int(config.servicetitan.booking_provider)  # type: ignore[arg-type]
+    booking_provider = identity("booking_provider", config.servicetitan.booking_provider)
     try:
         live.servicetitan.check_booking_provider(booking_provider)
     except AuthError as exc:
@@ -122,7 +127,7 @@ def verify_booking_provider(live: LiveAccess, config: "Config") -> str:
     return f"{booking_provider} accepted by ServiceTitan"
 
 
-def verify_return_field_types(live: LiveAccess, config: "Config") -> str:
+def verify_return_field_types(live: LiveAccess, config: Config) -> str:
     """Each return field is a ServiceTitan customer custom field of type Text."""
     return_fields = config.customer_sync.return_fields
     if not return_fields:
@@ -138,7 +143,9 @@ def verify_return_field_types(live: LiveAccess, config: "Config") -> str:
             continue
         data_type = field_type.data_type or "unknown type"
         if data_type.casefold() != "text":
-            problems.append(f"{field_type.name!r} is a {data_type} custom field, not Text: a referral link or code cannot be written to it")
+            problems.append(
+                f"{field_type.name!r} is a {data_type} custom field, not Text: a referral link or code cannot be written to it"
+            )
         else:
             found.append(f"{field_type.name} (Text, id {field_type.id})")
     if problems:
@@ -151,15 +158,15 @@ def verify_return_field_types(live: LiveAccess, config: "Config") -> str:
     return ", ".join(found)
 
 
-def verify_referral_factory_key(live: LiveAccess, config: "Config") -> str:
+def verify_referral_factory_key(live: LiveAccess, config: Config) -> str:
     """The Referral Factory API key (one active key per account: a new one revokes the old)."""
     next(iter(live.referral_factory.list_campaigns()), None)
     return "accepted"
 
 
-def verify_campaign(live: LiveAccess, config: "Config") -> str:
+def verify_campaign(live: LiveAccess, config: Config) -> str:
     """The campaign exists for this key and is launched (not draft or paused)."""
-    campaign_id = int(config.referral_factory.campaign_id)  # type: ignore[arg-type]
+    campaign_id = identity("campaign_id", config.referral_factory.campaign_id)
     try:
         campaign = live.referral_factory.get_campaign(campaign_id)
     except ReferralFactoryApiError as exc:

@@ -72,7 +72,7 @@ def check_identity(config: Config) -> Verdict:
     )
 
 
-def check_secrets_present(paths: "ConnectionPaths") -> Verdict:
+def check_secrets_present(paths: ConnectionPaths) -> Verdict:
     """The three secrets can be found (environment, keyring or file). Names only, never values."""
     store = SecretStore(paths)
     missing: list[Secret] = []
@@ -90,7 +90,7 @@ def check_secrets_present(paths: "ConnectionPaths") -> Verdict:
     return ok(f"found: {where}")
 
 
-def check_secret_store(paths: "ConnectionPaths") -> tuple[Verdict, dict[str, Any]]:
+def check_secret_store(paths: ConnectionPaths) -> tuple[Verdict, dict[str, Any]]:
     """The secret store in use: which keyring backend, and where each secret comes from.
 
     FAIL when the keyring cannot be used and a secret is in neither the environment nor the

@@ -95,7 +95,7 @@ class Check:
     error: StsyncError | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def named(cls, name: str, category: str, verdict: Verdict) -> "Check":
+    def named(cls, name: str, category: str, verdict: Verdict) -> Check:
         return cls(name, verdict.status, verdict.message, verdict.fix, category, verdict.exit_code, verdict.error)
 
     @property
@@ -123,6 +123,14 @@ class Check:
             "category": self.category,
             "exit_code": self.exit_code,
         }
+
+
+def count_statuses(checks: list[Check]) -> dict[str, int]:
+    """``{"pass": n, "warn": n, "fail": n}``: the counts a report shows."""
+    counts: dict[str, int] = {PASS: 0, WARN: 0, FAIL: 0}
+    for check in checks:
+        counts[check.status] += 1
+    return counts
 
 
 @dataclass(frozen=True)

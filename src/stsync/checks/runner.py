@@ -30,7 +30,7 @@ class Input:
 
     name: str
     present: Callable[[CheckContext], bool]
-    reported_by: tuple["CheckSpec", ...]
+    reported_by: tuple[CheckSpec, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,7 +40,7 @@ class CheckSpec:
     name: str
     category: str
     run: Callable[[CheckContext], Verdict | None]  # None: nothing to report (no row)
-    needs: tuple["CheckSpec", ...] = ()
+    needs: tuple[CheckSpec, ...] = ()
     inputs: tuple[Input, ...] = ()
     blocks: str = ""  # what this check's failure means for the checks that need it
 
@@ -53,7 +53,7 @@ class CheckRun:
         self.checks: list[Check] = []
         self.not_run: list[NotRun] = []
 
-    def run(self, plan: Sequence[CheckSpec], *, stop_at_first_failure: bool = False) -> "CheckRun":
+    def run(self, plan: Sequence[CheckSpec], *, stop_at_first_failure: bool = False) -> CheckRun:
         for spec in plan:
             skipped = self._blocker(spec)
             if skipped is not None:

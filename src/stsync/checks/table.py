@@ -10,6 +10,7 @@ Prerequisites, in the order a person would debug:
                  └─ Referral Factory API key ─ Referral Factory campaign
     Secret store ─ Secrets
     Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
+    Referral Factory rate limit (the shared 429/IP-block state; no request)
 
 plus the values a live check cannot run without (the identity keys of the config, the
 secrets), reported missing by "Connection settings" and "Secrets" (or "Secret store" when the
@@ -71,14 +72,17 @@ SECRETS_PRESENT = CheckSpec(
     "Secrets", SECRETS, lambda ctx: offline.check_secrets_present(ctx.paths), needs=(SECRET_STORE,)
 )
 CONNECTION_SETTINGS = CheckSpec("Connection settings", CONFIG, _config(offline.check_identity), needs=(CONFIG_FILE,))
-LEADS_ACTION = CheckSpec(
-    "Leads: when lead joins campaign",
-    MAPPING,
-    lambda ctx: offline.check_leads_action(ctx.config, nothing_is=ctx.nothing_to_action),  # type: ignore[arg-type]
-    needs=(CONFIG_FILE,),
-)
+def _leads_action(ctx: CheckContext) -> Verdict:
+    assert ctx.config is not None  # it needs the "Config file" check
+    return offline.check_leads_action(ctx.config, nothing_is=ctx.nothing_to_action)
+
+
+LEADS_ACTION = CheckSpec("Leads: when lead joins campaign", MAPPING, _leads_action, needs=(CONFIG_FILE,))
 LEADS_MAPPING = CheckSpec(
-    "Leads: field mapping", MAPPING, _config(lambda config: offline.check_required_fields(config, kind=Kind.LEAD)), needs=(CONFIG_FILE,)
+    "Leads: field mapping",
+    MAPPING,
+    _config(lambda config: offline.check_required_fields(config, kind=Kind.LEAD)),
+    needs=(CONFIG_FILE,),
 )
 REFERRERS_MAPPING = CheckSpec(
     "Referrers: field mapping",
@@ -107,9 +111,16 @@ def _push_failures(ctx: CheckContext) -> Verdict:
 LEDGER = CheckSpec("Ledger", ACTIVITY, _ledger, blocks="the ledger could not be opened")
 RUN_LOCKS = CheckSpec("Runs in progress", ACTIVITY, lambda ctx: activity.check_run_locks(ctx.paths))
 LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.PUSH), needs=(LEDGER,))
-LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,))
-LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,))
+LAST_SYNC = CheckSpec(
+    "Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,)
+)
+LAST_QUALIFY = CheckSpec(
+    "Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,)
+)
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
+RF_RATE_LIMIT = CheckSpec(
+    "Referral Factory rate limit", ACTIVITY, lambda ctx: activity.check_referral_factory_throttle(ctx.paths)
+)
 
 
 # == live =======================================================================================
@@ -206,6 +217,7 @@ DIAGNOSE_OFFLINE = (
     LAST_SYNC,
     LAST_QUALIFY,
     PUSH_FAILURES,
+    RF_RATE_LIMIT,
 )
 # connect proves what it stores: the token, the booking provider (which also proves the app
 # key and tenant), the campaign (which also proves the key). Return fields are the mapping's

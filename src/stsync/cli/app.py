@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -69,12 +69,16 @@ def _version(value: bool) -> None:
 @app.callback()
 def _global(
     ctx: typer.Context,
-    config: Optional[str] = typer.Option(
+    config: str | None = typer.Option(
         None, "--config", metavar="PATH", help=f"Config file of the connection (TOML). \\[env var: {envvars.CONFIG.name}]"
     ),
-    json_: bool = typer.Option(False, "--json", help="Print one JSON object on stdout (docs/json.md); everything for people goes to stderr."),
+    json_: bool = typer.Option(
+        False, "--json", help="Print one JSON object on stdout (docs/json.md); everything for people goes to stderr."
+    ),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail (-vv for HTTP traffic)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="One summary line and every failure (data commands still print their data)."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="One summary line and every failure (data commands still print their data)."
+    ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     _apply_global_options(AppContext.from_typer(ctx), ctx.params)
@@ -127,7 +131,8 @@ def run(argv: list[str] | None = None) -> int:
         app_ctx.command_name = command_name(named)
         if app_ctx.json_mode and _group_alone(named, args):
             # Click would print the group's help on stdout, where the JSON object goes.
-            code = _report(app_ctx, UsageError("Missing command.", hint=f"{named.get_usage()} (try '{named.command_path} --help')"))
+            hint = f"{named.get_usage()} (try '{named.command_path} --help')"
+            code = _report(app_ctx, UsageError("Missing command.", hint=hint))
         else:
             code = _invoke(app_ctx, command, args)
         app_ctx.finish(code, None)

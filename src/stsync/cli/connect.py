@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from stsync import credentials
@@ -47,33 +45,36 @@ def register(app: typer.Typer) -> None:
 
 def connect_command(
     ctx: typer.Context,
-    environment: Optional[Environment] = typer.Option(
-        None, "--environment", parser=ENVIRONMENT_WORD, help="Which ServiceTitan the credentials belong to (production by default)."
+    environment: Environment | None = typer.Option(
+        None,
+        "--environment",
+        parser=ENVIRONMENT_WORD,
+        help="Which ServiceTitan the credentials belong to (production by default).",
     ),
-    tenant_id: Optional[int] = typer.Option(None, "--tenant-id", metavar="ID", help="ServiceTitan Tenant ID."),
-    client_id: Optional[str] = typer.Option(None, "--client-id", metavar="ID", help="ServiceTitan Client ID."),
-    client_secret: Optional[str] = typer.Option(
+    tenant_id: int | None = typer.Option(None, "--tenant-id", metavar="ID", help="ServiceTitan Tenant ID."),
+    client_id: str | None = typer.Option(None, "--client-id", metavar="ID", help="ServiceTitan Client ID."),
+    client_secret: str | None = typer.Option(
         None,
         credentials.ST_CLIENT_SECRET.option,
         metavar="SECRET",
         help=f"{credentials.ST_CLIENT_SECRET.label} (prefer the prompt or {credentials.ST_CLIENT_SECRET.env_var.name}).",
     ),
-    app_key: Optional[str] = typer.Option(
+    app_key: str | None = typer.Option(
         None,
         credentials.ST_APP_KEY.option,
         metavar="KEY",
         help=f"{credentials.ST_APP_KEY.label} (or {credentials.ST_APP_KEY.env_var.name}).",
     ),
-    booking_provider: Optional[int] = typer.Option(
+    booking_provider: int | None = typer.Option(
         None, "--booking-provider", metavar="VALUE", help="The \"Allowed 'booking_provider' value\" shown by ServiceTitan."
     ),
-    rf_api_key: Optional[str] = typer.Option(
+    rf_api_key: str | None = typer.Option(
         None,
         credentials.RF_API_KEY.option,
         metavar="KEY",
         help=f"{credentials.RF_API_KEY.label} (or {credentials.RF_API_KEY.env_var.name}).",
     ),
-    campaign_id: Optional[int] = typer.Option(None, "--campaign-id", metavar="ID", help="Referral Factory campaign ID."),
+    campaign_id: int | None = typer.Option(None, "--campaign-id", metavar="ID", help="Referral Factory campaign ID."),
     secrets_store: SecretsStore = typer.Option(
         SecretsStore.KEYRING,
         "--secrets-store",
@@ -126,13 +127,17 @@ def connect_command(
     verify = not no_verify
     if verify:
         term.info("Verifying ServiceTitan and Referral Factory…")
-    result = connect(app_ctx.paths, values, secrets_store=secrets_store, verify=verify)  # type: ignore[arg-type]
+    result = connect(
+        app_ctx.paths, values, secrets_store="file" if secrets_store == SecretsStore.FILE else "keyring", verify=verify
+    )
     app_ctx.result(**result.to_dict())
 
     if verify:
         term.success("ServiceTitan token issued (Client ID, Client Secret, App Key, Tenant ID)")
         term.success(f"Booking Provider Value {result.booking_provider} accepted")
-        term.success(f"Referral Factory key valid; campaign {result.campaign_id} \"{result.verification.campaign_name}\" is launched")
+        term.success(
+            f'Referral Factory key valid; campaign {result.campaign_id} "{result.verification.campaign_name}" is launched'
+        )
     else:
         term.warning("not verified (--no-verify): run `stsync validate --online` to check the connection")
     where = "the OS keyring" if secrets_store == "keyring" else str(app_ctx.paths.secrets_file)

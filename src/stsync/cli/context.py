@@ -71,7 +71,7 @@ class AppContext:
             self.terminal = Terminal(verbosity=self.verbosity, quiet=self.quiet, json_mode=True)
 
     @staticmethod
-    def from_typer(ctx: typer.Context) -> "AppContext":
+    def from_typer(ctx: typer.Context) -> AppContext:
         obj = ctx.find_root().obj
         assert isinstance(obj, AppContext), "commands run through stsync.cli.app.run"
         return obj
@@ -90,7 +90,7 @@ class AppContext:
                 self._attached_log = False
                 detach_handlers()
 
-    def __enter__(self) -> "AppContext":
+    def __enter__(self) -> AppContext:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -110,12 +110,12 @@ class AppContext:
         self._attached_log = True
         return paths
 
-    def load_config(self) -> "Config":
+    def load_config(self) -> Config:
         from stsync.storage.config import load_config
 
         return load_config(self.config_path)
 
-    def connection(self, *, config: "Config | None" = None) -> "Connection":
+    def connection(self, *, config: Config | None = None) -> Connection:
         """The open connection (config + secrets + clients + ledger), built once."""
         if self._connection is None:
             from stsync.connection import Connection
@@ -138,7 +138,7 @@ class AppContext:
         """
         self.output = CommandOutput(counts=dict(counts or {}), failures=list(failures or []), data=data)
 
-    def exit_with(self, error: "StsyncError") -> typer.Exit:
+    def exit_with(self, error: StsyncError) -> typer.Exit:
         """A failure the command has already shown in its own report (a FAIL row, a summary):
         the ``--json`` object gets it as its error, and no ``Error:`` line repeats it. Raise
         what this returns."""

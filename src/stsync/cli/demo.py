@@ -13,10 +13,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import typer
 from rich.text import Text
@@ -90,7 +90,10 @@ def demo_command(
                     ],
                 ),
                 Step("Review the mapping (the setup guide's Step 5 table)", ["map", "show"]),
-                Step("Qualify referrals when their job is Completed (Step 6)", ["map", "qualify", "job-status", "--status", "Completed"]),
+                Step(
+                    "Qualify referrals when their job is Completed (Step 6)",
+                    ["map", "qualify", "job-status", "--status", "Completed"],
+                ),
                 Step("Validate the setup, live", ["validate", "--online"]),
                 Step("Push the campaign's new referred leads as bookings", ["push-lead", "--new"]),
                 Step("Push them again: nothing is booked twice", ["push-lead", "--new"]),
@@ -231,7 +234,10 @@ def _summary(sandbox) -> dict:
     state = sandbox.snapshot()
     customers = state["servicetitan"]["customers"]
     return_fields = sum(
-        1 for c in customers for f in c.get("customFields", []) if f.get("name") in ("Referral Link", "Referral Code") and f.get("value")
+        1
+        for c in customers
+        for f in c.get("customFields", [])
+        if f.get("name") in ("Referral Link", "Referral Code") and f.get("value")
     )
     rf_users = state["referral_factory"]["users"]
     return {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from stsync.cli.checks import check_columns, check_row, checks_failed, checks_failure
@@ -41,9 +39,12 @@ def register(app: typer.Typer) -> None:
 
 def diagnose_command(
     ctx: typer.Context,
-    email: Optional[str] = typer.Option(None, "--email", metavar="EMAIL", help="Tell the story of the referral with this e-mail."),
-    bundle: Optional[str] = typer.Option(
-        None, "--bundle", metavar="PATH", help="Write a redacted report for a support ticket: PATH.md and PATH.json (or into the directory PATH)."
+    email: str | None = typer.Option(None, "--email", metavar="EMAIL", help="Tell the story of the referral with this e-mail."),
+    bundle: str | None = typer.Option(
+        None,
+        "--bundle",
+        metavar="PATH",
+        help="Write a redacted report for a support ticket: PATH.md and PATH.json (or into the directory PATH).",
     ),
     offline: bool = typer.Option(False, "--offline", help="Only the checks that need no network."),
 ) -> None:

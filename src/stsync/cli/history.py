@@ -8,7 +8,7 @@ Id and booking number whole at any width (``cli.tables``); in a pipe, TSV with a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.text import Text
@@ -16,12 +16,13 @@ from rich.text import Text
 from stsync.cli.context import AppContext
 from stsync.cli.help import SUPPORT, examples
 from stsync.cli.tables import Column, Role
+from stsync.errors import error_summary
 from stsync.storage.states import AttemptOutcome
 
 if TYPE_CHECKING:
-    from stsync.services.history import HistoryEntry
+    from stsync.storage.ledger import AttemptRecord
 
-OUTCOME_STYLE = {
+OUTCOME_STYLE: dict[str, str] = {
     AttemptOutcome.CREATED: "green",
     AttemptOutcome.ALREADY_BOOKED: "cyan",
     AttemptOutcome.SKIPPED: "yellow",
@@ -30,7 +31,7 @@ OUTCOME_STYLE = {
     AttemptOutcome.INTENT: "magenta",
 }
 # An attempt whose answer was never recorded: a run in progress, or one that was killed.
-OUTCOME_LABEL = {AttemptOutcome.ALREADY_BOOKED: "already booked", AttemptOutcome.INTENT: "unfinished"}
+OUTCOME_LABEL: dict[str, str] = {AttemptOutcome.ALREADY_BOOKED: "already booked", AttemptOutcome.INTENT: "unfinished"}
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +51,7 @@ def register(app: typer.Typer) -> None:
 
 def history_command(
     ctx: typer.Context,
-    email: Optional[str] = typer.Option(None, "--email", metavar="EMAIL", help="Only the attempts for this lead's e-mail."),
+    email: str | None = typer.Option(None, "--email", metavar="EMAIL", help="Only the attempts for this lead's e-mail."),
     failed: bool = typer.Option(False, "--failed", help="Only the attempts that failed."),
     limit: int = typer.Option(50, "--limit", metavar="N", help="At most this many attempts (newest first)."),
 ) -> None:
@@ -96,7 +97,7 @@ COLUMNS = (
 TSV_HEADER = ("started_at", "email", "external_id", "outcome", "booking_id", "error")
 
 
-def _table_row(entry: HistoryEntry) -> list[Text]:
+def _table_row(entry: AttemptRecord) -> list[Text]:
     style = OUTCOME_STYLE.get(entry.outcome, "")
     return [
         Text(_short_time(entry.started_at)),
@@ -104,12 +105,12 @@ def _table_row(entry: HistoryEntry) -> list[Text]:
         Text(entry.external_id or "—"),
         Text(OUTCOME_LABEL.get(entry.outcome, entry.outcome), style=style),
         Text(f"#{entry.booking_id}" if entry.booking_id is not None else ""),
-        Text(entry.error_text),
+        Text(error_summary(entry.error)),
     ]
 
 
-def _tsv_row(entry: HistoryEntry) -> list[object]:
-    return [entry.started_at, entry.email, entry.external_id, entry.outcome, entry.booking_id, entry.error_text]
+def _tsv_row(entry: AttemptRecord) -> list[object]:
+    return [entry.started_at, entry.email, entry.external_id, entry.outcome, entry.booking_id, error_summary(entry.error)]
 
 
 def _short_time(stamp: str | None) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, List, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 
@@ -72,6 +73,13 @@ def _complete_dashed(vocabulary: type[StrEnum]) -> Any:
     return complete
 
 
+def _edit_command(name: str, summary: str, *, epilog: str, **settings: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A ``map`` command that rewrites the file: its help says so, its one-line summary does not."""
+    return map_app.command(name, help=f"{summary} {REWRITE_NOTE}", short_help=summary, epilog=epilog, **settings)
+
+
+STATUS_HELP = "With job-status: the ServiceTitan job status that qualifies: " + ", ".join(JOB_STATUSES) + "."
+
 # Parsers of the closed choices (cli.choices) and completions of the dashed ones.
 SECTION_WORD = choice(Section)
 BOOKING_SECTION_WORD = choice(BookingSection)
@@ -97,7 +105,7 @@ complete_unqualify = _complete_dashed(UnqualifyWord)
 )
 def show_command(
     ctx: typer.Context,
-    for_: Optional[Section] = typer.Option(None, "--for", parser=SECTION_WORD, help="Only this tab. " + FOR_HELP),
+    for_: Section | None = typer.Option(None, "--for", parser=SECTION_WORD, help="Only this tab. " + FOR_HELP),
 ) -> None:
     from stsync.mapping.overview import mapping_overview
     from stsync.services.mapping_edit import FOR_CHOICES, for_section, load_or_default
@@ -135,7 +143,7 @@ RETURN_COLUMNS = (
 )
 
 
-def _render_booking_section(term: "Terminal", name: str, data: dict[str, Any]) -> None:
+def _render_booking_section(term: Terminal, name: str, data: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.text import Text
 
@@ -178,7 +186,7 @@ def _render_booking_section(term: "Terminal", name: str, data: dict[str, Any]) -
     term.show("")
 
 
-def _banner(term: "Terminal", title: str, lines: list[str]) -> None:
+def _banner(term: Terminal, title: str, lines: list[str]) -> None:
     from rich.markup import escape
 
     term.boxed(title, [escape(line) for line in lines], style="red")
@@ -190,7 +198,7 @@ def _label(target: str) -> str:
     return BOOKING_TARGET_LABELS.get(target, target)
 
 
-def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
+def _render_customers(term: Terminal, data: dict[str, Any]) -> None:
     from rich.text import Text
 
     mode = "Ongoing Sync" if data["mode"] == SyncMode.ONGOING else "One-Time Sync"
@@ -214,13 +222,9 @@ def _render_customers(term: "Terminal", data: dict[str, Any]) -> None:
     term.show("")
 
 
-SET_SUMMARY = "Map a target field: --from a source field, --value a fixed text, --select an option, or --template."
-
-
-@map_app.command(
+@_edit_command(
     "set",
-    help=f"{SET_SUMMARY} {REWRITE_NOTE}",
-    short_help=SET_SUMMARY,
+    "Map a target field: --from a source field, --value a fixed text, --select an option, or --template.",
     epilog=examples(
         ('stsync map set phone --from "meta.Phone Number"', "Dynamic Value: the lead's form field"),
         ('stsync map set summary --template "Referred by {referrer_first_name}"', "several fields joined"),
@@ -235,14 +239,22 @@ def set_command(
         metavar="TARGET",
         help="The field to fill: a ServiceTitan booking field (leads, referrers) or a Referral Factory user field (customers).",
     ),
-    from_: Optional[str] = typer.Option(
-        None, "--from", metavar="FIELD", help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...)."
+    from_: str | None = typer.Option(
+        None,
+        "--from",
+        metavar="FIELD",
+        help="Dynamic Value: a source field (first_name, meta.<label>, customer.first_name, ...).",
     ),
-    value: Optional[str] = typer.Option(None, "--value", metavar="TEXT", help="Fixed Value (Manual Input): the same text for every record."),
-    select: Optional[str] = typer.Option(
-        None, "--select", metavar="OPTION", help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...)."
+    value: str | None = typer.Option(
+        None, "--value", metavar="TEXT", help="Fixed Value (Manual Input): the same text for every record."
     ),
-    template: Optional[str] = typer.Option(
+    select: str | None = typer.Option(
+        None,
+        "--select",
+        metavar="OPTION",
+        help="Manual Select: one of the target's options (yes/no, Residential/Commercial, ...).",
+    ),
+    template: str | None = typer.Option(
         None, "--template", metavar="TEMPLATE", help='Several fields joined: "{first_name} {meta.Last Name}".'
     ),
     for_: Section = typer.Option(Section.LEADS, "--for", parser=SECTION_WORD, help=FOR_HELP),
@@ -250,7 +262,11 @@ def set_command(
     from stsync.errors import UsageError
     from stsync.services.mapping_edit import set_field
 
-    given = [(kind, text) for kind, text in (("from", from_), ("value", value), ("select", select), ("template", template)) if text is not None]
+    given = [
+        (kind, text)
+        for kind, text in (("from", from_), ("value", value), ("select", select), ("template", template))
+        if text is not None
+    ]
     if len(given) != 1:
         raise UsageError(
             "give exactly one of --from, --value, --select, --template"
@@ -262,10 +278,9 @@ def set_command(
     _report(app_ctx, set_field(app_ctx.config_path, target, kind=kind, value=text, for_=for_))
 
 
-@map_app.command(
+@_edit_command(
     "unset",
-    help="Remove a target's mapping. " + REWRITE_NOTE,
-    short_help="Remove a target's mapping.",
+    "Remove a target's mapping.",
     epilog=examples(
         ("stsync map unset phone", "the booking's phone is no longer filled"),
         ('stsync map unset "meta.Last Name" --for customers', "on the customers' tab"),
@@ -282,13 +297,9 @@ def unset_command(
     _report(app_ctx, unset_field(app_ctx.config_path, target, for_=for_))
 
 
-ACTION_SUMMARY = "What happens when a lead (or referrer) joins: create-booking or nothing."
-
-
-@map_app.command(
+@_edit_command(
     "action",
-    help=f"{ACTION_SUMMARY} {REWRITE_NOTE}",
-    short_help=ACTION_SUMMARY,
+    "What happens when a lead (or referrer) joins: create-booking or nothing.",
     context_settings=DASHED_WORDS,
     epilog=examples(
         ("stsync map action leads create-booking", "the seed's \"Create New Booking In Service Titan\""),
@@ -314,13 +325,9 @@ def action_command(
     _report(app_ctx, set_action(app_ctx.config_path, str(section), action))
 
 
-QUALIFY_SUMMARY = "When a referral qualifies: none, job-created, or job-status --status S."
-
-
-@map_app.command(
+@_edit_command(
     "qualify",
-    help=f"{QUALIFY_SUMMARY} {REWRITE_NOTE}",
-    short_help=QUALIFY_SUMMARY,
+    "When a referral qualifies: none, job-created, or job-status --status S.",
     context_settings=DASHED_WORDS,
     epilog=examples(
         ("stsync map qualify job-created", "qualified as soon as the booking becomes a job"),
@@ -338,14 +345,14 @@ def qualify_command(
         autocompletion=complete_rule,
         help="none, job-created or job-status.",
     ),
-    status: Optional[JobStatus] = typer.Option(
+    status: JobStatus | None = typer.Option(
         None,
         "--status",
         metavar="STATUS",
         parser=JOB_STATUS_WORD,
-        help="With job-status: the ServiceTitan job status that qualifies: " + ", ".join(JOB_STATUSES) + ".",
+        help=STATUS_HELP,
     ),
-    unqualify_on: Optional[List[UnqualifyWord]] = typer.Option(
+    unqualify_on: list[UnqualifyWord] | None = typer.Option(
         None,
         "--unqualify-on",
         metavar="EVENT",
@@ -361,13 +368,9 @@ def qualify_command(
     _report(app_ctx, set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=events))
 
 
-RETURN_SUMMARY = "Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field."
-
-
-@map_app.command(
+@_edit_command(
     "return-field",
-    help=f"{RETURN_SUMMARY} {REWRITE_NOTE}",
-    short_help=RETURN_SUMMARY,
+    "Write a referrer's referral_link or referral_code back to a ServiceTitan customer custom field.",
     epilog=examples(
         ('stsync map return-field "Referral Code" referral_code', "customer sync writes the code to this custom field"),
         ('stsync map return-field "Referral Link" --remove', "stop writing the link"),
@@ -376,7 +379,7 @@ RETURN_SUMMARY = "Write a referrer's referral_link or referral_code back to a Se
 def return_field_command(
     ctx: typer.Context,
     name: str = typer.Argument(..., metavar="NAME", help="The ServiceTitan customer custom field's name (a Text field)."),
-    field: Optional[ReturnValue] = typer.Argument(None, metavar="FIELD", parser=RETURN_VALUE_WORD, help="What to write."),
+    field: ReturnValue | None = typer.Argument(None, metavar="FIELD", parser=RETURN_VALUE_WORD, help="What to write."),
     remove: bool = typer.Option(False, "--remove", help="Stop writing this custom field."),
 ) -> None:
     from stsync.errors import UsageError
@@ -389,17 +392,15 @@ def return_field_command(
         _report(app_ctx, remove_return_field(app_ctx.config_path, name))
         return
     if field is None:
-        raise UsageError("give the value to write: referral_link or referral_code", hint=f'stsync map return-field "{name}" referral_link')
+        raise UsageError(
+            "give the value to write: referral_link or referral_code", hint=f'stsync map return-field "{name}" referral_link'
+        )
     _report(app_ctx, set_return_field(app_ctx.config_path, name, field))
 
 
-RESET_SUMMARY = "Put leads, referrers and customers back to the default mapping (the connection is kept)."
-
-
-@map_app.command(
+@_edit_command(
     "reset",
-    help=f"{RESET_SUMMARY} {REWRITE_NOTE}",
-    short_help=RESET_SUMMARY,
+    "Put leads, referrers and customers back to the default mapping (the connection is kept).",
     epilog=examples(
         ("stsync map reset", "asks first"),
         ("stsync map reset --yes", "in a script"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -43,19 +43,37 @@ def register(app: typer.Typer) -> None:
 
 def push_lead_command(
     ctx: typer.Context,
-    email: Optional[str] = typer.Option(None, "--email", metavar="EMAIL", help="The lead's e-mail (with --first-name)."),
-    first_name: Optional[str] = typer.Option(None, "--first-name", metavar="NAME", help="The lead's first name."),
-    referral_code: Optional[str] = typer.Option(None, "--referral-code", metavar="CODE", help="The lead's referral code (the booking's External Id by default)."),
-    campaign_name: Optional[str] = typer.Option(None, "--campaign-name", metavar="NAME", help="The campaign name (the booking's Source by default; fetched when omitted)."),
-    phone: Optional[str] = typer.Option(None, "--phone", metavar="PHONE", help="The lead's phone, filed as meta.Phone."),
-    field: Optional[List[str]] = typer.Option(None, "--field", metavar="K=V", help="Another lead field, K=V (e.g. meta.Last Name=Doe); repeatable."),
-    file: Optional[str] = typer.Option(None, "--file", metavar="PATH", help="A Referral Factory user object, a webhook payload, or a JSON list of them; - for stdin."),
-    code: Optional[str] = typer.Option(None, "--code", metavar="CODE", help="Fetch the lead with this referral code from Referral Factory."),
-    rf_user_id: Optional[int] = typer.Option(None, "--rf-user-id", metavar="ID", help="Fetch the lead with this Referral Factory user id."),
+    email: str | None = typer.Option(None, "--email", metavar="EMAIL", help="The lead's e-mail (with --first-name)."),
+    first_name: str | None = typer.Option(None, "--first-name", metavar="NAME", help="The lead's first name."),
+    referral_code: str | None = typer.Option(
+        None, "--referral-code", metavar="CODE", help="The lead's referral code (the booking's External Id by default)."
+    ),
+    campaign_name: str | None = typer.Option(
+        None, "--campaign-name", metavar="NAME", help="The campaign name (the booking's Source by default; fetched when omitted)."
+    ),
+    phone: str | None = typer.Option(None, "--phone", metavar="PHONE", help="The lead's phone, filed as meta.Phone."),
+    field: list[str] | None = typer.Option(
+        None, "--field", metavar="K=V", help="Another lead field, K=V (e.g. meta.Last Name=Doe); repeatable."
+    ),
+    file: str | None = typer.Option(
+        None,
+        "--file",
+        metavar="PATH",
+        help="A Referral Factory user object, a webhook payload, or a JSON list of them; - for stdin.",
+    ),
+    code: str | None = typer.Option(
+        None, "--code", metavar="CODE", help="Fetch the lead with this referral code from Referral Factory."
+    ),
+    rf_user_id: int | None = typer.Option(
+        None, "--rf-user-id", metavar="ID", help="Fetch the lead with this Referral Factory user id."
+    ),
     new: bool = typer.Option(False, "--new", help="Every referred lead of the campaign without a booking yet."),
     referrer: bool = typer.Option(False, "--referrer", help="Use the referrers' action and fields instead of the leads'."),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the exact JSON body that would be POSTed (an object, or a list for --new and list files); send and record nothing."
+        False,
+        "--dry-run",
+        help="Print the exact JSON body that would be POSTed (an object, or a list for --new and list files); "
+        "send and record nothing.",
     ),
 ) -> None:
     from stsync.errors import UsageError
@@ -138,7 +156,7 @@ def push_lead_command(
     _raise_for_failures(report, batch=batch)
 
 
-def _record(app_ctx: AppContext, report: "PushReport") -> None:
+def _record(app_ctx: AppContext, report: PushReport) -> None:
     """The --json object: the report, its counts, and each failed lead (key: its External Id)."""
     from stsync.cli.envelope import failure
 
@@ -191,7 +209,7 @@ def _read_json(file: str) -> Any:
         ) from None
 
 
-def _render(term: "Terminal", report: "PushReport", *, dry_run: bool, batch: bool, json_mode: bool) -> None:
+def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, json_mode: bool) -> None:
     """stdout: each lead's line and the batch's summary (with -q: the summary and each
     failure); a dry run's stdout is the body alone, its talk on stderr."""
     from rich.markup import escape
@@ -224,7 +242,7 @@ def _render(term: "Terminal", report: "PushReport", *, dry_run: bool, batch: boo
         )
 
 
-def _render_line(term: "Terminal", result: "PushResult", escape) -> None:
+def _render_line(term: Terminal, result: PushResult, escape) -> None:
     who = escape(result.lead.describe())
     if result.outcome == AttemptOutcome.CREATED:
         term.summary(f"[green]✓[/] {who}: created booking #{result.booking_id}")
@@ -236,7 +254,7 @@ def _render_line(term: "Terminal", result: "PushResult", escape) -> None:
         term.summary(f"[red]✗[/] {who}: failed: {escape(result.message or 'failed')}")
 
 
-def _raise_for_failures(report: "PushReport", *, batch: bool) -> None:
+def _raise_for_failures(report: PushReport, *, batch: bool) -> None:
     from stsync.errors import InvalidRecord, PartialFailure
 
     failed = report.failed
@@ -248,7 +266,8 @@ def _raise_for_failures(report: "PushReport", *, batch: bool) -> None:
             raise result.exception
         raise PartialFailure(
             f"the booking for {result.lead.describe()} was not created: {result.message}",
-            hint="`stsync diagnose --email <e-mail>` explains it; fix the mapping (`stsync map show`) or the data, then run again",
+            hint="`stsync diagnose --email <e-mail>` explains it; "
+            "fix the mapping (`stsync map show`) or the data, then run again",
         )
     total = len(report.results)
     raise PartialFailure(

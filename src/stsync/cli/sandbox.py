@@ -150,8 +150,8 @@ def sandbox_command(
         term.info("Point stsync at it (in the shell where you run stsync):")
         # Commands to copy go out as plain lines, never wrapped by the terminal renderer: a
         # hard line break inside them would break the copy at a narrow terminal.
-        for name, value in sb.env().items():
-            _plain(term, f"  export {name}={shlex.quote(value)}")
+        for variable, setting in sb.env().items():
+            _plain(term, f"  export {variable}={shlex.quote(setting)}")
         term.info("Then connect with the sandbox's credentials (they are fake):")
         _plain(term, "  " + shlex.join(["stsync", *sb.connect_args()]))
         term.info(f"Admin operations: GET {sb.base_url}/_sandbox/ lists them")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -40,9 +40,11 @@ def register(app: typer.Typer) -> None:
 
 def serve_command(
     ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on (put a TLS reverse proxy in front)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on (put a TLS reverse proxy in front)."
+    ),
     port: int = typer.Option(8080, "--port", min=0, max=65535, metavar="PORT", help="Port to listen on (0 picks a free one)."),
-    token: Optional[str] = typer.Option(
+    token: str | None = typer.Option(
         None,
         "--token",
         help="Shared secret: in the webhook URL (/hooks/<token>) or the X-Stsync-Token header. "
@@ -62,7 +64,7 @@ def serve_command(
     # failure at the first delivery.
     _ = (conn.servicetitan, conn.referral_factory)
 
-    def show(event: "DeliveryEvent") -> None:
+    def show(event: DeliveryEvent) -> None:
         who = f" {event.who}" if event.who else ""
         what = event.event or "request"
         if event.stage == "received":
@@ -76,7 +78,7 @@ def serve_command(
             booking = f" (booking {event.booking_id})" if event.booking_id else ""
             term.success(f"{what}{who}: {event.outcome}{booking}")
 
-    def started(server: "WebhookServer") -> None:
+    def started(server: WebhookServer) -> None:
         term.success(f"listening on {server.url}<token> (also POST /hooks with the X-Stsync-Token header)")
         term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
 
@@ -94,10 +96,10 @@ def serve_command(
 
 
 def serve_until_signalled(
-    server: "WebhookServer",
+    server: WebhookServer,
     *,
     stop: threading.Event | None = None,
-    on_started: Callable[["WebhookServer"], None] | None = None,
+    on_started: Callable[[WebhookServer], None] | None = None,
 ) -> None:
     """Run ``server`` until SIGINT/SIGTERM (or ``stop`` is set), then finish the queue.
 
@@ -105,7 +107,7 @@ def serve_until_signalled(
     ``stop`` ends it. The previous handlers are restored afterwards.
     """
     stop = stop or threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich.text import Text
@@ -48,7 +48,7 @@ def sync_customers_command(
         "--dry-run",
         help="The Confirm step: count and show what would be created and written; send and record nothing.",
     ),
-    limit: Optional[int] = typer.Option(
+    limit: int | None = typer.Option(
         None, "--limit", min=1, metavar="N", help="Read at most N customers from the feed in this run (the next run carries on)."
     ),
 ) -> None:
@@ -78,7 +78,7 @@ def sync_customers_command(
         )
 
 
-def _record(app_ctx: AppContext, report: "SyncReport") -> None:
+def _record(app_ctx: AppContext, report: SyncReport) -> None:
     """The --json object: flat counts (skips per reason beside them), each failed customer."""
     from stsync.cli.envelope import failure
 
@@ -94,7 +94,7 @@ def _record(app_ctx: AppContext, report: "SyncReport") -> None:
     app_ctx.result(counts=counts, failures=failures, skipped_by_reason=skipped_by_reason, **data)
 
 
-def _render_quiet(term: "Terminal", report: "SyncReport") -> None:
+def _render_quiet(term: Terminal, report: SyncReport) -> None:
     """-q (cron): one line when something was done or failed, then each failure; nothing
     when nothing changed."""
     done = report.created + report.adopted + report.updated + report.return_fields_written + report.failed
@@ -103,7 +103,7 @@ def _render_quiet(term: "Terminal", report: "SyncReport") -> None:
     _render_failures(term, report)
 
 
-def summary_line(report: "SyncReport") -> str:
+def summary_line(report: SyncReport) -> str:
     how = {RunMode.ONCE: "one-time", RunMode.ONGOING: "ongoing"}[RunMode(report.mode)] + (", full" if report.full else "")
     verb = "would create" if report.dry_run else "created"
     return (
@@ -114,7 +114,7 @@ def summary_line(report: "SyncReport") -> str:
     )
 
 
-def _render_failures(term: "Terminal", report: "SyncReport") -> None:
+def _render_failures(term: Terminal, report: SyncReport) -> None:
     from rich.markup import escape
 
     for failure in report.failures[:FAILURES_SHOWN]:
@@ -127,7 +127,7 @@ def _render_failures(term: "Terminal", report: "SyncReport") -> None:
         term.summary(f"… and {report.failed - FAILURES_SHOWN} more (`stsync diagnose`, the log file)")
 
 
-def _render(term: "Terminal", report: "SyncReport", limit: int | None) -> None:
+def _render(term: Terminal, report: SyncReport, limit: int | None) -> None:
     dry = report.dry_run
     how = {RunMode.ONCE: "one-time", RunMode.ONGOING: "ongoing"}[report.mode] + (", full pass" if report.full else "")
     if dry:

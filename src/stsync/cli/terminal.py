@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -81,7 +82,7 @@ class Terminal:
         (cron mails it)."""
         self._print_data(renderable)
 
-    def table(self, columns: "list[Column]", rows: list[list[Any]], *, title: str | None = None) -> None:
+    def table(self, columns: list[Column], rows: list[list[Any]], *, title: str | None = None) -> None:
         """Rows as a table that fits stdout's width (``cli.tables``): shown with ``-q``."""
         # Wrapped to the width, notes under the table included (at words: an error stays legible).
         self._print_data(fitted_table(columns, rows, self.out.width, title=title), soft_wrap=False)
@@ -158,7 +159,7 @@ class Terminal:
             raise NotConfirmed("not confirmed; nothing was changed")
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator["ProgressHandle"]:
+    def progress(self, description: str, total: int | None = None) -> Iterator[ProgressHandle]:
         """A progress bar on a TTY (stderr); silent otherwise (cron)."""
         if not self.interactive:
             yield ProgressHandle(None, None)

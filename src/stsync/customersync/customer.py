@@ -43,20 +43,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import AnswerLost, DuplicateEmail, ReferralFactoryApiError, ServiceTitanApiError, StsyncError, stops_run
+from stsync.errors import (
+    AnswerLost,
+    DuplicateEmail,
+    NotFound,
+    ReferralFactoryApiError,
+    ServiceTitanApiError,
+    StsyncError,
+    stops_run,
+)
 from stsync.logs import get_logger
 from stsync.mapping.referrers import ReferrerRequest, Skip, referrer_request_for
-from stsync.mapping.return_fields import resolve_custom_field_type, return_field_update, return_values_for
+from stsync.mapping.return_fields import (
+    resolve_custom_field_type,
+    return_field_update,
+    return_values_for,
+    writable_type_ids,
+)
 from stsync.storage.ledger import Ledger, ReferrerRecord
 from stsync.storage.locks import KeyLock
 from stsync.storage.states import REFERRER_RETRY_STATES, ReferrerState
 
 if TYPE_CHECKING:
-    from stsync.referralfactory.models import User
     from stsync.connection import Connection
+    from stsync.referralfactory.models import User
     from stsync.servicetitan.client import ServiceTitanClient
     from stsync.servicetitan.models import Customer, CustomFieldType
 
@@ -75,7 +87,7 @@ STAGE_RETURN_FIELDS = "return_fields"
 class Plan:
     """One customer, what the mapping made of it, and what the ledger knew before."""
 
-    customer: "Customer"
+    customer: Customer
     decision: ReferrerRequest | Skip
     record: ReferrerRecord | None
 
@@ -122,15 +134,14 @@ class _StageFailure(Exception):
         self.stage = stage
 
 
-def return_field_types(st: "ServiceTitanClient", return_fields: dict[str, str]) -> list["CustomFieldType"]:
+def return_field_types(st: ServiceTitanClient, return_fields: dict[str, str]) -> list[CustomFieldType]:
     """The customer custom-field types, read once per run and checked before anything is
     created: ``ConfigError`` (exit 3) for a return field ServiceTitan does not have or whose
     field is not Text. No request when there are no return fields."""
     if not return_fields:
         return []
     types = st.list_custom_field_types()
-    # Writing every return field to a customer without custom fields raises what is wrong.
-    return_field_update(SimpleNamespace(custom_fields=[]), {name: "-" for name in return_fields}, types)
+    writable_type_ids(return_fields, types)
     return types
 
 
@@ -139,9 +150,9 @@ class CustomerHandler:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         *,
-        types: Sequence["CustomFieldType"] = (),
+        types: Sequence[CustomFieldType] = (),
         dry_run: bool = False,
         staging: Ledger | None = None,
         on_write: Callable[[Any], None] | None = None,
@@ -170,7 +181,7 @@ class CustomerHandler:
         return self.conn.referral_factory
 
     # -- plan ------------------------------------------------------------------------------
-    def plan(self, customer: "Customer", contacts: Iterable[Any]) -> Plan:
+    def plan(self, customer: Customer, contacts: Iterable[Any]) -> Plan:
         """What the mapping makes of the customer and its contacts (``ContactRow`` or
         ``CustomerContact``), with the ledger's row. Raises ``ConfigError`` for a mapping
         that cannot work for any customer."""
@@ -225,14 +236,14 @@ class CustomerHandler:
     def _as_referrer(self, plan: Plan, request: ReferrerRequest, retrying: bool) -> Outcome:
         record = plan.record
         if record is not None and record.rf_user_id is not None:
-            return self._existing(plan, request, record, retrying)
+            return self._existing(plan, request, record, record.rf_user_id, retrying)
         if self.dry_run:
             return self._would_create(plan, request)
         with KeyLock(self.conn.paths, f"referrer:{self.campaign_id}:{request.email.strip().casefold()}"):
             # Another process may have got here first: read the ledger again under the lock.
             record = self.ledger.get_referrer(plan.customer_id)
             if record is not None and record.rf_user_id is not None:
-                return self._existing(plan, request, record, retrying)
+                return self._existing(plan, request, record, record.rf_user_id, retrying)
             if self._holder_of(request.email, plan.customer_id) is not None:
                 return self._skipped(plan, ALREADY_REFERRER, record=record)
             user, kind = self._create_or_adopt(plan, request, record)
@@ -267,7 +278,9 @@ class CustomerHandler:
                 return would
         return None
 
-    def _create_or_adopt(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord | None) -> tuple["User", str]:
+    def _create_or_adopt(
+        self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord | None
+    ) -> tuple[User, ReferrerState]:
         """The campaign user for this customer: found (after a crash, or known to the ledger)
         or created (intent recorded first). The caller records the result."""
         user: User | None = None
@@ -290,7 +303,7 @@ class CustomerHandler:
             user, kind = self._create_or_find(plan.customer_id, request)
         return user, kind
 
-    def _create_or_find(self, customer_id: int, request: ReferrerRequest) -> tuple["User", str]:
+    def _create_or_find(self, customer_id: int, request: ReferrerRequest) -> tuple[User, ReferrerState]:
         """POST /users; a lost answer is looked up by e-mail before the next try (the API
         contract: search before retrying a create), so a 503 costs a retry, not a failure."""
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
@@ -320,7 +333,7 @@ class CustomerHandler:
                 log.info("customer %s: the create was lost and not applied; trying again", customer_id)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _user_known_to_ledger(self, email: str) -> "User | None":
+    def _user_known_to_ledger(self, email: str) -> User | None:
         """A campaign user the ledger already knows by this e-mail (a pushed lead or
         referrer), read back by id: adopted without a create that would only fail."""
         for push in self.ledger.pushes_by_email(email):
@@ -328,15 +341,16 @@ class CustomerHandler:
                 continue
             try:
                 user = self.rf.get_user(int(push.rf_user_id))
-            except ReferralFactoryApiError as exc:
-                if exc.status == 404:
-                    continue
-                raise
+            except NotFound as exc:
+                self.rf.confirm_deleted(exc, campaign_id=self.campaign_id)  # raises unless a deletion
+                continue
             if user.campaign_id == self.campaign_id and (user.email or "").strip().casefold() == email.strip().casefold():
                 return user
         return None
 
-    def _existing(self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord, retrying: bool) -> Outcome:
+    def _existing(
+        self, plan: Plan, request: ReferrerRequest, record: ReferrerRecord, rf_user_id: int, retrying: bool
+    ) -> Outcome:
         customer_id = plan.customer_id
         code, url = record.code, record.url
         kind = UNCHANGED
@@ -348,7 +362,7 @@ class CustomerHandler:
             if self.dry_run:
                 sample = _sample("update", plan.customer, request.email, referrer=body)
             else:
-                user = self.rf.update_user(int(record.rf_user_id), body)  # type: ignore[arg-type]
+                user = self.rf.update_user(rf_user_id, body)
                 code, url = user.code or code, user.url or url
                 changes = {
                     "state": ReferrerState.UPDATED,
@@ -391,7 +405,9 @@ class CustomerHandler:
         self.staging.upsert_referrer(plan.customer_id, state=ReferrerState.PENDING, email=request.email)
         placeholders = {name: f"<{value} of the new referrer>" for name, value in self.return_fields.items()}
         sample = _sample("create", plan.customer, request.email, referrer=request.body, return_fields=placeholders)
-        return Outcome(plan.customer_id, ReferrerState.CREATED, email=request.email, fields_written=len(placeholders), sample=sample)
+        return Outcome(
+            plan.customer_id, ReferrerState.CREATED, email=request.email, fields_written=len(placeholders), sample=sample
+        )
 
     # -- return fields ---------------------------------------------------------------------
     def _return_values(self, code: str | None, url: str | None) -> dict[str, str]:
@@ -399,7 +415,7 @@ class CustomerHandler:
 
     def _write_return_fields(
         self,
-        customer: "Customer",
+        customer: Customer,
         code: str | None,
         url: str | None,
         *,

@@ -57,11 +57,14 @@ def latest_by_id(rows: Iterable[Any]) -> list[Any]:
     return list(latest.values())
 
 
-def contact_row(contact: "CustomerContact") -> ContactRow:
+def contact_row(contact: CustomerContact) -> ContactRow | None:
+    """The ledger's row for a contact of the export feed; None for one that belongs to no customer."""
+    if contact.customer_id is None:
+        return None
     modified = contact.modified_on.isoformat() if contact.modified_on is not None else None
     return ContactRow(
         contact_id=int(contact.id),
-        customer_id=int(contact.customer_id),  # type: ignore[arg-type]
+        customer_id=int(contact.customer_id),
         type=contact.type,
         value=contact.value,
         active=contact.active,

@@ -114,7 +114,7 @@ class CustomerSync:
     the ledger, or for a dry run a scratch ledger."""
 
     def __init__(
-        self, conn: "Connection", options: SyncOptions, *, staging: Ledger, progress: Progress = NO_PROGRESS
+        self, conn: Connection, options: SyncOptions, *, staging: Ledger, progress: Progress = NO_PROGRESS
     ) -> None:
         self.conn = conn
         self.ledger = conn.ledger
@@ -146,7 +146,9 @@ class CustomerSync:
         recording = (
             nullcontext()
             if self.dry_run
-            else self.ledger.recorded_run(RunJob.SYNC, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed))
+            else self.ledger.recorded_run(
+                RunJob.SYNC, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
+            )
         )
         with recording as run_id:
             report.run_id = run_id
@@ -202,7 +204,7 @@ class CustomerSync:
         pages = Prefetch(self.st.export_customer_contacts(start), self._writes_so_far)
         try:
             for page, _ in pages:
-                rows = [contact_row(c) for c in latest_by_id(page.data) if c.customer_id is not None]
+                rows = [row for contact in latest_by_id(page.data) if (row := contact_row(contact)) is not None]
                 self._recheck_customers_whose_contacts_changed(rows)
                 with self.staging.transaction() as tx:
                     if rows:
@@ -325,13 +327,13 @@ class CustomerSync:
 
     # -- a batch of customers, concurrently ------------------------------------------------
     def _handle_batch(
-        self, customers: Sequence["Customer"], contacts: dict[int, list[Any]], *, retrying: bool = False
+        self, customers: Sequence[Customer], contacts: dict[int, list[Any]], *, retrying: bool = False
     ) -> list[Outcome]:
         return self._finish_batch(self._start_batch(customers, contacts, retrying=retrying))
 
     def _start_batch(
         self,
-        customers: Sequence["Customer"],
+        customers: Sequence[Customer],
         contacts: dict[int, list[Any]],
         *,
         retrying: bool = False,

@@ -11,6 +11,7 @@ from typing import Any
 
 from stsync.customersync.customer import Outcome
 from stsync.storage.states import ReferrerState
+from stsync.vocabulary import RunMode
 
 SAMPLE_SIZE = 10
 FAILURES_KEPT = 20
@@ -18,7 +19,7 @@ FAILURES_KEPT = 20
 
 @dataclass
 class SyncReport:
-    mode: str
+    mode: RunMode
     full: bool = False
     dry_run: bool = False
     examined: int = 0

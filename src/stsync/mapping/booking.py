@@ -23,10 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 from stsync.errors import InvalidRecord, SetupRequired
+from stsync.leads import Lead
 from stsync.mapping.validation import booking_mapping_problems, missing_required
 from stsync.mapping.values import BadValue, RawValue, convert
 from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS
-from stsync.leads import Lead
 from stsync.servicetitan.vocabulary import ADDRESS_PARTS, BOOKING_TARGETS, REQUIRED_ADDRESS_PARTS, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import BookingSettings, FieldSpec, FromField, TemplateValue
 
@@ -136,6 +136,3 @@ def _from_text(spec: FieldSpec) -> str:
     if isinstance(spec, TemplateValue):
         return f"the template {spec.template!r}"
     return f"the fixed value {spec.payload!r}"
-
-
-__all__ = ["CONTACT_TARGETS", "booking_request_for", "external_id_for", "lead_fields_read"]

@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stsync.leads import LEAD_FIELD_LABELS, META_PREFIX
 from stsync.mapping.validation import missing_required
 from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS, CUSTOM_PREFIX, REQUIRED_REFERRER_TARGETS
-from stsync.leads import LEAD_FIELD_LABELS, META_PREFIX
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
     BookingSettings,
@@ -142,7 +142,10 @@ def section_status(section: BookingSettings) -> SectionStatus:
 
 
 # The seed's words for each action and return value.
-ACTION_LABELS = {Action.CREATE_BOOKING: "Create New Booking In Service Titan", Action.NOTHING: "Nothing to action"}
+ACTION_LABELS: dict[str, str] = {
+    Action.CREATE_BOOKING: "Create New Booking In Service Titan",
+    Action.NOTHING: "Nothing to action",
+}
 RETURN_VALUE_LABELS = {ReturnValue.REFERRAL_LINK: "Referral Link", ReturnValue.REFERRAL_CODE: "Referral Code"}
 
 
@@ -213,17 +216,3 @@ def mapping_overview(config: Config, *, sections: Iterable[str] = ("leads", "ref
         else:
             raise ValueError(f"unknown section {name!r}")
     return overview
-
-
-__all__ = [
-    "ACTION_LABELS",
-    "MappingRow",
-    "SectionStatus",
-    "booking_rows",
-    "describe_customer_source",
-    "describe_source",
-    "mapping_overview",
-    "qualification_label",
-    "referrer_target_label",
-    "section_status",
-]

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stsync.errors import ConfigError
+from stsync.leads import META_PREFIX
 from stsync.mapping.validation import missing_referrer_target
 from stsync.mapping.values import is_email_address
 from stsync.mapping.vocabulary import CUSTOM_PREFIX, CUSTOMER_SOURCES, REQUIRED_REFERRER_TARGETS
-from stsync.leads import META_PREFIX
 from stsync.servicetitan.models import Customer
 from stsync.storage.config import FieldSpec, FromField, TemplateValue
 from stsync.suggestions import did_you_mean
@@ -167,7 +167,9 @@ def first_valid_email(contacts: Iterable[Contact]) -> str | None:
     return None
 
 
-_NAME_PARTICLES = frozenset({"van", "von", "de", "der", "den", "del", "della", "da", "di", "du", "la", "le", "st.", "st", "bin", "al"})
+_NAME_PARTICLES = frozenset(
+    {"van", "von", "de", "der", "den", "del", "della", "da", "di", "du", "la", "le", "st.", "st", "bin", "al"}
+)
 _NAME_SUFFIXES = frozenset({"jr", "jr.", "sr", "sr.", "ii", "iii", "iv", "md", "phd"})
 
 
@@ -236,16 +238,3 @@ def _text(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
-
-
-__all__ = [
-    "SKIP_REASONS",
-    "Contact",
-    "ReferrerRequest",
-    "Skip",
-    "customer_value",
-    "first_valid_email",
-    "fingerprint_of",
-    "referrer_request_for",
-    "split_customer_name",
-]

@@ -6,6 +6,8 @@
 - ``resolve_custom_field_type(name, types, taken=)``: the ServiceTitan custom-field type of
   that name, exact first, then ignoring case; ``ConfigError`` naming the closest other name
   (never another configured return field) when there is none.
+- ``writable_type_ids(names, types)``: custom field name → its type id; ``ConfigError`` for a
+  name ServiceTitan does not have or a field that is not Text (checked before a run writes).
 - ``return_field_update(customer, values, types)``: the ``PATCH /customers/{id}`` body, or
   None when every value is already there (written only when changed, SPEC §6.3). Every other
   custom field the customer has is sent back unchanged (a customFields PATCH may drop what it
@@ -23,9 +25,11 @@ from stsync.suggestions import did_you_mean
 from stsync.vocabulary import ReturnValue
 
 
-def return_values_for(return_fields: Mapping[str, str], *, referral_link: str | None, referral_code: str | None) -> dict[str, str]:
+def return_values_for(
+    return_fields: Mapping[str, str], *, referral_link: str | None, referral_code: str | None
+) -> dict[str, str]:
     """custom field name → value, from ``[customer_sync.return_fields]`` and the referrer's link and code."""
-    available = {ReturnValue.REFERRAL_LINK: referral_link, ReturnValue.REFERRAL_CODE: referral_code}
+    available: dict[str, str | None] = {ReturnValue.REFERRAL_LINK: referral_link, ReturnValue.REFERRAL_CODE: referral_code}
     return {name: text for name, value in return_fields.items() if (text := available.get(value))}
 
 
@@ -52,18 +56,14 @@ def resolve_custom_field_type(name: str, types: Iterable[CustomFieldType], *, ta
     )
 
 
-def return_field_update(customer: Customer, values: Mapping[str, str], types: Iterable[CustomFieldType]) -> dict[str, Any] | None:
-    """The ``PATCH /customers/{id}`` body writing ``values`` (custom field name → text).
-
-    Read-modify-write (api/servicetitan.md §6.6): every other custom field the customer has
-    is sent back unchanged, because a customFields PATCH may drop what it omits. None when
-    every value is already there (SPEC §6.3: written only when changed).
-    """
-    type_list = list(types)
-    wanted: dict[int, str] = {}
-    for name, value in values.items():
-        field_type = resolve_custom_field_type(name, type_list, taken=values)
-        data_type = getattr(field_type, "data_type", None)
+def writable_type_ids(names: Iterable[str], types: Iterable[CustomFieldType]) -> dict[str, int]:
+    """Each return field's custom-field type id; ``ConfigError`` for a name ServiceTitan does
+    not have or a field that is not Text."""
+    type_list, name_list = list(types), list(names)
+    type_ids: dict[str, int] = {}
+    for name in name_list:
+        field_type = resolve_custom_field_type(name, type_list, taken=name_list)
+        data_type = field_type.data_type
         if data_type is not None and data_type.casefold() != "text":
             raise ConfigError(
                 f"ServiceTitan customer custom field {field_type.name!r} is {data_type}, not Text: "
@@ -71,9 +71,20 @@ def return_field_update(customer: Customer, values: Mapping[str, str], types: It
                 key_path=f'customer_sync.return_fields."{name}"',
                 hint="use a Text custom field; check with `stsync validate --online`",
             )
-        wanted[int(field_type.id)] = str(value)
+        type_ids[name] = int(field_type.id)
+    return type_ids
+
+
+def return_field_update(customer: Customer, values: Mapping[str, str], types: Iterable[CustomFieldType]) -> dict[str, Any] | None:
+    """The ``PATCH /customers/{id}`` body writing ``values`` (custom field name → text).
+
+    Read-modify-write (api/servicetitan.md §6.6): every other custom field the customer has
+    is sent back unchanged, because a customFields PATCH may drop what it omits. None when
+    every value is already there (SPEC §6.3: written only when changed).
+    """
+    wanted = {type_id: str(values[name]) for name, type_id in writable_type_ids(values, types).items()}
     existing: dict[int, str | None] = {}
-    for custom in getattr(customer, "custom_fields", None) or []:
+    for custom in customer.custom_fields:
         existing.setdefault(int(custom.type_id), custom.value)
     if all(existing.get(type_id) == value for type_id, value in wanted.items()):
         return None
@@ -85,6 +96,3 @@ def return_field_update(customer: Customer, values: Mapping[str, str], types: It
             custom_fields.append({"typeId": type_id, "value": current})
     custom_fields.extend({"typeId": type_id, "value": text} for type_id, text in wanted.items())
     return {"customFields": custom_fields}
-
-
-__all__ = ["resolve_custom_field_type", "return_field_update", "return_values_for"]

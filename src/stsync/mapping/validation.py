@@ -21,6 +21,7 @@ Customer sync ([customer_sync]: ``CustomerSyncSettings``):
 from __future__ import annotations
 
 from stsync.errors import ConfigError
+from stsync.leads import LEAD_FIELDS, META_PREFIX, is_lead_source
 from stsync.mapping.values import BadValue, convert, match_option
 from stsync.mapping.vocabulary import (
     CUSTOMER_SOURCES,
@@ -30,7 +31,6 @@ from stsync.mapping.vocabulary import (
     is_customer_source,
     select_options,
 )
-from stsync.leads import LEAD_FIELDS, META_PREFIX, is_lead_source
 from stsync.servicetitan.vocabulary import ADDRESS_PARTS, BOOKING_TARGETS, REQUIRED_ADDRESS_PARTS, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
     BookingSettings,
@@ -208,19 +208,3 @@ def customer_mapping_problems(customer_sync: CustomerSyncSettings) -> list[Confi
         except ConfigError as exc:
             problems.append(exc)
     return problems
-
-
-__all__ = [
-    "booking_mapping_problems",
-    "check_booking_spec",
-    "check_booking_target",
-    "check_customer_source",
-    "check_lead_source",
-    "check_referrer_spec",
-    "check_referrer_target",
-    "check_return_field",
-    "customer_mapping_problems",
-    "incomplete_address_parts",
-    "missing_referrer_target",
-    "missing_required",
-]

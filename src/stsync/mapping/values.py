@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from stsync.mapping.vocabulary import target_kind
 from stsync.servicetitan.vocabulary import SELECT_OPTIONS
@@ -107,7 +107,7 @@ def _as_utc_rfc3339(raw: RawValue) -> str:
         text = str(raw).strip()
         try:
             if re.fullmatch(r"\d{9,11}", text):  # Unix seconds, as some webhooks send
-                moment = datetime.fromtimestamp(int(text), tz=timezone.utc)
+                moment = datetime.fromtimestamp(int(text), tz=UTC)
             elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
                 moment = datetime.fromisoformat(text)
             else:
@@ -115,13 +115,10 @@ def _as_utc_rfc3339(raw: RawValue) -> str:
         except (ValueError, OverflowError, OSError):
             raise BadValue("it takes a date or date-time, e.g. 2025-06-02 or 2025-06-02T15:00:00Z") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     try:
-        moment = moment.astimezone(timezone.utc).replace(microsecond=0)
+        moment = moment.astimezone(UTC).replace(microsecond=0)
     except OverflowError:  # year 1 with a negative offset, say
         raise BadValue("it is outside the range of dates ServiceTitan takes") from None
     # isoformat pads the year to four digits (strftime's %Y does not for years < 1000).
     return moment.replace(tzinfo=None).isoformat() + "Z"
-
-
-__all__ = ["BadValue", "RawValue", "convert", "is_email_address", "match_option"]

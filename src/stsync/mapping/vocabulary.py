@@ -70,16 +70,3 @@ def select_options(target: str) -> tuple[str, ...]:
 
 def is_customer_source(source: str) -> bool:
     return source in CUSTOMER_SOURCES or (source.startswith(CUSTOM_PREFIX) and bool(source[len(CUSTOM_PREFIX) :].strip()))
-
-
-__all__ = [
-    "BOOKING_TARGET_LABELS",
-    "CUSTOMER_SOURCES",
-    "CUSTOM_PREFIX",
-    "REFERRER_TARGETS",
-    "REQUIRED_REFERRER_TARGETS",
-    "RETURN_VALUES",
-    "is_customer_source",
-    "select_options",
-    "target_kind",
-]

@@ -4,13 +4,31 @@ Lenient on purpose: the payloads are partly documented by third parties, so extr
 are ignored, enums are plain strings, dates stay the strings Referral Factory sent
 (``2024-12-27`` or a full timestamp), and ``meta`` is accepted as a list of
 ``{field, value}`` or as a ``{label: value}`` object.
+
+``meta[].value`` is typed *mixed* (dev: user-structure; api/referral-factory.md §11): a form
+field may answer with a list or an object, not only text. No value makes a user — or the
+page it came on — unreadable; each becomes text by ``meta_text``:
+
+- text as is; a number as its decimal text; ``true``/``false``; null → no value;
+- a list → its items as text, joined with ", " (``["Mon", "Wed"]`` → ``Mon, Wed``; null
+  and blank items left out; an object item as JSON);
+- an object → compact JSON with its keys in the order sent (``{"street": "1 Main"}`` →
+  ``{"street":"1 Main"}``).
+
+A ``meta`` item that is not ``{field, value}`` with a usable label is left out (logged at
+debug), never a reason to refuse the user.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stsync.logs import get_logger
+
+log = get_logger(__name__)
 
 PERSON_REFERRING = "person_referring"  # a referrer
 PERSON_INVITED = "person_invited"  # a referred lead
@@ -28,16 +46,39 @@ def _as_text(value: Any) -> Any:
     return value
 
 
+def meta_text(value: Any) -> str | None:
+    """A ``meta[].value`` of any JSON type as text (see the module docstring); None for null."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        parts = [meta_text(item) for item in value]
+        return ", ".join(part for part in parts if part is not None and part.strip())
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return str(value)
+
+
 class MetaField(RFModel):
     """One campaign form answer; ``field`` is the form field's label, e.g. "Last Name"."""
 
     field: str
     value: str | None = None
 
-    @field_validator("field", "value", mode="before")
+    @field_validator("field", mode="before")
+    @classmethod
+    def _label(cls, value: Any) -> Any:
+        return _as_text(value)
+
+    @field_validator("value", mode="before")
     @classmethod
     def _text(cls, value: Any) -> Any:
-        return _as_text(value)
+        return meta_text(value)
 
 
 class User(RFModel):
@@ -66,10 +107,18 @@ class User(RFModel):
         if value is None:
             return []
         if isinstance(value, dict):
-            return [{"field": key, "value": item} for key, item in value.items()]
-        if isinstance(value, list):
-            return [item for item in value if isinstance(item, dict) and item.get("field") is not None]
-        return value
+            value = [{"field": key, "value": item} for key, item in value.items()]
+        if not isinstance(value, list):
+            log.debug("meta of type %s ignored", type(value).__name__)
+            return []
+        usable = []
+        for item in value:
+            label = _as_text(item.get("field")) if isinstance(item, dict) else None
+            if isinstance(label, str) and label.strip():
+                usable.append({"field": label, "value": item.get("value")})
+            else:
+                log.debug("meta item without a usable label ignored")
+        return usable
 
     def meta_value(self, label: str) -> str | None:
         """The answer to the form field ``label``; an exact match first, then case-insensitive."""

@@ -28,17 +28,7 @@ from __future__ import annotations
 from stsync.sandbox.admin import RemoteSandbox, RemoteSandboxError
 from stsync.sandbox.errors import AdminError
 from stsync.sandbox.faults import Faults
-from stsync.sandbox.server import RequestRecord
-from stsync.sandbox.simulator import Credentials, Sandbox
+from stsync.sandbox.simulator import Sandbox
 from stsync.sandbox.variants import Variants
 
-__all__ = [
-    "AdminError",
-    "Credentials",
-    "Faults",
-    "RemoteSandbox",
-    "RemoteSandboxError",
-    "RequestRecord",
-    "Sandbox",
-    "Variants",
-]
+__all__ = ["AdminError", "Faults", "RemoteSandbox", "RemoteSandboxError", "Sandbox", "Variants"]

@@ -13,6 +13,10 @@ the same request order fails the same way.
   ``spike_seconds`` more (Referral Factory is reported to spike over 25 s).
 - ``burst_429``: the next N ServiceTitan API requests get 429 with ``Retry-After:
   retry_after`` (someone else spent the tenant's budget).
+- ``rf_burst_429``: the next N Referral Factory requests get its 429 "Too Many Attempts."
+  with ``Retry-After: retry_after`` (another app on the same key spent the minute's budget).
+  Each counts towards the IP block like any other 429 (api/referral-factory.md §11 "IP
+  block": counted per IP, whoever caused it).
 - ``token_ttl``: tokens issued from now on stop working after this many seconds, although
   ``expires_in`` still announces the normal lifetime (early expiry → a 401 mid-run).
 - ``maintenance_rate``: the share of ServiceTitan API requests answered 409 "The service is
@@ -44,6 +48,7 @@ class Faults:
     spike_rate: float = 0.0
     spike_seconds: float = 2.0
     burst_429: int = 0
+    rf_burst_429: int = 0
     retry_after: int = 1
     token_ttl: float | None = None
     maintenance_rate: float = 0.0
@@ -59,8 +64,8 @@ class Faults:
         for name in ("latency", "spike_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Faults.{name} must not be negative")
-        if self.burst_429 < 0 or self.retry_after < 0:
-            raise ValueError("Faults.burst_429 and Faults.retry_after must not be negative")
+        if self.burst_429 < 0 or self.rf_burst_429 < 0 or self.retry_after < 0:
+            raise ValueError("Faults.burst_429, Faults.rf_burst_429 and Faults.retry_after must not be negative")
         if self.token_ttl is not None and self.token_ttl < 0:
             raise ValueError("Faults.token_ttl must not be negative")
 
@@ -83,9 +88,10 @@ class Decision:
     delay: float = 0.0
     fail_before: bool = False  # 503, nothing applied
     fail_after: bool = False  # applied, then 500
-    throttle: bool = False  # 429 burst
+    throttle: bool = False  # 429 burst (ServiceTitan or Referral Factory, by the request's service)
     maintenance: bool = False  # ServiceTitan 409 "suspended for maintenance", nothing applied
     forbidden: bool = False  # Referral Factory admin-only 403
+    retry_after: int = 1  # the Retry-After of a burst's 429
 
 
 class FaultInjector:
@@ -97,6 +103,7 @@ class FaultInjector:
         self._faults = Faults()
         self._random = random.Random(0)
         self._burst_left = 0
+        self._rf_burst_left = 0
         self.set(faults or Faults())
 
     @property
@@ -108,6 +115,7 @@ class FaultInjector:
             self._faults = faults
             self._random = random.Random(faults.seed)
             self._burst_left = faults.burst_429
+            self._rf_burst_left = faults.rf_burst_429
 
     def decide(self, *, method: str, path: str, servicetitan_api: bool, referral_factory: bool = False) -> Decision:
         with self._lock:
@@ -116,10 +124,16 @@ class FaultInjector:
             if servicetitan_api and self._burst_left > 0:
                 self._burst_left -= 1
                 throttle = True
-            forbidden = referral_factory and bool(faults.rf_admin_403_path) and faults.rf_admin_403_path in path
+            elif referral_factory and self._rf_burst_left > 0:
+                self._rf_burst_left -= 1
+                throttle = True
+            admin_path = faults.rf_admin_403_path or ""
+            forbidden = referral_factory and bool(admin_path) and admin_path in path
             targeted = faults.path_contains is None or faults.path_contains in path
             if not targeted:
-                return Decision(delay=self.base_latency, throttle=throttle, forbidden=forbidden)
+                return Decision(
+                    delay=self.base_latency, throttle=throttle, forbidden=forbidden, retry_after=faults.retry_after
+                )
             delay = self.base_latency + faults.latency
             if faults.spike_rate and self._random.random() < faults.spike_rate:
                 delay += faults.spike_seconds
@@ -144,6 +158,7 @@ class FaultInjector:
                 throttle=throttle,
                 maintenance=maintenance,
                 forbidden=forbidden,
+                retry_after=faults.retry_after,
             )
 
     def token_lifetime(self, normal: float) -> float:

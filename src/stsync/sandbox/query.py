@@ -140,9 +140,9 @@ def date_filter(query: Query, prefix: str, key: str) -> list[Callable[[dict], bo
     before = query.moment(f"{prefix}Before")
     on_or_after = query.moment(f"{prefix}OnOrAfter")
     if before is not None:
-        tests.append(lambda r, b=before: r.get(key) is not None and r[key] < b)
+        tests.append(lambda record: record.get(key) is not None and record[key] < before)
     if on_or_after is not None:
-        tests.append(lambda r, a=on_or_after: r.get(key) is not None and r[key] >= a)
+        tests.append(lambda record: record.get(key) is not None and record[key] >= on_or_after)
     return tests
 
 

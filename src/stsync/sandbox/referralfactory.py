@@ -182,6 +182,9 @@ class ReferralFactory:
                 raise rf_error(406, "You requested a format that isn't in JSON format.")
             if decision.forbidden:
                 raise rf_error(403, ADMIN_ONLY_MESSAGE)
+            if decision.throttle:  # a burst: another app on the key spent the minute's budget
+                self.abuse.refused(request.client_ip)
+                raise rf_error(429, "Too Many Attempts.", headers={"Retry-After": str(decision.retry_after)})
             wait = self.rate.admit(key)
             if wait is not None:
                 self.abuse.refused(request.client_ip)
@@ -413,7 +416,8 @@ class ReferralFactory:
         if campaign_id in (None, ""):
             errors["campaign_id"] = "The campaign id field is required."
         else:
-            campaign = self.campaigns.get(_as_int(campaign_id))  # type: ignore[arg-type]
+            number = _as_int(campaign_id)
+            campaign = self.campaigns.get(number) if number is not None else None
             if campaign is None:
                 errors["campaign_id"] = "The selected campaign id is invalid."
             elif campaign["status"] != "launched":
@@ -452,11 +456,11 @@ class ReferralFactory:
                     errors["referrer"] = "The selected referrer is invalid."
         if errors:
             raise validation_error(errors)
-        assert campaign is not None
+        assert campaign is not None and isinstance(first_name, str) and isinstance(email, str)
         user = self.add_user_record(
             campaign_id=campaign["id"],
-            first_name=first_name.strip(),  # type: ignore[union-attr]
-            email=email.strip(),  # type: ignore[union-attr]
+            first_name=first_name.strip(),
+            email=email.strip(),
             type=PERSON_INVITED if referrer else PERSON_REFERRING,
             source="Api",
             referrer_id=referrer["id"] if referrer else None,
@@ -674,10 +678,10 @@ def _decode_cursor(text: str) -> tuple[int, bool] | None:
 
 
 def _positive_int(value: str | None, default: int) -> int | None:
-    if value in (None, ""):
+    if value is None or value == "":
         return default
     try:
-        number = int(value)  # type: ignore[arg-type]
+        number = int(value)
     except ValueError:
         return None
     return number if number >= 1 else None

@@ -48,7 +48,7 @@ _EMPTINESS_CHECKED_ELSEWHERE = frozenset({("Crm.V2.Customers.CustomFieldUpdateMo
 
 def parse_rfc3339(text: str) -> datetime | None:
     """An RFC 3339 date-time with an offset ("in UTC", the spec says), else None."""
-    if not isinstance(text, str) or not _RFC3339.match(text):
+    if not _RFC3339.match(text):
         return None
     try:
         return datetime.fromisoformat(text.replace("z", "Z").replace("t", "T").replace("Z", "+00:00"))
@@ -61,7 +61,7 @@ def parse_query_datetime(text: str) -> datetime | None:
     moment = parse_rfc3339(text)
     if moment is not None:
         return moment
-    if _DATE.match(text or ""):
+    if _DATE.match(text):
         try:
             return datetime.fromisoformat(text + "T00:00:00+00:00")
         except ValueError:

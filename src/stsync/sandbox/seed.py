@@ -29,6 +29,7 @@ import random
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from stsync.sandbox.clock import iso_ms, to_ms
 
@@ -123,7 +124,9 @@ CITIES = (
 )
 SERVICES = ("AC repair", "Furnace tune-up", "Water heater", "Duct cleaning", "Plumbing leak")
 
-CUSTOM_FIELD_TYPES = (
+# (id, name, data type, dropdown options)
+FieldType = tuple[int, str, str, list[str]]
+CUSTOM_FIELD_TYPES: tuple[FieldType, ...] = (
     (101, "Gate Code", "Text", []),
     (102, "Referral Link", "Text", []),
     (103, "Referral Code", "Text", []),
@@ -131,7 +134,7 @@ CUSTOM_FIELD_TYPES = (
     (105, "Square Footage", "Numeric", []),
 )
 # Retired by the tenant: no longer listed by GET /customers/custom-fields, yet customers keep values.
-RETIRED_FIELD_TYPES = ((106, "Alarm Code", "Text", []),)
+RETIRED_FIELD_TYPES: tuple[FieldType, ...] = ((106, "Alarm Code", "Text", []),)
 GATE_CODE_TYPE_ID = 101
 TECHNICIAN_TYPE_ID = 104
 SQUARE_FOOTAGE_TYPE_ID = 105
@@ -509,7 +512,7 @@ def seed_referral_factory(rf, rng: random.Random, ident: Identity, *, leads: int
 def mixed_meta(meta: list[dict], index: int) -> list[dict]:
     """The same form answers as a form with a multi-select and an address block gives them
     (``meta[].value`` is typed *mixed*): a list and an object among the text values."""
-    out = []
+    out: list[dict[str, Any]] = []
     for item in meta:
         if item["field"] == "Service Needed":
             out.append({"field": "Service Needed", "value": [item["value"], SERVICES[(index + 1) % len(SERVICES)]]})
@@ -604,8 +607,9 @@ def seed_bookings(st, rf, seed: int, count: int, *, campaign_id: int) -> None:
     for index in range(1, count):
         if index % 20 == 1:
             _tie(st.booking_index, made[index - 1][0], made[index][0])
-        if index % 20 == 5 and made[index - 1][1] is not None and made[index][1] is not None:
-            _tie(st.jpm.job_index, made[index - 1][1], made[index][1])
+        earlier_job, job = made[index - 1][1], made[index][1]
+        if index % 20 == 5 and earlier_job is not None and job is not None:
+            _tie(st.jpm.job_index, earlier_job, job)
 
 
 def _live(st, booking: dict, life: str, index: int, created: int, rng: random.Random) -> dict | None:

@@ -179,6 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "stsync-sandbox"
     sys_version = ""
+    server: _Server  # the server that made this handler, with its dispatch
 
     def setup(self) -> None:
         super().setup()
@@ -192,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | None:
         if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             total = 0
             while True:
                 size_line = self.rfile.readline(65537)
@@ -231,7 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             client_ip=self.client_address[0],
         )
-        response = self.server.dispatch(request)  # type: ignore[attr-defined]
+        response = self.server.dispatch(request)
         self._write(response, head=self.command == "HEAD")
 
     def _write(self, response: Response, *, head: bool) -> None:

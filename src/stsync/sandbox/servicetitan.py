@@ -818,8 +818,9 @@ class ServiceTitan:
     ) -> dict:
         stamp = ms if ms is not None else self.clock.tick()
         self.clock.observe(stamp)
+        contact_id = self.next_id("contact")
         contact = {
-            "id": self.next_id("contact"),
+            "id": contact_id,
             "customerId": customer_id,
             "type": type,
             "value": value,
@@ -831,9 +832,9 @@ class ServiceTitan:
             "_active": True,
             "_doNotText": False,
         }
-        self.contacts[contact["id"]] = contact
-        self.contacts_by_customer.setdefault(customer_id, []).append(contact["id"])
-        self.contact_index.put(contact["id"], stamp)
+        self.contacts[contact_id] = contact
+        self.contacts_by_customer.setdefault(customer_id, []).append(contact_id)
+        self.contact_index.put(contact_id, stamp)
         return contact
 
     def touch_contact(self, contact: dict) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 ST_429_STYLES = ("retry-after", "apim-body", "bare")
 EVERY = "every"
@@ -59,10 +60,10 @@ class Variants:
         return cls(**data)
 
     @classmethod
-    def every(cls, **overrides: object) -> Variants:
+    def every(cls, **overrides: Any) -> Variants:
         """Every variant switched on at once (each at its bare ``--variant NAME`` value)."""
-        every = cls(**{field: on_value for field, on_value, _ in NAMES.values()})  # type: ignore[arg-type]
-        return replace(every, **overrides)  # type: ignore[arg-type]
+        every = cls(**{field: on_value for field, on_value, _ in NAMES.values()})
+        return replace(every, **overrides)
 
     def names(self) -> list[str]:
         """This value as ``--variant`` arguments (the inverse of ``parse``)."""
@@ -82,7 +83,7 @@ class Variants:
         A bare name takes the value listed in ``NAMES``; ``NAME=VALUE`` sets another one;
         ``every`` switches every variant on (the other items then adjust it). Raises
         ``ValueError`` naming the offending item."""
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         if any(item.strip().lower() == EVERY for item in names):
             changes = cls.every().to_dict()
         for item in names:
@@ -111,13 +112,13 @@ class Variants:
             except ValueError:
                 raise ValueError(f"variant {name}: {text!r} is not a valid value") from None
         try:
-            return cls(**changes)  # type: ignore[arg-type]
+            return cls(**changes)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
 
 
 # --variant NAME → (Variants field, the value a bare NAME sets, what it plays). The closed set.
-NAMES: dict[str, tuple[str, object, str]] = {
+NAMES: dict[str, tuple[str, Any, str]] = {
     "rf-cursor-paging": (
         "rf_cursor_paging",
         True,

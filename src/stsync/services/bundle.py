@@ -28,12 +28,17 @@ import platform
 import re
 import sys
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import tomli_w
+
 from stsync import __version__
+from stsync.credentials import SECRET_NAMES
+from stsync.errors import UsageError
 from stsync.logs import get_logger, redact
+from stsync.storage.secrets import SecretStore
 
 if TYPE_CHECKING:
     from stsync.services.diagnose import DiagnoseReport
@@ -57,7 +62,7 @@ def bundle_paths(path: str | os.PathLike[str], *, connection: str, generated_at:
     text = os.fspath(path)
     path = Path(path).expanduser()
     if path.is_dir() or text.endswith(("/", os.sep)):
-        moment = re.sub(r"[^0-9TZ]", "", generated_at or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+        moment = re.sub(r"[^0-9TZ]", "", generated_at or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
         base = path / f"stsync-diagnose-{connection}-{moment}"
     elif path.suffix.lower() in (".md", ".json"):
         base = path.with_suffix("")
@@ -66,10 +71,8 @@ def bundle_paths(path: str | os.PathLike[str], *, connection: str, generated_at:
     return base.with_name(base.name + ".md"), base.with_name(base.name + ".json")
 
 
-def write_bundle(report: "DiagnoseReport", paths: "ConnectionPaths", path: str | os.PathLike[str]) -> list[Path]:
+def write_bundle(report: DiagnoseReport, paths: ConnectionPaths, path: str | os.PathLike[str]) -> list[Path]:
     """Write the redacted bundle; → the files written (markdown first)."""
-    from stsync.errors import UsageError
-
     _register_connection_secrets(paths)
     content = bundle_content(report, paths)
     markdown_path, json_path = bundle_paths(path, connection=paths.name, generated_at=report.generated_at)
@@ -88,7 +91,7 @@ def write_bundle(report: "DiagnoseReport", paths: "ConnectionPaths", path: str |
     return [markdown_path, json_path]
 
 
-def bundle_content(report: "DiagnoseReport", paths: "ConnectionPaths") -> dict[str, Any]:
+def bundle_content(report: DiagnoseReport, paths: ConnectionPaths) -> dict[str, Any]:
     """Everything the bundle holds, as one JSON-able object (not yet redacted)."""
     return {
         "bundle": "stsync diagnose",
@@ -118,7 +121,7 @@ def bundle_content(report: "DiagnoseReport", paths: "ConnectionPaths") -> dict[s
     }
 
 
-def scrubbed_config(config: "Config | None") -> dict[str, Any] | None:
+def scrubbed_config(config: Config | None) -> dict[str, Any] | None:
     """The config as TOML keys (identity kept: support needs the tenant, provider and campaign),
     without any key that looks like a secret."""
     if config is None:
@@ -149,7 +152,7 @@ def secret_sources(described: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def log_tail(paths: "ConnectionPaths", lines: int) -> list[str]:
+def log_tail(paths: ConnectionPaths, lines: int) -> list[str]:
     """The last ``lines`` lines of the connection's log (rotated file first), redacted."""
     tail: deque[str] = deque(maxlen=lines)
     for candidate in (paths.log_file.with_name(paths.log_file.name + ".1"), paths.log_file):
@@ -162,12 +165,9 @@ def log_tail(paths: "ConnectionPaths", lines: int) -> list[str]:
     return [redact(line) for line in tail]
 
 
-def _register_connection_secrets(paths: "ConnectionPaths") -> None:
+def _register_connection_secrets(paths: ConnectionPaths) -> None:
     """Load the connection's secrets (which registers them for ``redact``), ignoring failures:
     a store that cannot be read cannot leak either."""
-    from stsync.credentials import SECRET_NAMES
-    from stsync.storage.secrets import SecretStore
-
     store = SecretStore(paths)
     for name in SECRET_NAMES:
         try:
@@ -227,7 +227,10 @@ def render_markdown(content: dict[str, Any]) -> str:
 
     out += ["", "## Push failures not booked since", ""]
     if content["recent_failures"]:
-        out += ["| E-mail | externalId | When | Error (as recorded: ServiceTitan's words when it answered) |", "|---|---|---|---|"]
+        out += [
+            "| E-mail | externalId | When | Error (as recorded: ServiceTitan's words when it answered) |",
+            "|---|---|---|---|",
+        ]
         for failure in content["recent_failures"]:
             out.append(
                 f"| {_cell(failure['email'])} | {_cell(failure['external_id'])} | {_cell(failure['at'])} | "
@@ -265,12 +268,7 @@ def render_markdown(content: dict[str, Any]) -> str:
 
 
 def _toml(data: dict[str, Any]) -> str:
-    import tomli_w
-
     try:
         return tomli_w.dumps(data)
     except (TypeError, ValueError):
         return json.dumps(data, indent=2, default=str)
-
-
-__all__ = ["bundle_content", "bundle_paths", "log_tail", "render_markdown", "scrubbed_config", "write_bundle"]

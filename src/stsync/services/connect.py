@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from stsync.checks import table
 from stsync.checks.context import CheckContext, LiveAccess
 from stsync.checks.runner import CheckRun
 from stsync.connection import build_referral_factory_client, build_servicetitan_client
 from stsync.credentials import SECRET_NAMES, SECRETS
+from stsync.credentials import clean as clean_secret
 from stsync.credentials import secret as secret_named
 from stsync.errors import ConfigError, UsageError
 from stsync.logs import get_logger, register_secret
@@ -31,6 +32,8 @@ from stsync.storage.secrets import SecretStore
 from stsync.vocabulary import Environment
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 SecretsStoreKind = Literal["keyring", "file"]
 
@@ -71,6 +74,56 @@ class ConnectValues:
     def __repr__(self) -> str:  # never show secrets, even in a debugger or a trace
         shown = {k: v for k, v in asdict(self).items() if k not in SECRET_NAMES}
         return f"ConnectValues({shown}, secrets=<hidden>)"
+
+    def trim_secrets(self) -> None:
+        """A flag or a paste with a trailing newline: each secret without it."""
+        for name in SECRET_NAMES:
+            setattr(self, name, clean_secret(getattr(self, name)))
+
+    def missing(self) -> list[str]:
+        """The values not given yet, in the order they are asked for."""
+        return [name for name in [*IDENTITY_FIELDS, *SECRET_NAMES] if getattr(self, name) in (None, "")]
+
+    def complete(self) -> CompleteValues:
+        """Every value, or ``UsageError`` naming the flags of those missing (or a bad environment)."""
+        missing = self.missing()
+        if missing:
+            raise UsageError(
+                "missing: " + ", ".join(f"{label_for(m)} ({FLAG_FOR[m]})" for m in missing),
+                hint="pass them as options, or run `stsync connect` in a terminal to be asked",
+            )
+        if self.environment not in tuple(Environment):
+            raise UsageError(f"--environment must be {' or '.join(Environment)}, not {self.environment!r}")
+        return CompleteValues(
+            environment=Environment(self.environment),
+            tenant_id=_given(self.tenant_id),
+            client_id=_given(self.client_id),
+            booking_provider=_given(self.booking_provider),
+            campaign_id=_given(self.campaign_id),
+            st_client_secret=_given(self.st_client_secret),
+            st_app_key=_given(self.st_app_key),
+            rf_api_key=_given(self.rf_api_key),
+        )
+
+
+@dataclass(frozen=True)
+class CompleteValues:
+    """Every value ``connect`` verifies and stores; the secrets are never shown."""
+
+    environment: Environment
+    tenant_id: int
+    client_id: str
+    booking_provider: int
+    campaign_id: int
+    st_client_secret: str = field(repr=False)
+    st_app_key: str = field(repr=False)
+    rf_api_key: str = field(repr=False)
+
+
+def _given(value: T | None) -> T:
+    if value is None:
+        raise AssertionError("ConnectValues.complete() checks missing() first")
+    return value
 
 
 @dataclass
@@ -116,6 +169,7 @@ def plan_connect(paths: ConnectionPaths, given: ConnectValues) -> ConnectPlan:
     if paths.config.exists():
         existing = load_config(paths.config)
     values = ConnectValues(**asdict(given))
+    values.trim_secrets()
     if existing is not None:
         st, rf = existing.servicetitan, existing.referral_factory
         values.environment = values.environment or st.environment
@@ -131,8 +185,7 @@ def plan_connect(paths: ConnectionPaths, given: ConnectValues) -> ConnectPlan:
                 setattr(values, name, store.get(name))
             except ConfigError:
                 pass  # an unusable keyring only matters if the value is still missing
-    missing = [name for name in [*IDENTITY_FIELDS, *SECRET_NAMES] if getattr(values, name) in (None, "")]
-    return ConnectPlan(values=values, missing=missing, existing_config=existing is not None)
+    return ConnectPlan(values=values, missing=values.missing(), existing_config=existing is not None)
 
 
 def connect(
@@ -144,16 +197,10 @@ def connect(
     transport=None,
 ) -> ConnectResult:
     """Verify (unless told not to), store the secrets, write the config."""
-    missing = [name for name in [*IDENTITY_FIELDS, *SECRET_NAMES] if getattr(values, name) in (None, "")]
-    if missing:
-        raise UsageError(
-            "missing: " + ", ".join(f"{label_for(m)} ({FLAG_FOR[m]})" for m in missing),
-            hint="pass them as options, or run `stsync connect` in a terminal to be asked",
-        )
-    if values.environment not in tuple(Environment):
-        raise UsageError(f"--environment must be {' or '.join(Environment)}, not {values.environment!r}")
+    values.trim_secrets()  # prompts set them after plan_connect: trimmed here too
+    given = values.complete()
     for name in SECRET_NAMES:
-        register_secret(getattr(values, name))
+        register_secret(getattr(given, name))
 
     created = not paths.config.exists()
     config: Config = load_config(paths.config) if not created else default_config()
@@ -161,13 +208,13 @@ def connect(
         update={
             "servicetitan": config.servicetitan.model_copy(
                 update={
-                    "environment": values.environment,
-                    "tenant_id": int(values.tenant_id),  # type: ignore[arg-type]
-                    "client_id": values.client_id,
-                    "booking_provider": int(values.booking_provider),  # type: ignore[arg-type]
+                    "environment": given.environment,
+                    "tenant_id": given.tenant_id,
+                    "client_id": given.client_id,
+                    "booking_provider": given.booking_provider,
                 }
             ),
-            "referral_factory": config.referral_factory.model_copy(update={"campaign_id": int(values.campaign_id)}),  # type: ignore[arg-type]
+            "referral_factory": config.referral_factory.model_copy(update={"campaign_id": given.campaign_id}),
         }
     )
 
@@ -177,28 +224,28 @@ def connect(
 
     verification = Verification()
     if verify:
-        verification = verify_connection(paths, config, values, transport=transport)
+        verification = verify_connection(paths, config, given, transport=transport)
 
     store = SecretStore(paths)
     stored: list[str] = []
     for name in SECRET_NAMES:
-        value = getattr(values, name)
-        if value and store.source(name) != "env":
+        value = getattr(given, name)
+        if store.source(name) != "env":
             store.set(name, value, store=secrets_store)
             stored.append(name)
     save_config(config, paths.config)
     log.info(
         "connected %s: tenant %s, booking provider %s, campaign %s (verified=%s, store=%s)",
-        paths.name, values.tenant_id, values.booking_provider, values.campaign_id, verify, secrets_store,
+        paths.name, given.tenant_id, given.booking_provider, given.campaign_id, verify, secrets_store,
     )
     return ConnectResult(
         connection=paths.name,
         config_path=str(paths.config),
         state_dir=str(paths.state),
-        environment=str(values.environment),
-        tenant_id=int(values.tenant_id),  # type: ignore[arg-type]
-        booking_provider=int(values.booking_provider),  # type: ignore[arg-type]
-        campaign_id=int(values.campaign_id),  # type: ignore[arg-type]
+        environment=str(given.environment),
+        tenant_id=given.tenant_id,
+        booking_provider=given.booking_provider,
+        campaign_id=given.campaign_id,
         created_config=created,
         verified=verify,
         verification=verification,
@@ -207,7 +254,7 @@ def connect(
     )
 
 
-def verify_connection(paths: ConnectionPaths, config: Config, values: ConnectValues, *, transport=None) -> Verification:
+def verify_connection(paths: ConnectionPaths, config: Config, values: CompleteValues, *, transport=None) -> Verification:
     """The check engine's connect plan (token → booking provider; campaign) with the values
     given, before anything is stored. Raises the first failure, in the check's own words."""
     endpoints = resolve_endpoints(config)
@@ -215,13 +262,13 @@ def verify_connection(paths: ConnectionPaths, config: Config, values: ConnectVal
 
     def servicetitan() -> ServiceTitanClient:
         client = build_servicetitan_client(
-            paths, config, endpoints, client_secret=values.st_client_secret, app_key=values.st_app_key, transport=transport  # type: ignore[arg-type]
+            paths, config, endpoints, client_secret=values.st_client_secret, app_key=values.st_app_key, transport=transport
         )
         opened.append(client)
         return client
 
     def referral_factory() -> ReferralFactoryClient:
-        client = build_referral_factory_client(paths, config, endpoints, api_key=values.rf_api_key, transport=transport)  # type: ignore[arg-type]
+        client = build_referral_factory_client(paths, config, endpoints, api_key=values.rf_api_key, transport=transport)
         opened.append(client)
         return client
 
@@ -267,15 +314,3 @@ def disconnect(paths: ConnectionPaths) -> DisconnectResult:
     kept = [str(p) for p in (paths.config, paths.ledger) if Path(p).exists()]
     log.info("disconnected %s (secrets removed: %s)", paths.name, ", ".join(removed) or "none")
     return DisconnectResult(connection=paths.name, removed_secrets=removed, removed_token=had_token, kept=kept)
-
-
-__all__ = [
-    "ConnectPlan",
-    "ConnectResult",
-    "ConnectValues",
-    "DisconnectResult",
-    "connect",
-    "disconnect",
-    "plan_connect",
-    "verify_connection",
-]

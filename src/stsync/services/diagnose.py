@@ -33,7 +33,7 @@ report (only where each secret comes from).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from stsync import connection
 from stsync.checks import table
 from stsync.checks.activity import PushFailure
 from stsync.checks.context import CheckContext, LiveAccess
-from stsync.checks.result import FAIL, PASS, WARN, Check, NotRun
+from stsync.checks.result import FAIL, WARN, Check, NotRun, count_statuses
 from stsync.checks.runner import CheckRun, exit_code_for
 from stsync.logs import get_logger
 from stsync.services.referral_story import ReferralStory, referral_story
@@ -78,13 +78,10 @@ class DiagnoseReport:
     secret_sources: dict[str, Any] | None = None  # SecretStore.describe(): sources, never values
     recent_failures: list[PushFailure] = field(default_factory=list)
     # The loaded config, for the support bundle (it holds no secret). Not part of to_dict().
-    config: "Config | None" = None
+    config: Config | None = None
 
     def counts(self) -> dict[str, int]:
-        counts = {PASS: 0, WARN: 0, FAIL: 0}
-        for check in self.checks:
-            counts[check.status] += 1
-        return counts
+        return count_statuses(self.checks)
 
     @property
     def ok(self) -> bool:
@@ -110,7 +107,7 @@ class DiagnoseReport:
 
 
 def diagnose(
-    paths: "ConnectionPaths",
+    paths: ConnectionPaths,
     config_path: Path | None = None,
     *,
     offline: bool,
@@ -134,7 +131,9 @@ def diagnose(
             run.skip(table.LIVE, "--offline")
         else:
             if context.config is not None:
-                conn = connection.Connection.open(paths, context.config, retry_budget_seconds=connection.CHECK_RETRY_BUDGET_SECONDS)
+                conn = connection.Connection.open(
+                    paths, context.config, retry_budget_seconds=connection.CHECK_RETRY_BUDGET_SECONDS
+                )
                 context.live = LiveAccess.of(conn)
             run.run(table.LIVE)
         if email is not None:
@@ -188,4 +187,4 @@ def closing_hint(report: DiagnoseReport, *, bundle: Path | None = None) -> str:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import UsageError, error_summary
+from stsync.errors import UsageError
+from stsync.storage.ledger import AttemptRecord
 from stsync.storage.states import RunJob
 
 if TYPE_CHECKING:
@@ -20,39 +21,9 @@ if TYPE_CHECKING:
 MAX_LIMIT = 10_000
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
-    attempt_id: int
-    started_at: str | None
-    finished_at: str | None
-    email: str | None
-    external_id: str | None
-    outcome: str
-    booking_id: int | None
-    error: dict[str, Any] | None
-    run_id: int | None
-
-    @property
-    def error_text(self) -> str:
-        return error_summary(self.error)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.attempt_id,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "email": self.email,
-            "external_id": self.external_id,
-            "outcome": self.outcome,
-            "booking_id": self.booking_id,
-            "error": self.error,
-            "run_id": self.run_id,
-        }
-
-
 @dataclass
 class HistoryReport:
-    entries: list[HistoryEntry] = field(default_factory=list)
+    entries: list[AttemptRecord] = field(default_factory=list)  # newest first
     email: str | None = None
     failed_only: bool = False
     limit: int = 50
@@ -62,13 +33,28 @@ class HistoryReport:
         return {
             "filters": {"email": self.email, "failed": self.failed_only, "limit": self.limit},
             "count": len(self.entries),
-            "attempts": [entry.to_dict() for entry in self.entries],
+            "attempts": [_attempt_dict(entry) for entry in self.entries],
             "last_push_run": self.last_run,
         }
 
 
+def _attempt_dict(attempt: AttemptRecord) -> dict[str, Any]:
+    """One attempt as ``history --json`` prints it."""
+    return {
+        "id": attempt.id,
+        "started_at": attempt.started_at,
+        "finished_at": attempt.finished_at,
+        "email": attempt.email,
+        "external_id": attempt.external_id,
+        "outcome": attempt.outcome,
+        "booking_id": attempt.booking_id,
+        "error": attempt.error,
+        "run_id": attempt.run_id,
+    }
+
+
 def push_history(
-    conn: "Connection", *, email: str | None = None, failed_only: bool = False, limit: int = 50
+    conn: Connection, *, email: str | None = None, failed_only: bool = False, limit: int = 50
 ) -> HistoryReport:
     """The push attempts recorded for this connection, newest first, optionally filtered."""
     if limit < 1 or limit > MAX_LIMIT:
@@ -77,21 +63,7 @@ def push_history(
     if email is not None and not email:
         email = None
     ledger = conn.ledger
-    attempts = ledger.push_attempts(email=email, failed_only=failed_only, limit=limit)
-    entries = [
-        HistoryEntry(
-            attempt_id=a.id,
-            started_at=a.started_at,
-            finished_at=a.finished_at,
-            email=a.email,
-            external_id=a.external_id,
-            outcome=a.outcome,
-            booking_id=a.booking_id,
-            error=a.error,
-            run_id=a.run_id,
-        )
-        for a in attempts
-    ]
+    entries = ledger.push_attempts(email=email, failed_only=failed_only, limit=limit)
     run = ledger.last_run(RunJob.PUSH)
     last_run = None
     if run is not None:

@@ -23,20 +23,21 @@ from stsync.storage.states import PushState
 from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
-    from stsync.services.push import PushTarget
     from stsync.connection import Connection
+    from stsync.services.push import PushTarget
 
 # The Referral Factory user type `push-lead --new` searches for each kind.
 USER_TYPE_FOR_KIND = {Kind.LEAD: PERSON_INVITED, Kind.REFERRER: PERSON_REFERRING}
 
 
-def fetch_lead(conn: "Connection", *, code: str | None = None, rf_user_id: int | None = None) -> Lead:
+def fetch_lead(conn: Connection, *, code: str | None = None, rf_user_id: int | None = None) -> Lead:
     """A lead read from Referral Factory by code or user id, with its campaign and referrer."""
     if (code is None) == (rf_user_id is None):
         raise UsageError("give exactly one of --code or --rf-user-id")
     rf = conn.referral_factory
     campaign_id = conn.campaign_id
-    if code is not None:
+    if rf_user_id is None:
+        assert code is not None  # exactly one of them, checked above
         user = rf.find_user_by_code(campaign_id, code)
         if user is None:
             raise UsageError(
@@ -45,7 +46,7 @@ def fetch_lead(conn: "Connection", *, code: str | None = None, rf_user_id: int |
             )
     else:
         try:
-            user = rf.get_user(int(rf_user_id))  # type: ignore[arg-type]
+            user = rf.get_user(rf_user_id)
         except ReferralFactoryApiError as exc:
             if exc.status == 404:
                 raise UsageError(
@@ -62,7 +63,7 @@ def fetch_lead(conn: "Connection", *, code: str | None = None, rf_user_id: int |
     return LeadReader(conn.referral_factory, conn.campaign_id).lead(user)
 
 
-def new_leads(conn: "Connection", target: "PushTarget") -> list[Lead]:
+def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
     """The campaign's users of the target's kind (``POST /users/search``, paged) with no
     booking in the ledger. A user the mapping cannot give an externalId is kept:
     ``push_lead`` reports what is missing."""
@@ -94,7 +95,7 @@ def new_leads(conn: "Connection", target: "PushTarget") -> list[Lead]:
     return leads
 
 
-def complete_leads(conn: "Connection", leads: Sequence[Lead], target: "PushTarget") -> list[Lead]:
+def complete_leads(conn: Connection, leads: Sequence[Lead], target: PushTarget) -> list[Lead]:
     """Fill the campaign name of leads read from a file when the target's mapping needs it
     (each campaign read once)."""
     if "campaign_name" not in lead_fields_read(target.section):

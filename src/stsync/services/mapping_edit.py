@@ -31,7 +31,7 @@ from stsync.mapping.validation import (
     missing_required,
 )
 from stsync.mapping.vocabulary import REQUIRED_REFERRER_TARGETS, select_options, target_kind
-from stsync.servicetitan.vocabulary import JOB_STATUSES, REQUIRED_BOOKING_TARGETS
+from stsync.servicetitan.vocabulary import JOB_STATUSES, REQUIRED_BOOKING_TARGETS, JobStatus
 from stsync.storage.config import (
     VALUE_KINDS,
     BookingSettings,
@@ -173,7 +173,7 @@ def set_qualification(
             f"unknown qualification rule {rule!r}{did_you_mean(rule, [_dashed(word) for word in QualificationRule])}",
             hint="use none, job-created or job-status --status <status>",
         )
-    job_status: str | None = None
+    job_status: JobStatus | None = None
     if status is not None:
         if chosen != QualificationRule.JOB_STATUS:
             raise UsageError("--status only goes with job-status", hint="stsync map qualify job-status --status Completed")

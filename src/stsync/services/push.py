@@ -47,12 +47,12 @@ from stsync.errors import (
     error_summary,
     stops_run,
 )
+from stsync.leads import Lead
 from stsync.logs import get_logger
-from stsync.progress import NO_PROGRESS, Progress
 from stsync.mapping.booking import booking_request_for, external_id_for
 from stsync.mapping.validation import missing_required
+from stsync.progress import NO_PROGRESS, Progress
 from stsync.services.lead_sources import new_leads
-from stsync.leads import Lead
 from stsync.storage.locks import KeyLock
 from stsync.storage.states import AttemptOutcome, PushState, RunJob
 from stsync.vocabulary import Action, Kind
@@ -137,7 +137,7 @@ class PushReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        counts = {outcome: 0 for outcome in OUTCOMES}
+        counts: dict[str, int] = {outcome: 0 for outcome in OUTCOMES}
         for result in self.results:
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
         counts["total"] = len(self.results)
@@ -174,7 +174,7 @@ class PushTarget:
     notice_hint: str | None = None
 
 
-def push_target(conn: "Connection", kind: Kind) -> PushTarget:
+def push_target(conn: Connection, kind: Kind) -> PushTarget:
     """The kind's section, checked: with the action "nothing", a target carrying the notice
     (message, hint) and nothing else checked — a section that sends nothing need not be
     complete; otherwise every required target must be mapped (the seed's "Setup Required":
@@ -202,7 +202,7 @@ def push_target(conn: "Connection", kind: Kind) -> PushTarget:
 
 
 def push_lead(
-    conn: "Connection",
+    conn: Connection,
     lead: Lead,
     target: PushTarget,
     *,
@@ -243,17 +243,16 @@ def push_lead(
 
 
 def _push_locked(
-    conn: "Connection", lead: Lead, kind: str, external_id: str, body: dict, run_id: int | None
+    conn: Connection, lead: Lead, kind: str, external_id: str, body: dict, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
-    identity = dict(
-        kind=kind,
-        email=lead.email,
-        name=body.get("name") if isinstance(body.get("name"), str) else lead.first_name,
-        rf_user_id=lead.rf_user_id,
-        referral_code=lead.referral_code,
-        run_id=run_id,
-    )
+    name = body.get("name") if isinstance(body.get("name"), str) else lead.first_name
+
+    def record_intent() -> int:
+        return ledger.record_push_intent(
+            external_id, kind=kind, email=lead.email, name=name, rf_user_id=lead.rf_user_id,
+            referral_code=lead.referral_code, run_id=run_id,
+        )
     # Intents left open by a crash between POST and record. We hold the key lock, so no live
     # run is in the middle of this externalId: each of them is settled by the lookup below.
     stale_intents = ledger.unfinished_intents(external_id=external_id)
@@ -266,7 +265,7 @@ def _push_locked(
     try:
         existing = find_booking(conn, external_id)
     except StsyncError as exc:
-        attempt = ledger.record_push_intent(external_id, **identity)
+        attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
         if stops_run(exc):
             raise
@@ -283,7 +282,7 @@ def _push_locked(
             )
 
     if existing is not None:
-        attempt = ledger.record_push_intent(external_id, **identity)
+        attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.id)
         _note_status(conn, external_id, existing)
         return PushResult(
@@ -292,7 +291,7 @@ def _push_locked(
             message="already booked in ServiceTitan (found by externalId)",
         )
 
-    attempt = ledger.record_push_intent(external_id, **identity)
+    attempt = record_intent()
     try:
         booking = _create_once(conn, bp, external_id, body)
     except AnswerLost as exc:
@@ -325,7 +324,7 @@ def _push_locked(
 
 
 def _already_booked_in_ledger(
-    conn: "Connection", lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
+    conn: Connection, lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
     attempt = ledger.record_push_intent(
@@ -340,7 +339,7 @@ def _already_booked_in_ledger(
     )
 
 
-def _create_once(conn: "Connection", bp: int, external_id: str, body: dict) -> "Booking":
+def _create_once(conn: Connection, bp: int, external_id: str, body: dict) -> Booking:
     """POST the booking; after a lost answer, look it up before any new POST."""
     lost: AnswerLost | None = None
     for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
@@ -364,7 +363,7 @@ def _pause_before_retry(attempt: int) -> None:
     time.sleep(min(5.0, 0.2 * 2 ** (attempt - 1)) * random.random())
 
 
-def find_booking(conn: "Connection", external_id: str) -> "Booking | None":
+def find_booking(conn: Connection, external_id: str) -> Booking | None:
     """The provider's booking with this externalId (the oldest, should there be several)."""
     bp = conn.booking_provider
     found = _with_booking_provider_check(conn, lambda: conn.servicetitan.find_bookings_by_external_id(bp, external_id))
@@ -379,7 +378,7 @@ def find_booking(conn: "Connection", external_id: str) -> "Booking | None":
     return min(found, key=lambda b: b.id)
 
 
-def _with_booking_provider_check(conn: "Connection", call):
+def _with_booking_provider_check(conn: Connection, call):
     """Run a call on the provider's bookings; a 404/403 there is reported as the guide's
     "Booking Provider Value is incorrect" when the provider check confirms it."""
     try:
@@ -393,12 +392,12 @@ def _with_booking_provider_check(conn: "Connection", call):
         raise
 
 
-def _note_status(conn: "Connection", external_id: str, booking: "Booking") -> None:
+def _note_status(conn: Connection, external_id: str, booking: Booking) -> None:
     if booking.status:
         conn.ledger.update_tracking(external_id, booking_status=booking.status)
 
 
-def _record_invalid(conn: "Connection", lead: Lead, kind: str, external_id: str, exc: InvalidRecord, run_id: int | None) -> None:
+def _record_invalid(conn: Connection, lead: Lead, kind: str, external_id: str, exc: InvalidRecord, run_id: int | None) -> None:
     """A lead that cannot be sent is still an attempt: ``diagnose --email`` shows why."""
     ledger = conn.ledger
     attempt = ledger.record_push_intent(
@@ -423,7 +422,7 @@ def _failed(lead: Lead, kind: str, external_id: str | None, exc: StsyncError, er
 
 
 def push_leads(
-    conn: "Connection",
+    conn: Connection,
     leads: Sequence[Lead],
     target: PushTarget,
     *,
@@ -472,7 +471,7 @@ def _rejected_result(exc: InvalidRecord, kind: str) -> PushResult:
 
 
 def push_new(
-    conn: "Connection",
+    conn: Connection,
     target: PushTarget,
     *,
     progress: Progress = NO_PROGRESS,

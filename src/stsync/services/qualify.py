@@ -25,9 +25,12 @@ intent recorded as done if its write landed, failed if not. Before every write t
 is read back too: one already in the wanted state (qualified by hand, or by Referral
 Factory itself) is recorded as done without a write. A referral that no longer exists
 (deleted), or that is not a referred lead, is recorded as failed and final: it is never
-retried. Any other refusal is recorded as failed and retried by the next run. A run-level
-failure (``errors.stops_run``: credentials, a remote down past the retry budget) stops the
-run and is raised; an intent it interrupts stays open, settled by the next run.
+retried. A 404 proves a deletion only by the Referral Factory client's one rule
+(``confirm_deleted``: the API's own JSON not-found while the campaign reads fine); any other
+404 stops the run (exit 3 for a wrong ``api_url``, else 6) and nothing becomes final. Any
+other refusal is recorded as failed and retried by the next run. A run-level failure
+(``errors.stops_run``: credentials, a remote down past the retry budget) stops the run and
+is raised; an intent it interrupts stays open, settled by the next run.
 
 **What is final** (never read again — the cost of a run grows with the bookings still open,
 not with history):
@@ -58,7 +61,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import ApiError, ServiceTitanApiError, StsyncError, stops_run
+from stsync.errors import NotFound, ServiceTitanApiError, StsyncError, stops_run
 from stsync.logs import get_logger
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.referralfactory.models import PERSON_INVITED
@@ -66,8 +69,8 @@ from stsync.storage.states import QualificationAction, QualificationState, Quali
 from stsync.vocabulary import DEFAULT_JOB_STATUS, Kind, QualificationRule, UnqualifyEvent
 
 if TYPE_CHECKING:
-    from stsync.referralfactory.models import User
     from stsync.connection import Connection
+    from stsync.referralfactory.models import User
     from stsync.servicetitan.models import Booking, Job
     from stsync.storage.ledger import Ledger, PushRecord
 
@@ -96,8 +99,8 @@ WOULD_CLOSE = "would_close"  # dry run
 
 
 @dataclass(frozen=True)
-class QualifyDecision:
-    """One open booking: what ServiceTitan says now and what this run did about it."""
+class BookingSeen:
+    """What ServiceTitan says now about one open booking: every decision about it starts here."""
 
     external_id: str
     email: str | None
@@ -105,6 +108,15 @@ class QualifyDecision:
     booking_status: str | None
     job_id: int | None
     job_status: str | None
+
+    def decision(self, outcome: str, reason: str, *, final: bool, error: dict | None = None) -> QualifyDecision:
+        return QualifyDecision(**asdict(self), outcome=outcome, reason=reason, final=final, error=error)
+
+
+@dataclass(frozen=True)
+class QualifyDecision(BookingSeen):
+    """One open booking: what ServiceTitan says now and what this run did about it."""
+
     outcome: str
     reason: str
     final: bool
@@ -169,7 +181,7 @@ class QualificationSettings:
     unqualify_on: frozenset[UnqualifyEvent]
 
     @classmethod
-    def from_config(cls, config: Any) -> "QualificationSettings":
+    def from_config(cls, config: Any) -> QualificationSettings:
         # storage.config has validated the values (rule, job status, events) already.
         section = config.leads.qualification
         rule = QualificationRule(section.rule)
@@ -178,7 +190,7 @@ class QualificationSettings:
         return cls(rule=rule, job_status=job_status, unqualify_on=events)
 
 
-def status_reached(job: "Job", target: str) -> bool:
+def status_reached(job: Job, target: str) -> bool:
     """Has ``job`` reached ``target``, as far as one look at its current state can tell?"""
     status = job.job_status
     if status == target:
@@ -190,7 +202,7 @@ def status_reached(job: "Job", target: str) -> bool:
     return False
 
 
-def qualify(conn: "Connection", *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> QualifyReport:
+def qualify(conn: Connection, *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> QualifyReport:
     """Apply the qualification rule to every open booking (see the module docstring)."""
     settings = QualificationSettings.from_config(conn.config)
     report = QualifyReport(
@@ -209,7 +221,7 @@ def qualify(conn: "Connection", *, dry_run: bool = False, progress: Progress = N
 class _QualifyRun:
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         settings: QualificationSettings,
         report: QualifyReport,
         *,
@@ -241,11 +253,11 @@ class _QualifyRun:
             self._qualify_all(open_pushes)
 
     # -- reading ServiceTitan --------------------------------------------------------------
-    def _qualify_all(self, pushes: list["PushRecord"]) -> None:
+    def _qualify_all(self, pushes: list[PushRecord]) -> None:
         st = self.conn.servicetitan
         bp = self.conn.booking_provider
         # A booking with a job never changes its jobId: only bookings without one are re-read.
-        to_read = [push.booking_id for push in pushes if push.job_id is None]
+        to_read = [push.booking_id for push in pushes if push.job_id is None and push.booking_id is not None]
         bookings: dict[int, Booking] = {}
         for batch in _batches(to_read):
             try:
@@ -256,24 +268,25 @@ class _QualifyRun:
                     # Value is incorrect" (AuthError, with where to find it) if that is why.
                     st.check_booking_provider(bp)
                 raise
-            for booking in found:
-                bookings[booking.id] = booking
+            bookings.update((booking.id, booking) for booking in found)
         self.report.bookings_read = len(bookings)
+
+        def booking_of(push: PushRecord) -> Booking | None:
+            return bookings.get(push.booking_id) if push.booking_id is not None else None
 
         job_ids: dict[str, int] = {}
         for push in pushes:
-            booking = bookings.get(push.booking_id)
+            booking = booking_of(push)
             job_id = booking.job_id if booking is not None and booking.job_id is not None else push.job_id
             if job_id is not None:
                 job_ids[push.external_id] = job_id
         jobs: dict[int, Job] = {}
         for batch in _batches(job_ids.values()):
-            for job in st.get_jobs(batch):
-                jobs[job.id] = job
+            jobs.update((job.id, job) for job in st.get_jobs(batch))
         self.report.jobs_read = len(jobs)
 
         for push in pushes:
-            booking = bookings.get(push.booking_id)
+            booking = booking_of(push)
             job_id = job_ids.get(push.external_id)
             job = jobs.get(job_id) if job_id is not None else None
             decision = self._decide_and_apply(push, booking, job_id, job)
@@ -291,11 +304,11 @@ class _QualifyRun:
 
     # -- deciding --------------------------------------------------------------------------
     def _decide_and_apply(
-        self, push: "PushRecord", booking: "Booking | None", job_id: int | None, job: "Job | None"
+        self, push: PushRecord, booking: Booking | None, job_id: int | None, job: Job | None
     ) -> QualifyDecision:
         booking_status = booking.status if booking is not None else push.booking_status
         job_status = job.job_status if job is not None else None
-        base = dict(
+        seen = BookingSeen(
             external_id=push.external_id,
             email=push.email,
             booking_id=push.booking_id,
@@ -304,7 +317,7 @@ class _QualifyRun:
             job_status=job_status,
         )
         if push.job_id is None and booking is None:
-            return QualifyDecision(**base, outcome=MISSING, reason="ServiceTitan did not return the booking", final=False)
+            return seen.decision(outcome=MISSING, reason="ServiceTitan did not return the booking", final=False)
         if not self.dry_run:
             try:
                 push = self._settle_unfinished(push)
@@ -312,13 +325,13 @@ class _QualifyRun:
                 if stops_run(exc):
                     raise
                 # Not read back: the intents stay open for the next run to settle.
-                return QualifyDecision(
-                    **base, outcome=FAILED, reason="an interrupted run's write could not be checked",
+                return seen.decision(
+                    outcome=FAILED, reason="an interrupted run's write could not be checked",
                     final=False, error=exc.to_dict(),
                 )
         if job_id is not None and job is None:
             self._track(push, booking_status=booking_status, job_id=job_id)
-            return QualifyDecision(**base, outcome=MISSING, reason=f"ServiceTitan did not return job {job_id}", final=False)
+            return seen.decision(outcome=MISSING, reason=f"ServiceTitan did not return job {job_id}", final=False)
 
         dismissed = job_id is None and booking_status == DISMISSED
         canceled = job_status == CANCELED
@@ -337,7 +350,7 @@ class _QualifyRun:
         if not qualified:
             met, reason = self._rule_met(job_id, job)
             if met:
-                return self._write(push, base, QualificationAction.QUALIFY, reason, final_after=final_once_qualified)
+                return self._write(push, seen, QualificationAction.QUALIFY, reason, final_after=final_once_qualified)
             if dismissed or terminal_job:
                 why = (
                     "booking dismissed"
@@ -345,7 +358,7 @@ class _QualifyRun:
                     else f"job {job_id} {job_status.lower() if job_status else ''} before the rule was met"
                 )
                 if self.dry_run:
-                    return QualifyDecision(**base, outcome=WOULD_CLOSE, reason=why, final=True)
+                    return seen.decision(outcome=WOULD_CLOSE, reason=why, final=True)
                 self._track(
                     push,
                     booking_status=booking_status,
@@ -354,23 +367,23 @@ class _QualifyRun:
                     final=True,
                     qualification=QualificationValue.NOT_QUALIFIED,
                 )
-                return QualifyDecision(**base, outcome=CLOSED, reason=why, final=True)
+                return seen.decision(outcome=CLOSED, reason=why, final=True)
             self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status)
-            return QualifyDecision(**base, outcome=WAITING, reason=reason, final=False)
+            return seen.decision(outcome=WAITING, reason=reason, final=False)
 
         # Qualified already: only a cancellation or a dismissal under unqualify_on matters.
         if canceled and watch_cancel:
-            return self._write(push, base, QualificationAction.UNQUALIFY, f"job {job_id} canceled", final_after=lambda: True)
+            return self._write(push, seen, QualificationAction.UNQUALIFY, f"job {job_id} canceled", final_after=lambda: True)
         if dismissed and watch_dismiss:
-            return self._write(push, base, QualificationAction.UNQUALIFY, "booking dismissed", final_after=lambda: True)
+            return self._write(push, seen, QualificationAction.UNQUALIFY, "booking dismissed", final_after=lambda: True)
         final = final_once_qualified()
         self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status, final=final or None)
         if final:
-            return QualifyDecision(**base, outcome=FINISHED, reason="qualified; nothing left to watch", final=True)
+            return seen.decision(outcome=FINISHED, reason="qualified; nothing left to watch", final=True)
         watching = " and ".join(sorted(self.settings.unqualify_on))
-        return QualifyDecision(**base, outcome=WAITING, reason=f"qualified; watching for {watching}", final=False)
+        return seen.decision(outcome=WAITING, reason=f"qualified; watching for {watching}", final=False)
 
-    def _rule_met(self, job_id: int | None, job: "Job | None") -> tuple[bool, str]:
+    def _rule_met(self, job_id: int | None, job: Job | None) -> tuple[bool, str]:
         if job_id is None or job is None:
             return False, "no job yet"
         if job.job_status == CANCELED and self.settings.job_status != CANCELED:
@@ -384,27 +397,26 @@ class _QualifyRun:
 
     # -- writing Referral Factory ----------------------------------------------------------
     def _write(
-        self, push: "PushRecord", base: dict, action: QualificationAction, reason: str, *, final_after
+        self, push: PushRecord, seen: BookingSeen, action: QualificationAction, reason: str, *, final_after
     ) -> QualifyDecision:
         wanted = action == QualificationAction.QUALIFY
-        booking_status, job_id, job_status = base["booking_status"], base["job_id"], base["job_status"]
         if self.dry_run:
             outcome = WOULD_QUALIFY if wanted else WOULD_UNQUALIFY
-            return QualifyDecision(**base, outcome=outcome, reason=reason, final=not wanted or final_after())
-        self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status)
+            return seen.decision(outcome=outcome, reason=reason, final=not wanted or final_after())
+        self._track(push, booking_status=seen.booking_status, job_id=seen.job_id, job_status=seen.job_status)
         rule = self.settings.rule
         try:
             user = self._find_referral(push)
         except StsyncError as exc:
             if stops_run(exc):
                 raise
-            return self._failed(push, base, action, reason, exc.to_dict(), final=False)
+            return self._failed(push, seen, action, reason, exc.to_dict(), final=False)
         if user is None:
             error = {"message": f"Referral Factory has no referral for {_describe(push)} (deleted?)"}
-            return self._failed(push, base, action, reason, error, final=True)
+            return self._failed(push, seen, action, reason, error, final=True)
         if user.type is not None and user.type != PERSON_INVITED:
             error = {"message": f"Referral Factory user {user.id} is a {user.type}, not a referred lead"}
-            return self._failed(push, base, action, reason, error, final=True)
+            return self._failed(push, seen, action, reason, error, final=True)
 
         if (user.qualified_at is not None) == wanted:
             # Already in the wanted state: someone else (Referral Factory, a person) did it.
@@ -416,7 +428,7 @@ class _QualifyRun:
             self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
             final = final_after()
             self._track(push, final=final or None)
-            return QualifyDecision(**base, outcome=ALREADY, reason=reason, final=final)
+            return seen.decision(outcome=ALREADY, reason=reason, final=final)
 
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=rule, reason=reason)
         try:
@@ -426,27 +438,31 @@ class _QualifyRun:
                 # E.g. Referral Factory down: the PUT may or may not have landed. The intent
                 # stays open, and the next run reads the referral back before writing again.
                 raise
+            if isinstance(exc, NotFound):
+                # Final only if the 404 proves a deletion; if not, this raises and the intent
+                # stays open (the client's one 404 rule).
+                self.conn.referral_factory.confirm_deleted(exc, campaign_id=self.conn.campaign_id)
             error = exc.to_dict()
             self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
-            final = isinstance(exc, ApiError) and exc.status == 404  # the lead was deleted: nothing to retry
+            final = isinstance(exc, NotFound)  # the lead was deleted: nothing to retry
             if final:
                 self._track(push, final=True)
-            return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
+            return seen.decision(outcome=FAILED, reason=reason, final=final, error=error)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
         final = final_after()
         self._track(push, final=final or None)
-        return QualifyDecision(**base, outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
+        return seen.decision(outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
 
     def _failed(
-        self, push: "PushRecord", base: dict, action: QualificationAction, reason: str, error: dict, *, final: bool
+        self, push: PushRecord, seen: BookingSeen, action: QualificationAction, reason: str, error: dict, *, final: bool
     ) -> QualifyDecision:
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=self.settings.rule, reason=reason)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.FAILED, error=error)
         if final:
             self._track(push, final=True)
-        return QualifyDecision(**base, outcome=FAILED, reason=reason, final=final, error=error)
+        return seen.decision(outcome=FAILED, reason=reason, final=final, error=error)
 
-    def _settle_unfinished(self, push: "PushRecord") -> "PushRecord":
+    def _settle_unfinished(self, push: PushRecord) -> PushRecord:
         """Close the intents a crashed run left open (a PUT whose answer was never recorded).
 
         The referral's state, read back from Referral Factory, says whether each landed. Done
@@ -460,7 +476,9 @@ class _QualifyRun:
         for intent in unfinished:
             if user is None:
                 self.ledger.record_qualification_result(
-                    intent.id, state=QualificationState.FAILED, error={"message": "the referral no longer exists in Referral Factory"}
+                    intent.id,
+                    state=QualificationState.FAILED,
+                    error={"message": "the referral no longer exists in Referral Factory"},
                 )
                 continue
             landed = (user.qualified_at is not None) == (intent.action == QualificationAction.QUALIFY)
@@ -468,20 +486,21 @@ class _QualifyRun:
                 self.ledger.record_qualification_result(intent.id, state=QualificationState.DONE)
             else:
                 self.ledger.record_qualification_result(
-                    intent.id, state=QualificationState.FAILED, error={"message": "interrupted before Referral Factory applied it"}
+                    intent.id,
+                    state=QualificationState.FAILED,
+                    error={"message": "interrupted before Referral Factory applied it"},
                 )
         log.info("qualify %s: settled %d unfinished intent(s) from an interrupted run", push.external_id, len(unfinished))
         return self.ledger.get_push(push.external_id) or push
 
-    def _find_referral(self, push: "PushRecord") -> "User | None":
+    def _find_referral(self, push: PushRecord) -> User | None:
         """The referral as Referral Factory has it now: by saved id, else code, else e-mail."""
         rf = self.conn.referral_factory
         if push.rf_user_id is not None:
             try:
                 return rf.get_user(push.rf_user_id)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
+            except NotFound as exc:
+                rf.confirm_deleted(exc, campaign_id=self.conn.campaign_id)  # raises unless a deletion
                 return None
         campaign_id = self.conn.campaign_id
         if push.referral_code:
@@ -493,7 +512,7 @@ class _QualifyRun:
         return None
 
     def _track(
-        self, push: "PushRecord", *, final: bool | None = None, qualification: str | None = None, **observed: Any
+        self, push: PushRecord, *, final: bool | None = None, qualification: str | None = None, **observed: Any
     ) -> None:
         """Record what ServiceTitan says now (only what changed) and the push's finality."""
         if self.dry_run:
@@ -505,7 +524,7 @@ class _QualifyRun:
 
 
 
-def _describe(push: "PushRecord") -> str:
+def _describe(push: PushRecord) -> str:
     if push.email and push.referral_code:
         return f"{push.email} ({push.referral_code})"
     return push.email or push.referral_code or push.external_id

@@ -84,7 +84,7 @@ class StoryUser:
     referrer: StoryReferrer | None = None
 
     @classmethod
-    def of(cls, user: "User") -> "StoryUser":
+    def of(cls, user: User) -> StoryUser:
         return cls(
             id=user.id,
             campaign_id=user.campaign_id,
@@ -219,10 +219,10 @@ class ReferralStory:
 def referral_story(
     email: str,
     *,
-    config: "Config | None",
-    ledger: "Ledger | None",
-    servicetitan: "ServiceTitanClient | None" = None,
-    referral_factory: "ReferralFactoryClient | None" = None,
+    config: Config | None,
+    ledger: Ledger | None,
+    servicetitan: ServiceTitanClient | None = None,
+    referral_factory: ReferralFactoryClient | None = None,
     offline: bool = False,
 ) -> ReferralStory:
     """What the ledger, Referral Factory and ServiceTitan know about ``email`` (case-insensitive).
@@ -249,11 +249,11 @@ def referral_story(
 def _look_up_user(
     story: ReferralStory,
     email: str,
-    config: "Config | None",
-    referral_factory: "ReferralFactoryClient | None",
+    config: Config | None,
+    referral_factory: ReferralFactoryClient | None,
     *,
     offline: bool,
-) -> "User | None":
+) -> User | None:
     if offline:
         story.referral_factory_note = "not looked up (--offline)"
         return None
@@ -283,7 +283,7 @@ def _look_up_user(
     return user
 
 
-def _pushes_of(ledger: "Ledger", email: str) -> list["PushRecord"]:
+def _pushes_of(ledger: Ledger, email: str) -> list[PushRecord]:
     """The pushes recorded for the e-mail, and those of attempts that name it (one recorded
     before its push row took another e-mail)."""
     pushes = ledger.pushes_by_email(email)
@@ -297,7 +297,7 @@ def _pushes_of(ledger: "Ledger", email: str) -> list["PushRecord"]:
     return pushes
 
 
-def _booked_elsewhere(servicetitan: "ServiceTitanClient", config: "Config", code: str) -> list[str]:
+def _booked_elsewhere(servicetitan: ServiceTitanClient, config: Config, code: str) -> list[str]:
     """For a lead stsync never pushed: did something else book it?"""
     bp = config.servicetitan.booking_provider
     if bp is None:
@@ -315,7 +315,7 @@ def _booked_elsewhere(servicetitan: "ServiceTitanClient", config: "Config", code
     ]
 
 
-def _push_story(push: "PushRecord", ledger: "Ledger", servicetitan: "ServiceTitanClient | None", config: "Config | None") -> PushStory:
+def _push_story(push: PushRecord, ledger: Ledger, servicetitan: ServiceTitanClient | None, config: Config | None) -> PushStory:
     story = PushStory(
         external_id=push.external_id, kind=push.kind, email=push.email, name=push.name, rf_user_id=push.rf_user_id,
         referral_code=push.referral_code, state=push.state, booking_id=push.booking_id,
@@ -369,7 +369,7 @@ def _push_story(push: "PushRecord", ledger: "Ledger", servicetitan: "ServiceTita
 # == the story in sentences =====================================================================
 
 
-def _tell(story: ReferralStory, config: "Config | None", *, offline: bool) -> None:
+def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None:
     """The story in sentences, and what to do next."""
     user = story.referral_factory
     if user is not None:
@@ -412,7 +412,9 @@ def _tell(story: ReferralStory, config: "Config | None", *, offline: bool) -> No
             if config is not None and config.leads.action != Action.CREATE_BOOKING and user.type == PERSON_INVITED:
                 story.next_steps.append("leads are set to Nothing to action: `stsync map action leads create-booking`")
             story.next_steps.append(f"push it now: `stsync push-lead --code {user.code}`")
-            story.next_steps.append("check that `stsync push-lead --new` runs from cron (or `stsync serve` receives the webhooks)")
+            story.next_steps.append(
+                "check that `stsync push-lead --new` runs from cron (or `stsync serve` receives the webhooks)"
+            )
         return
 
     for push in story.pushes:
@@ -429,7 +431,7 @@ def _tell(story: ReferralStory, config: "Config | None", *, offline: bool) -> No
                 )
 
 
-def _never_seen(story: ReferralStory, config: "Config | None", *, offline: bool) -> None:
+def _never_seen(story: ReferralStory, config: Config | None, *, offline: bool) -> None:
     story.summary.insert(0, f"{story.email}: never seen — not in the ledger" + ("" if offline else " nor in the campaign") + ".")
     campaign = config.referral_factory.campaign_id if config is not None else None
     story.next_steps.extend(
@@ -443,10 +445,12 @@ def _never_seen(story: ReferralStory, config: "Config | None", *, offline: bool)
     if offline:
         story.next_steps.append("run `stsync diagnose --email` without --offline to look the e-mail up in Referral Factory")
     if config is not None and config.leads.action != Action.CREATE_BOOKING:
-        story.next_steps.insert(0, "leads are set to Nothing to action: no lead is sent; `stsync map action leads create-booking`")
+        story.next_steps.insert(
+            0, "leads are set to Nothing to action: no lead is sent; `stsync map action leads create-booking`"
+        )
 
 
-def _push_sentences(push: PushStory, config: "Config | None") -> list[str]:
+def _push_sentences(push: PushStory, config: Config | None) -> list[str]:
     sentences: list[str] = []
     what = Kind.LEAD if push.kind == Kind.LEAD else Kind.REFERRER
     sentences.append(

@@ -32,7 +32,7 @@ from stsync.webhooks.deliveries import Observer, ServeStats
 from stsync.webhooks.handler import HOOKS_PREFIX, MAX_BODY_BYTES, WebhookHandler
 from stsync.webhooks.stdlib_server import StdlibServer
 from stsync.webhooks.tokens import check_token
-from stsync.webhooks.worker import DeliveryWorker, PushLead
+from stsync.webhooks.worker import DeliveryWorker, LeadPush, PushFor
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
@@ -41,17 +41,25 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-def booking_push(conn: "Connection") -> PushLead:
-    """``push_lead`` on ``conn`` as the worker calls it: a failed record raises its error.
-    What it pushes to (``push_target``) is checked once per delivery."""
+def booking_push(conn: Connection) -> PushFor:
+    """``push_lead`` on ``conn`` as the worker calls it. What a kind is pushed to
+    (``push_target``) is checked once per delivery: "Nothing to action" answers with its notice
+    (the delivery is ignored); otherwise one lead is pushed, a failed record raising its error."""
 
-    def push(lead: "Lead", kind: Kind, run_id: int | None) -> tuple[str, str, int | None]:
-        result = push_lead(conn, lead, push_target(conn, kind), run_id=run_id)
-        if result.failed and result.exception is not None:
-            raise result.exception
-        return DeliveryOutcome(result.outcome), result.message or result.outcome, result.booking_id
+    def push_for(kind: Kind) -> LeadPush | str:
+        target = push_target(conn, kind)
+        if target.notice is not None:
+            return target.notice
 
-    return push
+        def push(lead: Lead, run_id: int | None) -> tuple[str, str, int | None]:
+            result = push_lead(conn, lead, target, run_id=run_id)
+            if result.failed and result.exception is not None:
+                raise result.exception
+            return DeliveryOutcome(result.outcome), result.message or result.outcome, result.booking_id
+
+        return push
+
+    return push_for
 
 
 class WebhookServer:
@@ -59,22 +67,24 @@ class WebhookServer:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         *,
         token: str,
         host: str = "127.0.0.1",
         port: int = 8080,
         observer: Observer | None = None,
         max_body: int = MAX_BODY_BYTES,
-        push: PushLead | None = None,
+        push_for: PushFor | None = None,
     ) -> None:
         self.conn = conn
         token = check_token(token)
         register_secret(token)
         self.stats = ServeStats()
         self.run_id: int | None = None
-        self.worker = DeliveryWorker(conn, push=push or booking_push(conn), stats=self.stats, observer=observer)
-        self.handler = WebhookHandler(conn, token=token, queue=self.worker, stats=self.stats, observer=observer, max_body=max_body)
+        self.worker = DeliveryWorker(conn, push_for=push_for or booking_push(conn), stats=self.stats, observer=observer)
+        self.handler = WebhookHandler(
+            conn, token=token, queue=self.worker, stats=self.stats, observer=observer, max_body=max_body
+        )
         self.http = StdlibServer(self.handler.handle, host=host, port=port, max_body=max_body)
         self._stopped = False
 
@@ -124,7 +134,7 @@ class WebhookServer:
             self.conn.ledger.finish_run(self.run_id, outcome, counts)
         log.info("serve: stopped (%s)", counts)
 
-    def __enter__(self) -> "WebhookServer":
+    def __enter__(self) -> WebhookServer:
         self.start()
         return self
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from stsync.connection import Connection
 
 
-def sync_customers(conn: "Connection", options: SyncOptions = SyncOptions(), *, progress: Progress = NO_PROGRESS) -> SyncReport:
+def sync_customers(conn: Connection, options: SyncOptions = SyncOptions(), *, progress: Progress = NO_PROGRESS) -> SyncReport:
     """Sync ServiceTitan customers into the campaign as referrers (``customersync.pipeline``).
 
     Per-customer failures are counted and recorded (the caller exits 5); a run-level failure

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from stsync import connection
 from stsync.checks import table
 from stsync.checks.context import CheckContext, LiveAccess
-from stsync.checks.result import FAIL, PASS, WARN, Check
+from stsync.checks.result import Check, count_statuses
 from stsync.checks.runner import CheckRun, exit_code_for
 
 if TYPE_CHECKING:
@@ -42,10 +42,7 @@ class ValidationReport:
         return self.exit_code == 0
 
     def counts(self) -> dict[str, int]:
-        counts = {PASS: 0, WARN: 0, FAIL: 0}
-        for check in self.checks:
-            counts[check.status] += 1
-        return counts
+        return count_statuses(self.checks)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,7 +56,7 @@ class ValidationReport:
         }
 
 
-def validate(config_path: Path, paths: "ConnectionPaths", *, online: bool) -> ValidationReport:
+def validate(config_path: Path, paths: ConnectionPaths, *, online: bool) -> ValidationReport:
     """Run the offline checks and, with ``online``, the live ones when the basics hold."""
     report = ValidationReport(online=online, config_path=str(config_path))
     context = CheckContext(paths=paths, config_path=Path(config_path))

@@ -11,7 +11,9 @@ Only one fetch is in flight at a time: a thread lock inside the process, a file 
 the cache file across processes; whoever gets the lock second re-reads the cache and finds
 the token the first one fetched. A 401 from the API refreshes the token once and resends
 the request once (``BearerTokenAuth``); ``refresh(rejected=...)`` skips the fetch when
-another thread already replaced the rejected token.
+another thread already replaced the rejected token. A 401 from the API gateway about the
+"subscription key" (Azure API Management's wording for the ST-App-Key, api/servicetitan.md
+§11) is not about the token: it is returned at once, without a token request.
 """
 
 from __future__ import annotations
@@ -111,25 +113,26 @@ class TokenProvider:
             return self._obtain(rejected=None, force=True)
 
     # -- internals ---------------------------------------------------------------------
-    def _acceptable(self, token: AccessToken | None, rejected: str | None) -> bool:
-        return token is not None and token.value != rejected and token.usable(self._now())
+    def _acceptable(self, token: AccessToken | None, rejected: str | None) -> AccessToken | None:
+        """``token`` when it is usable and not the one just refused; else None."""
+        if token is not None and token.value != rejected and token.usable(self._now()):
+            return token
+        return None
 
     def _obtain(self, *, rejected: str | None, force: bool) -> AccessToken:
-        if not force and self._acceptable(self._token, rejected):
-            return self._token  # type: ignore[return-value]
-        if self._file_lock is None:
+        if not force and (kept := self._acceptable(self._token, rejected)):
+            return kept
+        if self._cache_path is None or self._file_lock is None:
             self._token = self._fetch()
             return self._token
-        make_private_dir(self._cache_path.parent)  # type: ignore[union-attr]
+        make_private_dir(self._cache_path.parent)
         try:
             with self._file_lock:
-                if not force:
-                    cached = self._read_cache()
-                    if self._acceptable(cached, rejected):
-                        self._token = cached
-                        return cached  # type: ignore[return-value]
+                if not force and (cached := self._acceptable(self._read_cache(self._cache_path), rejected)):
+                    self._token = cached
+                    return cached
                 token = self._fetch()
-                self._write_cache(token)
+                self._write_cache(self._cache_path, token)
         except Timeout:
             raise TemporaryError(
                 "another stsync process has been fetching a ServiceTitan access token for too long",
@@ -171,22 +174,23 @@ class TokenProvider:
                 "in the config, then run `stsync connect`",
             )
         value = body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(value, str) or not value:
+        if not isinstance(body, dict) or not isinstance(value, str) or not value:
             raise AuthError(
                 f"ServiceTitan's token endpoint {self._token_url} answered without an access token",
                 hint="check servicetitan.environment (or servicetitan.auth_url) points at ServiceTitan's "
                 "auth server, then run `stsync connect`",
             )
         register_secret(value)
-        lifetime = body.get("expires_in")  # type: ignore[union-attr]
+        lifetime = body.get("expires_in")
         if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
             lifetime = DEFAULT_LIFETIME_SECONDS
         log.info("obtained a ServiceTitan access token for tenant %s (valid %d s)", self._tenant_id, lifetime)
         return AccessToken(value=value, expires_at=self._now() + float(lifetime))
 
-    def _read_all(self) -> dict:
+    @staticmethod
+    def _read_all(path: Path) -> dict:
         try:
-            data = json.loads(self._cache_path.read_text(encoding="utf-8"))  # type: ignore[union-attr]
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
@@ -194,8 +198,8 @@ class TokenProvider:
         tokens = data.get("tokens")
         return tokens if isinstance(tokens, dict) else {}
 
-    def _read_cache(self) -> AccessToken | None:
-        entry = self._read_all().get(self._cache_key)
+    def _read_cache(self, path: Path) -> AccessToken | None:
+        entry = self._read_all(path).get(self._cache_key)
         if not isinstance(entry, dict):
             return None
         value, expires_at = entry.get("access_token"), entry.get("expires_at")
@@ -204,26 +208,25 @@ class TokenProvider:
         register_secret(value)
         return AccessToken(value=value, expires_at=float(expires_at))
 
-    def _write_cache(self, token: AccessToken) -> None:
+    def _write_cache(self, path: Path, token: AccessToken) -> None:
         now = self._now()
         # Keep other still-valid entries (another tenant or environment sharing the file).
         tokens = {
             key: entry
-            for key, entry in self._read_all().items()
+            for key, entry in self._read_all(path).items()
             if isinstance(entry, dict)
             and isinstance(entry.get("expires_at"), (int, float))
             and entry["expires_at"] > now
         }
         tokens[self._cache_key] = {"access_token": token.value, "expires_at": token.expires_at}
-        path = self._cache_path
-        temporary = path.with_name(path.name + f".{os.getpid()}.tmp")  # type: ignore[union-attr]
+        temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
         try:
             # Created 0600 from the start: the token must never be readable by others.
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump({"version": _CACHE_VERSION, "tokens": tokens}, handle)
             os.chmod(temporary, 0o600)
-            os.replace(temporary, path)  # type: ignore[arg-type]
+            os.replace(temporary, path)
         except OSError as exc:
             # The token still works from memory; only the cross-run reuse is lost.
             log.warning("could not write the token cache %s: %s", path, exc.strerror or exc)
@@ -234,7 +237,10 @@ class TokenProvider:
 
 
 class BearerTokenAuth(httpx.Auth):
-    """Attaches the token; on a 401 refreshes it once and resends the request once."""
+    """Attaches the token; on a 401 refreshes it once and resends the request once — unless
+    the 401 speaks of the gateway's subscription key (the app key: a new token cannot help)."""
+
+    requires_response_body = True  # the 401's words decide whether a new token can help
 
     def __init__(self, tokens: TokenProvider, *, before_resend: Callable[[], object] | None = None) -> None:
         self._tokens = tokens
@@ -245,7 +251,7 @@ class BearerTokenAuth(httpx.Auth):
         token = self._tokens.get()
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
-        if response.status_code != 401:
+        if response.status_code != 401 or names_subscription_key(response):
             return
         log.info("ServiceTitan answered 401 to %s %s; renewing the access token once", request.method, request.url.path)
         token = self._tokens.refresh(rejected=token)
@@ -253,3 +259,12 @@ class BearerTokenAuth(httpx.Auth):
             self._before_resend()
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+
+def names_subscription_key(response: httpx.Response) -> bool:
+    """The API gateway's own refusal of the app key ("Access denied due to invalid
+    subscription key", "missing subscription key"), whatever its status."""
+    try:
+        return "subscription key" in response.text.casefold()
+    except (UnicodeDecodeError, httpx.ResponseNotRead):
+        return False

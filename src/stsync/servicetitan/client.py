@@ -5,18 +5,24 @@ Thread-safe: services call one client from a pool of workers. Every call carries
 per-second limit, counted across processes) and the shared retry loop (``stsync.http``).
 
 Errors:
-- ``AuthError`` (exit 4) for a 401 that survives one token renewal, a 403 (wrong app key,
-  tenant not accessible or a scope missing) and a wrong booking provider value;
+- ``AuthError`` (exit 4) for a 401 that survives one token renewal, a 401 or 403 naming the
+  app key — the API gateway calls it the "subscription key" (api/servicetitan.md §11) — a 403
+  (tenant not accessible or a scope missing) and a wrong booking provider value;
+- ``ConfigError`` (exit 3, quoting the URL) for a 404 that is not ServiceTitan's JSON while
+  nothing has answered yet: ``servicetitan.api_url`` points elsewhere (a proxy's HTML page);
+  ``TemporaryError`` for one once the API has answered;
 - ``ServiceTitanApiError`` for every other refusal, with the ApiErrorResponse's title,
   per-field messages verbatim, traceId, method and path;
-- ``TemporaryError`` / ``RateLimited`` (exit 6) past the retry budget, and ``AnswerLost``
-  when the answer to a booking create never came (look it up by externalId first).
+- ``TemporaryError`` / ``RateLimited`` (exit 6) past the retry budget, ``IncompleteListing``
+  (exit 6) for a list or feed that says more follows but cannot be followed (never a silent
+  part of it), and ``AnswerLost`` when the answer to a booking create never came (look it up
+  by externalId first).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,8 +31,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from stsync import __version__
-from stsync.errors import AnswerLost, AuthError, ServiceTitanApiError
-from stsync.http import RetryPolicy, response_json, send_with_retries, shared_ssl_context
+from stsync.errors import AnswerLost, AuthError, IncompleteListing, ServiceTitanApiError
+from stsync.http import RetryPolicy, is_json_answer, response_json, route_not_found, send_with_retries, shared_ssl_context
 from stsync.logs import get_logger, register_secret
 from stsync.ratelimit import RateLimiter
 from stsync.servicetitan.auth import BearerTokenAuth, TokenProvider
@@ -44,7 +50,12 @@ log = get_logger(__name__)
 
 SERVICE = "ServiceTitan"
 MAX_IDS_PER_REQUEST = 50  # api/servicetitan.md §4: `ids` takes at most 50
-_APP_KEY_WORDS = ("app key", "app-key", "appkey", "application key", "st-app-key")
+# "subscription key": the Azure API Management gateway's word for the ST-App-Key (api/servicetitan.md §11).
+_APP_KEY_WORDS = ("app key", "app-key", "appkey", "application key", "st-app-key", "subscription key")
+_APP_KEY_HINT = (
+    "check the App Key (ST-App-Key, ak1.…) of your ServiceTitan app: the developer portal → My Apps → your app → "
+    "Application Key; set STSYNC_ST_APP_KEY or run `stsync connect --app-key …`"
+)
 _BOOKING_PROVIDER_HINT = (
     "You can find the correct value in your ServiceTitan account under Settings → Integrations → "
     "API Application Access → your Referral Factory app details (shown as \"Allowed 'booking_provider' "
@@ -71,6 +82,8 @@ class ServiceTitanClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
     ) -> None:
+        # A CR/LF or space around a pasted secret would make a bad header or a refused grant.
+        client_secret, app_key = client_secret.strip(), app_key.strip()
         register_secret(client_secret)
         register_secret(app_key)
         self.tenant_id = int(tenant_id)
@@ -97,12 +110,13 @@ class ServiceTitanClient:
             retry=retry,
         )
         self._auth = BearerTokenAuth(self._tokens, before_resend=limiter.acquire)
+        self._answered = False  # any API request answered in this client's life (how a 404 is read)
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ServiceTitanClient":
+    def __enter__(self) -> ServiceTitanClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -118,6 +132,8 @@ class ServiceTitanClient:
         path = self._bookings_path(bp)
         response = self._send("GET", path, params={"page": 1, "pageSize": 1})
         status = response.status_code
+        if status == 404 and not is_json_answer(response):
+            raise self._route_not_found(response, "GET")
         if status == 404 or (status == 403 and not _mentions_app_key(response)):
             also = " (a 403 can also mean the app lacks the CRM bookings scope)" if status == 403 else ""
             raise AuthError(
@@ -273,7 +289,18 @@ class ServiceTitanClient:
     def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
         if not response.is_success:
             raise self._error_for(response, method, path)
+        self._answered = True
         return response_json(response)
+
+    def _route_not_found(self, response: httpx.Response, method: str) -> Exception:
+        return route_not_found(
+            SERVICE,
+            method,
+            str(response.request.url.copy_with(query=None)),
+            answered_before=self._answered,
+            config_key="servicetitan.api_url",
+            example="https://api.servicetitan.io (servicetitan.environment sets it)",
+        )
 
     def _parse(self, model: type[ModelT], data: Any, method: str, path: str) -> ModelT:
         try:
@@ -293,9 +320,9 @@ class ServiceTitanClient:
             if not body.get("hasMore"):
                 return
             if not rows:
-                # hasMore with nothing in it would loop for ever; trust what we have.
-                log.warning("ServiceTitan GET %s said hasMore with an empty page %d; stopping", path, page)
-                return
+                # hasMore with nothing in it would loop for ever; stopping quietly would act on
+                # part of the list as if it were all of it.
+                raise _incomplete("GET", path, f"page {page} is empty but says more pages follow")
             page += 1
 
     def _export(self, path: str, start: str | None, page_model: type[ExportPage]) -> Iterator[ExportPage]:
@@ -307,18 +334,18 @@ class ServiceTitanClient:
             if not page.has_more:
                 return
             if not page.continue_from or (page.continue_from == position and not page.data):
-                log.warning("ServiceTitan GET %s said hasMore without moving on; stopping", path)
-                return
+                raise _incomplete("GET", path, "the feed says more follows but gives no new position to continue from")
             position = page.continue_from
 
     def _error_for(self, response: httpx.Response, method: str, path: str) -> Exception:
         status = response.status_code
+        if status == 404 and not is_json_answer(response):
+            return self._route_not_found(response, method)
         error = parse_api_error(response, method=method, path=path)
         if status == 401 and _mentions_app_key(response):
             return AuthError(
                 f"ServiceTitan refused {method} {path}: wrong ST-App-Key ({error.title or 'HTTP 401'})",
-                hint="check the app key of your ServiceTitan app (developer portal → your app) and run "
-                "`stsync connect`",
+                hint=_APP_KEY_HINT,
             )
         if status == 401:
             return AuthError(
@@ -332,8 +359,7 @@ class ServiceTitanClient:
             if _mentions_app_key(response):
                 return AuthError(
                     f"ServiceTitan refused {method} {path}: wrong ST-App-Key ({error.title or 'HTTP 403'})",
-                    hint="check the app key of your ServiceTitan app (developer portal → your app) and run "
-                    "`stsync connect`",
+                    hint=_APP_KEY_HINT,
                 )
             return AuthError(
                 f"ServiceTitan refused access to tenant {self.tenant_id} ({method} {path}, HTTP 403"
@@ -384,6 +410,14 @@ def parse_api_error(response: httpx.Response, *, method: str, path: str) -> Serv
     )
 
 
+def _incomplete(method: str, path: str, why: str) -> IncompleteListing:
+    return IncompleteListing(
+        f"ServiceTitan's paging of {method} {path} cannot be followed to its end: {why}. "
+        "Stopped rather than act on part of the list",
+        hint="retry later; if it persists, report it to ServiceTitan with this message",
+    )
+
+
 def _unexpected_shape(what: str, exc: ValidationError | None, method: str, path: str) -> ServiceTitanApiError:
     detail = ""
     if exc is not None and exc.errors():
@@ -431,8 +465,8 @@ def _query(params: dict[str, Any]) -> dict[str, str]:
         if isinstance(value, bool):
             query[key] = "true" if value else "false"
         elif isinstance(value, datetime):
-            moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-            query[key] = moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+            query[key] = moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         elif isinstance(value, date):
             query[key] = value.isoformat()
         elif isinstance(value, (list, tuple, set, frozenset)):

@@ -10,7 +10,7 @@ snake_case; the camelCase JSON names are aliases, and either may be used to buil
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 def _as_utc(value: datetime) -> datetime:
     # ServiceTitan speaks UTC; a timestamp without an offset is UTC too. Aware everywhere,
     # so comparing a booking's modifiedOn with a stored checkpoint never raises.
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]

@@ -6,8 +6,11 @@ copy on purpose: it is a neighbour of the client, never a dependent.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 # Jpm.V2.JobStatus — no endpoint lists them; compare case-sensitively.
-JOB_STATUSES = ("Scheduled", "Dispatched", "InProgress", "Hold", "Completed", "Canceled")
+JobStatus = Literal["Scheduled", "Dispatched", "InProgress", "Hold", "Completed", "Canceled"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 
 # Crm.V2.BookingStatus — there is no "Pending"; conversion is detected by jobId.
 BOOKING_STATUSES = ("New", "Converted", "Dismissed", "Accepted")

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import tomli_w
@@ -52,7 +52,7 @@ from pydantic_core import PydanticCustomError
 
 from stsync import envvars
 from stsync.errors import ConfigError
-from stsync.servicetitan.vocabulary import JOB_STATUSES
+from stsync.servicetitan.vocabulary import JobStatus
 from stsync.suggestions import did_you_mean
 from stsync.vocabulary import (
     DEFAULT_JOB_STATUS,
@@ -167,7 +167,7 @@ class FixedValue(_Spec):
 
     kind: ClassVar[SpecKind] = "value"
     label: ClassVar[str] = "Fixed Value (Manual Input)"
-    value: Annotated[Union[str, bool, int], BeforeValidator(_check_scalar)]
+    value: Annotated[str | bool | int, BeforeValidator(_check_scalar)]
 
     @property
     def payload(self) -> str | bool | int:
@@ -269,7 +269,12 @@ class TemplateValue(_Spec):
         return " ".join("".join(pieces).split()) or None
 
 
-SPEC_CLASSES: dict[str, type[FromField | FixedValue | SelectValue | TemplateValue]] = {"from": FromField, "value": FixedValue, "select": SelectValue, "template": TemplateValue}
+SPEC_CLASSES: dict[str, type[FromField | FixedValue | SelectValue | TemplateValue]] = {
+    "from": FromField,
+    "value": FixedValue,
+    "select": SelectValue,
+    "template": TemplateValue,
+}
 
 
 def _check_spec_shape(raw: Any) -> Any:
@@ -278,7 +283,9 @@ def _check_spec_shape(raw: Any) -> Any:
         return raw
     if not isinstance(raw, dict):
         shown = f'"{raw}"' if isinstance(raw, str) else repr(raw)
-        raise _problem("field_spec_shape", f"must be a table with one of from / value / select / template, e.g. {{ from = {shown} }}")
+        raise _problem(
+            "field_spec_shape", f"must be a table with one of from / value / select / template, e.g. {{ from = {shown} }}"
+        )
     if not raw:
         raise _problem("field_spec_shape", "is empty: give one of from / value / select / template")
     unknown = [key for key in raw if key not in VALUE_KINDS]
@@ -300,12 +307,10 @@ def _spec_kind(raw: Any) -> str | None:
 
 
 FieldSpec = Annotated[
-    Union[
-        Annotated[FromField, Tag("from")],
-        Annotated[FixedValue, Tag("value")],
-        Annotated[SelectValue, Tag("select")],
-        Annotated[TemplateValue, Tag("template")],
-    ],
+    Annotated[FromField, Tag("from")]
+    | Annotated[FixedValue, Tag("value")]
+    | Annotated[SelectValue, Tag("select")]
+    | Annotated[TemplateValue, Tag("template")],
     Discriminator(_spec_kind),
     BeforeValidator(_check_spec_shape),
 ]
@@ -419,11 +424,11 @@ class ReferralFactorySettings(_Section):
 
 class Qualification(_Section):
     rule: RuleWord = QualificationRule.NONE
-    job_status: Literal[JOB_STATUSES] | None = None  # type: ignore[valid-type]
+    job_status: JobStatus | None = None
     unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _default_status(self) -> "Qualification":
+    def _default_status(self) -> Qualification:
         # "rule = job_status" alone means the seed's example: the job reached Completed.
         if self.rule == QualificationRule.JOB_STATUS and self.job_status is None:
             self.job_status = DEFAULT_JOB_STATUS
@@ -587,6 +592,8 @@ def parse_config_text(text: str, *, path: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         reason = str(exc)
         where = _LINE_COLUMN.search(reason)
+        line: int | None
+        column: int | None
         if where:
             line, column = int(where.group(1)), int(where.group(2))
         elif "(at end of document)" in reason:
@@ -640,7 +647,11 @@ def default_config(
         {
             "servicetitan": {
                 "environment": environment,
-                **{k: v for k, v in {"tenant_id": tenant_id, "client_id": client_id, "booking_provider": booking_provider}.items() if v is not None},
+                **{
+                    k: v
+                    for k, v in {"tenant_id": tenant_id, "client_id": client_id, "booking_provider": booking_provider}.items()
+                    if v is not None
+                },
             },
             "referral_factory": {"campaign_id": campaign_id} if campaign_id is not None else {},
             "leads": {
@@ -687,33 +698,3 @@ def resolve_endpoints(config: Config) -> Endpoints:
         st_api_url=pick(envvars.ST_API_URL, config.servicetitan.api_url, api_default),
         rf_api_url=pick(envvars.RF_API_URL, config.referral_factory.api_url, REFERRAL_FACTORY_API_URL),
     )
-
-
-__all__ = [
-    "BookingSettings",
-    "Config",
-    "ConfigSchemaError",
-    "ConfigSyntaxError",
-    "CustomerSyncSettings",
-    "Endpoints",
-    "FieldSpec",
-    "FixedValue",
-    "FromField",
-    "LeadSettings",
-    "Limits",
-    "Qualification",
-    "ReferralFactorySettings",
-    "ReferrerSettings",
-    "SelectValue",
-    "ServiceTitanSettings",
-    "TemplateValue",
-    "WebhookSettings",
-    "default_config",
-    "field_spec",
-    "format_key_path",
-    "load_config",
-    "parse_config",
-    "parse_config_text",
-    "resolve_endpoints",
-    "toml_key",
-]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -127,7 +127,11 @@ def render_config(config: Config) -> str:
             out.append(_with_comment(f"# {key} = {placeholder}", "set by `stsync connect`"))
         else:
             out.append(_line(key, value, comment))
-    out.append(_optional_line("auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', f"endpoint overrides; {envvars.ST_AUTH_URL.name} wins"))
+    out.append(
+        _optional_line(
+            "auth_url", st.auth_url, f'"{PRODUCTION_ENDPOINTS[0]}"', f"endpoint overrides; {envvars.ST_AUTH_URL.name} wins"
+        )
+    )
     out.append(_optional_line("api_url", st.api_url, f'"{PRODUCTION_ENDPOINTS[1]}"', f"{envvars.ST_API_URL.name} wins"))
     page_size_comment = f"rows per page when listing (at most {MAX_PAGE_SIZE})"
     if st.page_size == ServiceTitanSettings.model_fields["page_size"].default:
@@ -251,6 +255,3 @@ def save_config(config: Config, path: str | os.PathLike[str]) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-
-
-__all__ = ["render_config", "save_config", "toml_value"]

@@ -22,14 +22,15 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stsync.errors import ConfigError, StsyncError
+from stsync.storage.locks import pid_alive
 from stsync.storage.paths import make_private_dir
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
@@ -176,9 +177,16 @@ MIGRATIONS: list[str] = [
 ]
 
 
+def _inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just added (``lastrowid`` is None only when nothing was inserted)."""
+    if cursor.lastrowid is None:
+        raise RuntimeError("the INSERT added no row")
+    return cursor.lastrowid
+
+
 def utc_now() -> str:
     """Now, UTC, ISO-8601 with milliseconds: ``2024-05-01T12:00:00.123Z`` (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _dumps(value: Any) -> str | None:
@@ -192,27 +200,6 @@ def _loads(text: str | None) -> Any:
         return json.loads(text)
     except ValueError:  # a hand-edited row must not break `history`
         return {"message": text}
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists and is not a zombie (same machine)."""
-    if not pid or pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    try:  # a killed child not yet reaped still answers kill(0); Linux tells us it is dead
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
 
 
 # --------------------------------------------------------------------------------------
@@ -343,7 +330,7 @@ class Ledger:
 
     # -- lifecycle ----------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "Ledger":
+    def open(cls, path: str | os.PathLike[str]) -> Ledger:
         ledger = cls(Path(path))
         make_private_dir(ledger.path.parent)
         try:  # customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow)
@@ -372,7 +359,7 @@ class Ledger:
                 pass
         self._local = threading.local()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -466,7 +453,7 @@ class Ledger:
                 "INSERT INTO runs (job, command, pid, started_at, outcome, counts) VALUES (?, ?, ?, ?, ?, '{}')",
                 (job, command, os.getpid(), utc_now(), RunOutcome.RUNNING),
             )
-            return int(cursor.lastrowid)
+            return _inserted_id(cursor)
 
     @contextmanager
     def recorded_run(self, job: str, command: str, *, counts: Callable[[], Mapping[str, Any]], failed: Callable[[], bool]):
@@ -553,7 +540,7 @@ class Ledger:
                 "INSERT INTO push_attempts (external_id, run_id, email, started_at, outcome) VALUES (?, ?, ?, ?, ?)",
                 (external_id, run_id, email, now, AttemptOutcome.INTENT),
             )
-            return int(cursor.lastrowid)
+            return _inserted_id(cursor)
 
     def record_push_result(
         self, attempt_id: int, *, outcome: str, booking_id: int | None = None, error: Mapping[str, Any] | None = None
@@ -630,7 +617,8 @@ class Ledger:
             rows = self._query("SELECT * FROM push_attempts WHERE outcome = ? ORDER BY id", (AttemptOutcome.INTENT,))
         else:
             rows = self._query(
-                "SELECT * FROM push_attempts WHERE outcome = ? AND external_id = ? ORDER BY id", (AttemptOutcome.INTENT, external_id)
+                "SELECT * FROM push_attempts WHERE outcome = ? AND external_id = ? ORDER BY id",
+                (AttemptOutcome.INTENT, external_id),
             )
         return [self._attempt(row) for row in rows]
 
@@ -682,7 +670,7 @@ class Ledger:
                 "INSERT INTO qualifications (external_id, action, state, rule, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
                 (external_id, action, QualificationState.INTENT, rule, reason, utc_now()),
             )
-            return int(cursor.lastrowid)
+            return _inserted_id(cursor)
 
     def record_qualification_result(self, qualification_id: int, *, state: str, error: Mapping[str, Any] | None = None) -> None:
         """``done`` → the push reads qualified/unqualified from now on; ``failed`` keeps the error."""
@@ -760,7 +748,11 @@ class Ledger:
         """Customers whose last attempt was cut short (``pending``), ``failed``, or left an error
         (e.g. a return field not written), by customer id."""
         sql = "SELECT * FROM referrers WHERE state IN (?, ?) OR error IS NOT NULL ORDER BY customer_id"
-        rows = self._query(sql + " LIMIT ?", (*REFERRER_RETRY_STATES, limit)) if limit is not None else self._query(sql, REFERRER_RETRY_STATES)
+        rows = (
+            self._query(sql + " LIMIT ?", (*REFERRER_RETRY_STATES, limit))
+            if limit is not None
+            else self._query(sql, REFERRER_RETRY_STATES)
+        )
         return [self._referrer(row) for row in rows]
 
     def referrer_counts(self) -> dict[str, int]:
@@ -773,9 +765,8 @@ class Ledger:
         values = []
         for row in rows:
             if isinstance(row, Mapping):
-                contact_id = row.get("contact_id", row.get("id"))
                 row = ContactRow(
-                    contact_id=contact_id,  # type: ignore[arg-type]
+                    contact_id=row.get("contact_id", row.get("id")),
                     customer_id=row["customer_id"],
                     type=row.get("type"),
                     value=row.get("value"),
@@ -809,10 +800,14 @@ class Ledger:
 
     # -- return fields ------------------------------------------------------------------
     def get_return_fields(self, customer_id: int) -> dict[str, str | None]:
-        rows = self._query("SELECT field_name, value FROM return_fields WHERE customer_id = ? ORDER BY field_name", (customer_id,))
+        rows = self._query(
+            "SELECT field_name, value FROM return_fields WHERE customer_id = ? ORDER BY field_name", (customer_id,)
+        )
         return {row["field_name"]: row["value"] for row in rows}
 
-    def set_return_field(self, customer_id: int, field_name: str, value: str | None, *, conn: sqlite3.Connection | None = None) -> None:
+    def set_return_field(
+        self, customer_id: int, field_name: str, value: str | None, *, conn: sqlite3.Connection | None = None
+    ) -> None:
         with self._write(conn) as tx:
             tx.execute(
                 "INSERT INTO return_fields (customer_id, field_name, value, written_at) VALUES (?, ?, ?, ?) "
@@ -867,18 +862,3 @@ def _statements(script: str) -> list[str]:
     if current.strip():
         statements.append(current.strip())
     return statements
-
-
-__all__ = [
-    "AttemptRecord",
-    "ContactRow",
-    "DeliveryRecord",
-    "Ledger",
-    "MIGRATIONS",
-    "PushRecord",
-    "QualificationRecord",
-    "ReferrerRecord",
-    "RunRecord",
-    "pid_alive",
-    "utc_now",
-]

@@ -47,6 +47,27 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists and is not a zombie (same machine)."""
+    if not pid or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    try:  # a killed child not yet reaped still answers kill(0); Linux tells us it is dead
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def holder(paths: ConnectionPaths, job: str) -> dict[str, Any] | None:
     """Who holds ``job``'s lock now: ``{"pid", "command", "started_at", "host"}``, or None.
 
@@ -54,8 +75,6 @@ def holder(paths: ConnectionPaths, job: str) -> dict[str, Any] | None:
     the OS released its lock) is ignored. Never touches the lock itself, so asking (diagnose)
     cannot make a starting run fail.
     """
-    from stsync.storage.ledger import pid_alive
-
     info = _read_sidecar(_sidecar(paths, job))
     if not info:
         return None
@@ -76,7 +95,7 @@ class RunLock:
         self._lock: FileLock | None = None
         self.info: dict[str, Any] | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         if self._lock is not None:
             raise RuntimeError(f"the {self.job} lock is already held by this object")
         make_private_dir(self.paths.locks)
@@ -129,11 +148,9 @@ class RunLock:
         else:
             message = f"another `{self.job}` run of connection '{self.paths.name}' is in progress"
             hint = f"wait for it to finish; its lock is {self.paths.lock_file(self.job)}"
-        error = LockHeld(message, hint=hint)
-        error.holder = info  # type: ignore[attr-defined]
-        return error
+        return LockHeld(message, hint=hint, holder=info)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -172,7 +189,7 @@ class KeyLock:
         self.path = paths.locks / "keys" / f"{stripe_for(key):02x}.lock"
         self._stripe: _Stripe | None = None
 
-    def acquire(self) -> "KeyLock":
+    def acquire(self) -> KeyLock:
         make_private_dir(self.path.parent)
         with _stripes_guard:
             stripe = _stripes.setdefault(self.path, _Stripe(self.path))
@@ -204,11 +221,8 @@ class KeyLock:
             hint="another run is working on the same record; try again when it has finished",
         )
 
-    def __enter__(self) -> "KeyLock":
+    def __enter__(self) -> KeyLock:
         return self.acquire()
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
-
-
-__all__ = ["KeyLock", "RunLock", "holder", "stripe_for"]

@@ -85,7 +85,7 @@ class ConnectionPaths:
     state: Path
 
     @classmethod
-    def for_config(cls, config_path: Path) -> "ConnectionPaths":
+    def for_config(cls, config_path: Path) -> ConnectionPaths:
         name = connection_name(config_path)
         return cls(name=name, config=config_path, state=state_root() / name)
 
@@ -116,4 +116,11 @@ class ConnectionPaths:
         return self.locks / f"{job}.lock"
 
     def rate_file(self, service: str) -> Path:
+        """The service's rate-limit budget, shared by every process: the spacing, the
+        slow-down, and for Referral Factory the 429 episodes and the cool-down."""
         return self.locks / f"rate-{service}.json"
+
+    @property
+    def search_shape_file(self) -> Path:
+        """What Referral Factory's user search accepted (``referralfactory.search_shape``)."""
+        return self.state / "referral-factory-search.json"

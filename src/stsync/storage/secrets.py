@@ -3,8 +3,10 @@
 Which secrets exist, and their variables and labels, is ``stsync.credentials``' table.
 
 - Environment variables (``STSYNC_ST_CLIENT_SECRET``, ``STSYNC_ST_APP_KEY``,
-  ``STSYNC_RF_API_KEY``) always win: cron and containers set them. A blank one is unset, and
-  a value is used without its surrounding whitespace (``stsync.envvars``).
+  ``STSYNC_RF_API_KEY``) always win: cron and containers set them. A blank one is unset.
+- Whatever the store, a secret is read and stored without its surrounding whitespace or CR/LF
+  (``credentials.clean``): a keyring entry or file value saved with a pasted newline works,
+  and a blank one counts as missing.
 - The OS keyring (service ``stsync``, username ``<connection>/<name>``) is the default store.
 - The file store (``<state>/secrets.json``, 0600, created 0600 atomically) is opt-in
   (``stsync connect --secrets-store file``) and comes with a warning.
@@ -27,8 +29,13 @@ import stat
 from pathlib import Path
 from typing import Literal
 
+import keyring
+from filelock import FileLock
+from keyring.backends import chainer, fail, null
+from keyring.errors import KeyringLocked, PasswordDeleteError
+
 from stsync import envvars
-from stsync.credentials import SECRET_NAMES, SECRETS, secret
+from stsync.credentials import SECRET_NAMES, SECRETS, clean, secret
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
 from stsync.logs import get_logger, redact, register_secret
 from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths, make_private_dir
@@ -57,9 +64,6 @@ class SecretStore:
     def _backend(self):
         """The keyring backend, or None with ``_keyring_problem`` saying why it is unusable."""
         try:
-            import keyring
-            from keyring.backends import chainer, fail, null
-
             backend = keyring.get_keyring()
         except Exception as exc:  # a broken keyring config must not become a traceback
             self._keyring_problem = f"the OS keyring could not be loaded ({type(exc).__name__}: {redact(str(exc))})"
@@ -83,15 +87,11 @@ class SecretStore:
     def backend_name(self) -> str:
         """The keyring backend's class, e.g. ``keyring.backends.SecretService.Keyring``."""
         try:
-            import keyring
-
             return self._describe_backend(keyring.get_keyring())
         except Exception as exc:
             return f"unavailable ({type(exc).__name__})"
 
     def _keyring_failed(self, exc: Exception, doing: str) -> None:
-        from keyring.errors import KeyringLocked
-
         self._keyring_locked = isinstance(exc, KeyringLocked)
         if self._keyring_locked:
             self._keyring_problem = f"the OS keyring ({self.backend_name()}) is locked ({type(exc).__name__}: {redact(str(exc))})"
@@ -107,7 +107,7 @@ class SecretStore:
         if backend is None:
             return None
         try:
-            return backend.get_password(SERVICE, self._username(name))
+            return clean(backend.get_password(SERVICE, self._username(name)))
         except Exception as exc:  # KeyringLocked, InitError, NoKeyringError, D-Bus errors, ...
             self._keyring_failed(exc, "reading")
             return None
@@ -142,7 +142,7 @@ class SecretStore:
             ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"the secrets file {path} is damaged", hint="run `stsync connect --secrets-store file` again")
-        return {k: v for k, v in data.items() if k in SECRET_NAMES and isinstance(v, str) and v}
+        return {k: cleaned for k, v in data.items() if k in SECRET_NAMES and isinstance(v, str) and (cleaned := clean(v))}
 
     def _file_write(self, data: dict[str, str]) -> None:
         path = self.file_path
@@ -165,8 +165,6 @@ class SecretStore:
             raise
 
     def _file_update(self, change) -> None:
-        from filelock import FileLock
-
         make_private_dir(self.paths.locks)
         with FileLock(self.paths.locks / "secrets.lock", timeout=30, mode=PRIVATE_FILE):
             data = self._file_read()
@@ -230,8 +228,10 @@ class SecretStore:
         file) or outlive (file under a later-locked keyring) the new one.
         """
         label = secret(name).label
-        if not value:
+        cleaned = clean(value)
+        if not cleaned:
             raise UsageError(f"the {label} is empty")
+        value = cleaned
         if store not in ("keyring", "file"):
             raise UsageError(f"unknown secrets store {store!r}: use keyring or file")
         register_secret(value)
@@ -262,8 +262,6 @@ class SecretStore:
 
     def _keyring_delete(self, name: str) -> bool:
         """Remove one keyring entry. True if it was there. Raises on a keyring that failed."""
-        from keyring.errors import PasswordDeleteError
-
         backend = self._backend()
         if backend is None:
             return False  # no keyring at all: nothing can be stored in one
@@ -325,6 +323,3 @@ class SecretStore:
                 for spec in SECRETS
             },
         }
-
-
-__all__ = ["FILE_STORE_WARNING", "SecretStore"]

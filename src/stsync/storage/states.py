@@ -111,18 +111,3 @@ class DeliveryOutcome(StrEnum):
     CREATED = AttemptOutcome.CREATED.value
     ALREADY_BOOKED = AttemptOutcome.ALREADY_BOOKED.value
     SKIPPED = AttemptOutcome.SKIPPED.value
-
-
-__all__ = [
-    "BOOKED_OUTCOMES",
-    "REFERRER_RETRY_STATES",
-    "AttemptOutcome",
-    "DeliveryOutcome",
-    "RunJob",
-    "PushState",
-    "QualificationAction",
-    "QualificationState",
-    "QualificationValue",
-    "ReferrerState",
-    "RunOutcome",
-]

@@ -30,7 +30,7 @@ class Delivery:
 
     key: str
     event: str
-    lead: "Lead"
+    lead: Lead
     external_id: str | None
     received_at: float
 
@@ -58,7 +58,8 @@ Observer = Callable[[DeliveryEvent], None]
 def report(event: DeliveryEvent, observer: Observer | None) -> None:
     """Log ``event`` and tell the observer; rendering must never break serving."""
     level = logging.WARNING if event.outcome in (DeliveryOutcome.REJECTED, DeliveryOutcome.FAILED) else logging.INFO
-    log.log(level, "serve %s %s %s %s: %s", event.stage, event.status or "-", event.event or "-", event.key or "-", redact(event.message))
+    shown = (event.stage, event.status or "-", event.event or "-", event.key or "-", redact(event.message))
+    log.log(level, "serve %s %s %s %s: %s", *shown)
     if observer is not None:
         try:
             observer(event)

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from stsync.errors import InvalidRecord, StsyncError, UsageError
+from stsync.leads import leads_from_json
 from stsync.logs import get_logger
 from stsync.mapping.booking import external_id_for
-from stsync.leads import leads_from_json
 from stsync.storage.states import DeliveryOutcome
 from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
 from stsync.webhooks.payload import (
@@ -72,7 +72,7 @@ class Request:
     body: bytes = b""
 
     @classmethod
-    def build(cls, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes = b"") -> "Request":
+    def build(cls, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes = b"") -> Request:
         return cls(method.upper(), target, {name.casefold(): value for name, value in headers}, body)
 
     def header(self, name: str) -> str | None:
@@ -114,7 +114,7 @@ class WebhookHandler:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         *,
         token: str,
         queue: DeliveryQueue,
@@ -179,7 +179,10 @@ class WebhookHandler:
             raise WebhookRejected(400, f"expected a JSON object describing the user, got {type(payload).__name__}")
         event = classify(payload, path_event=rest[0] if rest else None, header_event=request.header(EVENT_HEADER))
         if event == REWARD_ISSUED:
-            report(DeliveryEvent("received", 200, event, None, None, DeliveryOutcome.IGNORED, "rewards are not used by stsync"), self.observer)
+            report(
+                DeliveryEvent("received", 200, event, None, None, DeliveryOutcome.IGNORED, "rewards are not used by stsync"),
+                self.observer,
+            )
             return Response(200, {"ok": True, "event": event, "outcome": DeliveryOutcome.IGNORED})
         try:
             leads = leads_from_json(payload)
@@ -192,13 +195,16 @@ class WebhookHandler:
             return Response(status, {"ok": True, "event": event, **answers[0]})
         return Response(status, {"ok": True, "event": event, "deliveries": answers})
 
-    def _enqueue(self, event: str, lead: "Lead", payload: Any) -> dict[str, Any]:
+    def _enqueue(self, event: str, lead: Lead, payload: Any) -> dict[str, Any]:
         key = delivery_key(event, lead, payload)
         external_id = self._external_id(lead)
         new = self._ledger_thread.submit(self._record_delivery, key, event, external_id).result()
         self.stats.count_received(duplicate=not new)
         if not new:
-            report(DeliveryEvent("received", 200, event, key, lead.describe(), DeliveryOutcome.DUPLICATE, "already received; not processed again"), self.observer)
+            duplicate = DeliveryEvent(
+                "received", 200, event, key, lead.describe(), DeliveryOutcome.DUPLICATE, "already received; not processed again"
+            )
+            report(duplicate, self.observer)
             return {"outcome": DeliveryOutcome.DUPLICATE, "delivery": key}
         self.queue.submit(Delivery(key=key, event=event, lead=lead, external_id=external_id, received_at=time.time()))
         report(DeliveryEvent("received", 202, event, key, lead.describe(), DeliveryOutcome.QUEUED, "queued"), self.observer)
@@ -217,7 +223,7 @@ class WebhookHandler:
             return True
         return False
 
-    def _external_id(self, lead: "Lead") -> str | None:
+    def _external_id(self, lead: Lead) -> str | None:
         try:
             return external_id_for(lead, self.conn.config.leads)
         except StsyncError:

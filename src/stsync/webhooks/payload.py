@@ -195,7 +195,7 @@ def classify(payload: Any, *, path_event: str | None = None, header_event: str |
     )
 
 
-def delivery_key(event: str, lead: "Lead", payload: Any) -> str:
+def delivery_key(event: str, lead: Lead, payload: Any) -> str:
     """``event:identity:stamp`` (see the module docstring)."""
     if lead.rf_user_id is not None:
         identity = f"id={lead.rf_user_id}"

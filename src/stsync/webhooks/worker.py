@@ -1,12 +1,13 @@
 """The worker: accepted deliveries processed one at a time, in arrival order, each outcome
 recorded in the ledger.
 
-**What a delivery does.** ``lead_created`` → the booking push (``push``, given by the
-caller: ``services.push.push_lead`` bound to the connection), kind lead, unless ``[leads]
-action`` is "nothing"; ``referrer_joined`` → the same push, kind referrer, only when
-``[referrers] action = "create_booking"``, else ignored; ``lead_qualified`` → recorded on
-the lead's push in the ledger, so ``qualify`` never qualifies it again (and
-``unqualify_on`` still applies).
+**What a delivery does.** ``lead_created`` → the booking push, kind lead; ``referrer_joined``
+→ the same push, kind referrer. The push is given by the caller (``push_for``:
+``services.serve.booking_push``, the connection's ``push_target`` and ``push_lead``): asked
+once per delivery for the event's kind, it answers with how to push one lead, or with why
+that kind is not sent ("Nothing to action") — then the delivery is ignored before anything
+is read. ``lead_qualified`` → recorded on the lead's push in the ledger, so ``qualify``
+never qualifies it again (and ``unqualify_on`` still applies).
 
 **Verified, not trusted.** The payload only says *who*: the user is read back from Referral
 Factory (by id, code or e-mail; the e-mail must agree) and must belong to this
@@ -30,25 +31,29 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from stsync.errors import ApiError, InvalidRecord, StsyncError, stops_run
+from stsync.errors import InvalidRecord, NotFound, StsyncError, stops_run
 from stsync.leads import LeadReader, lead_from_user
 from stsync.logs import get_logger
 from stsync.mapping.booking import external_id_for
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue
-from stsync.vocabulary import Action, Kind
+from stsync.vocabulary import Kind
 from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
-from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED
+from stsync.webhooks.payload import LEAD_CREATED, REFERRER_JOINED
 
 if TYPE_CHECKING:
-    from stsync.referralfactory.models import User
     from stsync.connection import Connection
     from stsync.leads import Lead
+    from stsync.referralfactory.models import User
 
 log = get_logger(__name__)
 
-# (lead, kind, run id) → (outcome, message, booking id); raises the error of a failed record.
-PushLead = Callable[["Lead", Kind, "int | None"], "tuple[str, str, int | None]"]
+# (lead, run id) → (outcome, message, booking id); raises the error of a failed record.
+LeadPush = Callable[["Lead", "int | None"], "tuple[str, str, int | None]"]
+# kind → the push of one lead of that kind, or the notice saying why that kind is not sent.
+PushFor = Callable[[Kind], "LeadPush | str"]
+
+KIND_FOR_EVENT = {LEAD_CREATED: Kind.LEAD, REFERRER_JOINED: Kind.REFERRER}
 
 
 class DeliveryWorker:
@@ -56,15 +61,15 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: Connection,
         *,
-        push: PushLead,
+        push_for: PushFor,
         stats: ServeStats,
         observer: Observer | None = None,
         run_id: int | None = None,
     ) -> None:
         self.conn = conn
-        self.push = push
+        self.push_for = push_for
         self.stats = stats
         self.observer = observer
         self.run_id = run_id
@@ -111,7 +116,8 @@ class DeliveryWorker:
     # -- one delivery ------------------------------------------------------------------------------
     def process(self, delivery: Delivery) -> None:
         """Process one delivery and record its outcome; never raises."""
-        outcome, message, error, booking_id = DeliveryOutcome.FAILED, "", None, None
+        outcome: str = DeliveryOutcome.FAILED
+        message, error, booking_id = "", None, None
         try:
             outcome, message, booking_id = self._outcome(delivery)
         except StsyncError as exc:
@@ -131,17 +137,18 @@ class DeliveryWorker:
             log.exception("serve: could not record the outcome of %s", delivery.key)
         self.stats.count_processed(outcome)
         report(
-            DeliveryEvent("processed", None, delivery.event, delivery.key, delivery.lead.describe(), outcome, message, booking_id),
+            DeliveryEvent(
+                "processed", None, delivery.event, delivery.key, delivery.lead.describe(), outcome, message, booking_id
+            ),
             self.observer,
         )
 
     def _outcome(self, delivery: Delivery) -> tuple[str, str, int | None]:
         """(outcome, message, booking id) for one delivery; raises for a failure."""
-        config = self.conn.config
-        if delivery.event == REFERRER_JOINED and config.referrers.action != Action.CREATE_BOOKING:
-            return DeliveryOutcome.IGNORED, f'referrers.action is "{Action.NOTHING}": referrers are not sent to ServiceTitan', None
-        if delivery.event == LEAD_CREATED and config.leads.action != Action.CREATE_BOOKING:
-            return DeliveryOutcome.IGNORED, f'leads.action is "{Action.NOTHING}" ("Nothing to action"): no booking is created', None
+        kind = KIND_FOR_EVENT.get(delivery.event)  # None for lead_qualified: nothing is pushed
+        push = self.push_for(kind) if kind is not None else None
+        if isinstance(push, str):
+            return DeliveryOutcome.IGNORED, push, None
         user = verified_user(self.conn, delivery.lead)
         expected = PERSON_REFERRING if delivery.event == REFERRER_JOINED else PERSON_INVITED
         if user.type is not None and user.type != expected:
@@ -149,14 +156,13 @@ class DeliveryWorker:
                 f"Referral Factory user {user.id} is a {user.type}, but the delivery says {delivery.event}",
                 record=delivery.lead.describe(),
             )
-        if delivery.event == LEAD_QUALIFIED:
+        if push is None:
             return record_reported_qualification(self.conn, user)
-        kind = Kind.REFERRER if delivery.event == REFERRER_JOINED else Kind.LEAD
         lead = LeadReader(self.conn.referral_factory, self.conn.campaign_id).lead(user)
-        return self.push(lead, kind, self.run_id)
+        return push(lead, self.run_id)
 
 
-def verified_user(conn: "Connection", lead: "Lead") -> "User":
+def verified_user(conn: Connection, lead: Lead) -> User:
     """The Referral Factory user a delivery names, read back (id, then code, then e-mail).
 
     The e-mail in the payload must agree with the user found, and the user must belong to
@@ -166,7 +172,7 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
     campaign_id = conn.campaign_id
     wanted_email = (lead.email or "").strip().casefold()
 
-    def agrees(user: "User | None") -> bool:
+    def agrees(user: User | None) -> bool:
         if user is None:
             return False
         return not wanted_email or (user.email or "").strip().casefold() == wanted_email
@@ -175,9 +181,8 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
     if lead.rf_user_id is not None:
         try:
             candidates.append(rf.get_user(lead.rf_user_id))
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        except NotFound as exc:
+            rf.confirm_deleted(exc, campaign_id=campaign_id)  # raises unless a deletion
     user = next((u for u in candidates if agrees(u)), None)
     if user is None and lead.referral_code:
         found = rf.find_user_by_code(campaign_id, lead.referral_code)
@@ -199,10 +204,14 @@ def verified_user(conn: "Connection", lead: "Lead") -> "User":
     return user
 
 
-def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str, str, int | None]:
+def record_reported_qualification(conn: Connection, user: User) -> tuple[str, str, int | None]:
     """"A lead is qualified": note it on the lead's push, so ``qualify`` never sends it again."""
     if user.qualified_at is None:
-        return DeliveryOutcome.IGNORED, f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded", None
+        return (
+            DeliveryOutcome.IGNORED,
+            f"Referral Factory shows user {user.id} as not qualified (pending): nothing recorded",
+            None,
+        )
     ledger = conn.ledger
     external_id: str | None
     try:
@@ -215,7 +224,7 @@ def record_reported_qualification(conn: "Connection", user: "User") -> tuple[str
     if push.qualification == QualificationValue.QUALIFIED:
         return DeliveryOutcome.RECORDED, "already recorded as qualified", push.booking_id
     intent = ledger.record_qualification_intent(
-        external_id,
+        push.external_id,
         QualificationAction.QUALIFY,
         rule="referral_factory",
         reason="Referral Factory reported the lead qualified (webhook)",
