@@ -87,6 +87,28 @@ WEBHOOK_TOKEN = EnvVar(
     doc="Shared token `stsync serve` requires in the webhook URL (/hooks/<token>) or the X-Stsync-Token header.",
     secret=True,
 )
+NOTIFY_WEBHOOK_URL = EnvVar(
+    "STSYNC_NOTIFY_WEBHOOK_URL",
+    overrides="notify.webhook_url",
+    doc="Where alerts are POSTed as JSON (a Slack or Teams incoming webhook): the URL carries a token, "
+    "so it is treated as a secret.",
+    config_key="notify.webhook_url",
+    secret=True,
+)
+NOTIFY_PING_URL = EnvVar(
+    "STSYNC_NOTIFY_PING_URL",
+    overrides="notify.ping_url",
+    doc="Dead-man's-switch ping URL in the healthchecks.io style (`{job}` is replaced by push, qualify or sync); "
+    "treated as a secret.",
+    config_key="notify.ping_url",
+    secret=True,
+)
+LOG_FORMAT = EnvVar(
+    "STSYNC_LOG_FORMAT",
+    overrides="logging.format (`--log-format` wins over it)",
+    doc="`text` or `json`: how the log file (and stderr under `run`/`serve`) is written.",
+    config_key="logging.format",
+)
 
 VARIABLES: tuple[EnvVar, ...] = (
     CONFIG,
@@ -98,6 +120,9 @@ VARIABLES: tuple[EnvVar, ...] = (
     ST_APP_KEY,
     RF_API_KEY,
     WEBHOOK_TOKEN,
+    NOTIFY_WEBHOOK_URL,
+    NOTIFY_PING_URL,
+    LOG_FORMAT,
 )
 BY_NAME: Mapping[str, EnvVar] = {variable.name: variable for variable in VARIABLES}
 # The variables that point stsync at other servers (the sandbox's `.env()` sets exactly these).

@@ -4,7 +4,8 @@
     ├── UsageError                   2  bad command line or input shape
     ├── ConfigError                  3  config or mapping invalid
     │   ├── SetupRequired            3  required booking fields unmapped (the seed's banner)
-    │   └── SecretStoreUnavailable   3  no usable secret store (headless cron)
+    │   ├── SecretStoreUnavailable   3  no usable secret store (headless cron)
+    │   └── ConnectionInUse          3  another config file already goes by this connection name
     ├── AuthError                    4  credentials, app key, tenant, booking provider, RF key
     ├── PartialFailure               5  some records failed; the rest is done and recorded
     ├── InvalidRecord                5  one record cannot be sent (a lead without e-mail, ...)
@@ -46,6 +47,7 @@ turns a stored one back into a line for a person — rows written before ``to_di
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,6 +150,24 @@ class SecretStoreUnavailable(ConfigError):
             )
         super().__init__(f"No usable secret store: {detail}", hint=hint)
         self.locked = locked
+
+
+class ConnectionInUse(ConfigError):
+    """Two config files would share one connection's state and secrets: refused, both named."""
+
+    shape_fields = (*ConfigError.shape_fields, "connection", "owner", "config")
+
+    def __init__(self, connection: str, *, owner: str, config: str) -> None:
+        self.connection = connection
+        self.owner = owner
+        self.config = config
+        super().__init__(
+            f"connection '{connection}' belongs to {owner}; {config} cannot be connection '{connection}' too "
+            "(they would share secrets, ledger and state)",
+            key_path="connection",
+            hint=f"give this config a name of its own: `stsync --config {shlex.quote(config)} connect --connection NAME` "
+            "(or rename the file, if it has no `connection = ...` line: it is then named after the file)",
+        )
 
 
 class AuthError(StsyncError):

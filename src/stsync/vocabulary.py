@@ -88,6 +88,13 @@ class ReturnValue(StrEnum):
     REFERRAL_CODE = "referral_code"
 
 
+class LogFormat(StrEnum):
+    """``logging.format`` / ``--log-format``: how log records are written."""
+
+    TEXT = "text"  # one line for a person: time, pid, level, logger, message
+    JSON = "json"  # one JSON object per line, for a log shipper
+
+
 class Kind(StrEnum):
     """Whom a booking is for: a referred lead or a referrer (``pushes.kind``, ``push-lead --referrer``)."""
 

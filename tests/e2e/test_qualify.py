@@ -71,12 +71,15 @@ def test_job_created_qualifies_the_converted_booking_once(booked, cli):
     assert report["counts"]["qualified"] == 1 and report["counts"]["waiting"] == len(bookings) - 1
     assert qualified_users(sb, bookings) == {bookings[first]["id"]}
     assert qualification_puts(sb) == 1
-    # Bookings were read in one batch (≤ 50 ids), the job in one.
+    # The first run reads in full: the provider's bookings (one page), the job by id (one
+    # batch of ≤ 50), and the two export feeds from a day ago.
+    assert result.json["reads"]["full"]
     assert sb.count_requests(service="servicetitan", method="GET", path_contains="/bookings") == 1
-    assert sb.count_requests(service="servicetitan", method="GET", path_contains="/jpm/v2/") == 1
+    assert sb.count_requests(service="servicetitan", method="GET", path_contains="/jpm/v2/tenant") == 3
     assert "qualified 1" in result.stderr
 
-    # A second run: no qualification call, and the qualified (final) booking is not read again.
+    # A second run: no qualification call again; only what changed is read, and the final
+    # booking is not decided again.
     sb.clear_request_log()
     sb.convert_booking_to_job(second)
     again = cli("--json", "qualify")
@@ -84,8 +87,8 @@ def test_job_created_qualifies_the_converted_booking_once(booked, cli):
     assert again.json["counts"]["qualified"] == 1
     assert qualified_users(sb, bookings) == {bookings[first]["id"], bookings[second]["id"]}
     assert qualification_puts(sb) == 1, "only the newly converted booking is qualified"
-    read = booking_ids_read(sb)
-    assert second in read and first not in read, "a final booking is never read again"
+    assert first not in {d["booking_id"] for d in again.json["decisions"]}, "a final booking is never decided again"
+    assert not again.json["reads"]["full"] and booking_ids_read(sb) == set(), "no booking is read by id"
 
     sb.clear_request_log()
     third = cli("--json", "qualify")

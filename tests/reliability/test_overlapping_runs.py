@@ -7,7 +7,8 @@
   SPEC §6.4) keeps the sandbox from ever answering 429.
 
 Afterwards the ledger is consistent: SQLite's integrity check passes, no run is left
-`running`, and what the ledger records matches what the sandbox holds.
+`running` (each refused one is recorded `skipped`, exit 7), and what the ledger records
+matches what the sandbox holds.
 
 The first run is a real process (`python -m stsync`) against a sandbox with some latency, so
 it holds its lock for a second or two; the second runs in-process.
@@ -90,7 +91,10 @@ def assert_ledger_sound(paths: ConnectionPaths) -> Ledger:
         assert raw.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     ledger = Ledger.open(paths.ledger)
     runs = ledger.recent_runs(limit=50)
-    assert runs and all(run.outcome == "ok" for run in runs), [(r.command, r.outcome) for r in runs]
+    # Every run that ran finished ok; each one refused by the lock is recorded as a skipped tick.
+    ran = [run for run in runs if run.outcome != "skipped"]
+    assert ran and all(run.outcome == "ok" and run.exit_code == 0 for run in ran), [(r.command, r.outcome) for r in runs]
+    assert all(run.exit_code == 7 and "in progress" in (run.error or "") for run in runs if run.outcome == "skipped")
     return ledger
 
 
@@ -138,7 +142,10 @@ def test_a_second_sync_exits_7_naming_the_running_one(slow_connection, cli, path
     assert report["counts"]["failed"] == 0 and report["complete"]
 
     with assert_ledger_sound(paths) as ledger:
-        assert len(ledger.recent_runs(job="sync")) == 1, "the refused runs recorded a run"
+        runs = ledger.recent_runs(job="sync")
+        # The refused runs did nothing: each is recorded as a skipped tick (exit 7), not as a run.
+        assert [run.outcome for run in runs if run.outcome != "skipped"] == ["ok"], "the refused runs recorded a run"
+        assert len(runs) == 3 and ledger.last_run("sync").outcome == "ok"
         assert_referrers_match(sb, ledger, expected)
     # The lock went with the process: the next run starts.
     third = cli("--json", "sync-customers", "--ongoing")
@@ -161,7 +168,7 @@ def test_a_second_push_new_exits_7_naming_the_running_one(slow_connection, cli, 
     assert report["counts"]["created"] == 24 and report["counts"]["failed"] == 0
 
     with assert_ledger_sound(paths) as ledger:
-        assert len(ledger.recent_runs(job="push")) == 1
+        assert sorted(run.outcome for run in ledger.recent_runs(job="push")) == ["ok", "skipped"]
         assert_pushes_match(sb, ledger)
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
+from kills import kill_after_requests
 
 from stsync.cli.app import run
 from stsync.storage.config import load_config
@@ -26,7 +25,7 @@ LEADS = 100
 KILLS = 10
 
 
-@pytest.mark.slow  # ten seeded kills 0.2–1.5 s apart: about 10 s, by design
+@pytest.mark.slow  # ten seeded kills along the run, then a run to the end: about 10 s
 def test_push_new_killed_ten_times_then_completed_books_every_lead_exactly_once(isolated, monkeypatch, capsys):
     from stsync.sandbox import Sandbox
     from stsync.storage.ledger import Ledger
@@ -52,8 +51,8 @@ def test_push_new_killed_ten_times_then_completed_books_every_lead_exactly_once(
         for _ in range(KILLS):
             process = subprocess.Popen(command, env=dict(os.environ), stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.2, 1.5))
-            process.send_signal(signal.SIGKILL)
+            # After 0–25 of the run's own booking POSTs: ten kills land along the 100 leads.
+            kill_after_requests(process, sb, rng.randint(0, 25), method="POST", service="servicetitan")
             process.wait(timeout=30)
             booked_after_kill.append(len(sb.bookings()))
 

@@ -269,10 +269,14 @@ def test_no_command_leaks_a_secret_with_the_file_store(sandbox_env, scan, run, r
     run("-vv", "diagnose", "--email", "bob@localhost", expect=None)
     run("-vv", "diagnose", "--bundle", tmp_path / "support-1", expect=None)
     run("--json", "diagnose", "--email", lead_email, "--bundle", f"{tmp_path}/bundles/", expect=None)
+    # status (its JSON and its Prometheus textfile) and JSON logs
+    run("-vv", "status", expect=None)
+    run("--json", "status", "--prometheus", tmp_path / "stsync.prom", expect=None)
+    run("--log-format", "json", "-vv", "push-lead", "--new")
     bundles = sorted(tmp_path.glob("support-1.*")) + sorted((tmp_path / "bundles").glob("*"))
     assert {p.suffix for p in bundles} == {".md", ".json"} and len(bundles) == 4, bundles
     read = scan.check_files("after the tour", allowed=allowed)
-    assert set(bundles) <= set(read)
+    assert set(bundles) <= set(read) and tmp_path / "stsync.prom" in read
     assert paths.log_file in read and paths.ledger in read and (isolated / "config.toml") in read
     assert "POST /crm/v2/tenant/" in paths.log_file.read_text(), "-vv logs the HTTP traffic"
 

@@ -5,6 +5,8 @@ The CLI runs as a real subprocess against a sandbox in this process, over socket
 sandbox's rate limits (and stsync's config) are scaled up so each run takes a few seconds;
 the kills land anywhere: at startup, in the contacts feed, between an intent and its
 POST, between a POST and its record, in the middle of a custom-field write, in a commit.
+Each kill waits for a seeded number of the run's own writes (``kills.kill_after_requests``),
+not for a time, so where the kills land does not depend on the machine's load.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from customer_sync_expectations import ENROLLED, custom_values, expected_outcomes
+from kills import kill_after_requests
 
 from stsync.cli.app import run
 from stsync.storage.config import load_config
@@ -69,11 +70,9 @@ def test_kill_9_ten_times_then_finish_exactly_one_user_per_customer(sandbox, iso
     killed_while_running = 0
     for _ in range(KILLS):
         process = sync_process()
-        # The CLI needs ~0.3 s to start and a whole pass takes ~3 s, so ten kills in this
-        # range land all along the pass (each run resumes where the one before was killed).
-        time.sleep(rng.uniform(0.25, 1.1))
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
+        # A whole pass makes ~1,700 writes and reads; ten kills after 0–250 of a run's own
+        # requests land all along it (each run resumes where the one before was killed).
+        if kill_after_requests(process, sb, rng.randint(0, 250)):
             killed_while_running += 1
         process.communicate(timeout=30)
 

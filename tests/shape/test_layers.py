@@ -4,11 +4,11 @@ Layers, top to bottom; a module imports its own layer or those below it, never o
 
     cli          parse, call a service, render (the only layer importing typer or rich)
     services     use cases; return result objects, never print
-    engines      mapping/, checks/, customersync/, webhooks/, leads.py
+    engines      mapping/, checks/, customersync/, webhooks/, notify/, tracking/, leads.py
     connection   connection.py: config + secrets + clients + ledger
     clients      servicetitan/, referralfactory/, http.py, ratelimit.py, storage/
     leaves       errors, logs, envvars, credentials, vocabulary, progress, workpool,
-                 suggestions, storage/paths.py, storage/states.py, and the package's
+                 suggestions, durations, urls, storage/paths.py, storage/states.py, and the package's
                  __init__ (__version__)
 
 The sandbox stands apart: it imports nothing of stsync but itself, and only the commands that
@@ -29,7 +29,15 @@ from source_imports import PACKAGE, SRC, Import, all_modules, imports_of, path_o
 LAYERS: dict[str, tuple[str, ...]] = {
     "cli": ("stsync.cli", "stsync.__main__"),
     "services": ("stsync.services",),
-    "engines": ("stsync.mapping", "stsync.checks", "stsync.customersync", "stsync.webhooks", "stsync.leads"),
+    "engines": (
+        "stsync.mapping",
+        "stsync.checks",
+        "stsync.customersync",
+        "stsync.webhooks",
+        "stsync.notify",
+        "stsync.tracking",
+        "stsync.leads",
+    ),
     "connection": ("stsync.connection",),
     "clients": (
         "stsync.servicetitan",
@@ -47,6 +55,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "stsync.progress",
         "stsync.workpool",
         "stsync.suggestions",
+        # Durations as the config writes them ("5m", "off"), and which URLs may carry a credential.
+        "stsync.durations",
+        "stsync.urls",
         # Where a connection's files live and how private files are made: logs and the CLI's
         # start-up need it, and it needs nothing but envvars.
         "stsync.storage.paths",

@@ -160,6 +160,10 @@ def test_qualification_rule_consistency():
         {"leads": {"qualification": {"rule": "job_status", "job_status": "Canceled", "unqualify_on": ["job_canceled"]}}}
     )
     assert offline.check_qualification_rule(contradictory).status == "warn"
+    held = Config.model_validate({"leads": {"qualification": {"rule": "job_status", "hold_days": 14}}})
+    check = offline.check_qualification_rule(held)
+    assert check.status == "pass" and "held 14 days" in check.message
+    assert "held" not in offline.check_qualification_rule(Config.model_validate({"leads": {"qualification": {"hold_days": 3}}})).message
 
 
 def test_customer_mapping_and_return_fields():
@@ -250,8 +254,7 @@ def test_return_field_missing_in_servicetitan_or_not_text(connected: Path, httpx
 
 def test_bad_client_secret_fails_the_token_names_the_environment_and_skips_dependent_checks(connected: Path, httpx_mock: HTTPXMock):
     httpx_mock.add_response(method="POST", url=TOKEN_URL, status_code=400, json={"error": "invalid_client"})
-    # The other environment is asked too: it does not know these credentials either.
-    httpx_mock.add_response(method="POST", url=OTHER_TOKEN_URL, status_code=400, json={"error": "invalid_client"})
+    # Nobody to ask: the other environment's token server gets nothing (the strict mock says so).
     rf_ok(httpx_mock)
     report = report_for(connected, online=True)
     names = by_name(report)
@@ -386,6 +389,27 @@ def test_every_check_name_is_written_once_and_each_plan_runs_its_prerequisites_f
                 assert need not in plan[position:], f"{item.name} runs before {need.name}"
 
 
+def test_limits_above_the_documented_ones_warn_in_validate_and_in_the_commands_that_use_them(connected, capsys):
+    edit(connected, limits={"servicetitan_per_second": 6000})
+    check = by_name(report_for(connected))["Limits"]
+    assert check.status == "warn" and "servicetitan_per_second = 6000" in check.message
+    assert run(["validate"]) == 0  # a warning, not a failure
+    capsys.readouterr()
+    assert run(["history"]) == 0
+    assert "Warning: limits.servicetitan_per_second = 6000 is above" in capsys.readouterr().err
+    edit(connected)
+    assert by_name(report_for(connected))["Limits"].status == "pass"
+
+
+def test_the_secret_store_check_of_a_file_store_ignores_the_keyring(connected, monkeypatch):
+    text = connected.read_text().replace('store = "keyring"', 'store = "file"')
+    connected.write_text(text)
+    monkeypatch.setenv("STSYNC_TEST_KEYRING", "locked")
+    verdict, described = offline.check_secret_store(ConnectionPaths.for_config(connected))
+    assert verdict.status == "pass" and "the file store" in verdict.message
+    assert described["store"] == "file"
+
+
 # -- Referral Factory's shared rate-limit state (diagnose, no request) ---------------------------
 
 WALL = 1_800_000_000.0
@@ -437,3 +461,48 @@ def test_the_throttle_check_warns_during_a_rate_limit_cool_down_and_fails_on_an_
     fake.now += 7 * 86400
     over = throttle(paths, fake)
     assert over.passed and "the last cool-down (an IP block) ended" in over.message
+
+
+# == credentials only where the configuration points ===========================================
+
+
+class TerminalInput:
+    """stdin of a person at a terminal, typing ``answer`` (stderr counts as a terminal too)."""
+
+    def __init__(self, monkeypatch, answer: str) -> None:
+        import io
+        import sys
+
+        from stsync.cli.terminal import Terminal
+
+        class TypedAtATerminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        monkeypatch.setattr(sys, "stdin", TypedAtATerminal(answer))
+        monkeypatch.setattr(Terminal, "can_ask", property(lambda self: True))
+
+
+def test_at_a_terminal_yes_asks_the_other_environment_and_tells_the_credentials_apart(
+    connected: Path, httpx_mock: HTTPXMock, capsys, monkeypatch
+):
+    TerminalInput(monkeypatch, "y\n")
+    httpx_mock.add_response(method="POST", url=TOKEN_URL, status_code=400, json={"error": "invalid_client"})
+    httpx_mock.add_response(method="POST", url=OTHER_TOKEN_URL, json={"access_token": "tok-other", "expires_in": 900})
+    rf_ok(httpx_mock)
+    assert run(["validate", "--online"]) == 4
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Checking sends them to the integration token server (https://auth-integration.servicetitan.io)" in err
+    assert "they were made for integration" in err and "stsync connect --environment integration" in err
+
+
+def test_at_a_terminal_the_default_answer_sends_nothing_to_the_other_environment(
+    connected: Path, httpx_mock: HTTPXMock, capsys, monkeypatch
+):
+    TerminalInput(monkeypatch, "\n")  # Enter: the default is No; the strict mock fails a request to the other server
+    httpx_mock.add_response(method="POST", url=TOKEN_URL, status_code=400, json={"error": "invalid_client"})
+    rf_ok(httpx_mock)
+    assert run(["validate", "--online"]) == 4
+    err = " ".join(capsys.readouterr().err.split())
+    assert "[y/N]" in err and "not sent to integration" in err
+    assert "run `stsync connect --environment integration`" in err

@@ -527,3 +527,52 @@ def test_any_toml_document_gives_a_config_or_a_config_error(document):
         assert error.problems and all(message for _, message in error.problems)
     else:
         assert isinstance(config, Config)
+
+
+# -- secrets never in the file; the connection's name; limits ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path"),
+    [
+        ('[servicetitan]\nclient_secret = "cs2.do-not-echo-1"\n', "servicetitan.client_secret"),
+        ('[servicetitan]\napp_key = "ak1.do-not-echo-1"\n', "servicetitan.app_key"),
+        ('[referral_factory]\napi_key = "rf-do-not-echo-1"\n', "referral_factory.api_key"),
+        ('st_client_secret = "cs2.do-not-echo-1"\n', "st_client_secret"),
+        ('[secrets]\nrf_api_key = "rf-do-not-echo-1"\n', "secrets.rf_api_key"),
+        ('[webhook]\ntoken = "tok-do-not-echo-1"\n', "webhook.token"),
+    ],
+)
+def test_a_secret_in_the_config_is_refused_without_repeating_it(text, key_path):
+    with pytest.raises(ConfigSchemaError) as caught:
+        parse_config_text(text)
+    assert str(caught.value) == f"{key_path}: secrets never go in the config — use `stsync connect`"
+    assert caught.value.key_path == key_path and caught.value.exit_code == 3
+    assert "do-not-echo" not in str(caught.value) + str(caught.value.hint) + str(caught.value.to_dict())
+
+
+def test_the_connection_name_and_the_secret_store_are_config_keys():
+    config = parse_config_text('connection = "acme-hvac"\n[secrets]\nstore = "file"\n')
+    assert config.connection == "acme-hvac" and config.secrets.store == "file"
+    assert parse_config_text("").secrets.store == "keyring"
+    with pytest.raises(ConfigSchemaError, match=r"connection: '\.\./x' is not a connection name"):
+        parse_config_text('connection = "../x"\n')
+    with pytest.raises(ConfigSchemaError, match="secrets.store: unknown value 'vault'"):
+        parse_config_text('[secrets]\nstore = "vault"\n')
+
+
+def test_limits_above_what_the_services_document_warn():
+    from stsync.storage.config import limit_warnings
+
+    assert limit_warnings(default_config()) == []
+    config = parse_config_text("[limits]\nservicetitan_per_second = 6000\nreferral_factory_per_minute = 601\n")
+    warnings = limit_warnings(config)
+    assert len(warnings) == 2
+    assert "servicetitan_per_second = 6000 is above ServiceTitan's documented 60 calls per second" in warnings[0]
+    assert "referral_factory_per_minute = 601" in warnings[1] and "blocked" in warnings[1]
+
+
+def test_the_generated_config_names_no_document_sections():
+    for config in (default_config(), default_config(**EXAMPLE_IDENTITY)):
+        text = render_config(config)
+        assert "§" not in text and "SPEC" not in text

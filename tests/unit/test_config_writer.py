@@ -36,6 +36,7 @@ def test_save_writes_spec_order_and_inline_specs(tmp_path):
     assert headers == [
         "servicetitan",
         "referral_factory",
+        "secrets",
         "leads",
         "leads.fields",
         "leads.qualification",
@@ -45,6 +46,9 @@ def test_save_writes_spec_order_and_inline_specs(tmp_path):
         "customer_sync.fields",
         "customer_sync.return_fields",
         "limits",
+        "schedule",
+        "notify",
+        "logging",
         "webhook.aliases",
     ]
     assert re.search(r'^summary = \{ value = "Referral" \} +# Fixed Value \(Manual Input\)$', text, re.M)
@@ -94,3 +98,24 @@ def test_a_file_written_by_hand_with_user_comments_loses_them_with_notice(tmp_pa
 
 def test_values_are_spelled_as_the_file_spells_them():
     assert [toml_value(v) for v in ("a \"b\"", 12, True, ["x", "y"])] == ['"a \\"b\\""', "12", "true", '["x", "y"]']
+
+
+def test_schedule_notify_and_logging_survive_a_rewrite_in_their_own_spelling(tmp_path):
+    """`map set` rewrites the file: a schedule written as "30s" stays "30s", "off" stays off,
+    and the alert URLs and the log format are kept."""
+    from stsync.storage.config import parse_config_text
+
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[schedule]\npush = "30s"\nsync = "off"\nqualify = 90\nfull_sync = "2d"\noverdue_after = 2\n'
+        '[notify]\nwebhook_url = "https://hooks.example.com/T0/B0"\nping_url = "https://hc-ping.example/k/{job}"\n'
+        '[logging]\nformat = "json"\n'
+    )
+    config = parse_config_text(path.read_text())
+    save_config(config, path)
+    text = path.read_text()
+    assert re.search(r'^push = "30s" ', text, re.M) and re.search(r'^sync = "off" ', text, re.M)
+    assert re.search(r'^qualify = "90s" ', text, re.M) and re.search(r'^full_sync = "2d" ', text, re.M)
+    assert re.search(r'^overdue_after = 2 ', text, re.M) and re.search(r'^# jitter = "30s" ', text, re.M)
+    assert 'webhook_url = "https://hooks.example.com/T0/B0"' in text and re.search(r'^format = "json" ', text, re.M)
+    assert parse_config_text(text) == config

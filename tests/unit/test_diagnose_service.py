@@ -247,8 +247,7 @@ def test_wrong_booking_provider_value_is_the_guides_fail_and_fix(paths: Connecti
 
 def test_revoked_client_secret_fails_the_token_and_says_reconnect(paths: ConnectionPaths, httpx_mock: HTTPXMock):
     httpx_mock.add_response(method="POST", url=TOKEN_URL, status_code=400, json={"error": "invalid_client"})
-    # The other environment is asked too: it does not know these credentials either.
-    httpx_mock.add_response(method="POST", url=f"{AUTH_INTEGRATION}/connect/token", status_code=400, json={"error": "invalid_client"})
+    # Nobody to ask: the other environment is not asked (the strict mock would fail a request to it).
     rf_ok(httpx_mock)
     report = diagnose(paths, paths.config, offline=False)
     token = by_name(report)["ServiceTitan token"]
@@ -264,7 +263,9 @@ def test_credentials_of_the_other_environment_are_told_apart(paths: ConnectionPa
     httpx_mock.add_response(method="POST", url=TOKEN_URL, status_code=400, json={"error": "invalid_client"})
     httpx_mock.add_response(method="POST", url=f"{AUTH_INTEGRATION}/connect/token", json={"access_token": "tok-other", "expires_in": 900})
     rf_ok(httpx_mock)
-    token = by_name(diagnose(paths, paths.config, offline=False))["ServiceTitan token"]
+    questions: list[str] = []
+    token = by_name(diagnose(paths, paths.config, offline=False, consent=lambda q: questions.append(q) or True))["ServiceTitan token"]
+    assert len(questions) == 1 and "sends them to the integration token server" in questions[0]
     assert token.status == "fail"
     assert "they were made for integration" in token.message
     assert token.fix.endswith("`stsync connect --environment integration`")
@@ -274,7 +275,9 @@ def test_no_other_environment_is_asked_when_the_auth_url_is_overridden(paths: Co
     monkeypatch.setenv("STSYNC_ST_AUTH_URL", "http://127.0.0.1:9/auth")
     httpx_mock.add_response(method="POST", url="http://127.0.0.1:9/auth/connect/token", status_code=400, json={"error": "invalid_client"})
     rf_ok(httpx_mock)
-    token = by_name(diagnose(paths, paths.config, offline=False))["ServiceTitan token"]
+    questions: list[str] = []
+    token = by_name(diagnose(paths, paths.config, offline=False, consent=lambda q: questions.append(q) or True))["ServiceTitan token"]
+    assert questions == []  # nobody is even asked: the override names the one server
     assert token.status == "fail" and "Client ID / Client Secret" in token.message  # and no second token request
 
 
@@ -392,6 +395,10 @@ def test_the_lock_holder_is_named_and_a_long_hold_warns(paths: ConnectionPaths):
         later = check_run_locks(paths, now=time.time() + 7 * 3600)
         assert later.status == "warn" and f"kill {os.getpid()}" in later.fix
     assert "no stsync run holds a lock" in check_run_locks(paths).message
+    # `stsync run` (like serve) holds its lock for as long as it runs: months are not stuck.
+    with RunLock(paths, "run", command="run --webhooks"):
+        months = check_run_locks(paths, now=time.time() + 90 * 86400)
+        assert months.status == "pass" and "run: `run --webhooks`" in months.message
 
 
 # == --email ====================================================================================
@@ -408,6 +415,24 @@ def test_email_story_offline_shows_every_attempt_and_the_exact_error(paths: Conn
     text = "\n".join(story.summary)
     assert "One or more validation errors occurred. — Name: The Name field is required." in text
     assert any("stsync push-lead --code JANE01" in step for step in story.next_steps)
+
+
+def test_email_story_tells_a_held_referral_and_until_when(paths: ConnectionPaths):
+    edit(paths.config, leads={"qualification": {"rule": "job_status", "job_status": "Completed", "hold_days": 14}})
+    with Ledger.open(paths.ledger) as ledger:
+        attempt = ledger.record_push_intent("JANE01", kind="lead", email="jane@example.com", name="Jane", referral_code="JANE01")
+        ledger.record_push_result(attempt, outcome="created", booking_id=5551)
+        ledger.update_tracking("JANE01", booking_status="Converted", job_id=7100001, job_status="Completed")
+        ledger.set_held_until("JANE01", "2025-07-14T10:00:00.000Z")
+    report = diagnose(paths, paths.config, offline=True, email="jane@example.com")
+    [push] = report.story.pushes
+    assert push.held_until == "2025-07-14T10:00:00.000Z"
+    text = "\n".join(report.story.summary)
+    assert "Held until 2025-07-14T10:00:00.000Z" in text and "14-day hold" in text
+    assert "held 14 days" in by_name(report)["Qualification rule"].message
+    held = by_name(report)["Held referrals"]
+    assert held.status == "pass" and "1 referral(s) held" in held.message
+    assert "jane@example.com, held until 2025-07-14 10:00 UTC" in held.message
 
 
 def test_email_story_online_tells_rf_user_referrer_booking_and_job(paths: ConnectionPaths, httpx_mock: HTTPXMock):
@@ -441,7 +466,7 @@ def test_email_story_online_tells_rf_user_referrer_booking_and_job(paths: Connec
     assert data["referral_factory"]["referrer"] == {"id": 400, "first_name": "John", "email": "john@example.com", "code": "JOHN"}
     [push] = data["pushes"]
     assert list(push) == ["external_id", "kind", "email", "name", "rf_user_id", "referral_code", "state", "booking_id",
-                          "booking_status", "job_id", "job_status", "final", "qualification", "qualified_at", "first_seen",
+                          "booking_status", "job_id", "job_status", "final", "qualification", "qualified_at", "first_seen", "held_until",
                           "attempts", "qualifications", "servicetitan", "servicetitan_note"]
     assert list(push["attempts"][0]) == ["at", "outcome", "booking_id", "error_text", "error", "run_id"]
     assert list(push["servicetitan"]) == ["booking_id", "status", "job_id", "dismissing_reason_id", "modified_on", "job"]

@@ -27,6 +27,9 @@ TABLES = {
     "return_fields",
     "webhook_deliveries",
     "kv",
+    "st_bookings",
+    "st_jobs",
+    "job_events",
 }
 
 
@@ -42,23 +45,45 @@ def _intent(ledger: Ledger, external_id: str, email: str = "ann@example.com", **
 
 
 # -- opening -------------------------------------------------------------------------------
-def test_open_creates_schema_v1_in_wal_mode(tmp_path):
+def test_open_creates_the_whole_schema_in_wal_mode(tmp_path):
     path = tmp_path / "deep" / "ledger.sqlite3"
     ledger = Ledger.open(path)
     try:
         raw = sqlite3.connect(path)
         tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert TABLES <= tables
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         raw.close()
-        assert ledger.schema_version == 1
+        assert ledger.schema_version == len(MIGRATIONS)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         ledger.close()
     again = Ledger.open(path)  # a second open migrates nothing and keeps the data
-    assert again.schema_version == 1
+    assert again.schema_version == len(MIGRATIONS)
     again.close()
+
+
+def test_a_version_1_ledger_is_migrated_and_keeps_its_pushes(tmp_path):
+    from stsync.storage.ledger import _statements
+
+    path = tmp_path / "ledger.sqlite3"
+    raw = sqlite3.connect(path)
+    for statement in _statements(MIGRATIONS[0]):
+        raw.execute(statement)
+    raw.execute(
+        "INSERT INTO pushes (external_id, kind, state, booking_id, job_id, job_status, created_at, updated_at) "
+        "VALUES ('OLD1', 'lead', 'booked', 501, 9001, 'Scheduled', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')"
+    )
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+
+    with Ledger.open(path) as ledger:
+        assert ledger.schema_version == len(MIGRATIONS)
+        push = ledger.get_push("OLD1")
+        assert (push.booking_id, push.job_id, push.job_status, push.held_until) == (501, 9001, "Scheduled", None)
+        assert ledger.bookings_for([501]) == {} and ledger.jobs_for([9001]) == {}
 
 
 def test_a_newer_schema_is_refused(tmp_path):
@@ -454,3 +479,178 @@ def _no_error():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+# -- the ServiceTitan mirror -------------------------------------------------------------------
+def _booking(booking_id: int, modified_on: str, *, status: str = "New", job_id: int | None = None, external_id: str = "X"):
+    from stsync.storage.ledger import BookingRow
+
+    return BookingRow(booking_id, external_id, status, job_id, "2025-01-01T00:00:00.000Z", modified_on, utc_now())
+
+
+def test_an_older_copy_of_a_booking_never_overwrites_a_newer_one(ledger):
+    ledger.upsert_bookings([_booking(1, "2025-02-01T00:00:00.000Z", status="Converted", job_id=9)])
+    ledger.upsert_bookings([_booking(1, "2025-01-15T00:00:00.000Z", status="New")])  # a repeated, older row
+    assert ledger.bookings_for([1])[1].status == "Converted"
+    ledger.upsert_bookings([_booking(1, "2025-02-01T00:00:00.000Z", status="Converted")])  # the same version again
+    assert ledger.bookings_for([1])[1].job_id == 9
+    ledger.upsert_bookings([_booking(1, "2025-02-02T00:00:00.000Z", status="Converted")])  # a newer one without it
+    assert ledger.bookings_for([1])[1].job_id == 9, "a job id is never lost"
+    ledger.upsert_bookings([_booking(2, "2025-01-01T00:00:00.000Z", external_id="X"), _booking(3, "2025-01-01T00:00:00.000Z", external_id="Y")])
+    assert [b.booking_id for b in ledger.bookings_with_external_id("X")] == [1, 2]
+    assert ledger.booking_ids_known([1, 3, 4]) == {1, 3}
+
+
+def test_jobs_keep_their_first_completion_and_history_is_replaced_whole(ledger):
+    from stsync.storage.ledger import JobRow
+
+    def row(status, modified, completed=None):
+        return JobRow(9, 1, status, "2025-01-01T00:00:00.000Z", completed, None, 120.5, 77, modified, utc_now())
+
+    ledger.upsert_jobs([row("Completed", "2025-02-01T00:00:00.000Z", completed="2025-02-01T00:00:00.000Z")])
+    ledger.upsert_jobs([row("InProgress", "2025-02-02T00:00:00.000Z")])
+    stored = ledger.jobs_for([9])[9]
+    assert (stored.status, stored.completed_on, stored.total, stored.invoice_id) == (
+        "InProgress", "2025-02-01T00:00:00.000Z", 120.5, 77,
+    )
+    ledger.replace_job_history(9, [("history:1", "Scheduled", "2025-01-01T00:00:00.000Z"), ("history:2", "Completed", "2025-02-01T00:00:00.000Z")])
+    assert ledger.observe_job_status(9, "InProgress", "2025-02-02T00:00:00.000Z")
+    assert not ledger.observe_job_status(9, "InProgress", "2025-02-02T00:00:00.000Z"), "seen once"
+    ledger.replace_job_history(9, [("history:1", "Scheduled", "2025-01-01T00:00:00.000Z")])
+    events = ledger.job_events_for([9, 10])
+    assert [(e.status, e.source) for e in events[9]] == [("Scheduled", "history"), ("InProgress", "observed")]
+    assert events[10] == []
+
+
+def test_a_timestamp_position_only_moves_forward(ledger):
+    ledger.advance_position("feed", "2025-02-01T00:00:00.000Z")
+    ledger.advance_position("feed", "2025-01-01T00:00:00.000Z")  # a slower run finishing later
+    assert ledger.get_position("feed") == "2025-02-01T00:00:00.000Z"
+    ledger.advance_position("feed", "2025-03-01T00:00:00.000Z")
+    assert ledger.get_position("feed") == "2025-03-01T00:00:00.000Z"
+    ledger.advance_number("offset", -7_200_000)
+    ledger.advance_number("offset", -9_000_000)  # a lower bound: the larger one is kept
+    assert ledger.get_position("offset") == "-7200000"
+    ledger.advance_number("offset", 1500)
+    assert ledger.get_position("offset") == "1500"
+
+
+def test_a_hold_is_recorded_and_cleared(ledger):
+    attempt = _intent(ledger, "H1")
+    ledger.record_push_result(attempt, outcome="created", booking_id=5)
+    ledger.set_held_until("H1", "2025-07-01T00:00:00.000Z")
+    assert [p.external_id for p in ledger.held_pushes()] == ["H1"]
+    assert ledger.get_push("H1").held_until == "2025-07-01T00:00:00.000Z"
+    ledger.set_held_until("H1", None)
+    assert ledger.held_pushes() == [] and ledger.get_push("H1").held_until is None
+
+
+def test_writers_of_one_process_queue_instead_of_failing(ledger):
+    import threading
+
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(30):
+                attempt = _intent(ledger, f"Q{n}-{i}")
+                ledger.record_push_result(attempt, outcome="created", booking_id=n * 100 + i)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and ledger.push_counts() == {"booked": 240}
+
+
+# -- exit codes, skipped ticks and what status and the alerts read ---------------------------------
+def test_a_ledger_of_schema_1_gains_exit_codes_and_keeps_its_runs(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    raw = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            raw.execute(statement)
+    raw.execute("INSERT INTO runs (job, command, pid, started_at, outcome) VALUES ('push', 'push-lead --new', 1, '2024-01-01T00:00:00.000Z', 'ok')")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with Ledger.open(path) as ledger:
+        [run] = ledger.recent_runs()
+        assert (run.command, run.outcome, run.exit_code) == ("push-lead --new", "ok", None)
+        ledger.set_exit_code([run.id], 0)
+        assert ledger.get_run(run.id).exit_code == 0
+
+
+def test_exit_codes_go_onto_the_runs_a_process_started_and_a_cut_short_run_reads_interrupted(ledger):
+    before = ledger.last_run_id()
+    done = ledger.start_run("sync", "sync-customers --ongoing")
+    ledger.finish_run(done, "partial", {"failed": 1})
+    cut = ledger.start_run("push", "push-lead --new")
+    assert [r.id for r in ledger.runs_started_by(os.getpid(), after_id=before)] == [done, cut]
+    assert ledger.runs_started_by(os.getpid(), after_id=cut) == []
+    ledger.set_exit_code([done, cut], 5)
+    assert (ledger.get_run(done).outcome, ledger.get_run(done).exit_code) == ("partial", 5)
+    cut_run = ledger.get_run(cut)
+    assert (cut_run.outcome, cut_run.exit_code) == ("interrupted", 5) and cut_run.finished_at
+
+
+def test_a_skipped_tick_is_recorded_but_is_not_the_last_run(ledger):
+    ran = ledger.start_run("sync", "sync-customers --ongoing --full")
+    ledger.finish_run(ran, "ok", {})
+    skipped = ledger.record_finished_run("sync", "sync-customers --ongoing", outcome="skipped", exit_code=7, error="held by pid 9")
+    assert ledger.get_run(skipped).outcome == "skipped" and ledger.get_run(skipped).exit_code == 7
+    assert ledger.last_run("sync").id == ran
+    assert ledger.last_succeeded_run("sync").id == ran
+    assert ledger.last_succeeded_run("sync", command_contains="--full").id == ran
+    assert ledger.last_succeeded_run("push") is None and ledger.first_run("sync").id == ran
+    with pytest.raises(ValueError):
+        ledger.record_finished_run("sync", "x", outcome="running", exit_code=None)
+
+
+def test_open_failures_are_the_records_own_and_still_unresolved(ledger):
+    auth = {"type": "AuthError", "message": "refused", "exit_code": 4}
+    refused = {"type": "ServiceTitanApiError", "message": "bad name", "exit_code": 1, "status": 400}
+    # A record refused by ServiceTitan: open. The same lead booked later: resolved.
+    a = _intent(ledger, "ANN")
+    ledger.record_push_result(a, outcome="failed", error=refused)
+    b = _intent(ledger, "BOB", email="bob@example.com")
+    ledger.record_push_result(b, outcome="failed", error=refused)
+    b2 = _intent(ledger, "BOB", email="bob@example.com")
+    ledger.record_push_result(b2, outcome="created", booking_id=7)
+    # A run-level failure recorded on a record (credentials) is the run's, not the record's.
+    c = _intent(ledger, "CAT", email="cat@example.com")
+    ledger.record_push_result(c, outcome="failed", error=auth)
+    # A hand-edited row that is not JSON still reads (as the record's own).
+    d = _intent(ledger, "DAN", email="dan@example.com")
+    ledger.record_push_result(d, outcome="failed", error=None)
+    with ledger.transaction() as conn:
+        conn.execute("UPDATE push_attempts SET error = 'not json' WHERE id = ?", (d,))
+    count, newest = ledger.failed_pushes()
+    assert count == 2 and [x.external_id for x in newest] == ["DAN", "ANN"]
+    assert ledger.failed_pushes(since=utc_now())[0] == 0
+
+    ledger.upsert_referrer(1, state="failed", email="x@example.com", error=refused)
+    ledger.upsert_referrer(2, state="created", email="y@example.com", error={"stage": "return_fields", **refused})
+    ledger.upsert_referrer(3, state="failed", email="z@example.com", error={"type": "TemporaryError", "exit_code": 6})
+    ledger.upsert_referrer(4, state="skipped", skip_reason="no_email")
+    count, rows = ledger.failed_referrers()
+    assert count == 2 and {r.customer_id for r in rows} == {1, 2}
+
+    ledger.update_tracking("BOB", booking_status="Converted")
+    q = ledger.record_qualification_intent("BOB", "qualify", rule="job_created", reason="job created")
+    ledger.record_qualification_result(q, state="failed", error=refused)
+    assert ledger.failed_qualifications()[0] == 1
+    ledger.update_tracking("BOB", final=True)
+    assert ledger.failed_qualifications()[0] == 0
+
+    ledger.record_delivery("k1", event="lead_created", external_id="ANN")
+    ledger.record_delivery("k2", event="lead_created", external_id="EVE")
+    ledger.record_delivery("k3", event="lead_created", external_id="FAY")
+    ledger.finish_delivery("k1", "failed", {"message": "no"})
+    ledger.finish_delivery("k3", "retrying", {"message": "no"})
+    assert ledger.failed_deliveries()[0] == 1
+    waiting, oldest = ledger.waiting_deliveries()
+    assert waiting == 2 and oldest is not None

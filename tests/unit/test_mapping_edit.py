@@ -103,6 +103,33 @@ def test_qualify_rules(config_path: Path):
         mapping_edit.set_qualification(config_path, "none", status="Completed")
 
 
+def test_qualify_hold_days_is_set_kept_and_validated(config_path: Path):
+    result = mapping_edit.set_qualification(config_path, "job-status", status="Completed", hold_days=14)
+    assert "hold_days = 14" in result.change and result.changed
+    assert load_config(config_path).leads.qualification.hold_days == 14
+    mapping_edit.set_qualification(config_path, "job-status", status="Completed", unqualify_on=["job-canceled"])
+    assert load_config(config_path).leads.qualification.hold_days == 14, "kept when --hold-days is not given"
+    for wrong in (-1, 366):
+        with pytest.raises(UsageError, match="0 to 365"):
+            mapping_edit.set_qualification(config_path, "job-status", status="Completed", hold_days=wrong)
+    assert load_config(config_path).leads.qualification.hold_days == 14, "a refused value changes nothing"
+    none = mapping_edit.set_qualification(config_path, "none")
+    assert any("no effect" in warning for warning in none.warnings)
+    mapping_edit.set_qualification(config_path, "job-created", hold_days=0)
+    assert load_config(config_path).leads.qualification.hold_days == 0
+
+
+def test_map_qualify_hold_days_on_the_command_line_is_shown_by_map_show(config_path: Path, cli):
+    assert cli("map", "qualify", "job-status", "--status", "Completed", "--hold-days", "7").exit_code == 0
+    shown = cli("map", "show", "--for", "leads")
+    assert "held 7 days without a cancellation" in " ".join((shown.stdout + shown.stderr).split())
+    as_json = cli("--json", "map", "show", "--for", "leads")
+    assert as_json.json["leads"]["qualification"]["hold_days"] == 7
+    refused = cli("map", "qualify", "job-status", "--status", "Completed", "--hold-days", "seven")
+    assert refused.exit_code == 2
+    assert cli("map", "qualify", "job-status", "--status", "Completed", "--hold-days", "400").exit_code == 2
+
+
 def test_return_fields_add_and_remove(config_path: Path):
     mapping_edit.set_return_field(config_path, "Referral URL", "referral_link")
     assert load_config(config_path).customer_sync.return_fields["Referral URL"] == "referral_link"

@@ -92,7 +92,8 @@ class FakeBookings:
             wanted = request.url.params.get("externalId")
             with self._lock:
                 self.gets.append(wanted)
-                rows = [r for r in self.rows if r["externalId"] == wanted]
+                # Without externalId: the provider's list (push --new's index), every row.
+                rows = [r for r in self.rows if wanted is None or r["externalId"] == wanted]
             return httpx.Response(200, json=page(rows))
         body = json.loads(request.content)
         time.sleep(self.post_delay)
@@ -439,6 +440,41 @@ def test_push_new_searches_the_campaigns_leads_paged_and_skips_the_booked(conn, 
     assert fake.posts[0]["source"] == "Spring Referrals"
     [run] = conn.ledger.recent_runs(job="push")
     assert run.command == "push-lead --new" and run.outcome == "ok"
+    # The provider's bookings were read as a list; no lead was looked up by its externalId.
+    assert fake.gets and set(fake.gets) == {None}
+
+
+def search_pages(httpx_mock: HTTPXMock, *users: dict) -> None:
+    httpx_mock.add_response(method="GET", url=f"{RF}/campaigns/{CAMPAIGN}", json=CAMPAIGN_JSON)
+    httpx_mock.add_response(method="POST", url=f"{RF}/users/search?page=1&per_page=250",
+                            json={"data": list(users), "meta": {"current_page": 1, "last_page": 1}})
+
+
+def test_push_new_adopts_a_booking_the_provider_already_has_without_a_lookup(conn, httpx_mock: HTTPXMock):
+    search_pages(httpx_mock, rf_user(10), rf_user(11))
+    fake = serve_bookings(httpx_mock, FakeBookings())
+    fake.rows.append(booking_json(777, "rc11"))  # made by Referral Factory's own integration
+
+    report = push_new(conn, target(conn))
+
+    outcomes = {r.external_id: (r.outcome, r.booking_id) for r in report.results}
+    assert outcomes["rc11"] == ("already_booked", 777) and outcomes["rc10"][0] == "created"
+    assert [p["externalId"] for p in fake.posts] == ["rc10"]
+    assert set(fake.gets) == {None}, "no look-up by externalId"
+    assert conn.ledger.get_push("rc11").booking_id == 777
+
+
+def test_push_new_looks_up_one_by_one_only_a_lead_with_an_unsettled_intent(conn, httpx_mock: HTTPXMock):
+    search_pages(httpx_mock, rf_user(10), rf_user(11))
+    fake = serve_bookings(httpx_mock, FakeBookings())
+    conn.ledger.record_push_intent("rc11", kind="lead", email="user11@example.com", name="User11")  # a crashed run
+
+    report = push_new(conn, target(conn))
+
+    assert sorted(r.external_id for r in report.results) == ["rc10", "rc11"]
+    assert [g for g in fake.gets if g is not None] == ["rc11"]
+    assert conn.ledger.unfinished_intents() == []
+    assert sorted(p["externalId"] for p in fake.posts) == ["rc10", "rc11"]
 
 
 def test_push_new_fetches_referrers_once_when_the_mapping_uses_them(conn, httpx_mock: HTTPXMock):

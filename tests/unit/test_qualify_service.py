@@ -7,7 +7,7 @@ qualification request was sent" or "final bookings were not read again".
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from connection_fixtures import BOOKING_PROVIDER as BP  # tests/support
@@ -15,12 +15,13 @@ from connection_fixtures import CAMPAIGN
 from fakes import FakeReferralFactoryUsers  # tests/support
 
 from stsync.connection import Connection
-from stsync.errors import AuthError, ReferralFactoryApiError, TemporaryError
+from stsync.errors import AuthError, ReferralFactoryApiError, ServiceTitanApiError, TemporaryError
 from stsync.services.qualify import (
     ALREADY,
     CLOSED,
     FAILED,
     FINISHED,
+    HELD,
     MISSING,
     QUALIFIED,
     UNQUALIFIED,
@@ -30,33 +31,110 @@ from stsync.services.qualify import (
     qualify,
     status_reached,
 )
-from stsync.servicetitan.models import Booking, Job
+from stsync.servicetitan.models import Booking, ExportPage, Job, JobHistory, JobHistoryEntry
 from stsync.storage.config import Qualification, default_config
+from stsync.storage.ledger import iso_utc
 
 
 class FakeServiceTitan:
+    """ServiceTitan's bookings, jobs and job histories as qualify's reads see them.
+
+    Tests change ``bookings``, ``jobs`` and ``history`` in place; a record whose content
+    changed gets a new ``modifiedOn`` the next time anything is read (6 minutes after the
+    previous change: past the 5-minute overlap), as a change in ServiceTitan would, and comes
+    back in the incremental reads after it. Every read is recorded in ``calls``.
+    """
+
+    page_size = 200
+    STEP_MS = 6 * 60_000
+
     def __init__(self) -> None:
         self.bookings: dict[int, dict] = {}
         self.jobs: dict[int, dict] = {}
+        self.history: dict[int, list[tuple[str, datetime]]] = {}
+        self.calls: list[tuple[str, object]] = []
         self.booking_reads: list[list[int]] = []
         self.job_reads: list[list[int]] = []
+        self.history_refused = False
+        self._versions: dict[tuple[str, int], tuple[str, int]] = {}
+        self._ms = int((datetime.now(UTC) - timedelta(hours=2)).timestamp() * 1000)
 
-    def get_bookings(self, bp, ids):
-        assert bp == BP
-        ids = list(ids)
-        assert 0 < len(ids) <= 50, "ServiceTitan takes at most 50 ids"
-        self.booking_reads.append(ids)
-        return [Booking(id=i, **self.bookings[i]) for i in ids if i in self.bookings]
+    # -- what changed, and when -------------------------------------------------------------
+    def _sweep(self) -> None:
+        for kind, records in (("booking", self.bookings), ("job", self.jobs), ("history", self.history)):
+            for record_id, record in records.items():
+                snapshot = repr(sorted(record.items()) if isinstance(record, dict) else record)
+                old = self._versions.get((kind, record_id))
+                if old is None or old[0] != snapshot:
+                    self._ms += self.STEP_MS
+                    self._versions[(kind, record_id)] = (snapshot, self._ms)
+
+    def _modified(self, kind: str, record_id: int) -> int:
+        return self._versions[(kind, record_id)][1]
+
+    @staticmethod
+    def _at(ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+    def _after(self, start: str) -> int:
+        if start.startswith("T"):
+            return int(start[1:])
+        return int(datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp() * 1000) - 1
+
+    def _booking(self, booking_id: int) -> Booking:
+        return Booking(id=booking_id, modified_on=self._at(self._modified("booking", booking_id)), **self.bookings[booking_id])
+
+    def _job(self, job_id: int) -> Job:
+        booking_id = next((b for b, data in self.bookings.items() if data.get("jobId") == job_id), None)
+        return Job(id=job_id, booking_id=booking_id, modified_on=self._at(self._modified("job", job_id)), **self.jobs[job_id])
+
+    # -- the reads ------------------------------------------------------------------------------
+    def list_bookings(self, bp, *, modified_on_or_after=None, sort=None, **filters):
+        assert bp == BP and not filters
+        self._sweep()
+        self.calls.append(("bookings", "delta" if modified_on_or_after is not None else "all"))
+        since = int(modified_on_or_after.timestamp() * 1000) if modified_on_or_after is not None else None
+        # Not in id order: the reads must not trust the order of a page.
+        for booking_id in sorted(self.bookings, reverse=True):
+            if since is None or self._modified("booking", booking_id) >= since:
+                yield self._booking(booking_id)
+
+    def export_jobs(self, start):
+        self._sweep()
+        self.calls.append(("export_jobs", start))
+        after = self._after(start)
+        rows = [self._job(i) for i in self.jobs if self._modified("job", i) > after]
+        yield ExportPage[Job](data=rows, continue_from=f"T{self._ms}", has_more=False)
+
+    def export_job_history(self, start):
+        self._sweep()
+        self.calls.append(("export_history", start))
+        if self.history_refused:
+            raise AuthError("ServiceTitan refused access to tenant 1234567 (GET /export/job-history, HTTP 403)")
+        after = self._after(start)
+        rows = [self._history(i) for i in self.history if self._modified("history", i) > after]
+        yield ExportPage[JobHistory](data=rows, continue_from=f"T{self._ms}", has_more=False)
+
+    def _history(self, job_id: int) -> JobHistory:
+        entries = [JobHistoryEntry(id=n, event_type=status, date=at) for n, (status, at) in enumerate(self.history[job_id])]
+        return JobHistory(job_id=job_id, history=entries)
 
     def get_jobs(self, ids):
         ids = list(ids)
-        assert 0 < len(ids) <= 50, "ServiceTitan takes at most 50 ids"
-        self.job_reads.append(ids)
-        return [Job(id=i, **self.jobs[i]) for i in ids if i in self.jobs]
+        assert 0 < len(ids) <= 50 or len(ids) > 50, "batching is the client's"
+        self._sweep()
+        self.calls.append(("jobs", len(ids)))
+        for start in range(0, len(ids), 50):
+            self.job_reads.append(ids[start : start + 50])
+        return [self._job(i) for i in ids if i in self.jobs]
 
-    @property
-    def read_booking_ids(self) -> list[int]:
-        return [i for batch in self.booking_reads for i in batch]
+    def get_job_history(self, job_id):
+        self.calls.append(("job_history", job_id))
+        return self._history(job_id) if job_id in self.history else JobHistory(job_id=job_id)
+
+    def feeds(self) -> list[str]:
+        """The kinds of read made since the last ``calls.clear()``."""
+        return [kind for kind, _ in self.calls]
 
 
 class FakeReferralFactory(FakeReferralFactoryUsers):
@@ -148,12 +226,15 @@ def test_job_created_qualifies_converted_bookings_once_and_waits_for_the_others(
     run = conn.ledger.last_run("qualify")
     assert run.outcome == "ok" and run.counts["qualified"] == 1
 
-    # Second run: nothing sent again, and the final booking is not even read.
-    conn.servicetitan.booking_reads.clear()
+    # Second run: nothing sent again, the final booking is not decided again, and only what
+    # changed is read: the bookings by watermark and the two feeds, no job by id.
+    conn.servicetitan.calls.clear()
     again = qualify(conn)
     assert conn.referral_factory.writes == [(True, 1001)]
-    assert conn.servicetitan.read_booking_ids == [502]
     assert outcomes(again) == {waiting: WAITING}
+    assert conn.servicetitan.feeds() == ["bookings", "export_history", "export_jobs"]
+    assert conn.servicetitan.calls[0] == ("bookings", "delta")
+    assert not again.reads.full
 
 
 def test_booking_converted_between_runs_qualifies_on_the_next_run(conn):
@@ -186,23 +267,88 @@ def test_referrer_bookings_are_never_read_or_qualified(conn):
     assert report.decisions == [] and conn.servicetitan.booking_reads == [] and conn.referral_factory.writes == []
 
 
-def test_bookings_and_jobs_are_read_in_batches_of_50(conn):
+def test_the_first_run_reads_everything_then_only_what_changed(conn):
     for n in range(120):
         pushed(conn, n, booking_id=10_000 + n, job={"id": 20_000 + n, "jobStatus": "InProgress"}, status="Converted")
     set_rule(conn, "job_status", job_status="Completed")
 
+    first = qualify(conn)
+
+    assert first.count(WAITING) == 120
+    assert first.reads.full and "first run" in first.reads.full_reason
+    assert conn.servicetitan.calls[0] == ("bookings", "all")
+    assert [len(batch) for batch in conn.servicetitan.job_reads] == [50, 50, 20]
+
+    # Nothing changed: three reads, whatever the number of open bookings; no job by id.
+    conn.servicetitan.calls.clear()
+    conn.servicetitan.job_reads.clear()
+    second = qualify(conn)
+    assert second.count(WAITING) == 120 and not second.reads.full
+    assert conn.servicetitan.feeds() == ["bookings", "export_history", "export_jobs"]
+    assert conn.servicetitan.job_reads == []
+
+    # One job completes: the jobs feed brings it; nothing is read by id.
+    conn.servicetitan.jobs[20_007]["jobStatus"] = "Completed"
+    conn.servicetitan.calls.clear()
+    third = qualify(conn)
+    assert outcomes(third)["CODE7"] == QUALIFIED and third.count(WAITING) == 119
+    assert conn.servicetitan.job_reads == []
+    assert conn.ledger.jobs_for([20_007])[20_007].status == "Completed"
+
+
+def test_a_booking_converted_between_runs_has_its_job_read_by_id_once(conn):
+    code = pushed(conn, 1, booking_id=501)
+    qualify(conn)
+    conn.servicetitan.bookings[501].update(status="Converted", jobId=77)
+    conn.servicetitan.jobs[77] = {"jobStatus": "Scheduled"}
+    # The job changed before the feed's position (as a job the feed brought before its booking
+    # was known): only the booking's jobId says it exists.
+    conn.servicetitan._sweep()
+    conn.ledger.set_position("servicetitan.export.jobs", f"T{conn.servicetitan._ms}")
+    conn.servicetitan.calls.clear()
+
     report = qualify(conn)
 
-    assert [len(batch) for batch in conn.servicetitan.booking_reads] == [50, 50, 20]
-    assert [len(batch) for batch in conn.servicetitan.job_reads] == [50, 50, 20]
-    assert report.count(WAITING) == 120
-
-    # Known jobs are read directly: the bookings that led to them are not read again.
-    conn.servicetitan.booking_reads.clear()
-    conn.servicetitan.job_reads.clear()
+    assert outcomes(report) == {code: QUALIFIED}
+    assert ("jobs", 1) in conn.servicetitan.calls
+    conn.servicetitan.calls.clear()
     qualify(conn)
-    assert conn.servicetitan.booking_reads == []
-    assert [len(batch) for batch in conn.servicetitan.job_reads] == [50, 50, 20]
+    assert "jobs" not in conn.servicetitan.feeds()
+
+
+def test_full_reads_again_when_asked_and_when_the_last_full_read_is_old(conn):
+    from stsync.tracking.reads import FULL_READ_AT
+
+    pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "InProgress"}, status="Converted")
+    set_rule(conn, "job_status", job_status="Completed")
+    qualify(conn)
+
+    conn.servicetitan.calls.clear()
+    asked = qualify(conn, full=True)
+    assert asked.reads.full and asked.reads.full_reason == "asked for (--full)"
+    assert conn.servicetitan.calls[0] == ("bookings", "all") and ("jobs", 1) in conn.servicetitan.calls
+
+    conn.ledger.put(FULL_READ_AT, "2020-01-01T00:00:00.000Z")
+    conn.servicetitan.calls.clear()
+    old = qualify(conn)
+    assert old.reads.full and "days ago" in old.reads.full_reason
+    assert conn.servicetitan.calls[0] == ("bookings", "all")
+    conn.servicetitan.calls.clear()
+    assert not qualify(conn).reads.full, "the full read was recorded"
+
+
+def test_the_watermark_is_the_largest_modified_on_read_not_the_last_row(conn):
+    from stsync.storage.ledger import parse_utc
+    from stsync.tracking.reads import BOOKINGS_POSITION
+
+    for n in range(5):
+        pushed(conn, n, booking_id=500 + n)
+    qualify(conn)
+    newest = max(conn.servicetitan._modified("booking", b) for b in conn.servicetitan.bookings)
+    watermark = parse_utc(conn.ledger.get_position(BOOKINGS_POSITION))
+    # The fake serves the rows newest id first and the newest change is not the last row.
+    assert watermark <= FakeServiceTitan._at(newest)
+    assert FakeServiceTitan._at(newest) - watermark < timedelta(seconds=30)
 
 
 # -- job_status ----------------------------------------------------------------------------------------
@@ -486,7 +632,7 @@ def test_a_wrong_booking_provider_is_reported_as_such(conn):
         checked.append(bp)
         raise AuthError("Booking Provider Value is incorrect: ServiceTitan answered HTTP 404")
 
-    conn.servicetitan.get_bookings = not_found
+    conn.servicetitan.list_bookings = lambda bp, **params: not_found(bp, None)
     conn.servicetitan.check_booking_provider = check_booking_provider
     with pytest.raises(AuthError, match="Booking Provider Value is incorrect"):
         qualify(conn)
@@ -522,3 +668,181 @@ def test_a_failed_read_back_leaves_an_unfinished_intent_open(conn):
     assert report.decisions[0].error["status"] == 400
     assert [(q.id, q.state) for q in conn.ledger.qualifications_for(code)] == [(crashed, "intent")]
     assert conn.referral_factory.writes == []
+
+
+# -- statuses passed through between two runs (job history) ------------------------------------
+
+
+def days_ago(days: float) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
+
+
+def test_a_job_that_passed_through_completed_between_two_runs_is_qualified(conn):
+    set_rule(conn, "job_status", job_status="Completed")
+    code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "InProgress"}, status="Converted")
+    conn.servicetitan.history[9001] = [("Scheduled", days_ago(2)), ("InProgress", days_ago(1))]
+    assert outcomes(qualify(conn)) == {code: WAITING}
+
+    # Completed for a moment, then back to work; ServiceTitan kept no completedOn here, only
+    # the history says it.
+    conn.servicetitan.history[9001] += [("Completed", days_ago(0.5)), ("InProgress", days_ago(0.4))]
+    report = qualify(conn)
+
+    assert outcomes(report) == {code: QUALIFIED}
+    assert "passed through Completed" in report.decisions[0].reason
+    assert conn.referral_factory.writes == [(True, 1001)]
+
+
+def test_a_brief_hold_is_seen_through_the_history_and_missed_without_it(conn):
+    set_rule(conn, "job_status", job_status="Hold")
+    seen = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Scheduled"}, status="Converted")
+    qualify(conn)
+    conn.servicetitan.history[9001] = [("Scheduled", days_ago(1)), ("Hold", days_ago(0.5)), ("Scheduled", days_ago(0.4))]
+    assert outcomes(qualify(conn)) == {seen: QUALIFIED}
+
+
+def test_without_the_history_scope_the_run_goes_on_and_says_what_it_misses(conn):
+    set_rule(conn, "job_status", job_status="Completed")
+    conn.servicetitan.history_refused = True
+    code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "InProgress"}, status="Converted")
+    qualify(conn)
+    conn.servicetitan.jobs[9001]["completedOn"] = days_ago(0.2)  # completedOn is durable
+
+    report = qualify(conn)
+
+    assert outcomes(report) == {code: QUALIFIED}
+    assert not report.reads.history_available
+    assert any("tn.jpm.jobhistory:r" in note for note in report.reads.notes)
+
+
+def test_a_refused_feed_position_restarts_the_feed_and_reads_the_jobs_again(conn):
+    set_rule(conn, "job_status", job_status="Completed")
+    pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Scheduled"}, status="Converted")
+    qualify(conn)
+    conn.servicetitan.calls.clear()
+    original = conn.servicetitan.export_jobs
+
+    def refuse_tokens(start):
+        if start.startswith("T"):
+            raise ServiceTitanApiError("invalid token", status=400, method="GET", path="/export/jobs")
+        yield from original(start)
+
+    conn.servicetitan.export_jobs = refuse_tokens
+    report = qualify(conn)
+    assert report.reads.full and "refused" in report.reads.full_reason
+    assert any("read again from" in note for note in report.reads.notes)
+    assert ("jobs", 1) in conn.servicetitan.calls, "the open jobs are read again by id"
+    assert conn.ledger.get_position("servicetitan.export.jobs").startswith("T"), "a new position is kept"
+
+
+# -- hold_days ----------------------------------------------------------------------------------------
+
+
+def set_hold(conn, days: int, rule: str = "job_status", **extra) -> None:
+    set_rule(conn, rule, **({"job_status": "Completed"} if rule == "job_status" else {}), **extra)
+    conn.config.leads.qualification.hold_days = days
+
+
+def test_a_completed_job_is_held_then_qualified_when_its_hold_has_passed(conn):
+    set_hold(conn, 7)
+    completed = days_ago(3)
+    code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Completed", "completedOn": completed,
+                                                 "createdOn": days_ago(5)}, status="Converted")
+    conn.servicetitan.history[9001] = [("Scheduled", days_ago(5)), ("Completed", completed)]
+
+    report = qualify(conn)
+
+    [decision] = report.decisions
+    assert decision.outcome == HELD and not decision.final
+    until = completed + timedelta(days=7)
+    assert decision.held_until == iso_utc(until)
+    assert report.counts()["held"] == 1 and [d.external_id for d in report.held] == [code]
+    assert conn.ledger.get_push(code).held_until == iso_utc(until)
+    assert conn.referral_factory.writes == []
+
+    # Five days later (the job's dates moved back by five days: what age_job does): a held job
+    # is read again by id, its history again because its dates moved, and it qualifies.
+    conn.servicetitan.jobs[9001].update(completedOn=days_ago(8), createdOn=days_ago(10))
+    conn.servicetitan.history[9001] = [("Scheduled", days_ago(10)), ("Completed", days_ago(8))]
+    conn.servicetitan._sweep()
+    conn.ledger.set_position("servicetitan.export.jobs", f"T{conn.servicetitan._ms}")
+    conn.ledger.set_position("servicetitan.export.job_history", f"T{conn.servicetitan._ms}")
+    conn.servicetitan.calls.clear()
+
+    again = qualify(conn)
+
+    assert outcomes(again) == {code: QUALIFIED}
+    assert ("jobs", 1) in conn.servicetitan.calls and ("job_history", 9001) in conn.servicetitan.calls
+    assert conn.ledger.get_push(code).held_until is None
+    assert conn.referral_factory.writes == [(True, 1001)]
+
+
+def test_a_job_canceled_inside_the_hold_is_closed_and_never_qualified(conn):
+    set_hold(conn, 7)
+    code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Completed", "completedOn": days_ago(2)},
+                  status="Converted")
+    conn.servicetitan.history[9001] = [("Completed", days_ago(2))]
+    assert outcomes(qualify(conn)) == {code: HELD}
+
+    # Canceled, and the cancellation removed again before the next run: the history says it.
+    conn.servicetitan.history[9001] += [("Canceled", days_ago(1)), ("Completed", days_ago(0.5))]
+    report = qualify(conn)
+
+    assert outcomes(report) == {code: CLOSED}
+    assert "inside the 7-day hold" in report.decisions[0].reason
+    push = conn.ledger.get_push(code)
+    assert push.final and push.qualification == "not_qualified" and push.held_until is None
+    conn.servicetitan.jobs[9001]["completedOn"] = days_ago(30)
+    assert qualify(conn).decisions == [] and conn.referral_factory.writes == []
+
+
+def test_leaving_the_status_backwards_restarts_the_hold(conn):
+    set_hold(conn, 7)
+    code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "InProgress", "completedOn": days_ago(10)},
+                  status="Converted")
+    conn.servicetitan.history[9001] = [("Completed", days_ago(10)), ("InProgress", days_ago(9))]
+    report = qualify(conn)
+    assert outcomes(report) == {code: WAITING} and "hold starts again" in report.decisions[0].reason
+
+    conn.servicetitan.jobs[9001]["jobStatus"] = "Completed"
+    conn.servicetitan.history[9001] += [("Completed", days_ago(1))]
+    held = qualify(conn)
+    assert outcomes(held) == {code: HELD}
+    assert held.decisions[0].held_until == iso_utc(conn.servicetitan.history[9001][-1][1] + timedelta(days=7))
+
+
+def test_job_created_with_a_hold_counts_from_the_job_creation(conn):
+    set_hold(conn, 3, rule="job_created")
+    old = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Scheduled", "createdOn": days_ago(4)},
+                 status="Converted")
+    new = pushed(conn, 2, booking_id=502, job={"id": 9002, "jobStatus": "Scheduled", "createdOn": days_ago(1)},
+                 status="Converted")
+    report = qualify(conn)
+    assert outcomes(report) == {old: QUALIFIED, new: HELD}
+
+
+def test_a_dry_run_shows_the_hold_and_stores_none_of_it(conn):
+    set_hold(conn, 7)
+    code = pushed(conn, 1, booking_id=501, job={"id": 9001, "jobStatus": "Completed", "completedOn": days_ago(1)},
+                  status="Converted")
+    report = qualify(conn, dry_run=True)
+    assert outcomes(report) == {code: HELD} and report.decisions[0].held_until
+    assert conn.ledger.get_push(code).held_until is None
+
+
+def test_the_watermark_moves_on_through_a_quiet_period(conn, monkeypatch):
+    from stsync.tracking import reads
+
+    for n in range(3):
+        pushed(conn, n, booking_id=500 + n)
+    qualify(conn)
+    # Right after, the last change is inside the 5-minute overlap: read again (and ignored).
+    assert qualify(conn).reads.bookings_read == 1
+    # Ten quiet minutes later on our clock: ServiceTitan's has moved as much; nothing is read.
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    monkeypatch.setattr(reads, "_now", lambda: later)
+    assert qualify(conn).reads.bookings_read == 0
+    # A change after that is still read.
+    conn.servicetitan.bookings[501]["status"] = "Dismissed"
+    conn.servicetitan._ms = max(conn.servicetitan._ms, int(later.timestamp() * 1000))
+    assert outcomes(qualify(conn))["CODE1"] == CLOSED

@@ -227,6 +227,38 @@ def test_every_loaded_secret_is_redacted_from_logs(store, monkeypatch):
     assert line == "*** *** ***"
 
 
+def test_the_file_store_never_asks_the_keyring(tmp_path, isolated, monkeypatch):
+    config = tmp_path / "acme.toml"
+    config.write_text('connection = "acme"\n[secrets]\nstore = "file"\n')
+    paths = ConnectionPaths.for_config(config)
+    assert paths.secrets_store == "file"
+    keyring.set_password("stsync", "acme/st_app_key", "stale-keyring-copy-1")
+    store = SecretStore(paths)
+    assert store.get("st_app_key") is None  # an old keyring copy never shadows the chosen store
+    store.set("st_app_key", FILE_SECRET, store="file")
+    _lock_keyring(monkeypatch)
+    assert store.get("st_app_key") == FILE_SECRET
+    assert store.get("rf_api_key") is None  # missing, not "no usable secret store"
+    assert store.describe()["store"] == "file" and store.describe()["keyring_usable"] is None
+    assert store.delete_all() == ["st_app_key"]  # the locked keyring is not this store's business
+
+
+def test_a_connection_known_to_have_no_secrets_is_not_connected(store, paths, monkeypatch):
+    from stsync.storage.registry import Registry
+
+    paths.config.write_text("")
+    _lock_keyring(monkeypatch)
+    with pytest.raises(SecretStoreUnavailable):  # nothing known: the keyring may hold them
+        store.get("st_client_secret")
+    Registry().record_secrets(paths, None)  # what `disconnect` records
+    assert store.get("st_client_secret") is None
+    with pytest.raises(ConfigError) as caught:
+        store.require("st_client_secret")
+    assert str(caught.value).startswith("not connected — run `stsync connect`")
+    assert not isinstance(caught.value, SecretStoreUnavailable)
+    assert "STSYNC_ST_CLIENT_SECRET" in caught.value.hint and "API Application Access" in caught.value.hint
+
+
 @pytest.mark.parametrize("padded", [f"{CLIENT_SECRET}\r\n", f"  {CLIENT_SECRET}\n", f"\t{CLIENT_SECRET} "])
 def test_every_store_gives_the_secret_without_surrounding_whitespace(store, paths, monkeypatch, padded):
     # Each store as another tool might have written it, a pasted newline and all.

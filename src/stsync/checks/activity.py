@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 # long a holder is probably stuck.
 LONG_RUN_SECONDS = 6 * 3600
 LOCKED_JOBS = tuple(RunJob)
+# Held for as long as the service runs (months): never "stuck".
+LONG_RUNNING_JOBS = (RunJob.SERVE, RunJob.RUN)
 JOB_COMMANDS = {RunJob.PUSH: "push-lead", RunJob.SYNC: "sync-customers", RunJob.QUALIFY: "qualify"}
 FAILURES_SHOWN = 10
 FAILURES_SCANNED = 200
@@ -88,7 +90,7 @@ def check_run_locks(paths: ConnectionPaths, *, now: float | None = None) -> Verd
         started = info.get("started_at")
         held.append(f"{job}: `{info.get('command')}` (pid {info.get('pid')}, since {started})")
         age = _age_seconds(started, now)
-        if job != RunJob.SERVE and age is not None and age > LONG_RUN_SECONDS:
+        if job not in LONG_RUNNING_JOBS and age is not None and age > LONG_RUN_SECONDS:
             stuck.append((job, info))
     if not held:
         return ok("no stsync run holds a lock")
@@ -131,6 +133,22 @@ def check_last_run(ledger: Ledger | None, job: RunJob) -> Verdict:
         f"failed at {when}{counts}{error}",
         f"fix the cause (the checks above say which), then run `stsync {command}` again",
         None,
+    )
+
+
+def check_holds(ledger: Ledger | None) -> Verdict:
+    """Referrals whose job met the rule and that wait out ``hold_days`` (as ``qualify`` last
+    decided): how many, and the one whose hold ends first."""
+    if ledger is None:
+        return ok("no referral held (no ledger yet)")
+    held = ledger.held_pushes()
+    if not held:
+        return ok("no referral held")
+    first = held[0]
+    until = (first.held_until or "?")[:16].replace("T", " ")
+    return ok(
+        f"{len(held)} referral(s) held before qualifying; the first, {first.email or first.external_id}, "
+        f"held until {until} UTC"
     )
 
 

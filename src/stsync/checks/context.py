@@ -7,7 +7,9 @@ and what the live checks learn (the custom-field types, read once for the app-ke
 return-field checks; the campaign, for ``connect``'s summary).
 
 Secret values never enter the context: only where each secret comes from (``secret_sources``),
-and, for the live side, a callable the other-environment probe asks for the client secret.
+and, for the live side, a callable the other-environment probe asks for the client secret —
+which it sends to a token server the configuration does not name only when ``consent`` (a
+person at a terminal) says yes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
     from stsync.storage.paths import ConnectionPaths
 
 
+# A yes/no question to the person running the command (None: nobody to ask — the answer is no).
+Consent = Callable[[str], bool]
+
+
 class LiveAccess:
     """The remote side of one check run."""
 
@@ -45,8 +51,10 @@ class LiveAccess:
         servicetitan: Callable[[], ServiceTitanClient],
         referral_factory: Callable[[], ReferralFactoryClient],
         client_secret: Callable[[], str | None],
+        consent: Consent | None = None,
     ) -> None:
         self.endpoints = endpoints
+        self.consent = consent
         self._make_servicetitan = servicetitan
         self._make_referral_factory = referral_factory
         self._client_secret = client_secret
@@ -54,7 +62,7 @@ class LiveAccess:
         self.campaign: Campaign | None = None  # learned by the campaign check
 
     @classmethod
-    def of(cls, conn: Connection) -> LiveAccess:
+    def of(cls, conn: Connection, *, consent: Consent | None = None) -> LiveAccess:
         """The live side of an open connection (its clients, closed by its owner)."""
 
         def client_secret() -> str | None:
@@ -68,6 +76,7 @@ class LiveAccess:
             servicetitan=lambda: conn.servicetitan,
             referral_factory=lambda: conn.referral_factory,
             client_secret=client_secret,
+            consent=consent,
         )
 
     @cached_property
@@ -80,6 +89,10 @@ class LiveAccess:
 
     def client_secret(self) -> str | None:
         return self._client_secret()
+
+    def agrees(self, question: str) -> bool:
+        """A person's yes to ``question``; no when nobody can be asked."""
+        return bool(self.consent(question)) if self.consent is not None else False
 
     def custom_field_types(self) -> list[CustomFieldType]:
         """The customer custom-field types, read once per run (app key and return fields use them)."""

@@ -8,10 +8,12 @@ unreachable remote), else an error of the failure's class carrying the troublesh
 words (a wrong Booking Provider Value, a paused campaign). ``connect`` lets the first failure
 propagate; ``validate`` and ``diagnose`` turn it into a FAIL row (``checks.table``).
 
-Only the token check may send a request outside the configured endpoints: when ServiceTitan
-rejects the Client ID / Client Secret and the auth URL is the environment's default, it asks
-the other environment's token endpoint once, to tell "credentials made for the other
-environment" apart (they are per environment).
+Credentials go only where the configuration points. When ServiceTitan rejects the Client ID
+/ Client Secret and the auth URL is the environment's default, the credentials may have been
+made for the other environment (they are per environment): the token check then *asks* the
+person at the terminal whether to try them on the other environment's token server (default
+no) and sends them there only on a yes. Run without a terminal (cron, CI, ``--json``) it sends
+nothing and says what to run if they are the other environment's.
 """
 
 from __future__ import annotations
@@ -57,16 +59,29 @@ def verify_servicetitan_token(live: LiveAccess, config: Config) -> str:
 
 
 def _token_refusal(live: LiveAccess, config: Config, exc: AuthError) -> AuthError:
-    """The refusal told apart: credentials of the other environment, or which environment
-    (and token endpoint) refused them."""
+    """The refusal told apart: credentials of the other environment (when the person agreed to
+    ask it), or which environment (and token endpoint) refused them."""
     environment = Environment(config.servicetitan.environment)
     other = environment.other
-    if "Client ID / Client Secret" in str(exc) and _other_environment_accepts(live, config):
-        return AuthError(
-            f"ServiceTitan's {environment} environment rejects the Client ID / Client Secret, but the {other} "
-            f"environment accepts them: they were made for {other}",
-            hint=f"set servicetitan.environment = \"{other}\": `stsync connect --environment {other}`",
+    if "Client ID / Client Secret" in str(exc) and _auth_url_is_the_default(live, config):
+        other_url = _DEFAULT_AUTH_URL[other]
+        question = (
+            f"ServiceTitan's {environment} environment rejects the Client ID / Client Secret. Were they made for "
+            f"{other}? Checking sends them to the {other} token server ({other_url})"
         )
+        if not live.agrees(question):
+            return AuthError(
+                f"{exc}. The connection uses the {environment} environment ({live.endpoints.st_auth_url}); "
+                f"credentials made for {other} are rejected there (they were not sent to {other} to check)",
+                hint=f"if these credentials are for the {other} environment, run `stsync connect --environment {other}`; "
+                "otherwise generate a new Client Secret and run `stsync connect`",
+            )
+        if _other_environment_accepts(live, config):
+            return AuthError(
+                f"ServiceTitan's {environment} environment rejects the Client ID / Client Secret, but the {other} "
+                f"environment accepts them: they were made for {other}",
+                hint=f"set servicetitan.environment = \"{other}\": `stsync connect --environment {other}`",
+            )
     return AuthError(
         f"{exc}. The connection uses the {environment} environment ({live.endpoints.st_auth_url}); "
         f"credentials made for {other} are rejected there",
@@ -74,17 +89,18 @@ def _token_refusal(live: LiveAccess, config: Config, exc: AuthError) -> AuthErro
     )
 
 
-def _other_environment_accepts(live: LiveAccess, config: Config) -> bool:
-    """Whether the other environment's token endpoint accepts these credentials.
+_DEFAULT_AUTH_URL = {Environment.PRODUCTION: PRODUCTION_ENDPOINTS[0], Environment.INTEGRATION: INTEGRATION_ENDPOINTS[0]}
 
-    Only when the auth URL is the configured environment's default (an override — config or
-    STSYNC_ST_AUTH_URL — names one server on purpose). One POST, no retry, a short timeout.
-    """
-    auth_url_for = {Environment.PRODUCTION: PRODUCTION_ENDPOINTS[0], Environment.INTEGRATION: INTEGRATION_ENDPOINTS[0]}
-    environment = Environment(config.servicetitan.environment)
-    own, other = auth_url_for[environment], auth_url_for[environment.other]
-    if live.endpoints.st_auth_url.rstrip("/") != own:
-        return False
+
+def _auth_url_is_the_default(live: LiveAccess, config: Config) -> bool:
+    """An override (config or STSYNC_ST_AUTH_URL) names one server on purpose: no other is tried."""
+    return live.endpoints.st_auth_url.rstrip("/") == _DEFAULT_AUTH_URL[Environment(config.servicetitan.environment)]
+
+
+def _other_environment_accepts(live: LiveAccess, config: Config) -> bool:
+    """Whether the other environment's token endpoint accepts these credentials (asked only
+    after the person agreed). One POST, no retry, a short timeout."""
+    other = _DEFAULT_AUTH_URL[Environment(config.servicetitan.environment).other]
     secret = live.client_secret()
     if not secret:
         return False

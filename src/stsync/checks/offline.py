@@ -25,7 +25,7 @@ from stsync.mapping.validation import (
 )
 from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS
 from stsync.servicetitan.vocabulary import JOB_STATUSES
-from stsync.storage.config import Config, load_config
+from stsync.storage.config import Config, limit_warnings, load_config
 from stsync.storage.secrets import SecretStore
 from stsync.vocabulary import Action, Kind, QualificationRule, UnqualifyEvent
 
@@ -104,9 +104,32 @@ def check_secret_store(paths: ConnectionPaths) -> tuple[Verdict, dict[str, Any]]
     sources = {secret: info.get("source") for secret, info in described["secrets"].items()}
     backend = described["backend"]
     where = ", ".join(f"{secret} ← {source or 'nowhere'}" for secret, source in sources.items())
+    lax_file = described.get("file_exists") and described.get("file_mode") not in (None, oct(0o600))
+    if described.get("store") == "file":
+        # The keyring is not this connection's store: whatever state it is in does not matter.
+        if lax_file:
+            return (
+                warn(
+                    f"the secrets file {described['file']} has mode {described['file_mode']}: other users of this "
+                    "machine may read it",
+                    f"chmod 600 {described['file']}",
+                ),
+                described,
+            )
+        return ok(f"the file store ([secrets] store = \"file\"), {described['file']}; {where}"), described
     if not described["keyring_usable"]:
         unread = [secret for secret, source in sources.items() if source is None]
         problem = described.get("keyring_problem") or f"the OS keyring ({backend}) cannot be used"
+        if unread and described.get("recorded", "unknown") is None:
+            return (
+                fail(
+                    f"not connected — no secret is stored for this connection ({', '.join(unread)} missing); "
+                    f"the OS keyring cannot be used here: {problem}",
+                    f"run `stsync connect` (with `--secrets-store file` where no keyring can be unlocked), or "
+                    f"{SecretStoreUnavailable.ENV_REMEDY}",
+                ),
+                described,
+            )
         if unread:
             remedy = SecretStoreUnavailable(problem, locked=bool(described.get("keyring_locked")))
             return (
@@ -119,7 +142,7 @@ def check_secret_store(paths: ConnectionPaths) -> tuple[Verdict, dict[str, Any]]
                 described,
             )
         return ok(f"the OS keyring cannot be used ({problem}), but every secret is found elsewhere: {where}"), described
-    if described.get("file_exists") and described.get("file_mode") not in (None, oct(0o600)):
+    if lax_file:
         return (
             warn(
                 f"keyring backend {backend}; the secrets file {described['file']} has mode {described['file_mode']}: "
@@ -129,6 +152,18 @@ def check_secret_store(paths: ConnectionPaths) -> tuple[Verdict, dict[str, Any]]
             described,
         )
     return ok(f"keyring backend {backend}; {where}"), described
+
+
+def check_limits(config: Config) -> Verdict:
+    """``[limits]`` within what the services document (above it only earns 429s)."""
+    warnings = limit_warnings(config)
+    if warnings:
+        return warn("; ".join(warnings), "lower the value in [limits] (stsync spaces its requests just under the limit)")
+    limits = config.limits
+    return ok(
+        f"ServiceTitan {limits.servicetitan_per_second}/s, Referral Factory {limits.referral_factory_per_minute}/min, "
+        f"{limits.workers} workers, retries for {limits.retry_budget_seconds} s"
+    )
 
 
 # == mapping ====================================================================================
@@ -203,7 +238,10 @@ def check_qualification_rule(config: Config) -> Verdict:
             "pick another status, or drop job_canceled from unqualify_on",
         )
     unqualify = f"; unqualified on {', '.join(qualification.unqualify_on)}" if qualification.unqualify_on else ""
-    return ok(described + unqualify)
+    hold = ""
+    if qualification.hold_days and rule != QualificationRule.NONE:
+        hold = f"; held {qualification.hold_days} day{'s' if qualification.hold_days != 1 else ''} without a cancellation first"
+    return ok(described + unqualify + hold)
 
 
 def check_customer_mapping(config: Config) -> Verdict:

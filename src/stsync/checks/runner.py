@@ -11,7 +11,9 @@ A spec says what it needs first: other checks (``needs``) and values it cannot r
 A need that is not part of the run is no condition: a plan that leaves a prerequisite out
 (``connect`` skips the separate app-key and key checks) gets its failure from the dependant,
 in the client's own words. With ``stop_at_first_failure`` the run raises the first failure's
-error instead of going on (``connect`` stores nothing unless everything holds).
+error instead of going on; ``on_check`` hears of each check as it is made, the failing one
+included, before that raise (``connect`` shows each ✓ as it happens, and asks again for the
+value the failing check rejected).
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ class CheckRun:
         self.checks: list[Check] = []
         self.not_run: list[NotRun] = []
 
-    def run(self, plan: Sequence[CheckSpec], *, stop_at_first_failure: bool = False) -> CheckRun:
+    def run(
+        self,
+        plan: Sequence[CheckSpec],
+        *,
+        stop_at_first_failure: bool = False,
+        on_check: Callable[[Check], None] | None = None,
+    ) -> CheckRun:
         for spec in plan:
             skipped = self._blocker(spec)
             if skipped is not None:
@@ -63,6 +71,8 @@ class CheckRun:
             if verdict is None:
                 continue
             check = Check.named(spec.name, spec.category, verdict)
+            if on_check is not None:
+                on_check(check)
             if check.failed and stop_at_first_failure:
                 raise check.as_error()
             self.checks.append(check)

@@ -9,7 +9,7 @@ Prerequisites, in the order a person would debug:
                  │                                           └─ Return fields in ServiceTitan
                  └─ Referral Factory API key ─ Referral Factory campaign
     Secret store ─ Secrets
-    Ledger ─ Last push run, Last customer sync, Last qualify run, Push failures
+    Ledger ─ Last push run, Last customer sync, Last qualify run, Held referrals, Push failures
     Referral Factory rate limit (the shared 429/IP-block state; no request)
 
 plus the values a live check cannot run without (the identity keys of the config, the
@@ -78,6 +78,7 @@ def _leads_action(ctx: CheckContext) -> Verdict:
 
 
 LEADS_ACTION = CheckSpec("Leads: when lead joins campaign", MAPPING, _leads_action, needs=(CONFIG_FILE,))
+LIMITS = CheckSpec("Limits", CONFIG, _config(offline.check_limits), needs=(CONFIG_FILE,))
 LEADS_MAPPING = CheckSpec(
     "Leads: field mapping",
     MAPPING,
@@ -117,6 +118,7 @@ LAST_SYNC = CheckSpec(
 LAST_QUALIFY = CheckSpec(
     "Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,)
 )
+HELD_REFERRALS = CheckSpec("Held referrals", ACTIVITY, lambda ctx: activity.check_holds(ctx.ledger), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
 RF_RATE_LIMIT = CheckSpec(
     "Referral Factory rate limit", ACTIVITY, lambda ctx: activity.check_referral_factory_throttle(ctx.paths)
@@ -204,22 +206,26 @@ CAMPAIGN = CheckSpec(
 MAPPING_CHECKS = (LEADS_ACTION, LEADS_MAPPING, REFERRERS_MAPPING, QUALIFICATION_RULE, CUSTOMER_MAPPING, RETURN_FIELDS)
 LIVE = (ST_TOKEN, ST_APP_KEY, BOOKING_PROVIDER, ST_RETURN_FIELDS, RF_KEY, CAMPAIGN)
 
-VALIDATE_OFFLINE = (CONFIG_FILE, CONNECTION_SETTINGS, *MAPPING_CHECKS, SECRETS_PRESENT)
+VALIDATE_OFFLINE = (CONFIG_FILE, CONNECTION_SETTINGS, *MAPPING_CHECKS, LIMITS, SECRETS_PRESENT)
 DIAGNOSE_OFFLINE = (
     CONFIG_FILE,
     SECRET_STORE,
     SECRETS_PRESENT,
     CONNECTION_SETTINGS,
     *MAPPING_CHECKS,
+    LIMITS,
     LEDGER,
     RUN_LOCKS,
     LAST_PUSH,
     LAST_SYNC,
     LAST_QUALIFY,
+    HELD_REFERRALS,
     PUSH_FAILURES,
     RF_RATE_LIMIT,
 )
-# connect proves what it stores: the token, the booking provider (which also proves the app
-# key and tenant), the campaign (which also proves the key). Return fields are the mapping's
-# business, checked by validate --online once the custom fields exist.
-CONNECT = (ST_TOKEN, BOOKING_PROVIDER, CAMPAIGN)
+# connect proves what it stores, in validate's order: the token, the app key and tenant (so
+# that a tenant the app cannot access is told apart from a wrong Booking Provider Value, which
+# ServiceTitan may answer alike), the booking provider, the campaign (which also proves the
+# key). Return fields are the mapping's business, checked by validate --online once the custom
+# fields exist.
+CONNECT = (ST_TOKEN, ST_APP_KEY, BOOKING_PROVIDER, CAMPAIGN)

@@ -22,9 +22,11 @@ from typing import Any
 import typer
 
 from stsync import __version__, envvars
+from stsync.cli.choices import choice
 from stsync.cli.context import AppContext
 from stsync.cli.help import examples, tidy_help
 from stsync.errors import Interrupted, StsyncError, UsageError
+from stsync.vocabulary import LogFormat
 
 # Order is the order of `stsync --help`, panel by panel (cli.help: Setup, Everyday, Support,
 # Tools); a command module names its panel when it registers.
@@ -35,12 +37,17 @@ COMMAND_MODULES = (
     "push_lead",
     "sync_customers",
     "qualify",
+    "run",
     "serve",
     "diagnose",
     "history",
+    "notify",
+    "status",
     "demo",
     "sandbox",
 )
+
+LOG_FORMAT_WORD = choice(LogFormat)
 
 app = typer.Typer(
     name="stsync",
@@ -79,9 +86,17 @@ def _global(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="One summary line and every failure (data commands still print their data)."
     ),
+    log_format: LogFormat | None = typer.Option(
+        None,
+        "--log-format",
+        parser=LOG_FORMAT_WORD,
+        help="How the log file is written: text, or json (one object per line; also on stderr under run and serve). "
+        f"\\[env var: {envvars.LOG_FORMAT.name}; config: logging.format]",
+    ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
-    _apply_global_options(AppContext.from_typer(ctx), ctx.params)
+    app_ctx = AppContext.from_typer(ctx)
+    _apply_global_options(app_ctx, ctx.params)
 
 
 def _apply_global_options(app_ctx: AppContext, params: dict[str, Any]) -> None:
@@ -91,6 +106,7 @@ def _apply_global_options(app_ctx: AppContext, params: dict[str, Any]) -> None:
         json_mode=bool(params.get("json_")),
         verbosity=int(params.get("verbose") or 0),
         quiet=bool(params.get("quiet")),
+        log_format=str(params["log_format"].value) if params.get("log_format") else None,
     )
 
 
@@ -121,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str] | None = None) -> int:
     """One invocation of stsync (the console script, the tests, each step of ``stsync demo``):
     its exit code; nothing is raised. With ``--json``, stdout gets exactly one object, the
-    envelope (``cli.envelope``), however the invocation ended."""
+    envelope (``cli.envelope``), however the invocation ended; a run command's outcome is
+    recorded and reported first (``AppContext.finish_job``)."""
     command = build_command()
     global_args, command_args = split_global_options(sys.argv[1:] if argv is None else list(argv), command)
     args = [*global_args, *command_args]
@@ -132,36 +149,38 @@ def run(argv: list[str] | None = None) -> int:
         if app_ctx.json_mode and _group_alone(named, args):
             # Click would print the group's help on stdout, where the JSON object goes.
             hint = f"{named.get_usage()} (try '{named.command_path} --help')"
-            code = _report(app_ctx, UsageError("Missing command.", hint=hint))
+            code, error = _report(app_ctx, UsageError("Missing command.", hint=hint)), None
         else:
-            code = _invoke(app_ctx, command, args)
+            code, error = _invoke(app_ctx, command, args)
+        app_ctx.finish_job(code, error)
         app_ctx.finish(code, None)
         return code
 
 
-def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> int:
-    """Run the command: its exit code. A failure is rendered and recorded on ``app_ctx``
-    (``reported_error``) for the JSON object."""
+def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> tuple[int, BaseException | None]:
+    """Run the command: its exit code, and the failure behind it for a run's record (None for
+    a clean exit, a usage error or Ctrl-C). Every failure is rendered, and recorded on
+    ``app_ctx`` (``reported_error``) for the JSON object."""
     try:
         # Not standalone: failures come back here, to be rendered in one style.
         result = command.main(args=args, prog_name="stsync", standalone_mode=False, obj=app_ctx)
         code = result if isinstance(result, int) else 0
         if code == Interrupted.exit_code and app_ctx.reported_error is None:
             # Typer turns Ctrl-C (KeyboardInterrupt) into a bare exit 130: say what it means.
-            return _report(app_ctx, Interrupted())
-        return code
+            return _report(app_ctx, Interrupted()), None
+        return code, None
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return (exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)), None
     except typer.Abort:
         # Ctrl-C (or end of input) at a prompt: like Ctrl-C anywhere, one line and 130.
         # Prompts come before any change, so nothing was done.
-        return _report(app_ctx, Interrupted("interrupted at a prompt; nothing was changed", hint=None))
+        return _report(app_ctx, Interrupted("interrupted at a prompt; nothing was changed", hint=None)), None
     except KeyboardInterrupt:
-        return _report(app_ctx, Interrupted())
+        return _report(app_ctx, Interrupted()), None
     except typer.TyperException as exc:  # Click's usage errors (typer vendors click)
-        return _report_usage_error(app_ctx, exc, args, command)
+        return _report_usage_error(app_ctx, exc, args, command), None
     except StsyncError as exc:
-        return _report(app_ctx, exc)
+        return _report(app_ctx, exc), exc
     except Exception as exc:  # a bug: short message here, the trace in the log file
         log_file = app_ctx.log_bug(exc)
         where = f" (details in {log_file})" if log_file else ""
@@ -170,7 +189,7 @@ def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> int:
         )
         app_ctx.terminal.error(bug.message, bug.hint)
         app_ctx.reported_error = bug.to_dict()
-        return 1
+        return 1, exc
 
 
 def command_name(ctx: Any) -> str | None:

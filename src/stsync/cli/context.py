@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from stsync.storage.paths import ConnectionPaths, resolve_config_path
 if TYPE_CHECKING:
     from stsync.connection import Connection
     from stsync.errors import StsyncError
+    from stsync.services.job_outcome import JobInvocation
     from stsync.storage.config import Config
 
 
@@ -52,14 +54,20 @@ class AppContext:
         self.reported_error: dict[str, Any] | None = None
         self._connection: Connection | None = None
         self._attached_log = False
+        self.log_format_option: str | None = None
+        self._job: JobInvocation | None = None
+        self._config: Config | None = None
 
-    def set_global_options(self, *, config_option: str | None, json_mode: bool, verbosity: int, quiet: bool) -> None:
-        """Apply ``--config``, ``--json``, ``-v`` and ``-q`` (before any command work)."""
+    def set_global_options(
+        self, *, config_option: str | None, json_mode: bool, verbosity: int, quiet: bool, log_format: str | None = None
+    ) -> None:
+        """Apply ``--config``, ``--json``, ``-v``, ``-q`` and ``--log-format`` (before any command work)."""
         self.config_option = config_option
         json_mode = json_mode or self.json_mode  # preset from the command line (preset_json_mode)
         self.json_mode = json_mode
         self.verbosity = verbosity
         self.quiet = quiet
+        self.log_format_option = log_format
         self.terminal = Terminal(verbosity=verbosity, quiet=quiet, json_mode=json_mode)
         self.global_options_set = True
 
@@ -103,25 +111,121 @@ class AppContext:
 
     @cached_property
     def paths(self) -> ConnectionPaths:
+        """The connection's files. The config file claims its connection name in the registry
+        first: a second config file going by the same name is refused (``ConnectionInUse``),
+        so two configs never share secrets, ledger or state."""
         paths = ConnectionPaths.for_config(self.config_path)
-        from stsync.logs import attach_file_handler
+        if paths.config.is_file():
+            from stsync.storage.registry import Registry
 
-        attach_file_handler(paths, verbosity=self.verbosity, terminal_stream=self.terminal.err.file)
-        self._attached_log = True
+            Registry(paths.state.parent).claim(paths)
+        self._attach_log(paths)
         return paths
 
-    def load_config(self) -> Config:
-        from stsync.storage.config import load_config
+    def use_paths(self, paths: ConnectionPaths) -> None:
+        """The connection's files as ``connect`` decided them (it names and claims them itself)."""
+        self.__dict__["paths"] = paths
+        self._attach_log(paths)
 
-        return load_config(self.config_path)
+    def _attach_log(self, paths: ConnectionPaths) -> None:
+        from stsync.logs import attach_file_handler, bind
+
+        attach_file_handler(
+            paths, verbosity=self.verbosity, terminal_stream=self.terminal.err.file, log_format=self.log_format(None)
+        )
+        bind(command=self.command_name)
+        self._attached_log = True
+
+    def log_format(self, config: Config | None) -> str:
+        """``--log-format`` > ``STSYNC_LOG_FORMAT`` > ``[logging] format`` > text."""
+        from stsync import envvars
+        from stsync.errors import UsageError
+        from stsync.vocabulary import LogFormat
+
+        configured = str(config.logging.format) if config is not None else None
+        chosen = envvars.resolve(envvars.LOG_FORMAT, option=self.log_format_option, configured=configured, default=LogFormat.TEXT)
+        if chosen not in tuple(LogFormat):
+            raise UsageError(
+                f"{envvars.LOG_FORMAT.name}={chosen!r} is not a log format", hint=f"use one of: {', '.join(LogFormat)}"
+            )
+        return str(chosen)
+
+    def load_config(self) -> Config:
+        """The config, and a warning for each limit above what the services document."""
+        from stsync.storage.config import limit_warnings, load_config
+
+        config = load_config(self.config_path)
+        self._config = config
+        for warning in limit_warnings(config):
+            self.terminal.warning(warning)
+        if self._attached_log:
+            from stsync.logs import set_log_format
+
+            set_log_format(self.log_format(config))
+        return config
+
+    def log_to_stderr(self) -> None:
+        """Long-running commands (run, serve) with the json format: the log's JSON lines go to
+        stderr as well, and the terminal's own messages become such lines (a container's log
+        collector reads one format)."""
+        from stsync.logs import attach_stderr
+
+        if self.log_format(self._config) == "json":
+            attach_stderr(self.terminal.err.file)
+            self.terminal.structured = True
+
+    @property
+    def is_default_config(self) -> bool:
+        """The platform's config file (then a command to run needs no ``--config``)."""
+        from stsync.storage.paths import default_config_path
+
+        return self.config_path.expanduser().resolve() == default_config_path().resolve()
+
+    # -- a run command's outcome --------------------------------------------------------
+    def begin_job(self, job: str, command: str, *, scheduled: bool = False) -> None:
+        """This invocation is a run of ``job`` (not a dry run): its exit code is recorded, the
+        alerts look at it, a scheduled job pings (``services.job_outcome``)."""
+        from stsync.services.job_outcome import JobInvocation
+
+        def config() -> Config | None:
+            return self._config if self._config is not None else self.load_config()
+
+        self._job = JobInvocation(
+            self.paths,
+            job=job,
+            command=command,
+            scheduled=scheduled,
+            config=config,
+            default_config=self.is_default_config,
+        )
+        self._job.begin()
+
+    def finish_job(self, exit_code: int, error: BaseException | None) -> None:
+        job, self._job = self._job, None
+        if job is not None:
+            job.finish(exit_code, error)
 
     def connection(self, *, config: Config | None = None) -> Connection:
         """The open connection (config + secrets + clients + ledger), built once."""
         if self._connection is None:
             from stsync.connection import Connection
 
-            self._connection = Connection.open(self.paths, config or self.load_config())
+            if config is not None:
+                self._config = config
+            # Loaded once per invocation (begin_job may have read it): its warnings said once.
+            self._connection = Connection.open(self.paths, config or self._config or self.load_config())
         return self._connection
+
+    def consent(self) -> Callable[[str], bool] | None:
+        """How a check asks the person at the terminal a yes/no question (default no); None
+        when nobody can answer (no terminal, --json): then the answer is no."""
+        if self.json_mode or not self.terminal.can_ask:
+            return None
+
+        def ask(question: str) -> bool:
+            return bool(typer.confirm(question, default=False, err=True))
+
+        return ask
 
     # -- output -----------------------------------------------------------------------
     def result(

@@ -58,7 +58,7 @@ def diagnose_command(
         raise UsageError("--email needs an e-mail address")
     if bundle is not None and not bundle.strip():
         raise UsageError("--bundle needs a path")
-    report = diagnose(app_ctx.paths, app_ctx.config_path, offline=offline, email=email)
+    report = diagnose(app_ctx.paths, app_ctx.config_path, offline=offline, email=email, consent=app_ctx.consent())
     written: list[Path] = []
     if bundle is not None:
         from stsync.services.bundle import bundle_paths, write_bundle

@@ -182,6 +182,8 @@ def _render_booking_section(term: Terminal, name: str, data: dict[str, Any]) -> 
     if qualification is not None:
         unqualify = qualification["unqualify_on"]
         extra = f"; taken back on {', '.join(unqualify)}" if unqualify else ""
+        if qualification.get("hold_days"):
+            extra += f"; {qualification['hold_label']}"
         term.show(f"Qualification rule: [bold]{escape(qualification['label'])}[/]{escape(extra)}")
     term.show("")
 
@@ -333,6 +335,7 @@ def action_command(
         ("stsync map qualify job-created", "qualified as soon as the booking becomes a job"),
         ("stsync map qualify job-status --status Completed", "qualified when that job is completed"),
         ("stsync map qualify job-status --status Completed --unqualify-on job-canceled", "taken back if the job is cancelled"),
+        ("stsync map qualify job-status --status Completed --hold-days 30", "only once the job has stood 30 days, not canceled"),
         ("stsync map qualify none", "\"Do not qualify my referrals\""),
     ),
 )
@@ -360,12 +363,21 @@ def qualify_command(
         autocompletion=complete_unqualify,
         help="Take a qualification back on job-canceled or booking-dismissed (repeatable; none clears).",
     ),
+    hold_days: int | None = typer.Option(
+        None,
+        "--hold-days",
+        metavar="DAYS",
+        help="Qualify only after the job kept meeting the rule, not canceled, for this many days (0–365; 0: at once).",
+    ),
 ) -> None:
     from stsync.services.mapping_edit import set_qualification
 
     app_ctx = AppContext.from_typer(ctx)
     events = [str(word.value) for word in unqualify_on] if unqualify_on is not None else None
-    _report(app_ctx, set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=events))
+    _report(
+        app_ctx,
+        set_qualification(app_ctx.config_path, rule, status=status, unqualify_on=events, hold_days=hold_days),
+    )
 
 
 @_edit_command(

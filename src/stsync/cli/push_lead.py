@@ -10,7 +10,7 @@ import typer
 
 from stsync.cli.context import AppContext
 from stsync.cli.help import EVERYDAY, examples
-from stsync.storage.states import AttemptOutcome
+from stsync.storage.states import AttemptOutcome, RunJob
 from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
@@ -122,6 +122,9 @@ def push_lead_command(
     from stsync.services import lead_sources
     from stsync.services import push as service
 
+    if not dry_run:
+        # A run like cron's: its exit code recorded, the alerts told; --new is the scheduled one.
+        app_ctx.begin_job(RunJob.PUSH, "push-lead " + given[0].split("/")[0] + (" --referrer" if referrer else ""), scheduled=new)
     conn = app_ctx.connection()
     # Checked once for the whole command: "Nothing to action", then "Setup Required".
     target = service.push_target(conn, kind)
@@ -230,11 +233,24 @@ def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, j
         return
     counts = report.counts
     with_summary = batch or counts["total"] != 1
+    # One print per run of ordinary lines: rich renders a thousand lines joined in a third of
+    # the time it takes line by line, and this runs after the pushes, on the user's clock.
+    pending: list[str] = []
     for result in report.results:
         if result.failed and not batch:
             continue  # raised as the command's error, with its hint
-        if result.failed or not (term.quiet and with_summary):
-            _render_line(term, result, escape)
+        line, loud = _line_for(result, escape)
+        if not loud and term.quiet and with_summary:
+            continue  # -q: the summary line counts them
+        if not loud:
+            pending.append(line)
+            continue
+        if pending:
+            term.summary("\n".join(pending))
+            pending = []
+        term.summary(line)  # failures stay visible with -q: cron mail must show them
+    if pending:
+        term.summary("\n".join(pending))
     if with_summary and not (term.quiet and counts["total"] == 0):
         term.summary(
             f"{counts['total']} lead(s): {counts['created']} created, {counts['already_booked']} already booked, "
@@ -242,16 +258,16 @@ def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, j
         )
 
 
-def _render_line(term: Terminal, result: PushResult, escape) -> None:
+def _line_for(result: PushResult, escape) -> tuple[str, bool]:
+    """One result as a line, and whether it is loud (a failure: shown even with -q)."""
     who = escape(result.lead.describe())
     if result.outcome == AttemptOutcome.CREATED:
-        term.summary(f"[green]✓[/] {who}: created booking #{result.booking_id}")
-    elif result.outcome == AttemptOutcome.ALREADY_BOOKED:
-        term.summary(f"[cyan]•[/] {who}: already booked #{result.booking_id}")
-    elif result.outcome == AttemptOutcome.SKIPPED:
-        term.summary(f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})")
-    else:
-        term.summary(f"[red]✗[/] {who}: failed: {escape(result.message or 'failed')}")
+        return f"[green]✓[/] {who}: created booking #{result.booking_id}", False
+    if result.outcome == AttemptOutcome.ALREADY_BOOKED:
+        return f"[cyan]•[/] {who}: already booked #{result.booking_id}", False
+    if result.outcome == AttemptOutcome.SKIPPED:
+        return f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})", False
+    return f"[red]✗[/] {who}: failed: {escape(result.message or 'failed')}", True
 
 
 def _raise_for_failures(report: PushReport, *, batch: bool) -> None:

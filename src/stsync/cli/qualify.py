@@ -1,4 +1,5 @@
-"""`stsync qualify [--dry-run]`: pushed bookings → jobs → referrals qualified in Referral Factory."""
+"""`stsync qualify [--dry-run] [--full]`: pushed bookings → jobs → referrals qualified in Referral
+Factory. Shows the referrals being held (``hold_days``) and until when."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def register(app: typer.Typer) -> None:
             ("stsync qualify --dry-run", "read ServiceTitan, show what would be qualified; write nothing"),
             ("stsync qualify", "qualify the referrals whose booking met the rule (`stsync map qualify` sets it)"),
             ("stsync -q qualify", "from cron: one line when something was qualified, and each failure"),
+            ("stsync qualify --full", "re-read every booking and open job, not only what changed"),
         ),
         rich_help_panel=EVERYDAY,
     )(qualify_command)
@@ -32,6 +34,7 @@ _OUTCOME_LABELS = {
     "already": "already done",
     "closed": "closed (not qualified)",
     "finished": "finished",
+    "held": "[cyan]held[/]",
     "waiting": "waiting",
     "missing": "[yellow]missing[/]",
     "failed": "[red]failed[/]",
@@ -46,6 +49,12 @@ def qualify_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Read ServiceTitan and show what would be qualified; write nothing."
     ),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="Re-read every booking of the provider and every open job instead of what changed since the last run "
+        "(done by itself on the first run and when the last full read is over a week old).",
+    ),
 ) -> None:
     from rich.markup import escape
 
@@ -54,10 +63,12 @@ def qualify_command(
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
+    if not dry_run:
+        app_ctx.begin_job(RunJob.QUALIFY, "qualify", scheduled=True)
     conn = app_ctx.connection()
 
     if conn.config.leads.qualification.rule == "none":
-        report = qualify(conn, dry_run=dry_run)  # reads and sends nothing: no lock needed
+        report = qualify(conn, dry_run=dry_run, full=full)  # reads and sends nothing: no lock needed
         _record(app_ctx, report)
         if not term.quiet:  # -q: nothing to do, nothing said
             term.summary(
@@ -68,7 +79,7 @@ def qualify_command(
 
     def run():
         with term.progress("Checking open bookings") as progress:
-            return qualify(conn, dry_run=dry_run, progress=progress)
+            return qualify(conn, dry_run=dry_run, full=full, progress=progress)
 
     if dry_run:
         report = run()  # writes nothing, so it needs no lock
@@ -86,10 +97,13 @@ def qualify_command(
             title="Qualification" + (" (dry run)" if dry_run else ""),
         )
     target = f' (job status "{report.job_status}")' if report.job_status else ""
+    if report.hold_days:
+        target += f", held {report.hold_days} day{'s' if report.hold_days != 1 else ''}"
     if dry_run:
         summary = (
             f"Dry run, rule {report.rule}{target}: {counts['open_bookings']} open booking(s); would qualify "
-            f"{counts['qualified']}, unqualify {counts['unqualified']}, close {counts['closed']}; nothing was sent."
+            f"{counts['qualified']}, unqualify {counts['unqualified']}, close {counts['closed']}, hold {counts['held']}; "
+            "nothing was sent."
         )
     elif not report.open_bookings:
         summary = f"Rule {report.rule}{target}: no open bookings to check."
@@ -97,9 +111,13 @@ def qualify_command(
         summary = (
             f"Rule {report.rule}{target}: {counts['open_bookings']} open booking(s) checked — "
             f"qualified {counts['qualified']}, unqualified {counts['unqualified']}, already done {counts['already']}, "
-            f"closed {counts['closed'] + counts['finished']}, waiting {counts['waiting']}, failed {counts['failed']}; "
-            f"{counts['still_open']} still open."
+            f"closed {counts['closed'] + counts['finished']}, held {counts['held']}, waiting {counts['waiting']}, "
+            f"failed {counts['failed']}; {counts['still_open']} still open."
         )
+    if report.open_bookings:
+        reads = report.reads
+        how = f"full read ({reads.full_reason})" if reads.full else "read what changed since the last run"
+        term.info(escape(f"ServiceTitan: {how}; {reads.requests} request(s)."))
     changed = sum(counts[name] for name in ("qualified", "unqualified", "closed", "finished", "failed", "missing"))
     if not term.quiet or changed:  # -q: one line when something happened
         term.summary(escape(summary))
@@ -107,6 +125,17 @@ def qualify_command(
         for decision in report.decisions:
             if decision.outcome == "failed":
                 term.summary(f"[red]✗[/] {escape(decision.email or decision.external_id)}: {escape(_why(decision))}")
+    held = report.held
+    if held:
+        first = held[0]
+        term.info(
+            escape(
+                f"Held: {len(held)} referral(s) qualify when their hold ends; the first, "
+                f"{first.email or first.external_id}, on {_when(first.held_until)}."
+            )
+        )
+    for note in report.reads.notes:
+        term.warning(escape(note))
     if counts["missing"]:
         term.warning(
             f"{counts['missing']} booking(s) or job(s) were not returned by ServiceTitan; they stay open "
@@ -133,6 +162,8 @@ def _why(decision) -> str:
     why = decision.reason
     if decision.error:
         why += f" — {decision.error.get('title') or decision.error.get('message')}"
+    if decision.held_until:
+        why = f"held until {_when(decision.held_until)} — {why}"
     return why
 
 
@@ -157,3 +188,10 @@ def _record(app_ctx: AppContext, report) -> None:
         failure(d.external_id, _why(d), error=d.error, email=d.email) for d in report.decisions if d.outcome == "failed"
     ]
     app_ctx.result(counts=counts, failures=failures, **data)
+
+
+def _when(iso: str | None) -> str:
+    """A held_until timestamp as a person reads it: the minute, in UTC."""
+    if not iso:
+        return "?"
+    return iso[:16].replace("T", " ") + " UTC"

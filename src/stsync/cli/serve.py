@@ -19,6 +19,7 @@ from stsync.cli.help import EVERYDAY, examples
 from stsync.storage.states import DeliveryOutcome, RunJob
 
 if TYPE_CHECKING:
+    from stsync.cli.terminal import Terminal
     from stsync.services.serve import WebhookServer
     from stsync.webhooks.deliveries import DeliveryEvent
 
@@ -51,18 +52,57 @@ def serve_command(
         f"Prefer the env variable. \\[env var: {envvars.WEBHOOK_TOKEN.name}]",
     ),
 ) -> None:
+    from stsync.services.metrics import metrics_route
     from stsync.services.serve import WebhookServer
+    from stsync.services.watching import PeriodicWatch
     from stsync.webhooks.tokens import check_token
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
     token = check_token(envvars.resolve(envvars.WEBHOOK_TOKEN, option=token))
+    app_ctx.begin_job(RunJob.SERVE, "serve")
     conn = app_ctx.connection()
+    app_ctx.log_to_stderr()
     # Fail now, not at the first delivery, when the connection cannot work.
     conn.require("tenant_id", "client_id", "booking_provider", "campaign_id")
     # Build both clients now (no request yet): a missing secret is exit 3 here, not a
     # failure at the first delivery.
     _ = (conn.servicetitan, conn.referral_factory)
+
+    def started(server: WebhookServer) -> None:
+        term.success(f"listening on {server.url}<token> (also POST /hooks with the X-Stsync-Token header; GET /metrics with it)")
+        term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
+
+    server = WebhookServer(
+        conn,
+        token=token,
+        host=host,
+        port=port,
+        observer=delivery_observer(term),
+        routes={"metrics": metrics_route(conn.paths, conn.config, conn.ledger)},
+    )
+    watch = PeriodicWatch(conn.paths, conn.config, default_config=app_ctx.is_default_config, ledger=conn.ledger)
+    with conn.run_lock(RunJob.SERVE, command="serve"):
+        watch.start()
+        try:
+            serve_until_signalled(server, on_started=started)
+        finally:
+            watch.stop()
+    stats = server.stats
+    app_ctx.result(counts=stats.as_counts(), run_id=server.run_id)
+    if term.quiet and not stats.received:
+        return  # -q: nothing was done, nothing is said
+    term.summary(
+        f"serve stopped: {stats.received} delivery(ies) received, {stats.duplicates} duplicate(s), "
+        f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed."
+    )
+
+
+def delivery_observer(term: Terminal) -> Callable[[DeliveryEvent], None] | None:
+    """Each delivery as a line for a person; None in structured mode (the log's JSON lines
+    already carry each one)."""
+    if term.structured:
+        return None
 
     def show(event: DeliveryEvent) -> None:
         who = f" {event.who}" if event.who else ""
@@ -78,21 +118,7 @@ def serve_command(
             booking = f" (booking {event.booking_id})" if event.booking_id else ""
             term.success(f"{what}{who}: {event.outcome}{booking}")
 
-    def started(server: WebhookServer) -> None:
-        term.success(f"listening on {server.url}<token> (also POST /hooks with the X-Stsync-Token header)")
-        term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
-
-    server = WebhookServer(conn, token=token, host=host, port=port, observer=show)
-    with conn.run_lock(RunJob.SERVE, command="serve"):
-        serve_until_signalled(server, on_started=started)
-    stats = server.stats
-    app_ctx.result(counts=stats.as_counts(), run_id=server.run_id)
-    if term.quiet and not stats.received:
-        return  # -q: nothing was done, nothing is said
-    term.summary(
-        f"serve stopped: {stats.received} delivery(ies) received, {stats.duplicates} duplicate(s), "
-        f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed."
-    )
+    return show
 
 
 def serve_until_signalled(

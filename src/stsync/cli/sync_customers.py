@@ -10,6 +10,7 @@ from rich.text import Text
 from stsync.cli.context import AppContext
 from stsync.cli.help import EVERYDAY, examples
 from stsync.cli.tables import Column, Role
+from stsync.storage.states import RunJob
 from stsync.vocabulary import RunMode
 
 if TYPE_CHECKING:
@@ -61,7 +62,14 @@ def sync_customers_command(
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
     mode = RunMode.ONCE if once else RunMode.ONGOING if ongoing else None
-    options = SyncOptions(mode=mode, full=full, dry_run=dry_run, limit=limit)
+    # The run's name in the ledger says how it ran: `stsync run` finds its last --full by it.
+    command = " ".join(
+        ["sync-customers", *(["--once"] if once else []), *(["--ongoing"] if ongoing else []), *(["--full"] if full else []),
+         *([f"--limit {limit}"] if limit else [])]
+    )
+    options = SyncOptions(mode=mode, full=full, dry_run=dry_run, limit=limit, command=command)
+    if not dry_run:
+        app_ctx.begin_job(RunJob.SYNC, command, scheduled=True)
     conn = app_ctx.connection()
     with term.progress("Syncing customers" if not dry_run else "Checking customers") as bar:
         report = sync_customers(conn, options, progress=bar)

@@ -13,22 +13,33 @@ Two streams, as gh and hatch keep them:
 With ``--json`` stdout is the JSON object's alone (``data``): everything else goes to stderr.
 ``-q`` silences the talk (``info``, ``success``, ``print``), never the data, a warning or an
 error; what each command shows with ``-q`` is its own choice (one summary line, its failures).
-``NO_COLOR`` is honoured by Rich itself.
+``NO_COLOR`` is honoured by Rich itself. Under ``run`` and ``serve`` with the json log format
+(``structured``), every line of text — talk or data — becomes a log record instead, and
+tables, which have no line form, are left out.
+
+Prompts (``ask``, ``confirm``) are written to stderr too — not a character on stdout — and
+read from stdin; a hidden answer is read with echo off. Ctrl-C or the end of input at a
+prompt ends its line and raises ``typer.Abort``, which the app reports in one line (exit 130).
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from stsync.cli.tables import Column, fitted_table, tsv
 from stsync.progress import Progress
+
+T = TypeVar("T")
 
 
 class Terminal:
@@ -41,35 +52,51 @@ class Terminal:
         # terminal wraps it; a cron mail or a log keeps it whole). Tables still fit the width.
         self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.out = self.err if json_mode else Console(file=sys.stdout, highlight=False, soft_wrap=True)
+        # run/serve with the json log format: stderr carries JSON lines only, so each message
+        # becomes a log record (the log's stderr stream writes it).
+        self.structured = False
+
+    def _record(self, level: int, message: Any) -> bool:
+        """In structured mode, ``message`` as a log record (True); tables have no line form."""
+        if not self.structured:
+            return False
+        if isinstance(message, str):
+            logging.getLogger("stsync.cli").log(level, Text.from_markup(message).plain)
+        return True
 
     # -- messages ---------------------------------------------------------------------
     def error(self, message: str, hint: str | None = None) -> None:
+        if self._record(logging.ERROR, escape(message + (f" → {hint}" if hint else ""))):
+            return
         self.err.print(f"[bold red]Error:[/] {escape(message)}")
         if hint:
             self.err.print(f"[dim]→ {escape(hint)}[/]")
 
     def warning(self, message: str) -> None:
+        if self._record(logging.WARNING, escape(message)):
+            return
         self.err.print(f"[yellow]Warning:[/] {escape(message)}")
 
     def info(self, message: str) -> None:
-        if not self.quiet:
+        if not self.quiet and not self._record(logging.INFO, escape(message)):
             self.err.print(escape(message))
 
     def success(self, message: str) -> None:
-        if not self.quiet:
+        if not self.quiet and not self._record(logging.INFO, escape(message)):
             self.err.print(f"[green]✓[/] {escape(message)}")
 
     def always(self, renderable: Any) -> None:
         """Talk that ``-q`` keeps (stderr): a dry run's summary, whose stdout is the body."""
-        self.err.print(renderable)
+        if not self._record(logging.INFO, renderable):
+            self.err.print(renderable)
 
     def debug(self, message: str) -> None:
-        if self.verbosity > 0:
+        if self.verbosity > 0 and not self._record(logging.DEBUG, escape(message)):
             self.err.print(f"[dim]{escape(message)}[/]")
 
     def print(self, renderable: Any) -> None:
         """Talk for people (an explanation, a banner): stderr, silenced by ``-q``."""
-        if not self.quiet:
+        if not self.quiet and not self._record(logging.INFO, renderable):
             self.err.print(renderable)
 
     # -- data -------------------------------------------------------------------------
@@ -88,6 +115,8 @@ class Terminal:
         self._print_data(fitted_table(columns, rows, self.out.width, title=title), soft_wrap=False)
 
     def _print_data(self, renderable: Any, *, soft_wrap: bool | None = None) -> None:
+        if self._record(logging.INFO, renderable):
+            return
         if self.out.is_terminal:
             self.out.print(renderable, soft_wrap=soft_wrap)
             return
@@ -101,7 +130,7 @@ class Terminal:
     def boxed(self, title: str, lines: list[str], *, style: str = "") -> None:
         """A block under a title (a Setup Required banner, a referral's story): a box on a
         terminal; in a pipe or a file the title and its lines, indented, as plain text."""
-        if self.out.is_terminal:
+        if self.out.is_terminal and not self.structured:
             from rich.panel import Panel
 
             self.out.print(Panel("\n".join(lines), title=f"[bold]{title}[/]", title_align="left", border_style=style or "none",
@@ -149,14 +178,76 @@ class Terminal:
         """Go on only with --yes or a person's "y"; off a terminal, name the flag (exit 2)."""
         if yes:
             return
-        import typer
 
         from stsync.errors import NotConfirmed, UsageError
 
         if not self.can_ask:
             raise UsageError(refusal)
-        if not typer.confirm(question, err=True):
+        if not self.confirm(question, default=False):
             raise NotConfirmed("not confirmed; nothing was changed")
+
+    # -- prompts ----------------------------------------------------------------------
+    def ask(
+        self,
+        label: str,
+        *,
+        parse: Callable[[str], T],
+        default: str | None = None,
+        choices: Sequence[str] = (),
+        hidden: bool = False,
+        show_default: bool = True,
+    ) -> T:
+        """An answer from the person, asked again until ``parse`` accepts it (a ``ValueError``
+        is shown and the question repeated); Enter alone takes ``default`` (never shown for a
+        hidden answer)."""
+        shown = label
+        if choices:
+            shown += f" ({', '.join(choices)})"
+        if default is not None and show_default and not hidden:
+            shown += f" [{default}]"
+        shown += ": "
+        while True:
+            answer = self._read_answer(shown, hidden=hidden).strip()
+            if not answer:
+                if default is None:
+                    continue
+                answer = default
+            try:
+                return parse(answer)
+            except ValueError as exc:
+                self.err.print(f"[red]  {escape(str(exc) or 'not a valid answer')}[/]")
+
+    def confirm(self, question: str, *, default: bool) -> bool:
+        """A yes or no; Enter alone takes ``default``."""
+
+        def yes_or_no(answer: str) -> bool:
+            word = answer.casefold()
+            if word in ("y", "yes"):
+                return True
+            if word in ("n", "no"):
+                return False
+            raise ValueError("answer y or n")
+
+        return self.ask(
+            f"{question} [{'Y/n' if default else 'y/N'}]", parse=yes_or_no, default="y" if default else "n", show_default=False
+        )
+
+    def _read_answer(self, prompt: str, *, hidden: bool) -> str:
+        import typer
+
+        try:
+            if hidden:
+                return getpass.getpass(prompt, stream=sys.stderr)
+            sys.stderr.write(prompt)
+            sys.stderr.flush()
+            line = sys.stdin.readline()
+            if not line:
+                raise EOFError
+            return line
+        except (KeyboardInterrupt, EOFError):
+            sys.stderr.write("\n")  # end the prompt's line: the one line about it stands alone
+            sys.stderr.flush()
+            raise typer.Abort() from None
 
     @contextmanager
     def progress(self, description: str, total: int | None = None) -> Iterator[ProgressHandle]:

@@ -33,7 +33,7 @@ def validate_command(
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
-    report = validate(app_ctx.config_path, app_ctx.paths, online=online)
+    report = validate(app_ctx.config_path, app_ctx.paths, online=online, consent=app_ctx.consent())
     data = report.to_dict()
     for key in ("ok", "exit_code"):  # the envelope says how the command ended
         data.pop(key)

@@ -54,7 +54,7 @@ from stsync.errors import (
     StsyncError,
     stops_run,
 )
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.mapping.referrers import ReferrerRequest, Skip, referrer_request_for
 from stsync.mapping.return_fields import (
     resolve_custom_field_type,
@@ -195,18 +195,19 @@ class CustomerHandler:
         """Do what the plan says; record it (except a skip's row: ``Outcome.record_skip``).
         ``retrying``: the customer's last attempt failed (the retries phase), so a failed
         return-field write is tried again. Raises only run-level failures."""
-        try:
-            if isinstance(plan.decision, Skip):
-                return self._skipped(plan, plan.decision.reason)
-            return self._as_referrer(plan, plan.decision, retrying)
-        except _StageFailure as failure:
-            return self._failed(plan, failure.error, failure.stage)
-        except StsyncError as exc:
-            if stops_run(exc):
-                raise
-            # E.g. a create whose answer was lost and whose user the search does not find
-            # (yet): the next run searches first, then creates.
-            return self._failed(plan, exc, STAGE_REFERRER)
+        with log_context(customer_id=plan.customer_id):
+            try:
+                if isinstance(plan.decision, Skip):
+                    return self._skipped(plan, plan.decision.reason)
+                return self._as_referrer(plan, plan.decision, retrying)
+            except _StageFailure as failure:
+                return self._failed(plan, failure.error, failure.stage)
+            except StsyncError as exc:
+                if stops_run(exc):
+                    raise
+                # E.g. a create whose answer was lost and whose user the search does not find
+                # (yet): the next run searches first, then creates.
+                return self._failed(plan, exc, STAGE_REFERRER)
 
     def _skipped(self, plan: Plan, reason: str, *, record: ReferrerRecord | None = None) -> Outcome:
         record = record if record is not None else plan.record

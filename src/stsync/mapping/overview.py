@@ -158,6 +158,13 @@ def qualification_label(rule: str, job_status: str | None) -> str:
     return "Do not qualify my referrals"
 
 
+def hold_label(hold_days: int) -> str:
+    """How a hold reads beside the rule."""
+    if not hold_days:
+        return "qualified as soon as the rule is met"
+    return f"held {hold_days} day{'s' if hold_days != 1 else ''} without a cancellation before qualifying"
+
+
 def mapping_overview(config: Config, *, sections: Iterable[str] = ("leads", "referrers", "customers")) -> dict[str, Any]:
     """What ``map show`` renders (and prints with ``--json``): per section, the action, the
     Step 5 table rows, the Setup Required state; for customers the fields and return fields."""
@@ -179,7 +186,9 @@ def mapping_overview(config: Config, *, sections: Iterable[str] = ("leads", "ref
                     "rule": q.rule,
                     "job_status": q.job_status,
                     "unqualify_on": list(q.unqualify_on),
+                    "hold_days": q.hold_days,
                     "label": qualification_label(q.rule, q.job_status),
+                    "hold_label": hold_label(q.hold_days),
                 }
             overview[name] = entry
         elif name == "customers":

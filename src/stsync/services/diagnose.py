@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from stsync import connection
 from stsync.checks import table
 from stsync.checks.activity import PushFailure
-from stsync.checks.context import CheckContext, LiveAccess
+from stsync.checks.context import CheckContext, Consent, LiveAccess
 from stsync.checks.result import FAIL, WARN, Check, NotRun, count_statuses
 from stsync.checks.runner import CheckRun, exit_code_for
 from stsync.logs import get_logger
@@ -112,6 +112,7 @@ def diagnose(
     *,
     offline: bool,
     email: str | None = None,
+    consent: Consent | None = None,
 ) -> DiagnoseReport:
     """Run every check (the live ones unless ``offline``) and, with ``email``, tell that story."""
     config_path = Path(config_path) if config_path is not None else paths.config
@@ -134,7 +135,7 @@ def diagnose(
                 conn = connection.Connection.open(
                     paths, context.config, retry_budget_seconds=connection.CHECK_RETRY_BUDGET_SECONDS
                 )
-                context.live = LiveAccess.of(conn)
+                context.live = LiveAccess.of(conn, consent=consent)
             run.run(table.LIVE)
         if email is not None:
             report.story = referral_story(

@@ -3,15 +3,16 @@ its referrer (``leads.LeadReader``):
 
 - ``fetch_lead``: one lead by referral code or user id (``push-lead --code`` /
   ``--rf-user-id``); a code or id that is not this campaign's is a ``UsageError``.
-- ``new_leads``: the campaign's users of a kind with no booking in the ledger
-  (``push-lead --new``); referrers are read only when the mapping uses their fields.
+- ``iter_new_leads`` / ``new_leads``: the campaign's users of a kind with no booking in the
+  ledger (``push-lead --new``), as Referral Factory's search pages come in / all at once;
+  referrers are read only when the mapping uses their fields.
 - ``complete_leads``: the campaign name that leads read from a file lack, when the mapping
   sends it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -64,9 +65,14 @@ def fetch_lead(conn: Connection, *, code: str | None = None, rf_user_id: int | N
 
 
 def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
+    """``iter_new_leads``, all read before the list is returned."""
+    return list(iter_new_leads(conn, target))
+
+
+def iter_new_leads(conn: Connection, target: PushTarget) -> Iterator[Lead]:
     """The campaign's users of the target's kind (``POST /users/search``, paged) with no
-    booking in the ledger. A user the mapping cannot give an externalId is kept:
-    ``push_lead`` reports what is missing."""
+    booking in the ledger, each yielded as soon as its page is read. A user the mapping
+    cannot give an externalId is kept: ``push_lead`` reports what is missing."""
     kind, section = target.kind, target.section
     campaign_id = conn.campaign_id
     user_type = USER_TYPE_FOR_KIND[kind]
@@ -74,7 +80,6 @@ def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
     reader = LeadReader(conn.referral_factory, campaign_id, with_referrer=wants_referrer)
     reader.campaign()  # read before the search, as every lead needs it
     ledger = conn.ledger
-    leads: list[Lead] = []
     seen: set[str] = set()
     for user in conn.referral_factory.search_users([("campaign_id", campaign_id), ("type", user_type)]):
         if user.type != user_type:
@@ -83,7 +88,7 @@ def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
         try:
             external_id = external_id_for(lead, section)
         except InvalidRecord:
-            leads.append(lead)
+            yield lead
             continue
         if external_id in seen:
             continue  # a page boundary moved under us: the same user twice
@@ -91,8 +96,7 @@ def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
         known = ledger.get_push(external_id)
         if known is not None and known.state == PushState.BOOKED:
             continue
-        leads.append(lead)
-    return leads
+        yield lead
 
 
 def complete_leads(conn: Connection, leads: Sequence[Lead], target: PushTarget) -> list[Lead]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stsync.errors import ConfigError, UsageError
-from stsync.mapping.overview import ACTION_LABELS, qualification_label
+from stsync.mapping.overview import ACTION_LABELS, hold_label, qualification_label
 from stsync.mapping.validation import (
     check_booking_spec,
     check_booking_target,
@@ -33,6 +33,7 @@ from stsync.mapping.validation import (
 from stsync.mapping.vocabulary import REQUIRED_REFERRER_TARGETS, select_options, target_kind
 from stsync.servicetitan.vocabulary import JOB_STATUSES, REQUIRED_BOOKING_TARGETS, JobStatus
 from stsync.storage.config import (
+    MAX_HOLD_DAYS,
     VALUE_KINDS,
     BookingSettings,
     Config,
@@ -164,9 +165,15 @@ def set_action(config_path: Path, section: str, action: str) -> EditResult:
 
 
 def set_qualification(
-    config_path: Path, rule: str, *, status: str | None = None, unqualify_on: list[str] | None = None
+    config_path: Path,
+    rule: str,
+    *,
+    status: str | None = None,
+    unqualify_on: list[str] | None = None,
+    hold_days: int | None = None,
 ) -> EditResult:
-    """``map qualify none|job-created|job-status [--status S] [--unqualify-on EVENT ...]`` (Step 6)."""
+    """``map qualify none|job-created|job-status [--status S] [--unqualify-on EVENT ...]
+    [--hold-days N]`` (Step 6). Options left out keep their value."""
     chosen = RULE_WORDS.get(rule.strip().casefold())
     if chosen is None:
         raise UsageError(
@@ -203,20 +210,33 @@ def set_qualification(
                 )
             if event not in events:
                 events.append(event)
+    if hold_days is not None and (isinstance(hold_days, bool) or not 0 <= hold_days <= MAX_HOLD_DAYS):
+        raise UsageError(
+            f"--hold-days must be a whole number of days from 0 to {MAX_HOLD_DAYS}, not {hold_days!r}",
+            hint="e.g. stsync map qualify job-status --status Completed --hold-days 14 (0: qualify at once)",
+        )
 
     def change(config: Config) -> bool:
         qualification = config.leads.qualification
-        before = (qualification.rule, qualification.job_status, list(qualification.unqualify_on))
+        before = (qualification.rule, qualification.job_status, list(qualification.unqualify_on), qualification.hold_days)
         qualification.rule = chosen
         qualification.job_status = job_status
         if events is not None:
             qualification.unqualify_on = events
-        return before != (qualification.rule, qualification.job_status, list(qualification.unqualify_on))
+        if hold_days is not None:
+            qualification.hold_days = hold_days
+        return before != (qualification.rule, qualification.job_status, list(qualification.unqualify_on), qualification.hold_days)
 
     label = qualification_label(chosen, job_status)
     shown = f"job_status = {job_status} ({label})" if chosen == QualificationRule.JOB_STATUS else f"{chosen} ({label})"
+    if hold_days is not None:
+        shown += f"; hold_days = {hold_days} ({hold_label(hold_days)})"
     result = _edit(config_path, "qualification", f"leads.qualification: rule = {shown}", change)
     config = load_or_default(Path(config_path))[0]
+    if chosen == QualificationRule.NONE and config.leads.qualification.hold_days:
+        result.warnings.append(
+            f"hold_days = {config.leads.qualification.hold_days} has no effect while the rule is none"
+        )
     if chosen != QualificationRule.NONE and config.leads.action != Action.CREATE_BOOKING:
         result.warnings.append(
             'leads action is "Nothing to action": no booking is created, so no referral can qualify '

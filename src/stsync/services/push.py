@@ -4,12 +4,21 @@ One lead's story, under a lock on its externalId (``KeyLock``: no other thread o
 can create the same booking meanwhile):
 
 1. **the ledger** — already booked? Then nothing is sent: ``already_booked``.
-2. **ServiceTitan** — ``GET …/bookings?externalId=``: the booking may exist because a run
-   crashed between its POST and its record (an unfinished intent, closed here), or because
-   Referral Factory's own integration made it. Found → ``already_booked``.
+2. **ServiceTitan** — does the provider have a booking with this externalId? It may, because a
+   run crashed between its POST and its record (an unfinished intent, closed here), or because
+   Referral Factory's own integration made it. Found → ``already_booked``. A batch of
+   ``push-lead --new`` asks its ``tracking.index.BookingIndex`` (the provider's bookings,
+   read once per run and then only what changed, refreshed when older than a second: no
+   request per lead); a single lead, a file, ``serve`` — and, in a batch, a lead whose ledger
+   holds an unsettled intent — ask ServiceTitan one by one (``GET …/bookings?externalId=``).
 3. **intent** recorded, **POST**, **result** recorded. When the answer to the POST is lost
-   (timeout, reset, 5xx: ``AnswerLost``), the booking is looked up by externalId before the
-   POST is ever repeated.
+   (timeout, reset, 5xx: ``AnswerLost``), the booking is looked up (the index, read again,
+   then by externalId) before the POST is ever repeated.
+
+Why the index cannot duplicate a booking stsync made elsewhere (another run, ``serve``, a
+crashed run): every creator holds the externalId's lock from its look-up to its ledger record,
+so under the lock the ledger already says "booked", or holds the unsettled intent that sends
+this lead to the one-by-one look-up. For creators outside stsync see ``tracking.index``.
 
 Every attempt lands in the ledger with the lead's e-mail, the externalId and the booking id
 or ServiceTitan's exact error, so ``history`` and ``diagnose --email`` can tell it.
@@ -31,8 +40,9 @@ failure in input order is raised, the leads done before it stay recorded.
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,13 +58,16 @@ from stsync.errors import (
     stops_run,
 )
 from stsync.leads import Lead
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.mapping.booking import booking_request_for, external_id_for
 from stsync.mapping.validation import missing_required
 from stsync.progress import NO_PROGRESS, Progress
-from stsync.services.lead_sources import new_leads
+from stsync.services.lead_sources import iter_new_leads, new_leads
+from stsync.storage.ledger import utc_now
 from stsync.storage.locks import KeyLock
 from stsync.storage.states import AttemptOutcome, PushState, RunJob
+from stsync.tracking.index import BookingIndex
+from stsync.tracking.reads import booking_row
 from stsync.vocabulary import Action, Kind
 from stsync.workpool import WorkPool, finished
 
@@ -208,8 +221,12 @@ def push_lead(
     *,
     run_id: int | None = None,
     dry_run: bool = False,
+    index: BookingIndex | None = None,
 ) -> PushResult:
     """Send one lead to ServiceTitan as a booking, at most once per externalId.
+
+    ``index``: the batch's view of the provider's bookings (``push_new``); without it the
+    booking is looked up by externalId.
 
     Returns the result for record-level outcomes (created, already booked, skipped, failed);
     raises for run-level failures (``AuthError``, ``ConfigError``, ``TemporaryError``) after
@@ -238,12 +255,18 @@ def push_lead(
 
     conn.paths.ensure_state()
     # One externalId at a time across threads and processes: check → create → record.
-    with KeyLock(conn.paths, f"booking:{external_id}"):
-        return _push_locked(conn, lead, kind, external_id, body, run_id)
+    with log_context(external_id=external_id), KeyLock(conn.paths, f"booking:{external_id}"):
+        return _push_locked(conn, lead, kind, external_id, body, run_id, index)
 
 
 def _push_locked(
-    conn: Connection, lead: Lead, kind: str, external_id: str, body: dict, run_id: int | None
+    conn: Connection,
+    lead: Lead,
+    kind: str,
+    external_id: str,
+    body: dict,
+    run_id: int | None,
+    index: BookingIndex | None,
 ) -> PushResult:
     ledger = conn.ledger
     name = body.get("name") if isinstance(body.get("name"), str) else lead.first_name
@@ -263,7 +286,7 @@ def _push_locked(
 
     bp = conn.booking_provider
     try:
-        existing = find_booking(conn, external_id)
+        existing = _existing_booking(conn, external_id, index, one_by_one=bool(stale_intents))
     except StsyncError as exc:
         attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
@@ -274,7 +297,7 @@ def _push_locked(
     for stale in stale_intents:
         if existing is not None:
             # That crashed run's POST went through: the booking is its creation.
-            ledger.record_push_result(stale.id, outcome=AttemptOutcome.CREATED, booking_id=existing.id)
+            ledger.record_push_result(stale.id, outcome=AttemptOutcome.CREATED, booking_id=existing.booking_id)
         else:
             ledger.record_push_result(
                 stale.id, outcome=AttemptOutcome.LOST,
@@ -282,18 +305,20 @@ def _push_locked(
             )
 
     if existing is not None:
-        attempt = record_intent()
-        ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.id)
-        _note_status(conn, external_id, existing)
+        with ledger.transaction():  # nothing is sent: the attempt is recorded in one commit
+            attempt = record_intent()
+            ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.booking_id)
+            if existing.status:
+                ledger.update_tracking(external_id, booking_status=existing.status)
         return PushResult(
             lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
-            booking_id=existing.id, status=existing.status,
+            booking_id=existing.booking_id, status=existing.status,
             message="already booked in ServiceTitan (found by externalId)",
         )
 
     attempt = record_intent()
     try:
-        booking = _create_once(conn, bp, external_id, body)
+        booking = _create_once(conn, bp, external_id, body, index)
     except AnswerLost as exc:
         # Lost every time and never found: ServiceTitan is not usable now, for any lead.
         ledger.record_push_result(attempt, outcome=AttemptOutcome.LOST, error=exc.to_dict())
@@ -314,8 +339,10 @@ def _push_locked(
         if stops_run(exc):
             raise
         return _failed(lead, kind, external_id, exc, exc.to_dict())
-    ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
-    _note_status(conn, external_id, booking)
+    with ledger.transaction():  # one commit: the result, the status, the mirror row
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
+        _note_status(conn, external_id, booking)
+        _remember(conn, booking)
     return PushResult(
         lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id, booking_id=booking.id,
         status=booking.status,
@@ -327,11 +354,12 @@ def _already_booked_in_ledger(
     conn: Connection, lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
 ) -> PushResult:
     ledger = conn.ledger
-    attempt = ledger.record_push_intent(
-        external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
-        referral_code=lead.referral_code, run_id=run_id,
-    )
-    ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=known.booking_id)
+    with ledger.transaction():
+        attempt = ledger.record_push_intent(
+            external_id, kind=kind, email=lead.email, name=lead.first_name, rf_user_id=lead.rf_user_id,
+            referral_code=lead.referral_code, run_id=run_id,
+        )
+        ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=known.booking_id)
     return PushResult(
         lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
         booking_id=known.booking_id, status=known.booking_status,
@@ -339,7 +367,7 @@ def _already_booked_in_ledger(
     )
 
 
-def _create_once(conn: Connection, bp: int, external_id: str, body: dict) -> Booking:
+def _create_once(conn: Connection, bp: int, external_id: str, body: dict, index: BookingIndex | None) -> Booking:
     """POST the booking; after a lost answer, look it up before any new POST."""
     lost: AnswerLost | None = None
     for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
@@ -348,6 +376,13 @@ def _create_once(conn: Connection, bp: int, external_id: str, body: dict) -> Boo
         except AnswerLost as exc:
             lost = exc
             log.warning("booking %s: %s; looking it up by externalId", external_id, exc)
+        if index is not None:
+            # The provider's list by modifiedOn, read now: it shows a booking the ?externalId=
+            # filter may not list yet (api/servicetitan.md §11).
+            index.refresh()
+            row = index.find(external_id, refresh=False)
+            if row is not None:
+                return conn.servicetitan.get_booking(bp, row.booking_id)
         found = find_booking(conn, external_id)
         if found is not None:
             # Our POST was committed even though its answer never came: that is our creation.
@@ -361,6 +396,36 @@ def _create_once(conn: Connection, bp: int, external_id: str, body: dict) -> Boo
 def _pause_before_retry(attempt: int) -> None:
     # Full jitter, so workers hit by the same outage do not come back in step.
     time.sleep(min(5.0, 0.2 * 2 ** (attempt - 1)) * random.random())
+
+
+@dataclass(frozen=True)
+class _Existing:
+    booking_id: int
+    status: str | None
+
+
+def _existing_booking(
+    conn: Connection, external_id: str, index: BookingIndex | None, *, one_by_one: bool
+) -> _Existing | None:
+    """The provider's booking with this externalId, if any: from the index (refreshed when
+    stale), and one by one when there is no index or ``one_by_one`` (an unsettled intent)."""
+    if index is not None:
+        row = index.find(external_id)
+        if row is not None:
+            return _Existing(row.booking_id, row.status)
+        if not one_by_one:
+            return None
+    found = find_booking(conn, external_id)
+    if found is None:
+        return None
+    _remember(conn, found)
+    return _Existing(found.id, found.status)
+
+
+def _remember(conn: Connection, booking: Booking) -> None:
+    """A booking stsync created or found goes into the ledger's mirror of the provider's
+    bookings at once (what ``qualify`` and the next batch's index read)."""
+    conn.ledger.upsert_bookings([booking_row(booking, utc_now())])
 
 
 def find_booking(conn: Connection, external_id: str) -> Booking | None:
@@ -423,26 +488,30 @@ def _failed(lead: Lead, kind: str, external_id: str | None, exc: StsyncError, er
 
 def push_leads(
     conn: Connection,
-    leads: Sequence[Lead],
+    leads: Iterable[Lead],
     target: PushTarget,
     *,
     progress: Progress = NO_PROGRESS,
     dry_run: bool = False,
     command: str = "push-lead",
     rejected: Sequence[InvalidRecord] = (),
+    index: BookingIndex | None = None,
 ) -> PushReport:
     """Push several leads concurrently (``[limits] workers`` threads sharing the clients'
     rate limiters), in one recorded run. A failed lead does not stop the others; a run-level
     failure stops the run (the leads already done stay recorded) and is raised.
 
-    ``rejected`` are input records that could not even be read as leads (from
+    ``leads`` may be a stream (``push_new`` passes Referral Factory's pages as they come):
+    each lead is handed to a worker as soon as it is read, so pushing starts with the first
+    page. ``rejected`` are input records that could not even be read as leads (from
     ``leads_from_input``): they are reported as failed, first."""
     report = PushReport(kind=target.kind, dry_run=dry_run)
     if target.notice is not None:
         report.notice, report.notice_hint = target.notice, target.notice_hint
         return report
     unreadable = [_rejected_result(exc, target.kind) for exc in rejected]
-    progress.set_total(len(leads))
+    known_total = len(leads) if isinstance(leads, Sized) else None
+    progress.set_total(known_total)
     if dry_run:
         report.results = unreadable
         for lead in leads:
@@ -451,13 +520,20 @@ def push_leads(
         return report
 
     workers = max(1, int(getattr(conn.config.limits, "workers", 8) or 1))
+    if known_total is not None:
+        workers = min(workers, max(1, known_total))
     with conn.ledger.recorded_run(
         RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
     ) as report.run_id:
         futures: list = []
         try:
-            with WorkPool(min(workers, max(1, len(leads))), name="push") as pool:
-                futures = [pool.submit(push_lead, conn, lead, target, run_id=report.run_id) for lead in leads]
+            with WorkPool(workers, name="push") as pool:
+                for lead in leads:
+                    if pool.stopping:
+                        break  # a run-level failure: reading on would only fill the report with skips
+                    futures.append(pool.submit(push_lead, conn, lead, target, run_id=report.run_id, index=index))
+                if known_total is None:
+                    progress.set_total(len(futures))
                 pool.wait(futures, on_done=lambda _: progress.advance())
         finally:
             # A stopped run still records what it did before stopping (input order).
@@ -478,8 +554,9 @@ def push_new(
     dry_run: bool = False,
     command: str = "push-lead --new",
 ) -> PushReport:
-    """Every lead of the campaign without a booking yet (``lead_sources.new_leads``), under
-    the connection's push lock (a dry run takes none)."""
+    """Every lead of the campaign without a booking yet (``lead_sources.iter_new_leads``),
+    under the connection's push lock (a dry run takes none), checked against the provider's
+    bookings with one ``BookingIndex`` for the whole run."""
     if target.notice is not None:
         report = PushReport(kind=target.kind, dry_run=dry_run)
         report.notice, report.notice_hint = target.notice, target.notice_hint
@@ -487,5 +564,27 @@ def push_new(
     if dry_run:
         return push_leads(conn, new_leads(conn, target), target, progress=progress, dry_run=True)
     with conn.run_lock(RunJob.PUSH, command=command):
-        leads = new_leads(conn, target)
-        return push_leads(conn, leads, target, progress=progress, command=command)
+        index = BookingIndex(conn)
+        # The provider's bookings are read while Referral Factory's first page is: both are
+        # needed before the first create.
+        warming = _start(index.ensure_fresh)
+        try:
+            leads = iter_new_leads(conn, target)
+            return push_leads(conn, leads, target, progress=progress, command=command, index=index)
+        finally:
+            warming.join()
+
+
+def _start(work) -> threading.Thread:
+    """``work`` in a thread of its own. Its failure is not lost: a worker needing the index
+    calls ``ensure_fresh`` again and meets it (e.g. a wrong booking provider) itself."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as exc:  # raised again, where it matters, by the next caller
+            log.debug("reading the provider's bookings ahead failed: %s", exc)
+
+    thread = threading.Thread(target=run, name="push-index", daemon=True)
+    thread.start()
+    return thread

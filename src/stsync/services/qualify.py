@@ -1,19 +1,28 @@
 """Qualification: pushed bookings → jobs → the referral qualified in Referral Factory.
 
-``qualify(conn)`` walks the ledger's open bookings (``Ledger.open_bookings()``: pushed,
-booked, not yet final), reads them back from ServiceTitan in batches of 50
-(``get_bookings``), reads the jobs booked from them in batches of 50 (``get_jobs``), and
-applies ``[leads.qualification]``:
+``qualify(conn)`` first brings the ledger's mirror of ServiceTitan up to date with what
+changed since the last run (``tracking.reads``: the provider's bookings by watermark, the job
+history and job export feeds by ``continueFrom``, jobs by id only where the ledger lacks them
+or a hold is ending — with nothing changed, three requests however many bookings are open),
+then decides every open booking (``Ledger.open_bookings()``: pushed, booked, not yet final)
+from what the ledger holds, and applies ``[leads.qualification]`` (``tracking.rule``):
 
 - ``rule = "none"``: nothing at all (no ledger read, no request); the report says so.
-- ``rule = "job_created"``: the referral qualifies once its booking has a ``jobId`` (and the
-  job is not already Canceled).
-- ``rule = "job_status"``: the referral qualifies once that job has *reached*
-  ``job_status`` (``Completed`` by default). Polling sees only the current status, so
-  "reached" is read generously: the status itself, or a later step of ServiceTitan's
-  forward progression ``Scheduled → Dispatched → InProgress → Completed`` (a job seen
-  Completed has been Dispatched), and for ``Completed`` also a ``completedOn`` date.
-  ``Hold`` and ``Canceled`` match only themselves.
+- ``rule = "job_created"``: the referral qualifies once its booking has a job (and the job is
+  not Canceled).
+- ``rule = "job_status"``: the referral qualifies once that job has *reached* ``job_status``
+  (``Completed`` by default): the status, a later step of ``Scheduled → Dispatched →
+  InProgress → Completed``, a status it **passed through** between two runs (the job
+  history), or for ``Completed`` a ``completedOn`` date. ``Hold`` and ``Canceled`` match only
+  themselves.
+- ``hold_days = N``: a referral whose job met the rule is **held** (outcome ``held``, with
+  ``held_until``; not final, watched every run) until the job has kept meeting it for N days;
+  a cancellation inside the hold closes it for good; leaving the status backwards restarts the
+  hold when the status is reached again.
+
+``full=True`` (``qualify --full``) re-reads every booking of the provider and every job of an
+open booking; a run does so by itself when the ledger has no position yet or its last full
+read is older than ``tracking.reads.FULL_READ_EVERY`` (``report.reads`` says which and why).
 
 Only referred leads (``kind = "lead"``) are qualified; referrer bookings are never read.
 
@@ -36,7 +45,8 @@ is raised; an intent it interrupts stays open, settled by the next run.
 not with history):
 
 - a booking Dismissed without a job: final, ``not_qualified``;
-- a job Canceled before the rule was met: final, ``not_qualified``;
+- a job Canceled before the rule was met, or at any time inside the hold: final,
+  ``not_qualified``;
 - a job Completed without the rule being met (e.g. ``job_status = "Hold"``): final,
   ``not_qualified``;
 - a qualified referral, as soon as nothing in ``unqualify_on`` can still happen to it:
@@ -49,40 +59,47 @@ not with history):
 A cancellation that ServiceTitan later reverses (``remove-cancellation``) is not followed:
 the booking is final by then; qualify that referral by hand in Referral Factory.
 
-A booking ServiceTitan no longer returns, or a job it does not return, stays open and is
-reported (``missing``). ``dry_run`` reads ServiceTitan and reports what would be done; it
-writes nothing, to Referral Factory or to the ledger.
+A booking ServiceTitan no longer returns (in a full read), or a job it does not return, stays
+open and is reported (``missing``). ``dry_run`` reads ServiceTitan and reports what would be
+done: it sends nothing to Referral Factory and records no decision (no qualification, no
+tracking of the pushes, no run); what it read of ServiceTitan is kept in the ledger's mirror,
+as any read is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from stsync.errors import NotFound, ServiceTitanApiError, StsyncError, stops_run
-from stsync.logs import get_logger
+from stsync.errors import NotFound, StsyncError, stops_run
+from stsync.logs import get_logger, log_context
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.referralfactory.models import PERSON_INVITED
+from stsync.storage.ledger import iso_utc
 from stsync.storage.states import QualificationAction, QualificationState, QualificationValue, RunJob
+from stsync.tracking.reads import ReadReport, ServiceTitanReads
+from stsync.tracking.rule import (
+    CANCELED,
+    COMPLETED,
+    JobFacts,
+    Judgement,
+    RuleSettings,
+    judge,
+)
+from stsync.tracking.rule import status_reached as _status_reached
 from stsync.vocabulary import DEFAULT_JOB_STATUS, Kind, QualificationRule, UnqualifyEvent
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
     from stsync.referralfactory.models import User
-    from stsync.servicetitan.models import Booking, Job
-    from stsync.storage.ledger import Ledger, PushRecord
+    from stsync.servicetitan.models import Job
+    from stsync.storage.ledger import BookingRow, JobEvent, JobRow, Ledger, PushRecord
 
 log = get_logger(__name__)
 
-BATCH_SIZE = 50  # ServiceTitan's `ids` takes at most 50 (api/servicetitan.md §4)
-
-# A job moves forward through these; one seen at a later step has passed the earlier ones.
-JOB_PROGRESSION = ("Scheduled", "Dispatched", "InProgress", "Completed")
 DISMISSED = "Dismissed"
-CANCELED = "Canceled"
-COMPLETED = "Completed"
 
 # What happened to one open booking in this run.
 QUALIFIED = "qualified"  # PUT qualified=true sent and answered
@@ -90,6 +107,7 @@ UNQUALIFIED = "unqualified"  # PUT qualified=false sent and answered
 ALREADY = "already"  # Referral Factory already had the wanted state: recorded, nothing sent
 CLOSED = "closed"  # final without qualification (dismissed, canceled, completed off-rule)
 FINISHED = "finished"  # already qualified, now final (nothing left to watch)
+HELD = "held"  # the rule is met; qualified when the hold ends (held_until)
 WAITING = "waiting"  # still open: the rule is not met yet
 MISSING = "missing"  # ServiceTitan did not return the booking or its job
 FAILED = "failed"  # the Referral Factory write failed; the error is in the ledger
@@ -109,8 +127,12 @@ class BookingSeen:
     job_id: int | None
     job_status: str | None
 
-    def decision(self, outcome: str, reason: str, *, final: bool, error: dict | None = None) -> QualifyDecision:
-        return QualifyDecision(**asdict(self), outcome=outcome, reason=reason, final=final, error=error)
+    def decision(
+        self, outcome: str, reason: str, *, final: bool, error: dict | None = None, held_until: str | None = None
+    ) -> QualifyDecision:
+        return QualifyDecision(
+            **asdict(self), outcome=outcome, reason=reason, final=final, error=error, held_until=held_until
+        )
 
 
 @dataclass(frozen=True)
@@ -121,6 +143,7 @@ class QualifyDecision(BookingSeen):
     reason: str
     final: bool
     error: dict | None = None
+    held_until: str | None = None  # with outcome "held": when the hold ends (UTC, ISO-8601)
 
 
 @dataclass
@@ -129,11 +152,19 @@ class QualifyReport:
     dry_run: bool
     job_status: str | None = None
     unqualify_on: list[str] = field(default_factory=list)
+    hold_days: int = 0
     open_bookings: int = 0
-    bookings_read: int = 0
-    jobs_read: int = 0
     run_id: int | None = None
+    reads: ReadReport = field(default_factory=ReadReport)
     decisions: list[QualifyDecision] = field(default_factory=list)
+
+    @property
+    def bookings_read(self) -> int:
+        return self.reads.bookings_read
+
+    @property
+    def jobs_read(self) -> int:
+        return self.reads.jobs_read
 
     def count(self, *outcomes: str) -> int:
         return sum(1 for decision in self.decisions if decision.outcome in outcomes)
@@ -146,16 +177,23 @@ class QualifyReport:
     def still_open(self) -> int:
         return sum(1 for decision in self.decisions if not decision.final)
 
+    @property
+    def held(self) -> list[QualifyDecision]:
+        """The referrals being held, the hold ending first first."""
+        return sorted((d for d in self.decisions if d.outcome == HELD), key=lambda d: (d.held_until or "", d.external_id))
+
     def counts(self) -> dict[str, int]:
         return {
             "open_bookings": self.open_bookings,
             "bookings_read": self.bookings_read,
             "jobs_read": self.jobs_read,
+            "servicetitan_requests": self.reads.requests,
             "qualified": self.count(QUALIFIED, WOULD_QUALIFY),
             "unqualified": self.count(UNQUALIFIED, WOULD_UNQUALIFY),
             "already": self.count(ALREADY),
             "closed": self.count(CLOSED, WOULD_CLOSE),
             "finished": self.count(FINISHED),
+            "held": self.count(HELD),
             "waiting": self.count(WAITING),
             "missing": self.count(MISSING),
             "failed": self.failed,
@@ -167,9 +205,13 @@ class QualifyReport:
             "rule": self.rule,
             "job_status": self.job_status,
             "unqualify_on": list(self.unqualify_on),
+            "hold_days": self.hold_days,
             "dry_run": self.dry_run,
             "run_id": self.run_id,
+            "reads": self.reads.to_dict(),
             "counts": self.counts(),
+            "held": [{"external_id": d.external_id, "email": d.email, "job_id": d.job_id, "held_until": d.held_until}
+                     for d in self.held],
             "decisions": [asdict(decision) for decision in self.decisions],
         }
 
@@ -179,30 +221,30 @@ class QualificationSettings:
     rule: QualificationRule
     job_status: str | None
     unqualify_on: frozenset[UnqualifyEvent]
+    hold_days: int = 0
 
     @classmethod
     def from_config(cls, config: Any) -> QualificationSettings:
-        # storage.config has validated the values (rule, job status, events) already.
+        # storage.config has validated the values (rule, job status, events, hold) already.
         section = config.leads.qualification
         rule = QualificationRule(section.rule)
         job_status = (section.job_status or DEFAULT_JOB_STATUS) if rule == QualificationRule.JOB_STATUS else None
         events = frozenset(UnqualifyEvent(event) for event in section.unqualify_on or ())
-        return cls(rule=rule, job_status=job_status, unqualify_on=events)
+        return cls(rule=rule, job_status=job_status, unqualify_on=events, hold_days=int(section.hold_days or 0))
+
+    @property
+    def rule_settings(self) -> RuleSettings:
+        return RuleSettings(rule=self.rule, job_status=self.job_status, hold_days=self.hold_days)
 
 
 def status_reached(job: Job, target: str) -> bool:
     """Has ``job`` reached ``target``, as far as one look at its current state can tell?"""
-    status = job.job_status
-    if status == target:
-        return True
-    if target == COMPLETED and job.completed_on is not None and status != CANCELED:
-        return True
-    if status in JOB_PROGRESSION and target in JOB_PROGRESSION:
-        return JOB_PROGRESSION.index(status) >= JOB_PROGRESSION.index(target)
-    return False
+    return _status_reached(job.job_status, job.completed_on, target)
 
 
-def qualify(conn: Connection, *, dry_run: bool = False, progress: Progress = NO_PROGRESS) -> QualifyReport:
+def qualify(
+    conn: Connection, *, dry_run: bool = False, full: bool = False, progress: Progress = NO_PROGRESS
+) -> QualifyReport:
     """Apply the qualification rule to every open booking (see the module docstring)."""
     settings = QualificationSettings.from_config(conn.config)
     report = QualifyReport(
@@ -210,10 +252,11 @@ def qualify(conn: Connection, *, dry_run: bool = False, progress: Progress = NO_
         dry_run=dry_run,
         job_status=settings.job_status,
         unqualify_on=sorted(settings.unqualify_on),
+        hold_days=settings.hold_days,
     )
     if settings.rule == QualificationRule.NONE:
         return report
-    run = _QualifyRun(conn, settings, report, dry_run=dry_run, progress=progress)
+    run = _QualifyRun(conn, settings, report, dry_run=dry_run, full=full, progress=progress)
     run.execute()
     return report
 
@@ -226,14 +269,17 @@ class _QualifyRun:
         report: QualifyReport,
         *,
         dry_run: bool,
+        full: bool,
         progress: Progress,
     ) -> None:
         self.conn = conn
         self.settings = settings
         self.report = report
         self.dry_run = dry_run
+        self.full = full
         self.progress = progress
         self.ledger: Ledger = conn.ledger
+        self.now = datetime.now(UTC)
 
     def execute(self) -> None:
         open_pushes = [push for push in self.ledger.open_bookings() if push.kind == Kind.LEAD and push.booking_id]
@@ -250,48 +296,57 @@ class _QualifyRun:
         )
         with recording as run_id:
             self.report.run_id = run_id
-            self._qualify_all(open_pushes)
+            seen = self._read(open_pushes)
+            self._decide_all(open_pushes, seen)
 
-    # -- reading ServiceTitan --------------------------------------------------------------
-    def _qualify_all(self, pushes: list[PushRecord]) -> None:
-        st = self.conn.servicetitan
-        bp = self.conn.booking_provider
-        # A booking with a job never changes its jobId: only bookings without one are re-read.
-        to_read = [push.booking_id for push in pushes if push.job_id is None and push.booking_id is not None]
-        bookings: dict[int, Booking] = {}
-        for batch in _batches(to_read):
-            try:
-                found = st.get_bookings(bp, batch)
-            except ServiceTitanApiError as exc:
-                if exc.status == 404:
-                    # The provider's bookings path itself is unknown: say "Booking Provider
-                    # Value is incorrect" (AuthError, with where to find it) if that is why.
-                    st.check_booking_provider(bp)
-                raise
-            bookings.update((booking.id, booking) for booking in found)
-        self.report.bookings_read = len(bookings)
+    # -- reading ServiceTitan (into the ledger) ------------------------------------------------
+    def _read(self, pushes: list[PushRecord]) -> set[int] | None:
+        """Bring the ledger's mirror up to date. → the booking ids a full read returned (None
+        for an incremental read: a booking it does not return simply did not change)."""
+        reads = ServiceTitanReads(self.conn, self.report.reads)
+        reason = reads.full_read_reason(asked=self.full)
+        full = reason is not None
+        self.report.reads.full, self.report.reads.full_reason = full, reason
+        reads.read_bookings(full=full)
+        reads.read_history_feed()
+        reads.read_jobs_feed()
+        # A feed ServiceTitan made us restart from a date may have skipped changes: the jobs
+        # of every open booking are read again.
+        jobs_in_full = full or self.report.reads.full
 
-        def booking_of(push: PushRecord) -> Booking | None:
-            return bookings.get(push.booking_id) if push.booking_id is not None else None
+        bookings = self.ledger.bookings_for(_booking_ids(pushes))
+        job_ids = {p.external_id: job_id for p in pushes if (job_id := _job_id(p, _booking_of(p, bookings)))}
+        known_jobs = self.ledger.jobs_for(job_ids.values())
+        to_read = set(job_ids.values()) if jobs_in_full else {j for j in job_ids.values() if j not in known_jobs}
+        # A hold about to end is checked against ServiceTitan's dates as they are now.
+        to_read |= {p.job_id for p in self.ledger.held_pushes() if p.job_id and p.kind == Kind.LEAD}
+        reads.read_jobs(to_read, check_dates=True)
+        reads.store_history()
+        if full:
+            reads.mark_full_read()
+        reads.finish()
+        # A full read lists every booking of the provider: one it did not return is missing.
+        return reads.bookings_returned if full else None
 
-        job_ids: dict[str, int] = {}
+    # -- deciding --------------------------------------------------------------------------
+    def _decide_all(self, pushes: list[PushRecord], seen: set[int] | None) -> None:
+        bookings = self.ledger.bookings_for(_booking_ids(pushes))
+        job_ids = [job_id for p in pushes if (job_id := _job_id(p, _booking_of(p, bookings)))]
+        jobs = self.ledger.jobs_for(job_ids)
+        events = self.ledger.job_events_for(jobs)
         for push in pushes:
-            booking = booking_of(push)
-            job_id = booking.job_id if booking is not None and booking.job_id is not None else push.job_id
-            if job_id is not None:
-                job_ids[push.external_id] = job_id
-        jobs: dict[int, Job] = {}
-        for batch in _batches(job_ids.values()):
-            jobs.update((job.id, job) for job in st.get_jobs(batch))
-        self.report.jobs_read = len(jobs)
-
-        for push in pushes:
-            booking = booking_of(push)
-            job_id = job_ids.get(push.external_id)
+            booking = _booking_of(push, bookings)
+            if seen is not None and push.booking_id not in seen:
+                booking = None
+            job_id = _job_id(push, booking)
             job = jobs.get(job_id) if job_id is not None else None
-            decision = self._decide_and_apply(push, booking, job_id, job)
+            with log_context(external_id=push.external_id):
+                decision = self._decide_and_apply(
+                    push, booking, job_id, job, events.get(job_id, []) if job_id else []
+                )
             self.report.decisions.append(decision)
-            log.info(
+            # A booking still waiting is the common case of every run: not worth a log line each.
+            (log.debug if decision.outcome == WAITING else log.info)(
                 "qualify %s booking=%s job=%s status=%s: %s (%s)",
                 push.external_id,
                 push.booking_id,
@@ -302,12 +357,16 @@ class _QualifyRun:
             )
             self.progress.advance(1)
 
-    # -- deciding --------------------------------------------------------------------------
     def _decide_and_apply(
-        self, push: PushRecord, booking: Booking | None, job_id: int | None, job: Job | None
+        self,
+        push: PushRecord,
+        booking: BookingRow | None,
+        job_id: int | None,
+        job: JobRow | None,
+        events: list[JobEvent],
     ) -> QualifyDecision:
         booking_status = booking.status if booking is not None else push.booking_status
-        job_status = job.job_status if job is not None else None
+        job_status = job.status if job is not None else None
         seen = BookingSeen(
             external_id=push.external_id,
             email=push.email,
@@ -325,8 +384,7 @@ class _QualifyRun:
                 if stops_run(exc):
                     raise
                 # Not read back: the intents stay open for the next run to settle.
-                return seen.decision(
-                    outcome=FAILED, reason="an interrupted run's write could not be checked",
+                return seen.decision(outcome=FAILED, reason="an interrupted run's write could not be checked",
                     final=False, error=exc.to_dict(),
                 )
         if job_id is not None and job is None:
@@ -348,15 +406,24 @@ class _QualifyRun:
             return True
 
         if not qualified:
-            met, reason = self._rule_met(job_id, job)
-            if met:
-                return self._write(push, seen, QualificationAction.QUALIFY, reason, final_after=final_once_qualified)
-            if dismissed or terminal_job:
-                why = (
-                    "booking dismissed"
-                    if dismissed
-                    else f"job {job_id} {job_status.lower() if job_status else ''} before the rule was met"
+            judgement = self._judge(job_id, job, events)
+            if judgement.verdict == "met":
+                return self._write(
+                    push, seen, QualificationAction.QUALIFY, judgement.reason, final_after=final_once_qualified
                 )
+            if judgement.verdict == "held":
+                held_until = iso_utc(judgement.held_until)
+                self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status, held_until=held_until)
+                return seen.decision(
+                    outcome=HELD, reason=f"{judgement.reason}, until {held_until}", final=False, held_until=held_until
+                )
+            if judgement.verdict == "broken" or dismissed or terminal_job:
+                if judgement.verdict == "broken":
+                    why = judgement.reason
+                elif dismissed:
+                    why = "booking dismissed"
+                else:
+                    why = f"job {job_id} {job_status.lower() if job_status else ''} before the rule was met"
                 if self.dry_run:
                     return seen.decision(outcome=WOULD_CLOSE, reason=why, final=True)
                 self._track(
@@ -366,10 +433,11 @@ class _QualifyRun:
                     job_status=job_status,
                     final=True,
                     qualification=QualificationValue.NOT_QUALIFIED,
+                    held_until=None,
                 )
                 return seen.decision(outcome=CLOSED, reason=why, final=True)
-            self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status)
-            return seen.decision(outcome=WAITING, reason=reason, final=False)
+            self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status, held_until=None)
+            return seen.decision(outcome=WAITING, reason=judgement.reason, final=False)
 
         # Qualified already: only a cancellation or a dismissal under unqualify_on matters.
         if canceled and watch_cancel:
@@ -383,27 +451,21 @@ class _QualifyRun:
         watching = " and ".join(sorted(self.settings.unqualify_on))
         return seen.decision(outcome=WAITING, reason=f"qualified; watching for {watching}", final=False)
 
-    def _rule_met(self, job_id: int | None, job: Job | None) -> tuple[bool, str]:
+    def _judge(self, job_id: int | None, job: JobRow | None, events: list[JobEvent]) -> Judgement:
         if job_id is None or job is None:
-            return False, "no job yet"
-        if job.job_status == CANCELED and self.settings.job_status != CANCELED:
-            return False, f"job {job_id} canceled"
-        if self.settings.rule == QualificationRule.JOB_CREATED:
-            return True, f"booking became job {job_id}"
-        target = self.settings.job_status or DEFAULT_JOB_STATUS
-        if status_reached(job, target):
-            return True, f"job {job_id} reached {target} (status {job.job_status})"
-        return False, f"job {job_id} is {job.job_status}, waiting for {target}"
+            return Judgement("waiting", "no job yet")
+        return judge(JobFacts.from_ledger(job, events), self.settings.rule_settings, self.now)
 
     # -- writing Referral Factory ----------------------------------------------------------
     def _write(
         self, push: PushRecord, seen: BookingSeen, action: QualificationAction, reason: str, *, final_after
     ) -> QualifyDecision:
         wanted = action == QualificationAction.QUALIFY
+        booking_status, job_id, job_status = seen.booking_status, seen.job_id, seen.job_status
         if self.dry_run:
             outcome = WOULD_QUALIFY if wanted else WOULD_UNQUALIFY
             return seen.decision(outcome=outcome, reason=reason, final=not wanted or final_after())
-        self._track(push, booking_status=seen.booking_status, job_id=seen.job_id, job_status=seen.job_status)
+        self._track(push, booking_status=booking_status, job_id=job_id, job_status=job_status)
         rule = self.settings.rule
         try:
             user = self._find_referral(push)
@@ -427,7 +489,7 @@ class _QualifyRun:
             )
             self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
             final = final_after()
-            self._track(push, final=final or None)
+            self._track(push, final=final or None, held_until=None)
             return seen.decision(outcome=ALREADY, reason=reason, final=final)
 
         intent_id = self.ledger.record_qualification_intent(push.external_id, action, rule=rule, reason=reason)
@@ -450,7 +512,7 @@ class _QualifyRun:
             return seen.decision(outcome=FAILED, reason=reason, final=final, error=error)
         self.ledger.record_qualification_result(intent_id, state=QualificationState.DONE)
         final = final_after()
-        self._track(push, final=final or None)
+        self._track(push, final=final or None, held_until=None)
         return seen.decision(outcome=QUALIFIED if wanted else UNQUALIFIED, reason=reason, final=final)
 
     def _failed(
@@ -512,25 +574,41 @@ class _QualifyRun:
         return None
 
     def _track(
-        self, push: PushRecord, *, final: bool | None = None, qualification: str | None = None, **observed: Any
+        self,
+        push: PushRecord,
+        *,
+        final: bool | None = None,
+        qualification: str | None = None,
+        held_until: Any = ...,
+        **observed: Any,
     ) -> None:
-        """Record what ServiceTitan says now (only what changed) and the push's finality."""
+        """Record what ServiceTitan says now (only what changed), the push's finality and its
+        hold (``held_until``: a time, None to clear it, left out to keep it)."""
         if self.dry_run:
             return
         changed = {key: value for key, value in observed.items() if value is not None and getattr(push, key) != value}
         if changed or final is not None or qualification is not None:
             self.ledger.update_tracking(push.external_id, final=final, qualification=qualification, **changed)
+        if held_until is not ... and held_until != push.held_until:
+            self.ledger.set_held_until(push.external_id, held_until)
 
 
+def _booking_ids(pushes: list[PushRecord]) -> list[int]:
+    return [push.booking_id for push in pushes if push.booking_id is not None]
+
+
+def _booking_of(push: PushRecord, bookings: dict[int, BookingRow]) -> BookingRow | None:
+    return bookings.get(push.booking_id) if push.booking_id is not None else None
+
+
+def _job_id(push: PushRecord, booking: BookingRow | None) -> int | None:
+    """The job booked from the push's booking: ServiceTitan's word, else the ledger's."""
+    if booking is not None and booking.job_id is not None:
+        return booking.job_id
+    return push.job_id
 
 
 def _describe(push: PushRecord) -> str:
     if push.email and push.referral_code:
         return f"{push.email} ({push.referral_code})"
     return push.email or push.referral_code or push.external_id
-
-
-def _batches(ids: Iterable[int]) -> Iterable[list[int]]:
-    unique = list(dict.fromkeys(int(i) for i in ids))
-    for start in range(0, len(unique), BATCH_SIZE):
-        yield unique[start : start + BATCH_SIZE]

@@ -168,6 +168,7 @@ class PushStory:
     qualification: str | None
     qualified_at: str | None
     first_seen: str | None
+    held_until: str | None = None  # the rule is met; qualified then, unless the job is canceled
     attempts: list[AttemptStory] = field(default_factory=list)
     qualifications: list[QualificationStory] = field(default_factory=list)
     servicetitan: LiveBooking | None = None
@@ -321,6 +322,7 @@ def _push_story(push: PushRecord, ledger: Ledger, servicetitan: ServiceTitanClie
         referral_code=push.referral_code, state=push.state, booking_id=push.booking_id,
         booking_status=push.booking_status, job_id=push.job_id, job_status=push.job_status, final=push.final,
         qualification=push.qualification, qualified_at=push.qualified_at, first_seen=push.created_at,
+        held_until=push.held_until,
         attempts=[
             AttemptStory(
                 at=a.finished_at or a.started_at, outcome=a.outcome, booking_id=a.booking_id,
@@ -482,11 +484,19 @@ def _push_sentences(push: PushStory, config: Config | None) -> list[str]:
         sentences.append(f"Qualified by stsync at {push.qualified_at}.")
     elif push.qualification == QualificationValue.UNQUALIFIED:
         sentences.append(f"Unqualified by stsync at {push.qualified_at}.")
+    elif push.held_until and push.kind == Kind.LEAD and not push.final:
+        days = f"{rule.hold_days}-day " if rule is not None and rule.hold_days else ""
+        sentences.append(
+            f"Held until {push.held_until}: the job met the rule; stsync qualifies it then unless the job is canceled "
+            f"in the {days}hold."
+        )
     elif rule is not None and push.kind == Kind.LEAD:
         described = {
             QualificationRule.NONE: "the rule is Do not qualify",
             QualificationRule.JOB_CREATED: "qualifies when the booking becomes a job",
         }.get(rule.rule, f"qualifies when the job reaches {rule.job_status}")
+        if rule.rule != QualificationRule.NONE and rule.hold_days:
+            described += f", after a {rule.hold_days}-day hold"
         sentences.append(f"Not qualified by stsync yet ({described}).")
     for item in push.qualifications:
         if item.state == QualificationState.FAILED:

@@ -22,6 +22,7 @@ requests in flight, lets the worker finish the queue and records the run's outco
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from stsync.logs import get_logger, register_secret
@@ -29,7 +30,7 @@ from stsync.services.push import push_lead, push_target
 from stsync.storage.states import DeliveryOutcome, RunJob, RunOutcome
 from stsync.vocabulary import Kind
 from stsync.webhooks.deliveries import Observer, ServeStats
-from stsync.webhooks.handler import HOOKS_PREFIX, MAX_BODY_BYTES, WebhookHandler
+from stsync.webhooks.handler import HOOKS_PREFIX, MAX_BODY_BYTES, Route, WebhookHandler
 from stsync.webhooks.stdlib_server import StdlibServer
 from stsync.webhooks.tokens import check_token
 from stsync.webhooks.worker import DeliveryWorker, LeadPush, PushFor
@@ -75,6 +76,7 @@ class WebhookServer:
         observer: Observer | None = None,
         max_body: int = MAX_BODY_BYTES,
         push_for: PushFor | None = None,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.conn = conn
         token = check_token(token)
@@ -83,7 +85,7 @@ class WebhookServer:
         self.run_id: int | None = None
         self.worker = DeliveryWorker(conn, push_for=push_for or booking_push(conn), stats=self.stats, observer=observer)
         self.handler = WebhookHandler(
-            conn, token=token, queue=self.worker, stats=self.stats, observer=observer, max_body=max_body
+            conn, token=token, queue=self.worker, stats=self.stats, observer=observer, max_body=max_body, routes=routes
         )
         self.http = StdlibServer(self.handler.handle, host=host, port=port, max_body=max_body)
         self._stopped = False

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from stsync import connection
 from stsync.checks import table
-from stsync.checks.context import CheckContext, LiveAccess
+from stsync.checks.context import CheckContext, Consent, LiveAccess
 from stsync.checks.result import Check, count_statuses
 from stsync.checks.runner import CheckRun, exit_code_for
 
@@ -56,8 +56,9 @@ class ValidationReport:
         }
 
 
-def validate(config_path: Path, paths: ConnectionPaths, *, online: bool) -> ValidationReport:
-    """Run the offline checks and, with ``online``, the live ones when the basics hold."""
+def validate(config_path: Path, paths: ConnectionPaths, *, online: bool, consent: Consent | None = None) -> ValidationReport:
+    """Run the offline checks and, with ``online``, the live ones when the basics hold.
+    ``consent``: whom to ask before credentials go anywhere the config does not name."""
     report = ValidationReport(online=online, config_path=str(config_path))
     context = CheckContext(paths=paths, config_path=Path(config_path))
     run = CheckRun(context).run(table.VALIDATE_OFFLINE)
@@ -68,7 +69,7 @@ def validate(config_path: Path, paths: ConnectionPaths, *, online: bool) -> Vali
             report.online_skipped = "connection settings or secrets are missing"
         else:
             conn = connection.Connection.open(paths, context.config, retry_budget_seconds=connection.CHECK_RETRY_BUDGET_SECONDS)
-            context.live = LiveAccess.of(conn)
+            context.live = LiveAccess.of(conn, consent=consent)
             try:
                 run.run(table.LIVE)
             finally:

@@ -236,6 +236,20 @@ class TokenProvider:
                 pass
 
 
+def cached_token_expiry(cache_path: Path, *, auth_url: str, tenant_id: int, client_id: str) -> float | None:
+    """When the cached token of these credentials expires (epoch seconds), or None: no file,
+    no entry. Reads no token value into memory it keeps, and sends nothing (``status``)."""
+    try:
+        data = json.loads(Path(cache_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("tokens"), dict):
+        return None
+    entry = data["tokens"].get(f"{auth_url.rstrip('/')}|{tenant_id}|{client_id}")
+    expires_at = entry.get("expires_at") if isinstance(entry, dict) else None
+    return float(expires_at) if isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool) else None
+
+
 class BearerTokenAuth(httpx.Auth):
     """Attaches the token; on a 401 refreshes it once and resends the request once — unless
     the 401 speaks of the gateway's subscription key (the app key: a new token cannot help)."""

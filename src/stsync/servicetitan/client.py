@@ -21,6 +21,7 @@ Errors:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ from stsync.servicetitan.models import (
     CustomFieldType,
     ExportPage,
     Job,
+    JobHistory,
 )
 
 log = get_logger(__name__)
@@ -110,6 +112,8 @@ class ServiceTitanClient:
             retry=retry,
         )
         self._auth = BearerTokenAuth(self._tokens, before_resend=limiter.acquire)
+        self._sent = itertools.count()
+        self._sent_so_far = 0
         self._answered = False  # any API request answered in this client's life (how a 404 is read)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -234,6 +238,21 @@ class ServiceTitanClient:
             found.extend(self._paged(path, {"ids": batch}, Job))
         return found
 
+    def get_job_history(self, id: int) -> JobHistory:
+        """Every history entry of one job (``GET jobs/{id}/history``)."""
+        path = self._jpm(f"/jobs/{int(id)}/history")
+        history = self._parse(JobHistory, self._call("GET", path), "GET", path)
+        return history.model_copy(update={"job_id": int(id)})
+
+    def export_jobs(self, start: str | None) -> Iterator[ExportPage[Job]]:
+        """The tenant's job export feed from ``start`` (a continueFrom token, a date, or None)."""
+        yield from self._export(self._jpm("/export/jobs"), start, ExportPage[Job])
+
+    def export_job_history(self, start: str | None) -> Iterator[ExportPage[JobHistory]]:
+        """The tenant's job-history export feed: a row per job whose history changed, with all
+        of that job's entries (scope ``tn.jpm.jobhistory:r``)."""
+        yield from self._export(self._jpm("/export/job-history"), start, ExportPage[JobHistory])
+
     def list_jobs(
         self,
         *,
@@ -260,7 +279,13 @@ class ServiceTitanClient:
     def _bookings_path(self, bp: int | str) -> str:
         return self._crm(f"/booking-provider/{bp}/bookings")
 
+    @property
+    def requests_made(self) -> int:
+        """API requests sent so far by this client (retries and the token endpoint not counted)."""
+        return self._sent_so_far
+
     def _send(self, method: str, path: str, *, params: dict | None = None, json: Any = None) -> httpx.Response:
+        self._sent_so_far = next(self._sent) + 1  # itertools.count is atomic under the GIL
         request = self._http.build_request(
             method,
             self.api_url + path,

@@ -158,11 +158,41 @@ class Job(STModel):
     completed_on: UtcDatetime | None = None
     modified_on: UtcDatetime | None = None
     created_on: UtcDatetime | None = None
+    # Revenue: the job's total (nullable; $0 jobs are common and legitimate, api/servicetitan.md
+    # §11 "job revenue") and the invoice ServiceTitan opened with it.
+    total: float | None = None
+    invoice_id: int | None = None
+    # Export rows only: false for a deleted job (api/servicetitan.md §7 "content").
+    active: bool = True
 
     @field_validator("job_number", mode="before")
     @classmethod
     def _number_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class JobHistoryEntry(STModel):
+    """One entry of a job's history: ``eventType`` names what happened ("Type of the job
+    status" in the spec; the real wording is unconfirmed, see ``tracking.rule.event_status``)."""
+
+    id: int | None = None
+    event_type: str | None = None
+    date: UtcDatetime | None = None
+    employee_id: int | None = None
+
+
+class JobHistory(STModel):
+    """A row of ``export/job-history`` (every entry of one job, again whenever one is added),
+    or the answer of ``GET jobs/{id}/history`` (no ``jobId`` there)."""
+
+    job_id: int | None = None
+    history: list[JobHistoryEntry] = Field(default_factory=list)
+    active: bool = True
+
+    @field_validator("history", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        return [] if value is None else value
 
 
 class BookingProviderTag(STModel):

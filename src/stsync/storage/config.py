@@ -8,8 +8,15 @@ document that does not fit; unknown keys are errors with a suggestion. Every fai
 ``stsync.storage.config_writer``.
 
 The model:
-- ``Config`` → ``servicetitan``, ``referral_factory``, ``leads`` (``LeadSettings``),
+- ``Config`` → ``connection`` (the connection's name: its state directory and keyring
+  entries; written by ``stsync connect``), ``servicetitan``, ``referral_factory``, ``secrets``
+  (which store ``connect`` put the secrets in — never a secret), ``leads`` (``LeadSettings``),
   ``referrers`` (``ReferrerSettings``), ``customer_sync``, ``limits``, ``webhook``.
+- A secret is never accepted in the file: a key such as ``client_secret``, ``app_key`` or
+  ``api_key`` in any section is refused with "secrets never go in the config — use
+  ``stsync connect``" (its value is never repeated).
+- ``limit_warnings(config)``: limits above what the services document (ServiceTitan 60 calls
+  per second, Referral Factory 600 per minute) are accepted, with a warning to show.
   ``Config.booking_section(kind)`` is the one way from a ``stsync.vocabulary.Kind`` to
   its section; both sections are ``BookingSettings`` and know their ``kind`` and
   ``section_name`` ("leads" | "referrers").
@@ -51,16 +58,22 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from stsync import envvars
+from stsync.credentials import SECRETS
+from stsync.durations import format_duration, parse_duration
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import JobStatus
+from stsync.storage.paths import CONNECTION_NAME_RULE, valid_connection_name
 from stsync.suggestions import did_you_mean
+from stsync.urls import https_fix, plain_http_elsewhere
 from stsync.vocabulary import (
     DEFAULT_JOB_STATUS,
     Action,
     Environment,
     Kind,
+    LogFormat,
     QualificationRule,
     ReturnValue,
+    SecretsStore,
     SyncMode,
     UnqualifyEvent,
 )
@@ -349,7 +362,54 @@ def _check_url(value: str | None) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise _problem("url", f"must be an http(s) URL like https://api.example.com, not {value!r}")
+    _refuse_plain_http(value)
     return value
+
+
+def _refuse_plain_http(value: str) -> None:
+    """Credentials never cross the network in clear text (``stsync.urls``)."""
+    if plain_http_elsewhere(value):
+        raise _problem(
+            "plain_http",
+            f"must use https: {value!r} would send credentials unencrypted (plain http is only for "
+            f"this machine: localhost, 127.0.0.1, ::1); write {https_fix(value)!r}",
+        )
+
+
+def _check_notify_url(value: str | None) -> str | None:
+    """An alert URL: http(s) with a host; a query is allowed (Teams workflow URLs carry one)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _problem("url", f"must be an https URL in quotes, not {_type_name(value)} {value!r}")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        raise _problem("url", "must be an https URL like https://hooks.slack.com/services/…")
+    _refuse_plain_http(value)
+    return value.strip()
+
+
+def _duration(*, allow_off: bool) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if isinstance(value, float) and not allow_off:
+            return value
+        try:
+            return parse_duration(value, allow_off=allow_off)
+        except ValueError as exc:
+            raise _problem("duration", str(exc)) from None
+
+    return parse
+
+
+def _at_least_one_second(value: float | None) -> float | None:
+    if value is not None and value < 1:
+        raise _problem("duration", f"must be at least 1 second (or \"off\"), not {format_duration(value)!r}")
+    return value
+
+
+# A job's interval: seconds, or None when the job is switched off ("off").
+Interval = Annotated[float | None, BeforeValidator(_at_least_one_second), BeforeValidator(_duration(allow_off=True))]
+Duration = Annotated[float, BeforeValidator(_duration(allow_off=False))]
 
 
 # Names that are always dotted (SPEC §3): `address.street = "x"` is target "address.street".
@@ -379,6 +439,17 @@ def _flatten_dotted(fields: Any) -> Any:
 FieldTable = Annotated[dict[str, FieldSpec], BeforeValidator(_flatten_dotted)]
 
 
+# Keys a person may be tempted to put a secret under, in any section: the secret table's names,
+# their short forms, and the usual words. Refused before anything else is said about the key.
+SECRET_KEYS = frozenset(
+    {secret.name for secret in SECRETS}
+    | {secret.name.split("_", 1)[1] for secret in SECRETS}
+    | {secret.env_var.name.lower() for secret in SECRETS}
+    | {"secret", "password", "token", "access_token", "api_token", "webhook_token"}
+)
+SECRET_IN_CONFIG = "secrets never go in the config — use `stsync connect`"
+
+
 class _Section(BaseModel):
     """Strict (TOML gives real types), unknown keys rejected with a suggestion."""
 
@@ -390,8 +461,11 @@ class _Section(BaseModel):
         if isinstance(data, dict):
             known = [info.alias or name for name, info in cls.model_fields.items()]
             for key in data:
-                if key not in known and key not in cls.model_fields:
-                    raise _problem("unknown_key", f"unknown key '{key}'{did_you_mean(key, known)}", key=key)
+                if key in known or key in cls.model_fields:
+                    continue
+                if isinstance(key, str) and key.strip().casefold() in SECRET_KEYS:
+                    raise _problem("secret_in_config", SECRET_IN_CONFIG, key=key)
+                raise _problem("unknown_key", f"unknown key '{key}'{did_you_mean(key, known)}", key=key)
         elif not isinstance(data, BaseModel):
             raise _problem("section_type", f"must be a table ([section]), not {_type_name(data)} {data!r}")
         return data
@@ -405,6 +479,7 @@ RuleWord = Annotated[QualificationRule, Strict(False)]
 UnqualifyWord = Annotated[UnqualifyEvent, Strict(False)]
 SyncModeWord = Annotated[SyncMode, Strict(False)]
 ReturnValueWord = Annotated[ReturnValue, Strict(False)]
+SecretsStoreWord = Annotated[SecretsStore, Strict(False)]
 
 
 class ServiceTitanSettings(_Section):
@@ -422,10 +497,16 @@ class ReferralFactorySettings(_Section):
     api_url: Annotated[str | None, BeforeValidator(_check_url)] = None
 
 
+MAX_HOLD_DAYS = 365
+
+
 class Qualification(_Section):
     rule: RuleWord = QualificationRule.NONE
     job_status: JobStatus | None = None
     unqualify_on: list[UnqualifyWord] = Field(default_factory=list)
+    # Days the job must stay as the rule wants it (not canceled; not back from the status)
+    # before the referral is qualified: refunds and cancellations come in the first weeks.
+    hold_days: int = Field(0, ge=0, le=MAX_HOLD_DAYS)
 
     @model_validator(mode="after")
     def _default_status(self) -> Qualification:
@@ -465,11 +546,24 @@ class CustomerSyncSettings(_Section):
     return_fields: dict[str, ReturnValueWord] = Field(default_factory=dict)
 
 
+# What the services document (api/servicetitan.md §9, api/referral-factory.md §2): a limit set
+# above them only earns 429s — and from Referral Factory, after a few, a blocked IP.
+SERVICETITAN_DOCUMENTED_PER_SECOND = 60
+REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE = 600
+
+
 class Limits(_Section):
-    servicetitan_per_second: int = Field(60, ge=1)
-    referral_factory_per_minute: int = Field(600, ge=1)
+    servicetitan_per_second: int = Field(SERVICETITAN_DOCUMENTED_PER_SECOND, ge=1)
+    referral_factory_per_minute: int = Field(REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE, ge=1)
     retry_budget_seconds: int = Field(120, ge=0)
     workers: int = Field(8, ge=1, le=64)
+
+
+class SecretsSettings(_Section):
+    """Where ``stsync connect`` stored the secrets (the store itself, never a secret): every
+    later command, ``disconnect`` and a plain reconnect use the same one."""
+
+    store: SecretsStoreWord = SecretsStore.KEYRING
 
 
 class WebhookSettings(_Section):
@@ -478,14 +572,71 @@ class WebhookSettings(_Section):
     aliases: dict[str, list[Annotated[str, Field(min_length=1)]]] = Field(default_factory=dict)
 
 
+class ScheduleSettings(_Section):
+    """How often each job runs under ``stsync run`` — and what ``status`` and the overdue alert
+    expect when cron runs them instead. Durations: "30s", "5m", "1h", "7d" or seconds; "off"."""
+
+    push: Interval = 300.0  # push-lead --new
+    qualify: Interval = 600.0  # qualify
+    sync: Interval = 900.0  # sync-customers --ongoing
+    full_sync: Interval = 7 * 86400.0  # sync-customers --ongoing --full
+    full_qualify: Interval = 7 * 86400.0  # qualify --full, when this stsync's qualify has it
+    jitter: Duration = 30.0  # each start is delayed by up to this (at most half the interval)
+    overdue_after: float = Field(3.0, ge=1.0, le=1000.0)  # a job is overdue after this many intervals without success
+
+    @field_validator("overdue_after", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    def interval(self, job: str) -> float | None:
+        """The interval of ``push``, ``qualify`` or ``sync`` (None: off or not a scheduled job)."""
+        return getattr(self, job, None) if job in ("push", "qualify", "sync") else None
+
+
+class NotifySettings(_Section):
+    """Alerts when a human must act (``stsync.notify``). The URLs carry tokens: the
+    environment variables STSYNC_NOTIFY_WEBHOOK_URL / STSYNC_NOTIFY_PING_URL win over them."""
+
+    webhook_url: Annotated[str | None, BeforeValidator(_check_notify_url)] = None
+    ping_url: Annotated[str | None, BeforeValidator(_check_notify_url)] = None
+    remind_after: Duration = 86400.0  # a problem still there is reported again after this long
+    timeout_seconds: float = Field(5.0, gt=0, le=30)
+
+    @field_validator("timeout_seconds", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+
+LogFormatWord = Annotated[LogFormat, Strict(False)]
+
+
+class LoggingSettings(_Section):
+    format: LogFormatWord = LogFormat.TEXT
+def _check_connection_name(value: Any) -> Any:
+    if isinstance(value, str) and not valid_connection_name(value):
+        raise _problem("connection_name", f"{value!r} is not a connection name: {CONNECTION_NAME_RULE}")
+    return value
+
+
 class Config(_Section):
+    connection: Annotated[str | None, BeforeValidator(_check_connection_name)] = None
     servicetitan: ServiceTitanSettings = Field(default_factory=ServiceTitanSettings)
     referral_factory: ReferralFactorySettings = Field(default_factory=ReferralFactorySettings)
     leads: LeadSettings = Field(default_factory=LeadSettings)
     referrers: ReferrerSettings = Field(default_factory=ReferrerSettings)
     customer_sync: CustomerSyncSettings = Field(default_factory=CustomerSyncSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     limits: Limits = Field(default_factory=Limits)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def booking_section(self, kind: Kind) -> LeadSettings | ReferrerSettings:
         """The section a booking for this kind is made from: "lead" → [leads], "referrer" → [referrers]."""
@@ -560,7 +711,7 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
         # A tagged union adds the tag to the location: "fields.name.from.from" → "fields.name.from".
         loc = [part for i, part in enumerate(loc) if not (i > 0 and part == loc[i - 1] and part in VALUE_KINDS)]
         ctx = error.get("ctx") or {}
-        if error["type"] == "unknown_key":
+        if error["type"] in ("unknown_key", "secret_in_config"):
             loc.append(ctx["key"])
         elif error["type"] == "union_tag_invalid":
             continue  # the shape check already said what is wrong
@@ -677,6 +828,26 @@ def default_config(
     )
 
 
+def limit_warnings(config: Config) -> list[str]:
+    """Each ``[limits]`` value above what the service documents, as a warning for the user."""
+    limits = config.limits
+    warnings: list[str] = []
+    if limits.servicetitan_per_second > SERVICETITAN_DOCUMENTED_PER_SECOND:
+        warnings.append(
+            f"limits.servicetitan_per_second = {limits.servicetitan_per_second} is above ServiceTitan's documented "
+            f"{SERVICETITAN_DOCUMENTED_PER_SECOND} calls per second per app and tenant: requests past it are refused "
+            "with 429 and retried, which is slower than staying under it "
+            f"(set it to {SERVICETITAN_DOCUMENTED_PER_SECOND} or less)"
+        )
+    if limits.referral_factory_per_minute > REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE:
+        warnings.append(
+            f"limits.referral_factory_per_minute = {limits.referral_factory_per_minute} is above Referral Factory's "
+            f"documented {REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE} calls per minute: repeated 429s get this machine's IP "
+            f"blocked (set it to {REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE} or less)"
+        )
+    return warnings
+
+
 @dataclass(frozen=True)
 class Endpoints:
     st_auth_url: str
@@ -690,8 +861,17 @@ def resolve_endpoints(config: Config) -> Endpoints:
     auth_default, api_default = INTEGRATION_ENDPOINTS if integration else PRODUCTION_ENDPOINTS
 
     def pick(variable: envvars.EnvVar, configured: str | None, default: str) -> str:
-        chosen = envvars.resolve(variable, configured=configured, default=default)
-        return str(chosen).rstrip("/")
+        chosen = str(envvars.resolve(variable, configured=configured, default=default)).rstrip("/")
+        if plain_http_elsewhere(chosen):
+            from_env = envvars.read(variable) is not None
+            where = f"the environment variable {variable.name}" if from_env else f"{variable.config_key} in the config"
+            raise ConfigError(
+                f"{where} is a plain http URL ({chosen}): credentials would cross the network unencrypted",
+                key_path=None if from_env else variable.config_key,
+                hint=f"use https ({https_fix(chosen)}); plain http is only accepted for this machine "
+                "(localhost, 127.0.0.1, ::1), e.g. the sandbox",
+            )
+        return chosen
 
     return Endpoints(
         st_auth_url=pick(envvars.ST_AUTH_URL, config.servicetitan.auth_url, auth_default),

@@ -23,20 +23,35 @@ from typing import Any
 import tomli_w
 
 from stsync import envvars
+from stsync.durations import format_duration
 from stsync.errors import ConfigError
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, JOB_STATUSES, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
+    MAX_HOLD_DAYS,
     MAX_PAGE_SIZE,
     PRODUCTION_ENDPOINTS,
     REFERRAL_FACTORY_API_URL,
     Config,
     FieldSpec,
     Limits,
+    LoggingSettings,
+    NotifySettings,
+    ScheduleSettings,
     ServiceTitanSettings,
     parse_config_text,
     toml_key,
 )
-from stsync.vocabulary import DEFAULT_JOB_STATUS, Action, Environment, QualificationRule, ReturnValue, SyncMode, UnqualifyEvent
+from stsync.vocabulary import (
+    DEFAULT_JOB_STATUS,
+    Action,
+    Environment,
+    LogFormat,
+    QualificationRule,
+    ReturnValue,
+    SecretsStore,
+    SyncMode,
+    UnqualifyEvent,
+)
 
 # --------------------------------------------------------------------------------------
 # Rendering (tomli-w formats every key and value; the layout and comments are ours)
@@ -115,6 +130,13 @@ def render_config(config: Config) -> str:
     )
     out: list[str] = [*_HEADER, ""]
 
+    connection_comment = "names this connection's state directory and keyring entries"
+    if config.connection is None:
+        out.append(_with_comment('# connection = "default"', f"{connection_comment}; set by `stsync connect`"))
+    else:
+        out.append(_line("connection", config.connection, f"{connection_comment}; one config file per name"))
+    out.append("")
+
     out.append("[servicetitan]")
     out.append(_line("environment", st.environment, _choices(Environment)))
     identity = (
@@ -148,6 +170,12 @@ def render_config(config: Config) -> str:
     out.append(_optional_line("api_url", rf.api_url, f'"{REFERRAL_FACTORY_API_URL}"', f"{envvars.RF_API_URL.name} wins"))
     out.append("")
 
+    out.append("# Where `stsync connect` stored the secrets (never the secrets themselves).")
+    out.append("[secrets]")
+    store_comment = f"{_choices(SecretsStore)}: the OS keyring, or a 0600 file in the state directory"
+    out.append(_line("store", config.secrets.store, store_comment))
+    out.append("")
+
     out.append("[leads]")
     out.append(_line("action", leads.action, f"{_choices(Action)} (when a lead joins)"))
     out.append("")
@@ -169,6 +197,13 @@ def render_config(config: Config) -> str:
         out.append(_line("unqualify_on", list(qualification.unqualify_on), unqualify_comment))
     else:
         out.append(_with_comment(f"# unqualify_on = {toml_value([str(event) for event in UnqualifyEvent])}", unqualify_comment))
+    out.append(
+        _line(
+            "hold_days",
+            qualification.hold_days,
+            f"0–{MAX_HOLD_DAYS}: days the job must keep meeting the rule, not canceled, before qualifying",
+        )
+    )
     out.append("")
 
     out.append("[referrers]")
@@ -198,10 +233,18 @@ def render_config(config: Config) -> str:
     out.extend(_line(name, value) for name, value in sync.return_fields.items())
     out.append("")
 
-    out.append("# stsync stays under these (SPEC §6.4); retries give up after retry_budget_seconds.")
+    out.append("# stsync stays under these: ServiceTitan documents 60 calls per second, Referral Factory 600 per")
+    out.append("# minute. Retries give up after retry_budget_seconds; workers run batch work in parallel.")
     out.append("[limits]")
     for key in Limits.model_fields:
         out.append(_line(key, getattr(limits, key)))
+    out.append("")
+
+    out.extend(_schedule_lines(config.schedule))
+    out.append("")
+    out.extend(_notify_lines(config.notify))
+    out.append("")
+    out.extend(_logging_lines(config.logging))
     out.append("")
 
     aliases = config.webhook.aliases
@@ -213,6 +256,88 @@ def render_config(config: Config) -> str:
         out.append(_with_comment("# [webhook.aliases]", "extra payload key spellings `stsync serve` accepts"))
         out.append('# referral_code = ["code", "referralCode"]')
     return "\n".join(out) + "\n"
+
+
+_SCHEDULE_COMMENTS = {
+    "push": "push-lead --new",
+    "qualify": "qualify",
+    "sync": "sync-customers --ongoing",
+    "full_sync": "sync-customers --ongoing --full",
+    "full_qualify": "qualify --full (when qualify has it)",
+    "jitter": "each start waits up to this (at most half the interval)",
+    "overdue_after": "overdue after this many intervals without success",
+}
+
+
+def _default_or_line(key: str, value: Any, default: Any, text: str, comment: str) -> str:
+    """A value left at its default is shown commented out: the file says what applies."""
+    line = f"{toml_key(key)} = {text}"
+    return _with_comment(line if value != default else f"# {line}", comment)
+
+
+def _schedule_lines(schedule: ScheduleSettings) -> list[str]:
+    out = [
+        "# `stsync run`: how often each job runs (\"30s\", \"5m\", \"1h\", \"7d\", seconds, or \"off\");",
+        "# `stsync status` and the overdue alert expect the same when cron runs the jobs.",
+        "[schedule]",
+    ]
+    for key, info in ScheduleSettings.model_fields.items():
+        value = getattr(schedule, key)
+        text = toml_value(value) if key == "overdue_after" else toml_value(format_duration(value))
+        if key == "overdue_after" and float(value).is_integer():
+            text = toml_value(int(value))
+        out.append(_default_or_line(key, value, info.default, text, _SCHEDULE_COMMENTS[key]))
+    return out
+
+
+def _notify_lines(notify: NotifySettings) -> list[str]:
+    fields = NotifySettings.model_fields
+    timeout = notify.timeout_seconds
+    return [
+        "# Alerts when a human must act. The URLs hold tokens: prefer the environment variables.",
+        "[notify]",
+        _optional_line(
+            "webhook_url",
+            notify.webhook_url,
+            '"https://hooks.slack.com/services/…"',
+            f"JSON alerts; {envvars.NOTIFY_WEBHOOK_URL.name} wins",
+        ),
+        _optional_line(
+            "ping_url",
+            notify.ping_url,
+            '"https://hc-ping.com/<key>/stsync-{job}"',
+            f"healthchecks.io style; {envvars.NOTIFY_PING_URL.name} wins",
+        ),
+        _default_or_line(
+            "remind_after",
+            notify.remind_after,
+            fields["remind_after"].default,
+            toml_value(format_duration(notify.remind_after)),
+            "a problem still there is reported again after this long",
+        ),
+        _default_or_line(
+            "timeout_seconds",
+            timeout,
+            fields["timeout_seconds"].default,
+            toml_value(int(timeout) if float(timeout).is_integer() else timeout),
+            "each send gives up after this (and 1 s more)",
+        ),
+    ]
+
+
+def _logging_lines(logging_settings: LoggingSettings) -> list[str]:
+    value = logging_settings.format
+    choices = " | ".join(f'"{word}"' for word in LogFormat)
+    return [
+        "[logging]",
+        _default_or_line(
+            "format",
+            value,
+            LoggingSettings.model_fields["format"].default,
+            toml_value(str(value)),
+            f"{choices}; {envvars.LOG_FORMAT.name} and --log-format win",
+        ),
+    ]
 
 
 def _optional_line(key: str, value: Any, placeholder: str, comment: str) -> str:

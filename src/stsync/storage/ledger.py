@@ -11,6 +11,31 @@ Push, sync, qualify, serve, diagnose and history all read and write it, often at
 - Schema changes are appended to ``MIGRATIONS`` (``PRAGMA user_version`` says how many ran).
   Never edit a migration that shipped: add one.
 
+What ServiceTitan did with the bookings (migration 3; written by ``stsync.tracking``, read by
+``qualify``, ``push-lead --new``, ``diagnose`` and the report) — a mirror, so that nothing
+needs to crawl ServiceTitan again:
+
+- ``st_bookings``: every booking of the provider stsync has read (its own and others'), by
+  ``booking_id``: ``external_id`` (indexed: push's "does this lead have a booking?"),
+  ``status``, ``job_id``, ``created_on``, ``modified_on``, ``read_at`` (of that version). A
+  copy not newer (by ``modified_on``) than the stored one is ignored; a ``job_id`` is never lost.
+- ``st_jobs``: the jobs booked from those bookings, by ``job_id``: ``booking_id``, ``status``,
+  ``created_on``, ``completed_on`` (the first completion: ServiceTitan keeps it after a
+  cancellation), ``canceled_on`` (when it entered Canceled, while it is Canceled; else NULL),
+  ``total`` (the job's total; NULL until ServiceTitan has one, 0.0 for a $0 job),
+  ``invoice_id``, ``modified_on``, ``read_at``. The link: ``pushes.booking_id`` →
+  ``st_bookings.job_id`` → ``st_jobs``.
+- ``job_events``: the statuses each job entered, ``(job_id, event_key)`` → ``status``, ``at``,
+  ``source``: ``history`` rows are ServiceTitan's job history (replaced whole whenever the
+  history export brings the job again); ``observed`` rows are statuses stsync saw when it read
+  the job, dated by its ``modifiedOn`` (what is known without the history scope).
+- ``pushes.held_until``: the referral met the rule and is held (``hold_days``) until then.
+- ``sync_positions`` also holds the reads' positions (``tracking.reads``): the bookings'
+  ``modifiedOn`` watermark (only ever moved forward) and the job and job-history export
+  tokens; ``kv`` the time of the last full read.
+
+All times are UTC ISO-8601 with milliseconds and ``Z`` (``iso_utc``), so they sort as text.
+
 Records come back as frozen dataclasses with JSON columns decoded. Timestamps are UTC ISO-8601
 strings from ``utc_now()``. Methods that take ``conn=`` join the caller's open transaction
 (``with ledger.transaction() as conn: ...``) so a page of work commits as one.
@@ -30,12 +55,14 @@ from pathlib import Path
 from typing import Any
 
 from stsync.errors import ConfigError, StsyncError
+from stsync.logs import log_context
 from stsync.storage.locks import pid_alive
 from stsync.storage.paths import make_private_dir
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
     REFERRER_RETRY_STATES,
     AttemptOutcome,
+    DeliveryOutcome,
     PushState,
     QualificationAction,
     QualificationState,
@@ -53,6 +80,20 @@ CACHE_KIB = 512
 
 # What a finished run, attempt or qualification may record (never back to running/intent).
 FINISHED_RUN_OUTCOMES = tuple(o for o in RunOutcome if o is not RunOutcome.RUNNING)
+# A failure that is the record's own (its data, the remote refusing that request), not the
+# run's: an error stored with a run-level exit code (configuration, credentials, temporary,
+# lock) failed every record after it the same way and is reported as the run's outcome.
+RUN_LEVEL_EXIT_CODES = (3, 4, 6, 7)
+
+
+def _record_level(column: str) -> str:
+    """SQL: the stored error in ``column`` is the record's own (a row written without an exit code counts)."""
+    codes = ", ".join(str(code) for code in RUN_LEVEL_EXIT_CODES)
+    return f"coalesce(CASE WHEN json_valid({column}) THEN json_extract({column}, '$.exit_code') END, 5) NOT IN ({codes})"
+
+
+# A run that did its job (some records may have failed: those are reported on their own).
+SUCCEEDED_RUN_OUTCOMES = (RunOutcome.OK, RunOutcome.PARTIAL)
 ATTEMPT_RESULTS = tuple(o for o in AttemptOutcome if o is not AttemptOutcome.INTENT)
 QUALIFICATION_RESULTS = tuple(s for s in QualificationState if s is not QualificationState.INTENT)
 REFERRER_FIELDS = ("rf_user_id", "email", "code", "url", "fingerprint", "state", "skip_reason", "error")
@@ -174,6 +215,50 @@ MIGRATIONS: list[str] = [
         value TEXT
     );
     """,
+    # 2: each run's exit code, as its command exited (cron and `stsync run` alike)
+    """
+    ALTER TABLE runs ADD COLUMN exit_code INTEGER;
+    """,
+    # 3: what ServiceTitan did with the bookings (issue 16): the provider's bookings, the jobs
+    # booked from them, their status history, and a qualification's hold.
+    """
+    ALTER TABLE pushes ADD COLUMN held_until TEXT;
+
+    CREATE TABLE st_bookings (
+        booking_id INTEGER PRIMARY KEY,
+        external_id TEXT,
+        status TEXT,
+        job_id INTEGER,
+        created_on TEXT,
+        modified_on TEXT,
+        read_at TEXT NOT NULL
+    );
+    CREATE INDEX st_bookings_external_id ON st_bookings(external_id);
+    CREATE INDEX st_bookings_job ON st_bookings(job_id);
+
+    CREATE TABLE st_jobs (
+        job_id INTEGER PRIMARY KEY,
+        booking_id INTEGER,
+        status TEXT,
+        created_on TEXT,
+        completed_on TEXT,
+        canceled_on TEXT,
+        total REAL,
+        invoice_id INTEGER,
+        modified_on TEXT,
+        read_at TEXT NOT NULL
+    );
+    CREATE INDEX st_jobs_booking ON st_jobs(booking_id);
+
+    CREATE TABLE job_events (
+        job_id INTEGER NOT NULL,
+        event_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        at TEXT NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (job_id, event_key)
+    );
+    """,
 ]
 
 
@@ -216,6 +301,7 @@ class RunRecord:
     outcome: str  # RunOutcome (a dead `running` reads as interrupted)
     counts: dict
     error: str | None
+    exit_code: int | None = None  # the command's exit code (SPEC §5), once it exited
 
 
 @dataclass(frozen=True)
@@ -236,6 +322,53 @@ class PushRecord:
     qualified_at: str | None
     created_at: str
     updated_at: str
+    held_until: str | None = None  # the rule is met; qualified once this passes (hold_days)
+
+
+@dataclass(frozen=True)
+class BookingRow:
+    """One of the booking provider's bookings as last read (``st_bookings``)."""
+
+    booking_id: int
+    external_id: str | None
+    status: str | None
+    job_id: int | None
+    created_on: str | None
+    modified_on: str | None
+    read_at: str
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job booked from one of the provider's bookings, as last read (``st_jobs``)."""
+
+    job_id: int
+    booking_id: int | None
+    status: str | None
+    created_on: str | None
+    completed_on: str | None  # the first completion: ServiceTitan keeps it after a cancellation
+    canceled_on: str | None  # when it entered Canceled, while it is Canceled; else None
+    total: float | None  # the job's total (None until ServiceTitan has one; 0.0 is a $0 job)
+    invoice_id: int | None
+    modified_on: str | None
+    read_at: str
+
+    @property
+    def canceled(self) -> bool:
+        return self.status == "Canceled"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A status a job entered, and when (``job_events``). ``source``: ``history`` (ServiceTitan's
+    job history: every status, however briefly held) or ``observed`` (a status stsync saw when
+    it read the job, dated by the job's ``modifiedOn``: what it knows without the history)."""
+
+    job_id: int
+    event_key: str
+    status: str
+    at: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -326,6 +459,10 @@ class Ledger:
         self._local = threading.local()
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._guard = threading.Lock()
+        # Writers of this process queue here, in order, instead of in SQLite's busy handler,
+        # which sleeps in growing steps (up to 25 ms) while another thread holds the write
+        # lock: with eight push workers that sleeping, not the disk, was a run's bottleneck.
+        self._writer = threading.Lock()
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -333,10 +470,17 @@ class Ledger:
     def open(cls, path: str | os.PathLike[str]) -> Ledger:
         ledger = cls(Path(path))
         make_private_dir(ledger.path.parent)
-        try:  # customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow)
-            os.close(os.open(ledger.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        except OSError:
-            pass  # sqlite3 says precisely what is wrong below
+        # Customer names and e-mails: 0600 before SQLite creates it (its -wal/-shm follow).
+        # Only when it does not exist: closing any descriptor of an open database file drops
+        # every POSIX lock this process holds on it (SQLite's documented pitfall), and a
+        # process may hold the ledger open elsewhere (serve's worker while /metrics reads).
+        if not ledger.path.exists():
+            try:
+                os.close(os.open(ledger.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass  # another thread or process made it first
+            except OSError:
+                pass  # sqlite3 says precisely what is wrong below
         try:
             conn = ledger._conn()
             ledger._migrate(conn)
@@ -425,15 +569,16 @@ class Ledger:
         if conn.in_transaction:
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
-                conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._writer:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
@@ -464,7 +609,8 @@ class Ledger:
         run_id = self.start_run(job, command)
         outcome, error = RunOutcome.FAILED, None
         try:
-            yield run_id
+            with log_context(run_id=run_id):
+                yield run_id
             outcome = RunOutcome.PARTIAL if failed() else RunOutcome.OK
         except KeyboardInterrupt:
             outcome, error = RunOutcome.INTERRUPTED, "interrupted by the user"
@@ -497,8 +643,73 @@ class Ledger:
         return record
 
     def last_run(self, job: str) -> RunRecord | None:
-        rows = self._query("SELECT * FROM runs WHERE job = ? ORDER BY id DESC LIMIT 1", (job,))
+        """The newest run of ``job`` that ran (a ``skipped`` tick is not a run)."""
+        rows = self._query(
+            "SELECT * FROM runs WHERE job = ? AND outcome != ? ORDER BY id DESC LIMIT 1", (job, RunOutcome.SKIPPED)
+        )
         return self._run(rows[0]) if rows else None
+
+    def last_succeeded_run(self, job: str, *, command_contains: str | None = None) -> RunRecord | None:
+        """The newest run of ``job`` that finished ok or partial (``command_contains``: e.g. "--full")."""
+        sql = "SELECT * FROM runs WHERE job = ? AND outcome IN (?, ?)"
+        params: list[Any] = [job, *SUCCEEDED_RUN_OUTCOMES]
+        if command_contains is not None:
+            sql += " AND instr(command, ?) > 0"
+            params.append(command_contains)
+        rows = self._query(sql + " ORDER BY id DESC LIMIT 1", params)
+        return self._run(rows[0]) if rows else None
+
+    def first_run(self, job: str) -> RunRecord | None:
+        rows = self._query("SELECT * FROM runs WHERE job = ? AND outcome != ? ORDER BY id LIMIT 1", (job, RunOutcome.SKIPPED))
+        return self._run(rows[0]) if rows else None
+
+    def get_run(self, run_id: int) -> RunRecord | None:
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return self._run(rows[0]) if rows else None
+
+    def last_run_id(self) -> int:
+        """The newest run id (0 when none): what an invocation started is above it."""
+        return int(self._query("SELECT coalesce(max(id), 0) AS n FROM runs")[0]["n"])
+
+    def runs_started_by(self, pid: int, *, after_id: int) -> list[RunRecord]:
+        """Runs process ``pid`` started after run ``after_id``, oldest first."""
+        rows = self._query("SELECT * FROM runs WHERE pid = ? AND id > ? ORDER BY id", (pid, after_id))
+        return [self._run(row) for row in rows]
+
+    def set_exit_code(self, run_ids: Iterable[int], exit_code: int) -> None:
+        """The command's exit code onto the runs it recorded (a run still ``running`` then was cut short)."""
+        ids = list(run_ids)
+        if not ids:
+            return
+        with self.transaction() as conn:
+            for run_id in ids:
+                conn.execute(
+                    "UPDATE runs SET exit_code = ?, outcome = CASE WHEN outcome = ? THEN ? ELSE outcome END, "
+                    "finished_at = coalesce(finished_at, ?) WHERE id = ?",
+                    (exit_code, RunOutcome.RUNNING, RunOutcome.INTERRUPTED, utc_now(), run_id),
+                )
+
+    def record_finished_run(
+        self,
+        job: str,
+        command: str,
+        *,
+        outcome: str,
+        exit_code: int | None,
+        error: str | None = None,
+        counts: Mapping[str, Any] | None = None,
+    ) -> int:
+        """A run recorded in one go: a step that ended before its work started (a lock held:
+        ``skipped``; a configuration or credential failure: ``failed``)."""
+        _check(outcome, FINISHED_RUN_OUTCOMES, "run outcome")
+        now = utc_now()
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (job, command, pid, started_at, finished_at, outcome, counts, error, exit_code) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job, command, os.getpid(), now, now, outcome, _dumps(dict(counts or {})), error, exit_code),
+            )
+            return _inserted_id(cursor)
 
     def recent_runs(self, limit: int = 20, job: str | None = None) -> list[RunRecord]:
         if job is None:
@@ -696,6 +907,140 @@ class Ledger:
         rows = self._query("SELECT * FROM qualifications WHERE external_id = ? ORDER BY id", (external_id,))
         return [_record(QualificationRecord, row, json_columns=("error",)) for row in rows]
 
+    def set_held_until(self, external_id: str, held_until: str | None) -> None:
+        """The hold of a push whose rule is met (``None``: not held, or no longer)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE pushes SET held_until = ?, updated_at = ? WHERE external_id = ? AND held_until IS NOT ?",
+                (held_until, utc_now(), external_id, held_until),
+            )
+
+    def held_pushes(self) -> list[PushRecord]:
+        """Open pushes whose rule is met and whose hold has not ended yet (as last decided)."""
+        rows = self._query(
+            "SELECT * FROM pushes WHERE state = ? AND final = 0 AND held_until IS NOT NULL ORDER BY held_until, external_id",
+            (PushState.BOOKED,),
+        )
+        return [_record(PushRecord, row, bool_columns=("final",)) for row in rows]
+
+    # -- the ServiceTitan mirror: bookings, jobs, job events -------------------------------
+    def upsert_bookings(self, rows: Iterable[BookingRow], *, conn: sqlite3.Connection | None = None) -> int:
+        """Store bookings as read; a copy not newer (by ``modified_on``) than the stored one is
+        ignored: ServiceTitan moves ``modifiedOn`` with every change, so it is the same version."""
+        values = [
+            (r.booking_id, r.external_id, r.status, r.job_id, r.created_on, r.modified_on, r.read_at) for r in rows
+        ]
+        if not values:
+            return 0
+        with self._write(conn) as tx:
+            tx.executemany(
+                "INSERT INTO st_bookings (booking_id, external_id, status, job_id, created_on, modified_on, read_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (booking_id) DO UPDATE SET "
+                "external_id = excluded.external_id, status = excluded.status, "
+                "job_id = COALESCE(excluded.job_id, st_bookings.job_id), created_on = excluded.created_on, "
+                "modified_on = excluded.modified_on, read_at = excluded.read_at "
+                "WHERE st_bookings.modified_on IS NULL OR excluded.modified_on IS NULL "
+                "OR excluded.modified_on > st_bookings.modified_on",
+                values,
+            )
+        return len(values)
+
+    def bookings_for(self, booking_ids: Iterable[int]) -> dict[int, BookingRow]:
+        """The stored bookings among these ids (absent ids are left out)."""
+        found: dict[int, BookingRow] = {}
+        for chunk in _chunks(booking_ids):
+            rows = self._query(f"SELECT * FROM st_bookings WHERE booking_id IN ({', '.join('?' for _ in chunk)})", chunk)
+            for row in rows:
+                found[row["booking_id"]] = _record(BookingRow, row)
+        return found
+
+    def bookings_with_external_id(self, external_id: str) -> list[BookingRow]:
+        """The provider's bookings with exactly this externalId, oldest (lowest id) first."""
+        rows = self._query("SELECT * FROM st_bookings WHERE external_id = ? ORDER BY booking_id", (external_id,))
+        return [_record(BookingRow, row) for row in rows]
+
+    def booking_ids_known(self, booking_ids: Iterable[int]) -> set[int]:
+        found: set[int] = set()
+        for chunk in _chunks(booking_ids):
+            rows = self._query(f"SELECT booking_id FROM st_bookings WHERE booking_id IN ({', '.join('?' for _ in chunk)})", chunk)
+            found.update(row["booking_id"] for row in rows)
+        return found
+
+    def upsert_jobs(self, rows: Iterable[JobRow], *, conn: sqlite3.Connection | None = None) -> int:
+        """Store jobs as read; a copy not newer (by ``modified_on``) than the stored one is ignored."""
+        values = [
+            (r.job_id, r.booking_id, r.status, r.created_on, r.completed_on, r.canceled_on, r.total, r.invoice_id,
+             r.modified_on, r.read_at)
+            for r in rows
+        ]
+        if not values:
+            return 0
+        with self._write(conn) as tx:
+            tx.executemany(
+                "INSERT INTO st_jobs (job_id, booking_id, status, created_on, completed_on, canceled_on, total, invoice_id, "
+                "modified_on, read_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET "
+                "booking_id = COALESCE(excluded.booking_id, st_jobs.booking_id), status = excluded.status, "
+                "created_on = excluded.created_on, completed_on = COALESCE(excluded.completed_on, st_jobs.completed_on), "
+                "canceled_on = excluded.canceled_on, total = excluded.total, invoice_id = excluded.invoice_id, "
+                "modified_on = excluded.modified_on, read_at = excluded.read_at "
+                "WHERE st_jobs.modified_on IS NULL OR excluded.modified_on IS NULL "
+                "OR excluded.modified_on > st_jobs.modified_on",
+                values,
+            )
+        return len(values)
+
+    def jobs_for(self, job_ids: Iterable[int]) -> dict[int, JobRow]:
+        found: dict[int, JobRow] = {}
+        for chunk in _chunks(job_ids):
+            rows = self._query(f"SELECT * FROM st_jobs WHERE job_id IN ({', '.join('?' for _ in chunk)})", chunk)
+            for row in rows:
+                found[row["job_id"]] = _record(JobRow, row)
+        return found
+
+    def replace_job_history(
+        self, job_id: int, events: Iterable[tuple[str, str, str]], *, conn: sqlite3.Connection | None = None
+    ) -> None:
+        """The job's history as ServiceTitan exports it (all entries at once): ``(key, status, at)``."""
+        with self._write(conn) as tx:
+            tx.execute("DELETE FROM job_events WHERE job_id = ? AND source = 'history'", (job_id,))
+            tx.executemany(
+                "INSERT OR REPLACE INTO job_events (job_id, event_key, status, at, source) VALUES (?, ?, ?, ?, 'history')",
+                [(job_id, key, status, at) for key, status, at in events],
+            )
+
+    def observe_job_status(self, job_id: int, status: str, at: str, *, conn: sqlite3.Connection | None = None) -> bool:
+        """A status seen when the job was read (dated by its ``modifiedOn``). False: known already."""
+        with self._write(conn) as tx:
+            cursor = tx.execute(
+                "INSERT OR IGNORE INTO job_events (job_id, event_key, status, at, source) VALUES (?, ?, ?, ?, 'observed')",
+                (job_id, f"observed:{status}:{at}", status, at),
+            )
+            return cursor.rowcount == 1
+
+    def job_events_for(self, job_ids: Iterable[int]) -> dict[int, list[JobEvent]]:
+        """Every asked job → its events in time order (``[]`` when none)."""
+        ids = list(dict.fromkeys(int(i) for i in job_ids))
+        found: dict[int, list[JobEvent]] = {job_id: [] for job_id in ids}
+        for chunk in _chunks(ids):
+            rows = self._query(
+                f"SELECT * FROM job_events WHERE job_id IN ({', '.join('?' for _ in chunk)}) ORDER BY job_id, at, event_key",
+                chunk,
+            )
+            for row in rows:
+                found[row["job_id"]].append(_record(JobEvent, row))
+        return found
+
+    def advance_position(self, feed: str, value: str, *, conn: sqlite3.Connection | None = None) -> None:
+        """Set a timestamp position (ISO-8601 UTC, sorts as text) unless a later one is stored:
+        two runs reading the same feed at once never move it back."""
+        with self._write(conn) as tx:
+            tx.execute(
+                "INSERT INTO sync_positions (feed, token, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (feed) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at "
+                "WHERE sync_positions.token IS NULL OR excluded.token > sync_positions.token",
+                (feed, value, utc_now()),
+            )
+
     # -- sync positions -----------------------------------------------------------------
     def get_position(self, feed: str) -> str | None:
         rows = self._query("SELECT token FROM sync_positions WHERE feed = ?", (feed,))
@@ -707,6 +1052,16 @@ class Ledger:
                 "INSERT INTO sync_positions (feed, token, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (feed) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
                 (feed, token, utc_now()),
+            )
+
+    def advance_number(self, feed: str, value: int, *, conn: sqlite3.Connection | None = None) -> None:
+        """Set an integer position unless a larger one is stored (a lower bound: the largest wins)."""
+        with self._write(conn) as tx:
+            tx.execute(
+                "INSERT INTO sync_positions (feed, token, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (feed) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at "
+                "WHERE sync_positions.token IS NULL OR CAST(excluded.token AS INTEGER) > CAST(sync_positions.token AS INTEGER)",
+                (feed, str(int(value)), utc_now()),
             )
 
     # -- referrers ----------------------------------------------------------------------
@@ -838,6 +1193,67 @@ class Ledger:
         rows = self._query("SELECT * FROM webhook_deliveries WHERE key = ?", (key,))
         return _record(DeliveryRecord, rows[0], json_columns=("error",)) if rows else None
 
+    # -- health: what status and the alerts read ----------------------------------------
+    def failed_pushes(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[AttemptRecord]]:
+        """Pushes whose latest failure is still unbooked: how many, and the newest attempts
+        (``since``: only failures recorded after that time)."""
+        where = f"a.outcome = ? AND p.state = ? AND {_record_level('a.error')}"
+        params: list[Any] = [AttemptOutcome.FAILED, PushState.FAILED]
+        if since is not None:
+            where += " AND a.finished_at > ?"
+            params.append(since)
+        latest = (
+            "SELECT a.* FROM push_attempts a JOIN pushes p ON p.external_id = a.external_id "
+            "JOIN (SELECT external_id, max(id) AS id FROM push_attempts WHERE outcome = ? GROUP BY external_id) l "
+            f"ON l.id = a.id WHERE {where}"
+        )
+        rows = self._query(f"{latest} ORDER BY a.id DESC", [AttemptOutcome.FAILED, *params])
+        return len(rows), [self._attempt(row) for row in rows[:limit]]
+
+    def failed_referrers(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[ReferrerRecord]]:
+        """Customers whose referrer (or its return fields) failed and was not fixed since."""
+        where = f"(state = ? OR (error IS NOT NULL AND state NOT IN (?, ?))) AND {_record_level('error')}"
+        params: list[Any] = [ReferrerState.FAILED, ReferrerState.PENDING, ReferrerState.SKIPPED]
+        if since is not None:
+            where += " AND updated_at > ?"
+            params.append(since)
+        count = self._query(f"SELECT count(*) AS n FROM referrers WHERE {where}", params)[0]["n"]
+        rows = self._query(f"SELECT * FROM referrers WHERE {where} ORDER BY updated_at DESC LIMIT ?", [*params, limit])
+        return int(count), [self._referrer(row) for row in rows]
+
+    def failed_qualifications(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[QualificationRecord]]:
+        """Referrals whose latest (un)qualification failed, on a push still open."""
+        where = f"q.state = ? AND p.final = 0 AND {_record_level('q.error')}"
+        params: list[Any] = [QualificationState.FAILED]
+        if since is not None:
+            where += " AND q.at > ?"
+            params.append(since)
+        latest = (
+            "SELECT q.* FROM qualifications q JOIN pushes p ON p.external_id = q.external_id "
+            "JOIN (SELECT external_id, max(id) AS id FROM qualifications GROUP BY external_id) l ON l.id = q.id "
+            f"WHERE {where}"
+        )
+        rows = self._query(f"{latest} ORDER BY q.id DESC", params)
+        return len(rows), [_record(QualificationRecord, row, json_columns=("error",)) for row in rows[:limit]]
+
+    def failed_deliveries(self, *, limit: int = 10) -> tuple[int, list[DeliveryRecord]]:
+        """Webhook deliveries whose processing failed (not delivered again successfully since)."""
+        count = self._query("SELECT count(*) AS n FROM webhook_deliveries WHERE outcome = ?", (DeliveryOutcome.FAILED,))[0]["n"]
+        rows = self._query(
+            "SELECT * FROM webhook_deliveries WHERE outcome = ? ORDER BY received_at DESC LIMIT ?",
+            (DeliveryOutcome.FAILED, limit),
+        )
+        return int(count), [_record(DeliveryRecord, row, json_columns=("error",)) for row in rows]
+
+    def waiting_deliveries(self) -> tuple[int, str | None]:
+        """Deliveries accepted and not processed yet (no outcome, or sent again after a failure):
+        how many, and when the oldest arrived."""
+        row = self._query(
+            "SELECT count(*) AS n, min(received_at) AS oldest FROM webhook_deliveries WHERE outcome IS NULL OR outcome = ?",
+            (DeliveryOutcome.RETRYING,),
+        )[0]
+        return int(row["n"]), row["oldest"]
+
     # -- key/value ----------------------------------------------------------------------
     def get(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM kv WHERE key = ?", (key,))
@@ -848,6 +1264,30 @@ class Ledger:
             conn.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)
             )
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """A remote timestamp as the ledger stores it: UTC, milliseconds, ``Z`` (sorts as text)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_utc(text: str | None) -> datetime | None:
+    """The inverse of ``iso_utc`` (and of ``utc_now``)."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _chunks(ids: Iterable[int], size: int = 500) -> Iterator[list[int]]:
+    """Ids in chunks under SQLite's host-parameter limit."""
+    unique = list(dict.fromkeys(int(i) for i in ids))
+    for start in range(0, len(unique), size):
+        yield unique[start : start + size]
 
 
 def _statements(script: str) -> list[str]:

@@ -1,8 +1,13 @@
 """Where a connection's files live (SPEC §2).
 
-A *connection* is named after its config file: the default config is ``default``;
-``--config acme.toml`` is ``acme``. Its state (ledger, locks, cached token, rate-limit
-budget, logs, optional secrets file) lives in ``<state dir>/<connection>/``.
+A *connection* is one config file. Its name is the config's ``connection`` key, which
+``stsync connect`` writes (unique per config file: ``storage/registry.py`` refuses a second
+file claiming it); a config without the key — written before the key existed, or by hand — is
+named after its file, as it always was: the default config and any ``config.toml`` are
+``default``, ``--config acme.toml`` is ``acme``. The name names the state directory
+``<state dir>/<connection>/`` (ledger, locks, cached token, rate-limit budget, logs, optional
+secrets file) and the keyring entries. ``ConnectionPaths`` also carries the config's
+``[secrets] store``, so that every reader of the secrets uses the store ``connect`` chose.
 
 Everything stsync creates there is its owner's only, whatever the umask: directories 0700
 (``make_private_dir``), files 0600 (``write_private_text``, ``PRIVATE_FILE`` for the modules that
@@ -12,6 +17,8 @@ open their own). Modes are set at creation, so no file is ever briefly readable 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +70,64 @@ def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser() if chosen else default_config_path()
 
 
+# A connection name is a directory name and part of a keyring username: plain characters only.
+_CONNECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+CONNECTION_NAME_RULE = "1–64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def valid_connection_name(name: str) -> bool:
+    return bool(_CONNECTION_NAME.fullmatch(name))
+
+
 def connection_name(config_path: Path) -> str:
+    """The name a config file without a ``connection`` key goes by: its stem (``config`` and
+    the default config are ``default``)."""
     if config_path.expanduser().resolve() == default_config_path().resolve():
         return DEFAULT_CONNECTION
     stem = config_path.stem
     return stem if stem and stem != "config" else DEFAULT_CONNECTION
+
+
+def suggested_connection_name(config_path: Path) -> str:
+    """``connection_name`` made a valid name (``my tenant.toml`` → ``my-tenant``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", connection_name(config_path)).strip("-._")[:64]
+    return name if valid_connection_name(name) else DEFAULT_CONNECTION
+
+
+@dataclass(frozen=True)
+class ConfigIdentity:
+    """What a config file says about its connection, read without validating the rest."""
+
+    connection: str | None  # the ``connection`` key; None when absent (or the file is missing)
+    secrets_store: str  # ``[secrets] store``; "keyring" when absent
+
+
+_CONNECTION_LINE = re.compile(r'^\s*connection\s*=\s*"([^"\n]*)"\s*(?:#.*)?$', re.MULTILINE)
+
+
+def read_config_identity(config_path: Path) -> ConfigIdentity:
+    """The ``connection`` key and the secret store of a config file. Never raises: a file that
+    is missing or unreadable has neither (loading it reports the problem); one that is not
+    valid TOML still names its connection when its ``connection = "…"`` line is intact, so a
+    typo elsewhere never makes a command use another connection's state."""
+    try:
+        text = Path(config_path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ConfigIdentity(None, "keyring")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        first_table = text.find("\n[")
+        match = _CONNECTION_LINE.search(text, 0, first_table if first_table >= 0 else len(text))
+        name = match.group(1) if match else None
+        return ConfigIdentity(name if name and valid_connection_name(name) else None, "keyring")
+    name = data.get("connection")
+    secrets = data.get("secrets")
+    store = secrets.get("store") if isinstance(secrets, dict) else None
+    return ConfigIdentity(
+        name if isinstance(name, str) and valid_connection_name(name) else None,
+        store if store in ("keyring", "file") else "keyring",
+    )
 
 
 def state_root() -> Path:
@@ -83,11 +143,17 @@ class ConnectionPaths:
     name: str
     config: Path
     state: Path
+    secrets_store: str = "keyring"  # the config's [secrets] store: "keyring" or "file"
 
     @classmethod
     def for_config(cls, config_path: Path) -> ConnectionPaths:
-        name = connection_name(config_path)
-        return cls(name=name, config=config_path, state=state_root() / name)
+        """The connection's files: named by the config's ``connection`` key, else its stem."""
+        identity = read_config_identity(config_path)
+        return cls.named(identity.connection or connection_name(config_path), config_path, secrets_store=identity.secrets_store)
+
+    @classmethod
+    def named(cls, name: str, config_path: Path, *, secrets_store: str = "keyring") -> ConnectionPaths:
+        return cls(name=name, config=config_path, state=state_root() / name, secrets_store=secrets_store)
 
     def ensure_state(self) -> Path:
         return make_private_dir(self.state)

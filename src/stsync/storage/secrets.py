@@ -1,20 +1,27 @@
-"""The connection's three secrets: environment → OS keyring → opt-in file store (SPEC §2).
+"""The connection's three secrets: environment → the store ``connect`` chose (SPEC §2).
 
-Which secrets exist, and their variables and labels, is ``stsync.credentials``' table.
+Which secrets exist, and their variables and labels, is ``stsync.credentials``' table. Which
+store the connection uses is the config's ``[secrets] store`` (``ConnectionPaths.secrets_store``),
+written by ``stsync connect``.
 
 - Environment variables (``STSYNC_ST_CLIENT_SECRET``, ``STSYNC_ST_APP_KEY``,
   ``STSYNC_RF_API_KEY``) always win: cron and containers set them. A blank one is unset.
 - Whatever the store, a secret is read and stored without its surrounding whitespace or CR/LF
   (``credentials.clean``): a keyring entry or file value saved with a pasted newline works,
   and a blank one counts as missing.
-- The OS keyring (service ``stsync``, username ``<connection>/<name>``) is the default store.
-- The file store (``<state>/secrets.json``, 0600, created 0600 atomically) is opt-in
-  (``stsync connect --secrets-store file``) and comes with a warning.
+- ``store = "keyring"`` (the default): the OS keyring (service ``stsync``, username
+  ``<connection>/<name>``), then the file store (a connection from before the store was
+  remembered may have its secrets there).
+- ``store = "file"`` (``stsync connect --secrets-store file``, with a warning): the file
+  ``<state>/secrets.json``, 0600, created 0600 atomically. The keyring is never consulted, so
+  a locked or missing keyring cannot get in the way of a connection that does not use it.
 
 When the keyring cannot be used (no Secret Service on a headless box, a locked collection, the
 ``fail``/``null`` backends) and a secret is in neither the environment nor the file, the error
 names the three remedies; for a locked collection (``KeyringLocked``) unlocking it comes first,
-with the command that does it. stsync never falls back to plain text on its own.
+with the command that does it — unless the connection registry knows nothing is stored (never
+connected, or disconnected since): then the secret is simply missing, and ``require`` says
+"not connected — run `stsync connect`". stsync never falls back to plain text on its own.
 
 Every secret read or stored is registered with ``stsync.logs`` so that no log line can show
 it; nothing here puts a value in a message, an exception or ``describe()``.
@@ -39,6 +46,7 @@ from stsync.credentials import SECRET_NAMES, SECRETS, clean, secret
 from stsync.errors import ConfigError, SecretStoreUnavailable, UsageError
 from stsync.logs import get_logger, redact, register_secret
 from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths, make_private_dir
+from stsync.storage.registry import Registry
 
 log = get_logger(__name__)
 
@@ -56,6 +64,16 @@ class SecretStore:
         self.paths = paths
         self._keyring_problem: str | None = None
         self._keyring_locked = False  # the problem is a locked collection: unlocking fixes it
+
+    @property
+    def store(self) -> Literal["keyring", "file"]:
+        """The store the connection chose (the config's ``[secrets] store``)."""
+        return "file" if self.paths.secrets_store == "file" else "keyring"
+
+    def _nothing_stored(self) -> bool:
+        """The registry knows this connection has no stored secrets (never connected, or
+        disconnected since); False when it cannot tell."""
+        return Registry(self.paths.state.parent).secrets_of(self.paths.name) is None
 
     # -- the keyring --------------------------------------------------------------------
     def _username(self, name: str) -> str:
@@ -118,6 +136,12 @@ class SecretStore:
         self._keyring_get(SECRET_NAMES[0])
         return self._keyring_problem is None
 
+    def check_keyring(self, doing: str) -> None:
+        """``SecretStoreUnavailable`` (the remedies; unlocking first for a locked collection)
+        when the keyring cannot be used now — before anything is asked or sent."""
+        if not self.keyring_usable():
+            raise SecretStoreUnavailable(f"cannot {doing}: {self._keyring_problem}", locked=self._keyring_locked)
+
     # -- the file store -----------------------------------------------------------------
     @property
     def file_path(self) -> Path:
@@ -173,10 +197,12 @@ class SecretStore:
 
     # -- public API ---------------------------------------------------------------------
     def get(self, name: str) -> str | None:
-        """The secret from env → keyring → file; None when nowhere.
+        """The secret from env → the chosen store (keyring, then file; or the file only); None
+        when nowhere.
 
-        Raises SecretStoreUnavailable when the keyring is unusable and neither env nor the file
-        has it (the user must choose a remedy; stsync does not guess).
+        Raises SecretStoreUnavailable when the keyring is unusable, neither env nor the file
+        has the secret, and it may be in the keyring (the user must choose a remedy; stsync
+        does not guess).
         """
         spec = secret(name)
         value = envvars.read(spec.env_var)
@@ -184,27 +210,30 @@ class SecretStore:
             register_secret(value)
             return value
         self._keyring_problem, self._keyring_locked = None, False
-        value = self._keyring_get(name)
-        if value:
-            register_secret(value)
-            return value
+        if self.store == "keyring":
+            value = self._keyring_get(name)
+            if value:
+                register_secret(value)
+                return value
         value = self._file_read().get(name)
         if value:
             register_secret(value)
             return value
-        if self._keyring_problem:
+        if self._keyring_problem and not self._nothing_stored():
             raise SecretStoreUnavailable(
                 f"{spec.label} ({name}) could not be read: {self._keyring_problem}", locked=self._keyring_locked
             )
         return None
 
     def require(self, name: str) -> str:
+        """The secret, or "not connected" (exit 3) naming where it is found and how to store it."""
         value = self.get(name)
         if not value:
             spec = secret(name)
             raise ConfigError(
-                f"the {spec.label} is not set for connection '{self.paths.name}'",
-                hint=f"set {spec.env_var.name}, or run `stsync connect` to store it (find it in {spec.where})",
+                f"not connected — run `stsync connect` (connection '{self.paths.name}' has no {spec.label})",
+                hint=f"`stsync connect` asks for it and stores it (or set {spec.env_var.name}); "
+                f"it is found in {spec.where}",
             )
         return value
 
@@ -212,7 +241,7 @@ class SecretStore:
         """Where ``get`` would find the secret; never raises for an unusable keyring."""
         if envvars.read(secret(name).env_var):
             return "env"
-        if self._keyring_get(name):
+        if self.store == "keyring" and self._keyring_get(name):
             return "keyring"
         try:
             if self._file_read().get(name):
@@ -278,17 +307,22 @@ class SecretStore:
                 f"cannot remove the {secret(name).label} from the OS keyring: {self._keyring_problem}"
             ) from None
 
-    def delete_all(self) -> list[str]:
-        """Remove this connection's secrets from the keyring and the file. → names removed.
+    def delete_all(self, *, keyring: bool = True) -> list[str]:
+        """Remove this connection's secrets from the file and (``keyring``) the keyring. →
+        names removed.
 
         Environment variables are the user's to unset. The file is cleaned first, so a keyring
-        that refuses (locked) still leaves no plain-text copy behind.
+        that refuses (locked) still leaves no plain-text copy behind. A connection on the file
+        store never touches the keyring (``connect`` removed the keyring's copies when it
+        stored them in the file).
         """
         removed: list[str] = []
         in_file = self._file_read()
         if in_file:
             self._file_update(lambda data: data.clear())
             removed.extend(name for name in SECRET_NAMES if name in in_file)
+        if not keyring or self.store == "file":
+            return removed
         for name in SECRET_NAMES:
             try:
                 deleted = self._keyring_delete(name)
@@ -304,13 +338,19 @@ class SecretStore:
 
     def describe(self) -> dict:
         """Where each secret comes from and which stores work — never a value (for diagnose)."""
-        usable = self.keyring_usable()
-        problem, locked = self._keyring_problem, self._keyring_locked
+        if self.store == "file":
+            usable, problem, locked = None, None, False  # not used: never asked
+        else:
+            usable = self.keyring_usable()
+            problem, locked = self._keyring_problem, self._keyring_locked
         try:
             mode = oct(self.file_path.stat().st_mode & 0o777)
         except OSError:
             mode = None
         return {
+            "store": self.store,
+            # What `connect`/`disconnect` recorded: "keyring", "file", None (nothing stored), "unknown".
+            "recorded": Registry(self.paths.state.parent).secrets_of(self.paths.name),
             "backend": self.backend_name(),
             "keyring_usable": usable,
             "keyring_problem": problem,

@@ -20,6 +20,7 @@ class RunJob(StrEnum):
     SYNC = "sync"
     QUALIFY = "qualify"
     SERVE = "serve"
+    RUN = "run"  # `stsync run`: the scheduler (its steps record push, qualify and sync runs)
 
 
 class RunOutcome(StrEnum):
@@ -30,6 +31,7 @@ class RunOutcome(StrEnum):
     PARTIAL = "partial"  # finished; some records failed
     FAILED = "failed"  # stopped by a run-level failure
     INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"  # did not run: another run of the job held its lock (exit 7)
 
 
 class PushState(StrEnum):

@@ -5,7 +5,8 @@ bytes into a ``Request`` and writes the ``Response`` back; everything a sender c
 status codes, JSON answers, dedupe, stats — is decided here. ``handle`` never raises: a bug
 is a 500 with no detail for the sender and the trace in the log.
 
-**Routes.** ``GET /healthz`` → 200 with the queue depth. ``/hooks/<token>[/<event>]``, or
+**Routes.** ``GET /healthz`` → 200 with the queue depth. Extra GET routes (``routes``:
+``/metrics``) answer only a request with the token in a header. ``/hooks/<token>[/<event>]``, or
 ``/hooks[/<event>]`` with the token in a header (``tokens``) → the delivery; a missing or
 wrong token is 401, checked before the body is parsed. POST and PUT carry a body; a GET
 carries the lead in its query string. Other paths 404, other methods 405, a body over
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -91,6 +92,22 @@ class Response:
         return (json.dumps(self.body, default=str) + "\n").encode()
 
 
+@dataclass(frozen=True)
+class TextResponse(Response):
+    """A text answer (``/metrics``): ``text`` as it is, with its own content type."""
+
+    text: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+
+    def encoded(self) -> bytes:
+        return self.text.encode("utf-8")
+
+
+# An extra GET route (``/metrics``): the request → its answer. Only a request carrying the
+# token in a header (X-Stsync-Token, or Authorization: Bearer) reaches it.
+Route = Callable[[Request], Response]
+
+
 def rejection(status: int, message: str) -> Response:
     return Response(status, {"ok": False, "error": message})
 
@@ -121,9 +138,11 @@ class WebhookHandler:
         stats: ServeStats,
         observer: Observer | None = None,
         max_body: int = MAX_BODY_BYTES,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.conn = conn
         self.token = token
+        self.routes = dict(routes or {})
         self.queue = queue
         self.stats = stats
         self.observer = observer
@@ -149,6 +168,8 @@ class WebhookHandler:
         segments = [unquote(s) for s in parts.path.split("/") if s]
         if request.method == "GET" and segments == ["healthz"]:
             return Response(200, {"ok": True, "queued": self.queue.pending})
+        if len(segments) == 1 and segments[0] in self.routes:
+            return self._route(segments[0], request)
         if not segments or segments[0] != HOOKS_PREFIX:
             return rejection(404, f"not found; webhooks are posted to /{HOOKS_PREFIX}/<token>")
         rest = segments[1:]
@@ -170,6 +191,17 @@ class WebhookHandler:
             log.exception("serve: unexpected error handling a delivery")
             self._rejected(500, f"internal error: {type(exc).__name__}")
             return rejection(500, "internal error; details are in stsync's log")
+
+    def _route(self, name: str, request: Request) -> Response:
+        if not header_token_matches(request.header, self.token):
+            return rejection(401, f"missing or wrong token: /{name} needs the X-Stsync-Token (or Authorization: Bearer) header")
+        if request.method != "GET":
+            return rejection(405, f"method {request.method} not allowed on /{name}")
+        try:
+            return self.routes[name](request)
+        except Exception as exc:
+            log.exception("serve: /%s failed", name)
+            return rejection(500, f"internal error ({type(exc).__name__}); details are in stsync's log")
 
     def _accept(self, rest: list[str], query: str, request: Request) -> Response:
         if len(rest) > 1:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from stsync.errors import InvalidRecord, NotFound, StsyncError, stops_run
 from stsync.leads import LeadReader, lead_from_user
-from stsync.logs import get_logger
+from stsync.logs import get_logger, log_context
 from stsync.mapping.booking import external_id_for
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue
@@ -109,7 +109,8 @@ class DeliveryWorker:
             try:
                 if delivery is None:
                     return
-                self.process(delivery)
+                with log_context(run_id=self.run_id, delivery=delivery.key, external_id=delivery.external_id):
+                    self.process(delivery)
             finally:
                 self._queue.task_done()
 
