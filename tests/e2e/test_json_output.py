@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,6 +74,62 @@ def _sandbox(sb: Any, cli: Any) -> list[tuple[Any, int]]:
             process.wait()
     assert rest == "", "stdout holds one object, not two"
     return [(json.loads("".join(lines)), 0)]
+
+
+def _config_edit(edit: Callable[[Any], None]) -> None:
+    from stsync.storage.config import load_config
+    from stsync.storage.config_writer import save_config
+
+    path = Path(os.environ["STSYNC_CONFIG"])
+    config = load_config(path)
+    edit(config)
+    save_config(config, path)
+
+
+def _run(sb: Any, cli: Any) -> list[tuple[Any, int]]:
+    def push_every_second(config: Any) -> None:
+        schedule = config.schedule
+        schedule.push, schedule.jitter = 1.0, 0.0
+        schedule.qualify = schedule.sync = schedule.full_sync = schedule.full_qualify = None
+
+    _config_edit(push_every_second)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stsync", "--json", "run"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not sb.bookings():  # a push step ran
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    obj = json.loads(stdout)
+    assert obj["counts"]["steps"] >= 1
+    return [(obj, 0)]
+
+
+def _status(sb: Any, cli: Any) -> list[tuple[Any, int]]:
+    assert cli("push-lead", "--new").exit_code == 0
+    result = cli("--json", "status")
+    assert result.exit_code in (0, 1), str(result)  # 1: a scheduled job never ran, so needs attention
+    return [(result.json, result.exit_code)]
+
+
+def _notify(sb: Any, cli: Any) -> list[tuple[Any, int]]:
+    from receiver import Receiver
+
+    results = [ran(cli("--json", "notify", "--test"), 3)]  # no destination configured
+    with Receiver() as hooks:
+        _config_edit(lambda config: setattr(config.notify, "webhook_url", hooks.url("/slack")))
+        results.append(ran(cli("--json", "notify", "--test"), 0))
+        assert hooks.json_bodies("/slack")
+    return results
 
 
 def _push_lead(sb: Any, cli: Any) -> list[tuple[Any, int]]:
@@ -145,6 +202,9 @@ RECIPES: dict[str, Recipe] = {
     "diagnose": _diagnose,
     "history": _history,
     "serve": _serve,
+    "run": _run,
+    "status": _status,
+    "notify": _notify,
     "sandbox": _sandbox,
     "demo": _demo,
 }  # fmt: skip

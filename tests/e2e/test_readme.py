@@ -30,6 +30,10 @@ SKIPPED = {
     "STSYNC_ST_CLIENT_SECRET=… STSYNC_ST_APP_KEY=… STSYNC_RF_API_KEY=… stsync connect --environment production "
     "--tenant-id 1234567 --client-id cid.xxxx --booking-provider 42 --campaign-id 7":
         "placeholders for a real production tenant",
+    "stsync connect --environment production --tenant-id 1234567 --client-id cid.xxxx --booking-provider 42 "
+    "--campaign-id 7 --secrets-from-stdin < secrets.env": "placeholders for a real production tenant and its secrets file",
+    "stsync run": "runs until stopped (tests/e2e/test_run.py runs it on a schedule in seconds)",
+    "stsync run --webhooks --port 8080": "runs until stopped, on a fixed port (tests/e2e/test_run.py runs it)",
     "STSYNC_WEBHOOK_TOKEN=$(openssl rand -hex 24) stsync serve --host 127.0.0.1 --port 8080":
         "serves until stopped, on a fixed port (tests/e2e/test_serve.py runs it)",
     "stsync sandbox --port 8765 --customers 500 &": "a fixed port, left running (tests/sandbox/test_cli_sandbox.py runs it)",
@@ -44,8 +48,8 @@ EXIT_CODES = {
     "stsync diagnose": (1, "a push failed in this world: diagnose exits 1 when a check fails (README: Exit codes)"),
 }
 # Blocks that are not shell: cron lines are a schedule (their commands are the ones above);
-# the Design block is a diagram.
-NOT_SHELL = {"cron", ""}
+# a ```toml block is a config excerpt; the Design block is a diagram.
+NOT_SHELL = {"cron", "", "toml"}
 
 
 def blocks() -> list[tuple[str, str]]:
