@@ -84,6 +84,15 @@ def test_early_token_expiry_fault_kills_a_token_before_its_announced_lifetime(sa
     assert "expired" in response.headers["WWW-Authenticate"]
 
 
+def test_token_uses_fault_kills_a_token_after_that_many_requests(sandbox, st):
+    sandbox.set_faults(Faults(token_uses=2))
+    st.headers["Authorization"] = f"Bearer {st.token()}"
+    assert [st.get(st.crm + "/customers").status_code for _ in range(2)] == [200, 200]
+    assert_problem(st.get(st.crm + "/customers"), 401)
+    st.headers["Authorization"] = f"Bearer {st.token()}"  # a new token has its own count
+    assert st.get(st.crm + "/customers").status_code == 200
+
+
 def test_token_lifetime_is_configurable(make_sandbox):
     sb = make_sandbox(token_ttl=1)
     creds = sb.credentials

@@ -10,7 +10,7 @@ import typer
 
 from stsync.cli.context import AppContext
 from stsync.cli.help import EVERYDAY, examples
-from stsync.storage.states import AttemptOutcome, RunJob
+from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, RunJob
 from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
@@ -160,7 +160,8 @@ def push_lead_command(
 
 
 def _record(app_ctx: AppContext, report: PushReport) -> None:
-    """The --json object: the report, its counts, and each failed lead (key: its External Id)."""
+    """The --json object: the report, its counts, and each lead that failed or whose booking is
+    in doubt (key: its External Id)."""
     from stsync.cli.envelope import failure
 
     data = report.to_dict()
@@ -168,6 +169,15 @@ def _record(app_ctx: AppContext, report: PushReport) -> None:
     failures = [
         failure(r.external_id or r.lead.describe(), r.message or "failed", error=r.error, email=r.lead.email)
         for r in report.failed
+    ]
+    failures += [
+        failure(
+            r.external_id or r.lead.describe(),
+            r.message or UNKNOWN_LABEL,
+            error=r.error or {"type": "AnswerLost", "message": r.message or UNKNOWN_LABEL, "hint": None, "exit_code": 6},
+            email=r.lead.email,
+        )
+        for r in report.unknown
     ]
     app_ctx.result(counts=counts, failures=failures, **data)
 
@@ -255,6 +265,7 @@ def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, j
         term.summary(
             f"{counts['total']} lead(s): {counts['created']} created, {counts['already_booked']} already booked, "
             f"{counts['skipped']} skipped, {counts['failed']} failed"
+            + (f", {counts['unknown']} unknown — will be checked again" if counts["unknown"] else "")
         )
 
 
@@ -267,13 +278,24 @@ def _line_for(result: PushResult, escape) -> tuple[str, bool]:
         return f"[cyan]•[/] {who}: already booked #{result.booking_id}", False
     if result.outcome == AttemptOutcome.SKIPPED:
         return f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})", False
+    if result.outcome == AttemptOutcome.UNKNOWN:
+        # Loud, like a failure: the next run settles it, and cron mail should say so.
+        return f"[magenta]?[/] {who}: {escape(result.message or 'unknown')}", True
     return f"[red]✗[/] {who}: failed: {escape(result.message or 'failed')}", True
 
 
 def _raise_for_failures(report: PushReport, *, batch: bool) -> None:
-    from stsync.errors import InvalidRecord, PartialFailure
+    from stsync.errors import InvalidRecord, PartialFailure, TemporaryError
 
     failed = report.failed
+    if not failed and report.unknown:
+        unknown = len(report.unknown)
+        raise TemporaryError(
+            f"{unknown} booking(s) {UNKNOWN_LABEL}: ServiceTitan lost the answer to the create and does not list "
+            "the booking by its externalId yet",
+            hint="run it again later (cron does): the next run looks each one up first and creates it only if it is "
+            "still absent a grace period after the answer was lost (`stsync history --failed`)",
+        )
     if not failed:
         return
     if not batch and len(report.results) == 1:

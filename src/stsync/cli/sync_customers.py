@@ -10,7 +10,7 @@ from rich.text import Text
 from stsync.cli.context import AppContext
 from stsync.cli.help import EVERYDAY, examples
 from stsync.cli.tables import Column, Role
-from stsync.storage.states import RunJob
+from stsync.storage.states import UNKNOWN_LABEL, RunJob
 from stsync.vocabulary import RunMode
 
 if TYPE_CHECKING:
@@ -52,9 +52,15 @@ def sync_customers_command(
     limit: int | None = typer.Option(
         None, "--limit", min=1, metavar="N", help="Read at most N customers from the feed in this run (the next run carries on)."
     ),
+    retry_failed: bool = typer.Option(
+        False,
+        "--retry-failed",
+        help="Also retry customers ServiceTitan refused because of their own custom field, though they did not "
+        "change (after you fixed the field).",
+    ),
 ) -> None:
     from stsync.customersync.pipeline import SyncOptions
-    from stsync.errors import PartialFailure, UsageError
+    from stsync.errors import PartialFailure, TemporaryError, UsageError
     from stsync.services.sync import sync_customers
 
     if once and ongoing:
@@ -67,7 +73,7 @@ def sync_customers_command(
         ["sync-customers", *(["--once"] if once else []), *(["--ongoing"] if ongoing else []), *(["--full"] if full else []),
          *([f"--limit {limit}"] if limit else [])]
     )
-    options = SyncOptions(mode=mode, full=full, dry_run=dry_run, limit=limit, command=command)
+    options = SyncOptions(mode=mode, full=full, dry_run=dry_run, limit=limit, retry_failed=retry_failed, command=command)
     if not dry_run:
         app_ctx.begin_job(RunJob.SYNC, command, scheduled=True)
     conn = app_ctx.connection()
@@ -84,10 +90,18 @@ def sync_customers_command(
             f"{report.failed} customer(s) could not be synced; the others are done and recorded",
             hint="see `stsync diagnose` and the log file; the next run retries them",
         )
+    if report.unknown:
+        raise TemporaryError(
+            f"{report.unknown} customer(s) {UNKNOWN_LABEL}: Referral Factory lost the answer to their referrer's create "
+            "and search does not find the user yet",
+            hint="run it again later (cron does): the next run searches first and creates the referrer only if it "
+            "is still absent a grace period after the answer was lost",
+        )
 
 
 def _record(app_ctx: AppContext, report: SyncReport) -> None:
-    """The --json object: flat counts (skips per reason beside them), each failed customer."""
+    """The --json object: flat counts (skips per reason beside them), each failed customer and
+    each whose referrer is in doubt."""
     from stsync.cli.envelope import failure
 
     counts = dict(report.counts)
@@ -99,15 +113,25 @@ def _record(app_ctx: AppContext, report: SyncReport) -> None:
                 email=item.get("email"))
         for item in report.failures
     ]
+    failures += [
+        failure(
+            item["customer_id"],
+            UNKNOWN_LABEL,
+            error=item.get("error") or {"type": "AnswerLost", "message": UNKNOWN_LABEL, "hint": None, "exit_code": 6},
+            email=item.get("email"),
+        )
+        for item in report.unknown_customers.values()
+    ]
     app_ctx.result(counts=counts, failures=failures, skipped_by_reason=skipped_by_reason, **data)
 
 
 def _render_quiet(term: Terminal, report: SyncReport) -> None:
     """-q (cron): one line when something was done or failed, then each failure; nothing
     when nothing changed."""
-    done = report.created + report.adopted + report.updated + report.return_fields_written + report.failed
+    done = report.created + report.adopted + report.updated + report.return_fields_written + report.failed + report.unknown
     if done:
         term.summary(summary_line(report))
+    _render_waiting(term, report)
     _render_failures(term, report)
 
 
@@ -117,12 +141,24 @@ def summary_line(report: SyncReport) -> str:
     return (
         f"Customer sync ({how}{', dry run' if report.dry_run else ''}): {report.examined} customer(s) read — "
         f"{verb} {report.created}, adopted {report.adopted}, updated {report.updated}, unchanged {report.unchanged}, "
-        f"skipped {report.skipped}, failed {report.failed}; {report.return_fields_written} return field value(s) "
+        f"skipped {report.skipped}, failed {report.failed}"
+        + (f", {report.unknown} {UNKNOWN_LABEL}" if report.unknown else "")
+        + f"; {report.return_fields_written} return field value(s) "
         + ("to write" if report.dry_run else "written")
     )
 
 
+def _render_waiting(term: Terminal, report: SyncReport) -> None:
+    waiting = [item for item in report.needs_fix_customers.values() if not item["refused_in_this_run"]]
+    if waiting:
+        term.warning(
+            f"{len(waiting)} customer(s) still wait for a custom-field fix in ServiceTitan and were left alone "
+            "(`stsync diagnose` lists them; after fixing, `stsync sync-customers --retry-failed`)"
+        )
+
+
 def _render_failures(term: Terminal, report: SyncReport) -> None:
+    """Each failed customer on stdout (shown with -q: cron mails them), its fix on stderr."""
     from rich.markup import escape
 
     for failure in report.failures[:FAILURES_SHOWN]:
@@ -131,6 +167,8 @@ def _render_failures(term: Terminal, report: SyncReport) -> None:
             f"[red]✗[/] customer {failure['customer_id']} ({escape(failure.get('email') or 'no e-mail')}): "
             f"{escape(str(error.get('message')))}"
         )
+        if error.get("type") == "CustomFieldRefused" and error.get("hint"):
+            term.info(f"→ {error['hint']}")
     if report.failed > FAILURES_SHOWN:
         term.summary(f"… and {report.failed - FAILURES_SHOWN} more (`stsync diagnose`, the log file)")
 
@@ -146,12 +184,17 @@ def _render(term: Terminal, report: SyncReport, limit: int | None) -> None:
         ("adopted", "adopted an existing Referral Factory user"),
         ("updated", "referrer would be updated" if dry else "referrer updated"),
         ("unchanged", "unchanged"),
+        ("shared", "would share another customer's referrer" if dry else "share another customer's referrer (same e-mail)"),
     )
     for name, label in verbs:
         rows.append([label, str(getattr(report, name))])
     for reason, count in sorted(report.skipped_by_reason.items()):
         rows.append([f"skipped: {reason.replace('_', ' ')}", str(count)])
     rows.append([Text("failed", style="red" if report.failed else ""), str(report.failed)])
+    if report.needs_fix:
+        rows.append([Text("waiting for a fix in ServiceTitan", style="yellow"), str(report.needs_fix)])
+    if report.unknown:
+        rows.append([Text(UNKNOWN_LABEL, style="magenta"), str(report.unknown)])
     rows.append(["return field values " + ("to write" if dry else "written"), str(report.return_fields_written)])
     term.table(list(COUNT_COLUMNS), rows, title="What would happen" if dry else "Customer sync")
 
@@ -170,6 +213,14 @@ def _render(term: Terminal, report: SyncReport, limit: int | None) -> None:
         term.table(list(SAMPLE_COLUMNS), sample, title="Sample")
         term.info("Run it for real without --dry-run.")
 
+    shared = list(report.shared_customers.values())
+    for item in shared[:FAILURES_SHOWN]:
+        term.info(
+            f"customer {item['customer_id']} shares the referrer of customer {item['shares_referrer_of']} ({item['email']})"
+        )
+    if len(shared) > FAILURES_SHOWN:
+        term.info(f"… and {len(shared) - FAILURES_SHOWN} more customers share a referrer (`--json` lists them)")
+    _render_waiting(term, report)
     _render_failures(term, report)
     if not report.complete:
         term.info(f"Stopped after --limit {limit} customers; the next run carries on from there.")

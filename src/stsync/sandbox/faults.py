@@ -19,6 +19,9 @@ the same request order fails the same way.
   block": counted per IP, whoever caused it).
 - ``token_ttl``: tokens issued from now on stop working after this many seconds, although
   ``expires_in`` still announces the normal lifetime (early expiry → a 401 mid-run).
+- ``token_uses``: tokens issued from now on stop working after this many API requests — the
+  same early expiry, counted in requests instead of seconds, so where it lands does not
+  depend on the machine's load (tests use it; ``token_ttl`` plays the clock-bound kind).
 - ``maintenance_rate``: the share of ServiceTitan API requests answered 409 "The service is
   suspended for maintenance" before anything happens (api/servicetitan.md §11: retried by
   tap-service-titan like a 503).
@@ -28,7 +31,8 @@ the same request order fails the same way.
   worked earlier refuse.
 - ``path_contains``: limit ``error_rate``, ``commit_then_500_rate``, ``maintenance_rate``,
   latency and spikes to requests whose path contains this text (e.g. ``"/bookings"`` or
-  ``"/users"``).
+  ``"/users"``); ``path_ends_with``, to those whose path ends with this text (e.g.
+  ``"/api/v2/users"``: Referral Factory's create, not its search ``/users/search``).
 """
 
 from __future__ import annotations
@@ -51,9 +55,11 @@ class Faults:
     rf_burst_429: int = 0
     retry_after: int = 1
     token_ttl: float | None = None
+    token_uses: int | None = None
     maintenance_rate: float = 0.0
     rf_admin_403_path: str | None = None
     path_contains: str | None = None
+    path_ends_with: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +74,8 @@ class Faults:
             raise ValueError("Faults.burst_429, Faults.rf_burst_429 and Faults.retry_after must not be negative")
         if self.token_ttl is not None and self.token_ttl < 0:
             raise ValueError("Faults.token_ttl must not be negative")
+        if self.token_uses is not None and self.token_uses < 1:
+            raise ValueError("Faults.token_uses must be at least 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,7 +137,9 @@ class FaultInjector:
                 throttle = True
             admin_path = faults.rf_admin_403_path or ""
             forbidden = referral_factory and bool(admin_path) and admin_path in path
-            targeted = faults.path_contains is None or faults.path_contains in path
+            targeted = (faults.path_contains is None or faults.path_contains in path) and (
+                faults.path_ends_with is None or path.endswith(faults.path_ends_with)
+            )
             if not targeted:
                 return Decision(
                     delay=self.base_latency, throttle=throttle, forbidden=forbidden, retry_after=faults.retry_after
@@ -165,3 +175,7 @@ class FaultInjector:
         """How long a token issued now really lives."""
         ttl = self._faults.token_ttl
         return normal if ttl is None else min(normal, ttl)
+
+    def token_uses(self) -> int | None:
+        """How many API requests a token issued now may authenticate (None: no limit)."""
+        return self._faults.token_uses

@@ -112,6 +112,7 @@ class _Token:
     tenant_id: int
     client_id: str
     expires_at: float  # time.time()
+    uses_left: int | None = None  # Faults.token_uses: requests it may still authenticate
 
 
 def public(record: dict) -> dict:
@@ -272,7 +273,7 @@ class ServiceTitan:
         )
         payload = base64.urlsafe_b64encode(claims.encode()).decode().rstrip("=")
         token = f"{header}.{payload}.{secrets.token_urlsafe(32)}"
-        self.tokens[token] = _Token(self.tenant_id, self.client_id, time.time() + lifetime)
+        self.tokens[token] = _Token(self.tenant_id, self.client_id, time.time() + lifetime, self.faults.token_uses())
         return token
 
     def expire_tokens(self) -> None:
@@ -349,7 +350,10 @@ class ServiceTitan:
             raise fail(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
         with self.lock:
             token = self.tokens.get(header[len("Bearer ") :].strip())
-        if token is None:
+            used_up = token is not None and token.uses_left is not None and token.uses_left <= 0
+            if token is not None and token.uses_left is not None:
+                token.uses_left -= 1
+        if token is None or used_up:
             raise fail(401, "Unauthorized", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if token.expires_at <= time.time():
             raise fail(
