@@ -102,6 +102,22 @@ class Kind(StrEnum):
     REFERRER = "referrer"
 
 
+class Section(StrEnum):
+    """A tab of the mapping (``map show --for``, ``map set --for``): the seed's Leads, Referrers
+    and Customers tabs."""
+
+    LEADS = "leads"
+    REFERRERS = "referrers"
+    CUSTOMERS = "customers"
+
+
+class BookingSection(StrEnum):
+    """The tabs whose members can become bookings (``map action``)."""
+
+    LEADS = "leads"
+    REFERRERS = "referrers"
+
+
 class HistoryKind(StrEnum):
     """What ``stsync history --kind`` lists: each kind of record the ledger keeps."""
 

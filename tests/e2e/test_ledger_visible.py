@@ -15,6 +15,7 @@ the sandbox:
 from __future__ import annotations
 
 import pytest
+from json_schema import assert_valid
 
 from stsync.storage.ledger import Ledger
 from stsync.storage.paths import ConnectionPaths
@@ -81,16 +82,17 @@ def test_history_lists_every_kind_newest_first_and_each_kind_with_its_columns(co
     assert entries[0]["kind"] == "webhook", "the delivery was recorded last"
     assert all(entry["id"][0] == entry["kind"][0] for entry in entries)
 
-    table = cli_subprocess("history")
-    assert table.exit_code == 0
-    for word in ("push", "qualify", "sync", "webhook", "Kind", "Id"):
-        assert word in table.stderr + table.stdout
+    listing = cli_subprocess("history")  # in a pipe: TSV, one record per line
+    assert listing.exit_code == 0
+    header, *rows = listing.stdout.splitlines()
+    assert header.split("\t") == ["at", "kind", "id", "email", "record", "outcome", "detail"]
+    assert {row.split("\t")[1] for row in rows} == {"push", "qualify", "sync", "webhook"}
 
     sync = cli_subprocess("--json", "history", "--kind", "sync")
     assert {entry["kind"] for entry in sync.json["entries"]} == {"sync"} and len(sync.json["entries"]) >= 3
     assert all("customer_id" in entry and "return_fields" in entry for entry in sync.json["entries"])
-    sync_table = cli_subprocess("history", "--kind", "sync")
-    assert "Customer" in sync_table.stderr + sync_table.stdout
+    sync_listing = cli_subprocess("history", "--kind", "sync")
+    assert sync_listing.stdout.splitlines()[0].split("\t")[:3] == ["updated_at", "id", "customer_id"]
 
     failed = cli_subprocess("--json", "history", "--failed")
     assert {(entry["kind"], entry["email"]) for entry in failed.json["entries"]} == {
@@ -118,11 +120,14 @@ def test_a_failed_record_is_acknowledged_and_diagnose_stops_failing_on_it(connec
     acked = cli_subprocess("--json", "history", "--ack", failure["id"], "--note", "a test lead")
     assert acked.exit_code == 0, str(acked)
     assert acked.json["acknowledged"]["id"] == failure["id"] and acked.json["acknowledged"]["note"] == "a test lead"
+    assert_valid(acked.json)
     confirmed = cli_subprocess("history", "--ack", failure["id"])
     assert confirmed.exit_code == 0 and f"acknowledged {failure['id']}" in said(confirmed)
     assert "no longer fails on it" in said(confirmed)
 
-    listed = cli_subprocess("--json", "history", "--failed").json["entries"]
+    listing = cli_subprocess("--json", "history", "--failed").json
+    assert_valid(listing)
+    listed = listing["entries"]
     assert listed[0]["id"] == failure["id"] and listed[0]["acknowledged_at"], "kept, marked acknowledged"
     after = cli_subprocess("--json", "diagnose", "--offline")
     push_failures = checks_by_name(after)["Push failures"]

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.e2e
 
 
 def said(result) -> str:
-    """stderr with the terminal's line wrapping taken out."""
-    return " ".join(result.stderr.split())
+    """What the run said, on either stream (each lead's outcome is data, on stdout; the advice
+    is on stderr), with the terminal's line wrapping taken out."""
+    return " ".join((result.stdout + result.stderr).split())
 
 
 def leads_of(sb, campaign_id: int | None = None, type: str = "person_invited") -> list[dict]:
