@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "push_lead",
     "sync_customers",
     "qualify",
+    "report",
     "diagnose",
     "history",
     "serve",

@@ -113,3 +113,11 @@ class DeliveryOutcome(StrEnum):
     CREATED = AttemptOutcome.CREATED.value
     ALREADY_BOOKED = AttemptOutcome.ALREADY_BOOKED.value
     SKIPPED = AttemptOutcome.SKIPPED.value
+
+
+class LeadSeenBy(StrEnum):
+    """``referred_leads.seen_by``: where stsync first read a referred lead."""
+
+    SEARCH = "search"  # push-lead --new: the campaign's users, searched
+    WEBHOOK = "webhook"  # serve: a delivery, read back from Referral Factory
+    PUSH = "push"  # push-lead one by one: --code, --rf-user-id, --file, flags
