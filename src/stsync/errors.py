@@ -9,6 +9,7 @@
     ├── AuthError                    4  credentials, app key, tenant, booking provider, RF key
     ├── PartialFailure               5  some records failed; the rest is done and recorded
     ├── InvalidRecord                5  one record cannot be sent (a lead without e-mail, ...)
+    ├── CustomFieldRefused           5  ServiceTitan refuses a customer's own custom-field value
     ├── TemporaryError               6  remote unavailable or rate-limited past the budget
     │   ├── RateLimited              6
     │   │   └── CoolingDown          6  the connection stopped calling a service until a time
@@ -190,6 +191,41 @@ class InvalidRecord(StsyncError):
         super().__init__(message, hint=hint)
         self.record = record
         self.field = field
+
+
+class CustomFieldRefused(StsyncError):
+    """ServiceTitan refused a customer's custom-field PATCH because of a value of the
+    customer's own (a retired Dropdown option, a non-numeric Numeric value, a field the tenant
+    no longer lists), which stsync sends back unchanged so as not to erase it.
+
+    Only a person can fix it, in ServiceTitan. The customer is not tried again until it
+    changes there (its ``modifiedOn`` moves, recorded as ``customer_modified_on``) or
+    ``stsync sync-customers --retry-failed`` asks. ``fields``: ``RefusedField.to_dict()`` each.
+    """
+
+    exit_code = 5
+    shape_fields = ("customer_id", "fields", "customer_modified_on", "status", "errors", "trace_id")
+    stops_run = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        customer_id: int,
+        fields: list[dict[str, Any]],
+        customer_modified_on: str | None,
+        status: int | None = None,
+        errors: dict[str, list[str]] | None = None,
+        trace_id: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.customer_id = customer_id
+        self.fields = fields
+        self.customer_modified_on = customer_modified_on
+        self.status = status
+        self.errors = errors or {}
+        self.trace_id = trace_id
 
 
 class TemporaryError(StsyncError):

@@ -52,6 +52,11 @@ class WorkPool:
         """The pool was stopped: a task working through several records should leave."""
         return self._stopping.is_set()
 
+    @property
+    def stop_event(self) -> threading.Event:
+        """Set once the pool stops: for a loop that waits between tasks (and should not)."""
+        return self._stopping
+
     def stop(self) -> None:
         """No task starts from now on; running tasks see ``stopping``."""
         self._stopping.set()

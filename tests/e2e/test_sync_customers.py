@@ -89,6 +89,7 @@ def test_one_time_sync_then_a_second_run_then_changes_flow_through(connected, ca
     assert report["adopted"] == counts.get("adopted", 0)
     assert (report["updated"], report["unchanged"], report["failed"]) == (0, 0, 0)
     assert report["skipped_by_reason"] == skips(counts)
+    assert report["shared"] == counts.get("shared", 0) > 0  # households: index % 20 in 15, 16, 17
     assert report["examined"] == len(expected) == 300
     # One Referral Factory user per enrolled e-mail, with the customer's link and code written back.
     campaign = sb.credentials.campaign_id
@@ -97,18 +98,26 @@ def test_one_time_sync_then_a_second_run_then_changes_flow_through(connected, ca
     for user in users:
         by_email.setdefault(user["email"].casefold(), []).append(user)
     enrolled = {cid: email for cid, (outcome, email) in expected.items() if outcome in ("created", "adopted")}
+    shared = {cid: email for cid, (outcome, email) in expected.items() if outcome == "shared"}
     assert all(len(by_email[email.casefold()]) == 1 for email in enrolled.values())
+    # Each shared customer is listed with the customer whose referrer it carries (first by the feed's order).
+    owner_of = {email.casefold(): cid for cid, email in enrolled.items()}
+    assert {item["customer_id"]: item["shares_referrer_of"] for item in report["shared_customers"]} == {
+        cid: owner_of[email.casefold()] for cid, email in shared.items()
+    }
     for customer in sb.customers():
         values = custom_values(customer)
-        others = {k: v for k, v in values.items() if k not in RETURN_FIELDS}
-        assert others == {k: v for k, v in before[customer["id"]].items() if k not in RETURN_FIELDS}
-        if customer["id"] in enrolled:
-            user = by_email[enrolled[customer["id"]].casefold()][0]
+        # Every other field keeps its value; an empty one ("") is not sent back, so it may be gone.
+        others = {k: v for k, v in values.items() if k not in RETURN_FIELDS and v != ""}
+        assert others == {k: v for k, v in before[customer["id"]].items() if k not in RETURN_FIELDS and v != ""}
+        if customer["id"] in enrolled or customer["id"] in shared:
+            email = enrolled.get(customer["id"]) or shared[customer["id"]]
+            user = by_email[email.casefold()][0]
             assert (values.get("Referral Link"), values.get("Referral Code")) == (user["url"], user["code"])
             assert user["type"] == "person_referring"
         else:
             assert not values.get("Referral Link") and not values.get("Referral Code")
-    assert report["return_fields_written"] == 2 * len(enrolled)
+    assert report["return_fields_written"] == 2 * (len(enrolled) + len(shared))
     creates = [r for r in sb.request_log if r.service == "referral_factory" and r.method == "POST" and r.path.endswith("/users")]
     assert len(creates) == counts.get("created", 0) + counts.get("adopted", 0)  # an adoption is a 422 first
     assert_no_referral_factory_429(sb)
@@ -164,9 +173,11 @@ def test_dry_run_is_the_confirm_step(connected, capsys):
     # Without asking Referral Factory, an e-mail already in the campaign counts as a creation.
     assert report["created"] == expected.get("created", 0) + expected.get("adopted", 0)
     assert report["skipped_by_reason"] == skips(expected)
-    assert report["return_fields_written"] == 2 * report["created"]
-    assert len(report["sample"]) == 10 and {s["action"] for s in report["sample"]} == {"create"}
-    assert all(s["referrer"]["email"] == s["email"] and s["referrer"]["notify"] is False for s in report["sample"])
+    assert report["shared"] == expected.get("shared", 0)
+    assert report["return_fields_written"] == 2 * (report["created"] + report["shared"])
+    assert len(report["sample"]) == 10 and {s["action"] for s in report["sample"]} <= {"create", "share"}
+    creates = [s for s in report["sample"] if s["action"] == "create"]
+    assert creates and all(s["referrer"]["email"] == s["email"] and s["referrer"]["notify"] is False for s in creates)
     assert [r for r in sb.request_log if r.service == "referral_factory"] == []
     assert [r for r in sb.request_log if r.method != "GET" and r.service != "auth"] == []
     assert sb.snapshot() == state

@@ -15,8 +15,15 @@ bursts with ``Retry-After``; tokens that stop working long before ``expires_in``
 2-second latency spikes. Every run also checks that its fault really fired, so a test
 cannot pass on a run the fault missed.
 
+A create whose answer was lost and whose booking (or user) is not found right after is
+never sent again by the run that lost it: that run exits 6 ("unknown — will be checked
+again") and the next one, as cron would start it, settles it (``stsync.lookup_grace``). So
+each command runs like cron: again while it exits 6, at most ``MAX_RUNS`` times, the fault
+still armed; every run but the last must exit 6, the last 0.
+
 One sandbox and one connection per column; the CLI runs in-process over real sockets, with
-the rate limits (sandbox and config) scaled up so a clean run takes a fraction of a second.
+the rate limits (sandbox and config) scaled up so a clean run takes a fraction of a second,
+and a grace period of ``GRACE_SECONDS`` (this sandbox lists what was created at once).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ CUSTOMERS = 40
 RETURN_FIELDS = ("Referral Link", "Referral Code")
 SPIKE_SECONDS = 2.0
 BURST = 3
+GRACE_SECONDS = 1
+MAX_RUNS = 5  # a create refused 5 times in a row by a 10 % fault: about 1 in 100,000
 
 
 # --------------------------------------------------------------------------------------
@@ -135,6 +144,18 @@ COLUMNS: dict[str, dict[str, Arming]] = {
 }
 
 
+def like_cron(command: Callable[[], Any]) -> Callable[[], list[Any]]:
+    """``command`` run again while it exits 6 (a create in doubt), at most MAX_RUNS times: the runs' results."""
+
+    def runs() -> list[Any]:
+        results = [command()]
+        while results[-1].exit_code == 6 and len(results) < MAX_RUNS:
+            results.append(command())
+        return results
+
+    return runs
+
+
 def run_under(arming: Arming, sb, command: Callable[[], Any]) -> Any:
     """Arm the fault, run ``command`` (arming a 429 burst mid-run), disarm; the command's result."""
     mid_run = arming.burst_after is not None
@@ -197,6 +218,7 @@ def connected_sandbox(make_sandbox, cli, isolated, monkeypatch):
     config = load_config(config_path)
     config.limits.servicetitan_per_second = ST_PER_SECOND
     config.limits.referral_factory_per_minute = RF_PER_MINUTE
+    config.limits.lookup_grace_seconds = GRACE_SECONDS
     save_config(config, config_path)
     return sb
 
@@ -211,10 +233,15 @@ def ledger(isolated):
 # --------------------------------------------------------------------------------------
 # The end states
 # --------------------------------------------------------------------------------------
-def check_push(sb, led: Ledger, result, leads: list[dict]) -> None:
-    assert result.exit_code == 0, str(result)
-    counts = result.json["counts"]
-    assert counts["failed"] == 0 and counts["created"] + counts["already_booked"] == len(leads), counts
+def check_runs(results: list) -> None:
+    """Every run but the last left a create in doubt (exit 6); the last one finished (exit 0)."""
+    assert [r.exit_code for r in results] == [6] * (len(results) - 1) + [0], "\n".join(map(str, results))
+
+
+def check_push(sb, led: Ledger, results: list, leads: list[dict]) -> None:
+    check_runs(results)
+    booked = sum(r.json["counts"]["created"] + r.json["counts"]["already_booked"] for r in results)
+    assert all(r.json["counts"]["failed"] == 0 for r in results) and booked == len(leads), [r.json["counts"] for r in results]
     bookings = sb.bookings()
     per_external_id = Counter(b["externalId"] for b in bookings)
     assert set(per_external_id) == {lead["code"] for lead in leads}, "a lead without its booking, or a stray booking"
@@ -239,29 +266,32 @@ def check_qualify(sb, led: Ledger, result, user_of_code: dict[str, int], convert
         assert [q for q in records if q.state == "intent"] == [], code
 
 
-def check_sync(sb, led: Ledger, result, expected: dict, users_before: int, others_before: dict) -> None:
-    assert result.exit_code == 0, str(result)
-    report = result.json
+def check_sync(sb, led: Ledger, results: list, expected: dict, users_before: int, others_before: dict) -> None:
+    check_runs(results)
+    report = results[-1].json
     assert report["failed"] == 0 and report["complete"], report
     enrolled = {cid: email for cid, (outcome, email) in expected.items() if outcome in ENROLLED}
+    shared = {cid: email for cid, (outcome, email) in expected.items() if outcome == "shared"}
     created = sum(1 for outcome, _ in expected.values() if outcome == "created")
     users = sb.rf_users(campaign_id=sb.credentials.campaign_id)
     assert len(users) == users_before + created, "a duplicate user, or a customer left out"
     by_email: dict[str, list[dict]] = {}
     for user in users:
         by_email.setdefault(user["email"].casefold(), []).append(user)
-    for customer_id, email in enrolled.items():
+    for customer_id, email in {**enrolled, **shared}.items():
         matches = by_email.get(email.casefold(), [])
         assert len(matches) == 1, (customer_id, email, matches)
         values = custom_values(sb.customer(customer_id))
         assert (values.get("Referral Link"), values.get("Referral Code")) == (matches[0]["url"], matches[0]["code"])
     for customer in sb.customers():
         values = custom_values(customer)
-        assert {k: v for k, v in values.items() if k not in RETURN_FIELDS} == others_before[customer["id"]]
-        if customer["id"] not in enrolled:
+        # An empty value ("") is not sent back: it may be gone, nothing else may.
+        assert {k: v for k, v in values.items() if k not in RETURN_FIELDS and v != ""} == others_before[customer["id"]]
+        if customer["id"] not in enrolled and customer["id"] not in shared:
             assert not values.get("Referral Code") and not values.get("Referral Link"), customer["id"]
     counts = led.referrer_counts()
-    assert "pending" not in counts and "failed" not in counts, counts
+    assert not {"pending", "failed", "unknown"} & set(counts), counts
+    assert counts.get("shared", 0) == len(shared)
     assert sum(counts.get(state, 0) for state in ("created", "adopted", "updated")) == len(enrolled)
 
 
@@ -276,8 +306,8 @@ def test_each_command_ends_in_the_right_state_under(column, connected_sandbox, c
     assert len(leads) == LEADS
 
     # push-lead --new: one booking per lead.
-    result = run_under(arming["push"], sb, lambda: cli("--json", "push-lead", "--new"))
-    check_push(sb, ledger, result, leads)
+    results = run_under(arming["push"], sb, like_cron(lambda: cli("--json", "push-lead", "--new")))
+    check_push(sb, ledger, results, leads)
     if column == "commit_then_500":
         # A booking whose answer was lost was looked up, found, and never POSTed again.
         posts = Counter(r.status for r in sb.request_log if r.method == "POST" and r.path.endswith("/bookings"))
@@ -298,7 +328,7 @@ def test_each_command_ends_in_the_right_state_under(column, connected_sandbox, c
     assert sum(1 for outcome, _ in expected.values() if outcome == "created") >= 20
     users_before = len(sb.rf_users(campaign_id=sb.credentials.campaign_id))
     others_before = {
-        c["id"]: {k: v for k, v in custom_values(c).items() if k not in RETURN_FIELDS} for c in sb.customers()
+        c["id"]: {k: v for k, v in custom_values(c).items() if k not in RETURN_FIELDS and v != ""} for c in sb.customers()
     }
-    result = run_under(arming["sync"], sb, lambda: cli("--json", "sync-customers", "--once"))
-    check_sync(sb, ledger, result, expected, users_before, others_before)
+    results = run_under(arming["sync"], sb, like_cron(lambda: cli("--json", "sync-customers", "--once")))
+    check_sync(sb, ledger, results, expected, users_before, others_before)

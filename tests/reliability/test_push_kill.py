@@ -40,6 +40,9 @@ def test_push_new_killed_ten_times_then_completed_books_every_lead_exactly_once(
         config.limits.servicetitan_per_second = 2_000
         config.limits.referral_factory_per_minute = 60_000
         config.limits.workers = 4
+        # The sandbox lists a booking by externalId at once: an intent a kill left is settled
+        # after this grace period (stsync.lookup_grace), kept short to keep the test quick.
+        config.limits.lookup_grace_seconds = 2
         save_config(config, config_path)
         capsys.readouterr()
         codes = {u["code"] for u in sb.rf_users(campaign_id=sb.credentials.campaign_id, type="person_invited")}

@@ -17,6 +17,11 @@ def test_remote_admin_drives_the_same_operations(sandbox, st):
     customer = remote.add_customer("Remote Person", email="remote@example.com", type="Commercial")
     assert sandbox.customer(customer["id"])["type"] == "Commercial"
     assert remote.modify_customer(customer["id"], name="Renamed")["name"] == "Renamed"
+    fixed = remote.modify_customer(customer["id"], custom_fields={"Preferred Technician": "Sam", "Gate Code": "42"})
+    assert {f["name"]: f["value"] for f in fixed["customFields"]} == {"Preferred Technician": "Sam", "Gate Code": "42"}
+    cleared = remote.modify_customer(customer["id"], custom_fields={"Gate Code": None})
+    assert [f["name"] for f in cleared["customFields"]] == ["Preferred Technician"]
+    assert cleared["modifiedOn"] > fixed["modifiedOn"]
     assert len(remote.add_customers(2)) == 2
     leads = remote.add_leads(2)
     assert [u["type"] for u in leads] == ["person_invited"] * 2

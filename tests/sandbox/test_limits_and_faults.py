@@ -107,6 +107,14 @@ def test_faults_can_target_paths_and_are_deterministic(sandbox, st):
     assert pattern(8) != first
 
 
+def test_faults_can_target_the_end_of_a_path(sandbox, rf):
+    sandbox.set_faults(Faults(commit_then_500_rate=1.0, path_ends_with="/api/v2/users"))
+    assert_rf_error(rf.create_user(email="lost@example.com"), 500)  # the create: applied, answer lost
+    found = rf.post("/users/search", json={"filters": {"operator": "AND", "value": [
+        {"field": "email", "value": "lost@example.com", "operator": "="}]}})
+    assert found.status_code == 200 and [u["email"] for u in found.json()["data"]] == ["lost@example.com"]
+
+
 def test_latency_and_spikes(make_sandbox):
     sb = make_sandbox(latency=0.15)
     st = ServiceTitanApi(sb)

@@ -8,7 +8,7 @@ Layers, top to bottom; a module imports its own layer or those below it, never o
     connection   connection.py: config + secrets + clients + ledger
     clients      servicetitan/, referralfactory/, http.py, ratelimit.py, storage/
     leaves       errors, logs, envvars, credentials, vocabulary, progress, workpool,
-                 suggestions, durations, urls, storage/paths.py, storage/states.py, and the package's
+                 lookup_grace, suggestions, durations, urls, storage/paths.py, storage/states.py, and the package's
                  __init__ (__version__)
 
 The sandbox stands apart: it imports nothing of stsync but itself, and only the commands that
@@ -55,6 +55,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "stsync.vocabulary",
         "stsync.progress",
         "stsync.workpool",
+        # After a lost create: when a lookup is trusted, and the looks again (push and sync).
+        "stsync.lookup_grace",
         "stsync.suggestions",
         # Durations as the config writes them ("5m", "off"), and which URLs may carry a credential.
         "stsync.durations",

@@ -6,16 +6,23 @@ inactive one; a customer's e-mail is its first active, well-formed Email contact
 contact id); none at all → ``no_email``, only malformed ones → ``invalid_email``. Customers
 are enrolled in the export feed's order ``(modifiedOn, id)``: the first customer with an
 e-mail gets the campaign user, a later one with the same e-mail (compared
-case-insensitively) is ``already_referrer``; an e-mail already in the campaign is
-``adopted``, else ``created``.
+case-insensitively) is ``shared`` (it carries that user's link and code, issue 14 item 6);
+an e-mail already in the campaign is ``adopted``, else ``created``.
+
+"Well-formed" is what Referral Factory accepts, read strictly (api/referral-factory.md §3;
+issue 14 item 8): an ASCII dot-atom local part of at most 64 characters, one @, an ASCII
+domain with a dot — written here from that rule, not taken from stsync.
 """
 
 from __future__ import annotations
 
 import re
 
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+EMAIL = re.compile(rf"^(?={_ATOM}(?:\.{_ATOM})*@)[^@]{{1,64}}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{{2,}}$")
 ENROLLED = ("created", "adopted")
+# Not skips: a referrer of its own, or another customer's (same e-mail).
+WITH_REFERRER = (*ENROLLED, "shared")
 
 
 def expected_outcomes(sb, customer_ids: set[int] | None = None, *, taken: set[str] | None = None) -> dict[int, tuple[str, str | None]]:
@@ -49,7 +56,7 @@ def expected_outcomes(sb, customer_ids: set[int] | None = None, *, taken: set[st
         else:
             email = valid[0]
             if email.casefold() in taken:
-                outcome = "already_referrer"
+                outcome = "shared"
             else:
                 outcome = "adopted" if email.casefold() in in_campaign else "created"
                 taken.add(email.casefold())
@@ -65,7 +72,7 @@ def tally(outcomes: dict[int, tuple[str, str | None]]) -> dict[str, int]:
 
 
 def skips(counts: dict[str, int]) -> dict[str, int]:
-    return {reason: n for reason, n in counts.items() if reason not in ENROLLED}
+    return {reason: n for reason, n in counts.items() if reason not in WITH_REFERRER}
 
 
 def custom_values(customer: dict) -> dict:

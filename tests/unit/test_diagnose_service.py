@@ -357,6 +357,43 @@ def test_push_failures_show_the_email_and_servicetitans_exact_words(paths: Conne
     assert report.recent_failures[0].error["trace_id"] == "00-abc-01"
 
 
+def test_creates_in_doubt_are_a_warning_apart_from_the_failures(paths: ConnectionPaths):
+    with Ledger.open(paths.ledger) as ledger:
+        attempt = ledger.record_push_intent("ANN01", kind="lead", email="ann@example.com", name="Ann")
+        ledger.record_push_result(attempt, outcome="unknown", error={
+            "type": "CreateInDoubt", "message": "unknown — will be checked again: HTTP 500", "in_doubt_since": "2025-01-01T00:00:00Z",
+        })
+        ledger.upsert_referrer(44, state="unknown", email="bob@example.com", error={"type": "CreateInDoubt", "message": "m"})
+    names = by_name(diagnose(paths, paths.config, offline=True))
+    assert names["Push failures"].status == "pass"  # a create in doubt is no failure
+    doubt = names["Creates in doubt"]
+    assert doubt.status == "warn"
+    assert "1 booking(s) (externalId ANN01)" in doubt.message and "1 referrer(s) of customers 44" in doubt.message
+    assert "unknown — will be checked again" in doubt.message and "nothing to fix" in doubt.fix
+
+    story = diagnose(paths, paths.config, offline=True, email="ann@example.com").story
+    assert any("unknown — will be checked again: HTTP 500" in line for line in story.summary)
+    assert any("nothing to fix" in step and "ANN01" in step for step in story.next_steps)
+    bob = diagnose(paths, paths.config, offline=True, email="bob@example.com").story
+    assert any("customer 44 → referrer (unknown — will be checked again)" in line for line in bob.summary)
+
+
+def test_customers_refused_for_their_own_custom_field_are_listed_with_the_fix(paths: ConnectionPaths):
+    refusal = {
+        "type": "CustomFieldRefused", "stage": "return_fields", "message": "ServiceTitan refuses to update customer 12 …",
+        "hint": "fix it in ServiceTitan (customer 12: 'Preferred Technician'), then `stsync sync-customers --retry-failed`",
+        "fields": [{"type_id": 104, "name": "Preferred Technician", "value": "Chris", "problem": "not one of the field's options"}],
+    }
+    with Ledger.open(paths.ledger) as ledger:
+        ledger.upsert_referrer(12, state="created", rf_user_id=9, email="chris.fan@example.com", error=refusal)
+    check = by_name(diagnose(paths, paths.config, offline=True))["Customers' own custom fields"]
+    assert check.status == "warn"
+    assert "customer 12: Preferred Technician = 'Chris' (not one of the field's options)" in check.message
+    assert "--retry-failed" in check.fix
+    story = diagnose(paths, paths.config, offline=True, email="chris.fan@example.com").story
+    assert any("--retry-failed" in step for step in story.next_steps)
+
+
 def test_last_runs_report_their_outcome(paths: ConnectionPaths):
     with Ledger.open(paths.ledger) as ledger:
         ok = ledger.start_run("push", "push-lead --new")

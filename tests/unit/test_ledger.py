@@ -65,7 +65,7 @@ def test_open_creates_the_whole_schema_in_wal_mode(tmp_path):
     again.close()
 
 
-def test_a_version_1_ledger_is_migrated_and_keeps_its_pushes(tmp_path):
+def test_a_version_1_ledger_is_migrated_and_keeps_its_pushes_and_referrers(tmp_path):
     from stsync.storage.ledger import _statements
 
     path = tmp_path / "ledger.sqlite3"
@@ -76,6 +76,9 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_pushes(tmp_path):
         "INSERT INTO pushes (external_id, kind, state, booking_id, job_id, job_status, created_at, updated_at) "
         "VALUES ('OLD1', 'lead', 'booked', 501, 9001, 'Scheduled', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')"
     )
+    raw.execute(
+        "INSERT INTO referrers (customer_id, rf_user_id, email, state, updated_at) VALUES (7, 70, 'a@x.com', 'created', 'x')"
+    )
     raw.execute("PRAGMA user_version = 1")
     raw.commit()
     raw.close()
@@ -85,6 +88,12 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_pushes(tmp_path):
         push = ledger.get_push("OLD1")
         assert (push.booking_id, push.job_id, push.job_status, push.held_until) == (501, 9001, "Scheduled", None)
         assert ledger.bookings_for([501]) == {} and ledger.jobs_for([9001]) == {}
+        record = ledger.get_referrer(7)
+        assert (record.rf_user_id, record.state, record.shared_with) == (70, "created", None)
+        ledger.upsert_referrer(8, state="shared", email="A@x.com", shared_with=7)
+        assert [r.customer_id for r in ledger.referrers_by_email("a@X.com")] == [7, 8]
+        assert ledger.get_referrer(8).shared_with == 7
+        assert [r.customer_id for r in ledger.referrers_sharing()] == [8]
 
 
 def test_a_newer_schema_is_refused(tmp_path):
@@ -189,6 +198,30 @@ def test_lost_and_skipped_leave_the_state(ledger):
     attempt = _intent(ledger, "C3")
     ledger.record_push_result(attempt, outcome="skipped")
     assert ledger.get_push("C3").state == "pending"
+
+
+def test_creates_in_doubt_are_intents_and_unknown_attempts_until_settled(ledger):
+    killed = _intent(ledger, "C7")  # a run killed between its POST and its record
+    lost = _intent(ledger, "C7")
+    ledger.record_push_result(lost, outcome="unknown", error={"message": "unknown — will be checked again: HTTP 500"})
+    assert ledger.get_push("C7").state == "pending"  # in doubt: neither booked nor failed
+    assert [a.id for a in ledger.attempts_in_doubt("C7")] == [killed, lost]
+    assert [a.outcome for a in ledger.push_attempts(failed_only=True)] == ["unknown"]
+    assert [a.id for a in ledger.unknown_attempts()] == [lost]
+    ledger.record_push_result(lost, outcome="created", booking_id=9)  # found later: it was created
+    ledger.record_push_result(killed, outcome="created", booking_id=9)
+    assert ledger.attempts_in_doubt("C7") == [] and ledger.unknown_attempts() == []
+    assert (ledger.get_push("C7").state, ledger.get_push("C7").booking_id) == ("booked", 9)
+
+
+def test_referrers_in_doubt_are_retried_and_errors_are_found_by_type(ledger):
+    ledger.upsert_referrer(1, state="unknown", email="a@x.com", error={"type": "CreateInDoubt", "message": "m"})
+    ledger.upsert_referrer(2, state="created", rf_user_id=20, email="b@x.com",
+                           error={"type": "CustomFieldRefused", "stage": "return_fields", "message": "m"})
+    ledger.upsert_referrer(3, state="created", rf_user_id=30, email="c@x.com")
+    assert [r.customer_id for r in ledger.referrers_to_retry()] == [1, 2]
+    assert [r.customer_id for r in ledger.referrers_with_error("CustomFieldRefused")] == [2]
+    assert ledger.referrers_with_error("Nothing") == []
 
 
 def test_push_result_validation(ledger):

@@ -98,6 +98,10 @@ def test_a_missing_optional_source_value_leaves_the_field_out():
         ("business_unit_id", {"from": "meta.Unit"}, "twelve", "whole number"),
         ("start", {"from": "meta.When"}, "next tuesday", "date"),
         ("email", {"from": "meta.Mail"}, "not-an-email", "e-mail"),
+        ("email", {"from": "meta.Mail"}, "josé@example.com", "non-ASCII characters before the @"),
+        ("email", {"from": "meta.Mail"}, "a,b@example.com", "a comma"),
+        ("email", {"from": "meta.Mail"}, "ann\u200f@example.com", "bidirectional-text character (U+200F)"),
+        ("email", {"from": "meta.Mail"}, "a" * 65 + "@example.com", "longer than 64"),
     ],
 )
 def test_a_lead_value_the_target_cannot_take_is_an_invalid_record(target, spec, meta_value, words):
@@ -158,7 +162,7 @@ def test_lead_fields_read_are_the_from_and_template_fields():
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(lambda s: s.strip())
 _label = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12).filter(lambda s: s.strip())
-_email = st.builds(lambda a, b: f"{a}@{b}.com", st.from_regex(r"[a-z0-9._+-]{1,12}", fullmatch=True), st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True))
+_email = st.builds(lambda a, b: f"{a}@{b}.com", st.from_regex(r"[a-z0-9_+-]{1,8}(\.[a-z0-9_+-]{1,4})?", fullmatch=True), st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True))
 _string_fields = [f for f in LEAD_FIELDS if f not in ("email", "signed_up_at", "campaign_id")]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from stsync.mapping.referrers import ReferrerRequest, Skip, referrer_request_for, split_customer_name
 from stsync.servicetitan.models import Customer, CustomerContact
-from stsync.storage.config import Config, default_config
+from stsync.storage.config import Config, TemplateValue, default_config
 
 
 def customer(**over) -> Customer:
@@ -91,3 +91,33 @@ def test_ledger_contact_rows_work_as_contacts():
     rows = [SimpleNamespace(contact_id=4, customer_id=1673, type="Email", value="jane@example.com", active=1, modified_on=None)]
     result = referrer_request_for(customer(), rows, SYNC_FIELDS, campaign_id=7)
     assert result.email == "jane@example.com"
+
+
+@pytest.mark.parametrize(
+    ("email", "words"),
+    [
+        ("josé@example.com", "non-ASCII characters before the @"),
+        ("a,b@example.com", "a comma"),
+        ("jane\u202e@example.com", "bidirectional-text character (U+202E)"),
+        ("jane\x07@example.com", "control or bidirectional-text character (U+0007)"),
+        ("j" * 65 + "@example.com", "longer than 64 characters"),
+        ("jane..doe@example.com", "characters or dots"),
+        ("jane@example", "has no dot"),
+    ],
+)
+def test_an_email_referral_factory_refuses_is_skipped_as_invalid_with_its_reason(email, words):
+    result = referrer_request_for(customer(), [contact(1, "Email", email)], SYNC_FIELDS, campaign_id=7)
+    assert isinstance(result, Skip) and result.reason == "invalid_email"
+    assert words in result.detail and repr(email) in result.detail
+
+
+def test_the_first_email_referral_factory_accepts_is_the_one_used():
+    contacts = [contact(1, "Email", "josé@example.com"), contact(2, "Email", "jose@example.com")]
+    result = referrer_request_for(customer(), contacts, SYNC_FIELDS, campaign_id=7)
+    assert isinstance(result, ReferrerRequest) and result.email == "jose@example.com"
+
+
+def test_a_mapped_email_referral_factory_refuses_is_skipped_too():
+    fields = {**SYNC_FIELDS, "email": TemplateValue(template="{customer.name}@example.com")}
+    result = referrer_request_for(customer(name="Jane Doe"), [], fields, campaign_id=7)
+    assert isinstance(result, Skip) and result.reason == "invalid_email" and "a space" in result.detail

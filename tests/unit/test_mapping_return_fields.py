@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stsync.errors import ConfigError
-from stsync.mapping.return_fields import return_field_update, return_values_for
+from stsync.mapping.return_fields import RefusedField, refused_custom_fields, return_field_update, return_values_for
 from stsync.sandbox.schemas import validator
 from stsync.servicetitan.models import Customer, CustomFieldType
 from stsync.storage.config import default_config
@@ -57,3 +57,45 @@ def test_another_configured_return_field_is_never_the_suggestion():
     with pytest.raises(ConfigError) as caught:
         return_field_update(customer(), {"Referral Link": "L", "Referral Code": "C"}, types)
     assert "'Referral Code'" in str(caught.value) and "did you mean" not in str(caught.value)
+
+
+def test_empty_values_are_left_out_and_every_other_value_is_sent_back_even_of_a_retired_type():
+    held = customer(customFields=[
+        {"typeId": 57, "name": "Gate Code", "value": ""},            # empty: nothing to keep
+        {"typeId": 60, "name": "Tier", "value": "   "},              # blank too
+        {"typeId": 61, "name": "Old Note", "value": None},           # no value at all
+        {"typeId": 106, "name": "Alarm Code", "value": "0123"},      # a type the tenant no longer lists
+        {"typeId": 106, "name": "Alarm Code", "value": "9999"},      # a duplicate row: the first one wins
+    ])
+    body = return_field_update(held, VALUES, TYPES)
+    assert body == {"customFields": [{"typeId": 106, "value": "0123"},
+                                     {"typeId": 101, "value": VALUES["Referral Link"]}, {"typeId": 102, "value": "ueONFmUp"}]}
+
+
+REFUSAL_TYPES = TYPES + [CustomFieldType(id=104, name="Preferred Technician", data_type="Dropdown", data_type_options=["Alex", "Sam"]),
+                         CustomFieldType(id=105, name="Square Footage", data_type="Numeric")]
+SENT = {"customFields": [{"typeId": 104, "value": "Chris"}, {"typeId": 105, "value": "about 900"},
+                         {"typeId": 106, "value": "0123"}, {"typeId": 57, "value": "1234"},
+                         {"typeId": 101, "value": "https://x/y"}, {"typeId": 102, "value": "y"}]}
+
+
+def test_a_refusal_naming_entries_blames_those_of_the_customers_own():
+    errors = {"CustomFields[0].Value": ["'Chris' is not an option."], "customFields[4].value": ["Too long."]}
+    refused = refused_custom_fields(errors, SENT, REFUSAL_TYPES, written=[101, 102])
+    assert refused == [RefusedField(104, "Preferred Technician", "Chris", "'Chris' is not an option.")]
+    # Only our own value refused: nothing of the customer's to blame.
+    assert refused_custom_fields({"CustomFields[4].Value": ["Too long."]}, SENT, REFUSAL_TYPES, written=[101, 102]) == []
+
+
+def test_a_refusal_naming_nothing_blames_the_values_that_cannot_be_valid_today():
+    refused = refused_custom_fields({}, SENT, REFUSAL_TYPES, written=[101, 102], names={106: "Alarm Code"})
+    assert [(f.type_id, f.name, f.value, f.problem) for f in refused] == [
+        (104, "Preferred Technician", "Chris", "not one of the field's options (Alex, Sam)"),
+        (105, "Square Footage", "about 900", "not a number, and the field is Numeric"),
+        (106, "Alarm Code", "0123", "the tenant no longer lists this custom field"),
+    ]
+    assert refused[0].describe() == (
+        "custom field 'Preferred Technician' (type 104) = 'Chris' (not one of the field's options (Alex, Sam))"
+    )
+    fine = {"customFields": [{"typeId": 104, "value": "Sam"}, {"typeId": 105, "value": "1,200"[:1]}]}
+    assert refused_custom_fields(None, fine, REFUSAL_TYPES, written=[]) == []

@@ -18,6 +18,7 @@ from pytest_httpx import HTTPXMock
 from stsync.connection import Connection
 from stsync.errors import AuthError, InvalidRecord, SetupRequired, TemporaryError, UsageError, error_summary
 from stsync.leads import Lead, leads_from_input
+from stsync.lookup_grace import GracePeriod
 from stsync.mapping.booking import booking_request_for
 from stsync.services import push as push_service
 from stsync.services.history import push_history
@@ -67,17 +68,51 @@ def target(conn: Connection, kind: str = "lead"):
     return push_target(conn, kind)
 
 
-@pytest.fixture(autouse=True)
-def no_pause(monkeypatch):
-    monkeypatch.setattr(push_service, "_pause_before_retry", lambda attempt: None)
+class FakeTime:
+    """The wall clock the grace period reads, moved only by its own sleep (and by tests)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_time(monkeypatch) -> FakeTime:
+    """A grace period of GRACE seconds on a fake clock: looks again cost no real time."""
+    fake = FakeTime()
+    monkeypatch.setattr(push_service, "grace_period", lambda conn: GracePeriod(GRACE, clock=fake.clock, sleep=fake.sleep))
+    return fake
+
+
+GRACE = 30
 
 
 class FakeBookings:
     """ServiceTitan's provider bookings, with a script of how each POST is answered:
     ``ok``, ``commit_then_500`` (applied, answer lost), ``503`` (refused before anything)."""
 
-    def __init__(self, script: list[str] | None = None, *, post_delay: float = 0.0, down_after: int | None = None) -> None:
+    def __init__(
+        self,
+        script: list[str] | None = None,
+        *,
+        post_delay: float = 0.0,
+        down_after: int | None = None,
+        lag: float = 0.0,
+        clock=time.time,
+    ) -> None:
         self.down_after = down_after  # after this many bookings, every request gets 503 "back in a minute"
+        # A booking is listed by ?externalId= only this long after its create (ServiceTitan's
+        # §11 "externalId lookup right after a create").
+        self.lag = lag
+        self.clock = clock
+        self.listed_from: dict[int, float] = {}
         self.rows: list[dict] = []
         self.posts: list[dict] = []
         self.gets: list[str | None] = []
@@ -92,8 +127,13 @@ class FakeBookings:
             wanted = request.url.params.get("externalId")
             with self._lock:
                 self.gets.append(wanted)
-                # Without externalId: the provider's list (push --new's index), every row.
-                rows = [r for r in self.rows if wanted is None or r["externalId"] == wanted]
+                # Without externalId: the provider's list (push --new's index), every row; by
+                # externalId, only what is listed already (the lag after a create).
+                rows = [
+                    r for r in self.rows
+                    if wanted is None
+                    or (r["externalId"] == wanted and self.clock() >= self.listed_from.get(r["id"], 0.0))
+                ]
             return httpx.Response(200, json=page(rows))
         body = json.loads(request.content)
         time.sleep(self.post_delay)
@@ -104,6 +144,7 @@ class FakeBookings:
                 return httpx.Response(503, json={"title": "Service Unavailable", "status": 503})
             row = booking_json(1000 + len(self.rows), body["externalId"], name=body["name"])
             self.rows.append(row)
+            self.listed_from[row["id"]] = self.clock() + self.lag
         if step == "commit_then_500":
             return httpx.Response(500, json={"title": "Internal Server Error", "status": 500})
         return httpx.Response(200, json=row)
@@ -168,25 +209,73 @@ def test_a_lost_answer_is_looked_up_before_any_retry(conn, httpx_mock: HTTPXMock
     assert fake.gets == ["code0001", "code0001"]  # before the POST, and after its answer was lost
 
 
-def test_a_post_refused_before_commit_is_sent_again_after_the_lookup(conn, httpx_mock: HTTPXMock):
-    fake = serve_bookings(httpx_mock, FakeBookings(["503", "503"]))
-    result = push_lead(conn, lead(), target(conn))
-    assert result.outcome == "created"
-    assert len(fake.posts) == 3 and len(fake.rows) == 1
-    assert fake.gets == ["code0001"] * 3
-
-
-def test_answers_lost_every_time_stop_the_run_and_are_recorded_as_lost(conn, httpx_mock: HTTPXMock):
-    fake = serve_bookings(httpx_mock, FakeBookings(["503"] * push_service.MAX_CREATE_ATTEMPTS))
-    with pytest.raises(TemporaryError, match="was lost 5 times"):
-        push_lead(conn, lead(), target(conn))
-    assert len(fake.posts) == push_service.MAX_CREATE_ATTEMPTS and fake.rows == []
+def test_a_post_refused_before_commit_is_not_sent_again_by_the_run_that_lost_it(conn, httpx_mock: HTTPXMock, fake_time):
+    fake = serve_bookings(httpx_mock, FakeBookings(["503"], clock=fake_time.clock))
+    result = push_lead(conn, lead(), target(conn), run_id=7)
+    assert result.outcome == "unknown" and result.message.startswith("unknown — will be checked again")
+    assert len(fake.posts) == 1 and fake.rows == []
     [attempt] = conn.ledger.push_attempts(external_id="code0001")
-    assert attempt.outcome == "lost" and "503" in attempt.error["message"]
-    assert conn.ledger.unfinished_intents() == []
+    assert attempt.outcome == "unknown" and attempt.error["message"].startswith("unknown — will be checked again")
+    assert "503" in attempt.error["message"] and attempt.error["in_doubt_since"]
+    assert conn.ledger.get_push("code0001").state == "pending"
+
+    # The same run, after its grace period: still never POSTed again.
+    fake_time.now += GRACE + 1
+    again = push_lead(conn, lead(), target(conn), run_id=7)
+    assert again.outcome == "unknown" and len(fake.posts) == 1
 
 
-def test_a_lost_answer_whose_lookup_fails_too_stays_unsettled_as_lost(conn, httpx_mock: HTTPXMock):
+def test_the_next_run_creates_only_after_a_lookup_the_grace_period_after_the_loss(conn, httpx_mock: HTTPXMock, fake_time):
+    fake = serve_bookings(httpx_mock, FakeBookings(["503"], clock=fake_time.clock))
+    push_lead(conn, lead(), target(conn), run_id=1)
+    fake_time.now += GRACE - 1
+    too_soon = push_lead(conn, lead(), target(conn), run_id=2)
+    assert too_soon.outcome == "unknown" and len(fake.posts) == 1  # looked up, not trusted yet
+    fake_time.now += 2
+    later = push_lead(conn, lead(), target(conn), run_id=3)
+    assert later.outcome == "created" and len(fake.posts) == 2 and len(fake.rows) == 1
+    outcomes = [a.outcome for a in conn.ledger.push_attempts(external_id="code0001")]
+    assert outcomes == ["created", "lost"]  # newest first: the doubt settled as "not applied"
+    lost = conn.ledger.push_attempts(external_id="code0001")[1]
+    assert "no booking was made" in lost.error["message"]
+    assert fake.gets == ["code0001"] * 4  # before the create, after the loss, and each later run's first look
+
+
+def test_a_lagging_lookup_finds_the_lost_create_and_never_duplicates_it(conn, httpx_mock: HTTPXMock, fake_time):
+    # Committed, answer lost, listed 5 s later: the next run (within the grace) finds it.
+    fake = serve_bookings(httpx_mock, FakeBookings(["commit_then_500"], lag=5, clock=fake_time.clock))
+    first = push_lead(conn, lead(), target(conn), run_id=1)
+    assert first.outcome == "unknown" and len(fake.rows) == 1
+    fake_time.now += 6
+    second = push_lead(conn, lead(), target(conn), run_id=2)
+    assert (second.outcome, second.booking_id) == ("already_booked", fake.rows[0]["id"])
+    assert len(fake.posts) == 1
+    attempts = conn.ledger.push_attempts(external_id="code0001")
+    assert [a.outcome for a in attempts] == ["already_booked", "created"]  # the unknown one settled as created
+    assert conn.ledger.get_push("code0001").state == "booked"
+
+
+def test_a_batch_looks_its_lost_answers_up_again_with_backoff_until_the_grace_ends(conn, httpx_mock: HTTPXMock, fake_time):
+    # Lead 1: committed, listed 6 s later → found by a look again. Lead 2: refused before commit
+    # → still absent after the grace → unknown for the next run. Lead 3: fine.
+    fake = serve_bookings(httpx_mock, FakeBookings(lag=6, clock=fake_time.clock))
+    fake.script = ["commit_then_500", "503", "ok"]
+    conn.config.limits.workers = 1  # the script is consumed in input order
+    report = push_leads(conn, [lead(1), lead(2), lead(3)], target(conn))
+    by_code = {r.external_id: r for r in report.results}
+    assert by_code["code0001"].outcome == "created" and by_code["code0001"].booking_id == fake.rows[0]["id"]
+    assert by_code["code0002"].outcome == "unknown"
+    assert by_code["code0003"].outcome == "created"
+    assert len(fake.posts) == 3 and len(fake.rows) == 2  # nothing sent twice
+    assert report.counts["unknown"] == 1 and report.unknown == [by_code["code0002"]]
+    # Looks again at 1, 2, 4, 8, 16 and 30 s after each loss: lead 1 was found at 8 s, lead 2 looked at six times.
+    assert fake.gets.count("code0001") == 1 + 1 + 4
+    assert fake.gets.count("code0002") == 1 + 1 + 6
+    assert sum(fake_time.slept) == pytest.approx(GRACE, abs=1.5)
+    assert conn.ledger.recent_runs(1)[0].outcome == "partial"
+
+
+def test_a_lost_answer_whose_lookup_fails_too_stays_unknown(conn, httpx_mock: HTTPXMock):
     lookup = dict(method="GET", url=BOOKINGS, match_params={"externalId": "code0001", **LOOKUP_PAGE})
     httpx_mock.add_response(**lookup, json=page([]))
     httpx_mock.add_response(method="POST", url=BOOKINGS, status_code=500, json={"title": "boom", "status": 500})
@@ -195,7 +284,7 @@ def test_a_lost_answer_whose_lookup_fails_too_stays_unsettled_as_lost(conn, http
     with pytest.raises(TemporaryError, match="unavailable"):
         push_lead(conn, lead(), target(conn))
     [attempt] = conn.ledger.push_attempts(external_id="code0001")
-    assert attempt.outcome == "lost"  # not "failed": the booking may exist
+    assert attempt.outcome == "unknown"  # not "failed": the booking may exist
     assert conn.ledger.get_push("code0001").state == "pending"
 
 
@@ -301,14 +390,20 @@ def test_an_unfinished_intent_whose_post_went_through_is_settled_as_created(conn
     assert conn.ledger.unfinished_intents() == []
 
 
-def test_an_unfinished_intent_without_a_booking_is_lost_and_the_lead_is_created(conn, httpx_mock: HTTPXMock):
+def test_an_unfinished_intent_without_a_booking_waits_out_the_grace_then_the_lead_is_created(
+    conn, httpx_mock: HTTPXMock, fake_time
+):
+    # A run killed between its POST and its record, moments ago: its POST may still be committing.
     stale = conn.ledger.record_push_intent("code0001", kind="lead", email="jane1@example.com", name="Jane1")
-    fake = serve_bookings(httpx_mock, FakeBookings())
+    fake = serve_bookings(httpx_mock, FakeBookings(clock=fake_time.clock))
+    result = push_lead(conn, lead(), target(conn))
+    assert result.outcome == "unknown" and fake.posts == []
+    assert conn.ledger.unfinished_intents() == []  # the intent is now recorded as in doubt
+    fake_time.now += GRACE + 1
     result = push_lead(conn, lead(), target(conn))
     assert result.outcome == "created" and len(fake.rows) == 1
     attempts = {a.id: a for a in conn.ledger.push_attempts(external_id="code0001")}
     assert attempts[stale].outcome == "lost"
-    assert conn.ledger.unfinished_intents() == []
 
 
 def test_two_threads_pushing_one_lead_create_one_booking(conn, httpx_mock: HTTPXMock):
@@ -340,7 +435,7 @@ def test_a_batch_goes_past_a_failed_lead_and_records_the_run(conn, httpx_mock: H
     report = push_leads(conn, leads, target(conn), progress=progress)
 
     assert [r.lead for r in report.results] == leads  # input order, though run concurrently
-    assert report.counts == {"created": 6, "already_booked": 0, "skipped": 0, "failed": 1, "total": 7}
+    assert report.counts == {"created": 6, "already_booked": 0, "skipped": 0, "failed": 1, "unknown": 0, "total": 7}
     assert len(fake.rows) == 6 and progress.total == 7 and progress.done == 7
     [run] = conn.ledger.recent_runs(job="push")
     assert (run.id, run.outcome, run.counts["created"], run.counts["failed"]) == (report.run_id, "partial", 6, 1)
@@ -464,15 +559,18 @@ def test_push_new_adopts_a_booking_the_provider_already_has_without_a_lookup(con
     assert conn.ledger.get_push("rc11").booking_id == 777
 
 
-def test_push_new_looks_up_one_by_one_only_a_lead_with_an_unsettled_intent(conn, httpx_mock: HTTPXMock):
+def test_push_new_looks_up_one_by_one_only_a_lead_with_an_unsettled_intent(conn, httpx_mock: HTTPXMock, fake_time):
     search_pages(httpx_mock, rf_user(10), rf_user(11))
-    fake = serve_bookings(httpx_mock, FakeBookings())
+    fake = serve_bookings(httpx_mock, FakeBookings(clock=fake_time.clock))
     conn.ledger.record_push_intent("rc11", kind="lead", email="user11@example.com", name="User11")  # a crashed run
 
     report = push_new(conn, target(conn))
 
     assert sorted(r.external_id for r in report.results) == ["rc10", "rc11"]
-    assert [g for g in fake.gets if g is not None] == ["rc11"]
+    # rc11's create is in doubt (the crash was moments ago): looked up by externalId, again
+    # until the grace period ended, then created (that create was another run's).
+    assert {g for g in fake.gets if g is not None} == {"rc11"}
+    assert [r.outcome for r in report.results] == ["created", "created"]
     assert conn.ledger.unfinished_intents() == []
     assert sorted(p["externalId"] for p in fake.posts) == ["rc10", "rc11"]
 

@@ -47,6 +47,15 @@ class FakeApis:
         self.bodies: list[tuple[str, str, Any]] = []
         self.script: dict[tuple[str, str], list[str]] = {}  # (method, path) → answers to play first
         self.unexpected: list[str] = []
+        # Referral Factory's search finds a user made by POST /users only this long after
+        # (api/referral-factory.md §11 "read-after-write"), on this clock.
+        self.search_lag = 0.0
+        self.clock = time.time
+        # ServiceTitan refuses these custom-field values in a PATCH, even sent back unchanged
+        # (api/servicetitan.md §11), naming the entry as CustomFields[i].Value.
+        self.refused_values: dict[int, str] = {}
+        # type id → (dataType, dataTypeOptions) where not Text
+        self.type_specs: dict[int, tuple[str, list[str]]] = {}
         self._ticks = 0
         self._lock = threading.RLock()
 
@@ -107,6 +116,8 @@ class FakeApis:
                 if answer == "commit_then_500":
                     self._route(method, path, request, body)
                     return httpx.Response(500, json={"message": "Server Error"})
+                if answer == "503":
+                    return httpx.Response(503, json={"message": "Service Unavailable"})
                 if answer == "422":
                     return httpx.Response(422, json={"message": "Validation errors", "errors": {"first_name": ["The first name is invalid."]}})
             return self._route(method, path, request, body)
@@ -118,7 +129,11 @@ class FakeApis:
         if path == f"{CRM}/export/customers/contacts" and method == "GET":
             return self._feed(list(self.contacts.values()), params.get("from"))
         if path == f"{CRM}/customers/custom-fields":
-            types = [{"id": type_id, "name": name, "dataType": "Text"} for type_id, name in NAMES.items()]
+            types = [
+                {"id": type_id, "name": name, "dataType": self.type_specs.get(type_id, ("Text", []))[0],
+                 "dataTypeOptions": self.type_specs.get(type_id, ("Text", []))[1]}
+                for type_id, name in NAMES.items()
+            ]
             return httpx.Response(200, json={"page": 1, "pageSize": 200, "hasMore": False, "data": types})
         if path == f"{CRM}/customers" and method == "GET":
             ids = [int(i) for i in params["ids"].split(",")]
@@ -128,6 +143,17 @@ class FakeApis:
         if match:
             customer = self.customers[int(match.group(1))]
             if method == "PATCH":
+                refused = {
+                    f"CustomFields[{i}].Value": [f"'{f['value']}' is not a valid value for custom field {f['typeId']}."]
+                    for i, f in enumerate(body["customFields"])
+                    if self.refused_values.get(f["typeId"]) == f["value"]
+                }
+                if refused:
+                    return httpx.Response(400, json={
+                        "type": "https://tools.ietf.org/html/rfc7231#section-6.5.1",
+                        "title": "One or more validation errors occurred.", "status": 400, "traceId": "00-cf-00",
+                        "errors": refused, "data": {},
+                    })
                 # Replace semantics: what the PATCH leaves out is gone.
                 customer["customFields"] = [{"typeId": f["typeId"], "name": NAMES[f["typeId"]], "value": f["value"]}
                                             for f in body["customFields"]]
@@ -138,11 +164,13 @@ class FakeApis:
                 return httpx.Response(422, json={"message": "Validation errors", "errors": {"email": ["The email has already been taken."]}})
             user = self.add_user(body["email"], body["first_name"])
             user["meta"] = body.get("meta", [])
+            user["_listed_from"] = self.clock() + self.search_lag
             return httpx.Response(201, json={"data": user})
         if path == "/api/v2/users/search" and method == "POST":
             wanted = {c["field"]: c["value"] for c in body["filters"]["value"]}
             rows = [u for u in self.users if str(u["campaign_id"]) == wanted["campaign_id"]
-                    and u["email"].casefold() == wanted["email"].casefold()]
+                    and u["email"].casefold() == wanted["email"].casefold()
+                    and self.clock() >= u.get("_listed_from", 0.0)]
             return httpx.Response(200, json={"data": rows})
         match = re.fullmatch(r"/api/v2/users/(\d+)", path)
         if match:
@@ -204,7 +232,10 @@ def test_a_one_time_sync_creates_adopts_skips_and_writes_return_fields(conn, api
 
     # The customers written come back at the feed's tail: read, but not counted twice.
     assert (report.created, report.adopted, report.updated, report.unchanged, report.failed) == (2, 1, 0, 0, 0)
-    assert report.skipped_by_reason == {"no_email": 1, "invalid_email": 1, "inactive": 1, "merged": 1, "already_referrer": 1}
+    assert report.skipped_by_reason == {"no_email": 1, "invalid_email": 1, "inactive": 1, "merged": 1}
+    assert report.shared == 1 and report.to_dict()["shared_customers"] == [
+        {"customer_id": 8, "email": "shared@example.com", "shares_referrer_of": 7}
+    ]
     assert report.examined == 8 and report.complete
     posts = [b for m, p, b in apis.bodies if m == "POST" and p == "/api/v2/users"]
     # Workers create concurrently: the order of the POSTs is not part of the contract.
@@ -221,10 +252,13 @@ def test_a_one_time_sync_creates_adopts_skips_and_writes_return_fields(conn, api
         record = conn.ledger.get_referrer(customer_id)
         assert (record.rf_user_id, record.code, record.url) == (user["id"], user["code"], user["url"])
     assert conn.ledger.get_referrer(6).state == "adopted"
-    assert report.return_fields_written == 6
-    assert apis.custom(8) == {GATE: "1234"}  # skipped customers are not written
-    assert {conn.ledger.get_referrer(i).skip_reason for i in (2, 3, 4, 5, 8)} == {
-        "no_email", "invalid_email", "inactive", "merged", "already_referrer"}
+    assert report.return_fields_written == 8
+    # Customer 8 shares customer 7's e-mail: no second user, the same link and code.
+    shared_user = by_email["shared@example.com"]
+    assert apis.custom(8) == {GATE: "1234", LINK: shared_user["url"], CODE: shared_user["code"]}
+    mary = conn.ledger.get_referrer(8)
+    assert (mary.state, mary.shared_with, mary.rf_user_id, mary.code) == ("shared", 7, None, shared_user["code"])
+    assert {conn.ledger.get_referrer(i).skip_reason for i in (2, 3, 4, 5)} == {"no_email", "invalid_email", "inactive", "merged"}
     assert conn.ledger.get_position("customers") is not None and conn.ledger.get_position("contacts") is not None
     assert conn.ledger.get(PASS_KEY) == ""
     run = conn.ledger.last_run("sync")
@@ -249,7 +283,7 @@ def test_a_second_run_sends_nothing_and_sees_its_own_writes_as_unchanged(conn, a
 
     once_more = sync_customers(conn, SyncOptions(mode="once"))  # from the beginning: everything read, nothing written
     assert apis.writes() == []
-    assert (once_more.unchanged, once_more.skipped, once_more.created) == (3, 5, 0)
+    assert (once_more.unchanged, once_more.shared, once_more.skipped, once_more.created) == (3, 1, 4, 0)
 
 
 def test_an_ongoing_run_creates_new_customers_and_updates_renamed_ones_in_place(conn, apis):
@@ -301,7 +335,7 @@ def test_after_a_crash_between_intent_and_record_the_user_is_found_not_created_a
 
     assert apis.count("POST", r"^/api/v2/users$") == 0
     assert apis.count("POST", r"/users/search") == 1
-    assert report.adopted == 1 and len(apis.users) == 1
+    assert report.created == 1 and len(apis.users) == 1  # the killed run's create, found
     assert conn.ledger.get_referrer(1).rf_user_id == user["id"]
     assert apis.custom(1)[CODE] == user["code"]
 
@@ -399,7 +433,7 @@ def test_dry_run_sends_nothing_and_records_nothing(conn, apis):
     report = sync_customers(conn, SyncOptions(mode="once", dry_run=True))
 
     assert apis.writes() == [] and not any(p.startswith("/api/v2") for _, p in apis.requests)
-    assert (report.created, report.skipped, report.return_fields_written) == (3, 5, 6)
+    assert (report.created, report.shared, report.skipped, report.return_fields_written) == (3, 1, 4, 8)
     # Without asking Referral Factory, sam@ (already in the campaign) counts as a creation.
     assert report.sample[0] == {
         "action": "create", "customer_id": 1, "customer_name": "Jane Doe", "email": "jane@example.com",
@@ -530,9 +564,21 @@ def test_customers_sharing_an_email_in_one_page_get_one_user(conn, apis):
 
     report = sync_customers(conn, SyncOptions(mode="once"))
 
-    assert report.created == 4 and report.skipped_by_reason == {"already_referrer": 16}
+    assert report.created == 4 and report.shared == 16 and report.skipped_by_reason == {}
     assert sorted(u["email"] for u in apis.users) == [f"family{n}@example.com" for n in range(4)]
     assert apis.count("POST", r"^/api/v2/users$") == 4
+    # Every customer carries its family's referrer: the first of the family enrolled (by page order).
+    by_email = {u["email"]: u for u in apis.users}
+    owners = {}
+    for n in range(1, 21):
+        user = by_email[f"family{n % 4}@example.com"]
+        assert apis.custom(n)[CODE] == user["code"] and apis.custom(n)[LINK] == user["url"]
+        record = conn.ledger.get_referrer(n)
+        if record.state == "created":
+            owners[n % 4] = n
+    assert owners == {1: 1, 2: 2, 3: 3, 0: 4}
+    shares = {item["customer_id"]: item["shares_referrer_of"] for item in report.to_dict()["shared_customers"]}
+    assert shares == {n: owners[n % 4] for n in range(5, 21)}
 
 
 # -- one customer, without feeds or threads (customersync.customer) ------------------------------
@@ -668,5 +714,173 @@ def test_a_dry_run_customer_sends_nothing_and_notes_its_email_in_the_scratch_led
         scratch.close()
 
     assert john.kind == "created" and john.sample["action"] == "create"
-    assert (mary.kind, mary.reason, mary.record_skip) == ("skipped", "already_referrer", False)
+    assert (mary.kind, mary.shared_with, mary.record_skip) == ("shared", 7, False)
+    assert mary.sample["action"] == "share" and mary.sample["shares_referrer_of"] == 7
     assert apis.writes() == [] and conn.ledger.referrer_counts() == {}
+
+
+# -- a create whose answer was lost, a search that lags (stsync.lookup_grace) ---------------------
+
+GRACE = 30
+
+
+class FakeTime:
+    """The wall clock of the grace period and of the fake's search lag; only sleep moves it."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_time(apis, monkeypatch) -> FakeTime:
+    from stsync.customersync.pipeline import CustomerSync
+    from stsync.lookup_grace import GracePeriod
+
+    fake = FakeTime()
+    apis.clock = fake.clock
+    monkeypatch.setattr(CustomerSync, "_grace", lambda self: GracePeriod(GRACE, clock=fake.clock, sleep=fake.sleep))
+    return fake
+
+
+def test_a_lost_create_whose_user_search_lags_is_found_by_a_look_again_not_created_twice(conn, apis, fake_time):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    apis.script[("POST", "/api/v2/users")] = ["commit_then_500"]
+    apis.search_lag = 5
+
+    report = sync_customers(conn, SyncOptions(mode="once"))
+
+    assert (report.created, report.unknown, report.failed) == (1, 0, 0)
+    assert len(apis.users) == 1 and apis.count("POST", r"^/api/v2/users$") == 1
+    # Searched right after the loss, then at 1, 2 and 4 s (not yet listed), found at 8 s.
+    assert apis.count("POST", r"/users/search") == 5
+    record = conn.ledger.get_referrer(1)
+    assert (record.state, record.rf_user_id, record.error) == ("created", apis.users[0]["id"], None)
+    assert apis.custom(1)[CODE] == apis.users[0]["code"]
+
+
+def test_a_create_refused_before_commit_stays_unknown_then_the_next_run_creates_it_once_trusted(conn, apis, fake_time):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    apis.script[("POST", "/api/v2/users")] = ["503"]
+
+    first = sync_customers(conn, SyncOptions(mode="once"))
+
+    assert (first.created, first.unknown, first.failed) == (0, 1, 0)
+    assert apis.users == [] and apis.count("POST", r"^/api/v2/users$") == 1  # never sent twice in that run
+    record = conn.ledger.get_referrer(1)
+    assert record.state == "unknown" and record.error["message"].startswith("unknown — will be checked again")
+    assert "503" in record.error["message"] and record.error["in_doubt_since"]
+    assert first.to_dict()["unknown_customers"][0]["customer_id"] == 1
+    assert conn.ledger.last_run("sync").outcome == "partial"
+
+    # The first run waited out its grace period: the next one's search is trusted, and it creates.
+    second = sync_customers(conn, SyncOptions(mode="ongoing"))
+    assert (second.created, second.unknown) == (1, 0)
+    assert len(apis.users) == 1 and apis.count("POST", r"^/api/v2/users$") == 2
+    assert conn.ledger.get_referrer(1).state == "created"
+
+
+def test_a_pending_row_a_killed_run_just_left_is_not_created_before_the_grace_period(conn, apis, fake_time):
+    apis.add_customer(1, "Jane Doe", "jane@example.com")
+    conn.ledger.upsert_referrer(1, state="pending", email="jane@example.com")  # killed after its intent, moments ago
+
+    report = sync_customers(conn, SyncOptions(mode="once"))
+
+    # Searched, not found, waited out the grace (looking again) — then, as that create was
+    # another run's, this run may send it: once.
+    assert (report.created, report.unknown) == (1, 0)
+    assert len(apis.users) == 1 and apis.count("POST", r"^/api/v2/users$") == 1
+    assert fake_time.now - time.time() >= GRACE - 1
+
+
+def test_a_household_waits_for_its_first_customers_referrer_in_doubt_then_shares_it(conn, apis, fake_time):
+    apis.add_customer(1, "John Smith", "smith@example.com")
+    apis.add_customer(2, "Mary Smith", "smith@example.com")
+    apis.script[("POST", "/api/v2/users")] = ["503"]
+
+    first = sync_customers(conn, SyncOptions(mode="once"))
+
+    assert (first.unknown, first.created, first.shared) == (2, 0, 0)
+    assert apis.count("POST", r"^/api/v2/users$") == 1  # Mary never tries a create of her own
+    assert conn.ledger.get_referrer(2).error["waiting_for"] == 1
+
+    second = sync_customers(conn, SyncOptions(mode="ongoing"))
+    assert (second.created, second.shared, second.unknown) == (1, 1, 0)
+    [user] = apis.users
+    assert apis.custom(1)[CODE] == apis.custom(2)[CODE] == user["code"]
+    assert conn.ledger.get_referrer(2).shared_with == 1
+
+
+# -- a refusal caused by the customer's own custom field ---------------------------------------
+
+
+def test_a_refusal_for_the_customers_own_field_names_it_and_is_not_retried_until_the_customer_changes(conn, apis):
+    customer = apis.add_customer(1, "Jane Doe", "jane@example.com")
+    customer["customFields"].append({"typeId": TECH, "name": "Preferred Technician", "value": "Chris"})
+    customer["customFields"].append({"typeId": 103, "name": "Notes", "value": ""})  # empty: never sent back
+    apis.refused_values[TECH] = "Chris"  # a technician who left
+
+    first = sync_customers(conn, SyncOptions(mode="once"))
+
+    assert first.failed == 1
+    record = conn.ledger.get_referrer(1)
+    assert (record.state, record.rf_user_id) == ("created", apis.users[0]["id"])  # the referrer exists; its fields do not
+    [failure] = first.failures
+    error = failure["error"]
+    assert error["type"] == "CustomFieldRefused" and error["stage"] == "return_fields"
+    assert "customer 1 (Jane Doe)" in error["message"] and "'Preferred Technician'" in error["message"]
+    assert "'Chris'" in error["message"]
+    assert error["hint"].startswith("fix it in ServiceTitan (customer 1: 'Preferred Technician'), then `stsync sync-customers --retry-failed`")
+    assert error["fields"] == [{"type_id": TECH, "name": "Preferred Technician", "value": "Chris",
+                                "problem": "'Chris' is not a valid value for custom field 58."}]
+    [listed] = first.to_dict()["needs_fix_customers"]
+    assert listed["customer_id"] == 1 and listed["refused_in_this_run"] is True
+    patch = [b for m, p, b in apis.bodies if m == "PATCH"][0]
+    assert {f["typeId"] for f in patch["customFields"]} == {GATE, TECH, LINK, CODE}  # Chris kept, "" left out
+
+    # Nobody touched the customer: the next runs leave it alone, and say so.
+    patches = apis.count("PATCH", rf"{CRM}/customers/1$")
+    second = sync_customers(conn, SyncOptions(mode="once"))
+    assert apis.count("PATCH", rf"{CRM}/customers/1$") == patches
+    assert (second.failed, second.needs_fix) == (0, 1)
+    assert second.to_dict()["needs_fix_customers"][0]["refused_in_this_run"] is False
+
+    # --retry-failed tries it anyway (and it is refused again: still not fixed).
+    third = sync_customers(conn, SyncOptions(mode="once", retry_failed=True))
+    assert apis.count("PATCH", rf"{CRM}/customers/1$") == patches + 1 and third.failed == 1
+
+    # Fixed in ServiceTitan (its modifiedOn moves): tried again without being asked, and written.
+    customer["customFields"] = [f for f in customer["customFields"] if f["typeId"] != TECH]
+    customer["modifiedOn"] = apis.now()
+    fourth = sync_customers(conn, SyncOptions(mode="ongoing"))
+    assert (fourth.failed, fourth.needs_fix) == (0, 0)
+    assert apis.custom(1)[CODE] == apis.users[0]["code"]
+    assert conn.ledger.get_referrer(1).error is None
+
+
+def test_a_refusal_that_names_no_field_is_blamed_on_the_values_that_cannot_be_valid_today(conn, apis, monkeypatch):
+    customer = apis.add_customer(1, "Jane Doe", "jane@example.com")
+    customer["customFields"].append({"typeId": TECH, "name": "Preferred Technician", "value": "Chris"})
+    apis.type_specs[TECH] = ("Dropdown", ["Alex", "Sam", "Jordan"])
+    apis.script[("PATCH", f"{CRM}/customers/1")] = []  # (unused: the refusal below has no field names)
+
+    original = apis._route
+
+    def refuse_vaguely(method, path, request, body):
+        if method == "PATCH":
+            return httpx.Response(400, json={"title": "Bad Request", "status": 400, "traceId": "t", "errors": {}, "data": {}})
+        return original(method, path, request, body)
+
+    monkeypatch.setattr(apis, "_route", refuse_vaguely)
+    report = sync_customers(conn, SyncOptions(mode="once"))
+    [failure] = report.failures
+    assert failure["error"]["type"] == "CustomFieldRefused"
+    assert failure["error"]["fields"] == [{
+        "type_id": TECH, "name": "Preferred Technician", "value": "Chris",
+        "problem": "not one of the field's options (Alex, Sam, Jordan)",
+    }]

@@ -28,13 +28,14 @@ STORED = {
     states.RunJob: ["push", "sync", "qualify", "serve", "run"],
     states.RunOutcome: ["running", "ok", "partial", "failed", "interrupted", "skipped"],
     states.PushState: ["pending", "booked", "failed"],
-    states.AttemptOutcome: ["intent", "created", "already_booked", "failed", "lost", "skipped"],
+    states.AttemptOutcome: ["intent", "created", "already_booked", "failed", "lost", "skipped", "unknown"],
     states.QualificationAction: ["qualify", "unqualify"],
     states.QualificationState: ["intent", "done", "failed"],
     states.QualificationValue: ["qualified", "unqualified", "not_qualified"],
-    states.ReferrerState: ["pending", "created", "adopted", "updated", "skipped", "failed"],
+    states.ReferrerState: ["pending", "created", "adopted", "updated", "skipped", "failed", "unknown", "shared"],
     states.DeliveryOutcome: [
         "queued", "duplicate", "rejected", "ignored", "recorded", "failed", "retrying", "created", "already_booked", "skipped",
+        "unknown",
     ],
 }
 

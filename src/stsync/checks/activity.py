@@ -1,8 +1,10 @@
 """Activity checks (diagnose): the ledger, who holds a run lock, how the last run of each job
 ended, the pushes that failed and were never booked since — each with the lead's e-mail
-and the exact error as recorded — and Referral Factory's shared rate-limit state (its 429
-episodes of the last hour, a cool-down or an IP block in force), read from the state dir
-without a request.
+and the exact error as recorded —, the creates in doubt ("unknown — will be checked again"),
+the customers ServiceTitan refused because of their own custom field (a person must fix
+those in ServiceTitan), and Referral Factory's shared rate-limit state (its 429 episodes of
+the last hour, a cool-down or an IP block in force), read from the state dir without a
+request.
 
 Diagnose never creates a ledger: none yet means nothing ran, and the checks say so.
 """
@@ -20,7 +22,7 @@ from stsync.errors import StsyncError, error_summary
 from stsync.ratelimit import IP_BLOCKED, local_and_utc, read_state
 from stsync.storage.ledger import Ledger
 from stsync.storage.locks import holder
-from stsync.storage.states import PushState, RunJob, RunOutcome
+from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, PushState, ReferrerState, RunJob, RunOutcome
 
 if TYPE_CHECKING:
     from stsync.storage.ledger import AttemptRecord, PushRecord
@@ -159,6 +161,8 @@ def check_push_failures(ledger: Ledger | None) -> tuple[Verdict, list[PushFailur
     latest: dict[str, AttemptRecord] = {}
     for attempt in ledger.recent_failures(limit=FAILURES_SCANNED):  # newest first: each lead's latest failure
         latest.setdefault(attempt.external_id, attempt)
+    # A create in doubt is no failure: "Creates in doubt" tells it.
+    latest = {key: attempt for key, attempt in latest.items() if attempt.outcome != AttemptOutcome.UNKNOWN}
     unresolved: list[PushFailure] = []
     resolved = 0
     for external_id, attempt in latest.items():
@@ -181,6 +185,57 @@ def check_push_failures(ledger: Ledger | None) -> tuple[Verdict, list[PushFailur
         "tells one referral's whole story"
     )
     return fail(message, fix, None), unresolved
+
+
+def check_creates_in_doubt(ledger: Ledger | None) -> Verdict:
+    """Bookings and referrers whose create's answer was lost and which are not found yet:
+    nothing to fix, the next run settles them — unless they stay that way."""
+    if ledger is None:
+        return ok("nothing created yet")
+    bookings = ledger.unknown_attempts(limit=FAILURES_SCANNED)
+    booking_ids = list(dict.fromkeys(attempt.external_id for attempt in bookings))
+    referrers = [r for r in ledger.referrers_to_retry() if r.state == ReferrerState.UNKNOWN]
+    if not booking_ids and not referrers:
+        return ok("no create in doubt")
+    parts = []
+    if booking_ids:
+        shown = ", ".join(booking_ids[:FAILURES_SHOWN]) + (" …" if len(booking_ids) > FAILURES_SHOWN else "")
+        parts.append(f"{len(booking_ids)} booking(s) (externalId {shown})")
+    if referrers:
+        more = " …" if len(referrers) > FAILURES_SHOWN else ""
+        shown = ", ".join(str(r.customer_id) for r in referrers[:FAILURES_SHOWN]) + more
+        parts.append(f"{len(referrers)} referrer(s) of customers {shown}")
+    return warn(
+        " and ".join(parts) + f": {UNKNOWN_LABEL} (the answer to the create was lost and the record is not listed yet)",
+        "nothing to fix: the next `stsync push-lead --new` / `stsync sync-customers` looks each up first and creates it "
+        "only if it is still absent a grace period later ([limits] lookup_grace_seconds); if one stays unknown for "
+        "long, `stsync diagnose --email <e-mail>` tells its story",
+    )
+
+
+def check_custom_field_refusals(ledger: Ledger | None) -> Verdict:
+    """Customers whose return fields ServiceTitan refuses because of the customer's own
+    custom field (``CustomFieldRefused``): left alone until fixed in ServiceTitan."""
+    if ledger is None:
+        return ok("no customer synced yet")
+    refused = ledger.referrers_with_error("CustomFieldRefused")
+    if not refused:
+        return ok("no customer's own custom field blocks its return fields")
+    lines = []
+    for record in refused[:FAILURES_SHOWN]:
+        fields = (record.error or {}).get("fields") or []
+        what = "; ".join(
+            f"{item.get('name') or 'type ' + str(item.get('type_id'))} = {item.get('value')!r} ({item.get('problem')})"
+            for item in fields
+        ) or error_summary(record.error)
+        lines.append(f"customer {record.customer_id}: {what}")
+    more = f"; and {len(refused) - FAILURES_SHOWN} more" if len(refused) > FAILURES_SHOWN else ""
+    return warn(
+        f"{len(refused)} customer(s) cannot get their referral link and code because ServiceTitan refuses a value "
+        "of their own — " + " | ".join(lines) + more,
+        "fix each field in ServiceTitan (pick a current option, a number, or clear it), then run "
+        "`stsync sync-customers --retry-failed`; until a customer changes, the sync leaves it alone",
+    )
 
 
 def _age_seconds(started: Any, now: float) -> float | None:

@@ -120,6 +120,12 @@ LAST_QUALIFY = CheckSpec(
 )
 HELD_REFERRALS = CheckSpec("Held referrals", ACTIVITY, lambda ctx: activity.check_holds(ctx.ledger), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
+CREATES_IN_DOUBT = CheckSpec(
+    "Creates in doubt", ACTIVITY, lambda ctx: activity.check_creates_in_doubt(ctx.ledger), needs=(LEDGER,)
+)
+CUSTOM_FIELD_REFUSALS = CheckSpec(
+    "Customers' own custom fields", ACTIVITY, lambda ctx: activity.check_custom_field_refusals(ctx.ledger), needs=(LEDGER,)
+)
 RF_RATE_LIMIT = CheckSpec(
     "Referral Factory rate limit", ACTIVITY, lambda ctx: activity.check_referral_factory_throttle(ctx.paths)
 )
@@ -221,6 +227,8 @@ DIAGNOSE_OFFLINE = (
     LAST_QUALIFY,
     HELD_REFERRALS,
     PUSH_FAILURES,
+    CREATES_IN_DOUBT,
+    CUSTOM_FIELD_REFUSALS,
     RF_RATE_LIMIT,
 )
 # connect proves what it stores, in validate's order: the token, the app key and tenant (so

@@ -150,7 +150,8 @@ def demo_command(
     if not failed:
         term.summary(
             f"[green]All {len(steps)} steps passed[/] in {time.monotonic() - started:.1f}s: "
-            f"{summary['bookings']} bookings created, {summary['referrers']} customers joined as referrers, "
+            f"{summary['bookings']} bookings created, {summary['referrers']} customers joined as referrers "
+            f"({summary['customers_with_link']} carry a referral link: a household shares one), "
             f"{summary['return_fields']} return fields written, {summary['qualified']} referral(s) qualified."
         )
         term.summary("Next: `stsync connect` with your own credentials (see README), or `stsync sandbox` to explore.")
@@ -225,10 +226,14 @@ def _summary(sandbox) -> dict:
         for f in c.get("customFields", [])
         if f.get("name") in ("Referral Link", "Referral Code") and f.get("value")
     )
+    with_link = sum(
+        1 for c in customers if any(f.get("name") == "Referral Link" and f.get("value") for f in c.get("customFields", []))
+    )
     rf_users = state["referral_factory"]["users"]
     return {
         "bookings": len(state["servicetitan"]["bookings"]),
         "referrers": sum(1 for u in rf_users if u.get("type") == "person_referring" and u.get("source") == "Api"),
+        "customers_with_link": with_link,
         "return_fields": return_fields,
         "qualified": sum(1 for u in rf_users if u.get("qualified_at")),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from stsync.cli.context import AppContext
-from stsync.storage.states import AttemptOutcome
+from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome
 
 OUTCOME_STYLE: dict[str, str] = {
     AttemptOutcome.CREATED: "green",
@@ -14,9 +14,15 @@ OUTCOME_STYLE: dict[str, str] = {
     AttemptOutcome.FAILED: "red",
     AttemptOutcome.LOST: "red",
     AttemptOutcome.INTENT: "magenta",
+    AttemptOutcome.UNKNOWN: "magenta",
 }
 # An attempt whose answer was never recorded: a run in progress, or one that was killed.
-OUTCOME_LABEL: dict[str, str] = {AttemptOutcome.ALREADY_BOOKED: "already booked", AttemptOutcome.INTENT: "unfinished"}
+# An answer lost, the booking not listed yet: the next run looks it up before creating it.
+OUTCOME_LABEL: dict[str, str] = {
+    AttemptOutcome.ALREADY_BOOKED: "already booked",
+    AttemptOutcome.INTENT: "unfinished",
+    AttemptOutcome.UNKNOWN: UNKNOWN_LABEL,
+}
 
 
 def register(app: typer.Typer) -> None:

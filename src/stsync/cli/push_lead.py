@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from stsync.cli.context import AppContext
-from stsync.storage.states import AttemptOutcome, RunJob
+from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, RunJob
 from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def push_lead_command(
         term.summary(f"No new {who}s to push: every {who} of campaign {conn.campaign_id} has a booking")
     else:
         _render(term, report, dry_run=dry_run, batch=batch, json_mode=app_ctx.json_mode)
-    app_ctx.emit({"ok": not report.failed, **report.to_dict()})
+    app_ctx.emit({"ok": not (report.failed or report.unknown), **report.to_dict()})
     _raise_for_failures(report, batch=batch)
 
 
@@ -218,6 +218,7 @@ def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, j
         term.summary(
             f"{counts['total']} lead(s): {counts['created']} created, {counts['already_booked']} already booked, "
             f"{counts['skipped']} skipped, {counts['failed']} failed"
+            + (f", {counts['unknown']} unknown — will be checked again" if counts["unknown"] else "")
         )
 
 
@@ -230,13 +231,24 @@ def _line_for(result: PushResult, escape) -> tuple[str, bool]:
         return f"[cyan]•[/] {who}: already booked #{result.booking_id}", False
     if result.outcome == AttemptOutcome.SKIPPED:
         return f"[yellow]-[/] {who}: skipped ({escape(result.message or '')})", False
+    if result.outcome == AttemptOutcome.UNKNOWN:
+        # Loud, like a failure: the next run settles it, and cron mail should say so.
+        return f"[magenta]?[/] {who}: {escape(result.message or 'unknown')}", True
     return f"[red]✗[/] {who}: failed: {escape(result.message or 'failed')}", True
 
 
 def _raise_for_failures(report: PushReport, *, batch: bool) -> None:
-    from stsync.errors import InvalidRecord, PartialFailure
+    from stsync.errors import InvalidRecord, PartialFailure, TemporaryError
 
     failed = report.failed
+    if not failed and report.unknown:
+        unknown = len(report.unknown)
+        raise TemporaryError(
+            f"{unknown} booking(s) {UNKNOWN_LABEL}: ServiceTitan lost the answer to the create and does not list "
+            "the booking by its externalId yet",
+            hint="run it again later (cron does): the next run looks each one up first and creates it only if it is "
+            "still absent a grace period after the answer was lost (`stsync history --failed`)",
+        )
     if not failed:
         return
     if not batch and len(report.results) == 1:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from stsync.cli.context import AppContext
-from stsync.storage.states import RunJob
+from stsync.storage.states import UNKNOWN_LABEL, RunJob
 from stsync.vocabulary import RunMode
 
 if TYPE_CHECKING:
@@ -42,9 +42,15 @@ def sync_customers_command(
     limit: int | None = typer.Option(
         None, "--limit", min=1, help="Read at most N customers from the feed in this run (the next run carries on)."
     ),
+    retry_failed: bool = typer.Option(
+        False,
+        "--retry-failed",
+        help="Also retry customers ServiceTitan refused because of their own custom field, though they did not "
+        "change (after you fixed the field).",
+    ),
 ) -> None:
     from stsync.customersync.pipeline import SyncOptions
-    from stsync.errors import PartialFailure, UsageError
+    from stsync.errors import PartialFailure, TemporaryError, UsageError
     from stsync.services.sync import sync_customers
 
     if once and ongoing:
@@ -57,7 +63,7 @@ def sync_customers_command(
         ["sync-customers", *(["--once"] if once else []), *(["--ongoing"] if ongoing else []), *(["--full"] if full else []),
          *([f"--limit {limit}"] if limit else [])]
     )
-    options = SyncOptions(mode=mode, full=full, dry_run=dry_run, limit=limit, command=command)
+    options = SyncOptions(mode=mode, full=full, dry_run=dry_run, limit=limit, retry_failed=retry_failed, command=command)
     if not dry_run:
         app_ctx.begin_job(RunJob.SYNC, command, scheduled=True)
     conn = app_ctx.connection()
@@ -65,11 +71,18 @@ def sync_customers_command(
         report = sync_customers(conn, options, progress=bar)
 
     _render(term, report, limit)
-    app_ctx.emit({"ok": report.failed == 0, **report.to_dict()})
+    app_ctx.emit({"ok": report.failed == 0 and report.unknown == 0, **report.to_dict()})
     if report.failed:
         raise PartialFailure(
             f"{report.failed} customer(s) could not be synced; the others are done and recorded",
             hint="see `stsync diagnose` and the log file; the next run retries them",
+        )
+    if report.unknown:
+        raise TemporaryError(
+            f"{report.unknown} customer(s) {UNKNOWN_LABEL}: Referral Factory lost the answer to their referrer's create "
+            "and search does not find the user yet",
+            hint="run it again later (cron does): the next run searches first and creates the referrer only if it "
+            "is still absent a grace period after the answer was lost",
         )
 
 
@@ -84,12 +97,17 @@ def _render(term: Terminal, report: SyncReport, limit: int | None) -> None:
         ("adopted", "adopted an existing Referral Factory user"),
         ("updated", "referrer would be updated" if dry else "referrer updated"),
         ("unchanged", "unchanged"),
+        ("shared", "would share another customer's referrer" if dry else "share another customer's referrer (same e-mail)"),
     )
     for name, label in verbs:
         table.add_row(label, str(getattr(report, name)))
     for reason, count in sorted(report.skipped_by_reason.items()):
         table.add_row(f"skipped: {reason.replace('_', ' ')}", str(count))
     table.add_row("failed" if not report.failed else "[red]failed[/]", str(report.failed))
+    if report.needs_fix:
+        table.add_row("[yellow]waiting for a fix in ServiceTitan[/]", str(report.needs_fix))
+    if report.unknown:
+        table.add_row(f"[magenta]{UNKNOWN_LABEL}[/]", str(report.unknown))
     table.add_row("return field values " + ("to write" if dry else "written"), str(report.return_fields_written))
     term.summary(table)
 
@@ -108,9 +126,24 @@ def _render(term: Terminal, report: SyncReport, limit: int | None) -> None:
         term.print(sample)
         term.info("Run it for real without --dry-run.")
 
+    shared = list(report.shared_customers.values())
+    for item in shared[:FAILURES_SHOWN]:
+        term.info(
+            f"customer {item['customer_id']} shares the referrer of customer {item['shares_referrer_of']} ({item['email']})"
+        )
+    if len(shared) > FAILURES_SHOWN:
+        term.info(f"… and {len(shared) - FAILURES_SHOWN} more customers share a referrer (`--json` lists them)")
+    waiting = [item for item in report.needs_fix_customers.values() if not item["refused_in_this_run"]]
+    if waiting:
+        term.warning(
+            f"{len(waiting)} customer(s) still wait for a custom-field fix in ServiceTitan and were left alone "
+            "(`stsync diagnose` lists them; after fixing, `stsync sync-customers --retry-failed`)"
+        )
     for failure in report.failures[:FAILURES_SHOWN]:
         error = failure.get("error") or {}
         term.warning(f"customer {failure['customer_id']} ({failure.get('email') or 'no e-mail'}): {error.get('message')}")
+        if error.get("type") == "CustomFieldRefused" and error.get("hint"):
+            term.info(f"→ {error['hint']}")
     if report.failed > FAILURES_SHOWN:
         term.warning(f"… and {report.failed - FAILURES_SHOWN} more (`stsync diagnose`, the log file)")
     if not report.complete:

@@ -9,8 +9,10 @@ in three phases:
    ``contacts`` table (each page and the position in one transaction). A customer the ledger
    already knows whose contacts changed (an e-mail added, changed, removed) is handled again
    right there: the customer feed alone would not bring it back.
-2. **Retries.** Customers whose last attempt failed or was cut short (ledger rows ``pending``
-   or ``failed``, or carrying an error) are read by id and handled again (``retrying``).
+2. **Retries.** Customers whose last attempt failed, was cut short or is in doubt (ledger
+   rows ``pending``, ``unknown`` or ``failed``, or carrying an error) are read by id and
+   handled again (``retrying``). A customer ServiceTitan refused because of its own custom
+   field is left alone until it changes (``needs_fix``), unless ``--retry-failed``.
 3. **Customers.** The customer export feed, page by page, joined with ``contacts_for(ids)``:
    memory holds a page or two whatever the tenant's size. A page's customers are handled by
    ``[limits] workers`` threads (a ``WorkPool``) sharing the clients' rate limiters
@@ -20,6 +22,12 @@ in three phases:
    of the page has its outcome in the ledger. Customers sharing an e-mail within a chunk
    are handled one after the other by one worker; a customer still in flight in the page
    before makes the next page wait for it.
+
+4. **Looks again.** Customers whose referrer create is in doubt (an answer lost, the user
+   not found by search yet — or waiting for such a user of their e-mail) are handled again
+   once the rest is done, with backoff, until the grace period ends (``stsync.lookup_grace``;
+   never a second create in this run): found → counted as what they became; still absent →
+   ``unknown``, for the next run.
 
 A run-level failure (``errors.stops_run``) stops the pool at once (``WorkPool``: the first
 failure in page order is raised): the customers finished are recorded, the positions of
@@ -55,15 +63,19 @@ from stsync.customersync.customer import UNCHANGED, CustomerHandler, Outcome, Pl
 from stsync.customersync.feeds import Prefetch, contact_row, contacts_differ, latest_by_id, overlay
 from stsync.customersync.report import SyncReport
 from stsync.errors import UsageError
+from stsync.logs import get_logger
+from stsync.lookup_grace import GracePeriod, Rechecks
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.storage.ledger import Ledger, utc_now
-from stsync.storage.states import RunJob
+from stsync.storage.states import ReferrerState, RunJob
 from stsync.vocabulary import RUN_MODE_FOR, RunMode, SyncMode
 from stsync.workpool import WorkPool
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
     from stsync.servicetitan.models import Customer
+
+_log = get_logger(__name__)
 
 CUSTOMERS_FEED = "customers"
 CONTACTS_FEED = "contacts"
@@ -76,12 +88,15 @@ PLAN_CHUNK = 50  # customers planned before the workers get them (the first page
 class SyncOptions:
     """What a sync-customers run is asked to do. ``mode`` None: ``[customer_sync] mode``
     decides. ``limit``: read at most this many customers from the customer feed (the next
-    run carries on). ``command`` names the run in the ledger and the lock."""
+    run carries on). ``retry_failed``: also try the customers whose own custom field
+    ServiceTitan refused, though they did not change. ``command`` names the run in the
+    ledger and the lock."""
 
     mode: RunMode | None = None
     full: bool = False
     dry_run: bool = False
     limit: int | None = None
+    retry_failed: bool = False
     command: str = "sync-customers"
 
     def __post_init__(self) -> None:
@@ -125,6 +140,7 @@ class CustomerSync:
         self.full = options.full
         self.dry_run = options.dry_run
         self.limit = options.limit
+        self.retry_failed = options.retry_failed
         self.command = options.command
         self.progress = progress
         self.workers = max(1, int(conn.config.limits.workers))
@@ -139,6 +155,8 @@ class CustomerSync:
         self._first_write_at: Any = None
         self._writes = 0  # return-field writes made by this run
         self._write_lock = threading.Lock()
+        # Customers whose referrer is in doubt, looked at again in phase 4 (counted then).
+        self._in_doubt: dict[int, tuple[Plan, Outcome]] = {}
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> SyncReport:
@@ -147,7 +165,7 @@ class CustomerSync:
             nullcontext()
             if self.dry_run
             else self.ledger.recorded_run(
-                RunJob.SYNC, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
+                RunJob.SYNC, self.command, counts=lambda: report.counts, failed=lambda: bool(report.failed or report.unknown)
             )
         )
         with recording as run_id:
@@ -164,9 +182,13 @@ class CustomerSync:
                     self._retry_unfinished()
                     self._read_customers(customers_start, first_pages)
                     self._customer_handler()  # a bad return field is reported even with no customer
+                    self._look_again()
                 finally:
                     pool.stop()
                     first_pages.close()
+                    for _, outcome in self._in_doubt.values():  # a stopped run: still in doubt
+                        report.add(outcome)
+                    self._in_doubt.clear()
         return report
 
     def _customer_handler(self) -> CustomerHandler:
@@ -176,9 +198,19 @@ class CustomerSync:
             assert self._types_ready is not None
             types = self._types_ready.result()
             self._customers = CustomerHandler(
-                self.conn, types=types or (), dry_run=self.dry_run, staging=self.staging, on_write=self._note_own_write
+                self.conn,
+                types=types or (),
+                dry_run=self.dry_run,
+                staging=self.staging,
+                on_write=self._note_own_write,
+                run_id=self.report.run_id,
+                retry_failed=self.retry_failed,
+                grace=self._grace(),
             )
         return self._customers
+
+    def _grace(self) -> GracePeriod:
+        return GracePeriod(self.conn.config.limits.lookup_grace_seconds)
 
     def _customers_start(self) -> tuple[str | None, bool]:
         """Where the customer feed starts, and whether an unfinished pass is being resumed."""
@@ -362,9 +394,11 @@ class CustomerSync:
         assert self._pool is not None
         groups = self._pool.wait(batch.futures)
         by_customer = {o.customer_id: o for outcomes in groups if outcomes for o in outcomes}
-        outcomes = [by_customer[p.customer_id] for p in batch.plans if p.customer_id in by_customer]
-        for outcome in outcomes:
-            self._count(outcome)
+        outcomes = []
+        for plan in batch.plans:
+            if plan.customer_id in by_customer:
+                outcomes.append(by_customer[plan.customer_id])
+                self._count(by_customer[plan.customer_id], plan)
         return outcomes
 
     def _handle_group(self, group: list[Plan], retrying: bool) -> list[Outcome]:
@@ -377,15 +411,53 @@ class CustomerSync:
             self.progress.advance()
         return outcomes
 
-    def _count(self, outcome: Outcome) -> None:
+    def _count(self, outcome: Outcome, plan: Plan | None = None) -> None:
+        if outcome.kind == ReferrerState.UNKNOWN and plan is not None and outcome.in_doubt_since is not None:
+            # Counted once phase 4 has looked again (``_look_again``).
+            self._in_doubt[outcome.customer_id] = (plan, outcome)
+            return
         if (
-            outcome.kind == UNCHANGED
+            (outcome.kind == UNCHANGED or (outcome.kind == ReferrerState.SHARED and not outcome.fields_written))
             and self._first_write_at is not None
             and outcome.modified_on is not None
             and outcome.modified_on >= self._first_write_at
         ):
             return  # the echo of this run's own write
         self.report.add(outcome)
+
+    # -- phase 4: looks again -------------------------------------------------------------
+    def _look_again(self) -> None:
+        """Customers in doubt, handled again with backoff until the grace period ends (the
+        handler never sends a create this run lost the answer to); each counted once, as
+        what it became — or ``unknown``."""
+        if not self._in_doubt:
+            return
+        assert self._pool is not None
+        log_count = len(self._in_doubt)
+        rechecks: Rechecks[int] = Rechecks(self._grace(), stop=self._pool.stop_event)
+        for customer_id, (_, outcome) in self._in_doubt.items():
+            assert outcome.in_doubt_since is not None
+            rechecks.add(customer_id, outcome.in_doubt_since)
+        handler = self._customer_handler()
+        _log.info("sync: %d customer(s) in doubt after a lost answer; looking again", log_count)
+
+        def check(customer_ids: Sequence[int]) -> list[bool]:
+            plans = [handler.replan(self._in_doubt[cid][0]) for cid in customer_ids]
+            futures = [self._pool.submit(self._handle_again, group) for group in _groups_sharing_an_email(plans)]  # type: ignore[union-attr]
+            for outcomes in self._pool.wait(futures):  # type: ignore[union-attr]
+                for outcome in outcomes or []:
+                    plan = self._in_doubt[outcome.customer_id][0]
+                    self._in_doubt[outcome.customer_id] = (plan, outcome)
+            return [self._in_doubt[cid][1].kind == ReferrerState.UNKNOWN for cid in customer_ids]
+
+        rechecks.run(check)
+        for _, outcome in self._in_doubt.values():
+            self._count(outcome)
+        self._in_doubt.clear()
+
+    def _handle_again(self, group: list[Plan]) -> list[Outcome]:
+        assert self._customers is not None
+        return [self._customers.handle(plan) for plan in group]
 
     # -- this run's own writes -------------------------------------------------------------
     def _note_own_write(self, modified_on: Any) -> None:

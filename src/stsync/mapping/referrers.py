@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from stsync.errors import ConfigError
 from stsync.leads import META_PREFIX
 from stsync.mapping.validation import missing_referrer_target
-from stsync.mapping.values import is_email_address
+from stsync.mapping.values import email_problem, is_email_address
 from stsync.mapping.vocabulary import CUSTOM_PREFIX, CUSTOMER_SOURCES, REQUIRED_REFERRER_TARGETS
 from stsync.servicetitan.models import Customer
 from stsync.storage.config import FieldSpec, FromField, TemplateValue
@@ -66,6 +66,7 @@ class Skip:
 
     reason: str
     detail: str = ""
+    email: str | None = None  # invalid_email: the address refused (diagnose --email finds the customer by it)
 
 
 def referrer_request_for(
@@ -103,10 +104,17 @@ def referrer_request_for(
     if email is None:
         emails = [c for c in contact_list if _contact_type(c) == "email"]
         if emails:
-            return Skip("invalid_email", "no valid e-mail among: " + ", ".join(str(c.value) for c in emails))
+            return Skip(
+                "invalid_email",
+                "no e-mail Referral Factory accepts among: "
+                + "; ".join(f"{c.value!r} ({email_problem(str(c.value)) or 'unusable'})" for c in emails),
+                email=_text(emails[0].value),
+            )
         return Skip("no_email", "the customer has no e-mail contact")
-    if not is_email_address(email):
-        return Skip("invalid_email", f"{email!r} is not an e-mail address")
+    problem = email_problem(email)
+    if problem is not None:
+        # Referral Factory would refuse it (422): skipped before any request, with the reason.
+        return Skip("invalid_email", f"{email!r} is not an e-mail address Referral Factory accepts: {problem}", email=email)
     first_name = values.get("first_name") or _text(customer.name)
     if first_name is None:
         return Skip("no_name", "the customer has no name")

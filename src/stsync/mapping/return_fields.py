@@ -11,12 +11,23 @@
 - ``return_field_update(customer, values, types)``: the ``PATCH /customers/{id}`` body, or
   None when every value is already there (written only when changed, SPEC §6.3). Every other
   custom field the customer has is sent back unchanged (a customFields PATCH may drop what it
-  omits). ``ConfigError`` for a name ServiceTitan does not have or a field that is not Text.
+  omits) — except an **empty** value: it carries nothing to preserve, and ServiceTitan may
+  refuse it (api/servicetitan.md §11). A value of a type the tenant no longer lists is sent
+  back: under the replace reading of the PATCH, leaving it out could erase what ServiceTitan
+  still holds (docs/custom-fields.md weighs both readings). ``ConfigError`` for a name
+  ServiceTitan does not have or a field that is not Text.
+- ``refused_custom_fields(errors, body, types, written)``: when ServiceTitan refuses that
+  PATCH (400), the *other* fields it names (``CustomFields[i].Value`` / ``.TypeId``), or,
+  when it names none, the echoed values that cannot be valid today (a retired Dropdown
+  option, a non-numeric Numeric value, a type no longer listed): ``RefusedField`` each, with
+  why. Empty when the refusal is about the values stsync writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from stsync.errors import ConfigError
@@ -92,7 +103,93 @@ def return_field_update(customer: Customer, values: Mapping[str, str], types: It
     for type_id, current in existing.items():
         if type_id in wanted:
             custom_fields.append({"typeId": type_id, "value": wanted.pop(type_id)})
-        elif current is not None:  # a field without a value has nothing to preserve
+        elif not _is_blank(current):
+            # Sent back as it is, whatever its type: a PATCH that replaces the list would erase it.
             custom_fields.append({"typeId": type_id, "value": current})
+        # A field without a value (None, "", blanks) has nothing to preserve, and an empty
+        # value may be refused: it is left out.
     custom_fields.extend({"typeId": type_id, "value": text} for type_id, text in wanted.items())
     return {"customFields": custom_fields}
+
+
+def _is_blank(value: str | None) -> bool:
+    return value is None or not str(value).strip()
+
+
+@dataclass(frozen=True)
+class RefusedField:
+    """A custom field of the customer's own that ServiceTitan refuses to take back."""
+
+    type_id: int
+    name: str | None
+    value: str | None
+    problem: str  # why it cannot be valid today (ServiceTitan's words when it gave some)
+
+    def describe(self) -> str:
+        name = f"{self.name!r} (type {self.type_id})" if self.name else f"type {self.type_id}"
+        return f"custom field {name} = {self.value!r} ({self.problem.rstrip('.')})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type_id": self.type_id, "name": self.name, "value": self.value, "problem": self.problem}
+
+
+_INDEXED = re.compile(r"customfields\[(\d+)\]", re.IGNORECASE)
+_NUMBER = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)\s*$")
+
+
+def refused_custom_fields(
+    errors: Mapping[str, Sequence[str]] | None,
+    body: Mapping[str, Any],
+    types: Iterable[CustomFieldType],
+    written: Iterable[int],
+    *,
+    names: Mapping[int, str | None] | None = None,
+) -> list[RefusedField]:
+    """The fields of the customer's own (not ``written``, the type ids stsync writes) that a
+    400 to ``body`` blames: those ServiceTitan's ``errors`` name by index, else — when it
+    names none — the echoed values that cannot be valid today. ``names``: type id → name as
+    the customer shows it (a type no longer listed has no other)."""
+    sent = list(body.get("customFields") or [])
+    own = {int(type_id) for type_id in written}
+    listed = {int(t.id): t for t in types}
+    known_names = dict(names or {})
+    blamed: dict[int, RefusedField] = {}
+    for key, messages in (errors or {}).items():
+        match = _INDEXED.search(str(key))
+        if match is None or int(match.group(1)) >= len(sent):
+            continue
+        entry = sent[int(match.group(1))]
+        type_id = int(entry["typeId"])
+        if type_id in own:
+            continue
+        field_type = listed.get(type_id)
+        said = " ".join(str(m) for m in messages) if messages else "refused"
+        name = field_type.name if field_type is not None else known_names.get(type_id)
+        blamed.setdefault(type_id, RefusedField(type_id, name, entry.get("value"), said))
+    if blamed or any(_INDEXED.search(str(key)) for key in (errors or {})):
+        return list(blamed.values())
+    out = []
+    for entry in sent:
+        type_id = int(entry["typeId"])
+        if type_id in own:
+            continue
+        problem = _invalid_today(listed.get(type_id), entry.get("value"))
+        if problem is not None:
+            name = listed[type_id].name if type_id in listed else known_names.get(type_id)
+            out.append(RefusedField(type_id, name, entry.get("value"), problem))
+    return out
+
+
+def _invalid_today(field_type: CustomFieldType | None, value: Any) -> str | None:
+    """Why a value could not be given to a field today (None when it could, as far as the
+    custom-field types tell)."""
+    if field_type is None:
+        return "the tenant no longer lists this custom field"
+    data_type = (field_type.data_type or "").casefold()
+    text = "" if value is None else str(value)
+    if data_type == "dropdown" and field_type.data_type_options and text not in field_type.data_type_options:
+        return "not one of the field's options (" + ", ".join(field_type.data_type_options) + ")"
+    if data_type == "numeric" and not _NUMBER.match(text):
+        return "not a number, and the field is Numeric"
+    return None
+

@@ -5,12 +5,21 @@ finishes the sentence "… gives X for TARGET, but …" (``it takes yes or no``)
 ``hint`` (optional) says what to do. Per target kind (``vocabulary.target_kind``):
 
 - ``string``: stripped, non-empty text (``true``/``false`` for a boolean); ``email`` must
-  look like an e-mail address;
+  be an address Referral Factory and ServiceTitan take (``email_problem``);
 - ``yes_no``: a boolean from yes/no, y/n, true/false, t/f, 1/0, on/off (any case);
 - a Manual Select kind: the option in its canonical spelling, matched ignoring case;
 - ``integer``: a positive ID below 2**63 (a boolean is not a number);
 - ``datetime``: UTC RFC 3339 with second precision (``2025-06-02T15:00:00Z``); a date means
   midnight UTC, a time without offset means UTC, 9–11 digits are Unix seconds.
+
+``email_problem(text)`` says why an e-mail would be refused — before any request, so a
+customer with such an e-mail is skipped (``invalid_email``) and such a lead fails alone with
+the reason, instead of a 422 from Referral Factory. The rule is the strict reading of
+Laravel's ``email`` validation that Referral Factory applies (api/referral-factory.md §3,
+422; issue 14 item 8: ``josé@…`` and ``a,b@…`` are refused): an ASCII dot-atom local part of
+at most 64 characters, one ``@``, an ASCII domain with a dot whose last label is letters, at
+most 254 characters in all; no space, comma, control or bidirectional-text character
+anywhere (those also hide what an address really is).
 
 Pure functions; the validation of fixed values and the booking body share them, so what
 ``validate`` accepts is exactly what a push can send.
@@ -19,13 +28,19 @@ Pure functions; the validation of fixed values and the booking body share them, 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 
 from stsync.mapping.vocabulary import target_kind
 from stsync.servicetitan.vocabulary import SELECT_OPTIONS
 
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# RFC 5322 atext: what a dot-atom local part is made of.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LOCAL_PART = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
+_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MAX_LOCAL_PART = 64
+MAX_EMAIL = 254
 _YES = frozenset({"yes", "y", "true", "t", "1", "on"})
 _NO = frozenset({"no", "n", "false", "f", "0", "off"})
 RawValue = str | bool | int | date | datetime
@@ -40,8 +55,44 @@ class BadValue(Exception):
 
 
 def is_email_address(text: str) -> bool:
-    """Looks like ``someone@example.com`` (no spaces, one @, a dot in the domain)."""
-    return bool(_EMAIL_RE.match(text))
+    """An address Referral Factory and ServiceTitan take (``email_problem`` finds nothing)."""
+    return email_problem(text) is None
+
+
+def email_problem(text: str) -> str | None:
+    """Why ``text`` is not an e-mail address Referral Factory (and so stsync) accepts, in a
+    few words finishing "… is not an e-mail address: …"; None when it is one."""
+    hidden = [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+    if hidden:
+        names = ", ".join(sorted({f"U+{ord(c):04X}" for c in hidden}))
+        return f"it contains a control or bidirectional-text character ({names})"
+    if any(c.isspace() for c in text):
+        return "it contains a space"
+    if "," in text:
+        return "it contains a comma (two addresses?)"
+    if text.count("@") != 1:
+        return "it has no @" if "@" not in text else "it has more than one @"
+    local, domain = text.split("@")
+    if not local:
+        return "nothing comes before the @"
+    if not local.isascii():
+        return "it has non-ASCII characters before the @ (Referral Factory refuses them)"
+    if len(local) > MAX_LOCAL_PART:
+        return f"the part before the @ is longer than {MAX_LOCAL_PART} characters"
+    if not _LOCAL_PART.fullmatch(local):
+        return "the part before the @ has characters or dots Referral Factory refuses"
+    if not domain:
+        return "nothing comes after the @"
+    if not domain.isascii():
+        return "the domain has non-ASCII characters (give its xn-- form)"
+    labels = domain.split(".")
+    if len(labels) < 2:
+        return "the part after the @ has no dot"
+    if not all(_DOMAIN_LABEL.fullmatch(label) for label in labels) or not labels[-1].isalpha() or len(labels[-1]) < 2:
+        return "the part after the @ is not a domain name"
+    if len(text) > MAX_EMAIL:
+        return f"it is longer than {MAX_EMAIL} characters"
+    return None
 
 
 def convert(target: str, raw: RawValue) -> str | bool | int:
@@ -51,8 +102,10 @@ def convert(target: str, raw: RawValue) -> str | bool | int:
         text = str(raw).strip() if not isinstance(raw, bool) else ("true" if raw else "false")
         if not text:
             raise BadValue("it is empty")
-        if target == "email" and not is_email_address(text):
-            raise BadValue("that is not an e-mail address")
+        if target == "email":
+            problem = email_problem(text)
+            if problem is not None:
+                raise BadValue(f"that is not an e-mail address Referral Factory and ServiceTitan accept: {problem}")
         return text
     if kind == "yes_no":
         return _as_bool(raw)

@@ -157,8 +157,10 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "PATCH",
         "/_sandbox/customers/{id:int}",
-        "a change in ServiceTitan's UI ({name?, email?, active?}) → customer",
-        lambda sb, b, id: sb.modify_customer(int(id), name=b.get("name"), email=b.get("email"), active=b.get("active")),
+        "a change in ServiceTitan's UI ({name?, email?, active?, custom_fields?: {name: value or null}}) → customer",
+        lambda sb, b, id: sb.modify_customer(
+            int(id), name=b.get("name"), email=b.get("email"), active=b.get("active"), custom_fields=b.get("custom_fields")
+        ),
     ),
     Operation(
         "DELETE",

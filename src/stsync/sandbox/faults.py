@@ -31,7 +31,8 @@ the same request order fails the same way.
   worked earlier refuse.
 - ``path_contains``: limit ``error_rate``, ``commit_then_500_rate``, ``maintenance_rate``,
   latency and spikes to requests whose path contains this text (e.g. ``"/bookings"`` or
-  ``"/users"``).
+  ``"/users"``); ``path_ends_with``, to those whose path ends with this text (e.g.
+  ``"/api/v2/users"``: Referral Factory's create, not its search ``/users/search``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Faults:
     maintenance_rate: float = 0.0
     rf_admin_403_path: str | None = None
     path_contains: str | None = None
+    path_ends_with: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -135,7 +137,9 @@ class FaultInjector:
                 throttle = True
             admin_path = faults.rf_admin_403_path or ""
             forbidden = referral_factory and bool(admin_path) and admin_path in path
-            targeted = faults.path_contains is None or faults.path_contains in path
+            targeted = (faults.path_contains is None or faults.path_contains in path) and (
+                faults.path_ends_with is None or path.endswith(faults.path_ends_with)
+            )
             if not targeted:
                 return Decision(
                     delay=self.base_latency, throttle=throttle, forbidden=forbidden, retry_after=faults.retry_after

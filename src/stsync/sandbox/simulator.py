@@ -540,13 +540,27 @@ class Sandbox:
         return created
 
     def modify_customer(
-        self, customer_id: int, *, name: str | None = None, email: str | None = None, active: bool | None = None
+        self,
+        customer_id: int,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        active: bool | None = None,
+        custom_fields: dict[str, str | None] | None = None,
     ) -> dict:
-        """A change made in ServiceTitan's UI: bumps ``modifiedOn`` (and the e-mail contact's)."""
+        """A change made in ServiceTitan's UI: bumps ``modifiedOn`` (and the e-mail contact's).
+        ``custom_fields``: custom field name → its new value, or None to clear it (a person
+        picks a current Dropdown option, fixes a Numeric value, or clears a retired field)."""
         with self.st.lock:
             customer = self.st.customers.get(int(customer_id))
             if customer is None:
                 raise AdminError(f"customer {customer_id} does not exist", status=404)
+            for field_name, value in (custom_fields or {}).items():
+                type_id = next((t for t, ft in self.st.field_types.items() if ft["name"] == field_name), None)
+                if type_id is None:
+                    raise AdminError(f"no custom field named {field_name!r}", status=404)
+                kept = [f for f in customer["customFields"] if f["typeId"] != type_id]
+                customer["customFields"] = kept + ([{"typeId": type_id, "value": str(value)}] if value is not None else [])
             if name is not None:
                 customer["name"] = name
             if active is not None:

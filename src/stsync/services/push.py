@@ -3,21 +3,32 @@
 One lead's story, under a lock on its externalId (``KeyLock``: no other thread or process
 can create the same booking meanwhile):
 
-1. **the ledger** — already booked? Then nothing is sent: ``already_booked``.
+1. **the ledger** — already booked, and no create of it in doubt? Then nothing is sent:
+   ``already_booked``.
 2. **ServiceTitan** — does the provider have a booking with this externalId? It may, because a
-   run crashed between its POST and its record (an unfinished intent, closed here), or because
-   Referral Factory's own integration made it. Found → ``already_booked``. A batch of
-   ``push-lead --new`` asks its ``tracking.index.BookingIndex`` (the provider's bookings,
-   read once per run and then only what changed, refreshed when older than a second: no
-   request per lead); a single lead, a file, ``serve`` — and, in a batch, a lead whose ledger
-   holds an unsettled intent — ask ServiceTitan one by one (``GET …/bookings?externalId=``).
-3. **intent** recorded, **POST**, **result** recorded. When the answer to the POST is lost
-   (timeout, reset, 5xx: ``AnswerLost``), the booking is looked up (the index, read again,
-   then by externalId) before the POST is ever repeated.
+   run crashed between its POST and its record, because an answer was lost, or because
+   Referral Factory's own integration made it. Found → ``already_booked`` (or ``created``,
+   when it is this run's own POST whose answer was lost), and every create in doubt is
+   settled by it. A batch of ``push-lead --new`` asks its ``tracking.index.BookingIndex``
+   (the provider's bookings, read once per run and then only what changed, refreshed when
+   older than a second: no request per lead); a single lead, a file, ``serve`` — and, in a
+   batch, a lead with a create in doubt — ask ServiceTitan one by one (``GET
+   …/bookings?externalId=``).
+3. **in doubt, not found** — a create that may have been applied (an intent a killed run
+   left, an attempt ``unknown``) and a lookup that does not find it: nothing is created
+   unless the lookup is *trusted* — made at least ``[limits] lookup_grace_seconds`` after
+   the doubt began, by another run than the one that lost the answer. Otherwise the lead
+   stays ``unknown`` ("unknown — will be checked again"). See ``stsync.lookup_grace``.
+4. **intent** recorded, **POST**, **result** recorded. When the answer to the POST is lost
+   (timeout, reset, 5xx: ``AnswerLost``), the booking is looked up at once (the index, read
+   again, then by externalId); not found, it is ``unknown``: never POSTed again by this run.
+   A batch (``push_leads``) looks its unknown leads up again once its other leads are done,
+   with backoff, until the grace period ends (``Rechecks``): found → ``created``; still
+   absent → left to the next run.
 
 Why the index cannot duplicate a booking stsync made elsewhere (another run, ``serve``, a
 crashed run): every creator holds the externalId's lock from its look-up to its ledger record,
-so under the lock the ledger already says "booked", or holds the unsettled intent that sends
+so under the lock the ledger already says "booked", or holds the create in doubt that sends
 this lead to the one-by-one look-up. For creators outside stsync see ``tracking.index``.
 
 Every attempt lands in the ledger with the lead's e-mail, the externalId and the booking id
@@ -29,21 +40,20 @@ section, "Nothing to action" (nothing is sent, and the command says why), or the
 
 Which failures are the lead's and which the run's is ``errors.stops_run``. The lead's own
 (a lead the mapping cannot send, a 400 from ServiceTitan) become a ``failed`` result and a
-batch goes on. Run-level failures — credentials, a wrong booking provider (``AuthError``),
-the mapping (``ConfigError``), a remote down past the retry budget (``TemporaryError``),
-and a booking whose answer is lost ``MAX_CREATE_ATTEMPTS`` times in a row — stop the run:
-every lead after them would fail the same way. A batch runs on a ``WorkPool``
-(``[limits] workers`` threads sharing the clients' rate limiters): the first run-level
-failure in input order is raised, the leads done before it stay recorded.
+batch goes on; a lost answer is an ``unknown`` result. Run-level failures — credentials, a
+wrong booking provider (``AuthError``), the mapping (``ConfigError``), a remote down past the
+retry budget (``TemporaryError``) — stop the run: every lead after them would fail the same
+way. A batch runs on a ``WorkPool`` (``[limits] workers`` threads sharing the clients' rate
+limiters): the first run-level failure in input order is raised, the leads done before it
+stay recorded.
 """
 
 from __future__ import annotations
 
-import random
 import threading
-import time
 from collections.abc import Iterable, Sequence, Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from stsync.errors import (
@@ -59,13 +69,14 @@ from stsync.errors import (
 )
 from stsync.leads import Lead
 from stsync.logs import get_logger, log_context
+from stsync.lookup_grace import GracePeriod, Rechecks, parse_stamp, stamp
 from stsync.mapping.booking import booking_request_for, external_id_for
 from stsync.mapping.validation import missing_required
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.services.lead_sources import iter_new_leads, new_leads
 from stsync.storage.ledger import utc_now
 from stsync.storage.locks import KeyLock
-from stsync.storage.states import AttemptOutcome, PushState, RunJob
+from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, PushState, RunJob
 from stsync.tracking.index import BookingIndex
 from stsync.tracking.reads import booking_row
 from stsync.vocabulary import Action, Kind
@@ -75,6 +86,7 @@ if TYPE_CHECKING:
     from stsync.connection import Connection
     from stsync.servicetitan.models import Booking
     from stsync.storage.config import BookingSettings
+    from stsync.storage.ledger import AttemptRecord
 
 log = get_logger(__name__)
 
@@ -85,14 +97,10 @@ OUTCOMES: tuple[AttemptOutcome, ...] = (
     AttemptOutcome.ALREADY_BOOKED,
     AttemptOutcome.SKIPPED,
     AttemptOutcome.FAILED,
+    AttemptOutcome.UNKNOWN,
 )
 
 ACTION_LABEL = {Kind.LEAD: "When lead joins campaign", Kind.REFERRER: "Referrers"}
-
-# A lost answer is looked up, then the POST repeated; a booking whose answer is lost this
-# many times in a row is left for the next run (the lookup then finds it, or it is created).
-MAX_CREATE_ATTEMPTS = 5
-
 
 @dataclass(frozen=True)
 class PushResult:
@@ -110,10 +118,16 @@ class PushResult:
     dry_run: bool = False
     # The failure itself, so a command pushing a single lead can raise it with its hint.
     exception: StsyncError | None = field(default=None, compare=False, repr=False)
+    # outcome unknown: since when the create is in doubt (its looks again count from then).
+    in_doubt_since: datetime | None = field(default=None, compare=False)
 
     @property
     def failed(self) -> bool:
         return self.outcome == AttemptOutcome.FAILED
+
+    @property
+    def unknown(self) -> bool:
+        return self.outcome == AttemptOutcome.UNKNOWN
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -159,6 +173,11 @@ class PushReport:
     @property
     def failed(self) -> list[PushResult]:
         return [r for r in self.results if r.failed]
+
+    @property
+    def unknown(self) -> list[PushResult]:
+        """Leads whose booking is in doubt after the grace period: the next run decides."""
+        return [r for r in self.results if r.unknown]
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -276,17 +295,19 @@ def _push_locked(
             external_id, kind=kind, email=lead.email, name=name, rf_user_id=lead.rf_user_id,
             referral_code=lead.referral_code, run_id=run_id,
         )
-    # Intents left open by a crash between POST and record. We hold the key lock, so no live
-    # run is in the middle of this externalId: each of them is settled by the lookup below.
-    stale_intents = ledger.unfinished_intents(external_id=external_id)
+
+    # Creates that may have been applied: intents left open by a crash between POST and
+    # record, and answers lost with the booking not found yet (``unknown``). We hold the key
+    # lock, so no live run is in the middle of this externalId: the lookup below settles them.
+    doubts = ledger.attempts_in_doubt(external_id)
 
     known = ledger.get_push(external_id)
-    if known is not None and known.state == PushState.BOOKED and not stale_intents:
+    if known is not None and known.state == PushState.BOOKED and not doubts:
         return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
 
     bp = conn.booking_provider
     try:
-        existing = _existing_booking(conn, external_id, index, one_by_one=bool(stale_intents))
+        existing = _existing_booking(conn, external_id, index, one_by_one=bool(doubts))
     except StsyncError as exc:
         attempt = record_intent()
         ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
@@ -294,48 +315,83 @@ def _push_locked(
             raise
         return _failed(lead, kind, external_id, exc, exc.to_dict())
 
-    for stale in stale_intents:
-        if existing is not None:
-            # That crashed run's POST went through: the booking is its creation.
-            ledger.record_push_result(stale.id, outcome=AttemptOutcome.CREATED, booking_id=existing.booking_id)
-        else:
-            ledger.record_push_result(
-                stale.id, outcome=AttemptOutcome.LOST,
-                error={"message": "the run stopped before ServiceTitan's answer was recorded; no booking was found"},
-            )
-
     if existing is not None:
-        with ledger.transaction():  # nothing is sent: the attempt is recorded in one commit
-            attempt = record_intent()
-            ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.booking_id)
+        mine = _doubted_in_this_run(doubts, run_id)
+        with ledger.transaction():  # nothing is sent: the settlement is recorded in one commit
+            for doubt in doubts:
+                # That POST went through, though its answer never came or was never recorded.
+                ledger.record_push_result(doubt.id, outcome=AttemptOutcome.CREATED, booking_id=existing.booking_id)
+            if not mine:
+                attempt = record_intent()
+                ledger.record_push_result(attempt, outcome=AttemptOutcome.ALREADY_BOOKED, booking_id=existing.booking_id)
             if existing.status:
                 ledger.update_tracking(external_id, booking_status=existing.status)
+        if mine:
+            return PushResult(
+                lead=lead, kind=kind, outcome=AttemptOutcome.CREATED, external_id=external_id,
+                booking_id=existing.booking_id, status=existing.status,
+                message="created (found by its externalId after the answer was lost)",
+            )
         return PushResult(
             lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
             booking_id=existing.booking_id, status=existing.status,
             message="already booked in ServiceTitan (found by externalId)",
         )
 
+    if doubts:
+        grace = grace_period(conn)
+        since = max(_doubt_since(doubt) for doubt in doubts)
+        if not grace.trusts(since) or _doubted_in_this_run(doubts, run_id):
+            # Not found yet, and not absent for long enough to believe it (or this run lost
+            # the answer: never twice in one breath). The ledger keeps it unknown.
+            error = doubts[-1].error
+            for doubt in doubts:
+                if doubt.outcome == AttemptOutcome.INTENT:
+                    error = _unknown_error(
+                        "the run stopped before ServiceTitan's answer was recorded, and the booking is not listed by "
+                        "its externalId yet", _doubt_since(doubt), grace,
+                    )
+                    ledger.record_push_result(doubt.id, outcome=AttemptOutcome.UNKNOWN, error=error)
+            return _unknown(lead, kind, external_id, since, error)
+        for doubt in doubts:
+            # A lookup made the grace period after the doubt began: that create was not applied.
+            ledger.record_push_result(doubt.id, outcome=AttemptOutcome.LOST, error={
+                "type": "CreateNotApplied",
+                "message": f"no booking was made: a lookup by externalId {_age(grace, _doubt_since(doubt))} after the "
+                "create did not find it",
+                "hint": "this run creates it",
+                "in_doubt_since": stamp(_doubt_since(doubt)),
+            })
+
     attempt = record_intent()
     try:
-        booking = _create_once(conn, bp, external_id, body, index)
-    except AnswerLost as exc:
-        # Lost every time and never found: ServiceTitan is not usable now, for any lead.
-        ledger.record_push_result(attempt, outcome=AttemptOutcome.LOST, error=exc.to_dict())
-        raise TemporaryError(
-            f"ServiceTitan's answer to the booking for {lead.describe()} was lost {MAX_CREATE_ATTEMPTS} times "
-            "and the booking was not found by its externalId",
-            hint="retry later: the next run looks the booking up before sending it again",
-        ) from exc
+        booking = _with_booking_provider_check(conn, lambda: conn.servicetitan.create_booking(bp, body))
+    except AnswerLost as lost:
+        log.warning("booking %s: %s; looking it up by externalId", external_id, lost)
+        lost_at = grace_period(conn).now()
+        try:
+            booking = _look_up_created(conn, external_id, index)
+        except StsyncError as exc:
+            ledger.record_push_result(attempt, outcome=AttemptOutcome.UNKNOWN, error=_unknown_error(
+                f"{lost.message}; looking the booking up failed too ({exc.message})", lost_at, grace_period(conn),
+            ))
+            if stops_run(exc):
+                raise
+            return _unknown(lead, kind, external_id, lost_at, None)
+        if booking is None:
+            error = _unknown_error(lost.message, lost_at, grace_period(conn))
+            ledger.record_push_result(attempt, outcome=AttemptOutcome.UNKNOWN, error=error)
+            return _unknown(lead, kind, external_id, lost_at, error)
+        # Our POST was committed even though its answer never came: that is our creation.
     except StsyncError as exc:
-        # After a TemporaryError whether the POST went through is unknown (e.g. the look-up
-        # after a lost answer failed too): "lost" leaves the push's state as it is for the
-        # next run to settle.
-        ledger.record_push_result(
-            attempt,
-            outcome=AttemptOutcome.LOST if isinstance(exc, TemporaryError) else AttemptOutcome.FAILED,
-            error=exc.to_dict(),
-        )
+        # After a TemporaryError whether the POST went through is unknown: "unknown" keeps it
+        # in doubt for the next run to settle by a lookup.
+        if isinstance(exc, TemporaryError):
+            ledger.record_push_result(attempt, outcome=AttemptOutcome.UNKNOWN, error=_unknown_error(
+                exc.message, grace_period(conn).now(), grace_period(conn),
+            ))
+        else:
+            ledger.record_push_result(attempt, outcome=AttemptOutcome.FAILED, error=exc.to_dict())
         if stops_run(exc):
             raise
         return _failed(lead, kind, external_id, exc, exc.to_dict())
@@ -348,6 +404,47 @@ def _push_locked(
         status=booking.status,
         message="created",
     )
+
+
+def grace_period(conn: Connection) -> GracePeriod:
+    """``[limits] lookup_grace_seconds`` as a ``GracePeriod`` (``stsync.lookup_grace``)."""
+    return GracePeriod(conn.config.limits.lookup_grace_seconds)
+
+
+def _doubt_since(doubt: AttemptRecord) -> datetime:
+    """When a create in doubt began to be: the recorded loss, else (a killed run's intent)
+    the intent's time — its POST was sent just after."""
+    recorded = parse_stamp((doubt.error or {}).get("in_doubt_since")) if doubt.error else None
+    return recorded or parse_stamp(doubt.started_at) or parse_stamp(doubt.finished_at) or datetime.now(UTC)
+
+
+def _doubted_in_this_run(doubts: Sequence[AttemptRecord], run_id: int | None) -> bool:
+    return run_id is not None and any(doubt.run_id == run_id for doubt in doubts)
+
+
+def _unknown_error(cause: str, since: datetime, grace: GracePeriod) -> dict[str, Any]:
+    return {
+        "type": "CreateInDoubt",
+        "message": f"{UNKNOWN_LABEL}: {cause}",
+        "hint": (
+            "the next run looks the booking up by its externalId first, and creates it only if a lookup made "
+            f"{grace.seconds:g} s or more after the answer was lost still does not find it"
+        ),
+        "exit_code": TemporaryError.exit_code,
+        "in_doubt_since": stamp(since),
+    }
+
+
+def _unknown(lead: Lead, kind: str, external_id: str, since: datetime, error: dict | None) -> PushResult:
+    return PushResult(
+        lead=lead, kind=kind, outcome=AttemptOutcome.UNKNOWN, external_id=external_id, error=error,
+        message=UNKNOWN_LABEL + " (ServiceTitan lost the answer to the booking and does not list it yet)",
+        in_doubt_since=since,
+    )
+
+
+def _age(grace: GracePeriod, since: datetime) -> str:
+    return f"{max(0.0, (grace.now() - since).total_seconds()):.0f} s"
 
 
 def _already_booked_in_ledger(
@@ -367,37 +464,6 @@ def _already_booked_in_ledger(
     )
 
 
-def _create_once(conn: Connection, bp: int, external_id: str, body: dict, index: BookingIndex | None) -> Booking:
-    """POST the booking; after a lost answer, look it up before any new POST."""
-    lost: AnswerLost | None = None
-    for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
-        try:
-            return _with_booking_provider_check(conn, lambda: conn.servicetitan.create_booking(bp, body))
-        except AnswerLost as exc:
-            lost = exc
-            log.warning("booking %s: %s; looking it up by externalId", external_id, exc)
-        if index is not None:
-            # The provider's list by modifiedOn, read now: it shows a booking the ?externalId=
-            # filter may not list yet (api/servicetitan.md §11).
-            index.refresh()
-            row = index.find(external_id, refresh=False)
-            if row is not None:
-                return conn.servicetitan.get_booking(bp, row.booking_id)
-        found = find_booking(conn, external_id)
-        if found is not None:
-            # Our POST was committed even though its answer never came: that is our creation.
-            return found
-        if attempt < MAX_CREATE_ATTEMPTS:
-            _pause_before_retry(attempt)
-    assert lost is not None
-    raise lost
-
-
-def _pause_before_retry(attempt: int) -> None:
-    # Full jitter, so workers hit by the same outage do not come back in step.
-    time.sleep(min(5.0, 0.2 * 2 ** (attempt - 1)) * random.random())
-
-
 @dataclass(frozen=True)
 class _Existing:
     booking_id: int
@@ -408,7 +474,7 @@ def _existing_booking(
     conn: Connection, external_id: str, index: BookingIndex | None, *, one_by_one: bool
 ) -> _Existing | None:
     """The provider's booking with this externalId, if any: from the index (refreshed when
-    stale), and one by one when there is no index or ``one_by_one`` (an unsettled intent)."""
+    stale), and one by one when there is no index or ``one_by_one`` (a create in doubt)."""
     if index is not None:
         row = index.find(external_id)
         if row is not None:
@@ -420,6 +486,18 @@ def _existing_booking(
         return None
     _remember(conn, found)
     return _Existing(found.id, found.status)
+
+
+def _look_up_created(conn: Connection, external_id: str, index: BookingIndex | None) -> Booking | None:
+    """Right after a lost answer: the booking, if that POST made it — from the provider's list
+    by modifiedOn read now (it may show a booking the ?externalId= filter does not list yet,
+    api/servicetitan.md §11), then by externalId."""
+    if index is not None:
+        index.refresh()
+        row = index.find(external_id, refresh=False)
+        if row is not None:
+            return conn.servicetitan.get_booking(conn.booking_provider, row.booking_id)
+    return find_booking(conn, external_id)
 
 
 def _remember(conn: Connection, booking: Booking) -> None:
@@ -499,7 +577,9 @@ def push_leads(
 ) -> PushReport:
     """Push several leads concurrently (``[limits] workers`` threads sharing the clients'
     rate limiters), in one recorded run. A failed lead does not stop the others; a run-level
-    failure stops the run (the leads already done stay recorded) and is raised.
+    failure stops the run (the leads already done stay recorded) and is raised. Leads left
+    ``unknown`` (an answer lost, the booking not listed yet) are looked up again once the
+    others are done, until the grace period ends (``_look_again``).
 
     ``leads`` may be a stream (``push_new`` passes Referral Factory's pages as they come):
     each lead is handed to a worker as soon as it is read, so pushing starts with the first
@@ -523,9 +603,10 @@ def push_leads(
     if known_total is not None:
         workers = min(workers, max(1, known_total))
     with conn.ledger.recorded_run(
-        RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed)
+        RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed or report.unknown)
     ) as report.run_id:
         futures: list = []
+        results: list[PushResult] = []
         try:
             with WorkPool(workers, name="push") as pool:
                 for lead in leads:
@@ -535,10 +616,42 @@ def push_leads(
                 if known_total is None:
                     progress.set_total(len(futures))
                 pool.wait(futures, on_done=lambda _: progress.advance())
+                results = finished(futures)
+                _look_again(conn, target, results, pool, report.run_id, index)
         finally:
             # A stopped run still records what it did before stopping (input order).
-            report.results = unreadable + finished(futures)
+            report.results = unreadable + (results or finished(futures))
     return report
+
+
+def _look_again(
+    conn: Connection,
+    target: PushTarget,
+    results: list[PushResult],
+    pool: WorkPool,
+    run_id: int | None,
+    index: BookingIndex | None,
+) -> None:
+    """The batch's unknown leads, looked up again with backoff until the grace period ends
+    (``Rechecks``; never POSTed again by this run). Each found one becomes ``created`` in
+    ``results``; the others stay ``unknown`` for the next run."""
+    rechecks: Rechecks[int] = Rechecks(grace_period(conn), stop=pool.stop_event)
+    for position, result in enumerate(results):
+        if result.unknown and result.in_doubt_since is not None:
+            rechecks.add(position, result.in_doubt_since)
+    if not len(rechecks):
+        return
+    log.info("push: %d booking(s) in doubt after a lost answer; looking them up again", len(rechecks))
+
+    def check(positions: Sequence[int]) -> list[bool]:
+        futures = [pool.submit(push_lead, conn, results[i].lead, target, run_id=run_id, index=index) for i in positions]
+        for position, again in zip(positions, pool.wait(futures), strict=True):
+            if again is not None:
+                since = results[position].in_doubt_since
+                results[position] = again if not again.unknown else replace(again, in_doubt_since=since)
+        return [results[i].unknown for i in positions]
+
+    rechecks.run(check)
 
 
 def _rejected_result(exc: InvalidRecord, kind: str) -> PushResult:

@@ -26,10 +26,12 @@ from stsync.errors import StsyncError, error_summary
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
+    UNKNOWN_LABEL,
     AttemptOutcome,
     PushState,
     QualificationState,
     QualificationValue,
+    ReferrerState,
 )
 from stsync.vocabulary import Action, Kind, QualificationRule
 
@@ -186,6 +188,7 @@ class ReferrerRecordStory:
     skip_reason: str | None
     error: dict[str, Any] | None
     updated_at: str | None
+    shared_with: int | None = None  # state shared: the customer whose referrer this one shares
 
 
 @dataclass
@@ -239,6 +242,7 @@ def referral_story(
             story.referrer_record = ReferrerRecordStory(
                 customer_id=record.customer_id, rf_user_id=record.rf_user_id, code=record.code, state=record.state,
                 skip_reason=record.skip_reason, error=record.error, updated_at=record.updated_at,
+                shared_with=record.shared_with,
             )
     if not story.pushes and user is not None and user.code and servicetitan is not None and config is not None:
         story.summary.extend(_booked_elsewhere(servicetitan, config, user.code))
@@ -395,11 +399,18 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
 
     if story.referrer_record is not None:
         record = story.referrer_record
+        state = UNKNOWN_LABEL if record.state == ReferrerState.UNKNOWN else record.state
+        if record.state == ReferrerState.SHARED and record.shared_with is not None:
+            state = f"shares the referrer of customer {record.shared_with}"
         story.summary.append(
-            f"Customer sync: ServiceTitan customer {record.customer_id} → referrer ({record.state}"
+            f"Customer sync: ServiceTitan customer {record.customer_id} → referrer ({state}"
             + (f": {record.skip_reason}" if record.skip_reason else "")
             + ")."
         )
+        if record.error:
+            story.summary.append(f"  last error: {error_summary(record.error)}")
+            if record.error.get("hint"):
+                story.next_steps.append(str(record.error["hint"]))
 
     if not story.seen:
         _never_seen(story, config, offline=offline)
@@ -421,6 +432,11 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
 
     for push in story.pushes:
         last = push.attempts[0] if push.attempts else None
+        if push.state != PushState.BOOKED and last is not None and last.outcome == AttemptOutcome.UNKNOWN:
+            story.next_steps.append(
+                f"nothing to fix: the booking for externalId {push.external_id} is {UNKNOWN_LABEL} — the next push "
+                "(cron's `stsync push-lead --new`) looks it up first and creates it only if it is still absent"
+            )
         if push.state != PushState.BOOKED and last is not None and last.outcome in (AttemptOutcome.FAILED, AttemptOutcome.LOST):
             command = f"stsync push-lead --code {push.external_id}" + (" --referrer" if push.kind == Kind.REFERRER else "")
             story.next_steps.append(f"fix what the error above says, then push it again: `{command}`")
@@ -465,6 +481,9 @@ def _push_sentences(push: PushStory, config: Config | None) -> list[str]:
             text = f"booking {attempt.booking_id} ({attempt.outcome.replace('_', ' ')})"
         elif attempt.outcome == AttemptOutcome.INTENT:
             text = "sent, answer not recorded yet (a run in progress, or one that was killed)"
+        elif attempt.outcome == AttemptOutcome.UNKNOWN:
+            # The error's message starts with the label: "unknown — will be checked again: …".
+            text = attempt.error_text or UNKNOWN_LABEL
         elif attempt.error_text:
             text = f"{attempt.outcome} — {attempt.error_text}"
         else:

@@ -557,6 +557,9 @@ class Limits(_Section):
     referral_factory_per_minute: int = Field(REFERRAL_FACTORY_DOCUMENTED_PER_MINUTE, ge=1)
     retry_budget_seconds: int = Field(120, ge=0)
     workers: int = Field(8, ge=1, le=64)
+    # After a create whose answer was lost: how long a new record may stay unlisted by the
+    # lookups (stsync.lookup_grace). 0: no look again in the run; the next run decides.
+    lookup_grace_seconds: int = Field(30, ge=0, le=3600)
 
 
 class SecretsSettings(_Section):

@@ -235,6 +235,7 @@ def render_config(config: Config) -> str:
 
     out.append("# stsync stays under these: ServiceTitan documents 60 calls per second, Referral Factory 600 per")
     out.append("# minute. Retries give up after retry_budget_seconds; workers run batch work in parallel.")
+    out.append("# A create whose answer was lost is looked up again for lookup_grace_seconds, never re-sent by that run.")
     out.append("[limits]")
     for key in Limits.model_fields:
         out.append(_line(key, getattr(limits, key)))

@@ -36,7 +36,7 @@ needs to crawl ServiceTitan again:
 
 All times are UTC ISO-8601 with milliseconds and ``Z`` (``iso_utc``), so they sort as text.
 
-Every referred lead stsync has read (migration 4; written by ``stsync.tracking.referrals``
+Every referred lead stsync has read (migration 5; written by ``stsync.tracking.referrals``
 where leads are read — ``push-lead --new``'s search, ``serve``'s deliveries, single pushes —
 read by ``report``): ``referred_leads``, by ``external_id`` (the booking's join key, as for
 ``pushes``), with the lead's Referral Factory id, e-mail, name and code, ``signed_up_at``
@@ -71,6 +71,7 @@ from stsync.storage.locks import pid_alive
 from stsync.storage.paths import make_private_dir
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
+    IN_DOUBT_OUTCOMES,
     REFERRER_RETRY_STATES,
     AttemptOutcome,
     DeliveryOutcome,
@@ -108,7 +109,7 @@ def _record_level(column: str) -> str:
 SUCCEEDED_RUN_OUTCOMES = (RunOutcome.OK, RunOutcome.PARTIAL)
 ATTEMPT_RESULTS = tuple(o for o in AttemptOutcome if o is not AttemptOutcome.INTENT)
 QUALIFICATION_RESULTS = tuple(s for s in QualificationState if s is not QualificationState.INTENT)
-REFERRER_FIELDS = ("rf_user_id", "email", "code", "url", "fingerprint", "state", "skip_reason", "error")
+REFERRER_FIELDS = ("rf_user_id", "email", "code", "url", "fingerprint", "state", "skip_reason", "error", "shared_with")
 
 # Each entry runs once, in order, inside one transaction; user_version = entries applied.
 MIGRATIONS: list[str] = [
@@ -271,7 +272,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, event_key)
     );
     """,
-    # 4: every referred lead stsync has seen, pushed or not, with its referrer and the day it
+    # 4: a customer sharing the e-mail of another customer's referrer (ReferrerState.SHARED)
+    # names that customer; its return fields carry that referrer's link and code.
+    """
+    ALTER TABLE referrers ADD COLUMN shared_with INTEGER;
+    """,
+    # 5: every referred lead stsync has seen, pushed or not, with its referrer and the day it
     # joined (issue 16: the report's first funnel stage and its "who brought it").
     """
     CREATE TABLE referred_leads (
@@ -499,6 +505,7 @@ class ReferrerRecord:
     skip_reason: str | None
     error: dict | None
     updated_at: str
+    shared_with: int | None = None  # state shared: the customer whose referrer this one shares
 
 
 @dataclass(frozen=True)
@@ -893,7 +900,8 @@ class Ledger:
     def push_attempts(
         self, *, external_id: str | None = None, email: str | None = None, failed_only: bool = False, limit: int = 50
     ) -> list[AttemptRecord]:
-        """Attempts, newest first. ``failed_only``: outcome ``failed`` or ``lost`` (no answer came)."""
+        """Attempts, newest first. ``failed_only``: outcome ``failed``, ``lost`` (no answer came, no
+        booking found) or ``unknown`` (no answer came, the booking not found yet)."""
         where, params = [], []
         if external_id is not None:
             where.append("external_id = ?")
@@ -902,8 +910,8 @@ class Ledger:
             where.append("lower(email) = lower(?)")
             params.append(email)
         if failed_only:
-            where.append("outcome IN (?, ?)")
-            params.extend((AttemptOutcome.FAILED, AttemptOutcome.LOST))
+            where.append("outcome IN (?, ?, ?)")
+            params.extend((AttemptOutcome.FAILED, AttemptOutcome.LOST, AttemptOutcome.UNKNOWN))
         sql = "SELECT * FROM push_attempts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
         return [self._attempt(row) for row in self._query(sql, [*params, limit])]
 
@@ -922,6 +930,26 @@ class Ledger:
                 "SELECT * FROM push_attempts WHERE outcome = ? AND external_id = ? ORDER BY id",
                 (AttemptOutcome.INTENT, external_id),
             )
+        return [self._attempt(row) for row in rows]
+
+    def attempts_in_doubt(self, external_id: str) -> list[AttemptRecord]:
+        """Creates of this externalId that may have been applied, oldest first: intents never
+        finished (a run killed between its POST and its record) and ``unknown`` attempts (the
+        answer was lost and the booking not found yet). Look the booking up before anything
+        is created (``stsync.lookup_grace``)."""
+        rows = self._query(
+            "SELECT * FROM push_attempts WHERE external_id = ? AND outcome IN (?, ?) ORDER BY id",
+            (external_id, *IN_DOUBT_OUTCOMES),
+        )
+        return [self._attempt(row) for row in rows]
+
+    def unknown_attempts(self, limit: int = 50) -> list[AttemptRecord]:
+        """Attempts in doubt whose push is not booked, newest first (for ``diagnose``)."""
+        rows = self._query(
+            "SELECT a.* FROM push_attempts a JOIN pushes p ON p.external_id = a.external_id "
+            "WHERE a.outcome = ? AND p.state != ? ORDER BY a.id DESC LIMIT ?",
+            (AttemptOutcome.UNKNOWN, PushState.BOOKED, limit),
+        )
         return [self._attempt(row) for row in rows]
 
     # -- qualification tracking ---------------------------------------------------------
@@ -1304,6 +1332,24 @@ class Ledger:
         )
         return self._referrer(rows[0]) if rows else None
 
+    def referrers_by_email(self, email: str) -> list[ReferrerRecord]:
+        """Every customer recorded with this e-mail (case-insensitive), by customer id."""
+        rows = self._query("SELECT * FROM referrers WHERE lower(email) = lower(?) ORDER BY customer_id", (email,))
+        return [self._referrer(row) for row in rows]
+
+    def referrers_with_error(self, error_type: str, limit: int | None = None) -> list[ReferrerRecord]:
+        """Customers whose recorded error is of this type (``StsyncError.to_dict()["type"]``), by id."""
+        sql = "SELECT * FROM referrers WHERE json_extract(error, '$.type') = ? ORDER BY customer_id"
+        rows = self._query(sql + " LIMIT ?", (error_type, limit)) if limit is not None else self._query(sql, (error_type,))
+        return [self._referrer(row) for row in rows]
+
+    def referrers_sharing(self, limit: int | None = None) -> list[ReferrerRecord]:
+        """Customers in state ``shared``, by customer id."""
+        sql = "SELECT * FROM referrers WHERE state = ? ORDER BY customer_id"
+        params: tuple[Any, ...] = (ReferrerState.SHARED, limit) if limit is not None else (ReferrerState.SHARED,)
+        rows = self._query(sql + (" LIMIT ?" if limit is not None else ""), params)
+        return [self._referrer(row) for row in rows]
+
     def upsert_referrer(self, customer_id: int, *, conn: sqlite3.Connection | None = None, **values: Any) -> None:
         """Insert or update the given columns only (``error`` is a dict; ``None`` clears a column)."""
         unknown = set(values) - set(REFERRER_FIELDS)
@@ -1325,9 +1371,9 @@ class Ledger:
             )
 
     def referrers_to_retry(self, limit: int | None = None) -> list[ReferrerRecord]:
-        """Customers whose last attempt was cut short (``pending``), ``failed``, or left an error
-        (e.g. a return field not written), by customer id."""
-        sql = "SELECT * FROM referrers WHERE state IN (?, ?) OR error IS NOT NULL ORDER BY customer_id"
+        """Customers whose last attempt was cut short (``pending``), is in doubt (``unknown``),
+        ``failed``, or left an error (e.g. a return field not written), by customer id."""
+        sql = "SELECT * FROM referrers WHERE state IN (?, ?, ?) OR error IS NOT NULL ORDER BY customer_id"
         rows = (
             self._query(sql + " LIMIT ?", (*REFERRER_RETRY_STATES, limit))
             if limit is not None

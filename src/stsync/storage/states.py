@@ -49,8 +49,17 @@ class AttemptOutcome(StrEnum):
     CREATED = "created"
     ALREADY_BOOKED = "already_booked"  # found by externalId: nothing was created
     FAILED = "failed"
-    LOST = "lost"  # no answer came: the next run reconciles by externalId
+    LOST = "lost"  # no answer came, and a lookup made after the grace period found no booking
     SKIPPED = "skipped"
+    # The answer was lost and the booking is not listed (yet): in doubt, looked up again
+    # before anything is created (``stsync.lookup_grace``). Shown as UNKNOWN_LABEL.
+    UNKNOWN = "unknown"
+
+
+# A create in doubt: it may have been applied (a killed run's intent, a lost answer not found yet).
+IN_DOUBT_OUTCOMES = (AttemptOutcome.INTENT, AttemptOutcome.UNKNOWN)
+# What history and diagnose say of a record in doubt.
+UNKNOWN_LABEL = "unknown — will be checked again"
 
 
 # A booking exists after either of these.
@@ -89,10 +98,18 @@ class ReferrerState(StrEnum):
     UPDATED = "updated"
     SKIPPED = "skipped"
     FAILED = "failed"
+    # The create's answer was lost and search does not find the user (yet), or the customer
+    # waits for such a user of its e-mail: looked up again before anything is created.
+    UNKNOWN = "unknown"
+    # The e-mail belongs to the referrer of another customer (``shared_with``): this customer
+    # carries that referrer's link and code; one Referral Factory user per e-mail.
+    SHARED = "shared"
 
 
-# A customer the next run tries again: cut short (pending) or failed.
-REFERRER_RETRY_STATES = (ReferrerState.PENDING, ReferrerState.FAILED)
+# A customer the next run tries again: cut short (pending), in doubt (unknown) or failed.
+REFERRER_RETRY_STATES = (ReferrerState.PENDING, ReferrerState.FAILED, ReferrerState.UNKNOWN)
+# A referrer create that may have been applied: looked up before anything is created.
+REFERRER_IN_DOUBT_STATES = (ReferrerState.PENDING, ReferrerState.UNKNOWN)
 
 
 class DeliveryOutcome(StrEnum):
@@ -113,6 +130,7 @@ class DeliveryOutcome(StrEnum):
     CREATED = AttemptOutcome.CREATED.value
     ALREADY_BOOKED = AttemptOutcome.ALREADY_BOOKED.value
     SKIPPED = AttemptOutcome.SKIPPED.value
+    UNKNOWN = AttemptOutcome.UNKNOWN.value
 
 
 class LeadSeenBy(StrEnum):
