@@ -104,15 +104,18 @@ def test_push_lead_new_records_every_referred_lead_it_reads_booked_or_not(make_c
     assert rf.users_read == [] and conn.ledger.get_referred_lead("REF900") is None
 
 
-def test_a_search_stopped_early_keeps_what_it_read(make_connection, monkeypatch):
+def test_a_lead_is_recorded_before_it_is_handed_out(make_connection, monkeypatch):
     monkeypatch.setattr(lead_sources, "SEEN_BATCH", 100)
-    rf = SearchableReferralFactory([lead_user(1, "AAA"), lead_user(2, "BBB"), lead_user(3, "CCC")])
+    rf = SearchableReferralFactory([lead_user(1, "AAA"), lead_user(2, "BBB"), lead_user(3, "CCC"), lead_user(4, "DDD")])
     conn = make_connection(referral_factory=rf)
+    attempt = conn.ledger.record_push_intent("AAA", kind="lead", email="aaa@example.com", name="A")
+    conn.ledger.record_push_result(attempt, outcome="created", booking_id=5)
     leads = lead_sources.iter_new_leads(conn, push_target(conn, Kind.LEAD))
-    assert next(leads).referral_code == "AAA"
-    leads.close()  # a run-level failure stops the run here
-    assert conn.ledger.get_referred_lead("AAA") is not None
-    assert conn.ledger.get_referred_lead("CCC") is None  # never read
+    assert next(leads).referral_code == "BBB"
+    # Handed out: BBB, and AAA (booked, read before it) are recorded already.
+    assert conn.ledger.get_referred_lead("BBB") is not None and conn.ledger.get_referred_lead("AAA") is not None
+    leads.close()  # a run-level failure stops the run here: nothing more is read or written
+    assert conn.ledger.get_referred_lead("CCC") is None
 
 
 def test_a_dry_run_and_referrers_record_nothing(make_connection):

@@ -12,9 +12,10 @@ its referrer (``leads.LeadReader``):
   ``--file``, flags) into the ledger's ``referred_leads`` (``tracking.referrals``).
 
 Every referred lead ``iter_new_leads`` reads is recorded there too (the report's "referred
-leads", pushed or not, with their referrer), in batches of ``SEEN_BATCH`` as the search pages
-come in — also the leads already booked, so none is missed — unless ``record=False`` (a dry
-run). That costs no request: only what the search returned is kept.
+leads", pushed or not, with their referrer) unless ``record=False`` (a dry run): a new lead
+before it is handed out, the leads already booked with it or in batches of ``SEEN_BATCH`` (a
+run stopped early records them next time; their pushes count in the report meanwhile). That
+costs no request: only what the search returned is kept.
 """
 
 from __future__ import annotations
@@ -94,33 +95,36 @@ def iter_new_leads(conn: Connection, target: PushTarget, *, record: bool = True)
     seen: set[str] = set()
     to_record: list[Lead] = []
     recording = record and kind == Kind.LEAD
-    try:
-        for user in conn.referral_factory.search_users([("campaign_id", campaign_id), ("type", user_type)]):
-            if user.type != user_type:
-                continue  # the search filter is re-checked, as for campaign_id
-            lead = reader.lead(user)
-            if recording:
-                to_record.append(lead)
-                if len(to_record) >= SEEN_BATCH:
-                    record_leads_seen(conn, to_record, seen_by=LeadSeenBy.SEARCH)
-                    to_record = []
-            try:
-                external_id = external_id_for(lead, section)
-            except InvalidRecord:
-                yield lead
-                continue
-            if external_id in seen:
-                continue  # a page boundary moved under us: the same user twice
-            seen.add(external_id)
-            known = ledger.get_push(external_id)
-            if known is not None and known.state == PushState.BOOKED:
-                continue
-            yield lead
-    finally:
-        # Also when the run stops early (a run-level failure closes this generator): what
-        # was read is kept.
+
+    def record_seen_so_far() -> None:
         if to_record:
             record_leads_seen(conn, to_record, seen_by=LeadSeenBy.SEARCH)
+            to_record.clear()
+
+    for user in conn.referral_factory.search_users([("campaign_id", campaign_id), ("type", user_type)]):
+        if user.type != user_type:
+            continue  # the search filter is re-checked, as for campaign_id
+        lead = reader.lead(user)
+        if recording:
+            to_record.append(lead)
+        try:
+            external_id = external_id_for(lead, section)
+        except InvalidRecord:
+            record_seen_so_far()
+            yield lead
+            continue
+        if external_id in seen:
+            continue  # a page boundary moved under us: the same user twice
+        seen.add(external_id)
+        known = ledger.get_push(external_id)
+        if known is not None and known.state == PushState.BOOKED:
+            if len(to_record) >= SEEN_BATCH:
+                record_seen_so_far()
+            continue
+        # Recorded before it is handed out: a run that stops at this lead has still seen it.
+        record_seen_so_far()
+        yield lead
+    record_seen_so_far()
 
 
 def record_seen(conn: Connection, leads: Sequence[Lead], target: PushTarget) -> None:
