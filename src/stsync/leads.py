@@ -224,22 +224,23 @@ def _norm(key: str) -> str:
     return re.sub(r"[^a-z0-9]", "", key.casefold())
 
 
-def leads_from_json(obj: Any) -> list[Lead]:
+def leads_from_json(obj: Any, *, pointer_only: bool = False) -> list[Lead]:
     """Leads from a Referral Factory user object, a webhook payload, or a list of either.
 
     Raises ``UsageError`` when the shape is not a lead at all and ``InvalidRecord`` when a
     lead lacks its e-mail (the one key every use needs), naming the record and the keys
-    looked for.
+    looked for. ``pointer_only``: a lead that will be read back from Referral Factory (a
+    webhook delivery) only needs to name the user — its id, referral code or e-mail.
     """
     if isinstance(obj, list):
         if not obj:
             raise UsageError("the input is an empty list: no lead to read")
-        return [lead_from_json_object(item, position=index + 1) for index, item in enumerate(obj)]
+        return [lead_from_json_object(item, position=index + 1, pointer_only=pointer_only) for index, item in enumerate(obj)]
     if isinstance(obj, dict):
         inner = _unwrap(obj)
         if isinstance(inner, list):
-            return leads_from_json(inner)
-        return [lead_from_json_object(obj)]
+            return leads_from_json(inner, pointer_only=pointer_only)
+        return [lead_from_json_object(obj, pointer_only=pointer_only)]
     raise UsageError(
         f"expected a lead as a JSON object (or a list of them), got {type(obj).__name__}",
         hint="pass a Referral Factory user object, a webhook payload, or a list of either",
@@ -262,7 +263,7 @@ def leads_from_input(obj: Any) -> tuple[list[Lead], list[InvalidRecord]]:
     return leads, rejected
 
 
-def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
+def lead_from_json_object(obj: Any, *, position: int | None = None, pointer_only: bool = False) -> Lead:
     """One lead from one JSON object (see ``leads_from_json``)."""
     where = f"record #{position}" if position is not None else "the input"
     if not isinstance(obj, dict):
@@ -328,7 +329,13 @@ def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
         values["campaign_id"] = campaign_id
 
     email = _text(values.get("email"))
-    if email is None:
+    if pointer_only and email is None and _text(values.get("referral_code")) is None and _text(values.get("rf_user_id")) is None:
+        raise InvalidRecord(
+            f"{where} names no Referral Factory user: looked for an e-mail ({_EMAIL_SPELLINGS}), a referral code or an id",
+            field="email",
+            hint="include the user's id, referral code or e-mail in the webhook payload",
+        )
+    if email is None and not pointer_only:
         code = _text(values.get("referral_code"))
         who = f" (referral code {code})" if code else ""
         raise InvalidRecord(

@@ -219,6 +219,8 @@ def test_spec_kinds_and_texts():
         ('[customer_sync]\nmode = "ongoin"', "customer_sync.mode", "did you mean 'ongoing'"),
         ("[limits]\nworkers = 0", "limits.workers", "greater than or equal to 1"),
         ('[webhook]\naliases = { referral_code = "code" }', "webhook.aliases.referral_code", "must be a list"),
+        ('[webhook]\ntrusted_proxy = "proxy.local"', "webhook.trusted_proxy", "the reverse proxy's IP address"),
+        ("[webhook]\nmax_connections = 0", "webhook.max_connections", "greater than or equal to 1"),
     ],
 )
 def test_schema_errors_name_the_key_path(text, key_path, message):
@@ -576,3 +578,10 @@ def test_the_generated_config_names_no_document_sections():
     for config in (default_config(), default_config(**EXAMPLE_IDENTITY)):
         text = render_config(config)
         assert "§" not in text and "SPEC" not in text
+
+
+@pytest.mark.parametrize(("given", "kept"), [("127.0.0.1", "127.0.0.1"), (" ::1 ", "::1"), ("*", "*")])
+def test_the_trusted_proxy_is_an_ip_address_or_a_star(given, kept):
+    config = parse_config_text(f'[webhook]\ntrusted_proxy = "{given}"', path=Path("conf.toml"))
+    assert config.webhook.trusted_proxy == kept
+    assert (config.webhook.max_connections, config.webhook.workers) == (1000, 4)

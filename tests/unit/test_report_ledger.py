@@ -1,4 +1,4 @@
-"""The ledger's side of the report: referred leads recorded as seen (migration 5), and the one
+"""The ledger's side of the report: referred leads recorded as seen (migration 6), and the one
 query that joins them with pushes and the ServiceTitan mirror (``referral_rows``)."""
 
 from __future__ import annotations

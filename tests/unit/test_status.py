@@ -117,7 +117,7 @@ def test_open_failures_cool_down_block_and_waiting_deliveries_need_attention(pat
     with Ledger.open(paths.ledger) as ledger:
         attempt = ledger.record_push_intent("ANN1", kind="lead", email="ann@example.com", name="Ann")
         ledger.record_push_result(attempt, outcome="failed", error=REFUSED)
-        ledger.record_delivery("lead_created:9", event="lead_created", external_id="ZED9")
+        ledger.admit_delivery("lead_created:9", event="lead_created", external_id="ZED9", lead={"referral_code": "ZED9"}, payload={"code": "ZED9"})
     RateLimiter(600, 60.0, state_file=paths.rate_file("referral_factory")).record_ip_blocked()
     code, out = status_json(capsys)
     assert code == 1

@@ -1,7 +1,8 @@
 """`stsync serve`: an HTTP endpoint for Referral Factory's outbound webhooks.
 
 The service (``services.serve.WebhookServer``) knows nothing of signals: this module runs it
-until SIGINT or SIGTERM, then lets it finish the queue and record the run.
+until SIGINT or SIGTERM, then stops it — bounded: open connections are closed, the workers
+get a few seconds, and what they leave stays recorded for the next start — and records the run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def register(app: typer.Typer) -> None:
     app.command(
         "serve",
         help="Receive Referral Factory webhooks: a new lead becomes a booking (exactly once), "
-        "a qualified lead is recorded. Needs a shared token; Ctrl-C or SIGTERM finishes the queue and exits.",
+        "a qualified lead is recorded. Needs a shared token. Every delivery is recorded before it is answered; "
+        "Ctrl-C or SIGTERM stops within seconds and the next start processes what was left.",
     )(serve_command)
 
 
@@ -61,7 +63,9 @@ def serve_command(
 
     def started(server: WebhookServer) -> None:
         term.success(f"listening on {server.url}<token> (also POST /hooks with the X-Stsync-Token header; GET /metrics with it)")
-        term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
+        if server.stats.resumed:
+            term.info(f"processing {server.stats.resumed} delivery(ies) received before the last stop")
+        term.info("Press Ctrl-C (or send SIGTERM) to stop; what is still queued then is processed at the next start.")
 
     server = WebhookServer(
         conn,
@@ -79,9 +83,10 @@ def serve_command(
         finally:
             watch.stop()
     stats = server.stats
+    left = f", {stats.left_waiting} left for the next start" if stats.left_waiting else ""
     term.summary(
         f"serve stopped: {stats.received} delivery(ies) received, {stats.duplicates} duplicate(s), "
-        f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed."
+        f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed{left}."
     )
     app_ctx.emit({"ok": True, "run_id": server.run_id, "counts": stats.as_counts()})
 
@@ -115,7 +120,7 @@ def serve_until_signalled(
     stop: threading.Event | None = None,
     on_started: Callable[[WebhookServer], None] | None = None,
 ) -> None:
-    """Run ``server`` until SIGINT/SIGTERM (or ``stop`` is set), then finish the queue.
+    """Run ``server`` until SIGINT/SIGTERM (or ``stop`` is set), then stop it.
 
     Signal handlers can only be installed from the main thread; elsewhere (tests) only
     ``stop`` ends it. The previous handlers are restored afterwards.

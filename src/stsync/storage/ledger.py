@@ -36,7 +36,7 @@ needs to crawl ServiceTitan again:
 
 All times are UTC ISO-8601 with milliseconds and ``Z`` (``iso_utc``), so they sort as text.
 
-Every referred lead stsync has read (migration 5; written by ``stsync.tracking.referrals``
+Every referred lead stsync has read (migration 6; written by ``stsync.tracking.referrals``
 where leads are read — ``push-lead --new``'s search, ``serve``'s deliveries, single pushes —
 read by ``report``): ``referred_leads``, by ``external_id`` (the booking's join key, as for
 ``pushes``), with the lead's Referral Factory id, e-mail, name and code, ``signed_up_at``
@@ -74,6 +74,7 @@ from stsync.storage.states import (
     IN_DOUBT_OUTCOMES,
     REFERRER_RETRY_STATES,
     AttemptOutcome,
+    DeliveryAdmission,
     DeliveryOutcome,
     LeadSeenBy,
     PushState,
@@ -110,6 +111,8 @@ SUCCEEDED_RUN_OUTCOMES = (RunOutcome.OK, RunOutcome.PARTIAL)
 ATTEMPT_RESULTS = tuple(o for o in AttemptOutcome if o is not AttemptOutcome.INTENT)
 QUALIFICATION_RESULTS = tuple(s for s in QualificationState if s is not QualificationState.INTENT)
 REFERRER_FIELDS = ("rf_user_id", "email", "code", "url", "fingerprint", "state", "skip_reason", "error", "shared_with")
+
+ABANDONED_RUN = "the process ended without finishing (killed?)"
 
 # Each entry runs once, in order, inside one transaction; user_version = entries applied.
 MIGRATIONS: list[str] = [
@@ -277,7 +280,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE referrers ADD COLUMN shared_with INTEGER;
     """,
-    # 5: every referred lead stsync has seen, pushed or not, with its referrer and the day it
+    # 5: a webhook delivery answered 202 is a promise: what it says is kept with it, so a
+    # restart processes every delivery still without an outcome, in the order received (seq).
+    """
+    ALTER TABLE webhook_deliveries ADD COLUMN lead TEXT;
+    ALTER TABLE webhook_deliveries ADD COLUMN payload TEXT;
+    ALTER TABLE webhook_deliveries ADD COLUMN seq INTEGER;
+    ALTER TABLE webhook_deliveries ADD COLUMN finished_at TEXT;
+    UPDATE webhook_deliveries SET seq = rowid;
+    CREATE INDEX webhook_deliveries_waiting ON webhook_deliveries(seq) WHERE outcome IS NULL OR outcome = 'retrying';
+    """,
+    # 6: every referred lead stsync has seen, pushed or not, with its referrer and the day it
     # joined (issue 16: the report's first funnel stage and its "who brought it").
     """
     CREATE TABLE referred_leads (
@@ -524,8 +537,17 @@ class DeliveryRecord:
     event: str | None
     external_id: str | None
     received_at: str
-    outcome: str | None  # DeliveryOutcome
+    outcome: str | None  # DeliveryOutcome; None (or "retrying") = waiting to be processed
     error: dict | None
+    lead: dict | None  # the lead the delivery names (``Lead`` fields): what a restart processes
+    payload: Any  # the delivery's JSON as received (never the token: that is not in the body)
+    seq: int | None  # order of (re)queueing
+    finished_at: str | None
+
+    @property
+    def waiting(self) -> bool:
+        """Recorded (answered 202) and not processed yet."""
+        return self.outcome is None or self.outcome == DeliveryOutcome.RETRYING
 
 
 def _record(cls: type, row: sqlite3.Row, *, json_columns: tuple[str, ...] = (), bool_columns: tuple[str, ...] = ()):
@@ -731,6 +753,20 @@ class Ledger:
             )
             if cursor.rowcount == 0:
                 raise ValueError(f"no run {run_id} in the ledger")
+
+    def close_abandoned_runs(self, job: str) -> list[int]:
+        """Close as ``interrupted`` every ``running`` run of ``job`` whose process is dead
+        (kill -9, power cut) — called by a new run of ``job`` that holds its lock. → their ids."""
+        rows = self._query("SELECT id, pid FROM runs WHERE job = ? AND outcome = ?", (job, RunOutcome.RUNNING))
+        closed = [row["id"] for row in rows if not pid_alive(row["pid"])]
+        if closed:
+            with self.transaction() as conn:
+                for run_id in closed:
+                    conn.execute(
+                        "UPDATE runs SET finished_at = ?, outcome = ?, error = ? WHERE id = ? AND outcome = ?",
+                        (utc_now(), RunOutcome.INTERRUPTED, ABANDONED_RUN, run_id, RunOutcome.RUNNING),
+                    )
+        return closed
 
     def _run(self, row: sqlite3.Row) -> RunRecord:
         record = _record(RunRecord, row, json_columns=("counts",))
@@ -1442,27 +1478,65 @@ class Ledger:
             )
 
     # -- webhook deliveries -------------------------------------------------------------
-    def record_delivery(self, key: str, *, event: str | None, external_id: str | None) -> bool:
-        """Remember a delivery. False = this key was seen before (a redelivery: do not act twice)."""
+    def admit_delivery(
+        self, key: str, *, event: str | None, external_id: str | None, lead: Mapping[str, Any], payload: Any
+    ) -> DeliveryAdmission:
+        """Record a delivery before it is answered (one transaction, synced): → ``DeliveryAdmission``.
+
+        ``new``: first seen, recorded with what it says. ``waiting``: recorded before and
+        still without an outcome (answered 202 by a process that died, or queued now):
+        process it unless it is queued already. ``retry``: its processing failed: marked
+        ``retrying`` and queued again. ``done``: it has an outcome; a duplicate.
+        """
+        now = utc_now()
         with self.transaction() as conn:
+            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM webhook_deliveries").fetchone()[0]
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO webhook_deliveries (key, event, external_id, received_at) VALUES (?, ?, ?, ?)",
-                (key, event, external_id, utc_now()),
+                "INSERT OR IGNORE INTO webhook_deliveries (key, event, external_id, received_at, lead, payload, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, event, external_id, now, _dumps(dict(lead)), _dumps(payload), seq),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount == 1:
+                return DeliveryAdmission.NEW
+            row = conn.execute("SELECT outcome, lead FROM webhook_deliveries WHERE key = ?", (key,)).fetchone()
+            if row["lead"] is None:  # recorded by an stsync that kept no payload
+                conn.execute(
+                    "UPDATE webhook_deliveries SET lead = ?, payload = ? WHERE key = ?",
+                    (_dumps(dict(lead)), _dumps(payload), key),
+                )
+            if row["outcome"] is None or row["outcome"] == DeliveryOutcome.RETRYING:
+                return DeliveryAdmission.WAITING
+            if row["outcome"] == DeliveryOutcome.FAILED:
+                # Sent again after it failed: try once more. Marked at once, so a burst of
+                # redeliveries queues it once.
+                conn.execute(
+                    "UPDATE webhook_deliveries SET outcome = ?, seq = ?, finished_at = NULL WHERE key = ?",
+                    (DeliveryOutcome.RETRYING, seq, key),
+                )
+                return DeliveryAdmission.RETRY
+            return DeliveryAdmission.DONE
 
     def finish_delivery(self, key: str, outcome: str, error: Mapping[str, Any] | str | None = None) -> None:
         if isinstance(error, str):
             error = {"message": error}
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE webhook_deliveries SET outcome = ?, error = ? WHERE key = ?",
-                (outcome, _dumps(dict(error) if error is not None else None), key),
+                "UPDATE webhook_deliveries SET outcome = ?, error = ?, finished_at = ? WHERE key = ?",
+                (outcome, _dumps(dict(error) if error is not None else None), utc_now(), key),
             )
 
     def get_delivery(self, key: str) -> DeliveryRecord | None:
         rows = self._query("SELECT * FROM webhook_deliveries WHERE key = ?", (key,))
-        return _record(DeliveryRecord, rows[0], json_columns=("error",)) if rows else None
+        return _record(DeliveryRecord, rows[0], json_columns=("error", "lead", "payload")) if rows else None
+
+    def deliveries_to_process(self) -> list[DeliveryRecord]:
+        """Every delivery recorded and not processed yet, in the order it was (re)queued (what
+        ``serve`` processes first when it starts; ``waiting_deliveries`` counts them)."""
+        rows = self._query(
+            "SELECT * FROM webhook_deliveries WHERE outcome IS NULL OR outcome = ? ORDER BY seq, rowid",
+            (DeliveryOutcome.RETRYING,),
+        )
+        return [_record(DeliveryRecord, row, json_columns=("error", "lead", "payload")) for row in rows]
 
     # -- health: what status and the alerts read ----------------------------------------
     def failed_pushes(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[AttemptRecord]]:

@@ -133,6 +133,15 @@ class DeliveryOutcome(StrEnum):
     UNKNOWN = AttemptOutcome.UNKNOWN.value
 
 
+class DeliveryAdmission(StrEnum):
+    """What ``Ledger.admit_delivery`` found for a delivery key, i.e. what ``serve`` does with it."""
+
+    NEW = "new"  # first seen: queue it
+    WAITING = "waiting"  # recorded, no outcome yet: queue it unless it is queued
+    RETRY = "retry"  # failed before: marked retrying, queue it
+    DONE = "done"  # has an outcome: a duplicate, not processed again
+
+
 class LeadSeenBy(StrEnum):
     """``referred_leads.seen_by``: where stsync first read a referred lead."""
 
