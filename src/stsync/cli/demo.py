@@ -21,14 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.cli.help import TOOLS, examples
+from stsync.cli.tables import Column, Role
 from stsync.credentials import SECRETS
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo", help="Run the whole job on a local sandbox (no credentials needed).")(demo_command)
+    app.command(
+        "demo",
+        help="Run the whole job on a local sandbox (no credentials needed).",
+        epilog=examples(
+            ("stsync demo", "connect, map, validate, push, sync, qualify, diagnose — against a simulator"),
+            ("stsync demo --keep", "keep the demo's config and state directory to look at"),
+        ),
+        rich_help_panel=TOOLS,
+    )(demo_command)
 
 
 @dataclass
@@ -137,16 +148,16 @@ def demo_command(
             shutil.rmtree(workdir, ignore_errors=True)
 
     failed = [s for s in steps if s.code not in (0, None)]
-    table = term.table("Step", "Command", "Result", "Time", title="Demo summary")
-    for step in steps:
-        ok = step.code == 0
-        table.add_row(
+    rows = [
+        [
             step.title,
-            "stsync " + _shown(step.argv),
-            "[green]✓[/]" if ok else f"[red]exit {step.code}[/]",
+            _short("stsync " + _shown(step.argv)),
+            Text("✓", style="green") if step.code == 0 else Text(f"exit {step.code}", style="red"),
             f"{step.seconds:.1f}s",
-        )
-    term.summary(table)
+        ]
+        for step in steps
+    ]
+    term.table(list(SUMMARY_COLUMNS), rows, title="Demo summary")
     if not failed:
         term.summary(
             f"[green]All {len(steps)} steps passed[/] in {time.monotonic() - started:.1f}s: "
@@ -155,15 +166,27 @@ def demo_command(
             f"{summary['return_fields']} return fields written, {summary['qualified']} referral(s) qualified."
         )
         term.summary("Next: `stsync connect` with your own credentials (see README), or `stsync sandbox` to explore.")
-    app_ctx.emit(
-        {
-            "ok": not failed,
-            "steps": [{"title": s.title, "argv": s.argv, "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps],
-            "summary": summary if not failed else None,
-        }
+    counts = {"steps": len(steps), "steps_failed": len(failed), **(summary if not failed else {})}
+    app_ctx.result(
+        counts=counts,
+        steps=[{"title": s.title, "argv": _redacted(s.argv), "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps],
+        summary=summary if not failed else None,
     )
     if failed:
-        raise typer.Exit(failed[0].code or 1)
+        from stsync.errors import CommandFailed
+
+        step = failed[0]
+        raise app_ctx.exit_with(
+            CommandFailed(f"demo step {steps.index(step) + 1} ({step.title}) exited {step.code}", exit_code=step.code or 1)
+        )
+
+
+SUMMARY_COLUMNS = (
+    Column("Step", Role.TEXT, min_width=20, drop_order=2),
+    Column("Command", Role.TEXT, min_width=24),
+    Column("Result", Role.LABEL),
+    Column("Time", Role.LABEL, drop_order=1),
+)
 
 
 def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:
@@ -186,15 +209,24 @@ def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:
     return True
 
 
-def _shown(argv: list[str]) -> str:
-    """The command as printed: secrets are the sandbox's, but they still are not shown."""
+def _redacted(argv: list[str]) -> list[str]:
+    """The command as shown: secrets are the sandbox's, but they still are not shown."""
     hidden = {"--client-secret", "--app-key", "--rf-api-key"}
     out: list[str] = []
     redact_next = False
     for arg in argv:
         out.append("***" if redact_next else arg)
         redact_next = arg in hidden
-    return " ".join(out)
+    return out
+
+
+def _shown(argv: list[str]) -> str:
+    return " ".join(_redacted(argv))
+
+
+def _short(command: str, limit: int = 40) -> str:
+    """A step's command in the summary table (each step printed it whole above)."""
+    return command if len(command) <= limit else command[: limit - 2].rstrip() + " …"
 
 
 @contextmanager

@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from stsync.cli.choices import choice
 from stsync.cli.context import AppContext
+from stsync.cli.help import EVERYDAY, examples
 from stsync.storage.states import RunJob
+from stsync.vocabulary import ReportGroup
 
 if TYPE_CHECKING:
     from stsync.reporting.funnel import Group, Report, Tally
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 
 BAR_WIDTH = 32
 TOP_SHOWN = 5
+GROUP_WORD = choice(ReportGroup)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +38,13 @@ def register(app: typer.Typer) -> None:
         help="What referrals brought in, and who brought it: the funnel (referred leads → bookings → jobs → completed → "
         "qualified) and the revenue of the referrals that joined in a period (by sign-up day; default the last 90 "
         "days), from the ledger. --refresh reads what changed in ServiceTitan first.",
+        epilog=examples(
+            ("stsync report", "the funnel and the money of the last 90 days' referrals, from the ledger alone"),
+            ("stsync report --since 2025-01-01 --until 2025-12-31 --by month", "a row per month the referrals joined"),
+            ("stsync report --by referrer --refresh", "read what changed in ServiceTitan first; a row per referrer"),
+            ("stsync report --html referrals.html --csv referrals.csv", "a page to open or e-mail, and a spreadsheet"),
+        ),
+        rich_help_panel=EVERYDAY,
     )(report_command)
 
 
@@ -59,7 +70,9 @@ def report_command(
     until: str | None = typer.Option(
         None, "--until", metavar="YYYY-MM-DD", help="Last day of the period, included. Default: today (UTC)."
     ),
-    by: str | None = typer.Option(None, "--by", metavar="referrer|month", help="A row per referrer or per month."),
+    by: ReportGroup | None = typer.Option(
+        None, "--by", parser=GROUP_WORD, help="A row per referrer, or per month the referrals joined."
+    ),
     refresh: bool = typer.Option(
         False, "--refresh", help="Read what changed in ServiceTitan first (qualify's incremental reads; nothing is qualified)."
     ),
@@ -74,15 +87,12 @@ def report_command(
     from stsync.errors import UsageError
     from stsync.reporting.page import page_html
     from stsync.reporting.spreadsheet import csv_text
-    from stsync.services.report import BY_CHOICES, referral_report
+    from stsync.services.report import referral_report
     from stsync.storage.ledger import utc_now
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
     first, last = _day("--since", since), _day("--until", until)
-    if by is not None and by.strip().lower() not in BY_CHOICES:
-        raise UsageError(f"--by {by!r} is not one of: {', '.join(BY_CHOICES)}", hint="--by referrer or --by month")
-    by = by.strip().lower() if by is not None else None
     if csv_path == "-" and app_ctx.json_mode:
         raise UsageError("--csv - and --json both want stdout", hint="give --csv a file path, or leave out --json")
 
@@ -92,6 +102,9 @@ def report_command(
             result = referral_report(conn, since=first, until=last, by=by, refresh=True)
     else:
         result = referral_report(conn, since=first, until=last, by=by)
+    # The --json object (written when the invocation ends): counts in the envelope, the rest as its keys.
+    data = result.to_dict()
+    app_ctx.result(counts=data.pop("counts"), **data)
 
     if csv_path is not None:
         text = csv_text(result.report)
@@ -106,12 +119,11 @@ def report_command(
         _write(Path(html_path), page)
         term.info(f"Wrote the report page to {html_path} (self-contained: open it, or attach it to an e-mail)")
     if not app_ctx.json_mode and csv_path != "-":
-        _render(result, terminal=sys.stdout.isatty())
+        _render(result, out=_Output(term.out if term.data_to_terminal else None))
     if result.refreshed is not None:
         reads = result.refreshed
         how = f"full read ({reads.full_reason})" if reads.full else "read what changed since the last read"
         term.info(f"ServiceTitan: {how}; {reads.requests} request(s).")
-    app_ctx.emit({"ok": True, **result.to_dict()})
 
 
 def _write(path: Path, text: str, *, newline: str | None = None) -> None:
@@ -128,10 +140,9 @@ def _write(path: Path, text: str, *, newline: str | None = None) -> None:
 # -- rendering -------------------------------------------------------------------------------------
 
 
-def _render(result: ReferralReport, *, terminal: bool) -> None:
+def _render(result: ReferralReport, *, out: _Output) -> None:
     """The report on stdout: Rich on a terminal, plain aligned text otherwise."""
     report = result.report
-    out = _Output(terminal)
     total = report.total
     out.line(f"Referrals that joined from {report.since} to {report.until} (by sign-up day)", style="bold")
     widest = max(total.referred, 1)
@@ -214,13 +225,12 @@ def _money(cents: int) -> str:
 
 
 class _Output:
-    """Tables and lines on stdout: Rich on a terminal, plain text in a pipe or a file."""
+    """Tables and lines on stdout: Rich on the terminal's data console when stdout is a
+    terminal (``console``), plain aligned text in a pipe or a file (``None``)."""
 
-    def __init__(self, terminal: bool) -> None:
-        from rich.console import Console
-
-        self.terminal = terminal
-        self.console = Console(file=sys.stdout, highlight=False) if terminal else None
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self.terminal = console is not None
         self.lines: list[str] = []
 
     def bar(self, count: int, widest: int) -> Any:

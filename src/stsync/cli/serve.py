@@ -16,6 +16,7 @@ import typer
 
 from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.cli.help import EVERYDAY, examples
 from stsync.storage.states import DeliveryOutcome, RunJob
 
 if TYPE_CHECKING:
@@ -30,13 +31,22 @@ def register(app: typer.Typer) -> None:
         help="Receive Referral Factory webhooks: a new lead becomes a booking (exactly once), "
         "a qualified lead is recorded. Needs a shared token. Every delivery is recorded before it is answered; "
         "Ctrl-C or SIGTERM stops within seconds and the next start processes what was left.",
+        epilog=examples(
+            (
+                "STSYNC_WEBHOOK_TOKEN=$(openssl rand -hex 24) stsync serve --port 8080",
+                "behind a TLS proxy; Referral Factory posts to https://hooks.example.com/hooks/<token>/lead-created",
+            ),
+        ),
+        rich_help_panel=EVERYDAY,
     )(serve_command)
 
 
 def serve_command(
     ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (put a TLS reverse proxy in front)."),
-    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on (0 picks a free one)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on (put a TLS reverse proxy in front)."
+    ),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, metavar="PORT", help="Port to listen on (0 picks a free one)."),
     token: str | None = typer.Option(
         None,
         "--token",
@@ -83,12 +93,14 @@ def serve_command(
         finally:
             watch.stop()
     stats = server.stats
+    app_ctx.result(counts=stats.as_counts(), run_id=server.run_id)
+    if term.quiet and not stats.received:
+        return  # -q: nothing was done, nothing is said
     left = f", {stats.left_waiting} left for the next start" if stats.left_waiting else ""
     term.summary(
         f"serve stopped: {stats.received} delivery(ies) received, {stats.duplicates} duplicate(s), "
         f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed{left}."
     )
-    app_ctx.emit({"ok": True, "run_id": server.run_id, "counts": stats.as_counts()})
 
 
 def delivery_observer(term: Terminal) -> Callable[[DeliveryEvent], None] | None:

@@ -38,13 +38,13 @@ from stsync.services.qualify import refresh as refresh_mirror
 from stsync.storage.ledger import iso_utc, parse_utc
 from stsync.tracking.reads import READ_AT, ReadReport
 from stsync.tracking.referrals import read_referrer_details
+from stsync.vocabulary import ReportGroup
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
 
 DEFAULT_DAYS = 90
 STALE_AFTER = timedelta(days=1)  # a mirror older than this is pointed out
-BY_CHOICES = ("referrer", "month")
 
 REVENUE_NOTE = (
     "Revenue is each job's total (ServiceTitan's JobResponse \"Total amount of the job\"), summed over the jobs "
@@ -102,8 +102,9 @@ def referral_report(
     since = since or until - timedelta(days=DEFAULT_DAYS - 1)
     if until < since:
         raise UsageError(f"--until {until} is before --since {since}", hint="give the first day, then the last one")
-    if by is not None and by not in BY_CHOICES:
-        raise UsageError(f"--by {by!r} is not one of: {', '.join(BY_CHOICES)}")
+    if by is not None and by not in tuple(ReportGroup):
+        raise UsageError(f"--by {by!r} is not one of: {', '.join(ReportGroup)}")
+    by = str(by) if by is not None else None  # the word itself, not its enum, in the report
 
     refreshed = refresh_mirror(conn, full=full) if refresh else None
     unnamed = named = 0
