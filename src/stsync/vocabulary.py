@@ -116,3 +116,10 @@ class BookingSection(StrEnum):
 
     LEADS = "leads"
     REFERRERS = "referrers"
+
+
+class ReportGroup(StrEnum):
+    """A row per what (``report --by``): the referrer who brought the referrals, or the month they joined."""
+
+    REFERRER = "referrer"
+    MONTH = "month"

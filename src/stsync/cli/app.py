@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "push_lead",
     "sync_customers",
     "qualify",
+    "report",
     "run",
     "serve",
     "diagnose",

@@ -143,6 +143,8 @@ def push_lead_command(
             leads = [lead_sources.fetch_lead(conn, code=code, rf_user_id=rf_user_id)]
         else:
             leads = lead_sources.complete_leads(conn, leads, target)
+        if not dry_run:
+            lead_sources.record_seen(conn, leads, target)
         if batch:
             with term.progress("Pushing leads", total=len(leads)) as bar:
                 report = service.push_leads(conn, leads, target, progress=bar, dry_run=dry_run, rejected=rejected)
