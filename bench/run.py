@@ -15,6 +15,8 @@ Benchmarks (each file also runs alone; see bench/README.md):
 - ``bench_serve.py``: ``serve`` with 500 connections held open (a delivery answered within
   1 s), 200 wrong-token 1 MB bodies (RSS), a flood of 1,000 deliveries (drain ÷ floor, each
   booked once), kill -9 mid-flood and a restart (no delivery answered 202 left without outcome).
+- ``bench_report.py``: ``stsync report`` wall time over 10,000 referrals (the whole process,
+  from the ledger; ``--by``, ``--html``/``--csv`` and ``--refresh`` beside it). Reports only.
 - ``bench_startup.py``: ``stsync --version`` ÷ ``python -c "import httpx"``.
 
 Exit code: 0 when every target is met, 1 when one is missed (a row without a target only
@@ -182,6 +184,27 @@ def qualify_rows(quick: bool) -> list[Row]:
     return rows
 
 
+def report_rows(quick: bool) -> list[Row]:
+    import bench_report
+
+    result = bench_report.measure(1_000 if quick else 10_000)
+    return [
+        Row(
+            f"report over {result['referrals']:,} referrals: wall time (s)",
+            result["report_s"],
+            f"{result['report_s']:.2f}",
+            note=(
+                f"the whole `stsync --json report` process from the ledger, best of {bench_report.REPEATS} "
+                f"(stsync --version {result['version_s']:.2f} s); --by referrer {result['by_referrer_s']:.2f} s, "
+                f"--by month {result['by_month_s']:.2f} s, --html --csv {result['html_and_csv_s']:.2f} s; "
+                f"--refresh with nothing changed {result['refresh_nothing_changed_s']:.2f} s, "
+                f"{result['refresh_requests']} request(s)"
+            ),
+            details=result,
+        )
+    ]
+
+
 def sync_rows(quick: bool) -> list[Row]:
     import bench_sync
 
@@ -194,6 +217,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "push": push_rows,
     "serve": serve_rows,
     "qualify": qualify_rows,
+    "report": report_rows,
     "startup": startup_rows,
 }
 

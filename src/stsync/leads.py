@@ -85,6 +85,7 @@ class Lead:
     meta: Mapping[str, str] = field(default_factory=dict)
     rf_user_id: int | None = None
     type: str | None = None
+    referrer_id: int | None = None  # the referrer's Referral Factory user id (who brought the lead)
 
     def describe(self) -> str:
         """How messages name this lead: ``jane@example.com (ueONFmUp)``."""
@@ -137,6 +138,7 @@ def lead_from_user(user: User, *, campaign: Campaign | None = None, referrer: Us
         meta=meta,
         rf_user_id=user.id,
         type=user.type,
+        referrer_id=user.referrer_id,
     )
 
 
@@ -214,6 +216,7 @@ _KEY_ALIASES: dict[str, str] = {
     "userid": "rf_user_id",
     "type": "type",
     "usertype": "type",
+    "referrerid": "referrer_id",
 }
 # Keys whose value is the referrer as an object ("the details of the person who referred them").
 _REFERRER_KEYS = ("referrer", "referredby", "referringuser", "referrerdetails")
@@ -317,9 +320,12 @@ def lead_from_json_object(obj: Any, *, position: int | None = None, pointer_only
     if referrer is not None:
         for key, raw in referrer.items():
             target = _KEY_ALIASES.get(_norm(key)) if isinstance(key, str) else None
-            mapped = {"first_name": "referrer_first_name", "email": "referrer_email", "referral_code": "referrer_code"}.get(
-                target or ""
-            )
+            mapped = {
+                "first_name": "referrer_first_name",
+                "email": "referrer_email",
+                "referral_code": "referrer_code",
+                "rf_user_id": "referrer_id",
+            }.get(target or "")
             if mapped and mapped not in values and isinstance(raw, (str, int)):
                 values[mapped] = raw
     if campaign_name is not None and "campaign_name" not in values:
@@ -358,6 +364,7 @@ def lead_from_json_object(obj: Any, *, position: int | None = None, pointer_only
         meta=meta,
         rf_user_id=_int_or_none(values.get("rf_user_id"), where, "id"),
         type=_text(values.get("type")),
+        referrer_id=_int_or_none(values.get("referrer_id"), where, "referrer_id"),
     )
 
 

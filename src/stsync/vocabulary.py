@@ -125,3 +125,10 @@ class HistoryKind(StrEnum):
     QUALIFY = "qualify"  # qualifications and unqualifications sent to Referral Factory
     SYNC = "sync"  # customer sync outcomes: a customer became (or did not become) a referrer
     WEBHOOK = "webhook"  # webhook deliveries received by serve
+
+
+class ReportGroup(StrEnum):
+    """A row per what (``report --by``): the referrer who brought the referrals, or the month they joined."""
+
+    REFERRER = "referrer"
+    MONTH = "month"

@@ -155,6 +155,16 @@ def _qualify(sb: Any, cli: Any) -> list[tuple[Any, int]]:
     return results
 
 
+def _report(sb: Any, cli: Any) -> list[tuple[Any, int]]:
+    assert cli("push-lead", "--new").exit_code == 0
+    sb.complete_job(sb.convert_booking_to_job(min(b["id"] for b in sb.bookings()))["id"], total="480.00")
+    results = [ran(cli("--json", "report", "--since", "2024-01-01", "--refresh", "--by", "referrer"), 0),
+               ran(cli("--json", "report", "--since", "2024-01-01", "--by", "month"), 0),
+               ran(cli("--json", "report", "--since", "2025-06-01", "--until", "2025-01-01"), 2)]  # fmt: skip
+    assert results[0][0]["revenue"]["total"] == 480.0 and results[0][0]["counts"]["jobs_with_total"] == 1
+    return results
+
+
 def _validate(sb: Any, cli: Any) -> list[tuple[Any, int]]:
     results = [ran(cli("--json", "validate", "--online"), 0)]
     assert cli("map", "unset", "summary").exit_code == 0
@@ -199,6 +209,7 @@ RECIPES: dict[str, Recipe] = {
     "push-lead": _push_lead,
     "sync-customers": _sync,
     "qualify": _qualify,
+    "report": _report,
     "diagnose": _diagnose,
     "history": _history,
     "serve": _serve,

@@ -104,6 +104,21 @@ def test_history_in_a_pipe_is_tsv_that_grep_and_cut_can_use(pushed):
     assert "Last push run" in done.stderr and "margaret" not in done.stderr
 
 
+@pytest.mark.parametrize("args", [("history",), ("--json", "history"), ("map", "show")])
+def test_output_into_a_reader_that_went_away_exits_141_quietly(pushed, args):
+    # `stsync history | head`: the reader may be gone before stsync writes. Like `git log |
+    # head`, stsync then stops quietly with 141 (128 + SIGPIPE), not 1 ("a bug") or a traceback.
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away: every write to the pipe fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "stsync", *args], stdout=write_end, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, timeout=90)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "unexpected error" not in done.stderr
+
+
 def test_map_show_into_a_file_is_the_plain_readable_table(connected, tmp_path: Path):
     target = tmp_path / "mapping.txt"
     done = subprocess.run(["bash", "-c", f'"{sys.executable}" -m stsync map show --for leads > "{target}"'],

@@ -116,6 +116,11 @@ def check_shape(command: str, done: subprocess.CompletedProcess[str], cwd: Path,
         assert re.search(r"^Status +Check +Result$", out, re.M), out
     elif command.startswith("stsync validate"):
         assert "failed" in out.splitlines()[-1], out
+    elif command.startswith("stsync report"):
+        # The README's report, in this world's numbers: the same sections, plain text in a pipe.
+        assert out.startswith("Referrals that joined from 2025-01-01 to 2025-12-31 (by sign-up day)"), out
+        for line in ("The funnel", "Referred leads", "The money (job totals)", "Revenue (canceled jobs left out)"):
+            assert line in out, (line, out)
 
 
 def test_the_readme_examples_run_as_written(readme_world, cli):

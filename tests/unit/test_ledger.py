@@ -30,6 +30,7 @@ TABLES = {
     "st_bookings",
     "st_jobs",
     "job_events",
+    "referred_leads",
 }
 
 

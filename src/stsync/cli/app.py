@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -37,6 +38,7 @@ COMMAND_MODULES = (
     "push_lead",
     "sync_customers",
     "qualify",
+    "report",
     "run",
     "serve",
     "diagnose",
@@ -128,10 +130,28 @@ def build_command() -> Any:
     return command
 
 
+# What a shell reports for a process whose output pipe closed (128 + SIGPIPE), as for
+# `git log | head`: the reader had enough; everything done so far is recorded.
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app and turns every failure into its exit code."""
-    code = run(argv)
+    try:
+        code = run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _stdout_gone()
     sys.exit(code)
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout went away (`stsync history | head`): stop writing there, quietly.
+    Later writes, and the interpreter's last flush, go to /dev/null instead of raising."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE_EXIT
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -170,6 +190,8 @@ def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> tuple[int, Ba
             return _report(app_ctx, Interrupted()), None
         return code, None
     except SystemExit as exc:
+        if isinstance(exc.__context__, BrokenPipeError):  # Typer turns a closed stdout into exit 1
+            return _stdout_gone(), None
         return (exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)), None
     except typer.Abort:
         # Ctrl-C (or end of input) at a prompt: like Ctrl-C anywhere, one line and 130.
@@ -177,6 +199,8 @@ def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> tuple[int, Ba
         return _report(app_ctx, Interrupted("interrupted at a prompt; nothing was changed", hint=None)), None
     except KeyboardInterrupt:
         return _report(app_ctx, Interrupted()), None
+    except BrokenPipeError:
+        return _stdout_gone(), None
     except typer.TyperException as exc:  # Click's usage errors (typer vendors click)
         return _report_usage_error(app_ctx, exc, args, command), None
     except StsyncError as exc:

@@ -1,6 +1,8 @@
 """`stsync demo`: the whole job on an in-process sandbox, with no credentials.
 
-It runs the very commands an admin, support and cron would run — printed as `$ stsync …`
+It ends with the report an owner reads (``stsync report``: the funnel and the revenue of the
+campaign's referrals, one job completed with a total). It runs the very commands an admin,
+support and cron would run — printed as `$ stsync …`
 before each — against a simulator of both APIs over local sockets, in a temporary config
 and state directory (removed afterwards unless ``--keep``). Nothing touches the OS keyring.
 """
@@ -105,19 +107,35 @@ def demo_command(
                 if not _run_step(term, run, step, steps, cfg):
                     break
             else:
-                booking = next(iter(sorted(sandbox.bookings(), key=lambda b: b["id"])), None)
-                if booking is not None:
+                bookings = sorted(sandbox.bookings(), key=lambda b: b["id"])
+                if bookings:
+                    booking = bookings[0]
                     term.print(Rule(style="dim"))
                     term.print(
                         f"[bold]ServiceTitan side:[/] a CSR converts booking {booking['id']} "
-                        f"({booking['name']}) into a job, and the technician completes it."
+                        f"({booking['name']}) into a job, and the technician completes it ($1,250.00)."
                     )
                     job = sandbox.convert_booking_to_job(booking["id"])
-                    sandbox.set_job_status(job["id"], "Completed")
+                    sandbox.complete_job(job["id"], total="1250.00")
+                    if len(bookings) > 2:
+                        term.print(
+                            f"Booking {bookings[1]['id']} becomes a job scheduled for next week; "
+                            f"booking {bookings[2]['id']} is dismissed."
+                        )
+                        sandbox.convert_booking_to_job(bookings[1]["id"])
+                        sandbox.dismiss_booking(bookings[2]["id"])
+                    since = min(
+                        (u["signed_up_at"][:10] for u in sandbox.rf_users(campaign_id=creds.campaign_id, type="person_invited")),
+                        default=None,
+                    )
                     later = [
                         Step("Qualify: the referral whose job completed is qualified", ["qualify"]),
                         Step("Troubleshooting checklist", ["diagnose"]),
                         Step("The ledger: every push, newest first", ["history", "--limit", "5"]),
+                        Step(
+                            "What referrals brought in: the funnel and the revenue",
+                            ["report", "--refresh", *(["--since", since] if since else [])],
+                        ),
                     ]
                     for step in later:
                         if not _run_step(term, run, step, steps, cfg):

@@ -156,6 +156,8 @@ def push_lead_command(
             if file is not None:
                 leads, refused = lead_sources.own_leads(conn, leads, kind)
             leads = lead_sources.complete_leads(conn, leads, target)
+        if not dry_run:
+            lead_sources.record_seen(conn, leads, target)
         if batch:
             with term.progress("Pushing leads", total=len(leads)) as bar:
                 report = service.push_leads(

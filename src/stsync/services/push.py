@@ -746,7 +746,7 @@ def push_new(
         report.notice, report.notice_hint = target.notice, target.notice_hint
         return report
     if dry_run:
-        return push_leads(conn, new_leads(conn, target), target, progress=progress, dry_run=True)
+        return push_leads(conn, new_leads(conn, target, record=False), target, progress=progress, dry_run=True)
     with conn.run_lock(RunJob.PUSH, command=command):
         # A paused campaign stops the run here, before its leads are searched.
         target = ready_to_create(conn, target)

@@ -414,7 +414,7 @@ Duration = Annotated[float, BeforeValidator(_duration(allow_off=False))]
 
 
 # Names that are always dotted (SPEC §3): `address.street = "x"` is target "address.street".
-_DOTTED_PREFIXES = ("address", "meta", "custom", "contact", "customer")
+DOTTED_PREFIXES = ("address", "meta", "custom", "contact", "customer")
 
 
 def _flatten_dotted(fields: Any) -> Any:
@@ -427,7 +427,7 @@ def _flatten_dotted(fields: Any) -> Any:
             isinstance(value, dict)
             and value
             and not any(k in VALUE_KINDS for k in value)
-            and (key in _DOTTED_PREFIXES or all(isinstance(v, dict) for v in value.values()))
+            and (key in DOTTED_PREFIXES or all(isinstance(v, dict) for v in value.values()))
         )
         items = [(f"{key}.{k}", v) for k, v in _flatten_dotted(value).items()] if nested else [(key, value)]
         for name, spec in items:

@@ -7,7 +7,9 @@ the threads that call it are ``pool.DeliveryPool``'s).
 once per delivery for the event's kind, it answers with how to push one lead, or with why
 that kind is not sent ("Nothing to action") — then the delivery is ignored before anything
 is read. ``lead_qualified`` → recorded on the lead's push in the ledger, so ``qualify``
-never qualifies it again (and ``unqualify_on`` still applies).
+never qualifies it again (and ``unqualify_on`` still applies). The referred lead of either
+event, once read back, is recorded as seen (``tracking.referrals``: the report's referred
+leads and their referrers) before anything else is done with it.
 
 **Verified, not trusted.** The payload only says *who* (an id, a referral code or an
 e-mail is enough): the user is read back from Referral Factory (by id, code or e-mail; the
@@ -35,7 +37,14 @@ from stsync.leads import LeadReader, lead_from_user
 from stsync.logs import get_logger, log_context
 from stsync.mapping.booking import external_id_for
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
-from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue
+from stsync.storage.states import (
+    DeliveryOutcome,
+    LeadSeenBy,
+    QualificationAction,
+    QualificationState,
+    QualificationValue,
+)
+from stsync.tracking.referrals import record_leads_seen
 from stsync.vocabulary import Kind
 from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
 from stsync.webhooks.payload import LEAD_CREATED, REFERRER_JOINED
@@ -135,8 +144,13 @@ class DeliveryWorker:
                 record=delivery.lead.describe(),
             )
         if push is None:
+            if user.type == PERSON_INVITED:
+                record_leads_seen(self.conn, [lead_from_user(user)], seen_by=LeadSeenBy.WEBHOOK)
             return record_reported_qualification(self.conn, user)
-        return push(self.reader().lead(user), self.run_id)
+        lead = self.reader().lead(user)
+        if kind == Kind.LEAD:
+            record_leads_seen(self.conn, [lead], seen_by=LeadSeenBy.WEBHOOK)
+        return push(lead, self.run_id)
 
 
 def verified_user(conn: Connection, lead: Lead) -> User:
