@@ -422,7 +422,7 @@ class CustomerHandler:
         error = record.error if record is not None else None
         if not error or error.get("type") != CustomFieldRefused.__name__ or self.retry_failed:
             return None
-        recorded = _parse_modified_on(error.get("customer_modified_on"))
+        recorded = parse_stamp(error.get("customer_modified_on"))
         current = customer.modified_on
         if recorded is None or current is None or current != recorded:
             return None  # changed in ServiceTitan since: perhaps fixed, try again
@@ -705,16 +705,6 @@ def _doubt_since(record: ReferrerRecord) -> datetime:
     row a killed run left) the intent's time — its POST was sent just after."""
     recorded = parse_stamp((record.error or {}).get("in_doubt_since"))
     return recorded or parse_stamp(record.updated_at) or datetime.now(UTC)
-
-
-def _parse_modified_on(text: Any) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def record_skip(ledger: Ledger, outcome: Outcome, *, conn: Any = None) -> None:
