@@ -88,6 +88,7 @@ def test_the_ping_sequence_for_success_and_for_failure(alerting, cli_subprocess,
     assert_no_secret(sb, receiver)
 
 
+@pytest.mark.slow
 def test_exit_4_is_said_once_reminded_a_day_later_and_forgotten_on_success(alerting, cli_subprocess, receiver, paths, monkeypatch):
     sb = alerting
     new_key = sb.rotate_rf_api_key()

@@ -71,6 +71,7 @@ def every_kind(sb, cli, isolated) -> dict[str, str]:
     return {"lead": lead["email"], "other": other["email"], "broken": "broken@localhost"}
 
 
+@pytest.mark.slow
 def test_history_lists_every_kind_newest_first_and_each_kind_with_its_columns(connected, cli, cli_subprocess, isolated):
     emails = every_kind(connected, cli, isolated)
 
@@ -103,6 +104,7 @@ def test_history_lists_every_kind_newest_first_and_each_kind_with_its_columns(co
     assert cli_subprocess("history", "--kind", "bogus").exit_code == 2
 
 
+@pytest.mark.slow
 def test_a_failed_record_is_acknowledged_and_diagnose_stops_failing_on_it(connected, cli, cli_subprocess):
     lead = leads_of(connected)[0]
     assert cli("push-lead", "--code", lead["code"]).exit_code == 0

@@ -170,6 +170,7 @@ def test_a_wrong_booking_provider_exits_4_in_the_troubleshooting_guides_words(co
     assert attempt["email"] == user["email"] and "Booking Provider Value is incorrect" in attempt["error"]["message"]
 
 
+@pytest.mark.slow
 def test_push_new_books_200_leads_once_through_10_percent_503s(connected, stsync):
     from stsync.sandbox import Faults
 

@@ -123,6 +123,7 @@ def check_shape(command: str, done: subprocess.CompletedProcess[str], cwd: Path,
             assert line in out, (line, out)
 
 
+@pytest.mark.slow
 def test_the_readme_examples_run_as_written(readme_world, cli):
     cwd = readme_world
     texts = {body.splitlines()[0]: body for kind, body in blocks() if kind == "text"}

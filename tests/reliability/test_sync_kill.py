@@ -62,6 +62,7 @@ def sync_process() -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_kill_9_ten_times_then_finish_exactly_one_user_per_customer(sandbox, isolated):
     sb = sandbox
     campaign = sb.credentials.campaign_id
