@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -99,9 +100,15 @@ def measure(
             save_config(config, config_path)
             sb.clear_request_log()
 
+            children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             pushed = _stsync(env, "--json", "push-lead", "--new")
             wall = time.perf_counter() - started
+            children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # Only this child ran and was reaped in between: the delta is its CPU time.
+            cpu = (children_after.ru_utime - children_before.ru_utime) + (
+                children_after.ru_stime - children_before.ru_stime
+            )
 
             if pushed.returncode != 0:
                 raise RuntimeError(f"push-lead --new failed (exit {pushed.returncode}):\n{pushed.stderr[-3000:]}")
@@ -124,6 +131,7 @@ def measure(
         "wall_s": wall,
         "floor_s": floor,
         "ratio": wall / floor,
+        "cpu_s": cpu,
         "requests_needed": needed,
         "requests_made": dict(made),
         "floor_of_requests_made_s": floor_of_made,
@@ -142,7 +150,7 @@ def describe(result: dict) -> str:
     made = result["requests_made"]
     return (
         f"push-lead --new, {result['leads']:,} leads: {result['wall_s']:.2f} s ÷ floor {result['floor_s']:.2f} s "
-        f"= {result['ratio']:.2f}  (requests made: ServiceTitan {made.get('servicetitan', 0):,}, "
+        f"= {result['ratio']:.2f}, CPU {result['cpu_s']:.2f} s  (requests made: ServiceTitan {made.get('servicetitan', 0):,}, "
         f"Referral Factory {made.get('referral_factory', 0):,}, token {made.get('auth', 0)}; "
         f"their floor {result['floor_of_requests_made_s']:.2f} s → {result['ratio_to_floor_of_requests_made']:.2f}; "
         f"429s {result['http_429']}; exactly once: {'yes' if result['exactly_once'] else 'NO'})"
