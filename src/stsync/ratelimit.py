@@ -55,16 +55,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from filelock import FileLock
-
 from stsync.errors import CoolingDown
 from stsync.logs import get_logger
-from stsync.storage.paths import PRIVATE_FILE, make_private_dir, write_private_text
+from stsync.storage.flock import FileMutex
+from stsync.storage.paths import PRIVATE_FILE, make_private_dir
 
 log = get_logger(__name__)
 
@@ -84,6 +83,8 @@ RATE_LIMIT_COOL_DOWN = HOUR
 BLOCK_COOL_DOWN = HOUR  # the first block seen; doubled for a block seen again soon after
 BLOCK_COOL_DOWN_MAX = 7 * DAY
 BLOCK_STREAK_MEMORY = DAY  # a block within this long after the last cool-down ended is "again"
+# read_state without the lock: a read that meets a half-done write tries again, this many times in all.
+READ_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -284,19 +285,7 @@ class RateLimiter:
         self._thread_lock = threading.Lock()
         self._memory = _Budget()
         self._state_file = Path(state_file) if state_file is not None else None
-        self._file_lock: FileLock | None = None
-        if self._state_file is not None:
-            make_private_dir(self._state_file.parent)
-            # thread_local=False: our own threading lock already serialises threads.
-            # A short poll interval: under cross-process contention filelock polls, and its
-            # default 50 ms would be three ServiceTitan slots.
-            self._file_lock = FileLock(
-                str(self._state_file) + ".lock",
-                thread_local=False,
-                poll_interval=0.001,
-                preserve_lock_file=True,
-                mode=PRIVATE_FILE,
-            )
+        self._shared = _SharedFile(self._state_file) if self._state_file is not None else None
 
     # -- public ------------------------------------------------------------------------
     def acquire(self) -> float:
@@ -430,33 +419,90 @@ class RateLimiter:
     @contextmanager
     def _locked(self, *, write: bool = True) -> Iterator[_Budget]:
         """The budget, read (and written back) under the thread lock and the file lock."""
-        with self._thread_lock, self._file_lock if self._file_lock is not None else nullcontext():
-            budget = self._load()
-            yield budget
-            if write:
-                self._save(budget)
+        with self._thread_lock:
+            if self._shared is None:
+                budget = _Budget(**self._memory.__dict__)
+                yield budget
+                if write:
+                    self._memory = _Budget(**budget.__dict__)
+                return
+            with self._shared.lock:
+                budget = _parse(self._shared.read())
+                yield budget
+                if write:
+                    self._shared.write(json.dumps(budget.to_json()).encode("utf-8"))
 
-    def _load(self) -> _Budget:
-        if self._state_file is None:
-            return _Budget(**self._memory.__dict__)
-        try:
-            text = self._state_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return _Budget()
-        try:
-            return _Budget.from_json(json.loads(text))
-        except ValueError:
-            # Writes are atomic (os.replace), so this is a hand-edited or foreign file:
-            # starting afresh costs at most one early slot; never fail a run for it.
-            return _Budget()
 
-    def _save(self, budget: _Budget) -> None:
-        if self._state_file is None:
-            self._memory = _Budget(**budget.__dict__)
-            return
-        temporary = self._state_file.with_name(self._state_file.name + ".tmp")
-        write_private_text(temporary, json.dumps(budget.to_json()))
-        os.replace(temporary, self._state_file)
+class _SharedFile:
+    """The state file and its lock file, each through a descriptor kept for the limiter's life.
+
+    Every request reads and rewrites the state, so this is the hot path of a run (hundreds of
+    times a second): it costs a few system calls. The state is written in place — one
+    ``write`` of a few hundred bytes from offset 0, padded with spaces to the length it had —
+    never as a new file renamed over the old one: that rename made ext4 flush the file (about
+    2 ms each, with the lock held) and cost ten times the CPU. A process killed mid-way
+    cannot tear one ``write``; a reader without the lock (``read_state``) may meet one half
+    done, and reads again. The file is opened again when it was replaced (by hand, or by an
+    older stsync, which renamed) or when this is a forked child.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        make_private_dir(path.parent)
+        self.lock = FileMutex(path.with_name(path.name + ".lock"), keep_open=True)
+        self._fd: int | None = None
+        self._opened_by = 0
+        self._identity: tuple[int, int] | None = None
+        self._length = 0
+
+    def read(self) -> bytes:
+        fd = self._descriptor()
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        self._length = len(data)
+        return data
+
+    def write(self, data: bytes) -> None:
+        fd = self._descriptor()
+        if len(data) < self._length:
+            data += b" " * (self._length - len(data))  # JSON ignores it; no shorter file left with a tail
+        os.lseek(fd, 0, os.SEEK_SET)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        self._length = len(data)
+
+    def _descriptor(self) -> int:
+        fd = self._fd
+        if fd is not None and self._opened_by == os.getpid():
+            try:
+                on_disk = os.stat(self.path)
+            except FileNotFoundError:
+                on_disk = None
+            if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) == self._identity:
+                return fd
+            os.close(fd)  # replaced or removed: the path is what every process shares
+        self._fd = None
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), PRIVATE_FILE)
+        if hasattr(os, "fchmod"):  # a leftover with a laxer mode is made 0600, as write_private_text does
+            os.fchmod(fd, PRIVATE_FILE)
+        opened = os.fstat(fd)
+        self._fd, self._opened_by, self._identity = fd, os.getpid(), (opened.st_dev, opened.st_ino)
+        return fd
+
+
+def _parse(data: bytes) -> _Budget:
+    if not data.strip():
+        return _Budget()
+    try:
+        return _Budget.from_json(json.loads(data))
+    except ValueError:
+        # A hand-edited or foreign file: starting afresh costs at most one early slot; never
+        # fail a run for it.
+        return _Budget()
 
 
 def _state_of(budget: _Budget, now: float, wall_now: float, quiet_period: float) -> ThrottleState:
@@ -485,16 +531,21 @@ def read_state(
     wall_clock: Callable[[], float] = time.time,
 ) -> ThrottleState | None:
     """The shared state in ``state_file`` without creating anything (``diagnose``); None when
-    there is no such file. Read without the lock: writes replace the file atomically."""
-    try:
-        text = Path(state_file).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return None
-    try:
-        budget = _Budget.from_json(json.loads(text))
-    except ValueError:
-        return None
+    there is no such file. Read without the lock: a read that meets a write half done (the
+    state is rewritten in place) reads again."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            data = Path(state_file).read_bytes()
+        except OSError:
+            return None
+        if not data.strip():
+            return None  # created by a limiter that has not written yet
+        try:
+            budget = _Budget.from_json(json.loads(data))
+            break
+        except ValueError:
+            if attempt == READ_ATTEMPTS - 1:
+                return None
+            time.sleep(0.005)
     quiet = float(quiet_period) if quiet_period is not None else max(10 * window, 60.0)
     return _state_of(budget, clock(), wall_clock(), quiet)
