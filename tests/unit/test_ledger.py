@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -407,6 +408,30 @@ def test_a_committed_transaction_is_seen_by_another_connection(ledger, tmp_path)
     other = Ledger.open(ledger.path)
     try:
         assert other.get_referrer(1).state == "created" and other.get_position("customers") == "tok"
+    finally:
+        other.close()
+
+
+FULL, NORMAL = 2, 1  # PRAGMA synchronous
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_transaction_that_need_not_be_durable_commits_without_syncing_and_only_it(ledger, fails):
+    assert ledger._conn().execute("PRAGMA synchronous").fetchone()[0] == FULL
+    with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+        with ledger.transaction(durable=False) as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == NORMAL
+            ledger.put("k", "v")  # joins it, and its durability
+            if fails:
+                raise RuntimeError("crash")
+    assert ledger.get("k") == (None if fails else "v")
+    # Every other write of this connection waits for the disk again.
+    assert ledger._conn().execute("PRAGMA synchronous").fetchone()[0] == FULL
+    with ledger.transaction() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == FULL
+    other = Ledger.open(ledger.path)
+    try:
+        assert other.get("k") == (None if fails else "v")
     finally:
         other.close()
 

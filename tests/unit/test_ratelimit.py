@@ -273,6 +273,64 @@ def test_slow_down_rejects_a_factor_that_would_speed_up():
         RateLimiter(10, 1.0).slow_down(2.0)
 
 
+# -- the state file: rewritten in place, read again when replaced ------------------------------
+
+
+def test_the_state_is_rewritten_in_place_not_replaced(tmp_path: Path):
+    # A rename per request made ext4 flush the file (about 2 ms, lock held) and cost ten
+    # times the CPU: the file keeps its inode, request after request.
+    fake = FakeTime(100.0)
+    state = tmp_path / "rate.json"
+    limiter = RateLimiter(10, 1.0, state_file=state, clock=fake.clock, sleep=fake.sleep)
+    limiter.acquire()
+    inode = state.stat().st_ino
+    for _ in range(5):
+        limiter.acquire()
+    assert state.stat().st_ino == inode
+    assert json.loads(state.read_text())["last_slot"] == pytest.approx(100.0 + 5 / 10 / 0.98)
+
+
+def test_a_state_file_replaced_by_another_writer_is_read_again(tmp_path: Path):
+    # An older stsync (or a person) replaces the file by renaming a new one over it: the
+    # limiter must follow the path, not keep reading the old file through its descriptor.
+    fake = FakeTime(100.0)
+    state = tmp_path / "rate.json"
+    limiter = RateLimiter(10, 1.0, state_file=state, clock=fake.clock, sleep=fake.sleep)
+    limiter.acquire()
+    replacement = tmp_path / "new.json"
+    replacement.write_text(json.dumps({"last_slot": 105.0, "rate_factor": 1.0}))
+    replacement.replace(state)
+    assert limiter.acquire() == pytest.approx(5.0 + 1 / 10 / 0.98)  # queued behind the other writer's slot
+    assert json.loads(state.read_text())["last_slot"] == pytest.approx(105.0 + 1 / 10 / 0.98)
+
+
+def test_a_state_that_shrinks_leaves_no_tail_behind(tmp_path: Path):
+    fake = FakeTime(WALL)
+    state = tmp_path / "rate.json"
+    limiter = rf_limiter(state, fake)
+    limiter.record_rate_limited()
+    fake.now += 1200
+    limiter.record_rate_limited(sent_at=fake.now)  # two episodes and a cool-down: a longer file
+    longest = state.stat().st_size
+    fake.now += 2 * 86400  # the episodes age out and the next one is alone: shorter JSON
+    limiter.record_rate_limited()
+    assert state.stat().st_size >= longest  # padded in place, never truncated
+    assert json.loads(state.read_text())["episodes"] == [fake.now]
+    shown = read_state(state, window=60.0, clock=fake.clock, wall_clock=fake.clock)
+    assert shown is not None and shown.episodes == (fake.now,)
+
+
+def test_read_state_reads_again_when_it_meets_a_write_half_done(tmp_path: Path, monkeypatch):
+    fake = FakeTime(WALL)
+    state = tmp_path / "rate.json"
+    rf_limiter(state, fake).record_rate_limited()
+    whole = state.read_bytes()
+    reads = iter([whole[: len(whole) // 2], whole])  # the first read meets a write in progress
+    monkeypatch.setattr(Path, "read_bytes", lambda self: next(reads))
+    shown = read_state(state, window=60.0, clock=fake.clock, wall_clock=fake.clock)
+    assert shown is not None and shown.episodes == (WALL,)
+
+
 # -- 429 episodes and the cool-down (Referral Factory's shared fate) -------------------------
 
 WALL = 1_800_000_000.0

@@ -67,6 +67,9 @@ class FileMutex:
     def acquire(self, timeout: float | None = None) -> bool:
         """Wait for the lock: for ever (``timeout=None``) or up to ``timeout`` seconds (0: try
         once). True when held, False when the time ran out."""
+        if self._held and self._portable is None and self._fd_pid != os.getpid():
+            # Forked while the parent held it: the parent's hold, not this process's.
+            self._held, self._fd = False, None
         if self._held:
             raise RuntimeError(f"{self.path} is already locked by this FileMutex")
         if self._portable is not None:
