@@ -8,7 +8,8 @@ Push, sync, qualify, serve, diagnose and history all read and write it, often at
   cut, not only a crash: that record is what prevents a duplicate booking). What a later run
   can rebuild may commit without waiting for the disk (``transaction(durable=False)``).
 - One sqlite3 connection per thread; every write is one ``BEGIN IMMEDIATE`` transaction, so two
-  processes never interleave inside an upsert.
+  processes never interleave inside an upsert. Push intents that threads record at the same
+  moment share one such transaction (``record_push_intent``): one wait for the disk for all.
 - Schema changes are appended to ``MIGRATIONS`` (``PRAGMA user_version`` says how many ran).
   Never edit a migration that shipped: add one.
 
@@ -456,6 +457,38 @@ def _check(value: str, allowed: Iterable[str], what: str) -> None:
         raise ValueError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
 
 
+class _Intent:
+    """One ``record_push_intent`` waiting for its commit: its values, then its attempt id."""
+
+    __slots__ = ("values", "attempt_id")
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.values = values
+        self.attempt_id: int | None = None
+
+    def insert(self, conn: sqlite3.Connection) -> int:
+        external_id, kind, email, name, rf_user_id, referral_code, now, run_id = self.values
+        conn.execute(
+            """
+            INSERT INTO pushes (external_id, kind, email, name, rf_user_id, referral_code, state, created_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (external_id) DO UPDATE SET
+                email = COALESCE(excluded.email, pushes.email),
+                name = COALESCE(excluded.name, pushes.name),
+                rf_user_id = COALESCE(excluded.rf_user_id, pushes.rf_user_id),
+                referral_code = COALESCE(excluded.referral_code, pushes.referral_code),
+                updated_at = excluded.updated_at
+            """,
+            (external_id, kind, email, name, rf_user_id, referral_code, PushState.PENDING, now, now),
+        )
+        cursor = conn.execute(
+            "INSERT INTO push_attempts (external_id, run_id, email, started_at, outcome) VALUES (?, ?, ?, ?, ?)",
+            (external_id, run_id, email, now, AttemptOutcome.INTENT),
+        )
+        self.attempt_id = _inserted_id(cursor)
+        return self.attempt_id
+
+
 # --------------------------------------------------------------------------------------
 # The ledger
 # --------------------------------------------------------------------------------------
@@ -471,6 +504,10 @@ class Ledger:
         # which sleeps in growing steps (up to 25 ms) while another thread holds the write
         # lock: with eight push workers that sleeping, not the disk, was a run's bottleneck.
         self._writer = threading.Lock()
+        # Push intents waiting for the writer lock: the thread that gets it commits them all
+        # in one transaction, so eight workers wait for the disk once, not eight times in a row.
+        self._intents: list[_Intent] = []
+        self._intents_guard = threading.Lock()
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -752,28 +789,56 @@ class Ledger:
         referral_code: str | None = None,
         run_id: int | None = None,
     ) -> int:
-        """Before the POST: the push row (kept or ``pending``) and an attempt ``intent``. → attempt id."""
+        """Before the POST: the push row (kept or ``pending``) and an attempt ``intent``. → attempt id.
+
+        Durable when it returns (the POST may follow at once). Intents of several threads
+        share one commit — one wait for the disk — when they come together (``_Intent``);
+        inside an open transaction the intent joins it."""
         _check(kind, Kind, "push kind")
         now = utc_now()
-        with self.transaction() as conn:
-            conn.execute(
-                """
-                INSERT INTO pushes (external_id, kind, email, name, rf_user_id, referral_code, state, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (external_id) DO UPDATE SET
-                    email = COALESCE(excluded.email, pushes.email),
-                    name = COALESCE(excluded.name, pushes.name),
-                    rf_user_id = COALESCE(excluded.rf_user_id, pushes.rf_user_id),
-                    referral_code = COALESCE(excluded.referral_code, pushes.referral_code),
-                    updated_at = excluded.updated_at
-                """,
-                (external_id, kind, email, name, rf_user_id, referral_code, PushState.PENDING, now, now),
-            )
-            cursor = conn.execute(
-                "INSERT INTO push_attempts (external_id, run_id, email, started_at, outcome) VALUES (?, ?, ?, ?, ?)",
-                (external_id, run_id, email, now, AttemptOutcome.INTENT),
-            )
-            return _inserted_id(cursor)
+        intent = _Intent((external_id, kind, email, name, rf_user_id, referral_code, now, run_id))
+        conn = self._conn()
+        if conn.in_transaction:
+            return intent.insert(conn)
+        with self._intents_guard:
+            self._intents.append(intent)
+        # Whoever holds the writer lock commits every intent queued so far; an intent some
+        # other thread committed meanwhile is done when its own thread gets the lock.
+        with self._writer:
+            alone = False
+            while intent.attempt_id is None:
+                if alone:
+                    batch = [intent]
+                else:
+                    with self._intents_guard:
+                        batch, self._intents = self._intents, []
+                try:
+                    self._commit_intents(conn, batch)
+                except BaseException as exc:
+                    # The others go back in the queue for their own threads. Whichever intent
+                    # failed, it fails alone: this one is tried again by itself (an interrupt
+                    # is this thread's own and stops it).
+                    with self._intents_guard:
+                        self._intents[:0] = [queued for queued in batch if queued is not intent]
+                    if len(batch) == 1 or not isinstance(exc, Exception):
+                        raise
+                    alone = True
+        assert intent.attempt_id is not None
+        return intent.attempt_id
+
+    @staticmethod
+    def _commit_intents(conn: sqlite3.Connection, batch: list[_Intent]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for queued in batch:
+                queued.insert(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            for queued in batch:
+                queued.attempt_id = None  # rolled back
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def record_push_result(
         self, attempt_id: int, *, outcome: str, booking_id: int | None = None, error: Mapping[str, Any] | None = None
