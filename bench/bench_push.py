@@ -19,6 +19,7 @@ touched). Startup is inside the measured wall time: it is what a user waits for.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import math
 import os
@@ -35,8 +36,10 @@ RF_SEARCH_PAGE = 250  # users per page of POST /users/search (api/referral-facto
 
 
 def _environment(workdir: Path, sandbox) -> dict[str, str]:
-    """The child's environment: the sandbox's URLs, a private HOME/config/state, no keyring."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STSYNC_")}
+    """The child's environment: the sandbox's URLs, a private HOME/config/state, no keyring,
+    and stsync's bytecode compiled (``_compile_stsync``)."""
+    _compile_stsync()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STSYNC_") and k != "PYTHONDONTWRITEBYTECODE"}
     env.update(
         HOME=str(workdir),
         XDG_CONFIG_HOME=str(workdir / "config"),
@@ -50,6 +53,15 @@ def _environment(workdir: Path, sandbox) -> dict[str, str]:
     )
     env.update(sandbox.env())
     return env
+
+
+def _compile_stsync() -> None:
+    """stsync's modules compiled to bytecode, as an installed stsync has them (pip compiles at
+    install time). Without it a container setting PYTHONDONTWRITEBYTECODE (this one does)
+    compiles every stsync module in every measured run: about 0.1 s of CPU at startup."""
+    import stsync
+
+    compileall.compile_dir(Path(stsync.__file__).parent, quiet=1)
 
 
 def _stsync(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
