@@ -12,6 +12,11 @@ Benchmarks (each file also runs alone; see bench/README.md):
 - ``bench_push.py``: ``push-lead --new`` for 1,000 leads, wall ÷ the create floor (≤ 1.15).
 - ``bench_qualify.py``: requests of a ``qualify`` with nothing changed at 100 and 10,000 open
   bookings (≤ 3 each).
+- ``bench_serve.py``: ``serve`` with 500 connections held open (a delivery answered within
+  1 s), 200 wrong-token 1 MB bodies (RSS), a flood of 1,000 deliveries (drain ÷ floor, each
+  booked once), kill -9 mid-flood and a restart (no delivery answered 202 left without outcome).
+- ``bench_report.py``: ``stsync report`` wall time over 10,000 referrals (the whole process,
+  from the ledger; ``--by``, ``--html``/``--csv`` and ``--refresh`` beside it). Reports only.
 - ``bench_startup.py``: ``stsync --version`` ÷ ``python -c "import httpx"``.
 
 Exit code: 0 when every target is met, 1 when one is missed (a row without a target only
@@ -97,6 +102,62 @@ def push_rows(quick: bool) -> list[Row]:
     ]
 
 
+def serve_rows(quick: bool) -> list[Row]:
+    import bench_serve
+
+    result = bench_serve.measure(200 if quick else 1_000)
+    held, wrong, flood, kill = result["held_connections"], result["wrong_token_bodies"], result["flood"], result["kill_mid_flood"]
+    settings = result["settings"]
+    return [
+        Row(
+            f"serve: a delivery with {held['held_connections']} connections held open (s)",
+            held["max_s"],
+            f"{held['max_s']:.3f}",
+            limit=1.0,
+            target="≤ 1.0",
+            note=(
+                f"worst of {held['deliveries']}, median {held['median_s'] * 1000:.0f} ms; half idle, half dripping a byte "
+                f"every 8 s; serve threads {held['threads_before']} → {held['threads_with_connections_held']}"
+            ),
+            details=held,
+        ),
+        Row(
+            f"serve: RSS growth after {wrong['posts']} wrong-token 1 MB bodies (MiB)",
+            wrong["rss_growth_mib"],
+            f"{wrong['rss_growth_mib']:.1f}",
+            limit=10.0,
+            target="≤ 10",
+            note=f"answers {wrong['answers']}: refused from the head, bodies never read",
+            details=wrong,
+        ),
+        Row(
+            f"serve: flood of {flood['deliveries']:,} deliveries, drain ÷ floor",
+            flood["ratio"] if flood["exactly_once"] and flood["answers"] == {202: flood["deliveries"]} else None,
+            f"{flood['ratio']:.2f}" + ("" if flood["exactly_once"] else " (NOT exactly once)"),
+            note=(
+                f"{flood['drain_s']:.1f} s ÷ {flood['floor_s']:.1f} s (one Referral Factory read per delivery at "
+                f"{settings['rf_per_minute']}/min); posted in {flood['post_s']:.1f} s; sent RF "
+                f"{flood['requests_made'].get('referral_factory', 0):,}, ST {flood['requests_made'].get('servicetitan', 0):,}; "
+                f"429s {flood['http_429']}"
+            ),
+            details=flood,
+        ),
+        Row(
+            "serve: kill -9 mid-flood, restart: deliveries answered 202 left without an outcome",
+            kill["without_outcome_after_restart"] if kill["booked_exactly_once"] else None,
+            str(kill["without_outcome_after_restart"]) + ("" if kill["booked_exactly_once"] else " (NOT exactly once)"),
+            limit=0,
+            target="0",
+            note=(
+                f"{kill['answered_202']} answered 202, {kill['processed_at_kill']} processed when killed, "
+                f"{kill['waiting_after_kill']} without an outcome; "
+                f"all processed {kill['drain_after_restart_s']:.1f} s after the restart, each lead booked once"
+            ),
+            details=kill,
+        ),
+    ]
+
+
 PUSH_TARGET = 1.15
 
 
@@ -123,6 +184,27 @@ def qualify_rows(quick: bool) -> list[Row]:
     return rows
 
 
+def report_rows(quick: bool) -> list[Row]:
+    import bench_report
+
+    result = bench_report.measure(1_000 if quick else 10_000)
+    return [
+        Row(
+            f"report over {result['referrals']:,} referrals: wall time (s)",
+            result["report_s"],
+            f"{result['report_s']:.2f}",
+            note=(
+                f"the whole `stsync --json report` process from the ledger, best of {bench_report.REPEATS} "
+                f"(stsync --version {result['version_s']:.2f} s); --by referrer {result['by_referrer_s']:.2f} s, "
+                f"--by month {result['by_month_s']:.2f} s, --html --csv {result['html_and_csv_s']:.2f} s; "
+                f"--refresh with nothing changed {result['refresh_nothing_changed_s']:.2f} s, "
+                f"{result['refresh_requests']} request(s)"
+            ),
+            details=result,
+        )
+    ]
+
+
 def sync_rows(quick: bool) -> list[Row]:
     import bench_sync
 
@@ -133,7 +215,9 @@ def sync_rows(quick: bool) -> list[Row]:
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "sync": sync_rows,
     "push": push_rows,
+    "serve": serve_rows,
     "qualify": qualify_rows,
+    "report": report_rows,
     "startup": startup_rows,
 }
 

@@ -16,6 +16,10 @@
     │   ├── IncompleteListing        6  a paged list that cannot be read to its end
     │   └── AnswerLost               6  a write whose answer never came (look it up first)
     ├── LockHeld                     7  another run of this connection holds the lock
+    ├── CommandFailed             1/3/4/6  the command's own report says it failed (a check FAILed,
+    │                                   a demo step): the exit code is the report's
+    ├── NotConfirmed                 1  a person declined (or could not answer) a confirmation
+    ├── Interrupted                130  Ctrl-C (SIGINT): what was done is recorded
     └── ApiError                     1  a remote API said no (status, title, per-field errors)
         ├── ServiceTitanApiError
         └── ReferralFactoryApiError
@@ -276,6 +280,38 @@ class LockHeld(StsyncError):
     def __init__(self, message: str, *, hint: str | None = None, holder: dict[str, Any] | None = None) -> None:
         super().__init__(message, hint=hint)
         self.holder = holder
+
+
+class CommandFailed(StsyncError):
+    """The command ran to its end and its own report says it failed: ``validate`` or
+    ``diagnose`` found a FAIL, a ``demo`` step exited non-zero. The report (its table, its
+    ``--json`` keys) has the details; this carries the exit code the report chose (SPEC §5:
+    1, or 3/4/6 for a failure of that class), set per instance."""
+
+    def __init__(self, message: str, *, exit_code: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
+
+
+class NotConfirmed(StsyncError):
+    """A confirmation was declined (``map reset``, ``disconnect``): nothing was changed."""
+
+    exit_code = 1
+
+
+class Interrupted(StsyncError):
+    """Ctrl-C (SIGINT): the run stopped where it was. Everything it did is in the ledger, so
+    the same command resumes. 130 is the shells' code for a process ended by SIGINT."""
+
+    exit_code = 130
+
+    def __init__(
+        self,
+        message: str = "interrupted; everything done so far is recorded",
+        *,
+        hint: str | None = "run the same command again to resume",
+    ) -> None:
+        super().__init__(message, hint=hint)
 
 
 class ApiError(StsyncError):

@@ -83,6 +83,7 @@ class Lead:
     meta: Mapping[str, str] = field(default_factory=dict)
     rf_user_id: int | None = None
     type: str | None = None
+    referrer_id: int | None = None  # the referrer's Referral Factory user id (who brought the lead)
 
     def describe(self) -> str:
         """How messages name this lead: ``jane@example.com (ueONFmUp)``."""
@@ -135,6 +136,7 @@ def lead_from_user(user: User, *, campaign: Campaign | None = None, referrer: Us
         meta=meta,
         rf_user_id=user.id,
         type=user.type,
+        referrer_id=user.referrer_id,
     )
 
 
@@ -209,6 +211,7 @@ _KEY_ALIASES: dict[str, str] = {
     "userid": "rf_user_id",
     "type": "type",
     "usertype": "type",
+    "referrerid": "referrer_id",
 }
 # Keys whose value is the referrer as an object ("the details of the person who referred them").
 _REFERRER_KEYS = ("referrer", "referredby", "referringuser", "referrerdetails")
@@ -221,22 +224,23 @@ def _norm(key: str) -> str:
     return re.sub(r"[^a-z0-9]", "", key.casefold())
 
 
-def leads_from_json(obj: Any) -> list[Lead]:
+def leads_from_json(obj: Any, *, pointer_only: bool = False) -> list[Lead]:
     """Leads from a Referral Factory user object, a webhook payload, or a list of either.
 
     Raises ``UsageError`` when the shape is not a lead at all and ``InvalidRecord`` when a
     lead lacks its e-mail (the one key every use needs), naming the record and the keys
-    looked for.
+    looked for. ``pointer_only``: a lead that will be read back from Referral Factory (a
+    webhook delivery) only needs to name the user — its id, referral code or e-mail.
     """
     if isinstance(obj, list):
         if not obj:
             raise UsageError("the input is an empty list: no lead to read")
-        return [lead_from_json_object(item, position=index + 1) for index, item in enumerate(obj)]
+        return [lead_from_json_object(item, position=index + 1, pointer_only=pointer_only) for index, item in enumerate(obj)]
     if isinstance(obj, dict):
         inner = _unwrap(obj)
         if isinstance(inner, list):
-            return leads_from_json(inner)
-        return [lead_from_json_object(obj)]
+            return leads_from_json(inner, pointer_only=pointer_only)
+        return [lead_from_json_object(obj, pointer_only=pointer_only)]
     raise UsageError(
         f"expected a lead as a JSON object (or a list of them), got {type(obj).__name__}",
         hint="pass a Referral Factory user object, a webhook payload, or a list of either",
@@ -259,7 +263,7 @@ def leads_from_input(obj: Any) -> tuple[list[Lead], list[InvalidRecord]]:
     return leads, rejected
 
 
-def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
+def lead_from_json_object(obj: Any, *, position: int | None = None, pointer_only: bool = False) -> Lead:
     """One lead from one JSON object (see ``leads_from_json``)."""
     where = f"record #{position}" if position is not None else "the input"
     if not isinstance(obj, dict):
@@ -311,9 +315,12 @@ def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
     if referrer is not None:
         for key, raw in referrer.items():
             target = _KEY_ALIASES.get(_norm(key)) if isinstance(key, str) else None
-            mapped = {"first_name": "referrer_first_name", "email": "referrer_email", "referral_code": "referrer_code"}.get(
-                target or ""
-            )
+            mapped = {
+                "first_name": "referrer_first_name",
+                "email": "referrer_email",
+                "referral_code": "referrer_code",
+                "rf_user_id": "referrer_id",
+            }.get(target or "")
             if mapped and mapped not in values and isinstance(raw, (str, int)):
                 values[mapped] = raw
     if campaign_name is not None and "campaign_name" not in values:
@@ -322,7 +329,13 @@ def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
         values["campaign_id"] = campaign_id
 
     email = _text(values.get("email"))
-    if email is None:
+    if pointer_only and email is None and _text(values.get("referral_code")) is None and _text(values.get("rf_user_id")) is None:
+        raise InvalidRecord(
+            f"{where} names no Referral Factory user: looked for an e-mail ({_EMAIL_SPELLINGS}), a referral code or an id",
+            field="email",
+            hint="include the user's id, referral code or e-mail in the webhook payload",
+        )
+    if email is None and not pointer_only:
         code = _text(values.get("referral_code"))
         who = f" (referral code {code})" if code else ""
         raise InvalidRecord(
@@ -346,6 +359,7 @@ def lead_from_json_object(obj: Any, *, position: int | None = None) -> Lead:
         meta=meta,
         rf_user_id=_int_or_none(values.get("rf_user_id"), where, "id"),
         type=_text(values.get("type")),
+        referrer_id=_int_or_none(values.get("referrer_id"), where, "referrer_id"),
     )
 
 

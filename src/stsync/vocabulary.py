@@ -100,3 +100,26 @@ class Kind(StrEnum):
 
     LEAD = "lead"
     REFERRER = "referrer"
+
+
+class Section(StrEnum):
+    """A tab of the mapping (``map show --for``, ``map set --for``): the seed's Leads, Referrers
+    and Customers tabs."""
+
+    LEADS = "leads"
+    REFERRERS = "referrers"
+    CUSTOMERS = "customers"
+
+
+class BookingSection(StrEnum):
+    """The tabs whose members can become bookings (``map action``)."""
+
+    LEADS = "leads"
+    REFERRERS = "referrers"
+
+
+class ReportGroup(StrEnum):
+    """A row per what (``report --by``): the referrer who brought the referrals, or the month they joined."""
+
+    REFERRER = "referrer"
+    MONTH = "month"

@@ -72,7 +72,7 @@ def test_own_invalid_values_are_named_left_alone_until_fixed_and_empty_ones_neve
     code, report, err = sync(capsys, "--once")
 
     assert code == 5, err
-    assert report["failed"] == len(retired)
+    assert report["counts"]["failed"] == len(retired)
     refused = {item["customer_id"]: item for item in report["needs_fix_customers"]}
     assert set(refused) == retired and all(item["refused_in_this_run"] for item in refused.values())
     for cid in retired:
@@ -95,7 +95,7 @@ def test_own_invalid_values_are_named_left_alone_until_fixed_and_empty_ones_neve
     sb.clear_request_log()
     code, again, err = sync(capsys, "--once")
     assert code == 0, err
-    assert again["failed"] == 0 and again["needs_fix"] == len(retired)
+    assert again["counts"]["failed"] == 0 and again["counts"]["needs_fix"] == len(retired)
     assert not [r for r in sb.request_log if r.method == "PATCH" and any(r.path.endswith(f"/customers/{cid}") for cid in retired)]
     assert "wait for a custom-field fix in ServiceTitan" in err
 
@@ -106,7 +106,7 @@ def test_own_invalid_values_are_named_left_alone_until_fixed_and_empty_ones_neve
 
     # --retry-failed asks: tried again, refused again (nobody fixed anything).
     code, forced, err = sync(capsys, "--once", "--retry-failed")
-    assert code == 5 and forced["failed"] == len(retired)
+    assert code == 5 and forced["counts"]["failed"] == len(retired)
 
     # Someone fixes one in ServiceTitan (its modifiedOn moves): the next ongoing run writes it.
     fixed = sorted(retired)[0]

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 EXPECTED_STEPS = [
     "connect", "map show", "map qualify", "validate --online", "push-lead --new", "push-lead --new",
-    "sync-customers --once", "qualify", "qualify", "diagnose", "history",
+    "sync-customers --once", "qualify", "qualify", "diagnose", "history", "report",
 ]
 
 
@@ -36,6 +37,11 @@ def test_demo_runs_every_step_green_and_leaves_nothing_behind(tmp_path):
     # Households share their referrer's link and code: more customers carry one than there are referrers.
     assert 0 < summary["referrers"] < summary["customers_with_link"]
     assert summary["return_fields"] == 2 * summary["customers_with_link"]
+    # It ends with the report: the funnel of the four leads and the one job's revenue (on stderr
+    # with --json: stdout is the demo's object alone).
+    report = done.stderr[done.stderr.index("Referrals that joined from"):]
+    assert re.search(r"Referred leads\s+4\b", report) and re.search(r"Jobs completed\s+1\b", report)
+    assert "1,250.00" in report and "Referral Factory user" not in report  # --refresh named the referrers
     # The user's own config, state and keyring are untouched.
     assert not Path(os.environ["STSYNC_CONFIG"]).exists()
     assert not Path(os.environ["STSYNC_STATE_DIR"]).exists()

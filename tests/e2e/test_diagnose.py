@@ -46,8 +46,8 @@ def test_a_healthy_connection_passes_every_check(connected, cli):
     assert result.json["not_run"] == [] and result.json["story"] is None
 
     human = cli("diagnose")
-    assert human.exit_code == 0 and human.stdout == ""
-    assert "PASS" in human.stderr and "FAIL" not in human.stderr and "Every check passes" in human.stderr
+    assert human.exit_code == 0 and human.stderr == ""  # the checklist is the data: stdout
+    assert "PASS" in human.stdout and "FAIL" not in human.stdout and "Every check passes" in human.stdout
 
 
 def test_nothing_to_action(connected, cli):
@@ -149,7 +149,7 @@ def test_email_story_of_a_lead_that_failed_shows_servicetitans_words(connected, 
 
     monkeypatch.setenv("COLUMNS", "2000")  # one line per sentence: the words are checked whole
     human = cli("diagnose", "--email", "jane.fail@example.com")
-    assert ST_APP_KEY_REFUSED in human.stderr and "attempt " in human.stderr
+    assert ST_APP_KEY_REFUSED in human.stdout and "attempt " in human.stdout
 
 
 def test_email_story_of_a_booked_lead_and_of_a_stranger(connected, cli):

@@ -31,7 +31,7 @@ def test_customers_with_emails_referral_factory_refuses_are_skipped_before_any_r
     result = cli("--json", "sync-customers", "--once")
 
     assert result.exit_code == 0, str(result)
-    assert result.json["failed"] == 0 and result.json["skipped_by_reason"]["invalid_email"] >= len(REFUSED)
+    assert result.json["counts"]["failed"] == 0 and result.json["skipped_by_reason"]["invalid_email"] >= len(REFUSED)
     sent = [r for r in sb.request_log if r.service == "referral_factory" and r.status == 422]
     assert sent == []  # nothing Referral Factory had to refuse
     users = {u["email"] for u in sb.rf_users(campaign_id=sb.credentials.campaign_id)}

@@ -152,7 +152,7 @@ def test_a_lost_referrer_answer_stays_unknown_past_a_short_grace_and_the_next_ru
     code, report, err = cli(capsys, "sync-customers", "--once")
 
     assert code == 6, err
-    assert report["unknown"] == len(enrolled) and report["created"] == 0 and report["failed"] == 0
+    assert report["counts"]["unknown"] == len(enrolled) and report["counts"]["created"] == 0 and report["counts"]["failed"] == 0
     assert {c["customer_id"] for c in report["unknown_customers"]} == set(enrolled)
     users = sb.rf_users(campaign_id=sb.credentials.campaign_id, type="person_referring")
     per_email = Counter(u["email"].casefold() for u in users)
@@ -165,7 +165,7 @@ def test_a_lost_referrer_answer_stays_unknown_past_a_short_grace_and_the_next_ru
     sb.clear_request_log()
     code, again, err = cli(capsys, "sync-customers", "--ongoing")
     assert code == 0, err
-    assert again["created"] == len(enrolled) and again["unknown"] == 0
+    assert again["counts"]["created"] == len(enrolled) and again["counts"]["unknown"] == 0
     creates = [r for r in sb.request_log if r.method == "POST" and r.path.endswith("/api/v2/users")]
     assert creates == []  # found by search: nothing sent again
     users = sb.rf_users(campaign_id=sb.credentials.campaign_id, type="person_referring")

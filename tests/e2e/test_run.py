@@ -47,21 +47,31 @@ class RunProcess:
             [sys.executable, "-m", "stsync", "run", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
         )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.lines: list[str] = []  # stderr: the talk (or the JSON log lines)
+        self.data: list[str] = []  # stdout: each step's summary, the run's own at the end
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.data), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
+    @staticmethod
+    def _read(stream, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
 
     def output(self) -> str:
         return "".join(self.lines)
 
+    def stdout(self) -> str:
+        return "".join(self.data)
+
     def terminate(self, timeout: float = 90) -> int:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
+        for reader in self._readers:
+            reader.join(timeout=5)
         return code
 
 
@@ -127,7 +137,7 @@ def test_run_pushes_syncs_and_qualifies_on_its_schedule_and_sigterm_exits_0(conn
 
     assert run.terminate() == 0, run.output()
     out = run.output()
-    assert "run stopped:" in out and "Traceback" not in out
+    assert "run stopped:" in run.stdout() and "Traceback" not in out
     assert max(Counter(b["externalId"] for b in sb.bookings()).values()) == 1
     for job in ("push", "qualify", "sync"):
         recorded = [r for r in runs(paths, job) if r.outcome != "skipped"]

@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -65,6 +66,10 @@ class ServeProcess:
                 return found.group(1)
         raise AssertionError("serve did not start:\n" + "".join(self.stderr))
 
+    def wait_idle(self, timeout: float = 30) -> None:
+        wait_for(lambda: httpx.get(f"{self.base}/healthz", headers={"X-Stsync-Token": TOKEN}, timeout=5).json()["queued"] == 0,
+                 timeout=timeout, what="an empty queue")
+
     def terminate(self, timeout: float = 20) -> tuple[int, str, str]:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout)
@@ -106,7 +111,9 @@ def test_a_new_lead_delivered_three_times_makes_one_booking_and_sigterm_exits_0(
     server = serve("--json")
     hooks = f"{server.base}/hooks/{TOKEN}"
 
-    answers = [httpx.post(hooks, json=new_lead_payload(user), timeout=10) for _ in range(3)]
+    answers = [httpx.post(hooks, json=new_lead_payload(user), timeout=10)]
+    server.wait_idle()
+    answers += [httpx.post(hooks, json=new_lead_payload(user), timeout=10) for _ in range(2)]
     assert [a.status_code for a in answers] == [202, 200, 200], [a.text for a in answers]
     assert [a.json()["outcome"] for a in answers] == ["queued", "duplicate", "duplicate"]
 
@@ -118,7 +125,8 @@ def test_a_new_lead_delivered_three_times_makes_one_booking_and_sigterm_exits_0(
     assert other.status_code == 202, other.text
 
     wait_for(lambda: sb.bookings(external_id=user["code"]), what="the booking")
-    wait_for(lambda: httpx.get(f"{server.base}/healthz", timeout=5).json()["queued"] == 0, what="an empty queue")
+    server.wait_idle()
+    assert httpx.get(f"{server.base}/healthz", timeout=5).json() == {"ok": True}  # no queue depth without the token
 
     wrong = httpx.post(f"{server.base}/hooks/not-{TOKEN}", json=new_lead_payload(user), timeout=10)
     assert wrong.status_code == 401
@@ -191,3 +199,92 @@ def test_lead_qualified_is_recorded_and_qualify_does_not_send_it_again(connected
     assert result.exit_code == 0, str(result)
     assert sb.count_requests(service="referral_factory", method="PUT", path_contains="/users/qualification") == 0
     assert result.json["counts"]["qualified"] == 0
+
+
+def ledger_of(isolated: Path):
+    from stsync.storage.ledger import Ledger
+
+    return Ledger.open(isolated / "state" / "default" / "ledger.sqlite3")
+
+
+def test_a_delivery_naming_the_user_only_by_id_becomes_a_booking(connected, serve):
+    sb = connected
+    user = a_new_lead(sb)
+    server = serve()
+    answer = httpx.post(f"{server.base}/hooks/{TOKEN}/lead-created", json={"id": user["id"]}, timeout=10)
+    assert answer.status_code == 202, answer.text
+    [booking] = wait_for(lambda: sb.bookings(external_id=user["code"]), what="the booking")
+    assert booking["name"] == user["first_name"]
+    code, _, stderr = server.terminate()
+    assert code == 0, stderr
+
+
+def test_sigterm_with_a_dripping_client_exits_within_seconds_and_records_the_run(connected, serve, isolated):
+    server = serve()
+    host, port = server.base.removeprefix("http://").split(":")
+    dripping = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+    for sock in dripping:
+        sock.send(f"POST /hooks/{TOKEN} HTTP/1.1\r\nHost: x\r\nContent-Le".encode())
+    time.sleep(0.3)
+    started = time.monotonic()
+    code, stdout, stderr = server.terminate(timeout=15)
+    took = time.monotonic() - started
+    for sock in dripping:
+        sock.close()
+    assert code == 0, stderr
+    assert took < 10, f"SIGTERM took {took:.1f} s"  # a dripping client held the old server for 60 s and more
+    ledger = ledger_of(isolated)
+    try:
+        run = ledger.last_run("serve")
+        assert run.outcome == "ok" and run.finished_at is not None
+    finally:
+        ledger.close()
+
+
+def test_kill_9_after_202s_then_a_restart_gives_every_delivery_its_outcome_and_one_booking(connected, serve, isolated):
+    """Deliveries answered 202 by a process killed before it could process them are processed
+    by the next start; the killed run is closed as interrupted; each lead is booked once."""
+    from stsync.sandbox import Faults
+
+    sb = connected
+    users = sb.add_leads(6)
+    # Referral Factory's user reads take 2 s each: the first serve cannot get far.
+    sb.set_faults(Faults(latency=2.0, path_contains="/users"))
+    first = serve()
+    keys = []
+    for user in users:
+        answer = httpx.post(f"{first.base}/hooks/{TOKEN}", json=new_lead_payload(user), timeout=10)
+        assert answer.status_code == 202, answer.text
+        keys.append(answer.json()["delivery"])
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    ledger = ledger_of(isolated)
+    try:
+        waiting = [record.key for record in ledger.deliveries_to_process()]
+        assert len(waiting) >= 4, "the kill landed before most deliveries were processed"
+        assert ledger.last_run("serve").outcome == "interrupted"  # read as such: its process is dead
+    finally:
+        ledger.close()
+
+    sb.set_faults(None)
+    second = serve()
+    # The first copy of a delivery is re-sent meanwhile: processed once, not "duplicate" with nothing done.
+    again = httpx.post(f"{second.base}/hooks/{TOKEN}", json=new_lead_payload(users[-1]), timeout=10)
+    assert again.status_code in (200, 202), again.text
+    second.wait_idle()
+    code, stdout, stderr = second.terminate()
+    assert code == 0, stderr
+    assert "delivery(ies) received before the last stop" in stderr
+
+    for user in users:
+        assert len(sb.bookings(external_id=user["code"])) == 1, user["code"]
+    ledger = ledger_of(isolated)
+    try:
+        assert ledger.deliveries_to_process() == []
+        assert {ledger.get_delivery(key).outcome for key in keys} <= {"created", "already_booked"}
+        first_run, second_run = sorted(ledger.recent_runs(job="serve"), key=lambda r: r.id)
+        [row] = ledger._query("SELECT outcome FROM runs WHERE id = ?", (first_run.id,))
+        assert row["outcome"] == "interrupted", "closed in the ledger, not only read as interrupted"
+        assert second_run.outcome == "ok" and second_run.counts["resumed"] == len(waiting)
+    finally:
+        ledger.close()

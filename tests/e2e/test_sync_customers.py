@@ -85,12 +85,12 @@ def test_one_time_sync_then_a_second_run_then_changes_flow_through(connected, ca
     code, report = sync(capsys, "--once")
 
     assert code == 0, report
-    assert report["created"] == counts.get("created", 0)
-    assert report["adopted"] == counts.get("adopted", 0)
-    assert (report["updated"], report["unchanged"], report["failed"]) == (0, 0, 0)
+    assert report["counts"]["created"] == counts.get("created", 0)
+    assert report["counts"]["adopted"] == counts.get("adopted", 0)
+    assert (report["counts"]["updated"], report["counts"]["unchanged"], report["counts"]["failed"]) == (0, 0, 0)
     assert report["skipped_by_reason"] == skips(counts)
-    assert report["shared"] == counts.get("shared", 0) > 0  # households: index % 20 in 15, 16, 17
-    assert report["examined"] == len(expected) == 300
+    assert report["counts"]["shared"] == counts.get("shared", 0) > 0  # households: index % 20 in 15, 16, 17
+    assert report["counts"]["examined"] == len(expected) == 300
     # One Referral Factory user per enrolled e-mail, with the customer's link and code written back.
     campaign = sb.credentials.campaign_id
     users = sb.rf_users(campaign_id=campaign)
@@ -117,7 +117,7 @@ def test_one_time_sync_then_a_second_run_then_changes_flow_through(connected, ca
             assert user["type"] == "person_referring"
         else:
             assert not values.get("Referral Link") and not values.get("Referral Code")
-    assert report["return_fields_written"] == 2 * (len(enrolled) + len(shared))
+    assert report["counts"]["return_fields_written"] == 2 * (len(enrolled) + len(shared))
     creates = [r for r in sb.request_log if r.service == "referral_factory" and r.method == "POST" and r.path.endswith("/users")]
     assert len(creates) == counts.get("created", 0) + counts.get("adopted", 0)  # an adoption is a 422 first
     assert_no_referral_factory_429(sb)
@@ -126,7 +126,7 @@ def test_one_time_sync_then_a_second_run_then_changes_flow_through(connected, ca
     sb.clear_request_log()
     code, again = sync(capsys, "--ongoing")
     assert code == 0
-    assert (again["created"], again["adopted"], again["updated"], again["return_fields_written"]) == (0, 0, 0, 0)
+    assert (again["counts"]["created"], again["counts"]["adopted"], again["counts"]["updated"], again["counts"]["return_fields_written"]) == (0, 0, 0, 0)
     assert [r for r in sb.request_log if r.service == "referral_factory"] == []
     assert [r for r in sb.request_log if r.method in ("POST", "PATCH", "PUT") and r.service != "auth"] == []
 
@@ -143,9 +143,9 @@ def test_one_time_sync_then_a_second_run_then_changes_flow_through(connected, ca
     code, ongoing = sync(capsys, "--ongoing")
 
     assert code == 0, ongoing
-    assert ongoing["created"] == new_counts.get("created", 0) > 0
-    assert ongoing["adopted"] == new_counts.get("adopted", 0)
-    assert ongoing["updated"] == 5
+    assert ongoing["counts"]["created"] == new_counts.get("created", 0) > 0
+    assert ongoing["counts"]["adopted"] == new_counts.get("adopted", 0)
+    assert ongoing["counts"]["updated"] == 5
     assert ongoing["skipped_by_reason"] == skips(new_counts)
     for n, customer_id in enumerate(renamed):
         user = by_email[enrolled[customer_id].casefold()][0]
@@ -171,10 +171,10 @@ def test_dry_run_is_the_confirm_step(connected, capsys):
     assert code == 0
     assert report["dry_run"] is True
     # Without asking Referral Factory, an e-mail already in the campaign counts as a creation.
-    assert report["created"] == expected.get("created", 0) + expected.get("adopted", 0)
+    assert report["counts"]["created"] == expected.get("created", 0) + expected.get("adopted", 0)
     assert report["skipped_by_reason"] == skips(expected)
-    assert report["shared"] == expected.get("shared", 0)
-    assert report["return_fields_written"] == 2 * (report["created"] + report["shared"])
+    assert report["counts"]["shared"] == expected.get("shared", 0)
+    assert report["counts"]["return_fields_written"] == 2 * (report["counts"]["created"] + report["counts"]["shared"])
     assert len(report["sample"]) == 10 and {s["action"] for s in report["sample"]} <= {"create", "share"}
     creates = [s for s in report["sample"] if s["action"] == "create"]
     assert creates and all(s["referrer"]["email"] == s["email"] and s["referrer"]["notify"] is False for s in creates)
@@ -183,14 +183,14 @@ def test_dry_run_is_the_confirm_step(connected, capsys):
     assert sb.snapshot() == state
 
     code, real = sync(capsys, "--once")  # the dry run left no position behind: a full pass
-    assert code == 0 and real["created"] + real["adopted"] == report["created"]
+    assert code == 0 and real["counts"]["created"] + real["counts"]["adopted"] == report["counts"]["created"]
 
 
 def test_the_cli_says_what_it_did_and_refuses_two_modes(connected, capsys):
     code = run(["sync-customers", "--once", "--limit", "20"])
-    err = capsys.readouterr().err
+    said = capsys.readouterr()
     assert code == 0
-    assert "became referrers" in err and "Stopped after --limit 20" in err
+    assert "became referrers" in said.out and "Stopped after --limit 20" in said.err
 
     assert run(["sync-customers", "--once", "--ongoing"]) == 2
     assert "not both" in capsys.readouterr().err
@@ -204,7 +204,7 @@ def test_customers_referral_factory_refuses_are_exit_5_with_its_words(connected,
     code, report = sync(capsys, "--once", "--limit", "10")
 
     assert code == 5 and report["ok"] is False
-    assert (report["created"], report["failed"]) == (0, eligible)
+    assert (report["counts"]["created"], report["counts"]["failed"]) == (0, eligible)
     error = report["failures"][0]["error"]
     assert (error["service"], error["status"], error["stage"]) == ("referral_factory", 422, "referrer")
     assert "campaign" in error["message"].lower()  # Referral Factory's own words, kept

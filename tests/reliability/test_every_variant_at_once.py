@@ -163,7 +163,7 @@ def test_every_variant_at_once_with_503s_and_lost_answers_stays_exactly_once(con
         kept = {k: v for k, v in before[cid].items() if k not in ("Referral Link", "Referral Code") and v != ""}
         assert {k: v for k, v in values.items() if k not in ("Referral Link", "Referral Code")} == kept, cid
     # The last run is clean: nothing failed or in doubt, the refused ones waiting for a person.
-    assert syncs[-1][0] == 0 and final["unknown"] == 0 and final["needs_fix"] == len(blocked)
+    assert syncs[-1][0] == 0 and final["counts"]["unknown"] == 0 and final["counts"]["needs_fix"] == len(blocked)
 
     # 3. qualify: a third of the bookings became jobs; exactly their referrals qualified.
     converted = sorted(sb.bookings(), key=lambda b: b["id"])[::3]

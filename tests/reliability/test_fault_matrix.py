@@ -269,7 +269,7 @@ def check_qualify(sb, led: Ledger, result, user_of_code: dict[str, int], convert
 def check_sync(sb, led: Ledger, results: list, expected: dict, users_before: int, others_before: dict) -> None:
     check_runs(results)
     report = results[-1].json
-    assert report["failed"] == 0 and report["complete"], report
+    assert report["counts"]["failed"] == 0 and report["complete"], report
     enrolled = {cid: email for cid, (outcome, email) in expected.items() if outcome in ENROLLED}
     shared = {cid: email for cid, (outcome, email) in expected.items() if outcome == "shared"}
     created = sum(1 for outcome, _ in expected.values() if outcome == "created")

@@ -139,7 +139,7 @@ def test_a_second_sync_exits_7_naming_the_running_one(slow_connection, cli, path
     assert as_json.exit_code == 7 and as_json.json["ok"] is False and as_json.json["exit_code"] == 7
     assert first.poll() is None, "the first run was still going while the second was refused"
     report = finish(first)
-    assert report["failed"] == 0 and report["complete"]
+    assert report["counts"]["failed"] == 0 and report["complete"]
 
     with assert_ledger_sound(paths) as ledger:
         runs = ledger.recent_runs(job="sync")

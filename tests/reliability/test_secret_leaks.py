@@ -259,6 +259,10 @@ def test_no_command_leaks_a_secret_with_the_file_store(sandbox_env, scan, run, r
     run("-vv", "qualify")
     run("--json", "qualify")
 
+    # report: from the ledger, refreshed, as a page and a spreadsheet
+    run("-vv", "report", "--refresh", "--html", tmp_path / "report.html", "--csv", tmp_path / "report.csv")
+    run("--json", "report", "--by", "referrer")
+
     # history and diagnose, with bundles
     lead_email = sb.rf_users(campaign_id=sb.credentials.campaign_id, type="person_invited")[0]["email"]
     run("-vv", "history")

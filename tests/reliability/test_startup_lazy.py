@@ -46,7 +46,7 @@ def test_help_lists_every_command_without_importing_heavy_modules():
     loaded = set(json.loads(out.stderr.strip().splitlines()[-1]))
     assert [m for m in HEAVY if m in loaded] == []
     for command in ("connect", "disconnect", "map", "validate", "push-lead", "sync-customers", "qualify",
-                    "diagnose", "history", "serve", "sandbox", "demo"):
+                    "report", "diagnose", "history", "serve", "sandbox", "demo"):
         assert command in out.stdout, command
 
 

@@ -88,7 +88,7 @@ def test_kill_9_ten_times_then_finish_exactly_one_user_per_customer(sandbox, iso
 
     assert finished.returncode == 0, finished.stderr[-2000:]
     report = json.loads(finished.stdout)
-    assert report["failed"] == 0 and report["complete"]
+    assert report["counts"]["failed"] == 0 and report["complete"]
     assert killed_while_running >= KILLS - 2  # the kills really interrupted runs
     users = sb.rf_users(campaign_id=campaign)
     assert len(users) == users_before + created  # no duplicate, nothing extra

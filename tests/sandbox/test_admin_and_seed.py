@@ -134,3 +134,18 @@ def test_get_sandbox_lists_every_admin_operation_and_each_one_answers(sandbox, s
     assert st.http.post("/_sandbox/ips/block").status_code == 200
     assert st.http.post("/_sandbox/ips/unblock").status_code == 200
     assert "no admin operation" in st.http.post("/_sandbox/nothing").json()["error"]
+
+
+def test_leads_can_be_referred_by_a_referrer_named_by_e_mail_and_joined_on_a_given_day(sandbox):
+    remote = RemoteSandbox(sandbox.base_url)
+    campaign = sandbox.credentials.campaign_id
+    referrer = sandbox.rf_users(campaign_id=campaign, type="person_referring")[1]
+    added = remote.add_leads(2, referrer_email=referrer["email"].upper(), signed_up_at="2025-10-03")
+    assert [(u["referrer_id"], u["signed_up_at"]) for u in added] == [(referrer["id"], "2025-10-03")] * 2
+    assert {u["id"] for u in added} <= {u["id"] for u in sandbox.rf_users(campaign_id=campaign, type="person_invited")}
+    with pytest.raises(RemoteSandboxError) as unknown:
+        remote.add_leads(1, referrer_email="nobody@example.com")
+    assert unknown.value.status == 404 and "no referrer with e-mail" in str(unknown.value)
+    with pytest.raises(RemoteSandboxError) as bad_day:
+        remote.add_leads(1, signed_up_at="2025-02-30")
+    assert bad_day.value.status == 400

@@ -4,7 +4,7 @@ Layers, top to bottom; a module imports its own layer or those below it, never o
 
     cli          parse, call a service, render (the only layer importing typer or rich)
     services     use cases; return result objects, never print
-    engines      mapping/, checks/, customersync/, webhooks/, notify/, tracking/, leads.py
+    engines      mapping/, checks/, customersync/, webhooks/, notify/, tracking/, reporting/, leads.py
     connection   connection.py: config + secrets + clients + ledger
     clients      servicetitan/, referralfactory/, http.py, ratelimit.py, storage/
     leaves       errors, logs, envvars, credentials, vocabulary, progress, workpool,
@@ -36,6 +36,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "stsync.webhooks",
         "stsync.notify",
         "stsync.tracking",
+        "stsync.reporting",
         "stsync.leads",
     ),
     "connection": ("stsync.connection",),

@@ -61,7 +61,7 @@ def test_a_value_that_looks_like_a_global_flag_is_the_value(cli, isolated: Path)
         (["push-lead", "--bogus"], "Error: No such option: --bogus",
          "→ Usage: stsync push-lead [OPTIONS] (try 'stsync push-lead --help')"),
         (["map", "set", "summary", "--value"], "Error: Option '--value' requires an argument.",
-         "→ Usage: stsync map set [OPTIONS] {target} (try 'stsync map set --help')"),
+         "→ Usage: stsync map set [OPTIONS] {TARGET} (try 'stsync map set --help')"),
         (["bogus"], "Error: No such command 'bogus'.", "→ Usage: stsync [OPTIONS] COMMAND [ARGS]... (try 'stsync --help')"),
     ],
 )

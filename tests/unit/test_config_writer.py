@@ -49,6 +49,7 @@ def test_save_writes_spec_order_and_inline_specs(tmp_path):
         "schedule",
         "notify",
         "logging",
+        "webhook",
         "webhook.aliases",
     ]
     assert re.search(r'^summary = \{ value = "Referral" \} +# Fixed Value \(Manual Input\)$', text, re.M)

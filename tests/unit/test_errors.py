@@ -61,7 +61,7 @@ def test_error_summary_reads_rows_stored_before_to_dict_had_a_type():
 def test_the_json_error_object_is_the_errors_own_shape(capsys):
     assert run(["--json", "diagnose", "--email", " "]) == 2
     out = json.loads(capsys.readouterr().out)
-    assert out == {"ok": False, "exit_code": 2, "error": {
+    assert out == {"schema": 1, "command": "diagnose", "ok": False, "exit_code": 2, "counts": {}, "failures": [], "error": {
         "type": "UsageError", "message": "--email needs an e-mail address", "hint": None, "exit_code": 2,
     }}
     assert ApiError("x", status=500).to_dict()["service"] == "remote"

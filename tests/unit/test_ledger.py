@@ -32,6 +32,7 @@ TABLES = {
     "st_bookings",
     "st_jobs",
     "job_events",
+    "referred_leads",
 }
 
 
@@ -367,15 +368,63 @@ def test_return_fields(ledger):
     assert ledger.get_return_fields(10) == {"Referral Code": "C1", "Referral Link": "https://r/2"}
 
 
-def test_webhook_deliveries(ledger):
-    assert ledger.record_delivery("k1", event="user.created", external_id="C1") is True
-    assert ledger.record_delivery("k1", event="user.created", external_id="C1") is False
-    ledger.finish_delivery("k1", "pushed")
-    ledger.record_delivery("k2", event="user.created", external_id=None)
+def test_webhook_deliveries_are_admitted_once_and_waiting_ones_again(ledger):
+    lead = {"email": "ann@example.com", "referral_code": "C1"}
+    admit = lambda key, **kw: ledger.admit_delivery(key, event="lead_created", external_id="C1", lead=lead, payload={"n": key}, **kw)  # noqa: E731
+    assert admit("k1") == "new"
+    assert admit("k1") == "waiting"  # no outcome yet: process it
+    assert admit("k2") == "new"
+    assert [(r.key, r.lead, r.payload) for r in ledger.deliveries_to_process()] == [("k1", lead, {"n": "k1"}), ("k2", lead, {"n": "k2"})]
+    ledger.finish_delivery("k1", "created")
+    assert admit("k1") == "done"
     ledger.finish_delivery("k2", "failed", "bad payload")
-    assert ledger.get_delivery("k1").outcome == "pushed"
-    assert ledger.get_delivery("k2").error == {"message": "bad payload"}
-    assert ledger.get_delivery("k3") is None
+    assert ledger.get_delivery("k2").error == {"message": "bad payload"} and ledger.get_delivery("k2").finished_at
+    assert admit("k3") == "new"
+    assert admit("k2") == "retry"  # failed before: retrying, queued after k3
+    assert admit("k2") == "waiting"
+    assert [r.key for r in ledger.deliveries_to_process()] == ["k3", "k2"]
+    assert ledger.get_delivery("k2").outcome == "retrying" and ledger.get_delivery("k2").waiting
+    assert ledger.get_delivery("k9") is None
+
+
+def test_deliveries_recorded_before_the_payload_migration_are_kept_and_still_waiting(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    raw = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].split(";"):
+        if statement.strip():
+            raw.execute(statement)
+    raw.execute("PRAGMA user_version = 1")
+    raw.execute("INSERT INTO webhook_deliveries (key, event, received_at) VALUES ('old', 'lead_created', '2025-01-01T00:00:00Z')")
+    raw.commit()
+    raw.close()
+    ledger = Ledger.open(path)
+    try:
+        [record] = ledger.deliveries_to_process()
+        assert (record.key, record.lead, record.seq) == ("old", None, 1)
+        # Sent again, it brings what the old stsync did not keep.
+        assert ledger.admit_delivery("old", event="lead_created", external_id=None, lead={"rf_user_id": 5}, payload={"id": 5}) == "waiting"
+        assert ledger.get_delivery("old").lead == {"rf_user_id": 5}
+    finally:
+        ledger.close()
+
+
+def test_close_abandoned_runs_closes_only_dead_processes_runs(ledger):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = ledger.start_run("serve", "serve")
+    with ledger.transaction() as tx:
+        tx.execute("UPDATE runs SET pid = ? WHERE id = ?", (dead.pid, gone))
+    mine = ledger.start_run("serve", "serve")
+    other_job = ledger.start_run("push", "push-lead --new")
+    with ledger.transaction() as tx:
+        tx.execute("UPDATE runs SET pid = ? WHERE id = ?", (dead.pid, other_job))
+    assert ledger.close_abandoned_runs("serve") == [gone]
+    assert ledger.close_abandoned_runs("serve") == []
+    rows = {row["id"]: row["outcome"] for row in ledger._query("SELECT id, outcome FROM runs")}
+    assert rows == {gone: "interrupted", mine: "running", other_job: "running"}
 
 
 def test_kv(ledger):
@@ -769,9 +818,9 @@ def test_open_failures_are_the_records_own_and_still_unresolved(ledger):
     ledger.update_tracking("BOB", final=True)
     assert ledger.failed_qualifications()[0] == 0
 
-    ledger.record_delivery("k1", event="lead_created", external_id="ANN")
-    ledger.record_delivery("k2", event="lead_created", external_id="EVE")
-    ledger.record_delivery("k3", event="lead_created", external_id="FAY")
+    ledger.admit_delivery("k1", event="lead_created", external_id="ANN", lead={"referral_code": "ANN"}, payload={"code": "ANN"})
+    ledger.admit_delivery("k2", event="lead_created", external_id="EVE", lead={"referral_code": "EVE"}, payload={"code": "EVE"})
+    ledger.admit_delivery("k3", event="lead_created", external_id="FAY", lead={"referral_code": "FAY"}, payload={"code": "FAY"})
     ledger.finish_delivery("k1", "failed", {"message": "no"})
     ledger.finish_delivery("k3", "retrying", {"message": "no"})
     assert ledger.failed_deliveries()[0] == 1

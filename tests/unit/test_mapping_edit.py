@@ -200,11 +200,13 @@ def test_map_show_renders_the_table_and_the_setup_required_banner(config_path: P
     assert run(["map", "unset", "external_id"]) == 0
     capsys.readouterr()
     assert run(["map", "show", "--for", "leads"]) == 0
-    err = capsys.readouterr().err
+    shown = capsys.readouterr()
+    out = shown.out  # the mapping is the data the user asked for: stdout, talk on stderr
+    assert shown.err == ""
     for header in ("Data Type", "From Referral Factory", "To ServiceTitan"):
-        assert header in err
-    assert "Setup Required" in err and "Source (source), External Id (external_id)" in err
-    assert "Name *" in err and "Summary *" in err and "not mapped" in err
+        assert header in out
+    assert "Setup Required" in out and "Source (source), External Id (external_id)" in out
+    assert "Name *" in out and "Summary *" in out and "not mapped" in out
     assert run(["--json", "map", "show", "--for", "leads"]) == 0
     out = json_out(capsys)
     assert out["leads"]["setup_required"] is True and out["leads"]["missing"] == ["source", "external_id"]
@@ -216,8 +218,8 @@ def test_map_show_no_banner_with_nothing_to_action(config_path: Path, capsys):
     run(["map", "action", "leads", "nothing"])
     capsys.readouterr()
     assert run(["map", "show", "--for", "leads"]) == 0
-    err = capsys.readouterr().err
-    assert "Setup Required" not in err and "Nothing to action" in err
+    out = capsys.readouterr().out
+    assert "Setup Required" not in out and "Nothing to action" in out
 
 
 def test_map_set_cli_messages_and_exit_codes(config_path: Path, capsys):

@@ -198,7 +198,7 @@ def test_new_failed_records_are_said_once_each_and_a_fixed_one_that_fails_anew_a
 
 def test_failed_webhook_deliveries_are_said_once_each(paths, ledger, receiver):
     watch = watch_for(paths, ledger, config_with(receiver))
-    ledger.record_delivery("lead_created:1", event="lead_created", external_id="ANN1")
+    ledger.admit_delivery("lead_created:1", event="lead_created", external_id="ANN1", lead={"referral_code": "ANN1"}, payload={"code": "ANN1"})
     ledger.finish_delivery("lead_created:1", "failed", REFUSED)
     said = watch.look(now=T0)
     assert [a.event for a in said.alerts] == ["delivery_failed"] and "lead_created:1" in said.alerts[0].what

@@ -748,8 +748,8 @@ def test_history_command_shows_the_attempts(conn, saved_config, httpx_mock: HTTP
     push_leads(conn, [lead(1), lead(2, email=None)], target(conn))
     conn.close()
     assert run(["history"]) == 0
-    err = capsys.readouterr().err
-    assert "code0001" in err and "created" in err and "#1000" in err and "no value for" in err
+    out = capsys.readouterr().out  # piped: TSV, one attempt per line
+    assert "code0001\tcreated\t1000\t" in out and "no value for" in out
     assert run(["--json", "history", "--failed"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [a["external_id"] for a in data["attempts"]] == ["code0002"] and data["filters"]["failed"] is True

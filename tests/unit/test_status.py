@@ -69,7 +69,8 @@ def test_every_job_recently_ok_is_healthy_exit_0(paths, capsys):
     assert push["last_run"]["command"] == "push-lead --new" and push["last_run"]["exit_code"] == 0
     assert push["interval_seconds"] == 300 and push["last_run"]["age_seconds"] < 60 and push["overdue"] is False
     assert out["schedule"] == {"push": 300.0, "qualify": 600.0, "sync": 900.0}
-    assert out["failures"]["pushes"] == {"count": 0, "newest": []}
+    assert out["open_failures"]["pushes"] == {"count": 0, "newest": []}
+    assert out["counts"]["open_failures_pushes"] == 0 and out["failures"] == []
     assert out["webhooks"] == {"waiting": 0, "oldest": None, "oldest_age_seconds": None, "receiver_running": False}
     assert out["token"]["cached"] is False
     assert out["referral_factory"] == {"cooldown": None, "blocked": False, "episodes_last_hour": 0, "rate_factor": 1.0}
@@ -117,13 +118,15 @@ def test_open_failures_cool_down_block_and_waiting_deliveries_need_attention(pat
     with Ledger.open(paths.ledger) as ledger:
         attempt = ledger.record_push_intent("ANN1", kind="lead", email="ann@example.com", name="Ann")
         ledger.record_push_result(attempt, outcome="failed", error=REFUSED)
-        ledger.record_delivery("lead_created:9", event="lead_created", external_id="ZED9")
+        ledger.admit_delivery("lead_created:9", event="lead_created", external_id="ZED9", lead={"referral_code": "ZED9"}, payload={"code": "ZED9"})
     RateLimiter(600, 60.0, state_file=paths.rate_file("referral_factory")).record_ip_blocked()
     code, out = status_json(capsys)
     assert code == 1
-    assert out["failures"]["pushes"]["count"] == 1
-    assert out["failures"]["pushes"]["newest"][0] == {
-        "external_id": "ANN1", "email": "ann@example.com", "at": out["failures"]["pushes"]["newest"][0]["at"], "error": "HTTP 400: Name is required"}
+    assert out["open_failures"]["pushes"]["count"] == 1 and out["counts"]["open_failures_pushes"] == 1
+    assert out["open_failures"]["pushes"]["newest"][0] == {
+        "external_id": "ANN1", "email": "ann@example.com", "at": out["open_failures"]["pushes"]["newest"][0]["at"], "error": "HTTP 400: Name is required"}
+    # The newest failure of each kind is one of the envelope's failures too.
+    assert {"key": "ANN1", "email": "ann@example.com", "message": "HTTP 400: Name is required"}.items() <= out["failures"][0].items()
     rf = out["referral_factory"]
     assert rf["cooldown"]["active"] is True and rf["cooldown"]["reason"] == "ip_blocked" and rf["blocked"] is True
     assert out["webhooks"]["waiting"] == 1 and out["webhooks"]["receiver_running"] is False
@@ -155,8 +158,8 @@ def test_the_screen_for_a_person_says_what_needs_attention(paths, capsys):
         ran(ledger, "push", "push-lead --new")
     capsys.readouterr()
     assert run(["status"]) == 1
-    err = " ".join(capsys.readouterr().err.split())
-    assert "stsync status — connection 'default'" in err and "Needs attention" in err and "has never run" in err
+    out = " ".join(capsys.readouterr().out.split())  # the status is the data: stdout
+    assert "stsync status — connection 'default'" in out and "Needs attention" in out and "has never run" in out
 
 
 def test_prometheus_textfile_parses_and_carries_the_same_figures(paths, isolated, capsys):
@@ -200,3 +203,16 @@ def test_prometheus_into_a_missing_directory_is_exit_3(paths, isolated, capsys):
     assert run(["status", "--prometheus", str(isolated / "nowhere" / "stsync.prom")]) == 3
     assert "does not exist" in capsys.readouterr().err
     assert not os.path.exists(isolated / "nowhere")
+
+
+def test_quiet_status_says_nothing_when_healthy_and_only_what_needs_attention_otherwise(paths, capsys):
+    with Ledger.open(paths.ledger) as ledger:
+        ran(ledger, "push", "push-lead --new")
+    capsys.readouterr()
+    assert run(["-q", "status"]) == 1
+    said = capsys.readouterr()
+    assert said.out.splitlines()[0] == "Needs attention:" and "has never run" in said.out
+    assert "stsync status — connection" not in said.out and said.err == ""
+    all_jobs_ran(paths)
+    assert run(["-q", "status"]) == 0
+    assert capsys.readouterr() == ("", "")

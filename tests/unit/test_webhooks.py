@@ -1,5 +1,5 @@
-"""webhooks.handler and webhooks.worker without a socket: a ``Request`` in, a ``Response``
-out, the accepted deliveries processed by the real worker thread.
+"""webhooks.handler, webhooks.pool and webhooks.worker without a socket: a ``Request`` in, a
+``Response`` out, the accepted deliveries processed by the real worker pool.
 
 Referral Factory is a small fake (users of the campaign, every lookup recorded); the booking
 push is a recorder (the real one runs in tests/e2e/test_serve.py against the sandbox). The
@@ -18,8 +18,9 @@ from webhook_fakes import TOKEN, FakeReferralFactory, PushRecorder, lead_payload
 from stsync.errors import InvalidRecord
 from stsync.leads import Lead
 from stsync.webhooks.deliveries import DeliveryEvent, ServeStats
-from stsync.webhooks.handler import MAX_BODY_BYTES, Request, Response, WebhookHandler
+from stsync.webhooks.handler import MAX_BODY_BYTES, Request, Response, WebhookHandler, loggable_target
 from stsync.webhooks.payload import LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED, delivery_key
+from stsync.webhooks.pool import DeliveryPool
 from stsync.webhooks.worker import DeliveryWorker
 
 RUN_ID = 41
@@ -29,6 +30,7 @@ RUN_ID = 41
 class Endpoint:
     handler: WebhookHandler
     worker: DeliveryWorker
+    pool: DeliveryPool
     stats: ServeStats
     events: list[DeliveryEvent]
 
@@ -40,7 +42,21 @@ class Endpoint:
         return self.handler.handle(Request.build(method, target, headers.items(), content))
 
     def wait_idle(self) -> bool:
-        return self.worker.wait_idle()
+        return self.pool.wait_idle()
+
+    def close(self) -> None:
+        self.handler.close()
+        self.pool.stop(10)
+
+
+def make_endpoint(conn, pushes, *, workers: int = 4, run_id: int | None = RUN_ID) -> Endpoint:
+    events: list[DeliveryEvent] = []
+    stats = ServeStats()
+    worker = DeliveryWorker(conn, push_for=pushes, stats=stats, observer=events.append, run_id=run_id)
+    pool = DeliveryPool(worker.process, workers=workers)
+    handler = WebhookHandler(conn, token=TOKEN, queue=pool, stats=stats, observer=events.append)
+    pool.start()
+    return Endpoint(handler, worker, pool, stats, events)
 
 
 @pytest.fixture
@@ -56,14 +72,9 @@ def pushes(conn) -> PushRecorder:
 
 @pytest.fixture
 def endpoint(conn, pushes):
-    events: list[DeliveryEvent] = []
-    stats = ServeStats()
-    worker = DeliveryWorker(conn, push_for=pushes, stats=stats, observer=events.append, run_id=RUN_ID)
-    handler = WebhookHandler(conn, token=TOKEN, queue=worker, stats=stats, observer=events.append)
-    worker.start()
-    yield Endpoint(handler, worker, stats, events)
-    handler.close()
-    worker.finish()
+    made = make_endpoint(conn, pushes)
+    yield made
+    made.close()
 
 
 # -- the handler: what a sender sees -------------------------------------------------------------
@@ -71,7 +82,9 @@ def endpoint(conn, pushes):
 
 def test_a_lead_delivered_three_times_is_pushed_once(endpoint, conn, pushes):
     conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
-    answers = [endpoint.send(body=lead_payload()) for _ in range(3)]
+    answers = [endpoint.send(body=lead_payload())]
+    assert endpoint.wait_idle()
+    answers += [endpoint.send(body=lead_payload()) for _ in range(2)]
 
     assert [a.status for a in answers] == [202, 200, 200]
     assert answers[0].body["outcome"] == "queued" and answers[0].body["event"] == LEAD_CREATED
@@ -127,7 +140,7 @@ def test_a_wrong_or_missing_token_is_401_and_nothing_is_recorded(endpoint, conn,
         (b"[1, 2]", 400, "record #1 is int"),
         (b'"just a string"', 400, "expected a JSON object"),
         (json.dumps({"event": "invoice.paid", "email": "a@b.c"}).encode(), 400, "unknown event"),
-        (json.dumps({"code": "X1", "type": "person_invited"}).encode(), 400, "has no e-mail"),
+        (json.dumps({"first_name": "Jo", "type": "person_invited"}).encode(), 400, "names no Referral Factory user"),
         (json.dumps({"email": "a@b.c", "code": "X1"}).encode(), 400, "cannot tell which event"),
         (b"", 400, "empty body"),
     ],
@@ -144,7 +157,8 @@ def test_malformed_deliveries_get_a_400_with_the_reason(endpoint, pushes, conten
 
 def test_other_paths_methods_and_sizes(endpoint):
     health = endpoint.send("/healthz", method="GET")
-    assert health.status == 200 and health.body == {"ok": True, "queued": 0}
+    assert health.status == 200 and health.body == {"ok": True}
+    assert endpoint.send("/healthz", method="GET", headers={"X-Stsync-Token": TOKEN}).body == {"ok": True, "queued": 0}
     assert endpoint.send("/elsewhere", content=b"{}").status == 404
     assert endpoint.send(f"/hooks/{TOKEN}", method="DELETE").status == 405
     assert endpoint.send(f"/hooks/{TOKEN}/lead-created/extra", body=lead_payload()).status == 404
@@ -158,6 +172,71 @@ def test_a_delivery_while_stopping_is_503_and_not_recorded(endpoint, conn, pushe
     assert answer.status == 503 and "shutting down" in answer.body["error"]
     assert endpoint.send("/hooks", body=lead_payload()).status == 401  # the token is still checked first
     assert endpoint.stats.received == 0 and pushes.calls == []
+    assert endpoint.send("/healthz", method="GET").status == 503
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers", "status"),
+    [
+        ("POST", f"/hooks/{TOKEN}", {"Content-Length": "1000000"}, None),  # read the body, then handle
+        ("POST", f"/hooks/{TOKEN}", {"Content-Length": str(MAX_BODY_BYTES + 1)}, 413),
+        ("POST", "/hooks/not-the-token-0123456789", {"Content-Length": "1000000"}, 401),
+        ("POST", "/hooks", {"Content-Length": "1000000"}, 401),
+        ("POST", "/hooks/" + "".join(f"%{ord(c):02X}" for c in TOKEN), {}, 401),
+        ("POST", "/hooks/lead-created", {"X-Stsync-Token": TOKEN}, None),
+        ("DELETE", f"/hooks/{TOKEN}", {}, 405),
+        ("POST", "/wp-login.php", {"Content-Length": "50"}, 404),
+        ("GET", "/healthz", {}, None),
+    ],
+)
+def test_the_head_alone_decides_what_needs_no_body(endpoint, method, target, headers, status):
+    answer = endpoint.handler.screen(Request.build(method, target, headers.items()))
+    assert (answer.status if answer is not None else None) == status
+
+
+def test_the_access_log_target_hides_the_token_whatever_its_spelling():
+    encoded = "".join(f"%{ord(c):02X}" for c in TOKEN)
+    assert loggable_target(f"/hooks/{TOKEN}/lead-created?email=a%40b.c") == "/hooks/***/lead-created?…"
+    assert loggable_target(f"/hooks/{encoded}") == "/hooks/***"
+    assert loggable_target("/hooks/lead-created") == "/hooks/lead-created"
+    assert loggable_target("/healthz") == "/healthz"
+
+
+def test_a_delivery_naming_the_user_only_by_id_or_code_is_accepted_and_read_back(endpoint, conn, pushes):
+    conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
+    conn.referral_factory.add(789, "C789", "sam@example.com")
+    by_id = endpoint.send(f"/hooks/{TOKEN}/lead-created", body={"id": 456})
+    by_code = endpoint.send(f"/hooks/{TOKEN}/lead-created", body={"referral_code": "C789"})
+    assert (by_id.status, by_code.status) == (202, 202), (by_id.body, by_code.body)
+    assert endpoint.wait_idle()
+    assert sorted((c[0].email, c[0].referral_code) for c in pushes.calls) == [("jane@example.com", "ueONFmUp"),
+                                                                                ("sam@example.com", "C789")]
+    assert ("id", 456) in conn.referral_factory.lookups and ("code", "C789") in conn.referral_factory.lookups
+
+
+def test_a_delivery_sent_again_before_it_has_an_outcome_is_processed_once(conn, pushes):
+    """A first process answered 202 and died before processing it (its pool never ran): the
+    re-sent copy is queued and processed — not answered "duplicate" with nothing done."""
+    conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
+    dead = make_endpoint(conn, pushes)
+    dead.pool.stop(0)  # it stops before working: the delivery stays recorded without an outcome
+    first = dead.send(body=lead_payload())
+    assert first.status == 202 and pushes.calls == []
+    assert conn.ledger.get_delivery(first.body["delivery"]).waiting
+    dead.handler.close()
+
+    alive = make_endpoint(conn, pushes)
+    try:
+        pushes.delay = 0.2
+        again = [alive.send(body=lead_payload()) for _ in range(3)]
+        assert [a.status for a in again] == [202, 202, 202]
+        assert [a.body["outcome"] for a in again] == ["queued"] * 3
+        assert alive.wait_idle()
+        assert len(pushes.calls) == 1, "queued once however often it is sent while waiting"
+        assert conn.ledger.get_delivery(first.body["delivery"]).outcome == "created"
+        assert alive.send(body=lead_payload()).body["outcome"] == "duplicate"
+    finally:
+        alive.close()
 
 
 def test_a_get_delivery_reads_the_query_string(endpoint, conn, pushes):
@@ -180,17 +259,13 @@ def test_a_list_of_leads_is_one_delivery_each(endpoint, conn, pushes):
 def test_webhook_key_aliases_from_the_config(conn, pushes):
     conn.config.webhook.aliases = {"email": ["email_address"], "referral_code": ["ref"]}
     conn.referral_factory.add(456, "R-77", "jane@example.com")
-    stats = ServeStats()
-    worker = DeliveryWorker(conn, push_for=pushes, stats=stats)
-    endpoint = Endpoint(WebhookHandler(conn, token=TOKEN, queue=worker, stats=stats), worker, stats, [])
-    worker.start()
+    endpoint = make_endpoint(conn, pushes)
     try:
         answer = endpoint.send(f"/hooks/{TOKEN}/lead-created", body={"email_address": "jane@example.com", "ref": "R-77"})
         assert answer.status == 202, answer.body
         assert endpoint.wait_idle()
     finally:
-        endpoint.handler.close()
-        worker.finish()
+        endpoint.close()
     assert [call[0].referral_code for call in pushes.calls] == ["R-77"]
 
 
@@ -341,11 +416,23 @@ def test_a_user_of_the_wrong_kind_for_the_event_fails(endpoint, conn, pushes):
     assert "person_referring" in conn.ledger.get_delivery(answer.body["delivery"]).error["message"]
 
 
-def test_finish_processes_the_queue_in_arrival_order(endpoint, conn, pushes):
+def test_one_worker_processes_the_queue_in_arrival_order(conn, pushes):
     pushes.delay = 0.02
+    endpoint = make_endpoint(conn, pushes, workers=1)
     for n in range(5):
         conn.referral_factory.add(n + 1, f"C{n}", f"lead{n}@example.com")
         assert endpoint.send(body={"email": f"lead{n}@example.com", "code": f"C{n}", "event": "lead created"}).status == 202
-    endpoint.worker.finish()
+    endpoint.close()
     assert [c[0].referral_code for c in pushes.calls] == [f"C{n}" for n in range(5)]
     assert endpoint.stats.processed == 5
+
+
+def test_deliveries_are_recorded_with_what_they_say_before_they_are_answered(endpoint, conn):
+    conn.referral_factory.add(456, "ueONFmUp", "jane@example.com")
+    endpoint.pool.stop(0)  # nothing is processed: what the 202 promised is all in the ledger
+    answer = endpoint.send(body=lead_payload())
+    assert answer.status == 202
+    [record] = conn.ledger.deliveries_to_process()
+    assert record.key == answer.body["delivery"] and record.event == LEAD_CREATED
+    assert record.payload == lead_payload()
+    assert (record.lead["email"], record.lead["referral_code"], record.lead["rf_user_id"]) == ("jane@example.com", "ueONFmUp", 456)

@@ -18,7 +18,9 @@ import typer
 from rich.markup import escape
 
 from stsync import credentials
+from stsync.cli.choices import choice
 from stsync.cli.context import AppContext
+from stsync.cli.help import SETUP, examples
 from stsync.vocabulary import Environment, SecretsStore
 
 if TYPE_CHECKING:
@@ -34,20 +36,47 @@ ENVIRONMENT_HELP = (
 )
 
 
+ENVIRONMENT_WORD = choice(Environment)
+SECRETS_STORE_WORD = choice(SecretsStore)
+
+CONNECT_EXAMPLES = examples(
+    ("stsync connect", "asks for each value on a terminal, saying where it is found; verifies live; stores them"),
+    (
+        "stsync connect --environment production --tenant-id 1234567\n--client-id cid.xxxx --booking-provider 42 --campaign-id 7",
+        "non-interactive: the secrets come from STSYNC_ST_CLIENT_SECRET, STSYNC_ST_APP_KEY, STSYNC_RF_API_KEY",
+    ),
+    (
+        "stsync connect --secrets-from-stdin --secrets-store file --environment production\n--tenant-id 1234567 "
+        "--client-id cid.xxxx --booking-provider 42 --campaign-id 7",
+        "a provisioning script: NAME=value lines on stdin, kept in a 0600 file (no OS keyring)",
+    ),
+    ("stsync --config acme.toml connect", "a second connection (another tenant or campaign) in its own config file"),
+)
+DISCONNECT_EXAMPLES = examples(
+    ("stsync disconnect", "asks first; config and ledger are kept"),
+    ("stsync disconnect --yes", "in a script"),
+)
+
+
 def register(app: typer.Typer) -> None:
     app.command(
         "connect",
         help="Connect (or reconnect) ServiceTitan and Referral Factory; verifies live, stores secrets.",
+        epilog=CONNECT_EXAMPLES,
+        rich_help_panel=SETUP,
     )(connect_command)
-    app.command("disconnect", help="Remove this connection's secrets and cached token (config and ledger are kept).")(
-        disconnect_command
-    )
+    app.command(
+        "disconnect",
+        help="Remove this connection's secrets and cached token (config and ledger are kept).",
+        epilog=DISCONNECT_EXAMPLES,
+        rich_help_panel=SETUP,
+    )(disconnect_command)
 
 
 def connect_command(
     ctx: typer.Context,
     environment: Environment | None = typer.Option(
-        None, "--environment", help="Which ServiceTitan the credentials belong to (asked on a terminal)."
+        None, "--environment", parser=ENVIRONMENT_WORD, help="Which ServiceTitan the credentials belong to (asked on a terminal)."
     ),
     tenant_id: int | None = typer.Option(
         None, credentials.TENANT_ID.option, min=1, metavar="ID", help=f"{credentials.TENANT_ID.label}."
@@ -83,6 +112,7 @@ def connect_command(
     secrets_store: SecretsStore | None = typer.Option(
         None,
         "--secrets-store",
+        parser=SECRETS_STORE_WORD,
         help="keyring (the OS keyring) or file (a 0600 file in the state dir). Remembered in the config; "
         "default: the one it names, else keyring.",
     ),
@@ -175,7 +205,7 @@ def connect_command(
         + f": connection '{result.connection}'{renamed}"
     )
     term.info("Next: `stsync map show` to review the mapping, then `stsync validate --online`.")
-    app_ctx.emit({"ok": True, **result.to_dict()})
+    app_ctx.result(**result.to_dict())
 
 
 def _verify(term: Terminal, plan: ConnectPlan, *, interactive: bool, verify: Any) -> Any:
@@ -274,8 +304,8 @@ def disconnect_command(
     term = app_ctx.terminal
     paths = app_ctx.paths
     if not disconnect_would_remove(paths):
+        app_ctx.result(**DisconnectResult(paths.name, [], False, [], already_disconnected=True).to_dict())
         term.info(f"connection '{paths.name}' is already disconnected: no stored secrets, no cached token")
-        app_ctx.emit({"ok": True, **DisconnectResult(paths.name, [], False, [], already_disconnected=True).to_dict()})
         return
     term.confirm_destructive(
         f"Remove the secrets of connection '{paths.name}'?",
@@ -283,6 +313,7 @@ def disconnect_command(
         refusal="disconnect removes this connection's secrets; pass --yes to confirm",
     )
     result = disconnect(paths)
+    app_ctx.result(**result.to_dict())
     if result.already_disconnected:
         term.info(f"connection '{result.connection}' is already disconnected: no stored secrets, no cached token")
     else:
@@ -292,4 +323,3 @@ def disconnect_command(
         )
     if result.kept:
         term.info("kept: " + ", ".join(result.kept) + " (run `stsync connect` to reconnect)")
-    app_ctx.emit({"ok": True, **result.to_dict()})

@@ -7,6 +7,10 @@ hands it to Typer as the root context's ``obj`` (commands reach it with
 and the log file it attached — whatever happens. A run inside a command (``stsync demo``'s
 steps) is another invocation with a context of its own; nothing is shared through class
 state.
+
+Output: ``terminal`` writes for people (data on stdout, talk on stderr: ``cli.terminal``);
+``result`` records what the command's ``--json`` object says, and ``cli.app.run`` writes that
+object once, in the envelope (``cli.envelope``), when the invocation ends.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from stsync.cli.envelope import CommandOutput, envelope
 from stsync.cli.terminal import Terminal
 from stsync.storage.paths import ConnectionPaths, resolve_config_path
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
+    from stsync.errors import StsyncError
     from stsync.services.job_outcome import JobInvocation
     from stsync.storage.config import Config
 
@@ -51,10 +57,15 @@ class AppContext:
         self.terminal = Terminal()
         self.global_options_set = False
         self.json_emitted = False
+        # The command path without "stsync" ("map show"), set by cli.app.run from the command
+        # line; None when it names no command.
+        self.command_name: str | None = None
+        self.output: CommandOutput | None = None
+        # The failure a command reported without raising it (``exit_with``).
+        self.reported_error: dict[str, Any] | None = None
         self._connection: Connection | None = None
         self._attached_log = False
         self.log_format_option: str | None = None
-        self.command_name: str | None = None
         self._job: JobInvocation | None = None
         self._config: Config | None = None
 
@@ -63,12 +74,20 @@ class AppContext:
     ) -> None:
         """Apply ``--config``, ``--json``, ``-v``, ``-q`` and ``--log-format`` (before any command work)."""
         self.config_option = config_option
+        json_mode = json_mode or self.json_mode  # preset from the command line (preset_json_mode)
         self.json_mode = json_mode
         self.verbosity = verbosity
         self.quiet = quiet
         self.log_format_option = log_format
         self.terminal = Terminal(verbosity=verbosity, quiet=quiet, json_mode=json_mode)
         self.global_options_set = True
+
+    def preset_json_mode(self, json_mode: bool) -> None:
+        """``--json`` read off the command line before Click parses it: a command line that
+        fails to parse still gets its JSON object (and its terminal knows stdout is taken)."""
+        if json_mode and not self.json_mode:
+            self.json_mode = True
+            self.terminal = Terminal(verbosity=self.verbosity, quiet=self.quiet, json_mode=True)
 
     @staticmethod
     def from_typer(ctx: typer.Context) -> AppContext:
@@ -222,11 +241,37 @@ class AppContext:
         return ask
 
     # -- output -----------------------------------------------------------------------
-    def emit(self, obj: dict[str, Any]) -> None:
-        """The command's one JSON object on stdout, when ``--json`` was given."""
+    def result(
+        self,
+        *,
+        counts: dict[str, int] | None = None,
+        failures: list[dict[str, Any]] | None = None,
+        **data: Any,
+    ) -> None:
+        """What this command's ``--json`` object says (the envelope adds how it ended).
+
+        Record it before raising the command's error: the object then carries both the
+        results and the error (a batch with failures, exit 5).
+        """
+        self.output = CommandOutput(counts=dict(counts or {}), failures=list(failures or []), data=data)
+
+    def exit_with(self, error: StsyncError) -> typer.Exit:
+        """A failure the command has already shown in its own report (a FAIL row, a summary):
+        the ``--json`` object gets it as its error, and no ``Error:`` line repeats it. Raise
+        what this returns."""
+        self.reported_error = error.to_dict()
+        return typer.Exit(error.exit_code)
+
+    def emit_now(self) -> None:
+        """Write the ``--json`` object now, as a success, for a command that goes on running
+        (``sandbox``: a script waits for this object, then uses the sandbox)."""
+        self.finish(0, None)
+
+    def finish(self, exit_code: int, error: dict[str, Any] | None) -> None:
+        """Write the one ``--json`` object, if ``--json`` was given and it is not written yet."""
         if self.json_mode and not self.json_emitted:
             self.json_emitted = True
-            self.terminal.data(obj)
+            self.terminal.data(envelope(self.command_name, exit_code, self.output, error or self.reported_error))
 
     def log_bug(self, exc: BaseException) -> Path | None:
         log = logging.getLogger("stsync")

@@ -1,14 +1,18 @@
 """`stsync demo`: the whole job on an in-process sandbox, with no credentials.
 
-It runs the very commands an admin, support and cron would run — printed as `$ stsync …`
+It ends with the report an owner reads (``stsync report``: the funnel and the revenue of the
+campaign's referrals, one job completed with a total). It runs the very commands an admin,
+support and cron would run — printed as `$ stsync …`
 before each — against a simulator of both APIs over local sockets, in a temporary config
 and state directory (removed afterwards unless ``--keep``). Nothing touches the OS keyring.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,14 +21,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.cli.help import TOOLS, examples
+from stsync.cli.tables import Column, Role
 from stsync.credentials import SECRETS
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo", help="Run the whole job on a local sandbox (no credentials needed).")(demo_command)
+    app.command(
+        "demo",
+        help="Run the whole job on a local sandbox (no credentials needed).",
+        epilog=examples(
+            ("stsync demo", "connect, map, validate, push, sync, qualify, diagnose — against a simulator"),
+            ("stsync demo --keep", "keep the demo's config and state directory to look at"),
+        ),
+        rich_help_panel=TOOLS,
+    )(demo_command)
 
 
 @dataclass
@@ -91,19 +106,35 @@ def demo_command(
                 if not _run_step(term, run, step, steps, cfg):
                     break
             else:
-                booking = next(iter(sorted(sandbox.bookings(), key=lambda b: b["id"])), None)
-                if booking is not None:
+                bookings = sorted(sandbox.bookings(), key=lambda b: b["id"])
+                if bookings:
+                    booking = bookings[0]
                     term.print(Rule(style="dim"))
                     term.print(
                         f"[bold]ServiceTitan side:[/] a CSR converts booking {booking['id']} "
-                        f"({booking['name']}) into a job, and the technician completes it."
+                        f"({booking['name']}) into a job, and the technician completes it ($1,250.00)."
                     )
                     job = sandbox.convert_booking_to_job(booking["id"])
-                    sandbox.set_job_status(job["id"], "Completed")
+                    sandbox.complete_job(job["id"], total="1250.00")
+                    if len(bookings) > 2:
+                        term.print(
+                            f"Booking {bookings[1]['id']} becomes a job scheduled for next week; "
+                            f"booking {bookings[2]['id']} is dismissed."
+                        )
+                        sandbox.convert_booking_to_job(bookings[1]["id"])
+                        sandbox.dismiss_booking(bookings[2]["id"])
+                    since = min(
+                        (u["signed_up_at"][:10] for u in sandbox.rf_users(campaign_id=creds.campaign_id, type="person_invited")),
+                        default=None,
+                    )
                     later = [
                         Step("Qualify: the referral whose job completed is qualified", ["qualify"]),
                         Step("Troubleshooting checklist", ["diagnose"]),
                         Step("The ledger: every push, newest first", ["history", "--limit", "5"]),
+                        Step(
+                            "What referrals brought in: the funnel and the revenue",
+                            ["report", "--refresh", *(["--since", since] if since else [])],
+                        ),
                     ]
                     for step in later:
                         if not _run_step(term, run, step, steps, cfg):
@@ -117,16 +148,16 @@ def demo_command(
             shutil.rmtree(workdir, ignore_errors=True)
 
     failed = [s for s in steps if s.code not in (0, None)]
-    table = term.table("Step", "Command", "Result", "Time", title="Demo summary")
-    for step in steps:
-        ok = step.code == 0
-        table.add_row(
+    rows = [
+        [
             step.title,
-            "stsync " + _shown(step.argv),
-            "[green]✓[/]" if ok else f"[red]exit {step.code}[/]",
+            _short("stsync " + _shown(step.argv)),
+            Text("✓", style="green") if step.code == 0 else Text(f"exit {step.code}", style="red"),
             f"{step.seconds:.1f}s",
-        )
-    term.summary(table)
+        ]
+        for step in steps
+    ]
+    term.table(list(SUMMARY_COLUMNS), rows, title="Demo summary")
     if not failed:
         term.summary(
             f"[green]All {len(steps)} steps passed[/] in {time.monotonic() - started:.1f}s: "
@@ -135,15 +166,27 @@ def demo_command(
             f"{summary['return_fields']} return fields written, {summary['qualified']} referral(s) qualified."
         )
         term.summary("Next: `stsync connect` with your own credentials (see README), or `stsync sandbox` to explore.")
-    app_ctx.emit(
-        {
-            "ok": not failed,
-            "steps": [{"title": s.title, "argv": s.argv, "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps],
-            "summary": summary if not failed else None,
-        }
+    counts = {"steps": len(steps), "steps_failed": len(failed), **(summary if not failed else {})}
+    app_ctx.result(
+        counts=counts,
+        steps=[{"title": s.title, "argv": _redacted(s.argv), "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps],
+        summary=summary if not failed else None,
     )
     if failed:
-        raise typer.Exit(failed[0].code or 1)
+        from stsync.errors import CommandFailed
+
+        step = failed[0]
+        raise app_ctx.exit_with(
+            CommandFailed(f"demo step {steps.index(step) + 1} ({step.title}) exited {step.code}", exit_code=step.code or 1)
+        )
+
+
+SUMMARY_COLUMNS = (
+    Column("Step", Role.TEXT, min_width=20, drop_order=2),
+    Column("Command", Role.TEXT, min_width=24),
+    Column("Result", Role.LABEL),
+    Column("Time", Role.LABEL, drop_order=1),
+)
 
 
 def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:
@@ -152,7 +195,12 @@ def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:
     term.print(Rule(f"[bold]{len(done) + 1}. {step.title}[/]", align="left"))
     term.print(f"[cyan]$ stsync {_shown(step.argv)}[/]")
     started = time.monotonic()
-    step.code = run(["--config", str(cfg), *step.argv])
+    if term.json_mode:
+        # stdout is the demo's JSON object alone: each step's output is talk here.
+        with contextlib.redirect_stdout(sys.stderr):
+            step.code = run(["--config", str(cfg), *step.argv])
+    else:
+        step.code = run(["--config", str(cfg), *step.argv])
     step.seconds = time.monotonic() - started
     done.append(step)
     if step.code != 0:
@@ -161,15 +209,24 @@ def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:
     return True
 
 
-def _shown(argv: list[str]) -> str:
-    """The command as printed: secrets are the sandbox's, but they still are not shown."""
+def _redacted(argv: list[str]) -> list[str]:
+    """The command as shown: secrets are the sandbox's, but they still are not shown."""
     hidden = {"--client-secret", "--app-key", "--rf-api-key"}
     out: list[str] = []
     redact_next = False
     for arg in argv:
         out.append("***" if redact_next else arg)
         redact_next = arg in hidden
-    return " ".join(out)
+    return out
+
+
+def _shown(argv: list[str]) -> str:
+    return " ".join(_redacted(argv))
+
+
+def _short(command: str, limit: int = 40) -> str:
+    """A step's command in the summary table (each step printed it whole above)."""
+    return command if len(command) <= limit else command[: limit - 2].rstrip() + " …"
 
 
 @contextmanager

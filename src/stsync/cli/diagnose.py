@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from stsync.cli.checks import check_columns, check_row, checks_failed, checks_failure
 from stsync.cli.context import AppContext
+from stsync.cli.help import SUPPORT, examples
 
 HELP = (
     "The troubleshooting checklist, live: each check PASS / WARN / FAIL with its fix.\n\n"
@@ -22,12 +24,22 @@ HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    app.command("diagnose", help=HELP)(diagnose_command)
+    app.command(
+        "diagnose",
+        help=HELP,
+        epilog=examples(
+            ("stsync diagnose", "every check, PASS / WARN / FAIL, each with its fix"),
+            ("stsync diagnose --email jo@example.com", "one referral's whole story and its exact error"),
+            ("stsync diagnose --bundle support", "support.md and support.json for a ticket, secrets removed"),
+            ("stsync -q diagnose", "only what is not PASS (nothing when every check passes)"),
+        ),
+        rich_help_panel=SUPPORT,
+    )(diagnose_command)
 
 
 def diagnose_command(
     ctx: typer.Context,
-    email: str | None = typer.Option(None, "--email", metavar="E", help="Tell the story of the referral with this e-mail."),
+    email: str | None = typer.Option(None, "--email", metavar="EMAIL", help="Tell the story of the referral with this e-mail."),
     bundle: str | None = typer.Option(
         None,
         "--bundle",
@@ -56,16 +68,21 @@ def diagnose_command(
         report.hint = closing_hint(report, bundle=markdown)
         written = write_bundle(report, app_ctx.paths, bundle)
 
+    data = report.to_dict()
+    for key in ("ok", "exit_code"):  # the envelope says how the command ended
+        data.pop(key)
+    app_ctx.result(
+        counts=data.pop("counts"),
+        failures=checks_failed(report.checks),
+        **data,
+        bundle=[str(p) for p in written] or None,
+    )
     _render(app_ctx, report, written)
-    app_ctx.emit({**report.to_dict(), "bundle": [str(p) for p in written] or None})
     if report.exit_code:
-        raise typer.Exit(report.exit_code)
+        raise app_ctx.exit_with(checks_failure(report.checks, exit_code=report.exit_code, hint=report.hint))
 
 
 # == rendering ==================================================================================
-
-_STYLE = {"pass": "[green]PASS[/]", "warn": "[yellow]WARN[/]", "fail": "[bold red]FAIL[/]"}
-
 
 def _render(app_ctx: AppContext, report, written) -> None:
     from rich.markup import escape
@@ -73,16 +90,18 @@ def _render(app_ctx: AppContext, report, written) -> None:
     term = app_ctx.terminal
     counts = report.counts()
     title = f"stsync diagnose — connection '{report.connection}'" + (" (offline)" if report.offline else "")
-    table = term.table("Status", "Check", "Result", "Fix", title=title)
-    for check in report.checks:
-        table.add_row(_STYLE.get(check.status, check.status), escape(check.name), escape(check.message), escape(check.fix or ""))
-    term.print(table)
+    # -q: only what needs attention; nothing at all when every check passes.
+    shown = [check for check in report.checks if not term.quiet or check.status != "pass"]
+    if shown:
+        term.table(check_columns(shown, term.data_width), [check_row(check) for check in shown], title=title)
     if report.not_run:
         term.print("[dim]Not run: " + escape("; ".join(f"{item.name} ({item.reason})" for item in report.not_run)) + "[/]")
     if report.story is not None:
         _render_story(term, report.story)
     if written:
         term.success("support bundle (secrets removed): " + ", ".join(str(p) for p in written))
+    if term.quiet and not shown:
+        return
     summary = f"{counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail"
     style = "red" if counts["fail"] else ("yellow" if counts["warn"] else "green")
     term.summary(f"[{style}]{summary}[/] — {escape(report.hint)}")
@@ -90,11 +109,10 @@ def _render(app_ctx: AppContext, report, written) -> None:
 
 def _render_story(term, story) -> None:
     from rich.markup import escape
-    from rich.panel import Panel
 
     lines = [escape(line) for line in story.summary]
     if story.next_steps:
         lines.append("")
         lines.append("[bold]Next:[/]")
         lines.extend(f"  • {escape(step)}" for step in story.next_steps)
-    term.print(Panel("\n".join(lines) or "nothing known", title=f"Referral {escape(story.email)}", title_align="left"))
+    term.boxed(f"Referral {escape(story.email)}", lines or ["nothing known"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.cli.help import SUPPORT, examples
 
 
 def register(app: typer.Typer) -> None:
@@ -12,6 +13,8 @@ def register(app: typer.Typer) -> None:
         "notify",
         help="Check the alerts: --test sends one test message to \\[notify] webhook_url and a log line to "
         "ping_url (healthchecks.io's /log: the check's state does not change).",
+        epilog=examples(("stsync notify --test", "one test message to the configured alert webhook (and ping URL)")),
+        rich_help_panel=SUPPORT,
     )(notify_command)
 
 
@@ -36,9 +39,9 @@ def notify_command(
             hint=f"set [notify] webhook_url (a Slack or Teams incoming webhook) or the {envvars.NOTIFY_WEBHOOK_URL.name} "
             "environment variable; ping_url for a healthchecks.io check",
         )
+    app_ctx.result(**result.to_dict())
     for line in result.lines():
         (term.success if line.startswith("sent") else term.warning)(line)
-    app_ctx.emit({"ok": result.ok, **result.to_dict()})
     if not result.ok:
         raise TemporaryError(
             "the test alert did not get through (the log file says why)",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.cli.help import EVERYDAY, examples
 from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, RunJob
 from stsync.vocabulary import Kind
 
@@ -19,6 +20,15 @@ if TYPE_CHECKING:
 INPUTS = "--email/--first-name, --file, --code, --rf-user-id or --new"
 
 
+EXAMPLES = examples(
+    ("stsync push-lead --new", "every referred lead of the campaign without a booking yet (cron runs this with -q)"),
+    ("stsync push-lead --code ueONFmUp", "one lead, fetched from Referral Factory by its referral code"),
+    ("stsync push-lead --email jane@example.com --first-name Jane --referral-code ueONFmUp", "one lead typed in"),
+    ("stsync push-lead --file leads.json --dry-run", "the exact bodies it would POST, on stdout; nothing sent"),
+    ("stsync --json push-lead --new", "one JSON object for a script (docs/json.md)"),
+)
+
+
 def register(app: typer.Typer) -> None:
     app.command(
         "push-lead",
@@ -26,28 +36,37 @@ def register(app: typer.Typer) -> None:
             "Send referred leads to ServiceTitan as bookings (never twice for one externalId). "
             f"One input: {INPUTS}."
         ),
+        epilog=EXAMPLES,
+        rich_help_panel=EVERYDAY,
     )(push_lead_command)
 
 
 def push_lead_command(
     ctx: typer.Context,
-    email: str | None = typer.Option(None, "--email", help="The lead's e-mail (with --first-name)."),
-    first_name: str | None = typer.Option(None, "--first-name", help="The lead's first name."),
+    email: str | None = typer.Option(None, "--email", metavar="EMAIL", help="The lead's e-mail (with --first-name)."),
+    first_name: str | None = typer.Option(None, "--first-name", metavar="NAME", help="The lead's first name."),
     referral_code: str | None = typer.Option(
-        None, "--referral-code", help="The lead's referral code (the booking's External Id by default)."
+        None, "--referral-code", metavar="CODE", help="The lead's referral code (the booking's External Id by default)."
     ),
     campaign_name: str | None = typer.Option(
-        None, "--campaign-name", help="The campaign name (the booking's Source by default; fetched when omitted)."
+        None, "--campaign-name", metavar="NAME", help="The campaign name (the booking's Source by default; fetched when omitted)."
     ),
-    phone: str | None = typer.Option(None, "--phone", help="The lead's phone, filed as meta.Phone."),
+    phone: str | None = typer.Option(None, "--phone", metavar="PHONE", help="The lead's phone, filed as meta.Phone."),
     field: list[str] | None = typer.Option(
-        None, "--field", help="Another lead field, K=V (e.g. meta.Last Name=Doe); repeatable."
+        None, "--field", metavar="K=V", help="Another lead field, K=V (e.g. meta.Last Name=Doe); repeatable."
     ),
     file: str | None = typer.Option(
-        None, "--file", help="A Referral Factory user object, a webhook payload, or a JSON list of them; - for stdin."
+        None,
+        "--file",
+        metavar="PATH",
+        help="A Referral Factory user object, a webhook payload, or a JSON list of them; - for stdin.",
     ),
-    code: str | None = typer.Option(None, "--code", help="Fetch the lead with this referral code from Referral Factory."),
-    rf_user_id: int | None = typer.Option(None, "--rf-user-id", help="Fetch the lead with this Referral Factory user id."),
+    code: str | None = typer.Option(
+        None, "--code", metavar="CODE", help="Fetch the lead with this referral code from Referral Factory."
+    ),
+    rf_user_id: int | None = typer.Option(
+        None, "--rf-user-id", metavar="ID", help="Fetch the lead with this Referral Factory user id."
+    ),
     new: bool = typer.Option(False, "--new", help="Every referred lead of the campaign without a booking yet."),
     referrer: bool = typer.Option(False, "--referrer", help="Use the referrers' action and fields instead of the leads'."),
     dry_run: bool = typer.Option(
@@ -110,10 +129,10 @@ def push_lead_command(
     # Checked once for the whole command: "Nothing to action", then "Setup Required".
     target = service.push_target(conn, kind)
     if target.notice is not None:
+        nothing = service.PushReport(kind=kind, dry_run=dry_run, notice=target.notice)
+        _record(app_ctx, nothing)
         term.warning(target.notice)
         term.info(f"→ {target.notice_hint}")
-        app_ctx.emit({"ok": True, "kind": kind, "dry_run": dry_run, "notice": target.notice, "results": [],
-                      "counts": service.PushReport(kind=kind).counts})
         return
 
     if new:
@@ -124,19 +143,45 @@ def push_lead_command(
             leads = [lead_sources.fetch_lead(conn, code=code, rf_user_id=rf_user_id)]
         else:
             leads = lead_sources.complete_leads(conn, leads, target)
+        if not dry_run:
+            lead_sources.record_seen(conn, leads, target)
         if batch:
             with term.progress("Pushing leads", total=len(leads)) as bar:
                 report = service.push_leads(conn, leads, target, progress=bar, dry_run=dry_run, rejected=rejected)
         else:
             report = service.push_leads(conn, leads, target, dry_run=dry_run)
 
+    _record(app_ctx, report)
     if new and not report.results and not dry_run:
         who = "referred lead" if kind == Kind.LEAD else "referrer"
-        term.summary(f"No new {who}s to push: every {who} of campaign {conn.campaign_id} has a booking")
+        if not term.quiet:  # -q: nothing to do, nothing said
+            term.summary(f"No new {who}s to push: every {who} of campaign {conn.campaign_id} has a booking")
     else:
         _render(term, report, dry_run=dry_run, batch=batch, json_mode=app_ctx.json_mode)
-    app_ctx.emit({"ok": not (report.failed or report.unknown), **report.to_dict()})
     _raise_for_failures(report, batch=batch)
+
+
+def _record(app_ctx: AppContext, report: PushReport) -> None:
+    """The --json object: the report, its counts, and each lead that failed or whose booking is
+    in doubt (key: its External Id)."""
+    from stsync.cli.envelope import failure
+
+    data = report.to_dict()
+    counts = data.pop("counts")
+    failures = [
+        failure(r.external_id or r.lead.describe(), r.message or "failed", error=r.error, email=r.lead.email)
+        for r in report.failed
+    ]
+    failures += [
+        failure(
+            r.external_id or r.lead.describe(),
+            r.message or UNKNOWN_LABEL,
+            error=r.error or {"type": "AnswerLost", "message": r.message or UNKNOWN_LABEL, "hint": None, "exit_code": 6},
+            email=r.lead.email,
+        )
+        for r in report.unknown
+    ]
+    app_ctx.result(counts=counts, failures=failures, **data)
 
 
 def _parse_fields(pairs: list[str]) -> dict[str, str]:
@@ -180,21 +225,26 @@ def _read_json(file: str) -> Any:
 
 
 def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, json_mode: bool) -> None:
+    """stdout: each lead's line and the batch's summary (with -q: the summary and each
+    failure); a dry run's stdout is the body alone, its talk on stderr."""
     from rich.markup import escape
 
     if dry_run:
         bodies = [r.body for r in report.results if r.body is not None]
-        if not json_mode:
-            # stdout carries exactly what would be POSTed, nothing else.
-            term.data(bodies if batch else (bodies[0] if bodies else None))
+        if not json_mode and (batch or bodies):
+            # stdout carries exactly what would be POSTed, nothing else (nothing when a single
+            # lead cannot be sent: its error says why).
+            term.data(bodies if batch else bodies[0])
         for result in report.results:
             if result.failed and batch:  # a single lead's failure is the command's error
-                term.summary(f"[red]✗[/] {escape(result.lead.describe())}: {escape(result.message or 'failed')}")
-        term.summary(
+                term.always(f"[red]✗[/] {escape(result.lead.describe())}: {escape(result.message or 'failed')}")
+        term.always(
             f"Dry run: {len(bodies)} booking(s) would be sent to ServiceTitan; nothing was sent or recorded"
             + (f"; {len(report.failed)} lead(s) cannot be sent" if report.failed else "")
         )
         return
+    counts = report.counts
+    with_summary = batch or counts["total"] != 1
     # One print per run of ordinary lines: rich renders a thousand lines joined in a third of
     # the time it takes line by line, and this runs after the pushes, on the user's clock.
     pending: list[str] = []
@@ -202,17 +252,18 @@ def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, j
         if result.failed and not batch:
             continue  # raised as the command's error, with its hint
         line, loud = _line_for(result, escape)
+        if not loud and term.quiet and with_summary:
+            continue  # -q: the summary line counts them
         if not loud:
             pending.append(line)
             continue
         if pending:
-            term.print("\n".join(pending))
+            term.summary("\n".join(pending))
             pending = []
         term.summary(line)  # failures stay visible with -q: cron mail must show them
     if pending:
-        term.print("\n".join(pending))
-    counts = report.counts
-    if batch or counts["total"] != 1:
+        term.summary("\n".join(pending))
+    if with_summary and not (term.quiet and counts["total"] == 0):
         term.summary(
             f"{counts['total']} lead(s): {counts['created']} created, {counts['already_booked']} already booked, "
             f"{counts['skipped']} skipped, {counts['failed']} failed"

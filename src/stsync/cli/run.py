@@ -17,6 +17,7 @@ import typer
 
 from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.cli.help import EVERYDAY, examples
 from stsync.storage.states import RunJob
 
 if TYPE_CHECKING:
@@ -30,6 +31,15 @@ def register(app: typer.Typer) -> None:
         help="Run the jobs on their \\[schedule] in one long-running process: push-lead --new (every 5 min), "
         "qualify (10 min), sync-customers --ongoing (15 min, --full weekly); --webhooks receives Referral "
         "Factory webhooks too. Same locks as cron (both can run). SIGTERM finishes the running steps and exits 0.",
+        epilog=examples(
+            ("stsync run", "the three jobs on their schedule, in the foreground (a container, a systemd service)"),
+            (
+                "STSYNC_WEBHOOK_TOKEN=$(openssl rand -hex 24) stsync run --webhooks --port 8080",
+                "and receive Referral Factory's webhooks, with GET /metrics",
+            ),
+            ("stsync --log-format json run --prometheus /var/lib/node_exporter/stsync", "JSON log lines and a textfile"),
+        ),
+        rich_help_panel=EVERYDAY,
     )(run_command)
 
 
@@ -38,13 +48,14 @@ def run_command(
     webhooks: bool = typer.Option(
         False, "--webhooks", help="Also receive Referral Factory webhooks (as `stsync serve`), and answer GET /metrics."
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="With --webhooks: the address to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="With --webhooks: the address to listen on."),
     port: int = typer.Option(
-        8080, "--port", min=0, max=65535, help="With --webhooks: the port to listen on (0 picks a free one)."
+        8080, "--port", min=0, max=65535, metavar="PORT", help="With --webhooks: the port to listen on (0 picks a free one)."
     ),
     token: str | None = typer.Option(
         None,
         "--token",
+        metavar="TOKEN",
         help=f"With --webhooks: the shared token. Prefer the env variable. \\[env var: {envvars.WEBHOOK_TOKEN.name}]",
     ),
     prometheus: str | None = typer.Option(
@@ -163,11 +174,13 @@ def run_command(
                 server.stop()
             conn.ledger.finish_run(run_id, outcome, scheduler.report.counts())
     counts = scheduler.report.counts()
+    app_ctx.result(counts=counts, run_id=run_id)
+    if term.quiet and not counts["steps"]:
+        return  # -q: nothing was done, nothing is said
     term.summary(
         f"run stopped: {counts['steps']} step(s): {counts['ok']} ok, {counts['failed']} failed, "
         f"{counts['skipped']} skipped (lock held), {counts['interrupted']} interrupted."
     )
-    app_ctx.emit({"ok": True, "run_id": run_id, "counts": counts})
 
 
 def scheduled_jobs(config: Config, *, qualify_has_full: bool) -> list[Job]:

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from stsync.cli.context import AppContext
+from stsync.cli.help import TOOLS, examples
 
 # The closed set of --variant spellings with one line each, equal to
 # stsync.sandbox.variants.describe() (tests/sandbox/test_cli_sandbox.py checks it): importing the
@@ -43,7 +44,15 @@ HELP = "\n\n".join(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("sandbox", help=HELP)(sandbox_command)
+    app.command(
+        "sandbox",
+        help=HELP,
+        epilog=examples(
+            ("stsync sandbox --port 8765 --customers 500", "then copy the export and connect lines it prints"),
+            ("stsync sandbox --variant rf-cursor-paging --error-rate 0.05", "another reading of the API, with faults"),
+        ),
+        rich_help_panel=TOOLS,
+    )(sandbox_command)
 
 
 def sandbox_command(
@@ -147,16 +156,15 @@ def sandbox_command(
         _plain(term, "  " + shlex.join(["stsync", *sb.connect_args()]))
         term.info(f"Admin operations: GET {sb.base_url}/_sandbox/ lists them")
         # Last: a script that waits for this object knows everything above is printed too.
-        app_ctx.emit(
-            {
-                "url": sb.base_url,
-                "env": sb.env(),
-                "secret_env": sb.secret_env(),
-                "credentials": creds.to_dict(),
-                "variants": variants.names(),
-                "admin": sb.base_url + "/_sandbox/",
-            }
+        app_ctx.result(
+            url=sb.base_url,
+            env=sb.env(),
+            secret_env=sb.secret_env(),
+            credentials=creds.to_dict(),
+            variants=variants.names(),
+            admin=sb.base_url + "/_sandbox/",
         )
+        app_ctx.emit_now()
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:

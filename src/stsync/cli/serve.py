@@ -1,7 +1,8 @@
 """`stsync serve`: an HTTP endpoint for Referral Factory's outbound webhooks.
 
 The service (``services.serve.WebhookServer``) knows nothing of signals: this module runs it
-until SIGINT or SIGTERM, then lets it finish the queue and record the run.
+until SIGINT or SIGTERM, then stops it — bounded: open connections are closed, the workers
+get a few seconds, and what they leave stays recorded for the next start — and records the run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import typer
 
 from stsync import envvars
 from stsync.cli.context import AppContext
+from stsync.cli.help import EVERYDAY, examples
 from stsync.storage.states import DeliveryOutcome, RunJob
 
 if TYPE_CHECKING:
@@ -27,14 +29,24 @@ def register(app: typer.Typer) -> None:
     app.command(
         "serve",
         help="Receive Referral Factory webhooks: a new lead becomes a booking (exactly once), "
-        "a qualified lead is recorded. Needs a shared token; Ctrl-C or SIGTERM finishes the queue and exits.",
+        "a qualified lead is recorded. Needs a shared token. Every delivery is recorded before it is answered; "
+        "Ctrl-C or SIGTERM stops within seconds and the next start processes what was left.",
+        epilog=examples(
+            (
+                "STSYNC_WEBHOOK_TOKEN=$(openssl rand -hex 24) stsync serve --port 8080",
+                "behind a TLS proxy; Referral Factory posts to https://hooks.example.com/hooks/<token>/lead-created",
+            ),
+        ),
+        rich_help_panel=EVERYDAY,
     )(serve_command)
 
 
 def serve_command(
     ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (put a TLS reverse proxy in front)."),
-    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port to listen on (0 picks a free one)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on (put a TLS reverse proxy in front)."
+    ),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, metavar="PORT", help="Port to listen on (0 picks a free one)."),
     token: str | None = typer.Option(
         None,
         "--token",
@@ -61,7 +73,9 @@ def serve_command(
 
     def started(server: WebhookServer) -> None:
         term.success(f"listening on {server.url}<token> (also POST /hooks with the X-Stsync-Token header; GET /metrics with it)")
-        term.info("Press Ctrl-C (or send SIGTERM) to stop; queued deliveries are finished first.")
+        if server.stats.resumed:
+            term.info(f"processing {server.stats.resumed} delivery(ies) received before the last stop")
+        term.info("Press Ctrl-C (or send SIGTERM) to stop; what is still queued then is processed at the next start.")
 
     server = WebhookServer(
         conn,
@@ -79,11 +93,14 @@ def serve_command(
         finally:
             watch.stop()
     stats = server.stats
+    app_ctx.result(counts=stats.as_counts(), run_id=server.run_id)
+    if term.quiet and not stats.received:
+        return  # -q: nothing was done, nothing is said
+    left = f", {stats.left_waiting} left for the next start" if stats.left_waiting else ""
     term.summary(
         f"serve stopped: {stats.received} delivery(ies) received, {stats.duplicates} duplicate(s), "
-        f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed."
+        f"{stats.rejected} rejected, {stats.processed} processed, {stats.failed} failed{left}."
     )
-    app_ctx.emit({"ok": True, "run_id": server.run_id, "counts": stats.as_counts()})
 
 
 def delivery_observer(term: Terminal) -> Callable[[DeliveryEvent], None] | None:
@@ -115,7 +132,7 @@ def serve_until_signalled(
     stop: threading.Event | None = None,
     on_started: Callable[[WebhookServer], None] | None = None,
 ) -> None:
-    """Run ``server`` until SIGINT/SIGTERM (or ``stop`` is set), then finish the queue.
+    """Run ``server`` until SIGINT/SIGTERM (or ``stop`` is set), then stop it.
 
     Signal handlers can only be installed from the main thread; elsewhere (tests) only
     ``stop`` ends it. The previous handlers are restored afterwards.

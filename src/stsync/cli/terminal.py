@@ -1,8 +1,21 @@
-"""The one place that writes for humans (hatch's ``cli/terminal.py``).
+"""The one place that writes for people (hatch's ``cli/terminal.py``).
 
-Human output (messages, tables, progress bars) goes to **stderr**; stdout carries only
-machine data: the ``--json`` object, or a body asked for with ``--dry-run``. ``NO_COLOR``
-is honoured by Rich itself.
+Two streams, as gh and hatch keep them:
+
+- **stdout: what the user asked to see** — ``history``'s attempts, ``map show``'s tables,
+  ``diagnose``'s checks, a run's summary and its failed records (``show``, ``summary``,
+  ``table``, ``plain``), a ``--dry-run`` body (``data``). On a terminal these are Rich tables;
+  in a pipe the same tables as plain aligned text (no colour, no borders), at ``COLUMNS`` or
+  80 columns, or TSV where a command says so (``history``).
+- **stderr: the talk** — progress bars, prompts, warnings, errors, hints, "✓ done" lines
+  (``info``, ``success``, ``warning``, ``error``, ``print``).
+
+With ``--json`` stdout is the JSON object's alone (``data``): everything else goes to stderr.
+``-q`` silences the talk (``info``, ``success``, ``print``), never the data, a warning or an
+error; what each command shows with ``-q`` is its own choice (one summary line, its failures).
+``NO_COLOR`` is honoured by Rich itself. Under ``run`` and ``serve`` with the json log format
+(``structured``), every line of text — talk or data — becomes a log record instead, and
+tables, which have no line form, are left out.
 
 Prompts (``ask``, ``confirm``) are written to stderr too — not a character on stdout — and
 read from stdin; a hidden answer is read with echo off. Ctrl-C or the end of input at a
@@ -21,9 +34,9 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
+from stsync.cli.tables import Column, fitted_table, tsv
 from stsync.progress import Progress
 
 T = TypeVar("T")
@@ -34,8 +47,11 @@ class Terminal:
         self.verbosity = verbosity
         self.quiet = quiet
         self.json_mode = json_mode
-        # Created per invocation so tests capturing sys.stderr see the output.
-        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=False)
+        # Created per invocation so tests capturing sys.stdout and sys.stderr see the output.
+        # soft_wrap: a message or a command in it is never broken by a hard line break (the
+        # terminal wraps it; a cron mail or a log keeps it whole). Tables still fit the width.
+        self.err = Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.out = self.err if json_mode else Console(file=sys.stdout, highlight=False, soft_wrap=True)
         # run/serve with the json log format: stderr carries JSON lines only, so each message
         # becomes a log record (the log's stderr stream writes it).
         self.structured = False
@@ -69,34 +85,86 @@ class Terminal:
         if not self.quiet and not self._record(logging.INFO, escape(message)):
             self.err.print(f"[green]✓[/] {escape(message)}")
 
+    def always(self, renderable: Any) -> None:
+        """Talk that ``-q`` keeps (stderr): a dry run's summary, whose stdout is the body."""
+        if not self._record(logging.INFO, renderable):
+            self.err.print(renderable)
+
     def debug(self, message: str) -> None:
         if self.verbosity > 0 and not self._record(logging.DEBUG, escape(message)):
             self.err.print(f"[dim]{escape(message)}[/]")
 
     def print(self, renderable: Any) -> None:
-        """A table, panel or markup string for humans (suppressed by ``-q``)."""
+        """Talk for people (an explanation, a banner): stderr, silenced by ``-q``."""
         if not self.quiet and not self._record(logging.INFO, renderable):
             self.err.print(renderable)
 
-    def summary(self, renderable: Any) -> None:
-        """A closing summary: shown even with ``-q`` (cron keeps the summary)."""
-        if not self._record(logging.INFO, renderable):
-            self.err.print(renderable)
-
     # -- data -------------------------------------------------------------------------
+    def show(self, renderable: Any) -> None:
+        """What the user asked to see (a table, a story): stdout, shown with ``-q`` too."""
+        self._print_data(renderable)
+
+    def summary(self, renderable: Any) -> None:
+        """A run's closing summary or a failed record's line: stdout, shown with ``-q``
+        (cron mails it)."""
+        self._print_data(renderable)
+
+    def table(self, columns: list[Column], rows: list[list[Any]], *, title: str | None = None) -> None:
+        """Rows as a table that fits stdout's width (``cli.tables``): shown with ``-q``."""
+        # Wrapped to the width, notes under the table included (at words: an error stays legible).
+        self._print_data(fitted_table(columns, rows, self.out.width, title=title), soft_wrap=False)
+
+    def _print_data(self, renderable: Any, *, soft_wrap: bool | None = None) -> None:
+        if self._record(logging.INFO, renderable):
+            return
+        if self.out.is_terminal:
+            self.out.print(renderable, soft_wrap=soft_wrap)
+            return
+        # A pipe or a file: plain text without the padding Rich leaves at the end of lines.
+        with self.out.capture() as captured:
+            self.out.print(renderable, soft_wrap=soft_wrap)
+        text = "".join(line.rstrip() + "\n" for line in captured.get().splitlines())
+        self.out.file.write(text)
+        self.out.file.flush()
+
+    def boxed(self, title: str, lines: list[str], *, style: str = "") -> None:
+        """A block under a title (a Setup Required banner, a referral's story): a box on a
+        terminal; in a pipe or a file the title and its lines, indented, as plain text."""
+        if self.out.is_terminal and not self.structured:
+            from rich.panel import Panel
+
+            self.out.print(Panel("\n".join(lines), title=f"[bold]{title}[/]", title_align="left", border_style=style or "none",
+                                 style=style or "none", expand=False))
+            return
+        self._print_data(f"[bold]{title}[/]")
+        self._print_data("\n".join(f"  {line}" if line else "" for line in lines))
+
+    def tsv(self, header: list[str], rows: list[list[Any]]) -> None:
+        """Rows as tab-separated lines with a header, on stdout (for a pipe)."""
+        self.out.file.write(tsv(header, rows))
+        self.out.file.flush()
+
+    def plain(self, line: str) -> None:
+        """One line on stdout exactly as given — never wrapped, so it can be copied whole."""
+        self.out.file.write(line + "\n")
+        self.out.file.flush()
+
+    @property
+    def data_width(self) -> int:
+        """The width the data is laid out for: the terminal's, or ``COLUMNS`` / 80 in a pipe."""
+        return self.out.width
+
+    @property
+    def data_to_terminal(self) -> bool:
+        """Does the data go to a person's terminal (Rich tables), rather than a pipe or file?"""
+        return self.out.is_terminal
+
     def data(self, obj: Any) -> None:
-        """Machine output on stdout: one JSON object."""
+        """Machine output on stdout: one JSON value."""
         sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
     # -- helpers ----------------------------------------------------------------------
-    @staticmethod
-    def table(*columns: str, title: str | None = None) -> Table:
-        table = Table(title=title, title_justify="left", header_style="bold")
-        for column in columns:
-            table.add_column(column)
-        return table
-
     @property
     def interactive(self) -> bool:
         return self.err.is_terminal and not self.quiet and not self.json_mode
@@ -110,14 +178,13 @@ class Terminal:
         """Go on only with --yes or a person's "y"; off a terminal, name the flag (exit 2)."""
         if yes:
             return
-        import typer
 
-        from stsync.errors import UsageError
+        from stsync.errors import NotConfirmed, UsageError
 
         if not self.can_ask:
             raise UsageError(refusal)
         if not self.confirm(question, default=False):
-            raise typer.Exit(1)
+            raise NotConfirmed("not confirmed; nothing was changed")
 
     # -- prompts ----------------------------------------------------------------------
     def ask(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from stsync.cli.checks import check_columns, check_row, checks_failed, checks_failure
 from stsync.cli.context import AppContext
-
-STATUS_STYLE = {"pass": "[green]PASS[/]", "warn": "[yellow]WARN[/]", "fail": "[bold red]FAIL[/]"}
+from stsync.cli.help import SETUP, examples
 
 
 def register(app: typer.Typer) -> None:
@@ -17,6 +17,11 @@ def register(app: typer.Typer) -> None:
             "secrets present); with --online also the token, booking provider, campaign and return-field "
             "custom fields. Exit 0 when nothing fails, 3 for config or mapping, 4 for credentials."
         ),
+        epilog=examples(
+            ("stsync validate", "the config file, the mapping and the secrets, offline"),
+            ("stsync validate --online", "also the credentials, booking provider, campaign and custom fields, live"),
+        ),
+        rich_help_panel=SETUP,
     )(validate_command)
 
 
@@ -24,36 +29,30 @@ def validate_command(
     ctx: typer.Context,
     online: bool = typer.Option(False, "--online", help="Also check live against ServiceTitan and Referral Factory."),
 ) -> None:
-    from rich.markup import escape
-
     from stsync.services.validate import validate
 
     app_ctx = AppContext.from_typer(ctx)
     term = app_ctx.terminal
     report = validate(app_ctx.config_path, app_ctx.paths, online=online, consent=app_ctx.consent())
+    data = report.to_dict()
+    for key in ("ok", "exit_code"):  # the envelope says how the command ended
+        data.pop(key)
+    app_ctx.result(counts=data.pop("counts"), failures=checks_failed(report.checks), **data)
 
     title = "Validation (offline and online)" if online else "Validation (offline; --online checks the live connection)"
-    table = term.table("Check", "Result", "Details", title=title)
-    for check in report.checks:
-        details = escape(check.message)
-        if check.fix and check.status != "pass":
-            details += f"\n[dim]→ {escape(check.fix)}[/]"
-        table.add_row(escape(check.name), STATUS_STYLE[check.status], details)
-    term.print(table)
-    if term.quiet:  # -q keeps what needs attention
-        for check in report.checks:
-            if check.status == "fail":
-                term.error(f"{check.name}: {check.message}", check.fix)
-            elif check.status == "warn":
-                term.warning(f"{check.name}: {check.message}")
+    # -q: only what needs attention; nothing at all when every check passes.
+    shown = [check for check in report.checks if not term.quiet or check.status != "pass"]
+    if shown:
+        term.table(check_columns(shown, term.data_width), [check_row(check) for check in shown], title=title)
     if report.online_skipped:
         term.warning(f"online checks not run: {report.online_skipped}")
     counts = report.counts()
     line = f"{counts['pass']} passed, {counts['warn']} warning(s), {counts['fail']} failed"
     if report.exit_code == 0:
-        term.summary(f"[green]✓[/] {line}")
-    else:
-        term.summary(f"[bold red]✗[/] {line} (exit {report.exit_code})")
-    app_ctx.emit(report.to_dict())
-    if report.exit_code:
-        raise typer.Exit(report.exit_code)
+        if shown or not term.quiet:
+            term.summary(f"[green]✓[/] {line}")
+        return
+    term.summary(f"[bold red]✗[/] {line} (exit {report.exit_code})")
+    failed = [check for check in report.checks if check.failed]
+    hint = failed[0].fix if len(failed) == 1 else "fix each FAIL as its fix says, then run `stsync validate` again"
+    raise app_ctx.exit_with(checks_failure(report.checks, exit_code=report.exit_code, hint=hint))

@@ -171,11 +171,13 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST",
         "/_sandbox/leads",
-        "n new referred leads ({n, campaign_id?, referrer_id?}) → users",
+        "n new referred leads ({n, campaign_id?, referrer_id?, referrer_email?, signed_up_at?}) → users",
         lambda sb, b: sb.add_leads(
             int(b.get("n", 1)),
             campaign_id=_optional_int(b.get("campaign_id")),
             referrer_id=_optional_int(b.get("referrer_id")),
+            referrer_email=b.get("referrer_email"),
+            signed_up_at=b.get("signed_up_at"),
         ),
     ),
     Operation(
@@ -354,8 +356,18 @@ class RemoteSandbox:
     def delete_custom_field_type(self, name: str) -> None:
         self._call("DELETE", f"/_sandbox/custom-field-types/{quote(name, safe='')}")
 
-    def add_leads(self, n: int, *, campaign_id: int | None = None, referrer_id: int | None = None) -> list[dict]:
-        return self._call("POST", "/_sandbox/leads", {"n": n, "campaign_id": campaign_id, "referrer_id": referrer_id})
+    def add_leads(
+        self,
+        n: int,
+        *,
+        campaign_id: int | None = None,
+        referrer_id: int | None = None,
+        referrer_email: str | None = None,
+        signed_up_at: str | None = None,
+    ) -> list[dict]:
+        body = {"n": n, "campaign_id": campaign_id, "referrer_id": referrer_id, "referrer_email": referrer_email,
+                "signed_up_at": signed_up_at}
+        return self._call("POST", "/_sandbox/leads", body)
 
     def pause_campaign(self, campaign_id: int) -> dict:
         return self._call("POST", f"/_sandbox/campaigns/{int(campaign_id)}/pause", {})

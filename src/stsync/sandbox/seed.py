@@ -522,7 +522,9 @@ def mixed_meta(meta: list[dict], index: int) -> list[dict]:
     return out
 
 
-def new_lead(rf, rng: random.Random, index: int, *, campaign_id: int, referrer_id: int | None) -> dict:
+def new_lead(
+    rf, rng: random.Random, index: int, *, campaign_id: int, referrer_id: int | None, signed_up_at: str | None = None
+) -> dict:
     first, last, email = person(rng, index)
     while (campaign_id, email.casefold()) in rf.users_by_email:
         index += 10_000
@@ -535,6 +537,7 @@ def new_lead(rf, rng: random.Random, index: int, *, campaign_id: int, referrer_i
         source="Referred",
         referrer_id=referrer_id,
         meta=lead_meta(rng, last),
+        signed_up_at=signed_up_at,
     )
 
 

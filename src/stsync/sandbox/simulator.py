@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from stsync.sandbox import seed as seeding
@@ -574,13 +575,41 @@ class Sandbox:
             self.st.touch_customer(customer)
             return self.st.customer_out(customer)
 
-    def add_leads(self, n: int, *, campaign_id: int | None = None, referrer_id: int | None = None) -> list[dict]:
+    def add_leads(
+        self,
+        n: int,
+        *,
+        campaign_id: int | None = None,
+        referrer_id: int | None = None,
+        referrer_email: str | None = None,
+        signed_up_at: str | None = None,
+    ) -> list[dict]:
         """``n`` new referred leads (``person_invited``), credited round-robin to the campaign's
-        referrers unless ``referrer_id`` is given."""
+        referrers unless ``referrer_id`` — or ``referrer_email``, the e-mail of one of the
+        campaign's referrers (e.g. a ServiceTitan customer that customer sync enrolled) — is
+        given. ``signed_up_at`` (``YYYY-MM-DD``): the day they joined (default today)."""
         with self.rf.lock:
             campaign = int(campaign_id) if campaign_id is not None else self._campaign_id
             if campaign not in self.rf.campaigns:
                 raise AdminError(f"campaign {campaign} does not exist", status=404)
+            if signed_up_at is not None:
+                try:
+                    date.fromisoformat(str(signed_up_at))
+                except ValueError:
+                    raise AdminError(f"signed_up_at {signed_up_at!r} is not a date (YYYY-MM-DD)", status=400) from None
+            if referrer_email is not None:
+                wanted = str(referrer_email).casefold()
+                match = next(
+                    (
+                        u["id"]
+                        for u in self.rf.users.values()
+                        if u["campaign_id"] == campaign and u["type"] == PERSON_REFERRING and u["email"].casefold() == wanted
+                    ),
+                    None,
+                )
+                if match is None:
+                    raise AdminError(f"campaign {campaign} has no referrer with e-mail {referrer_email}", status=404)
+                referrer_id = match
             if referrer_id is not None:
                 referrer = self.rf.users.get(int(referrer_id))
                 if referrer is None or referrer["campaign_id"] != campaign:
@@ -596,7 +625,12 @@ class Sandbox:
             for i in range(int(n)):
                 referrer = referrers[(self._lead_counter + i) % len(referrers)] if referrers else None
                 lead = seeding.new_lead(
-                    self.rf, self._random, self._lead_counter + i, campaign_id=campaign, referrer_id=referrer
+                    self.rf,
+                    self._random,
+                    self._lead_counter + i,
+                    campaign_id=campaign,
+                    referrer_id=referrer,
+                    signed_up_at=signed_up_at,
                 )
                 created.append(self.rf.user_out(lead))
             self._lead_counter += int(n)

@@ -8,6 +8,14 @@ its referrer (``leads.LeadReader``):
   referrers are read only when the mapping uses their fields.
 - ``complete_leads``: the campaign name that leads read from a file lack, when the mapping
   sends it.
+- ``record_seen``: the referred leads of a single push (``--code``, ``--rf-user-id``,
+  ``--file``, flags) into the ledger's ``referred_leads`` (``tracking.referrals``).
+
+Every referred lead ``iter_new_leads`` reads is recorded there too (the report's "referred
+leads", pushed or not, with their referrer) unless ``record=False`` (a dry run): a new lead
+before it is handed out, the leads already booked with it or in batches of ``SEEN_BATCH`` (a
+run stopped early records them next time; their pushes count in the report meanwhile). That
+costs no request: only what the search returned is kept.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from stsync.errors import InvalidRecord, ReferralFactoryApiError, UsageError
 from stsync.leads import Lead, LeadReader
 from stsync.mapping.booking import external_id_for, lead_fields_read
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
-from stsync.storage.states import PushState
+from stsync.storage.states import LeadSeenBy, PushState
+from stsync.tracking.referrals import record_leads_seen
 from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
@@ -29,6 +38,8 @@ if TYPE_CHECKING:
 
 # The Referral Factory user type `push-lead --new` searches for each kind.
 USER_TYPE_FOR_KIND = {Kind.LEAD: PERSON_INVITED, Kind.REFERRER: PERSON_REFERRING}
+# Referred leads the search read, recorded as seen this many at a time (one transaction each).
+SEEN_BATCH = 250
 
 
 def fetch_lead(conn: Connection, *, code: str | None = None, rf_user_id: int | None = None) -> Lead:
@@ -64,15 +75,16 @@ def fetch_lead(conn: Connection, *, code: str | None = None, rf_user_id: int | N
     return LeadReader(conn.referral_factory, conn.campaign_id).lead(user)
 
 
-def new_leads(conn: Connection, target: PushTarget) -> list[Lead]:
+def new_leads(conn: Connection, target: PushTarget, *, record: bool = True) -> list[Lead]:
     """``iter_new_leads``, all read before the list is returned."""
-    return list(iter_new_leads(conn, target))
+    return list(iter_new_leads(conn, target, record=record))
 
 
-def iter_new_leads(conn: Connection, target: PushTarget) -> Iterator[Lead]:
+def iter_new_leads(conn: Connection, target: PushTarget, *, record: bool = True) -> Iterator[Lead]:
     """The campaign's users of the target's kind (``POST /users/search``, paged) with no
     booking in the ledger, each yielded as soon as its page is read. A user the mapping
-    cannot give an externalId is kept: ``push_lead`` reports what is missing."""
+    cannot give an externalId is kept: ``push_lead`` reports what is missing. Every referred
+    lead read is recorded as seen (``record``; see the module docstring)."""
     kind, section = target.kind, target.section
     campaign_id = conn.campaign_id
     user_type = USER_TYPE_FOR_KIND[kind]
@@ -81,13 +93,24 @@ def iter_new_leads(conn: Connection, target: PushTarget) -> Iterator[Lead]:
     reader.campaign()  # read before the search, as every lead needs it
     ledger = conn.ledger
     seen: set[str] = set()
+    to_record: list[Lead] = []
+    recording = record and kind == Kind.LEAD
+
+    def record_seen_so_far() -> None:
+        if to_record:
+            record_leads_seen(conn, to_record, seen_by=LeadSeenBy.SEARCH)
+            to_record.clear()
+
     for user in conn.referral_factory.search_users([("campaign_id", campaign_id), ("type", user_type)]):
         if user.type != user_type:
             continue  # the search filter is re-checked, as for campaign_id
         lead = reader.lead(user)
+        if recording:
+            to_record.append(lead)
         try:
             external_id = external_id_for(lead, section)
         except InvalidRecord:
+            record_seen_so_far()
             yield lead
             continue
         if external_id in seen:
@@ -95,8 +118,19 @@ def iter_new_leads(conn: Connection, target: PushTarget) -> Iterator[Lead]:
         seen.add(external_id)
         known = ledger.get_push(external_id)
         if known is not None and known.state == PushState.BOOKED:
+            if len(to_record) >= SEEN_BATCH:
+                record_seen_so_far()
             continue
+        # Recorded before it is handed out: a run that stops at this lead has still seen it.
+        record_seen_so_far()
         yield lead
+    record_seen_so_far()
+
+
+def record_seen(conn: Connection, leads: Sequence[Lead], target: PushTarget) -> None:
+    """Single pushes' referred leads as seen (``tracking.referrals``); referrers are not."""
+    if target.kind == Kind.LEAD:
+        record_leads_seen(conn, leads, seen_by=LeadSeenBy.PUSH)
 
 
 def complete_leads(conn: Connection, leads: Sequence[Lead], target: PushTarget) -> list[Lead]:

@@ -677,7 +677,7 @@ def push_new(
         report.notice, report.notice_hint = target.notice, target.notice_hint
         return report
     if dry_run:
-        return push_leads(conn, new_leads(conn, target), target, progress=progress, dry_run=True)
+        return push_leads(conn, new_leads(conn, target, record=False), target, progress=progress, dry_run=True)
     with conn.run_lock(RunJob.PUSH, command=command):
         index = BookingIndex(conn)
         # The provider's bookings are read while Referral Factory's first page is: both are

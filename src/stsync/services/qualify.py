@@ -20,6 +20,10 @@ from what the ledger holds, and applies ``[leads.qualification]`` (``tracking.ru
   a cancellation inside the hold closes it for good; leaving the status backwards restarts the
   hold when the status is reached again.
 
+``refresh(conn)`` makes the same reads (``read_servicetitan``) and nothing else: the mirror
+brought up to date for ``report --refresh``, following the jobs of every referral instead of
+the open bookings' only.
+
 ``full=True`` (``qualify --full``) re-reads every booking of the provider and every job of an
 open booking; a run does so by itself when the ledger has no position yet or its last full
 read is older than ``tracking.reads.FULL_READ_EVERY`` (``report.reads`` says which and why).
@@ -68,6 +72,7 @@ as any read is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -303,30 +308,12 @@ class _QualifyRun:
     def _read(self, pushes: list[PushRecord]) -> set[int] | None:
         """Bring the ledger's mirror up to date. → the booking ids a full read returned (None
         for an incremental read: a booking it does not return simply did not change)."""
-        reads = ServiceTitanReads(self.conn, self.report.reads)
-        reason = reads.full_read_reason(asked=self.full)
-        full = reason is not None
-        self.report.reads.full, self.report.reads.full_reason = full, reason
-        reads.read_bookings(full=full)
-        reads.read_history_feed()
-        reads.read_jobs_feed()
-        # A feed ServiceTitan made us restart from a date may have skipped changes: the jobs
-        # of every open booking are read again.
-        jobs_in_full = full or self.report.reads.full
 
-        bookings = self.ledger.bookings_for(_booking_ids(pushes))
-        job_ids = {p.external_id: job_id for p in pushes if (job_id := _job_id(p, _booking_of(p, bookings)))}
-        known_jobs = self.ledger.jobs_for(job_ids.values())
-        to_read = set(job_ids.values()) if jobs_in_full else {j for j in job_ids.values() if j not in known_jobs}
-        # A hold about to end is checked against ServiceTitan's dates as they are now.
-        to_read |= {p.job_id for p in self.ledger.held_pushes() if p.job_id and p.kind == Kind.LEAD}
-        reads.read_jobs(to_read, check_dates=True)
-        reads.store_history()
-        if full:
-            reads.mark_full_read()
-        reads.finish()
-        # A full read lists every booking of the provider: one it did not return is missing.
-        return reads.bookings_returned if full else None
+        def open_jobs(ledger: Ledger) -> set[int]:
+            bookings = ledger.bookings_for(_booking_ids(pushes))
+            return {job_id for p in pushes if (job_id := _job_id(p, _booking_of(p, bookings)))}
+
+        return read_servicetitan(self.conn, self.report.reads, asked_full=self.full, jobs_followed=open_jobs)
 
     # -- deciding --------------------------------------------------------------------------
     def _decide_all(self, pushes: list[PushRecord], seen: set[int] | None) -> None:
@@ -591,6 +578,53 @@ class _QualifyRun:
             self.ledger.update_tracking(push.external_id, final=final, qualification=qualification, **changed)
         if held_until is not ... and held_until != push.held_until:
             self.ledger.set_held_until(push.external_id, held_until)
+
+
+def read_servicetitan(
+    conn: Connection, report: ReadReport, *, asked_full: bool, jobs_followed: Callable[[Ledger], set[int]]
+) -> set[int] | None:
+    """The one read of ServiceTitan into the ledger's mirror (``tracking.reads``, in its
+    order), for ``qualify`` and ``refresh``: bookings by watermark (all of them when the read
+    is full), the job history and job export feeds from their positions, then by id the jobs
+    of ``jobs_followed(ledger)`` (asked once the bookings are stored) that the ledger lacks —
+    all of them when the read is full — and the jobs of held referrals. → the booking ids a
+    full read returned (None for an incremental read)."""
+    ledger = conn.ledger
+    reads = ServiceTitanReads(conn, report)
+    reason = reads.full_read_reason(asked=asked_full)
+    full = reason is not None
+    report.full, report.full_reason = full, reason
+    reads.read_bookings(full=full)
+    reads.read_history_feed()
+    reads.read_jobs_feed()
+    # A feed ServiceTitan made us restart from a date may have skipped changes: the jobs
+    # followed are read again.
+    jobs_in_full = full or report.full
+
+    job_ids = jobs_followed(ledger)
+    known_jobs = ledger.jobs_for(job_ids)
+    to_read = set(job_ids) if jobs_in_full else {j for j in job_ids if j not in known_jobs}
+    # A hold about to end is checked against ServiceTitan's dates as they are now.
+    to_read |= {p.job_id for p in ledger.held_pushes() if p.job_id and p.kind == Kind.LEAD}
+    reads.read_jobs(to_read, check_dates=True)
+    reads.store_history()
+    if full:
+        reads.mark_full_read()
+    reads.finish()
+    # A full read lists every booking of the provider: one it did not return is missing.
+    return reads.bookings_returned if full else None
+
+
+def refresh(conn: Connection, *, full: bool = False) -> ReadReport:
+    """Bring the ledger's mirror of ServiceTitan up to date — the reads ``qualify`` makes,
+    without deciding or writing anything in Referral Factory (``report --refresh``). The jobs
+    followed are those of every referral's booking (``Ledger.referral_job_ids``): a job the
+    ledger lacks is read by id (≤ 50 per request) once, the export feed keeps it current
+    after that. Works whatever the qualification rule (``none`` included). The caller holds
+    the qualify run lock: the two read the same positions."""
+    report = ReadReport()
+    read_servicetitan(conn, report, asked_full=full, jobs_followed=lambda ledger: ledger.referral_job_ids())
+    return report
 
 
 def _booking_ids(pushes: list[PushRecord]) -> list[int]:

@@ -113,7 +113,8 @@ def effective_jitter(jitter: float, interval: float) -> float:
 
 class ChildLauncher:
     """Starts ``python -m stsync --config <config> <global options> <command>`` in a session of
-    its own, stdin closed, stdout discarded, stderr read line by line."""
+    its own, stdin closed, its output — stdout (the step's summary and failed records) and
+    stderr (its warnings and errors) as one stream, in the order written — read line by line."""
 
     def __init__(self, config_path: Path, *, global_options: Sequence[str] = (), python: str | None = None) -> None:
         self.config_path = config_path
@@ -127,8 +128,8 @@ class ChildLauncher:
         return subprocess.Popen(
             self.argv(command),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
             start_new_session=True,  # the parent's terminal or service manager signals reach only the parent
@@ -247,7 +248,7 @@ class Scheduler:
         with self._children_lock:
             self._children[job.name] = child
         reader = threading.Thread(
-            target=self._forward, args=(job.name, child.stderr), name=f"stsync-run-{job.name}-out", daemon=True
+            target=self._forward, args=(job.name, child.stdout), name=f"stsync-run-{job.name}-out", daemon=True
         )
         reader.start()
         if self.force.is_set():

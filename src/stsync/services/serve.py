@@ -5,19 +5,27 @@ Referral Factory (api/referral-factory.md §9.1) lets a campaign admin point fou
 https URL — "A new referrer joins", "A new lead is created", "A lead is qualified", "A reward
 is issued" — with a configurable payload (keys can be renamed, ``[webhook.aliases]``), up to
 three custom headers, no signature, undocumented retries. ``WebhookServer`` composes the
-engine in ``stsync.webhooks``: the handler (authentication, parsing, dedupe, 202 as soon as a
-delivery is recorded and queued), the worker (one thread, arrival order, each outcome in the
-ledger; a new lead becomes a booking through ``services.push.push_lead``, exactly once per
-externalId) and an HTTP server in front of the handler.
+engine in ``stsync.webhooks``: the HTTP server (``http_server``: waitress with connection,
+size and time limits), the handler (authentication from the head, parsing, dedupe, 202 once
+a delivery is recorded), the worker pool (``[webhook] workers`` threads, in order per lead,
+paced by the shared rate limiters; a new lead becomes a booking through
+``services.push.push_lead``, exactly once per externalId).
 
-**Durability.** A delivery whose processing fails is recorded as failed; delivered again, it
-is processed again. Run ``stsync push-lead --new`` from cron as well: it finds every lead a
-lost or failed webhook missed (Referral Factory promises no delivery, nor any retry).
+**A 202 is a promise.** Every delivery is recorded in the ledger with what it says before
+it is answered 202. ``start()`` processes, before anything new, every delivery recorded
+and never finished — by a serve that was stopped, or killed — and closes a serve run a dead
+process left "running" as interrupted. A delivery sent again while it is still without an
+outcome is processed (once); one whose processing failed is processed again. Keep
+``stsync push-lead --new`` in cron as well: it finds every lead whose webhook never came
+(Referral Factory promises no delivery, nor any retry).
 
 **Lifecycle.** ``start()`` binds the port (``UsageError`` when taken), records the run
-("serve" in the ledger) and serves. ``stop()`` answers 503 from then on, waits for the
-requests in flight, lets the worker finish the queue and records the run's outcome
-("partial" when a delivery failed) and counts. Signals are the caller's business (the CLI).
+("serve" in the ledger) and serves. ``stop()`` answers 503 from then on, closes idle and
+slow connections at once, gives requests in flight a moment, lets the workers go on for at
+most ``shutdown_grace`` seconds and records the run's outcome ("partial" when a delivery
+failed) and counts, ``left_waiting`` among them: deliveries the next start processes.
+Signals are the caller's business (the CLI). ``add_route`` serves an extra path (e.g.
+``/metrics``) from the same server.
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ from stsync.logs import get_logger, register_secret
 from stsync.services.push import push_lead, push_target
 from stsync.storage.states import DeliveryOutcome, RunJob, RunOutcome
 from stsync.vocabulary import Kind
-from stsync.webhooks.deliveries import Observer, ServeStats
+from stsync.webhooks.deliveries import Delivery, Observer, ServeStats
 from stsync.webhooks.handler import HOOKS_PREFIX, MAX_BODY_BYTES, Route, WebhookHandler
-from stsync.webhooks.stdlib_server import StdlibServer
+from stsync.webhooks.http_server import HttpServer, ServerLimits
+from stsync.webhooks.pool import DeliveryPool
 from stsync.webhooks.tokens import check_token
 from stsync.webhooks.worker import DeliveryWorker, LeadPush, PushFor
 
@@ -64,7 +73,7 @@ def booking_push(conn: Connection) -> PushFor:
 
 
 class WebhookServer:
-    """The handler, its worker and the HTTP server as one run. ``start()`` → ``stop()``."""
+    """The HTTP server, the handler and the worker pool as one run. ``start()`` → ``stop()``."""
 
     def __init__(
         self,
@@ -76,18 +85,27 @@ class WebhookServer:
         observer: Observer | None = None,
         max_body: int = MAX_BODY_BYTES,
         push_for: PushFor | None = None,
+        workers: int | None = None,
+        limits: ServerLimits | None = None,
+        shutdown_grace: float = 5.0,
         routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.conn = conn
         token = check_token(token)
         register_secret(token)
+        settings = conn.config.webhook
         self.stats = ServeStats()
         self.run_id: int | None = None
+        self.shutdown_grace = shutdown_grace
         self.worker = DeliveryWorker(conn, push_for=push_for or booking_push(conn), stats=self.stats, observer=observer)
+        self.pool = DeliveryPool(self.worker.process, workers=workers or settings.workers)
         self.handler = WebhookHandler(
-            conn, token=token, queue=self.worker, stats=self.stats, observer=observer, max_body=max_body, routes=routes
+            conn, token=token, queue=self.pool, stats=self.stats, observer=observer, max_body=max_body, routes=routes
         )
-        self.http = StdlibServer(self.handler.handle, host=host, port=port, max_body=max_body)
+        limits = limits or ServerLimits(
+            max_connections=settings.max_connections, trusted_proxy=settings.trusted_proxy, max_body=max_body
+        )
+        self.http = HttpServer(self.handler, host=host, port=port, limits=limits)
         self._stopped = False
 
     @property
@@ -103,37 +121,66 @@ class WebhookServer:
 
     @property
     def pending(self) -> int:
-        return self.worker.pending
+        """Deliveries queued or being processed."""
+        return self.pool.pending
+
+    def add_route(self, name: str, route: Route) -> None:
+        """Serve ``GET /<name>`` (e.g. ``metrics``) with ``route(request) -> Response``, to requests
+        carrying the token in a header; see ``WebhookHandler.add_route``."""
+        self.handler.add_route(name, route)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until every queued delivery is processed (tests)."""
-        return self.worker.wait_idle(timeout)
+        return self.pool.wait_idle(timeout)
 
     def start(self) -> None:
         self.http.bind()
         try:
-            self.run_id = self.conn.ledger.start_run(RunJob.SERVE, "serve")
+            ledger = self.conn.ledger
+            for run_id in ledger.close_abandoned_runs(RunJob.SERVE):
+                log.warning("serve: run %s was left running by a process that died; closed as interrupted", run_id)
+            self.run_id = ledger.start_run(RunJob.SERVE, "serve")
         except BaseException:
             self.http.stop()
             raise
         self.worker.run_id = self.run_id
-        self.worker.start()
+        self.pool.start()
+        self._resume()
         self.http.serve()
         log.info("serve: listening on %s:%s (run %s)", *self.address, self.run_id)
 
+    def _resume(self) -> None:
+        """Queue, ahead of anything new, every delivery recorded and not processed yet."""
+        ledger = self.conn.ledger
+        resumed = 0
+        for record in ledger.deliveries_to_process():
+            if record.lead is None or record.event is None:
+                # Recorded by an stsync that kept no payload: nothing to process it from.
+                ledger.finish_delivery(record.key, DeliveryOutcome.FAILED, {
+                    "message": "recorded without its payload by an older stsync; `stsync push-lead --new` finds the lead",
+                })
+                continue
+            resumed += int(self.pool.submit(Delivery.from_record(record)))
+        self.stats.count_resumed(resumed)
+        if resumed:
+            log.info("serve: processing %d delivery(ies) recorded before the last stop", resumed)
+
     def stop(self) -> None:
-        """Stop accepting, finish the queue, record the run. Safe to call twice."""
+        """Stop accepting, give the workers ``shutdown_grace`` seconds, record the run. Safe to call twice."""
         if self._stopped:
             return
         self._stopped = True
         self.handler.stop_accepting()
         self.http.stop()
         self.handler.close()
-        self.worker.finish()
+        left = self.pool.stop(self.shutdown_grace)
+        self.stats.count_left_waiting(left)
         counts = self.stats.as_counts()
         if self.run_id is not None:
             outcome = RunOutcome.PARTIAL if self.stats.failed else RunOutcome.OK
             self.conn.ledger.finish_run(self.run_id, outcome, counts)
+        if left:
+            log.info("serve: %d delivery(ies) left for the next start", left)
         log.info("serve: stopped (%s)", counts)
 
     def __enter__(self) -> WebhookServer:

@@ -32,6 +32,7 @@ The model:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -413,7 +414,7 @@ Duration = Annotated[float, BeforeValidator(_duration(allow_off=False))]
 
 
 # Names that are always dotted (SPEC §3): `address.street = "x"` is target "address.street".
-_DOTTED_PREFIXES = ("address", "meta", "custom", "contact", "customer")
+DOTTED_PREFIXES = ("address", "meta", "custom", "contact", "customer")
 
 
 def _flatten_dotted(fields: Any) -> Any:
@@ -426,7 +427,7 @@ def _flatten_dotted(fields: Any) -> Any:
             isinstance(value, dict)
             and value
             and not any(k in VALUE_KINDS for k in value)
-            and (key in _DOTTED_PREFIXES or all(isinstance(v, dict) for v in value.values()))
+            and (key in DOTTED_PREFIXES or all(isinstance(v, dict) for v in value.values()))
         )
         items = [(f"{key}.{k}", v) for k, v in _flatten_dotted(value).items()] if nested else [(key, value)]
         for name, spec in items:
@@ -570,9 +571,27 @@ class SecretsSettings(_Section):
 
 
 class WebhookSettings(_Section):
-    """Extra key spellings ``stsync serve`` accepts in a payload: lead field → alternative keys."""
+    """``stsync serve``: the reverse proxy whose ``X-Forwarded-*`` headers are believed (an IP
+    address, or ``*`` for any peer — only when nothing else can reach the port), how many
+    connections it holds open, its worker threads (paced by ``[limits]`` whatever their
+    number), and extra key spellings it accepts in a payload (lead field → keys)."""
 
+    trusted_proxy: str | None = None
+    max_connections: int = Field(1000, ge=1, le=100_000)
+    workers: int = Field(4, ge=1, le=64)
     aliases: dict[str, list[Annotated[str, Field(min_length=1)]]] = Field(default_factory=dict)
+
+    @field_validator("trusted_proxy")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is None or value == "*":
+            return value
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise _problem(
+                "trusted_proxy", f"must be the reverse proxy's IP address (e.g. \"127.0.0.1\") or \"*\", not {value!r}"
+            ) from None
 
 
 class ScheduleSettings(_Section):

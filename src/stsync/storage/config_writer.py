@@ -248,7 +248,15 @@ def render_config(config: Config) -> str:
     out.extend(_logging_lines(config.logging))
     out.append("")
 
-    aliases = config.webhook.aliases
+    webhook = config.webhook
+    out.append("# `stsync serve`: connections held open at most, and worker threads (paced by [limits]).")
+    out.append("[webhook]")
+    proxy_comment = "the reverse proxy; X-Forwarded-* from others is dropped"
+    out.append(_optional_line("trusted_proxy", webhook.trusted_proxy, '"127.0.0.1"', proxy_comment))
+    out.append(_line("max_connections", webhook.max_connections))
+    out.append(_line("workers", webhook.workers))
+    out.append("")
+    aliases = webhook.aliases
     if aliases:
         out.append("# Extra payload key spellings `stsync serve` accepts: lead field = [keys].")
         out.append("[webhook.aliases]")

@@ -38,6 +38,17 @@ needs to crawl ServiceTitan again:
 
 All times are UTC ISO-8601 with milliseconds and ``Z`` (``iso_utc``), so they sort as text.
 
+Every referred lead stsync has read (migration 6; written by ``stsync.tracking.referrals``
+where leads are read — ``push-lead --new``'s search, ``serve``'s deliveries, single pushes —
+read by ``report``): ``referred_leads``, by ``external_id`` (the booking's join key, as for
+``pushes``), with the lead's Referral Factory id, e-mail, name and code, ``signed_up_at``
+(the day it joined the campaign, as a UTC timestamp; NULL when the source did not say),
+its referrer (``referrer_rf_user_id``, ``referrer_email``, ``referrer_name``,
+``referrer_code``: what the source said; a later reading fills what an earlier one lacked),
+``seen_by`` (``LeadSeenBy``: where it was first read) and ``first_seen_at``.
+``referral_rows`` joins it (and any lead push it lacks) with the pushes and the mirror: one
+row per referral, the report's raw material.
+
 Records come back as frozen dataclasses with JSON columns decoded. Timestamps are UTC ISO-8601
 strings from ``utc_now()``. Methods that take ``conn=`` join the caller's open transaction
 (``with ledger.transaction() as conn: ...``) so a page of work commits as one.
@@ -65,7 +76,9 @@ from stsync.storage.states import (
     IN_DOUBT_OUTCOMES,
     REFERRER_RETRY_STATES,
     AttemptOutcome,
+    DeliveryAdmission,
     DeliveryOutcome,
+    LeadSeenBy,
     PushState,
     QualificationAction,
     QualificationState,
@@ -100,6 +113,8 @@ SUCCEEDED_RUN_OUTCOMES = (RunOutcome.OK, RunOutcome.PARTIAL)
 ATTEMPT_RESULTS = tuple(o for o in AttemptOutcome if o is not AttemptOutcome.INTENT)
 QUALIFICATION_RESULTS = tuple(s for s in QualificationState if s is not QualificationState.INTENT)
 REFERRER_FIELDS = ("rf_user_id", "email", "code", "url", "fingerprint", "state", "skip_reason", "error", "shared_with")
+
+ABANDONED_RUN = "the process ended without finishing (killed?)"
 
 # Each entry runs once, in order, inside one transaction; user_version = entries applied.
 MIGRATIONS: list[str] = [
@@ -267,6 +282,36 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE referrers ADD COLUMN shared_with INTEGER;
     """,
+    # 5: a webhook delivery answered 202 is a promise: what it says is kept with it, so a
+    # restart processes every delivery still without an outcome, in the order received (seq).
+    """
+    ALTER TABLE webhook_deliveries ADD COLUMN lead TEXT;
+    ALTER TABLE webhook_deliveries ADD COLUMN payload TEXT;
+    ALTER TABLE webhook_deliveries ADD COLUMN seq INTEGER;
+    ALTER TABLE webhook_deliveries ADD COLUMN finished_at TEXT;
+    UPDATE webhook_deliveries SET seq = rowid;
+    CREATE INDEX webhook_deliveries_waiting ON webhook_deliveries(seq) WHERE outcome IS NULL OR outcome = 'retrying';
+    """,
+    # 6: every referred lead stsync has seen, pushed or not, with its referrer and the day it
+    # joined (issue 16: the report's first funnel stage and its "who brought it").
+    """
+    CREATE TABLE referred_leads (
+        external_id TEXT PRIMARY KEY,
+        rf_user_id INTEGER,
+        email TEXT,
+        name TEXT,
+        referral_code TEXT,
+        signed_up_at TEXT,
+        referrer_rf_user_id INTEGER,
+        referrer_email TEXT,
+        referrer_name TEXT,
+        referrer_code TEXT,
+        seen_by TEXT NOT NULL,
+        first_seen_at TEXT NOT NULL
+    );
+    CREATE INDEX referred_leads_joined ON referred_leads(coalesce(signed_up_at, first_seen_at));
+    CREATE INDEX referred_leads_referrer ON referred_leads(referrer_rf_user_id);
+    """,
 ]
 
 
@@ -380,6 +425,65 @@ class JobEvent:
 
 
 @dataclass(frozen=True)
+class ReferredLeadRow:
+    """A referred lead as stsync read it (``referred_leads``). ``signed_up_at`` is UTC ISO-8601."""
+
+    external_id: str
+    rf_user_id: int | None
+    email: str | None
+    name: str | None
+    referral_code: str | None
+    signed_up_at: str | None
+    referrer_rf_user_id: int | None
+    referrer_email: str | None
+    referrer_name: str | None
+    referrer_code: str | None
+    seen_by: str  # LeadSeenBy
+    first_seen_at: str
+
+
+@dataclass(frozen=True)
+class ReferralRow:
+    """One referral's way so far, from the ledger alone (``Ledger.referral_rows``): the lead as
+    seen, its push, its booking (stsync's, else the provider's oldest with its externalId)
+    and the job booked from it, as last read."""
+
+    external_id: str
+    rf_user_id: int | None
+    email: str | None
+    name: str | None
+    referral_code: str | None
+    joined_at: str  # signed_up_at, else when stsync first saw the lead (a push's creation)
+    joined_at_known: bool  # False: Referral Factory's signed_up_at was not known
+    referrer_rf_user_id: int | None
+    referrer_email: str | None
+    referrer_name: str | None
+    referrer_code: str | None
+    push_state: str | None  # PushState; None when never pushed
+    booking_id: int | None
+    booking_status: str | None
+    job_id: int | None
+    job_status: str | None
+    job_completed_on: str | None
+    job_total: float | None
+    job_invoice_id: int | None
+    qualification: str | None  # QualificationValue
+    held_until: str | None
+    final: bool
+
+
+@dataclass(frozen=True)
+class KnownReferrer:
+    """A referrer the ledger knows something of: a customer enrolled by customer sync
+    (``customer_id`` set) or a referrer stsync pushed as a booking."""
+
+    rf_user_id: int | None
+    email: str | None
+    name: str | None
+    customer_id: int | None
+
+
+@dataclass(frozen=True)
 class AttemptRecord:
     id: int
     external_id: str
@@ -435,8 +539,17 @@ class DeliveryRecord:
     event: str | None
     external_id: str | None
     received_at: str
-    outcome: str | None  # DeliveryOutcome
+    outcome: str | None  # DeliveryOutcome; None (or "retrying") = waiting to be processed
     error: dict | None
+    lead: dict | None  # the lead the delivery names (``Lead`` fields): what a restart processes
+    payload: Any  # the delivery's JSON as received (never the token: that is not in the body)
+    seq: int | None  # order of (re)queueing
+    finished_at: str | None
+
+    @property
+    def waiting(self) -> bool:
+        """Recorded (answered 202) and not processed yet."""
+        return self.outcome is None or self.outcome == DeliveryOutcome.RETRYING
 
 
 def _record(cls: type, row: sqlite3.Row, *, json_columns: tuple[str, ...] = (), bool_columns: tuple[str, ...] = ()):
@@ -692,6 +805,20 @@ class Ledger:
             )
             if cursor.rowcount == 0:
                 raise ValueError(f"no run {run_id} in the ledger")
+
+    def close_abandoned_runs(self, job: str) -> list[int]:
+        """Close as ``interrupted`` every ``running`` run of ``job`` whose process is dead
+        (kill -9, power cut) — called by a new run of ``job`` that holds its lock. → their ids."""
+        rows = self._query("SELECT id, pid FROM runs WHERE job = ? AND outcome = ?", (job, RunOutcome.RUNNING))
+        closed = [row["id"] for row in rows if not pid_alive(row["pid"])]
+        if closed:
+            with self.transaction() as conn:
+                for run_id in closed:
+                    conn.execute(
+                        "UPDATE runs SET finished_at = ?, outcome = ?, error = ? WHERE id = ? AND outcome = ?",
+                        (utc_now(), RunOutcome.INTERRUPTED, ABANDONED_RUN, run_id, RunOutcome.RUNNING),
+                    )
+        return closed
 
     def _run(self, row: sqlite3.Row) -> RunRecord:
         record = _record(RunRecord, row, json_columns=("counts",))
@@ -1149,6 +1276,140 @@ class Ledger:
                 (feed, value, utc_now()),
             )
 
+    # -- referred leads seen, and the report's rows ---------------------------------------
+    def record_referred_leads(self, rows: Iterable[ReferredLeadRow], *, conn: sqlite3.Connection | None = None) -> int:
+        """Remember referred leads as read (one statement each, one transaction for all). A
+        lead seen again keeps its first ``seen_by`` and ``first_seen_at``; a value read now
+        replaces the stored one, a value the source lacks (None) keeps it; a row with nothing
+        new is not written. → rows given."""
+        values = []
+        for r in rows:
+            _check(r.seen_by, LeadSeenBy, "seen_by")
+            values.append(
+                (r.external_id, r.rf_user_id, r.email, r.name, r.referral_code, r.signed_up_at, r.referrer_rf_user_id,
+                 r.referrer_email, r.referrer_name, r.referrer_code, r.seen_by, r.first_seen_at)
+            )
+        if not values:
+            return 0
+        kept = ("rf_user_id", "email", "name", "referral_code", "signed_up_at", "referrer_rf_user_id", "referrer_email",
+                "referrer_name", "referrer_code")
+        updates = ", ".join(f"{c} = coalesce(excluded.{c}, referred_leads.{c})" for c in kept)
+        changed = " OR ".join(f"(excluded.{c} IS NOT NULL AND excluded.{c} IS NOT referred_leads.{c})" for c in kept)
+        with self._write(conn) as tx:
+            tx.executemany(
+                "INSERT INTO referred_leads (external_id, rf_user_id, email, name, referral_code, signed_up_at, "
+                "referrer_rf_user_id, referrer_email, referrer_name, referrer_code, seen_by, first_seen_at) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (external_id) DO UPDATE SET {updates} WHERE {changed}",
+                values,
+            )
+        return len(values)
+
+    def get_referred_lead(self, external_id: str) -> ReferredLeadRow | None:
+        rows = self._query("SELECT * FROM referred_leads WHERE external_id = ?", (external_id,))
+        return _record(ReferredLeadRow, rows[0]) if rows else None
+
+    def referral_rows(self, *, joined_from: str, joined_before: str) -> list[ReferralRow]:
+        """Every referral that joined in ``[joined_from, joined_before)`` (UTC ISO-8601 text):
+        the referred leads seen, and the lead pushes among them never seen as such (pushed
+        before stsync kept them), each with its push, booking and job as the ledger holds them.
+        One query; ordered by when they joined."""
+        rows = self._query(
+            """
+            WITH leads AS (
+                SELECT external_id, rf_user_id, email, name, referral_code, signed_up_at, first_seen_at,
+                       referrer_rf_user_id, referrer_email, referrer_name, referrer_code
+                FROM referred_leads
+                UNION ALL
+                SELECT p.external_id, p.rf_user_id, p.email, p.name, p.referral_code, NULL, p.created_at,
+                       NULL, NULL, NULL, NULL
+                FROM pushes p
+                WHERE p.kind = ? AND NOT EXISTS (SELECT 1 FROM referred_leads r WHERE r.external_id = p.external_id)
+            ), placed AS (
+                SELECT leads.*, coalesce(signed_up_at, first_seen_at) AS joined_at FROM leads
+            )
+            SELECT l.external_id, l.rf_user_id, l.email, l.name, l.referral_code, l.joined_at,
+                   l.signed_up_at IS NOT NULL AS joined_at_known,
+                   l.referrer_rf_user_id, l.referrer_email, l.referrer_name, l.referrer_code,
+                   p.state AS push_state,
+                   coalesce(p.booking_id, b.booking_id) AS booking_id,
+                   coalesce(b.status, p.booking_status) AS booking_status,
+                   coalesce(b.job_id, p.job_id) AS job_id,
+                   coalesce(j.status, p.job_status) AS job_status,
+                   j.completed_on AS job_completed_on, j.total AS job_total, j.invoice_id AS job_invoice_id,
+                   p.qualification, p.held_until, coalesce(p.final, 0) AS final
+            FROM placed l
+            LEFT JOIN pushes p ON p.external_id = l.external_id
+            LEFT JOIN st_bookings b ON b.booking_id = coalesce(
+                p.booking_id, (SELECT min(s.booking_id) FROM st_bookings s WHERE s.external_id = l.external_id))
+            LEFT JOIN st_jobs j ON j.job_id = coalesce(b.job_id, p.job_id)
+            WHERE l.joined_at >= ? AND l.joined_at < ?
+            ORDER BY l.joined_at, l.external_id
+            """,
+            (Kind.LEAD, joined_from, joined_before),
+        )
+        return [_record(ReferralRow, row, bool_columns=("joined_at_known", "final")) for row in rows]
+
+    def referrers_lacking_details(self) -> set[int]:
+        """Referrers (Referral Factory user ids) of referred leads of whom the ledger knows
+        neither an e-mail nor a name: not from the leads, not from customer sync, not pushed."""
+        rows = self._query(
+            """
+            SELECT DISTINCT referrer_rf_user_id AS id FROM referred_leads
+            WHERE referrer_rf_user_id IS NOT NULL
+            GROUP BY referrer_rf_user_id
+            HAVING max(referrer_email) IS NULL AND max(referrer_name) IS NULL
+            EXCEPT SELECT rf_user_id FROM referrers WHERE rf_user_id IS NOT NULL
+            EXCEPT SELECT rf_user_id FROM pushes WHERE kind = ? AND rf_user_id IS NOT NULL
+            """,
+            (Kind.REFERRER,),
+        )
+        return {int(row["id"]) for row in rows}
+
+    def fill_referrer_details(
+        self, details: Iterable[tuple[int, str | None, str | None, str | None]], *, conn: sqlite3.Connection | None = None
+    ) -> int:
+        """``(rf_user_id, email, name, code)`` of referrers, onto the referred leads they brought
+        where those lack them (what a lead said of its referrer is kept). → leads updated."""
+        updated = 0
+        with self._write(conn) as tx:
+            for rf_user_id, email, name, code in details:
+                cursor = tx.execute(
+                    "UPDATE referred_leads SET referrer_email = coalesce(referrer_email, ?), "
+                    "referrer_name = coalesce(referrer_name, ?), referrer_code = coalesce(referrer_code, ?) "
+                    "WHERE referrer_rf_user_id = ? "
+                    "AND (referrer_email IS NULL OR referrer_name IS NULL OR referrer_code IS NULL)",
+                    (email, name, code, rf_user_id),
+                )
+                updated += cursor.rowcount
+        return updated
+
+    def referral_job_ids(self) -> set[int]:
+        """The jobs booked from a referral's booking (every referred lead seen, every lead push)."""
+        rows = self._query(
+            """
+            SELECT b.job_id FROM st_bookings b
+            WHERE b.job_id IS NOT NULL AND b.external_id IN (
+                SELECT external_id FROM referred_leads UNION SELECT external_id FROM pushes WHERE kind = ?)
+            UNION
+            SELECT job_id FROM pushes WHERE kind = ? AND job_id IS NOT NULL
+            """,
+            (Kind.LEAD, Kind.LEAD),
+        )
+        return {int(row["job_id"]) for row in rows}
+
+    def known_referrers(self) -> list[KnownReferrer]:
+        """Customers enrolled as referrers by customer sync (with their Referral Factory user),
+        then the referrers stsync pushed as bookings."""
+        rows = self._query(
+            """
+            SELECT rf_user_id, email, NULL AS name, customer_id FROM referrers WHERE rf_user_id IS NOT NULL
+            UNION ALL
+            SELECT rf_user_id, email, name, NULL FROM pushes WHERE kind = ? AND (rf_user_id IS NOT NULL OR email IS NOT NULL)
+            """,
+            (Kind.REFERRER,),
+        )
+        return [_record(KnownReferrer, row) for row in rows]
+
     # -- sync positions -----------------------------------------------------------------
     def get_position(self, feed: str) -> str | None:
         rows = self._query("SELECT token FROM sync_positions WHERE feed = ?", (feed,))
@@ -1297,27 +1558,65 @@ class Ledger:
             )
 
     # -- webhook deliveries -------------------------------------------------------------
-    def record_delivery(self, key: str, *, event: str | None, external_id: str | None) -> bool:
-        """Remember a delivery. False = this key was seen before (a redelivery: do not act twice)."""
+    def admit_delivery(
+        self, key: str, *, event: str | None, external_id: str | None, lead: Mapping[str, Any], payload: Any
+    ) -> DeliveryAdmission:
+        """Record a delivery before it is answered (one transaction, synced): → ``DeliveryAdmission``.
+
+        ``new``: first seen, recorded with what it says. ``waiting``: recorded before and
+        still without an outcome (answered 202 by a process that died, or queued now):
+        process it unless it is queued already. ``retry``: its processing failed: marked
+        ``retrying`` and queued again. ``done``: it has an outcome; a duplicate.
+        """
+        now = utc_now()
         with self.transaction() as conn:
+            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM webhook_deliveries").fetchone()[0]
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO webhook_deliveries (key, event, external_id, received_at) VALUES (?, ?, ?, ?)",
-                (key, event, external_id, utc_now()),
+                "INSERT OR IGNORE INTO webhook_deliveries (key, event, external_id, received_at, lead, payload, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, event, external_id, now, _dumps(dict(lead)), _dumps(payload), seq),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount == 1:
+                return DeliveryAdmission.NEW
+            row = conn.execute("SELECT outcome, lead FROM webhook_deliveries WHERE key = ?", (key,)).fetchone()
+            if row["lead"] is None:  # recorded by an stsync that kept no payload
+                conn.execute(
+                    "UPDATE webhook_deliveries SET lead = ?, payload = ? WHERE key = ?",
+                    (_dumps(dict(lead)), _dumps(payload), key),
+                )
+            if row["outcome"] is None or row["outcome"] == DeliveryOutcome.RETRYING:
+                return DeliveryAdmission.WAITING
+            if row["outcome"] == DeliveryOutcome.FAILED:
+                # Sent again after it failed: try once more. Marked at once, so a burst of
+                # redeliveries queues it once.
+                conn.execute(
+                    "UPDATE webhook_deliveries SET outcome = ?, seq = ?, finished_at = NULL WHERE key = ?",
+                    (DeliveryOutcome.RETRYING, seq, key),
+                )
+                return DeliveryAdmission.RETRY
+            return DeliveryAdmission.DONE
 
     def finish_delivery(self, key: str, outcome: str, error: Mapping[str, Any] | str | None = None) -> None:
         if isinstance(error, str):
             error = {"message": error}
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE webhook_deliveries SET outcome = ?, error = ? WHERE key = ?",
-                (outcome, _dumps(dict(error) if error is not None else None), key),
+                "UPDATE webhook_deliveries SET outcome = ?, error = ?, finished_at = ? WHERE key = ?",
+                (outcome, _dumps(dict(error) if error is not None else None), utc_now(), key),
             )
 
     def get_delivery(self, key: str) -> DeliveryRecord | None:
         rows = self._query("SELECT * FROM webhook_deliveries WHERE key = ?", (key,))
-        return _record(DeliveryRecord, rows[0], json_columns=("error",)) if rows else None
+        return _record(DeliveryRecord, rows[0], json_columns=("error", "lead", "payload")) if rows else None
+
+    def deliveries_to_process(self) -> list[DeliveryRecord]:
+        """Every delivery recorded and not processed yet, in the order it was (re)queued (what
+        ``serve`` processes first when it starts; ``waiting_deliveries`` counts them)."""
+        rows = self._query(
+            "SELECT * FROM webhook_deliveries WHERE outcome IS NULL OR outcome = ? ORDER BY seq, rowid",
+            (DeliveryOutcome.RETRYING,),
+        )
+        return [_record(DeliveryRecord, row, json_columns=("error", "lead", "payload")) for row in rows]
 
     # -- health: what status and the alerts read ----------------------------------------
     def failed_pushes(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[AttemptRecord]]:

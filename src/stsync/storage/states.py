@@ -131,3 +131,20 @@ class DeliveryOutcome(StrEnum):
     ALREADY_BOOKED = AttemptOutcome.ALREADY_BOOKED.value
     SKIPPED = AttemptOutcome.SKIPPED.value
     UNKNOWN = AttemptOutcome.UNKNOWN.value
+
+
+class DeliveryAdmission(StrEnum):
+    """What ``Ledger.admit_delivery`` found for a delivery key, i.e. what ``serve`` does with it."""
+
+    NEW = "new"  # first seen: queue it
+    WAITING = "waiting"  # recorded, no outcome yet: queue it unless it is queued
+    RETRY = "retry"  # failed before: marked retrying, queue it
+    DONE = "done"  # has an outcome: a duplicate, not processed again
+
+
+class LeadSeenBy(StrEnum):
+    """``referred_leads.seen_by``: where stsync first read a referred lead."""
+
+    SEARCH = "search"  # push-lead --new: the campaign's users, searched
+    WEBHOOK = "webhook"  # serve: a delivery, read back from Referral Factory
+    PUSH = "push"  # push-lead one by one: --code, --rf-user-id, --file, flags

@@ -45,7 +45,7 @@ Positions (``sync_positions``): ``BOOKINGS_POSITION`` (an ISO timestamp: only ev
 forward, so two runs reading at once never lose a change), ``JOBS_POSITION`` and
 ``HISTORY_POSITION`` (``continueFrom`` tokens, saved after the rows they cover are stored).
 A feed without a token starts from a date ``FEED_START_BACK`` ago. ``FULL_READ_AT`` (kv) is
-when the last full read ended.
+when the last full read ended, ``READ_AT`` (kv) when the last read of all five steps did.
 
 **When a read is full** (``full_read_reason``): when asked (``qualify --full``), when a
 position is missing (the first run, a new ledger), or when the last full read is older than
@@ -88,6 +88,7 @@ CLOCK_OFFSET_POSITION = "servicetitan.clock_offset_ms"
 JOBS_POSITION = "servicetitan.export.jobs"
 HISTORY_POSITION = "servicetitan.export.job_history"
 FULL_READ_AT = "servicetitan.full_read_at"
+READ_AT = "servicetitan.read_at"  # kv: when the last read (qualify's or report --refresh's) ended
 
 
 @dataclass
@@ -306,8 +307,10 @@ class ServiceTitanReads:
             self.report.history_rows_read += 1
 
     def finish(self) -> ReadReport:
-        """The report, with the requests this run's reads made (when the client counts them)."""
+        """The report, with the requests this run's reads made (when the client counts them);
+        the time it ended is kept (``READ_AT``: how fresh the mirror is)."""
         self.report.requests = self._requests_made() - self._requests_at_start
+        self.ledger.put(READ_AT, utc_now())
         return self.report
 
     def _requests_made(self) -> int:

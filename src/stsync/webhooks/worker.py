@@ -1,5 +1,5 @@
-"""The worker: accepted deliveries processed one at a time, in arrival order, each outcome
-recorded in the ledger.
+"""What one delivery does, each outcome recorded in the ledger (``DeliveryWorker.process``;
+the threads that call it are ``pool.DeliveryPool``'s).
 
 **What a delivery does.** ``lead_created`` → the booking push, kind lead; ``referrer_joined``
 → the same push, kind referrer. The push is given by the caller (``push_for``:
@@ -7,25 +7,26 @@ recorded in the ledger.
 once per delivery for the event's kind, it answers with how to push one lead, or with why
 that kind is not sent ("Nothing to action") — then the delivery is ignored before anything
 is read. ``lead_qualified`` → recorded on the lead's push in the ledger, so ``qualify``
-never qualifies it again (and ``unqualify_on`` still applies).
+never qualifies it again (and ``unqualify_on`` still applies). The referred lead of either
+event, once read back, is recorded as seen (``tracking.referrals``: the report's referred
+leads and their referrers) before anything else is done with it.
 
-**Verified, not trusted.** The payload only says *who*: the user is read back from Referral
-Factory (by id, code or e-mail; the e-mail must agree) and must belong to this
-connection's campaign; the booking is made from what Referral Factory says, with its
-campaign and referrer.
+**Verified, not trusted.** The payload only says *who* (an id, a referral code or an
+e-mail is enough): the user is read back from Referral Factory (by id, code or e-mail; the
+e-mail, when given, must agree) and must belong to this connection's campaign; the booking
+is made from what Referral Factory says, with its campaign and referrer. Each worker thread
+keeps one ``LeadReader`` for ``READER_TTL`` seconds, so a flood of deliveries reads the
+campaign (and each referrer) once per thread, not once per delivery.
 
 **Failures.** A delivery whose processing raises is recorded as ``failed`` with its error
 (the error's ``to_dict()``; an unexpected exception's type only, its detail going only to
-the log), and the worker goes on with the next one: a server outlives a bad delivery.
-A failure that would stop a batch run (``errors.stops_run``: credentials, the mapping, a
-remote down past the retry budget) is logged as an error too, since every delivery after
-it fails the same way until it is fixed. ``finish()`` processes what is
-queued, then stops the thread.
+the log): a server outlives a bad delivery. A failure that would stop a batch run
+(``errors.stops_run``: credentials, the mapping, a remote down past the retry budget) is
+logged as an error too, since every delivery after it fails the same way until it is fixed.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,14 @@ from stsync.leads import LeadReader, lead_from_user
 from stsync.logs import get_logger, log_context
 from stsync.mapping.booking import external_id_for
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
-from stsync.storage.states import DeliveryOutcome, QualificationAction, QualificationState, QualificationValue
+from stsync.storage.states import (
+    DeliveryOutcome,
+    LeadSeenBy,
+    QualificationAction,
+    QualificationState,
+    QualificationValue,
+)
+from stsync.tracking.referrals import record_leads_seen
 from stsync.vocabulary import Kind
 from stsync.webhooks.deliveries import Delivery, DeliveryEvent, Observer, ServeStats, report
 from stsync.webhooks.payload import LEAD_CREATED, REFERRER_JOINED
@@ -55,9 +63,13 @@ PushFor = Callable[[Kind], "LeadPush | str"]
 
 KIND_FOR_EVENT = {LEAD_CREATED: Kind.LEAD, REFERRER_JOINED: Kind.REFERRER}
 
+# How long a worker thread trusts the campaign and referrers it read (a long-running server
+# still sees a renamed campaign within minutes).
+READER_TTL = 300.0
+
 
 class DeliveryWorker:
-    """One thread draining a FIFO queue of deliveries. ``start()`` → ``submit()`` … → ``finish()``."""
+    """Processes deliveries (``process``, called from any number of threads)."""
 
     def __init__(
         self,
@@ -73,50 +85,24 @@ class DeliveryWorker:
         self.stats = stats
         self.observer = observer
         self.run_id = run_id
-        self._queue: queue.Queue[Delivery | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._local = threading.local()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="stsync-webhook-worker", daemon=True)
-        self._thread.start()
-
-    def submit(self, delivery: Delivery) -> None:
-        self._queue.put(delivery)
-
-    @property
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Block until every submitted delivery is processed (tests)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
-                return True
-            time.sleep(0.02)
-        return False
-
-    def finish(self) -> None:
-        """Process what is queued, then stop the thread. Safe to call twice."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def _work(self) -> None:
-        while True:
-            delivery = self._queue.get()
-            try:
-                if delivery is None:
-                    return
-                with log_context(run_id=self.run_id, delivery=delivery.key, external_id=delivery.external_id):
-                    self.process(delivery)
-            finally:
-                self._queue.task_done()
+    def reader(self) -> LeadReader:
+        """This thread's reader, renewed every ``READER_TTL`` seconds."""
+        reader, born = getattr(self._local, "reader", (None, 0.0))
+        if reader is None or time.monotonic() - born > READER_TTL:
+            reader = LeadReader(self.conn.referral_factory, self.conn.campaign_id)
+            self._local.reader = (reader, time.monotonic())
+        return reader
 
     # -- one delivery ------------------------------------------------------------------------------
     def process(self, delivery: Delivery) -> None:
-        """Process one delivery and record its outcome; never raises."""
+        """Process one delivery and record its outcome; never raises. Log lines meanwhile carry
+        the run, the delivery and its externalId."""
+        with log_context(run_id=self.run_id, delivery=delivery.key, external_id=delivery.external_id):
+            self._process(delivery)
+
+    def _process(self, delivery: Delivery) -> None:
         outcome: str = DeliveryOutcome.FAILED
         message, error, booking_id = "", None, None
         try:
@@ -158,8 +144,12 @@ class DeliveryWorker:
                 record=delivery.lead.describe(),
             )
         if push is None:
+            if user.type == PERSON_INVITED:
+                record_leads_seen(self.conn, [lead_from_user(user)], seen_by=LeadSeenBy.WEBHOOK)
             return record_reported_qualification(self.conn, user)
-        lead = LeadReader(self.conn.referral_factory, self.conn.campaign_id).lead(user)
+        lead = self.reader().lead(user)
+        if kind == Kind.LEAD:
+            record_leads_seen(self.conn, [lead], seen_by=LeadSeenBy.WEBHOOK)
         return push(lead, self.run_id)
 
 
