@@ -753,11 +753,11 @@ class Ledger:
                     conn.execute("PRAGMA synchronous = FULL")
 
     @contextmanager
-    def _write(self, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
+    def _write(self, conn: sqlite3.Connection | None, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         if conn is not None:
             yield conn
         else:
-            with self.transaction() as own:
+            with self.transaction(durable=durable) as own:
                 yield own
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
@@ -1277,11 +1277,14 @@ class Ledger:
             )
 
     # -- referred leads seen, and the report's rows ---------------------------------------
-    def record_referred_leads(self, rows: Iterable[ReferredLeadRow], *, conn: sqlite3.Connection | None = None) -> int:
+    def record_referred_leads(
+        self, rows: Iterable[ReferredLeadRow], *, conn: sqlite3.Connection | None = None, durable: bool = True
+    ) -> int:
         """Remember referred leads as read (one statement each, one transaction for all). A
         lead seen again keeps its first ``seen_by`` and ``first_seen_at``; a value read now
         replaces the stored one, a value the source lacks (None) keeps it; a row with nothing
-        new is not written. → rows given."""
+        new is not written. ``durable=False``: see ``transaction`` (for a source read again
+        by the next run anyway). → rows given."""
         values = []
         for r in rows:
             _check(r.seen_by, LeadSeenBy, "seen_by")
@@ -1295,7 +1298,7 @@ class Ledger:
                 "referrer_name", "referrer_code")
         updates = ", ".join(f"{c} = coalesce(excluded.{c}, referred_leads.{c})" for c in kept)
         changed = " OR ".join(f"(excluded.{c} IS NOT NULL AND excluded.{c} IS NOT referred_leads.{c})" for c in kept)
-        with self._write(conn) as tx:
+        with self._write(conn, durable=durable) as tx:
             tx.executemany(
                 "INSERT INTO referred_leads (external_id, rf_user_id, email, name, referral_code, signed_up_at, "
                 "referrer_rf_user_id, referrer_email, referrer_name, referrer_code, seen_by, first_seen_at) "
