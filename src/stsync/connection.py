@@ -24,7 +24,7 @@ import httpx
 from stsync import credentials
 from stsync.errors import ConfigError
 from stsync.http import RetryPolicy
-from stsync.ratelimit import CoolDown, RateLimiter
+from stsync.ratelimit import CoolDown, RateLimiter, max_burst
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.servicetitan.client import ServiceTitanClient
 from stsync.storage.config import Config, Endpoints, resolve_endpoints
@@ -239,9 +239,13 @@ def build_referral_factory_client(
 def referral_factory_limiter(paths: ConnectionPaths, config: Config) -> RateLimiter:
     """Referral Factory's budget, shared by every process of the connection (its 429
     episodes and cool-down included)."""
+    per_minute = config.limits.referral_factory_per_minute
     return RateLimiter(
-        config.limits.referral_factory_per_minute,
+        per_minute,
         60.0,
         state_file=paths.rate_file("referral_factory"),
         service="Referral Factory",
+        # A minute's window: half the headroom is seconds of jitter margin, so the other half
+        # may go at once (a run's first requests; ``stsync.ratelimit``).
+        burst=max_burst(per_minute),
     )

@@ -5,15 +5,26 @@ both counted per key, and cron may run ``push-lead --new``, ``qualify`` and
 ``sync-customers`` at the same time. So the budget lives in a small state file under the
 connection's state dir, read and written under an OS file lock.
 
-Design: request spacing (GCRA with no burst). Each request gets the slot
-``max(now, last_slot + interval)`` with ``interval = window / limit / (1 - headroom)``, and
-the caller sleeps until its slot. Slots are ``interval`` apart, so ``limit`` consecutive
-slots span more than ``window``: no window of ``window`` seconds — rolling or fixed, however
-the server counts — can hold more than ``limit`` requests. A token bucket would allow a
-burst of ``limit`` at once and then, combined with steady traffic, more than ``limit`` in a
-rolling window; spacing never does. The headroom (2 %) absorbs network jitter between our
-send time and the server's arrival time while N requests still take about
-N × window / limit × 1.02.
+Design: request spacing (GCRA), with an optional burst of at most half the headroom.
+Requests are ``interval = window / limit / (1 - headroom)`` apart: each gets the slot
+``max(now, last_slot + interval - burst × interval)`` and the caller sleeps until its slot;
+``last_slot`` — the state's theoretical last slot — becomes ``max(last_slot + interval,
+slot)``. With ``burst = 0`` slots are ``interval`` apart, so ``limit`` consecutive slots span
+more than ``window``: no window of ``window`` seconds — rolling or fixed, however the server
+counts — can hold more than ``limit`` requests. A token bucket would allow a burst of
+``limit`` at once and then, combined with steady traffic, more than ``limit`` in a rolling
+window; spacing never does. The headroom (2 %) absorbs network jitter between our send time
+and the server's arrival time while N requests still take about N × window / limit × 1.02.
+
+``burst`` (``max_burst``: at most ``floor(limit × headroom / 2)``) lets an idle limiter send
+``1 + burst`` requests at once, then spaces them; no window then holds more than ``burst +
+ceil(limit × (1 - headroom))`` ≤ ``limit`` requests, and the other half of the headroom is
+left for jitter. Referral Factory's limiter uses it (api/referral-factory.md §2: "every
+rolling 60 s window at or just under the configured limit"): 6 of its 600 a minute, so a
+run's campaign and first search page go together instead of a tenth of a second apart,
+while 6 requests — 0.6 s — of jitter stay free. ServiceTitan's does not: its one-second
+window leaves a few milliseconds of margin per request, all of it needed for jitter. A
+limiter slowed down (below) does not burst.
 
 After a 429, ``slow_down(factor)`` multiplies the rate by ``factor`` (0.5 halves it). The
 factor is persisted, so the next run — or an overlapping one — starts slower too. It decays
@@ -252,6 +263,11 @@ class _Budget:
         )
 
 
+def max_burst(limit: int, headroom: float = DEFAULT_HEADROOM) -> int:
+    """The largest ``burst`` a limiter of ``limit`` may have: half its headroom, in requests."""
+    return math.floor(limit * headroom / 2)
+
+
 class RateLimiter:
     """At most ``limit`` requests in any ``window`` seconds, across threads and processes."""
 
@@ -267,6 +283,7 @@ class RateLimiter:
         quiet_period: float | None = None,
         wall_clock: Callable[[], float] = time.time,
         service: str = "the remote service",
+        burst: int = 0,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
@@ -277,6 +294,9 @@ class RateLimiter:
         self.limit = int(limit)
         self.window = float(window)
         self.interval = self.window / self.limit / (1.0 - headroom)
+        if not 0 <= burst <= max_burst(limit, headroom):
+            raise ValueError(f"burst must be in [0, {max_burst(limit, headroom)}] (half the headroom), got {burst}")
+        self.burst = int(burst)
         self.quiet_period = float(quiet_period) if quiet_period is not None else max(10 * self.window, 60.0)
         self._clock = clock
         self._sleep = sleep
@@ -297,14 +317,19 @@ class RateLimiter:
             if cool_down is not None and cool_down.in_force(self.wall_clock()):
                 raise cooling_down_error(self.service, cool_down)
             now = self._clock()
-            interval = self.interval / budget.factor_at(now, self.quiet_period)
-            slot = now
+            factor = budget.factor_at(now, self.quiet_period)
+            interval = self.interval / factor
+            slot = last = now
             if budget.last_slot is not None:
                 if budget.last_slot - now > self._stale_after(interval):
                     log.info("ignoring a rate-limit slot from before a clock reset (%s)", self._state_file)
                 else:
-                    slot = max(now, budget.last_slot + interval)
-            budget.last_slot = slot
+                    burst = self.burst if factor >= 1.0 else 0  # slowed down after a 429: no burst
+                    slot = max(now, budget.last_slot + interval - burst * interval)
+                    # The theoretical slot moves on by one interval even when this request
+                    # goes early (a burst): later ones are spaced from it.
+                    last = max(budget.last_slot + interval, slot)
+            budget.last_slot = last
         wait = slot - now
         if wait > 0:
             self._sleep(wait)

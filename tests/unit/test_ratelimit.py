@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stsync.errors import CoolingDown
-from stsync.ratelimit import IP_BLOCKED, MIN_RATE_FACTOR, RATE_LIMITED, RateLimiter, local_and_utc, read_state
+from stsync.ratelimit import (
+    IP_BLOCKED,
+    MIN_RATE_FACTOR,
+    RATE_LIMITED,
+    RateLimiter,
+    local_and_utc,
+    max_burst,
+    read_state,
+)
 
 
 def max_in_any_window(times: list[float], window: float) -> int:
@@ -52,6 +61,75 @@ def test_an_idle_limiter_does_not_wait():
     fake.now += 10
     assert limiter.acquire() == 0
     assert fake.sleeps == []
+
+
+def test_an_idle_limiter_lets_half_its_headroom_go_at_once_then_spaces():
+    """Referral Factory's 600 a minute: a run's campaign and first search page go together."""
+    fake = FakeTime(1000.0)
+    limiter = RateLimiter(600, 60.0, clock=fake.clock, sleep=fake.sleep, burst=max_burst(600))
+    assert limiter.burst == 6  # floor(600 × 2 % / 2)
+    waits = [limiter.acquire() for _ in range(7)]
+    assert waits == [0.0] * 7
+    assert limiter.acquire() == pytest.approx(limiter.interval)  # the eighth is spaced
+    assert limiter.acquire() == pytest.approx(limiter.interval)
+    # Idle long enough, the burst is back.
+    fake.now += 60
+    assert [limiter.acquire() for _ in range(7)] == [0.0] * 7
+    # Without one (ServiceTitan's limiter), requests are spaced from the first.
+    plain = RateLimiter(600, 60.0, clock=fake.clock, sleep=fake.sleep)
+    fake.now += 60
+    assert plain.acquire() == 0.0
+    assert plain.acquire() == pytest.approx(plain.interval)
+    with pytest.raises(ValueError):
+        RateLimiter(600, 60.0, burst=7)  # more than half the headroom
+
+
+def test_the_connections_referral_factory_limiter_has_half_its_headroom_as_burst(tmp_path: Path):
+    from stsync.connection import referral_factory_limiter
+    from stsync.storage.config import default_config
+    from stsync.storage.paths import ConnectionPaths
+
+    config = default_config()
+    limiter = referral_factory_limiter(ConnectionPaths.for_config(tmp_path / "c.toml"), config)
+    assert config.limits.referral_factory_per_minute == 600
+    assert limiter.burst == 6
+
+
+def test_a_slowed_limiter_does_not_burst(tmp_path: Path):
+    fake = FakeTime(1000.0)
+    limiter = RateLimiter(
+        600, 60.0, state_file=tmp_path / "rate.json", clock=fake.clock, sleep=fake.sleep, burst=max_burst(600)
+    )
+    limiter.slow_down(0.5)
+    fake.now += 30  # idle, but still slowed (the quiet period is ten minutes)
+    assert limiter.acquire() == 0.0
+    assert limiter.acquire() == pytest.approx(2 * limiter.interval)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    limit=st.integers(min_value=50, max_value=1000),
+    window=st.sampled_from([1.0, 60.0]),
+    bursts=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=2, allow_nan=False), st.integers(min_value=1, max_value=300)),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_with_its_burst_no_window_holds_more_than_limit_less_half_the_headroom(limit, window, bursts):
+    """Idle spells (fractions of the window) and runs of back-to-back requests: the burst
+    never makes any rolling window hold more than burst + ceil(limit × 0.98) ≤ limit."""
+    fake = FakeTime(1000.0)
+    limiter = RateLimiter(limit, window, clock=fake.clock, sleep=fake.sleep, burst=max_burst(limit))
+    sends = []
+    for idle, count in bursts:
+        fake.now += idle * window
+        for _ in range(count):
+            limiter.acquire()
+            sends.append(fake.now)
+    bound = limiter.burst + math.ceil(limit * 0.98 - 1e-9)
+    assert bound <= limit
+    assert max_in_any_window(sends, window) <= bound
 
 
 @settings(max_examples=60, deadline=None)
@@ -156,7 +234,7 @@ _CHILD = textwrap.dedent(
     def sleep(seconds):
         time.sleep(seconds)
 
-    limiter = RateLimiter(1000, 1.0, state_file=Path(state), clock=clock, sleep=sleep)
+    limiter = RateLimiter(1000, 1.0, state_file=Path(state), clock=clock, sleep=sleep, burst=10)
     Path(me).touch()
     deadline = time.monotonic() + 20
     while not Path(other).exists() and time.monotonic() < deadline:
@@ -193,7 +271,12 @@ def test_real_processes_share_the_budget_through_the_state_file(tmp_path: Path):
     slots_b = json.loads((tmp_path / "slots-b.json").read_text())
     merged = sorted(slots_a + slots_b)
     interval = 1.0 / 1000
-    assert min(b - a for a, b in pairwise(merged)) >= interval * (1 - 1e-9)
+    burst = 10
+    # One budget: any n consecutive slots of the two span at least (n - 1 - burst) intervals
+    # (two budgets would let 120 requests through in the time of 60).
+    for i in range(len(merged)):
+        for j in range(i + burst + 1, len(merged)):
+            assert merged[j] - merged[i] >= (j - i - burst) * interval * (1 - 1e-9)
     # The two processes really overlapped: their slots interleave.
     assert min(slots_b) < max(slots_a) and min(slots_a) < max(slots_b)
 
