@@ -23,7 +23,7 @@ import httpx
 
 from stsync import credentials
 from stsync.errors import ConfigError
-from stsync.http import RetryPolicy
+from stsync.http import RetryPolicy, load_ssl_context_ahead
 from stsync.ratelimit import CoolDown, RateLimiter, max_burst
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.servicetitan.client import ServiceTitanClient
@@ -90,6 +90,7 @@ class Connection:
         if retry_budget_seconds is not None and retry_budget_seconds < config.limits.retry_budget_seconds:
             limits = config.limits.model_copy(update={"retry_budget_seconds": retry_budget_seconds})
             config = config.model_copy(update={"limits": limits})
+        load_ssl_context_ahead()  # ready by the time the first client is built
         return cls(paths, config, **pieces)
 
     # -- identity ---------------------------------------------------------------------
