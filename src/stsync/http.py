@@ -312,7 +312,9 @@ def load_ssl_context_ahead() -> threading.Thread | None:
     record — goes on meanwhile on another core. → the thread; None when already built."""
     if _ssl_context is not None:
         return None
-    thread = threading.Thread(target=shared_ssl_context, name="tls-context", daemon=True)
+    # Not a daemon: a process ending meanwhile (a command that built no client) waits for it
+    # instead of finalising the interpreter under OpenSSL's feet (it crashed, SIGSEGV).
+    thread = threading.Thread(target=shared_ssl_context, name="tls-context")
     thread.start()
     return thread
 

@@ -435,6 +435,13 @@ class RateLimiter:
         with self._locked(write=False) as budget:
             return budget.factor_at(self._clock(), self.quiet_period)
 
+    def close(self) -> None:
+        """Close the state file's and its lock's descriptors (kept open between requests).
+        Used again, the limiter opens them again."""
+        with self._thread_lock:
+            if self._shared is not None:
+                self._shared.close()
+
     # -- state -------------------------------------------------------------------------
     def _stale_after(self, interval: float) -> float:
         # Legitimately the last slot is ahead of now by one interval per waiting caller —
@@ -499,6 +506,12 @@ class _SharedFile:
         while view:
             view = view[os.write(fd, view) :]
         self._length = len(data)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None and self._opened_by == os.getpid():
+            os.close(fd)
+        self.lock.close()
 
     def _descriptor(self) -> int:
         fd = self._fd
