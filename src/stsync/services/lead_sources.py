@@ -20,10 +20,7 @@ costs no request: only what the search returned is kept.
 
 from __future__ import annotations
 
-import contextvars
-import itertools
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -93,15 +90,7 @@ def iter_new_leads(conn: Connection, target: PushTarget, *, record: bool = True)
     user_type = USER_TYPE_FOR_KIND[kind]
     wants_referrer = any(source.startswith("referrer_") for source in lead_fields_read(section))
     reader = LeadReader(conn.referral_factory, campaign_id, with_referrer=wants_referrer)
-    # Every lead needs the campaign: it is read while the search's first page is (one round
-    # trip before the first lead, not two; the limiter lets both go at once), and its failure
-    # is raised first, as when it was read before the search.
-    campaign_read = _read_ahead(reader.campaign)
-    users = conn.referral_factory.search_users([("campaign_id", campaign_id), ("type", user_type)])
-    try:
-        first = next(users, None)
-    finally:
-        campaign_read()
+    reader.campaign()  # read before the search, as every lead needs it
     ledger = conn.ledger
     seen: set[str] = set()
     to_record: list[Lead] = []
@@ -115,7 +104,7 @@ def iter_new_leads(conn: Connection, target: PushTarget, *, record: bool = True)
             record_leads_seen(conn, to_record, seen_by=LeadSeenBy.SEARCH, durable=False)
             to_record.clear()
 
-    for user in itertools.chain([first] if first is not None else [], users):
+    for user in conn.referral_factory.search_users([("campaign_id", campaign_id), ("type", user_type)]):
         if user.type != user_type:
             continue  # the search filter is re-checked, as for campaign_id
         lead = reader.lead(user)
@@ -139,29 +128,6 @@ def iter_new_leads(conn: Connection, target: PushTarget, *, record: bool = True)
         record_seen_so_far()
         yield lead
     record_seen_so_far()
-
-
-def _read_ahead(read: Callable[[], object]) -> Callable[[], None]:
-    """``read`` started in a thread of its own (with the caller's log context); the function
-    returned waits for it and raises what it raised."""
-    failure: list[BaseException] = []
-    context = contextvars.copy_context()
-
-    def run() -> None:
-        try:
-            context.run(read)
-        except BaseException as exc:  # handed to the caller, who raises it
-            failure.append(exc)
-
-    thread = threading.Thread(target=run, name="rf-campaign", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if failure:
-            raise failure[0]
-
-    return wait
 
 
 def record_seen(conn: Connection, leads: Sequence[Lead], target: PushTarget) -> None:
