@@ -246,7 +246,7 @@ def referral_factory_limiter(paths: ConnectionPaths, config: Config) -> RateLimi
         60.0,
         state_file=paths.rate_file("referral_factory"),
         service="Referral Factory",
-        # A minute's window: half the headroom is seconds of jitter margin, so the other half
-        # may go at once (a run's first requests; ``stsync.ratelimit``).
-        burst=max_burst(per_minute),
+        # One request may follow another at once: a run's first search page right after the
+        # campaign read (``stsync.ratelimit``: a minute's window keeps seconds of margin).
+        burst=min(1, max_burst(per_minute)),
     )

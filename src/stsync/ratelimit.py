@@ -18,13 +18,15 @@ and the server's arrival time while N requests still take about N × window / li
 
 ``burst`` (``max_burst``: at most ``floor(limit × headroom / 2)``) lets an idle limiter send
 ``1 + burst`` requests at once, then spaces them; no window then holds more than ``burst +
-ceil(limit × (1 - headroom))`` ≤ ``limit`` requests, and the other half of the headroom is
-left for jitter. Referral Factory's limiter uses it (api/referral-factory.md §2: "every
-rolling 60 s window at or just under the configured limit"): 6 of its 600 a minute, so a
-run's campaign and first search page go together instead of a tenth of a second apart,
-while 6 requests — 0.6 s — of jitter stay free. ServiceTitan's does not: its one-second
-window leaves a few milliseconds of margin per request, all of it needed for jitter. A
-limiter slowed down (below) does not burst.
+floor(limit × (1 - headroom)) + 1`` ≤ ``limit`` requests, and the other half of the headroom
+is left for jitter. Referral Factory's limiter uses a burst of 1 (api/referral-factory.md §2:
+"every rolling 60 s window at or just under the configured limit"; at 600 a minute up to 6
+would be allowed): a run's first search page follows the campaign read at once instead of
+a tenth of a second later, while 11 requests — over a second — of jitter margin stay free.
+Not more: when Referral Factory blocks the IP, a burst is that many requests sent before
+the first refusal is known. ServiceTitan's limiter has none: its one-second window leaves a
+few milliseconds of margin per request, all of it needed for jitter. A limiter slowed down
+(below) does not burst.
 
 After a 429, ``slow_down(factor)`` multiplies the rate by ``factor`` (0.5 halves it). The
 factor is persisted, so the next run — or an overlapping one — starts slower too. It decays

@@ -84,7 +84,7 @@ def test_an_idle_limiter_lets_half_its_headroom_go_at_once_then_spaces():
         RateLimiter(600, 60.0, burst=7)  # more than half the headroom
 
 
-def test_the_connections_referral_factory_limiter_has_half_its_headroom_as_burst(tmp_path: Path):
+def test_the_connections_referral_factory_limiter_bursts_by_one(tmp_path: Path):
     from stsync.connection import referral_factory_limiter
     from stsync.storage.config import default_config
     from stsync.storage.paths import ConnectionPaths
@@ -92,7 +92,10 @@ def test_the_connections_referral_factory_limiter_has_half_its_headroom_as_burst
     config = default_config()
     limiter = referral_factory_limiter(ConnectionPaths.for_config(tmp_path / "c.toml"), config)
     assert config.limits.referral_factory_per_minute == 600
-    assert limiter.burst == 6
+    assert limiter.burst == 1  # up to 6 allowed; one lets the first search page follow the campaign read
+    slow = default_config()
+    slow.limits.referral_factory_per_minute = 30  # 2 % of 30 is not a request: no burst at all
+    assert referral_factory_limiter(ConnectionPaths.for_config(tmp_path / "c.toml"), slow).burst == 0
 
 
 def test_a_slowed_limiter_does_not_burst(tmp_path: Path):
@@ -118,7 +121,7 @@ def test_a_slowed_limiter_does_not_burst(tmp_path: Path):
 )
 def test_with_its_burst_no_window_holds_more_than_limit_less_half_the_headroom(limit, window, bursts):
     """Idle spells (fractions of the window) and runs of back-to-back requests: the burst
-    never makes any rolling window hold more than burst + ceil(limit × 0.98) ≤ limit."""
+    never makes any rolling window hold more than burst + floor(limit × 0.98) + 1 ≤ limit."""
     fake = FakeTime(1000.0)
     limiter = RateLimiter(limit, window, clock=fake.clock, sleep=fake.sleep, burst=max_burst(limit))
     sends = []
@@ -127,7 +130,7 @@ def test_with_its_burst_no_window_holds_more_than_limit_less_half_the_headroom(l
         for _ in range(count):
             limiter.acquire()
             sends.append(fake.now)
-    bound = limiter.burst + math.ceil(limit * 0.98 - 1e-9)
+    bound = limiter.burst + math.floor(limit * 0.98 + 1e-9) + 1
     assert bound <= limit
     assert max_in_any_window(sends, window) <= bound
 
