@@ -122,6 +122,11 @@ class Connection:
     def secrets(self) -> SecretStore:
         return SecretStore(self.paths)
 
+    @property
+    def has_ledger(self) -> bool:
+        """A ledger is open or exists on disk (asking ``ledger`` would create one)."""
+        return "ledger" in self.__dict__ or self.paths.ledger.exists()
+
     @cached_property
     def ledger(self) -> Ledger:
         self.paths.ensure_state()

@@ -5,7 +5,10 @@
     ├── ConfigError                  3  config or mapping invalid
     │   ├── SetupRequired            3  required booking fields unmapped (the seed's banner)
     │   ├── SecretStoreUnavailable   3  no usable secret store (headless cron)
-    │   └── ConnectionInUse          3  another config file already goes by this connection name
+    │   ├── ConnectionInUse          3  another config file already goes by this connection name
+    │   ├── StateUnusable            3  this machine cannot keep the state: a file where a
+    │   │                               directory should be, read-only, full disk
+    │   └── LedgerDamaged            3  the ledger's file is damaged or misses a table
     ├── AuthError                    4  credentials, app key, tenant, booking provider, RF key
     ├── PartialFailure               5  some records failed; the rest is done and recorded
     ├── InvalidRecord                5  one record cannot be sent (a lead without e-mail, ...)
@@ -169,6 +172,43 @@ class ConnectionInUse(ConfigError):
             hint=f"give this config a name of its own: `stsync --config {shlex.quote(config)} connect --connection NAME` "
             "(or rename the file, if it has no `connection = ...` line: it is then named after the file)",
         )
+
+
+class StateUnusable(ConfigError):
+    """A file or directory of the connection's state cannot be used on this machine: a file
+    where a directory should be, no permission, a read-only file system, a full disk.
+
+    Nothing is wrong with the config or either service: the fix is on this machine, so the
+    message names the path and the reason, and the hint the way out (``STSYNC_STATE_DIR``
+    moves the whole state elsewhere). ``reason`` is a short key: ``not_a_directory``,
+    ``permission``, ``read_only``, ``disk_full`` or ``os_error``."""
+
+    shape_fields = (*ConfigError.shape_fields, "path", "reason")
+
+    def __init__(self, message: str, *, path: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.reason = reason
+
+
+class LedgerDamaged(ConfigError):
+    """The ledger file is not a database any more, has damaged pages, or misses a table it
+    must have. Moving it aside is safe: a new ledger is started, and every push looks a
+    booking up by its External Id in ServiceTitan before creating it, so nothing is booked
+    twice — only the history is gone."""
+
+    shape_fields = (*ConfigError.shape_fields, "path")
+
+    def __init__(self, message: str, *, path: str, hint: str | None = None) -> None:
+        moved = f"{path}.damaged"
+        super().__init__(
+            message,
+            hint=hint
+            or f"move it aside (`mv {path} {moved}`; its -wal and -shm files too, if any): the next command "
+            "starts a new ledger, and pushes look each booking up in ServiceTitan first, so nothing is booked "
+            f"twice (the history is lost; `sqlite3 {moved} .recover` may save some of it)",
+        )
+        self.path = path
 
 
 class AuthError(StsyncError):

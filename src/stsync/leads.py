@@ -63,8 +63,10 @@ LEAD_FIELD_LABELS: dict[str, str] = {
 }
 
 # The label `push-lead --phone` files the phone under: Referral Factory users have no phone
-# field, campaign forms collect it as a form field (api/referral-factory.md §6.2).
-PHONE_META_LABEL = "Phone"
+# field, campaign forms collect it as a form field (api/referral-factory.md §6.2) — the
+# campaign form's "Phone Number", which the README's mapping reads (`map set phone --from
+# "meta.Phone Number"`).
+PHONE_META_LABEL = "Phone Number"
 
 
 @dataclass(frozen=True)
@@ -145,11 +147,14 @@ class LeadReader:
     docstring). ``campaign_id`` is the campaign of a user that names none;
     ``with_referrer=False`` reads no referrer (their fields stay empty)."""
 
-    def __init__(self, rf: ReferralFactoryClient, campaign_id: int, *, with_referrer: bool = True) -> None:
+    def __init__(
+        self, rf: ReferralFactoryClient, campaign_id: int, *, with_referrer: bool = True, known: Campaign | None = None
+    ) -> None:
         self.rf = rf
         self.campaign_id = campaign_id
         self.with_referrer = with_referrer
-        self._campaigns: dict[int, Campaign] = {}
+        # ``known``: a campaign the caller read already (not read again).
+        self._campaigns: dict[int, Campaign] = {known.id: known} if known is not None else {}
         self._referrers: dict[int, User | None] = {}
 
     def campaign(self, campaign_id: int | None = None) -> Campaign:
@@ -414,7 +419,7 @@ def lead_from_flags(
     """A lead typed on the command line (``push-lead --email --first-name ... --field K=V``).
 
     ``fields`` keys are SPEC §3 lead field names or ``meta.<label>``; ``--phone`` is filed
-    as ``meta.Phone`` (map it with ``stsync map set phone --from meta.Phone``).
+    as ``meta.Phone Number`` (map it with ``stsync map set phone --from "meta.Phone Number"``).
     """
     values: dict[str, Any] = {
         "email": _text(email),
@@ -436,6 +441,15 @@ def lead_from_flags(
                 f"--field {key}=…: {key!r} is not a lead field{did_you_mean(name, LEAD_FIELDS)}",
                 hint="use one of " + ", ".join(LEAD_FIELDS) + ", or meta.<label> for a campaign form field",
             )
+    typed = [("--email", email), ("--first-name", first_name), ("--referral-code", referral_code),
+             ("--campaign-name", campaign_name), ("--phone", phone)]
+    typed += [("--field", f"{key}={raw}") for key, raw in (fields or {}).items()]
+    for flag, given in typed:
+        if given is not None and has_lone_surrogate(str(given)):
+            raise UsageError(
+                f"{flag} is not text: it has bytes that are not UTF-8",
+                hint="type the value again, or check the terminal's encoding",
+            )
     if values["email"] is None:
         raise UsageError("--email is empty")
     if "@" not in values["email"]:
@@ -451,17 +465,24 @@ def lead_from_flags(
 # -- helpers ----------------------------------------------------------------------------------
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """``text`` holds a UTF-16 surrogate of its own (from a JSON ``\\ud800`` escape, or bytes that
+    were not UTF-8 on the command line): not Unicode text, so it can be neither sent nor stored."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def _meta_lookup(meta: Mapping[str, str], label: str) -> str | None:
     if label in meta:
         return meta[label]
-    wanted = _norm_label(label)
+    wanted = meta_label_key(label)
     for key, value in meta.items():
-        if _norm_label(key) == wanted:
+        if meta_label_key(key) == wanted:
             return value
     return None
 
 
-def _norm_label(label: str) -> str:
+def meta_label_key(label: str) -> str:
+    """A form field's label as it is matched: case and spacing aside."""
     return " ".join(label.split()).casefold()
 
 

@@ -17,6 +17,11 @@ either. Under ``run`` and ``serve`` the JSON lines go to stderr too (``attach_st
 **Context.** ``bind(**fields)`` sets what holds for the whole process (the connection, the
 command); ``log_context(**fields)`` adds keys for a block — a run, one record — on the
 current thread (a ``ContextVar``: ``workpool`` copies it into its workers).
+
+The log never breaks a command: when the state directory cannot hold it (a file, read-only, a
+full disk) nothing is logged to a file, no stack trace of logging's own reaches the terminal,
+and ``log_file_in_use()`` is None — so no message names a log file that does not exist. A
+write or a close that fails later (the disk filled up) stops the file quietly.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import IO, Any
 
+from stsync.errors import StsyncError
 from stsync.storage.paths import PRIVATE_FILE, ConnectionPaths
 
 _LOGGER = "stsync"
@@ -142,7 +149,33 @@ def formatter_for(log_format: str) -> logging.Formatter:
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Opens the log file 0600: at start and after every rollover (the stdlib's uses the umask)."""
+    """Opens the log file 0600: at start and after every rollover (the stdlib's uses the umask).
+
+    A record that cannot be written (the disk is full) stops the file: ``broken`` is set and
+    nothing is printed — logging's own handler of errors would print its traceback on stderr.
+    """
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.broken = True
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError:
+            self.broken = True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # its last flush, on a full disk
+            self.broken = True
+            self.stream = None
 
     def _open(self):
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
@@ -176,8 +209,12 @@ def attach_file_handler(
         logger.addHandler(handler)
         _handlers.append(handler)
         _formatted.append(handler)
-    except OSError:
-        pass  # an unwritable state dir is reported by the command that needs it
+    except (OSError, StsyncError):
+        # An unusable state dir is reported by the command that needs it. Meanwhile records go
+        # nowhere, not to logging's last resort (stderr, with tracebacks).
+        null = logging.NullHandler()
+        logger.addHandler(null)
+        _handlers.append(null)
     if verbosity and terminal_stream is not None:
         stream = logging.StreamHandler(terminal_stream)
         stream.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
@@ -218,9 +255,20 @@ def detach_handlers() -> None:
     while _handlers:
         handler = _handlers.pop()
         logger.removeHandler(handler)
-        handler.close()
+        try:
+            handler.close()
+        except OSError:
+            pass  # a full disk: the file was stopped already
     with _lock:
         _process_context.clear()
+
+
+def log_file_in_use() -> Path | None:
+    """The log file records are written to now; None when there is none (or it stopped)."""
+    for handler in _handlers:
+        if isinstance(handler, PrivateRotatingFileHandler) and not handler.broken:
+            return Path(handler.baseFilename)
+    return None
 
 
 def get_logger(name: str) -> logging.Logger:

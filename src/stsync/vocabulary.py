@@ -118,6 +118,15 @@ class BookingSection(StrEnum):
     REFERRERS = "referrers"
 
 
+class HistoryKind(StrEnum):
+    """What ``stsync history --kind`` lists: each kind of record the ledger keeps."""
+
+    PUSH = "push"  # booking attempts (push-lead, serve)
+    QUALIFY = "qualify"  # qualifications and unqualifications sent to Referral Factory
+    SYNC = "sync"  # customer sync outcomes: a customer became (or did not become) a referrer
+    WEBHOOK = "webhook"  # webhook deliveries received by serve
+
+
 class ReportGroup(StrEnum):
     """A row per what (``report --by``): the referrer who brought the referrals, or the month they joined."""
 

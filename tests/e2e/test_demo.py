@@ -84,3 +84,32 @@ def test_the_demo_in_process_closes_every_step_s_connection_and_log(cli):
             continue
     assert [f for f in open_files if "stsync-demo-" in f] == []
     assert [h for h in logging.getLogger("stsync").handlers if isinstance(h, logging.FileHandler)] == []
+
+
+def test_demo_keep_says_how_to_use_what_it_kept_and_those_commands_work(tmp_path):
+    import shutil
+
+    done = subprocess.run(
+        [sys.executable, "-m", "stsync", "demo", "--keep", "--customers", "5", "--leads", "2"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stderr
+    commands = [line.strip() for line in said.splitlines() if line.strip().startswith("STSYNC_STATE_DIR=")]
+    kept = Path(next(line for line in said.splitlines() if "kept the demo's files in" in line).split(" in ", 1)[1].strip())
+    try:
+        assert kept.is_dir() and "The simulator stopped with the demo" in said and f"Remove them with: rm -rf {kept}" in said
+        assert [command.rsplit(" ", 1)[-1] for command in commands] == ["history", "--offline", "show"]
+        # Each command, pasted into a shell as printed, reads what the demo kept.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        history = subprocess.run(
+            ["bash", "-c", commands[0]], capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": path}
+        )
+        assert history.returncode == 0, history.stderr
+        assert "created" in history.stdout + history.stderr
+        show = subprocess.run(
+            ["bash", "-c", commands[2]], capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": path}
+        )
+        assert show.returncode == 0 and "External Id" in show.stdout + show.stderr
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)

@@ -199,7 +199,7 @@ RECIPES: dict[str, Recipe] = {
     "disconnect": lambda sb, cli: [ran(cli("--json", "disconnect", "--yes"), 0)],
     "map show": lambda sb, cli: [ran(cli("--json", "map", "show"), 0), ran(cli("--json", "map", "show", "--for", "customers"), 0)],
     "map set": lambda sb, cli: [ran(cli("--json", "map", "set", "summary", "--value", "Spring referral"), 0),
-                                ran(cli("--json", "map", "set", "nmae", "--from", "first_name"), 3)],
+                                ran(cli("--json", "map", "set", "nmae", "--from", "first_name"), 2)],
     "map unset": lambda sb, cli: [ran(cli("--json", "map", "unset", "summary"), 0)],
     "map action": lambda sb, cli: [ran(cli("--json", "map", "action", "referrers", "create-booking"), 0)],
     "map qualify": lambda sb, cli: [ran(cli("--json", "map", "qualify", "job-status", "--status", "Completed"), 0)],

@@ -97,7 +97,7 @@ def test_setup_required_and_nothing_to_action_as_the_troubleshooting_guide_descr
 def test_an_edited_mapping_makes_a_booking_the_sandbox_accepts(connected, cli):
     for args in (
         ("name", "--template", "{first_name} {meta.Last Name}"),
-        ("phone", "--from", "meta.Phone"),
+        ("phone", "--from", "meta.Phone Number"),  # the README's mapping: --phone fills it
         ("customer_type", "--select", "residential"),
         ("priority", "--select", "High"),
         ("summary", "--template", "Referred by {referrer_first_name}"),

@@ -86,14 +86,20 @@ def test_history_in_a_pipe_is_tsv_that_grep_and_cut_can_use(pushed):
     done = stsync("history")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split("\t") == ["started_at", "email", "external_id", "outcome", "booking_id", "error"]
+    assert lines[0].split("\t") == ["at", "kind", "id", "email", "record", "outcome", "detail"]
     rows = [line.split("\t") for line in lines[1:]]
-    assert len(rows) == 3 and all(len(row) == 6 for row in rows)
-    # `stsync history | grep margaret | cut -f3,4,5`
+    assert len(rows) == 3 and all(len(row) == 7 for row in rows)
+    # `stsync history | grep margaret | cut -f5,6,7`
     [margaret] = [row for row in rows if "margaret" in "\t".join(row)]
-    assert margaret[2:5] == ["mOc4ReF9", "created", str(pushed["margaret.oconnell@example.com"]["booking_id"])]
-    [failed] = [row for row in rows if row[3] == "failed"]
-    assert failed[1] == "nameless.lead@example.net" and "first_name" in failed[5]
+    assert margaret[4:7] == ["mOc4ReF9", "created", f"booking #{pushed['margaret.oconnell@example.com']['booking_id']}"]
+    [failed] = [row for row in rows if row[5] == "failed"]
+    assert failed[3] == "nameless.lead@example.net" and "first_name" in failed[6]
+    # One kind: its own columns, the booking id a column of its own.
+    pushes = stsync("history", "--kind", "push")
+    lines = pushes.stdout.splitlines()
+    assert lines[0].split("\t") == ["started_at", "id", "email", "external_id", "outcome", "booking_id", "error"]
+    [margaret] = [line.split("\t") for line in lines[1:] if "margaret" in line]
+    assert margaret[3:6] == ["mOc4ReF9", "created", str(pushed["margaret.oconnell@example.com"]["booking_id"])]
     # The talk is on stderr, and it is not the data.
     assert "Last push run" in done.stderr and "margaret" not in done.stderr
 
@@ -129,7 +135,7 @@ def test_on_a_terminal_the_data_is_a_table_on_stdout(pushed):
     code, shown, stderr = stsync_on_a_terminal("history", columns=120)
     assert code == 0
     assert "\t" not in shown
-    assert re.search(r"^When \(UTC\) +E-mail +External Id +Outcome +Booking +Error *$", shown, re.M), shown
+    assert re.search(r"^When \(UTC\) +Kind +Id +E-mail +Record +Outcome +Detail *$", shown, re.M), shown
     assert "Last push run" in stderr
 
 

@@ -124,7 +124,7 @@ def test_a_lead_becomes_one_booking_with_exactly_the_mapped_fields_and_never_two
         ("already_booked", booking["id"]), ("created", booking["id"])]
     table = stsync("history")
     # Piped: TSV, newest first.
-    assert table.exit_code == 0 and f"\t{user['code']}\talready_booked\t{booking['id']}\t" in table.stdout
+    assert table.exit_code == 0 and f"\t{user['code']}\talready_booked\tbooking #{booking['id']}\n" in table.stdout
 
 
 def test_a_commit_then_500_makes_one_booking_found_by_its_external_id(connected, stsync):

@@ -127,7 +127,8 @@ def test_one_time_sync_then_a_second_run_then_changes_flow_through(connected, ca
     code, again = sync(capsys, "--ongoing")
     assert code == 0
     assert (again["counts"]["created"], again["counts"]["adopted"], again["counts"]["updated"], again["counts"]["return_fields_written"]) == (0, 0, 0, 0)
-    assert [r for r in sb.request_log if r.service == "referral_factory"] == []
+    # Referral Factory is asked one thing only: is the campaign still launched.
+    assert [r.path for r in sb.request_log if r.service == "referral_factory"] == [f"/api/v2/campaigns/{sb.credentials.campaign_id}"]
     assert [r for r in sb.request_log if r.method in ("POST", "PATCH", "PUT") and r.service != "auth"] == []
 
     # 10 new customers and 5 renamed referrers: the new eligible ones are created, the 5 renamed.
@@ -196,18 +197,21 @@ def test_the_cli_says_what_it_did_and_refuses_two_modes(connected, capsys):
     assert "not both" in capsys.readouterr().err
 
 
-def test_customers_referral_factory_refuses_are_exit_5_with_its_words(connected, capsys):
+def test_a_paused_campaign_stops_the_sync_once_before_any_customer(connected, capsys):
+    """Referral Factory refuses every new user of a paused campaign: the run reads the campaign
+    once and stops with exit 3 and the fix, instead of failing every customer one by one and
+    spending the Referral Factory budget on the refusals (issue 15 item 6)."""
     sb = connected
-    sb.pause_campaign(sb.credentials.campaign_id)  # Referral Factory now refuses every new user
-    eligible = sum(1 for outcome, _ in list(expected_outcomes(sb).values())[:10] if outcome in ("created", "adopted"))
+    sb.pause_campaign(sb.credentials.campaign_id)
+    sb.clear_request_log()
 
-    code, report = sync(capsys, "--once", "--limit", "10")
+    code = run(["--json", "sync-customers", "--once"])
 
-    assert code == 5 and report["ok"] is False
-    assert (report["counts"]["created"], report["counts"]["failed"]) == (0, eligible)
-    error = report["failures"][0]["error"]
-    assert (error["service"], error["status"], error["stage"]) == ("referral_factory", 422, "referrer")
-    assert "campaign" in error["message"].lower()  # Referral Factory's own words, kept
+    out, err = capsys.readouterr()
+    assert code == 3
+    error = json.loads(out)["error"]
+    assert error["type"] == "ConfigError" and "paused" in error["message"] and "launch the campaign" in error["hint"]
+    assert [(r.service, r.method) for r in sb.request_log if r.service != "auth"] == [("referral_factory", "GET")]
     assert not [u for u in sb.rf_users(campaign_id=sb.credentials.campaign_id) if u["source"] == "Api"]
 
 
@@ -220,4 +224,5 @@ def test_a_return_field_missing_in_servicetitan_is_exit_3_before_anything_is_cre
     err = capsys.readouterr().err
     assert code == 3
     assert "Referral Code" in err and "validate --online" in err
-    assert [r for r in sb.request_log if r.service == "referral_factory"] == []
+    # Only the campaign was read (it must be launched); nothing was created.
+    assert [r.path for r in sb.request_log if r.service == "referral_factory"] == [f"/api/v2/campaigns/{sb.credentials.campaign_id}"]

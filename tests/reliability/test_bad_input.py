@@ -129,7 +129,7 @@ def test_empty_and_blank_lead_files_are_usage_errors(connected, cli, tmp_path):
 def test_lead_files_that_are_not_json_or_not_leads(connected, cli, tmp_path):
     truncated = tmp_path / "truncated.json"
     truncated.write_text('[{"email": "x@example.com", ')
-    assert_clear(cli("push-lead", "--file", truncated), 2, str(truncated), "not valid JSON", "line 1, column")
+    assert_clear(cli("push-lead", "--file", truncated), 2, str(truncated), "not JSON", "line 1, column")
     number = tmp_path / "number.json"
     number.write_text("42")
     assert_clear(cli("push-lead", "--file", number), 2, "expected a lead as a JSON object", "int")
@@ -148,7 +148,7 @@ def test_a_20_mb_lead_file_of_garbage_is_refused_quickly(connected, cli, tmp_pat
     huge = tmp_path / "huge.json"
     with huge.open("w") as out:
         out.write("x" * (20 * MB))
-    assert_clear(cli("push-lead", "--file", huge), 2, str(huge), "not valid JSON")
+    assert_clear(cli("push-lead", "--file", huge), 2, str(huge), "not JSON")
     assert connected.bookings() == []
 
 
@@ -211,8 +211,8 @@ def test_usage_mistakes_exit_2(connected, cli):
     assert_clear(cli("push-lead", "--email", "a@example.com", "--first-name", "A", "--field", "novalue"), 2, "'novalue'", "K=V")
     assert_clear(cli("sync-customers", "--limit", "0"), 2, "--limit")
     assert_clear(cli("connect", "--tenant-id", "abc"), 2, "--tenant-id")
-    assert_clear(cli("map", "set", "nmae", "--from", "first_name"), 3, "'nmae'", "did you mean 'name'")
-    assert_clear(cli("map", "set", "is_first_time_client", "--select", "maybe"), 3, "'maybe'", "yes, no")
+    assert_clear(cli("map", "set", "nmae", "--from", "first_name"), 2, "'nmae'", "did you mean 'name'")
+    assert_clear(cli("map", "set", "is_first_time_client", "--select", "maybe"), 2, "'maybe'", "yes, no")
     assert connected.bookings() == []
 
 

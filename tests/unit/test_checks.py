@@ -383,7 +383,8 @@ def test_every_check_name_is_written_once_and_each_plan_runs_its_prerequisites_f
     specs = [value for value in vars(table).values() if isinstance(value, CheckSpec)]
     names = [item.name for item in specs]
     assert len(names) == len(set(names))
-    for plan in (table.VALIDATE_OFFLINE, table.DIAGNOSE_OFFLINE, (*table.DIAGNOSE_OFFLINE, *table.LIVE), table.CONNECT):
+    diagnose = (*table.DIAGNOSE_OFFLINE, *table.LIVE, *table.DIAGNOSE_RUNS)
+    for plan in (table.VALIDATE_OFFLINE, table.DIAGNOSE_OFFLINE, diagnose, table.CONNECT):
         for position, item in enumerate(plan):
             for need in item.needs:
                 assert need not in plan[position:], f"{item.name} runs before {need.name}"
@@ -508,3 +509,25 @@ def test_at_a_terminal_the_default_answer_sends_nothing_to_the_other_environment
     err, out = " ".join(said.err.split()), " ".join(said.out.split())  # the question is talk; the checks are data
     assert "[y/N]" in err and "not sent to integration" in out
     assert "run `stsync connect --environment integration`" in out
+
+
+@pytest.mark.parametrize(
+    ("failure", "rechecked_by"),
+    [
+        ({"type": "AuthError", "exit_code": 4, "message": "ServiceTitan rejected the Client ID / Client Secret"},
+         {"ServiceTitan token", "ServiceTitan app key and tenant access", "Booking Provider Value"}),
+        ({"type": "AuthError", "exit_code": 4, "message": "Referral Factory rejected the API key"},
+         {"Referral Factory API key", "Referral Factory campaign"}),
+        ({"type": "ConfigError", "exit_code": 3, "key_path": "referral_factory.campaign_id", "message": "paused"},
+         {"Referral Factory campaign"}),
+        ({"type": "SetupRequired", "exit_code": 3, "key_path": "leads.fields", "message": "Setup Required"},
+         {"Leads: when lead joins campaign", "Leads: field mapping"}),
+        ({"type": "StateUnusable", "exit_code": 3, "key_path": None, "message": "disk full"}, {"State directory"}),
+        ({"type": "TemporaryError", "exit_code": 6, "message": "ServiceTitan is unavailable"},
+         {"ServiceTitan token", "ServiceTitan app key and tenant access", "Referral Factory API key",
+          "Referral Factory rate limit"}),
+        ({"type": "StsyncError", "exit_code": 1, "message": "a bug"}, set()),
+    ],
+)
+def test_a_failed_runs_cause_is_rechecked_by_the_checks_that_verify_it(failure, rechecked_by):
+    assert {spec.name for spec in table.cause_checks(failure)} == rechecked_by

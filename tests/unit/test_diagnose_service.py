@@ -497,7 +497,8 @@ def test_email_story_online_tells_rf_user_referrer_booking_and_job(paths: Connec
     assert "booking 5551 is Converted; job 7100001 is InProgress" in text
     # The JSON shape of `diagnose --json --email` (and of the bundle's story), key for key.
     data = json.loads(json.dumps(story.to_dict(), default=str))
-    assert list(data) == ["email", "seen", "referral_factory", "referral_factory_note", "pushes", "referrer_record", "summary", "next_steps"]
+    assert list(data) == ["email", "seen", "referral_factory", "referral_factory_note", "pushes", "referrer_record",
+                          "deliveries", "summary", "next_steps"]
     assert list(data["referral_factory"]) == ["id", "campaign_id", "type", "type_label", "first_name", "email", "code", "url",
                                               "source", "signed_up_at", "qualified", "qualified_at", "referrer_id", "referrer"]
     assert data["referral_factory"]["referrer"] == {"id": 400, "first_name": "John", "email": "john@example.com", "code": "JOHN"}

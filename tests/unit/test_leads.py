@@ -137,7 +137,7 @@ def test_lead_from_flags_files_phone_and_fields():
         "jane@example.com", "Jane", "C1", "Spring", phone="8185550100",
         fields={"meta.Last Name": "Doe", "referrer_code": "JOHN1", "campaign_id": "7"},
     )
-    assert lead.value("meta.Phone") == "8185550100"
+    assert lead.value("meta.Phone Number") == "8185550100"  # the label the README's mapping reads
     assert lead.value("meta.Last Name") == "Doe"
     assert lead.referrer_code == "JOHN1" and lead.campaign_id == 7 and lead.campaign_name == "Spring"
     assert lead.type == "person_invited"

@@ -574,7 +574,11 @@ def test_an_intent_that_fails_fails_alone(ledger, monkeypatch):
 
     monkeypatch.setattr(ledger_module._Intent, "insert", failing)
     ids, errors = _intents_from_threads(ledger, ["A", "BAD", "B", "C"])
-    assert list(errors) == ["BAD"] and isinstance(errors["BAD"], sqlite3.OperationalError)
+    # SQLite's error reaches the caller as stsync's, as for every other write (Ledger._translate).
+    from stsync.errors import StateUnusable
+
+    assert list(errors) == ["BAD"] and isinstance(errors["BAD"], StateUnusable)
+    assert "disk I/O error" in str(errors["BAD"])
     assert sorted(ids) == ["A", "B", "C"]
     assert sorted(a.external_id for a in ledger.unfinished_intents()) == ["A", "B", "C"]
     assert {a.id for a in ledger.unfinished_intents()} == set(ids.values())
@@ -826,3 +830,28 @@ def test_open_failures_are_the_records_own_and_still_unresolved(ledger):
     assert ledger.failed_deliveries()[0] == 1
     waiting, oldest = ledger.waiting_deliveries()
     assert waiting == 2 and oldest is not None
+
+
+def test_a_failed_run_keeps_its_error_as_data_for_diagnose(tmp_path):
+    from stsync.errors import AuthError
+
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        with pytest.raises(AuthError):
+            with ledger.recorded_run("push", "push-lead --new", counts=lambda: {"total": 0}, failed=lambda: False):
+                raise AuthError("ServiceTitan rejected the Client ID / Client Secret", hint="stsync connect")
+        run = ledger.last_run("push")
+        assert run is not None and run.outcome == "failed"
+        assert run.error == "ServiceTitan rejected the Client ID / Client Secret"
+        assert run.failure == {
+            "type": "AuthError", "message": run.error, "hint": "stsync connect", "exit_code": 4,
+        }  # fmt: skip
+
+
+def test_acknowledgements_are_kept_per_kind_and_record_and_moved_by_a_second_one(tmp_path):
+    with Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
+        first = ledger.acknowledge("push", "CODE1", note="a test lead")
+        assert ledger.acknowledgements("push") == {"CODE1": first}
+        assert ledger.acknowledgements("sync") == {}
+        again = ledger.acknowledge("push", "CODE1")
+        assert again.acknowledged_at >= first.acknowledged_at and again.note is None
+        assert list(ledger.acknowledgements("push").values()) == [again]

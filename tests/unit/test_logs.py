@@ -69,3 +69,46 @@ def test_a_symlinked_log_files_target_is_written_through_and_keeps_its_mode(path
     assert paths.log_file.is_symlink()
     assert "through the link" in target.read_text()
     assert mode(target) == 0o640
+
+
+class DiskFull:
+    """A log stream on a disk with 0 bytes free: every write and flush raise ENOSPC."""
+
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        self.flush()
+
+
+def test_a_full_disk_stops_the_log_file_quietly_also_at_close(paths, capsys):
+    from stsync.logs import log_file_in_use
+
+    attach_file_handler(paths)
+    assert log_file_in_use() == paths.log_file
+    [handler] = [h for h in logging.getLogger("stsync").handlers if isinstance(h, logging.handlers.RotatingFileHandler)]
+    handler.stream.close()
+    handler.stream = DiskFull()
+    get_logger("stsync.test").error("this line finds the disk full")
+    assert log_file_in_use() is None, "a stopped log file is not named in messages"
+    detach_handlers()  # the close flushes: ENOSPC again, and nothing raised
+    captured = capsys.readouterr()
+    assert "Logging error" not in captured.err and "Traceback" not in captured.err
+
+
+def test_a_state_dir_that_cannot_hold_the_log_prints_nothing_of_logging(tmp_path, monkeypatch, capsys):
+    from stsync.logs import log_file_in_use
+
+    blocker = tmp_path / "state-is-a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("STSYNC_STATE_DIR", str(blocker))
+    attach_file_handler(ConnectionPaths.for_config(tmp_path / "acme.toml"))
+    try:
+        assert log_file_in_use() is None
+        get_logger("stsync.test").error("unexpected error\nTraceback (most recent call last): ...")
+    finally:
+        detach_handlers()
+    assert capsys.readouterr().err == "", "logging's last resort does not print records on stderr"

@@ -172,8 +172,9 @@ def lead_and_complete_mapping(draw):
     meta: dict[str, str] = {}
     fields: dict[str, dict] = {"email": {"from": "email"}}
 
-    def text_source() -> dict:
-        choice = draw(st.sampled_from(["from", "meta", "value", "template"]))
+    def text_source(*, fixed: bool = True) -> dict:
+        # The External Id is never fixed: it must differ for every lead (validation refuses it).
+        choice = draw(st.sampled_from(["from", "meta", "value", "template"] if fixed else ["from", "meta", "template"]))
         if choice == "from":
             name = draw(st.sampled_from(_string_fields))
             values[name] = draw(_text)
@@ -195,7 +196,7 @@ def lead_and_complete_mapping(draw):
         return {"from": f"meta.{label}"}
 
     for target in ("source", "name", "summary", "external_id"):
-        fields[target] = text_source()
+        fields[target] = text_source(fixed=target != "external_id")
     yes_no = st.sampled_from(["yes", "No", "TRUE", "false", "y", "0"])
     fields["is_first_time_client"] = draw(st.one_of(
         st.builds(lambda v: {"select": v}, st.sampled_from(["yes", "no"])),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stsync.cli.app import run
-from stsync.errors import ConfigError, UsageError
+from stsync.errors import UsageError
 from stsync.services import mapping_edit
 from stsync.storage.config import default_config, load_config
 from stsync.storage.config_writer import save_config
@@ -56,11 +56,15 @@ def test_set_each_kind_and_the_file_reloads(config_path: Path):
         ("first_nme", "from", "customer.first_name", "customers", "did you mean 'first_name'"),
         ("first_name", "from", "customer.frist_name", "customers", "did you mean 'customer.first_name'"),
         ("email", "value", "x@y.com", "customers", "own e-mail"),
+        ("external_id", "value", "REF-1", "leads", "already booked"),
+        ("external_id", "template", "referral", "referrers", "names no field"),
+        ("external_id", "value", "REF-1", "referrers", "stsync map set external_id --from referral_code --for referrers"),
     ],
 )
 def test_invalid_sets_are_refused_and_the_file_is_unchanged(config_path: Path, target, kind, value, for_, words):
+    """What the person typed is refused as a usage mistake (exit 2), the file untouched."""
     before = config_path.read_text()
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(UsageError) as caught:
         mapping_edit.set_field(config_path, target, kind=kind, value=value, for_=for_)
     assert words in f"{caught.value} {caught.value.hint or ''}"
     assert config_path.read_text() == before
@@ -72,7 +76,7 @@ def test_unset_a_required_field_reports_setup_required(config_path: Path):
     assert "summary" not in load_config(config_path).leads.fields
     again = mapping_edit.unset_field(config_path, "summary")
     assert not again.changed
-    with pytest.raises(ConfigError, match="did you mean 'summary'"):
+    with pytest.raises(UsageError, match="did you mean 'summary'"):
         mapping_edit.unset_field(config_path, "sumary")
 
 
@@ -133,11 +137,11 @@ def test_map_qualify_hold_days_on_the_command_line_is_shown_by_map_show(config_p
 def test_return_fields_add_and_remove(config_path: Path):
     mapping_edit.set_return_field(config_path, "Referral URL", "referral_link")
     assert load_config(config_path).customer_sync.return_fields["Referral URL"] == "referral_link"
-    with pytest.raises(ConfigError, match="referral_link or referral_code"):
+    with pytest.raises(UsageError, match="referral_link or referral_code"):
         mapping_edit.set_return_field(config_path, "Count", "referral_count")
     mapping_edit.remove_return_field(config_path, "Referral URL")
     assert "Referral URL" not in load_config(config_path).customer_sync.return_fields
-    with pytest.raises(ConfigError, match="did you mean 'Referral Link'"):
+    with pytest.raises(UsageError, match="did you mean 'Referral Link'"):
         mapping_edit.remove_return_field(config_path, "Referal Link")
 
 
@@ -227,10 +231,15 @@ def test_map_set_cli_messages_and_exit_codes(config_path: Path, capsys):
     assert 'name = { template = "{first_name} {meta.Last Name}" }' in capsys.readouterr().err
     assert run(["map", "set", "name", "--from", "first_name", "--value", "x"]) == 2
     assert "exactly one of" in capsys.readouterr().err
-    assert run(["map", "set", "nmae", "--from", "first_name"]) == 3
+    # A typo is a usage error wherever it is typed: a target, a field, an option, a status.
+    assert run(["map", "set", "nmae", "--from", "first_name"]) == 2
     assert "did you mean 'name'" in capsys.readouterr().err
+    assert run(["map", "set", "priority", "--select", "Hgh"]) == 2
     assert run(["map", "qualify", "job-status", "--status", "Finished"]) == 2
     assert "Completed" in capsys.readouterr().err
+    assert run(["map", "unset", "sumary"]) == 2
+    assert run(["map", "set", "external_id", "--value", "REF-1"]) == 2
+    assert "already booked" in capsys.readouterr().err
     assert run(["--json", "map", "set", "first_name", "--from", "customer.name", "--for", "customers"]) == 0
     assert json_out(capsys)["change"] == 'customers: first_name = { from = "customer.name" }'
 

@@ -21,7 +21,7 @@ from stsync.leads import Lead, leads_from_input
 from stsync.lookup_grace import GracePeriod
 from stsync.mapping.booking import booking_request_for
 from stsync.services import push as push_service
-from stsync.services.history import push_history
+from stsync.services.history import history
 from stsync.services.lead_sources import complete_leads, fetch_lead
 from stsync.services.push import push_lead, push_leads, push_new, push_target
 
@@ -44,6 +44,14 @@ def booking_json(id: int, external_id: str, **extra: Any) -> dict:
         "bookingProviderId": BP, "createdOn": "2025-05-30T18:22:11Z", "modifiedOn": "2025-05-30T18:22:11Z",
         "start": None, "jobId": None, **extra,
     }
+
+
+CAMPAIGN_JSON = {"data": {"id": CAMPAIGN, "code": "spring", "name": "Spring Referrals", "status": "launched"}}
+
+
+def campaign_launched(httpx_mock: HTTPXMock) -> None:
+    """The campaign read once by a run that creates bookings (``ready_to_create``)."""
+    httpx_mock.add_response(method="GET", url=f"{RF}/campaigns/{CAMPAIGN}", json=CAMPAIGN_JSON)
 
 
 def page(rows: list) -> dict:
@@ -256,6 +264,7 @@ def test_a_lagging_lookup_finds_the_lost_create_and_never_duplicates_it(conn, ht
 
 
 def test_a_batch_looks_its_lost_answers_up_again_with_backoff_until_the_grace_ends(conn, httpx_mock: HTTPXMock, fake_time):
+    campaign_launched(httpx_mock)
     # Lead 1: committed, listed 6 s later → found by a look again. Lead 2: refused before commit
     # → still absent after the grace → unknown for the next run. Lead 3: fine.
     fake = serve_bookings(httpx_mock, FakeBookings(lag=6, clock=fake_time.clock))
@@ -428,6 +437,7 @@ def test_two_threads_pushing_one_lead_create_one_booking(conn, httpx_mock: HTTPX
 
 
 def test_a_batch_goes_past_a_failed_lead_and_records_the_run(conn, httpx_mock: HTTPXMock):
+    campaign_launched(httpx_mock)
     fake = serve_bookings(httpx_mock, FakeBookings())
     leads = [lead(n) for n in range(1, 7)] + [lead(7, email=None)]
     progress = Progress()
@@ -443,6 +453,7 @@ def test_a_batch_goes_past_a_failed_lead_and_records_the_run(conn, httpx_mock: H
 
 
 def test_a_run_level_failure_stops_the_batch_and_is_raised(conn, httpx_mock: HTTPXMock):
+    campaign_launched(httpx_mock)
     conn.config.limits.workers = 1
     not_found = {"title": "Not Found", "status": 404}
     httpx_mock.add_response(method="GET", url=BOOKINGS, match_params={"externalId": "code0001", **LOOKUP_PAGE}, status_code=404, json=not_found)
@@ -455,6 +466,7 @@ def test_a_run_level_failure_stops_the_batch_and_is_raised(conn, httpx_mock: HTT
 
 
 def test_servicetitan_down_mid_batch_stops_the_run_and_records_what_was_done(conn, httpx_mock: HTTPXMock):
+    campaign_launched(httpx_mock)
     conn.config.limits.workers = 1
     fake = serve_bookings(httpx_mock, FakeBookings(down_after=3))
     with pytest.raises(TemporaryError, match="unavailable"):
@@ -503,9 +515,6 @@ def rf_user(id: int, *, type: str = "person_invited", referrer_id: int | None = 
         "email": f"user{id}@example.com", "code": f"rc{id}", "url": f"https://x.test/rc{id}", "type": type,
         "source": "Referred", "signed_up_at": "2025-01-01", "qualified_at": None, "meta": [],
     }
-
-
-CAMPAIGN_JSON = {"data": {"id": CAMPAIGN, "code": "spring", "name": "Spring Referrals", "status": "launched"}}
 
 
 def test_push_new_searches_the_campaigns_leads_paged_and_skips_the_booked(conn, httpx_mock: HTTPXMock):
@@ -621,22 +630,23 @@ def test_complete_leads_fills_the_campaign_name_once(conn, httpx_mock: HTTPXMock
 
 
 def test_history_lists_attempts_newest_first_with_filters(conn, httpx_mock: HTTPXMock):
+    campaign_launched(httpx_mock)
     serve_bookings(httpx_mock, FakeBookings())
     push_leads(conn, [lead(1), lead(2, email=None)], target(conn))
     push_lead(conn, lead(1), target(conn))
 
-    everything = push_history(conn)
+    everything = history(conn, kinds=["push"])
     assert [e.outcome for e in everything.entries][0] == "already_booked"
     assert {e.outcome for e in everything.entries} == {"created", "already_booked", "failed"}
-    failed = push_history(conn, failed_only=True)
-    assert [e.external_id for e in failed.entries] == ["code0002"]
+    failed = history(conn, kinds=["push"], failed_only=True)
+    assert [e.key for e in failed.entries] == ["code0002"]
     assert "email" in error_summary(failed.entries[0].error)
-    mine = push_history(conn, email="JANE1@example.com", limit=1)
+    mine = history(conn, kinds=["push"], email="JANE1@example.com", limit=1)
     assert len(mine.entries) == 1 and mine.entries[0].outcome == "already_booked"
     data = everything.to_dict()
     assert data["last_push_run"]["outcome"] == "partial" and data["count"] == 3
     with pytest.raises(UsageError):
-        push_history(conn, limit=0)
+        history(conn, limit=0)
 
 
 # -- the commands -------------------------------------------------------------------------------
@@ -742,6 +752,7 @@ def test_nothing_to_action_exits_0_with_the_reason(saved_config, tmp_path, capsy
 
 
 def test_history_command_shows_the_attempts(conn, saved_config, httpx_mock: HTTPXMock, capsys):
+    campaign_launched(httpx_mock)
     from stsync.cli.app import run
 
     serve_bookings(httpx_mock, FakeBookings())
@@ -749,7 +760,7 @@ def test_history_command_shows_the_attempts(conn, saved_config, httpx_mock: HTTP
     conn.close()
     assert run(["history"]) == 0
     out = capsys.readouterr().out  # piped: TSV, one attempt per line
-    assert "code0001\tcreated\t1000\t" in out and "no value for" in out
+    assert "\tjane1@example.com\tcode0001\tcreated\tbooking #1000\n" in out and "no value for" in out
     assert run(["--json", "history", "--failed"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [a["external_id"] for a in data["attempts"]] == ["code0002"] and data["filters"]["failed"] is True

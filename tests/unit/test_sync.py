@@ -47,6 +47,7 @@ class FakeApis:
         self.bodies: list[tuple[str, str, Any]] = []
         self.script: dict[tuple[str, str], list[str]] = {}  # (method, path) → answers to play first
         self.unexpected: list[str] = []
+        self.campaign_status = "launched"
         # Referral Factory's search finds a user made by POST /users only this long after
         # (api/referral-factory.md §11 "read-after-write"), on this clock.
         self.search_lag = 0.0
@@ -159,6 +160,8 @@ class FakeApis:
                                             for f in body["customFields"]]
                 customer["modifiedOn"] = self.now()
             return httpx.Response(200, json=customer)
+        if re.fullmatch(r"/api/v2/campaigns/\d+", path) and method == "GET":  # a run reads it once: launched
+            return httpx.Response(200, json={"data": {"id": CAMPAIGN, "name": "Spring Referrals", "status": self.campaign_status}})
         if path == "/api/v2/users" and method == "POST":
             if any(u["email"].casefold() == body["email"].casefold() for u in self.users):
                 return httpx.Response(422, json={"message": "Validation errors", "errors": {"email": ["The email has already been taken."]}})
@@ -277,6 +280,7 @@ def test_a_second_run_sends_nothing_and_sees_its_own_writes_as_unchanged(conn, a
     assert apis.writes() == []
     assert again.examined == 0 and again.complete
     assert sorted(apis.requests) == sorted([
+        ("GET", f"/api/v2/campaigns/{CAMPAIGN}"),  # still launched?
         ("GET", f"{CRM}/customers/custom-fields"), ("GET", f"{CRM}/export/customers/contacts"),
         ("GET", f"{CRM}/export/customers"),
     ])

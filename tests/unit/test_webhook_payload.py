@@ -13,12 +13,14 @@ from stsync.webhooks.payload import (
     LEAD_QUALIFIED,
     REFERRER_JOINED,
     REWARD_ISSUED,
+    UnreadableJson,
     WebhookRejected,
     apply_key_aliases,
     classify,
     delivery_key,
     event_from_text,
     key_aliases,
+    parse_json,
     parse_payload,
 )
 from stsync.webhooks.tokens import bearer_token, check_token, header_token_matches, token_matches
@@ -133,3 +135,43 @@ def test_tokens_match_exactly_from_the_token_header_or_a_bearer_authorization():
     assert header_token_matches(headers.get, TOKEN)
     assert header_token_matches({"Authorization": f"Bearer {TOKEN}"}.get, TOKEN)
     assert not header_token_matches({"Authorization": f"Basic {TOKEN}", "X-Stsync-Token": "wrong"}.get, TOKEN)
+
+
+# -- JSON that breaks a parser (issue 15 item 7) -------------------------------------------------
+BREAKING_BODIES = {
+    "nested_100000_deep": (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    "nested_past_the_limit_in_an_object": (
+        (b'{"a":' * 40) + b"1" + (b"}" * 40),
+        "nested too deeply",
+    ),
+    "a_5000_digit_number": (b'{"email": "a@example.com", "id": ' + b"7" * 5000 + b"}", "5000 digits"),
+    "a_5000_digit_negative_number": (b'{"id": -' + b"7" * 5000 + b"}", "5000 digits"),
+    "a_huge_float": (b'{"id": 1' + b"0" * 200 + b".5}", "characters long"),
+    "nan": (b'{"id": NaN}', "NaN"),
+    "infinity": (b'{"id": -Infinity}', "-Infinity"),
+    "lone_surrogate_in_an_email": (b'{"email": "jo\\ud800@example.com", "code": "x"}', "\\ud800"),
+    "lone_surrogate_in_a_key": (b'{"\\udfff": "x", "email": "jo@example.com"}', "\\udfff"),
+    "not_utf8": (b'{"email": "jos\xe9@example.com"}', "utf-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(BREAKING_BODIES))
+def test_json_that_would_break_the_parser_is_refused_with_a_reason(case):
+    body, said = BREAKING_BODIES[case]
+    with pytest.raises(UnreadableJson) as caught:
+        parse_json(body, what="lead.json")
+    assert str(caught.value).startswith("lead.json") and said in str(caught.value)
+    # A webhook sender gets a 400 with the same words, never a 500.
+    with pytest.raises(WebhookRejected) as rejected:
+        parse_payload(body, "application/json")
+    assert rejected.value.status == 400 and said in rejected.value.message
+
+
+def test_json_within_the_limits_reads_as_usual():
+    deep = b'{"data": {"user": {"meta": [{"field": "Phone", "value": {"a": [1, 2]}}]}}}'
+    assert parse_json(deep)["data"]["user"]["meta"][0]["value"] == {"a": [1, 2]}
+    assert parse_json(b'\xef\xbb\xbf{"id": 9223372036854775807, "n": 1.5, "e": "jos\\u00e9"}') == {
+        "id": 2**63 - 1, "n": 1.5, "e": "josé",
+    }  # fmt: skip
+    # A surrogate *pair* is one character (an emoji), not a lone surrogate.
+    assert parse_json('{"name": "\\ud83d\\ude00"}')["name"] == "\U0001f600"

@@ -1,4 +1,5 @@
-"""Activity checks (diagnose): the ledger, who holds a run lock, how the last run of each job
+"""Activity checks (diagnose): the ledger (opened, and every page checked: a damaged one is a
+FAIL with the fix, and the checks that read the ledger do not run), who holds a run lock, how the last run of each job
 ended, the pushes that failed and were never booked since — each with the lead's e-mail
 and the exact error as recorded —, the creates in doubt ("unknown — will be checked again"),
 the customers ServiceTitan refused because of their own custom field (a person must fix
@@ -23,6 +24,7 @@ from stsync.ratelimit import IP_BLOCKED, local_and_utc, read_state
 from stsync.storage.ledger import Ledger
 from stsync.storage.locks import holder
 from stsync.storage.states import UNKNOWN_LABEL, AttemptOutcome, PushState, ReferrerState, RunJob, RunOutcome
+from stsync.vocabulary import HistoryKind
 
 if TYPE_CHECKING:
     from stsync.storage.ledger import AttemptRecord, PushRecord
@@ -67,14 +69,29 @@ class PushFailure:
         return asdict(self)
 
 
+def check_state_dir(paths: ConnectionPaths) -> Verdict:
+    """The connection's state directory is a directory this user can write (made if missing)."""
+    try:
+        state = paths.ensure_state()
+    except StsyncError as exc:
+        return fail_with(exc)
+    return ok(f"{state} is writable")
+
+
 def open_ledger(paths: ConnectionPaths) -> tuple[Verdict | None, Ledger | None]:
     """The ledger when one exists (nothing to report); a FAIL when it cannot be opened."""
     if not paths.ledger.exists():
         return None, None
     try:
-        return None, Ledger.open(paths.ledger)
+        ledger = Ledger.open(paths.ledger)
     except StsyncError as exc:
         return fail_with(exc), None
+    try:
+        ledger.check_integrity()
+    except StsyncError as exc:
+        ledger.close()
+        return fail_with(exc), None
+    return None, ledger
 
 
 def check_run_locks(paths: ConnectionPaths, *, now: float | None = None) -> Verdict:
@@ -106,8 +123,27 @@ def check_run_locks(paths: ConnectionPaths, *, now: float | None = None) -> Verd
     return ok("; ".join(held))
 
 
-def check_last_run(ledger: Ledger | None, job: RunJob) -> Verdict:
-    """How the last run of ``job`` (push, sync, qualify) ended."""
+@dataclass(frozen=True)
+class Recheck:
+    """A failed run's cause, checked again now: the checks that verify it, by how they answered
+    in this run (``checks.table.recheck``)."""
+
+    passed: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    not_run: tuple[str, ...] = ()  # e.g. the live checks under --offline
+
+    @property
+    def fixed(self) -> bool:
+        return bool(self.passed) and not self.failed and not self.not_run
+
+
+def check_last_run(
+    ledger: Ledger | None, job: RunJob, *, recheck: Callable[[dict[str, Any]], Recheck | None] | None = None
+) -> Verdict:
+    """How the last run of ``job`` (push, sync, qualify) ended. A run stopped by a failure
+    whose cause the checks can verify (``recheck``: credentials, the campaign, the mapping, the
+    state directory, a remote that was down) is re-judged by them: the cause fixed, it passes
+    with a note — it need not wait for the next run to clear."""
     command = JOB_COMMANDS[job]
     if ledger is None:
         return ok(f"`stsync {command}` has not run yet (no ledger yet)")
@@ -131,9 +167,29 @@ def check_last_run(ledger: Ledger | None, job: RunJob) -> Verdict:
             f"partly failed at {when}{counts}{error}",
             "the failed records are listed by `stsync history --failed` (pushes) and below; fix them and run it again",
         )
-    return fail(
+    verdict = fail(
         f"failed at {when}{counts}{error}",
         f"fix the cause (the checks above say which), then run `stsync {command}` again",
+        None,
+    )
+    answer = recheck(run.failure) if recheck is not None and run.failure else None
+    if answer is None:
+        return verdict
+    if answer.fixed:
+        return ok(
+            f"failed at {when}{counts}{error}; its cause is fixed: re-checked now, {', '.join(answer.passed)} "
+            f"pass{'es' if len(answer.passed) == 1 else ''} — the next `stsync {command}` should succeed"
+        )
+    if answer.failed:
+        return fail(
+            f"failed at {when}{counts}{error}; still failing now: {', '.join(answer.failed)}",
+            f"fix {', '.join(answer.failed)} as its fix says, then run `stsync {command}` again",
+            None,
+        )
+    return fail(
+        f"failed at {when}{counts}{error}",
+        f"fix the cause, then run `stsync {command}` again (`stsync diagnose` without --offline re-checks "
+        f"{', '.join(answer.not_run)} live)",
         None,
     )
 
@@ -164,25 +220,32 @@ def check_push_failures(ledger: Ledger | None) -> tuple[Verdict, list[PushFailur
     # A create in doubt is no failure: "Creates in doubt" tells it.
     latest = {key: attempt for key, attempt in latest.items() if attempt.outcome != AttemptOutcome.UNKNOWN}
     unresolved: list[PushFailure] = []
-    resolved = 0
+    resolved = silenced = 0
+    acknowledged = ledger.acknowledgements(HistoryKind.PUSH)
     for external_id, attempt in latest.items():
         push = ledger.get_push(external_id)
         if push is not None and push.state == PushState.BOOKED:
             resolved += 1
             continue
+        ack = acknowledged.get(external_id)
+        if ack is not None and (attempt.finished_at or attempt.started_at) <= ack.acknowledged_at:
+            silenced += 1  # a person has seen it (`history --ack`), and it has not failed again since
+            continue
         unresolved.append(PushFailure.of(attempt, push))
+    seen = f"; {silenced} acknowledged (`stsync history --kind push --failed` lists them)" if silenced else ""
     if not unresolved:
         earlier = f" ({resolved} earlier failure(s), each booked since)" if resolved else ""
-        return ok(f"no unbooked push failure{earlier}"), []
+        return ok(f"no unbooked push failure{earlier}{seen}"), []
     shown = unresolved[:FAILURES_SHOWN]
     lines = [f"{item.email or '(no e-mail)'} ({item.external_id}): {item.error_text}" for item in shown]
     more = f"; and {len(unresolved) - len(shown)} more" if len(unresolved) > len(shown) else ""
     first = shown[0]
-    message = f"{len(unresolved)} referral(s) failed to book — " + " | ".join(lines) + more
+    message = f"{len(unresolved)} referral(s) failed to book — " + " | ".join(lines) + more + seen
     fix = (
         "fix the cause ServiceTitan names, then push again: `stsync push-lead --new`, or one lead with "
         f"`stsync push-lead --code {first.external_id}`; `stsync diagnose --email {first.email or '<e-mail>'}` "
-        "tells one referral's whole story"
+        "tells one referral's whole story; a record that will never book (a test lead) can be acknowledged: "
+        "`stsync history --ack <id>` (ids: `stsync history --kind push --failed`)"
     )
     return fail(message, fix, None), unresolved
 

@@ -28,6 +28,7 @@ from stsync.storage.secrets import SecretStore
 
 if TYPE_CHECKING:
     from stsync.checks.activity import PushFailure
+    from stsync.checks.result import Check
     from stsync.referralfactory.client import ReferralFactoryClient
     from stsync.referralfactory.models import Campaign
     from stsync.servicetitan.client import ServiceTitanClient
@@ -118,6 +119,9 @@ class CheckContext:
     secrets_described: dict[str, Any] | None = None  # SecretStore.describe(): sources, never values
     ledger: Ledger | None = None  # opened by the "Ledger" check; the owner closes it
     recent_failures: list[PushFailure] = field(default_factory=list)
+    # Each check run so far, by name (the runner files it): a later check may go by an earlier
+    # one's answer (a failed run's cause, re-checked live).
+    results: dict[str, Check] = field(default_factory=dict)
 
     def has_secret(self, name: str) -> bool:
         if self.secret_sources is None:

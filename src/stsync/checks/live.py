@@ -6,7 +6,9 @@ Each makes one or two read-only calls and returns what it found (the PASS messag
 the failure in its final words: the client's error when it already says it (a refused key, an
 unreachable remote), else an error of the failure's class carrying the troubleshooting guide's
 words (a wrong Booking Provider Value, a paused campaign). ``connect`` lets the first failure
-propagate; ``validate`` and ``diagnose`` turn it into a FAIL row (``checks.table``).
+propagate; ``validate`` and ``diagnose`` turn it into a FAIL row (``checks.table``); a run
+that would create something (``push-lead``, ``sync-customers``) asks ``launched_campaign``
+once, before it sends anything.
 
 Credentials go only where the configuration points. When ServiceTitan rejects the Client ID
 / Client Secret and the auth URL is the environment's default, the credentials may have been
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from stsync.checks.context import LiveAccess
-from stsync.connection import identity
+from stsync.connection import Connection, identity
 from stsync.errors import AuthError, ConfigError, ReferralFactoryApiError
 from stsync.logs import get_logger
 from stsync.mapping.return_fields import resolve_custom_field_type
@@ -32,6 +34,7 @@ from stsync.storage.config import INTEGRATION_ENDPOINTS, PRODUCTION_ENDPOINTS
 from stsync.vocabulary import Environment
 
 if TYPE_CHECKING:
+    from stsync.referralfactory.models import Campaign
     from stsync.storage.config import Config
 
 log = get_logger(__name__)
@@ -203,3 +206,14 @@ def verify_campaign(live: LiveAccess, config: Config) -> str:
             hint="launch the campaign in Referral Factory (Campaign Settings), or connect a launched one",
         )
     return f"{campaign_id} \"{campaign.name}\" is launched"
+
+
+def launched_campaign(conn: Connection) -> Campaign:
+    """The connection's campaign, read once, for a run about to create something (bookings,
+    referrers): ``verify_campaign``'s ``ConfigError`` (exit 3, with its fix) unless it exists
+    and is launched — so a paused campaign stops the run before anything is sent, instead of
+    failing every record."""
+    live = LiveAccess.of(conn)
+    verify_campaign(live, conn.config)
+    assert live.campaign is not None  # verify_campaign learned it
+    return live.campaign

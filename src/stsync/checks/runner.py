@@ -76,6 +76,7 @@ class CheckRun:
             if check.failed and stop_at_first_failure:
                 raise check.as_error()
             self.checks.append(check)
+            self.context.results[spec.name] = check
         return self
 
     def skip(self, plan: Iterable[CheckSpec], reason: str) -> None:

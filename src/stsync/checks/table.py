@@ -9,7 +9,7 @@ Prerequisites, in the order a person would debug:
                  │                                           └─ Return fields in ServiceTitan
                  └─ Referral Factory API key ─ Referral Factory campaign
     Secret store ─ Secrets
-    Ledger ─ Last push run, Last customer sync, Last qualify run, Held referrals, Push failures
+    State directory ─ Ledger ─ Last push run, Last customer sync, Last qualify run, Held referrals, Push failures
     Referral Factory rate limit (the shared 429/IP-block state; no request)
 
 plus the values a live check cannot run without (the identity keys of the config, the
@@ -19,7 +19,8 @@ secrets could not even be listed).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from stsync import credentials
 from stsync.checks import activity, live, offline
@@ -109,15 +110,23 @@ def _push_failures(ctx: CheckContext) -> Verdict:
     return verdict
 
 
-LEDGER = CheckSpec("Ledger", ACTIVITY, _ledger, blocks="the ledger could not be opened")
+STATE_DIR = CheckSpec(
+    "State directory", ACTIVITY, lambda ctx: activity.check_state_dir(ctx.paths), blocks="the state directory cannot be used"
+)
+LEDGER = CheckSpec("Ledger", ACTIVITY, _ledger, needs=(STATE_DIR,), blocks="the ledger could not be opened")
 RUN_LOCKS = CheckSpec("Runs in progress", ACTIVITY, lambda ctx: activity.check_run_locks(ctx.paths))
-LAST_PUSH = CheckSpec("Last push run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.PUSH), needs=(LEDGER,))
-LAST_SYNC = CheckSpec(
-    "Last customer sync", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.SYNC), needs=(LEDGER,)
-)
-LAST_QUALIFY = CheckSpec(
-    "Last qualify run", ACTIVITY, lambda ctx: activity.check_last_run(ctx.ledger, RunJob.QUALIFY), needs=(LEDGER,)
-)
+
+
+def _last_run(job: RunJob) -> Callable[[CheckContext], Verdict]:
+    def run(ctx: CheckContext) -> Verdict:
+        return activity.check_last_run(ctx.ledger, job, recheck=lambda failure: recheck(ctx, failure))
+
+    return run
+
+
+LAST_PUSH = CheckSpec("Last push run", ACTIVITY, _last_run(RunJob.PUSH), needs=(LEDGER,))
+LAST_SYNC = CheckSpec("Last customer sync", ACTIVITY, _last_run(RunJob.SYNC), needs=(LEDGER,))
+LAST_QUALIFY = CheckSpec("Last qualify run", ACTIVITY, _last_run(RunJob.QUALIFY), needs=(LEDGER,))
 HELD_REFERRALS = CheckSpec("Held referrals", ACTIVITY, lambda ctx: activity.check_holds(ctx.ledger), needs=(LEDGER,))
 PUSH_FAILURES = CheckSpec("Push failures", ACTIVITY, _push_failures, needs=(LEDGER,))
 CREATES_IN_DOUBT = CheckSpec(
@@ -207,6 +216,62 @@ CAMPAIGN = CheckSpec(
 )
 
 
+# == a failed run's cause, re-checked =============================================================
+
+
+def cause_checks(failure: Mapping[str, Any]) -> tuple[CheckSpec, ...]:
+    """The checks that verify the cause of a run's failure (its error's ``to_dict()``): when
+    they all pass now, the cause is fixed. None for a failure no check can verify (a bug, a
+    record's own)."""
+    error_type = str(failure.get("type") or "")
+    key_path = str(failure.get("key_path") or "")
+    code = failure.get("exit_code")
+    message = str(failure.get("message") or "")
+    by_type: dict[str, tuple[CheckSpec, ...]] = {
+        "StateUnusable": (STATE_DIR,),
+        "LedgerDamaged": (LEDGER,),
+        "SecretStoreUnavailable": (SECRET_STORE, SECRETS_PRESENT),
+        "CoolingDown": (RF_RATE_LIMIT,),
+    }
+    if error_type in by_type:
+        return by_type[error_type]
+    by_key: tuple[tuple[str, tuple[CheckSpec, ...]], ...] = (
+        ("referral_factory.campaign", (CAMPAIGN,)),
+        ("customer_sync.return_fields", (RETURN_FIELDS, ST_RETURN_FIELDS)),
+        ("customer_sync", (CUSTOMER_MAPPING,)),
+        ("leads.qualification", (QUALIFICATION_RULE,)),
+        ("leads", (LEADS_ACTION, LEADS_MAPPING)),
+        ("referrers", (REFERRERS_MAPPING,)),
+        ("servicetitan", (CONNECTION_SETTINGS, ST_TOKEN, BOOKING_PROVIDER)),
+        ("limits", (LIMITS,)),
+    )
+    for prefix, specs in by_key:
+        if key_path.startswith(prefix):
+            return specs
+    if code == 3:
+        return (CONFIG_FILE, CONNECTION_SETTINGS, *MAPPING_CHECKS)
+    if code == 4:
+        if "Referral Factory" in message:
+            return (RF_KEY, CAMPAIGN)
+        return (ST_TOKEN, ST_APP_KEY, BOOKING_PROVIDER)
+    if code == 6:  # a remote down or refusing past the budget: both answer the live checks now
+        return (ST_TOKEN, ST_APP_KEY, RF_KEY, RF_RATE_LIMIT)
+    return ()
+
+
+def recheck(ctx: CheckContext, failure: Mapping[str, Any]) -> activity.Recheck | None:
+    """How ``cause_checks(failure)`` answered in this run (their results in ``ctx``)."""
+    specs = cause_checks(failure)
+    if not specs:
+        return None
+    results = [(spec.name, ctx.results.get(spec.name)) for spec in specs]
+    return activity.Recheck(
+        passed=tuple(name for name, check in results if check is not None and not check.failed),
+        failed=tuple(name for name, check in results if check is not None and check.failed),
+        not_run=tuple(name for name, check in results if check is None),
+    )
+
+
 # == plans ======================================================================================
 
 MAPPING_CHECKS = (LEADS_ACTION, LEADS_MAPPING, REFERRERS_MAPPING, QUALIFICATION_RULE, CUSTOMER_MAPPING, RETURN_FIELDS)
@@ -220,17 +285,17 @@ DIAGNOSE_OFFLINE = (
     CONNECTION_SETTINGS,
     *MAPPING_CHECKS,
     LIMITS,
+    STATE_DIR,
     LEDGER,
     RUN_LOCKS,
-    LAST_PUSH,
-    LAST_SYNC,
-    LAST_QUALIFY,
     HELD_REFERRALS,
     PUSH_FAILURES,
     CREATES_IN_DOUBT,
     CUSTOM_FIELD_REFUSALS,
     RF_RATE_LIMIT,
 )
+# After the live checks (or their skipping): a failed run's cause is re-judged by them.
+DIAGNOSE_RUNS = (LAST_PUSH, LAST_SYNC, LAST_QUALIFY)
 # connect proves what it stores, in validate's order: the token, the app key and tenant (so
 # that a tenant the app cannot access is told apart from a wrong Booking Provider Value, which
 # ServiceTitan may answer alike), the booking provider, the campaign (which also proves the

@@ -211,6 +211,13 @@ def _invoke(app_ctx: AppContext, command: Any, args: list[str]) -> tuple[int, Ba
     except StsyncError as exc:
         return _report(app_ctx, exc), exc
     except Exception as exc:  # a bug: short message here, the trace in the log file
+        from stsync.storage.paths import is_machine_error, state_unusable
+
+        if is_machine_error(exc):
+            # The machine cannot keep a file (full disk, read-only, a file in the way): the
+            # user's to fix, not a bug.
+            unusable = state_unusable(exc, exc.filename or app_ctx.state_dir())
+            return _report(app_ctx, unusable), unusable
         log_file = app_ctx.log_bug(exc)
         where = f" (details in {log_file})" if log_file else ""
         bug = StsyncError(

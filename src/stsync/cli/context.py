@@ -273,10 +273,20 @@ class AppContext:
             self.json_emitted = True
             self.terminal.data(envelope(self.command_name, exit_code, self.output, error or self.reported_error))
 
+    def state_dir(self) -> Path | None:
+        """The connection's state directory, when this invocation got as far as naming it."""
+        paths = self.__dict__.get("paths")
+        return paths.state if isinstance(paths, ConnectionPaths) else None
+
     def log_bug(self, exc: BaseException) -> Path | None:
+        """Log a bug's trace; the log file it went to, or None when there is none (the state
+        dir may be the problem: no message names a file that does not exist)."""
+        from stsync.logs import log_file_in_use
+
         log = logging.getLogger("stsync")
         log.error("unexpected error\n%s", "".join(traceback.format_exception(exc)))
         try:
-            return self.paths.log_file
-        except Exception:  # the state dir itself may be the problem
+            _ = self.paths  # attaches the log file, if it can be
+        except Exception:
             return None
+        return log_file_in_use()

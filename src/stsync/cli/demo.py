@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -143,7 +144,14 @@ def demo_command(
                 summary = {key: value - baseline[key] for key, value in _summary(sandbox).items()}
     finally:
         if keep:
-            term.info(f"kept the demo's files in {workdir}")
+            kept = kept_files(workdir)
+            term.info(
+                f"kept the demo's files in {workdir}\n"
+                f"  the config {kept['config']} and the state directory {kept['state_dir']} (ledger, log, secrets).\n"
+                "  The simulator stopped with the demo, so use them offline, e.g.:\n"
+                + "\n".join(f"    {command}" for command in kept["commands"])
+                + f"\n  Remove them with: {kept['remove']}"
+            )
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -171,6 +179,7 @@ def demo_command(
         counts=counts,
         steps=[{"title": s.title, "argv": _redacted(s.argv), "exit_code": s.code, "seconds": round(s.seconds, 3)} for s in steps],
         summary=summary if not failed else None,
+        kept=kept_files(workdir) if keep else None,
     )
     if failed:
         from stsync.errors import CommandFailed
@@ -187,6 +196,20 @@ SUMMARY_COLUMNS = (
     Column("Result", Role.LABEL),
     Column("Time", Role.LABEL, drop_order=1),
 )
+
+
+def kept_files(workdir: Path) -> dict:
+    """What ``--keep`` kept and the commands that read it: the demo's own config and state
+    directory (its ledger, log and file-store secrets), offline — the simulator is gone."""
+    config, state = workdir / "demo.toml", workdir / "state"
+    prefix = f"{envvars.STATE_DIR.name}={shlex.quote(str(state))} stsync --config {shlex.quote(str(config))}"
+    return {
+        "dir": str(workdir),
+        "config": str(config),
+        "state_dir": str(state),
+        "commands": [f"{prefix} history", f"{prefix} diagnose --offline", f"{prefix} map show"],
+        "remove": f"rm -rf {shlex.quote(str(workdir))}",
+    }
 
 
 def _run_step(term, run, step: Step, done: list[Step], cfg: Path) -> bool:

@@ -167,17 +167,7 @@ def _render_booking_section(term: Terminal, name: str, data: dict[str, Any]) -> 
             rows.append([Text("—", style="red"), Text("not mapped", style="red"), target])
     term.table(list(MAPPING_COLUMNS), rows, title=f"{name.capitalize()} → ServiceTitan booking (* required)")
     if data["setup_required"]:
-        missing = ", ".join(f"{_label(t)} ({t})" for t in data["missing"])
-        first = data["missing"][0]
-        _banner(
-            term,
-            "Setup Required",
-            [
-                f"Required ServiceTitan fields not mapped: {missing}",
-                "No booking can be created until each one is mapped, e.g.",
-                f"  stsync map set {first} --from <field> --for {name}   (or --value, --select, --template)",
-            ],
-        )
+        _banner(term, "Setup Required", setup_required_lines(name, data))
     qualification = data.get("qualification")
     if qualification is not None:
         unqualify = qualification["unqualify_on"]
@@ -192,6 +182,26 @@ def _banner(term: Terminal, title: str, lines: list[str]) -> None:
     from rich.markup import escape
 
     term.boxed(title, [escape(line) for line in lines], style="red")
+
+
+def setup_required_lines(name: str, data: dict[str, Any]) -> list[str]:
+    """The Setup Required banner of a section: the required fields not mapped, then each entry
+    that cannot work as ``validate`` words it (a hand-edited value the target does not take)."""
+    lines: list[str] = []
+    if data["missing"]:
+        missing = ", ".join(f"{_label(t)} ({t})" for t in data["missing"])
+        lines += [
+            f"Required ServiceTitan fields not mapped: {missing}",
+            "No booking can be created until each one is mapped, e.g.",
+            f"  stsync map set {data['missing'][0]} --from <field> --for {name}   (or --value, --select, --template)",
+        ]
+    for problem in data.get("problems", []):
+        lines.append(f"{problem['key_path']}: {problem['message']}")
+        if problem.get("hint"):
+            lines.append(f"  → {problem['hint']}")
+    if data.get("problems") and not data["missing"]:
+        lines.append("No booking can be created until it is fixed (`stsync validate` checks it).")
+    return lines
 
 
 def _label(target: str) -> str:
@@ -216,6 +226,9 @@ def _render_customers(term: Terminal, data: dict[str, Any]) -> None:
     term.table(list(CUSTOMER_COLUMNS), rows, title="Map Fields (* required)")
     if data["missing"]:
         _banner(term, "Setup Required", [f"customers cannot become referrers without {', '.join(data['missing'])}"])
+    for problem in data.get("problems", []):
+        lines = [f"{problem['key_path']}: {problem['message']}"] + ([f"  → {problem['hint']}"] if problem.get("hint") else [])
+        _banner(term, "Setup Required", lines)
     if data["return_fields"]:
         returns = [[row["value_label"], row["custom_field"]] for row in data["return_fields"]]
         term.table(list(RETURN_COLUMNS), returns, title="Map Return Fields")

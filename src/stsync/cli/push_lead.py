@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from stsync.services.push import PushReport, PushResult
 
 INPUTS = "--email/--first-name, --file, --code, --rf-user-id or --new"
+PHONE_HELP = (
+    'The lead\'s phone, filed as the form field "Phone Number" (mapped by: stsync map set phone --from "meta.Phone Number").'
+)
 
 
 EXAMPLES = examples(
@@ -51,7 +54,7 @@ def push_lead_command(
     campaign_name: str | None = typer.Option(
         None, "--campaign-name", metavar="NAME", help="The campaign name (the booking's Source by default; fetched when omitted)."
     ),
-    phone: str | None = typer.Option(None, "--phone", metavar="PHONE", help="The lead's phone, filed as meta.Phone."),
+    phone: str | None = typer.Option(None, "--phone", metavar="PHONE", help=PHONE_HELP),
     field: list[str] | None = typer.Option(
         None, "--field", metavar="K=V", help="Another lead field, K=V (e.g. meta.Last Name=Doe); repeatable."
     ),
@@ -99,7 +102,9 @@ def push_lead_command(
     # Read local input first: a malformed file is a usage error before anything is opened.
     leads: list = []
     rejected: list = []
+    refused: list = []
     batch = new
+    typed_fields = _parse_fields(field or [])
     if given[0] == "--email/--first-name":
         from stsync.leads import lead_from_flags
 
@@ -111,7 +116,7 @@ def push_lead_command(
             )
 
         leads = [lead_from_flags(email, first_name, referral_code=referral_code, campaign_name=campaign_name,
-                                 phone=phone, fields=_parse_fields(field or []))]
+                                 phone=phone, fields=typed_fields)]
     elif file is not None:
         from stsync.leads import leads_from_input
 
@@ -135,21 +140,31 @@ def push_lead_command(
         term.info(f"→ {target.notice_hint}")
         return
 
+    for warning in lead_sources.unread_values(target, phone=phone, fields=typed_fields):
+        term.warning(warning)
+    if not dry_run:
+        # The campaign, once for the run: paused, draft or unknown → exit 3 before anything is read or sent.
+        target = service.ready_to_create(conn, target)
+
     if new:
         with term.progress("Pushing new leads" if kind == Kind.LEAD else "Pushing referrers") as bar:
             report = service.push_new(conn, target, progress=bar, dry_run=dry_run)
     else:
         if code is not None or rf_user_id is not None:
-            leads = [lead_sources.fetch_lead(conn, code=code, rf_user_id=rf_user_id)]
+            leads = [lead_sources.fetch_lead(conn, code=code, rf_user_id=rf_user_id, kind=kind, known=target.campaign)]
         else:
+            if file is not None:
+                leads, refused = lead_sources.own_leads(conn, leads, kind)
             leads = lead_sources.complete_leads(conn, leads, target)
         if not dry_run:
             lead_sources.record_seen(conn, leads, target)
         if batch:
             with term.progress("Pushing leads", total=len(leads)) as bar:
-                report = service.push_leads(conn, leads, target, progress=bar, dry_run=dry_run, rejected=rejected)
+                report = service.push_leads(
+                    conn, leads, target, progress=bar, dry_run=dry_run, rejected=rejected, refused=refused
+                )
         else:
-            report = service.push_leads(conn, leads, target, dry_run=dry_run)
+            report = service.push_leads(conn, leads, target, dry_run=dry_run, refused=refused)
 
     _record(app_ctx, report)
     if new and not report.results and not dry_run:
@@ -197,30 +212,31 @@ def _parse_fields(pairs: list[str]) -> dict[str, str]:
 
 
 def _read_json(file: str) -> Any:
-    import json
-
     from stsync.errors import UsageError
+    from stsync.webhooks.payload import UnreadableJson, parse_json
 
+    data: bytes | str
     if file == "-":
-        text = sys.stdin.read()
+        # Bytes: text that is not UTF-8 is the parser's to refuse, not a decoding crash here.
+        stream = getattr(sys.stdin, "buffer", None)
+        data = stream.read() if stream is not None else sys.stdin.read()
         where = "standard input"
     else:
         path = Path(file).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
             raise UsageError(f"--file {file}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise UsageError(f"--file {file}: cannot read it ({exc.__class__.__name__}: {exc})") from None
         where = str(path)
-    if not text.strip():
+    if not data.strip():
         raise UsageError(f"{where} is empty: expected a lead as JSON")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return parse_json(data, what=where)
+    except UnreadableJson as exc:
         raise UsageError(
-            f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-            hint="pass a Referral Factory user object, a webhook payload, or a JSON list of them",
+            str(exc), hint="pass a Referral Factory user object, a webhook payload, or a JSON list of them"
         ) from None
 
 
@@ -231,15 +247,19 @@ def _render(term: Terminal, report: PushReport, *, dry_run: bool, batch: bool, j
 
     if dry_run:
         bodies = [r.body for r in report.results if r.body is not None]
+        booked = [r for r in report.results if r.outcome == AttemptOutcome.ALREADY_BOOKED]
         if not json_mode and (batch or bodies):
             # stdout carries exactly what would be POSTed, nothing else (nothing when a single
-            # lead cannot be sent: its error says why).
+            # lead cannot be sent or is booked already: the lines on stderr say why).
             term.data(bodies if batch else bodies[0])
         for result in report.results:
             if result.failed and batch:  # a single lead's failure is the command's error
                 term.always(f"[red]✗[/] {escape(result.lead.describe())}: {escape(result.message or 'failed')}")
+            elif result.outcome == AttemptOutcome.ALREADY_BOOKED:
+                term.print(f"[cyan]•[/] {escape(result.lead.describe())}: {escape(result.message or '')} (#{result.booking_id})")
         term.always(
             f"Dry run: {len(bodies)} booking(s) would be sent to ServiceTitan; nothing was sent or recorded"
+            + (f"; {len(booked)} already booked" if booked else "")
             + (f"; {len(report.failed)} lead(s) cannot be sent" if report.failed else "")
         )
         return

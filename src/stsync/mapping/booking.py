@@ -12,7 +12,9 @@
   required part has a value (ServiceTitan rejects a partial one); a body with neither a
   contact nor an address is an ``InvalidRecord`` (ServiceTitan needs one).
 - ``lead_fields_read(section) -> set[str]``: the lead fields a section's mapping reads
-  (``from`` and template fields), so a caller fetches only what the mapping needs.
+  (``from`` and template fields), so a caller fetches only what the mapping needs;
+  ``fields_not_read(names, section)``: those of ``names`` it does not read (a value given for
+  one is not sent: ``push-lead`` warns).
 
 ``section`` is ``[leads]`` or ``[referrers]`` (``Config.booking_section(kind)``); it names
 itself in errors.
@@ -20,10 +22,11 @@ itself in errors.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from stsync.errors import InvalidRecord, SetupRequired
-from stsync.leads import Lead
+from stsync.leads import META_PREFIX, Lead, meta_label_key
 from stsync.mapping.validation import booking_mapping_problems, missing_required
 from stsync.mapping.values import BadValue, RawValue, convert
 from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS
@@ -106,6 +109,22 @@ def lead_fields_read(section: BookingSettings) -> set[str]:
     return {source.strip() for spec in section.fields.values() for source in spec.sources()}
 
 
+def fields_not_read(names: Iterable[str], section: BookingSettings) -> list[str]:
+    """Of the lead fields ``names`` (SPEC §3 names, ``meta.<label>``), those no mapping of
+    ``section`` reads: a value given for one of them is not sent. A meta label matches as
+    ``Lead.value`` matches it (case and spacing aside)."""
+    read = lead_fields_read(section)
+    read_labels = {meta_label_key(name[len(META_PREFIX) :]) for name in read if name.startswith(META_PREFIX)}
+    unread: list[str] = []
+    for name in names:
+        if name.startswith(META_PREFIX):
+            if meta_label_key(name[len(META_PREFIX) :]) not in read_labels:
+                unread.append(name)
+        elif name not in read:
+            unread.append(name)
+    return unread
+
+
 def _source_value(lead: Lead, spec: FieldSpec) -> RawValue | None:
     """The raw value for the target before conversion; None when this lead has none."""
     if isinstance(spec, FromField):
@@ -120,14 +139,33 @@ def _source_value(lead: Lead, spec: FieldSpec) -> RawValue | None:
 
 def _missing_value(lead: Lead, target: str, spec: FieldSpec) -> InvalidRecord:
     label = BOOKING_TARGET_LABELS.get(target, target)
+    if target == "external_id":
+        hint = _external_id_hint(spec)
+    else:
+        hint = (
+            f"fill it in Referral Factory, or map {target} from another field or a fixed value "
+            f"(`stsync map set {target} --value ...`)"
+        )
     return InvalidRecord(
         f"lead {lead.describe()} has no value for {_from_text(spec)}, which the required ServiceTitan field "
         f"{label} ({target}) is mapped from",
         record=lead.email or lead.referral_code,
         field=target,
-        hint=f"fill it in Referral Factory, or map {target} from another field or a fixed value "
-        f"(`stsync map set {target} --value ...`)",
+        hint=hint,
     )
+
+
+def _external_id_hint(spec: FieldSpec) -> str:
+    """What to do about a lead without an External Id: give the lead its value — never a
+    fixed one, which would make every later lead "already booked"."""
+    sources = list(spec.sources())
+    if sources == ["referral_code"]:
+        return (
+            "give the lead its referral code: `stsync push-lead --email … --first-name … --referral-code CODE` "
+            "(or push it with --code or --rf-user-id, which read it from Referral Factory)"
+        )
+    given = " ".join(f"--field '{source}=…'" for source in sources)
+    return f"fill {', '.join(sources)} for the lead in Referral Factory, or give it: `stsync push-lead … {given}`"
 
 
 def _from_text(spec: FieldSpec) -> str:

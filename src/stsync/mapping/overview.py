@@ -9,7 +9,10 @@
 - ``booking_rows(section)``: required targets first (SPEC order, unmapped ones included as
   rows without a spec), then the mapped optional ones, then targets the vocabulary does not
   know (validate names those).
-- ``section_status(section)``: action, missing required targets, Setup Required or not.
+- ``section_status(section)``: action, missing required targets, entries that cannot work
+  (``validation.booking_mapping_problems``: a hand-edited value the target does not take),
+  Setup Required or not — either kind stops every booking, so ``map show`` shows both in its banner, in
+  ``validate``'s words (``problems`` in the JSON, with each key path and hint).
 
 Pure: it describes what the config says, whether or not the mapping is valid.
 """
@@ -20,8 +23,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stsync.errors import ConfigError
 from stsync.leads import LEAD_FIELD_LABELS, META_PREFIX
-from stsync.mapping.validation import missing_required
+from stsync.mapping.validation import booking_mapping_problems, customer_mapping_problems, missing_required
 from stsync.mapping.vocabulary import BOOKING_TARGET_LABELS, CUSTOM_PREFIX, REQUIRED_REFERRER_TARGETS
 from stsync.servicetitan.vocabulary import BOOKING_TARGETS, REQUIRED_BOOKING_TARGETS
 from stsync.storage.config import (
@@ -126,19 +130,32 @@ def referrer_target_label(target: str) -> str:
 
 @dataclass
 class SectionStatus:
-    """What ``map show`` and ``validate`` say about one booking section."""
+    """What ``map show`` and ``validate`` say about one booking section: the required targets
+    it leaves unmapped, and the entries that cannot work (a hand-edited value the target does
+    not take, an unknown field): either stops every booking — the seed's Setup Required."""
 
     section: str
     action: str
     missing: list[str] = field(default_factory=list)
+    problems: list[ConfigError] = field(default_factory=list)
 
     @property
     def setup_required(self) -> bool:
-        return self.action == Action.CREATE_BOOKING and bool(self.missing)
+        return self.action == Action.CREATE_BOOKING and bool(self.missing or self.problems)
 
 
 def section_status(section: BookingSettings) -> SectionStatus:
-    return SectionStatus(section=section.section_name, action=section.action, missing=missing_required(section))
+    return SectionStatus(
+        section=section.section_name,
+        action=section.action,
+        missing=missing_required(section),
+        problems=booking_mapping_problems(section),
+    )
+
+
+def problem_dict(problem: ConfigError) -> dict[str, Any]:
+    """A mapping entry that cannot work, as ``map show --json`` lists it (validate's words)."""
+    return {"key_path": problem.key_path, "message": str(problem), "hint": problem.hint}
 
 
 # The seed's words for each action and return value.
@@ -178,6 +195,7 @@ def mapping_overview(config: Config, *, sections: Iterable[str] = ("leads", "ref
                 "action_label": ACTION_LABELS.get(status.action, status.action),
                 "setup_required": status.setup_required,
                 "missing": status.missing,
+                "problems": [problem_dict(problem) for problem in status.problems],
                 "fields": [row.to_dict() for row in booking_rows(section)],
             }
             if isinstance(section, LeadSettings):
@@ -212,11 +230,18 @@ def mapping_overview(config: Config, *, sections: Iterable[str] = ("leads", "ref
                         {"target": target, "target_label": referrer_target_label(target), "required": True,
                          "data_type": None, "from": None, "spec": None, "mapped": False}
                     )
+            missing = [t for t in REQUIRED_REFERRER_TARGETS if t not in sync.fields]
+            unmapped = {f"customer_sync.fields.{target}" for target in missing}
             overview["customers"] = {
                 "mode": sync.mode,
                 "include_inactive": sync.include_inactive,
                 "fields": rows,
-                "missing": [t for t in REQUIRED_REFERRER_TARGETS if t not in sync.fields],
+                "missing": missing,
+                "problems": [
+                    problem_dict(problem)
+                    for problem in customer_mapping_problems(sync)
+                    if problem.key_path not in unmapped
+                ],
                 "return_fields": [
                     {"custom_field": field_name, "value": value, "value_label": RETURN_VALUE_LABELS.get(value, value)}
                     for field_name, value in sync.return_fields.items()

@@ -5,7 +5,9 @@ Booking sections ([leads], [referrers]: ``BookingSettings``):
   section_name=)`` raise ``ConfigError`` with the key path (``leads.fields.nmae``), the closest
   name (``did you mean 'name'?``) and a hint: an unknown target or source field, an option the
   target does not have, a Manual Select on a free-text target, a fixed value the target
-  cannot take (``values.convert``), an empty value.
+  cannot take (``values.convert``), an empty value, an ``external_id`` that is not made from a
+  lead's own field (a fixed value, a select, a template without a field: every lead would share
+  one External Id).
 - ``booking_mapping_problems(section)``: every invalid entry, as ConfigErrors (never raises).
 - ``missing_required(section)``: required targets without a non-empty mapping, in SPEC order
   (the seed's "Setup Required").
@@ -43,6 +45,10 @@ from stsync.suggestions import did_you_mean
 
 # -- booking sections ([leads], [referrers]) ----------------------------------------------------
 
+# The booking's join key: its value must differ for every lead (a fixed one books the first
+# lead and makes every later one "already booked").
+UNIQUE_PER_LEAD = "external_id"
+
 
 def check_booking_target(target: str, *, section_name: str = "leads") -> None:
     if target not in BOOKING_TARGETS:
@@ -69,6 +75,13 @@ def check_booking_spec(target: str, spec: FieldSpec, *, section_name: str = "lea
     key_path = f"{section_name}.fields.{target}"
     for source in spec.sources():
         check_lead_source(source, key_path=key_path)
+    if target == UNIQUE_PER_LEAD and not spec.sources():
+        raise ConfigError(
+            f"{target} cannot be {_fixed_kind(spec)}: every lead would get the same External Id, so each lead after "
+            "the first would be taken as \"already booked\" and never get a booking",
+            key_path=key_path,
+            hint=f"map it from a field unique to each lead: stsync map set {target} --from referral_code --for {section_name}",
+        )
     if isinstance(spec, SelectValue):
         options = select_options(target)
         if not options:
@@ -90,6 +103,14 @@ def check_booking_spec(target: str, spec: FieldSpec, *, section_name: str = "lea
             raise ConfigError(f"{target} = {spec.value!r}: {exc}", key_path=key_path, hint=exc.hint) from None
     if spec.is_blank:
         raise ConfigError(f"{target} is mapped to an empty {spec.kind}", key_path=key_path)
+
+
+def _fixed_kind(spec: FieldSpec) -> str:
+    if isinstance(spec, SelectValue):
+        return "a Manual Select"
+    if isinstance(spec, FixedValue):
+        return "a fixed value"
+    return "a template without a field"
 
 
 def missing_required(section: BookingSettings) -> list[str]:

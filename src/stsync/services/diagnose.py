@@ -137,6 +137,7 @@ def diagnose(
                 )
                 context.live = LiveAccess.of(conn, consent=consent)
             run.run(table.LIVE)
+        run.run(table.DIAGNOSE_RUNS)  # after the live checks: a failed run's cause is re-checked by them
         if email is not None:
             report.story = referral_story(
                 email,

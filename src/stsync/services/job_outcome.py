@@ -141,5 +141,6 @@ class JobInvocation:
             return
         message = (error or {}).get("message")
         ledger.record_finished_run(
-            self.job, self.command, outcome=outcome_for_exit(exit_code), exit_code=exit_code, error=message
+            self.job, self.command, outcome=outcome_for_exit(exit_code), exit_code=exit_code, error=message,
+            failure=error if error and exit_code != 0 else None,
         )

@@ -2,7 +2,12 @@
 its referrer (``leads.LeadReader``):
 
 - ``fetch_lead``: one lead by referral code or user id (``push-lead --code`` /
-  ``--rf-user-id``); a code or id that is not this campaign's is a ``UsageError``.
+  ``--rf-user-id``); a code or id that is not this campaign's, or a user of the other kind (a
+  referrer pushed as a lead, a lead pushed with ``--referrer``), is a ``UsageError``.
+- ``own_leads``: of leads read from a file, those of this campaign and of the kind pushed;
+  the others are refused one by one (``InvalidRecord``) in the same words.
+- ``unread_values``: warnings for ``push-lead --phone`` / ``--field`` values that no mapping
+  reads (they would not be sent).
 - ``iter_new_leads`` / ``new_leads``: the campaign's users of a kind with no booking in the
   ledger (``push-lead --new``), as Referral Factory's search pages come in / all at once;
   referrers are read only when the mapping uses their fields.
@@ -20,13 +25,13 @@ costs no request: only what the search returned is kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from stsync.errors import InvalidRecord, ReferralFactoryApiError, UsageError
-from stsync.leads import Lead, LeadReader
-from stsync.mapping.booking import external_id_for, lead_fields_read
+from stsync.leads import META_PREFIX, PHONE_META_LABEL, Lead, LeadReader
+from stsync.mapping.booking import external_id_for, fields_not_read, lead_fields_read
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 from stsync.storage.states import LeadSeenBy, PushState
 from stsync.tracking.referrals import record_leads_seen
@@ -34,6 +39,7 @@ from stsync.vocabulary import Kind
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
+    from stsync.referralfactory.models import Campaign
     from stsync.services.push import PushTarget
 
 # The Referral Factory user type `push-lead --new` searches for each kind.
@@ -42,8 +48,17 @@ USER_TYPE_FOR_KIND = {Kind.LEAD: PERSON_INVITED, Kind.REFERRER: PERSON_REFERRING
 SEEN_BATCH = 250
 
 
-def fetch_lead(conn: Connection, *, code: str | None = None, rf_user_id: int | None = None) -> Lead:
-    """A lead read from Referral Factory by code or user id, with its campaign and referrer."""
+def fetch_lead(
+    conn: Connection,
+    *,
+    code: str | None = None,
+    rf_user_id: int | None = None,
+    kind: Kind = Kind.LEAD,
+    known: Campaign | None = None,
+) -> Lead:
+    """A lead read from Referral Factory by code or user id, with its campaign and referrer;
+    ``kind``: what it is pushed as (a user of the other kind is refused); ``known``: the
+    campaign, when the caller read it already."""
     if (code is None) == (rf_user_id is None):
         raise UsageError("give exactly one of --code or --rf-user-id")
     rf = conn.referral_factory
@@ -70,9 +85,78 @@ def fetch_lead(conn: Connection, *, code: str | None = None, rf_user_id: int | N
             raise UsageError(
                 f"Referral Factory user {rf_user_id} belongs to campaign {user.campaign_id}, "
                 f"not to this connection's campaign {campaign_id}",
-                hint="use --config for the connection of that campaign",
+                hint=OTHER_CAMPAIGN_HINT,
             )
-    return LeadReader(conn.referral_factory, conn.campaign_id).lead(user)
+    who = f"Referral Factory user {user.id}" + (f" ({user.email})" if user.email else "")
+    wrong_kind = _other_kind(who, user.type, kind)
+    if wrong_kind is not None:
+        message, hint = wrong_kind
+        raise UsageError(message, hint=hint)
+    return LeadReader(conn.referral_factory, conn.campaign_id, known=known).lead(user)
+
+
+OTHER_CAMPAIGN_HINT = "use --config for the connection of that campaign"
+
+
+def _other_kind(who: str, user_type: str | None, kind: Kind) -> tuple[str, str] | None:
+    """(message, hint) when a user of ``user_type`` is pushed as ``kind`` but is the other kind."""
+    if kind == Kind.LEAD and user_type == PERSON_REFERRING:
+        return (
+            f"{who} is a referrer ({PERSON_REFERRING}), not a referred lead: a lead's booking is not made for it",
+            "to book referrers, push them with --referrer (the referrers' settings: `stsync map show --for referrers`)",
+        )
+    if kind == Kind.REFERRER and user_type == PERSON_INVITED:
+        return (
+            f"{who} is a referred lead ({PERSON_INVITED}), not a referrer",
+            "push it without --referrer (the leads' settings)",
+        )
+    return None
+
+
+def own_leads(conn: Connection, leads: Sequence[Lead], kind: Kind) -> tuple[list[Lead], list[tuple[Lead, InvalidRecord]]]:
+    """Leads read from a file that are this campaign's and of ``kind`` (a lead naming no
+    campaign or type is taken as such); the others refused, each with the reason."""
+    campaign_id = conn.campaign_id
+    kept: list[Lead] = []
+    refused: list[tuple[Lead, InvalidRecord]] = []
+    for lead in leads:
+        if lead.campaign_id is not None and lead.campaign_id != campaign_id:
+            refusal = InvalidRecord(
+                f"{lead.describe()} belongs to campaign {lead.campaign_id}, not to this connection's "
+                f"campaign {campaign_id}: it is not pushed under this campaign's name",
+                record=lead.email or lead.referral_code,
+                field="campaign_id",
+                hint=OTHER_CAMPAIGN_HINT,
+            )
+            refused.append((lead, refusal))
+            continue
+        wrong_kind = _other_kind(lead.describe(), lead.type, kind)
+        if wrong_kind is not None:
+            message, hint = wrong_kind
+            refusal = InvalidRecord(message, record=lead.email or lead.referral_code, field="type", hint=hint)
+            refused.append((lead, refusal))
+            continue
+        kept.append(lead)
+    return kept, refused
+
+
+def unread_values(target: PushTarget, *, phone: str | None, fields: Mapping[str, str]) -> list[str]:
+    """A warning for each ``--phone`` / ``--field`` value no mapping of the target reads: it
+    would be dropped silently otherwise."""
+    section = target.section
+    given = {f"{META_PREFIX}{PHONE_META_LABEL}": "--phone"} if phone is not None and phone.strip() else {}
+    given.update({name.strip(): f"--field {name.strip()}=…" for name in fields})
+    warnings = []
+    for name in fields_not_read(given, section):
+        flag = given[name]
+        example = (
+            f'stsync map set phone --from "{name}"' if flag == "--phone" else f'stsync map set <field> --from "{name}"'
+        )
+        warnings.append(
+            f"{flag}: no field of [{section.section_name}] is mapped from {name}, so the value is not sent "
+            f"(map it: `{example}`{'' if target.kind == Kind.LEAD else ' --for referrers'})"
+        )
+    return warnings
 
 
 def new_leads(conn: Connection, target: PushTarget, *, record: bool = True) -> list[Lead]:
@@ -89,7 +173,7 @@ def iter_new_leads(conn: Connection, target: PushTarget, *, record: bool = True)
     campaign_id = conn.campaign_id
     user_type = USER_TYPE_FOR_KIND[kind]
     wants_referrer = any(source.startswith("referrer_") for source in lead_fields_read(section))
-    reader = LeadReader(conn.referral_factory, campaign_id, with_referrer=wants_referrer)
+    reader = LeadReader(conn.referral_factory, campaign_id, with_referrer=wants_referrer, known=target.campaign)
     reader.campaign()  # read before the search, as every lead needs it
     ledger = conn.ledger
     seen: set[str] = set()
@@ -143,7 +227,7 @@ def complete_leads(conn: Connection, leads: Sequence[Lead], target: PushTarget) 
         return list(leads)
     if all(lead.campaign_name for lead in leads):
         return list(leads)
-    reader = LeadReader(conn.referral_factory, conn.campaign_id, with_referrer=False)
+    reader = LeadReader(conn.referral_factory, conn.campaign_id, with_referrer=False, known=target.campaign)
     completed = []
     for lead in leads:
         if not lead.campaign_name:

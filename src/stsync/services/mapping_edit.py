@@ -10,11 +10,17 @@ them so the command can say so.
 
 ``for_section(word)`` reads a ``--for`` option (leads | referrers | customers; ``UsageError``
 with a suggestion otherwise), for these edits and for ``map show``.
+
+What a person typed and the mapping refuses — an unknown target or field, an option a target
+does not have, a fixed External Id — is a ``UsageError`` (exit 2), like every other mistake on
+a command line (``map qualify --status Complted`` too); the config file's own problems stay
+``ConfigError`` (exit 3).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -88,16 +94,17 @@ def set_field(config_path: Path, target: str, *, kind: str, value: Any, for_: st
     if kind not in VALUE_KINDS:
         raise UsageError(f"unknown value kind {kind!r}{did_you_mean(kind, VALUE_KINDS)}")
     target = target.strip()
-    if section == "customers":
-        check_referrer_target(target)
-    else:
-        check_booking_target(target, section_name=section)
-    value = _normalise_value(section, target, kind, value)
-    spec = field_spec(kind, value)
-    if section == "customers":
-        check_referrer_spec(target, spec)
-    else:
-        check_booking_spec(target, spec, section_name=section)
+    with _typed():
+        if section == "customers":
+            check_referrer_target(target)
+        else:
+            check_booking_target(target, section_name=section)
+        value = _normalise_value(section, target, kind, value)
+        spec = field_spec(kind, value)
+        if section == "customers":
+            check_referrer_spec(target, spec)
+        else:
+            check_booking_spec(target, spec, section_name=section)
     # The exact TOML spelling the file gets.
     shown = f"{section}: {target} = {{ {kind} = {toml_value(value)} }}"
 
@@ -120,10 +127,11 @@ def unset_field(config_path: Path, target: str, *, for_: str = "leads") -> EditR
         if target in fields:
             del fields[target]
             return True
-        if section == "customers":
-            check_referrer_target(target)
-        else:
-            check_booking_target(target, section_name=section)
+        with _typed():
+            if section == "customers":
+                check_referrer_target(target)
+            else:
+                check_booking_target(target, section_name=section)
         return False
 
     result = _edit(config_path, section, f"{section}: {target} unmapped", change)
@@ -229,6 +237,10 @@ def set_qualification(
 
     label = qualification_label(chosen, job_status)
     shown = f"job_status = {job_status} ({label})" if chosen == QualificationRule.JOB_STATUS else f"{chosen} ({label})"
+    if events is not None:
+        # Both changes confirmed: what the rule is now, and what takes a qualification back.
+        taken_back = ", ".join(events) if events else "none (a qualification is never taken back)"
+        shown += f"; unqualify_on = {taken_back}"
     if hold_days is not None:
         shown += f"; hold_days = {hold_days} ({hold_label(hold_days)})"
     result = _edit(config_path, "qualification", f"leads.qualification: rule = {shown}", change)
@@ -249,7 +261,8 @@ def set_return_field(config_path: Path, name: str, value: str) -> EditResult:
     """``map return-field NAME referral_link|referral_code``: a customer custom field to write back."""
     name = name.strip()
     value = value.strip().replace("-", "_")
-    check_return_field(name, value)
+    with _typed():
+        check_return_field(name, value)
 
     def change(config: Config) -> bool:
         fields = config.customer_sync.return_fields
@@ -272,9 +285,8 @@ def remove_return_field(config_path: Path, name: str) -> EditResult:
     def change(config: Config) -> bool:
         fields = config.customer_sync.return_fields
         if name not in fields:
-            raise ConfigError(
+            raise UsageError(
                 f"no return field named {name!r}{did_you_mean(name, fields)}",
-                key_path="customer_sync.return_fields",
                 hint="see them with `stsync map show --for customers`",
             )
         del fields[name]
@@ -299,6 +311,16 @@ def reset_mapping(config_path: Path) -> EditResult:
 
 
 # == plumbing ===================================================================================
+
+
+@contextmanager
+def _typed() -> Iterator[None]:
+    """Checks of what the person typed: the mapping's refusal is a usage error (see the module
+    docstring), in the same words and with the same hint."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise UsageError(str(exc), hint=exc.hint) from None
 
 
 def for_section(for_: str | None) -> str:

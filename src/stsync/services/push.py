@@ -36,7 +36,9 @@ or ServiceTitan's exact error, so ``history`` and ``diagnose --email`` can tell 
 
 What a command pushes to is checked once, first (``push_target``): the kind's mapping
 section, "Nothing to action" (nothing is sent, and the command says why), or the seed's
-"Setup Required" (``SetupRequired``, before anything is read or sent).
+"Setup Required" (``SetupRequired``, before anything is read or sent). A run that would create
+bookings reads the campaign once more (``ready_to_create``): paused, draft or unknown, it stops
+with exit 3 and its fix before any lead is sent.
 
 Which failures are the lead's and which the run's is ``errors.stops_run``. The lead's own
 (a lead the mapping cannot send, a 400 from ServiceTitan) become a ``failed`` result and a
@@ -56,6 +58,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from stsync.checks.live import launched_campaign
 from stsync.errors import (
     AnswerLost,
     AuthError,
@@ -71,7 +74,7 @@ from stsync.leads import Lead
 from stsync.logs import get_logger, log_context
 from stsync.lookup_grace import GracePeriod, Rechecks, parse_stamp, stamp
 from stsync.mapping.booking import booking_request_for, external_id_for
-from stsync.mapping.validation import missing_required
+from stsync.mapping.validation import booking_mapping_problems, missing_required
 from stsync.progress import NO_PROGRESS, Progress
 from stsync.services.lead_sources import iter_new_leads, new_leads
 from stsync.storage.ledger import utc_now
@@ -84,9 +87,10 @@ from stsync.workpool import WorkPool, finished
 
 if TYPE_CHECKING:
     from stsync.connection import Connection
+    from stsync.referralfactory.models import Campaign
     from stsync.servicetitan.models import Booking
     from stsync.storage.config import BookingSettings
-    from stsync.storage.ledger import AttemptRecord
+    from stsync.storage.ledger import AttemptRecord, PushRecord
 
 log = get_logger(__name__)
 
@@ -204,13 +208,25 @@ class PushTarget:
     section: BookingSettings
     notice: str | None = None
     notice_hint: str | None = None
+    # Read and found launched by ``ready_to_create``: once per run that creates bookings.
+    campaign: Campaign | None = None
+
+
+def ready_to_create(conn: Connection, target: PushTarget) -> PushTarget:
+    """``target`` with its campaign read and found launched, once per run that would create
+    bookings: a paused, draft or unknown campaign is ``checks.live``'s ``ConfigError`` (exit 3,
+    with its fix) before anything is read or sent."""
+    if target.campaign is not None:
+        return target
+    return replace(target, campaign=launched_campaign(conn))
 
 
 def push_target(conn: Connection, kind: Kind) -> PushTarget:
     """The kind's section, checked: with the action "nothing", a target carrying the notice
     (message, hint) and nothing else checked — a section that sends nothing need not be
     complete; otherwise every required target must be mapped (the seed's "Setup Required":
-    ``SetupRequired``)."""
+    ``SetupRequired``) and every mapped one valid (the first ``ConfigError`` of
+    ``booking_mapping_problems``, e.g. a fixed External Id)."""
     section = conn.config.booking_section(kind)
     name = section.section_name
     if section.action == Action.NOTHING:
@@ -227,6 +243,11 @@ def push_target(conn: Connection, kind: Kind) -> PushTarget:
     missing = missing_required(section)
     if missing:
         raise SetupRequired(name, missing)
+    problems = booking_mapping_problems(section)
+    if problems:
+        # Every lead would fail the same way (a fixed External Id would even book the first
+        # and call every later one "already booked"): stop before reading any.
+        raise problems[0]
     return PushTarget(kind, section)
 
 
@@ -259,14 +280,19 @@ def push_lead(
         external_id = external_id_for(lead, section)
         body = booking_request_for(lead, section)
     except InvalidRecord as exc:
-        if not dry_run and external_id:
-            known = conn.ledger.get_push(external_id)
+        if external_id:
+            known = _known_push(conn, external_id)
             if known is not None and known.state == PushState.BOOKED:
                 # Booked before its data (or the mapping) changed: there is nothing to send.
-                return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
-            _record_invalid(conn, lead, kind, external_id, exc, run_id)
+                return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id, dry_run=dry_run)
+            if not dry_run:
+                _record_invalid(conn, lead, kind, external_id, exc, run_id)
         return _failed(lead, kind, external_id, exc, exc.to_dict())
     if dry_run:
+        # What a real run would do first: the ledger's word on this External Id.
+        known = _known_push(conn, external_id)
+        if known is not None and known.state == PushState.BOOKED:
+            return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id, dry_run=True)
         return PushResult(
             lead=lead, kind=kind, outcome=AttemptOutcome.SKIPPED, external_id=external_id, body=body, dry_run=True,
             message="dry run: nothing sent",
@@ -302,8 +328,12 @@ def _push_locked(
     doubts = ledger.attempts_in_doubt(external_id)
 
     known = ledger.get_push(external_id)
-    if known is not None and known.state == PushState.BOOKED and not doubts:
-        return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
+    if known is not None and known.state == PushState.BOOKED:
+        refusal = _booked_for_another(lead, external_id, known)
+        if refusal is not None:
+            return _failed(lead, kind, external_id, refusal, refusal.to_dict())
+        if not doubts:
+            return _already_booked_in_ledger(conn, lead, kind, external_id, known, run_id)
 
     bp = conn.booking_provider
     try:
@@ -450,8 +480,21 @@ def _age(grace: GracePeriod, since: datetime) -> str:
 
 
 def _already_booked_in_ledger(
-    conn: Connection, lead: Lead, kind: str, external_id: str, known: Any, run_id: int | None
+    conn: Connection, lead: Lead, kind: str, external_id: str, known: PushRecord, run_id: int | None,
+    *, dry_run: bool = False,
 ) -> PushResult:
+    """The ledger says this External Id is booked: nothing is sent. Another lead's booking
+    (another e-mail) is refused instead, with both e-mails and nothing recorded; a dry run
+    records nothing either."""
+    refusal = _booked_for_another(lead, external_id, known)
+    if refusal is not None:
+        return _failed(lead, kind, external_id, refusal, refusal.to_dict())
+    if dry_run:
+        return PushResult(
+            lead=lead, kind=kind, outcome=AttemptOutcome.ALREADY_BOOKED, external_id=external_id,
+            booking_id=known.booking_id, status=known.booking_status, dry_run=True,
+            message="already booked (recorded in the ledger): nothing would be sent",
+        )
     ledger = conn.ledger
     with ledger.transaction():
         attempt = ledger.record_push_intent(
@@ -464,6 +507,28 @@ def _already_booked_in_ledger(
         booking_id=known.booking_id, status=known.booking_status,
         message="already booked (recorded in the ledger)",
     )
+
+
+def _booked_for_another(lead: Lead, external_id: str, known: PushRecord) -> InvalidRecord | None:
+    """The refusal when the External Id is booked for another e-mail than this lead's: two
+    leads cannot share a booking, and recording this one would hand the booking to it."""
+    theirs, ours = (known.email or "").strip(), (lead.email or "").strip()
+    if not theirs or not ours or theirs.casefold() == ours.casefold():
+        return None
+    booking = f" (booking #{known.booking_id})" if known.booking_id is not None else ""
+    return InvalidRecord(
+        f"External Id {external_id} is already booked{booking} for {theirs}, not for {ours}: "
+        "two leads cannot share an External Id, so nothing was sent or recorded",
+        record=external_id,
+        field="external_id",
+        hint=f"check the referral code given for {ours} (each lead has its own: "
+        f"`stsync diagnose --email {theirs}` shows whose it is)",
+    )
+
+
+def _known_push(conn: Connection, external_id: str) -> PushRecord | None:
+    """The ledger's record of this External Id. A dry run asks without creating a ledger."""
+    return conn.ledger.get_push(external_id) if conn.has_ledger else None
 
 
 @dataclass(frozen=True)
@@ -576,6 +641,7 @@ def push_leads(
     command: str = "push-lead",
     rejected: Sequence[InvalidRecord] = (),
     index: BookingIndex | None = None,
+    refused: Sequence[tuple[Lead, InvalidRecord]] = (),
 ) -> PushReport:
     """Push several leads concurrently (``[limits] workers`` threads sharing the clients'
     rate limiters), in one recorded run. A failed lead does not stop the others; a run-level
@@ -586,12 +652,15 @@ def push_leads(
     ``leads`` may be a stream (``push_new`` passes Referral Factory's pages as they come):
     each lead is handed to a worker as soon as it is read, so pushing starts with the first
     page. ``rejected`` are input records that could not even be read as leads (from
-    ``leads_from_input``): they are reported as failed, first."""
+    ``leads_from_input``), ``refused`` leads that are not this push's (``lead_sources.own_leads``:
+    another campaign, the other kind): both are reported as failed, first, and nothing of
+    theirs is sent or recorded."""
     report = PushReport(kind=target.kind, dry_run=dry_run)
     if target.notice is not None:
         report.notice, report.notice_hint = target.notice, target.notice_hint
         return report
     unreadable = [_rejected_result(exc, target.kind) for exc in rejected]
+    unreadable += [_failed(lead, target.kind, None, exc, exc.to_dict()) for lead, exc in refused]
     known_total = len(leads) if isinstance(leads, Sized) else None
     progress.set_total(known_total)
     if dry_run:
@@ -607,6 +676,8 @@ def push_leads(
     with conn.ledger.recorded_run(
         RunJob.PUSH, command, counts=lambda: report.counts, failed=lambda: bool(report.failed or report.unknown)
     ) as report.run_id:
+        if leads:
+            target = ready_to_create(conn, target)
         futures: list = []
         results: list[PushResult] = []
         try:
@@ -679,6 +750,8 @@ def push_new(
     if dry_run:
         return push_leads(conn, new_leads(conn, target, record=False), target, progress=progress, dry_run=True)
     with conn.run_lock(RunJob.PUSH, command=command):
+        # A paused campaign stops the run here, before its leads are searched.
+        target = ready_to_create(conn, target)
         index = BookingIndex(conn)
         # The provider's bookings are read while Referral Factory's first page is: both are
         # needed before the first create.

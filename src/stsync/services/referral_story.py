@@ -7,11 +7,16 @@ each side knows about it (the e-mail matched case-insensitively):
   referred it, qualified or not — or why it was not looked up;
 - **the ledger**: every push of it (one per externalId) with every attempt (the booking id, or
   the exact error as recorded), the booking's and job's last tracked status, the
-  qualifications; and the customer sync's record when it was enrolled as a referrer;
+  qualifications; the webhook deliveries about it (what ``serve`` received and what became of
+  it); and the customer sync's record when it was enrolled as a referrer (its ServiceTitan
+  customer, the Referral Factory user, the return fields written back) — a referrer who came
+  from customer sync is told that story, never advised to be pushed as a lead;
 - **ServiceTitan** (live): the booking and its job as they are now, or, for a lead stsync
   never pushed, whether some other integration booked it.
 
-Then the story in plain sentences (``summary``) and what to do next (``next_steps``). A live
+Then the story in plain sentences (``summary``) and what to do next (``next_steps``). A lead
+not qualified yet is told what it waits for: the booking to become a job, or its job (as
+ServiceTitan has it now, else as last tracked) to reach the rule's status. A live
 side is only asked when its client is given (diagnose gives one whose key check passed);
 errors on the way become sentences, never exceptions. ``ReferralStory.to_dict()`` is the
 ``story`` object of ``diagnose --json`` and of the support bundle. Nothing here prints.
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from stsync.errors import StsyncError, error_summary
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
+from stsync.services.history import delivery_entry
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
     UNKNOWN_LABEL,
@@ -33,17 +39,18 @@ from stsync.storage.states import (
     QualificationValue,
     ReferrerState,
 )
-from stsync.vocabulary import Action, Kind, QualificationRule
+from stsync.vocabulary import Action, HistoryKind, Kind, QualificationRule
 
 if TYPE_CHECKING:
     from stsync.referralfactory.client import ReferralFactoryClient
     from stsync.referralfactory.models import User
     from stsync.servicetitan.client import ServiceTitanClient
-    from stsync.storage.config import Config
+    from stsync.storage.config import Config, Qualification
     from stsync.storage.ledger import Ledger, PushRecord
 
 USER_KINDS = {PERSON_INVITED: "referred lead", PERSON_REFERRING: "referrer"}
 ATTEMPTS_READ = 100
+DELIVERIES_READ = 50
 STRAY_ATTEMPTS_READ = 200
 
 
@@ -189,6 +196,21 @@ class ReferrerRecordStory:
     error: dict[str, Any] | None
     updated_at: str | None
     shared_with: int | None = None  # state shared: the customer whose referrer this one shares
+    return_fields: dict[str, str | None] = field(default_factory=dict)  # written back to the customer
+
+
+@dataclass
+class DeliveryStory:
+    """A webhook delivery about this e-mail, as ``history`` lists it."""
+
+    id: str  # `history --ack` takes it
+    event: str | None
+    received_at: str
+    outcome: str
+    external_id: str | None
+    error_text: str | None
+    error: dict[str, Any] | None
+    acknowledged_at: str | None
 
 
 @dataclass
@@ -201,6 +223,7 @@ class ReferralStory:
     referral_factory_note: str | None = None  # not looked up (offline) or the lookup failed
     pushes: list[PushStory] = field(default_factory=list)
     referrer_record: ReferrerRecordStory | None = None
+    deliveries: list[DeliveryStory] = field(default_factory=list)  # newest first
     summary: list[str] = field(default_factory=list)  # the story in plain sentences
     next_steps: list[str] = field(default_factory=list)
 
@@ -212,6 +235,7 @@ class ReferralStory:
             "referral_factory_note": self.referral_factory_note,
             "pushes": [asdict(push) for push in self.pushes],
             "referrer_record": asdict(self.referrer_record) if self.referrer_record is not None else None,
+            "deliveries": [asdict(delivery) for delivery in self.deliveries],
             "summary": list(self.summary),
             "next_steps": list(self.next_steps),
         }
@@ -242,11 +266,13 @@ def referral_story(
             story.referrer_record = ReferrerRecordStory(
                 customer_id=record.customer_id, rf_user_id=record.rf_user_id, code=record.code, state=record.state,
                 skip_reason=record.skip_reason, error=record.error, updated_at=record.updated_at,
+                return_fields=ledger.get_return_fields(record.customer_id),
                 shared_with=record.shared_with,
             )
+        story.deliveries = _deliveries_of(ledger, email, user)
     if not story.pushes and user is not None and user.code and servicetitan is not None and config is not None:
         story.summary.extend(_booked_elsewhere(servicetitan, config, user.code))
-    story.seen = bool(story.pushes or story.referral_factory or story.referrer_record)
+    story.seen = bool(story.pushes or story.referral_factory or story.referrer_record or story.deliveries)
     _tell(story, config, offline=offline)
     return story
 
@@ -300,6 +326,24 @@ def _pushes_of(ledger: Ledger, email: str) -> list[PushRecord]:
             pushes.append(push)
             codes.add(external_id)
     return pushes
+
+
+def _deliveries_of(ledger: Ledger, email: str, user: User | None) -> list[DeliveryStory]:
+    """The webhook deliveries about the e-mail: keyed by it or by its Referral Factory user, or
+    naming an External Id pushed for it."""
+    acknowledged = ledger.acknowledgements(HistoryKind.WEBHOOK)
+    user_ids = [user.id] if user is not None and user.id is not None else []
+    stories = []
+    for number, delivery in ledger.delivery_entries(email=email, rf_user_ids=user_ids, limit=DELIVERIES_READ):
+        entry = delivery_entry(number, delivery, acknowledged.get(delivery.key))
+        stories.append(
+            DeliveryStory(
+                id=entry.id, event=delivery.event, received_at=delivery.received_at, outcome=entry.outcome,
+                external_id=delivery.external_id, error_text=entry.error_text or None, error=delivery.error,
+                acknowledged_at=entry.acknowledged_at,
+            )
+        )
+    return stories
 
 
 def _booked_elsewhere(servicetitan: ServiceTitanClient, config: Config, code: str) -> list[str]:
@@ -398,22 +442,23 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
         story.summary.extend(_push_sentences(push, config))
 
     if story.referrer_record is not None:
-        record = story.referrer_record
-        state = UNKNOWN_LABEL if record.state == ReferrerState.UNKNOWN else record.state
-        if record.state == ReferrerState.SHARED and record.shared_with is not None:
-            state = f"shares the referrer of customer {record.shared_with}"
-        story.summary.append(
-            f"Customer sync: ServiceTitan customer {record.customer_id} → referrer ({state}"
-            + (f": {record.skip_reason}" if record.skip_reason else "")
-            + ")."
-        )
-        if record.error:
-            story.summary.append(f"  last error: {error_summary(record.error)}")
-            if record.error.get("hint"):
-                story.next_steps.append(str(record.error["hint"]))
+        story.summary.extend(_customer_sync_sentences(story.referrer_record))
+        error = story.referrer_record.error
+        if error and error.get("hint"):
+            story.next_steps.append(str(error["hint"]))
+
+    for delivery in story.deliveries:
+        story.summary.append(_delivery_sentence(delivery))
 
     if not story.seen:
         _never_seen(story, config, offline=offline)
+        return
+
+    _delivery_steps(story)
+    if story.referrer_record is not None and not story.pushes:
+        # A referrer enrolled from ServiceTitan: an existing customer, whose story is the
+        # customer sync's — a lead's booking ("first-time client") would be wrong for them.
+        _customer_sync_steps(story, story.referrer_record)
         return
 
     if user is not None and not story.pushes:
@@ -441,13 +486,80 @@ def _tell(story: ReferralStory, config: Config | None, *, offline: bool) -> None
             command = f"stsync push-lead --code {push.external_id}" + (" --referrer" if push.kind == Kind.REFERRER else "")
             story.next_steps.append(f"fix what the error above says, then push it again: `{command}`")
         live = push.servicetitan
+        rule = config.leads.qualification if config is not None else None
+        waiting = rule is not None and rule.rule != QualificationRule.NONE and push.kind == Kind.LEAD
         if push.state == PushState.BOOKED and live is not None and live.job is None and live.status != "Dismissed":
-            rule = config.leads.qualification.rule if config is not None else QualificationRule.NONE
-            if rule != QualificationRule.NONE:
+            if waiting:
                 story.next_steps.append(
                     f"the booking {live.booking_id} has no job yet: qualification waits until a CSR books a job from it"
                 )
+        elif waiting and push.qualification is None and rule is not None and _rule_met(push, rule):
+            story.next_steps.append("the rule is met: `stsync qualify` (cron runs it) qualifies the referral")
 
+
+def _customer_sync_sentences(record: ReferrerRecordStory) -> list[str]:
+    """The customer sync's record in words: the customer and its outcome, the Referral Factory
+    user it became, what was written back to the customer, the last error."""
+    state = UNKNOWN_LABEL if record.state == ReferrerState.UNKNOWN else record.state
+    if record.state == ReferrerState.SHARED and record.shared_with is not None:
+        state = f"shares the referrer of customer {record.shared_with}"
+    sentences = [
+        f"Customer sync: ServiceTitan customer {record.customer_id} → referrer ({state}"
+        + (f": {record.skip_reason}" if record.skip_reason else "")
+        + ")"
+        + (f", at {record.updated_at}" if record.updated_at else "")
+        + "."
+    ]
+    if record.rf_user_id is not None:
+        code = f" (code {record.code})" if record.code else ""
+        sentences.append(f"  it is Referral Factory referrer #{record.rf_user_id}{code}.")
+    written = {name: value for name, value in record.return_fields.items() if value}
+    if written:
+        sentences.append(
+            "  return fields written to the customer: " + "; ".join(f"{name} = {value}" for name, value in written.items())
+        )
+    elif record.rf_user_id is not None:
+        sentences.append("  no return field written to the customer yet.")
+    if record.error:
+        sentences.append(f"  last error: {error_summary(record.error)}")
+    return sentences
+
+
+def _customer_sync_steps(story: ReferralStory, record: ReferrerRecordStory) -> None:
+    story.summary.append(
+        "A referrer from customer sync is an existing ServiceTitan customer: no booking is made for them "
+        "(a booking is a referred lead's, a first-time client's)."
+    )
+    if (record.state == ReferrerState.FAILED or record.error) and not (record.error or {}).get("hint"):
+        story.next_steps.append(
+            "fix what the error above says; the next `stsync sync-customers` tries the customer again"
+        )
+    elif record.state == ReferrerState.SKIPPED:
+        story.next_steps.append(
+            f"the customer was skipped ({(record.skip_reason or '').replace('_', ' ')}): fix it in ServiceTitan; "
+            "the next `stsync sync-customers --ongoing` picks the change up"
+        )
+
+
+def _delivery_sentence(delivery: DeliveryStory) -> str:
+    what = f"Webhook {delivery.id} ({delivery.event or 'unknown event'}) received {delivery.received_at}: {delivery.outcome}"
+    if delivery.error_text:
+        what += f" — {delivery.error_text}"
+    if delivery.acknowledged_at:
+        what += f" (acknowledged {delivery.acknowledged_at})"
+    return what + "."
+
+
+def _delivery_steps(story: ReferralStory) -> None:
+    failed = [d for d in story.deliveries if d.outcome == "failed" and not d.acknowledged_at]
+    if not failed or any(push.state == PushState.BOOKED for push in story.pushes):
+        return
+    first = failed[0]
+    push = f"`stsync push-lead --code {first.external_id}`" if first.external_id else "`stsync push-lead --new`"
+    story.next_steps.append(
+        f"the webhook delivery {first.id} failed (above): fix the cause, then push it with {push} (or let cron's "
+        f"`push-lead --new` do it); `stsync history --ack {first.id}` if it never will be"
+    )
 
 def _never_seen(story: ReferralStory, config: Config | None, *, offline: bool) -> None:
     story.summary.insert(0, f"{story.email}: never seen — not in the ledger" + ("" if offline else " nor in the campaign") + ".")
@@ -510,14 +622,50 @@ def _push_sentences(push: PushStory, config: Config | None) -> list[str]:
             f"in the {days}hold."
         )
     elif rule is not None and push.kind == Kind.LEAD:
-        described = {
-            QualificationRule.NONE: "the rule is Do not qualify",
-            QualificationRule.JOB_CREATED: "qualifies when the booking becomes a job",
-        }.get(rule.rule, f"qualifies when the job reaches {rule.job_status}")
-        if rule.rule != QualificationRule.NONE and rule.hold_days:
-            described += f", after a {rule.hold_days}-day hold"
-        sentences.append(f"Not qualified by stsync yet ({described}).")
+        sentences.append(_waiting_for(push, rule))
     for item in push.qualifications:
         if item.state == QualificationState.FAILED:
             sentences.append(f"  {item.action} failed at {item.at}: {item.error_text}")
     return sentences
+
+
+def _job_of(push: PushStory) -> tuple[int | None, str | None]:
+    """The push's job and its status: as ServiceTitan has it now, else as last tracked."""
+    live = push.servicetitan
+    if live is not None:
+        if live.job is not None:
+            return live.job.id, live.job.status
+        if live.job_id is not None:
+            return live.job_id, None
+        return None, None
+    return push.job_id, push.job_status
+
+
+def _rule_met(push: PushStory, rule: Qualification) -> bool:
+    job_id, status = _job_of(push)
+    if job_id is None:
+        return False
+    return rule.rule == QualificationRule.JOB_CREATED or (rule.rule == QualificationRule.JOB_STATUS and status == rule.job_status)
+
+
+def _waiting_for(push: PushStory, rule: Qualification) -> str:
+    """What a lead not qualified yet waits for, in words: the booking to become a job, or its
+    job to reach the rule's status — or nothing but the next ``qualify`` run."""
+    if rule.rule == QualificationRule.NONE:
+        return "Not qualified by stsync: the rule is Do not qualify (`stsync map qualify` sets one)."
+    job_id, status = _job_of(push)
+    reaches = f" and its job reaches {rule.job_status}" if rule.rule == QualificationRule.JOB_STATUS else ""
+    hold = f", then a {rule.hold_days}-day hold" if rule.hold_days else ""
+    if job_id is None:
+        return (
+            f"Not qualified yet: waiting for the booking to become a job (the rule qualifies it when it does"
+            f"{reaches}{hold})."
+        )
+    job = f"job {job_id}" + (f" ({status})" if status else "")
+    if _rule_met(push, rule):
+        then = f"starts its {rule.hold_days}-day hold" if rule.hold_days else "qualifies it"
+        return f"Not qualified yet, but the booking is {job} and the rule is met: the next `stsync qualify` {then}."
+    if status == "Canceled":
+        return f"Not qualified: the booking became {job}, which was canceled; it qualifies only if the job is reopened."
+    now = f", it is {status} now" if status else ""
+    return f"Not qualified yet: the booking is {job}; waiting for the job to reach {rule.job_status}{now}{hold}."

@@ -7,7 +7,8 @@ only by the two APIs' rate limits. The engine is ``stsync.customersync``: the pi
 (phases, feeds, batches, resumable positions) and one customer's handling.
 
 This use case adds what a run needs around it: the connection's identity, one run per
-connection at a time (``LockHeld``, exit 7), and for a dry run — which takes no lock, since
+connection at a time (``LockHeld``, exit 7), a launched campaign (a paused, draft or unknown
+one is exit 3 with its fix, before any customer is read), and for a dry run — which takes no lock, since
 it changes nothing — a scratch ledger to join the contacts in, thrown away afterwards.
 """
 
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stsync.checks.live import launched_campaign
 from stsync.customersync.pipeline import CustomerSync, SyncOptions
 from stsync.customersync.report import SyncReport
 from stsync.progress import NO_PROGRESS, Progress
@@ -44,4 +46,7 @@ def sync_customers(conn: Connection, options: SyncOptions = SyncOptions(), *, pr
             finally:
                 staging.close()
     with conn.run_lock(RunJob.SYNC, command=options.command):
+        # Referrers can only join a launched campaign: a paused one would fail every customer
+        # (and spend the Referral Factory budget doing it), so it stops the run here, once.
+        launched_campaign(conn)
         return CustomerSync(conn, options, staging=conn.ledger, progress=progress).run()

@@ -13,6 +13,12 @@ Push, sync, qualify, serve, diagnose and history all read and write it, often at
 - Schema changes are appended to ``MIGRATIONS`` (``PRAGMA user_version`` says how many ran).
   Never edit a migration that shipped: add one.
 
+A ledger this machine or its file cannot serve is an error of stsync's, never SQLite's
+traceback (``_translate``): a damaged file — not a database, damaged pages, a table missing
+(each table the migrations create is looked for at open) — is ``LedgerDamaged``; a full disk,
+a read-only file system or a file it may not write is ``StateUnusable``; a lock another process
+held past the busy timeout is ``TemporaryError``. All exit 3 (6 for the lock) with the fix.
+
 What ServiceTitan did with the bookings (migration 3; written by ``stsync.tracking``, read by
 ``qualify``, ``push-lead --new``, ``diagnose`` and the report) — a mirror, so that nothing
 needs to crawl ServiceTitan again:
@@ -58,6 +64,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -67,10 +74,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stsync.errors import ConfigError, StsyncError
+from stsync.errors import ConfigError, LedgerDamaged, StsyncError, TemporaryError
 from stsync.logs import log_context
 from stsync.storage.locks import pid_alive
-from stsync.storage.paths import make_private_dir
+from stsync.storage.paths import make_private_dir, no_space_left, read_only_fs, unusable
 from stsync.storage.states import (
     BOOKED_OUTCOMES,
     IN_DOUBT_OUTCOMES,
@@ -89,6 +96,10 @@ from stsync.storage.states import (
 from stsync.vocabulary import Kind
 
 BUSY_TIMEOUT_MS = 30_000
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF) that mean the machine or
+# the file, not stsync: https://www.sqlite.org/rescode.html
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR = 5, 6, 8, 10
+SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 11, 13, 14, 26
 # Page cache per connection. There is one connection per thread (sync runs [limits] workers
 # of them), so memory is threads × this: with SQLite's 2 MB default a 50,000-customer sync
 # grew by ~13 MB as the caches filled. The OS page cache still holds the file.
@@ -312,7 +323,39 @@ MIGRATIONS: list[str] = [
     CREATE INDEX referred_leads_joined ON referred_leads(coalesce(signed_up_at, first_seen_at));
     CREATE INDEX referred_leads_referrer ON referred_leads(referrer_rf_user_id);
     """,
+    # 7: what the operator sees (issue 15 item 9): a failed run's error as data (its class and
+    # fields: diagnose re-checks the cause live), and the failed records a person acknowledged
+    # (``history --ack``): diagnose stops failing on them until they fail again.
+    """
+    ALTER TABLE runs ADD COLUMN failure TEXT;
+
+    CREATE TABLE acknowledgements (
+        kind TEXT NOT NULL,
+        record TEXT NOT NULL,
+        acknowledged_at TEXT NOT NULL,
+        note TEXT,
+        PRIMARY KEY (kind, record)
+    );
+    """,
 ]
+
+
+def _not_acknowledged(kind: str, record: str, failed_at: str) -> str:
+    """SQL: the failed record (``record``, failed at ``failed_at``) is not acknowledged, or has
+    failed again since (``history --ack``): status and the alerts count it."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM acknowledgements k WHERE k.kind = '{kind}' AND k.record = {record} "
+        f"AND k.acknowledged_at >= {failed_at})"
+    )
+
+
+# The JSON columns of webhook_deliveries (migration 5 added the lead and the payload).
+DELIVERY_JSON = ("error", "lead", "payload")
+
+
+def _like_escaped(text: str) -> str:
+    """``text`` matched literally by ``LIKE … ESCAPE '\\'``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _inserted_id(cursor: sqlite3.Cursor) -> int:
@@ -355,6 +398,7 @@ class RunRecord:
     counts: dict
     error: str | None
     exit_code: int | None = None  # the command's exit code (SPEC §5), once it exited
+    failure: dict | None = None  # the stopping error's to_dict() (runs recorded since migration 7)
 
 
 @dataclass(frozen=True)
@@ -534,6 +578,18 @@ class ContactRow:
 
 
 @dataclass(frozen=True)
+class Acknowledgement:
+    """A failed record a person acknowledged (``history --ack``): ``kind`` is the history kind
+    (push, qualify, sync, webhook), ``record`` the record's key in it (an External Id, a
+    qualification id, a customer id, a delivery key)."""
+
+    kind: str
+    record: str
+    acknowledged_at: str
+    note: str | None
+
+
+@dataclass(frozen=True)
 class DeliveryRecord:
     key: str
     event: str | None
@@ -642,13 +698,75 @@ class Ledger:
         try:
             conn = ledger._conn()
             ledger._migrate(conn)
-        except sqlite3.DatabaseError as exc:
+            ledger._check_tables(conn)
+        except sqlite3.Error as exc:
             ledger.close()
-            raise ConfigError(
+            raise ledger._translate(exc, doing="opened") or ConfigError(
                 f"the ledger {ledger.path} cannot be opened: {exc}",
                 hint="if the file is damaged, move it aside (stsync starts a new one; `diagnose` then has no history)",
             ) from None
+        except StsyncError:
+            ledger.close()
+            raise
         return ledger
+
+    def _check_tables(self, conn: sqlite3.Connection) -> None:
+        """Every table the migrations create is there (a hand-made or half-restored file may
+        lack one: ``LedgerDamaged`` now, not "no such table" in the middle of a run)."""
+        present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [name for name in _migration_tables() if name not in present]
+        if missing:
+            raise LedgerDamaged(
+                f"the ledger {self.path} cannot be opened: it is damaged (no table {', '.join(missing)})",
+                path=str(self.path),
+            )
+
+    def _translate(self, exc: sqlite3.Error, *, doing: str = "read") -> StsyncError | None:
+        """SQLite's error as stsync's (see the module docstring); None for one that is a bug.
+        ``doing``: what could not be done to the ledger, for the message."""
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        text = str(exc)
+        where = self.path.parent
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB) or re.search(r"no such (table|column)|malformed|not a database", text):
+            return LedgerDamaged(f"the ledger {self.path} cannot be {doing}: it is damaged ({text})", path=str(self.path))
+        if code == SQLITE_FULL or "disk is full" in text or (code == SQLITE_IOERR and no_space_left(where)):
+            return unusable(where, "disk_full", f"the disk is full (SQLite: {text})")
+        if code == SQLITE_READONLY or "readonly database" in text:
+            reason = "read_only" if read_only_fs(where) else "permission"
+            return unusable(where, reason, f"the ledger cannot be written (SQLite: {text})")
+        if code == SQLITE_CANTOPEN or "unable to open database" in text:
+            reason = "read_only" if read_only_fs(where) else "permission"
+            return unusable(where, reason, f"the ledger {self.path.name} cannot be opened (SQLite: {text})")
+        if code == SQLITE_IOERR or "disk I/O error" in text:
+            return unusable(where, "os_error", f"the disk failed a read or write of the ledger (SQLite: {text})")
+        if code in (SQLITE_BUSY, SQLITE_LOCKED) or "database is locked" in text:
+            return TemporaryError(
+                f"the ledger {self.path} stayed locked by another stsync process for {BUSY_TIMEOUT_MS // 1000} s",
+                hint="run it again when the other run is done (`stsync diagnose` shows which runs hold a lock)",
+            )
+        return None
+
+    def check_integrity(self) -> None:
+        """``LedgerDamaged`` unless SQLite's ``quick_check`` finds every page sound. It reads the
+        whole file: for ``diagnose``, not for every command (those find a damaged page when
+        they reach it)."""
+        rows = self._query("PRAGMA quick_check")
+        problems = [str(row[0]) for row in rows if str(row[0]).casefold() != "ok"]
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise LedgerDamaged(
+                f"the ledger {self.path} is damaged: {problems[0]}{more}", path=str(self.path)
+            )
+
+    @contextmanager
+    def _translating(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            translated = self._translate(exc)
+            if translated is None:
+                raise
+            raise translated from None
 
     def close(self) -> None:
         with self._guard:
@@ -715,7 +833,7 @@ class Ledger:
 
     @property
     def schema_version(self) -> int:
-        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+        return int(self._query("PRAGMA user_version")[0][0])
 
     @contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -735,7 +853,7 @@ class Ledger:
         if conn.in_transaction:
             yield conn
             return
-        with self._writer:
+        with self._translating(), self._writer:
             if not durable:
                 conn.execute("PRAGMA synchronous = NORMAL")
             try:
@@ -744,7 +862,10 @@ class Ledger:
                     yield conn
                 except BaseException:
                     if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
-                        conn.execute("ROLLBACK")
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass  # the error that got us here is the one to report
                     raise
                 else:
                     conn.execute("COMMIT")
@@ -761,7 +882,8 @@ class Ledger:
                 yield own
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, tuple(params)).fetchall()
+        with self._translating():
+            return self._conn().execute(sql, tuple(params)).fetchall()
 
     # -- runs ---------------------------------------------------------------------------
     def start_run(self, job: str, command: str) -> int:
@@ -779,7 +901,7 @@ class Ledger:
         ``failed`` with the error otherwise. ``counts()`` is read at the very end, so a
         stopped run still records what it did. Yields the run id."""
         run_id = self.start_run(job, command)
-        outcome, error = RunOutcome.FAILED, None
+        outcome, error, failure = RunOutcome.FAILED, None, None
         try:
             with log_context(run_id=run_id):
                 yield run_id
@@ -788,20 +910,28 @@ class Ledger:
             outcome, error = RunOutcome.INTERRUPTED, "interrupted by the user"
             raise
         except StsyncError as exc:
-            error = exc.message
+            error, failure = exc.message, exc.to_dict()
             raise
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            self.finish_run(run_id, outcome, counts(), error=error)
+            self.finish_run(run_id, outcome, counts(), error=error, failure=failure)
 
-    def finish_run(self, run_id: int, outcome: str, counts: Mapping[str, Any], error: str | None = None) -> None:
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: str,
+        counts: Mapping[str, Any],
+        error: str | None = None,
+        failure: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``failure``: the stopping error's ``to_dict()`` (what diagnose re-checks)."""
         _check(outcome, FINISHED_RUN_OUTCOMES, "run outcome")
         with self.transaction() as conn:
             cursor = conn.execute(
-                "UPDATE runs SET finished_at = ?, outcome = ?, counts = ?, error = ? WHERE id = ?",
-                (utc_now(), outcome, _dumps(dict(counts)), error, run_id),
+                "UPDATE runs SET finished_at = ?, outcome = ?, counts = ?, error = ?, failure = ? WHERE id = ?",
+                (utc_now(), outcome, _dumps(dict(counts)), error, _dumps(dict(failure) if failure else None), run_id),
             )
             if cursor.rowcount == 0:
                 raise ValueError(f"no run {run_id} in the ledger")
@@ -821,7 +951,7 @@ class Ledger:
         return closed
 
     def _run(self, row: sqlite3.Row) -> RunRecord:
-        record = _record(RunRecord, row, json_columns=("counts",))
+        record = _record(RunRecord, row, json_columns=("counts", "failure"))
         if record.outcome == RunOutcome.RUNNING and not pid_alive(record.pid):
             # Killed (kill -9, power cut): it never finished. Reported, not rewritten: the
             # reader may be wrong about a pid on another machine sharing the state dir.
@@ -884,16 +1014,21 @@ class Ledger:
         exit_code: int | None,
         error: str | None = None,
         counts: Mapping[str, Any] | None = None,
+        failure: Mapping[str, Any] | None = None,
     ) -> int:
         """A run recorded in one go: a step that ended before its work started (a lock held:
-        ``skipped``; a configuration or credential failure: ``failed``)."""
+        ``skipped``; a configuration or credential failure: ``failed``, with the error's
+        ``to_dict()`` as ``failure`` for diagnose to re-check)."""
         _check(outcome, FINISHED_RUN_OUTCOMES, "run outcome")
         now = utc_now()
         with self.transaction() as conn:
             cursor = conn.execute(
-                "INSERT INTO runs (job, command, pid, started_at, finished_at, outcome, counts, error, exit_code) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job, command, os.getpid(), now, now, outcome, _dumps(dict(counts or {})), error, exit_code),
+                "INSERT INTO runs (job, command, pid, started_at, finished_at, outcome, counts, error, exit_code, failure) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job, command, os.getpid(), now, now, outcome, _dumps(dict(counts or {})), error, exit_code,
+                    _dumps(dict(failure) if failure else None),
+                ),
             )
             return _inserted_id(cursor)
 
@@ -931,7 +1066,7 @@ class Ledger:
             self._intents.append(intent)
         # Whoever holds the writer lock commits every intent queued so far; an intent some
         # other thread committed meanwhile is done when its own thread gets the lock.
-        with self._writer:
+        with self._translating(), self._writer:
             alone = False
             while intent.attempt_id is None:
                 if alone:
@@ -964,7 +1099,10 @@ class Ledger:
             for queued in batch:
                 queued.attempt_id = None  # rolled back
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the error that got us here is the one to report
             raise
 
     def record_push_result(
@@ -1625,7 +1763,10 @@ class Ledger:
     def failed_pushes(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[AttemptRecord]]:
         """Pushes whose latest failure is still unbooked: how many, and the newest attempts
         (``since``: only failures recorded after that time)."""
-        where = f"a.outcome = ? AND p.state = ? AND {_record_level('a.error')}"
+        where = (
+            f"a.outcome = ? AND p.state = ? AND {_record_level('a.error')} "
+            f"AND {_not_acknowledged('push', 'a.external_id', 'coalesce(a.finished_at, a.started_at)')}"
+        )
         params: list[Any] = [AttemptOutcome.FAILED, PushState.FAILED]
         if since is not None:
             where += " AND a.finished_at > ?"
@@ -1640,7 +1781,10 @@ class Ledger:
 
     def failed_referrers(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[ReferrerRecord]]:
         """Customers whose referrer (or its return fields) failed and was not fixed since."""
-        where = f"(state = ? OR (error IS NOT NULL AND state NOT IN (?, ?))) AND {_record_level('error')}"
+        where = (
+            f"(state = ? OR (error IS NOT NULL AND state NOT IN (?, ?))) AND {_record_level('error')} "
+            f"AND {_not_acknowledged('sync', 'CAST(customer_id AS TEXT)', 'updated_at')}"
+        )
         params: list[Any] = [ReferrerState.FAILED, ReferrerState.PENDING, ReferrerState.SKIPPED]
         if since is not None:
             where += " AND updated_at > ?"
@@ -1651,7 +1795,10 @@ class Ledger:
 
     def failed_qualifications(self, *, since: str | None = None, limit: int = 10) -> tuple[int, list[QualificationRecord]]:
         """Referrals whose latest (un)qualification failed, on a push still open."""
-        where = f"q.state = ? AND p.final = 0 AND {_record_level('q.error')}"
+        where = (
+            f"q.state = ? AND p.final = 0 AND {_record_level('q.error')} "
+            f"AND {_not_acknowledged('qualify', 'CAST(q.id AS TEXT)', 'q.at')}"
+        )
         params: list[Any] = [QualificationState.FAILED]
         if since is not None:
             where += " AND q.at > ?"
@@ -1666,9 +1813,10 @@ class Ledger:
 
     def failed_deliveries(self, *, limit: int = 10) -> tuple[int, list[DeliveryRecord]]:
         """Webhook deliveries whose processing failed (not delivered again successfully since)."""
-        count = self._query("SELECT count(*) AS n FROM webhook_deliveries WHERE outcome = ?", (DeliveryOutcome.FAILED,))[0]["n"]
+        where = f"outcome = ? AND {_not_acknowledged('webhook', 'key', 'received_at')}"
+        count = self._query(f"SELECT count(*) AS n FROM webhook_deliveries WHERE {where}", (DeliveryOutcome.FAILED,))[0]["n"]
         rows = self._query(
-            "SELECT * FROM webhook_deliveries WHERE outcome = ? ORDER BY received_at DESC LIMIT ?",
+            f"SELECT * FROM webhook_deliveries WHERE {where} ORDER BY received_at DESC LIMIT ?",
             (DeliveryOutcome.FAILED, limit),
         )
         return int(count), [_record(DeliveryRecord, row, json_columns=("error",)) for row in rows]
@@ -1682,6 +1830,105 @@ class Ledger:
         )[0]
         return int(row["n"]), row["oldest"]
 
+    # -- the history of every kind (``stsync history``) ---------------------------------
+    def qualification_entries(
+        self, *, email: str | None = None, failed_only: bool = False, limit: int = 50
+    ) -> list[tuple[QualificationRecord, str | None]]:
+        """Qualifications (each with its push's e-mail), newest first."""
+        where, params = [], []
+        if email is not None:
+            where.append("lower(p.email) = lower(?)")
+            params.append(email)
+        if failed_only:
+            where.append("q.state = ?")
+            params.append(QualificationState.FAILED)
+        sql = (
+            "SELECT q.*, p.email AS push_email FROM qualifications q LEFT JOIN pushes p ON p.external_id = q.external_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY q.at DESC, q.id DESC LIMIT ?"
+        )
+        rows = self._query(sql, [*params, limit])
+        return [(_record(QualificationRecord, row, json_columns=("error",)), row["push_email"]) for row in rows]
+
+    def get_qualification(self, qualification_id: int) -> QualificationRecord | None:
+        rows = self._query("SELECT * FROM qualifications WHERE id = ?", (qualification_id,))
+        return _record(QualificationRecord, rows[0], json_columns=("error",)) if rows else None
+
+    def referrer_entries(self, *, email: str | None = None, failed_only: bool = False, limit: int = 50) -> list[ReferrerRecord]:
+        """Customer sync outcomes (one per customer: its latest), newest first. ``failed_only``:
+        failed or in doubt (``unknown``), or an error left (e.g. a return field not written)."""
+        where, params = [], []
+        if email is not None:
+            where.append("lower(email) = lower(?)")
+            params.append(email)
+        if failed_only:
+            where.append("(state IN (?, ?) OR (error IS NOT NULL AND state NOT IN (?, ?)))")
+            params.extend([ReferrerState.FAILED, ReferrerState.UNKNOWN, ReferrerState.PENDING, ReferrerState.SKIPPED])
+        sql = "SELECT * FROM referrers" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY updated_at DESC LIMIT ?"
+        return [self._referrer(row) for row in self._query(sql, [*params, limit])]
+
+    def delivery_entries(
+        self,
+        *,
+        email: str | None = None,
+        rf_user_ids: Iterable[int] = (),
+        failed_only: bool = False,
+        limit: int = 50,
+    ) -> list[tuple[int, DeliveryRecord]]:
+        """Webhook deliveries with their row number (the id ``history`` shows), newest first.
+        ``email``: the deliveries about that e-mail — naming it (their lead, their key), keyed
+        by one of ``rf_user_ids`` (its Referral Factory user), or naming an External Id pushed
+        for it."""
+        where, params = [], []
+        if email is not None:
+            about = [
+                "key LIKE ? ESCAPE '\\'",
+                "external_id IN (SELECT external_id FROM pushes WHERE lower(email) = lower(?))",
+                "(json_valid(lead) AND lower(json_extract(lead, '$.email')) = lower(?))",
+            ]
+            params.extend([f"%:email={_like_escaped(email.strip().casefold())}:%", email, email])
+            for user_id in rf_user_ids:
+                about.append("key LIKE ?")
+                params.append(f"%:id={int(user_id)}:%")
+            where.append("(" + " OR ".join(about) + ")")
+        if failed_only:
+            where.append("outcome = ?")
+            params.append(DeliveryOutcome.FAILED)
+        sql = (
+            "SELECT rowid AS row_number, * FROM webhook_deliveries"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY received_at DESC, rowid DESC LIMIT ?"
+        )
+        rows = self._query(sql, [*params, limit])
+        return [(int(row["row_number"]), _record(DeliveryRecord, row, json_columns=DELIVERY_JSON)) for row in rows]
+
+    def delivery_by_number(self, number: int) -> DeliveryRecord | None:
+        rows = self._query("SELECT * FROM webhook_deliveries WHERE rowid = ?", (number,))
+        return _record(DeliveryRecord, rows[0], json_columns=DELIVERY_JSON) if rows else None
+
+    def get_attempt(self, attempt_id: int) -> AttemptRecord | None:
+        rows = self._query("SELECT * FROM push_attempts WHERE id = ?", (attempt_id,))
+        return self._attempt(rows[0]) if rows else None
+
+    # -- acknowledgements ---------------------------------------------------------------
+    def acknowledge(self, kind: str, record: str, *, note: str | None = None) -> Acknowledgement:
+        """A person has seen this failed record: ``diagnose`` stops failing on it until it
+        fails again (a failure recorded after ``acknowledged_at``). Acknowledging again moves
+        the time."""
+        now = utc_now()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO acknowledgements (kind, record, acknowledged_at, note) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, record) DO UPDATE SET acknowledged_at = excluded.acknowledged_at, note = excluded.note",
+                (kind, record, now, note),
+            )
+        return Acknowledgement(kind=kind, record=record, acknowledged_at=now, note=note)
+
+    def acknowledgements(self, kind: str) -> dict[str, Acknowledgement]:
+        """The acknowledged records of one kind, by record key."""
+        rows = self._query("SELECT * FROM acknowledgements WHERE kind = ?", (kind,))
+        return {row["record"]: _record(Acknowledgement, row) for row in rows}
+
     # -- key/value ----------------------------------------------------------------------
     def get(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM kv WHERE key = ?", (key,))
@@ -1692,6 +1939,11 @@ class Ledger:
             conn.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)
             )
+
+
+def _migration_tables() -> list[str]:
+    """The tables the migrations create, in order."""
+    return [name for script in MIGRATIONS for name in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", script)]
 
 
 def iso_utc(moment: datetime | None) -> str | None:

@@ -12,19 +12,27 @@ secrets file) and the keyring entries. ``ConnectionPaths`` also carries the conf
 Everything stsync creates there is its owner's only, whatever the umask: directories 0700
 (``make_private_dir``), files 0600 (``write_private_text``, ``PRIVATE_FILE`` for the modules that
 open their own). Modes are set at creation, so no file is ever briefly readable by others.
+
+A state directory this machine cannot use — a file where a directory should be, no permission,
+a read-only file system, a full disk — is ``StateUnusable`` (exit 3), never a traceback:
+``make_private_dir`` raises it, and ``state_unusable(exc)`` words any other ``OSError`` of the
+kind (the CLI's last resort for a write deep inside a run).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import platformdirs
 
 from stsync import envvars
+from stsync.errors import StateUnusable
 
 APP = "stsync"
 DEFAULT_CONNECTION = "default"
@@ -32,11 +40,66 @@ PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 
 
+# The errors of a machine that cannot keep files, as opposed to a bug: (reason, what it is).
+MACHINE_ERRNOS: dict[int, tuple[str, str]] = {
+    errno.ENOTDIR: ("not_a_directory", "a file is where a directory should be"),
+    errno.EEXIST: ("not_a_directory", "a file is where a directory should be"),
+    errno.EACCES: ("permission", "permission denied"),
+    errno.EPERM: ("permission", "permission denied"),
+    errno.EROFS: ("read_only", "the file system is read-only"),
+    errno.ENOSPC: ("disk_full", "the disk is full (no space left on the device)"),
+    errno.EDQUOT: ("disk_full", "the disk quota is exhausted"),
+    errno.EIO: ("os_error", "input/output error (a failing disk?)"),
+}
+
+
+def is_machine_error(exc: BaseException) -> TypeGuard[OSError]:
+    """An ``OSError`` saying the machine cannot keep a file (see ``MACHINE_ERRNOS``)."""
+    return isinstance(exc, OSError) and exc.errno in MACHINE_ERRNOS
+
+
+def state_unusable(exc: OSError, path: os.PathLike[str] | str | None = None) -> StateUnusable:
+    """``exc`` (an ``OSError`` of ``MACHINE_ERRNOS``) worded for a person: the path, the reason,
+    and the way out for that reason."""
+    where = Path(os.fspath(path) if path is not None else (exc.filename or "?"))
+    reason, what = MACHINE_ERRNOS.get(exc.errno or 0, ("os_error", exc.strerror or str(exc)))
+    return unusable(where, reason, what)
+
+
+def unusable(where: Path, reason: str, what: str | None = None) -> StateUnusable:
+    """``StateUnusable`` for ``where`` and a reason of ``MACHINE_ERRNOS`` (``what`` says it in
+    words; the reason's own words by default)."""
+    what = what or next((words for key, words in MACHINE_ERRNOS.values() if key == reason), reason)
+    elsewhere = f"set {envvars.STATE_DIR.name} to a directory this user can write"
+    if reason == "not_a_directory":
+        blocking = _first_non_directory(where) or where
+        what = f"{blocking} is a file, not a directory"
+        hint = f"move {blocking} aside, or {elsewhere}"
+    elif reason == "permission":
+        hint = f"give this user write access (`ls -ld {where}`; chown, or chmod u+rwx), or {elsewhere}"
+    elif reason == "read_only":
+        hint = f"remount it read-write, or {elsewhere} on a writable disk"
+    elif reason == "disk_full":
+        hint = f"free space on that disk (`df -h {where}`), or {elsewhere} on another disk"
+    else:
+        hint = f"check the disk and the permissions, or {elsewhere}"
+    return StateUnusable(f"stsync cannot write in {where}: {what}", path=str(where), reason=reason, hint=hint)
+
+
+def _first_non_directory(path: Path) -> Path | None:
+    """The first existing component of ``path`` that is not a directory (the file in the way)."""
+    for candidate in (*reversed(path.parents), path):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return None
+
+
 def make_private_dir(path: Path) -> Path:
     """Create ``path`` and each missing parent 0700; existing directories are left as they are.
 
     ``mkdir(parents=True, mode=0o700)`` gives only the last directory that mode: the parents
-    (the state root on a first run) would get the umask's, typically 0755.
+    (the state root on a first run) would get the umask's, typically 0755. A path this machine
+    cannot make (or that is a file) is ``StateUnusable``.
     """
     missing: list[Path] = []
     probe = Path(path)
@@ -47,17 +110,44 @@ def make_private_dir(path: Path) -> Path:
         try:
             directory.mkdir(mode=PRIVATE_DIR)
         except FileExistsError:
-            pass  # another process made it first
+            if not directory.is_dir():
+                raise unusable(Path(path), "not_a_directory") from None
+            # another process made it first
+        except OSError as exc:
+            raise state_unusable(exc, path) from None
+    if not Path(path).is_dir():
+        raise unusable(Path(path), "not_a_directory")
     return Path(path)
 
 
 def write_private_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` as a 0600 file (a leftover with a laxer mode is made 0600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        if hasattr(os, "fchmod"):  # not on Windows before 3.13, where modes mean little anyway
-            os.fchmod(handle.fileno(), PRIVATE_FILE)
-        handle.write(text)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if hasattr(os, "fchmod"):  # not on Windows before 3.13, where modes mean little anyway
+                os.fchmod(handle.fileno(), PRIVATE_FILE)
+            handle.write(text)
+    except OSError as exc:
+        if exc.filename is None:  # a write or close says ENOSPC without naming the file
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
+        raise
+
+
+def no_space_left(path: Path) -> bool:
+    """The file system holding ``path`` has no block left for this user (SQLite reports a
+    write there as a plain I/O error)."""
+    try:
+        return os.statvfs(path).f_bavail == 0
+    except OSError:
+        return False
+
+
+def read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def default_config_path() -> Path:
@@ -156,7 +246,14 @@ class ConnectionPaths:
         return cls(name=name, config=config_path, state=state_root() / name, secrets_store=secrets_store)
 
     def ensure_state(self) -> Path:
-        return make_private_dir(self.state)
+        """The state directory, made if missing; ``StateUnusable`` when this machine cannot
+        write in it (a file, no permission, a read-only file system)."""
+        state = make_private_dir(self.state)
+        if not os.access(state, os.W_OK | os.X_OK):
+            # access() answers EROFS for root too, whose writes a mode would not stop.
+            probe = OSError(errno.EROFS if read_only_fs(state) else errno.EACCES, "cannot write", str(state))
+            raise state_unusable(probe, state)
+        return state
 
     @property
     def ledger(self) -> Path:

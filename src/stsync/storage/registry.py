@@ -45,9 +45,11 @@ from stsync.storage.paths import (
     PRIVATE_FILE,
     ConnectionPaths,
     connection_name,
+    is_machine_error,
     make_private_dir,
     read_config_identity,
     state_root,
+    state_unusable,
 )
 
 log = get_logger(__name__)
@@ -106,6 +108,8 @@ class Registry:
                 hint="retry in a moment",
             ) from None
         except OSError as exc:
+            if is_machine_error(exc):  # a full disk, read-only, a file in the way: the machine's, worded as such
+                raise state_unusable(exc, self.root) from None
             raise ConfigError(
                 f"cannot use the connection registry {self.path}: {exc.strerror or exc}",
                 hint="check that the state directory is writable (STSYNC_STATE_DIR)",

@@ -11,6 +11,14 @@ a ``X-Stsync-Event`` header, an event key in the payload (``event``, ``event_nam
 understood), else the user object itself: a ``person_invited`` user is a new lead (a
 qualified one when ``qualified_at`` is set), a ``person_referring`` user a new referrer.
 
+**Reading JSON safely.** ``parse_json`` is the one reader of JSON a person or a sender hands
+stsync (a webhook body, ``push-lead --file``): what would break Python's parser or what comes
+after it is refused with ``UnreadableJson`` (→ HTTP 400, exit 2), never a crash — nesting past
+``MAX_DEPTH`` (a lead is a few levels deep; 100,000 would exhaust the stack), a number longer
+than ``MAX_NUMBER_DIGITS`` (Python refuses to convert 4,300 digits and more), ``NaN`` and
+``Infinity`` (not JSON), text that is not UTF-8, and a lone UTF-16 surrogate (``\\ud800``: valid
+JSON escapes, but no Unicode text — the ledger could not store it).
+
 **Delivery key.** ``event:identity:stamp``: identity is the Referral Factory user id, else
 the referral code, else the e-mail; stamp is ``qualified_at`` for a qualification (a lead
 qualified, unqualified and qualified again is two events) and ``signed_up_at`` otherwise,
@@ -27,6 +35,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from stsync.leads import has_lone_surrogate
 from stsync.referralfactory.models import PERSON_INVITED, PERSON_REFERRING
 
 if TYPE_CHECKING:
@@ -41,6 +50,83 @@ EVENTS = (LEAD_CREATED, LEAD_QUALIFIED, REFERRER_JOINED, REWARD_ISSUED)
 EVENT_HEADER = "X-Stsync-Event"
 # Payload keys that may name the event; Referral Factory publishes no schema (§9.1).
 EVENT_KEYS = ("event", "eventname", "eventtype", "trigger", "webhookevent", "topic")
+
+
+# A lead is an object in an envelope or two, its meta a list of objects: 4–5 levels.
+MAX_DEPTH = 32
+# IDs are below 2**63 (19 digits); nothing a lead carries needs more.
+MAX_NUMBER_DIGITS = 40
+
+
+class UnreadableJson(ValueError):
+    """Input that is not JSON stsync can read; the message says why and where."""
+
+
+def parse_json(data: bytes | str, *, what: str = "the input") -> Any:
+    """``data`` (UTF-8, a BOM allowed) as JSON, or ``UnreadableJson`` (see the module docstring).
+    ``what`` names the input in messages ("the body", "lead.json")."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise UnreadableJson(f"{what}: cannot read it as utf-8 text (byte {exc.start + 1} is not UTF-8)") from None
+    else:
+        text = data[1:] if data.startswith("\ufeff") else data
+    try:
+        value = json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise UnreadableJson(f"{what} is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise UnreadableJson(f"{what} is nested too deeply to be a lead (more than {MAX_DEPTH} levels)") from None
+    except _Refused as exc:
+        raise UnreadableJson(f"{what} {exc}") from None
+    problem = _shape_problem(value)
+    if problem is not None:
+        raise UnreadableJson(f"{what} {problem}")
+    return value
+
+
+class _Refused(Exception):
+    pass
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _Refused(f"has a number of {len(digits.lstrip('-'))} digits: no lead field takes more than {MAX_NUMBER_DIGITS}")
+    return int(digits)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_DIGITS + 10:
+        raise _Refused(f"has a number {len(text)} characters long: no lead field takes one")
+    return float(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"has {name}, which is not a JSON number")
+
+
+def _shape_problem(value: Any) -> str | None:
+    """Nesting past ``MAX_DEPTH`` or a string (key or value) that is not Unicode text; None
+    when there is neither. Iterative: a deep value must not exhaust the stack here either."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if has_lone_surrogate(item):
+                return f"has a string with a lone UTF-16 surrogate ({_surrogate_in(item)}): it is not Unicode text"
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > MAX_DEPTH:
+            return f"is nested too deeply to be a lead (more than {MAX_DEPTH} levels)"
+        children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _surrogate_in(text: str) -> str:
+    return next(f"\\u{ord(c):04x}" for c in text if "\ud800" <= c <= "\udfff")
 
 
 class WebhookRejected(Exception):
@@ -89,18 +175,16 @@ def parse_payload(body: bytes, content_type: str | None, query: str = "") -> Any
         if query:
             return dict(parse_qsl(query, keep_blank_values=True))
         raise WebhookRejected(400, "empty body: expected a JSON object describing the user")
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise WebhookRejected(400, "the body is not UTF-8 text") from None
     if media == "application/x-www-form-urlencoded":
+        try:
+            text = body.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise WebhookRejected(400, "the body is not UTF-8 text") from None
         return dict(parse_qsl(text, keep_blank_values=True))
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WebhookRejected(
-            400, f"the body is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
-        ) from None
+        return parse_json(body, what="the body")
+    except UnreadableJson as exc:
+        raise WebhookRejected(400, str(exc)) from None
 
 
 def key_aliases(configured: Mapping[str, list[str]]) -> dict[str, str]:
