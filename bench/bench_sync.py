@@ -60,6 +60,11 @@ sys.exit(0)
 """
 
 
+def _counts(envelope: dict) -> dict:
+    """The report's counts: in the --json envelope's ``counts`` (docs/json.md)."""
+    return envelope["counts"]
+
+
 class _Connected:
     """A sandbox with ``customers`` customers and stsync connected to it with matching limits."""
 
@@ -104,7 +109,7 @@ class _Connected:
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"sync-customers {' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout), wall
+        return _counts(json.loads(done.stdout)), wall
 
     def sync_measuring_rss(self, *args: str) -> tuple[dict, float, float]:
         """Like ``sync``, through the launcher: also the process's peak RSS in MiB."""
@@ -116,7 +121,7 @@ class _Connected:
         usage = json.loads(measured.read_text())
         if usage["status"] != 0:
             raise RuntimeError(f"sync-customers failed (exit {usage['status']}):\n{done.stderr[-3000:]}")
-        return json.loads(done.stdout), usage["wall_s"], usage["maxrss_kib"] / 1024
+        return _counts(json.loads(done.stdout)), usage["wall_s"], usage["maxrss_kib"] / 1024
 
     def requests(self) -> Counter:
         return Counter(r.service for r in self.sandbox.request_log)

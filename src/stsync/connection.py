@@ -23,8 +23,8 @@ import httpx
 
 from stsync import credentials
 from stsync.errors import ConfigError
-from stsync.http import RetryPolicy
-from stsync.ratelimit import CoolDown, RateLimiter
+from stsync.http import RetryPolicy, load_ssl_context_ahead
+from stsync.ratelimit import CoolDown, RateLimiter, max_burst
 from stsync.referralfactory.client import ReferralFactoryClient
 from stsync.servicetitan.client import ServiceTitanClient
 from stsync.storage.config import Config, Endpoints, resolve_endpoints
@@ -90,6 +90,7 @@ class Connection:
         if retry_budget_seconds is not None and retry_budget_seconds < config.limits.retry_budget_seconds:
             limits = config.limits.model_copy(update={"retry_budget_seconds": retry_budget_seconds})
             config = config.model_copy(update={"limits": limits})
+        load_ssl_context_ahead()  # ready by the time the first client is built
         return cls(paths, config, **pieces)
 
     # -- identity ---------------------------------------------------------------------
@@ -244,9 +245,13 @@ def build_referral_factory_client(
 def referral_factory_limiter(paths: ConnectionPaths, config: Config) -> RateLimiter:
     """Referral Factory's budget, shared by every process of the connection (its 429
     episodes and cool-down included)."""
+    per_minute = config.limits.referral_factory_per_minute
     return RateLimiter(
-        config.limits.referral_factory_per_minute,
+        per_minute,
         60.0,
         state_file=paths.rate_file("referral_factory"),
         service="Referral Factory",
+        # One request may follow another at once: a run's first search page right after the
+        # campaign read (``stsync.ratelimit``: a minute's window keeps seconds of margin).
+        burst=min(1, max_burst(per_minute)),
     )

@@ -305,6 +305,20 @@ _ssl_context: ssl.SSLContext | None = None
 _ssl_lock = threading.Lock()
 
 
+def load_ssl_context_ahead() -> threading.Thread | None:
+    """Start building the shared TLS context in a thread of its own, for the first client to
+    find it ready (``Connection.open`` calls this). OpenSSL parses the CA bundle (~30 ms)
+    with the GIL released, so the command's own start-up — its ledger, run lock and run
+    record — goes on meanwhile on another core. → the thread; None when already built."""
+    if _ssl_context is not None:
+        return None
+    # Not a daemon: a process ending meanwhile (a command that built no client) waits for it
+    # instead of finalising the interpreter under OpenSSL's feet (it crashed, SIGSEGV).
+    thread = threading.Thread(target=shared_ssl_context, name="tls-context")
+    thread.start()
+    return thread
+
+
 def shared_ssl_context() -> ssl.SSLContext:
     """One TLS context per process for every client.
 

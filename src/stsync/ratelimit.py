@@ -5,15 +5,28 @@ both counted per key, and cron may run ``push-lead --new``, ``qualify`` and
 ``sync-customers`` at the same time. So the budget lives in a small state file under the
 connection's state dir, read and written under an OS file lock.
 
-Design: request spacing (GCRA with no burst). Each request gets the slot
-``max(now, last_slot + interval)`` with ``interval = window / limit / (1 - headroom)``, and
-the caller sleeps until its slot. Slots are ``interval`` apart, so ``limit`` consecutive
-slots span more than ``window``: no window of ``window`` seconds — rolling or fixed, however
-the server counts — can hold more than ``limit`` requests. A token bucket would allow a
-burst of ``limit`` at once and then, combined with steady traffic, more than ``limit`` in a
-rolling window; spacing never does. The headroom (2 %) absorbs network jitter between our
-send time and the server's arrival time while N requests still take about
-N × window / limit × 1.02.
+Design: request spacing (GCRA), with an optional burst of at most half the headroom.
+Requests are ``interval = window / limit / (1 - headroom)`` apart: each gets the slot
+``max(now, last_slot + interval - burst × interval)`` and the caller sleeps until its slot;
+``last_slot`` — the state's theoretical last slot — becomes ``max(last_slot + interval,
+slot)``. With ``burst = 0`` slots are ``interval`` apart, so ``limit`` consecutive slots span
+more than ``window``: no window of ``window`` seconds — rolling or fixed, however the server
+counts — can hold more than ``limit`` requests. A token bucket would allow a burst of
+``limit`` at once and then, combined with steady traffic, more than ``limit`` in a rolling
+window; spacing never does. The headroom (2 %) absorbs network jitter between our send time
+and the server's arrival time while N requests still take about N × window / limit × 1.02.
+
+``burst`` (``max_burst``: at most ``floor(limit × headroom / 2)``) lets an idle limiter send
+``1 + burst`` requests at once, then spaces them; no window then holds more than ``burst +
+floor(limit × (1 - headroom)) + 1`` ≤ ``limit`` requests, and the other half of the headroom
+is left for jitter. Referral Factory's limiter uses a burst of 1 (api/referral-factory.md §2:
+"every rolling 60 s window at or just under the configured limit"; at 600 a minute up to 6
+would be allowed): a run's first search page follows the campaign read at once instead of
+a tenth of a second later, while 11 requests — over a second — of jitter margin stay free.
+Not more: when Referral Factory blocks the IP, a burst is that many requests sent before
+the first refusal is known. ServiceTitan's limiter has none: its one-second window leaves a
+few milliseconds of margin per request, all of it needed for jitter. A limiter slowed down
+(below) does not burst.
 
 After a 429, ``slow_down(factor)`` multiplies the rate by ``factor`` (0.5 halves it). The
 factor is persisted, so the next run — or an overlapping one — starts slower too. It decays
@@ -55,16 +68,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from filelock import FileLock
-
 from stsync.errors import CoolingDown
 from stsync.logs import get_logger
-from stsync.storage.paths import PRIVATE_FILE, make_private_dir, write_private_text
+from stsync.storage.flock import FileMutex
+from stsync.storage.paths import PRIVATE_FILE, make_private_dir
 
 log = get_logger(__name__)
 
@@ -84,6 +96,8 @@ RATE_LIMIT_COOL_DOWN = HOUR
 BLOCK_COOL_DOWN = HOUR  # the first block seen; doubled for a block seen again soon after
 BLOCK_COOL_DOWN_MAX = 7 * DAY
 BLOCK_STREAK_MEMORY = DAY  # a block within this long after the last cool-down ended is "again"
+# read_state without the lock: a read that meets a half-done write tries again, this many times in all.
+READ_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -251,6 +265,11 @@ class _Budget:
         )
 
 
+def max_burst(limit: int, headroom: float = DEFAULT_HEADROOM) -> int:
+    """The largest ``burst`` a limiter of ``limit`` may have: half its headroom, in requests."""
+    return math.floor(limit * headroom / 2)
+
+
 class RateLimiter:
     """At most ``limit`` requests in any ``window`` seconds, across threads and processes."""
 
@@ -266,6 +285,7 @@ class RateLimiter:
         quiet_period: float | None = None,
         wall_clock: Callable[[], float] = time.time,
         service: str = "the remote service",
+        burst: int = 0,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
@@ -276,6 +296,9 @@ class RateLimiter:
         self.limit = int(limit)
         self.window = float(window)
         self.interval = self.window / self.limit / (1.0 - headroom)
+        if not 0 <= burst <= max_burst(limit, headroom):
+            raise ValueError(f"burst must be in [0, {max_burst(limit, headroom)}] (half the headroom), got {burst}")
+        self.burst = int(burst)
         self.quiet_period = float(quiet_period) if quiet_period is not None else max(10 * self.window, 60.0)
         self._clock = clock
         self._sleep = sleep
@@ -284,19 +307,7 @@ class RateLimiter:
         self._thread_lock = threading.Lock()
         self._memory = _Budget()
         self._state_file = Path(state_file) if state_file is not None else None
-        self._file_lock: FileLock | None = None
-        if self._state_file is not None:
-            make_private_dir(self._state_file.parent)
-            # thread_local=False: our own threading lock already serialises threads.
-            # A short poll interval: under cross-process contention filelock polls, and its
-            # default 50 ms would be three ServiceTitan slots.
-            self._file_lock = FileLock(
-                str(self._state_file) + ".lock",
-                thread_local=False,
-                poll_interval=0.001,
-                preserve_lock_file=True,
-                mode=PRIVATE_FILE,
-            )
+        self._shared = _SharedFile(self._state_file) if self._state_file is not None else None
 
     # -- public ------------------------------------------------------------------------
     def acquire(self) -> float:
@@ -308,14 +319,19 @@ class RateLimiter:
             if cool_down is not None and cool_down.in_force(self.wall_clock()):
                 raise cooling_down_error(self.service, cool_down)
             now = self._clock()
-            interval = self.interval / budget.factor_at(now, self.quiet_period)
-            slot = now
+            factor = budget.factor_at(now, self.quiet_period)
+            interval = self.interval / factor
+            slot = last = now
             if budget.last_slot is not None:
                 if budget.last_slot - now > self._stale_after(interval):
                     log.info("ignoring a rate-limit slot from before a clock reset (%s)", self._state_file)
                 else:
-                    slot = max(now, budget.last_slot + interval)
-            budget.last_slot = slot
+                    burst = self.burst if factor >= 1.0 else 0  # slowed down after a 429: no burst
+                    slot = max(now, budget.last_slot + interval - burst * interval)
+                    # The theoretical slot moves on by one interval even when this request
+                    # goes early (a burst): later ones are spaced from it.
+                    last = max(budget.last_slot + interval, slot)
+            budget.last_slot = last
         wait = slot - now
         if wait > 0:
             self._sleep(wait)
@@ -421,6 +437,13 @@ class RateLimiter:
         with self._locked(write=False) as budget:
             return budget.factor_at(self._clock(), self.quiet_period)
 
+    def close(self) -> None:
+        """Close the state file's and its lock's descriptors (kept open between requests).
+        Used again, the limiter opens them again."""
+        with self._thread_lock:
+            if self._shared is not None:
+                self._shared.close()
+
     # -- state -------------------------------------------------------------------------
     def _stale_after(self, interval: float) -> float:
         # Legitimately the last slot is ahead of now by one interval per waiting caller —
@@ -430,33 +453,96 @@ class RateLimiter:
     @contextmanager
     def _locked(self, *, write: bool = True) -> Iterator[_Budget]:
         """The budget, read (and written back) under the thread lock and the file lock."""
-        with self._thread_lock, self._file_lock if self._file_lock is not None else nullcontext():
-            budget = self._load()
-            yield budget
-            if write:
-                self._save(budget)
+        with self._thread_lock:
+            if self._shared is None:
+                budget = _Budget(**self._memory.__dict__)
+                yield budget
+                if write:
+                    self._memory = _Budget(**budget.__dict__)
+                return
+            with self._shared.lock:
+                budget = _parse(self._shared.read())
+                yield budget
+                if write:
+                    self._shared.write(json.dumps(budget.to_json()).encode("utf-8"))
 
-    def _load(self) -> _Budget:
-        if self._state_file is None:
-            return _Budget(**self._memory.__dict__)
-        try:
-            text = self._state_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return _Budget()
-        try:
-            return _Budget.from_json(json.loads(text))
-        except ValueError:
-            # Writes are atomic (os.replace), so this is a hand-edited or foreign file:
-            # starting afresh costs at most one early slot; never fail a run for it.
-            return _Budget()
 
-    def _save(self, budget: _Budget) -> None:
-        if self._state_file is None:
-            self._memory = _Budget(**budget.__dict__)
-            return
-        temporary = self._state_file.with_name(self._state_file.name + ".tmp")
-        write_private_text(temporary, json.dumps(budget.to_json()))
-        os.replace(temporary, self._state_file)
+class _SharedFile:
+    """The state file and its lock file, each through a descriptor kept for the limiter's life.
+
+    Every request reads and rewrites the state, so this is the hot path of a run (hundreds of
+    times a second): it costs a few system calls. The state is written in place — one
+    ``write`` of a few hundred bytes from offset 0, padded with spaces to the length it had —
+    never as a new file renamed over the old one: that rename made ext4 flush the file (about
+    2 ms each, with the lock held) and cost ten times the CPU. A process killed mid-way
+    cannot tear one ``write``; a reader without the lock (``read_state``) may meet one half
+    done, and reads again. The file is opened again when it was replaced (by hand, or by an
+    older stsync, which renamed) or when this is a forked child.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        make_private_dir(path.parent)
+        self.lock = FileMutex(path.with_name(path.name + ".lock"), keep_open=True)
+        self._fd: int | None = None
+        self._opened_by = 0
+        self._identity: tuple[int, int] | None = None
+        self._length = 0
+
+    def read(self) -> bytes:
+        fd = self._descriptor()
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        self._length = len(data)
+        return data
+
+    def write(self, data: bytes) -> None:
+        fd = self._descriptor()
+        if len(data) < self._length:
+            data += b" " * (self._length - len(data))  # JSON ignores it; no shorter file left with a tail
+        os.lseek(fd, 0, os.SEEK_SET)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        self._length = len(data)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None and self._opened_by == os.getpid():
+            os.close(fd)
+        self.lock.close()
+
+    def _descriptor(self) -> int:
+        fd = self._fd
+        if fd is not None and self._opened_by == os.getpid():
+            try:
+                on_disk = os.stat(self.path)
+            except FileNotFoundError:
+                on_disk = None
+            if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) == self._identity:
+                return fd
+            os.close(fd)  # replaced or removed: the path is what every process shares
+        self._fd = None
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), PRIVATE_FILE)
+        if hasattr(os, "fchmod"):  # a leftover with a laxer mode is made 0600, as write_private_text does
+            os.fchmod(fd, PRIVATE_FILE)
+        opened = os.fstat(fd)
+        self._fd, self._opened_by, self._identity = fd, os.getpid(), (opened.st_dev, opened.st_ino)
+        return fd
+
+
+def _parse(data: bytes) -> _Budget:
+    if not data.strip():
+        return _Budget()
+    try:
+        return _Budget.from_json(json.loads(data))
+    except ValueError:
+        # A hand-edited or foreign file: starting afresh costs at most one early slot; never
+        # fail a run for it.
+        return _Budget()
 
 
 def _state_of(budget: _Budget, now: float, wall_now: float, quiet_period: float) -> ThrottleState:
@@ -485,16 +571,21 @@ def read_state(
     wall_clock: Callable[[], float] = time.time,
 ) -> ThrottleState | None:
     """The shared state in ``state_file`` without creating anything (``diagnose``); None when
-    there is no such file. Read without the lock: writes replace the file atomically."""
-    try:
-        text = Path(state_file).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return None
-    try:
-        budget = _Budget.from_json(json.loads(text))
-    except ValueError:
-        return None
+    there is no such file. Read without the lock: a read that meets a write half done (the
+    state is rewritten in place) reads again."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            data = Path(state_file).read_bytes()
+        except OSError:
+            return None
+        if not data.strip():
+            return None  # created by a limiter that has not written yet
+        try:
+            budget = _Budget.from_json(json.loads(data))
+            break
+        except ValueError:
+            if attempt == READ_ATTEMPTS - 1:
+                return None
+            time.sleep(0.005)
     quiet = float(quiet_period) if quiet_period is not None else max(10 * window, 60.0)
     return _state_of(budget, clock(), wall_clock(), quiet)

@@ -83,3 +83,10 @@ def test_completion_and_command_help_import_nothing_heavy_of_ours():
         assert [m for m in ours if m in loaded] == []
         eager = sorted(m for m in loaded if m.startswith(("stsync.services", "stsync.servicetitan", "stsync.referralfactory")))
         assert eager == []
+
+
+def test_a_run_commands_modules_leave_the_keyring_unloaded():
+    """The keyring (and its entry-point scan) loads only when a secret is looked up there: a
+    connection on the file store or env — cron's usual — never pays for it."""
+    loaded = _modules_after("import stsync.connection, stsync.services.push, stsync.services.lead_sources, stsync.storage.secrets")
+    assert "keyring" not in loaded

@@ -74,7 +74,15 @@ SANDBOX_USERS = {"stsync.cli.sandbox", "stsync.cli.demo"}
 UI_LIBRARIES = ("typer", "rich", "click")
 
 # Imports inside a function below cli, each with its reason. Keep it tiny.
-FUNCTION_LEVEL_ALLOWED: dict[tuple[str, str], str] = {}
+_KEYRING_ON_DEMAND = (
+    "the OS keyring is loaded when a secret is looked up there: a connection on the file store or env (cron's "
+    "usual) never consults it, and importing it (with its entry-point scan) was ~18 ms of every run's start"
+)
+FUNCTION_LEVEL_ALLOWED: dict[tuple[str, str], str] = {
+    ("stsync.storage.secrets", "keyring"): _KEYRING_ON_DEMAND,
+    ("stsync.storage.secrets", "keyring.backends"): _KEYRING_ON_DEMAND,
+    ("stsync.storage.secrets", "keyring.errors"): _KEYRING_ON_DEMAND,
+}
 
 
 def _within(module: str, prefix: str) -> bool:
@@ -280,7 +288,8 @@ def test_each_rule_names_the_offending_import():
     [user] = imports_of_the_sandbox(at("stsync.services.push", "stsync.sandbox.simulator", "function"))
     assert "inside a function" in user
     assert imports_of_the_sandbox(at("stsync.cli.demo", "stsync.sandbox")) == []
-    [lazy] = function_level_imports_below_cli(at("stsync.storage.secrets", "keyring", "function"))
-    assert "stsync/storage/secrets.py:7 imports keyring (inside a function)" in lazy
+    [lazy] = function_level_imports_below_cli(at("stsync.storage.ledger", "keyring", "function"))
+    assert "stsync/storage/ledger.py:7 imports keyring (inside a function)" in lazy
+    assert function_level_imports_below_cli(at("stsync.storage.secrets", "keyring", "function")) == []  # allowed, with its reason
     assert function_level_imports_below_cli(at("stsync.cli.map", "stsync.services.mapping_edit", "function")) == []
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]

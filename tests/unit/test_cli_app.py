@@ -120,3 +120,29 @@ def test_each_invocation_closes_its_ledger_and_log_file(cli, isolated: Path):
     assert cli("history").exit_code == 0  # opens the ledger and the log file
     assert _open_files_under(isolated / "state") == []
     assert [h for h in logging.getLogger("stsync").handlers if isinstance(h, logging.FileHandler)] == []
+
+
+# -- the garbage collector: frozen in the console script only ----------------------------------
+@pytest.mark.parametrize("whole_process", [False, True])
+def test_only_the_console_script_freezes_what_it_loaded_out_of_the_collectors_reach(isolated, monkeypatch, whole_process):
+    import gc
+
+    from connection_fixtures import SECRETS, unit_config  # tests/support
+
+    from stsync import credentials
+    from stsync.cli.context import AppContext
+    from stsync.storage.config_writer import save_config
+
+    for secret in credentials.SECRETS:
+        monkeypatch.setenv(secret.env_var.name, SECRETS[secret.name])
+    save_config(unit_config(), isolated / "config.toml")
+    gc.unfreeze()
+    try:
+        with AppContext(whole_process=whole_process) as app_ctx:
+            app_ctx.connection()
+            frozen = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+    # A test or a demo step calling run() goes on afterwards: freezing would keep its garbage
+    # cycles for ever. The console script ends with the invocation.
+    assert (frozen > 0) is whole_process

@@ -328,3 +328,37 @@ def test_429_with_neither_header_nor_body_backs_off_with_jitter_under_a_cap(http
     jitters = iter([0.5, 0.25, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     assert send(fake, retry=policy(fake, jitter=lambda: next(jitters), max_delay=8.0)).status_code == 200
     assert fake.sleeps == [0.25, 0.25, 2.0, 0.0, 8.0, 8.0, 8.0, 8.0]
+
+
+def test_the_tls_context_is_built_ahead_in_a_thread_and_shared(monkeypatch, tmp_path):
+    """Connection.open starts the CA bundle's load in a thread of its own; the first client
+    gets that very context, and nothing is loaded twice."""
+    import ssl
+    import threading
+
+    from stsync import http
+    from stsync.connection import Connection
+    from stsync.storage.config import default_config
+    from stsync.storage.paths import ConnectionPaths
+
+    built_by: list[str] = []
+    real = ssl.create_default_context
+
+    def recording(*args, **kwargs):
+        built_by.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(http, "_ssl_context", None)
+    monkeypatch.setattr(http.ssl, "create_default_context", recording)
+    started = threading.enumerate()
+    connection = Connection.open(ConnectionPaths.for_config(tmp_path / "config.toml"), default_config())
+    try:
+        [ahead] = [t for t in threading.enumerate() if t.name == "tls-context" and t not in started] or [None]
+        if ahead is not None:
+            ahead.join(10)
+        context = http.shared_ssl_context()
+        assert built_by == ["tls-context"]
+        assert http.shared_ssl_context() is context
+        assert http.load_ssl_context_ahead() is None  # built: nothing more to start
+    finally:
+        connection.close()

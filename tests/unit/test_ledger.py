@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -460,6 +462,30 @@ def test_a_committed_transaction_is_seen_by_another_connection(ledger, tmp_path)
         other.close()
 
 
+FULL, NORMAL = 2, 1  # PRAGMA synchronous
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_transaction_that_need_not_be_durable_commits_without_syncing_and_only_it(ledger, fails):
+    assert ledger._conn().execute("PRAGMA synchronous").fetchone()[0] == FULL
+    with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+        with ledger.transaction(durable=False) as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == NORMAL
+            ledger.put("k", "v")  # joins it, and its durability
+            if fails:
+                raise RuntimeError("crash")
+    assert ledger.get("k") == (None if fails else "v")
+    # Every other write of this connection waits for the disk again.
+    assert ledger._conn().execute("PRAGMA synchronous").fetchone()[0] == FULL
+    with ledger.transaction() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == FULL
+    other = Ledger.open(ledger.path)
+    try:
+        assert other.get("k") == (None if fails else "v")
+    finally:
+        other.close()
+
+
 def test_closed_ledger_refuses_work(tmp_path):
     ledger = Ledger.open(tmp_path / "l.sqlite3")
     ledger.close()
@@ -488,6 +514,74 @@ def test_threads_share_one_ledger(ledger):
     assert len(ledger.push_attempts(limit=1000)) == 150
     assert ledger.push_counts() == {"booked": 30}
     assert ledger.unfinished_intents() == []
+
+
+def _intents_from_threads(ledger, external_ids: list[str]) -> tuple[dict[str, int], dict[str, BaseException]]:
+    """Each external id's intent recorded by a thread of its own, all queued while the test
+    holds the writer lock, then let go together."""
+    ids: dict[str, int] = {}
+    errors: dict[str, BaseException] = {}
+
+    def record(external_id: str) -> None:
+        try:
+            ids[external_id] = _intent(ledger, external_id)
+        except BaseException as exc:
+            errors[external_id] = exc
+
+    threads = [threading.Thread(target=record, args=(external_id,)) for external_id in external_ids]
+    with ledger._writer:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(ledger._intents) < len(external_ids) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    for thread in threads:
+        thread.join(timeout=10)
+    return ids, errors
+
+
+def test_intents_that_come_together_share_one_commit(ledger, monkeypatch):
+    transactions: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    external_ids = [f"G{n}" for n in range(6)]
+    ids, errors = _intents_from_threads(ledger, external_ids)
+    assert errors == {}
+    assert sorted(ids) == external_ids and len(set(ids.values())) == 6
+    assert len(transactions) == 1  # one commit, one wait for the disk, for the six of them
+    other = Ledger.open(ledger.path)  # committed, not merely written
+    try:
+        assert sorted(a.external_id for a in other.unfinished_intents()) == external_ids
+    finally:
+        other.close()
+
+
+def test_an_intent_that_fails_fails_alone(ledger, monkeypatch):
+    from stsync.storage import ledger as ledger_module
+
+    insert = ledger_module._Intent.insert
+
+    def failing(self, conn):
+        if self.values[0] == "BAD":
+            raise sqlite3.OperationalError("disk I/O error")
+        return insert(self, conn)
+
+    monkeypatch.setattr(ledger_module._Intent, "insert", failing)
+    ids, errors = _intents_from_threads(ledger, ["A", "BAD", "B", "C"])
+    # SQLite's error reaches the caller as stsync's, as for every other write (Ledger._translate).
+    from stsync.errors import StateUnusable
+
+    assert list(errors) == ["BAD"] and isinstance(errors["BAD"], StateUnusable)
+    assert "disk I/O error" in str(errors["BAD"])
+    assert sorted(ids) == ["A", "B", "C"]
+    assert sorted(a.external_id for a in ledger.unfinished_intents()) == ["A", "B", "C"]
+    assert {a.id for a in ledger.unfinished_intents()} == set(ids.values())
 
 
 def test_connections_of_finished_threads_are_closed(ledger):

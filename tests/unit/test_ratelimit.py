@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stsync.errors import CoolingDown
-from stsync.ratelimit import IP_BLOCKED, MIN_RATE_FACTOR, RATE_LIMITED, RateLimiter, local_and_utc, read_state
+from stsync.ratelimit import (
+    IP_BLOCKED,
+    MIN_RATE_FACTOR,
+    RATE_LIMITED,
+    RateLimiter,
+    local_and_utc,
+    max_burst,
+    read_state,
+)
 
 
 def max_in_any_window(times: list[float], window: float) -> int:
@@ -52,6 +61,78 @@ def test_an_idle_limiter_does_not_wait():
     fake.now += 10
     assert limiter.acquire() == 0
     assert fake.sleeps == []
+
+
+def test_an_idle_limiter_lets_half_its_headroom_go_at_once_then_spaces():
+    """Referral Factory's 600 a minute: a run's campaign and first search page go together."""
+    fake = FakeTime(1000.0)
+    limiter = RateLimiter(600, 60.0, clock=fake.clock, sleep=fake.sleep, burst=max_burst(600))
+    assert limiter.burst == 6  # floor(600 × 2 % / 2)
+    waits = [limiter.acquire() for _ in range(7)]
+    assert waits == [0.0] * 7
+    assert limiter.acquire() == pytest.approx(limiter.interval)  # the eighth is spaced
+    assert limiter.acquire() == pytest.approx(limiter.interval)
+    # Idle long enough, the burst is back.
+    fake.now += 60
+    assert [limiter.acquire() for _ in range(7)] == [0.0] * 7
+    # Without one (ServiceTitan's limiter), requests are spaced from the first.
+    plain = RateLimiter(600, 60.0, clock=fake.clock, sleep=fake.sleep)
+    fake.now += 60
+    assert plain.acquire() == 0.0
+    assert plain.acquire() == pytest.approx(plain.interval)
+    with pytest.raises(ValueError):
+        RateLimiter(600, 60.0, burst=7)  # more than half the headroom
+
+
+def test_the_connections_referral_factory_limiter_bursts_by_one(tmp_path: Path):
+    from stsync.connection import referral_factory_limiter
+    from stsync.storage.config import default_config
+    from stsync.storage.paths import ConnectionPaths
+
+    config = default_config()
+    limiter = referral_factory_limiter(ConnectionPaths.for_config(tmp_path / "c.toml"), config)
+    assert config.limits.referral_factory_per_minute == 600
+    assert limiter.burst == 1  # up to 6 allowed; one lets the first search page follow the campaign read
+    slow = default_config()
+    slow.limits.referral_factory_per_minute = 30  # 2 % of 30 is not a request: no burst at all
+    assert referral_factory_limiter(ConnectionPaths.for_config(tmp_path / "c.toml"), slow).burst == 0
+
+
+def test_a_slowed_limiter_does_not_burst(tmp_path: Path):
+    fake = FakeTime(1000.0)
+    limiter = RateLimiter(
+        600, 60.0, state_file=tmp_path / "rate.json", clock=fake.clock, sleep=fake.sleep, burst=max_burst(600)
+    )
+    limiter.slow_down(0.5)
+    fake.now += 30  # idle, but still slowed (the quiet period is ten minutes)
+    assert limiter.acquire() == 0.0
+    assert limiter.acquire() == pytest.approx(2 * limiter.interval)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    limit=st.integers(min_value=50, max_value=1000),
+    window=st.sampled_from([1.0, 60.0]),
+    bursts=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=2, allow_nan=False), st.integers(min_value=1, max_value=300)),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_with_its_burst_no_window_holds_more_than_limit_less_half_the_headroom(limit, window, bursts):
+    """Idle spells (fractions of the window) and runs of back-to-back requests: the burst
+    never makes any rolling window hold more than burst + floor(limit × 0.98) + 1 ≤ limit."""
+    fake = FakeTime(1000.0)
+    limiter = RateLimiter(limit, window, clock=fake.clock, sleep=fake.sleep, burst=max_burst(limit))
+    sends = []
+    for idle, count in bursts:
+        fake.now += idle * window
+        for _ in range(count):
+            limiter.acquire()
+            sends.append(fake.now)
+    bound = limiter.burst + math.floor(limit * 0.98 + 1e-9) + 1
+    assert bound <= limit
+    assert max_in_any_window(sends, window) <= bound
 
 
 @settings(max_examples=60, deadline=None)
@@ -156,7 +237,7 @@ _CHILD = textwrap.dedent(
     def sleep(seconds):
         time.sleep(seconds)
 
-    limiter = RateLimiter(1000, 1.0, state_file=Path(state), clock=clock, sleep=sleep)
+    limiter = RateLimiter(1000, 1.0, state_file=Path(state), clock=clock, sleep=sleep, burst=10)
     Path(me).touch()
     deadline = time.monotonic() + 20
     while not Path(other).exists() and time.monotonic() < deadline:
@@ -193,7 +274,12 @@ def test_real_processes_share_the_budget_through_the_state_file(tmp_path: Path):
     slots_b = json.loads((tmp_path / "slots-b.json").read_text())
     merged = sorted(slots_a + slots_b)
     interval = 1.0 / 1000
-    assert min(b - a for a, b in pairwise(merged)) >= interval * (1 - 1e-9)
+    burst = 10
+    # One budget: any n consecutive slots of the two span at least (n - 1 - burst) intervals
+    # (two budgets would let 120 requests through in the time of 60).
+    for i in range(len(merged)):
+        for j in range(i + burst + 1, len(merged)):
+            assert merged[j] - merged[i] >= (j - i - burst) * interval * (1 - 1e-9)
     # The two processes really overlapped: their slots interleave.
     assert min(slots_b) < max(slots_a) and min(slots_a) < max(slots_b)
 
@@ -271,6 +357,64 @@ def test_rejects_impossible_limits(args):
 def test_slow_down_rejects_a_factor_that_would_speed_up():
     with pytest.raises(ValueError):
         RateLimiter(10, 1.0).slow_down(2.0)
+
+
+# -- the state file: rewritten in place, read again when replaced ------------------------------
+
+
+def test_the_state_is_rewritten_in_place_not_replaced(tmp_path: Path):
+    # A rename per request made ext4 flush the file (about 2 ms, lock held) and cost ten
+    # times the CPU: the file keeps its inode, request after request.
+    fake = FakeTime(100.0)
+    state = tmp_path / "rate.json"
+    limiter = RateLimiter(10, 1.0, state_file=state, clock=fake.clock, sleep=fake.sleep)
+    limiter.acquire()
+    inode = state.stat().st_ino
+    for _ in range(5):
+        limiter.acquire()
+    assert state.stat().st_ino == inode
+    assert json.loads(state.read_text())["last_slot"] == pytest.approx(100.0 + 5 / 10 / 0.98)
+
+
+def test_a_state_file_replaced_by_another_writer_is_read_again(tmp_path: Path):
+    # An older stsync (or a person) replaces the file by renaming a new one over it: the
+    # limiter must follow the path, not keep reading the old file through its descriptor.
+    fake = FakeTime(100.0)
+    state = tmp_path / "rate.json"
+    limiter = RateLimiter(10, 1.0, state_file=state, clock=fake.clock, sleep=fake.sleep)
+    limiter.acquire()
+    replacement = tmp_path / "new.json"
+    replacement.write_text(json.dumps({"last_slot": 105.0, "rate_factor": 1.0}))
+    replacement.replace(state)
+    assert limiter.acquire() == pytest.approx(5.0 + 1 / 10 / 0.98)  # queued behind the other writer's slot
+    assert json.loads(state.read_text())["last_slot"] == pytest.approx(105.0 + 1 / 10 / 0.98)
+
+
+def test_a_state_that_shrinks_leaves_no_tail_behind(tmp_path: Path):
+    fake = FakeTime(WALL)
+    state = tmp_path / "rate.json"
+    limiter = rf_limiter(state, fake)
+    limiter.record_rate_limited()
+    fake.now += 1200
+    limiter.record_rate_limited(sent_at=fake.now)  # two episodes and a cool-down: a longer file
+    longest = state.stat().st_size
+    fake.now += 2 * 86400  # the episodes age out and the next one is alone: shorter JSON
+    limiter.record_rate_limited()
+    assert state.stat().st_size >= longest  # padded in place, never truncated
+    assert json.loads(state.read_text())["episodes"] == [fake.now]
+    shown = read_state(state, window=60.0, clock=fake.clock, wall_clock=fake.clock)
+    assert shown is not None and shown.episodes == (fake.now,)
+
+
+def test_read_state_reads_again_when_it_meets_a_write_half_done(tmp_path: Path, monkeypatch):
+    fake = FakeTime(WALL)
+    state = tmp_path / "rate.json"
+    rf_limiter(state, fake).record_rate_limited()
+    whole = state.read_bytes()
+    reads = iter([whole[: len(whole) // 2], whole])  # the first read meets a write in progress
+    monkeypatch.setattr(Path, "read_bytes", lambda self: next(reads))
+    shown = read_state(state, window=60.0, clock=fake.clock, wall_clock=fake.clock)
+    assert shown is not None and shown.episodes == (WALL,)
 
 
 # -- 429 episodes and the cool-down (Referral Factory's shared fate) -------------------------

@@ -118,6 +118,36 @@ def test_a_lead_is_recorded_before_it_is_handed_out(make_connection, monkeypatch
     assert conn.ledger.get_referred_lead("CCC") is None
 
 
+def test_the_searchs_leads_commit_without_waiting_for_the_disk_and_single_pushes_wait(make_connection):
+    """push-lead --new records a new lead per commit on its hot path: not synced (the next
+    search reads every lead again); what a single push names is synced as before."""
+    rf = SearchableReferralFactory([lead_user(1, "AAA"), lead_user(2, "BBB")])
+    conn = make_connection(referral_factory=rf)
+    statements: list[str] = []
+    conn.ledger._conn().set_trace_callback(statements.append)
+    try:
+        lead_sources.new_leads(conn, push_target(conn, Kind.LEAD))
+        search = list(statements)
+        statements.clear()
+        lead_sources.record_seen(conn, [Lead(email="c@example.com", referral_code="CCC")], push_target(conn, Kind.LEAD))
+        single = list(statements)
+    finally:
+        conn.ledger._conn().set_trace_callback(None)
+
+    def synchronous_of_each_insert(trace: list[str]) -> list[str]:
+        level, levels = "FULL", []
+        for sql in trace:
+            if sql.startswith("PRAGMA synchronous = "):
+                level = sql.removeprefix("PRAGMA synchronous = ")
+            elif sql.lstrip().startswith("INSERT INTO referred_leads"):
+                levels.append(level)
+        return levels
+
+    assert synchronous_of_each_insert(search) == ["NORMAL", "NORMAL"]
+    assert synchronous_of_each_insert(single) == ["FULL"]
+    assert conn.ledger.get_referred_lead("AAA") is not None and conn.ledger.get_referred_lead("CCC") is not None
+
+
 def test_a_dry_run_and_referrers_record_nothing(make_connection):
     rf = SearchableReferralFactory([lead_user(1, "AAA"), *REFERRERS])
     conn = make_connection(referral_factory=rf)

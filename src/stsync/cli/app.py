@@ -14,6 +14,7 @@ own.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -138,10 +139,13 @@ BROKEN_PIPE_EXIT = 141
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app and turns every failure into its exit code."""
     try:
-        code = run(argv)
+        code = run(argv, whole_process=True)
         sys.stdout.flush()
     except BrokenPipeError:
         code = _stdout_gone()
+    # The process ends here and what it holds needs no collecting: frozen, it is skipped by
+    # the interpreter's last collections (about 0.15 s after a 1,000-lead push).
+    gc.freeze()
     sys.exit(code)
 
 
@@ -154,15 +158,16 @@ def _stdout_gone() -> int:
     return BROKEN_PIPE_EXIT
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, *, whole_process: bool = False) -> int:
     """One invocation of stsync (the console script, the tests, each step of ``stsync demo``):
     its exit code; nothing is raised. With ``--json``, stdout gets exactly one object, the
     envelope (``cli.envelope``), however the invocation ended; a run command's outcome is
-    recorded and reported first (``AppContext.finish_job``)."""
+    recorded and reported first (``AppContext.finish_job``). ``whole_process``: this
+    invocation is the process (the console script), see ``AppContext``."""
     command = build_command()
     global_args, command_args = split_global_options(sys.argv[1:] if argv is None else list(argv), command)
     args = [*global_args, *command_args]
-    with AppContext() as app_ctx:
+    with AppContext(whole_process=whole_process) as app_ctx:
         app_ctx.preset_json_mode("--json" in global_args)
         named = _context_of(args, command)
         app_ctx.command_name = command_name(named)

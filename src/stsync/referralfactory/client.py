@@ -149,7 +149,9 @@ class ReferralFactoryClient:
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
+        """The HTTP connections, and the limiter's descriptors of the shared rate state."""
         self._http.close()
+        self._limiter.close()
 
     def __enter__(self) -> ReferralFactoryClient:
         return self

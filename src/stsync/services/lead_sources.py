@@ -182,7 +182,10 @@ def iter_new_leads(conn: Connection, target: PushTarget, *, record: bool = True)
 
     def record_seen_so_far() -> None:
         if to_record:
-            record_leads_seen(conn, to_record, seen_by=LeadSeenBy.SEARCH)
+            # Not waited onto the disk: a power cut may lose it, and the next run's search reads
+            # every lead again. A durable commit per new lead (this runs once per lead handed
+            # out) held the ledger's writer lock from the workers' intents, a push's hot path.
+            record_leads_seen(conn, to_record, seen_by=LeadSeenBy.SEARCH, durable=False)
             to_record.clear()
 
     for user in conn.referral_factory.search_users([("campaign_id", campaign_id), ("type", user_type)]):

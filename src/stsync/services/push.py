@@ -425,7 +425,9 @@ def _push_locked(
         if stops_run(exc):
             raise
         return _failed(lead, kind, external_id, exc, exc.to_dict())
-    with ledger.transaction():  # one commit: the result, the status, the mirror row
+    # One commit: the result, the status, the mirror row. Not waited onto the disk: the intent
+    # was; were this lost to a power cut, the next run finds the booking by that open intent.
+    with ledger.transaction(durable=False):
         ledger.record_push_result(attempt, outcome=AttemptOutcome.CREATED, booking_id=booking.id)
         _note_status(conn, external_id, booking)
         _remember(conn, booking)

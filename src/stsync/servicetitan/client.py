@@ -118,7 +118,9 @@ class ServiceTitanClient:
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
+        """The HTTP connections, and the limiter's descriptors of the shared rate state."""
         self._http.close()
+        self._limiter.close()
 
     def __enter__(self) -> ServiceTitanClient:
         return self

@@ -36,10 +36,7 @@ import stat
 from pathlib import Path
 from typing import Literal
 
-import keyring
 from filelock import FileLock
-from keyring.backends import chainer, fail, null
-from keyring.errors import KeyringLocked, PasswordDeleteError
 
 from stsync import envvars
 from stsync.credentials import SECRET_NAMES, SECRETS, clean, secret
@@ -81,6 +78,11 @@ class SecretStore:
 
     def _backend(self):
         """The keyring backend, or None with ``_keyring_problem`` saying why it is unusable."""
+        # Imported here: the file store and env never touch the keyring, and loading it (and
+        # its entry-point scan) was a tenth of a push's startup.
+        import keyring
+        from keyring.backends import chainer, fail, null
+
         try:
             backend = keyring.get_keyring()
         except Exception as exc:  # a broken keyring config must not become a traceback
@@ -104,12 +106,16 @@ class SecretStore:
 
     def backend_name(self) -> str:
         """The keyring backend's class, e.g. ``keyring.backends.SecretService.Keyring``."""
+        import keyring
+
         try:
             return self._describe_backend(keyring.get_keyring())
         except Exception as exc:
             return f"unavailable ({type(exc).__name__})"
 
     def _keyring_failed(self, exc: Exception, doing: str) -> None:
+        from keyring.errors import KeyringLocked
+
         self._keyring_locked = isinstance(exc, KeyringLocked)
         if self._keyring_locked:
             self._keyring_problem = f"the OS keyring ({self.backend_name()}) is locked ({type(exc).__name__}: {redact(str(exc))})"
@@ -291,6 +297,8 @@ class SecretStore:
 
     def _keyring_delete(self, name: str) -> bool:
         """Remove one keyring entry. True if it was there. Raises on a keyring that failed."""
+        from keyring.errors import PasswordDeleteError
+
         backend = self._backend()
         if backend is None:
             return False  # no keyring at all: nothing can be stored in one

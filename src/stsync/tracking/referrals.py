@@ -46,12 +46,13 @@ if TYPE_CHECKING:
     from stsync.storage.config import BookingSettings
 
 
-def record_leads_seen(conn: Connection, leads: Iterable[Lead], *, seen_by: LeadSeenBy) -> int:
-    """Remember these referred leads in the ledger (see the module docstring). → rows written."""
+def record_leads_seen(conn: Connection, leads: Iterable[Lead], *, seen_by: LeadSeenBy, durable: bool = True) -> int:
+    """Remember these referred leads in the ledger (see the module docstring). → rows written.
+    ``durable=False`` for a source the next run reads again whole (``Ledger.transaction``)."""
     section = conn.config.booking_section(Kind.LEAD)
     now = utc_now()
     rows = [row for lead in leads if (row := referred_lead_row(lead, section, seen_by=seen_by, now=now)) is not None]
-    return conn.ledger.record_referred_leads(rows)
+    return conn.ledger.record_referred_leads(rows, durable=durable)
 
 
 def referred_lead_row(lead: Lead, section: BookingSettings, *, seen_by: LeadSeenBy, now: str) -> ReferredLeadRow | None:
