@@ -17,6 +17,7 @@ from collections import Counter
 import httpx
 import pytest
 from customer_sync_expectations import ENROLLED, custom_values, expected_outcomes
+from kills import CAN_SIGNAL_A_THREAD, signal_another_thread
 
 from stsync.storage.config import load_config
 from stsync.storage.config_writer import save_config
@@ -252,3 +253,15 @@ def test_run_with_json_logs_writes_only_json_lines_to_stderr(connected, isolated
     text = json.dumps(entries)
     for secret in (sb.credentials.client_secret, sb.credentials.app_key, sb.credentials.rf_api_key):
         assert secret not in text
+
+
+
+@pytest.mark.skipif(not CAN_SIGNAL_A_THREAD, reason="needs Linux's tgkill and /proc")
+def test_a_sigterm_the_kernel_hands_to_another_thread_still_stops_run(connected, isolated, paths, started):
+    compress(isolated, push="1s", qualify="off", sync="off")
+    run = started()
+    wait_for(lambda: any(r.outcome == "ok" for r in runs(paths, "push")), what="a push step", process=run)
+    signal_another_thread(run.proc.pid, signal.SIGTERM)
+    # Stopped within seconds (a push step may be finishing), not scheduling on.
+    assert run.proc.wait(timeout=30) == 0, run.output()
+    assert "run stopped:" in run.stdout()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from kills import CAN_SIGNAL_A_THREAD, signal_another_thread
 
 pytestmark = pytest.mark.e2e
 
@@ -148,6 +149,14 @@ def test_a_new_lead_delivered_three_times_makes_one_booking_and_sigterm_exits_0(
     assert outcomes == ["already_booked", "created"]
     log = (Path(os.environ["STSYNC_STATE_DIR"]) / "default" / "stsync.log").read_text()
     assert TOKEN not in log and "serve received 202 lead_created" in log
+
+
+@pytest.mark.skipif(not CAN_SIGNAL_A_THREAD, reason="needs Linux's tgkill and /proc")
+def test_a_sigterm_the_kernel_hands_to_another_thread_still_stops_serve(connected, serve):
+    server = serve()
+    signal_another_thread(server.proc.pid, signal.SIGTERM)
+    assert server.proc.wait(timeout=20) == 0, "".join(server.stderr)
+    assert "serve stopped:" in server.proc.stdout.read()
 
 
 def test_serve_needs_a_token_and_takes_the_lock(connected, cli, cli_subprocess, serve):

@@ -162,7 +162,11 @@ def run_command(
             with _signals(scheduler, term):
                 scheduler.start()
                 watch.start()
-                scheduler.stop.wait()
+                # In slices, never one unbounded wait: a SIGTERM the kernel hands to another
+                # thread only flags it, and a main thread blocked without a timeout would never
+                # run the handler (stsync run went on scheduling after a service manager's stop).
+                while not scheduler.stop.wait(0.5):
+                    pass
                 running = scheduler.running
                 if running:
                     term.info(f"stopping: waiting for {', '.join(running)} to finish")

@@ -179,8 +179,11 @@ class Scheduler:
             self._interrupt_children()
 
     def join(self) -> None:
+        """Wait for every job's thread — in slices, so that a second signal (which forces the
+        stop) is handled by a main thread waiting here."""
         for thread in self._threads:
-            thread.join()
+            while thread.is_alive():
+                thread.join(0.5)
 
     @property
     def running(self) -> list[str]:
