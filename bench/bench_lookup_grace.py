@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_push import _environment, _stsync
+from harness import connect, environment, stsync
 
 
 def measure(
@@ -50,8 +50,6 @@ def measure(
 ) -> dict:
     """One `push-lead --file` run; returns its wall time, lookups, outcomes and duplicates."""
     from stsync.sandbox import Faults, Sandbox, Variants
-    from stsync.storage.config import load_config
-    from stsync.storage.config_writer import save_config
 
     workdir = Path(tempfile.mkdtemp(prefix="stsync-bench-grace-"))
     try:
@@ -59,16 +57,11 @@ def measure(
             seed=4, leads=leads, customers=10, st_per_second=st_per_second, rf_per_minute=rf_per_minute, latency=latency,
             variants=Variants(lookup_lag_seconds=lag),
         ) as sb:
-            env = _environment(workdir, sb)
-            connected = _stsync(env, *sb.connect_args(), "--secrets-store", "file", timeout=120)
-            if connected.returncode != 0:
-                raise RuntimeError(f"connect failed (exit {connected.returncode}):\n{connected.stderr}")
-            config_path = workdir / "config.toml"
-            config = load_config(config_path)
-            config.limits.servicetitan_per_second = st_per_second
-            config.limits.referral_factory_per_minute = rf_per_minute
-            config.limits.lookup_grace_seconds = grace
-            save_config(config, config_path)
+            env = environment(workdir, sb)
+            connect(
+                env, sb, st_per_second=st_per_second, rf_per_minute=rf_per_minute,
+                edit=lambda config: setattr(config.limits, "lookup_grace_seconds", grace),
+            )  # fmt: skip
             if fault == "commit_then_500":
                 sb.set_faults(Faults(commit_then_500_rate=rate, path_contains="/bookings", seed=5))
             elif fault == "503_before":
@@ -78,7 +71,7 @@ def measure(
             sb.clear_request_log()
 
             started = time.perf_counter()
-            pushed = _stsync(env, "--json", "push-lead", "--file", str(leads_file))
+            pushed = stsync(env, "--json", "push-lead", "--file", str(leads_file))
             wall = time.perf_counter() - started
 
             if pushed.returncode not in (0, 6):

@@ -19,60 +19,18 @@ touched). Startup is inside the measured wall time: it is what a user waits for.
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import math
-import os
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+from harness import connect, environment, stsync
+
 RF_SEARCH_PAGE = 250  # users per page of POST /users/search (api/referral-factory.md)
-
-
-def _environment(workdir: Path, sandbox) -> dict[str, str]:
-    """The child's environment: the sandbox's URLs, a private HOME/config/state, no keyring,
-    and stsync's bytecode compiled (``_compile_stsync``)."""
-    _compile_stsync()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STSYNC_") and k != "PYTHONDONTWRITEBYTECODE"}
-    env.update(
-        HOME=str(workdir),
-        XDG_CONFIG_HOME=str(workdir / "config"),
-        XDG_STATE_HOME=str(workdir / "state-home"),
-        XDG_DATA_HOME=str(workdir / "data"),
-        XDG_CACHE_HOME=str(workdir / "cache"),
-        STSYNC_CONFIG=str(workdir / "config.toml"),
-        STSYNC_STATE_DIR=str(workdir / "state"),
-        PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring",
-        NO_COLOR="1",
-    )
-    env.update(sandbox.env())
-    return env
-
-
-def _compile_stsync() -> None:
-    """stsync's modules compiled to bytecode, as an installed stsync has them (pip compiles at
-    install time). Without it a container setting PYTHONDONTWRITEBYTECODE (this one does)
-    compiles every stsync module in every measured run: about 0.1 s of CPU at startup."""
-    import stsync
-
-    compileall.compile_dir(Path(stsync.__file__).parent, quiet=1)
-
-
-def _stsync(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stsync", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def floor_seconds(requests: dict[str, int], st_per_second: float, rf_per_minute: float) -> float:
@@ -91,31 +49,19 @@ def measure(
 ) -> dict:
     """Push ``leads`` new leads once; returns the wall time, the floors and the request counts."""
     from stsync.sandbox import Sandbox
-    from stsync.storage.config import load_config
-    from stsync.storage.config_writer import save_config
-
     workdir = Path(tempfile.mkdtemp(prefix="stsync-bench-push-"))
     try:
         with Sandbox(
             seed=3, leads=leads, customers=10, st_per_second=st_per_second, rf_per_minute=rf_per_minute, latency=latency
         ) as sb:
-            env = _environment(workdir, sb)
-            connected = _stsync(env, *sb.connect_args(), "--secrets-store", "file", timeout=120)
-            if connected.returncode != 0:
-                raise RuntimeError(f"connect failed (exit {connected.returncode}):\n{connected.stderr}")
-            config_path = workdir / "config.toml"
-            config = load_config(config_path)
-            config.limits.servicetitan_per_second = st_per_second
-            config.limits.referral_factory_per_minute = rf_per_minute
-            if workers is not None:
-                config.limits.workers = workers
-            save_config(config, config_path)
+            env = environment(workdir, sb)
+            config = connect(env, sb, st_per_second=st_per_second, rf_per_minute=rf_per_minute, workers=workers)
             sb.clear_request_log()
 
             children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             started_at = time.time()
-            pushed = _stsync(env, "--json", "push-lead", "--new")
+            pushed = stsync(env, "--json", "push-lead", "--new")
             wall = time.perf_counter() - started
             ended_at = started_at + wall
             children_after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datetime import UTC
 
-from bench_push import _environment, _stsync
+from harness import connect, environment, stsync
 
 TARGET_REQUESTS = 3
 RATE = 5_000  # requests/s and per minute ×100: the reads, not the limits, are measured
@@ -39,25 +39,14 @@ RATE = 5_000  # requests/s and per minute ×100: the reads, not the limits, are 
 
 def measure(bookings: int, *, keep: bool = False) -> dict:
     from stsync.sandbox import Sandbox
-    from stsync.storage.config import load_config
-    from stsync.storage.config_writer import save_config
 
     workdir = Path(tempfile.mkdtemp(prefix="stsync-bench-qualify-"))
     try:
         with Sandbox(seed=4, leads=bookings, bookings=bookings, customers=10, st_per_second=RATE, rf_per_minute=RATE * 60) as sb:
-            env = _environment(workdir, sb)
-            connected = _stsync(env, *sb.connect_args(), "--secrets-store", "file", timeout=120)
-            if connected.returncode != 0:
-                raise RuntimeError(f"connect failed (exit {connected.returncode}):\n{connected.stderr}")
-            config_path = workdir / "config.toml"
-            config = load_config(config_path)
-            config.limits.servicetitan_per_second = RATE
-            config.limits.referral_factory_per_minute = RATE * 60
-            config.leads.qualification.rule = "job_status"
-            config.leads.qualification.job_status = "Completed"
-            save_config(config, config_path)
+            env = environment(workdir, sb)
+            connect(env, sb, st_per_second=RATE, rf_per_minute=RATE * 60, edit=completed_rule)
 
-            pushed = _stsync(env, "--json", "push-lead", "--new", timeout=1800)
+            pushed = stsync(env, "--json", "push-lead", "--new", timeout=1800)
             if pushed.returncode != 0:
                 raise RuntimeError(f"push-lead --new failed (exit {pushed.returncode}):\n{pushed.stderr[-3000:]}")
             created = json.loads(pushed.stdout)["counts"]["created"]
@@ -66,7 +55,7 @@ def measure(bookings: int, *, keep: bool = False) -> dict:
             # again by every run of the next five minutes. Dated back 10 minutes, "nothing
             # changed" holds for the overlap too.
             recent = _aged_recent_bookings(sb, minutes=10)
-            first = _stsync(env, "--json", "qualify", timeout=1800)
+            first = stsync(env, "--json", "qualify", timeout=1800)
             if first.returncode != 0:
                 raise RuntimeError(f"the first qualify failed (exit {first.returncode}):\n{first.stderr[-3000:]}")
             first_report = json.loads(first.stdout)
@@ -74,7 +63,7 @@ def measure(bookings: int, *, keep: bool = False) -> dict:
 
             sb.clear_request_log()
             started = time.perf_counter()
-            again = _stsync(env, "--json", "qualify", timeout=600)
+            again = stsync(env, "--json", "qualify", timeout=600)
             wall = time.perf_counter() - started
             if again.returncode != 0:
                 raise RuntimeError(f"the second qualify failed (exit {again.returncode}):\n{again.stderr[-3000:]}")
@@ -101,6 +90,12 @@ def measure(bookings: int, *, keep: bool = False) -> dict:
             "closed": first_report["counts"]["closed"],
         },
     }
+
+
+def completed_rule(config) -> None:
+    """Qualification when the job reaches Completed."""
+    config.leads.qualification.rule = "job_status"
+    config.leads.qualification.job_status = "Completed"
 
 
 def _aged_recent_bookings(sb, *, minutes: int) -> int:

@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_push import _environment, _stsync
-from bench_qualify import _aged_recent_bookings
+from bench_qualify import _aged_recent_bookings, completed_rule
+from harness import checked, connect, environment, stsync
 
 RATE = 5_000  # requests/s and per minute ×100: the report, not the limits, is measured
 REPEATS = 3  # each timing is the best of this many runs
@@ -43,45 +43,36 @@ REPEATS = 3  # each timing is the best of this many runs
 
 def measure(referrals: int, *, keep: bool = False) -> dict:
     from stsync.sandbox import Sandbox
-    from stsync.storage.config import load_config
-    from stsync.storage.config_writer import save_config
 
     workdir = Path(tempfile.mkdtemp(prefix="stsync-bench-report-"))
     period = ["--since", "2025-01-01", "--until", datetime.now(UTC).date().isoformat()]
     try:
         with Sandbox(seed=4, leads=referrals, bookings=referrals, customers=10, st_per_second=RATE,
                      rf_per_minute=RATE * 60) as sb:
-            env = _environment(workdir, sb)
-            _checked(_stsync(env, *sb.connect_args(), "--secrets-store", "file", timeout=120), "connect")
-            config_path = workdir / "config.toml"
-            config = load_config(config_path)
-            config.limits.servicetitan_per_second = RATE
-            config.limits.referral_factory_per_minute = RATE * 60
-            config.leads.qualification.rule = "job_status"
-            config.leads.qualification.job_status = "Completed"
-            save_config(config, config_path)
+            env = environment(workdir, sb)
+            connect(env, sb, st_per_second=RATE, rf_per_minute=RATE * 60, edit=completed_rule)
             setup_started = time.perf_counter()
-            _checked(_stsync(env, "--json", "push-lead", "--new", timeout=1800), "push-lead --new")
+            checked(stsync(env, "--json", "push-lead", "--new", timeout=1800), "push-lead --new")
             # The bookings push-lead just made (the 1 lead in 25 the seed books through another
             # provider) are dated back out of the reads' 5-minute overlap, as in bench_qualify:
             # "nothing changed" then holds for --refresh.
             _aged_recent_bookings(sb, minutes=10)
-            _checked(_stsync(env, "--json", "qualify", timeout=1800), "qualify")
+            checked(stsync(env, "--json", "qualify", timeout=1800), "qualify")
             setup = time.perf_counter() - setup_started
 
-            version = _best(lambda: _stsync(env, "--version"), "--version")
-            plain, report = _best(lambda: _stsync(env, "--json", "report", *period), "report", keep_output=True)
-            by_referrer = _best(lambda: _stsync(env, "--json", "report", *period, "--by", "referrer"), "report --by referrer")
-            by_month = _best(lambda: _stsync(env, "--json", "report", *period, "--by", "month"), "report --by month")
+            version = _best(lambda: stsync(env, "--version"), "--version")
+            plain, report = _best(lambda: stsync(env, "--json", "report", *period), "report", keep_output=True)
+            by_referrer = _best(lambda: stsync(env, "--json", "report", *period, "--by", "referrer"), "report --by referrer")
+            by_month = _best(lambda: stsync(env, "--json", "report", *period, "--by", "month"), "report --by month")
             files = _best(
-                lambda: _stsync(env, "report", *period, "--html", str(workdir / "r.html"), "--csv", str(workdir / "r.csv")),
+                lambda: stsync(env, "report", *period, "--html", str(workdir / "r.html"), "--csv", str(workdir / "r.csv")),
                 "report --html --csv",
             )
             page_bytes = (workdir / "r.html").stat().st_size
-            _stsync(env, "report", *period, "--refresh")  # names the referrers once (a search of Referral Factory)
+            stsync(env, "report", *period, "--refresh")  # names the referrers once (a search of Referral Factory)
             sb.clear_request_log()
             started = time.perf_counter()
-            _checked(_stsync(env, "--json", "report", *period, "--refresh"), "report --refresh")
+            checked(stsync(env, "--json", "report", *period, "--refresh"), "report --refresh")
             refresh = time.perf_counter() - started
             refresh_requests = [(r.service, r.method, r.path.split("/tenant/")[-1]) for r in sb.request_log]
     finally:
@@ -105,18 +96,12 @@ def measure(referrals: int, *, keep: bool = False) -> dict:
     }
 
 
-def _checked(done, what: str):
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return done
-
-
 def _best(run, what: str, *, keep_output: bool = False):
     """The fastest of ``REPEATS`` runs (seconds); with ``keep_output``, also its JSON."""
     best, output = float("inf"), None
     for _ in range(REPEATS):
         started = time.perf_counter()
-        done = _checked(run(), what)
+        done = checked(run(), what)
         best = min(best, time.perf_counter() - started)
         output = done.stdout
     return (best, json.loads(output or "{}")) if keep_output else best

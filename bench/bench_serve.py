@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from bench_push import _environment, _stsync
+from harness import connect, environment
 
 TOKEN = "bench-serve-token-0123456789abcdef"
 SENDERS = 32
@@ -320,22 +320,13 @@ def measure_kill(env: dict[str, str], state: Path, sb, users: list[dict]) -> dic
 def measure(deliveries: int = 1_000, *, st_per_second: int = 60, rf_per_minute: int = 600, latency: float = 0.02,
             keep: bool = False) -> dict:
     from stsync.sandbox import Sandbox
-    from stsync.storage.config import load_config
-    from stsync.storage.config_writer import save_config
 
     workdir = Path(tempfile.mkdtemp(prefix="stsync-bench-serve-"))
     try:
         with Sandbox(seed=5, leads=10, customers=10, st_per_second=st_per_second, rf_per_minute=rf_per_minute,
                      latency=latency) as sb:
-            env = _environment(workdir, sb)
-            connected = _stsync(env, *sb.connect_args(), "--secrets-store", "file", timeout=120)
-            if connected.returncode != 0:
-                raise RuntimeError(f"connect failed (exit {connected.returncode}):\n{connected.stderr}")
-            config_path = workdir / "config.toml"
-            config = load_config(config_path)
-            config.limits.servicetitan_per_second = st_per_second
-            config.limits.referral_factory_per_minute = rf_per_minute
-            save_config(config, config_path)
+            env = environment(workdir, sb)
+            connect(env, sb, st_per_second=st_per_second, rf_per_minute=rf_per_minute)
             state = workdir / "state"
 
             held = measure_connections(env, sb.add_leads(20))

@@ -37,7 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_push import _environment, _stsync, floor_seconds
+from bench_push import floor_seconds
+from harness import connect, environment, stsync
 
 ST_PER_SECOND = 600
 RF_PER_MINUTE = 6_000
@@ -79,21 +80,13 @@ class _Connected:
         self.workers = workers
 
     def __enter__(self) -> _Connected:
-        from stsync.storage.config import load_config
-        from stsync.storage.config_writer import save_config
 
         self.sandbox.start()
-        self.env = _environment(self.workdir, self.sandbox)
-        connected = _stsync(self.env, *self.sandbox.connect_args(), "--secrets-store", "file", timeout=120)
-        if connected.returncode != 0:
-            raise RuntimeError(f"connect failed (exit {connected.returncode}):\n{connected.stderr}")
-        config_path = self.workdir / "config.toml"
-        config = load_config(config_path)
-        config.limits.servicetitan_per_second = self.settings["st_per_second"]
-        config.limits.referral_factory_per_minute = self.settings["rf_per_minute"]
-        if self.workers is not None:
-            config.limits.workers = self.workers
-        save_config(config, config_path)
+        self.env = environment(self.workdir, self.sandbox)
+        config = connect(
+            self.env, self.sandbox, st_per_second=self.settings["st_per_second"],
+            rf_per_minute=self.settings["rf_per_minute"], workers=self.workers,
+        )  # fmt: skip
         self.settings["workers"] = config.limits.workers
         self.sandbox.clear_request_log()
         return self
@@ -105,7 +98,7 @@ class _Connected:
     def sync(self, *args: str) -> tuple[dict, float]:
         """``sync-customers`` once, as a process; its JSON report and the wall time."""
         started = time.perf_counter()
-        done = _stsync(self.env, "--json", "sync-customers", *args)
+        done = stsync(self.env, "--json", "sync-customers", *args)
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(f"sync-customers {' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
