@@ -36,6 +36,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -126,7 +127,7 @@ def _one_of(choices: Any) -> str:
 # --------------------------------------------------------------------------------------
 # Field specs: how one target's value is made
 # --------------------------------------------------------------------------------------
-class _Spec(BaseModel):
+class _Spec(BaseModel, ABC):
     """What every field spec offers the mapping engine and the writer, whatever its kind."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
@@ -134,9 +135,9 @@ class _Spec(BaseModel):
     label: ClassVar[str]  # the seed's "Data Type" column
 
     @property
+    @abstractmethod
     def payload(self) -> str | bool | int:
         """The value as the TOML table holds it (``{ kind = payload }``)."""
-        raise NotImplementedError
 
     @property
     def text(self) -> str:
