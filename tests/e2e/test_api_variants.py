@@ -14,10 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sandbox_world import edit_config, leads_of
 
 from stsync.sandbox import Faults, Variants
-from stsync.storage.config import load_config
-from stsync.storage.config_writer import save_config
 from stsync.storage.ledger import Ledger
 from stsync.storage.paths import ConnectionPaths, resolve_config_path
 
@@ -43,7 +42,7 @@ def world(make_sandbox, cli, isolated, monkeypatch):
             monkeypatch.setenv(name, value)
         result = cli(*sb.connect_args(), "--secrets-store", "file")
         assert result.exit_code == 0, str(result)
-        edit_config(isolated, lambda c: (
+        edit_config(lambda c: (
             setattr(c.limits, "servicetitan_per_second", ST_PER_SECOND),
             setattr(c.limits, "referral_factory_per_minute", RF_PER_MINUTE),
             setattr(c.limits, "lookup_grace_seconds", GRACE_SECONDS),
@@ -52,17 +51,6 @@ def world(make_sandbox, cli, isolated, monkeypatch):
         return sb
 
     return make
-
-
-def edit_config(isolated: Path, change) -> None:
-    path = isolated / "config.toml"
-    config = load_config(path)
-    change(config)
-    save_config(config, path)
-
-
-def leads_of(sb) -> list[dict]:
-    return sb.rf_users(campaign_id=sb.credentials.campaign_id, type="person_invited")
 
 
 def assert_one_booking_per_lead(sb) -> None:

@@ -18,11 +18,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from json_schema import GUIDE_FILE, assert_valid, registered_commands, schema_errors
+from sandbox_world import edit_config
 
 pytestmark = pytest.mark.e2e
 
@@ -76,23 +76,13 @@ def _sandbox(sb: Any, cli: Any) -> list[tuple[Any, int]]:
     return [(json.loads("".join(lines)), 0)]
 
 
-def _config_edit(edit: Callable[[Any], None]) -> None:
-    from stsync.storage.config import load_config
-    from stsync.storage.config_writer import save_config
-
-    path = Path(os.environ["STSYNC_CONFIG"])
-    config = load_config(path)
-    edit(config)
-    save_config(config, path)
-
-
 def _run(sb: Any, cli: Any) -> list[tuple[Any, int]]:
     def push_every_second(config: Any) -> None:
         schedule = config.schedule
         schedule.push, schedule.jitter = 1.0, 0.0
         schedule.qualify = schedule.sync = schedule.full_sync = schedule.full_qualify = None
 
-    _config_edit(push_every_second)
+    edit_config(push_every_second)
     process = subprocess.Popen(
         [sys.executable, "-m", "stsync", "--json", "run"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -126,7 +116,7 @@ def _notify(sb: Any, cli: Any) -> list[tuple[Any, int]]:
 
     results = [ran(cli("--json", "notify", "--test"), 3)]  # no destination configured
     with Receiver() as hooks:
-        _config_edit(lambda config: setattr(config.notify, "webhook_url", hooks.url("/slack")))
+        edit_config(lambda config: setattr(config.notify, "webhook_url", hooks.url("/slack")))
         results.append(ran(cli("--json", "notify", "--test"), 0))
         assert hooks.json_bodies("/slack")
     return results

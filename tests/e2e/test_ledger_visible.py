@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pytest
 from json_schema import assert_valid
+from sandbox_world import leads_of
 
 from stsync.storage.ledger import Ledger
 from stsync.storage.paths import ConnectionPaths
@@ -29,10 +30,6 @@ def said(result) -> str:
 
 def checks_by_name(result) -> dict[str, dict]:
     return {check["name"]: check for check in result.json["checks"]}
-
-
-def leads_of(sb) -> list[dict]:
-    return sb.rf_users(campaign_id=sb.credentials.campaign_id, type="person_invited")
 
 
 def ledger_of(isolated) -> Ledger:

@@ -9,13 +9,11 @@ import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from sandbox_world import edit_config, leads_of
 
 from stsync.cli.app import run
-from stsync.storage.config import load_config
-from stsync.storage.config_writer import save_config
 
 pytestmark = pytest.mark.e2e
 
@@ -64,24 +62,13 @@ def stsync(capsys):
 def connected(sb, stsync, isolated):
     result = stsync(*sb.connect_args(), "--secrets-store", "file")
     assert result.exit_code == 0, str(result)
-    edit_config(isolated, lambda c: (
+    edit_config(lambda c: (
         setattr(c.limits, "servicetitan_per_second", ST_PER_SECOND),
         setattr(c.limits, "referral_factory_per_minute", RF_PER_MINUTE),
         setattr(c.limits, "lookup_grace_seconds", GRACE_SECONDS),
     ))
     sb.clear_request_log()
     return sb
-
-
-def edit_config(isolated: Path, change) -> None:
-    path = isolated / "config.toml"
-    config = load_config(path)
-    change(config)
-    save_config(config, path)
-
-
-def leads_of(sb) -> list[dict]:
-    return sb.rf_users(campaign_id=sb.credentials.campaign_id, type="person_invited")
 
 
 def campaign_name(sb) -> str:
@@ -158,7 +145,7 @@ def test_a_lead_without_email_gets_a_clear_message_and_sends_nothing(connected, 
 
 def test_a_wrong_booking_provider_exits_4_in_the_troubleshooting_guides_words(connected, stsync, isolated):
     sb = connected
-    edit_config(isolated, lambda c: setattr(c.servicetitan, "booking_provider", sb.credentials.booking_provider + 1000))
+    edit_config(lambda c: setattr(c.servicetitan, "booking_provider", sb.credentials.booking_provider + 1000))
     user = leads_of(sb)[0]
     result = stsync("push-lead", "--code", user["code"])
     assert result.exit_code == 4, str(result)

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sandbox_world import leads_of
 
 pytestmark = pytest.mark.e2e
 
@@ -29,10 +30,6 @@ def said(result) -> str:
     """What the run said, on either stream (each lead's outcome is data, on stdout; the advice
     is on stderr), with the terminal's line wrapping taken out."""
     return " ".join((result.stdout + result.stderr).split())
-
-
-def leads_of(sb, campaign_id: int | None = None, type: str = "person_invited") -> list[dict]:
-    return sb.rf_users(campaign_id=campaign_id or sb.credentials.campaign_id, type=type)
 
 
 def test_a_lead_typed_without_its_referral_code_is_told_to_pass_it(connected, cli_subprocess):

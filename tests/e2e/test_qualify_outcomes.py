@@ -10,22 +10,12 @@ from the sandbox, not from stsync.
 from __future__ import annotations
 
 import pytest
-
-from stsync.storage.config import load_config
-from stsync.storage.config_writer import save_config
+from sandbox_world import raise_limits
 
 pytestmark = pytest.mark.e2e
 
 RATE = 5_000
 QUALIFY_PUT = "/users/qualification"
-
-
-def fast_limits(isolated) -> None:
-    path = isolated / "config.toml"
-    config = load_config(path)
-    config.limits.servicetitan_per_second = RATE
-    config.limits.referral_factory_per_minute = 600_000
-    save_config(config, path)
 
 
 @pytest.fixture
@@ -35,7 +25,7 @@ def booked(make_sandbox, cli, isolated, monkeypatch):
     for name, value in sb.env().items():
         monkeypatch.setenv(name, value)
     assert cli(*sb.connect_args(), "--secrets-store", "file").exit_code == 0
-    fast_limits(isolated)
+    raise_limits(st_per_second=RATE, rf_per_minute=600_000)
     assert cli("map", "qualify", "job-status", "--status", "Completed").exit_code == 0
     pushed = cli("--json", "push-lead", "--new")
     assert pushed.exit_code == 0, str(pushed)
@@ -171,7 +161,7 @@ def test_a_run_with_nothing_changed_makes_at_most_three_requests(make_sandbox, c
     for name, value in sb.env().items():
         monkeypatch.setenv(name, value)
     assert cli(*sb.connect_args(), "--secrets-store", "file").exit_code == 0
-    fast_limits(isolated)
+    raise_limits(st_per_second=RATE, rf_per_minute=600_000)
     assert cli("map", "qualify", "job-status", "--status", "Completed").exit_code == 0
     assert cli("--json", "push-lead", "--new").exit_code == 0
     first = cli("--json", "qualify")

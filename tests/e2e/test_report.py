@@ -27,24 +27,15 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from sandbox_world import raise_limits
 
 from stsync.reporting.spreadsheet import COLUMNS
-from stsync.storage.config import load_config
-from stsync.storage.config_writer import save_config
 
 pytestmark = pytest.mark.e2e
 
 RATE = 5_000
 SINCE, UNTIL = date(2025, 1, 1), date(2025, 12, 31)
 PERIOD = ("--since", SINCE.isoformat(), "--until", UNTIL.isoformat())
-
-
-def fast_limits(isolated) -> None:
-    path = isolated / "config.toml"
-    config = load_config(path)
-    config.limits.servicetitan_per_second = RATE
-    config.limits.referral_factory_per_minute = 600_000
-    save_config(config, path)
 
 
 @pytest.fixture
@@ -54,7 +45,7 @@ def world(make_sandbox, cli, isolated, monkeypatch):
     for name, value in sb.env().items():
         monkeypatch.setenv(name, value)
     assert cli(*sb.connect_args(), "--secrets-store", "file").exit_code == 0
-    fast_limits(isolated)
+    raise_limits(st_per_second=RATE, rf_per_minute=600_000)
     assert cli("map", "qualify", "job-status", "--status", "Completed").exit_code == 0
     synced = cli("--json", "sync-customers", "--once")
     assert synced.exit_code == 0, str(synced)
