@@ -71,6 +71,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -1941,9 +1942,10 @@ class Ledger:
             )
 
 
-def _migration_tables() -> list[str]:
-    """The tables the migrations create, in order."""
-    return [name for script in MIGRATIONS for name in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", script)]
+@cache
+def _migration_tables() -> tuple[str, ...]:
+    """The tables the migrations create, in order (read from them once per process)."""
+    return tuple(name for script in MIGRATIONS for name in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", script))
 
 
 def iso_utc(moment: datetime | None) -> str | None:
