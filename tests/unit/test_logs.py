@@ -112,3 +112,12 @@ def test_a_state_dir_that_cannot_hold_the_log_prints_nothing_of_logging(tmp_path
     finally:
         detach_handlers()
     assert capsys.readouterr().err == "", "logging's last resort does not print records on stderr"
+
+
+def test_a_thread_logging_after_the_log_closed_prints_nothing(paths, capsys):
+    """A worker still retrying when the command ended (Ctrl-C) logs after the handlers went:
+    its warning must not reach stderr through logging's last resort, after the final error."""
+    attach_file_handler(paths)
+    detach_handlers()
+    logging.getLogger("stsync.http").warning("Referral Factory POST /users: HTTP 503; retry 1 in 0.3 s")
+    assert capsys.readouterr().err == ""
